@@ -1,0 +1,80 @@
+"""`tailhubd`: the daemon in the foreground. Signals are handled here and only here:
+the first SIGTERM/SIGINT drains, a second one forces."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+
+import click
+from tailhub.daemon.config import DaemonConfig
+from tailhub.daemon.lock import AlreadyRunning
+from tailhub.daemon.paths import StatePaths, resolve_home
+from tailhub.daemon.server import Daemon
+
+logger = logging.getLogger("tailhub.daemon")
+
+
+async def serve(config: DaemonConfig) -> None:
+    daemon = Daemon(config)
+    await daemon.start()
+    loop = asyncio.get_running_loop()
+    stopping: asyncio.Task[None] | None = None
+
+    def on_signal(signum: int) -> None:
+        nonlocal stopping
+        if stopping is None:
+            logger.info("%s: stopping (send it again to force)", signal.Signals(signum).name)
+            stopping = asyncio.ensure_future(daemon.stop())
+        else:
+            logger.warning("second signal: exiting now")
+            os._exit(1)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    try:
+        await daemon.wait_closed()
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--home", envvar="TAILHUB_HOME", help="State directory (default ~/.tailhub).")
+@click.option(
+    "--max-running-jobs",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Local jobs allowed to run at once; more wait PENDING. Default: no limit.",
+)
+@click.option(
+    "--heartbeat-interval", type=click.FloatRange(min=0.05), default=5.0, show_default=True
+)
+@click.option("--log-level", default="INFO", show_default=True)
+def main(
+    home: str | None, max_running_jobs: int | None, heartbeat_interval: float, log_level: str
+) -> None:
+    """Run the tailhub daemon in the foreground."""
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        config = DaemonConfig(
+            paths=StatePaths(resolve_home(home, os.environ)),
+            max_running_jobs=max_running_jobs,
+            heartbeat_interval=heartbeat_interval,
+        )
+        asyncio.run(serve(config))
+    except AlreadyRunning as error:
+        click.echo(f"tailhubd: {error}", err=True)
+        sys.exit(3)
+    except (ValueError, OSError) as error:
+        click.echo(f"tailhubd: {error}", err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+"""The daemon's configuration: one frozen value, built once and passed down."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from tailhub.daemon.paths import StatePaths
+
+KIB = 1024
+MIB = 1024 * KIB
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    """Everything tunable about a daemon. Validated on construction."""
+
+    paths: StatePaths
+    # Subscribers that are idle receive the log's size and the job's state this often.
+    heartbeat_interval: float = 5.0
+    # Most recent bytes of each active log kept in memory for subscribers at the live edge.
+    memory_window_bytes: int = 4 * MIB
+    # A message carries everything past the subscriber's offset up to this many bytes: under
+    # load messages grow rather than multiply (grpc.aio costs ~20 us per message).
+    max_chunk_bytes: int = 1 * MIB
+    # Command exit codes that mean "the connection failed" (ssh uses 255).
+    transport_exit_codes: frozenset[int] = field(default_factory=lambda: frozenset({255}))
+    reconnect_initial_delay: float = 0.2
+    reconnect_max_delay: float = 10.0
+    # Consecutive failed connections (without a byte received) before the job is failed.
+    reconnect_max_attempts: int = 20
+    # Local jobs running at once; None means no limit.
+    max_running_jobs: int | None = None
+    # Seconds between SIGTERM and SIGKILL when a local job is cancelled.
+    cancel_grace: float = 10.0
+    # Seconds a stopping daemon gives streams to end before closing them.
+    stop_grace: float = 2.0
+    # grpc.aio rejects requests beyond this many in flight (its default, 1000, drops bursts).
+    max_concurrent_streams: int = 100_000
+
+    def __post_init__(self) -> None:
+        if self.heartbeat_interval <= 0:
+            raise ValueError("heartbeat interval must be positive")
+        if self.max_chunk_bytes < 1 * KIB or self.max_chunk_bytes > 3 * MIB:
+            raise ValueError("max chunk size must be between 1 KiB and 3 MiB")
+        if self.memory_window_bytes < self.max_chunk_bytes:
+            raise ValueError("memory window must hold at least one chunk")
+        if self.max_running_jobs is not None and self.max_running_jobs < 1:
+            raise ValueError("max running jobs must be at least 1")
+        if self.cancel_grace < 0 or self.stop_grace < 0:
+            raise ValueError("grace periods cannot be negative")
+        if self.reconnect_max_attempts < 1:
+            raise ValueError("reconnect attempts must be at least 1")

@@ -1,0 +1,112 @@
+"""Subscribers: cursors into a job's log. Nothing is queued or copied per subscriber.
+
+A subscriber reads everything past its offset, up to a size cap, when it is ready to send,
+then waits on the job's change signal. A slow one only falls behind and reads from disk.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+from tailhub.daemon.job import Job
+from tailhub.daemon.model import InvalidRequest, JobState, SourceEvent
+
+
+class DaemonStopping(Exception):
+    """The daemon is shutting down; the client should reconnect and resume."""
+
+
+@dataclass(frozen=True)
+class ChunkRange:
+    """Bytes [offset, end) of the log, ready to be read and sent."""
+
+    offset: int
+    end: int
+    live: bool  # ends at the log's current end, where subscribers share identical chunks
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    log_size: int
+    state: JobState
+
+
+@dataclass(frozen=True)
+class Ended:
+    state: JobState
+    exit_code: int | None
+    reason: str
+    log_size: int
+    finished: bool
+
+
+LogItem = ChunkRange | Heartbeat | SourceEvent | Ended
+
+
+@dataclass(frozen=True)
+class Start:
+    """Where a subscription begins: an offset, or the last `tail_lines` lines."""
+
+    offset: int = 0
+    tail_lines: int | None = None
+
+    def resolve(self, job: Job) -> int:
+        if self.tail_lines is not None:
+            return job.log.tail_offset(self.tail_lines)
+        if self.offset > job.log_size:
+            raise InvalidRequest(
+                f"offset {self.offset} is past the end of job {job.id}'s log ({job.log_size} bytes)"
+            )
+        return self.offset
+
+
+async def stream_log(
+    job: Job,
+    start: Start,
+    *,
+    follow: bool,
+    max_chunk: int,
+    stopping: Callable[[], bool],
+) -> AsyncIterator[LogItem]:
+    """Yields the log from `start`; with `follow`, until the job ends and its log is sealed.
+
+    A job that is terminal but not yet drained is waited for even without `follow`: its
+    remaining bytes are moments away, and "not finished" would be the wrong answer.
+    """
+    job.subscribers += 1
+    try:
+        offset = start.resolve(job)
+        next_event = _first_event_at(job.events, offset)
+        tick = job.heartbeat_tick
+        while True:
+            if stopping():
+                raise DaemonStopping
+            while next_event < len(job.events) and job.events[next_event].offset <= offset:
+                yield job.events[next_event]
+                next_event += 1
+            size = job.log_size
+            if offset < size:
+                end = min(size, offset + max_chunk)
+                yield ChunkRange(offset, end, live=end == size)
+                offset = end
+                continue
+            record = job.record
+            if job.sealed or (not follow and not record.state.terminal):
+                yield Ended(record.state, record.exit_code, record.reason, size, job.sealed)
+                return
+            if job.heartbeat_tick != tick:
+                tick = job.heartbeat_tick
+                yield Heartbeat(size, record.state)
+                continue
+            await job.changed.wait()
+    finally:
+        job.subscribers -= 1
+        job.release_log_if_idle()
+
+
+def _first_event_at(events: list[SourceEvent], offset: int) -> int:
+    for index, event in enumerate(events):
+        if event.offset >= offset:
+            return index
+    return len(events)

@@ -1,0 +1,100 @@
+"""The one fetch per job: moves bytes from a source into the log, reconnecting with backoff."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from tailhub.daemon.config import DaemonConfig
+from tailhub.daemon.job import Job
+from tailhub.daemon.sources import Outcome, Source, UpstreamFailed
+
+logger = logging.getLogger(__name__)
+
+
+class FetchOwner(Protocol):
+    """What a fetcher reports to: the job manager, which persists and wakes followers."""
+
+    def appended(self, job: Job) -> None: ...
+
+    def save(self, job: Job) -> None: ...
+
+    def event(self, job: Job, message: str) -> None: ...
+
+
+class Fetcher:
+    """Runs one source for one job. Implements the `Upstream` the source writes to."""
+
+    def __init__(self, job: Job, source: Source, owner: FetchOwner, config: DaemonConfig) -> None:
+        self._job = job
+        self._source = source
+        self._owner = owner
+        self._config = config
+        self._finish_requested = False
+        self._finish_callbacks: list[Callable[[], None]] = []
+
+    # -- Upstream -------------------------------------------------------------------------
+    @property
+    def stored(self) -> int:
+        return self._job.log_size
+
+    @property
+    def finish_requested(self) -> bool:
+        return self._finish_requested
+
+    @property
+    def state(self) -> dict[str, Any]:
+        return self._job.record.source_state
+
+    def append(self, data: bytes) -> None:
+        log = self._job.log
+        if not log.writable:
+            log.observe(data)
+        else:
+            log.append(data)
+        self._owner.appended(self._job)
+
+    def save_state(self) -> None:
+        self._owner.save(self._job)
+
+    def event(self, message: str) -> None:
+        self._owner.event(self._job, message)
+
+    def on_finish_requested(self, callback: Callable[[], None]) -> Callable[[], None]:
+        self._finish_callbacks.append(callback)
+        if self._finish_requested:
+            callback()
+        return lambda: self._finish_callbacks.remove(callback)
+
+    # -- driving ---------------------------------------------------------------------------
+    def request_finish(self) -> None:
+        """The job's final state is set: the source drains what it has and returns."""
+        self._finish_requested = True
+        for callback in tuple(self._finish_callbacks):
+            callback()
+
+    async def run(self) -> Outcome | None:
+        """Fetches until the upstream ends (an Outcome) or is finished (None)."""
+        failures = 0
+        while True:
+            if self._source.counts_connections:
+                self._job.record.upstream_connections += 1
+                self._owner.save(self._job)
+            stored_before = self._job.log_size
+            try:
+                return await self._source.fetch(self)
+            except UpstreamFailed as error:
+                failures = 1 if self._job.log_size > stored_before else failures + 1
+                if failures >= self._config.reconnect_max_attempts:
+                    return Outcome(
+                        error.exit_code,
+                        reason=f"upstream failed {failures} times in a row; last: {error}",
+                    )
+                delay = min(
+                    self._config.reconnect_initial_delay * 2 ** (failures - 1),
+                    self._config.reconnect_max_delay,
+                )
+                self.event(f"upstream connection lost ({error}); reconnecting in {delay:.1f}s")
+                await asyncio.sleep(delay)

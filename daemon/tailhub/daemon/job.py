@@ -1,0 +1,73 @@
+"""A job at run time: its record, its log, who follows it, and the signal that wakes them."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from tailhub.daemon.log import JobLog
+from tailhub.daemon.model import JobRecord, JobState, SourceEvent, SourceKind
+from tailhub.daemon.signal import ChangeSignal
+
+
+class Job:
+    """Owned by the JobManager; read by subscribers.
+
+    The log file stays closed while nobody needs it (a finished job nobody follows), so a
+    daemon with thousands of old jobs holds no descriptor or memory for them.
+    """
+
+    def __init__(self, record: JobRecord, log_path: Path, window_bytes: int) -> None:
+        self.record = record
+        self.changed = ChangeSignal()
+        self.events: list[SourceEvent] = []
+        self.subscribers = 0
+        self.bytes_served = 0
+        self.heartbeat_tick = 0
+        self._log_path = log_path
+        self._window_bytes = window_bytes
+        self._log: JobLog | None = None
+        self._closed_size = _file_size(log_path)
+
+    @property
+    def id(self) -> int:
+        return self.record.id
+
+    @property
+    def state(self) -> JobState:
+        return self.record.state
+
+    @property
+    def sealed(self) -> bool:
+        return self.record.sealed
+
+    @property
+    def log_size(self) -> int:
+        return self._log.size if self._log is not None else self._closed_size
+
+    @property
+    def log(self) -> JobLog:
+        if self._log is None:
+            writable = self.record.spec.kind is not SourceKind.LOCAL
+            self._log = JobLog(self._log_path, self._window_bytes, writable=writable)
+        return self._log
+
+    def release_log_if_idle(self) -> None:
+        """Closes the log of a sealed job that nobody reads any more."""
+        if self._log is not None and self.sealed and self.subscribers == 0:
+            self._closed_size = self._log.size
+            self._log.close()
+            self._log = None
+
+    def close(self) -> None:
+        if self._log is not None:
+            self._closed_size = self._log.size
+            self._log.close()
+            self._log = None
+
+
+def _file_size(path: Path) -> int:
+    try:
+        return os.stat(path).st_size
+    except FileNotFoundError:
+        return 0

@@ -1,0 +1,236 @@
+"""The job manager: creates jobs, runs their one fetcher each, and records how they end."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from pathlib import Path
+
+from tailhub.daemon.config import DaemonConfig
+from tailhub.daemon.fetcher import Fetcher
+from tailhub.daemon.job import Job
+from tailhub.daemon.model import (
+    CommandSpec,
+    FileSpec,
+    InvalidRequest,
+    JobNotFound,
+    JobRecord,
+    JobState,
+    PushSpec,
+    SourceEvent,
+    SourceKind,
+    SourceSpec,
+)
+from tailhub.daemon.sources import (
+    Outcome,
+    SourceEnvironment,
+    UpstreamUnusable,
+    make_source,
+)
+from tailhub.daemon.store import JobStore
+
+logger = logging.getLogger(__name__)
+
+
+class JobManager:
+    """Owns every job and every background task of the core. Not thread-safe: one event loop."""
+
+    def __init__(self, config: DaemonConfig, store: JobStore, environment: SourceEnvironment):
+        self._config = config
+        self._store = store
+        self._environment = environment
+        self._jobs: dict[int, Job] = {}
+        self._fetchers: dict[int, Fetcher] = {}
+        self._tasks: dict[int, asyncio.Task[None]] = {}
+        self._heartbeat: asyncio.Task[None] | None = None
+        self.stopping = False
+        self.started_at = time.time()
+
+    # -- lifecycle ------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Loads every job and resumes the fetch of those still running."""
+        events = self._store.load_events()
+        for record in self._store.load_all():
+            job = self._new_job(record)
+            job.events = events.get(record.id, [])
+            if not record.sealed:
+                self._resume(job)
+        self._heartbeat = asyncio.create_task(self._beat(), name="heartbeat")
+
+    def _resume(self, job: Job) -> None:
+        if job.record.spec.kind is SourceKind.PUSH and job.state.terminal:
+            self._seal(job)
+            return
+        self._start_fetcher(job, finishing=job.state.terminal)
+
+    def begin_stop(self) -> None:
+        """Tells every subscriber to end its stream with "daemon stopping"."""
+        self.stopping = True
+        for job in self._jobs.values():
+            job.changed.notify()
+
+    async def close(self) -> None:
+        """Stops fetching (jobs stay as they are: a restarted daemon resumes them)."""
+        tasks = [*self._tasks.values()]
+        if self._heartbeat is not None:
+            tasks.append(self._heartbeat)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._tasks.clear()
+        for job in self._jobs.values():
+            job.close()
+
+    # -- queries -----------------------------------------------------------------------------
+    def get(self, job_id: int) -> Job:
+        try:
+            return self._jobs[job_id]
+        except KeyError:
+            raise JobNotFound(job_id) from None
+
+    def list(self) -> list[Job]:
+        return list(self._jobs.values())
+
+    # -- commands ----------------------------------------------------------------------------
+    def attach(self, name: str, spec: SourceSpec) -> Job:
+        _validate_attach(spec)
+        record = self._store.create(name, spec)
+        job = self._new_job(record)
+        record.state = JobState.RUNNING
+        record.started_at = time.time()
+        self._store.save(record)
+        self._start_fetcher(job, finishing=False)
+        return job
+
+    def publish(self, job_id: int, data: bytes) -> int:
+        job = self.get(job_id)
+        if job.record.spec.kind is not SourceKind.PUSH:
+            raise InvalidRequest(f"job {job_id} is not a push job; only push jobs take bytes")
+        if job.state.terminal:
+            raise InvalidRequest(
+                f"job {job_id} has ended ({job.state.value}); it takes no more bytes"
+            )
+        job.log.append(data)
+        self.appended(job)
+        return job.log_size
+
+    def finish(self, job_id: int, exit_code: int, reason: str) -> Job:
+        job = self.get(job_id)
+        if job.record.spec.kind not in (SourceKind.FILE, SourceKind.PUSH):
+            raise InvalidRequest(
+                f"job {job_id} is a {job.record.spec.kind.value} job; it ends by itself "
+                "(cancel it to stop it)"
+            )
+        if job.state.terminal:
+            raise InvalidRequest(f"job {job_id} has already ended ({job.state.value})")
+        self._end(
+            job, JobState.from_exit_code(exit_code), exit_code, reason or "finished through the API"
+        )
+        fetcher = self._fetchers.get(job_id)
+        if fetcher is not None:
+            fetcher.request_finish()
+        return job
+
+    async def cancel(self, job_ids: list[int], everything: bool) -> list[Job]:
+        if everything:
+            targets = [job for job in self._jobs.values() if not job.state.terminal]
+        else:
+            targets = [self.get(job_id) for job_id in job_ids]
+        for job in targets:
+            if job.state.terminal:
+                continue
+            self._end(job, JobState.CANCELLED, None, "cancelled")
+            task = self._tasks.get(job.id)
+            if task is not None:
+                task.cancel()
+            self._seal(job)
+        return targets
+
+    # -- FetchOwner --------------------------------------------------------------------------
+    def appended(self, job: Job) -> None:
+        job.changed.notify()
+
+    def save(self, job: Job) -> None:
+        self._store.save(job.record)
+
+    def event(self, job: Job, message: str) -> None:
+        event = SourceEvent(job.log_size, message, time.time())
+        job.events.append(event)
+        self._store.add_event(job.id, event)
+        logger.info("job %d: %s", job.id, message)
+        job.changed.notify()
+
+    # -- internals ---------------------------------------------------------------------------
+    def _new_job(self, record: JobRecord) -> Job:
+        job = Job(record, self._config.paths.job_log(record.id), self._config.memory_window_bytes)
+        self._jobs[record.id] = job
+        return job
+
+    def _start_fetcher(self, job: Job, *, finishing: bool) -> None:
+        fetcher = Fetcher(job, make_source(job.record.spec, self._environment), self, self._config)
+        if finishing:
+            fetcher.request_finish()
+        self._fetchers[job.id] = fetcher
+        self._tasks[job.id] = asyncio.create_task(self._fetch(job, fetcher), name=f"fetch-{job.id}")
+
+    async def _fetch(self, job: Job, fetcher: Fetcher) -> None:
+        try:
+            outcome: Outcome | None = await fetcher.run()
+        except UpstreamUnusable as error:
+            outcome = Outcome(error.exit_code, str(error))
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # a bug or an I/O error: fail the job, keep the daemon
+            logger.exception("fetcher of job %d failed", job.id)
+            outcome = Outcome(1, f"fetching failed: {error}")
+        finally:
+            self._fetchers.pop(job.id, None)
+            self._tasks.pop(job.id, None)
+        if outcome is not None and not job.state.terminal:
+            self._end(
+                job, JobState.from_exit_code(outcome.exit_code), outcome.exit_code, outcome.reason
+            )
+        self._seal(job)
+
+    def _end(self, job: Job, state: JobState, exit_code: int | None, reason: str) -> None:
+        record = job.record
+        record.state = state
+        record.exit_code = exit_code
+        record.reason = reason
+        record.ended_at = time.time()
+        self._store.save(record)
+        job.changed.notify()
+
+    def _seal(self, job: Job) -> None:
+        job.record.sealed = True
+        self._store.save(job.record)
+        job.changed.notify()
+        job.release_log_if_idle()
+
+    async def _beat(self) -> None:
+        while True:
+            await asyncio.sleep(self._config.heartbeat_interval)
+            for job in self._jobs.values():
+                if job.changed.waiting:
+                    job.heartbeat_tick += 1
+                    job.changed.notify()
+
+
+def _validate_attach(spec: SourceSpec) -> None:
+    if isinstance(spec, FileSpec):
+        path = Path(spec.path)
+        if not path.is_absolute():
+            raise InvalidRequest(f"file path must be absolute: {spec.path}")
+        if not path.exists():
+            raise InvalidRequest(f"no such file: {spec.path}")
+        if path.is_dir():
+            raise InvalidRequest(f"{spec.path} is a directory, not a file")
+        if not os.access(path, os.R_OK):
+            raise InvalidRequest(f"cannot read {spec.path}: permission denied")
+    elif isinstance(spec, CommandSpec):
+        if not spec.argv or not spec.argv[0]:
+            raise InvalidRequest("command is empty")
+    elif not isinstance(spec, PushSpec):
+        raise InvalidRequest("attach takes a file, command or push source")

@@ -1,0 +1,65 @@
+"""One daemon per state directory: an exclusive lock held for the daemon's whole life.
+
+Binding a `unix:` address silently unlinks an existing socket, so a second daemon would steal
+the first one's socket: the lock, not the bind, must decide who serves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from pathlib import Path
+
+
+class AlreadyRunning(Exception):
+    def __init__(self, home: Path, pid: str) -> None:
+        who = f" (pid {pid})" if pid else ""
+        super().__init__(f"another tailhubd already serves {home}{who}")
+
+
+class StateLock:
+    def __init__(self, lock_path: Path, pid_path: Path) -> None:
+        self._lock_path = lock_path
+        self._pid_path = pid_path
+        self._fd = -1
+
+    def acquire(self) -> None:
+        fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise AlreadyRunning(self._lock_path.parent, read_pid(self._pid_path)) from None
+        self._fd = fd
+        self._pid_path.write_text(f"{os.getpid()}\n")
+
+    def release(self) -> None:
+        if self._fd < 0:
+            return
+        with contextlib.suppress(FileNotFoundError):
+            self._pid_path.unlink()
+        os.close(self._fd)
+        self._fd = -1
+
+
+def is_held(lock_path: Path) -> bool:
+    """True while some daemon holds the lock (a daemon is starting or serving)."""
+    try:
+        fd = os.open(lock_path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def read_pid(pid_path: Path) -> str:
+    try:
+        return pid_path.read_text().strip()
+    except FileNotFoundError:
+        return ""

@@ -1,0 +1,115 @@
+"""A job's log: an append-only file on disk plus a window of its most recent bytes in memory.
+
+Offsets are byte positions from the start of the job's output. Readers never get a copy of
+their own: they read a range (from the window when it lies inside it, else from disk) when
+they are ready to send it, so memory does not depend on how far behind anyone is.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+_TAIL_SCAN_BLOCK = 64 * 1024
+
+
+class JobLog:
+    """The bytes of one job.
+
+    A *writable* log stores what the fetcher appends. A log that is not writable belongs to a
+    job that writes its own file (the local runner): the fetcher only *observes* new bytes, so
+    the bytes exist once, on disk.
+    """
+
+    def __init__(self, path: Path, window_bytes: int, *, writable: bool) -> None:
+        self.path = path
+        self._window_bytes = window_bytes
+        flags = os.O_RDONLY | os.O_CLOEXEC
+        if writable:
+            self._append_fd: int | None = os.open(
+                path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600
+            )
+        else:
+            self._append_fd = None
+            flags |= os.O_CREAT
+        self._read_fd = os.open(path, flags, 0o600)
+        self.size = os.fstat(self._read_fd).st_size
+        # The window holds bytes [_window_start, size).
+        self._window = bytearray()
+        self._window_start = self.size
+
+    @property
+    def writable(self) -> bool:
+        return self._append_fd is not None
+
+    def close(self) -> None:
+        if self._append_fd is not None:
+            os.close(self._append_fd)
+            self._append_fd = None
+        if self._read_fd >= 0:
+            os.close(self._read_fd)
+            self._read_fd = -1
+        self._window = bytearray()
+
+    def append(self, data: bytes) -> None:
+        """Stores bytes the fetcher received."""
+        if self._append_fd is None:
+            raise RuntimeError(f"log {self.path} is written by its job, not the daemon")
+        view = memoryview(data)
+        while view:
+            written = os.write(self._append_fd, view)
+            view = view[written:]
+        self._remember(data)
+
+    def observe(self, data: bytes) -> None:
+        """Takes note of bytes the job itself already wrote to the log file."""
+        self._remember(data)
+
+    def _remember(self, data: bytes) -> None:
+        self._window += data
+        self.size += len(data)
+        # Trim in batches: deleting from a bytearray's front is cheap, but not free.
+        if len(self._window) > self._window_bytes + self._window_bytes // 2:
+            excess = len(self._window) - self._window_bytes
+            del self._window[:excess]
+            self._window_start += excess
+
+    def read(self, offset: int, limit: int) -> bytes:
+        """Up to `limit` bytes from `offset`, never past the stored size."""
+        end = min(self.size, offset + limit)
+        if offset >= end:
+            return b""
+        if offset >= self._window_start:
+            start = offset - self._window_start
+            return bytes(self._window[start : start + (end - offset)])
+        parts = []
+        position = offset
+        while position < end:
+            part = os.pread(self._read_fd, end - position, position)
+            if not part:
+                raise OSError(f"log {self.path} is shorter than its recorded size")
+            parts.append(part)
+            position += len(part)
+        return b"".join(parts)
+
+    def tail_offset(self, lines: int) -> int:
+        """The offset where the last `lines` lines begin; reads backwards, never the whole log."""
+        if lines <= 0:
+            return self.size
+        end = self.size
+        # A final newline ends the last line; it does not start another one.
+        wanted = lines + 1 if end and self.read(end - 1, 1) == b"\n" else lines
+        position = end
+        while position > 0:
+            start = max(0, position - _TAIL_SCAN_BLOCK)
+            block = self.read(start, position - start)
+            index = len(block)
+            while True:
+                index = block.rfind(b"\n", 0, index)
+                if index < 0:
+                    break
+                wanted -= 1
+                if wanted == 0:
+                    return start + index + 1
+            position = start
+        return 0

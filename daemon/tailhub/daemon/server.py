@@ -1,0 +1,125 @@
+"""The daemon's lifecycle: lock, database, job manager and gRPC server, started and stopped
+in order. `start()` returns once the socket is bound and serving."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from types import TracebackType
+
+import grpc
+import grpc.aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from tailhub.daemon.config import DaemonConfig
+from tailhub.daemon.jobs import JobManager
+from tailhub.daemon.lock import StateLock
+from tailhub.daemon.service import SERVICE_NAME, TailhubServicer
+from tailhub.daemon.sources import SourceEnvironment
+from tailhub.daemon.store import JobStore
+from tailhub.daemon.watch import FileWatcher
+
+logger = logging.getLogger(__name__)
+
+
+class Daemon:
+    def __init__(self, config: DaemonConfig) -> None:
+        self.config = config
+        self._lock = StateLock(config.paths.lock, config.paths.pid)
+        self._watcher = FileWatcher()
+        self._store: JobStore | None = None
+        self._manager: JobManager | None = None
+        self._server: grpc.aio.Server | None = None
+        self._stopped = asyncio.Event()
+
+    async def start(self) -> None:
+        paths = self.config.paths
+        paths.check_socket_path()
+        paths.home.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(paths.home, 0o700)
+        self._lock.acquire()
+        try:
+            await self._start_locked()
+        except BaseException:
+            await self._close()
+            raise
+
+    async def _start_locked(self) -> None:
+        paths = self.config.paths
+        paths.logs.mkdir(mode=0o700, exist_ok=True)
+        paths.runs.mkdir(mode=0o700, exist_ok=True)
+        loop = asyncio.get_running_loop()
+        self._watcher.start(loop)
+        self._store = JobStore(paths.database)
+        environment = SourceEnvironment(self.config, self._watcher)
+        self._manager = JobManager(self.config, self._store, environment)
+        await self._manager.start()
+
+        limit = self.config.max_concurrent_streams
+        server = grpc.aio.server(
+            options=[
+                # The C core queues at most 1000 unanswered requests by default: a burst of
+                # 2000 subscriptions would see some cancelled.
+                ("grpc.server.max_pending_requests", limit),
+                ("grpc.server.max_pending_requests_hard_limit", limit),
+                ("grpc.max_send_message_length", 8 * 1024 * 1024),
+            ],
+        )
+        servicer = TailhubServicer(self._manager, self.config)
+        server.add_generic_rpc_handlers((servicer.handler(),))
+        health_servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+        # Created 0600 from the start: no moment where another user could connect.
+        old_umask = os.umask(0o177)
+        try:
+            server.add_insecure_port(paths.address)
+        finally:
+            os.umask(old_umask)
+        await server.start()
+        await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+        await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+        self._server = server
+        logger.info("tailhubd serving %s (pid %d)", paths.address, os.getpid())
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Ends subscribers' streams with "daemon stopping", then the server, then the rest."""
+        if self._manager is not None:
+            self._manager.begin_stop()
+        if self._server is not None:
+            await self._server.stop(self.config.stop_grace if grace is None else grace)
+        await self._close()
+
+    async def _close(self) -> None:
+        if self._manager is not None:
+            await self._manager.close()
+            self._manager = None
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+        self._watcher.close(asyncio.get_running_loop())
+        if self._server is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self.config.paths.socket.unlink()
+            self._server = None
+        self._lock.release()
+        self._stopped.set()
+
+    async def wait_closed(self) -> None:
+        await self._stopped.wait()
+
+    async def __aenter__(self) -> Daemon:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.stop()

@@ -1,0 +1,286 @@
+"""The gRPC layer: protobuf in, domain calls, protobuf (or pre-encoded bytes) out. Nothing else."""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+import grpc.aio
+from tailhub.daemon import __version__
+from tailhub.daemon.config import DaemonConfig
+from tailhub.daemon.fanout import ChunkRange, DaemonStopping, Ended, Heartbeat, Start, stream_log
+from tailhub.daemon.job import Job
+from tailhub.daemon.jobs import JobManager
+from tailhub.daemon.model import (
+    CommandSpec,
+    FileSpec,
+    InvalidRequest,
+    JobError,
+    JobNotFound,
+    JobState,
+    LocalSpec,
+    PushSpec,
+    SourceEvent,
+    SourceKind,
+    SourceSpec,
+)
+from tailhub.daemon.wire import EncodedChunkCache, encode_chunk
+from tailhub.v1 import tailhub_pb2 as pb
+
+SERVICE_NAME = "tailhub.v1.TailhubService"
+_CHUNK_CACHE_BYTES = 16 * 1024 * 1024
+
+_STATES = {
+    JobState.PENDING: pb.JOB_STATE_PENDING,
+    JobState.RUNNING: pb.JOB_STATE_RUNNING,
+    JobState.SUCCEEDED: pb.JOB_STATE_SUCCEEDED,
+    JobState.FAILED: pb.JOB_STATE_FAILED,
+    JobState.CANCELLED: pb.JOB_STATE_CANCELLED,
+}
+_KINDS = {
+    SourceKind.LOCAL: pb.SOURCE_KIND_LOCAL,
+    SourceKind.FILE: pb.SOURCE_KIND_FILE,
+    SourceKind.COMMAND: pb.SOURCE_KIND_COMMAND,
+    SourceKind.PUSH: pb.SOURCE_KIND_PUSH,
+}
+
+Request = TypeVar("Request")
+Response = TypeVar("Response")
+Handler = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
+
+
+def _translating_errors(method: Handler) -> Handler:
+    """Turns domain errors into gRPC status codes: the one place they cross."""
+
+    @functools.wraps(method)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        try:
+            return await method(self, request, context)
+        except JobError as error:
+            await context.abort(_status_of(error), str(error))
+
+    return wrapper
+
+
+def _status_of(error: Exception) -> grpc.StatusCode:
+    if isinstance(error, JobNotFound):
+        return grpc.StatusCode.NOT_FOUND
+    if isinstance(error, InvalidRequest):
+        return grpc.StatusCode.INVALID_ARGUMENT
+    if isinstance(error, DaemonStopping):
+        return grpc.StatusCode.UNAVAILABLE
+    return grpc.StatusCode.FAILED_PRECONDITION
+
+
+class TailhubServicer:
+    def __init__(self, manager: JobManager, config: DaemonConfig) -> None:
+        self._manager = manager
+        self._config = config
+        self._chunks = EncodedChunkCache(_CHUNK_CACHE_BYTES)
+
+    async def subscribe(
+        self, request: pb.SubscribeRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[bytes]:
+        """Yields serialized SubscribeResponse messages (registered without a serializer)."""
+        manager = self._manager
+        try:
+            job = manager.get(request.job_id)
+            start = (
+                Start(tail_lines=request.tail_lines)
+                if request.WhichOneof("start") == "tail_lines"
+                else Start(offset=request.offset)
+            )
+            stream = stream_log(
+                job,
+                start,
+                follow=request.follow,
+                max_chunk=self._config.max_chunk_bytes,
+                stopping=lambda: manager.stopping,
+            )
+            try:
+                async for item in stream:
+                    if isinstance(item, ChunkRange):
+                        encoded = self._encode_chunk(job, item)
+                        job.bytes_served += item.end - item.offset
+                        yield encoded
+                    elif isinstance(item, Heartbeat):
+                        yield pb.SubscribeResponse(
+                            heartbeat=pb.Heartbeat(
+                                log_size=item.log_size, state=_STATES[item.state]
+                            )
+                        ).SerializeToString()
+                    elif isinstance(item, SourceEvent):
+                        yield pb.SubscribeResponse(event=_event(item)).SerializeToString()
+                    elif isinstance(item, Ended):
+                        yield pb.SubscribeResponse(end=_end(item)).SerializeToString()
+            finally:
+                # A cancelled stream must release its subscriber slot now, not at GC time.
+                await stream.aclose()
+        except (JobError, DaemonStopping) as error:
+            await context.abort(_status_of(error), str(error) or "daemon stopping")
+
+    def _encode_chunk(self, job: Job, chunk: ChunkRange) -> bytes:
+        if not chunk.live:
+            return encode_chunk(chunk.offset, job.log.read(chunk.offset, chunk.end - chunk.offset))
+        key = (job.id, chunk.offset, chunk.end)
+        encoded = self._chunks.get(key)
+        if encoded is None:
+            data = job.log.read(chunk.offset, chunk.end - chunk.offset)
+            encoded = encode_chunk(chunk.offset, data)
+            self._chunks.put(key, encoded)
+        return encoded
+
+    @_translating_errors
+    async def attach_job(
+        self, request: pb.AttachJobRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.AttachJobResponse:
+        job = self._manager.attach(request.name, _attach_spec(request))
+        return pb.AttachJobResponse(job=_job(job))
+
+    @_translating_errors
+    async def launch_job(
+        self, request: pb.LaunchJobRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.LaunchJobResponse:
+        spec = LocalSpec(
+            run=request.run,
+            setup=request.setup,
+            workdir=request.workdir,
+            envs=tuple(sorted(request.envs.items())),
+        )
+        job = self._manager.launch(request.name, spec)
+        return pb.LaunchJobResponse(job=_job(job))
+
+    @_translating_errors
+    async def publish(
+        self, request: pb.PublishRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.PublishResponse:
+        return pb.PublishResponse(log_size=self._manager.publish(request.job_id, request.data))
+
+    @_translating_errors
+    async def finish_job(
+        self, request: pb.FinishJobRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.FinishJobResponse:
+        job = self._manager.finish(request.job_id, request.exit_code, request.reason)
+        return pb.FinishJobResponse(job=_job(job))
+
+    @_translating_errors
+    async def cancel_jobs(
+        self, request: pb.CancelJobsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.CancelJobsResponse:
+        jobs = await self._manager.cancel(list(request.job_ids), request.all)
+        return pb.CancelJobsResponse(jobs=[_job(job) for job in jobs])
+
+    @_translating_errors
+    async def get_job(
+        self, request: pb.GetJobRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.GetJobResponse:
+        job = self._manager.get(request.job_id)
+        return pb.GetJobResponse(job=_job(job), events=[_event(event) for event in job.events])
+
+    @_translating_errors
+    async def list_jobs(
+        self, request: pb.ListJobsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ListJobsResponse:
+        return pb.ListJobsResponse(jobs=[_job(job) for job in self._manager.list()])
+
+    @_translating_errors
+    async def get_daemon_status(
+        self, request: pb.GetDaemonStatusRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.GetDaemonStatusResponse:
+        jobs = self._manager.list()
+        return pb.GetDaemonStatusResponse(
+            pid=os.getpid(),
+            version=__version__,
+            home=str(self._config.paths.home),
+            started_at=self._manager.started_at,
+            jobs=len(jobs),
+            running_jobs=sum(not job.state.terminal for job in jobs),
+            subscribers=sum(job.subscribers for job in jobs),
+            upstream_connections=sum(job.record.upstream_connections for job in jobs),
+            bytes_served=sum(job.bytes_served for job in jobs),
+        )
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        """All methods, registered by hand so that Subscribe can send pre-encoded bytes."""
+
+        def unary(method: Handler, request: Any, response: Any) -> grpc.RpcMethodHandler:
+            return grpc.unary_unary_rpc_method_handler(
+                method,  # type: ignore[arg-type]
+                request_deserializer=request.FromString,
+                response_serializer=response.SerializeToString,
+            )
+
+        return grpc.method_handlers_generic_handler(
+            SERVICE_NAME,
+            {
+                "Subscribe": grpc.unary_stream_rpc_method_handler(
+                    self.subscribe,  # type: ignore[arg-type]
+                    request_deserializer=pb.SubscribeRequest.FromString,
+                    response_serializer=None,
+                ),
+                "AttachJob": unary(self.attach_job, pb.AttachJobRequest, pb.AttachJobResponse),
+                "LaunchJob": unary(self.launch_job, pb.LaunchJobRequest, pb.LaunchJobResponse),
+                "Publish": unary(self.publish, pb.PublishRequest, pb.PublishResponse),
+                "FinishJob": unary(self.finish_job, pb.FinishJobRequest, pb.FinishJobResponse),
+                "CancelJobs": unary(self.cancel_jobs, pb.CancelJobsRequest, pb.CancelJobsResponse),
+                "GetJob": unary(self.get_job, pb.GetJobRequest, pb.GetJobResponse),
+                "ListJobs": unary(self.list_jobs, pb.ListJobsRequest, pb.ListJobsResponse),
+                "GetDaemonStatus": unary(
+                    self.get_daemon_status, pb.GetDaemonStatusRequest, pb.GetDaemonStatusResponse
+                ),
+            },
+        )
+
+
+def _attach_spec(request: pb.AttachJobRequest) -> SourceSpec:
+    which = request.WhichOneof("source")
+    if which == "file":
+        return FileSpec(path=request.file.path)
+    if which == "command":
+        command = request.command
+        return CommandSpec(
+            argv=tuple(command.argv),
+            shell=command.shell,
+            transport_exit_codes=frozenset(command.transport_exit_codes),
+        )
+    if which == "push":
+        return PushSpec()
+    raise InvalidRequest("attach needs a source: file, command or push")
+
+
+def _job(job: Job) -> pb.Job:
+    record = job.record
+    return pb.Job(
+        id=record.id,
+        name=record.name,
+        state=_STATES[record.state],
+        exit_code=record.exit_code,
+        reason=record.reason,
+        source_kind=_KINDS[record.spec.kind],
+        source_description=record.spec.describe(),
+        log_size=job.log_size,
+        sealed=record.sealed,
+        upstream_connections=record.upstream_connections,
+        subscribers=job.subscribers,
+        bytes_served=job.bytes_served,
+        submitted_at=record.submitted_at,
+        started_at=record.started_at,
+        ended_at=record.ended_at,
+    )
+
+
+def _event(event: SourceEvent) -> pb.SourceEvent:
+    return pb.SourceEvent(offset=event.offset, message=event.message, time=event.time)
+
+
+def _end(ended: Ended) -> pb.End:
+    return pb.End(
+        state=_STATES[ended.state],
+        exit_code=ended.exit_code,
+        reason=ended.reason,
+        log_size=ended.log_size,
+        finished=ended.finished,
+    )

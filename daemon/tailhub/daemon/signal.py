@@ -1,0 +1,50 @@
+"""A broadcast wake-up: every waiter resumes when it fires, none is left waiting."""
+
+from __future__ import annotations
+
+import asyncio
+
+
+class ChangeSignal:
+    """Like asyncio.Event that resets itself: waiters see the next change, not an old one.
+
+    Each waiter has its own future, so cancelling one waiter (a client that disconnects)
+    never disturbs the others, and a signal nobody waits on costs nothing.
+    """
+
+    def __init__(self) -> None:
+        self._waiters: set[asyncio.Future[None]] = set()
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
+
+    async def wait(self) -> None:
+        future = asyncio.get_running_loop().create_future()
+        self._waiters.add(future)
+        try:
+            await future
+        finally:
+            self._waiters.discard(future)
+
+    async def wait_for(self, timeout: float) -> bool:
+        """Waits at most `timeout` seconds; True if the signal fired."""
+        future = asyncio.get_running_loop().create_future()
+        self._waiters.add(future)
+        handle = asyncio.get_running_loop().call_later(timeout, _expire, future)
+        try:
+            return await future
+        finally:
+            handle.cancel()
+            self._waiters.discard(future)
+
+    def notify(self) -> None:
+        waiters, self._waiters = self._waiters, set()
+        for future in waiters:
+            if not future.done():
+                future.set_result(True)  # type: ignore[arg-type]
+
+
+def _expire(future: asyncio.Future[bool]) -> None:
+    if not future.done():
+        future.set_result(False)

@@ -1,0 +1,67 @@
+"""What every log source implements, and what the fetcher offers it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How an upstream ended on its own: the job's exit code and, if useful, why."""
+
+    exit_code: int
+    reason: str = ""
+
+
+class UpstreamFailed(Exception):
+    """The connection to the upstream broke; the fetcher reconnects with backoff."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class UpstreamUnusable(Exception):
+    """The upstream cannot be fetched at all (missing program, unreadable file): no retry."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class Upstream(Protocol):
+    """The fetcher's side of one fetch: where bytes go and what the source may remember."""
+
+    @property
+    def stored(self) -> int:
+        """Bytes already in the job's log: a replaying source skips this many."""
+
+    @property
+    def finish_requested(self) -> bool:
+        """The job's final state was set: drain what is there and return."""
+
+    @property
+    def state(self) -> dict[str, Any]:
+        """Resume state that survives a daemon restart (after `save_state`)."""
+
+    def append(self, data: bytes) -> None: ...
+
+    def save_state(self) -> None: ...
+
+    def event(self, message: str) -> None:
+        """Reports something that happened upstream to the job's followers."""
+
+    def on_finish_requested(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Calls `callback` when the final state is set; returns a function that unregisters it."""
+
+
+class Source(Protocol):
+    """One kind of upstream. `fetch` is one connection: it returns when the upstream ended on
+    its own (an Outcome) or when asked to finish (None), and raises UpstreamFailed when the
+    connection broke."""
+
+    counts_connections: ClassVar[bool]
+
+    async def fetch(self, upstream: Upstream) -> Outcome | None: ...

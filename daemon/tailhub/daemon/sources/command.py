@@ -1,0 +1,87 @@
+"""The `command` source: an argv whose stdout (stderr merged) is the log.
+
+This is how remote logs are reached (`ssh host tail -n +1 -f run.log`, `kubectl logs -f`).
+When the command dies with a transport exit code, the fetcher runs it again; it replays the
+log from its start, and the bytes already stored are skipped, so none is lost or repeated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from dataclasses import dataclass
+from typing import ClassVar
+
+from tailhub.daemon.model import CommandSpec
+from tailhub.daemon.sources.base import Outcome, Upstream, UpstreamFailed, UpstreamUnusable
+
+READ_BYTES = 256 * 1024
+# How long a command gets to exit after SIGTERM when the daemon stops fetching it.
+TERMINATE_GRACE = 2.0
+
+
+@dataclass
+class CommandSource:
+    spec: CommandSpec
+    transport_exit_codes: frozenset[int]
+    counts_connections: ClassVar[bool] = True
+
+    async def fetch(self, upstream: Upstream) -> Outcome | None:
+        process = await self._start()
+        assert process.stdout is not None
+        skip = upstream.stored
+        try:
+            while data := await process.stdout.read(READ_BYTES):
+                if skip:
+                    dropped = min(skip, len(data))
+                    skip -= dropped
+                    data = data[dropped:]
+                    if not data:
+                        continue
+                upstream.append(data)
+            exit_code = await process.wait()
+        finally:
+            if process.returncode is None:
+                await _terminate(process)
+        if exit_code < 0:
+            exit_code = 128 - exit_code  # killed by a signal, as a shell reports it
+        if exit_code in self.transport_exit_codes:
+            raise UpstreamFailed(f"command exited with {exit_code}", exit_code)
+        if skip:
+            upstream.event(f"command replayed {skip} bytes fewer than were already stored")
+        return Outcome(exit_code, reason=f"command exited with {exit_code}")
+
+    async def _start(self) -> asyncio.subprocess.Process:
+        try:
+            if self.spec.shell:
+                return await asyncio.create_subprocess_shell(
+                    self.spec.argv[0], **_PIPES, start_new_session=True
+                )
+            return await asyncio.create_subprocess_exec(
+                *self.spec.argv, **_PIPES, start_new_session=True
+            )
+        except OSError as error:
+            raise UpstreamUnusable(
+                f"cannot run {self.spec.describe()}: {error.strerror}", exit_code=127
+            ) from error
+
+
+_PIPES = {
+    "stdin": asyncio.subprocess.DEVNULL,
+    "stdout": asyncio.subprocess.PIPE,
+    "stderr": asyncio.subprocess.STDOUT,
+}
+
+
+async def _terminate(process: asyncio.subprocess.Process) -> None:
+    """Stops the command and everything it started (it leads its own process group)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        await asyncio.wait_for(process.wait(), TERMINATE_GRACE)
+    except asyncio.TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        await process.wait()

@@ -1,0 +1,56 @@
+"""Hand encoding of the hot message, `SubscribeResponse{chunk}`, and a cache to share it.
+
+A chunk at the live edge goes to every subscriber there: it is encoded once, as the exact
+bytes protobuf would produce (a test holds this), and the server sends those bytes untouched.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+_CHUNK_FIELD = b"\x0a"  # SubscribeResponse.chunk: field 1, length-delimited
+_OFFSET_FIELD = b"\x08"  # Chunk.offset: field 1, varint
+_DATA_FIELD = b"\x12"  # Chunk.data: field 2, length-delimited
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def encode_chunk(offset: int, data: bytes) -> bytes:
+    """SubscribeResponse(chunk=Chunk(offset=offset, data=data)), serialized."""
+    # proto3 leaves out fields at their default value; so do we, to be byte-identical.
+    inner_head = (_OFFSET_FIELD + _varint(offset) if offset else b"") + (
+        _DATA_FIELD + _varint(len(data)) if data else b""
+    )
+    inner_length = len(inner_head) + len(data)
+    return b"".join((_CHUNK_FIELD, _varint(inner_length), inner_head, data))
+
+
+class EncodedChunkCache:
+    """Recently encoded live-edge chunks, bounded in bytes, least recently used out first."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self._max_bytes = max_bytes
+        self._bytes = 0
+        self._entries: OrderedDict[tuple[int, int, int], bytes] = OrderedDict()
+
+    def get(self, key: tuple[int, int, int]) -> bytes | None:
+        encoded = self._entries.get(key)
+        if encoded is not None:
+            self._entries.move_to_end(key)
+        return encoded
+
+    def put(self, key: tuple[int, int, int], encoded: bytes) -> None:
+        if len(encoded) > self._max_bytes or key in self._entries:
+            return
+        self._entries[key] = encoded
+        self._bytes += len(encoded)
+        while self._bytes > self._max_bytes:
+            _, dropped = self._entries.popitem(last=False)
+            self._bytes -= len(dropped)
