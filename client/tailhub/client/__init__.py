@@ -1,0 +1,57 @@
+"""The tailhub client library: follow any job's log through the local daemon.
+
+from tailhub.client import Client, LogChunk, LogEnd, resolve_paths
+
+with Client.connect(resolve_paths()) as client:
+    for item in client.follow(7):
+        if isinstance(item, LogChunk):
+            sys.stdout.buffer.write(item.data)
+"""
+
+from __future__ import annotations
+
+import os
+
+from tailhub.client._client import Client
+from tailhub.client._errors import (
+    DaemonUnreachable,
+    InvalidRequestError,
+    JobNotFoundError,
+    ProtocolError,
+    TailhubError,
+)
+from tailhub.client._types import (
+    DaemonStatus,
+    JobInfo,
+    JobState,
+    LogChunk,
+    LogEnd,
+    LogEvent,
+    LogHeartbeat,
+    LogItem,
+)
+from tailhub.daemon.paths import StatePaths, resolve_home
+
+__all__ = [
+    "Client",
+    "DaemonStatus",
+    "DaemonUnreachable",
+    "InvalidRequestError",
+    "JobInfo",
+    "JobNotFoundError",
+    "JobState",
+    "LogChunk",
+    "LogEnd",
+    "LogEvent",
+    "LogHeartbeat",
+    "LogItem",
+    "ProtocolError",
+    "StatePaths",
+    "TailhubError",
+    "resolve_paths",
+]
+
+
+def resolve_paths(home: str | None = None) -> StatePaths:
+    """The state directory's files: `home`, else $TAILHUB_HOME, else ~/.tailhub."""
+    return StatePaths(resolve_home(home, os.environ))

@@ -49,7 +49,9 @@ class Job:
     def log(self) -> JobLog:
         if self._log is None:
             writable = self.record.spec.kind is not SourceKind.LOCAL
-            self._log = JobLog(self._log_path, self._window_bytes, writable=writable)
+            self._log = JobLog(
+                self._log_path, self._window_bytes, writable=writable, size=self._closed_size
+            )
         return self._log
 
     def release_log_if_idle(self) -> None:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -18,11 +20,13 @@ from tailhub.daemon.model import (
     JobNotFound,
     JobRecord,
     JobState,
+    LocalSpec,
     PushSpec,
     SourceEvent,
     SourceKind,
     SourceSpec,
 )
+from tailhub.daemon.runner import RunHandle
 from tailhub.daemon.sources import (
     Outcome,
     SourceEnvironment,
@@ -30,6 +34,9 @@ from tailhub.daemon.sources import (
     make_source,
 )
 from tailhub.daemon.store import JobStore
+
+# How long past the grace period `cancel` waits for a killed job's log to be drained.
+_CANCEL_MARGIN = 10.0
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +52,10 @@ class JobManager:
         self._fetchers: dict[int, Fetcher] = {}
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._heartbeat: asyncio.Task[None] | None = None
+        self._kill_timers: set[asyncio.Task[None]] = set()
+        # Local jobs waiting for a free slot, in submission order.
+        self._pending: collections.deque[Job] = collections.deque()
+        self._running_local = 0
         self.stopping = False
         self.started_at = time.time()
 
@@ -57,13 +68,21 @@ class JobManager:
             job.events = events.get(record.id, [])
             if not record.sealed:
                 self._resume(job)
+        self._schedule()
         self._heartbeat = asyncio.create_task(self._beat(), name="heartbeat")
 
     def _resume(self, job: Job) -> None:
-        if job.record.spec.kind is SourceKind.PUSH and job.state.terminal:
+        kind = job.record.spec.kind
+        if kind is SourceKind.LOCAL:
+            if job.state is JobState.PENDING:
+                self._pending.append(job)
+            else:  # running, or ended while we were away: the fetch finds out which
+                self._running_local += 1
+                self._start_fetcher(job, finishing=False)
+        elif kind is SourceKind.PUSH and job.state.terminal:
             self._seal(job)
-            return
-        self._start_fetcher(job, finishing=job.state.terminal)
+        else:
+            self._start_fetcher(job, finishing=job.state.terminal)
 
     def begin_stop(self) -> None:
         """Tells every subscriber to end its stream with "daemon stopping"."""
@@ -73,7 +92,7 @@ class JobManager:
 
     async def close(self) -> None:
         """Stops fetching (jobs stay as they are: a restarted daemon resumes them)."""
-        tasks = [*self._tasks.values()]
+        tasks = [*self._tasks.values(), *self._kill_timers]
         if self._heartbeat is not None:
             tasks.append(self._heartbeat)
         for task in tasks:
@@ -102,6 +121,17 @@ class JobManager:
         record.started_at = time.time()
         self._store.save(record)
         self._start_fetcher(job, finishing=False)
+        return job
+
+    def launch(self, name: str, spec: LocalSpec) -> Job:
+        """Records a task for the local runner; it starts when a slot is free."""
+        if not spec.run.strip():
+            raise InvalidRequest("the task's `run` is empty: nothing to launch")
+        if spec.workdir and not Path(spec.workdir).is_dir():
+            raise InvalidRequest(f"workdir {spec.workdir} is not a directory")
+        job = self._new_job(self._store.create(name, spec))
+        self._pending.append(job)
+        self._schedule()
         return job
 
     def publish(self, job_id: int, data: bytes) -> int:
@@ -134,6 +164,7 @@ class JobManager:
         return job
 
     async def cancel(self, job_ids: list[int], everything: bool) -> list[Job]:
+        """Cancels jobs and returns once they have ended (local ones may take the grace)."""
         if everything:
             targets = [job for job in self._jobs.values() if not job.state.terminal]
         else:
@@ -141,12 +172,41 @@ class JobManager:
         for job in targets:
             if job.state.terminal:
                 continue
+            if job.record.spec.kind is SourceKind.LOCAL and job.state is JobState.RUNNING:
+                self._signal_local(job)
+                continue
             self._end(job, JobState.CANCELLED, None, "cancelled")
             task = self._tasks.get(job.id)
             if task is not None:
                 task.cancel()
             self._seal(job)
+        await asyncio.wait_for(
+            asyncio.gather(*(self._sealed(job) for job in targets)),
+            self._config.cancel_grace + _CANCEL_MARGIN,
+        )
         return targets
+
+    def _signal_local(self, job: Job) -> None:
+        """SIGTERM to the job's process group now, SIGKILL after the grace period."""
+        job.record.cancel_requested = True
+        self._store.save(job.record)
+        handle = RunHandle.from_json(job.record.source_state)
+        if handle is None:
+            return
+        self._environment.runner.signal(handle, signal.SIGTERM)
+
+        async def kill_after_grace() -> None:
+            await asyncio.sleep(self._config.cancel_grace)
+            self._environment.runner.signal(handle, signal.SIGKILL)
+
+        timer = asyncio.create_task(kill_after_grace(), name=f"kill-{job.id}")
+        self._kill_timers.add(timer)
+        timer.add_done_callback(self._kill_timers.discard)
+
+    @staticmethod
+    async def _sealed(job: Job) -> None:
+        while not job.sealed:
+            await job.changed.wait()
 
     # -- FetchOwner --------------------------------------------------------------------------
     def appended(self, job: Job) -> None:
@@ -168,8 +228,34 @@ class JobManager:
         self._jobs[record.id] = job
         return job
 
+    def _schedule(self) -> None:
+        """Starts pending local jobs, oldest first, while the running limit allows."""
+        limit = self._config.max_running_jobs
+        while self._pending and (limit is None or self._running_local < limit):
+            job = self._pending.popleft()
+            if job.state is JobState.PENDING:
+                self._start_local(job)
+
+    def _start_local(self, job: Job) -> None:
+        assert isinstance(job.record.spec, LocalSpec)
+        try:
+            handle = self._environment.runner.start(job.id, job.record.spec)
+        except OSError as error:
+            self._end(job, JobState.FAILED, None, f"cannot start the job: {error}")
+            self._seal(job)
+            return
+        record = job.record
+        record.source_state = handle.to_json()
+        record.state = JobState.RUNNING
+        record.started_at = time.time()
+        self._store.save(record)
+        job.changed.notify()
+        self._running_local += 1
+        self._start_fetcher(job, finishing=False)
+
     def _start_fetcher(self, job: Job, *, finishing: bool) -> None:
-        fetcher = Fetcher(job, make_source(job.record.spec, self._environment), self, self._config)
+        source = make_source(job.id, job.record.spec, self._environment)
+        fetcher = Fetcher(job, source, self, self._config)
         if finishing:
             fetcher.request_finish()
         self._fetchers[job.id] = fetcher

@@ -21,7 +21,7 @@ class JobLog:
     the bytes exist once, on disk.
     """
 
-    def __init__(self, path: Path, window_bytes: int, *, writable: bool) -> None:
+    def __init__(self, path: Path, window_bytes: int, *, writable: bool, size: int) -> None:
         self.path = path
         self._window_bytes = window_bytes
         flags = os.O_RDONLY | os.O_CLOEXEC
@@ -33,7 +33,9 @@ class JobLog:
             self._append_fd = None
             flags |= os.O_CREAT
         self._read_fd = os.open(path, flags, 0o600)
-        self.size = os.fstat(self._read_fd).st_size
+        # Given, not read from the file: a job writing its own log may be ahead of what the
+        # fetcher has observed, and only observed bytes are served.
+        self.size = size
         # The window holds bytes [_window_start, size).
         self._window = bytearray()
         self._window_start = self.size

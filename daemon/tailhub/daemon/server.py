@@ -16,6 +16,7 @@ from grpc_reflection.v1alpha import reflection
 from tailhub.daemon.config import DaemonConfig
 from tailhub.daemon.jobs import JobManager
 from tailhub.daemon.lock import StateLock
+from tailhub.daemon.runner import LocalRunner
 from tailhub.daemon.service import SERVICE_NAME, TailhubServicer
 from tailhub.daemon.sources import SourceEnvironment
 from tailhub.daemon.store import JobStore
@@ -53,7 +54,7 @@ class Daemon:
         loop = asyncio.get_running_loop()
         self._watcher.start(loop)
         self._store = JobStore(paths.database)
-        environment = SourceEnvironment(self.config, self._watcher)
+        environment = SourceEnvironment(self.config, self._watcher, LocalRunner(paths))
         self._manager = JobManager(self.config, self._store, environment)
         await self._manager.start()
 

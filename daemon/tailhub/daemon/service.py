@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
@@ -29,6 +30,8 @@ from tailhub.daemon.model import (
 )
 from tailhub.daemon.wire import EncodedChunkCache, encode_chunk
 from tailhub.v1 import tailhub_pb2 as pb
+
+logger = logging.getLogger(__name__)
 
 SERVICE_NAME = "tailhub.v1.TailhubService"
 _CHUNK_CACHE_BYTES = 16 * 1024 * 1024
@@ -61,6 +64,11 @@ def _translating_errors(method: Handler) -> Handler:
             return await method(self, request, context)
         except JobError as error:
             await context.abort(_status_of(error), str(error))
+        except grpc.aio.AbortError:
+            raise
+        except Exception as error:
+            logger.exception("%s failed", method.__name__)
+            await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {error}")
 
     return wrapper
 
@@ -121,6 +129,11 @@ class TailhubServicer:
                 await stream.aclose()
         except (JobError, DaemonStopping) as error:
             await context.abort(_status_of(error), str(error) or "daemon stopping")
+        except grpc.aio.AbortError:
+            raise
+        except Exception as error:
+            logger.exception("subscription to job %d failed", request.job_id)
+            await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {error}")
 
     def _encode_chunk(self, job: Job, chunk: ChunkRange) -> bytes:
         if not chunk.live:

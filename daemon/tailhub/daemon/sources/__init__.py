@@ -6,10 +6,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from tailhub.daemon.config import DaemonConfig
-from tailhub.daemon.model import CommandSpec, FileSpec, PushSpec, SourceKind, SourceSpec
+from tailhub.daemon.model import (
+    CommandSpec,
+    FileSpec,
+    LocalSpec,
+    PushSpec,
+    SourceKind,
+    SourceSpec,
+)
+from tailhub.daemon.runner import LocalRunner
 from tailhub.daemon.sources.base import Outcome, Source, Upstream, UpstreamFailed, UpstreamUnusable
 from tailhub.daemon.sources.command import CommandSource
 from tailhub.daemon.sources.file import FileSource
+from tailhub.daemon.sources.local import LocalSource
 from tailhub.daemon.sources.push import PushSource
 from tailhub.daemon.watch import FileWatcher
 
@@ -21,7 +30,6 @@ __all__ = [
     "UpstreamFailed",
     "UpstreamUnusable",
     "make_source",
-    "register_source",
 ]
 
 
@@ -31,36 +39,41 @@ class SourceEnvironment:
 
     config: DaemonConfig
     watcher: FileWatcher
+    runner: LocalRunner
 
 
-SourceFactory = Callable[[SourceSpec, SourceEnvironment], Source]
-_REGISTRY: dict[SourceKind, SourceFactory] = {}
+SourceFactory = Callable[[int, SourceSpec, SourceEnvironment], Source]
 
 
-def register_source(kind: SourceKind, factory: SourceFactory) -> None:
-    _REGISTRY[kind] = factory
+def _local(job_id: int, spec: SourceSpec, environment: SourceEnvironment) -> Source:
+    assert isinstance(spec, LocalSpec)
+    log_path = environment.config.paths.job_log(job_id)
+    return LocalSource(spec, environment.runner, log_path, environment.watcher, job_id)
 
 
-def make_source(spec: SourceSpec, environment: SourceEnvironment) -> Source:
-    return _REGISTRY[spec.kind](spec, environment)
-
-
-def _file(spec: SourceSpec, environment: SourceEnvironment) -> Source:
+def _file(job_id: int, spec: SourceSpec, environment: SourceEnvironment) -> Source:
     assert isinstance(spec, FileSpec)
     return FileSource(spec, environment.watcher)
 
 
-def _command(spec: SourceSpec, environment: SourceEnvironment) -> Source:
+def _command(job_id: int, spec: SourceSpec, environment: SourceEnvironment) -> Source:
     assert isinstance(spec, CommandSpec)
     codes = spec.transport_exit_codes or environment.config.transport_exit_codes
     return CommandSource(spec, codes)
 
 
-def _push(spec: SourceSpec, environment: SourceEnvironment) -> Source:
+def _push(job_id: int, spec: SourceSpec, environment: SourceEnvironment) -> Source:
     assert isinstance(spec, PushSpec)
     return PushSource(spec)
 
 
-register_source(SourceKind.FILE, _file)
-register_source(SourceKind.COMMAND, _command)
-register_source(SourceKind.PUSH, _push)
+_REGISTRY: dict[SourceKind, SourceFactory] = {
+    SourceKind.LOCAL: _local,
+    SourceKind.FILE: _file,
+    SourceKind.COMMAND: _command,
+    SourceKind.PUSH: _push,
+}
+
+
+def make_source(job_id: int, spec: SourceSpec, environment: SourceEnvironment) -> Source:
+    return _REGISTRY[spec.kind](job_id, spec, environment)

@@ -8,7 +8,7 @@ from typing import ClassVar
 
 from tailhub.daemon.model import FileSpec
 from tailhub.daemon.sources.base import Outcome, Upstream
-from tailhub.daemon.sources.tail import FileTailer
+from tailhub.daemon.sources.tail import FileTailer, Stop
 from tailhub.daemon.watch import FileWatcher
 
 
@@ -21,5 +21,10 @@ class FileSource:
     counts_connections: ClassVar[bool] = True
 
     async def fetch(self, upstream: Upstream) -> Outcome | None:
-        await FileTailer(Path(self.spec.path), self.watcher, upstream).follow()
+        stop = Stop()
+        unregister = upstream.on_finish_requested(stop.set)
+        try:
+            await FileTailer(Path(self.spec.path), self.watcher, upstream).follow(stop)
+        finally:
+            unregister()
         return None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,29 @@ RECHECK_SECONDS = 1.0
 MISSING_RECHECK_SECONDS = 0.1
 
 
+class Stop:
+    """Set once, when the tailer should drain the file and return; wakes whoever registered."""
+
+    def __init__(self) -> None:
+        self._set = False
+        self._callbacks: list[Callable[[], None]] = []
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def set(self) -> None:
+        if not self._set:
+            self._set = True
+            for callback in tuple(self._callbacks):
+                callback()
+
+    def on_set(self, callback: Callable[[], None]) -> Callable[[], None]:
+        self._callbacks.append(callback)
+        if self._set:
+            callback()
+        return lambda: self._callbacks.remove(callback)
+
+
 class FileTailer:
     """Moves the bytes of one path into the upstream, whatever the file's renames.
 
@@ -31,10 +55,11 @@ class FileTailer:
         self._path = path
         self._watcher = watcher
         self._upstream = upstream
+        self._stop = Stop()
 
-    async def follow(self) -> None:
-        """Returns once the final state is set and the file is drained."""
-        upstream = self._upstream
+    async def follow(self, stop: Stop) -> None:
+        """Returns once `stop` is set and the file is drained."""
+        self._stop = stop
         while True:
             handle = await self._open_when_present()
             if handle is None:
@@ -42,7 +67,7 @@ class FileTailer:
             stat = os.fstat(handle.fileno())
             self._adopt(stat)
             watch = self._watcher.watch(self._path)
-            unregister = upstream.on_finish_requested(watch.fire)
+            unregister = stop.on_set(watch.fire)
             try:
                 if not await self._read_until_replaced(handle, watch):
                     return
@@ -79,7 +104,7 @@ class FileTailer:
             try:
                 return await aiofiles.open(self._path, "rb", buffering=0)
             except FileNotFoundError:
-                if self._upstream.finish_requested:
+                if self._stop.is_set():
                     return None
                 if not announced:
                     self._upstream.event(f"{self._path} does not exist; waiting for it to appear")
@@ -88,7 +113,7 @@ class FileTailer:
 
     async def _sleep_unless_finishing(self, seconds: float) -> None:
         done = asyncio.Event()
-        unregister = self._upstream.on_finish_requested(done.set)
+        unregister = self._stop.on_set(done.set)
         try:
             await asyncio.wait_for(done.wait(), seconds)
         except asyncio.TimeoutError:
@@ -108,7 +133,7 @@ class FileTailer:
             if data:
                 upstream.append(data)
                 continue
-            if upstream.finish_requested:
+            if self._stop.is_set():
                 return False
             try:
                 current = await aiofiles.os.stat(self._path)

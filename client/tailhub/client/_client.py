@@ -1,0 +1,225 @@
+"""The client library: a synchronous gRPC client of one daemon."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from types import TracebackType
+from typing import Any, TypeVar
+
+import grpc
+from tailhub.client._daemon import ensure_daemon
+from tailhub.client._errors import (
+    DaemonUnreachable,
+    ProtocolError,
+    from_rpc_error,
+    is_transient,
+)
+from tailhub.client._types import (
+    DaemonStatus,
+    JobInfo,
+    LogChunk,
+    LogEnd,
+    LogEvent,
+    LogHeartbeat,
+    LogItem,
+    state_of,
+)
+from tailhub.daemon.paths import StatePaths
+from tailhub.v1 import tailhub_pb2 as pb
+from tailhub.v1 import tailhub_pb2_grpc as rpc
+
+# Reconnect quickly after a daemon restart: gRPC's default backoff grows to two minutes.
+_CHANNEL_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", 50),
+    ("grpc.min_reconnect_backoff_ms", 50),
+    ("grpc.max_reconnect_backoff_ms", 500),
+    ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+]
+DEFAULT_RECONNECT_TIMEOUT = 60.0
+_CALL_TIMEOUT = 30.0
+_MIN_RETRY_PAUSE = 0.05
+_MAX_RETRY_PAUSE = 1.0
+
+T = TypeVar("T")
+
+
+class Client:
+    """One connection to a daemon. Use `connect()`; close it, or use it as a context manager."""
+
+    def __init__(self, paths: StatePaths) -> None:
+        self.paths = paths
+        self._channel = grpc.insecure_channel(paths.address, options=_CHANNEL_OPTIONS)
+        self._stub = rpc.TailhubServiceStub(self._channel)
+
+    @classmethod
+    def connect(
+        cls, paths: StatePaths, *, autostart: bool = True, daemon_args: Sequence[str] = ()
+    ) -> Client:
+        """A client of the daemon serving `paths`, started first if `autostart` and none answers."""
+        if autostart:
+            ensure_daemon(paths, daemon_args)
+        return cls(paths)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _call(self, method: Callable[..., T], request: Any) -> T:
+        try:
+            return method(request, timeout=_CALL_TIMEOUT, wait_for_ready=True)
+        except grpc.RpcError as error:
+            raise from_rpc_error(error, self.paths.address) from None
+
+    # -- jobs ------------------------------------------------------------------------------
+    def attach_file(self, path: str, name: str = "") -> JobInfo:
+        request = pb.AttachJobRequest(name=name, file=pb.FileSource(path=path))
+        return JobInfo.from_pb(self._call(self._stub.AttachJob, request).job)
+
+    def attach_command(
+        self,
+        argv: Sequence[str],
+        *,
+        name: str = "",
+        shell: bool = False,
+        transport_exit_codes: Sequence[int] = (),
+    ) -> JobInfo:
+        source = pb.CommandSource(argv=argv, shell=shell, transport_exit_codes=transport_exit_codes)
+        request = pb.AttachJobRequest(name=name, command=source)
+        return JobInfo.from_pb(self._call(self._stub.AttachJob, request).job)
+
+    def attach_push(self, name: str = "") -> JobInfo:
+        request = pb.AttachJobRequest(name=name, push=pb.PushSource())
+        return JobInfo.from_pb(self._call(self._stub.AttachJob, request).job)
+
+    def launch(
+        self,
+        run: str,
+        *,
+        name: str = "",
+        setup: str = "",
+        workdir: str = "",
+        envs: Mapping[str, str] | None = None,
+    ) -> JobInfo:
+        request = pb.LaunchJobRequest(
+            name=name, run=run, setup=setup, workdir=workdir, envs=dict(envs or {})
+        )
+        return JobInfo.from_pb(self._call(self._stub.LaunchJob, request).job)
+
+    def publish(self, job_id: int, data: bytes) -> int:
+        request = pb.PublishRequest(job_id=job_id, data=data)
+        return self._call(self._stub.Publish, request).log_size
+
+    def finish(self, job_id: int, exit_code: int = 0, reason: str = "") -> JobInfo:
+        request = pb.FinishJobRequest(job_id=job_id, exit_code=exit_code, reason=reason)
+        return JobInfo.from_pb(self._call(self._stub.FinishJob, request).job)
+
+    def cancel(self, job_ids: Sequence[int] = (), *, everything: bool = False) -> list[JobInfo]:
+        request = pb.CancelJobsRequest(job_ids=job_ids, all=everything)
+        return [JobInfo.from_pb(job) for job in self._call(self._stub.CancelJobs, request).jobs]
+
+    def get(self, job_id: int) -> JobInfo:
+        return JobInfo.from_pb(self._call(self._stub.GetJob, pb.GetJobRequest(job_id=job_id)).job)
+
+    def list(self) -> list[JobInfo]:
+        response = self._call(self._stub.ListJobs, pb.ListJobsRequest())
+        return [JobInfo.from_pb(job) for job in response.jobs]
+
+    def status(self) -> DaemonStatus:
+        response = self._call(self._stub.GetDaemonStatus, pb.GetDaemonStatusRequest())
+        return DaemonStatus.from_pb(response)
+
+    # -- logs ------------------------------------------------------------------------------
+    def follow(
+        self,
+        job_id: int,
+        *,
+        offset: int = 0,
+        tail_lines: int | None = None,
+        follow: bool = True,
+        reconnect_timeout: float = DEFAULT_RECONNECT_TIMEOUT,
+    ) -> Iterator[LogItem]:
+        """Yields a job's log as chunks (and upstream events), then one LogEnd.
+
+        When the daemon restarts or the connection drops, it reconnects on its own and
+        resumes at the next offset: no byte is lost or repeated. It gives up with
+        DaemonUnreachable when no daemon has answered for `reconnect_timeout` seconds.
+        """
+        next_offset: int | None = None if tail_lines is not None else offset
+        down_since: float | None = None
+        pause = _MIN_RETRY_PAUSE
+        while True:
+            request = pb.SubscribeRequest(job_id=job_id, follow=follow)
+            if next_offset is None:
+                request.tail_lines = tail_lines or 0
+            else:
+                request.offset = next_offset
+            call = self._stub.Subscribe(request)
+            try:
+                for message in call:
+                    down_since, pause = None, _MIN_RETRY_PAUSE
+                    item = _log_item(message)
+                    if isinstance(item, LogChunk):
+                        if next_offset is not None and item.offset != next_offset:
+                            raise ProtocolError(
+                                f"job {job_id}: expected bytes at offset {next_offset}, "
+                                f"got offset {item.offset}"
+                            )
+                        next_offset = item.offset + len(item.data)
+                    elif isinstance(item, LogEnd) and next_offset is None:
+                        next_offset = item.log_size
+                    yield item
+                    if isinstance(item, LogEnd):
+                        return
+            except grpc.RpcError as error:
+                if not is_transient(error):
+                    raise from_rpc_error(error, self.paths.address) from None
+            finally:
+                call.cancel()
+            # The stream broke (daemon stopping or gone): wait for a daemon and resume.
+            now = time.monotonic()
+            down_since = now if down_since is None else down_since
+            if now - down_since > reconnect_timeout:
+                raise DaemonUnreachable(
+                    f"lost the daemon on {self.paths.address} and none came back within "
+                    f"{reconnect_timeout:.0f}s"
+                )
+            # A stopping daemon refuses new streams until it is gone: do not spin on it.
+            time.sleep(pause)
+            pause = min(pause * 2, _MAX_RETRY_PAUSE)
+            self._wait_for_daemon(reconnect_timeout - (now - down_since))
+
+    def _wait_for_daemon(self, timeout: float) -> None:
+        with contextlib.suppress(grpc.FutureTimeoutError):
+            grpc.channel_ready_future(self._channel).result(timeout=max(timeout, 0.05))
+
+
+def _log_item(message: pb.SubscribeResponse) -> LogItem:
+    kind = message.WhichOneof("message")
+    if kind == "chunk":
+        return LogChunk(message.chunk.offset, message.chunk.data)
+    if kind == "event":
+        return LogEvent(message.event.offset, message.event.message)
+    if kind == "end":
+        end = message.end
+        return LogEnd(
+            state=state_of(end.state),
+            exit_code=end.exit_code if end.HasField("exit_code") else None,
+            reason=end.reason,
+            log_size=end.log_size,
+            finished=end.finished,
+        )
+    if kind == "heartbeat":
+        return LogHeartbeat(message.heartbeat.log_size, state_of(message.heartbeat.state))
+    raise ProtocolError(f"unexpected message from the daemon: {kind}")

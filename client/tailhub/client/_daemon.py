@@ -1,0 +1,121 @@
+"""Finding, starting and stopping the daemon of a state directory from the client side.
+
+Many CLIs may find no daemon at the same moment. They queue on an auto-start lock; the first
+starts the daemon, the others find it answering. The daemon's own lock makes a second daemon
+impossible even without this, but the queue saves starting processes only to see them quit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+
+from tailhub.client._errors import DaemonUnreachable, TailhubError
+from tailhub.daemon.lock import is_held, read_pid
+from tailhub.daemon.paths import StatePaths
+
+START_TIMEOUT = 20.0
+STOP_TIMEOUT = 20.0
+_PROBE_INTERVAL = 0.02
+
+
+def is_listening(paths: StatePaths) -> bool:
+    """True when something accepts connections on the daemon's socket (a cheap check)."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(1.0)
+        probe.connect(os.fspath(paths.socket))
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return True
+
+
+def ensure_daemon(paths: StatePaths, daemon_args: Sequence[str] = ()) -> bool:
+    """Makes sure a daemon serves `paths`; True if this call started it."""
+    if is_listening(paths):
+        return False
+    paths.check_socket_path()
+    paths.home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with _autostart_lock(paths):
+        if is_listening(paths):
+            return False
+        process = None if is_held(paths.lock) else _spawn(paths, daemon_args)
+        _wait_until_listening(paths, process)
+        return process is not None
+
+
+def stop_daemon(paths: StatePaths, timeout: float = STOP_TIMEOUT) -> int | None:
+    """Sends SIGTERM and waits for the daemon to exit; returns its pid, None if none ran."""
+    pid_text = read_pid(paths.pid)
+    if not pid_text or not is_held(paths.lock):
+        return None
+    pid = int(pid_text)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while is_held(paths.lock):
+        if time.monotonic() > deadline:
+            raise TailhubError(
+                f"tailhubd (pid {pid}) did not stop within {timeout:.0f}s; "
+                f"`kill -9 {pid}` forces it (running local jobs are not affected)"
+            )
+        time.sleep(_PROBE_INTERVAL)
+    return pid
+
+
+@contextlib.contextmanager
+def _autostart_lock(paths: StatePaths) -> Iterator[None]:
+    fd = os.open(paths.home / "autostart.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _spawn(paths: StatePaths, daemon_args: Sequence[str]) -> subprocess.Popen[bytes]:
+    log = open(paths.daemon_log, "ab")  # noqa: SIM115 - handed to the child
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-m", "tailhub.daemon", "--home", os.fspath(paths.home), *daemon_args],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,  # outlives this CLI and its terminal
+            close_fds=True,
+        )
+    finally:
+        log.close()
+
+
+def _wait_until_listening(paths: StatePaths, process: subprocess.Popen[bytes] | None) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    while not is_listening(paths):
+        if process is not None and process.poll() is not None and not is_held(paths.lock):
+            raise DaemonUnreachable(
+                f"tailhubd exited with {process.returncode} while starting; "
+                f"see {paths.daemon_log}: {_last_line(paths)}"
+            )
+        if time.monotonic() > deadline:
+            raise DaemonUnreachable(
+                f"tailhubd did not start listening on {paths.socket} within "
+                f"{START_TIMEOUT:.0f}s; see {paths.daemon_log}"
+            )
+        time.sleep(_PROBE_INTERVAL)
+
+
+def _last_line(paths: StatePaths) -> str:
+    try:
+        lines = paths.daemon_log.read_text(errors="replace").strip().splitlines()
+    except FileNotFoundError:
+        return "(no log)"
+    return lines[-1] if lines else "(empty log)"

@@ -1,0 +1,50 @@
+"""The client library's errors. gRPC errors become these in one place, `from_rpc_error`.
+
+TailhubError
+├── DaemonUnreachable      no daemon answers on the socket (and none could be started)
+├── JobNotFoundError       the daemon has no such job
+├── InvalidRequestError    the daemon refused the request as asked
+└── ProtocolError          the daemon answered something a client cannot make sense of
+"""
+
+from __future__ import annotations
+
+import grpc
+from tailhub.client import exit_codes
+
+
+class TailhubError(Exception):
+    exit_code = exit_codes.ERROR
+
+
+class DaemonUnreachable(TailhubError):
+    exit_code = exit_codes.DAEMON_UNREACHABLE
+
+
+class JobNotFoundError(TailhubError):
+    exit_code = exit_codes.NOT_FOUND
+
+
+class InvalidRequestError(TailhubError):
+    exit_code = exit_codes.ERROR
+
+
+class ProtocolError(TailhubError):
+    exit_code = exit_codes.ERROR
+
+
+def is_transient(error: grpc.RpcError) -> bool:
+    """The daemon went away or is stopping: reconnecting may help."""
+    return error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
+
+
+def from_rpc_error(error: grpc.RpcError, address: str) -> TailhubError:
+    code = error.code()
+    details = error.details() or code.name.lower()
+    if code is grpc.StatusCode.NOT_FOUND:
+        return JobNotFoundError(details)
+    if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION):
+        return InvalidRequestError(details)
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        return DaemonUnreachable(f"no tailhub daemon answers on {address} ({details})")
+    return TailhubError(f"daemon error {code.name}: {details}")

@@ -1,0 +1,147 @@
+"""SkyPilot-style task files: `name`, `workdir`, `envs`, `setup`, `run`.
+
+Keys the local runner cannot honour are reported, one warning each; anything that would make
+the launch wrong is an error naming the file and the problem, and nothing is launched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import yaml
+from tailhub.client import exit_codes
+from tailhub.client._errors import TailhubError
+
+# Keys SkyPilot knows that describe where and on what a task runs: meaningless on this machine.
+UNSUPPORTED_KEYS = (
+    "resources",
+    "num_nodes",
+    "file_mounts",
+    "storage_mounts",
+    "service",
+    "config",
+    "secrets",
+    "volumes",
+    "event_callback",
+    "inputs",
+    "outputs",
+)
+_KNOWN_KEYS = ("name", "workdir", "envs", "setup", "run")
+
+
+class TaskFileError(TailhubError):
+    exit_code = exit_codes.USAGE
+
+
+@dataclass(frozen=True)
+class Task:
+    run: str
+    name: str = ""
+    setup: str = ""
+    workdir: str = ""
+    envs: dict[str, str] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
+
+    def with_overrides(self, name: str | None, envs: Mapping[str, str]) -> Task:
+        return replace(self, name=name or self.name, envs={**self.envs, **envs})
+
+
+def load_task(path: Path) -> Task:
+    """Reads and checks a task file; raises TaskFileError with the file's name in it."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise TaskFileError(f"{path}: no such task file") from None
+    except IsADirectoryError:
+        raise TaskFileError(f"{path}: is a directory, not a task file") from None
+    except UnicodeDecodeError:
+        raise TaskFileError(f"{path}: not a text file (it is not valid UTF-8)") from None
+    except OSError as error:
+        raise TaskFileError(f"{path}: cannot read it: {error.strerror}") from None
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        where = getattr(error, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+        problem = getattr(error, "problem", None) or "invalid YAML"
+        raise TaskFileError(f"{path}: malformed YAML{at}: {problem}") from None
+    if not isinstance(document, dict):
+        raise TaskFileError(f"{path}: a task file is a YAML mapping with at least a `run` key")
+    return _task_from(path, document)
+
+
+def _task_from(path: Path, document: dict[object, object]) -> Task:
+    warnings = []
+    for key in document:
+        if key in _KNOWN_KEYS:
+            continue
+        if key in UNSUPPORTED_KEYS:
+            warnings.append(f"{path}: `{key}` is ignored: the local runner runs on this machine")
+        else:
+            warnings.append(f"{path}: unknown key `{key}` is ignored")
+    run = document.get("run")
+    if run is None:
+        raise TaskFileError(f"{path}: `run` is missing: it holds the commands the job runs")
+    return Task(
+        run=_text(path, "run", run),
+        name=_text(path, "name", document.get("name", "")),
+        setup=_text(path, "setup", document.get("setup", "")),
+        workdir=_workdir(path, document.get("workdir", "")),
+        envs=_envs(path, document.get("envs")),
+        warnings=tuple(warnings),
+    )
+
+
+def _text(path: Path, key: str, value: object) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise TaskFileError(
+            f"{path}: `{key}` must be a string (a shell script), not {type(value).__name__}"
+        )
+    return value
+
+
+def _workdir(path: Path, value: object) -> str:
+    workdir = _text(path, "workdir", value)
+    if not workdir:
+        return ""
+    # Relative to the task file, as SkyPilot does, so a task runs the same from anywhere.
+    resolved = (path.parent / Path(workdir).expanduser()).resolve()
+    if not resolved.is_dir():
+        raise TaskFileError(f"{path}: workdir {workdir} is not a directory ({resolved})")
+    return str(resolved)
+
+
+def _envs(path: Path, value: object) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise TaskFileError(f"{path}: `envs` must be a mapping of names to values")
+    envs = {}
+    for key, item in value.items():
+        if not isinstance(key, str) or not key.isidentifier():
+            raise TaskFileError(f"{path}: `envs` has an invalid variable name: {key!r}")
+        if isinstance(item, (dict, list)):
+            raise TaskFileError(f"{path}: `envs.{key}` must be a plain value")
+        envs[key] = "" if item is None else str(item)
+    return envs
+
+
+def parse_env_overrides(pairs: tuple[str, ...]) -> dict[str, str]:
+    """`--env KEY=VALUE` flags; `--env KEY` takes KEY's value from this environment."""
+    import os
+
+    envs = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not key.isidentifier():
+            raise TaskFileError(f"--env {pair}: expected KEY=VALUE with a valid variable name")
+        if not sep:
+            if key not in os.environ:
+                raise TaskFileError(f"--env {key}: not set in this environment; use KEY=VALUE")
+            value = os.environ[key]
+        envs[key] = value
+    return envs

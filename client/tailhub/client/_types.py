@@ -1,0 +1,142 @@
+"""What the client library hands out: plain values, not protobuf messages."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from tailhub.v1 import tailhub_pb2 as pb
+
+
+class JobState(enum.Enum):
+    UNKNOWN = "UNKNOWN"
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
+
+
+_STATES = {
+    pb.JOB_STATE_PENDING: JobState.PENDING,
+    pb.JOB_STATE_RUNNING: JobState.RUNNING,
+    pb.JOB_STATE_SUCCEEDED: JobState.SUCCEEDED,
+    pb.JOB_STATE_FAILED: JobState.FAILED,
+    pb.JOB_STATE_CANCELLED: JobState.CANCELLED,
+}
+_SOURCES = {
+    pb.SOURCE_KIND_LOCAL: "local",
+    pb.SOURCE_KIND_FILE: "file",
+    pb.SOURCE_KIND_COMMAND: "command",
+    pb.SOURCE_KIND_PUSH: "push",
+}
+
+
+def state_of(value: int) -> JobState:
+    return _STATES.get(value, JobState.UNKNOWN)  # type: ignore[call-overload]
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    id: int
+    name: str
+    state: JobState
+    exit_code: int | None
+    reason: str
+    source: str
+    source_description: str
+    log_size: int
+    sealed: bool
+    upstream_connections: int
+    subscribers: int
+    bytes_served: int
+    submitted_at: float
+    started_at: float
+    ended_at: float
+
+    @classmethod
+    def from_pb(cls, job: pb.Job) -> JobInfo:
+        return cls(
+            id=job.id,
+            name=job.name,
+            state=state_of(job.state),
+            exit_code=job.exit_code if job.HasField("exit_code") else None,
+            reason=job.reason,
+            source=_SOURCES.get(job.source_kind, "unknown"),  # type: ignore[call-overload]
+            source_description=job.source_description,
+            log_size=job.log_size,
+            sealed=job.sealed,
+            upstream_connections=job.upstream_connections,
+            subscribers=job.subscribers,
+            bytes_served=job.bytes_served,
+            submitted_at=job.submitted_at,
+            started_at=job.started_at,
+            ended_at=job.ended_at,
+        )
+
+
+@dataclass(frozen=True)
+class DaemonStatus:
+    pid: int
+    version: str
+    home: str
+    started_at: float
+    jobs: int
+    running_jobs: int
+    subscribers: int
+    upstream_connections: int
+    bytes_served: int
+
+    @classmethod
+    def from_pb(cls, status: pb.GetDaemonStatusResponse) -> DaemonStatus:
+        return cls(
+            pid=status.pid,
+            version=status.version,
+            home=status.home,
+            started_at=status.started_at,
+            jobs=status.jobs,
+            running_jobs=status.running_jobs,
+            subscribers=status.subscribers,
+            upstream_connections=status.upstream_connections,
+            bytes_served=status.bytes_served,
+        )
+
+
+@dataclass(frozen=True)
+class LogChunk:
+    offset: int
+    data: bytes
+
+
+@dataclass(frozen=True)
+class LogEvent:
+    """Something that happened upstream (a truncated or rotated file, a reconnect)."""
+
+    offset: int
+    message: str
+
+
+@dataclass(frozen=True)
+class LogHeartbeat:
+    """Sent while a followed log is idle: the log's size and the job's state."""
+
+    log_size: int
+    state: JobState
+
+
+@dataclass(frozen=True)
+class LogEnd:
+    """The last item of a stream: how the job stands at the end of what was sent."""
+
+    state: JobState
+    exit_code: int | None
+    reason: str
+    log_size: int
+    finished: bool
+
+
+LogItem = LogChunk | LogEvent | LogHeartbeat | LogEnd

@@ -1,0 +1,396 @@
+"""`tailhub`: the command line. A thin layer: flags in, client library calls, one-line errors
+and documented exit codes out (see exit_codes.py). Never a traceback."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import click
+from tailhub.client import exit_codes
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+if TYPE_CHECKING:  # importing the client pulls in grpc, which `--help` does not need
+    from tailhub.client import Client, JobInfo, LogEnd, StatePaths
+
+
+def _home_option(command: F) -> F:
+    """--home on every command, so it can go anywhere on the line."""
+    return click.option(
+        "--home",
+        envvar="TAILHUB_HOME",
+        metavar="DIR",
+        help="State directory of the daemon (default: $TAILHUB_HOME, else ~/.tailhub).",
+    )(command)
+
+
+def _paths(home: str | None) -> StatePaths:
+    from tailhub.client import resolve_paths
+
+    return resolve_paths(home)
+
+
+def _connect(home: str | None, autostart: bool = True) -> Client:
+    from tailhub.client import Client
+
+    return Client.connect(_paths(home), autostart=autostart)
+
+
+def _note(message: str) -> None:
+    click.echo(f"tailhub: {message}", err=True)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="tailhub")
+def cli() -> None:
+    """One log fetch per job, fanned out to every follower.
+
+    Exit codes of commands that report a job's result: 0 succeeded, 100 failed,
+    101 not finished, 102 not found, 103 cancelled, 104 no daemon answered, 2 bad usage.
+    """
+
+
+# -- daemon -----------------------------------------------------------------------------------
+@cli.group()
+def daemon() -> None:
+    """Start, stop and inspect the daemon (commands start it when needed)."""
+
+
+@daemon.command("start")
+@_home_option
+@click.option(
+    "--max-running-jobs", type=click.IntRange(min=1), help="Limit on local jobs running at once."
+)
+def daemon_start(home: str | None, max_running_jobs: int | None) -> None:
+    """Start the daemon in the background; returns once it answers."""
+    from tailhub.client._daemon import ensure_daemon
+
+    paths = _paths(home)
+    args = ["--max-running-jobs", str(max_running_jobs)] if max_running_jobs else []
+    started = ensure_daemon(paths, args)
+    with _connect(home, autostart=False) as client:
+        status = client.status()
+    verb = "started" if started else "already running"
+    _note(f"tailhubd {verb} (pid {status.pid}) on {paths.home}")
+
+
+@daemon.command("stop")
+@_home_option
+def daemon_stop(home: str | None) -> None:
+    """Stop the daemon. Running local jobs keep running; a new daemon adopts them."""
+    from tailhub.client._daemon import stop_daemon
+
+    paths = _paths(home)
+    pid = stop_daemon(paths)
+    _note(f"tailhubd (pid {pid}) stopped" if pid else f"no tailhubd is running on {paths.home}")
+
+
+@daemon.command("status")
+@_home_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+def daemon_status(home: str | None, as_json: bool) -> None:
+    """Jobs, subscribers, upstream connections and bytes served. Exit 104 if not running."""
+    from tailhub.client import DaemonUnreachable
+    from tailhub.client._daemon import is_listening
+
+    paths = _paths(home)
+    if not is_listening(paths):
+        raise DaemonUnreachable(f"no tailhubd is running on {paths.home}")
+    with _connect(home, autostart=False) as client:
+        status = client.status()
+    if as_json:
+        click.echo(json.dumps(asdict(status), indent=2))
+        return
+    uptime = time.time() - status.started_at
+    rows = [
+        ("pid", status.pid),
+        ("home", status.home),
+        ("version", status.version),
+        ("uptime", f"{uptime:.0f}s"),
+        ("jobs", f"{status.jobs} ({status.running_jobs} not ended)"),
+        ("subscribers", status.subscribers),
+        ("upstream connections", status.upstream_connections),
+        ("bytes served", status.bytes_served),
+    ]
+    for label, value in rows:
+        click.echo(f"{label + ':':<22}{value}")
+
+
+# -- jobs -------------------------------------------------------------------------------------
+@cli.group()
+def jobs() -> None:
+    """Launch, attach, follow, finish and cancel jobs."""
+
+
+@jobs.command("launch")
+@_home_option
+@click.argument("task_file", type=click.Path(path_type=Path))
+@click.option("--async", "detach", is_flag=True, help="Print the job id and return at once.")
+@click.option("--name", "-n", help="Job name (overrides the task file's).")
+@click.option(
+    "--env", "envs", multiple=True, metavar="KEY=VALUE", help="Set a variable (repeatable)."
+)
+def jobs_launch(
+    home: str | None, task_file: Path, detach: bool, name: str | None, envs: tuple[str, ...]
+) -> None:
+    """Run TASK_FILE with the local runner; follow its log and exit with its result."""
+    from tailhub.client._tasks import load_task, parse_env_overrides
+
+    task = load_task(task_file).with_overrides(name, parse_env_overrides(envs))
+    for warning in task.warnings:
+        _note(f"warning: {warning}")
+    with _connect(home) as client:
+        job = client.launch(
+            task.run,
+            name=task.name,
+            setup=task.setup,
+            # Without a workdir the job runs where it was launched from, as a script would.
+            workdir=task.workdir or os.getcwd(),
+            envs=task.envs,
+        )
+        if detach:
+            click.echo(job.id)
+            return
+        _note(f"job {job.id} submitted; following its log (Ctrl-C stops following, not the job)")
+        try:
+            end = _stream(client, job.id, follow=True, tail=None)
+        except KeyboardInterrupt:
+            _note(
+                f"stopped following job {job.id}; it goes on. Follow again: "
+                f"tailhub jobs logs {job.id}; cancel it: tailhub jobs cancel {job.id}"
+            )
+            sys.exit(exit_codes.INTERRUPTED)
+    _exit_with(end)
+
+
+@jobs.command("attach")
+@_home_option
+@click.option(
+    "--file", "file_path", type=click.Path(path_type=Path), help="Follow this file (like tail -F)."
+)
+@click.option(
+    "--command", "command", metavar="'CMD ...'", help="Run this command; its output is the log."
+)
+@click.option(
+    "--push", is_flag=True, help="Bytes arrive through `tailhub jobs publish` or the API."
+)
+@click.option("--name", "-n", default="", help="Job name.")
+@click.option(
+    "--shell", is_flag=True, help="Run --command with /bin/sh -c instead of splitting it."
+)
+@click.option(
+    "--transport-exit-code",
+    "transport_codes",
+    type=int,
+    multiple=True,
+    help="Exit code of --command that means a broken connection, to reconnect on (default 255).",
+)
+def jobs_attach(
+    home: str | None,
+    file_path: Path | None,
+    command: str | None,
+    push: bool,
+    name: str,
+    shell: bool,
+    transport_codes: tuple[int, ...],
+) -> None:
+    """Register an external job and print its id."""
+    chosen = [
+        flag
+        for flag, value in (("--file", file_path), ("--command", command), ("--push", push))
+        if value
+    ]
+    if len(chosen) != 1:
+        raise click.UsageError("give exactly one of --file, --command or --push")
+    if (shell or transport_codes) and command is None:
+        raise click.UsageError("--shell and --transport-exit-code go with --command")
+    with _connect(home) as client:
+        if file_path is not None:
+            job = client.attach_file(os.path.abspath(file_path), name)
+        elif command is not None:
+            try:
+                argv = [command] if shell else shlex.split(command)
+            except ValueError as error:
+                raise click.UsageError(f"--command: {error}") from None
+            job = client.attach_command(
+                argv, name=name, shell=shell, transport_exit_codes=transport_codes
+            )
+        else:
+            job = client.attach_push(name)
+    click.echo(job.id)
+
+
+@jobs.command("publish")
+@_home_option
+@click.argument("job_id", type=int)
+def jobs_publish(home: str | None, job_id: int) -> None:
+    """Append standard input to a push job's log, as it arrives."""
+    stdin = sys.stdin.buffer
+    with _connect(home) as client:
+        while data := stdin.read1(1024 * 1024):
+            client.publish(job_id, data)
+
+
+@jobs.command("finish")
+@_home_option
+@click.argument("job_id", type=int)
+@click.option(
+    "--exit-code", type=int, default=0, show_default=True, help="0 succeeds, anything else fails."
+)
+def jobs_finish(home: str | None, job_id: int, exit_code: int) -> None:
+    """End a file or push job; its followers get the rest of the log, then the result."""
+    with _connect(home) as client:
+        job = client.finish(job_id, exit_code)
+    _note(f"job {job.id} {job.state.value}")
+
+
+@jobs.command("cancel")
+@_home_option
+@click.argument("job_ids", type=int, nargs=-1)
+@click.option("--all", "everything", is_flag=True, help="Cancel every job that has not ended.")
+def jobs_cancel(home: str | None, job_ids: tuple[int, ...], everything: bool) -> None:
+    """Cancel jobs: local ones get SIGTERM, then SIGKILL after a grace period."""
+    if not job_ids and not everything:
+        raise click.UsageError("name the jobs to cancel, or use --all")
+    with _connect(home) as client:
+        cancelled = client.cancel(job_ids, everything=everything)
+    if not cancelled:
+        _note("no job to cancel")
+    for job in cancelled:
+        _note(f"job {job.id}: {job.state.value}")
+
+
+@jobs.command("logs")
+@_home_option
+@click.argument("job_id", type=int)
+@click.option(
+    "--follow/--no-follow",
+    default=True,
+    show_default=True,
+    help="Keep streaming until the job ends.",
+)
+@click.option(
+    "--tail", type=click.IntRange(min=0), metavar="N", help="Start with the last N lines."
+)
+def jobs_logs(home: str | None, job_id: int, follow: bool, tail: int | None) -> None:
+    """Write a job's log, byte for byte, to stdout; exit with the job's result."""
+    with _connect(home) as client:
+        end = _stream(client, job_id, follow=follow, tail=tail)
+    _exit_with(end)
+
+
+@jobs.command("queue")
+@_home_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+def jobs_queue(home: str | None, as_json: bool) -> None:
+    """List jobs: id, name, state, source, log size, subscribers, upstream connections."""
+    with _connect(home) as client:
+        listed = client.list()
+    if as_json:
+        click.echo(json.dumps([_job_json(job) for job in listed], indent=2))
+        return
+    _print_table(listed)
+
+
+def _job_json(job: JobInfo) -> dict[str, Any]:
+    data = asdict(job)
+    data["state"] = job.state.value
+    return data
+
+
+def _print_table(listed: Iterable[JobInfo]) -> None:
+    header = ("ID", "NAME", "STATE", "EXIT", "SOURCE", "LOG", "SUBS", "CONNS", "DESCRIPTION")
+    rows = [header]
+    for job in listed:
+        rows.append(
+            (
+                str(job.id),
+                job.name or "-",
+                job.state.value,
+                "-" if job.exit_code is None else str(job.exit_code),
+                job.source,
+                _size(job.log_size),
+                str(job.subscribers),
+                str(job.upstream_connections),
+                job.source_description[:50],
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
+    for row in rows:
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+        click.echo("  ".join([*cells, row[-1]]).rstrip())
+
+
+def _size(count: int) -> str:
+    value = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f}{unit}" if unit == "B" else f"{value:.1f}{unit}"
+        value /= 1024
+    return str(count)
+
+
+# -- following ----------------------------------------------------------------------------------
+def _stream(client: Client, job_id: int, *, follow: bool, tail: int | None) -> LogEnd:
+    """Copies the log to stdout as it arrives; upstream events go to stderr."""
+    from tailhub.client import LogChunk, LogEnd, LogEvent
+
+    out = sys.stdout.buffer
+    for item in client.follow(job_id, tail_lines=tail, follow=follow):
+        if isinstance(item, LogChunk):
+            out.write(item.data)
+            out.flush()
+        elif isinstance(item, LogEvent):
+            _note(f"job {job_id}: {item.message}")
+        elif isinstance(item, LogEnd):
+            return item
+    raise AssertionError("a log stream always ends with LogEnd")
+
+
+def _exit_with(end: LogEnd) -> None:
+    from tailhub.client import JobState
+
+    if not end.finished:
+        sys.exit(exit_codes.NOT_FINISHED)
+    if end.state is JobState.SUCCEEDED:
+        sys.exit(exit_codes.SUCCEEDED)
+    if end.state is JobState.CANCELLED:
+        sys.exit(exit_codes.CANCELLED)
+    if end.reason and end.state is JobState.FAILED:
+        _note(f"job failed: {end.reason}")
+    sys.exit(exit_codes.FAILED)
+
+
+def main() -> None:
+    """Entry point: the library's errors become one line on stderr and an exit code."""
+    from tailhub.client._errors import TailhubError
+
+    try:
+        cli.main(standalone_mode=False)
+    except click.ClickException as error:
+        error.show()
+        sys.exit(error.exit_code)
+    except click.exceptions.Abort:
+        sys.exit(exit_codes.INTERRUPTED)
+    except click.exceptions.Exit as done:
+        sys.exit(done.exit_code)
+    except TailhubError as error:
+        _note(str(error))
+        sys.exit(error.exit_code)
+    except BrokenPipeError:
+        # The reader went away (`| head`): not an error worth a message.
+        sys.stderr.close()
+        sys.exit(exit_codes.SUCCEEDED)
+    except KeyboardInterrupt:
+        sys.exit(exit_codes.INTERRUPTED)
+    except OSError as error:
+        _note(f"{error.strerror or error}{f': {error.filename}' if error.filename else ''}")
+        sys.exit(exit_codes.ERROR)

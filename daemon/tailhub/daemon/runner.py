@@ -1,0 +1,159 @@
+"""The local runner: starts a task as a detached process that outlives the daemon.
+
+Each job gets a run directory holding its scripts, and later its exit status. The job runs
+in its own session (so a signal to its process group reaches everything it started, and
+nothing of the daemon's), writes straight to its log file, and records its exit status
+itself, so that a daemon started later can tell how it ended.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shlex
+import signal
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from tailhub.daemon.model import LocalSpec
+from tailhub.daemon.paths import StatePaths
+
+# The wrapper the job runs as. Setup and run are separate scripts so that a failing setup is
+# told apart from a failing run; the status file appears atomically (rename) when done.
+_WRAPPER = """\
+#!/usr/bin/env bash
+# Written by tailhubd for job {job_id}.
+cd {workdir} || {{ echo "setup 1 cannot enter workdir {workdir}" > {status}.tmp; mv {status}.tmp {status}; exit 1; }}
+if [ -s {setup} ]; then
+  bash {setup}
+  code=$?
+  if [ "$code" -ne 0 ]; then
+    echo "setup $code" > {status}.tmp && mv {status}.tmp {status}
+    exit "$code"
+  fi
+fi
+bash {run}
+code=$?
+echo "run $code" > {status}.tmp && mv {status}.tmp {status}
+exit "$code"
+"""
+
+
+@dataclass(frozen=True)
+class RunHandle:
+    """Identifies a job's process, also after a daemon restart (pids get reused)."""
+
+    pid: int
+    start_time: int
+
+    def to_json(self) -> dict[str, int]:
+        return {"pid": self.pid, "start_time": self.start_time}
+
+    @classmethod
+    def from_json(cls, data: dict[str, object]) -> RunHandle | None:
+        pid, start_time = data.get("pid"), data.get("start_time")
+        if isinstance(pid, int) and isinstance(start_time, int):
+            return cls(pid, start_time)
+        return None
+
+
+@dataclass(frozen=True)
+class ExitStatus:
+    phase: str  # "setup" or "run"
+    code: int
+
+
+class LocalRunner:
+    def __init__(self, paths: StatePaths) -> None:
+        self._paths = paths
+
+    def start(self, job_id: int, spec: LocalSpec) -> RunHandle:
+        run_dir = self._paths.run_dir(job_id)
+        run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        (run_dir / "setup.sh").write_text(spec.setup)
+        (run_dir / "run.sh").write_text(spec.run)
+        wrapper = run_dir / "job.sh"
+        wrapper.write_text(
+            _WRAPPER.format(
+                job_id=job_id,
+                workdir=shlex.quote(spec.workdir or os.path.expanduser("~")),
+                setup=shlex.quote(str(run_dir / "setup.sh")),
+                run=shlex.quote(str(run_dir / "run.sh")),
+                status=shlex.quote(str(self._status_path(job_id))),
+            )
+        )
+        environment = {**os.environ, **dict(spec.envs), "TAILHUB_JOB_ID": str(job_id)}
+        log_fd = os.open(
+            self._paths.job_log(job_id),
+            os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
+            0o600,
+        )
+        try:
+            process = subprocess.Popen(
+                ["bash", str(wrapper)],
+                stdin=subprocess.DEVNULL,
+                stdout=log_fd,
+                stderr=subprocess.STDOUT,
+                env=environment,
+                cwd=run_dir,
+                start_new_session=True,
+                close_fds=True,
+            )
+        finally:
+            os.close(log_fd)
+        return RunHandle(process.pid, _start_time(process.pid) or 0)
+
+    def is_running(self, handle: RunHandle) -> bool:
+        start_time = _start_time(handle.pid)
+        return start_time is not None and start_time == handle.start_time
+
+    async def wait_for_exit(self, handle: RunHandle) -> None:
+        """Returns when the process has exited; works for processes this daemon did not start."""
+        if not self.is_running(handle):
+            return
+        try:
+            pidfd = os.pidfd_open(handle.pid)
+        except ProcessLookupError:
+            return
+        loop = asyncio.get_running_loop()
+        exited = loop.create_future()
+        loop.add_reader(pidfd, lambda: exited.done() or exited.set_result(None))
+        try:
+            if self.is_running(handle):  # it may have exited before the pidfd was opened
+                await exited
+        finally:
+            loop.remove_reader(pidfd)
+            os.close(pidfd)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(handle.pid, os.WNOHANG)
+
+    def exit_status(self, job_id: int) -> ExitStatus | None:
+        try:
+            phase, code = self._status_path(job_id).read_text().split()[:2]
+            return ExitStatus(phase, int(code))
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def signal(self, handle: RunHandle, signum: signal.Signals) -> None:
+        """Signals the job's whole process group (it leads its own session)."""
+        if self.is_running(handle):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(handle.pid, signum)
+
+    def _status_path(self, job_id: int) -> Path:
+        return self._paths.run_dir(job_id) / "exit_status"
+
+
+def _start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (field 22 of /proc/PID/stat)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    # The command name (field 2) may hold spaces and parentheses: split after its last ')'.
+    fields = stat[stat.rfind(")") + 2 :].split()
+    if fields[0] == "Z":  # exited, waiting to be reaped
+        return None
+    return int(fields[19])
