@@ -1,0 +1,35 @@
+# The two commands a new machine needs (see README):
+#   make demo   launch the sample job and follow its log through an auto-started daemon
+#   make test   every check CI runs: format, lint, types, buf lint, stale generated code, tests
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+BUF_VERSION := 1.75.0
+BUF := .tools/node_modules/.bin/buf
+
+.PHONY: demo test check proto bench clean
+
+$(BIN)/tailhub: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+$(BUF):
+	npm install --silent --no-audit --no-fund --prefix .tools @bufbuild/buf@$(BUF_VERSION)
+
+demo: $(BIN)/tailhub
+	$(BIN)/tailhub jobs launch examples/hello.yaml
+
+test: $(BIN)/tailhub $(BUF)
+	PATH="$(CURDIR)/$(BIN):$$PATH" BUF="$(BUF)" scripts/check
+
+# Regenerate the protobuf/gRPC code and stubs from proto/ (commit the result).
+proto: $(BIN)/tailhub
+	PYTHON=$(BIN)/python scripts/gen-proto
+
+bench: $(BIN)/tailhub
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) .tools build *.egg-info

@@ -1,0 +1,136 @@
+"""Shared test helpers: a real daemon process on a real socket, the real CLI, and waiting
+for conditions with a deadline (never a bare sleep)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tailhub.client import Client, StatePaths
+from tailhub.client._daemon import is_listening
+
+DAEMON_START_TIMEOUT = 20.0
+
+
+def wait_until(
+    condition: Callable[[], object], timeout: float = 20.0, what: str = "condition"
+) -> None:
+    """Polls `condition` until it is true; fails the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    delay = 0.005
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.1)
+
+
+def cli_env(home: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["TAILHUB_HOME"] = str(home)
+    return env
+
+
+def run_cli(
+    home: Path,
+    *args: str,
+    timeout: float = 120.0,
+    input: bytes | None = None,
+    cwd: Path | None = None,
+) -> subprocess.CompletedProcess[bytes]:
+    """Runs `tailhub ARGS` as a user would and returns what it printed and its exit code."""
+    return subprocess.run(
+        [sys.executable, "-m", "tailhub.client", *args],
+        env=cli_env(home),
+        capture_output=True,
+        timeout=timeout,
+        input=input,
+        cwd=cwd,
+    )
+
+
+def start_cli(home: Path, *args: str, cwd: Path | None = None) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "tailhub.client", *args],
+        env=cli_env(home),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=cwd,
+    )
+
+
+@dataclass
+class DaemonProcess:
+    """A tailhubd started by a test, in the foreground of a subprocess."""
+
+    home: Path
+    args: Sequence[str] = ()
+    process: subprocess.Popen[bytes] | None = None
+    log_files: list[Path] = field(default_factory=list)
+
+    @property
+    def paths(self) -> StatePaths:
+        return StatePaths(self.home)
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def start(self) -> None:
+        log_path = self.home.parent / f"{self.home.name}-daemon-{len(self.log_files)}.log"
+        self.log_files.append(log_path)
+        with open(log_path, "wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "tailhub.daemon", "--home", str(self.home), *self.args],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        process = self.process
+        wait_until(
+            lambda: is_listening(self.paths) or process.poll() is not None,
+            DAEMON_START_TIMEOUT,
+            "the daemon to listen",
+        )
+        assert process.poll() is None, f"daemon exited: {self.log_text()}"
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM, then wait: the clean stop a user gets from `tailhub daemon stop`."""
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout)
+
+    def kill(self) -> None:
+        """kill -9: no chance to clean up."""
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait(30)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def client(self) -> Client:
+        return Client.connect(self.paths, autostart=False)
+
+    def log_text(self) -> str:
+        return "\n".join(
+            path.read_text(errors="replace") for path in self.log_files if path.exists()
+        )
+
+    def rss_bytes(self) -> int:
+        status = Path(f"/proc/{self.pid}/status").read_text()
+        for line in status.splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise AssertionError("no VmRSS")
+
+    def open_fds(self) -> int:
+        return len(os.listdir(f"/proc/{self.pid}/fd"))
