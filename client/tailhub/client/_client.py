@@ -9,6 +9,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 import grpc
+
 from tailhub.client._daemon import ensure_daemon
 from tailhub.client._errors import (
     DaemonUnreachable,
@@ -186,7 +187,7 @@ class Client:
                 if not is_transient(error):
                     raise from_rpc_error(error, self.paths.address) from None
             finally:
-                call.cancel()
+                call.cancel()  # type: ignore[no-untyped-call]
             # The stream broke (daemon stopping or gone): wait for a daemon and resume.
             now = time.monotonic()
             down_since = now if down_since is None else down_since

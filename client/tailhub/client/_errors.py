@@ -10,6 +10,7 @@ TailhubError
 from __future__ import annotations
 
 import grpc
+
 from tailhub.client import exit_codes
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import yaml
+
 from tailhub.client import exit_codes
 from tailhub.client._errors import TailhubError
 

@@ -37,7 +37,7 @@ _SOURCES = {
 
 
 def state_of(value: int) -> JobState:
-    return _STATES.get(value, JobState.UNKNOWN)  # type: ignore[call-overload]
+    return _STATES.get(pb.JobState.ValueType(value), JobState.UNKNOWN)
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ class JobInfo:
             state=state_of(job.state),
             exit_code=job.exit_code if job.HasField("exit_code") else None,
             reason=job.reason,
-            source=_SOURCES.get(job.source_kind, "unknown"),  # type: ignore[call-overload]
+            source=_SOURCES.get(job.source_kind, "unknown"),
             source_description=job.source_description,
             log_size=job.log_size,
             sealed=job.sealed,

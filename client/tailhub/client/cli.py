@@ -3,6 +3,7 @@ and documented exit codes out (see exit_codes.py). Never a traceback."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shlex
@@ -11,9 +12,10 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import click
+
 from tailhub.client import exit_codes
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -233,7 +235,7 @@ def jobs_attach(
 @click.argument("job_id", type=int)
 def jobs_publish(home: str | None, job_id: int) -> None:
     """Append standard input to a push job's log, as it arrives."""
-    stdin = sys.stdin.buffer
+    stdin = cast("io.BufferedReader", sys.stdin.buffer)
     with _connect(home) as client:
         while data := stdin.read1(1024 * 1024):
             client.publish(job_id, data)

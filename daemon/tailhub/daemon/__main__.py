@@ -10,6 +10,7 @@ import signal
 import sys
 
 import click
+
 from tailhub.daemon.config import DaemonConfig
 from tailhub.daemon.lock import AlreadyRunning
 from tailhub.daemon.paths import StatePaths, resolve_home
@@ -53,9 +54,20 @@ async def serve(config: DaemonConfig) -> None:
 @click.option(
     "--heartbeat-interval", type=click.FloatRange(min=0.05), default=5.0, show_default=True
 )
+@click.option(
+    "--cancel-grace",
+    type=click.FloatRange(min=0),
+    default=10.0,
+    show_default=True,
+    help="Seconds between SIGTERM and SIGKILL when a local job is cancelled.",
+)
 @click.option("--log-level", default="INFO", show_default=True)
 def main(
-    home: str | None, max_running_jobs: int | None, heartbeat_interval: float, log_level: str
+    home: str | None,
+    max_running_jobs: int | None,
+    heartbeat_interval: float,
+    cancel_grace: float,
+    log_level: str,
 ) -> None:
     """Run the tailhub daemon in the foreground."""
     logging.basicConfig(
@@ -66,6 +78,7 @@ def main(
             paths=StatePaths(resolve_home(home, os.environ)),
             max_running_jobs=max_running_jobs,
             heartbeat_interval=heartbeat_interval,
+            cancel_grace=cancel_grace,
         )
         asyncio.run(serve(config))
     except AlreadyRunning as error:

@@ -6,7 +6,7 @@ then waits on the job's change signal. A slow one only falls behind and reads fr
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 
 from tailhub.daemon.job import Job
@@ -68,7 +68,7 @@ async def stream_log(
     follow: bool,
     max_chunk: int,
     stopping: Callable[[], bool],
-) -> AsyncIterator[LogItem]:
+) -> AsyncGenerator[LogItem, None]:
     """Yields the log from `start`; with `follow`, until the job ends and its log is sealed.
 
     A job that is terminal but not yet drained is waited for even without `follow`: its

@@ -109,7 +109,7 @@ class JobManager:
         except KeyError:
             raise JobNotFound(job_id) from None
 
-    def list(self) -> list[Job]:
+    def all_jobs(self) -> list[Job]:
         return list(self._jobs.values())
 
     # -- commands ----------------------------------------------------------------------------

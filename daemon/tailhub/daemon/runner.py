@@ -25,7 +25,10 @@ from tailhub.daemon.paths import StatePaths
 _WRAPPER = """\
 #!/usr/bin/env bash
 # Written by tailhubd for job {job_id}.
-cd {workdir} || {{ echo "setup 1 cannot enter workdir {workdir}" > {status}.tmp; mv {status}.tmp {status}; exit 1; }}
+if ! cd {workdir}; then
+  echo "setup 1" > {status}.tmp && mv {status}.tmp {status}
+  exit 1
+fi
 if [ -s {setup} ]; then
   bash {setup}
   code=$?
@@ -118,16 +121,22 @@ class LocalRunner:
         except ProcessLookupError:
             return
         loop = asyncio.get_running_loop()
-        exited = loop.create_future()
-        loop.add_reader(pidfd, lambda: exited.done() or exited.set_result(None))
+        exited: asyncio.Future[None] = loop.create_future()
+
+        def on_exit() -> None:
+            if not exited.done():
+                exited.set_result(None)
+
+        loop.add_reader(pidfd, on_exit)
         try:
             if self.is_running(handle):  # it may have exited before the pidfd was opened
                 await exited
         finally:
             loop.remove_reader(pidfd)
             os.close(pidfd)
+        # Reap it if it is our child; WNOHANG never blocks, and it has exited already.
         with contextlib.suppress(ChildProcessError):
-            os.waitpid(handle.pid, os.WNOHANG)
+            os.waitpid(handle.pid, os.WNOHANG)  # noqa: ASYNC222
 
     def exit_status(self, job_id: int) -> ExitStatus | None:
         try:

@@ -13,6 +13,7 @@ import grpc
 import grpc.aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+
 from tailhub.daemon.config import DaemonConfig
 from tailhub.daemon.jobs import JobManager
 from tailhub.daemon.lock import StateLock
@@ -70,7 +71,7 @@ class Daemon:
         )
         servicer = TailhubServicer(self._manager, self.config)
         server.add_generic_rpc_handlers((servicer.handler(),))
-        health_servicer = health.aio.HealthServicer()
+        health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server

@@ -6,10 +6,11 @@ import functools
 import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import grpc
 import grpc.aio
+
 from tailhub.daemon import __version__
 from tailhub.daemon.config import DaemonConfig
 from tailhub.daemon.fanout import ChunkRange, DaemonStopping, Ended, Heartbeat, Start, stream_log
@@ -50,9 +51,7 @@ _KINDS = {
     SourceKind.PUSH: pb.SOURCE_KIND_PUSH,
 }
 
-Request = TypeVar("Request")
-Response = TypeVar("Response")
-Handler = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
+Handler = TypeVar("Handler", bound=Callable[..., Awaitable[Any]])
 
 
 def _translating_errors(method: Handler) -> Handler:
@@ -70,7 +69,7 @@ def _translating_errors(method: Handler) -> Handler:
             logger.exception("%s failed", method.__name__)
             await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {error}")
 
-    return wrapper
+    return cast("Handler", wrapper)
 
 
 def _status_of(error: Exception) -> grpc.StatusCode:
@@ -197,13 +196,13 @@ class TailhubServicer:
     async def list_jobs(
         self, request: pb.ListJobsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ListJobsResponse:
-        return pb.ListJobsResponse(jobs=[_job(job) for job in self._manager.list()])
+        return pb.ListJobsResponse(jobs=[_job(job) for job in self._manager.all_jobs()])
 
     @_translating_errors
     async def get_daemon_status(
         self, request: pb.GetDaemonStatusRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.GetDaemonStatusResponse:
-        jobs = self._manager.list()
+        jobs = self._manager.all_jobs()
         return pb.GetDaemonStatusResponse(
             pid=os.getpid(),
             version=__version__,
@@ -216,12 +215,14 @@ class TailhubServicer:
             bytes_served=sum(job.bytes_served for job in jobs),
         )
 
-    def handler(self) -> grpc.GenericRpcHandler:
+    def handler(self) -> grpc.GenericRpcHandler[Any, Any]:
         """All methods, registered by hand so that Subscribe can send pre-encoded bytes."""
 
-        def unary(method: Handler, request: Any, response: Any) -> grpc.RpcMethodHandler:
+        def unary(
+            method: Callable[..., Awaitable[Any]], request: Any, response: Any
+        ) -> grpc.RpcMethodHandler[Any, Any]:
             return grpc.unary_unary_rpc_method_handler(
-                method,  # type: ignore[arg-type]
+                method,
                 request_deserializer=request.FromString,
                 response_serializer=response.SerializeToString,
             )
@@ -230,7 +231,7 @@ class TailhubServicer:
             SERVICE_NAME,
             {
                 "Subscribe": grpc.unary_stream_rpc_method_handler(
-                    self.subscribe,  # type: ignore[arg-type]
+                    self.subscribe,
                     request_deserializer=pb.SubscribeRequest.FromString,
                     response_serializer=None,
                 ),

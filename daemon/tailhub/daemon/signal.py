@@ -13,14 +13,14 @@ class ChangeSignal:
     """
 
     def __init__(self) -> None:
-        self._waiters: set[asyncio.Future[None]] = set()
+        self._waiters: set[asyncio.Future[bool]] = set()
 
     @property
     def waiting(self) -> int:
         return len(self._waiters)
 
     async def wait(self) -> None:
-        future = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._waiters.add(future)
         try:
             await future
@@ -29,7 +29,7 @@ class ChangeSignal:
 
     async def wait_for(self, timeout: float) -> bool:
         """Waits at most `timeout` seconds; True if the signal fired."""
-        future = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._waiters.add(future)
         handle = asyncio.get_running_loop().call_later(timeout, _expire, future)
         try:
@@ -42,7 +42,7 @@ class ChangeSignal:
         waiters, self._waiters = self._waiters, set()
         for future in waiters:
             if not future.done():
-                future.set_result(True)  # type: ignore[arg-type]
+                future.set_result(True)
 
 
 def _expire(future: asyncio.Future[bool]) -> None:

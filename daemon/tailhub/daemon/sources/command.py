@@ -55,24 +55,26 @@ class CommandSource:
 
     async def _start(self) -> asyncio.subprocess.Process:
         try:
+            # Its own process group, so that stopping it stops what it started too.
             if self.spec.shell:
                 return await asyncio.create_subprocess_shell(
-                    self.spec.argv[0], **_PIPES, start_new_session=True
+                    self.spec.argv[0],
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.STDOUT,
+                    start_new_session=True,
                 )
             return await asyncio.create_subprocess_exec(
-                *self.spec.argv, **_PIPES, start_new_session=True
+                *self.spec.argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,
             )
         except OSError as error:
             raise UpstreamUnusable(
                 f"cannot run {self.spec.describe()}: {error.strerror}", exit_code=127
             ) from error
-
-
-_PIPES = {
-    "stdin": asyncio.subprocess.DEVNULL,
-    "stdout": asyncio.subprocess.PIPE,
-    "stderr": asyncio.subprocess.STDOUT,
-}
 
 
 async def _terminate(process: asyncio.subprocess.Process) -> None:

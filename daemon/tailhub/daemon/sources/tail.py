@@ -10,6 +10,7 @@ from typing import Any
 
 import aiofiles
 import aiofiles.os
+
 from tailhub.daemon.sources.base import Upstream
 from tailhub.daemon.watch import FileWatch, FileWatcher
 
