@@ -2,12 +2,11 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-
-from helpers import DaemonProcess
+from helpers import BackgroundCli, DaemonProcess, start_background_cli
 
 
 @pytest.fixture
@@ -38,3 +37,37 @@ def workdir(home: Path) -> Path:
     path = home.parent / "work"
     path.mkdir()
     return path
+
+
+@pytest.fixture
+def start_daemon(home: Path) -> Iterator[Callable[..., DaemonProcess]]:
+    """Starts the real daemon with extra flags (`"--max-running-jobs", "2"`); stopped at the end."""
+    started: list[DaemonProcess] = []
+
+    def start(*args: str) -> DaemonProcess:
+        process = DaemonProcess(home, args=["--heartbeat-interval", "0.5", *args])
+        started.append(process)
+        process.start()
+        return process
+
+    yield start
+    for process in started:
+        if process.process is not None and process.process.poll() is None:
+            process.stop()
+
+
+@pytest.fixture
+def background_cli(home: Path) -> Iterator[Callable[..., BackgroundCli]]:
+    """Starts `tailhub ARGS` in the background (output in files); kills what still runs at the end."""
+    started: list[BackgroundCli] = []
+
+    def start(*args: str) -> BackgroundCli:
+        cli = start_background_cli(home, home.parent / "cli", *args)
+        started.append(cli)
+        return cli
+
+    try:
+        yield start
+    finally:
+        for cli in started:
+            cli.stop()

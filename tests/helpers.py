@@ -134,3 +134,55 @@ class DaemonProcess:
 
     def open_fds(self) -> int:
         return len(os.listdir(f"/proc/{self.pid}/fd"))
+
+
+@dataclass
+class BackgroundCli:
+    """`tailhub ARGS` running in the background with its output going to files, so a test can
+    watch what it has printed so far (a pipe nobody reads would only show it at the end)."""
+
+    process: subprocess.Popen[bytes]
+    stdout_path: Path
+    stderr_path: Path
+
+    @property
+    def stdout(self) -> bytes:
+        return self.stdout_path.read_bytes()
+
+    @property
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+    def wait_for_stdout(self, expected: bytes, timeout: float = 20.0) -> None:
+        """Waits until it has printed at least as much as `expected`; then it must be exactly that."""
+        wait_until(
+            lambda: len(self.stdout) >= len(expected) or self.process.poll() is not None,
+            timeout,
+            f"{len(expected)} bytes on stdout (have {len(self.stdout)})",
+        )
+        assert self.stdout == expected, f"stdout differs; stderr: {self.stderr}"
+
+    def wait(self, timeout: float = 60.0) -> int:
+        return self.process.wait(timeout)
+
+    def stop(self) -> None:
+        """Kills it if it still runs (a failed test must not leave it behind)."""
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(30)
+
+
+def start_background_cli(home: Path, directory: Path, *args: str) -> BackgroundCli:
+    directory.mkdir(parents=True, exist_ok=True)
+    index = len(list(directory.glob("cli-*.out")))
+    stdout_path = directory / f"cli-{index}.out"
+    stderr_path = directory / f"cli-{index}.err"
+    with open(stdout_path, "wb") as stdout, open(stderr_path, "wb") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "tailhub.client", *args],
+            env=cli_env(home),
+            stdin=subprocess.DEVNULL,
+            stdout=stdout,
+            stderr=stderr,
+        )
+    return BackgroundCli(process, stdout_path, stderr_path)
