@@ -43,7 +43,10 @@ def ensure_daemon(paths: StatePaths, daemon_args: Sequence[str] = ()) -> bool:
     """Makes sure a daemon serves `paths`; True if this call started it."""
     if is_listening(paths):
         return False
-    paths.check_socket_path()
+    try:
+        paths.check_socket_path()
+    except ValueError as error:
+        raise TailhubError(str(error)) from None
     paths.home.mkdir(mode=0o700, parents=True, exist_ok=True)
     with _autostart_lock(paths):
         if is_listening(paths):

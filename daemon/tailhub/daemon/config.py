@@ -18,7 +18,7 @@ class DaemonConfig:
     # Subscribers that are idle receive the log's size and the job's state this often.
     heartbeat_interval: float = 5.0
     # Most recent bytes of each active log kept in memory for subscribers at the live edge.
-    memory_window_bytes: int = 4 * MIB
+    memory_window_bytes: int = 2 * MIB
     # A message carries everything past the subscriber's offset up to this many bytes: under
     # load messages grow rather than multiply (grpc.aio costs ~20 us per message).
     max_chunk_bytes: int = 1 * MIB
