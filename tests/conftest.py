@@ -58,7 +58,7 @@ def start_daemon(home: Path) -> Iterator[Callable[..., DaemonProcess]]:
 
 @pytest.fixture
 def background_cli(home: Path) -> Iterator[Callable[..., BackgroundCli]]:
-    """Starts `tailhub ARGS` in the background (output in files); kills what still runs at the end."""
+    """Starts `tailhub ARGS` in the background, output in files; kills what still runs at end."""
     started: list[BackgroundCli] = []
 
     def start(*args: str) -> BackgroundCli:

@@ -154,7 +154,7 @@ class BackgroundCli:
         return self.stderr_path.read_text(errors="replace")
 
     def wait_for_stdout(self, expected: bytes, timeout: float = 20.0) -> None:
-        """Waits until it has printed at least as much as `expected`; then it must be exactly that."""
+        """Waits until it has printed as much as `expected`; then it must be exactly that."""
         wait_until(
             lambda: len(self.stdout) >= len(expected) or self.process.poll() is not None,
             timeout,

@@ -8,10 +8,11 @@ import sys
 from pathlib import Path
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-
 from helpers import DaemonProcess, run_cli
+
 from tailhub.v1 import tailhub_pb2 as pb
 from tailhub.v1 import tailhub_pb2_grpc as rpc
 
@@ -58,13 +59,11 @@ def test_health_and_reflection_are_served(daemon: DaemonProcess) -> None:
 def test_unknown_job_is_not_found_over_grpc(daemon: DaemonProcess) -> None:
     with grpc.insecure_channel(daemon.paths.address) as channel:
         stub = rpc.TailhubServiceStub(channel)
-        try:
+        with pytest.raises(grpc.RpcError) as raised:
             stub.GetJob(pb.GetJobRequest(job_id=424242), timeout=10)
-        except grpc.RpcError as error:
-            assert error.code() is grpc.StatusCode.NOT_FOUND
-            assert "424242" in (error.details() or "")
-        else:
-            raise AssertionError("GetJob of an unknown job succeeded")
+        error = raised.value
+        assert error.code() is grpc.StatusCode.NOT_FOUND
+        assert "424242" in (error.details() or "")
 
 
 def test_sigterm_stops_cleanly_and_removes_socket(daemon: DaemonProcess) -> None:

@@ -237,6 +237,9 @@ def jobs_publish(home: str | None, job_id: int) -> None:
     """Append standard input to a push job's log, as it arrives."""
     stdin = cast("io.BufferedReader", sys.stdin.buffer)
     with _connect(home) as client:
+        # Nothing yet: the daemon checks the job takes bytes, so a wrong id fails now, not
+        # after the producer is done, and not silently when it sends nothing.
+        client.publish(job_id, b"")
         while data := stdin.read1(1024 * 1024):
             client.publish(job_id, data)
 

@@ -275,10 +275,16 @@ class JobManager:
             self._fetchers.pop(job.id, None)
             self._tasks.pop(job.id, None)
         if outcome is not None and not job.state.terminal:
-            self._end(
-                job, JobState.from_exit_code(outcome.exit_code), outcome.exit_code, outcome.reason
-            )
+            if job.record.cancel_requested:
+                state, reason = JobState.CANCELLED, f"cancelled ({outcome.reason})"
+            else:
+                state, reason = JobState.from_exit_code(outcome.exit_code), outcome.reason
+            self._end(job, state, outcome.exit_code, reason)
         self._seal(job)
+        if job.record.spec.kind is SourceKind.LOCAL:
+            # Its slot is free: the oldest pending job may start.
+            self._running_local -= 1
+            self._schedule()
 
     def _end(self, job: Job, state: JobState, exit_code: int | None, reason: str) -> None:
         record = job.record

@@ -25,6 +25,9 @@ from tailhub.daemon.paths import StatePaths
 _WRAPPER = """\
 #!/usr/bin/env bash
 # Written by tailhubd for job {job_id}.
+# Cancel signals the whole process group. A trapped (not ignored) SIGTERM leaves this shell
+# alive to record how the job's script ended, and is reset to the default in that script.
+trap : TERM
 if ! cd {workdir}; then
   echo "setup 1" > {status}.tmp && mv {status}.tmp {status}
   exit 1
@@ -60,6 +63,11 @@ class RunHandle:
         if isinstance(pid, int) and isinstance(start_time, int):
             return cls(pid, start_time)
         return None
+
+    @classmethod
+    def of(cls, pid: int) -> RunHandle:
+        """The handle of a process running now."""
+        return cls(pid, _start_time(pid) or 0)
 
 
 @dataclass(frozen=True)

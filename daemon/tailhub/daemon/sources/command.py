@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from tailhub.daemon.model import CommandSpec
+from tailhub.daemon.runner import LocalRunner, RunHandle
 from tailhub.daemon.sources.base import Outcome, Upstream, UpstreamFailed, UpstreamUnusable
 
 READ_BYTES = 256 * 1024
@@ -26,10 +27,16 @@ TERMINATE_GRACE = 2.0
 class CommandSource:
     spec: CommandSpec
     transport_exit_codes: frozenset[int]
+    # Tells the command's process apart from a later one with the same pid.
+    runner: LocalRunner
     counts_connections: ClassVar[bool] = True
 
     async def fetch(self, upstream: Upstream) -> Outcome | None:
+        await self._stop_left_over(upstream)
         process = await self._start()
+        # Remembered so that a daemon restarted after a crash can stop it: one fetch per job.
+        upstream.state.update(RunHandle.of(process.pid).to_json())
+        upstream.save_state()
         assert process.stdout is not None
         skip = upstream.stored
         try:
@@ -52,6 +59,18 @@ class CommandSource:
         if skip:
             upstream.event(f"command replayed {skip} bytes fewer than were already stored")
         return Outcome(exit_code, reason=f"command exited with {exit_code}")
+
+    async def _stop_left_over(self, upstream: Upstream) -> None:
+        """Stops the command a crashed daemon left running; its output has nowhere to go."""
+        handle = RunHandle.from_json(upstream.state)
+        if handle is None or not self.runner.is_running(handle):
+            return
+        self.runner.signal(handle, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(self.runner.wait_for_exit(handle), TERMINATE_GRACE)
+        except asyncio.TimeoutError:
+            self.runner.signal(handle, signal.SIGKILL)
+            await self.runner.wait_for_exit(handle)
 
     async def _start(self) -> asyncio.subprocess.Process:
         try:

@@ -1,0 +1,52 @@
+"""A remote log reached through a command, as `ssh host tail -n +1 -f UPSTREAM` reaches it.
+
+Run as a command source (the tests attach it with `tailhub jobs attach --command`):
+
+    python replay_upstream.py UPSTREAM STATE [CUT ...]
+
+Each run is one upstream connection; it counts itself in STATE/connections. It sends UPSTREAM
+from its first byte, in writes that line up with nothing, and follows it as it grows. Connection
+number K, for K up to the number of CUTs, stops after CUT[K-1] bytes, waits for STATE/drop-K and
+exits 255, as ssh does when the network breaks mid-stream. The other connections go on until
+STATE/done exists and the whole file is sent, then exit 0. None outlives LIFETIME seconds, so
+a test that fails leaves nothing running for long.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+WRITE_BYTES = 4093
+LIFETIME = 120.0
+
+
+def main() -> int:
+    upstream, state, *cuts = sys.argv[1:]
+    counter = Path(state) / "connections"
+    number = int(counter.read_text()) + 1 if counter.exists() else 1
+    counter.write_text(str(number))
+    limit = int(cuts[number - 1]) if number <= len(cuts) else None
+    sent = 0
+    deadline = time.monotonic() + LIFETIME
+    with open(upstream, "rb") as source:
+        while time.monotonic() < deadline:
+            want = WRITE_BYTES if limit is None else min(WRITE_BYTES, limit - sent)
+            data = source.read(want) if want else b""
+            if data:
+                os.write(1, data)
+                sent += len(data)
+                continue
+            if limit is not None and sent == limit:
+                if (Path(state) / f"drop-{number}").exists():
+                    return 255
+            elif (Path(state) / "done").exists() and not source.read(1):
+                return 0
+            time.sleep(0.005)
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
