@@ -157,30 +157,17 @@ class Client:
         resumes at the next offset: no byte is lost or repeated. It gives up with
         DaemonUnreachable when no daemon has answered for `reconnect_timeout` seconds.
         """
-        next_offset: int | None = None if tail_lines is not None else offset
+        cursor = _Cursor(job_id, None if tail_lines is not None else offset)
         down_since: float | None = None
         pause = _MIN_RETRY_PAUSE
         while True:
-            request = pb.SubscribeRequest(job_id=job_id, follow=follow)
-            if next_offset is None:
-                request.tail_lines = tail_lines or 0
-            else:
-                request.offset = next_offset
-            call = self._stub.Subscribe(request)
+            call = self._stub.Subscribe(cursor.request(follow, tail_lines))
             try:
                 for message in call:
                     down_since, pause = None, _MIN_RETRY_PAUSE
-                    item = _log_item(message)
-                    if isinstance(item, LogChunk):
-                        if next_offset is not None and item.offset != next_offset:
-                            raise ProtocolError(
-                                f"job {job_id}: expected bytes at offset {next_offset}, "
-                                f"got offset {item.offset}"
-                            )
-                        next_offset = item.offset + len(item.data)
-                    elif isinstance(item, LogEnd) and next_offset is None:
-                        next_offset = item.log_size
-                    yield item
+                    item = cursor.accept(_log_item(message))
+                    if item is not None:
+                        yield item
                     if isinstance(item, LogEnd):
                         return
             except grpc.RpcError as error:
@@ -204,6 +191,42 @@ class Client:
     def _wait_for_daemon(self, timeout: float) -> None:
         with contextlib.suppress(grpc.FutureTimeoutError):
             grpc.channel_ready_future(self._channel).result(timeout=max(timeout, 0.05))
+
+
+class _Cursor:
+    """Where a follower stands in a log, so that a new stream resumes at the next byte."""
+
+    def __init__(self, job_id: int, offset: int | None) -> None:
+        self._job_id = job_id
+        # None until the first byte when starting from the last N lines.
+        self.next_offset = offset
+        # A stream resumed at an event's offset is sent that event again: show it once.
+        self._seen_events: set[tuple[int, str]] = set()
+
+    def request(self, follow: bool, tail_lines: int | None) -> pb.SubscribeRequest:
+        request = pb.SubscribeRequest(job_id=self._job_id, follow=follow)
+        if self.next_offset is None:
+            request.tail_lines = tail_lines or 0
+        else:
+            request.offset = self.next_offset
+        return request
+
+    def accept(self, item: LogItem) -> LogItem | None:
+        """Moves past `item`; None for an item already seen."""
+        if isinstance(item, LogChunk):
+            if self.next_offset is not None and item.offset != self.next_offset:
+                raise ProtocolError(
+                    f"job {self._job_id}: expected bytes at offset {self.next_offset}, "
+                    f"got offset {item.offset}"
+                )
+            self.next_offset = item.offset + len(item.data)
+        elif isinstance(item, LogEvent):
+            if (item.offset, item.message) in self._seen_events:
+                return None
+            self._seen_events.add((item.offset, item.message))
+        elif isinstance(item, LogEnd) and self.next_offset is None:
+            self.next_offset = item.log_size
+        return item
 
 
 def _log_item(message: pb.SubscribeResponse) -> LogItem:

@@ -214,14 +214,16 @@ def jobs_attach(
         raise click.UsageError("give exactly one of --file, --command or --push")
     if (shell or transport_codes) and command is None:
         raise click.UsageError("--shell and --transport-exit-code go with --command")
+    argv: list[str] = []
+    if command is not None:
+        try:
+            argv = [command] if shell else shlex.split(command)
+        except ValueError as error:
+            raise click.UsageError(f"--command: {error}") from None
     with _connect(home) as client:
         if file_path is not None:
             job = client.attach_file(os.path.abspath(file_path), name)
         elif command is not None:
-            try:
-                argv = [command] if shell else shlex.split(command)
-            except ValueError as error:
-                raise click.UsageError(f"--command: {error}") from None
             job = client.attach_command(
                 argv, name=name, shell=shell, transport_exit_codes=transport_codes
             )
