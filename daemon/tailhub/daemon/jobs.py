@@ -79,6 +79,9 @@ class JobManager:
             else:  # running, or ended while we were away: the fetch finds out which
                 self._running_local += 1
                 self._start_fetcher(job, finishing=False)
+                if job.record.cancel_requested:
+                    # The last daemon stopped within the grace: the SIGKILL is still owed.
+                    self._signal_local(job)
         elif kind is SourceKind.PUSH and job.state.terminal:
             self._seal(job)
         else:
