@@ -1,0 +1,110 @@
+"""The daemon under test: a real `tailhubd` subprocess on a fresh state directory."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+
+from bench.measure import CpuTimes, cpu_times, peak_rss_bytes, wait_until
+from bench.processes import REPO, python_module
+from tailhub.client import Client, StatePaths
+
+START_TIMEOUT = 30.0
+STOP_TIMEOUT = 30.0
+
+
+class Daemon:
+    """`python -m tailhub.daemon --home HOME`, started by `start()` once it accepts connections."""
+
+    def __init__(self, home: Path, args: Sequence[str] = ()) -> None:
+        self.home = home
+        self.args = tuple(args)
+        self.log_path = home.parent / f"{home.name}-daemon.log"
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def paths(self) -> StatePaths:
+        return StatePaths(self.home)
+
+    @property
+    def address(self) -> str:
+        return self.paths.address
+
+    @property
+    def pid(self) -> int:
+        if self._process is None:
+            raise RuntimeError("the daemon is not started")
+        return self._process.pid
+
+    def start(self) -> None:
+        self.home.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            self._process = subprocess.Popen(
+                python_module("tailhub.daemon", "--home", str(self.home), *self.args),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=REPO,
+            )
+        process = self._process
+        try:
+            wait_until(
+                lambda: self._listening() or process.poll() is not None,
+                START_TIMEOUT,
+                "the daemon to listen",
+            )
+        except BaseException:
+            self.stop()
+            raise
+        if process.poll() is not None:
+            raise RuntimeError(f"tailhubd exited with {process.returncode}; see {self.log_path}")
+
+    def _listening(self) -> bool:
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(os.fspath(self.paths.socket))
+        except OSError:
+            return False
+        finally:
+            probe.close()
+        return True
+
+    def cpu(self) -> CpuTimes:
+        return cpu_times(self.pid)
+
+    def peak_rss(self) -> int:
+        return peak_rss_bytes(self.pid)
+
+    def client(self) -> Client:
+        return Client.connect(self.paths, autostart=False)
+
+    def stop(self) -> None:
+        """SIGTERM (a clean drain), SIGKILL if it does not exit in time."""
+        process = self._process
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    def __enter__(self) -> Daemon:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            self.stop()

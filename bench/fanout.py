@@ -1,0 +1,217 @@
+"""Scenario 1, fan-out: one job written at a fixed rate, followed by N followers at once.
+
+The job is a local job (the daemon's own runner) running `bench.writer`: 100-byte lines
+carrying their write time, flushed every 10 ms. Its followers are spread over a few grpc.aio
+client processes and subscribe before the first byte is written; then the writer's gate opens.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from bench import follower
+from bench.daemon import Daemon
+from bench.measure import percentile, wait_until
+from bench.processes import REPO, ProcessSet
+from bench.report import Table, number, percent
+
+MB = 1_000_000
+
+
+@dataclass(frozen=True)
+class Settings:
+    # (followers, bytes per second written); the issue's load is 1 MB/s, the last run shows
+    # how N=1000 fares when the aggregate is 100 MB/s rather than 1 GB/s.
+    loads: tuple[tuple[int, float], ...] = (
+        (1, MB),
+        (10, MB),
+        (100, MB),
+        (1000, MB),
+        (1000, MB / 10),
+    )
+    duration: float = 10.0  # seconds of writing
+    clients: int = 4  # follower processes
+    profile_dir: Path | None = None  # py-spy the daemon during the first run at the largest N
+
+
+FULL = Settings()
+QUICK = Settings(loads=((1, MB), (10, MB)), duration=2.0, clients=2)
+
+
+def run(settings: Settings, scratch: Path, earlier: dict[str, Any]) -> dict[str, Any]:
+    counts = [count for count, _ in settings.loads]
+    profiled = counts.index(max(counts))
+    runs = [
+        _run_one(
+            settings,
+            count,
+            rate,
+            scratch / f"f{index}",
+            settings.profile_dir if index == profiled else None,
+        )
+        for index, (count, rate) in enumerate(settings.loads)
+    ]
+    return {"status": "ok", "settings": asdict(settings), "runs": runs}
+
+
+def _run_one(
+    settings: Settings, count: int, rate: float, directory: Path, profile: Path | None
+) -> dict[str, Any]:
+    directory.mkdir(parents=True)
+    gate = directory / "gate"
+    os.mkfifo(gate)
+    writer = (
+        f"exec {shlex.quote(sys.executable)} -m bench.writer -"
+        f" --rate {rate} --duration {settings.duration} --gate {shlex.quote(str(gate))}"
+    )
+    timeout = settings.duration + 120
+    with Daemon(directory / "h") as daemon, ProcessSet() as processes, daemon.client() as client:
+        job = client.launch(writer, name=f"fanout-{count}", workdir=str(REPO))
+        outs = follower.spawn(
+            processes,
+            daemon.address,
+            [job.id] * count,
+            clients=settings.clients,
+            directory=directory,
+            timeout=timeout,
+            flags=["--latency"],
+        )
+        wait_until(lambda: client.get(job.id).subscribers >= count, 120, f"{count} subscribers")
+        cpu_before = daemon.cpu()
+        opened = time.time()
+        _open(gate)
+        if profile is not None:
+            _profile(processes, daemon.pid, settings, profile / f"fanout-{count}")
+        processes.wait_all(timeout)
+        cpu = daemon.cpu() - cpu_before
+        peak_rss = daemon.peak_rss()
+        info = client.get(job.id)
+    received = follower.collect(outs)
+    return _summary(count, info.log_size, info.upstream_connections, opened, received) | {
+        "rate_bytes_per_s": rate,
+        "daemon_cpu_s": cpu.own,
+        "daemon_peak_rss_bytes": peak_rss,
+    }
+
+
+def _open(gate: Path) -> None:
+    """Opens and closes the writer's FIFO, which starts it; waits for it to be listening."""
+
+    def opened() -> bool:
+        try:
+            os.close(os.open(gate, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:  # ENXIO: the writer has not opened its end yet
+            return False
+        return True
+
+    wait_until(opened, 60, "the writer to wait at its gate")
+
+
+def _profile(processes: ProcessSet, pid: int, settings: Settings, out: Path) -> None:
+    """Samples the daemon with py-spy, native frames included (grpc's core is C/Cython).
+
+    Output: collapsed stacks, one `frame;frame;... count` line per stack, for flamegraph.pl
+    or speedscope. Sampling pauses the daemon 100 times a second: figures of this run suffer.
+    """
+    py_spy = Path(sys.executable).parent / "py-spy"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    processes.spawn(
+        [
+            *(str(py_spy), "record", "--pid", str(pid), "--duration", str(int(settings.duration))),
+            *("--native", "--threads", "--format", "raw", "--output", f"{out}.txt"),
+        ]
+    )
+
+
+def _summary(
+    count: int, log_size: int, upstreams: int, opened: float, received: follower.Followers
+) -> dict[str, Any]:
+    streams = received.streams
+    delivered = sum(stream["bytes"] for stream in streams)
+    messages = sum(stream["messages"] for stream in streams)
+    complete = sum(
+        stream["bytes"] == log_size
+        and stream["contiguous"]
+        and stream["state"] == "JOB_STATE_SUCCEEDED"
+        for stream in streams
+    )
+    ends = [stream["ended"] for stream in streams if stream["ended"] is not None]
+    elapsed = (max(ends) if ends else time.time()) - opened
+    latencies = sorted(received.samples.latencies)
+    return {
+        "followers": count,
+        "log_bytes": log_size,
+        "delivered_share": delivered / (count * log_size) if log_size else 0.0,
+        "complete_followers": complete,
+        "errors": sorted({stream["error"] for stream in streams if stream["error"]}),
+        "upstream_connections": upstreams,
+        "elapsed_s": elapsed,
+        "messages": messages,
+        "messages_per_s": messages / elapsed,
+        "bytes_per_s": delivered / elapsed,
+        "mean_message_bytes": delivered / messages if messages else 0.0,
+        "distinct_chunks": received.samples.distinct_ranges(),
+        "latency_samples": len(latencies),
+        "latency_p50_s": percentile(latencies, 0.50),
+        "latency_p99_s": percentile(latencies, 0.99),
+        "latency_max_s": latencies[-1] if latencies else None,
+        "follower_cpu_s": received.cpu,
+    }
+
+
+def tables(result: dict[str, Any]) -> list[Table]:
+    settings = result["settings"]
+    rows = [
+        (
+            str(run["followers"]),
+            number(run["rate_bytes_per_s"], 1, 1 / MB),
+            percent(run["delivered_share"], 2),
+            number(run["latency_p50_s"], 1, 1000),
+            number(run["latency_p99_s"], 1, 1000),
+            number(run["latency_max_s"], 1, 1000),
+            number(run["daemon_cpu_s"], 2),
+            percent(run["daemon_cpu_s"] / run["elapsed_s"], 0),
+            number(run["daemon_peak_rss_bytes"], 0, 1 / 2**20),
+            number(run["messages_per_s"], 0),
+            number(run["bytes_per_s"], 1, 1 / MB),
+            number(run["mean_message_bytes"], 0),
+            number(run["messages"] / max(1, run["distinct_chunks"]), 1),
+            str(run["upstream_connections"]),
+        )
+        for run in result["runs"]
+    ]
+    headers = (
+        "N",
+        "MB/s in",
+        "delivered",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "daemon CPU s",
+        "CPU",
+        "peak RSS MiB",
+        "msgs/s",
+        "MB/s out",
+        "bytes/msg",
+        "msgs/chunk",
+        "upstreams",
+    )
+    notes = (
+        "latency: write time of the oldest line in each message to its receipt"
+        " (an upper bound for the lines in it)",
+        "msgs/chunk: messages per distinct (offset, end) range sent, the most that encoding"
+        " each chunk once could share",
+        f"followers spread over {settings['clients']} grpc.aio client processes"
+        " on the same 2-core machine",
+    )
+    title = (
+        f"fan-out: one local job writing 100-byte lines for {settings['duration']:g} s,"
+        " N followers from offset 0"
+    )
+    return [Table(title, headers, rows, notes)]

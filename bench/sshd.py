@@ -1,0 +1,125 @@
+"""A throwaway sshd on 127.0.0.1, set up by `setup_sshd.sh`, for the ssh scenario."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+from pathlib import Path
+from types import TracebackType
+
+from bench.measure import CpuTimes, cpu_times, wait_until
+
+SETUP = Path(__file__).resolve().parent / "setup_sshd.sh"
+SETUP_TIMEOUT = 600.0  # installing openssh-server may take a while
+
+
+class SshdUnavailable(Exception):
+    """sshd cannot be installed or started here; the message says why."""
+
+
+class Sshd:
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.pid = 0
+        self.port = 0
+        self.key = ""
+        self.user = ""
+        self.log = Path()
+
+    def start(self) -> None:
+        port = _free_port()
+        try:
+            done = subprocess.run(
+                ["bash", str(SETUP), str(self.directory), str(port)],
+                capture_output=True,
+                text=True,
+                timeout=SETUP_TIMEOUT,
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired) as error:
+            raise SshdUnavailable(f"setup_sshd.sh failed: {error}") from error
+        if done.returncode != 0:
+            last = (done.stderr.strip().splitlines() or ["no message"])[-1]
+            raise SshdUnavailable(f"setup_sshd.sh exited with {done.returncode}: {last}")
+        values = dict(line.split("=", 1) for line in done.stdout.splitlines() if "=" in line)
+        self.pid, self.port = int(values["PID"]), int(values["PORT"])
+        self.key, self.user, self.log = values["KEY"], values["USER"], Path(values["LOG"])
+
+    def argv(self, remote_command: str) -> list[str]:
+        """`ssh` to this server running `remote_command`: no prompts, no known_hosts noise."""
+        return [
+            "ssh",
+            "-p",
+            str(self.port),
+            "-i",
+            self.key,
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "LogLevel=ERROR",
+            f"{self.user}@127.0.0.1",
+            remote_command,
+        ]
+
+    def cpu(self) -> CpuTimes:
+        """The listener's CPU and that of the sessions it has reaped (all the server side).
+
+        A session's process may outlive its client by a moment: `settle()` first, or its CPU
+        lands in the next reading.
+        """
+        return cpu_times(self.pid)
+
+    def settle(self, timeout: float = 30.0) -> None:
+        """Waits until every session process has exited and been reaped by the listener."""
+        children = Path(f"/proc/{self.pid}/task/{self.pid}/children")
+        wait_until(lambda: not children.read_text().strip(), timeout, "sshd's sessions to end")
+
+    def log_size(self) -> int:
+        return self.log.stat().st_size
+
+    def log_since(self, position: int) -> str:
+        with open(self.log, "rb") as log:
+            log.seek(position)
+            return log.read().decode(errors="replace")
+
+    def stop(self) -> None:
+        if not self.pid:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGTERM)
+        wait_until(lambda: _gone(self.pid), 30, "sshd to exit")
+        self.pid = 0
+
+    def __enter__(self) -> Sshd:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def _gone(pid: int) -> bool:
+    """True once `pid` has exited (a zombie waiting for init to reap it counts as gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat[stat.rindex(")") + 2] == "Z"
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])

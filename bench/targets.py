@@ -1,0 +1,148 @@
+"""The issue's targets, judged against the figures of one run: PASS, MISS, or n/a."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+Scenarios = dict[str, dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    target: str
+    figure: str
+    passed: bool | None  # None: the scenario did not produce the figure
+
+    @property
+    def label(self) -> str:
+        return "n/a" if self.passed is None else "PASS" if self.passed else "MISS"
+
+
+def evaluate(scenarios: Scenarios) -> list[Verdict]:
+    verdicts: list[Verdict] = []
+    for judge in (_fanout, _ssh, _catchup, _cli):
+        verdicts.extend(judge(scenarios))
+    return verdicts
+
+
+def _ok(scenarios: Scenarios, name: str) -> dict[str, Any] | None:
+    result = scenarios.get(name, {})
+    return result if result.get("status") == "ok" else None
+
+
+def _missing(*targets: str) -> list[Verdict]:
+    return [Verdict(target, "not measured", None) for target in targets]
+
+
+_FANOUT_TARGETS = (
+    "100% delivered",
+    "p99 latency < 250 ms",
+    "one upstream connection",
+    "daemon peak RSS < 200 MB",
+    "msgs/s >= 70% of the ceiling's",
+)
+
+
+def _fanout(scenarios: Scenarios) -> list[Verdict]:
+    fanout = _ok(scenarios, "fanout")
+    if fanout is None:
+        return _missing(*(f"fan-out N=1000: {target}" for target in _FANOUT_TARGETS))
+    # The issue's load: the largest N at the highest rate, its first run.
+    run = max(fanout["runs"], key=lambda run: (run["followers"], run["rate_bytes_per_s"]))
+    n = run["followers"]
+    names = [f"fan-out N={n}: {target}" for target in _FANOUT_TARGETS]
+    p99 = run["latency_p99_s"]
+    verdicts = [
+        Verdict(names[0], f"{run['delivered_share']:.2%}", run["delivered_share"] >= 1.0),
+        Verdict(names[1], f"{p99 * 1000:,.0f} ms", p99 is not None and p99 < 0.25),
+        Verdict(names[2], str(run["upstream_connections"]), run["upstream_connections"] == 1),
+        Verdict(
+            names[3],
+            f"{run['daemon_peak_rss_bytes'] / 1e6:,.0f} MB",
+            run["daemon_peak_rss_bytes"] < 200e6,
+        ),
+    ]
+    ceiling = _ok(scenarios, "ceiling")
+    same = [
+        ceiling_run
+        for ceiling_run in (ceiling or {}).get("runs", [])
+        if ceiling_run["streams"] == n
+        and ceiling_run["message_bytes"] == round(run["mean_message_bytes"])
+    ]
+    if not same:
+        return [*verdicts, *_missing(names[4])]
+    share = run["messages_per_s"] / same[0]["messages_per_s"]
+    figure = (
+        f"{share:.0%} ({run['messages_per_s']:,.0f} of {same[0]['messages_per_s']:,.0f}"
+        f" at {same[0]['message_bytes']:,} B/msg)"
+    )
+    return [*verdicts, Verdict(names[4], figure, share >= 0.7)]
+
+
+def _ssh(scenarios: Scenarios) -> list[Verdict]:
+    names = (
+        "ssh: no failed follower through tailhub (direct fails or is throttled)",
+        "ssh K=100 F=4: tailhub total CPU <= 1/3 of direct",
+    )
+    ssh = _ok(scenarios, "ssh")
+    if ssh is None:
+        status = scenarios.get("ssh", {}).get("status", "not run")
+        return [Verdict(name, status, None) for name in names]
+    runs = ssh["runs"]
+    by_mode = {mode: [run for run in runs if run["mode"] == mode] for mode in ("direct", "tailhub")}
+    failed = {
+        mode: sum(run["failed_followers"] for run in group) for mode, group in by_mode.items()
+    }
+    throttled = sum(run["throttled"] for run in by_mode["direct"])
+    total = sum(run["followers"] for run in by_mode["tailhub"])
+    verdicts = [
+        Verdict(
+            names[0],
+            f"tailhub {failed['tailhub']}/{total} failed; direct {failed['direct']}/{total}"
+            f" failed, {throttled} throttled",
+            failed["tailhub"] == 0,
+        )
+    ]
+    pair = {
+        run["mode"]: run
+        for run in runs
+        if run["jobs"] == max(ssh["settings"]["jobs"])
+        and run["followers_per_job"] == max(ssh["settings"]["followers"])
+    }
+    if len(pair) < 2:
+        return [*verdicts, *_missing(names[1])]
+    ratio = pair["tailhub"]["total_cpu_s"] / pair["direct"]["total_cpu_s"]
+    figure = (
+        f"{ratio:.2f} ({pair['tailhub']['total_cpu_s']:.1f} s against"
+        f" {pair['direct']['total_cpu_s']:.1f} s)"
+    )
+    return [*verdicts, Verdict(names[1], figure, ratio <= 1 / 3)]
+
+
+def _catchup(scenarios: Scenarios) -> list[Verdict]:
+    names = ("catch-up: one follower >= 300 MB/s", "`jobs logs --tail 100` of 1 GiB < 100 ms")
+    catchup = _ok(scenarios, "catchup")
+    if catchup is None:
+        return _missing(*names)
+    rate = catchup["single"]["bytes_per_s"]
+    tail = catchup["tail"]["cli_p50_s"]
+    size_mib = catchup["log_bytes"] / 2**20
+    size = f"{size_mib / 1024:g} GiB" if size_mib >= 1024 else f"{size_mib:g} MiB"
+    return [
+        Verdict(names[0], f"{rate / 1e6:,.0f} MB/s", rate >= 300e6),
+        Verdict(
+            names[1].replace("1 GiB", size),
+            f"{tail * 1000:,.0f} ms (in-process RPC {catchup['tail']['rpc_p50_s'] * 1000:.1f} ms)",
+            tail < 0.1,
+        ),
+    ]
+
+
+def _cli(scenarios: Scenarios) -> list[Verdict]:
+    name = "`jobs launch --async` p50 < 300 ms"
+    cli = _ok(scenarios, "cli_latency")
+    if cli is None:
+        return _missing(name)
+    p50 = cli["launch_async"]["wall_p50_s"]
+    return [Verdict(name, f"{p50 * 1000:,.0f} ms", p50 < 0.3)]
