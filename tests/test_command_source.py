@@ -151,3 +151,42 @@ def test_custom_transport_exit_codes_replace_the_default(
     assert logs.stdout == b"gone\n"
     job = _wait_ended(daemon, failing)
     assert (job.state.value, job.exit_code, job.upstream_connections) == ("FAILED", 255, 1)
+
+
+def _flaky_upstream(marker: Path) -> list[str]:
+    """Fails its first connection the way ssh does (a message on stderr, exit 255)."""
+    script = (
+        f"if [ ! -e {shlex.quote(str(marker))} ]; then touch {shlex.quote(str(marker))}; "
+        "echo 'kex_exchange_identification: Connection reset by peer' >&2; exit 255; fi; "
+        "printf 'abcdefghijklmnopqrstuvwxyz\\n'"
+    )
+    return ["bash", "-c", script]
+
+
+def test_stderr_of_a_failed_connection_does_not_shift_the_replay(
+    daemon: DaemonProcess, workdir: Path
+) -> None:
+    job_id = _attach(daemon, _flaky_upstream(workdir / "once"))
+    job = _wait_ended(daemon, job_id)
+    assert job.state.value == "SUCCEEDED"
+    assert job.upstream_connections == 2
+    logs = run_cli(daemon.home, "jobs", "logs", str(job_id))
+    assert logs.returncode == 0, logs.stderr
+    # Merged: ssh's message where it happened, then every byte of the upstream, none skipped.
+    assert logs.stdout == (
+        b"kex_exchange_identification: Connection reset by peer\nabcdefghijklmnopqrstuvwxyz\n"
+    )
+
+
+def test_stderr_as_events_keeps_the_log_to_the_upstream_bytes(
+    daemon: DaemonProcess, workdir: Path
+) -> None:
+    job_id = _attach(daemon, _flaky_upstream(workdir / "once"), "--stderr", "events")
+    job = _wait_ended(daemon, job_id)
+    assert job.state.value == "SUCCEEDED"
+    logs = run_cli(daemon.home, "jobs", "logs", str(job_id))
+    assert logs.returncode == 0, logs.stderr
+    assert logs.stdout == b"abcdefghijklmnopqrstuvwxyz\n"
+    assert b"stderr: kex_exchange_identification: Connection reset by peer" in logs.stderr
+    messages = [event.message for event in _events(daemon, job_id)]
+    assert "stderr: kex_exchange_identification: Connection reset by peer" in messages

@@ -95,8 +95,16 @@ class Client:
         name: str = "",
         shell: bool = False,
         transport_exit_codes: Sequence[int] = (),
+        stderr_events: bool = False,
     ) -> JobInfo:
-        source = pb.CommandSource(argv=argv, shell=shell, transport_exit_codes=transport_exit_codes)
+        """A job whose log is the command's output; `stderr_events` reports stderr lines as
+        events instead of merging them into the log."""
+        source = pb.CommandSource(
+            argv=argv,
+            shell=shell,
+            transport_exit_codes=transport_exit_codes,
+            stderr=pb.STDERR_MODE_EVENTS if stderr_events else pb.STDERR_MODE_MERGE,
+        )
         request = pb.AttachJobRequest(name=name, command=source)
         return JobInfo.from_pb(self._call(self._stub.AttachJob, request).job)
 

@@ -195,6 +195,15 @@ def jobs_launch(
     multiple=True,
     help="Exit code of --command that means a broken connection, to reconnect on (default 255).",
 )
+@click.option(
+    "--stderr",
+    "stderr_mode",
+    type=click.Choice(["merge", "events"]),
+    default="merge",
+    show_default=True,
+    help="--command's stderr: merged into the log, or each line reported as an event "
+    "(keeps ssh's own messages out of the log).",
+)
 def jobs_attach(
     home: str | None,
     file_path: Path | None,
@@ -203,6 +212,7 @@ def jobs_attach(
     name: str,
     shell: bool,
     transport_codes: tuple[int, ...],
+    stderr_mode: str,
 ) -> None:
     """Register an external job and print its id."""
     chosen = [
@@ -212,8 +222,8 @@ def jobs_attach(
     ]
     if len(chosen) != 1:
         raise click.UsageError("give exactly one of --file, --command or --push")
-    if (shell or transport_codes) and command is None:
-        raise click.UsageError("--shell and --transport-exit-code go with --command")
+    if (shell or transport_codes or stderr_mode != "merge") and command is None:
+        raise click.UsageError("--shell, --transport-exit-code and --stderr go with --command")
     argv: list[str] = []
     if command is not None:
         try:
@@ -225,7 +235,11 @@ def jobs_attach(
             job = client.attach_file(os.path.abspath(file_path), name)
         elif command is not None:
             job = client.attach_command(
-                argv, name=name, shell=shell, transport_exit_codes=transport_codes
+                argv,
+                name=name,
+                shell=shell,
+                transport_exit_codes=transport_codes,
+                stderr_events=stderr_mode == "events",
             )
         else:
             job = client.attach_push(name)

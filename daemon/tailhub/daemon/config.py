@@ -26,6 +26,9 @@ class DaemonConfig:
     transport_exit_codes: frozenset[int] = field(default_factory=lambda: frozenset({255}))
     reconnect_initial_delay: float = 0.2
     reconnect_max_delay: float = 10.0
+    # Commands connecting at once (started, no byte yet): below sshd's MaxStartups (10), so a
+    # burst of attached ssh jobs is queued here instead of being dropped there.
+    max_connecting_commands: int = 8
     # Consecutive failed connections (without a byte received) before the job is failed.
     reconnect_max_attempts: int = 20
     # Local jobs running at once; None means no limit.
@@ -48,5 +51,7 @@ class DaemonConfig:
             raise ValueError("max running jobs must be at least 1")
         if self.cancel_grace < 0 or self.stop_grace < 0:
             raise ValueError("grace periods cannot be negative")
+        if self.max_connecting_commands < 1:
+            raise ValueError("max connecting commands must be at least 1")
         if self.reconnect_max_attempts < 1:
             raise ValueError("reconnect attempts must be at least 1")

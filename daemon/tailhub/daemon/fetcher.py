@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -92,7 +93,8 @@ class Fetcher:
                         error.exit_code,
                         reason=f"upstream failed {failures} times in a row; last: {error}",
                     )
-                delay = min(
+                # Jitter: jobs that lost one host together should not return together.
+                delay = random.uniform(0.5, 1.0) * min(
                     self._config.reconnect_initial_delay * 2 ** (failures - 1),
                     self._config.reconnect_max_delay,
                 )

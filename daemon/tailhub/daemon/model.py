@@ -46,6 +46,8 @@ class CommandSpec:
     shell: bool = False
     # Empty: the daemon's default set.
     transport_exit_codes: frozenset[int] = frozenset()
+    # Report stderr lines as events instead of merging them into the log (ssh's diagnostics).
+    stderr_events: bool = False
     kind: SourceKind = field(default=SourceKind.COMMAND, init=False)
 
     def describe(self) -> str:
@@ -87,6 +89,7 @@ def spec_to_json(spec: SourceSpec) -> dict[str, Any]:
             "argv": list(spec.argv),
             "shell": spec.shell,
             "transport_exit_codes": sorted(spec.transport_exit_codes),
+            "stderr_events": spec.stderr_events,
         }
     if isinstance(spec, PushSpec):
         return {"kind": "push"}
@@ -108,6 +111,7 @@ def spec_from_json(data: dict[str, Any]) -> SourceSpec:
             argv=tuple(data["argv"]),
             shell=bool(data["shell"]),
             transport_exit_codes=frozenset(data["transport_exit_codes"]),
+            stderr_events=bool(data.get("stderr_events", False)),
         )
     if kind == "push":
         return PushSpec()

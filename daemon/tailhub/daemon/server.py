@@ -55,7 +55,12 @@ class Daemon:
         loop = asyncio.get_running_loop()
         self._watcher.start(loop)
         self._store = JobStore(paths.database)
-        environment = SourceEnvironment(self.config, self._watcher, LocalRunner(paths))
+        environment = SourceEnvironment(
+            self.config,
+            self._watcher,
+            LocalRunner(paths),
+            asyncio.Semaphore(self.config.max_connecting_commands),
+        )
         self._manager = JobManager(self.config, self._store, environment)
         await self._manager.start()
 

@@ -259,6 +259,7 @@ def _attach_spec(request: pb.AttachJobRequest) -> SourceSpec:
             argv=tuple(command.argv),
             shell=command.shell,
             transport_exit_codes=frozenset(command.transport_exit_codes),
+            stderr_events=command.stderr == pb.STDERR_MODE_EVENTS,
         )
     if which == "push":
         return PushSpec()

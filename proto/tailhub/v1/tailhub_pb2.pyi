@@ -68,6 +68,27 @@ SOURCE_KIND_COMMAND: SourceKind.ValueType  # 3
 SOURCE_KIND_PUSH: SourceKind.ValueType  # 4
 Global___SourceKind: _TypeAlias = SourceKind  # noqa: Y015
 
+class _StderrMode:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _StderrModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_StderrMode.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    STDERR_MODE_UNSPECIFIED: _StderrMode.ValueType  # 0
+    STDERR_MODE_MERGE: _StderrMode.ValueType  # 1
+    """Merged into the log with stdout, in arrival order."""
+    STDERR_MODE_EVENTS: _StderrMode.ValueType  # 2
+    """Each line reported as a source event (e.g. ssh's own diagnostics), not log bytes."""
+
+class StderrMode(_StderrMode, metaclass=_StderrModeEnumTypeWrapper): ...
+
+STDERR_MODE_UNSPECIFIED: StderrMode.ValueType  # 0
+STDERR_MODE_MERGE: StderrMode.ValueType  # 1
+"""Merged into the log with stdout, in arrival order."""
+STDERR_MODE_EVENTS: StderrMode.ValueType  # 2
+"""Each line reported as a source event (e.g. ssh's own diagnostics), not log bytes."""
+Global___StderrMode: _TypeAlias = StderrMode  # noqa: Y015
+
 @_typing.final
 class FileSource(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -95,8 +116,11 @@ class CommandSource(_message.Message):
     ARGV_FIELD_NUMBER: _builtins.int
     SHELL_FIELD_NUMBER: _builtins.int
     TRANSPORT_EXIT_CODES_FIELD_NUMBER: _builtins.int
+    STDERR_FIELD_NUMBER: _builtins.int
     shell: _builtins.bool
     """Run argv[0] as a shell command line with /bin/sh -c."""
+    stderr: Global___StderrMode.ValueType
+    """Where the command's stderr goes; unspecified means merged into the log."""
     @_builtins.property
     def argv(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The program and its arguments; run without a shell unless `shell` is set."""
@@ -113,10 +137,11 @@ class CommandSource(_message.Message):
         argv: _abc.Iterable[_builtins.str] | None = ...,
         shell: _builtins.bool = ...,
         transport_exit_codes: _abc.Iterable[_builtins.int] | None = ...,
+        stderr: Global___StderrMode.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["argv", b"argv", "shell", b"shell", "transport_exit_codes", b"transport_exit_codes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["argv", b"argv", "shell", b"shell", "stderr", b"stderr", "transport_exit_codes", b"transport_exit_codes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

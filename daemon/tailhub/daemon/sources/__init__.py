@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -40,6 +41,7 @@ class SourceEnvironment:
     config: DaemonConfig
     watcher: FileWatcher
     runner: LocalRunner
+    connecting: asyncio.Semaphore
 
 
 SourceFactory = Callable[[int, SourceSpec, SourceEnvironment], Source]
@@ -59,7 +61,7 @@ def _file(job_id: int, spec: SourceSpec, environment: SourceEnvironment) -> Sour
 def _command(job_id: int, spec: SourceSpec, environment: SourceEnvironment) -> Source:
     assert isinstance(spec, CommandSpec)
     codes = spec.transport_exit_codes or environment.config.transport_exit_codes
-    return CommandSource(spec, codes, environment.runner)
+    return CommandSource(spec, codes, environment.runner, environment.connecting)
 
 
 def _push(job_id: int, spec: SourceSpec, environment: SourceEnvironment) -> Source:

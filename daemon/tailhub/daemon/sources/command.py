@@ -1,4 +1,4 @@
-"""The `command` source: an argv whose stdout (stderr merged) is the log.
+"""The `command` source: an argv whose stdout (stderr merged, or as events) is the log.
 
 This is how remote logs are reached (`ssh host tail -n +1 -f run.log`, `kubectl logs -f`).
 When the command dies with a transport exit code, the fetcher runs it again; it replays the
@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import os
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -21,26 +22,49 @@ from tailhub.daemon.sources.base import Outcome, Upstream, UpstreamFailed, Upstr
 READ_BYTES = 256 * 1024
 # How long a command gets to exit after SIGTERM when the daemon stops fetching it.
 TERMINATE_GRACE = 2.0
+# A command counts as connecting until its first byte, its exit, or this many seconds.
+CONNECT_SETTLE_SECONDS = 5.0
+# Resume state: how many bytes of the log came from stderr (not replayed on reconnect).
+_STDERR_BYTES = "stderr_bytes"
+_MAX_EVENT_CHARS = 1000
 
 
 @dataclass
 class CommandSource:
+    """Runs the command; stdout is the log, stderr merged into it or reported as events.
+
+    The replay skip counts only stdout bytes: what the command itself prints on stderr
+    (ssh's "Connection reset by peer") is not part of what a reconnect replays.
+    """
+
     spec: CommandSpec
     transport_exit_codes: frozenset[int]
     # Tells the command's process apart from a later one with the same pid.
     runner: LocalRunner
+    # Bounds how many commands are connecting at once, daemon-wide (see DaemonConfig).
+    connecting: asyncio.Semaphore
     counts_connections: ClassVar[bool] = True
 
     async def fetch(self, upstream: Upstream) -> Outcome | None:
         await self._stop_left_over(upstream)
-        process = await self._start()
+        await self.connecting.acquire()
+        connected = _Once(self.connecting.release)
+        try:
+            process = await self._start()
+        except BaseException:
+            connected()
+            raise
+        settled = asyncio.get_running_loop().call_later(CONNECT_SETTLE_SECONDS, connected)
         # Remembered so that a daemon restarted after a crash can stop it: one fetch per job.
         upstream.state.update(RunHandle.of(process.pid).to_json())
         upstream.save_state()
         assert process.stdout is not None
-        skip = upstream.stored
+        assert process.stderr is not None
+        stderr = asyncio.create_task(self._pump_stderr(process.stderr, upstream))
+        skip = upstream.stored - int(upstream.state.get(_STDERR_BYTES, 0))
         try:
             while data := await process.stdout.read(READ_BYTES):
+                connected()
                 if skip:
                     dropped = min(skip, len(data))
                     skip -= dropped
@@ -48,8 +72,12 @@ class CommandSource:
                     if not data:
                         continue
                 upstream.append(data)
+            await stderr
             exit_code = await process.wait()
         finally:
+            settled.cancel()
+            connected()
+            stderr.cancel()
             if process.returncode is None:
                 await _terminate(process)
         if exit_code < 0:
@@ -59,6 +87,19 @@ class CommandSource:
         if skip:
             upstream.event(f"command replayed {skip} bytes fewer than were already stored")
         return Outcome(exit_code, reason=f"command exited with {exit_code}")
+
+    async def _pump_stderr(self, stream: asyncio.StreamReader, upstream: Upstream) -> None:
+        if self.spec.stderr_events:
+            while line := await stream.readline():
+                text = line.decode(errors="replace").rstrip()[:_MAX_EVENT_CHARS]
+                if text:
+                    upstream.event(f"stderr: {text}")
+            return
+        while data := await stream.read(READ_BYTES):
+            upstream.append(data)
+            # Saved with the append, before the next await: a crash cannot separate them.
+            upstream.state[_STDERR_BYTES] = int(upstream.state.get(_STDERR_BYTES, 0)) + len(data)
+            upstream.save_state()
 
     async def _stop_left_over(self, upstream: Upstream) -> None:
         """Stops the command a crashed daemon left running; its output has nowhere to go."""
@@ -80,20 +121,32 @@ class CommandSource:
                     self.spec.argv[0],
                     stdin=asyncio.subprocess.DEVNULL,
                     stdout=asyncio.subprocess.PIPE,
-                    stderr=asyncio.subprocess.STDOUT,
+                    stderr=asyncio.subprocess.PIPE,
                     start_new_session=True,
                 )
             return await asyncio.create_subprocess_exec(
                 *self.spec.argv,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
+                stderr=asyncio.subprocess.PIPE,
                 start_new_session=True,
             )
         except OSError as error:
             raise UpstreamUnusable(
                 f"cannot run {self.spec.describe()}: {error.strerror}", exit_code=127
             ) from error
+
+
+class _Once:
+    """Calls `action` the first time it is called, never again."""
+
+    def __init__(self, action: Callable[[], None]) -> None:
+        self._action: Callable[[], None] | None = action
+
+    def __call__(self) -> None:
+        action, self._action = self._action, None
+        if action is not None:
+            action()
 
 
 async def _terminate(process: asyncio.subprocess.Process) -> None:
