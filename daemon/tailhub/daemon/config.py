@@ -21,7 +21,7 @@ class DaemonConfig:
     memory_window_bytes: int = 2 * MIB
     # A message carries everything past the subscriber's offset up to this many bytes: under
     # load messages grow rather than multiply (grpc.aio costs ~20 us per message).
-    max_chunk_bytes: int = 1 * MIB
+    max_chunk_bytes: int = 256 * KIB
     # Command exit codes that mean "the connection failed" (ssh uses 255).
     transport_exit_codes: frozenset[int] = field(default_factory=lambda: frozenset({255}))
     reconnect_initial_delay: float = 0.2

@@ -19,11 +19,14 @@ class DaemonStopping(Exception):
 
 @dataclass(frozen=True)
 class ChunkRange:
-    """Bytes [offset, end) of the log, ready to be read and sent."""
+    """Bytes [offset, end) of the log, ready to be read and sent.
+
+    Chunks never cross a multiple of the size cap: followers that are behind, wherever
+    they started, soon ask for the same ranges, and share one encoding of each.
+    """
 
     offset: int
     end: int
-    live: bool  # ends at the log's current end, where subscribers share identical chunks
 
 
 @dataclass(frozen=True)
@@ -87,8 +90,8 @@ async def stream_log(
                 next_event += 1
             size = job.log_size
             if offset < size:
-                end = min(size, offset + max_chunk)
-                yield ChunkRange(offset, end, live=end == size)
+                end = min(size, (offset // max_chunk + 1) * max_chunk)
+                yield ChunkRange(offset, end)
                 offset = end
                 continue
             record = job.record

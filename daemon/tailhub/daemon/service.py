@@ -135,8 +135,6 @@ class TailhubServicer:
             await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {error}")
 
     def _encode_chunk(self, job: Job, chunk: ChunkRange) -> bytes:
-        if not chunk.live:
-            return encode_chunk(chunk.offset, job.log.read(chunk.offset, chunk.end - chunk.offset))
         key = (job.id, chunk.offset, chunk.end)
         encoded = self._chunks.get(key)
         if encoded is None:

@@ -1,7 +1,8 @@
 """Hand encoding of the hot message, `SubscribeResponse{chunk}`, and a cache to share it.
 
-A chunk at the live edge goes to every subscriber there: it is encoded once, as the exact
-bytes protobuf would produce (a test holds this), and the server sends those bytes untouched.
+Subscribers reading the same range (all of them at the live edge; those behind, once their
+chunks fall on the shared grid) get one encoding, the exact bytes protobuf would produce (a
+test holds this), which the server sends untouched.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ def encode_chunk(offset: int, data: bytes) -> bytes:
 
 
 class EncodedChunkCache:
-    """Recently encoded live-edge chunks, bounded in bytes, least recently used out first."""
+    """Recently encoded chunks, bounded in bytes, least recently used out first."""
 
     def __init__(self, max_bytes: int) -> None:
         self._max_bytes = max_bytes
