@@ -175,7 +175,10 @@ def _tailhub(
         sshd_before, daemon_before = sshd.cpu(), daemon.cpu()
         started = time.time()
         processes.spawn(writer)
-        jobs = [client.attach_command(sshd.argv(_remote(log))).id for log in logs]
+        # ssh's own messages (a reset connection) are events, not part of the remote log.
+        jobs = [
+            client.attach_command(sshd.argv(_remote(log)), stderr_events=True).id for log in logs
+        ]
         outs = follower.spawn(
             processes,
             daemon.address,
