@@ -21,8 +21,9 @@ class DaemonStopping(Exception):
 class ChunkRange:
     """Bytes [offset, end) of the log, ready to be read and sent.
 
-    Chunks never cross a multiple of the size cap: followers that are behind, wherever
-    they started, soon ask for the same ranges, and share one encoding of each.
+    At the live edge a chunk is everything new, so each new append costs one message per
+    follower. Behind it, chunks end on multiples of the size cap: followers that are behind,
+    wherever they started, soon ask for the same ranges, and share one encoding of each.
     """
 
     offset: int
@@ -90,7 +91,7 @@ async def stream_log(
                 next_event += 1
             size = job.log_size
             if offset < size:
-                end = min(size, (offset // max_chunk + 1) * max_chunk)
+                end = size if size - offset <= max_chunk else (offset // max_chunk + 1) * max_chunk
                 yield ChunkRange(offset, end)
                 offset = end
                 continue
