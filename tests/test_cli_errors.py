@@ -56,7 +56,10 @@ def test_unknown_job_id_exits_102_with_one_line(
         (("jobs", "logs", "1", "--tail", "-1"), "-1 is not in the range"),
         (("jobs", "attach"), "give exactly one of --file, --command or --push"),
         (("jobs", "attach", "--file", "/x", "--push"), "give exactly one of"),
-        (("jobs", "attach", "--push", "--shell"), "--shell, --transport-exit-code and --stderr go with"),
+        (
+            ("jobs", "attach", "--push", "--shell"),
+            "--shell, --transport-exit-code and --stderr go with",
+        ),
         (("jobs", "attach", "--command"), "requires an argument"),
         (("jobs", "cancel"), "name the jobs to cancel, or use --all"),
         (("jobs", "finish", "1", "--exit-code", "zero"), "'zero' is not a valid integer"),
