@@ -24,7 +24,7 @@ class FileSource:
         stop = Stop()
         unregister = upstream.on_finish_requested(stop.set)
         try:
-            await FileTailer(Path(self.spec.path), self.watcher, upstream).follow(stop)
+            await FileTailer(Path(self.spec.path), self.watcher, upstream, stop).follow()
         finally:
             unregister()
         return None

@@ -37,7 +37,7 @@ class LocalSource:
         unregister = upstream.on_finish_requested(stop.set)
         waiter = asyncio.create_task(self._set_on_exit(handle, stop))
         try:
-            await FileTailer(self.log_path, self.watcher, upstream).follow(stop)
+            await FileTailer(self.log_path, self.watcher, upstream, stop).follow()
         finally:
             unregister()
             waiter.cancel()

@@ -52,15 +52,14 @@ class FileTailer:
     first byte; the read position is therefore `stored - base`, valid across daemon restarts.
     """
 
-    def __init__(self, path: Path, watcher: FileWatcher, upstream: Upstream) -> None:
+    def __init__(self, path: Path, watcher: FileWatcher, upstream: Upstream, stop: Stop) -> None:
         self._path = path
         self._watcher = watcher
         self._upstream = upstream
-        self._stop = Stop()
-
-    async def follow(self, stop: Stop) -> None:
-        """Returns once `stop` is set and the file is drained."""
         self._stop = stop
+
+    async def follow(self) -> None:
+        """Returns once `stop` is set and the file is drained."""
         while True:
             handle = await self._open_when_present()
             if handle is None:
@@ -68,7 +67,7 @@ class FileTailer:
             stat = os.fstat(handle.fileno())
             self._adopt(stat)
             watch = self._watcher.watch(self._path)
-            unregister = stop.on_set(watch.fire)
+            unregister = self._stop.on_set(watch.fire)
             try:
                 if not await self._read_until_replaced(handle, watch):
                     return
