@@ -53,7 +53,7 @@ def test_every_byte_value_a_huge_line_and_carriage_returns_pass_unchanged(
         assert replay.stdout == expected
 
         # The library hands out the same bytes, at contiguous offsets.
-        chunks = []
+        chunks: list[bytes] = []
         end = None
         for item in client.follow(int(job_id)):
             if isinstance(item, LogChunk):

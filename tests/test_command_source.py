@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import functools
 import random
 import shlex
 import sys
@@ -32,6 +33,10 @@ def _wait_ended(daemon: DaemonProcess, job_id: int) -> JobInfo:
     return _job(daemon, job_id)
 
 
+def _has_size(daemon: DaemonProcess, job_id: int, size: int) -> bool:
+    return _job(daemon, job_id).log_size == size
+
+
 def _events(daemon: DaemonProcess, job_id: int) -> list[pb.SourceEvent]:
     with grpc.insecure_channel(daemon.paths.address) as channel:
         response = rpc.TailhubServiceStub(channel).GetJob(pb.GetJobRequest(job_id=job_id))
@@ -56,7 +61,7 @@ def test_command_killed_mid_stream_reconnects_and_followers_get_every_byte_once(
     for number, cut in enumerate(cuts, start=1):
         # The connection is mid-stream: `cut` bytes sent, the rest of the file not yet.
         wait_until(
-            lambda cut=cut: _job(daemon, job_id).log_size == cut,
+            functools.partial(_has_size, daemon, job_id, cut),
             what=f"connection {number} to deliver {cut} bytes",
         )
         assert _job(daemon, job_id).upstream_connections == number

@@ -87,13 +87,13 @@ def test_a_follower_that_stops_reading_delays_nobody_and_costs_no_memory(
                 f"daemon RSS grew by {(peak_rss - baseline_rss) / MIB:.0f} MiB"
             )
 
-            stalled.cancel()
+            stalled.cancel()  # type: ignore[no-untyped-call]
             wait_until(lambda: client.get(job_id).subscribers == 1, what="the stalled one to go")
             finished = run_cli(daemon.home, "jobs", "finish", str(job_id))
             assert finished.returncode == 0, finished.stderr
             assert reader.wait() == 0, reader.stderr
         finally:
-            stalled.cancel()
+            stalled.cancel()  # type: ignore[no-untyped-call]
     assert _same_contents(received, log)
     print(
         f"stalled follower lagged {(size - stalled_got) / MIB:.0f} MiB; reader latency "
