@@ -195,3 +195,15 @@ def test_stderr_as_events_keeps_the_log_to_the_upstream_bytes(
     assert b"stderr: kex_exchange_identification: Connection reset by peer" in logs.stderr
     messages = [event.message for event in _events(daemon, job_id)]
     assert "stderr: kex_exchange_identification: Connection reset by peer" in messages
+
+
+def test_a_huge_stderr_line_as_events_does_not_break_the_fetch(daemon: DaemonProcess) -> None:
+    script = "head -c 200000 /dev/zero | tr '\\0' x >&2; printf 'out\\n'"
+    job_id = _attach(daemon, ["bash", "-c", script], "--stderr", "events")
+    job = _wait_ended(daemon, job_id)
+    assert job.state.value == "SUCCEEDED"
+    assert job.log_size == 4
+    messages = [event.message for event in _events(daemon, job_id)]
+    assert messages
+    assert all(message.startswith("stderr: xxx") for message in messages)
+    assert all(len(message) <= len("stderr: ") + 1000 for message in messages)

@@ -77,9 +77,10 @@ class CommandSource:
         finally:
             settled.cancel()
             connected()
-            stderr.cancel()
             if process.returncode is None:
                 await _terminate(process)
+            stderr.cancel()
+            await asyncio.wait([stderr])
         if exit_code < 0:
             exit_code = 128 - exit_code  # killed by a signal, as a shell reports it
         if exit_code in self.transport_exit_codes:
@@ -90,10 +91,16 @@ class CommandSource:
 
     async def _pump_stderr(self, stream: asyncio.StreamReader, upstream: Upstream) -> None:
         if self.spec.stderr_events:
-            while line := await stream.readline():
-                text = line.decode(errors="replace").rstrip()[:_MAX_EVENT_CHARS]
-                if text:
-                    upstream.event(f"stderr: {text}")
+            # Lines by hand: StreamReader.readline fails on a line longer than its buffer.
+            pending = b""
+            while data := await stream.read(READ_BYTES):
+                *lines, pending = (pending + data).split(b"\n")
+                if len(pending) > _MAX_EVENT_CHARS:
+                    lines.append(pending)
+                    pending = b""
+                for line in lines:
+                    _report_stderr(upstream, line)
+            _report_stderr(upstream, pending)
             return
         while data := await stream.read(READ_BYTES):
             upstream.append(data)
@@ -135,6 +142,12 @@ class CommandSource:
             raise UpstreamUnusable(
                 f"cannot run {self.spec.describe()}: {error.strerror}", exit_code=127
             ) from error
+
+
+def _report_stderr(upstream: Upstream, line: bytes) -> None:
+    text = line.decode(errors="replace").rstrip()[:_MAX_EVENT_CHARS]
+    if text:
+        upstream.event(f"stderr: {text}")
 
 
 class _Once:
