@@ -28,6 +28,7 @@ _IN_IGNORED = 0x8000
 _IN_NONBLOCK = os.O_NONBLOCK
 _IN_CLOEXEC = os.O_CLOEXEC
 _FILE_EVENTS = _IN_MODIFY | _IN_ATTRIB | _IN_CLOSE_WRITE | _IN_MOVE_SELF | _IN_DELETE_SELF
+_PATH_EVENTS = _IN_ATTRIB | _IN_MOVE_SELF | _IN_DELETE_SELF
 _EVENT_HEADER = struct.Struct("iIII")
 # Without inotify, a tailer looks at its file this often.
 POLL_INTERVAL = 0.05
@@ -42,12 +43,21 @@ class FileWatch:
         self._signal = ChangeSignal()
         # Set when a change arrives while nobody waits, so it is not missed.
         self._pending = False
+        # The inode was renamed, unlinked or had its links changed: the path may name another
+        # file now (rotation). Without inotify nobody knows, so assume it may have.
+        self.inode_changed = watcher is None
 
     def clear(self) -> None:
         self._pending = False
 
-    def fire(self) -> None:
+    def path_checked(self) -> None:
+        """The path was found to still name this inode."""
+        self.inode_changed = self._watcher is None
+
+    def fire(self, mask: int = 0) -> None:
         self._pending = True
+        if mask & _PATH_EVENTS:
+            self.inode_changed = True
         self._signal.notify()
 
     async def wait(self, timeout: float) -> None:
@@ -128,6 +138,6 @@ class FileWatcher:
             descriptor, mask, _cookie, name_length = _EVENT_HEADER.unpack_from(buffer, position)
             position += _EVENT_HEADER.size + name_length
             for watch in tuple(self._watches.get(descriptor, ())):
-                watch.fire()
+                watch.fire(mask)
             if mask & _IN_IGNORED:
                 self._watches.pop(descriptor, None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -127,14 +128,29 @@ class FileTailer:
         state = upstream.state
         await handle.seek(upstream.stored - int(state.get("base", 0)))
         inode = int(state["inode"])
+        path_checked = time.monotonic()
         while True:
             watch.clear()
-            data = await handle.read(READ_BYTES)
-            if data:
-                upstream.append(data)
+            # fstat is a cheap call on this thread; each aiofiles call is a trip to a worker
+            # thread, so read only when there is something to read.
+            size = os.fstat(handle.fileno()).st_size
+            position = upstream.stored - int(state.get("base", 0))
+            if size > position:
+                data = await handle.read(READ_BYTES)
+                if data:
+                    upstream.append(data)
+                    continue
+            if size < position:
+                upstream.event(f"{self._path} was truncated; following it from its start")
+                self._restart_at_zero(inode)
+                await handle.seek(0)
                 continue
             if self._stop.is_set():
                 return False
+            if not watch.inode_changed and time.monotonic() - path_checked < RECHECK_SECONDS:
+                await watch.wait(RECHECK_SECONDS)
+                continue
+            path_checked = time.monotonic()
             try:
                 current = await aiofiles.os.stat(self._path)
             except FileNotFoundError:
@@ -149,10 +165,5 @@ class FileTailer:
                     return True
                 await watch.wait(MISSING_RECHECK_SECONDS)
                 continue
-            position = upstream.stored - int(state.get("base", 0))
-            if current.st_size < position:
-                upstream.event(f"{self._path} was truncated; following it from its start")
-                self._restart_at_zero(inode)
-                await handle.seek(0)
-                continue
+            watch.path_checked()
             await watch.wait(RECHECK_SECONDS)
