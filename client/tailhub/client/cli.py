@@ -9,7 +9,7 @@ import os
 import shlex
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast
@@ -17,11 +17,12 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 import click
 
 from tailhub.client import exit_codes
+from tailhub.client._output import copy_log, job_json, note, print_jobs, result_exit_code
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 if TYPE_CHECKING:  # importing the client pulls in grpc, which `--help` does not need
-    from tailhub.client import Client, JobInfo, LogEnd, StatePaths
+    from tailhub.client import Client, StatePaths
 
 
 def _home_option(command: F) -> F:
@@ -44,10 +45,6 @@ def _connect(home: str | None, autostart: bool = True) -> Client:
     from tailhub.client import Client
 
     return Client.connect(_paths(home), autostart=autostart)
-
-
-def _note(message: str) -> None:
-    click.echo(f"tailhub: {message}", err=True)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -81,7 +78,7 @@ def daemon_start(home: str | None, max_running_jobs: int | None) -> None:
     with _connect(home, autostart=False) as client:
         status = client.status()
     verb = "started" if started else "already running"
-    _note(f"tailhubd {verb} (pid {status.pid}) on {paths.home}")
+    note(f"tailhubd {verb} (pid {status.pid}) on {paths.home}")
 
 
 @daemon.command("stop")
@@ -92,7 +89,7 @@ def daemon_stop(home: str | None) -> None:
 
     paths = _paths(home)
     pid = stop_daemon(paths)
-    _note(f"tailhubd (pid {pid}) stopped" if pid else f"no tailhubd is running on {paths.home}")
+    note(f"tailhubd (pid {pid}) stopped" if pid else f"no tailhubd is running on {paths.home}")
 
 
 @daemon.command("status")
@@ -148,7 +145,7 @@ def jobs_launch(
 
     task = load_task(task_file).with_overrides(name, parse_env_overrides(envs))
     for warning in task.warnings:
-        _note(f"warning: {warning}")
+        note(f"warning: {warning}")
     with _connect(home) as client:
         job = client.launch(
             task.run,
@@ -161,16 +158,16 @@ def jobs_launch(
         if detach:
             click.echo(job.id)
             return
-        _note(f"job {job.id} submitted; following its log (Ctrl-C stops following, not the job)")
+        note(f"job {job.id} submitted; following its log (Ctrl-C stops following, not the job)")
         try:
-            end = _stream(client, job.id, follow=True, tail=None)
+            end = copy_log(client, job.id, follow=True, tail=None)
         except KeyboardInterrupt:
-            _note(
+            note(
                 f"stopped following job {job.id}; it goes on. Follow again: "
                 f"tailhub jobs logs {job.id}; cancel it: tailhub jobs cancel {job.id}"
             )
             sys.exit(exit_codes.INTERRUPTED)
-    _exit_with(end)
+    sys.exit(result_exit_code(end))
 
 
 @jobs.command("attach")
@@ -270,7 +267,7 @@ def jobs_finish(home: str | None, job_id: int, exit_code: int) -> None:
     """End a file or push job; its followers get the rest of the log, then the result."""
     with _connect(home) as client:
         job = client.finish(job_id, exit_code)
-    _note(f"job {job.id} {job.state.value}")
+    note(f"job {job.id} {job.state.value}")
 
 
 @jobs.command("cancel")
@@ -284,9 +281,9 @@ def jobs_cancel(home: str | None, job_ids: tuple[int, ...], everything: bool) ->
     with _connect(home) as client:
         cancelled = client.cancel(job_ids, everything=everything)
     if not cancelled:
-        _note("no job to cancel")
+        note("no job to cancel")
     for job in cancelled:
-        _note(f"job {job.id}: {job.state.value}")
+        note(f"job {job.id}: {job.state.value}")
 
 
 @jobs.command("logs")
@@ -304,8 +301,8 @@ def jobs_cancel(home: str | None, job_ids: tuple[int, ...], everything: bool) ->
 def jobs_logs(home: str | None, job_id: int, follow: bool, tail: int | None) -> None:
     """Write a job's log, byte for byte, to stdout; exit with the job's result."""
     with _connect(home) as client:
-        end = _stream(client, job_id, follow=follow, tail=tail)
-    _exit_with(end)
+        end = copy_log(client, job_id, follow=follow, tail=tail)
+    sys.exit(result_exit_code(end))
 
 
 @jobs.command("queue")
@@ -316,78 +313,9 @@ def jobs_queue(home: str | None, as_json: bool) -> None:
     with _connect(home) as client:
         listed = client.list()
     if as_json:
-        click.echo(json.dumps([_job_json(job) for job in listed], indent=2))
+        click.echo(json.dumps([job_json(job) for job in listed], indent=2))
         return
-    _print_table(listed)
-
-
-def _job_json(job: JobInfo) -> dict[str, Any]:
-    data = asdict(job)
-    data["state"] = job.state.value
-    return data
-
-
-def _print_table(listed: Iterable[JobInfo]) -> None:
-    header = ("ID", "NAME", "STATE", "EXIT", "SOURCE", "LOG", "SUBS", "CONNS", "DESCRIPTION")
-    rows = [header]
-    for job in listed:
-        rows.append(
-            (
-                str(job.id),
-                job.name or "-",
-                job.state.value,
-                "-" if job.exit_code is None else str(job.exit_code),
-                job.source,
-                _size(job.log_size),
-                str(job.subscribers),
-                str(job.upstream_connections),
-                job.source_description[:50],
-            )
-        )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
-    for row in rows:
-        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
-        click.echo("  ".join([*cells, row[-1]]).rstrip())
-
-
-def _size(count: int) -> str:
-    value = float(count)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f}{unit}" if unit == "B" else f"{value:.1f}{unit}"
-        value /= 1024
-    return str(count)
-
-
-# -- following ----------------------------------------------------------------------------------
-def _stream(client: Client, job_id: int, *, follow: bool, tail: int | None) -> LogEnd:
-    """Copies the log to stdout as it arrives; upstream events go to stderr."""
-    from tailhub.client import LogChunk, LogEnd, LogEvent
-
-    out = sys.stdout.buffer
-    for item in client.follow(job_id, tail_lines=tail, follow=follow):
-        if isinstance(item, LogChunk):
-            out.write(item.data)
-            out.flush()
-        elif isinstance(item, LogEvent):
-            _note(f"job {job_id}: {item.message}")
-        elif isinstance(item, LogEnd):
-            return item
-    raise AssertionError("a log stream always ends with LogEnd")
-
-
-def _exit_with(end: LogEnd) -> None:
-    from tailhub.client import JobState
-
-    if not end.finished:
-        sys.exit(exit_codes.NOT_FINISHED)
-    if end.state is JobState.SUCCEEDED:
-        sys.exit(exit_codes.SUCCEEDED)
-    if end.state is JobState.CANCELLED:
-        sys.exit(exit_codes.CANCELLED)
-    if end.reason and end.state is JobState.FAILED:
-        _note(f"job failed: {end.reason}")
-    sys.exit(exit_codes.FAILED)
+    print_jobs(listed)
 
 
 def main() -> None:
@@ -404,7 +332,7 @@ def main() -> None:
     except click.exceptions.Exit as done:
         sys.exit(done.exit_code)
     except TailhubError as error:
-        _note(str(error))
+        note(str(error))
         sys.exit(error.exit_code)
     except BrokenPipeError:
         # The reader went away (`| head`): not an error worth a message.
@@ -413,5 +341,5 @@ def main() -> None:
     except KeyboardInterrupt:
         sys.exit(exit_codes.INTERRUPTED)
     except OSError as error:
-        _note(f"{error.strerror or error}{f': {error.filename}' if error.filename else ''}")
+        note(f"{error.strerror or error}{f': {error.filename}' if error.filename else ''}")
         sys.exit(exit_codes.ERROR)
