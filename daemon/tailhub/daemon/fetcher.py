@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Callable
 from typing import Any, Protocol
 
 from tailhub.daemon.config import DaemonConfig
 from tailhub.daemon.job import Job
+from tailhub.daemon.signal import Stop
 from tailhub.daemon.sources import Outcome, Source, UpstreamFailed
 
 logger = logging.getLogger(__name__)
@@ -33,17 +33,12 @@ class Fetcher:
         self._source = source
         self._owner = owner
         self._config = config
-        self._finish_requested = False
-        self._finish_callbacks: list[Callable[[], None]] = []
+        self._finished = Stop()
 
     # -- Upstream -------------------------------------------------------------------------
     @property
     def stored(self) -> int:
         return self._job.log_size
-
-    @property
-    def finish_requested(self) -> bool:
-        return self._finish_requested
 
     @property
     def state(self) -> dict[str, Any]:
@@ -63,18 +58,14 @@ class Fetcher:
     def event(self, message: str) -> None:
         self._owner.event(self._job, message)
 
-    def on_finish_requested(self, callback: Callable[[], None]) -> Callable[[], None]:
-        self._finish_callbacks.append(callback)
-        if self._finish_requested:
-            callback()
-        return lambda: self._finish_callbacks.remove(callback)
+    @property
+    def finished(self) -> Stop:
+        return self._finished
 
     # -- driving ---------------------------------------------------------------------------
     def request_finish(self) -> None:
         """The job's final state is set: the source drains what it has and returns."""
-        self._finish_requested = True
-        for callback in tuple(self._finish_callbacks):
-            callback()
+        self._finished.set()
 
     async def run(self) -> Outcome | None:
         """Fetches until the upstream ends (an Outcome) or is finished (None)."""

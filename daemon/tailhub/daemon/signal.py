@@ -1,8 +1,9 @@
-"""A broadcast wake-up: every waiter resumes when it fires, none is left waiting."""
+"""Wake-ups for many waiters: a resetting broadcast (ChangeSignal) and a one-shot flag (Stop)."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 
 class ChangeSignal:
@@ -48,3 +49,26 @@ class ChangeSignal:
 def _expire(future: asyncio.Future[bool]) -> None:
     if not future.done():
         future.set_result(False)
+
+
+class Stop:
+    """Set once, when the tailer should drain the file and return; wakes whoever registered."""
+
+    def __init__(self) -> None:
+        self._set = False
+        self._callbacks: list[Callable[[], None]] = []
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def set(self) -> None:
+        if not self._set:
+            self._set = True
+            for callback in tuple(self._callbacks):
+                callback()
+
+    def on_set(self, callback: Callable[[], None]) -> Callable[[], None]:
+        self._callbacks.append(callback)
+        if self._set:
+            callback()
+        return lambda: self._callbacks.remove(callback)

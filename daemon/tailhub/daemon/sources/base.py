@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
+
+from tailhub.daemon.signal import Stop
 
 
 @dataclass(frozen=True)
@@ -39,10 +40,6 @@ class Upstream(Protocol):
         """Bytes already in the job's log: a replaying source skips this many."""
 
     @property
-    def finish_requested(self) -> bool:
-        """The job's final state was set: drain what is there and return."""
-
-    @property
     def state(self) -> dict[str, Any]:
         """Resume state that survives a daemon restart (after `save_state`)."""
 
@@ -53,8 +50,9 @@ class Upstream(Protocol):
     def event(self, message: str) -> None:
         """Reports something that happened upstream to the job's followers."""
 
-    def on_finish_requested(self, callback: Callable[[], None]) -> Callable[[], None]:
-        """Calls `callback` when the final state is set; returns a function that unregisters it."""
+    @property
+    def finished(self) -> Stop:
+        """Set when the job's final state is set: drain what is there and return."""
 
 
 class Source(Protocol):

@@ -8,7 +8,7 @@ from typing import ClassVar
 
 from tailhub.daemon.model import FileSpec
 from tailhub.daemon.sources.base import Outcome, Upstream
-from tailhub.daemon.sources.tail import FileTailer, Stop
+from tailhub.daemon.sources.tail import FileTailer
 from tailhub.daemon.watch import FileWatcher
 
 
@@ -21,10 +21,5 @@ class FileSource:
     counts_connections: ClassVar[bool] = True
 
     async def fetch(self, upstream: Upstream) -> Outcome | None:
-        stop = Stop()
-        unregister = upstream.on_finish_requested(stop.set)
-        try:
-            await FileTailer(Path(self.spec.path), self.watcher, upstream, stop).follow()
-        finally:
-            unregister()
+        await FileTailer(Path(self.spec.path), self.watcher, upstream, upstream.finished).follow()
         return None

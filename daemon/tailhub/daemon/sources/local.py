@@ -15,8 +15,9 @@ from typing import ClassVar
 
 from tailhub.daemon.model import LocalSpec
 from tailhub.daemon.runner import LocalRunner, RunHandle
+from tailhub.daemon.signal import Stop
 from tailhub.daemon.sources.base import Outcome, Upstream, UpstreamUnusable
-from tailhub.daemon.sources.tail import FileTailer, Stop
+from tailhub.daemon.sources.tail import FileTailer
 from tailhub.daemon.watch import FileWatcher
 
 
@@ -34,7 +35,7 @@ class LocalSource:
         if handle is None:
             raise UpstreamUnusable(f"job {self.job_id} has no process on record")
         stop = Stop()
-        unregister = upstream.on_finish_requested(stop.set)
+        unregister = upstream.finished.on_set(stop.set)
         waiter = asyncio.create_task(self._set_on_exit(handle, stop))
         try:
             await FileTailer(self.log_path, self.watcher, upstream, stop).follow()

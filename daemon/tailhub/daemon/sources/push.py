@@ -17,10 +17,9 @@ class PushSource:
 
     async def fetch(self, upstream: Upstream) -> Outcome | None:
         finished = asyncio.Event()
-        unregister = upstream.on_finish_requested(finished.set)
+        unregister = upstream.finished.on_set(finished.set)
         try:
-            if not upstream.finish_requested:
-                await finished.wait()
+            await finished.wait()
         finally:
             unregister()
         return None

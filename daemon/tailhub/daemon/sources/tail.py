@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import aiofiles
 import aiofiles.os
 
+from tailhub.daemon.signal import Stop
 from tailhub.daemon.sources.base import Upstream
 from tailhub.daemon.watch import FileWatch, FileWatcher
 
@@ -21,29 +21,6 @@ READ_BYTES = 1024 * 1024
 RECHECK_SECONDS = 1.0
 # While the path is missing (between rename and re-create), look this often.
 MISSING_RECHECK_SECONDS = 0.1
-
-
-class Stop:
-    """Set once, when the tailer should drain the file and return; wakes whoever registered."""
-
-    def __init__(self) -> None:
-        self._set = False
-        self._callbacks: list[Callable[[], None]] = []
-
-    def is_set(self) -> bool:
-        return self._set
-
-    def set(self) -> None:
-        if not self._set:
-            self._set = True
-            for callback in tuple(self._callbacks):
-                callback()
-
-    def on_set(self, callback: Callable[[], None]) -> Callable[[], None]:
-        self._callbacks.append(callback)
-        if self._set:
-            callback()
-        return lambda: self._callbacks.remove(callback)
 
 
 class FileTailer:
