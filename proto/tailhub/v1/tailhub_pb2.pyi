@@ -181,6 +181,7 @@ class Job(_message.Message):
     SUBMITTED_AT_FIELD_NUMBER: _builtins.int
     STARTED_AT_FIELD_NUMBER: _builtins.int
     ENDED_AT_FIELD_NUMBER: _builtins.int
+    UPSTREAM_CONNECTIONS_OPEN_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     name: _builtins.str
     state: Global___JobState.ValueType
@@ -196,7 +197,7 @@ class Job(_message.Message):
     sealed: _builtins.bool
     """True once the job is terminal and the fetcher has drained its source."""
     upstream_connections: _builtins.int
-    """How many upstream connections the fetcher has opened so far (the one-fetcher promise)."""
+    """How many upstream connections the fetcher has opened in total, reconnects included."""
     subscribers: _builtins.int
     """Subscribers connected now."""
     bytes_served: _builtins.int
@@ -205,6 +206,8 @@ class Job(_message.Message):
     """Unix times in seconds; 0 when not reached."""
     started_at: _builtins.float
     ended_at: _builtins.float
+    upstream_connections_open: _builtins.int
+    """Upstream connections open now: 0 or 1 (the one-fetcher promise); 0 for push jobs."""
     def __init__(
         self,
         *,
@@ -223,10 +226,11 @@ class Job(_message.Message):
         submitted_at: _builtins.float = ...,
         started_at: _builtins.float = ...,
         ended_at: _builtins.float = ...,
+        upstream_connections_open: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "exit_code", b"exit_code"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "bytes_served", b"bytes_served", "ended_at", b"ended_at", "exit_code", b"exit_code", "id", b"id", "log_size", b"log_size", "name", b"name", "reason", b"reason", "sealed", b"sealed", "source_description", b"source_description", "source_kind", b"source_kind", "started_at", b"started_at", "state", b"state", "submitted_at", b"submitted_at", "subscribers", b"subscribers", "upstream_connections", b"upstream_connections"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "bytes_served", b"bytes_served", "ended_at", b"ended_at", "exit_code", b"exit_code", "id", b"id", "log_size", b"log_size", "name", b"name", "reason", b"reason", "sealed", b"sealed", "source_description", b"source_description", "source_kind", b"source_kind", "started_at", b"started_at", "state", b"state", "submitted_at", b"submitted_at", "subscribers", b"subscribers", "upstream_connections", b"upstream_connections", "upstream_connections_open", b"upstream_connections_open"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__exit_code: _TypeAlias = _typing.Literal["exit_code"]  # noqa: Y015
     _WhichOneofArgType__exit_code: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code"]  # noqa: Y015
@@ -484,11 +488,32 @@ class LaunchJobRequest(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class EnvironmentEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     NAME_FIELD_NUMBER: _builtins.int
     WORKDIR_FIELD_NUMBER: _builtins.int
     ENVS_FIELD_NUMBER: _builtins.int
     SETUP_FIELD_NUMBER: _builtins.int
     RUN_FIELD_NUMBER: _builtins.int
+    ENVIRONMENT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     workdir: _builtins.str
     """Working directory; empty means the daemon's current directory."""
@@ -498,6 +523,13 @@ class LaunchJobRequest(_message.Message):
     """Shell script that is the job."""
     @_builtins.property
     def envs(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    @_builtins.property
+    def environment(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """The launching client's environment. The job runs with this plus `envs` (and
+        TAILHUB_JOB_ID), never with the daemon's own environment. Empty: a minimal environment
+        (HOME, USER, LOGNAME, SHELL, PATH, LANG of the daemon's user).
+        """
+
     def __init__(
         self,
         *,
@@ -506,10 +538,11 @@ class LaunchJobRequest(_message.Message):
         envs: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         setup: _builtins.str = ...,
         run: _builtins.str = ...,
+        environment: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["envs", b"envs", "name", b"name", "run", b"run", "setup", b"setup", "workdir", b"workdir"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["environment", b"environment", "envs", b"envs", "name", b"name", "run", b"run", "setup", b"setup", "workdir", b"workdir"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -541,19 +574,28 @@ class PublishRequest(_message.Message):
 
     JOB_ID_FIELD_NUMBER: _builtins.int
     DATA_FIELD_NUMBER: _builtins.int
+    EXPECTED_OFFSET_FIELD_NUMBER: _builtins.int
     job_id: _builtins.int
     data: _builtins.bytes
+    expected_offset: _builtins.int
+    """The log offset the producer expects `data` to start at. When set, a retry of a call
+    that was already applied (the same bytes at the same offset) appends nothing and answers
+    the current size; any other mismatch is FAILED_PRECONDITION. Unset: append at the end.
+    """
     def __init__(
         self,
         *,
         job_id: _builtins.int = ...,
         data: _builtins.bytes = ...,
+        expected_offset: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_expected_offset", b"_expected_offset", "expected_offset", b"expected_offset"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "job_id", b"job_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_offset", b"_expected_offset", "data", b"data", "expected_offset", b"expected_offset", "job_id", b"job_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__expected_offset: _TypeAlias = _typing.Literal["expected_offset"]  # noqa: Y015
+    _WhichOneofArgType__expected_offset: _TypeAlias = _typing.Literal["_expected_offset", b"_expected_offset"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__expected_offset) -> _WhichOneofReturnType__expected_offset | None: ...
 
 Global___PublishRequest: _TypeAlias = PublishRequest  # noqa: Y015
 
@@ -650,16 +692,30 @@ class CancelJobsResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     JOBS_FIELD_NUMBER: _builtins.int
+    UNKNOWN_JOB_IDS_FIELD_NUMBER: _builtins.int
+    ALREADY_ENDED_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def jobs(self) -> _containers.RepeatedCompositeFieldContainer[Global___Job]: ...
+    def jobs(self) -> _containers.RepeatedCompositeFieldContainer[Global___Job]:
+        """The jobs this call cancelled, in their state after it."""
+
+    @_builtins.property
+    def unknown_job_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Named ids the daemon does not have."""
+
+    @_builtins.property
+    def already_ended(self) -> _containers.RepeatedCompositeFieldContainer[Global___Job]:
+        """Named jobs that had already ended (nothing was done to them), in their state."""
+
     def __init__(
         self,
         *,
         jobs: _abc.Iterable[Global___Job] | None = ...,
+        unknown_job_ids: _abc.Iterable[_builtins.int] | None = ...,
+        already_ended: _abc.Iterable[Global___Job] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["jobs", b"jobs"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["already_ended", b"already_ended", "jobs", b"jobs", "unknown_job_ids", b"unknown_job_ids"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -710,14 +766,25 @@ Global___GetJobResponse: _TypeAlias = GetJobResponse  # noqa: Y015
 
 @_typing.final
 class ListJobsRequest(_message.Message):
+    """Jobs come newest first, a page at a time."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """At most this many jobs (0 = the daemon's default, 100; capped at 1000)."""
+    page_token: _builtins.str
+    """From a previous response's next_page_token; empty for the first page."""
     def __init__(
         self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -728,16 +795,24 @@ class ListJobsResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     JOBS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    TOTAL_JOBS_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Empty when this was the last page."""
+    total_jobs: _builtins.int
+    """How many jobs the daemon has in all."""
     @_builtins.property
     def jobs(self) -> _containers.RepeatedCompositeFieldContainer[Global___Job]: ...
     def __init__(
         self,
         *,
         jobs: _abc.Iterable[Global___Job] | None = ...,
+        next_page_token: _builtins.str = ...,
+        total_jobs: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["jobs", b"jobs"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["jobs", b"jobs", "next_page_token", b"next_page_token", "total_jobs", b"total_jobs"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -771,6 +846,7 @@ class GetDaemonStatusResponse(_message.Message):
     SUBSCRIBERS_FIELD_NUMBER: _builtins.int
     UPSTREAM_CONNECTIONS_FIELD_NUMBER: _builtins.int
     BYTES_SERVED_FIELD_NUMBER: _builtins.int
+    UPSTREAM_CONNECTIONS_OPEN_FIELD_NUMBER: _builtins.int
     pid: _builtins.int
     version: _builtins.str
     home: _builtins.str
@@ -779,7 +855,10 @@ class GetDaemonStatusResponse(_message.Message):
     running_jobs: _builtins.int
     subscribers: _builtins.int
     upstream_connections: _builtins.int
+    """Upstream connections opened in total (reconnects included) by the jobs the daemon has."""
     bytes_served: _builtins.int
+    upstream_connections_open: _builtins.int
+    """Upstream connections open now."""
     def __init__(
         self,
         *,
@@ -792,11 +871,76 @@ class GetDaemonStatusResponse(_message.Message):
         subscribers: _builtins.int = ...,
         upstream_connections: _builtins.int = ...,
         bytes_served: _builtins.int = ...,
+        upstream_connections_open: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_served", b"bytes_served", "home", b"home", "jobs", b"jobs", "pid", b"pid", "running_jobs", b"running_jobs", "started_at", b"started_at", "subscribers", b"subscribers", "upstream_connections", b"upstream_connections", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_served", b"bytes_served", "home", b"home", "jobs", b"jobs", "pid", b"pid", "running_jobs", b"running_jobs", "started_at", b"started_at", "subscribers", b"subscribers", "upstream_connections", b"upstream_connections", "upstream_connections_open", b"upstream_connections_open", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetDaemonStatusResponse: _TypeAlias = GetDaemonStatusResponse  # noqa: Y015
+
+@_typing.final
+class RemoveJobsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_IDS_FIELD_NUMBER: _builtins.int
+    ENDED_BEFORE_FIELD_NUMBER: _builtins.int
+    ended_before: _builtins.float
+    """Also remove every job that ended before this Unix time (seconds)."""
+    @_builtins.property
+    def job_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Remove these jobs (each must have ended)."""
+
+    def __init__(
+        self,
+        *,
+        job_ids: _abc.Iterable[_builtins.int] | None = ...,
+        ended_before: _builtins.float | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_ended_before", b"_ended_before", "ended_before", b"ended_before"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_ended_before", b"_ended_before", "ended_before", b"ended_before", "job_ids", b"job_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__ended_before: _TypeAlias = _typing.Literal["ended_before"]  # noqa: Y015
+    _WhichOneofArgType__ended_before: _TypeAlias = _typing.Literal["_ended_before", b"_ended_before"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__ended_before) -> _WhichOneofReturnType__ended_before | None: ...
+
+Global___RemoveJobsRequest: _TypeAlias = RemoveJobsRequest  # noqa: Y015
+
+@_typing.final
+class RemoveJobsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REMOVED_JOB_IDS_FIELD_NUMBER: _builtins.int
+    UNKNOWN_JOB_IDS_FIELD_NUMBER: _builtins.int
+    NOT_ENDED_JOB_IDS_FIELD_NUMBER: _builtins.int
+    BYTES_FREED_FIELD_NUMBER: _builtins.int
+    bytes_freed: _builtins.int
+    """Bytes of logs deleted."""
+    @_builtins.property
+    def removed_job_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def unknown_job_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Named ids the daemon does not have."""
+
+    @_builtins.property
+    def not_ended_job_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Named ids of jobs that have not ended (cancel them first)."""
+
+    def __init__(
+        self,
+        *,
+        removed_job_ids: _abc.Iterable[_builtins.int] | None = ...,
+        unknown_job_ids: _abc.Iterable[_builtins.int] | None = ...,
+        not_ended_job_ids: _abc.Iterable[_builtins.int] | None = ...,
+        bytes_freed: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_freed", b"bytes_freed", "not_ended_job_ids", b"not_ended_job_ids", "removed_job_ids", b"removed_job_ids", "unknown_job_ids", b"unknown_job_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RemoveJobsResponse: _TypeAlias = RemoveJobsResponse  # noqa: Y015

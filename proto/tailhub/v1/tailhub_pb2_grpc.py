@@ -79,6 +79,11 @@ class TailhubServiceStub:
                 request_serializer=tailhub_dot_v1_dot_tailhub__pb2.GetDaemonStatusRequest.SerializeToString,
                 response_deserializer=tailhub_dot_v1_dot_tailhub__pb2.GetDaemonStatusResponse.FromString,
                 _registered_method=True)
+        self.RemoveJobs = channel.unary_unary(
+                '/tailhub.v1.TailhubService/RemoveJobs',
+                request_serializer=tailhub_dot_v1_dot_tailhub__pb2.RemoveJobsRequest.SerializeToString,
+                response_deserializer=tailhub_dot_v1_dot_tailhub__pb2.RemoveJobsResponse.FromString,
+                _registered_method=True)
 
 
 class TailhubServiceServicer:
@@ -146,6 +151,13 @@ class TailhubServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RemoveJobs(self, request, context):
+        """Deletes ended jobs with their logs: the ones named, and/or every one ended before a time.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TailhubServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -193,6 +205,11 @@ def add_TailhubServiceServicer_to_server(servicer, server):
                     servicer.GetDaemonStatus,
                     request_deserializer=tailhub_dot_v1_dot_tailhub__pb2.GetDaemonStatusRequest.FromString,
                     response_serializer=tailhub_dot_v1_dot_tailhub__pb2.GetDaemonStatusResponse.SerializeToString,
+            ),
+            'RemoveJobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveJobs,
+                    request_deserializer=tailhub_dot_v1_dot_tailhub__pb2.RemoveJobsRequest.FromString,
+                    response_serializer=tailhub_dot_v1_dot_tailhub__pb2.RemoveJobsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -438,6 +455,33 @@ class TailhubService:
             '/tailhub.v1.TailhubService/GetDaemonStatus',
             tailhub_dot_v1_dot_tailhub__pb2.GetDaemonStatusRequest.SerializeToString,
             tailhub_dot_v1_dot_tailhub__pb2.GetDaemonStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tailhub.v1.TailhubService/RemoveJobs',
+            tailhub_dot_v1_dot_tailhub__pb2.RemoveJobsRequest.SerializeToString,
+            tailhub_dot_v1_dot_tailhub__pb2.RemoveJobsResponse.FromString,
             options,
             channel_credentials,
             insecure,

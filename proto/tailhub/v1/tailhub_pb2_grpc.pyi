@@ -54,6 +54,8 @@ class TailhubServiceStub:
     ListJobs: _grpc.UnaryUnaryMultiCallable[_tailhub_pb2.ListJobsRequest, _tailhub_pb2.ListJobsResponse]
     GetDaemonStatus: _grpc.UnaryUnaryMultiCallable[_tailhub_pb2.GetDaemonStatusRequest, _tailhub_pb2.GetDaemonStatusResponse]
     """Daemon-wide figures: jobs, subscribers, upstream connections, bytes served."""
+    RemoveJobs: _grpc.UnaryUnaryMultiCallable[_tailhub_pb2.RemoveJobsRequest, _tailhub_pb2.RemoveJobsResponse]
+    """Deletes ended jobs with their logs: the ones named, and/or every one ended before a time."""
 
 @_typing.type_check_only
 class TailhubServiceAsyncStub(TailhubServiceStub):
@@ -76,6 +78,8 @@ class TailhubServiceAsyncStub(TailhubServiceStub):
     ListJobs: _aio.UnaryUnaryMultiCallable[_tailhub_pb2.ListJobsRequest, _tailhub_pb2.ListJobsResponse]  # type: ignore[assignment]
     GetDaemonStatus: _aio.UnaryUnaryMultiCallable[_tailhub_pb2.GetDaemonStatusRequest, _tailhub_pb2.GetDaemonStatusResponse]  # type: ignore[assignment]
     """Daemon-wide figures: jobs, subscribers, upstream connections, bytes served."""
+    RemoveJobs: _aio.UnaryUnaryMultiCallable[_tailhub_pb2.RemoveJobsRequest, _tailhub_pb2.RemoveJobsResponse]  # type: ignore[assignment]
+    """Deletes ended jobs with their logs: the ones named, and/or every one ended before a time."""
 
 class TailhubServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -149,5 +153,13 @@ class TailhubServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_tailhub_pb2.GetDaemonStatusResponse, _abc.Awaitable[_tailhub_pb2.GetDaemonStatusResponse]]:
         """Daemon-wide figures: jobs, subscribers, upstream connections, bytes served."""
+
+    @_abc_1.abstractmethod
+    def RemoveJobs(
+        self,
+        request: _tailhub_pb2.RemoveJobsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tailhub_pb2.RemoveJobsResponse, _abc.Awaitable[_tailhub_pb2.RemoveJobsResponse]]:
+        """Deletes ended jobs with their logs: the ones named, and/or every one ended before a time."""
 
 def add_TailhubServiceServicer_to_server(servicer: TailhubServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
