@@ -14,6 +14,7 @@ from tailhub.client._daemon import ensure_daemon
 from tailhub.client._errors import (
     DaemonUnreachable,
     ProtocolError,
+    TailhubError,
     from_rpc_error,
     is_transient,
 )
@@ -28,6 +29,7 @@ from tailhub.client._types import (
     state_of,
 )
 from tailhub.daemon.paths import StatePaths
+from tailhub.daemon.statedir import UntrustedState, check_socket, check_state_dir
 from tailhub.v1 import tailhub_pb2 as pb
 from tailhub.v1 import tailhub_pb2_grpc as rpc
 
@@ -58,9 +60,18 @@ class Client:
     def connect(
         cls, paths: StatePaths, *, autostart: bool = True, daemon_args: Sequence[str] = ()
     ) -> Client:
-        """A client of the daemon serving `paths`, started first if `autostart` and none answers."""
-        if autostart:
-            ensure_daemon(paths, daemon_args)
+        """A client of the daemon serving `paths`, started first if `autostart` and none answers.
+
+        Refuses (TailhubError) a state directory or socket someone else could have planted:
+        nothing is sent to a daemon that is not the user's own (or root's).
+        """
+        try:
+            check_state_dir(paths.home)
+            if autostart:
+                ensure_daemon(paths, daemon_args)
+            check_socket(paths.socket)
+        except UntrustedState as error:
+            raise TailhubError(str(error)) from None
         return cls(paths)
 
     def close(self) -> None:
@@ -120,9 +131,17 @@ class Client:
         setup: str = "",
         workdir: str = "",
         envs: Mapping[str, str] | None = None,
+        environment: Mapping[str, str] | None = None,
     ) -> JobInfo:
+        """Launches a task; it runs with `environment` (the caller's, typically `os.environ`)
+        plus `envs`. Without `environment`, a minimal one (HOME, USER, PATH...) of the daemon's."""
         request = pb.LaunchJobRequest(
-            name=name, run=run, setup=setup, workdir=workdir, envs=dict(envs or {})
+            name=name,
+            run=run,
+            setup=setup,
+            workdir=workdir,
+            envs=dict(envs or {}),
+            environment=dict(environment or {}),
         )
         return JobInfo.from_pb(self._call(self._stub.LaunchJob, request).job)
 

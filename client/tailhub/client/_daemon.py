@@ -20,6 +20,7 @@ from collections.abc import Iterator, Sequence
 from tailhub.client._errors import DaemonUnreachable, TailhubError
 from tailhub.daemon.lock import is_held, read_pid
 from tailhub.daemon.paths import StatePaths
+from tailhub.daemon.statedir import open_state_file, read_state_file
 
 START_TIMEOUT = 20.0
 STOP_TIMEOUT = 20.0
@@ -77,7 +78,7 @@ def stop_daemon(paths: StatePaths, timeout: float = STOP_TIMEOUT) -> int | None:
 
 @contextlib.contextmanager
 def _autostart_lock(paths: StatePaths) -> Iterator[None]:
-    fd = os.open(paths.home / "autostart.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fd = open_state_file(paths.home / "autostart.lock", os.O_RDWR)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
@@ -86,18 +87,22 @@ def _autostart_lock(paths: StatePaths) -> Iterator[None]:
 
 
 def _spawn(paths: StatePaths, daemon_args: Sequence[str]) -> subprocess.Popen[bytes]:
-    log = open(paths.daemon_log, "ab")  # noqa: SIM115 - handed to the child
+    log_fd = open_state_file(paths.daemon_log, os.O_WRONLY | os.O_APPEND)
+    # -I and the state directory as working directory: nothing of the caller's directory
+    # (a click.py lying there) or of its PYTHON* variables gets imported into the daemon.
+    argv = [sys.executable, "-I", "-m", "tailhub.daemon", "--home", os.fspath(paths.home)]
     try:
         return subprocess.Popen(
-            [sys.executable, "-m", "tailhub.daemon", "--home", os.fspath(paths.home), *daemon_args],
+            [*argv, *daemon_args],
             stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
+            stdout=log_fd,
+            stderr=log_fd,
+            cwd=paths.home,
             start_new_session=True,  # outlives this CLI and its terminal
             close_fds=True,
         )
     finally:
-        log.close()
+        os.close(log_fd)
 
 
 def _wait_until_listening(paths: StatePaths, process: subprocess.Popen[bytes] | None) -> None:
@@ -118,7 +123,7 @@ def _wait_until_listening(paths: StatePaths, process: subprocess.Popen[bytes] | 
 
 def _last_line(paths: StatePaths) -> str:
     try:
-        lines = paths.daemon_log.read_text(errors="replace").strip().splitlines()
+        lines = read_state_file(paths.daemon_log).strip().splitlines()
     except FileNotFoundError:
         return "(no log)"
     return lines[-1] if lines else "(empty log)"

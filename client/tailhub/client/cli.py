@@ -36,9 +36,13 @@ def _home_option(command: F) -> F:
 
 
 def _paths(home: str | None) -> StatePaths:
+    """The state directory's files, once it is known to be the user's alone (exit 1 if not)."""
     from tailhub.client import resolve_paths
+    from tailhub.daemon.statedir import check_state_dir
 
-    return resolve_paths(home)
+    paths = resolve_paths(home)
+    check_state_dir(paths.home)
+    return paths
 
 
 def _connect(home: str | None, autostart: bool = True) -> Client:
@@ -154,6 +158,8 @@ def jobs_launch(
             # Without a workdir the job runs where it was launched from, as a script would.
             workdir=task.workdir or os.getcwd(),
             envs=task.envs,
+            # The job runs in this shell's environment, not the daemon's (started by anyone).
+            environment=os.environ,
         )
         if detach:
             click.echo(job.id)

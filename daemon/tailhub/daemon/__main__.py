@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from tailhub.daemon.config import DaemonConfig
+from tailhub.daemon.config import DaemonConfig, minimal_environment
 from tailhub.daemon.lock import AlreadyRunning
 from tailhub.daemon.paths import StatePaths, resolve_home
 from tailhub.daemon.server import Daemon
@@ -73,12 +73,16 @@ def main(
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # Every file the daemon creates is private; its jobs get back the umask it was given.
+    job_umask = os.umask(0o077)
     try:
         config = DaemonConfig(
             paths=StatePaths(resolve_home(home, os.environ)),
             max_running_jobs=max_running_jobs,
             heartbeat_interval=heartbeat_interval,
             cancel_grace=cancel_grace,
+            job_environment=minimal_environment(os.environ),
+            job_umask=job_umask,
         )
         asyncio.run(serve(config))
     except AlreadyRunning as error:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from tailhub.daemon.paths import StatePaths
@@ -39,6 +40,11 @@ class DaemonConfig:
     stop_grace: float = 2.0
     # grpc.aio rejects requests beyond this many in flight (its default, 1000, drops bursts).
     max_concurrent_streams: int = 100_000
+    # The base environment of a launched job whose client sent none (a minimal one, see
+    # `minimal_environment`): never the daemon's whole environment.
+    job_environment: tuple[tuple[str, str], ...] = ()
+    # Jobs run with the umask the daemon was started with, not the daemon's own 077.
+    job_umask: int = 0o022
 
     def __post_init__(self) -> None:
         if self.heartbeat_interval <= 0:
@@ -55,3 +61,12 @@ class DaemonConfig:
             raise ValueError("max connecting commands must be at least 1")
         if self.reconnect_max_attempts < 1:
             raise ValueError("reconnect attempts must be at least 1")
+
+
+# What a job started without its client's environment still needs to run a shell script.
+_MINIMAL_ENVIRONMENT = ("HOME", "USER", "LOGNAME", "SHELL", "PATH", "LANG")
+
+
+def minimal_environment(environ: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    """HOME, USER, LOGNAME, SHELL, PATH and LANG of `environ`, those it has."""
+    return tuple((name, environ[name]) for name in _MINIMAL_ENVIRONMENT if name in environ)

@@ -11,6 +11,8 @@ import fcntl
 import os
 from pathlib import Path
 
+from tailhub.daemon.statedir import open_state_file, read_state_file, write_state_file
+
 
 class AlreadyRunning(Exception):
     def __init__(self, home: Path, pid: str) -> None:
@@ -25,14 +27,18 @@ class StateLock:
         self._fd = -1
 
     def acquire(self) -> None:
-        fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = open_state_file(self._lock_path, os.O_RDWR)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
             raise AlreadyRunning(self._lock_path.parent, read_pid(self._pid_path)) from None
+        try:
+            write_state_file(self._pid_path, f"{os.getpid()}\n")
+        except BaseException:
+            os.close(fd)
+            raise
         self._fd = fd
-        self._pid_path.write_text(f"{os.getpid()}\n")
 
     def release(self) -> None:
         if self._fd < 0:
@@ -46,7 +52,7 @@ class StateLock:
 def is_held(lock_path: Path) -> bool:
     """True while some daemon holds the lock (a daemon is starting or serving)."""
     try:
-        fd = os.open(lock_path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = open_state_file(lock_path, os.O_RDONLY, create=False)
     except FileNotFoundError:
         return False
     try:
@@ -60,6 +66,6 @@ def is_held(lock_path: Path) -> bool:
 
 def read_pid(pid_path: Path) -> str:
     try:
-        return pid_path.read_text().strip()
+        return read_state_file(pid_path).strip()
     except FileNotFoundError:
         return ""

@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from tailhub.daemon.statedir import open_state_file
+
 _TAIL_SCAN_BLOCK = 64 * 1024
 
 
@@ -24,15 +26,10 @@ class JobLog:
     def __init__(self, path: Path, window_bytes: int, *, writable: bool, size: int) -> None:
         self.path = path
         self._window_bytes = window_bytes
-        flags = os.O_RDONLY | os.O_CLOEXEC
-        if writable:
-            self._append_fd: int | None = os.open(
-                path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600
-            )
-        else:
-            self._append_fd = None
-            flags |= os.O_CREAT
-        self._read_fd = os.open(path, flags, 0o600)
+        self._append_fd: int | None = (
+            open_state_file(path, os.O_WRONLY | os.O_APPEND) if writable else None
+        )
+        self._read_fd = open_state_file(path, os.O_RDONLY)
         # Given, not read from the file: a job writing its own log may be ahead of what the
         # fetcher has observed, and only observed bytes are served.
         self.size = size

@@ -70,6 +70,8 @@ class LocalSpec:
     setup: str = ""
     workdir: str = ""
     envs: tuple[tuple[str, str], ...] = ()
+    # The launching client's environment, the base `envs` are added to; empty: a minimal one.
+    environment: tuple[tuple[str, str], ...] = ()
     kind: SourceKind = field(default=SourceKind.LOCAL, init=False)
 
     def describe(self) -> str:
@@ -99,6 +101,7 @@ def spec_to_json(spec: SourceSpec) -> dict[str, Any]:
         "setup": spec.setup,
         "workdir": spec.workdir,
         "envs": [list(pair) for pair in spec.envs],
+        "environment": [list(pair) for pair in spec.environment],
     }
 
 
@@ -121,6 +124,8 @@ def spec_from_json(data: dict[str, Any]) -> SourceSpec:
             setup=data["setup"],
             workdir=data["workdir"],
             envs=tuple((k, v) for k, v in data["envs"]),
+            # Absent in jobs recorded before launches carried their client's environment.
+            environment=tuple((k, v) for k, v in data.get("environment", [])),
         )
     raise ValueError(f"unknown source kind {kind!r}")
 

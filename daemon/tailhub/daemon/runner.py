@@ -19,6 +19,7 @@ from pathlib import Path
 
 from tailhub.daemon.model import LocalSpec
 from tailhub.daemon.paths import StatePaths
+from tailhub.daemon.statedir import ensure_private_dir, open_state_file, write_state_file
 
 # The wrapper the job runs as. Setup and run are separate scripts so that a failing setup is
 # told apart from a failing run; the status file appears atomically (rename) when done.
@@ -77,30 +78,36 @@ class ExitStatus:
 
 
 class LocalRunner:
-    def __init__(self, paths: StatePaths) -> None:
+    def __init__(
+        self,
+        paths: StatePaths,
+        fallback_environment: tuple[tuple[str, str], ...] = (),
+        umask: int = 0o022,
+    ) -> None:
         self._paths = paths
+        # For a job whose client sent no environment: never the daemon's own.
+        self._fallback_environment = dict(fallback_environment)
+        self._umask = umask
 
     def start(self, job_id: int, spec: LocalSpec) -> RunHandle:
         run_dir = self._paths.run_dir(job_id)
-        run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        (run_dir / "setup.sh").write_text(spec.setup)
-        (run_dir / "run.sh").write_text(spec.run)
+        ensure_private_dir(run_dir)
+        write_state_file(run_dir / "setup.sh", spec.setup)
+        write_state_file(run_dir / "run.sh", spec.run)
         wrapper = run_dir / "job.sh"
-        wrapper.write_text(
+        write_state_file(
+            wrapper,
             _WRAPPER.format(
                 job_id=job_id,
                 workdir=shlex.quote(spec.workdir or os.path.expanduser("~")),
                 setup=shlex.quote(str(run_dir / "setup.sh")),
                 run=shlex.quote(str(run_dir / "run.sh")),
                 status=shlex.quote(str(self._status_path(job_id))),
-            )
+            ),
         )
-        environment = {**os.environ, **dict(spec.envs), "TAILHUB_JOB_ID": str(job_id)}
-        log_fd = os.open(
-            self._paths.job_log(job_id),
-            os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
-            0o600,
-        )
+        base = dict(spec.environment) or self._fallback_environment
+        environment = {**base, **dict(spec.envs), "TAILHUB_JOB_ID": str(job_id)}
+        log_fd = open_state_file(self._paths.job_log(job_id), os.O_WRONLY | os.O_APPEND)
         try:
             process = subprocess.Popen(
                 ["bash", str(wrapper)],
@@ -111,6 +118,7 @@ class LocalRunner:
                 cwd=run_dir,
                 start_new_session=True,
                 close_fds=True,
+                umask=self._umask,
             )
         finally:
             os.close(log_fd)

@@ -20,6 +20,7 @@ from tailhub.daemon.lock import StateLock
 from tailhub.daemon.runner import LocalRunner
 from tailhub.daemon.service import SERVICE_NAME, TailhubServicer
 from tailhub.daemon.sources import SourceEnvironment
+from tailhub.daemon.statedir import check_state_dir, ensure_private_dir, prepare_database
 from tailhub.daemon.store import JobStore
 from tailhub.daemon.watch import FileWatcher
 
@@ -39,6 +40,7 @@ class Daemon:
     async def start(self) -> None:
         paths = self.config.paths
         paths.check_socket_path()
+        check_state_dir(paths.home)
         paths.home.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(paths.home, 0o700)
         self._lock.acquire()
@@ -50,15 +52,16 @@ class Daemon:
 
     async def _start_locked(self) -> None:
         paths = self.config.paths
-        paths.logs.mkdir(mode=0o700, exist_ok=True)
-        paths.runs.mkdir(mode=0o700, exist_ok=True)
+        ensure_private_dir(paths.logs)
+        ensure_private_dir(paths.runs)
         loop = asyncio.get_running_loop()
         self._watcher.start(loop)
+        prepare_database(paths.database)
         self._store = JobStore(paths.database)
         environment = SourceEnvironment(
             self.config,
             self._watcher,
-            LocalRunner(paths),
+            LocalRunner(paths, self.config.job_environment, self.config.job_umask),
             asyncio.Semaphore(self.config.max_connecting_commands),
         )
         self._manager = JobManager(self.config, self._store, environment)

@@ -159,6 +159,7 @@ class TailhubServicer:
             setup=request.setup,
             workdir=request.workdir,
             envs=tuple(sorted(request.envs.items())),
+            environment=tuple(sorted(request.environment.items())),
         )
         job = self._manager.launch(request.name, spec)
         return pb.LaunchJobResponse(job=_job(job))
