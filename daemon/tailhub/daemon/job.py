@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 from tailhub.daemon.log import JobLog
@@ -69,7 +70,10 @@ class Job:
 
 
 def _file_size(path: Path) -> int:
+    """The size of the job's log file; 0 for none, or for a planted symlink or FIFO (never
+    followed: its size would announce bytes that are not the job's)."""
     try:
-        return os.stat(path).st_size
+        info = os.lstat(path)
     except FileNotFoundError:
         return 0
+    return info.st_size if stat.S_ISREG(info.st_mode) else 0
