@@ -20,7 +20,7 @@ from tailhub.daemon.lock import StateLock
 from tailhub.daemon.runner import LocalRunner
 from tailhub.daemon.service import SERVICE_NAME, TailhubServicer
 from tailhub.daemon.sources import SourceEnvironment
-from tailhub.daemon.statedir import check_state_dir, ensure_private_dir, prepare_database
+from tailhub.daemon.statedir import check_database, check_state_dir, ensure_private_dir
 from tailhub.daemon.store import JobStore
 from tailhub.daemon.watch import FileWatcher
 
@@ -56,7 +56,7 @@ class Daemon:
         ensure_private_dir(paths.runs)
         loop = asyncio.get_running_loop()
         self._watcher.start(loop)
-        prepare_database(paths.database)
+        check_database(paths.database)
         self._store = JobStore(paths.database)
         environment = SourceEnvironment(
             self.config,

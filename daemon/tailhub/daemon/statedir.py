@@ -30,7 +30,10 @@ def check_state_dir(home: Path) -> None:
     """Refuses `home` when it, or a directory above it up to the user's home or `/`, is not
     owned by the user (or root), or is group/world-writable (a parent with the sticky bit, like
     /tmp, may be). Parts that do not exist yet are skipped: they will be created private."""
-    user_home = Path.home()
+    try:
+        user_home = Path.home()
+    except (RuntimeError, KeyError):  # no $HOME and no passwd entry: check up to `/`
+        user_home = Path("/")
     home = Path(os.path.abspath(home))
     # The path as written and the real one: a symlinked state directory is only as safe as
     # the directories holding the link and those holding its target.
@@ -204,9 +207,9 @@ def check_socket(socket_path: Path) -> None:
         _check_owner(info, f"refusing {path}: {what}", path)
 
 
-def prepare_database(path: Path) -> None:
-    """Makes sure SQLite opens a database file of ours: SQLite follows symlinks, so the file
-    and its companions are checked, and a new database file is created here, exclusively."""
-    for companion in ("-wal", "-shm", "-journal"):
-        check_state_file(path.with_name(path.name + companion))
-    os.close(open_state_file(path, os.O_RDWR))
+def check_database(path: Path) -> None:
+    """Refuses a database (or its -wal, -shm or -journal file) that is a symlink or not a
+    regular file of ours: SQLite would follow it. What SQLite creates, it creates in the
+    checked private directory under the daemon's umask 077."""
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        check_state_file(path.with_name(path.name + suffix))
