@@ -198,6 +198,7 @@ def test_a_planted_symlink_fails_only_that_job(
     second = _launch(daemon.home, workdir, "echo fine")
     assert second.returncode == 0, second.stderr
     assert second.stdout == b"fine\n"
+    assert "Traceback" not in daemon.log_text()
 
 
 def test_a_planted_log_symlink_fails_an_attached_job(daemon: DaemonProcess, victim: Path) -> None:
@@ -210,8 +211,14 @@ def test_a_planted_log_symlink_fails_an_attached_job(daemon: DaemonProcess, vict
     wait_until(
         lambda: queue(daemon.home)[job_id]["state"] == "FAILED", what="the attached job to fail"
     )
-    assert "symbolic link" in queue(daemon.home)[job_id]["reason"]
+    job = queue(daemon.home)[job_id]
+    log = daemon.home / "logs" / "1.log"
+    assert job["reason"] == (
+        f"refusing {log}: it is a symbolic link, not a file tailhub made; move it aside"
+    )
+    assert job["upstream_connections"] == 0  # the command never ran
     assert victim.read_text() == VICTIM_TEXT
+    assert "Traceback" not in daemon.log_text()
 
 
 def test_autostart_does_not_append_through_a_planted_daemon_log_symlink(

@@ -11,6 +11,7 @@ from tailhub.daemon.config import DaemonConfig
 from tailhub.daemon.job import Job
 from tailhub.daemon.signal import Stop
 from tailhub.daemon.sources import Outcome, Source, UpstreamFailed
+from tailhub.daemon.statedir import UntrustedState
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +70,12 @@ class Fetcher:
 
     async def run(self) -> Outcome | None:
         """Fetches until the upstream ends (an Outcome) or is finished (None)."""
+        try:
+            # Open the log before the upstream: a planted symlink or FIFO in its place fails
+            # the job with the reason, and no connection is opened for nothing.
+            _ = self._job.log
+        except UntrustedState as error:
+            return Outcome(1, str(error))
         failures = 0
         while True:
             if self._source.counts_connections:
