@@ -39,6 +39,10 @@ class DaemonConfig:
     stop_grace: float = 2.0
     # grpc.aio rejects requests beyond this many in flight (its default, 1000, drops bursts).
     max_concurrent_streams: int = 100_000
+    # Ended jobs are removed (record, events, log) this long after they ended; None keeps them.
+    retention_seconds: float | None = 30 * 24 * 3600.0
+    # At most this many ended jobs are kept, the oldest removed first; None: no limit.
+    max_ended_jobs: int | None = 10_000
 
     def __post_init__(self) -> None:
         if self.heartbeat_interval <= 0:
@@ -55,3 +59,7 @@ class DaemonConfig:
             raise ValueError("max connecting commands must be at least 1")
         if self.reconnect_max_attempts < 1:
             raise ValueError("reconnect attempts must be at least 1")
+        if self.retention_seconds is not None and self.retention_seconds <= 0:
+            raise ValueError("retention must be positive (None keeps ended jobs)")
+        if self.max_ended_jobs is not None and self.max_ended_jobs < 0:
+            raise ValueError("max ended jobs cannot be negative")
