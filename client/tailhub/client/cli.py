@@ -79,7 +79,21 @@ def _connect(home: str | None, autostart: bool = True) -> Client:
     return Client.connect(_paths(home), autostart=autostart)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Commands(click.Group):
+    """The top group: a reader that went away (`| head`) ends the command quietly, with 0.
+
+    Caught here because click's own handler would turn it into exit code 1.
+    """
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError:
+            _drop_stdout()
+            sys.exit(exit_codes.SUCCEEDED)
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="tailhub")
 @click.option("--home", metavar="DIR", help=_HOME_HELP)
 def cli(home: str | None) -> None:
