@@ -305,3 +305,16 @@ def test_a_follower_of_a_removed_job_gets_a_clean_end_or_not_found(
             assert bytes(received) == data
         assert client.status().jobs == 0
     assert "Traceback" not in daemon.log_text()
+
+
+def test_a_page_of_large_jobs_ends_early_and_the_rest_follows(daemon: DaemonProcess) -> None:
+    with daemon.client() as client:
+        ids = _push_jobs(client, 600, name="n" * 256)
+        for job_id in ids:
+            client.finish(job_id, 1, "why " * 1000)  # a 4000-byte reason each
+
+        page = client.list_page(1000)
+
+        assert 0 < len(page.jobs) < 600, "a page grew with its jobs' size"
+        assert page.next_page_token
+        assert [job.id for job in client.list()] == ids[::-1]

@@ -39,6 +39,9 @@ MAX_EXIT_CODE = 255
 # ListJobs pages.
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
+# Encoded bytes of the jobs of one page: a page ends early rather than grow past this (the
+# daemon sends at most 8 MiB per message).
+MAX_PAGE_BYTES = 2 * MIB
 # What a listed job carries of its source description and reason: enough to recognise it,
 # small enough that a full page stays far below the message limit.
 MAX_LISTED_DESCRIPTION_CHARS = 1024

@@ -213,9 +213,19 @@ class TailhubServicer:
         jobs, more = self._manager.newest(
             limits.page_size(request.page_size), below=limits.page_token(request.page_token)
         )
+        listed: list[pb.Job] = []
+        size = 0
+        for job in jobs:
+            message = _job(job)
+            size += message.ByteSize()
+            if listed and size > limits.MAX_PAGE_BYTES:
+                # Whatever the jobs hold, a page stays far below the message limit.
+                more = True
+                break
+            listed.append(message)
         return pb.ListJobsResponse(
-            jobs=[_job(job) for job in jobs],
-            next_page_token=str(jobs[-1].id) if more and jobs else "",
+            jobs=listed,
+            next_page_token=str(listed[-1].id) if more and listed else "",
             total_jobs=self._manager.job_count,
         )
 
