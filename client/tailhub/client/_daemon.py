@@ -89,8 +89,8 @@ def _is_running(pid: int) -> bool:
             os.kill(pid, 0)
         except ProcessLookupError:
             return False
-        except PermissionError:
-            return True
+        except PermissionError:  # it exists, and is someone else's
+            pass
         return True
     # The state follows the command name, which is in parentheses and may hold any byte.
     return stat[stat.rfind(")") + 2 :][:1] not in ("Z", "X")
