@@ -234,5 +234,10 @@ def test_queue_and_status_tell_open_connections_from_all_opened(daemon: DaemonPr
         assert "1 open now, 1 opened in total" in status.stdout.decode()
 
         client.cancel([job_id])
-        assert client.get(job_id).upstream_connections_open == 0
+        # The command is stopped just after the job is recorded as cancelled.
+        wait_until(
+            lambda: client.get(job_id).upstream_connections_open == 0,
+            what="the connection to close",
+        )
+        assert client.status().upstream_connections_open == 0
         assert client.get(job_id).upstream_connections == 1
