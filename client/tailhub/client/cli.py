@@ -183,7 +183,7 @@ def daemon_status(home: str | None, as_json: bool) -> None:
 # -- jobs -------------------------------------------------------------------------------------
 @cli.group()
 def jobs() -> None:
-    """Launch, attach, follow, finish and cancel jobs."""
+    """Launch, attach, follow, finish, cancel and remove jobs."""
 
 
 @jobs.command("launch")
