@@ -6,12 +6,12 @@ import asyncio
 import collections
 import logging
 import os
-import shutil
 import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tailhub.daemon import removal
 from tailhub.daemon.config import DaemonConfig
 from tailhub.daemon.fetcher import Fetcher
 from tailhub.daemon.job import Job
@@ -28,6 +28,7 @@ from tailhub.daemon.model import (
     SourceKind,
     SourceSpec,
 )
+from tailhub.daemon.removal import RemoveResult
 from tailhub.daemon.runner import RunHandle
 from tailhub.daemon.sources import (
     Outcome,
@@ -39,8 +40,6 @@ from tailhub.daemon.store import JobStore
 
 # How long past the grace period `cancel` waits for a killed job's log to be drained.
 _CANCEL_MARGIN = 10.0
-# How often the retention policy removes old ended jobs.
-_RETENTION_INTERVAL = 3600.0
 
 logger = logging.getLogger(__name__)
 
@@ -50,14 +49,6 @@ class CancelResult:
     cancelled: list[Job] = field(default_factory=list)
     unknown: list[int] = field(default_factory=list)
     already_ended: list[Job] = field(default_factory=list)
-
-
-@dataclass
-class RemoveResult:
-    removed: list[int] = field(default_factory=list)
-    unknown: list[int] = field(default_factory=list)
-    not_ended: list[int] = field(default_factory=list)
-    bytes_freed: int = 0
 
 
 class JobManager:
@@ -238,54 +229,18 @@ class JobManager:
 
     def remove(self, job_ids: list[int], *, ended_before: float | None) -> RemoveResult:
         """Deletes ended jobs: their records, events, log and run directory."""
-        result = RemoveResult()
-        chosen: dict[int, Job] = {}
-        for job_id in dict.fromkeys(job_ids):
-            job = self._jobs.get(job_id)
-            if job is None:
-                result.unknown.append(job_id)
-            elif not job.sealed:  # not ended, or its last bytes are still being drained
-                result.not_ended.append(job_id)
-            else:
-                chosen[job_id] = job
-        if ended_before is not None:
-            for job in self._jobs.values():
-                if job.sealed and job.record.ended_at < ended_before:
-                    chosen[job.id] = job
-        self._delete(list(chosen.values()), result)
+        doomed, result = removal.choose(self._jobs, job_ids, ended_before)
+        removal.delete(doomed, self._jobs, self._store, self._config.paths, result)
         return result
 
-    def _delete(self, doomed: list[Job], result: RemoveResult) -> None:
-        if not doomed:
-            return
-        # The database first: a crash after it leaves only files nobody refers to.
-        self._store.delete([job.id for job in doomed])
-        paths = self._config.paths
-        for job in doomed:
-            del self._jobs[job.id]
-            result.bytes_freed += job.log_size
-            job.remove()
-            try:
-                paths.job_log(job.id).unlink(missing_ok=True)
-            except OSError as error:
-                logger.warning("job %d: cannot delete its log: %s", job.id, error)
-            shutil.rmtree(paths.run_dir(job.id), ignore_errors=True)
-            result.removed.append(job.id)
-        logger.info("removed %d ended jobs", len(doomed))
-
     def remove_expired(self, now: float) -> RemoveResult:
-        """The retention policy: ended jobs past their age, then the oldest beyond the count."""
-        result = RemoveResult()
-        ended = sorted(
-            (job for job in self._jobs.values() if job.sealed),
-            key=lambda job: (job.record.ended_at, job.id),
+        """Applies the retention policy once."""
+        config = self._config
+        doomed = removal.expired(
+            self._jobs.values(), now, config.retention_seconds, config.max_ended_jobs
         )
-        keep = self._config.max_ended_jobs
-        doomed = ended[: max(len(ended) - keep, 0)] if keep is not None else []
-        retention = self._config.retention_seconds
-        if retention is not None:
-            doomed += [job for job in ended[len(doomed) :] if job.record.ended_at < now - retention]
-        self._delete(doomed, result)
+        result = removal.RemoveResult()
+        removal.delete(doomed, self._jobs, self._store, config.paths, result)
         return result
 
     async def _apply_retention(self) -> None:
@@ -294,7 +249,7 @@ class JobManager:
                 self.remove_expired(time.time())
             except Exception:  # keep the daemon and try again at the next round
                 logger.exception("applying the retention policy failed")
-            await asyncio.sleep(_RETENTION_INTERVAL)
+            await asyncio.sleep(removal.RETENTION_INTERVAL)
 
     def _signal_local(self, job: Job) -> None:
         """SIGTERM to the job's process group now, SIGKILL after the grace period."""
