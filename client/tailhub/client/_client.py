@@ -13,19 +13,23 @@ import grpc
 from tailhub.client._daemon import ensure_daemon
 from tailhub.client._errors import (
     DaemonUnreachable,
+    JobNotFoundError,
     ProtocolError,
     TailhubError,
     from_rpc_error,
     is_transient,
 )
 from tailhub.client._types import (
+    CancelResult,
     DaemonStatus,
     JobInfo,
+    JobPage,
     LogChunk,
     LogEnd,
     LogEvent,
     LogHeartbeat,
     LogItem,
+    RemoveResult,
     state_of,
 )
 from tailhub.daemon.paths import StatePaths
@@ -42,6 +46,8 @@ _CHANNEL_OPTIONS = [
 ]
 DEFAULT_RECONNECT_TIMEOUT = 60.0
 _CALL_TIMEOUT = 30.0
+# Jobs asked for per ListJobs call (the daemon serves at most 1000).
+_PAGE_SIZE = 500
 _MIN_RETRY_PAUSE = 0.05
 _MAX_RETRY_PAUSE = 1.0
 
@@ -154,15 +160,65 @@ class Client:
         return JobInfo.from_pb(self._call(self._stub.FinishJob, request).job)
 
     def cancel(self, job_ids: Sequence[int] = (), *, everything: bool = False) -> list[JobInfo]:
+        """Cancels jobs; returns the named and cancelled jobs in their state after it.
+
+        Raises JobNotFoundError for an id the daemon does not have (the others are cancelled
+        all the same); `cancel_jobs` reports every id instead.
+        """
+        result = self.cancel_jobs(job_ids, everything=everything)
+        if result.unknown_job_ids:
+            raise JobNotFoundError(f"job {result.unknown_job_ids[0]} not found")
+        return sorted([*result.cancelled, *result.already_ended], key=lambda job: job.id)
+
+    def cancel_jobs(self, job_ids: Sequence[int] = (), *, everything: bool = False) -> CancelResult:
+        """Cancels jobs and says, per named id, what became of it."""
         request = pb.CancelJobsRequest(job_ids=job_ids, all=everything)
-        return [JobInfo.from_pb(job) for job in self._call(self._stub.CancelJobs, request).jobs]
+        response = self._call(self._stub.CancelJobs, request)
+        return CancelResult(
+            cancelled=[JobInfo.from_pb(job) for job in response.jobs],
+            unknown_job_ids=list(response.unknown_job_ids),
+            already_ended=[JobInfo.from_pb(job) for job in response.already_ended],
+        )
+
+    def remove(
+        self, job_ids: Sequence[int] = (), *, ended_before: float | None = None
+    ) -> RemoveResult:
+        """Deletes ended jobs with their logs: those named, and those ended before a time."""
+        request = pb.RemoveJobsRequest(job_ids=job_ids, ended_before=ended_before)
+        response = self._call(self._stub.RemoveJobs, request)
+        return RemoveResult(
+            removed_job_ids=list(response.removed_job_ids),
+            unknown_job_ids=list(response.unknown_job_ids),
+            not_ended_job_ids=list(response.not_ended_job_ids),
+            bytes_freed=response.bytes_freed,
+        )
 
     def get(self, job_id: int) -> JobInfo:
         return JobInfo.from_pb(self._call(self._stub.GetJob, pb.GetJobRequest(job_id=job_id)).job)
 
-    def list(self) -> list[JobInfo]:
-        response = self._call(self._stub.ListJobs, pb.ListJobsRequest())
-        return [JobInfo.from_pb(job) for job in response.jobs]
+    def list(self, limit: int | None = None) -> list[JobInfo]:
+        """Jobs, newest first: the newest `limit`, or every one (fetched a page at a time)."""
+        listed: list[JobInfo] = []
+        token = ""
+        while limit is None or len(listed) < limit:
+            page = self.list_page(
+                _PAGE_SIZE if limit is None else min(limit - len(listed), _PAGE_SIZE), token
+            )
+            listed.extend(page.jobs)
+            token = page.next_page_token
+            if not token:
+                break
+        return listed
+
+    def list_page(self, page_size: int = 0, page_token: str = "") -> JobPage:
+        """One page of jobs, newest first (page_size 0: the daemon's default)."""
+        request = pb.ListJobsRequest(page_size=page_size, page_token=page_token)
+        response = self._call(self._stub.ListJobs, request)
+        return JobPage(
+            jobs=[JobInfo.from_pb(job) for job in response.jobs],
+            next_page_token=response.next_page_token,
+            total_jobs=response.total_jobs,
+        )
 
     def status(self) -> DaemonStatus:
         response = self._call(self._stub.GetDaemonStatus, pb.GetDaemonStatusRequest())

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 from tailhub.client._errors import DaemonUnreachable, TailhubError
 from tailhub.daemon.lock import is_held, read_pid
@@ -66,7 +67,8 @@ def stop_daemon(paths: StatePaths, timeout: float = STOP_TIMEOUT) -> int | None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while is_held(paths.lock):
+    # The lock goes before the process does: wait for both, so that "stopped" means gone.
+    while is_held(paths.lock) or _is_running(pid):
         if time.monotonic() > deadline:
             raise TailhubError(
                 f"tailhubd (pid {pid}) did not stop within {timeout:.0f}s; "
@@ -74,6 +76,25 @@ def stop_daemon(paths: StatePaths, timeout: float = STOP_TIMEOUT) -> int | None:
             )
         time.sleep(_PROBE_INTERVAL)
     return pid
+
+
+def _is_running(pid: int) -> bool:
+    """True while `pid` is a process that has not exited (a zombie has: only its parent has
+    yet to collect it)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    except OSError:  # no /proc: ask the kernel
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:  # it exists, and is someone else's
+            pass
+        return True
+    # The state follows the command name, which is in parentheses and may hold any byte.
+    return stat[stat.rfind(")") + 2 :][:1] not in ("Z", "X")
 
 
 @contextlib.contextmanager

@@ -15,9 +15,20 @@ if TYPE_CHECKING:
     from tailhub.client import Client, JobInfo, LogEnd
 
 
+# C0 controls, DEL and C1 controls: a terminal acts on them (titles, colours, cursor moves).
+_CONTROLS = {code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0))}
+_CONTROLS.update({ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t"})
+
+
+def printable(text: str) -> str:
+    """`text` with every control character shown as an escape (`\\x1b`, `\\n`), so that a job
+    name or a daemon's message can neither steer the terminal nor break a line apart."""
+    return text.translate(_CONTROLS)
+
+
 def note(message: str) -> None:
     """One line for a person, on stderr (stdout carries only what scripts read)."""
-    click.echo(f"tailhub: {message}", err=True)
+    click.echo(f"tailhub: {printable(message)}", err=True)
 
 
 def job_json(job: JobInfo) -> dict[str, Any]:
@@ -33,14 +44,14 @@ def print_jobs(listed: Iterable[JobInfo]) -> None:
         rows.append(
             (
                 str(job.id),
-                job.name or "-",
+                printable(job.name) or "-",
                 job.state.value,
                 "-" if job.exit_code is None else str(job.exit_code),
                 job.source,
-                _size(job.log_size),
+                size_text(job.log_size),
                 str(job.subscribers),
-                str(job.upstream_connections),
-                job.source_description[:50],
+                f"{job.upstream_connections_open}/{job.upstream_connections}",
+                printable(job.source_description[:50]),
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
@@ -49,7 +60,7 @@ def print_jobs(listed: Iterable[JobInfo]) -> None:
         click.echo("  ".join([*cells, row[-1]]).rstrip())
 
 
-def _size(count: int) -> str:
+def size_text(count: int) -> str:
     value = float(count)
     for unit in ("B", "KiB", "MiB", "GiB"):
         if value < 1024 or unit == "GiB":
@@ -68,7 +79,7 @@ def copy_log(client: Client, job_id: int, *, follow: bool, tail: int | None) -> 
             out.write(item.data)
             out.flush()
         elif isinstance(item, LogEvent):
-            note(f"job {job_id}: {item.message}")
+            note(f"job {job_id}: {item.message}")  # note() escapes it
         elif isinstance(item, LogEnd):
             return item
     raise AssertionError("a log stream always ends with LogEnd")

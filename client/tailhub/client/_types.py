@@ -57,6 +57,8 @@ class JobInfo:
     submitted_at: float
     started_at: float
     ended_at: float
+    # Upstream connections open now (0 or 1); `upstream_connections` counts every one opened.
+    upstream_connections_open: int = 0
 
     @classmethod
     def from_pb(cls, job: pb.Job) -> JobInfo:
@@ -76,6 +78,7 @@ class JobInfo:
             submitted_at=job.submitted_at,
             started_at=job.started_at,
             ended_at=job.ended_at,
+            upstream_connections_open=job.upstream_connections_open,
         )
 
 
@@ -90,6 +93,7 @@ class DaemonStatus:
     subscribers: int
     upstream_connections: int
     bytes_served: int
+    upstream_connections_open: int = 0
 
     @classmethod
     def from_pb(cls, status: pb.GetDaemonStatusResponse) -> DaemonStatus:
@@ -103,7 +107,36 @@ class DaemonStatus:
             subscribers=status.subscribers,
             upstream_connections=status.upstream_connections,
             bytes_served=status.bytes_served,
+            upstream_connections_open=status.upstream_connections_open,
         )
+
+
+@dataclass(frozen=True)
+class JobPage:
+    """One page of `ListJobs`, newest first."""
+
+    jobs: list[JobInfo]
+    # Pass to the next call for the following page; empty after the last one.
+    next_page_token: str
+    total_jobs: int
+
+
+@dataclass(frozen=True)
+class CancelResult:
+    cancelled: list[JobInfo]
+    # Named ids the daemon does not have.
+    unknown_job_ids: list[int]
+    # Named jobs that had ended before (left as they were).
+    already_ended: list[JobInfo]
+
+
+@dataclass(frozen=True)
+class RemoveResult:
+    removed_job_ids: list[int]
+    unknown_job_ids: list[int]
+    # Named jobs that have not ended (cancel them first).
+    not_ended_job_ids: list[int]
+    bytes_freed: int
 
 
 @dataclass(frozen=True)

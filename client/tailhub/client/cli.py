@@ -17,7 +17,15 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 import click
 
 from tailhub.client import exit_codes
-from tailhub.client._output import copy_log, job_json, note, print_jobs, result_exit_code
+from tailhub.client._output import (
+    copy_log,
+    job_json,
+    note,
+    print_jobs,
+    printable,
+    result_exit_code,
+    size_text,
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -25,14 +33,29 @@ if TYPE_CHECKING:  # importing the client pulls in grpc, which `--help` does not
     from tailhub.client import Client, StatePaths
 
 
+# Job ids are SQLite row ids; exit codes are what a process can exit with.
+JOB_ID = click.IntRange(1, 2**63 - 1)
+EXIT_CODE = click.IntRange(0, 255)
+MAX_TAIL_LINES = 10**9
+# `jobs queue` without --all shows this many, the newest.
+QUEUE_DEFAULT_COUNT = 50
+
+_HOME_HELP = "State directory of the daemon (default: $TAILHUB_HOME, else ~/.tailhub)."
+
+
 def _home_option(command: F) -> F:
-    """--home on every command, so it can go anywhere on the line."""
-    return click.option(
-        "--home",
-        envvar="TAILHUB_HOME",
-        metavar="DIR",
-        help="State directory of the daemon (default: $TAILHUB_HOME, else ~/.tailhub).",
-    )(command)
+    """--home on every command too, so it can go anywhere on the line."""
+    # No envvar here: $TAILHUB_HOME is read by resolve_home, after a --home given before the
+    # subcommand, so that a flag always wins over the environment.
+    return click.option("--home", metavar="DIR", help=_HOME_HELP)(command)
+
+
+def _given_home(home: str | None) -> str | None:
+    """The --home of the command, else the one given before the subcommand."""
+    if home is not None:
+        return home
+    root = click.get_current_context(silent=True)
+    return None if root is None else cast("str | None", root.find_root().params.get("home"))
 
 
 def _paths(home: str | None) -> StatePaths:
@@ -40,9 +63,18 @@ def _paths(home: str | None) -> StatePaths:
     from tailhub.client import resolve_paths
     from tailhub.daemon.statedir import check_state_dir
 
-    paths = resolve_paths(home)
+    try:
+        paths = resolve_paths(_given_home(home))
+    except ValueError as error:
+        raise click.UsageError(str(error)) from None
     check_state_dir(paths.home)
     return paths
+
+
+def _home_flag(home: str | None) -> str:
+    """` --home DIR` for a command line we suggest, when the user gave one."""
+    given = _given_home(home)
+    return f" --home {shlex.quote(given)}" if given else ""
 
 
 def _connect(home: str | None, autostart: bool = True) -> Client:
@@ -51,9 +83,24 @@ def _connect(home: str | None, autostart: bool = True) -> Client:
     return Client.connect(_paths(home), autostart=autostart)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Commands(click.Group):
+    """The top group: a reader that went away (`| head`) ends the command quietly, with 0.
+
+    Caught here because click's own handler would turn it into exit code 1.
+    """
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError:
+            _drop_stdout()
+            sys.exit(exit_codes.SUCCEEDED)
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="tailhub")
-def cli() -> None:
+@click.option("--home", metavar="DIR", help=_HOME_HELP)
+def cli(home: str | None) -> None:
     """One log fetch per job, fanned out to every follower.
 
     Exit codes of commands that report a job's result: 0 succeeded, 100 failed,
@@ -83,6 +130,12 @@ def daemon_start(home: str | None, max_running_jobs: int | None) -> None:
         status = client.status()
     verb = "started" if started else "already running"
     note(f"tailhubd {verb} (pid {status.pid}) on {paths.home}")
+    if args and not started:
+        note(
+            f"{args[0]} was not applied to the running daemon; to apply it: "
+            f"tailhub daemon stop{_home_flag(home)}, then start it again"
+        )
+        sys.exit(exit_codes.ERROR)
 
 
 @daemon.command("stop")
@@ -120,17 +173,21 @@ def daemon_status(home: str | None, as_json: bool) -> None:
         ("uptime", f"{uptime:.0f}s"),
         ("jobs", f"{status.jobs} ({status.running_jobs} not ended)"),
         ("subscribers", status.subscribers),
-        ("upstream connections", status.upstream_connections),
+        (
+            "upstream connections",
+            f"{status.upstream_connections_open} open now, "
+            f"{status.upstream_connections} opened in total",
+        ),
         ("bytes served", status.bytes_served),
     ]
     for label, value in rows:
-        click.echo(f"{label + ':':<22}{value}")
+        click.echo(f"{label + ':':<22}{printable(str(value))}")
 
 
 # -- jobs -------------------------------------------------------------------------------------
 @cli.group()
 def jobs() -> None:
-    """Launch, attach, follow, finish and cancel jobs."""
+    """Launch, attach, follow, finish, cancel and remove jobs."""
 
 
 @jobs.command("launch")
@@ -168,9 +225,10 @@ def jobs_launch(
         try:
             end = copy_log(client, job.id, follow=True, tail=None)
         except KeyboardInterrupt:
+            flag = _home_flag(home)
             note(
                 f"stopped following job {job.id}; it goes on. Follow again: "
-                f"tailhub jobs logs {job.id}; cancel it: tailhub jobs cancel {job.id}"
+                f"tailhub jobs logs{flag} {job.id}; cancel it: tailhub jobs cancel{flag} {job.id}"
             )
             sys.exit(exit_codes.INTERRUPTED)
     sys.exit(result_exit_code(end))
@@ -194,7 +252,7 @@ def jobs_launch(
 @click.option(
     "--transport-exit-code",
     "transport_codes",
-    type=int,
+    type=EXIT_CODE,
     multiple=True,
     help="Exit code of --command that means a broken connection, to reconnect on (default 255).",
 )
@@ -251,7 +309,7 @@ def jobs_attach(
 
 @jobs.command("publish")
 @_home_option
-@click.argument("job_id", type=int)
+@click.argument("job_id", type=JOB_ID)
 def jobs_publish(home: str | None, job_id: int) -> None:
     """Append standard input to a push job's log, as it arrives."""
     stdin = cast("io.BufferedReader", sys.stdin.buffer)
@@ -265,9 +323,13 @@ def jobs_publish(home: str | None, job_id: int) -> None:
 
 @jobs.command("finish")
 @_home_option
-@click.argument("job_id", type=int)
+@click.argument("job_id", type=JOB_ID)
 @click.option(
-    "--exit-code", type=int, default=0, show_default=True, help="0 succeeds, anything else fails."
+    "--exit-code",
+    type=EXIT_CODE,
+    default=0,
+    show_default=True,
+    help="0 succeeds, anything else (up to 255) fails.",
 )
 def jobs_finish(home: str | None, job_id: int, exit_code: int) -> None:
     """End a file or push job; its followers get the rest of the log, then the result."""
@@ -278,23 +340,84 @@ def jobs_finish(home: str | None, job_id: int, exit_code: int) -> None:
 
 @jobs.command("cancel")
 @_home_option
-@click.argument("job_ids", type=int, nargs=-1)
+@click.argument("job_ids", type=JOB_ID, nargs=-1)
 @click.option("--all", "everything", is_flag=True, help="Cancel every job that has not ended.")
 def jobs_cancel(home: str | None, job_ids: tuple[int, ...], everything: bool) -> None:
-    """Cancel jobs: local ones get SIGTERM, then SIGKILL after a grace period."""
+    """Cancel jobs: local ones get SIGTERM, then SIGKILL after a grace period.
+
+    Each named job gets a line; exit 102 if one was not found."""
     if not job_ids and not everything:
         raise click.UsageError("name the jobs to cancel, or use --all")
     with _connect(home) as client:
-        cancelled = client.cancel(job_ids, everything=everything)
-    if not cancelled:
+        result = client.cancel_jobs(job_ids, everything=everything)
+    lines: dict[int, str] = {}
+    for job in result.cancelled:
+        lines[job.id] = f"job {job.id}: {job.state.value}"
+    for job in result.already_ended:
+        lines[job.id] = f"job {job.id} had already ended ({job.state.value}); left as it was"
+    for job_id in result.unknown_job_ids:
+        lines[job_id] = f"job {job_id} not found"
+    if not lines:
         note("no job to cancel")
-    for job in cancelled:
-        note(f"job {job.id}: {job.state.value}")
+    for job_id in sorted(lines):
+        note(lines[job_id])
+    if result.unknown_job_ids:
+        sys.exit(exit_codes.NOT_FOUND)
+
+
+@jobs.command("rm")
+@_home_option
+@click.argument("job_ids", type=JOB_ID, nargs=-1, required=True)
+def jobs_rm(home: str | None, job_ids: tuple[int, ...]) -> None:
+    """Delete ended jobs with their logs. Exit 102 if one was not found, 1 if one has not
+    ended (cancel it first)."""
+    with _connect(home) as client:
+        result = client.remove(job_ids)
+    lines = {job_id: f"job {job_id} removed" for job_id in result.removed_job_ids}
+    for job_id in result.not_ended_job_ids:
+        lines[job_id] = f"job {job_id} has not ended; cancel it first"
+    for job_id in result.unknown_job_ids:
+        lines[job_id] = f"job {job_id} not found"
+    for job_id in sorted(lines):
+        note(lines[job_id])
+    if result.unknown_job_ids:
+        sys.exit(exit_codes.NOT_FOUND)
+    if result.not_ended_job_ids:
+        sys.exit(exit_codes.ERROR)
+
+
+def _duration(ctx: click.Context, param: click.Parameter, value: str) -> float:
+    from tailhub.daemon.durations import parse_duration
+
+    try:
+        return parse_duration(value)
+    except ValueError as error:
+        raise click.BadParameter(str(error), ctx, param) from None
+
+
+@jobs.command("prune")
+@_home_option
+@click.option(
+    "--older-than",
+    default="7d",
+    show_default=True,
+    metavar="DURATION",
+    callback=_duration,
+    help="Remove jobs that ended longer ago than this: 30m, 12h, 7d...",
+)
+def jobs_prune(home: str | None, older_than: float) -> None:
+    """Delete every job that ended longer ago than --older-than, with its log."""
+    with _connect(home) as client:
+        result = client.remove(ended_before=time.time() - older_than)
+    count = len(result.removed_job_ids)
+    note(
+        f"removed {count} job{'' if count == 1 else 's'} ({size_text(result.bytes_freed)} of logs)"
+    )
 
 
 @jobs.command("logs")
 @_home_option
-@click.argument("job_id", type=int)
+@click.argument("job_id", type=JOB_ID)
 @click.option(
     "--follow/--no-follow",
     default=True,
@@ -302,7 +425,10 @@ def jobs_cancel(home: str | None, job_ids: tuple[int, ...], everything: bool) ->
     help="Keep streaming until the job ends.",
 )
 @click.option(
-    "--tail", type=click.IntRange(min=0), metavar="N", help="Start with the last N lines."
+    "--tail",
+    type=click.IntRange(0, MAX_TAIL_LINES),
+    metavar="N",
+    help="Start with the last N lines.",
 )
 def jobs_logs(home: str | None, job_id: int, follow: bool, tail: int | None) -> None:
     """Write a job's log, byte for byte, to stdout; exit with the job's result."""
@@ -314,18 +440,44 @@ def jobs_logs(home: str | None, job_id: int, follow: bool, tail: int | None) -> 
 @jobs.command("queue")
 @_home_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
-def jobs_queue(home: str | None, as_json: bool) -> None:
-    """List jobs: id, name, state, source, log size, subscribers, upstream connections."""
+@click.option(
+    "--all",
+    "everything",
+    is_flag=True,
+    help=f"Every job, not only the newest {QUEUE_DEFAULT_COUNT}.",
+)
+def jobs_queue(home: str | None, as_json: bool, everything: bool) -> None:
+    """List jobs, newest first: id, name, state, source, log size, subscribers, upstream
+    connections (open now/opened in total)."""
     with _connect(home) as client:
-        listed = client.list()
+        if everything:
+            listed, total = client.list(), None
+        else:
+            page = client.list_page(QUEUE_DEFAULT_COUNT)
+            listed, total = page.jobs, page.total_jobs
     if as_json:
         click.echo(json.dumps([job_json(job) for job in listed], indent=2))
-        return
-    print_jobs(listed)
+    else:
+        print_jobs(listed)
+    if total is not None and total > len(listed):
+        note(f"showing the newest {len(listed)} of {total} jobs; --all for every one")
 
 
 def main() -> None:
     """Entry point: the library's errors become one line on stderr and an exit code."""
+    try:
+        _run()
+    finally:
+        # Output still buffered goes now, where a closed pipe can be told apart.
+        try:
+            sys.stdout.flush()
+        except BrokenPipeError:
+            _drop_stdout()
+        except ValueError:  # stdout already closed
+            pass
+
+
+def _run() -> None:
     from tailhub.client._errors import TailhubError
 
     try:
@@ -342,10 +494,17 @@ def main() -> None:
         sys.exit(error.exit_code)
     except BrokenPipeError:
         # The reader went away (`| head`): not an error worth a message.
-        sys.stderr.close()
+        _drop_stdout()
         sys.exit(exit_codes.SUCCEEDED)
     except KeyboardInterrupt:
         sys.exit(exit_codes.INTERRUPTED)
     except OSError as error:
         note(f"{error.strerror or error}{f': {error.filename}' if error.filename else ''}")
         sys.exit(exit_codes.ERROR)
+
+
+def _drop_stdout() -> None:
+    """Points stdout at /dev/null, so that the flush at exit cannot fail on a closed pipe."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)

@@ -12,6 +12,7 @@ import sys
 import click
 
 from tailhub.daemon.config import DaemonConfig, minimal_environment
+from tailhub.daemon.durations import parse_duration
 from tailhub.daemon.lock import AlreadyRunning
 from tailhub.daemon.paths import StatePaths, resolve_home
 from tailhub.daemon.server import Daemon
@@ -61,12 +62,28 @@ async def serve(config: DaemonConfig) -> None:
     show_default=True,
     help="Seconds between SIGTERM and SIGKILL when a local job is cancelled.",
 )
+@click.option(
+    "--retention",
+    default="30d",
+    show_default=True,
+    metavar="DURATION",
+    help="Remove ended jobs (and their logs) this long after they ended: 12h, 7d... 0 keeps them.",
+)
+@click.option(
+    "--max-ended-jobs",
+    type=click.IntRange(min=0),
+    default=10_000,
+    show_default=True,
+    help="Keep at most this many ended jobs, removing the oldest first; 0: no limit.",
+)
 @click.option("--log-level", default="INFO", show_default=True)
 def main(
     home: str | None,
     max_running_jobs: int | None,
     heartbeat_interval: float,
     cancel_grace: float,
+    retention: str,
+    max_ended_jobs: int,
     log_level: str,
 ) -> None:
     """Run the tailhub daemon in the foreground."""
@@ -76,6 +93,10 @@ def main(
     # Every file the daemon creates is private; its jobs get back the umask it was given.
     job_umask = os.umask(0o077)
     try:
+        retention_seconds = parse_duration(retention)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--retention") from None
+    try:
         config = DaemonConfig(
             paths=StatePaths(resolve_home(home, os.environ)),
             max_running_jobs=max_running_jobs,
@@ -83,6 +104,8 @@ def main(
             cancel_grace=cancel_grace,
             job_environment=minimal_environment(os.environ),
             job_umask=job_umask,
+            retention_seconds=retention_seconds or None,
+            max_ended_jobs=max_ended_jobs or None,
         )
         asyncio.run(serve(config))
     except AlreadyRunning as error:

@@ -45,6 +45,10 @@ class DaemonConfig:
     job_environment: tuple[tuple[str, str], ...] = ()
     # Jobs run with the umask the daemon was started with, not the daemon's own 077.
     job_umask: int = 0o022
+    # Ended jobs are removed (record, events, log) this long after they ended; None keeps them.
+    retention_seconds: float | None = 30 * 24 * 3600.0
+    # At most this many ended jobs are kept, the oldest removed first; None: no limit.
+    max_ended_jobs: int | None = 10_000
 
     def __post_init__(self) -> None:
         if self.heartbeat_interval <= 0:
@@ -61,6 +65,10 @@ class DaemonConfig:
             raise ValueError("max connecting commands must be at least 1")
         if self.reconnect_max_attempts < 1:
             raise ValueError("reconnect attempts must be at least 1")
+        if self.retention_seconds is not None and self.retention_seconds <= 0:
+            raise ValueError("retention must be positive (None keeps ended jobs)")
+        if self.max_ended_jobs is not None and self.max_ended_jobs < 0:
+            raise ValueError("max ended jobs cannot be negative")
 
 
 # What a job started without its client's environment still needs to run a shell script.

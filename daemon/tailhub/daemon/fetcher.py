@@ -82,9 +82,11 @@ class Fetcher:
                 self._job.record.upstream_connections += 1
                 self._owner.save(self._job)
             stored_before = self._job.log_size
+            self._job.upstream_open = self._source.counts_connections
             try:
                 return await self._source.fetch(self)
             except UpstreamFailed as error:
+                self._job.upstream_open = False
                 failures = 1 if self._job.log_size > stored_before else failures + 1
                 if failures >= self._config.reconnect_max_attempts:
                     return Outcome(
@@ -98,3 +100,5 @@ class Fetcher:
                 )
                 self.event(f"upstream connection lost ({error}); reconnecting in {delay:.1f}s")
                 await asyncio.sleep(delay)
+            finally:
+                self._job.upstream_open = False

@@ -7,7 +7,7 @@ import stat
 from pathlib import Path
 
 from tailhub.daemon.log import JobLog
-from tailhub.daemon.model import JobRecord, JobState, SourceEvent, SourceKind
+from tailhub.daemon.model import JobNotFound, JobRecord, JobState, SourceEvent, SourceKind
 from tailhub.daemon.signal import ChangeSignal
 
 
@@ -25,6 +25,10 @@ class Job:
         self.subscribers = 0
         self.bytes_served = 0
         self.heartbeat_tick = 0
+        # An upstream connection of the fetcher is open now.
+        self.upstream_open = False
+        # Deleted from the daemon: a subscriber still streaming keeps the log it has open.
+        self.removed = False
         self._log_path = log_path
         self._window_bytes = window_bytes
         self._log: JobLog | None = None
@@ -49,6 +53,8 @@ class Job:
     @property
     def log(self) -> JobLog:
         if self._log is None:
+            if self.removed:  # its file is gone: opening would create an empty one
+                raise JobNotFound(self.id)
             writable = self.record.spec.kind is not SourceKind.LOCAL
             self._log = JobLog(
                 self._log_path, self._window_bytes, writable=writable, size=self._closed_size
@@ -61,6 +67,12 @@ class Job:
             self._closed_size = self._log.size
             self._log.close()
             self._log = None
+
+    def remove(self) -> None:
+        """The job was deleted: wake its subscribers, close the log once nobody reads it."""
+        self.removed = True
+        self.changed.notify()
+        self.release_log_if_idle()
 
     def close(self) -> None:
         if self._log is not None:

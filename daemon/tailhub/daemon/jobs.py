@@ -8,8 +8,10 @@ import logging
 import os
 import signal
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from tailhub.daemon import removal
 from tailhub.daemon.config import DaemonConfig
 from tailhub.daemon.fetcher import Fetcher
 from tailhub.daemon.job import Job
@@ -26,6 +28,7 @@ from tailhub.daemon.model import (
     SourceKind,
     SourceSpec,
 )
+from tailhub.daemon.removal import RemoveResult
 from tailhub.daemon.runner import RunHandle
 from tailhub.daemon.sources import (
     Outcome,
@@ -41,6 +44,13 @@ _CANCEL_MARGIN = 10.0
 logger = logging.getLogger(__name__)
 
 
+@dataclass
+class CancelResult:
+    cancelled: list[Job] = field(default_factory=list)
+    unknown: list[int] = field(default_factory=list)
+    already_ended: list[Job] = field(default_factory=list)
+
+
 class JobManager:
     """Owns every job and every background task of the core. Not thread-safe: one event loop."""
 
@@ -52,6 +62,7 @@ class JobManager:
         self._fetchers: dict[int, Fetcher] = {}
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._heartbeat: asyncio.Task[None] | None = None
+        self._retention: asyncio.Task[None] | None = None
         self._kill_timers: set[asyncio.Task[None]] = set()
         # Local jobs waiting for a free slot, in submission order.
         self._pending: collections.deque[Job] = collections.deque()
@@ -67,9 +78,13 @@ class JobManager:
             job = self._new_job(record)
             job.events = events.get(record.id, [])
             if not record.sealed:
-                self._resume(job)
+                try:
+                    self._resume(job)
+                except Exception as error:  # one bad job must not keep the daemon down
+                    self._fail_start(job, error)
         self._schedule()
         self._heartbeat = asyncio.create_task(self._beat(), name="heartbeat")
+        self._retention = asyncio.create_task(self._apply_retention(), name="retention")
 
     def _resume(self, job: Job) -> None:
         kind = job.record.spec.kind
@@ -77,8 +92,8 @@ class JobManager:
             if job.state is JobState.PENDING:
                 self._pending.append(job)
             else:  # running, or ended while we were away: the fetch finds out which
-                self._running_local += 1
                 self._start_fetcher(job, finishing=False)
+                self._running_local += 1
                 if job.record.cancel_requested:
                     # The last daemon stopped within the grace: the SIGKILL is still owed.
                     self._signal_local(job)
@@ -98,6 +113,8 @@ class JobManager:
         tasks = [*self._tasks.values(), *self._kill_timers]
         if self._heartbeat is not None:
             tasks.append(self._heartbeat)
+        if self._retention is not None:
+            tasks.append(self._retention)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -114,6 +131,15 @@ class JobManager:
 
     def all_jobs(self) -> list[Job]:
         return list(self._jobs.values())
+
+    @property
+    def job_count(self) -> int:
+        return len(self._jobs)
+
+    def newest(self, count: int, *, below: int | None = None) -> tuple[list[Job], bool]:
+        """Up to `count` jobs, newest first, with ids below `below`; and whether more follow."""
+        ids = sorted((i for i in self._jobs if below is None or i < below), reverse=True)
+        return [self._jobs[i] for i in ids[:count]], len(ids) > count
 
     # -- commands ----------------------------------------------------------------------------
     def attach(self, name: str, spec: SourceSpec) -> Job:
@@ -166,15 +192,26 @@ class JobManager:
             fetcher.request_finish()
         return job
 
-    async def cancel(self, job_ids: list[int], everything: bool) -> list[Job]:
-        """Cancels jobs and returns once they have ended (local ones may take the grace)."""
-        if everything:
-            targets = [job for job in self._jobs.values() if not job.state.terminal]
-        else:
-            targets = [self.get(job_id) for job_id in job_ids]
+    async def cancel(self, job_ids: list[int], everything: bool) -> CancelResult:
+        """Cancels jobs and returns once they have ended (local ones may take the grace).
+
+        Named jobs that are unknown or already ended are reported, not an error: the others
+        are cancelled all the same.
+        """
+        result = CancelResult()
+        chosen = {
+            job.id: job for job in self._jobs.values() if everything and not job.state.terminal
+        }
+        for job_id in job_ids:
+            job = self._jobs.get(job_id)
+            if job is None:
+                result.unknown.append(job_id)
+            elif job.state.terminal:
+                result.already_ended.append(job)
+            else:
+                chosen[job_id] = job
+        targets = list(chosen.values())
         for job in targets:
-            if job.state.terminal:
-                continue
             if job.record.spec.kind is SourceKind.LOCAL and job.state is JobState.RUNNING:
                 self._signal_local(job)
                 continue
@@ -187,7 +224,32 @@ class JobManager:
             asyncio.gather(*(self._sealed(job) for job in targets)),
             self._config.cancel_grace + _CANCEL_MARGIN,
         )
-        return targets
+        result.cancelled = targets
+        return result
+
+    def remove(self, job_ids: list[int], *, ended_before: float | None) -> RemoveResult:
+        """Deletes ended jobs: their records, events, log and run directory."""
+        doomed, result = removal.choose(self._jobs, job_ids, ended_before)
+        removal.delete(doomed, self._jobs, self._store, self._config.paths, result)
+        return result
+
+    def remove_expired(self, now: float) -> RemoveResult:
+        """Applies the retention policy once."""
+        config = self._config
+        doomed = removal.expired(
+            self._jobs.values(), now, config.retention_seconds, config.max_ended_jobs
+        )
+        result = removal.RemoveResult()
+        removal.delete(doomed, self._jobs, self._store, config.paths, result)
+        return result
+
+    async def _apply_retention(self) -> None:
+        while True:
+            try:
+                self.remove_expired(time.time())
+            except Exception:  # keep the daemon and try again at the next round
+                logger.exception("applying the retention policy failed")
+            await asyncio.sleep(removal.RETENTION_INTERVAL)
 
     def _signal_local(self, job: Job) -> None:
         """SIGTERM to the job's process group now, SIGKILL after the grace period."""
@@ -240,12 +302,11 @@ class JobManager:
                 self._start_local(job)
 
     def _start_local(self, job: Job) -> None:
-        assert isinstance(job.record.spec, LocalSpec)
         try:
+            assert isinstance(job.record.spec, LocalSpec)
             handle = self._environment.runner.start(job.id, job.record.spec)
-        except OSError as error:
-            self._end(job, JobState.FAILED, None, f"cannot start the job: {error}")
-            self._seal(job)
+        except Exception as error:  # whatever it is, it fails this job and no other
+            self._fail_start(job, error)
             return
         record = job.record
         record.source_state = handle.to_json()
@@ -255,6 +316,12 @@ class JobManager:
         job.changed.notify()
         self._running_local += 1
         self._start_fetcher(job, finishing=False)
+
+    def _fail_start(self, job: Job, error: Exception) -> None:
+        logger.warning("job %d cannot start: %s", job.id, error)
+        if not job.state.terminal:
+            self._end(job, JobState.FAILED, None, f"cannot start the job: {error}")
+        self._seal(job)
 
     def _start_fetcher(self, job: Job, *, finishing: bool) -> None:
         source = make_source(job.id, job.record.spec, self._environment)

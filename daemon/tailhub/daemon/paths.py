@@ -14,8 +14,19 @@ MAX_SOCKET_PATH = 107
 
 
 def resolve_home(explicit: str | os.PathLike[str] | None, environ: Mapping[str, str]) -> Path:
-    """The state directory: the flag, else $TAILHUB_HOME, else ~/.tailhub."""
-    raw = explicit if explicit else environ.get(HOME_ENV) or DEFAULT_HOME
+    """The state directory: the flag, else $TAILHUB_HOME, else ~/.tailhub.
+
+    An empty flag or variable is an error, not "unset": falling back to ~/.tailhub would
+    quietly send jobs (and their secrets) to a daemon the user did not mean.
+    """
+    if explicit is not None:
+        raw = os.fspath(explicit)
+        if not raw:
+            raise ValueError("--home is empty; give a state directory, or leave it out")
+    else:
+        raw = environ.get(HOME_ENV, DEFAULT_HOME)
+        if not raw:
+            raise ValueError(f"${HOME_ENV} is set but empty; give a state directory, or unset it")
     return Path(raw).expanduser().absolute()
 
 

@@ -11,7 +11,7 @@ from typing import Any, TypeVar, cast
 import grpc
 import grpc.aio
 
-from tailhub.daemon import __version__
+from tailhub.daemon import __version__, limits
 from tailhub.daemon.config import DaemonConfig
 from tailhub.daemon.fanout import ChunkRange, DaemonStopping, Ended, Heartbeat, Start, stream_log
 from tailhub.daemon.job import Job
@@ -147,13 +147,22 @@ class TailhubServicer:
     async def attach_job(
         self, request: pb.AttachJobRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.AttachJobResponse:
-        job = self._manager.attach(request.name, _attach_spec(request))
+        spec = _attach_spec(request)
+        job = self._manager.attach(request.name, spec)
         return pb.AttachJobResponse(job=_job(job))
 
     @_translating_errors
     async def launch_job(
         self, request: pb.LaunchJobRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.LaunchJobResponse:
+        limits.check_launch(
+            request.name,
+            run=request.run,
+            setup=request.setup,
+            workdir=request.workdir,
+            envs=request.envs,
+            environment=request.environment,
+        )
         spec = LocalSpec(
             run=request.run,
             setup=request.setup,
@@ -168,12 +177,14 @@ class TailhubServicer:
     async def publish(
         self, request: pb.PublishRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.PublishResponse:
+        limits.check_publish(request.data)
         return pb.PublishResponse(log_size=self._manager.publish(request.job_id, request.data))
 
     @_translating_errors
     async def finish_job(
         self, request: pb.FinishJobRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.FinishJobResponse:
+        limits.check_finish(request.exit_code, request.reason)
         job = self._manager.finish(request.job_id, request.exit_code, request.reason)
         return pb.FinishJobResponse(job=_job(job))
 
@@ -181,8 +192,13 @@ class TailhubServicer:
     async def cancel_jobs(
         self, request: pb.CancelJobsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.CancelJobsResponse:
-        jobs = await self._manager.cancel(list(request.job_ids), request.all)
-        return pb.CancelJobsResponse(jobs=[_job(job) for job in jobs])
+        limits.check_job_ids(request.job_ids)
+        result = await self._manager.cancel(list(request.job_ids), request.all)
+        return pb.CancelJobsResponse(
+            jobs=[_job(job) for job in result.cancelled],
+            unknown_job_ids=result.unknown,
+            already_ended=[_job(job) for job in result.already_ended],
+        )
 
     @_translating_errors
     async def get_job(
@@ -195,7 +211,40 @@ class TailhubServicer:
     async def list_jobs(
         self, request: pb.ListJobsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ListJobsResponse:
-        return pb.ListJobsResponse(jobs=[_job(job) for job in self._manager.all_jobs()])
+        jobs, more = self._manager.newest(
+            limits.page_size(request.page_size), below=limits.page_token(request.page_token)
+        )
+        listed: list[pb.Job] = []
+        size = 0
+        for job in jobs:
+            message = _job(job)
+            size += message.ByteSize()
+            if listed and size > limits.MAX_PAGE_BYTES:
+                # Whatever the jobs hold, a page stays far below the message limit.
+                more = True
+                break
+            listed.append(message)
+        return pb.ListJobsResponse(
+            jobs=listed,
+            next_page_token=str(listed[-1].id) if more and listed else "",
+            total_jobs=self._manager.job_count,
+        )
+
+    @_translating_errors
+    async def remove_jobs(
+        self, request: pb.RemoveJobsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.RemoveJobsResponse:
+        limits.check_job_ids(request.job_ids)
+        ended_before = request.ended_before if request.HasField("ended_before") else None
+        if ended_before is not None:
+            limits.check_ended_before(ended_before)
+        result = self._manager.remove(list(request.job_ids), ended_before=ended_before)
+        return pb.RemoveJobsResponse(
+            removed_job_ids=result.removed,
+            unknown_job_ids=result.unknown,
+            not_ended_job_ids=result.not_ended,
+            bytes_freed=result.bytes_freed,
+        )
 
     @_translating_errors
     async def get_daemon_status(
@@ -211,6 +260,7 @@ class TailhubServicer:
             running_jobs=sum(not job.state.terminal for job in jobs),
             subscribers=sum(job.subscribers for job in jobs),
             upstream_connections=sum(job.record.upstream_connections for job in jobs),
+            upstream_connections_open=sum(job.upstream_open for job in jobs),
             bytes_served=sum(job.bytes_served for job in jobs),
         )
 
@@ -244,6 +294,7 @@ class TailhubServicer:
                 "GetDaemonStatus": unary(
                     self.get_daemon_status, pb.GetDaemonStatusRequest, pb.GetDaemonStatusResponse
                 ),
+                "RemoveJobs": unary(self.remove_jobs, pb.RemoveJobsRequest, pb.RemoveJobsResponse),
             },
         )
 
@@ -251,9 +302,13 @@ class TailhubServicer:
 def _attach_spec(request: pb.AttachJobRequest) -> SourceSpec:
     which = request.WhichOneof("source")
     if which == "file":
+        limits.check_attach(request.name, path=request.file.path)
         return FileSpec(path=request.file.path)
     if which == "command":
         command = request.command
+        limits.check_attach(
+            request.name, argv=command.argv, transport_exit_codes=command.transport_exit_codes
+        )
         return CommandSpec(
             argv=tuple(command.argv),
             shell=command.shell,
@@ -261,6 +316,7 @@ def _attach_spec(request: pb.AttachJobRequest) -> SourceSpec:
             stderr_events=command.stderr == pb.STDERR_MODE_EVENTS,
         )
     if which == "push":
+        limits.check_name(request.name)
         return PushSpec()
     raise InvalidRequest("attach needs a source: file, command or push")
 
@@ -272,12 +328,13 @@ def _job(job: Job) -> pb.Job:
         name=record.name,
         state=_STATES[record.state],
         exit_code=record.exit_code,
-        reason=record.reason,
+        reason=record.reason[: limits.MAX_LISTED_REASON_CHARS],
         source_kind=_KINDS[record.spec.kind],
-        source_description=record.spec.describe(),
+        source_description=record.spec.describe()[: limits.MAX_LISTED_DESCRIPTION_CHARS],
         log_size=job.log_size,
         sealed=record.sealed,
         upstream_connections=record.upstream_connections,
+        upstream_connections_open=int(job.upstream_open),
         subscribers=job.subscribers,
         bytes_served=job.bytes_served,
         submitted_at=record.submitted_at,
