@@ -329,7 +329,8 @@ class JobManager:
         while True:
             await asyncio.sleep(self._config.heartbeat_interval)
             for job_id in [*self._event_limiters]:
-                self._report_dropped_events(self._jobs[job_id], final=False)
+                if job_id in self._jobs:  # (a removed job has nothing left to report)
+                    self._report_dropped_events(self._jobs[job_id], final=False)
             for job in self._jobs.values():
                 if job.changed.waiting:
                     job.heartbeat_tick += 1
