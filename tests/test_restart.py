@@ -240,3 +240,33 @@ def test_restarted_daemon_serves_every_finished_jobs_full_log(
         assert logs.stdout == log, f"job {job_id}'s log differs after the restart"
     tail = run_cli(daemon.home, "jobs", "logs", str(ok), "--tail", "1")
     assert tail.stdout == b"ran fine\n"
+
+
+def test_follower_shows_each_source_event_once_across_a_daemon_restart(
+    daemon: DaemonProcess, workdir: Path, background_cli: Callable[..., BackgroundCli]
+) -> None:
+    log = workdir / "app.log"
+    log.write_bytes(b"one\n")
+    attached = run_cli(daemon.home, "jobs", "attach", "--file", str(log))
+    assert attached.returncode == 0, attached.stderr
+    job_id = int(attached.stdout)
+    follower = background_cli("jobs", "logs", str(job_id))
+    follower.wait_for_stdout(b"one\n")
+    truncated = f"tailhub: job {job_id}: {log} was truncated; following it from its start"
+
+    # The event lands at the follower's offset: a resumed stream starts right at it.
+    log.write_bytes(b"")
+    wait_until(lambda: truncated in follower.stderr, what="the truncation event")
+    daemon.stop()
+    daemon.start()
+    with daemon.client() as client:
+        wait_until(lambda: client.get(job_id).subscribers == 1, what="the follower to reconnect")
+    with log.open("ab") as handle:
+        handle.write(b"two\n")
+    # The stream sends an event before the bytes after it: a repeat would be printed by now.
+    follower.wait_for_stdout(b"one\ntwo\n")
+    finished = run_cli(daemon.home, "jobs", "finish", str(job_id))
+    assert finished.returncode == 0, finished.stderr
+
+    assert follower.wait() == 0, follower.stderr
+    assert follower.stderr.splitlines().count(truncated) == 1, follower.stderr
