@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from helpers import BackgroundCli, DaemonProcess, start_background_cli
+from job_helpers import Gate
 
 
 @pytest.fixture
@@ -71,3 +72,21 @@ def background_cli(home: Path) -> Iterator[Callable[..., BackgroundCli]]:
     finally:
         for cli in started:
             cli.stop()
+
+
+@pytest.fixture
+def gate(workdir: Path) -> Iterator[Callable[[str], Gate]]:
+    """Closes a gate named NAME in the work directory for jobs to wait on with
+    `flock --shared PATH true`; every gate is opened at the end, so that a failing test
+    leaves no job waiting behind it."""
+    closed: list[Gate] = []
+
+    def close(name: str) -> Gate:
+        closed.append(Gate.closed(workdir / name))
+        return closed[-1]
+
+    try:
+        yield close
+    finally:
+        for each in closed:
+            each.open()

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from helpers import BackgroundCli, DaemonProcess, run_cli, wait_until
+from job_helpers import Gate
 
 MIB = 1024 * 1024
 REPLAY = Path(__file__).parent / "replay_upstream.py"
@@ -161,9 +162,10 @@ def test_local_job_runs_on_while_the_daemon_is_down_and_its_follower_gets_all(
     daemon: DaemonProcess,
     workdir: Path,
     background_cli: Callable[..., BackgroundCli],
+    gate: Callable[[str], Gate],
     how: str,
 ) -> None:
-    release = workdir / "release"
+    release = gate("release")
     task = workdir / "task.yaml"
     task.write_text(
         textwrap.dedent(
@@ -171,7 +173,7 @@ def test_local_job_runs_on_while_the_daemon_is_down_and_its_follower_gets_all(
             name: outlives-the-daemon
             run: |
               echo "before the restart"
-              while [ ! -e {release} ]; do sleep 0.01; done
+              flock --shared {release.path} true
               echo "while the daemon was away"
               exit 3
             """
@@ -187,7 +189,7 @@ def test_local_job_runs_on_while_the_daemon_is_down_and_its_follower_gets_all(
         daemon.stop()
     else:
         daemon.kill()
-    release.touch()
+    release.open()
     exit_status = daemon.home / "runs" / str(job_id) / "exit_status"
     wait_until(exit_status.exists, what="the job to end while no daemon runs")
     daemon.start()
