@@ -12,6 +12,7 @@ import sys
 import click
 
 from tailhub.daemon.config import DaemonConfig
+from tailhub.daemon.grpc_log import quiet_client_gone_tracebacks
 from tailhub.daemon.lock import AlreadyRunning
 from tailhub.daemon.paths import StatePaths, resolve_home
 from tailhub.daemon.server import Daemon
@@ -73,6 +74,7 @@ def main(
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    quiet_client_gone_tracebacks()
     try:
         config = DaemonConfig(
             paths=StatePaths(resolve_home(home, os.environ)),
