@@ -18,6 +18,10 @@ RATE_PER_SECOND = 20.0
 BURST = 100
 MAX_MESSAGE_BYTES = 1024
 _ELLIPSIS = "…"
+# Protobuf framing of one event (offset, time, message length), rounded up.
+_EVENT_OVERHEAD = 32
+# Half of gRPC's default 4 MiB message limit: room for the job itself, and to spare.
+_GET_JOB_BUDGET = 2 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,9 @@ class EventLimits:
             raise ValueError("event limits: max_events >= 2, rate > 0 and burst >= 1")
         if self.max_message_bytes < 16:
             raise ValueError("event limits: messages must be allowed 16 bytes at least")
+        # GetJob returns every event a job kept: all of them must fit in one response.
+        if self.max_events * (self.max_message_bytes + _EVENT_OVERHEAD) > _GET_JOB_BUDGET:
+            raise ValueError("event limits: a job's events would not fit in GetJob's response")
 
 
 def dropped_message(count: int) -> str:
