@@ -129,3 +129,15 @@ def test_dropped_count_arrives_while_the_job_still_runs(daemon: DaemonProcess) -
             assert client.get(job.id).state is JobState.RUNNING
         finally:
             client.cancel([job.id])
+
+
+def test_the_same_message_twice_at_one_offset_is_shown_twice(daemon: DaemonProcess) -> None:
+    """Events are told apart by position, not by text: ssh can say the same thing twice."""
+    script = "echo 'Connection reset by peer' >&2; echo 'Connection reset by peer' >&2; echo up"
+    with daemon.client() as client:
+        job = client.attach_command([script], shell=True, stderr_events=True)
+    follower = run_cli(daemon.home, "jobs", "logs", str(job.id))
+    assert follower.returncode == 0, follower.stderr
+    assert follower.stdout == b"up\n"
+    said = f"tailhub: job {job.id}: stderr: Connection reset by peer"
+    assert follower.stderr.decode().splitlines().count(said) == 2, follower.stderr
