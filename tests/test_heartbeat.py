@@ -25,7 +25,9 @@ def test_an_idle_follower_of_a_running_job_receives_heartbeats_with_size_and_sta
 
         def follow() -> None:
             with daemon.client() as follower:
-                items.extend(follower.follow(job_id))
+                # One at a time, so that the test sees each item as it arrives.
+                for item in follower.follow(job_id):
+                    items.append(item)  # noqa: PERF402
 
         thread = threading.Thread(target=follow, daemon=True)
         thread.start()
