@@ -71,10 +71,10 @@ def main(
     log_level: str,
 ) -> None:
     """Run the tailhub daemon in the foreground."""
+    quiet_client_gone_tracebacks()
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    quiet_client_gone_tracebacks()
     try:
         config = DaemonConfig(
             paths=StatePaths(resolve_home(home, os.environ)),
