@@ -7,28 +7,62 @@ from pathlib import Path
 
 import pytest
 from helpers import BackgroundCli, DaemonProcess, start_background_cli
+from job_helpers import Gate
+
+# What a daemon's own log must never hold: a bug's traceback, or a task nobody supervised.
+DAEMON_LOG_FAULTS = ("Traceback", "never retrieved")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "daemon_log_may_hold(*faults, reason): the daemon's log may hold these faults in this "
+        "test (say why in `reason`)",
+    )
+
+
+def check_daemon_log(request: pytest.FixtureRequest, text: str, where: str) -> None:
+    """Fails the test when `text` holds a fault its `daemon_log_may_hold` marker does not allow."""
+    marker = request.node.get_closest_marker("daemon_log_may_hold")
+    allowed: tuple[str, ...] = ()
+    if marker is not None:
+        assert marker.kwargs.get("reason"), "daemon_log_may_hold needs a reason"
+        allowed = marker.args
+    faults = [fault for fault in DAEMON_LOG_FAULTS if fault not in allowed and fault in text]
+    if faults:
+        pytest.fail(f"{where} holds {' and '.join(map(repr, faults))}:\n{text}", pytrace=False)
 
 
 @pytest.fixture
-def home() -> Iterator[Path]:
-    """A fresh state directory with a short path (Unix socket paths are limited to 107 bytes)."""
+def home(request: pytest.FixtureRequest) -> Iterator[Path]:
+    """A fresh state directory with a short path (Unix socket paths are limited to 107 bytes).
+
+    At the end, the log of any daemon the CLI started in it must be free of faults."""
     path = Path(tempfile.mkdtemp(prefix="th-", dir="/tmp"))
     try:
         yield path / "home"
+        daemon_log = path / "home" / "tailhubd.log"
+        if daemon_log.is_file():
+            check_daemon_log(request, daemon_log.read_text(errors="replace"), str(daemon_log))
     finally:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def _stop_and_check(request: pytest.FixtureRequest, process: DaemonProcess) -> None:
+    if process.process is not None and process.process.poll() is None:
+        process.stop()
+    check_daemon_log(request, process.log_text(), f"the log of daemon {process.home}")
+
+
 @pytest.fixture
-def daemon(home: Path) -> Iterator[DaemonProcess]:
+def daemon(home: Path, request: pytest.FixtureRequest) -> Iterator[DaemonProcess]:
     """The real daemon, listening on a real socket in a temp directory."""
     process = DaemonProcess(home, args=["--heartbeat-interval", "0.5"])
     process.start()
     try:
         yield process
     finally:
-        if process.process is not None and process.process.poll() is None:
-            process.stop()
+        _stop_and_check(request, process)
 
 
 @pytest.fixture
@@ -40,7 +74,9 @@ def workdir(home: Path) -> Path:
 
 
 @pytest.fixture
-def start_daemon(home: Path) -> Iterator[Callable[..., DaemonProcess]]:
+def start_daemon(
+    home: Path, request: pytest.FixtureRequest
+) -> Iterator[Callable[..., DaemonProcess]]:
     """Starts the real daemon with extra flags (`"--max-running-jobs", "2"`); stopped at the end."""
     started: list[DaemonProcess] = []
 
@@ -54,6 +90,8 @@ def start_daemon(home: Path) -> Iterator[Callable[..., DaemonProcess]]:
     for process in started:
         if process.process is not None and process.process.poll() is None:
             process.stop()
+    for process in started:
+        check_daemon_log(request, process.log_text(), f"the log of daemon {process.home}")
 
 
 @pytest.fixture
@@ -71,3 +109,21 @@ def background_cli(home: Path) -> Iterator[Callable[..., BackgroundCli]]:
     finally:
         for cli in started:
             cli.stop()
+
+
+@pytest.fixture
+def gate(workdir: Path) -> Iterator[Callable[[str], Gate]]:
+    """Closes a gate named NAME in the work directory for jobs to wait on with
+    `flock --shared PATH true`; every gate is opened at the end, so that a failing test
+    leaves no job waiting behind it."""
+    closed: list[Gate] = []
+
+    def close(name: str) -> Gate:
+        closed.append(Gate.closed(workdir / name))
+        return closed[-1]
+
+    try:
+        yield close
+    finally:
+        for each in closed:
+            each.open()

@@ -8,8 +8,8 @@ Each run is one upstream connection; it counts itself in STATE/connections. It s
 from its first byte, in writes that line up with nothing, and follows it as it grows. Connection
 number K, for K up to the number of CUTs, stops after CUT[K-1] bytes, waits for STATE/drop-K and
 exits 255, as ssh does when the network breaks mid-stream. The other connections go on until
-STATE/done exists and the whole file is sent, then exit 0. None outlives LIFETIME seconds, so
-a test that fails leaves nothing running for long.
+STATE/done exists and the whole file is sent, then exit 0. None outlives LIFETIME seconds, nor
+STATE (removed with the test's directory), so a test that fails leaves nothing running.
 """
 
 from __future__ import annotations
@@ -39,6 +39,8 @@ def main() -> int:
                 os.write(1, data)
                 sent += len(data)
                 continue
+            if not os.path.isdir(state):  # the test is over: nobody will open its gates
+                return 1
             if limit is not None and sent == limit:
                 if (Path(state) / f"drop-{number}").exists():
                     return 255

@@ -1,4 +1,9 @@
-"""The benchmark suite runs end to end in its quick configuration (figures are not judged)."""
+"""The benchmark suite runs end to end in its quick configuration.
+
+Speed figures are not judged (the machine is shared), but what a reader of the bench takes
+for granted is: every follower got every byte over one upstream, each figure was measured and
+is positive, each target has a verdict, and the JSON holds every scenario's results.
+"""
 
 from __future__ import annotations
 
@@ -29,5 +34,44 @@ def test_quick_benchmark_runs_every_scenario_and_writes_json(tmp_path: Path) -> 
     assert statuses["ssh"].startswith("skipped:")
     assert all(statuses[name] == "ok" for name in SCENARIOS - {"ssh"}), statuses
     assert results["meta"]["quick"] is True
-    assert results["targets"]
-    assert all(verdict["passed"] in (True, False, None) for verdict in results["targets"])
+    assert str(out) in done.stdout
+
+    fanout = results["scenarios"]["fanout"]
+    assert [run["followers"] for run in fanout["runs"]] == [
+        followers for followers, _ in fanout["settings"]["loads"]
+    ]
+    for run in fanout["runs"]:
+        assert run["errors"] == []
+        assert run["delivered_share"] == 1.0
+        assert run["complete_followers"] == run["followers"]
+        assert run["upstream_connections"] == 1
+        for figure in ("messages_per_s", "bytes_per_s", "latency_p50_s", "daemon_peak_rss_bytes"):
+            assert run[figure] > 0, (figure, run)
+        assert run["latency_p50_s"] <= run["latency_p99_s"] <= run["latency_max_s"]
+    for run in results["scenarios"]["ceiling"]["runs"]:
+        assert run["complete_streams"] == run["streams"]
+        assert run["messages_per_s"] > 0
+    catchup = results["scenarios"]["catchup"]
+    for reading in (catchup["single"], catchup["many"]):
+        assert reading["complete_followers"] == reading["followers"]
+        assert reading["bytes_per_s"] > 0
+    assert catchup["tail"]["cli_correct"] is True
+    assert catchup["tail"]["rpc_correct"] is True
+    cli = results["scenarios"]["cli_latency"]
+    assert 0 < cli["launch_async"]["wall_p50_s"] <= cli["launch_async"]["wall_max_s"]
+
+    # A verdict for every target: measured ones pass or miss, the skipped ssh ones say why.
+    verdicts = {verdict["target"]: verdict for verdict in results["targets"]}
+    assert len(verdicts) == 10
+    for target, verdict in verdicts.items():
+        assert verdict["figure"], target
+        if target.startswith("ssh"):
+            assert verdict["passed"] is None
+            assert verdict["figure"].startswith("skipped:")
+        else:
+            assert isinstance(verdict["passed"], bool), target
+            assert target in done.stdout
+    # Correctness targets do not depend on the machine's speed: they pass.
+    for target, verdict in verdicts.items():
+        if target.endswith(("100% delivered", "one upstream connection")):
+            assert verdict["passed"] is True, verdict

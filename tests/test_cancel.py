@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from helpers import DaemonProcess, run_cli, start_cli, wait_until
-from job_helpers import is_alive, jobs, queue, submitted_id, write_task
+from job_helpers import Gate, is_alive, jobs, queue, submitted_id, write_task
 
 from tailhub.client import JobState
 
@@ -107,17 +107,17 @@ def test_cancel_ends_a_job_with_sigterm_and_its_launcher_exits_103(
 
 
 def test_cancel_of_a_pending_job_ends_it_before_it_ever_runs(
-    start_daemon: Callable[..., DaemonProcess], workdir: Path
+    start_daemon: Callable[..., DaemonProcess], workdir: Path, gate: Callable[[str], Gate]
 ) -> None:
     daemon = start_daemon("--max-running-jobs", "1", "--cancel-grace", str(GRACE))
-    gate = workdir / "gate"
+    release = gate("gate")
     task = write_task(
         workdir,
         f"""\
         run: |
           echo "job $TAILHUB_JOB_ID ran"
           touch {workdir}/ran-$TAILHUB_JOB_ID
-          while [ ! -e {gate} ]; do sleep 0.05; done
+          flock --shared {release.path} true
         """,
     )
     first, second, third = (launch_async(daemon, task) for _ in range(3))
@@ -137,7 +137,7 @@ def test_cancel_of_a_pending_job_ends_it_before_it_ever_runs(
     assert follower.returncode == 103, follower.stderr
     assert follower.stdout == b""
 
-    gate.touch()
+    release.open()
     wait_until(
         lambda: jobs(daemon)[third].state is JobState.SUCCEEDED, 20, "the third job to succeed"
     )

@@ -8,18 +8,18 @@ from pathlib import Path
 
 import pytest
 from helpers import DaemonProcess, run_cli, start_cli, wait_until
-from job_helpers import is_alive, jobs, queue, submitted_id, write_task
+from job_helpers import Gate, is_alive, jobs, queue, submitted_id, write_task
 
 from tailhub.client import JobState
 
-# Prints `first`, then `second` once gate g1 exists, then `third` once g2 exists.
+# Prints `first`, then `second` once gate g1 opens, then `third` once g2 opens.
 TWO_GATES = """\
 run: |
   echo $$ > {workdir}/pid
   echo first
-  while [ ! -e {workdir}/g1 ]; do sleep 0.05; done
+  flock --shared {workdir}/g1 true
   echo second
-  while [ ! -e {workdir}/g2 ]; do sleep 0.05; done
+  flock --shared {workdir}/g2 true
   echo third
   exit "$CODE"
 """
@@ -55,9 +55,13 @@ def take_down(daemon: DaemonProcess, how: str) -> None:
 
 @pytest.mark.parametrize("how", ["kill", "stop"])
 def test_running_job_and_its_follower_survive_a_daemon_restart(
-    start_daemon: Callable[..., DaemonProcess], workdir: Path, how: str
+    start_daemon: Callable[..., DaemonProcess],
+    workdir: Path,
+    gate: Callable[[str], Gate],
+    how: str,
 ) -> None:
     daemon = start_daemon()
+    g1, g2 = gate("g1"), gate("g2")
     task = write_task(workdir, TWO_GATES.format(workdir=workdir))
     job_id = launch_async(daemon, task, "--env", "CODE=3")
     follower = start_cli(daemon.home, "jobs", "logs", "--follow", str(job_id))
@@ -66,14 +70,14 @@ def test_running_job_and_its_follower_survive_a_daemon_restart(
         take_down(daemon, how)
         # The job goes on without its daemon, and keeps writing its log.
         assert is_alive(int((workdir / "pid").read_text()))
-        (workdir / "g1").touch()
+        g1.open()
         wait_for_log(daemon, job_id, FIRST + SECOND)
 
         daemon.start()
         # Adopted: still running, and the follower has come back by itself.
         wait_followed(daemon, job_id, len(FIRST + SECOND))
         assert jobs(daemon)[job_id].state is JobState.RUNNING
-        (workdir / "g2").touch()
+        g2.open()
         stdout, stderr = follower.communicate(timeout=30)
     finally:
         if follower.poll() is None:
@@ -93,19 +97,21 @@ def test_running_job_and_its_follower_survive_a_daemon_restart(
 def test_result_of_a_job_that_ended_while_the_daemon_was_down_is_recorded(
     start_daemon: Callable[..., DaemonProcess],
     workdir: Path,
+    gate: Callable[[str], Gate],
     code: int,
     state: str,
     cli_code: int,
 ) -> None:
     daemon = start_daemon()
+    g1, g2 = gate("g1"), gate("g2")
     task = write_task(workdir, TWO_GATES.format(workdir=workdir))
     job_id = launch_async(daemon, task, "--env", f"CODE={code}")
     follower = start_cli(daemon.home, "jobs", "logs", "--follow", str(job_id))
     try:
         wait_followed(daemon, job_id, len(FIRST))
         daemon.kill()
-        (workdir / "g1").touch()
-        (workdir / "g2").touch()
+        g1.open()
+        g2.open()
         pid = int((workdir / "pid").read_text())
         wait_until(lambda: not is_alive(pid), 20, "the job to end")
         wait_for_log(daemon, job_id, FIRST + SECOND + THIRD)
@@ -130,9 +136,14 @@ def test_result_of_a_job_that_ended_while_the_daemon_was_down_is_recorded(
 
 @pytest.mark.parametrize(("code", "cli_code"), [(0, 0), (4, 100)])
 def test_sync_launch_outlives_a_killed_daemon_and_exits_with_the_jobs_code(
-    start_daemon: Callable[..., DaemonProcess], workdir: Path, code: int, cli_code: int
+    start_daemon: Callable[..., DaemonProcess],
+    workdir: Path,
+    gate: Callable[[str], Gate],
+    code: int,
+    cli_code: int,
 ) -> None:
     daemon = start_daemon()
+    g1, g2 = gate("g1"), gate("g2")
     task = write_task(workdir, TWO_GATES.format(workdir=workdir))
     launcher = start_cli(daemon.home, "jobs", "launch", str(task), "--env", f"CODE={code}")
     try:
@@ -140,11 +151,11 @@ def test_sync_launch_outlives_a_killed_daemon_and_exits_with_the_jobs_code(
         (job_id,) = jobs(daemon)
         wait_followed(daemon, job_id, len(FIRST))
         daemon.kill()
-        (workdir / "g1").touch()
+        g1.open()
         wait_for_log(daemon, job_id, FIRST + SECOND)
         daemon.start()
         wait_followed(daemon, job_id, len(FIRST + SECOND))
-        (workdir / "g2").touch()
+        g2.open()
         stdout, stderr = launcher.communicate(timeout=30)
     finally:
         if launcher.poll() is None:
@@ -158,9 +169,10 @@ def test_sync_launch_outlives_a_killed_daemon_and_exits_with_the_jobs_code(
 
 
 def test_pending_job_waits_across_a_restart_and_runs_when_a_slot_frees(
-    start_daemon: Callable[..., DaemonProcess], workdir: Path
+    start_daemon: Callable[..., DaemonProcess], workdir: Path, gate: Callable[[str], Gate]
 ) -> None:
     daemon = start_daemon("--max-running-jobs", "1")
+    g1, g2 = gate("g1"), gate("g2")
     task = write_task(workdir, TWO_GATES.format(workdir=workdir))
     running = launch_async(daemon, task, "--env", "CODE=0")
     pending = launch_async(daemon, task, "--env", "CODE=0")
@@ -170,8 +182,8 @@ def test_pending_job_waits_across_a_restart_and_runs_when_a_slot_frees(
     listed = jobs(daemon)
     assert listed[running].state is JobState.RUNNING
     assert listed[pending].state is JobState.PENDING
-    (workdir / "g1").touch()
-    (workdir / "g2").touch()
+    g1.open()
+    g2.open()
     wait_until(
         lambda: all(job.state is JobState.SUCCEEDED for job in jobs(daemon).values()),
         20,

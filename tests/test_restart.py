@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from helpers import BackgroundCli, DaemonProcess, run_cli, wait_until
+from job_helpers import Gate
 
 MIB = 1024 * 1024
 REPLAY = Path(__file__).parent / "replay_upstream.py"
@@ -161,9 +162,10 @@ def test_local_job_runs_on_while_the_daemon_is_down_and_its_follower_gets_all(
     daemon: DaemonProcess,
     workdir: Path,
     background_cli: Callable[..., BackgroundCli],
+    gate: Callable[[str], Gate],
     how: str,
 ) -> None:
-    release = workdir / "release"
+    release = gate("release")
     task = workdir / "task.yaml"
     task.write_text(
         textwrap.dedent(
@@ -171,7 +173,7 @@ def test_local_job_runs_on_while_the_daemon_is_down_and_its_follower_gets_all(
             name: outlives-the-daemon
             run: |
               echo "before the restart"
-              while [ ! -e {release} ]; do sleep 0.01; done
+              flock --shared {release.path} true
               echo "while the daemon was away"
               exit 3
             """
@@ -187,7 +189,7 @@ def test_local_job_runs_on_while_the_daemon_is_down_and_its_follower_gets_all(
         daemon.stop()
     else:
         daemon.kill()
-    release.touch()
+    release.open()
     exit_status = daemon.home / "runs" / str(job_id) / "exit_status"
     wait_until(exit_status.exists, what="the job to end while no daemon runs")
     daemon.start()
@@ -240,3 +242,33 @@ def test_restarted_daemon_serves_every_finished_jobs_full_log(
         assert logs.stdout == log, f"job {job_id}'s log differs after the restart"
     tail = run_cli(daemon.home, "jobs", "logs", str(ok), "--tail", "1")
     assert tail.stdout == b"ran fine\n"
+
+
+def test_follower_shows_each_source_event_once_across_a_daemon_restart(
+    daemon: DaemonProcess, workdir: Path, background_cli: Callable[..., BackgroundCli]
+) -> None:
+    log = workdir / "app.log"
+    log.write_bytes(b"one\n")
+    attached = run_cli(daemon.home, "jobs", "attach", "--file", str(log))
+    assert attached.returncode == 0, attached.stderr
+    job_id = int(attached.stdout)
+    follower = background_cli("jobs", "logs", str(job_id))
+    follower.wait_for_stdout(b"one\n")
+    truncated = f"tailhub: job {job_id}: {log} was truncated; following it from its start"
+
+    # The event lands at the follower's offset: a resumed stream starts right at it.
+    log.write_bytes(b"")
+    wait_until(lambda: truncated in follower.stderr, what="the truncation event")
+    daemon.stop()
+    daemon.start()
+    with daemon.client() as client:
+        wait_until(lambda: client.get(job_id).subscribers == 1, what="the follower to reconnect")
+    with log.open("ab") as handle:
+        handle.write(b"two\n")
+    # The stream sends an event before the bytes after it: a repeat would be printed by now.
+    follower.wait_for_stdout(b"one\ntwo\n")
+    finished = run_cli(daemon.home, "jobs", "finish", str(job_id))
+    assert finished.returncode == 0, finished.stderr
+
+    assert follower.wait() == 0, follower.stderr
+    assert follower.stderr.splitlines().count(truncated) == 1, follower.stderr

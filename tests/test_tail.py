@@ -5,9 +5,10 @@ from __future__ import annotations
 import shlex
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-from helpers import DaemonProcess, run_cli, wait_until
+from helpers import BackgroundCli, DaemonProcess, run_cli, wait_until
 
 from tailhub.client import JobState
 
@@ -111,3 +112,29 @@ def test_logs_without_follow_of_a_running_job_prints_what_is_there_and_exits_101
     done = run_cli(daemon.home, "jobs", "logs", job_id, "--no-follow")
     assert done.returncode == 0, done.stderr
     assert done.stdout == log.read_bytes()
+
+
+def test_tail_zero_prints_nothing_of_the_log_and_then_only_new_bytes(
+    daemon: DaemonProcess, workdir: Path, background_cli: Callable[..., BackgroundCli]
+) -> None:
+    log = workdir / "app.log"
+    log.write_bytes(b"old line 1\nold line 2\n")
+    attached = run_cli(daemon.home, "jobs", "attach", "--file", str(log))
+    assert attached.returncode == 0, attached.stderr
+    job_id = int(attached.stdout)
+    with daemon.client() as client:
+        wait_until(lambda: client.get(job_id).log_size == log.stat().st_size, what="fetch")
+
+        nothing = run_cli(daemon.home, "jobs", "logs", str(job_id), "--tail", "0", "--no-follow")
+        assert nothing.returncode == 101, nothing.stderr
+        assert nothing.stdout == b""
+
+        follower = background_cli("jobs", "logs", str(job_id), "--tail", "0", "--follow")
+        wait_until(lambda: client.get(job_id).subscribers == 1, what="the follower to subscribe")
+        with log.open("ab") as handle:
+            handle.write(b"new line\n")
+        follower.wait_for_stdout(b"new line\n")
+    finished = run_cli(daemon.home, "jobs", "finish", str(job_id))
+    assert finished.returncode == 0, finished.stderr
+    assert follower.wait() == 0, follower.stderr
+    assert follower.stdout == b"new line\n"

@@ -283,10 +283,15 @@ class _Cursor:
         self._job_id = job_id
         # None until the first byte when starting from the last N lines.
         self.next_offset = offset
-        # A stream resumed at an event's offset is sent that event again: show it once.
-        self._seen_events: set[tuple[int, str]] = set()
+        # A stream resumed at an offset is sent the events at that offset again, in the same
+        # order: the messages of those already shown there, and how many of them the new
+        # stream has resent so far. (Two events may say the same at one offset: both count.)
+        self._events_offset: int | None = None
+        self._events_here: list[str] = []
+        self._resent = 0
 
     def request(self, follow: bool, tail_lines: int | None) -> pb.SubscribeRequest:
+        self._resent = 0
         request = pb.SubscribeRequest(job_id=self._job_id, follow=follow)
         if self.next_offset is None:
             request.tail_lines = tail_lines or 0
@@ -304,9 +309,14 @@ class _Cursor:
                 )
             self.next_offset = item.offset + len(item.data)
         elif isinstance(item, LogEvent):
-            if (item.offset, item.message) in self._seen_events:
+            if item.offset != self._events_offset:
+                self._events_offset, self._events_here, self._resent = item.offset, [], 0
+            here = self._events_here
+            if self._resent < len(here) and here[self._resent] == item.message:
+                self._resent += 1
                 return None
-            self._seen_events.add((item.offset, item.message))
+            here.append(item.message)
+            self._resent = len(here)
         elif isinstance(item, LogEnd) and self.next_offset is None:
             self.next_offset = item.log_size
         return item

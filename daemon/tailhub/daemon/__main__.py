@@ -13,6 +13,7 @@ import click
 
 from tailhub.daemon.config import DaemonConfig, minimal_environment
 from tailhub.daemon.durations import parse_duration
+from tailhub.daemon.grpc_log import quiet_client_gone_tracebacks
 from tailhub.daemon.lock import AlreadyRunning
 from tailhub.daemon.paths import StatePaths, resolve_home
 from tailhub.daemon.server import Daemon
@@ -87,6 +88,7 @@ def main(
     log_level: str,
 ) -> None:
     """Run the tailhub daemon in the foreground."""
+    quiet_client_gone_tracebacks()
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from tailhub.daemon import removal
 from tailhub.daemon.config import DaemonConfig
+from tailhub.daemon.events import EventLimiter, EventLimits
 from tailhub.daemon.fetcher import Fetcher
 from tailhub.daemon.job import Job
 from tailhub.daemon.model import (
@@ -67,6 +68,8 @@ class JobManager:
         # Local jobs waiting for a free slot, in submission order.
         self._pending: collections.deque[Job] = collections.deque()
         self._running_local = 0
+        # Per job, created with its first event: how many more it may keep, and how fast.
+        self._event_limiters: dict[int, EventLimiter] = {}
         self.stopping = False
         self.started_at = time.time()
 
@@ -281,11 +284,28 @@ class JobManager:
         self._store.save(job.record)
 
     def event(self, job: Job, message: str) -> None:
+        limiter = self._event_limiters.get(job.id)
+        if limiter is None:
+            limiter = EventLimiter(EventLimits(), kept=len(job.events))
+            self._event_limiters[job.id] = limiter
+        for kept in limiter.offer(message):
+            self._keep_event(job, kept)
+
+    def _keep_event(self, job: Job, message: str) -> None:
         event = SourceEvent(job.log_size, message, time.time())
         job.events.append(event)
         self._store.add_event(job.id, event)
         logger.info("job %d: %s", job.id, message)
         job.changed.notify()
+
+    def _report_dropped_events(self, job: Job, *, final: bool) -> None:
+        """Tells followers how many events were dropped, once the limits allow (or at the end)."""
+        limiter = self._event_limiters.get(job.id)
+        message = None if limiter is None else limiter.flush(final=final)
+        if message is not None:
+            self._keep_event(job, message)
+        if final:
+            self._event_limiters.pop(job.id, None)
 
     # -- internals ---------------------------------------------------------------------------
     def _new_job(self, record: JobRecord) -> Job:
@@ -366,6 +386,7 @@ class JobManager:
         job.changed.notify()
 
     def _seal(self, job: Job) -> None:
+        self._report_dropped_events(job, final=True)
         job.record.sealed = True
         self._store.save(job.record)
         job.changed.notify()
@@ -374,6 +395,9 @@ class JobManager:
     async def _beat(self) -> None:
         while True:
             await asyncio.sleep(self._config.heartbeat_interval)
+            for job_id in [*self._event_limiters]:
+                if job_id in self._jobs:  # (a removed job has nothing left to report)
+                    self._report_dropped_events(self._jobs[job_id], final=False)
             for job in self._jobs.values():
                 if job.changed.waiting:
                     job.heartbeat_tick += 1
