@@ -58,6 +58,8 @@ class _SourceKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SourceKind
     SOURCE_KIND_FILE: _SourceKind.ValueType  # 2
     SOURCE_KIND_COMMAND: _SourceKind.ValueType  # 3
     SOURCE_KIND_PUSH: _SourceKind.ValueType  # 4
+    SOURCE_KIND_SKYPILOT: _SourceKind.ValueType  # 5
+    """A SkyPilot managed job, followed with one `sky jobs logs` per job."""
 
 class SourceKind(_SourceKind, metaclass=_SourceKindEnumTypeWrapper): ...
 
@@ -66,6 +68,8 @@ SOURCE_KIND_LOCAL: SourceKind.ValueType  # 1
 SOURCE_KIND_FILE: SourceKind.ValueType  # 2
 SOURCE_KIND_COMMAND: SourceKind.ValueType  # 3
 SOURCE_KIND_PUSH: SourceKind.ValueType  # 4
+SOURCE_KIND_SKYPILOT: SourceKind.ValueType  # 5
+"""A SkyPilot managed job, followed with one `sky jobs logs` per job."""
 Global___SourceKind: _TypeAlias = SourceKind  # noqa: Y015
 
 class _StderrMode:
@@ -163,6 +167,27 @@ class PushSource(_message.Message):
 Global___PushSource: _TypeAlias = PushSource  # noqa: Y015
 
 @_typing.final
+class SkyPilotSource(_message.Message):
+    """A SkyPilot managed job launched elsewhere, followed with `sky jobs logs`."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MANAGED_JOB_ID_FIELD_NUMBER: _builtins.int
+    managed_job_id: _builtins.int
+    def __init__(
+        self,
+        *,
+        managed_job_id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["managed_job_id", b"managed_job_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SkyPilotSource: _TypeAlias = SkyPilotSource  # noqa: Y015
+
+@_typing.final
 class Job(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -182,6 +207,8 @@ class Job(_message.Message):
     STARTED_AT_FIELD_NUMBER: _builtins.int
     ENDED_AT_FIELD_NUMBER: _builtins.int
     UPSTREAM_CONNECTIONS_OPEN_FIELD_NUMBER: _builtins.int
+    BACKEND_FIELD_NUMBER: _builtins.int
+    EXTERNAL_ID_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     name: _builtins.str
     state: Global___JobState.ValueType
@@ -208,6 +235,10 @@ class Job(_message.Message):
     ended_at: _builtins.float
     upstream_connections_open: _builtins.int
     """Upstream connections open now: 0 or 1 (the one-fetcher promise); 0 for push jobs."""
+    backend: _builtins.str
+    """Where a launched job runs ("local", "skypilot"); empty for attached jobs."""
+    external_id: _builtins.str
+    """The job's id in its backend (SkyPilot's managed job id), once known; empty otherwise."""
     def __init__(
         self,
         *,
@@ -227,10 +258,12 @@ class Job(_message.Message):
         started_at: _builtins.float = ...,
         ended_at: _builtins.float = ...,
         upstream_connections_open: _builtins.int = ...,
+        backend: _builtins.str = ...,
+        external_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "exit_code", b"exit_code"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "bytes_served", b"bytes_served", "ended_at", b"ended_at", "exit_code", b"exit_code", "id", b"id", "log_size", b"log_size", "name", b"name", "reason", b"reason", "sealed", b"sealed", "source_description", b"source_description", "source_kind", b"source_kind", "started_at", b"started_at", "state", b"state", "submitted_at", b"submitted_at", "subscribers", b"subscribers", "upstream_connections", b"upstream_connections", "upstream_connections_open", b"upstream_connections_open"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "backend", b"backend", "bytes_served", b"bytes_served", "ended_at", b"ended_at", "exit_code", b"exit_code", "external_id", b"external_id", "id", b"id", "log_size", b"log_size", "name", b"name", "reason", b"reason", "sealed", b"sealed", "source_description", b"source_description", "source_kind", b"source_kind", "started_at", b"started_at", "state", b"state", "submitted_at", b"submitted_at", "subscribers", b"subscribers", "upstream_connections", b"upstream_connections", "upstream_connections_open", b"upstream_connections_open"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__exit_code: _TypeAlias = _typing.Literal["exit_code"]  # noqa: Y015
     _WhichOneofArgType__exit_code: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code"]  # noqa: Y015
@@ -245,31 +278,65 @@ class SubscribeRequest(_message.Message):
     JOB_ID_FIELD_NUMBER: _builtins.int
     OFFSET_FIELD_NUMBER: _builtins.int
     TAIL_LINES_FIELD_NUMBER: _builtins.int
+    SINCE_TIME_FIELD_NUMBER: _builtins.int
     FOLLOW_FIELD_NUMBER: _builtins.int
+    TIMESTAMPS_FIELD_NUMBER: _builtins.int
     job_id: _builtins.int
     offset: _builtins.int
     """Start at this byte offset (0 = from the beginning)."""
     tail_lines: _builtins.int
     """Start at the beginning of the last N lines."""
+    since_time: _builtins.float
+    """Start at the first line that reached the daemon at or after this Unix time (seconds)."""
     follow: _builtins.bool
     """Keep streaming until the job ends; otherwise stop at the log's current end."""
+    timestamps: _builtins.bool
+    """Also send TimeMark messages: when the bytes that follow reached the daemon."""
     def __init__(
         self,
         *,
         job_id: _builtins.int = ...,
         offset: _builtins.int = ...,
         tail_lines: _builtins.int = ...,
+        since_time: _builtins.float = ...,
         follow: _builtins.bool = ...,
+        timestamps: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["offset", b"offset", "start", b"start", "tail_lines", b"tail_lines"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["offset", b"offset", "since_time", b"since_time", "start", b"start", "tail_lines", b"tail_lines"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["follow", b"follow", "job_id", b"job_id", "offset", b"offset", "start", b"start", "tail_lines", b"tail_lines"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["follow", b"follow", "job_id", b"job_id", "offset", b"offset", "since_time", b"since_time", "start", b"start", "tail_lines", b"tail_lines", "timestamps", b"timestamps"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_start: _TypeAlias = _typing.Literal["offset", "tail_lines"]  # noqa: Y015
+    _WhichOneofReturnType_start: _TypeAlias = _typing.Literal["offset", "tail_lines", "since_time"]  # noqa: Y015
     _WhichOneofArgType_start: _TypeAlias = _typing.Literal["start", b"start"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_start) -> _WhichOneofReturnType_start | None: ...
 
 Global___SubscribeRequest: _TypeAlias = SubscribeRequest  # noqa: Y015
+
+@_typing.final
+class TimeMark(_message.Message):
+    """The bytes from `offset` on (up to the next mark) reached the daemon at `time` (Unix seconds).
+    Sent before the chunk that holds `offset`, only when the subscription asked for timestamps.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OFFSET_FIELD_NUMBER: _builtins.int
+    TIME_FIELD_NUMBER: _builtins.int
+    offset: _builtins.int
+    time: _builtins.float
+    def __init__(
+        self,
+        *,
+        offset: _builtins.int = ...,
+        time: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["offset", b"offset", "time", b"time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TimeMark: _TypeAlias = TimeMark  # noqa: Y015
 
 @_typing.final
 class Chunk(_message.Message):
@@ -385,6 +452,7 @@ class SubscribeResponse(_message.Message):
     HEARTBEAT_FIELD_NUMBER: _builtins.int
     EVENT_FIELD_NUMBER: _builtins.int
     END_FIELD_NUMBER: _builtins.int
+    TIME_MARK_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def chunk(self) -> Global___Chunk: ...
     @_builtins.property
@@ -393,6 +461,8 @@ class SubscribeResponse(_message.Message):
     def event(self) -> Global___SourceEvent: ...
     @_builtins.property
     def end(self) -> Global___End: ...
+    @_builtins.property
+    def time_mark(self) -> Global___TimeMark: ...
     def __init__(
         self,
         *,
@@ -400,12 +470,13 @@ class SubscribeResponse(_message.Message):
         heartbeat: Global___Heartbeat | None = ...,
         event: Global___SourceEvent | None = ...,
         end: Global___End | None = ...,
+        time_mark: Global___TimeMark | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "end", b"end", "event", b"event", "heartbeat", b"heartbeat", "message", b"message"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "end", b"end", "event", b"event", "heartbeat", b"heartbeat", "message", b"message", "time_mark", b"time_mark"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "end", b"end", "event", b"event", "heartbeat", b"heartbeat", "message", b"message"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "end", b"end", "event", b"event", "heartbeat", b"heartbeat", "message", b"message", "time_mark", b"time_mark"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["chunk", "heartbeat", "event", "end"]  # noqa: Y015
+    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["chunk", "heartbeat", "event", "end", "time_mark"]  # noqa: Y015
     _WhichOneofArgType_message: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_message) -> _WhichOneofReturnType_message | None: ...
 
@@ -419,6 +490,7 @@ class AttachJobRequest(_message.Message):
     FILE_FIELD_NUMBER: _builtins.int
     COMMAND_FIELD_NUMBER: _builtins.int
     PUSH_FIELD_NUMBER: _builtins.int
+    SKYPILOT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     @_builtins.property
     def file(self) -> Global___FileSource: ...
@@ -426,6 +498,8 @@ class AttachJobRequest(_message.Message):
     def command(self) -> Global___CommandSource: ...
     @_builtins.property
     def push(self) -> Global___PushSource: ...
+    @_builtins.property
+    def skypilot(self) -> Global___SkyPilotSource: ...
     def __init__(
         self,
         *,
@@ -433,12 +507,13 @@ class AttachJobRequest(_message.Message):
         file: Global___FileSource | None = ...,
         command: Global___CommandSource | None = ...,
         push: Global___PushSource | None = ...,
+        skypilot: Global___SkyPilotSource | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "file", b"file", "push", b"push", "source", b"source"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "file", b"file", "push", b"push", "skypilot", b"skypilot", "source", b"source"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "file", b"file", "name", b"name", "push", b"push", "source", b"source"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "file", b"file", "name", b"name", "push", b"push", "skypilot", b"skypilot", "source", b"source"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_source: _TypeAlias = _typing.Literal["file", "command", "push"]  # noqa: Y015
+    _WhichOneofReturnType_source: _TypeAlias = _typing.Literal["file", "command", "push", "skypilot"]  # noqa: Y015
     _WhichOneofArgType_source: _TypeAlias = _typing.Literal["source", b"source"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_source) -> _WhichOneofReturnType_source | None: ...
 
@@ -514,6 +589,7 @@ class LaunchJobRequest(_message.Message):
     SETUP_FIELD_NUMBER: _builtins.int
     RUN_FIELD_NUMBER: _builtins.int
     ENVIRONMENT_FIELD_NUMBER: _builtins.int
+    BACKEND_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     workdir: _builtins.str
     """Working directory; empty means the daemon's current directory."""
@@ -521,6 +597,10 @@ class LaunchJobRequest(_message.Message):
     """Shell script run before `run`; a failure here fails the job."""
     run: _builtins.str
     """Shell script that is the job."""
+    backend: _builtins.str
+    """Where the task runs: "local" (this machine) or "skypilot" (SkyPilot managed jobs, submitted
+    with the daemon's `sky`). Empty: the daemon's default backend.
+    """
     @_builtins.property
     def envs(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
@@ -539,10 +619,11 @@ class LaunchJobRequest(_message.Message):
         setup: _builtins.str = ...,
         run: _builtins.str = ...,
         environment: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        backend: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["environment", b"environment", "envs", b"envs", "name", b"name", "run", b"run", "setup", b"setup", "workdir", b"workdir"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "environment", b"environment", "envs", b"envs", "name", b"name", "run", b"run", "setup", b"setup", "workdir", b"workdir"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
