@@ -51,6 +51,7 @@ def test_launch_prints_the_managed_job_id_and_logs_replays_the_whole_log(
         """,
     )
     job_id = sky.launch(task, "--env", "GREETING=hello from cli")
+    wait_until(lambda: sky.queue()[job_id]["status"] == "SUCCEEDED")
     logs = sky.run("jobs", "logs", "--tail", "0", str(job_id))
     assert logs.returncode == 0, logs.stderr
     plain = ANSI.sub("", logs.stdout)
@@ -82,10 +83,14 @@ def test_following_a_running_job_streams_until_it_ends(sky: SkyDouble, workdir: 
         )  # fmt: skip
         job_id = sky.launch(task)
         follower = sky.start("jobs", "logs", "--tail", "0", str(job_id))
-        wait_until(lambda: sky.queue()[job_id]["status"] == "RUNNING", what="job running")
-        assert follower.poll() is None
+        assert follower.stdout is not None
+        # The follower is streaming the running job once it has shown the first task line.
+        seen = [follower.stdout.readline() for _ in range(3)]
+        assert task_lines("".join(seen)) == ["before"]
+        assert sky.queue()[job_id]["status"] == "RUNNING"
         gate.open()
         out, _ = follower.communicate(timeout=20)
+        out = "".join(seen) + out
     finally:
         gate.open()
     assert follower.returncode == 0
@@ -207,6 +212,11 @@ def test_usage_errors_exit_2_like_click(sky: SkyDouble, workdir: Path) -> None:
     # Before 0.13 `sky jobs logs` had no --tail.
     old = sky.run("jobs", "logs", "--tail", "0", "1", SKY_DOUBLE_VERSION="0.10.3")
     assert (old.returncode, old.stderr.splitlines()[-1]) == (2, "Error: No such option: --tail")
+    old_queue = sky.run("jobs", "queue", "-o", "json", SKY_DOUBLE_VERSION="0.11.0")
+    assert (old_queue.returncode, old_queue.stderr.splitlines()[-1]) == (
+        2,
+        "Error: No such option: -o",
+    )
     assert sky.run("--version", SKY_DOUBLE_VERSION="0.10.3").stdout == (
         "skypilot, version 0.10.3\n"
     )
