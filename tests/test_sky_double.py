@@ -88,6 +88,10 @@ def test_following_a_running_job_streams_until_it_ends(sky: SkyDouble, workdir: 
         seen = [follower.stdout.readline() for _ in range(3)]
         assert task_lines("".join(seen)) == ["before"]
         assert sky.queue()[job_id]["status"] == "RUNNING"
+        # --no-follow on a running job: the log so far, exit 0 (not 101).
+        snapshot = sky.run("jobs", "logs", "--no-follow", str(job_id))
+        assert snapshot.returncode == 0
+        assert task_lines(snapshot.stdout) == ["before"]
         gate.open()
         out, _ = follower.communicate(timeout=20)
         out = "".join(seen) + out
