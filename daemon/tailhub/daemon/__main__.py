@@ -6,23 +6,28 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import resource
 import signal
 import sys
+from typing import Any
 
 import click
 
 from tailhub.daemon.config import DaemonConfig
+from tailhub.daemon.faults import crash_points_from
 from tailhub.daemon.lock import AlreadyRunning
 from tailhub.daemon.paths import StatePaths, resolve_home
 from tailhub.daemon.server import Daemon
+from tailhub.daemon.store import UnusableState
 
 logger = logging.getLogger("tailhub.daemon")
 
 
 async def serve(config: DaemonConfig) -> None:
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(_log_loop_error)
     daemon = Daemon(config)
     await daemon.start()
-    loop = asyncio.get_running_loop()
     stopping: asyncio.Task[None] | None = None
 
     def on_signal(signum: int) -> None:
@@ -41,6 +46,26 @@ async def serve(config: DaemonConfig) -> None:
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
+
+
+def _log_loop_error(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """Errors nobody else caught (a callback that raised): one log record, the daemon goes on."""
+    error = context.get("exception")
+    logger.error(
+        "unhandled error in the event loop: %s",
+        context.get("message", "no message"),
+        exc_info=error if isinstance(error, BaseException) else None,
+    )
+
+
+def _raise_open_file_limit() -> None:
+    """Soft limit up to the hard one: each followed file and command holds descriptors."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as error:
+            logger.warning("cannot raise the open-file limit from %d to %d: %s", soft, hard, error)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -73,17 +98,22 @@ def main(
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    _raise_open_file_limit()
     try:
         config = DaemonConfig(
             paths=StatePaths(resolve_home(home, os.environ)),
             max_running_jobs=max_running_jobs,
             heartbeat_interval=heartbeat_interval,
             cancel_grace=cancel_grace,
+            crash_at=crash_points_from(os.environ),
         )
         asyncio.run(serve(config))
     except AlreadyRunning as error:
         click.echo(f"tailhubd: {error}", err=True)
         sys.exit(3)
+    except UnusableState as error:
+        click.echo(f"tailhubd: {error}", err=True)
+        sys.exit(1)
     except (ValueError, OSError) as error:
         click.echo(f"tailhubd: {error}", err=True)
         sys.exit(1)

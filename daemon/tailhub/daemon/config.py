@@ -39,6 +39,10 @@ class DaemonConfig:
     stop_grace: float = 2.0
     # grpc.aio rejects requests beyond this many in flight (its default, 1000, drops bursts).
     max_concurrent_streams: int = 100_000
+    # Seconds between retries of a fetch paused because the disk is full.
+    disk_full_retry: float = 1.0
+    # Fault injection for tests (TAILHUB_CRASH_AT): points where the daemon kills itself.
+    crash_at: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         if self.heartbeat_interval <= 0:

@@ -55,9 +55,9 @@ class Start:
     offset: int = 0
     tail_lines: int | None = None
 
-    def resolve(self, job: Job) -> int:
+    async def resolve(self, job: Job) -> int:
         if self.tail_lines is not None:
-            return job.log.tail_offset(self.tail_lines)
+            return await job.log.tail_offset(self.tail_lines)
         if self.offset > job.log_size:
             raise InvalidRequest(
                 f"offset {self.offset} is past the end of job {job.id}'s log ({job.log_size} bytes)"
@@ -80,7 +80,7 @@ async def stream_log(
     """
     job.subscribers += 1
     try:
-        offset = start.resolve(job)
+        offset = await start.resolve(job)
         next_event = _first_event_at(job.events, offset)
         tick = job.heartbeat_tick
         while True:

@@ -9,6 +9,7 @@ from typing import Any, Protocol
 
 from tailhub.daemon.config import DaemonConfig
 from tailhub.daemon.job import Job
+from tailhub.daemon.model import StorageFull
 from tailhub.daemon.signal import Stop
 from tailhub.daemon.sources import Outcome, Source, UpstreamFailed
 
@@ -34,6 +35,8 @@ class Fetcher:
         self._owner = owner
         self._config = config
         self._finished = Stop()
+        # The log offset where a full disk paused the fetch; None while it flows.
+        self._paused_at: int | None = None
 
     # -- Upstream -------------------------------------------------------------------------
     @property
@@ -51,9 +54,15 @@ class Fetcher:
         else:
             log.append(data)
         self._owner.appended(self._job)
+        if self._paused_at is not None:
+            self._paused_at = None
+            self.event(f"disk space available again; resumed at offset {self._job.log_size}")
 
     def save_state(self) -> None:
         self._owner.save(self._job)
+
+    def discard_after(self, offset: int) -> None:
+        self._job.log.truncate(offset)
 
     def event(self, message: str) -> None:
         self._owner.event(self._job, message)
@@ -71,12 +80,17 @@ class Fetcher:
         """Fetches until the upstream ends (an Outcome) or is finished (None)."""
         failures = 0
         while True:
-            if self._source.counts_connections:
-                self._job.record.upstream_connections += 1
-                self._owner.save(self._job)
             stored_before = self._job.log_size
             try:
+                if self._source.counts_connections:
+                    self._job.record.upstream_connections += 1
+                    self._owner.save(self._job)
                 return await self._source.fetch(self)
+            except StorageFull as error:
+                # Nothing of the failed write is stored (the log cuts it off); the source
+                # resumes at the stored size, as after a reconnect, once there is room.
+                await self._wait_for_space(error)
+                continue
             except UpstreamFailed as error:
                 failures = 1 if self._job.log_size > stored_before else failures + 1
                 if failures >= self._config.reconnect_max_attempts:
@@ -91,3 +105,10 @@ class Fetcher:
                 )
                 self.event(f"upstream connection lost ({error}); reconnecting in {delay:.1f}s")
                 await asyncio.sleep(delay)
+
+    async def _wait_for_space(self, error: StorageFull) -> None:
+        size = self._job.log_size
+        if self._paused_at != size:
+            self._paused_at = size
+            self.event(f"disk full at offset {size}, waiting for space ({error})")
+        await asyncio.sleep(self._config.disk_full_retry)

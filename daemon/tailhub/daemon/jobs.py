@@ -11,20 +11,24 @@ import time
 from pathlib import Path
 
 from tailhub.daemon.config import DaemonConfig
+from tailhub.daemon.faults import AFTER_SPAWN, crash_at
 from tailhub.daemon.fetcher import Fetcher
 from tailhub.daemon.job import Job
 from tailhub.daemon.model import (
     CommandSpec,
     FileSpec,
     InvalidRequest,
+    JobError,
     JobNotFound,
     JobRecord,
     JobState,
     LocalSpec,
+    OffsetMismatch,
     PushSpec,
     SourceEvent,
     SourceKind,
     SourceSpec,
+    StorageFull,
 )
 from tailhub.daemon.runner import RunHandle
 from tailhub.daemon.sources import (
@@ -34,7 +38,10 @@ from tailhub.daemon.sources import (
     make_source,
 )
 from tailhub.daemon.store import JobStore
+from tailhub.daemon.tasks import TaskSet
 
+# Resume state of a local job recorded before its process starts: the attempt number.
+_LAUNCHING = "launching"
 # How long past the grace period `cancel` waits for a killed job's log to be drained.
 _CANCEL_MARGIN = 10.0
 
@@ -50,12 +57,15 @@ class JobManager:
         self._environment = environment
         self._jobs: dict[int, Job] = {}
         self._fetchers: dict[int, Fetcher] = {}
+        # Every background task (fetches, kill timers, heartbeat) is owned and supervised here.
+        self._supervised = TaskSet()
         self._tasks: dict[int, asyncio.Task[None]] = {}
-        self._heartbeat: asyncio.Task[None] | None = None
-        self._kill_timers: set[asyncio.Task[None]] = set()
         # Local jobs waiting for a free slot, in submission order.
         self._pending: collections.deque[Job] = collections.deque()
-        self._running_local = 0
+        # Local jobs holding a running slot: a set, so a slot is freed once whatever fails.
+        self._slots: set[int] = set()
+        # Jobs whose record could not be saved (full disk): saved again on each heartbeat.
+        self._unsaved: set[int] = set()
         self.stopping = False
         self.started_at = time.time()
 
@@ -69,15 +79,16 @@ class JobManager:
             if not record.sealed:
                 self._resume(job)
         self._schedule()
-        self._heartbeat = asyncio.create_task(self._beat(), name="heartbeat")
+        self._supervised.spawn(self._beat(), name="heartbeat")
 
     def _resume(self, job: Job) -> None:
         kind = job.record.spec.kind
         if kind is SourceKind.LOCAL:
             if job.state is JobState.PENDING:
-                self._pending.append(job)
+                if not self._recover_launch(job):
+                    self._pending.append(job)
             else:  # running, or ended while we were away: the fetch finds out which
-                self._running_local += 1
+                self._slots.add(job.id)
                 self._start_fetcher(job, finishing=False)
                 if job.record.cancel_requested:
                     # The last daemon stopped within the grace: the SIGKILL is still owed.
@@ -95,12 +106,7 @@ class JobManager:
 
     async def close(self) -> None:
         """Stops fetching (jobs stay as they are: a restarted daemon resumes them)."""
-        tasks = [*self._tasks.values(), *self._kill_timers]
-        if self._heartbeat is not None:
-            tasks.append(self._heartbeat)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._supervised.aclose()
         self._tasks.clear()
         for job in self._jobs.values():
             job.close()
@@ -119,6 +125,7 @@ class JobManager:
     def attach(self, name: str, spec: SourceSpec) -> Job:
         _validate_attach(spec)
         record = self._store.create(name, spec)
+        self._claim_log(record)
         job = self._new_job(record)
         record.state = JobState.RUNNING
         record.started_at = time.time()
@@ -132,12 +139,19 @@ class JobManager:
             raise InvalidRequest("the task's `run` is empty: nothing to launch")
         if spec.workdir and not Path(spec.workdir).is_dir():
             raise InvalidRequest(f"workdir {spec.workdir} is not a directory")
-        job = self._new_job(self._store.create(name, spec))
+        record = self._store.create(name, spec)
+        self._claim_log(record)
+        job = self._new_job(record)
         self._pending.append(job)
         self._schedule()
         return job
 
-    def publish(self, job_id: int, data: bytes) -> int:
+    def publish(self, job_id: int, data: bytes, expected_offset: int | None = None) -> int:
+        """Appends to a push job's log; returns its size.
+
+        With `expected_offset`, a call is idempotent: a retry of one already applied (the
+        same bytes at the same offset) appends nothing, any other mismatch is refused.
+        """
         job = self.get(job_id)
         if job.record.spec.kind is not SourceKind.PUSH:
             raise InvalidRequest(f"job {job_id} is not a push job; only push jobs take bytes")
@@ -145,7 +159,23 @@ class JobManager:
             raise InvalidRequest(
                 f"job {job_id} has ended ({job.state.value}); it takes no more bytes"
             )
-        job.log.append(data)
+        size = job.log_size
+        if expected_offset is not None and expected_offset != size:
+            if (
+                expected_offset + len(data) <= size
+                and job.log.read(expected_offset, len(data)) == data
+            ):
+                return size
+            raise OffsetMismatch(
+                f"job {job_id}'s log is {size} bytes long, not {expected_offset}: "
+                "publish at the current size",
+                size,
+            )
+        try:
+            job.log.append(data)
+        except StorageFull as error:
+            self.event(job, f"disk full at offset {size}: a publish was refused ({error})")
+            raise
         self.appended(job)
         return job.log_size
 
@@ -192,7 +222,7 @@ class JobManager:
     def _signal_local(self, job: Job) -> None:
         """SIGTERM to the job's process group now, SIGKILL after the grace period."""
         job.record.cancel_requested = True
-        self._store.save(job.record)
+        self._save_record(job)
         handle = RunHandle.from_json(job.record.source_state)
         if handle is None:
             return
@@ -202,9 +232,7 @@ class JobManager:
             await asyncio.sleep(self._config.cancel_grace)
             self._environment.runner.signal(handle, signal.SIGKILL)
 
-        timer = asyncio.create_task(kill_after_grace(), name=f"kill-{job.id}")
-        self._kill_timers.add(timer)
-        timer.add_done_callback(self._kill_timers.discard)
+        self._supervised.spawn(kill_after_grace(), name=f"kill-{job.id}")
 
     @staticmethod
     async def _sealed(job: Job) -> None:
@@ -221,9 +249,13 @@ class JobManager:
     def event(self, job: Job, message: str) -> None:
         event = SourceEvent(job.log_size, message, time.time())
         job.events.append(event)
-        self._store.add_event(job.id, event)
         logger.info("job %d: %s", job.id, message)
         job.changed.notify()
+        try:
+            self._store.add_event(job.id, event)
+        except StorageFull as error:
+            # Followers have it; only a restarted daemon will not show it again.
+            logger.warning("job %d: event not stored: %s", job.id, error)
 
     # -- internals ---------------------------------------------------------------------------
     def _new_job(self, record: JobRecord) -> Job:
@@ -231,30 +263,84 @@ class JobManager:
         self._jobs[record.id] = job
         return job
 
+    def _claim_log(self, record: JobRecord) -> None:
+        """Creates a new job's log file; one already there belongs to another database."""
+        path = self._config.paths.job_log(record.id)
+        try:
+            fd = os.open(
+                path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
+            )
+        except FileExistsError:
+            reason = f"{path} already exists: it is not this job's log; move it aside"
+            record.state, record.reason, record.sealed = JobState.FAILED, reason, True
+            record.ended_at = time.time()
+            self._new_job(record)
+            self._store.save(record)
+            raise JobError(f"job {record.id} failed: {reason}") from None
+        os.close(fd)
+
+    def _save_record(self, job: Job) -> None:
+        """Saves a record whose in-memory state is already set; a full disk only delays it."""
+        try:
+            self._store.save(job.record)
+        except StorageFull as error:
+            if job.id not in self._unsaved:
+                logger.warning("job %d: state not saved yet: %s", job.id, error)
+            self._unsaved.add(job.id)
+        else:
+            self._unsaved.discard(job.id)
+
     def _schedule(self) -> None:
         """Starts pending local jobs, oldest first, while the running limit allows."""
         limit = self._config.max_running_jobs
-        while self._pending and (limit is None or self._running_local < limit):
+        while self._pending and (limit is None or len(self._slots) < limit):
             job = self._pending.popleft()
             if job.state is JobState.PENDING:
                 self._start_local(job)
 
     def _start_local(self, job: Job) -> None:
         assert isinstance(job.record.spec, LocalSpec)
+        record = job.record
+        # Recorded before the process exists: a daemon killed before it records the pid
+        # finds "launching" and looks for the process's claim instead of starting it twice.
+        attempt = int(record.source_state.get(_LAUNCHING, 0)) + 1
+        record.source_state = {_LAUNCHING: attempt}
         try:
-            handle = self._environment.runner.start(job.id, job.record.spec)
-        except OSError as error:
+            self._store.save(record)
+            handle = self._environment.runner.start(job.id, job.record.spec, attempt)
+        except (OSError, StorageFull) as error:
             self._end(job, JobState.FAILED, None, f"cannot start the job: {error}")
             self._seal(job)
             return
+        crash_at(self._config.crash_at, AFTER_SPAWN)
+        self._run_local(job, handle)
+
+    def _run_local(self, job: Job, handle: RunHandle) -> None:
         record = job.record
         record.source_state = handle.to_json()
         record.state = JobState.RUNNING
         record.started_at = time.time()
-        self._store.save(record)
+        self._save_record(job)
         job.changed.notify()
-        self._running_local += 1
+        self._slots.add(job.id)
         self._start_fetcher(job, finishing=False)
+
+    def _recover_launch(self, job: Job) -> bool:
+        """A job the last daemon was launching when it died: adopt its process, if any.
+
+        False when no process of that attempt ever claimed the job: the daemon has taken the
+        claim itself (so a late one exits without running) and the job starts afresh.
+        """
+        attempt = job.record.source_state.get(_LAUNCHING)
+        if not isinstance(attempt, int):
+            return False
+        runner = self._environment.runner
+        pid = runner.claim(job.id, attempt)
+        if pid is None:
+            return False
+        logger.info("job %d: adopting process %d started by the last daemon", job.id, pid)
+        self._run_local(job, RunHandle.of(pid))
+        return True
 
     def _start_fetcher(self, job: Job, *, finishing: bool) -> None:
         source = make_source(job.id, job.record.spec, self._environment)
@@ -262,7 +348,11 @@ class JobManager:
         if finishing:
             fetcher.request_finish()
         self._fetchers[job.id] = fetcher
-        self._tasks[job.id] = asyncio.create_task(self._fetch(job, fetcher), name=f"fetch-{job.id}")
+        self._tasks[job.id] = self._supervised.spawn(
+            self._fetch(job, fetcher),
+            name=f"fetch-{job.id}",
+            on_crash=lambda error: self._conclude(job, Outcome(1, f"fetching failed: {error}")),
+        )
 
     async def _fetch(self, job: Job, fetcher: Fetcher) -> None:
         try:
@@ -277,17 +367,25 @@ class JobManager:
         finally:
             self._fetchers.pop(job.id, None)
             self._tasks.pop(job.id, None)
-        if outcome is not None and not job.state.terminal:
-            if job.record.cancel_requested:
-                state, reason = JobState.CANCELLED, f"cancelled ({outcome.reason})"
-            else:
-                state, reason = JobState.from_exit_code(outcome.exit_code), outcome.reason
-            self._end(job, state, outcome.exit_code, reason)
-        self._seal(job)
-        if job.record.spec.kind is SourceKind.LOCAL:
-            # Its slot is free: the oldest pending job may start.
-            self._running_local -= 1
-            self._schedule()
+        self._conclude(job, outcome)
+
+    def _conclude(self, job: Job, outcome: Outcome | None) -> None:
+        """After the fetch: records how the job ended, seals it and frees its local slot."""
+        self._fetchers.pop(job.id, None)
+        self._tasks.pop(job.id, None)
+        try:
+            if outcome is not None and not job.state.terminal:
+                if job.record.cancel_requested:
+                    state, reason = JobState.CANCELLED, f"cancelled ({outcome.reason})"
+                else:
+                    state, reason = JobState.from_exit_code(outcome.exit_code), outcome.reason
+                self._end(job, state, outcome.exit_code, reason)
+            self._seal(job)
+        finally:
+            if job.id in self._slots:
+                # Its slot is free: the oldest pending job may start.
+                self._slots.discard(job.id)
+                self._schedule()
 
     def _end(self, job: Job, state: JobState, exit_code: int | None, reason: str) -> None:
         record = job.record
@@ -295,18 +393,20 @@ class JobManager:
         record.exit_code = exit_code
         record.reason = reason
         record.ended_at = time.time()
-        self._store.save(record)
         job.changed.notify()
+        self._save_record(job)
 
     def _seal(self, job: Job) -> None:
         job.record.sealed = True
-        self._store.save(job.record)
         job.changed.notify()
         job.release_log_if_idle()
+        self._save_record(job)
 
     async def _beat(self) -> None:
         while True:
             await asyncio.sleep(self._config.heartbeat_interval)
+            for job_id in list(self._unsaved):
+                self._save_record(self._jobs[job_id])
             for job in self._jobs.values():
                 if job.changed.waiting:
                     job.heartbeat_tick += 1
@@ -322,6 +422,9 @@ def _validate_attach(spec: SourceSpec) -> None:
             raise InvalidRequest(f"no such file: {spec.path}")
         if path.is_dir():
             raise InvalidRequest(f"{spec.path} is a directory, not a file")
+        if not path.is_file():
+            # A FIFO or device would block the reader; only regular files are followed.
+            raise InvalidRequest(f"{spec.path} is not a regular file")
         if not os.access(path, os.R_OK):
             raise InvalidRequest(f"cannot read {spec.path}: permission denied")
     elif isinstance(spec, CommandSpec):

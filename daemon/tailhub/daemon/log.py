@@ -7,8 +7,12 @@ they are ready to send it, so memory does not depend on how far behind anyone is
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
+
+from tailhub.daemon.faults import is_disk_full
+from tailhub.daemon.model import StorageFull
 
 _TAIL_SCAN_BLOCK = 64 * 1024
 
@@ -24,15 +28,16 @@ class JobLog:
     def __init__(self, path: Path, window_bytes: int, *, writable: bool, size: int) -> None:
         self.path = path
         self._window_bytes = window_bytes
-        flags = os.O_RDONLY | os.O_CLOEXEC
         if writable:
             self._append_fd: int | None = os.open(
                 path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600
             )
         else:
             self._append_fd = None
-            flags |= os.O_CREAT
-        self._read_fd = os.open(path, flags, 0o600)
+            os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+        # Opened on the first read from disk: followers at the live edge read from the
+        # window, so thousands of waiting jobs hold one descriptor each, not two.
+        self._read_fd = -1
         # Given, not read from the file: a job writing its own log may be ahead of what the
         # fetcher has observed, and only observed bytes are served.
         self.size = size
@@ -54,14 +59,36 @@ class JobLog:
         self._window = bytearray()
 
     def append(self, data: bytes) -> None:
-        """Stores bytes the fetcher received."""
+        """Stores bytes the fetcher received: all of them, or none (then it raises).
+
+        A failed or partial write (a full disk) is cut off again before the error goes up,
+        so bytes nobody was told were stored never appear at an offset later served.
+        """
         if self._append_fd is None:
             raise RuntimeError(f"log {self.path} is written by its job, not the daemon")
         view = memoryview(data)
-        while view:
-            written = os.write(self._append_fd, view)
-            view = view[written:]
+        try:
+            while view:
+                written = os.write(self._append_fd, view)
+                view = view[written:]
+        except BaseException as error:
+            os.ftruncate(self._append_fd, self.size)
+            if is_disk_full(error):
+                raise StorageFull(
+                    f"disk full at offset {self.size} of {self.path}: "
+                    f"{getattr(error, 'strerror', error)}"
+                ) from error
+            raise
         self._remember(data)
+
+    def truncate(self, size: int) -> None:
+        """Cuts off bytes past `size` that no follower was served (a crash's partial write)."""
+        if self._append_fd is None or size > self.size:
+            raise RuntimeError(f"log {self.path} cannot be cut to {size} bytes")
+        os.ftruncate(self._append_fd, size)
+        self.size = size
+        self._window = bytearray()
+        self._window_start = size
 
     def observe(self, data: bytes) -> None:
         """Takes note of bytes the job itself already wrote to the log file."""
@@ -84,6 +111,8 @@ class JobLog:
         if offset >= self._window_start:
             start = offset - self._window_start
             return bytes(self._window[start : start + (end - offset)])
+        if self._read_fd < 0:
+            self._read_fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
         parts = []
         position = offset
         while position < end:
@@ -94,17 +123,29 @@ class JobLog:
             position += len(part)
         return b"".join(parts)
 
-    def tail_offset(self, lines: int) -> int:
-        """The offset where the last `lines` lines begin; reads backwards, never the whole log."""
-        if lines <= 0:
-            return self.size
-        end = self.size
+    async def tail_offset(self, lines: int) -> int:
+        """The offset where the last `lines` lines begin; reads backwards, never the whole log.
+
+        The scan runs on a worker thread with its own descriptor: a long log without a
+        newline is read to its start, and that must not stall every other client.
+        """
+        return await asyncio.to_thread(scan_tail, self.path, self.size, lines)
+
+
+def scan_tail(path: Path, end: int, lines: int) -> int:
+    """The offset where the last `lines` lines of the file's first `end` bytes begin."""
+    if lines <= 0 or end == 0:
+        return end
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
         # A final newline ends the last line; it does not start another one.
-        wanted = lines + 1 if end and self.read(end - 1, 1) == b"\n" else lines
+        wanted = lines + 1 if os.pread(fd, 1, end - 1) == b"\n" else lines
         position = end
         while position > 0:
             start = max(0, position - _TAIL_SCAN_BLOCK)
-            block = self.read(start, position - start)
+            block = os.pread(fd, position - start, start)
+            if len(block) != position - start:
+                raise OSError(f"log {path} is shorter than its recorded size")
             index = len(block)
             while True:
                 index = block.rfind(b"\n", 0, index)
@@ -115,3 +156,5 @@ class JobLog:
                     return start + index + 1
             position = start
         return 0
+    finally:
+        os.close(fd)

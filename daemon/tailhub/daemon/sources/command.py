@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
+from tailhub.daemon.faults import AFTER_STDERR_APPEND, crash_at
 from tailhub.daemon.model import CommandSpec
 from tailhub.daemon.runner import LocalRunner, RunHandle
 from tailhub.daemon.sources.base import Outcome, Upstream, UpstreamFailed, UpstreamUnusable
@@ -26,6 +27,8 @@ TERMINATE_GRACE = 2.0
 CONNECT_SETTLE_SECONDS = 5.0
 # Resume state: how many bytes of the log came from stderr (not replayed on reconnect).
 _STDERR_BYTES = "stderr_bytes"
+# Resume state: a stderr append in progress, [log size before it, its length], saved first.
+_STDERR_PENDING = "stderr_pending"
 _MAX_EVENT_CHARS = 1000
 
 
@@ -43,9 +46,12 @@ class CommandSource:
     runner: LocalRunner
     # Bounds how many commands are connecting at once, daemon-wide (see DaemonConfig).
     connecting: asyncio.Semaphore
+    # Fault injection for tests (see faults.py).
+    crash_points: frozenset[str] = frozenset()
     counts_connections: ClassVar[bool] = True
 
     async def fetch(self, upstream: Upstream) -> Outcome | None:
+        _settle_stderr_journal(upstream)
         await self._stop_left_over(upstream)
         await self.connecting.acquire()
         connected = _Once(self.connecting.release)
@@ -103,9 +109,14 @@ class CommandSource:
             _report_stderr(upstream, pending)
             return
         while data := await stream.read(READ_BYTES):
+            # Journaled: the intent is saved before the append and the count after it, so a
+            # daemon killed in between finds out from the log's size whether it landed.
+            upstream.state[_STDERR_PENDING] = [upstream.stored, len(data)]
+            upstream.save_state()
             upstream.append(data)
-            # Saved with the append, before the next await: a crash cannot separate them.
+            crash_at(self.crash_points, AFTER_STDERR_APPEND)
             upstream.state[_STDERR_BYTES] = int(upstream.state.get(_STDERR_BYTES, 0)) + len(data)
+            del upstream.state[_STDERR_PENDING]
             upstream.save_state()
 
     async def _stop_left_over(self, upstream: Upstream) -> None:
@@ -142,6 +153,19 @@ class CommandSource:
             raise UpstreamUnusable(
                 f"cannot run {self.spec.describe()}: {error.strerror}", exit_code=127
             ) from error
+
+
+def _settle_stderr_journal(upstream: Upstream) -> None:
+    """Completes a stderr append that a crash interrupted: counted if it reached the log."""
+    pending = upstream.state.pop(_STDERR_PENDING, None)
+    if pending is None:
+        return
+    before, length = int(pending[0]), int(pending[1])
+    if upstream.stored >= before + length:
+        upstream.state[_STDERR_BYTES] = int(upstream.state.get(_STDERR_BYTES, 0)) + length
+    elif upstream.stored > before:
+        upstream.discard_after(before)  # part of it: as if none had been written
+    upstream.save_state()
 
 
 def _report_stderr(upstream: Upstream, line: bytes) -> None:
