@@ -16,6 +16,7 @@ import click
 from tailhub.daemon.config import DaemonConfig
 from tailhub.daemon.faults import crash_points_from
 from tailhub.daemon.lock import AlreadyRunning
+from tailhub.daemon.model import StorageFull
 from tailhub.daemon.paths import StatePaths, resolve_home
 from tailhub.daemon.server import Daemon
 from tailhub.daemon.store import UnusableState
@@ -111,7 +112,7 @@ def main(
     except AlreadyRunning as error:
         click.echo(f"tailhubd: {error}", err=True)
         sys.exit(3)
-    except UnusableState as error:
+    except (UnusableState, StorageFull) as error:
         click.echo(f"tailhubd: {error}", err=True)
         sys.exit(1)
     except (ValueError, OSError) as error:

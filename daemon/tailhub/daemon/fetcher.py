@@ -53,10 +53,12 @@ class Fetcher:
             log.observe(data)
         else:
             log.append(data)
-        self._owner.appended(self._job)
         if self._paused_at is not None:
             self._paused_at = None
-            self.event(f"disk space available again; resumed at offset {self._job.log_size}")
+            self._owner.event(
+                self._job, f"disk space available again; resuming at offset {log.size - len(data)}"
+            )
+        self._owner.appended(self._job)
 
     def save_state(self) -> None:
         self._owner.save(self._job)

@@ -66,7 +66,7 @@ class CommandSource:
         upstream.save_state()
         assert process.stdout is not None
         assert process.stderr is not None
-        stderr = asyncio.create_task(self._pump_stderr(process.stderr, upstream))
+        stderr = asyncio.create_task(self._pump_stderr_or_stop(process, upstream))
         skip = upstream.stored - int(upstream.state.get(_STDERR_BYTES, 0))
         try:
             while data := await process.stdout.read(READ_BYTES):
@@ -87,6 +87,8 @@ class CommandSource:
                 await _terminate(process)
             stderr.cancel()
             await asyncio.wait([stderr])
+            if not stderr.cancelled():
+                stderr.exception()  # read: an error it ended with is reported by stdout's end
         if exit_code < 0:
             exit_code = 128 - exit_code  # killed by a signal, as a shell reports it
         if exit_code in self.transport_exit_codes:
@@ -94,6 +96,18 @@ class CommandSource:
         if skip:
             upstream.event(f"command replayed {skip} bytes fewer than were already stored")
         return Outcome(exit_code, reason=f"command exited with {exit_code}")
+
+    async def _pump_stderr_or_stop(
+        self, process: asyncio.subprocess.Process, upstream: Upstream
+    ) -> None:
+        """Pumps stderr; if that fails (a full disk), stops the command so stdout ends too."""
+        assert process.stderr is not None
+        try:
+            await self._pump_stderr(process.stderr, upstream)
+        except Exception:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+            raise
 
     async def _pump_stderr(self, stream: asyncio.StreamReader, upstream: Upstream) -> None:
         if self.spec.stderr_events:
