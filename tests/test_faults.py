@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 from helpers import DaemonProcess, run_cli, wait_until
+from job_helpers import Gate
 
-from tailhub.client import InvalidRequestError, JobState, LogChunk, LogEnd, LogEvent
+from tailhub.client import Client, InvalidRequestError, JobState, LogChunk, LogEnd, LogEvent
 from tailhub.client._errors import DiskFullError
 
 TMPFS_BYTES = 4 * 1024 * 1024
@@ -131,6 +132,50 @@ def test_file_job_pauses_on_a_full_disk_and_resumes_when_space_is_freed(
         daemon.stop()
 
 
+def test_a_local_job_ending_on_a_full_disk_is_sealed_and_the_next_starts_once_freed(
+    small_disk_home: Path, workdir: Path
+) -> None:
+    daemon = DaemonProcess(
+        small_disk_home, args=["--heartbeat-interval", "0.5", "--max-running-jobs", "1"]
+    )
+    daemon.start()
+    gate = Gate.closed(workdir / "gate")
+    try:
+        with daemon.client() as client:
+            first = client.launch(f"flock --shared {gate.path} true")
+            second = client.launch("echo second ran")
+            wait_until(lambda: client.get(first.id).state is JobState.RUNNING, what="job 1")
+            follower = Follower(daemon, first.id)
+            filler = fill_disk(small_disk_home)
+            gate.open()
+            # Its end cannot be saved: followers get it all the same, and its slot is free.
+            follower.join()
+            assert follower.end is not None
+            assert client.get(first.id).sealed
+            wait_until(
+                lambda: any("disk full" in event for event in client_events(client, second.id)),
+                what="job 2 to say it waits for space",
+            )
+            assert client.get(second.id).state is JobState.PENDING
+            filler.unlink()
+            wait_until(lambda: client.get(second.id).sealed, what="job 2 to run once freed")
+            assert client.get(second.id).state is JobState.SUCCEEDED
+            received = b"".join(
+                item.data for item in client.follow(second.id) if isinstance(item, LogChunk)
+            )
+            assert received == b"second ran\n"
+        assert "never retrieved" not in daemon.log_text()
+    finally:
+        gate.open()
+        daemon.stop()
+
+
+def client_events(client: Client, job_id: int) -> list[str]:
+    return [
+        item.message for item in client.follow(job_id, follow=False) if isinstance(item, LogEvent)
+    ]
+
+
 def test_a_publish_that_failed_on_a_full_disk_leaves_no_byte_behind(
     small_disk_home: Path,
 ) -> None:
@@ -179,7 +224,7 @@ def test_publish_with_an_expected_offset_is_idempotent(daemon: DaemonProcess) ->
     assert received == b"one\ntwo\n"
 
 
-def test_jobs_publish_survives_a_daemon_killed_mid_stream(
+def test_jobs_publish_survives_daemon_restarts_mid_stream(
     daemon: DaemonProcess, home: Path
 ) -> None:
     with daemon.client() as client:
@@ -198,12 +243,18 @@ def test_jobs_publish_survives_a_daemon_killed_mid_stream(
         for restart in range(3):
             for i in range(300):
                 line = b"restart %d line %04d %s\n" % (restart, i, b"." * 200)
-                producer.stdin.write(line)
-                producer.stdin.flush()
+                try:
+                    producer.stdin.write(line)
+                    producer.stdin.flush()
+                except BrokenPipeError:
+                    raise AssertionError(errors.read_text()) from None
                 sent += line
-            # Killed while the producer is still sending: a publish is in flight or queued.
-            daemon.kill()
-            daemon.start()
+            # Stopped or killed while the producer is still sending: a publish is in flight.
+            if restart == 1:
+                daemon.restart()
+            else:
+                daemon.kill()
+                daemon.start()
         producer.stdin.close()
         assert producer.wait(120) == 0, errors.read_text()
     finally:

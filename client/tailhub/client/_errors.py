@@ -53,6 +53,9 @@ def from_rpc_error(error: grpc.RpcError, address: str) -> TailhubError:
         return InvalidRequestError(details)
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
         return DaemonUnreachable(f"no tailhub daemon answers on {address} ({details})")
+    if code is grpc.StatusCode.CANCELLED:
+        # We never cancel a unary call ourselves: the daemon was stopping while it answered.
+        return DaemonUnreachable(f"the daemon on {address} stopped while answering ({details})")
     if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
         return DiskFullError(details)
     return TailhubError(f"daemon error {code.name}: {details}")

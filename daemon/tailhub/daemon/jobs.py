@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from tailhub.daemon.config import DaemonConfig
-from tailhub.daemon.faults import AFTER_SPAWN, crash_at
+from tailhub.daemon.faults import AFTER_SPAWN, crash_at, is_disk_full
 from tailhub.daemon.fetcher import Fetcher
 from tailhub.daemon.job import Job
 from tailhub.daemon.model import (
@@ -66,6 +66,8 @@ class JobManager:
         self._slots: set[int] = set()
         # Jobs whose record could not be saved (full disk): saved again on each heartbeat.
         self._unsaved: set[int] = set()
+        # Pending local jobs a full disk keeps from starting (told once).
+        self._waiting_for_space: set[int] = set()
         self.stopping = False
         self.started_at = time.time()
 
@@ -270,13 +272,16 @@ class JobManager:
             fd = os.open(
                 path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
             )
-        except FileExistsError:
-            reason = f"{path} already exists: it is not this job's log; move it aside"
+        except OSError as error:
+            if isinstance(error, FileExistsError):
+                reason = f"{path} already exists: it is not this job's log; move it aside"
+            else:
+                reason = f"cannot create its log {path}: {error.strerror}"
             record.state, record.reason, record.sealed = JobState.FAILED, reason, True
             record.ended_at = time.time()
-            self._new_job(record)
-            self._store.save(record)
-            raise JobError(f"job {record.id} failed: {reason}") from None
+            self._save_record(self._new_job(record))
+            failure = StorageFull if is_disk_full(error) else JobError
+            raise failure(f"job {record.id} failed: {reason}") from None
         os.close(fd)
 
     def _save_record(self, job: Job) -> None:
@@ -295,10 +300,13 @@ class JobManager:
         limit = self._config.max_running_jobs
         while self._pending and (limit is None or len(self._slots) < limit):
             job = self._pending.popleft()
-            if job.state is JobState.PENDING:
-                self._start_local(job)
+            if job.state is JobState.PENDING and not self._start_local(job):
+                # The disk is full: it stays first in line; the heartbeat tries again.
+                self._pending.appendleft(job)
+                return
 
-    def _start_local(self, job: Job) -> None:
+    def _start_local(self, job: Job) -> bool:
+        """Starts a pending local job; False if a full disk keeps it waiting."""
         assert isinstance(job.record.spec, LocalSpec)
         record = job.record
         # Recorded before the process exists: a daemon killed before it records the pid
@@ -309,11 +317,18 @@ class JobManager:
             self._store.save(record)
             handle = self._environment.runner.start(job.id, job.record.spec, attempt)
         except (OSError, StorageFull) as error:
+            if isinstance(error, StorageFull) or is_disk_full(error):
+                if job.id not in self._waiting_for_space:
+                    self._waiting_for_space.add(job.id)
+                    self.event(job, f"disk full: the job waits to start ({error})")
+                return False
             self._end(job, JobState.FAILED, None, f"cannot start the job: {error}")
             self._seal(job)
-            return
+            return True
+        self._waiting_for_space.discard(job.id)
         crash_at(self._config.crash_at, AFTER_SPAWN)
         self._run_local(job, handle)
+        return True
 
     def _run_local(self, job: Job, handle: RunHandle) -> None:
         record = job.record
@@ -407,6 +422,8 @@ class JobManager:
             await asyncio.sleep(self._config.heartbeat_interval)
             for job_id in list(self._unsaved):
                 self._save_record(self._jobs[job_id])
+            if self._waiting_for_space:
+                self._schedule()
             for job in self._jobs.values():
                 if job.changed.waiting:
                     job.heartbeat_tick += 1
