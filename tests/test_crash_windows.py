@@ -20,17 +20,19 @@ def _crashed(daemon: DaemonProcess) -> bool:
     return daemon.process is not None and daemon.process.poll() is not None
 
 
-def test_a_daemon_killed_right_after_starting_a_job_does_not_run_it_twice(
+@pytest.mark.parametrize("point", ["before-spawn", "after-spawn"])
+def test_a_daemon_killed_while_starting_a_job_runs_it_exactly_once(
     start_daemon: Callable[..., DaemonProcess],
     workdir: Path,
     monkeypatch: pytest.MonkeyPatch,
+    point: str,
 ) -> None:
     counter = workdir / "runs"
-    monkeypatch.setenv("TAILHUB_CRASH_AT", "after-spawn")
+    monkeypatch.setenv("TAILHUB_CRASH_AT", point)
     daemon = start_daemon()
     with daemon.client() as client, contextlib.suppress(TailhubError):
         client.launch(f"echo ran >> {counter}; echo hello")
-    wait_until(lambda: _crashed(daemon), what="the daemon to kill itself after the spawn")
+    wait_until(lambda: _crashed(daemon), what=f"the daemon to kill itself {point}")
     monkeypatch.delenv("TAILHUB_CRASH_AT")
 
     daemon = start_daemon()

@@ -14,11 +14,13 @@ import sqlite3
 from collections.abc import Mapping
 
 CRASH_ENV = "TAILHUB_CRASH_AT"
+# Between recording that a local job is launching and starting its process.
+BEFORE_SPAWN = "before-spawn"
 # Between starting a local job's process and recording its pid.
 AFTER_SPAWN = "after-spawn"
 # Between appending a command's stderr bytes to the log and saving their count.
 AFTER_STDERR_APPEND = "after-stderr-append"
-CRASH_POINTS = frozenset({AFTER_SPAWN, AFTER_STDERR_APPEND})
+CRASH_POINTS = frozenset({BEFORE_SPAWN, AFTER_SPAWN, AFTER_STDERR_APPEND})
 
 _SQLITE_FULL = 13  # sqlite3.SQLITE_FULL, absent from typeshed
 _FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from tailhub.daemon.config import DaemonConfig
-from tailhub.daemon.faults import AFTER_SPAWN, crash_at, is_disk_full
+from tailhub.daemon.faults import AFTER_SPAWN, BEFORE_SPAWN, crash_at, is_disk_full
 from tailhub.daemon.fetcher import Fetcher
 from tailhub.daemon.job import Job
 from tailhub.daemon.model import (
@@ -315,6 +315,7 @@ class JobManager:
         record.source_state = {_LAUNCHING: attempt}
         try:
             self._store.save(record)
+            crash_at(self._config.crash_at, BEFORE_SPAWN)
             handle = self._environment.runner.start(job.id, job.record.spec, attempt)
         except (OSError, StorageFull) as error:
             if isinstance(error, StorageFull) or is_disk_full(error):
