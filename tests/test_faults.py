@@ -365,36 +365,56 @@ def test_a_file_replaced_by_a_fifo_fails_its_job_alone(
 
 
 def test_tail_scans_of_a_long_log_without_newlines_stall_nobody(
-    daemon: DaemonProcess, home: Path
+    daemon: DaemonProcess, home: Path, workdir: Path
 ) -> None:
+    watched = workdir / "app.log"
+    watched.write_bytes(b"")
     with daemon.client() as client:
         big = client.attach_push()
         client.publish(big.id, b"x")
         other = client.attach_push()
+        file_job = client.attach_file(str(watched))
     daemon.stop()
-    # A 2 GiB log without a newline, cheaply (sparse): `--tail` must scan all of it.
+    # A long log without a newline, made cheaply (sparse): `--tail` must scan all of it.
     with (home / "logs" / f"{big.id}.log").open("r+b") as out:
         out.truncate(2 * 1024**3)
     daemon.start()
-    follower = Follower(daemon, other.id)
+    push_follower = Follower(daemon, other.id)
+    file_follower = Follower(daemon, file_job.id)
+
+    ready = threading.Barrier(7)
 
     def scan() -> None:
         with daemon.client() as client:
-            for _ in client.follow(big.id, tail_lines=1, follow=False):
-                pass
+            client.status()  # connected: the scans start together
+            ready.wait()
+            # The first chunk comes once the scan is done; the rest is not what we test.
+            items = client.follow(big.id, tail_lines=1, follow=False)
+            next(items)
+            items.close()
 
-    scans = [threading.Thread(target=scan, daemon=True) for _ in range(10)]
+    scans = [threading.Thread(target=scan, daemon=True) for _ in range(6)]
     try:
         for thread in scans:
             thread.start()
+        ready.wait()
         with daemon.client() as client:
             started = time.monotonic()
+            # The scans are under way (a daemon scanning on its event loop answers nothing
+            # until they are done).
+            wait_until(lambda: client.get(big.id).subscribers > 0, what="the scans to start")
             client.publish(other.id, b"ping\n")
-            wait_until(lambda: bytes(follower.data) == b"ping\n", what="the ping")
+            with watched.open("ab") as out:
+                out.write(b"ping\n")
+            wait_until(lambda: bytes(push_follower.data) == b"ping\n", what="the ping")
+            wait_until(lambda: bytes(file_follower.data) == b"ping\n", what="the line")
             latency = time.monotonic() - started
+            assert any(thread.is_alive() for thread in scans), "the scans ended before the ping"
             client.finish(other.id)
-        assert latency < 2.0, f"a follower waited {latency:.1f}s behind tail scans"
+            client.finish(file_job.id)
+        assert latency < 2.0, f"followers waited {latency:.1f}s behind tail scans"
     finally:
         for thread in scans:
             thread.join(120)
-        follower.join()
+        push_follower.join()
+        file_follower.join()

@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from tailhub.daemon.config import DaemonConfig
@@ -42,6 +43,8 @@ from tailhub.daemon.tasks import TaskSet
 
 # Resume state of a local job recorded before its process starts: the attempt number.
 _LAUNCHING = "launching"
+# Threads for `--tail` scans of long logs.
+_SCAN_THREADS = 2
 # How long past the grace period `cancel` waits for a killed job's log to be drained.
 _CANCEL_MARGIN = 10.0
 
@@ -70,10 +73,14 @@ class JobManager:
         self._waiting_for_space: set[int] = set()
         self.stopping = False
         self.started_at = time.time()
+        # `--tail` scans, apart from the default pool that file sources read with: a long
+        # log without a newline is read to its start, and nobody else should wait for it.
+        self.scans: ThreadPoolExecutor | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
         """Loads every job and resumes the fetch of those still running."""
+        self.scans = ThreadPoolExecutor(_SCAN_THREADS, thread_name_prefix="tail-scan")
         events = self._store.load_events()
         for record in self._store.load_all():
             job = self._new_job(record)
@@ -110,6 +117,8 @@ class JobManager:
         """Stops fetching (jobs stay as they are: a restarted daemon resumes them)."""
         await self._supervised.aclose()
         self._tasks.clear()
+        if self.scans is not None:
+            self.scans.shutdown(wait=False, cancel_futures=True)
         for job in self._jobs.values():
             job.close()
 

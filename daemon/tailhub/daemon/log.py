@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+from concurrent.futures import Executor
 from pathlib import Path
 
 from tailhub.daemon.faults import is_disk_full
 from tailhub.daemon.model import StorageFull
 
 _TAIL_SCAN_BLOCK = 64 * 1024
+_TAIL_SCAN_MAX_BLOCK = 256 * 1024
 
 
 class JobLog:
@@ -123,13 +125,15 @@ class JobLog:
             position += len(part)
         return b"".join(parts)
 
-    async def tail_offset(self, lines: int) -> int:
+    async def tail_offset(self, lines: int, scans: Executor | None = None) -> int:
         """The offset where the last `lines` lines begin; reads backwards, never the whole log.
 
-        The scan runs on a worker thread with its own descriptor: a long log without a
-        newline is read to its start, and that must not stall every other client.
+        The scan runs on a thread of `scans` (else the default pool) with its own descriptor:
+        a long log without a newline is read to its start, and that must not stall the
+        event loop, nor the worker threads that file sources read with.
         """
-        return await asyncio.to_thread(scan_tail, self.path, self.size, lines)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(scans, scan_tail, self.path, self.size, lines)
 
 
 def scan_tail(path: Path, end: int, lines: int) -> int:
@@ -141,8 +145,12 @@ def scan_tail(path: Path, end: int, lines: int) -> int:
         # A final newline ends the last line; it does not start another one.
         wanted = lines + 1 if os.pread(fd, 1, end - 1) == b"\n" else lines
         position = end
+        block_size = _TAIL_SCAN_BLOCK
         while position > 0:
-            start = max(0, position - _TAIL_SCAN_BLOCK)
+            start = max(0, position - block_size)
+            # Growing blocks: few lines are near the end, and a long scan makes few trips
+            # between the GIL and the kernel (each one may wait for the GIL).
+            block_size = min(block_size * 2, _TAIL_SCAN_MAX_BLOCK)
             block = os.pread(fd, position - start, start)
             if len(block) != position - start:
                 raise OSError(f"log {path} is shorter than its recorded size")

@@ -109,6 +109,7 @@ class TailhubServicer:
                 follow=request.follow,
                 max_chunk=self._config.max_chunk_bytes,
                 stopping=lambda: manager.stopping,
+                scans=manager.scans,
             )
             try:
                 async for item in stream:
