@@ -206,6 +206,39 @@ def test_a_publish_that_failed_on_a_full_disk_leaves_no_byte_behind(
         daemon.stop()
 
 
+def test_jobs_publish_waits_out_a_full_disk(small_disk_home: Path, workdir: Path) -> None:
+    daemon = DaemonProcess(small_disk_home, args=["--heartbeat-interval", "0.5"])
+    daemon.start()
+    errors = workdir / "publish.err"
+    try:
+        with daemon.client() as client:
+            job = client.attach_push()
+        filler = fill_disk(small_disk_home)
+        with errors.open("wb") as stderr:
+            producer = subprocess.Popen(
+                [sys.executable, "-m", "tailhub.client", "jobs", "publish", str(job.id)],
+                env={**os.environ, "TAILHUB_HOME": str(small_disk_home)},
+                stdin=subprocess.PIPE,
+                stderr=stderr,
+            )
+        data = b"".join(b"line %05d of a producer\n" % i for i in range(4000))
+        assert producer.stdin is not None
+        producer.stdin.write(data)
+        producer.stdin.close()
+        wait_until(lambda: "disk full" in errors.read_text(), what="the producer to say why")
+        assert producer.poll() is None
+        filler.unlink()
+        assert producer.wait(60) == 0, errors.read_text()
+        with daemon.client() as client:
+            client.finish(job.id)
+            received = b"".join(
+                item.data for item in client.follow(job.id) if isinstance(item, LogChunk)
+            )
+        assert received == data
+    finally:
+        daemon.stop()
+
+
 def test_publish_with_an_expected_offset_is_idempotent(daemon: DaemonProcess) -> None:
     with daemon.client() as client:
         job = client.attach_push()

@@ -140,7 +140,7 @@ class JobManager:
         job = self._new_job(record)
         record.state = JobState.RUNNING
         record.started_at = time.time()
-        self._store.save(record)
+        self._save_record(job)
         self._start_fetcher(job, finishing=False)
         return job
 
