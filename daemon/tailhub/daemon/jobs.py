@@ -69,7 +69,7 @@ class JobManager:
         self._slots: set[int] = set()
         # Jobs whose record could not be saved (full disk): saved again on each heartbeat.
         self._unsaved: set[int] = set()
-        # Pending local jobs a full disk keeps from starting (told once).
+        # Pending local jobs a full disk kept from starting: their followers were told.
         self._waiting_for_space: set[int] = set()
         self.stopping = False
         self.started_at = time.time()
@@ -431,8 +431,12 @@ class JobManager:
         while True:
             await asyncio.sleep(self._config.heartbeat_interval)
             for job_id in list(self._unsaved):
-                self._save_record(self._jobs[job_id])
-            if self._waiting_for_space:
+                unsaved = self._jobs.get(job_id)
+                if unsaved is None:  # removed meanwhile
+                    self._unsaved.discard(job_id)
+                else:
+                    self._save_record(unsaved)
+            if self._pending:  # one may wait for disk space
                 self._schedule()
             for job in self._jobs.values():
                 if job.changed.waiting:
