@@ -36,6 +36,7 @@ async def serve(config: DaemonConfig) -> None:
         if stopping is None:
             logger.info("%s: stopping (send it again to force)", signal.Signals(signum).name)
             stopping = asyncio.ensure_future(daemon.stop())
+            stopping.add_done_callback(_exit_if_stop_failed)
         else:
             logger.warning("second signal: exiting now")
             os._exit(1)
@@ -47,6 +48,14 @@ async def serve(config: DaemonConfig) -> None:
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
+
+
+def _exit_if_stop_failed(task: asyncio.Task[None]) -> None:
+    """A stop that failed half-way leaves nothing to serve with: say why and exit."""
+    if task.cancelled() or task.exception() is None:
+        return
+    logger.error("stopping failed: %r", task.exception(), exc_info=task.exception())
+    os._exit(1)
 
 
 def _log_loop_error(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
