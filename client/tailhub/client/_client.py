@@ -151,8 +151,14 @@ class Client:
         )
         return JobInfo.from_pb(self._call(self._stub.LaunchJob, request).job)
 
-    def publish(self, job_id: int, data: bytes) -> int:
-        request = pb.PublishRequest(job_id=job_id, data=data)
+    def publish(self, job_id: int, data: bytes, expected_offset: int | None = None) -> int:
+        """Appends to a push job's log; returns its size.
+
+        With `expected_offset` (where the producer believes the log ends), a retry of a call
+        that was applied appends nothing, so a producer can retry after any error without
+        duplicating bytes; a wrong offset raises InvalidRequestError.
+        """
+        request = pb.PublishRequest(job_id=job_id, data=data, expected_offset=expected_offset)
         return self._call(self._stub.Publish, request).log_size
 
     def finish(self, job_id: int, exit_code: int = 0, reason: str = "") -> JobInfo:

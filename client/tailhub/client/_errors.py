@@ -4,6 +4,7 @@ TailhubError
 ├── DaemonUnreachable      no daemon answers on the socket (and none could be started)
 ├── JobNotFoundError       the daemon has no such job
 ├── InvalidRequestError    the daemon refused the request as asked
+├── DiskFullError          the daemon's disk is full: nothing was stored, retry later
 └── ProtocolError          the daemon answered something a client cannot make sense of
 """
 
@@ -30,6 +31,10 @@ class InvalidRequestError(TailhubError):
     exit_code = exit_codes.ERROR
 
 
+class DiskFullError(TailhubError):
+    exit_code = exit_codes.ERROR
+
+
 class ProtocolError(TailhubError):
     exit_code = exit_codes.ERROR
 
@@ -48,4 +53,9 @@ def from_rpc_error(error: grpc.RpcError, address: str) -> TailhubError:
         return InvalidRequestError(details)
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
         return DaemonUnreachable(f"no tailhub daemon answers on {address} ({details})")
+    if code is grpc.StatusCode.CANCELLED:
+        # We never cancel a unary call ourselves: the daemon was stopping while it answered.
+        return DaemonUnreachable(f"the daemon on {address} stopped while answering ({details})")
+    if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return DiskFullError(details)
     return TailhubError(f"daemon error {code.name}: {details}")

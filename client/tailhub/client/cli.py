@@ -29,6 +29,10 @@ from tailhub.client._output import (
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+# How long `jobs publish` waits for a daemon that went away, and how often it retries.
+_PUBLISH_RETRY_SECONDS = 60.0
+_PUBLISH_RETRY_PAUSE = 0.2
+
 if TYPE_CHECKING:  # importing the client pulls in grpc, which `--help` does not need
     from tailhub.client import Client, StatePaths
 
@@ -311,14 +315,42 @@ def jobs_attach(
 @_home_option
 @click.argument("job_id", type=JOB_ID)
 def jobs_publish(home: str | None, job_id: int) -> None:
-    """Append standard input to a push job's log, as it arrives."""
+    """Append standard input to a push job's log, as it arrives.
+
+    Each chunk is sent with the offset it must land at, so a chunk is retried after a daemon
+    restart or a full disk without being lost or stored twice. One producer per job.
+    """
     stdin = cast("io.BufferedReader", sys.stdin.buffer)
     with _connect(home) as client:
         # Nothing yet: the daemon checks the job takes bytes, so a wrong id fails now, not
         # after the producer is done, and not silently when it sends nothing.
-        client.publish(job_id, b"")
+        offset = client.publish(job_id, b"")
         while data := stdin.read1(1024 * 1024):
-            client.publish(job_id, data)
+            _publish_retrying(client, job_id, data, offset)
+            offset += len(data)
+
+
+def _publish_retrying(client: Client, job_id: int, data: bytes, offset: int) -> None:
+    """Publishes one chunk at `offset`, again and again while the daemon is away (up to a
+    minute) or its disk is full (until there is room)."""
+    from tailhub.client._errors import DaemonUnreachable, DiskFullError
+
+    unreachable_since: float | None = None
+    told = ""
+    while True:
+        try:
+            client.publish(job_id, data, expected_offset=offset)
+            return
+        except (DaemonUnreachable, DiskFullError) as error:
+            now = time.monotonic()
+            if isinstance(error, DaemonUnreachable):
+                unreachable_since = unreachable_since or now
+                if now - unreachable_since > _PUBLISH_RETRY_SECONDS:
+                    raise
+            if told != type(error).__name__:
+                told = type(error).__name__
+                note(f"{error}; retrying at offset {offset}")
+            time.sleep(_PUBLISH_RETRY_PAUSE)
 
 
 @jobs.command("finish")

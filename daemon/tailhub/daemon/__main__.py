@@ -6,25 +6,31 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import resource
 import signal
 import sys
+from typing import Any
 
 import click
 
 from tailhub.daemon.config import DaemonConfig, minimal_environment
 from tailhub.daemon.durations import parse_duration
+from tailhub.daemon.faults import crash_points_from
 from tailhub.daemon.grpc_log import quiet_client_gone_tracebacks
 from tailhub.daemon.lock import AlreadyRunning
+from tailhub.daemon.model import StorageFull
 from tailhub.daemon.paths import StatePaths, resolve_home
 from tailhub.daemon.server import Daemon
+from tailhub.daemon.store import UnusableState
 
 logger = logging.getLogger("tailhub.daemon")
 
 
 async def serve(config: DaemonConfig) -> None:
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(_log_loop_error)
     daemon = Daemon(config)
     await daemon.start()
-    loop = asyncio.get_running_loop()
     stopping: asyncio.Task[None] | None = None
 
     def on_signal(signum: int) -> None:
@@ -32,6 +38,7 @@ async def serve(config: DaemonConfig) -> None:
         if stopping is None:
             logger.info("%s: stopping (send it again to force)", signal.Signals(signum).name)
             stopping = asyncio.ensure_future(daemon.stop())
+            stopping.add_done_callback(_exit_if_stop_failed)
         else:
             logger.warning("second signal: exiting now")
             os._exit(1)
@@ -43,6 +50,34 @@ async def serve(config: DaemonConfig) -> None:
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
+
+
+def _exit_if_stop_failed(task: asyncio.Task[None]) -> None:
+    """A stop that failed half-way leaves nothing to serve with: say why and exit."""
+    if task.cancelled() or task.exception() is None:
+        return
+    logger.error("stopping failed: %r", task.exception(), exc_info=task.exception())
+    os._exit(1)
+
+
+def _log_loop_error(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """Errors nobody else caught (a callback that raised): one log record, the daemon goes on."""
+    error = context.get("exception")
+    logger.error(
+        "unhandled error in the event loop: %s",
+        context.get("message", "no message"),
+        exc_info=error if isinstance(error, BaseException) else None,
+    )
+
+
+def _raise_open_file_limit() -> None:
+    """Soft limit up to the hard one: each followed file and command holds descriptors."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as error:
+            logger.warning("cannot raise the open-file limit from %d to %d: %s", soft, hard, error)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -98,6 +133,7 @@ def main(
         retention_seconds = parse_duration(retention)
     except ValueError as error:
         raise click.BadParameter(str(error), param_hint="--retention") from None
+    _raise_open_file_limit()
     try:
         config = DaemonConfig(
             paths=StatePaths(resolve_home(home, os.environ)),
@@ -108,11 +144,15 @@ def main(
             job_umask=job_umask,
             retention_seconds=retention_seconds or None,
             max_ended_jobs=max_ended_jobs or None,
+            crash_at=crash_points_from(os.environ),
         )
         asyncio.run(serve(config))
     except AlreadyRunning as error:
         click.echo(f"tailhubd: {error}", err=True)
         sys.exit(3)
+    except (UnusableState, StorageFull) as error:
+        click.echo(f"tailhubd: {error}", err=True)
+        sys.exit(1)
     except (ValueError, OSError) as error:
         click.echo(f"tailhubd: {error}", err=True)
         sys.exit(1)

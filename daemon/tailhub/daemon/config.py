@@ -49,6 +49,10 @@ class DaemonConfig:
     retention_seconds: float | None = 30 * 24 * 3600.0
     # At most this many ended jobs are kept, the oldest removed first; None: no limit.
     max_ended_jobs: int | None = 10_000
+    # Seconds between retries of a fetch paused because the disk is full.
+    disk_full_retry: float = 1.0
+    # Fault injection for tests (TAILHUB_CRASH_AT): points where the daemon kills itself.
+    crash_at: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         if self.heartbeat_interval <= 0:

@@ -7,6 +7,7 @@ then waits on the job's change signal. A slow one only falls behind and reads fr
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass
 
 from tailhub.daemon.job import Job
@@ -55,9 +56,9 @@ class Start:
     offset: int = 0
     tail_lines: int | None = None
 
-    def resolve(self, job: Job) -> int:
+    async def resolve(self, job: Job, scans: Executor | None = None) -> int:
         if self.tail_lines is not None:
-            return job.log.tail_offset(self.tail_lines)
+            return await job.log.tail_offset(self.tail_lines, scans)
         if self.offset > job.log_size:
             raise InvalidRequest(
                 f"offset {self.offset} is past the end of job {job.id}'s log ({job.log_size} bytes)"
@@ -72,6 +73,7 @@ async def stream_log(
     follow: bool,
     max_chunk: int,
     stopping: Callable[[], bool],
+    scans: Executor | None = None,
 ) -> AsyncGenerator[LogItem, None]:
     """Yields the log from `start`; with `follow`, until the job ends and its log is sealed.
 
@@ -80,7 +82,7 @@ async def stream_log(
     """
     job.subscribers += 1
     try:
-        offset = start.resolve(job)
+        offset = await start.resolve(job, scans)
         next_event = _first_event_at(job.events, offset)
         tick = job.heartbeat_tick
         while True:

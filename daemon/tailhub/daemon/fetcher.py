@@ -9,6 +9,7 @@ from typing import Any, Protocol
 
 from tailhub.daemon.config import DaemonConfig
 from tailhub.daemon.job import Job
+from tailhub.daemon.model import StorageFull
 from tailhub.daemon.signal import Stop
 from tailhub.daemon.sources import Outcome, Source, UpstreamFailed
 from tailhub.daemon.statedir import UntrustedState
@@ -35,6 +36,8 @@ class Fetcher:
         self._owner = owner
         self._config = config
         self._finished = Stop()
+        # The log offset where a full disk paused the fetch; None while it flows.
+        self._paused_at: int | None = None
 
     # -- Upstream -------------------------------------------------------------------------
     @property
@@ -51,10 +54,18 @@ class Fetcher:
             log.observe(data)
         else:
             log.append(data)
+        if self._paused_at is not None:
+            self._paused_at = None
+            self._owner.event(
+                self._job, f"disk space available again; resuming at offset {log.size - len(data)}"
+            )
         self._owner.appended(self._job)
 
     def save_state(self) -> None:
         self._owner.save(self._job)
+
+    def discard_after(self, offset: int) -> None:
+        self._job.log.truncate(offset)
 
     def event(self, message: str) -> None:
         self._owner.event(self._job, message)
@@ -78,13 +89,19 @@ class Fetcher:
             return Outcome(1, str(error))
         failures = 0
         while True:
-            if self._source.counts_connections:
-                self._job.record.upstream_connections += 1
-                self._owner.save(self._job)
             stored_before = self._job.log_size
             self._job.upstream_open = self._source.counts_connections
             try:
+                if self._source.counts_connections:
+                    self._job.record.upstream_connections += 1
+                    self._owner.save(self._job)
                 return await self._source.fetch(self)
+            except StorageFull as error:
+                self._job.upstream_open = False
+                # Nothing of the failed write is stored (the log cuts it off); the source
+                # resumes at the stored size, as after a reconnect, once there is room.
+                await self._wait_for_space(error)
+                continue
             except UpstreamFailed as error:
                 self._job.upstream_open = False
                 failures = 1 if self._job.log_size > stored_before else failures + 1
@@ -102,3 +119,10 @@ class Fetcher:
                 await asyncio.sleep(delay)
             finally:
                 self._job.upstream_open = False
+
+    async def _wait_for_space(self, error: StorageFull) -> None:
+        size = self._job.log_size
+        if self._paused_at != size:
+            self._paused_at = size
+            self.event(f"disk full at offset {size}, waiting for space ({error})")
+        await asyncio.sleep(self._config.disk_full_retry)

@@ -8,26 +8,31 @@ import logging
 import os
 import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tailhub.daemon import removal
 from tailhub.daemon.config import DaemonConfig
 from tailhub.daemon.events import EventLimiter, EventLimits
+from tailhub.daemon.faults import AFTER_SPAWN, BEFORE_SPAWN, crash_at, is_disk_full
 from tailhub.daemon.fetcher import Fetcher
 from tailhub.daemon.job import Job
 from tailhub.daemon.model import (
     CommandSpec,
     FileSpec,
     InvalidRequest,
+    JobError,
     JobNotFound,
     JobRecord,
     JobState,
     LocalSpec,
+    OffsetMismatch,
     PushSpec,
     SourceEvent,
     SourceKind,
     SourceSpec,
+    StorageFull,
 )
 from tailhub.daemon.removal import RemoveResult
 from tailhub.daemon.runner import RunHandle
@@ -38,7 +43,12 @@ from tailhub.daemon.sources import (
     make_source,
 )
 from tailhub.daemon.store import JobStore
+from tailhub.daemon.tasks import TaskSet
 
+# Resume state of a local job recorded before its process starts: the attempt number.
+_LAUNCHING = "launching"
+# Threads for `--tail` scans of long logs.
+_SCAN_THREADS = 2
 # How long past the grace period `cancel` waits for a killed job's log to be drained.
 _CANCEL_MARGIN = 10.0
 
@@ -61,21 +71,29 @@ class JobManager:
         self._environment = environment
         self._jobs: dict[int, Job] = {}
         self._fetchers: dict[int, Fetcher] = {}
+        # Every background task (fetches, kill timers, heartbeat) is owned and supervised here.
+        self._supervised = TaskSet()
         self._tasks: dict[int, asyncio.Task[None]] = {}
-        self._heartbeat: asyncio.Task[None] | None = None
-        self._retention: asyncio.Task[None] | None = None
-        self._kill_timers: set[asyncio.Task[None]] = set()
         # Local jobs waiting for a free slot, in submission order.
         self._pending: collections.deque[Job] = collections.deque()
-        self._running_local = 0
+        # Local jobs holding a running slot: a set, so a slot is freed once whatever fails.
+        self._slots: set[int] = set()
+        # Jobs whose record could not be saved (full disk): saved again on each heartbeat.
+        self._unsaved: set[int] = set()
+        # Pending local jobs a full disk kept from starting: their followers were told.
+        self._waiting_for_space: set[int] = set()
         # Per job, created with its first event: how many more it may keep, and how fast.
         self._event_limiters: dict[int, EventLimiter] = {}
         self.stopping = False
         self.started_at = time.time()
+        # `--tail` scans, apart from the default pool that file sources read with: a long
+        # log without a newline is read to its start, and nobody else should wait for it.
+        self.scans: ThreadPoolExecutor | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
         """Loads every job and resumes the fetch of those still running."""
+        self.scans = ThreadPoolExecutor(_SCAN_THREADS, thread_name_prefix="tail-scan")
         events = self._store.load_events()
         for record in self._store.load_all():
             job = self._new_job(record)
@@ -86,17 +104,18 @@ class JobManager:
                 except Exception as error:  # one bad job must not keep the daemon down
                     self._fail_start(job, error)
         self._schedule()
-        self._heartbeat = asyncio.create_task(self._beat(), name="heartbeat")
-        self._retention = asyncio.create_task(self._apply_retention(), name="retention")
+        self._supervised.spawn(self._beat(), name="heartbeat")
+        self._supervised.spawn(self._apply_retention(), name="retention")
 
     def _resume(self, job: Job) -> None:
         kind = job.record.spec.kind
         if kind is SourceKind.LOCAL:
             if job.state is JobState.PENDING:
-                self._pending.append(job)
+                if not self._recover_launch(job):
+                    self._pending.append(job)
             else:  # running, or ended while we were away: the fetch finds out which
+                self._slots.add(job.id)
                 self._start_fetcher(job, finishing=False)
-                self._running_local += 1
                 if job.record.cancel_requested:
                     # The last daemon stopped within the grace: the SIGKILL is still owed.
                     self._signal_local(job)
@@ -113,15 +132,10 @@ class JobManager:
 
     async def close(self) -> None:
         """Stops fetching (jobs stay as they are: a restarted daemon resumes them)."""
-        tasks = [*self._tasks.values(), *self._kill_timers]
-        if self._heartbeat is not None:
-            tasks.append(self._heartbeat)
-        if self._retention is not None:
-            tasks.append(self._retention)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._supervised.aclose()
         self._tasks.clear()
+        if self.scans is not None:
+            self.scans.shutdown(wait=False, cancel_futures=True)
         for job in self._jobs.values():
             job.close()
 
@@ -148,10 +162,11 @@ class JobManager:
     def attach(self, name: str, spec: SourceSpec) -> Job:
         _validate_attach(spec)
         record = self._store.create(name, spec)
+        self._claim_log(record)
         job = self._new_job(record)
         record.state = JobState.RUNNING
         record.started_at = time.time()
-        self._store.save(record)
+        self._save_record(job)
         self._start_fetcher(job, finishing=False)
         return job
 
@@ -161,12 +176,19 @@ class JobManager:
             raise InvalidRequest("the task's `run` is empty: nothing to launch")
         if spec.workdir and not Path(spec.workdir).is_dir():
             raise InvalidRequest(f"workdir {spec.workdir} is not a directory")
-        job = self._new_job(self._store.create(name, spec))
+        record = self._store.create(name, spec)
+        self._claim_log(record)
+        job = self._new_job(record)
         self._pending.append(job)
         self._schedule()
         return job
 
-    def publish(self, job_id: int, data: bytes) -> int:
+    def publish(self, job_id: int, data: bytes, expected_offset: int | None = None) -> int:
+        """Appends to a push job's log; returns its size.
+
+        With `expected_offset`, a call is idempotent: a retry of one already applied (the
+        same bytes at the same offset) appends nothing, any other mismatch is refused.
+        """
         job = self.get(job_id)
         if job.record.spec.kind is not SourceKind.PUSH:
             raise InvalidRequest(f"job {job_id} is not a push job; only push jobs take bytes")
@@ -174,7 +196,23 @@ class JobManager:
             raise InvalidRequest(
                 f"job {job_id} has ended ({job.state.value}); it takes no more bytes"
             )
-        job.log.append(data)
+        size = job.log_size
+        if expected_offset is not None and expected_offset != size:
+            if (
+                expected_offset + len(data) <= size
+                and job.log.read(expected_offset, len(data)) == data
+            ):
+                return size
+            raise OffsetMismatch(
+                f"job {job_id}'s log is {size} bytes long, not {expected_offset}: "
+                "publish at the current size",
+                size,
+            )
+        try:
+            job.log.append(data)
+        except StorageFull as error:
+            self.event(job, f"disk full at offset {size}: a publish was refused ({error})")
+            raise
         self.appended(job)
         return job.log_size
 
@@ -257,7 +295,7 @@ class JobManager:
     def _signal_local(self, job: Job) -> None:
         """SIGTERM to the job's process group now, SIGKILL after the grace period."""
         job.record.cancel_requested = True
-        self._store.save(job.record)
+        self._save_record(job)
         handle = RunHandle.from_json(job.record.source_state)
         if handle is None:
             return
@@ -267,9 +305,7 @@ class JobManager:
             await asyncio.sleep(self._config.cancel_grace)
             self._environment.runner.signal(handle, signal.SIGKILL)
 
-        timer = asyncio.create_task(kill_after_grace(), name=f"kill-{job.id}")
-        self._kill_timers.add(timer)
-        timer.add_done_callback(self._kill_timers.discard)
+        self._supervised.spawn(kill_after_grace(), name=f"kill-{job.id}")
 
     @staticmethod
     async def _sealed(job: Job) -> None:
@@ -294,9 +330,13 @@ class JobManager:
     def _keep_event(self, job: Job, message: str) -> None:
         event = SourceEvent(job.log_size, message, time.time())
         job.events.append(event)
-        self._store.add_event(job.id, event)
         logger.info("job %d: %s", job.id, message)
         job.changed.notify()
+        try:
+            self._store.add_event(job.id, event)
+        except StorageFull as error:
+            # Followers have it; only a restarted daemon will not show it again.
+            logger.warning("job %d: event not stored: %s", job.id, error)
 
     def _report_dropped_events(self, job: Job, *, final: bool) -> None:
         """Tells followers how many events were dropped, once the limits allow (or at the end)."""
@@ -313,28 +353,79 @@ class JobManager:
         self._jobs[record.id] = job
         return job
 
+    def _claim_log(self, record: JobRecord) -> None:
+        """Creates a new job's log file; one already there belongs to another database."""
+        path = self._config.paths.job_log(record.id)
+        try:
+            fd = os.open(
+                path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
+            )
+        except OSError as error:
+            if isinstance(error, FileExistsError):
+                reason = f"{path} already exists: it is not this job's log; move it aside"
+            else:
+                reason = f"cannot create its log {path}: {error.strerror}"
+            record.state, record.reason, record.sealed = JobState.FAILED, reason, True
+            record.ended_at = time.time()
+            self._save_record(self._new_job(record))
+            failure = StorageFull if is_disk_full(error) else JobError
+            raise failure(f"job {record.id} failed: {reason}") from None
+        os.close(fd)
+
+    def _save_record(self, job: Job) -> None:
+        """Saves a record whose in-memory state is already set; a full disk only delays it."""
+        try:
+            self._store.save(job.record)
+        except StorageFull as error:
+            if job.id not in self._unsaved:
+                logger.warning("job %d: state not saved yet: %s", job.id, error)
+            self._unsaved.add(job.id)
+        else:
+            self._unsaved.discard(job.id)
+
     def _schedule(self) -> None:
         """Starts pending local jobs, oldest first, while the running limit allows."""
         limit = self._config.max_running_jobs
-        while self._pending and (limit is None or self._running_local < limit):
+        while self._pending and (limit is None or len(self._slots) < limit):
             job = self._pending.popleft()
-            if job.state is JobState.PENDING:
-                self._start_local(job)
+            if job.state is JobState.PENDING and not self._start_local(job):
+                # The disk is full: it stays first in line; the heartbeat tries again.
+                self._pending.appendleft(job)
+                return
 
-    def _start_local(self, job: Job) -> None:
+    def _start_local(self, job: Job) -> bool:
+        """Starts a pending local job; False if a full disk keeps it waiting."""
+        assert isinstance(job.record.spec, LocalSpec)
+        record = job.record
+        # Recorded before the process exists: a daemon killed before it records the pid
+        # finds "launching" and looks for the process's claim instead of starting it twice.
+        attempt = int(record.source_state.get(_LAUNCHING, 0)) + 1
+        record.source_state = {_LAUNCHING: attempt}
         try:
-            assert isinstance(job.record.spec, LocalSpec)
-            handle = self._environment.runner.start(job.id, job.record.spec)
+            self._store.save(record)
+            crash_at(self._config.crash_at, BEFORE_SPAWN)
+            handle = self._environment.runner.start(job.id, job.record.spec, attempt)
         except Exception as error:  # whatever it is, it fails this job and no other
+            if isinstance(error, StorageFull) or is_disk_full(error):
+                if job.id not in self._waiting_for_space:
+                    self._waiting_for_space.add(job.id)
+                    self.event(job, f"disk full: the job waits to start ({error})")
+                return False
             self._fail_start(job, error)
-            return
+            return True
+        self._waiting_for_space.discard(job.id)
+        crash_at(self._config.crash_at, AFTER_SPAWN)
+        self._run_local(job, handle)
+        return True
+
+    def _run_local(self, job: Job, handle: RunHandle) -> None:
         record = job.record
         record.source_state = handle.to_json()
         record.state = JobState.RUNNING
         record.started_at = time.time()
-        self._store.save(record)
+        self._save_record(job)
         job.changed.notify()
-        self._running_local += 1
+        self._slots.add(job.id)
         self._start_fetcher(job, finishing=False)
 
     def _fail_start(self, job: Job, error: Exception) -> None:
@@ -343,13 +434,34 @@ class JobManager:
             self._end(job, JobState.FAILED, None, f"cannot start the job: {error}")
         self._seal(job)
 
+    def _recover_launch(self, job: Job) -> bool:
+        """A job the last daemon was launching when it died: adopt its process, if any.
+
+        False when no process of that attempt ever claimed the job: the daemon has taken the
+        claim itself (so a late one exits without running) and the job starts afresh.
+        """
+        attempt = job.record.source_state.get(_LAUNCHING)
+        if not isinstance(attempt, int):
+            return False
+        runner = self._environment.runner
+        pid = runner.claim(job.id, attempt)
+        if pid is None:
+            return False
+        logger.info("job %d: adopting process %d started by the last daemon", job.id, pid)
+        self._run_local(job, RunHandle.of(pid))
+        return True
+
     def _start_fetcher(self, job: Job, *, finishing: bool) -> None:
         source = make_source(job.id, job.record.spec, self._environment)
         fetcher = Fetcher(job, source, self, self._config)
         if finishing:
             fetcher.request_finish()
         self._fetchers[job.id] = fetcher
-        self._tasks[job.id] = asyncio.create_task(self._fetch(job, fetcher), name=f"fetch-{job.id}")
+        self._tasks[job.id] = self._supervised.spawn(
+            self._fetch(job, fetcher),
+            name=f"fetch-{job.id}",
+            on_crash=lambda error: self._conclude(job, Outcome(1, f"fetching failed: {error}")),
+        )
 
     async def _fetch(self, job: Job, fetcher: Fetcher) -> None:
         try:
@@ -364,17 +476,25 @@ class JobManager:
         finally:
             self._fetchers.pop(job.id, None)
             self._tasks.pop(job.id, None)
-        if outcome is not None and not job.state.terminal:
-            if job.record.cancel_requested:
-                state, reason = JobState.CANCELLED, f"cancelled ({outcome.reason})"
-            else:
-                state, reason = JobState.from_exit_code(outcome.exit_code), outcome.reason
-            self._end(job, state, outcome.exit_code, reason)
-        self._seal(job)
-        if job.record.spec.kind is SourceKind.LOCAL:
-            # Its slot is free: the oldest pending job may start.
-            self._running_local -= 1
-            self._schedule()
+        self._conclude(job, outcome)
+
+    def _conclude(self, job: Job, outcome: Outcome | None) -> None:
+        """After the fetch: records how the job ended, seals it and frees its local slot."""
+        self._fetchers.pop(job.id, None)
+        self._tasks.pop(job.id, None)
+        try:
+            if outcome is not None and not job.state.terminal:
+                if job.record.cancel_requested:
+                    state, reason = JobState.CANCELLED, f"cancelled ({outcome.reason})"
+                else:
+                    state, reason = JobState.from_exit_code(outcome.exit_code), outcome.reason
+                self._end(job, state, outcome.exit_code, reason)
+            self._seal(job)
+        finally:
+            if job.id in self._slots:
+                # Its slot is free: the oldest pending job may start.
+                self._slots.discard(job.id)
+                self._schedule()
 
     def _end(self, job: Job, state: JobState, exit_code: int | None, reason: str) -> None:
         record = job.record
@@ -382,15 +502,15 @@ class JobManager:
         record.exit_code = exit_code
         record.reason = reason
         record.ended_at = time.time()
-        self._store.save(record)
         job.changed.notify()
+        self._save_record(job)
 
     def _seal(self, job: Job) -> None:
         self._report_dropped_events(job, final=True)
         job.record.sealed = True
-        self._store.save(job.record)
         job.changed.notify()
         job.release_log_if_idle()
+        self._save_record(job)
 
     async def _beat(self) -> None:
         while True:
@@ -398,6 +518,14 @@ class JobManager:
             for job_id in [*self._event_limiters]:
                 if job_id in self._jobs:  # (a removed job has nothing left to report)
                     self._report_dropped_events(self._jobs[job_id], final=False)
+            for job_id in list(self._unsaved):
+                unsaved = self._jobs.get(job_id)
+                if unsaved is None:  # removed meanwhile
+                    self._unsaved.discard(job_id)
+                else:
+                    self._save_record(unsaved)
+            if self._pending:  # one may wait for disk space
+                self._schedule()
             for job in self._jobs.values():
                 if job.changed.waiting:
                     job.heartbeat_tick += 1
@@ -413,6 +541,9 @@ def _validate_attach(spec: SourceSpec) -> None:
             raise InvalidRequest(f"no such file: {spec.path}")
         if path.is_dir():
             raise InvalidRequest(f"{spec.path} is a directory, not a file")
+        if not path.is_file():
+            # A FIFO or device would block the reader; only regular files are followed.
+            raise InvalidRequest(f"{spec.path} is not a regular file")
         if not os.access(path, os.R_OK):
             raise InvalidRequest(f"cannot read {spec.path}: permission denied")
     elif isinstance(spec, CommandSpec):

@@ -7,12 +7,17 @@ they are ready to send it, so memory does not depend on how far behind anyone is
 
 from __future__ import annotations
 
+import asyncio
 import os
+from concurrent.futures import Executor
 from pathlib import Path
 
+from tailhub.daemon.faults import is_disk_full
+from tailhub.daemon.model import StorageFull
 from tailhub.daemon.statedir import open_state_file
 
 _TAIL_SCAN_BLOCK = 64 * 1024
+_TAIL_SCAN_MAX_BLOCK = 256 * 1024
 
 
 class JobLog:
@@ -29,7 +34,12 @@ class JobLog:
         self._append_fd: int | None = (
             open_state_file(path, os.O_WRONLY | os.O_APPEND) if writable else None
         )
-        self._read_fd = open_state_file(path, os.O_RDONLY)
+        if not writable:
+            # Checked (never a planted link or FIFO) and created now, read later.
+            os.close(open_state_file(path, os.O_RDONLY))
+        # Opened on the first read from disk: followers at the live edge read from the
+        # window, so thousands of waiting jobs hold one descriptor each, not two.
+        self._read_fd = -1
         # Given, not read from the file: a job writing its own log may be ahead of what the
         # fetcher has observed, and only observed bytes are served.
         self.size = size
@@ -51,14 +61,36 @@ class JobLog:
         self._window = bytearray()
 
     def append(self, data: bytes) -> None:
-        """Stores bytes the fetcher received."""
+        """Stores bytes the fetcher received: all of them, or none (then it raises).
+
+        A failed or partial write (a full disk) is cut off again before the error goes up,
+        so bytes nobody was told were stored never appear at an offset later served.
+        """
         if self._append_fd is None:
             raise RuntimeError(f"log {self.path} is written by its job, not the daemon")
         view = memoryview(data)
-        while view:
-            written = os.write(self._append_fd, view)
-            view = view[written:]
+        try:
+            while view:
+                written = os.write(self._append_fd, view)
+                view = view[written:]
+        except BaseException as error:
+            os.ftruncate(self._append_fd, self.size)
+            if is_disk_full(error):
+                raise StorageFull(
+                    f"disk full at offset {self.size} of {self.path}: "
+                    f"{getattr(error, 'strerror', error)}"
+                ) from error
+            raise
         self._remember(data)
+
+    def truncate(self, size: int) -> None:
+        """Cuts off bytes past `size` that no follower was served (a crash's partial write)."""
+        if self._append_fd is None or size > self.size:
+            raise RuntimeError(f"log {self.path} cannot be cut to {size} bytes")
+        os.ftruncate(self._append_fd, size)
+        self.size = size
+        self._window = bytearray()
+        self._window_start = size
 
     def observe(self, data: bytes) -> None:
         """Takes note of bytes the job itself already wrote to the log file."""
@@ -81,6 +113,8 @@ class JobLog:
         if offset >= self._window_start:
             start = offset - self._window_start
             return bytes(self._window[start : start + (end - offset)])
+        if self._read_fd < 0:
+            self._read_fd = open_state_file(self.path, os.O_RDONLY, create=False)
         parts = []
         position = offset
         while position < end:
@@ -91,17 +125,35 @@ class JobLog:
             position += len(part)
         return b"".join(parts)
 
-    def tail_offset(self, lines: int) -> int:
-        """The offset where the last `lines` lines begin; reads backwards, never the whole log."""
-        if lines <= 0:
-            return self.size
-        end = self.size
+    async def tail_offset(self, lines: int, scans: Executor | None = None) -> int:
+        """The offset where the last `lines` lines begin; reads backwards, never the whole log.
+
+        The scan runs on a thread of `scans` (else the default pool) with its own descriptor:
+        a long log without a newline is read to its start, and that must not stall the
+        event loop, nor the worker threads that file sources read with.
+        """
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(scans, scan_tail, self.path, self.size, lines)
+
+
+def scan_tail(path: Path, end: int, lines: int) -> int:
+    """The offset where the last `lines` lines of the file's first `end` bytes begin."""
+    if lines <= 0 or end == 0:
+        return end
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
         # A final newline ends the last line; it does not start another one.
-        wanted = lines + 1 if end and self.read(end - 1, 1) == b"\n" else lines
+        wanted = lines + 1 if os.pread(fd, 1, end - 1) == b"\n" else lines
         position = end
+        block_size = _TAIL_SCAN_BLOCK
         while position > 0:
-            start = max(0, position - _TAIL_SCAN_BLOCK)
-            block = self.read(start, position - start)
+            start = max(0, position - block_size)
+            # Growing blocks: few lines are near the end, and a long scan makes few trips
+            # between the GIL and the kernel (each one may wait for the GIL).
+            block_size = min(block_size * 2, _TAIL_SCAN_MAX_BLOCK)
+            block = os.pread(fd, position - start, start)
+            if len(block) != position - start:
+                raise OSError(f"log {path} is shorter than its recorded size")
             index = len(block)
             while True:
                 index = block.rfind(b"\n", 0, index)
@@ -112,3 +164,5 @@ class JobLog:
                     return start + index + 1
             position = start
         return 0
+    finally:
+        os.close(fd)

@@ -171,3 +171,15 @@ class JobNotFound(JobError):
 
 class InvalidRequest(JobError):
     """The request cannot be carried out as asked (wrong source kind, job already ended...)."""
+
+
+class StorageFull(JobError):
+    """The disk holding the state directory is full: nothing was stored, retry when freed."""
+
+
+class OffsetMismatch(JobError):
+    """A Publish expected the log to end at another offset than it does."""
+
+    def __init__(self, message: str, log_size: int) -> None:
+        super().__init__(message)
+        self.log_size = log_size

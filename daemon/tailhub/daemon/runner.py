@@ -14,6 +14,7 @@ import os
 import shlex
 import signal
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,12 @@ from tailhub.daemon.statedir import ensure_private_dir, open_state_file, write_s
 _WRAPPER = """\
 #!/usr/bin/env bash
 # Written by tailhubd for job {job_id}.
+# First, claim this launch: a daemon that died before recording this process either adopts it
+# (the claim holds its pid) or takes the claim itself and starts the job again, and then this
+# script must not run the task a second time.
+set -C
+{{ echo $$ > {claim}; }} 2>/dev/null || exit 0
+set +C
 # Cancel signals the whole process group. A trapped (not ignored) SIGTERM leaves this shell
 # alive to record how the job's script ended, and is reset to the default in that script.
 trap : TERM
@@ -89,7 +96,7 @@ class LocalRunner:
         self._fallback_environment = dict(fallback_environment)
         self._umask = umask
 
-    def start(self, job_id: int, spec: LocalSpec) -> RunHandle:
+    def start(self, job_id: int, spec: LocalSpec, attempt: int = 1) -> RunHandle:
         run_dir = self._paths.run_dir(job_id)
         ensure_private_dir(run_dir)
         write_state_file(run_dir / "setup.sh", spec.setup)
@@ -103,6 +110,7 @@ class LocalRunner:
                 setup=shlex.quote(str(run_dir / "setup.sh")),
                 run=shlex.quote(str(run_dir / "run.sh")),
                 status=shlex.quote(str(self._status_path(job_id))),
+                claim=shlex.quote(str(self._claim_path(job_id, attempt))),
             ),
         )
         base = dict(spec.environment) or self._fallback_environment
@@ -123,6 +131,25 @@ class LocalRunner:
         finally:
             os.close(log_fd)
         return RunHandle(process.pid, _start_time(process.pid) or 0)
+
+    def claim(self, job_id: int, attempt: int) -> int | None:
+        """The pid that claimed launch `attempt` of the job; None if the daemon now holds it.
+
+        Taking the claim (O_EXCL) is what makes a process of that attempt that has not
+        claimed it yet exit without running the task.
+        """
+        path = self._claim_path(job_id, attempt)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        except FileExistsError:
+            return _claimant(path)
+        except FileNotFoundError:  # no run directory: nothing was started
+            return None
+        try:
+            os.write(fd, b"daemon\n")
+        finally:
+            os.close(fd)
+        return None
 
     def is_running(self, handle: RunHandle) -> bool:
         start_time = _start_time(handle.pid)
@@ -169,6 +196,19 @@ class LocalRunner:
 
     def _status_path(self, job_id: int) -> Path:
         return self._paths.run_dir(job_id) / "exit_status"
+
+    def _claim_path(self, job_id: int, attempt: int) -> Path:
+        return self._paths.run_dir(job_id) / f"pid.{attempt}"
+
+
+def _claimant(path: Path) -> int | None:
+    """The pid in a claim file; the shell writes it right after creating the file."""
+    for _ in range(100):
+        text = path.read_text().strip()
+        if text:
+            return int(text) if text.isdigit() else None
+        time.sleep(0.01)  # created, not yet written: a moment at most
+    return None
 
 
 def _start_time(pid: int) -> int | None:

@@ -15,6 +15,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from tailhub.daemon.config import DaemonConfig
+from tailhub.daemon.identity import check_logs_belong
 from tailhub.daemon.jobs import JobManager
 from tailhub.daemon.lock import StateLock
 from tailhub.daemon.runner import LocalRunner
@@ -58,6 +59,7 @@ class Daemon:
         self._watcher.start(loop)
         check_database(paths.database)
         self._store = JobStore(paths.database)
+        check_logs_belong(paths, *self._store.instance_id())
         environment = SourceEnvironment(
             self.config,
             self._watcher,

@@ -28,6 +28,7 @@ from tailhub.daemon.model import (
     SourceEvent,
     SourceKind,
     SourceSpec,
+    StorageFull,
 )
 from tailhub.daemon.wire import EncodedChunkCache, encode_chunk
 from tailhub.v1 import tailhub_pb2 as pb
@@ -79,6 +80,8 @@ def _status_of(error: Exception) -> grpc.StatusCode:
         return grpc.StatusCode.INVALID_ARGUMENT
     if isinstance(error, DaemonStopping):
         return grpc.StatusCode.UNAVAILABLE
+    if isinstance(error, StorageFull):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED
     return grpc.StatusCode.FAILED_PRECONDITION
 
 
@@ -106,6 +109,7 @@ class TailhubServicer:
                 follow=request.follow,
                 max_chunk=self._config.max_chunk_bytes,
                 stopping=lambda: manager.stopping,
+                scans=manager.scans,
             )
             try:
                 async for item in stream:
@@ -178,7 +182,9 @@ class TailhubServicer:
         self, request: pb.PublishRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.PublishResponse:
         limits.check_publish(request.data)
-        return pb.PublishResponse(log_size=self._manager.publish(request.job_id, request.data))
+        expected = request.expected_offset if request.HasField("expected_offset") else None
+        size = self._manager.publish(request.job_id, request.data, expected)
+        return pb.PublishResponse(log_size=size)
 
     @_translating_errors
     async def finish_job(

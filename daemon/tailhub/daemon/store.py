@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import json
+import secrets
 import sqlite3
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+from tailhub.daemon.faults import is_disk_full
 from tailhub.daemon.model import (
     JobRecord,
     JobState,
     SourceEvent,
     SourceSpec,
+    StorageFull,
     spec_from_json,
     spec_to_json,
 )
@@ -39,6 +44,10 @@ CREATE TABLE IF NOT EXISTS events (
     message TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_by_job ON events(job_id);
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 """
 
 _COLUMNS = (
@@ -47,29 +56,86 @@ _COLUMNS = (
 )
 
 
+class UnusableState(Exception):
+    """The state directory cannot be used as it is; the message says what to move aside."""
+
+
 class JobStore:
-    """Durable job records. Small synchronous writes: only state changes come here, never bytes."""
+    """Durable job records. Small synchronous writes: only state changes come here, never bytes.
+
+    A database that cannot be read is refused (UnusableState), never started over: job ids
+    must not be reused while logs of the old ones exist. A write that fails on a full disk
+    raises StorageFull; nothing of it is stored, and later writes work once space is freed.
+    """
 
     def __init__(self, path: Path) -> None:
-        self._db = sqlite3.connect(path, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # NORMAL in WAL mode survives a process crash, which is the promise we make.
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
+        self.path = path
+        try:
+            self._db = sqlite3.connect(path, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            # NORMAL in WAL mode survives a process crash, which is the promise we make.
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            (verdict,) = self._db.execute("PRAGMA quick_check").fetchone()
+            if verdict != "ok":
+                raise sqlite3.DatabaseError(f"damaged: {verdict}")
+            self._db.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as error:
+            raise self._unreadable(error) from None
+
+    def _unreadable(self, error: sqlite3.DatabaseError) -> UnusableState:
+        home = self.path.parent
+        return UnusableState(
+            f"database {self.path} cannot be read ({error}); move it aside together with "
+            f"{home / 'logs'} and {home / 'runs'} (their job ids belong to it), then start again"
+        )
 
     def close(self) -> None:
         self._db.close()
 
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.OperationalError as error:
+            if is_disk_full(error):
+                raise StorageFull(f"disk full: cannot write {self.path} ({error})") from error
+            raise
+
+    def instance_id(self) -> tuple[str, bool]:
+        """The random identity of this database, and whether it was created just now.
+
+        Logs carry it (see identity.py), so a new database never adopts old logs.
+        """
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'instance'").fetchone()
+        if row is not None:
+            return str(row[0]), False
+        # A database from before identities existed has used job ids: it is not new.
+        new = self._db.execute("SELECT count(*) FROM jobs").fetchone()[0] == 0 and not (
+            self._db.execute(
+                "SELECT 1 FROM sqlite_master WHERE name = 'sqlite_sequence'"
+            ).fetchone()
+            and self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'jobs'").fetchone()
+        )
+        instance = secrets.token_hex(16)
+        with self._writing():
+            self._db.execute("INSERT INTO meta (key, value) VALUES ('instance', ?)", (instance,))
+        return instance, new
+
     def create(self, name: str, spec: SourceSpec) -> JobRecord:
         now = time.time()
-        cursor = self._db.execute(
-            "INSERT INTO jobs (name, spec, state, submitted_at) VALUES (?, ?, ?, ?)",
-            (name, json.dumps(spec_to_json(spec)), JobState.PENDING.value, now),
-        )
+        with self._writing():
+            cursor = self._db.execute(
+                "INSERT INTO jobs (name, spec, state, submitted_at) VALUES (?, ?, ?, ?)",
+                (name, json.dumps(spec_to_json(spec)), JobState.PENDING.value, now),
+            )
         assert cursor.lastrowid is not None
         return JobRecord(id=cursor.lastrowid, name=name, spec=spec, submitted_at=now)
 
     def save(self, record: JobRecord) -> None:
+        with self._writing():
+            self._save(record)
+
+    def _save(self, record: JobRecord) -> None:
         self._db.execute(
             "UPDATE jobs SET state=?, exit_code=?, reason=?, started_at=?, ended_at=?, "
             "upstream_connections=?, sealed=?, source_state=?, cancel_requested=? WHERE id=?",
@@ -100,21 +166,28 @@ class JobStore:
         self._db.execute("COMMIT")
 
     def load_all(self) -> list[JobRecord]:
-        rows = self._db.execute(f"SELECT {_COLUMNS} FROM jobs ORDER BY id").fetchall()  # noqa: S608
+        try:
+            rows = self._db.execute(f"SELECT {_COLUMNS} FROM jobs ORDER BY id").fetchall()  # noqa: S608
+        except sqlite3.DatabaseError as error:
+            raise self._unreadable(error) from None
         return [_record_from_row(row) for row in rows]
 
     def add_event(self, job_id: int, event: SourceEvent) -> None:
-        self._db.execute(
-            "INSERT INTO events (job_id, offset, time, message) VALUES (?, ?, ?, ?)",
-            (job_id, event.offset, event.time, event.message),
-        )
+        with self._writing():
+            self._db.execute(
+                "INSERT INTO events (job_id, offset, time, message) VALUES (?, ?, ?, ?)",
+                (job_id, event.offset, event.time, event.message),
+            )
 
     def load_events(self) -> dict[int, list[SourceEvent]]:
         events: dict[int, list[SourceEvent]] = {}
-        for job_id, offset, at, message in self._db.execute(
-            "SELECT job_id, offset, time, message FROM events ORDER BY rowid"
-        ):
-            events.setdefault(job_id, []).append(SourceEvent(offset, message, at))
+        try:
+            for job_id, offset, at, message in self._db.execute(
+                "SELECT job_id, offset, time, message FROM events ORDER BY rowid"
+            ):
+                events.setdefault(job_id, []).append(SourceEvent(offset, message, at))
+        except sqlite3.DatabaseError as error:
+            raise self._unreadable(error) from None
         return events
 
 

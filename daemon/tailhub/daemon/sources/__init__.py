@@ -61,7 +61,9 @@ def _file(job_id: int, spec: SourceSpec, environment: SourceEnvironment) -> Sour
 def _command(job_id: int, spec: SourceSpec, environment: SourceEnvironment) -> Source:
     assert isinstance(spec, CommandSpec)
     codes = spec.transport_exit_codes or environment.config.transport_exit_codes
-    return CommandSource(spec, codes, environment.runner, environment.connecting)
+    return CommandSource(
+        spec, codes, environment.runner, environment.connecting, environment.config.crash_at
+    )
 
 
 def _push(job_id: int, spec: SourceSpec, environment: SourceEnvironment) -> Source:

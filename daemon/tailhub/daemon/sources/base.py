@@ -47,6 +47,9 @@ class Upstream(Protocol):
 
     def save_state(self) -> None: ...
 
+    def discard_after(self, offset: int) -> None:
+        """Cuts the log back to `offset` before anything is served past it (recovery only)."""
+
     def event(self, message: str) -> None:
         """Reports something that happened upstream to the job's followers."""
 

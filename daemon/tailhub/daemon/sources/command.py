@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
+from tailhub.daemon.faults import AFTER_STDERR_APPEND, crash_at
 from tailhub.daemon.model import CommandSpec
 from tailhub.daemon.runner import LocalRunner, RunHandle
 from tailhub.daemon.sources.base import Outcome, Upstream, UpstreamFailed, UpstreamUnusable
@@ -26,6 +27,8 @@ TERMINATE_GRACE = 2.0
 CONNECT_SETTLE_SECONDS = 5.0
 # Resume state: how many bytes of the log came from stderr (not replayed on reconnect).
 _STDERR_BYTES = "stderr_bytes"
+# Resume state: a stderr append in progress, [log size before it, its length], saved first.
+_STDERR_PENDING = "stderr_pending"
 _MAX_EVENT_CHARS = 1000
 
 
@@ -43,9 +46,12 @@ class CommandSource:
     runner: LocalRunner
     # Bounds how many commands are connecting at once, daemon-wide (see DaemonConfig).
     connecting: asyncio.Semaphore
+    # Fault injection for tests (see faults.py).
+    crash_points: frozenset[str] = frozenset()
     counts_connections: ClassVar[bool] = True
 
     async def fetch(self, upstream: Upstream) -> Outcome | None:
+        _settle_stderr_journal(upstream)
         await self._stop_left_over(upstream)
         await self.connecting.acquire()
         connected = _Once(self.connecting.release)
@@ -60,7 +66,7 @@ class CommandSource:
         upstream.save_state()
         assert process.stdout is not None
         assert process.stderr is not None
-        stderr = asyncio.create_task(self._pump_stderr(process.stderr, upstream))
+        stderr = asyncio.create_task(self._pump_stderr_or_stop(process, upstream))
         skip = upstream.stored - int(upstream.state.get(_STDERR_BYTES, 0))
         try:
             while data := await process.stdout.read(READ_BYTES):
@@ -81,6 +87,8 @@ class CommandSource:
                 await _terminate(process)
             stderr.cancel()
             await asyncio.wait([stderr])
+            if not stderr.cancelled():
+                stderr.exception()  # read: an error it ended with is reported by stdout's end
         if exit_code < 0:
             exit_code = 128 - exit_code  # killed by a signal, as a shell reports it
         if exit_code in self.transport_exit_codes:
@@ -88,6 +96,18 @@ class CommandSource:
         if skip:
             upstream.event(f"command replayed {skip} bytes fewer than were already stored")
         return Outcome(exit_code, reason=f"command exited with {exit_code}")
+
+    async def _pump_stderr_or_stop(
+        self, process: asyncio.subprocess.Process, upstream: Upstream
+    ) -> None:
+        """Pumps stderr; if that fails (a full disk), stops the command so stdout ends too."""
+        assert process.stderr is not None
+        try:
+            await self._pump_stderr(process.stderr, upstream)
+        except Exception:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+            raise
 
     async def _pump_stderr(self, stream: asyncio.StreamReader, upstream: Upstream) -> None:
         if self.spec.stderr_events:
@@ -103,9 +123,14 @@ class CommandSource:
             _report_stderr(upstream, pending)
             return
         while data := await stream.read(READ_BYTES):
+            # Journaled: the intent is saved before the append and the count after it, so a
+            # daemon killed in between finds out from the log's size whether it landed.
+            upstream.state[_STDERR_PENDING] = [upstream.stored, len(data)]
+            upstream.save_state()
             upstream.append(data)
-            # Saved with the append, before the next await: a crash cannot separate them.
+            crash_at(self.crash_points, AFTER_STDERR_APPEND)
             upstream.state[_STDERR_BYTES] = int(upstream.state.get(_STDERR_BYTES, 0)) + len(data)
+            del upstream.state[_STDERR_PENDING]
             upstream.save_state()
 
     async def _stop_left_over(self, upstream: Upstream) -> None:
@@ -142,6 +167,19 @@ class CommandSource:
             raise UpstreamUnusable(
                 f"cannot run {self.spec.describe()}: {error.strerror}", exit_code=127
             ) from error
+
+
+def _settle_stderr_journal(upstream: Upstream) -> None:
+    """Completes a stderr append that a crash interrupted: counted if it reached the log."""
+    pending = upstream.state.pop(_STDERR_PENDING, None)
+    if pending is None:
+        return
+    before, length = int(pending[0]), int(pending[1])
+    if upstream.stored >= before + length:
+        upstream.state[_STDERR_BYTES] = int(upstream.state.get(_STDERR_BYTES, 0)) + length
+    elif upstream.stored > before:
+        upstream.discard_after(before)  # part of it: as if none had been written
+    upstream.save_state()
 
 
 def _report_stderr(upstream: Upstream, line: bytes) -> None:

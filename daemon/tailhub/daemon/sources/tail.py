@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import stat
 import time
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ import aiofiles
 import aiofiles.os
 
 from tailhub.daemon.signal import Stop
-from tailhub.daemon.sources.base import Upstream
+from tailhub.daemon.sources.base import Upstream, UpstreamUnusable
 from tailhub.daemon.watch import FileWatch, FileWatcher
 
 READ_BYTES = 1024 * 1024
@@ -21,6 +22,25 @@ READ_BYTES = 1024 * 1024
 RECHECK_SECONDS = 1.0
 # While the path is missing (between rename and re-create), look this often.
 MISSING_RECHECK_SECONDS = 0.1
+
+
+def _open_regular(path: Path) -> int:
+    """Opens a regular file for reading; anything else is refused (UpstreamUnusable).
+
+    Non-blocking, on the event loop's thread: opening a FIFO blocks until a writer comes,
+    and a blocked worker thread stalls every file job and keeps a stopping daemon alive.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise UpstreamUnusable(f"{path} is not a regular file; only regular files are followed")
+        # Reads of a regular file never block; clear the flag anyway, it is not ours to keep.
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 class FileTailer:
@@ -80,7 +100,7 @@ class FileTailer:
         announced = False
         while True:
             try:
-                return await aiofiles.open(self._path, "rb", buffering=0)
+                return await aiofiles.open(_open_regular(self._path), "rb", buffering=0)
             except FileNotFoundError:
                 if self._stop.is_set():
                     return None

@@ -1,0 +1,50 @@
+"""Faults: telling a full disk from other errors, and crash points that tests can enable.
+
+A crash point kills the daemon with SIGKILL at a named moment (between two writes that a
+crash must not separate), so that a test can show the restarted daemon recovers. They are
+enabled only by `TAILHUB_CRASH_AT=point[,point]`, read once in the daemon's entry point.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import sqlite3
+from collections.abc import Mapping
+
+CRASH_ENV = "TAILHUB_CRASH_AT"
+# Between recording that a local job is launching and starting its process.
+BEFORE_SPAWN = "before-spawn"
+# Between starting a local job's process and recording its pid.
+AFTER_SPAWN = "after-spawn"
+# Between appending a command's stderr bytes to the log and saving their count.
+AFTER_STDERR_APPEND = "after-stderr-append"
+CRASH_POINTS = frozenset({BEFORE_SPAWN, AFTER_SPAWN, AFTER_STDERR_APPEND})
+
+_SQLITE_FULL = 13  # sqlite3.SQLITE_FULL, absent from typeshed
+_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def crash_points_from(environ: Mapping[str, str]) -> frozenset[str]:
+    """The crash points named in the environment; unknown names are an error."""
+    names = frozenset(name for name in environ.get(CRASH_ENV, "").split(",") if name)
+    unknown = names - CRASH_POINTS
+    if unknown:
+        raise ValueError(f"{CRASH_ENV}: unknown crash point(s) {', '.join(sorted(unknown))}")
+    return names
+
+
+def crash_at(enabled: frozenset[str], point: str) -> None:
+    """Dies here, as kill -9 would, if `point` is enabled."""
+    if point in enabled:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def is_disk_full(error: BaseException) -> bool:
+    if isinstance(error, OSError):
+        return error.errno in _FULL_ERRNOS
+    if isinstance(error, sqlite3.OperationalError):
+        code = getattr(error, "sqlite_errorcode", None)
+        return isinstance(code, int) and code & 0xFF == _SQLITE_FULL
+    return False

@@ -1,0 +1,46 @@
+"""Which database the logs belong to: job ids are never reused on top of older logs.
+
+The database holds a random instance id; `logs/` holds a marker file with the id of the
+database that owns its logs. A database that is new (empty, or replaced) next to logs or runs
+of another one is refused, so that new job 2 never serves old job 2's bytes.
+"""
+
+from __future__ import annotations
+
+import os
+
+from tailhub.daemon.paths import StatePaths
+from tailhub.daemon.store import UnusableState
+
+MARKER_NAME = ".database-id"
+
+
+def check_logs_belong(paths: StatePaths, instance_id: str, new_database: bool) -> None:
+    """Refuses (UnusableState) logs that belong to another database; marks them ours."""
+    marker = paths.logs / MARKER_NAME
+    try:
+        owner: str | None = marker.read_text().strip()
+    except FileNotFoundError:
+        owner = None
+    if owner is not None and owner != instance_id:
+        raise UnusableState(
+            f"{paths.logs} belongs to another database than {paths.database}; "
+            f"move {paths.logs} and {paths.runs} aside (or restore that database), then start again"
+        )
+    if owner is not None:
+        return
+    if new_database and (_has_entries(paths.logs) or _has_entries(paths.runs)):
+        raise UnusableState(
+            f"database {paths.database} is new but {paths.logs} or {paths.runs} holds jobs of "
+            f"an older one; move them aside (or restore that database), then start again"
+        )
+    fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, f"{instance_id}\n".encode())
+    finally:
+        os.close(fd)
+
+
+def _has_entries(directory: os.PathLike[str]) -> bool:
+    with os.scandir(directory) as entries:
+        return any(entry.name != MARKER_NAME for entry in entries)
