@@ -590,6 +590,7 @@ class LaunchJobRequest(_message.Message):
     RUN_FIELD_NUMBER: _builtins.int
     ENVIRONMENT_FIELD_NUMBER: _builtins.int
     BACKEND_FIELD_NUMBER: _builtins.int
+    TASK_YAML_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     workdir: _builtins.str
     """Working directory; empty means the daemon's current directory."""
@@ -600,6 +601,10 @@ class LaunchJobRequest(_message.Message):
     backend: _builtins.str
     """Where the task runs: "local" (this machine) or "skypilot" (SkyPilot managed jobs, submitted
     with the daemon's `sky`). Empty: the daemon's default backend.
+    """
+    task_yaml: _builtins.str
+    """The task file's text, for backends that take a task whole (skypilot: resources,
+    file_mounts...). The local backend uses run/setup/workdir/envs and ignores it.
     """
     @_builtins.property
     def envs(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
@@ -620,10 +625,11 @@ class LaunchJobRequest(_message.Message):
         run: _builtins.str = ...,
         environment: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         backend: _builtins.str = ...,
+        task_yaml: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "environment", b"environment", "envs", b"envs", "name", b"name", "run", b"run", "setup", b"setup", "workdir", b"workdir"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "environment", b"environment", "envs", b"envs", "name", b"name", "run", b"run", "setup", b"setup", "task_yaml", b"task_yaml", "workdir", b"workdir"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
