@@ -610,7 +610,8 @@ def _run() -> None:
     from tailhub.client._errors import TailhubError
 
     try:
-        cli.main(standalone_mode=False)
+        # The same completion variable however it was started (`python -m tailhub.client`).
+        cli.main(standalone_mode=False, complete_var="_TAILHUB_COMPLETE")
     except click.ClickException as error:
         error.show()
         sys.exit(error.exit_code)
