@@ -123,6 +123,16 @@ def summary(outcomes: Sequence[Outcome]) -> str:
     return out
 
 
+def report(outcomes: list[Outcome], unfinished: bool, glob: str | None) -> int:
+    """Says the summary line on stderr; returns the exit code for many jobs (or none found)."""
+    if not outcomes:
+        what = "unfinished job" if unfinished else "job"
+        note(f"no {what}" + (f" named {glob!r}" if glob is not None else ""))
+        return exit_codes.NOT_FOUND if glob is not None else exit_codes.SUCCEEDED
+    note(summary(outcomes))
+    return worst(outcomes)
+
+
 def _short(target: Target) -> str:
     if target.job_id is None:
         return repr(target.name)

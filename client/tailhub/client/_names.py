@@ -7,7 +7,9 @@ an id, so a job whose name is all digits can only be named by its id.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+import click
 
 from tailhub.client import exit_codes
 from tailhub.client._errors import JobNotFoundError, TailhubError
@@ -23,6 +25,26 @@ class AmbiguousJobName(TailhubError):
     """A name given where one job is meant matches several: the user must pick an id."""
 
     exit_code = exit_codes.USAGE
+
+
+class JobRef(click.ParamType):  # type: ignore[type-arg]
+    """A job id (digits), or a job's name: resolved against the daemon's jobs once connected."""
+
+    name = "JOB"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        try:
+            return check_job_ref(str(value))
+        except ValueError as error:
+            self.fail(str(error), param, ctx)
+
+    def shell_complete(
+        self, ctx: click.Context, param: click.Parameter, incomplete: str
+    ) -> list[click.shell_completion.CompletionItem]:
+        from click.shell_completion import CompletionItem
+
+        home = ctx.params.get("home") or ctx.find_root().params.get("home")
+        return [CompletionItem(value, help=text) for value, text in complete_jobs(home, incomplete)]
 
 
 def is_job_id(ref: str) -> bool:

@@ -18,8 +18,8 @@ import click
 
 from tailhub.client import exit_codes
 from tailhub.client._errors import TailhubError
-from tailhub.client._multi import Outcome, follow_jobs, select_targets, summary, worst
-from tailhub.client._names import check_job_ref, complete_jobs, latest_job, resolve_jobs
+from tailhub.client._multi import follow_jobs, report, select_targets
+from tailhub.client._names import JobRef, latest_job, resolve_jobs
 from tailhub.client._output import (
     copy_log,
     job_label,
@@ -37,28 +37,8 @@ if TYPE_CHECKING:  # importing the client pulls in grpc, which `--help` does not
     from tailhub.client import Client, StatePaths
 
 
-class _JobRef(click.ParamType):  # type: ignore[type-arg]
-    """A job id (digits), or a job's name: resolved against the daemon's jobs once connected."""
-
-    name = "JOB"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
-        try:
-            return check_job_ref(str(value))
-        except ValueError as error:
-            self.fail(str(error), param, ctx)
-
-    def shell_complete(
-        self, ctx: click.Context, param: click.Parameter, incomplete: str
-    ) -> list[click.shell_completion.CompletionItem]:
-        from click.shell_completion import CompletionItem
-
-        home = ctx.params.get("home") or ctx.find_root().params.get("home")
-        return [CompletionItem(value, help=text) for value, text in complete_jobs(home, incomplete)]
-
-
-# Job ids are SQLite row ids; exit codes are what a process can exit with.
-JOB_REF = _JobRef()
+# Job ids (or names) and exit codes as the command line takes them.
+JOB_REF = JobRef()
 EXIT_CODE = click.IntRange(0, 255)
 MAX_TAIL_LINES = 10**9
 # `jobs queue` without --all shows this many, the newest.
@@ -529,17 +509,7 @@ def _follow_many(
     targets = select_targets(client, refs, unfinished=unfinished, glob=glob)
     colour = sys.stdout.isatty()
     outcomes = follow_jobs(client, targets, follow=follow, tail=tail, prefix=prefix, colour=colour)
-    sys.exit(_summarise(outcomes, unfinished, glob))
-
-
-def _summarise(outcomes: list[Outcome], unfinished: bool, glob: str | None) -> int:
-    """Says the summary line on stderr; returns the exit code for many jobs."""
-    if not outcomes:
-        what = "unfinished job" if unfinished else "job"
-        note(f"no {what}" + (f" named {glob!r}" if glob is not None else ""))
-        return exit_codes.NOT_FOUND if glob is not None else exit_codes.SUCCEEDED
-    note(summary(outcomes))
-    return worst(outcomes)
+    sys.exit(report(outcomes, unfinished, glob))
 
 
 @jobs.command("wait")
@@ -554,7 +524,7 @@ def jobs_wait(home: str | None, jobs: tuple[str, ...], unfinished: bool, glob: s
     with _connect(home) as client:
         targets = select_targets(client, jobs, unfinished=unfinished, glob=glob, at_end=True)
         outcomes = follow_jobs(client, targets, output=False)
-    sys.exit(_summarise(outcomes, unfinished, glob))
+    sys.exit(report(outcomes, unfinished, glob))
 
 
 @jobs.command("queue")
