@@ -312,3 +312,28 @@ def test_completion_offers_job_ids_and_names_and_never_starts_a_daemon(
     nowhere = tmp_path / "nowhere"
     assert complete(nowhere, "").strip() == ""
     assert not nowhere.exists()
+
+
+def test_cancel_all_asks_first_on_a_terminal(daemon: DaemonProcess, workdir: Path) -> None:
+    gate = Gate.closed(workdir / "gate")
+    controller, terminal = pty.openpty()
+    try:
+        job = _launch(daemon.home, workdir, "long", f"flock --shared {gate.path} true")
+        os.write(controller, b"n\n")
+        refused = subprocess.run(
+            [sys.executable, "-m", "tailhub.client", "jobs", "cancel", "--all"],
+            env=cli_env(daemon.home),
+            stdin=terminal,
+            capture_output=True,
+            timeout=60,
+        )
+        state = jobs(daemon)[job].state.value
+    finally:
+        gate.open()
+        os.close(controller)
+        os.close(terminal)
+
+    assert refused.returncode == 1
+    assert b"Cancel all 1 unfinished job?" in refused.stderr
+    assert refused.stderr.endswith(b"tailhub: nothing cancelled\n")
+    assert state == "RUNNING"

@@ -369,7 +369,8 @@ def jobs_cancel(home: str | None, jobs: tuple[str, ...], everything: bool, yes: 
             if count and not click.confirm(
                 f"Cancel all {count} unfinished job{'' if count == 1 else 's'}?", err=True
             ):
-                raise click.exceptions.Exit(exit_codes.ERROR)
+                note("nothing cancelled")
+                sys.exit(exit_codes.ERROR)
         result = client.cancel_jobs(job_ids, everything=everything)
     lines: dict[int, str] = {}
     for job in result.cancelled:
