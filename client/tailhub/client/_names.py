@@ -6,6 +6,7 @@ an id, so a job whose name is all digits can only be named by its id.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +20,8 @@ if TYPE_CHECKING:
 
 # The largest job id (SQLite row ids are signed 64-bit).
 MAX_JOB_ID = 2**63 - 1
+# Digits, with a sign so that `-3` is refused as an id out of range rather than looked up.
+_ID = re.compile(r"[+-]?[0-9]+")
 
 
 class AmbiguousJobName(TailhubError):
@@ -49,13 +52,13 @@ class JobRef(click.ParamType):  # type: ignore[type-arg]
 
 def is_job_id(ref: str) -> bool:
     """True when `ref` is written as a job id (digits), whatever job names exist."""
-    return ref.isascii() and ref.isdigit()
+    return _ID.fullmatch(ref) is not None
 
 
 def check_job_ref(ref: str) -> str:
     """`ref` when it can name a job; ValueError for an id out of range or an empty name."""
     if is_job_id(ref) and not 1 <= int(ref) <= MAX_JOB_ID:
-        raise ValueError(f"{ref} is not a job id (1 to {MAX_JOB_ID})")
+        raise ValueError(f"{ref} is not in the range 1<=x<={MAX_JOB_ID}")
     if not ref:
         raise ValueError("a job id or name cannot be empty")
     return ref

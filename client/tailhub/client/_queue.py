@@ -47,12 +47,13 @@ def print_jobs(listed: Sequence[JobInfo], *, colour: bool, now: float | None = N
         "NAME",
         "STATE",
         "EXIT",
-        "SUBMITTED",
-        "DURATION",
         "SOURCE",
         "LOG",
         "SUBS",
         "CONNS",
+        # After the older columns, so that scripts counting fields keep working.
+        "SUBMITTED",
+        "DURATION",
         "DESCRIPTION",
     )
     rows = [header]
@@ -63,12 +64,12 @@ def print_jobs(listed: Sequence[JobInfo], *, colour: bool, now: float | None = N
                 printable(job.name) or "-",
                 job.state.value,
                 "-" if job.exit_code is None else str(job.exit_code),
-                age_text(now - job.submitted_at) if job.submitted_at else "-",
-                duration_text(job, now),
                 job.source,
                 size_text(job.log_size),
                 str(job.subscribers),
                 f"{job.upstream_connections_open}/{job.upstream_connections}",
+                age_text(now - job.submitted_at) if job.submitted_at else "-",
+                duration_text(job, now),
                 printable(job.source_description[:50]),
             )
         )

@@ -29,6 +29,7 @@ from tailhub.client._output import (
     size_text,
 )
 from tailhub.client._pending import PendingStatus
+from tailhub.client._queue import job_json, print_jobs
 from tailhub.client._types import JobState
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -540,9 +541,8 @@ def jobs_wait(home: str | None, jobs: tuple[str, ...], unfinished: bool, glob: s
 )
 @click.option("--skip-finished", "-s", is_flag=True, help="Only jobs that have not ended.")
 def jobs_queue(home: str | None, as_json: bool, everything: bool, skip_finished: bool) -> None:
-    """List jobs, newest first: id, name, state, exit code, submitted (age), duration, source,
-    log size, subscribers, upstream connections (open now/opened in total)."""
-    from tailhub.client._queue import job_json, print_jobs
+    """List jobs, newest first: id, name, state, exit code, source, log size, subscribers,
+    upstream connections (open now/opened in total), submitted (age), duration."""
 
     with _connect(home) as client:
         if skip_finished:
