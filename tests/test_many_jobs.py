@@ -338,3 +338,47 @@ def test_cancel_all_asks_first_on_a_terminal(daemon: DaemonProcess, workdir: Pat
     assert b"Cancel all 1 unfinished job?" in refused.stderr
     assert refused.stderr.endswith(b"tailhub: nothing cancelled\n")
     assert state == "RUNNING"
+
+
+def _on_terminal(home: Path, *args: str) -> bytes:
+    """What `tailhub ARGS` writes to stdout when stdout is a terminal."""
+    controller, terminal = pty.openpty()
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "tailhub.client", *args],
+            env=cli_env(home),
+            stdin=subprocess.DEVNULL,
+            stdout=terminal,
+            stderr=subprocess.DEVNULL,
+        )
+        os.close(terminal)
+        seen = bytearray()
+        while True:
+            try:
+                data = os.read(controller, 4096)  # blocks; EIO once the process is gone
+            except OSError:
+                break
+            if not data:
+                break
+            seen += data
+        assert process.wait(30) is not None
+        return bytes(seen)
+    finally:
+        os.close(controller)
+
+
+def test_prefixes_and_states_are_coloured_only_on_a_terminal(
+    daemon: DaemonProcess, workdir: Path
+) -> None:
+    ok = _launch(daemon.home, workdir, "ok", "echo fine")
+    bad = _launch(daemon.home, workdir, "bad", "exit 1")
+    wait_until(lambda: _ended(daemon, ok, bad), what="the jobs to end")
+
+    logs = _on_terminal(daemon.home, "jobs", "logs", str(ok), str(bad))
+    table = _on_terminal(daemon.home, "jobs", "queue")
+    piped = run_cli(daemon.home, "jobs", "queue")
+
+    assert b"\x1b[36m" + f"ok-{ok}  | ".encode() + b"\x1b[0mfine" in logs
+    assert b"\x1b[32mSUCCEEDED" in table
+    assert b"\x1b[31mFAILED" in table
+    assert b"\x1b" not in piped.stdout
