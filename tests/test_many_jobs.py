@@ -8,6 +8,7 @@ import os
 import pty
 import re
 import select
+import signal
 import subprocess
 import sys
 import time
@@ -382,3 +383,24 @@ def test_prefixes_and_states_are_coloured_only_on_a_terminal(
     assert b"\x1b[32mSUCCEEDED" in table
     assert b"\x1b[31mFAILED" in table
     assert b"\x1b" not in piped.stdout
+
+
+def test_ctrl_c_stops_following_many_jobs_not_the_jobs(
+    daemon: DaemonProcess, workdir: Path, background_cli: Callable[..., BackgroundCli]
+) -> None:
+    gate = Gate.closed(workdir / "gate")
+    try:
+        ids = [
+            _launch(daemon.home, workdir, f"w{n}", f"echo up; flock --shared {gate.path} true")
+            for n in (1, 2)
+        ]
+        follower = background_cli("jobs", "logs", *map(str, ids))
+        wait_until(lambda: follower.stdout.count(b"| up\n") == 2, what="both jobs' first line")
+        follower.process.send_signal(signal.SIGINT)
+        assert follower.wait() == 130
+        states = {job_id: jobs(daemon)[job_id].state.value for job_id in ids}
+    finally:
+        gate.open()
+
+    assert follower.stderr == "tailhub: stopped following; the jobs go on\n"
+    assert set(states.values()) == {"RUNNING"}

@@ -510,7 +510,13 @@ def _follow_many(
     """`jobs logs` of several jobs: their lines, a summary, and the worst result (exits)."""
     targets = select_targets(client, refs, unfinished=unfinished, glob=glob)
     colour = sys.stdout.isatty()
-    outcomes = follow_jobs(client, targets, follow=follow, tail=tail, prefix=prefix, colour=colour)
+    try:
+        outcomes = follow_jobs(
+            client, targets, follow=follow, tail=tail, prefix=prefix, colour=colour
+        )
+    except KeyboardInterrupt:
+        note("stopped following; the jobs go on")
+        sys.exit(exit_codes.INTERRUPTED)
     sys.exit(report(outcomes, unfinished, glob))
 
 
