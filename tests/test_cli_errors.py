@@ -52,7 +52,8 @@ def test_unknown_job_id_exits_102_with_one_line(
     ("args", "complaint"),
     [
         (("jobs", "logs", "--bogus", "1"), "No such option '--bogus'"),
-        (("jobs", "logs", "seven"), "'seven' is not a valid integer"),
+        # A word where a job is taken is a job name (looked up in the daemon): not a usage error.
+        (("jobs", "logs", "1", "--tail", "seven"), "'seven' is not a valid integer"),
         (("jobs", "logs", "1", "--tail", "-1"), "-1 is not in the range"),
         (("jobs", "attach"), "give exactly one of --file, --command or --push"),
         (("jobs", "attach", "--file", "/x", "--push"), "give exactly one of"),

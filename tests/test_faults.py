@@ -353,8 +353,13 @@ def test_logs_of_another_database_are_never_adopted(daemon: DaemonProcess, home:
         # A stray log where the next job's would go: the new job must not serve it.
         stray = home / "logs" / f"{job.id + 1}.log"
         stray.write_bytes(b"somebody else's bytes\n")
-        with pytest.raises(InvalidRequestError, match="already exists"):
-            client.attach_push()
+        refused = client.attach_push()
+        assert refused.state is JobState.FAILED
+        assert "already exists" in refused.reason
+        # Its log is empty, whatever lies at its path: following it ends at once.
+        items = list(client.follow(refused.id))
+        assert [item for item in items if isinstance(item, LogChunk)] == []
+        assert client.get(refused.id).log_size == 0
     assert stray.read_bytes() == b"somebody else's bytes\n"
     daemon.stop()
     # The database replaced by a new one next to the old logs: refused, not started over.

@@ -196,7 +196,7 @@ def test_local_job_runs_on_while_the_daemon_is_down_and_its_follower_gets_all(
 
     assert follower.wait() == 100, follower.stderr
     assert follower.stdout == b"before the restart\nwhile the daemon was away\n"
-    assert "job failed: run exited with 3" in follower.stderr
+    assert f"job {job_id} (outlives-the-daemon) failed: run exited with 3" in follower.stderr
     with daemon.client() as client:
         job = client.get(job_id)
     assert (job.state.value, job.exit_code) == ("FAILED", 3)

@@ -1,18 +1,17 @@
-"""What the CLI prints: job tables, a log copied to stdout, notes on stderr, exit codes."""
+"""What the CLI prints: a log copied to stdout, notes on stderr, exit codes."""
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable
-from dataclasses import asdict
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import click
 
 from tailhub.client import exit_codes
 
 if TYPE_CHECKING:
-    from tailhub.client import Client, JobInfo, LogEnd
+    from tailhub.client import Client, LogEnd
+    from tailhub.client._pending import PendingStatus
 
 
 # C0 controls, DEL and C1 controls: a terminal acts on them (titles, colours, cursor moves).
@@ -31,35 +30,6 @@ def note(message: str) -> None:
     click.echo(f"tailhub: {printable(message)}", err=True)
 
 
-def job_json(job: JobInfo) -> dict[str, Any]:
-    data = asdict(job)
-    data["state"] = job.state.value
-    return data
-
-
-def print_jobs(listed: Iterable[JobInfo]) -> None:
-    header = ("ID", "NAME", "STATE", "EXIT", "SOURCE", "LOG", "SUBS", "CONNS", "DESCRIPTION")
-    rows = [header]
-    for job in listed:
-        rows.append(
-            (
-                str(job.id),
-                printable(job.name) or "-",
-                job.state.value,
-                "-" if job.exit_code is None else str(job.exit_code),
-                job.source,
-                size_text(job.log_size),
-                str(job.subscribers),
-                f"{job.upstream_connections_open}/{job.upstream_connections}",
-                printable(job.source_description[:50]),
-            )
-        )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
-    for row in rows:
-        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
-        click.echo("  ".join([*cells, row[-1]]).rstrip())
-
-
 def size_text(count: int) -> str:
     value = float(count)
     for unit in ("B", "KiB", "MiB", "GiB"):
@@ -69,24 +39,51 @@ def size_text(count: int) -> str:
     return str(count)
 
 
-def copy_log(client: Client, job_id: int, *, follow: bool, tail: int | None) -> LogEnd:
-    """Copies the log to stdout as it arrives; upstream events go to stderr."""
-    from tailhub.client import LogChunk, LogEnd, LogEvent
+def copy_log(
+    client: Client,
+    job_id: int,
+    *,
+    follow: bool,
+    tail: int | None,
+    pending: PendingStatus | None = None,
+) -> LogEnd:
+    """Copies the log to stdout as it arrives; upstream events go to stderr.
+
+    With `pending`, a job still waiting to start shows a status line on stderr (refreshed at
+    each heartbeat, cleared before the first byte or when the job starts).
+    """
+    from tailhub.client import LogChunk, LogEnd, LogEvent, LogHeartbeat
 
     out = sys.stdout.buffer
     for item in client.follow(job_id, tail_lines=tail, follow=follow):
         if isinstance(item, LogChunk):
+            if pending is not None:
+                pending.clear()
             out.write(item.data)
             out.flush()
+        elif isinstance(item, LogHeartbeat):
+            if pending is not None:
+                pending.update(item.state)
         elif isinstance(item, LogEvent):
+            if pending is not None:
+                pending.clear()
             note(f"job {job_id}: {item.message}")  # note() escapes it
         elif isinstance(item, LogEnd):
+            if pending is not None:
+                pending.clear()
             return item
     raise AssertionError("a log stream always ends with LogEnd")
 
 
-def result_exit_code(end: LogEnd) -> int:
-    """The job's result in SkyPilot's convention; says why on stderr when it failed."""
+def job_label(job_id: int, name: str) -> str:
+    """`job 17 (train)`, or `job 17` for a job without a name."""
+    return f"job {job_id} ({printable(name)})" if name else f"job {job_id}"
+
+
+def result_exit_code(end: LogEnd, label: str = "job") -> int:
+    """The job's result in SkyPilot's convention; says why on stderr when it failed.
+
+    `label` names the job in that line (`job 17 (train)`, see job_label)."""
     from tailhub.client import JobState
 
     if not end.finished:
@@ -95,6 +92,6 @@ def result_exit_code(end: LogEnd) -> int:
         return exit_codes.SUCCEEDED
     if end.state is JobState.CANCELLED:
         return exit_codes.CANCELLED
-    if end.reason and end.state is JobState.FAILED:
-        note(f"job failed: {end.reason}")
+    if end.state is JobState.FAILED:
+        note(f"{label} failed: {end.reason}" if end.reason else f"{label} failed")
     return exit_codes.FAILED

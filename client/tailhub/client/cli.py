@@ -17,15 +17,20 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 import click
 
 from tailhub.client import exit_codes
+from tailhub.client._errors import TailhubError
+from tailhub.client._multi import follow_jobs, report, select_targets
+from tailhub.client._names import JobRef, latest_job, resolve_jobs
 from tailhub.client._output import (
     copy_log,
-    job_json,
+    job_label,
     note,
-    print_jobs,
     printable,
     result_exit_code,
     size_text,
 )
+from tailhub.client._pending import PendingStatus
+from tailhub.client._queue import job_json, print_jobs
+from tailhub.client._types import JobState
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -37,8 +42,8 @@ if TYPE_CHECKING:  # importing the client pulls in grpc, which `--help` does not
     from tailhub.client import Client, StatePaths
 
 
-# Job ids are SQLite row ids; exit codes are what a process can exit with.
-JOB_ID = click.IntRange(1, 2**63 - 1)
+# Job ids (or names) and exit codes as the command line takes them.
+JOB_REF = JobRef()
 EXIT_CODE = click.IntRange(0, 255)
 MAX_TAIL_LINES = 10**9
 # `jobs queue` without --all shows this many, the newest.
@@ -226,8 +231,10 @@ def jobs_launch(
             click.echo(job.id)
             return
         note(f"job {job.id} submitted; following its log (Ctrl-C stops following, not the job)")
+        pending = PendingStatus(client, job.id)
         try:
-            end = copy_log(client, job.id, follow=True, tail=None)
+            pending.update(job.state)
+            end = copy_log(client, job.id, follow=True, tail=None, pending=pending)
         except KeyboardInterrupt:
             flag = _home_flag(home)
             note(
@@ -235,7 +242,9 @@ def jobs_launch(
                 f"tailhub jobs logs{flag} {job.id}; cancel it: tailhub jobs cancel{flag} {job.id}"
             )
             sys.exit(exit_codes.INTERRUPTED)
-    sys.exit(result_exit_code(end))
+        finally:
+            pending.clear()
+    sys.exit(result_exit_code(end, job_label(job.id, job.name)))
 
 
 @jobs.command("attach")
@@ -313,8 +322,8 @@ def jobs_attach(
 
 @jobs.command("publish")
 @_home_option
-@click.argument("job_id", type=JOB_ID)
-def jobs_publish(home: str | None, job_id: int) -> None:
+@click.argument("job", type=JOB_REF)
+def jobs_publish(home: str | None, job: str) -> None:
     """Append standard input to a push job's log, as it arrives.
 
     Each chunk is sent with the offset it must land at, so a chunk is retried after a daemon
@@ -322,6 +331,7 @@ def jobs_publish(home: str | None, job_id: int) -> None:
     """
     stdin = cast("io.BufferedReader", sys.stdin.buffer)
     with _connect(home) as client:
+        [job_id] = resolve_jobs(client, [job])
         # Nothing yet: the daemon checks the job takes bytes, so a wrong id fails now, not
         # after the producer is done, and not silently when it sends nothing.
         offset = client.publish(job_id, b"")
@@ -355,7 +365,7 @@ def _publish_retrying(client: Client, job_id: int, data: bytes, offset: int) -> 
 
 @jobs.command("finish")
 @_home_option
-@click.argument("job_id", type=JOB_ID)
+@click.argument("job", type=JOB_REF)
 @click.option(
     "--exit-code",
     type=EXIT_CODE,
@@ -363,24 +373,37 @@ def _publish_retrying(client: Client, job_id: int, data: bytes, offset: int) -> 
     show_default=True,
     help="0 succeeds, anything else (up to 255) fails.",
 )
-def jobs_finish(home: str | None, job_id: int, exit_code: int) -> None:
+def jobs_finish(home: str | None, job: str, exit_code: int) -> None:
     """End a file or push job; its followers get the rest of the log, then the result."""
     with _connect(home) as client:
-        job = client.finish(job_id, exit_code)
-    note(f"job {job.id} {job.state.value}")
+        [job_id] = resolve_jobs(client, [job])
+        ended = client.finish(job_id, exit_code)
+    note(f"job {ended.id} {ended.state.value}")
 
 
 @jobs.command("cancel")
 @_home_option
-@click.argument("job_ids", type=JOB_ID, nargs=-1)
-@click.option("--all", "everything", is_flag=True, help="Cancel every job that has not ended.")
-def jobs_cancel(home: str | None, job_ids: tuple[int, ...], everything: bool) -> None:
-    """Cancel jobs: local ones get SIGTERM, then SIGKILL after a grace period.
+@click.argument("jobs", type=JOB_REF, nargs=-1)
+@click.option(
+    "--all", "-a", "everything", is_flag=True, help="Cancel every job that has not ended."
+)
+@click.option("--yes", "-y", is_flag=True, help="Do not ask before cancelling --all.")
+def jobs_cancel(home: str | None, jobs: tuple[str, ...], everything: bool, yes: bool) -> None:
+    """Cancel jobs (ids or names): local ones get SIGTERM, then SIGKILL after a grace period.
 
-    Each named job gets a line; exit 102 if one was not found."""
-    if not job_ids and not everything:
+    Each named job gets a line; exit 102 if one was not found. --all asks first when stdin
+    is a terminal, unless --yes."""
+    if not jobs and not everything:
         raise click.UsageError("name the jobs to cancel, or use --all")
     with _connect(home) as client:
+        job_ids = resolve_jobs(client, jobs)
+        if everything and not yes and sys.stdin.isatty():
+            count = sum(1 for job in client.list() if not job.state.terminal)
+            if count and not click.confirm(
+                f"Cancel all {count} unfinished job{'' if count == 1 else 's'}?", err=True
+            ):
+                note("nothing cancelled")
+                sys.exit(exit_codes.ERROR)
         result = client.cancel_jobs(job_ids, everything=everything)
     lines: dict[int, str] = {}
     for job in result.cancelled:
@@ -399,12 +422,12 @@ def jobs_cancel(home: str | None, job_ids: tuple[int, ...], everything: bool) ->
 
 @jobs.command("rm")
 @_home_option
-@click.argument("job_ids", type=JOB_ID, nargs=-1, required=True)
-def jobs_rm(home: str | None, job_ids: tuple[int, ...]) -> None:
-    """Delete ended jobs with their logs. Exit 102 if one was not found, 1 if one has not
-    ended (cancel it first)."""
+@click.argument("jobs", type=JOB_REF, nargs=-1, required=True)
+def jobs_rm(home: str | None, jobs: tuple[str, ...]) -> None:
+    """Delete ended jobs (ids or names) with their logs. Exit 102 if one was not found, 1 if
+    one has not ended (cancel it first)."""
     with _connect(home) as client:
-        result = client.remove(job_ids)
+        result = client.remove(resolve_jobs(client, jobs))
     lines = {job_id: f"job {job_id} removed" for job_id in result.removed_job_ids}
     for job_id in result.not_ended_job_ids:
         lines[job_id] = f"job {job_id} has not ended; cancel it first"
@@ -449,9 +472,10 @@ def jobs_prune(home: str | None, older_than: float) -> None:
 
 @jobs.command("logs")
 @_home_option
-@click.argument("job_id", type=JOB_ID)
+@click.argument("jobs", type=JOB_REF, nargs=-1)
 @click.option(
     "--follow/--no-follow",
+    "-f",
     default=True,
     show_default=True,
     help="Keep streaming until the job ends.",
@@ -460,29 +484,110 @@ def jobs_prune(home: str | None, older_than: float) -> None:
     "--tail",
     type=click.IntRange(0, MAX_TAIL_LINES),
     metavar="N",
-    help="Start with the last N lines.",
+    help="Start with the last N lines (of each job).",
 )
-def jobs_logs(home: str | None, job_id: int, follow: bool, tail: int | None) -> None:
-    """Write a job's log, byte for byte, to stdout; exit with the job's result."""
+@click.option("--all", "-a", "unfinished", is_flag=True, help="Every job that has not ended.")
+@click.option("--name", "glob", metavar="GLOB", help="Every job whose name matches GLOB.")
+@click.option(
+    "--prefix/--no-prefix",
+    default=None,
+    help="Start each line with the job's name and id (default: when following several).",
+)
+def jobs_logs(
+    home: str | None,
+    jobs: tuple[str, ...],
+    follow: bool,
+    tail: int | None,
+    unfinished: bool,
+    glob: str | None,
+    prefix: bool | None,
+) -> None:
+    """Write a job's log, byte for byte, to stdout; exit with the job's result.
+
+    JOBS are ids or names (none: the latest job). With several, --all or --name, whole lines
+    of each, prefixed, then a summary on stderr; the exit code is the worst result."""
     with _connect(home) as client:
-        end = copy_log(client, job_id, follow=follow, tail=tail)
-    sys.exit(result_exit_code(end))
+        if len(jobs) > 1 or unfinished or glob is not None or prefix:
+            _follow_many(client, jobs, unfinished, glob, follow, tail, prefix is not False)
+        job_id = resolve_jobs(client, jobs)[0] if jobs else latest_job(client)
+        pending = PendingStatus(client, job_id)
+        if follow and pending.enabled:
+            pending.update(client.get(job_id).state)
+        try:
+            end = copy_log(client, job_id, follow=follow, tail=tail, pending=pending)
+        finally:
+            pending.clear()
+        failed = end.finished and end.state is JobState.FAILED
+        code = result_exit_code(end, _label(client, job_id) if failed else "job")
+    sys.exit(code)
+
+
+def _label(client: Client, job_id: int) -> str:
+    """`job 17 (train)`: asked for only when a line must name the job."""
+    try:
+        return job_label(job_id, client.get(job_id).name)
+    except TailhubError:
+        return job_label(job_id, "")
+
+
+def _follow_many(
+    client: Client,
+    refs: tuple[str, ...],
+    unfinished: bool,
+    glob: str | None,
+    follow: bool,
+    tail: int | None,
+    prefix: bool,
+) -> None:
+    """`jobs logs` of several jobs: their lines, a summary, and the worst result (exits)."""
+    targets = select_targets(client, refs, unfinished=unfinished, glob=glob)
+    colour = sys.stdout.isatty()
+    try:
+        outcomes = follow_jobs(
+            client, targets, follow=follow, tail=tail, prefix=prefix, colour=colour
+        )
+    except KeyboardInterrupt:
+        note("stopped following; the jobs go on")
+        sys.exit(exit_codes.INTERRUPTED)
+    sys.exit(report(outcomes, unfinished, glob))
+
+
+@jobs.command("wait")
+@_home_option
+@click.argument("jobs", type=JOB_REF, nargs=-1)
+@click.option("--all", "-a", "unfinished", is_flag=True, help="Every job that has not ended.")
+@click.option("--name", "glob", metavar="GLOB", help="Every job whose name matches GLOB.")
+def jobs_wait(home: str | None, jobs: tuple[str, ...], unfinished: bool, glob: str | None) -> None:
+    """Wait for jobs (ids or names) to end: no log, a summary on stderr, the worst result."""
+    if not jobs and not unfinished and glob is None:
+        raise click.UsageError("name the jobs to wait for, or use --all or --name")
+    with _connect(home) as client:
+        targets = select_targets(client, jobs, unfinished=unfinished, glob=glob, at_end=True)
+        outcomes = follow_jobs(client, targets, output=False)
+    sys.exit(report(outcomes, unfinished, glob))
 
 
 @jobs.command("queue")
 @_home_option
-@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts (ISO times too).")
 @click.option(
     "--all",
+    "-a",
     "everything",
     is_flag=True,
     help=f"Every job, not only the newest {QUEUE_DEFAULT_COUNT}.",
 )
-def jobs_queue(home: str | None, as_json: bool, everything: bool) -> None:
-    """List jobs, newest first: id, name, state, source, log size, subscribers, upstream
-    connections (open now/opened in total)."""
+@click.option("--skip-finished", "-s", is_flag=True, help="Only jobs that have not ended.")
+def jobs_queue(home: str | None, as_json: bool, everything: bool, skip_finished: bool) -> None:
+    """List jobs, newest first: id, name, state, exit code, source, log size, subscribers,
+    upstream connections (open now/opened in total), submitted (age), duration."""
+
     with _connect(home) as client:
-        if everything:
+        if skip_finished:
+            listed = [job for job in client.list() if not job.state.terminal]
+            total: int | None = len(listed)
+            listed = listed if everything else listed[:QUEUE_DEFAULT_COUNT]
+        elif everything:
             listed, total = client.list(), None
         else:
             page = client.list_page(QUEUE_DEFAULT_COUNT)
@@ -490,9 +595,10 @@ def jobs_queue(home: str | None, as_json: bool, everything: bool) -> None:
     if as_json:
         click.echo(json.dumps([job_json(job) for job in listed], indent=2))
     else:
-        print_jobs(listed)
+        print_jobs(listed, colour=sys.stdout.isatty())
     if total is not None and total > len(listed):
-        note(f"showing the newest {len(listed)} of {total} jobs; --all for every one")
+        kind = "unfinished jobs" if skip_finished else "jobs"
+        note(f"showing the newest {len(listed)} of {total} {kind}; --all for every one")
 
 
 def main() -> None:
@@ -513,7 +619,8 @@ def _run() -> None:
     from tailhub.client._errors import TailhubError
 
     try:
-        cli.main(standalone_mode=False)
+        # The same completion variable however it was started (`python -m tailhub.client`).
+        cli.main(standalone_mode=False, complete_var="_TAILHUB_COMPLETE")
     except click.ClickException as error:
         error.show()
         sys.exit(error.exit_code)

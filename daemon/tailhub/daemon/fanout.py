@@ -58,6 +58,9 @@ class Start:
 
     async def resolve(self, job: Job, scans: Executor | None = None) -> int:
         if self.tail_lines is not None:
+            # An empty log has no lines to scan (and a job without a log has nothing to open).
+            if job.log_size == 0:
+                return 0
             return await job.log.tail_offset(self.tail_lines, scans)
         if self.offset > job.log_size:
             raise InvalidRequest(

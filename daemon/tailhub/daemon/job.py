@@ -7,8 +7,19 @@ import stat
 from pathlib import Path
 
 from tailhub.daemon.log import JobLog
-from tailhub.daemon.model import JobNotFound, JobRecord, JobState, SourceEvent, SourceKind
+from tailhub.daemon.model import (
+    InvalidRequest,
+    JobNotFound,
+    JobRecord,
+    JobState,
+    SourceEvent,
+    SourceKind,
+)
 from tailhub.daemon.signal import ChangeSignal
+
+# Resume state of a job whose log file could not be created: the file at its path is not its
+# own (another database's log, or planted), so it is never opened or measured.
+LOG_UNCLAIMED = "log_unclaimed"
 
 
 class Job:
@@ -32,7 +43,8 @@ class Job:
         self._log_path = log_path
         self._window_bytes = window_bytes
         self._log: JobLog | None = None
-        self._closed_size = _file_size(log_path)
+        self._unclaimed = bool(record.source_state.get(LOG_UNCLAIMED))
+        self._closed_size = 0 if self._unclaimed else _file_size(log_path)
 
     @property
     def id(self) -> int:
@@ -55,6 +67,8 @@ class Job:
         if self._log is None:
             if self.removed:  # its file is gone: opening would create an empty one
                 raise JobNotFound(self.id)
+            if self._unclaimed:
+                raise InvalidRequest(f"job {self.id} has no log: {self.record.reason}")
             writable = self.record.spec.kind is not SourceKind.LOCAL
             self._log = JobLog(
                 self._log_path, self._window_bytes, writable=writable, size=self._closed_size

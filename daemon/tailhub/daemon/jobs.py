@@ -17,12 +17,11 @@ from tailhub.daemon.config import DaemonConfig
 from tailhub.daemon.events import EventLimiter, EventLimits
 from tailhub.daemon.faults import AFTER_SPAWN, BEFORE_SPAWN, crash_at, is_disk_full
 from tailhub.daemon.fetcher import Fetcher
-from tailhub.daemon.job import Job
+from tailhub.daemon.job import LOG_UNCLAIMED, Job
 from tailhub.daemon.model import (
     CommandSpec,
     FileSpec,
     InvalidRequest,
-    JobError,
     JobNotFound,
     JobRecord,
     JobState,
@@ -162,7 +161,8 @@ class JobManager:
     def attach(self, name: str, spec: SourceSpec) -> Job:
         _validate_attach(spec)
         record = self._store.create(name, spec)
-        self._claim_log(record)
+        if not self._claim_log(record):
+            return self._jobs[record.id]
         job = self._new_job(record)
         record.state = JobState.RUNNING
         record.started_at = time.time()
@@ -177,7 +177,8 @@ class JobManager:
         if spec.workdir and not Path(spec.workdir).is_dir():
             raise InvalidRequest(f"workdir {spec.workdir} is not a directory")
         record = self._store.create(name, spec)
-        self._claim_log(record)
+        if not self._claim_log(record):
+            return self._jobs[record.id]
         job = self._new_job(record)
         self._pending.append(job)
         self._schedule()
@@ -353,24 +354,38 @@ class JobManager:
         self._jobs[record.id] = job
         return job
 
-    def _claim_log(self, record: JobRecord) -> None:
-        """Creates a new job's log file; one already there belongs to another database."""
+    def _claim_log(self, record: JobRecord) -> bool:
+        """Creates a new job's log file. False when it cannot: the job is then recorded
+        FAILED with the reason, and the file already there (another database's log, or
+        something planted) is never read as this job's log."""
         path = self._config.paths.job_log(record.id)
         try:
             fd = os.open(
                 path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
             )
         except OSError as error:
-            if isinstance(error, FileExistsError):
-                reason = f"{path} already exists: it is not this job's log; move it aside"
+            if isinstance(error, FileExistsError) and path.is_symlink():
+                reason = (
+                    f"refusing {path}: it is a symbolic link, not a file tailhub made; "
+                    "move it aside"
+                )
+            elif isinstance(error, FileExistsError):
+                reason = (
+                    f"refusing {path}: it already exists and is not this job's log "
+                    "(another database's, or planted); move it aside"
+                )
             else:
                 reason = f"cannot create its log {path}: {error.strerror}"
             record.state, record.reason, record.sealed = JobState.FAILED, reason, True
             record.ended_at = time.time()
+            record.source_state = {LOG_UNCLAIMED: True}
             self._save_record(self._new_job(record))
-            failure = StorageFull if is_disk_full(error) else JobError
-            raise failure(f"job {record.id} failed: {reason}") from None
+            if is_disk_full(error):
+                raise StorageFull(f"job {record.id} failed: {reason}") from None
+            logger.warning("job %d: %s", record.id, reason)
+            return False
         os.close(fd)
+        return True
 
     def _save_record(self, job: Job) -> None:
         """Saves a record whose in-memory state is already set; a full disk only delays it."""

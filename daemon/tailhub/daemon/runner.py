@@ -30,9 +30,8 @@ _WRAPPER = """\
 # First, claim this launch: a daemon that died before recording this process either adopts it
 # (the claim holds its pid) or takes the claim itself and starts the job again, and then this
 # script must not run the task a second time.
-set -C
-{{ echo $$ > {claim}; }} 2>/dev/null || exit 0
-set +C
+# ($$ is this shell's pid in the subshell too; the claim is private like every state file.)
+( umask 077; set -C; echo $$ > {claim} ) 2>/dev/null || exit 0
 # Cancel signals the whole process group. A trapped (not ignored) SIGTERM leaves this shell
 # alive to record how the job's script ended, and is reset to the default in that script.
 trap : TERM

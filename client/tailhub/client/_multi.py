@@ -1,0 +1,296 @@
+"""Many jobs followed through one process and one channel, as `docker compose logs -f` does.
+
+One thread per job runs the library's blocking `Client.follow` and feeds a bounded queue (a
+slow terminal slows the streams down instead of growing memory); the main thread writes whole
+lines only, each behind its job's prefix, and keeps every job's partial last line until the
+rest of it arrives or the job ends. `jobs wait` uses the same machinery with no output.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import itertools
+import queue
+import sys
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import IO, TYPE_CHECKING
+
+import click
+
+from tailhub.client import exit_codes
+from tailhub.client._errors import JobNotFoundError
+from tailhub.client._names import is_job_id, jobs_by_name, one_named
+from tailhub.client._output import job_label, note, printable
+from tailhub.client._types import JobState, LogChunk, LogEnd, LogEvent, LogItem
+
+if TYPE_CHECKING:
+    from tailhub.client import Client
+
+# Items waiting for the writer, across every job: enough to absorb bursts, small enough that
+# a stalled reader stalls the streams rather than filling memory (chunks are at most 64 KiB).
+_QUEUE_ITEMS = 64
+# How often the writer wakes to notice Ctrl-C (a blocking get() would delay it).
+_WAKE_SECONDS = 0.5
+# Prefix colours, in the order docker compose uses them; red is kept for failures.
+_COLOURS = (
+    *("cyan", "yellow", "green", "magenta", "blue"),
+    *("bright_cyan", "bright_yellow", "bright_green", "bright_magenta", "bright_blue"),
+)
+
+# Results from best to worst: the exit code of many jobs is the worst of theirs. "Not found"
+# ranks above "failed": a job that is not there at all usually means a mistyped id, which the
+# user should hear about first; "not finished" only happens with --no-follow.
+RESULT_ORDER = (
+    exit_codes.SUCCEEDED,
+    exit_codes.NOT_FINISHED,
+    exit_codes.CANCELLED,
+    exit_codes.FAILED,
+    exit_codes.NOT_FOUND,
+)
+_RESULT_WORDS = {
+    exit_codes.SUCCEEDED: "succeeded",
+    exit_codes.FAILED: "failed",
+    exit_codes.CANCELLED: "cancelled",
+    exit_codes.NOT_FINISHED: "not finished",
+    exit_codes.NOT_FOUND: "not found",
+}
+_SUMMARY_ORDER = (
+    exit_codes.SUCCEEDED,
+    exit_codes.FAILED,
+    exit_codes.CANCELLED,
+    exit_codes.NOT_FINISHED,
+    exit_codes.NOT_FOUND,
+)
+
+
+@dataclass(frozen=True)
+class Target:
+    """One job to follow: its id (None when the name given matched no job) and its name."""
+
+    job_id: int | None
+    name: str
+    # Where to start reading its log (`jobs wait` starts at the end: it reads no bytes).
+    offset: int = 0
+
+    @property
+    def label(self) -> str:
+        if self.job_id is None:
+            return printable(self.name)
+        return f"{printable(self.name)}-{self.job_id}" if self.name else str(self.job_id)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    target: Target
+    result: int  # one of RESULT_ORDER
+
+
+def end_result(end: LogEnd) -> int:
+    """The exit code a job's end stands for, in SkyPilot's convention."""
+    if not end.finished:
+        return exit_codes.NOT_FINISHED
+    if end.state is JobState.SUCCEEDED:
+        return exit_codes.SUCCEEDED
+    if end.state is JobState.CANCELLED:
+        return exit_codes.CANCELLED
+    return exit_codes.FAILED
+
+
+def worst(outcomes: Sequence[Outcome]) -> int:
+    return max((o.result for o in outcomes), key=RESULT_ORDER.index, default=0)
+
+
+def summary(outcomes: Sequence[Outcome]) -> str:
+    """`28 succeeded, 2 failed: 7 (train), 19 (eval)`: counts, and which jobs did not succeed."""
+    parts: list[str] = []
+    for result in _SUMMARY_ORDER:
+        chosen = sorted(
+            (o.target for o in outcomes if o.result == result),
+            key=lambda t: (t.job_id is None, t.job_id or 0, t.name),
+        )
+        if not chosen:
+            continue
+        text = f"{len(chosen)} {_RESULT_WORDS[result]}"
+        if result != exit_codes.SUCCEEDED:
+            text += ": " + ", ".join(_short(t) for t in chosen)
+        parts.append(text)
+    # Groups that list jobs are split by ";" so that their commas stay readable.
+    out = parts[0] if parts else "no job"
+    for previous, part in itertools.pairwise(parts):
+        out += ("; " if ":" in previous else ", ") + part
+    return out
+
+
+def report(outcomes: list[Outcome], unfinished: bool, glob: str | None) -> int:
+    """Says the summary line on stderr; returns the exit code for many jobs (or none found)."""
+    if not outcomes:
+        what = "unfinished job" if unfinished else "job"
+        note(f"no {what}" + (f" named {glob!r}" if glob is not None else ""))
+        return exit_codes.NOT_FOUND if glob is not None else exit_codes.SUCCEEDED
+    note(summary(outcomes))
+    return worst(outcomes)
+
+
+def _short(target: Target) -> str:
+    if target.job_id is None:
+        return repr(target.name)
+    return f"{target.job_id} ({target.name})" if target.name else str(target.job_id)
+
+
+def select_targets(
+    client: Client,
+    refs: Sequence[str],
+    *,
+    unfinished: bool = False,
+    glob: str | None = None,
+    at_end: bool = False,
+) -> list[Target]:
+    """The jobs named by ids and names, plus those chosen by --all (`unfinished`) and --name.
+
+    `--all --name GLOB` is the unfinished jobs whose name matches. A name matching no job is
+    kept (as not found, for the summary); a name matching several is an error (exit 2).
+    With `at_end`, each starts at its log's current end (`jobs wait` reads no old bytes).
+    """
+    listed = {job.id: job for job in client.list()}
+    by_name = jobs_by_name(listed.values())
+    chosen: list[Target] = []
+    for ref in refs:
+        if is_job_id(ref):
+            job_id: int | None = int(ref)
+        else:
+            try:
+                job_id = one_named(by_name, ref)
+            except JobNotFoundError:
+                job_id = None
+        job = listed.get(job_id) if job_id is not None else None
+        name = job.name if job is not None else ("" if job_id is not None else ref)
+        offset = job.log_size if job is not None and at_end else 0
+        chosen.append(Target(job_id, name, offset))
+    if unfinished or glob is not None:
+        for job in sorted(listed.values(), key=lambda job: job.id):
+            if unfinished and job.state.terminal:
+                continue
+            if glob is not None and not fnmatch.fnmatchcase(job.name, glob):
+                continue
+            chosen.append(Target(job.id, job.name, job.log_size if at_end else 0))
+    unique: dict[tuple[int | None, str], Target] = {}
+    for target in chosen:
+        unique.setdefault((target.job_id, target.name if target.job_id is None else ""), target)
+    return list(unique.values())
+
+
+class _Writer:
+    """Whole lines of every job to stdout, each behind its job's prefix."""
+
+    def __init__(self, targets: Sequence[Target], out: IO[bytes], prefix: bool, colour: bool):
+        self._out = out
+        width = max((len(t.label) for t in targets), default=0)
+        self._prefixes: dict[int, bytes] = {}
+        self._partial: dict[int, bytearray] = {}
+        for index, target in enumerate(targets):
+            if target.job_id is None:
+                continue
+            text = f"{target.label.ljust(width)} | " if prefix else ""
+            if text and colour:
+                text = click.style(text, fg=_COLOURS[index % len(_COLOURS)])
+            self._prefixes[target.job_id] = text.encode()
+            self._partial[target.job_id] = bytearray()
+
+    def take(self, job_id: int, item: LogChunk | LogEvent) -> None:
+        """Writes the lines a chunk completes; says an upstream event on stderr."""
+        if isinstance(item, LogEvent):
+            note(f"job {job_id}: {item.message}")
+            return
+        pending = self._partial[job_id]
+        pending += item.data
+        cut = pending.rfind(b"\n")
+        if cut < 0:
+            return
+        lines = bytes(pending[:cut]).split(b"\n")
+        del pending[: cut + 1]
+        prefix = self._prefixes[job_id]
+        self._out.write(b"".join(prefix + line + b"\n" for line in lines))
+        self._out.flush()
+
+    def end(self, job_id: int) -> None:
+        """The job's last line even without its newline: nothing more will complete it."""
+        pending = self._partial[job_id]
+        if pending:
+            self._out.write(self._prefixes[job_id] + bytes(pending) + b"\n")
+            self._out.flush()
+            pending.clear()
+
+
+def follow_jobs(
+    client: Client,
+    targets: Sequence[Target],
+    *,
+    follow: bool = True,
+    tail: int | None = None,
+    output: bool = True,
+    prefix: bool = True,
+    colour: bool = False,
+) -> list[Outcome]:
+    """Follows every target to its end; with `output`, their lines go to stdout.
+
+    Reports each failure on stderr as it happens; returns every target's outcome.
+    """
+    items: queue.Queue[tuple[int, LogItem | Exception]] = queue.Queue(_QUEUE_ITEMS)
+    outcomes = [Outcome(t, exit_codes.NOT_FOUND) for t in targets if t.job_id is None]
+    running: dict[int, Target] = {}
+    for target in targets:
+        if target.job_id is None or target.job_id in running:
+            continue
+        running[target.job_id] = target
+        thread = threading.Thread(
+            target=_pump,
+            args=(client, target, items, follow, tail),
+            name=f"follow-{target.job_id}",
+            daemon=True,  # Ctrl-C must not wait for streams that never end
+        )
+        thread.start()
+    writer = _Writer(targets, sys.stdout.buffer, prefix, colour) if output else None
+    while running:
+        try:
+            job_id, item = items.get(timeout=_WAKE_SECONDS)
+        except queue.Empty:
+            continue
+        target = running[job_id]
+        if isinstance(item, LogChunk | LogEvent):
+            if writer is not None:
+                writer.take(job_id, item)
+        elif isinstance(item, LogEnd):
+            if writer is not None:
+                writer.end(job_id)
+            result = end_result(item)
+            if result == exit_codes.FAILED:
+                why = f": {item.reason}" if item.reason else ""
+                note(f"{job_label(job_id, target.name)} failed{why}")
+            outcomes.append(Outcome(target, result))
+            del running[job_id]
+        elif isinstance(item, JobNotFoundError):
+            outcomes.append(Outcome(target, exit_codes.NOT_FOUND))
+            del running[job_id]
+        elif isinstance(item, Exception):
+            raise item
+    return outcomes
+
+
+def _pump(
+    client: Client,
+    target: Target,
+    items: queue.Queue[tuple[int, LogItem | Exception]],
+    follow: bool,
+    tail: int | None,
+) -> None:
+    """One job's stream into the shared queue; its error too, for the writer to raise."""
+    assert target.job_id is not None
+    try:
+        for item in client.follow(
+            target.job_id, offset=target.offset, tail_lines=tail, follow=follow
+        ):
+            items.put((target.job_id, item))
+    except Exception as error:  # handed to the main thread, which says it in one line
+        items.put((target.job_id, error))
