@@ -202,26 +202,62 @@ def jobs() -> None:
 @click.option(
     "--env", "envs", multiple=True, metavar="KEY=VALUE", help="Set a variable (repeatable)."
 )
+@click.option(
+    "--backend",
+    type=click.Choice(["local", "skypilot"]),
+    help="Where the task runs: this machine, or SkyPilot managed jobs (`sky jobs launch`). "
+    "Default: $TAILHUB_BACKEND, else the daemon's config.yaml, else local.",
+)
 def jobs_launch(
-    home: str | None, task_file: Path, detach: bool, name: str | None, envs: tuple[str, ...]
+    home: str | None,
+    task_file: Path,
+    detach: bool,
+    name: str | None,
+    envs: tuple[str, ...],
+    backend: str | None,
 ) -> None:
-    """Run TASK_FILE with the local runner; follow its log and exit with its result."""
+    """Run TASK_FILE (locally or with SkyPilot); follow its log and exit with its result."""
     from tailhub.client._tasks import load_task, parse_env_overrides
 
-    task = load_task(task_file).with_overrides(name, parse_env_overrides(envs))
-    for warning in task.warnings:
-        note(f"warning: {warning}")
+    chosen = backend or os.environ.get("TAILHUB_BACKEND", "")
+    if chosen not in ("", "local", "skypilot"):
+        raise click.UsageError(f"TAILHUB_BACKEND={chosen!r}: local or skypilot")
+    overrides = parse_env_overrides(envs)
+    if chosen == "skypilot":
+        task_yaml = _read_task_text(task_file)
+    else:
+        task = load_task(task_file).with_overrides(name, overrides)
+        for warning in task.warnings:
+            note(f"warning: {warning}")
+        # Sent too when the daemon's config.yaml chooses the backend: it may be skypilot.
+        task_yaml = "" if chosen else _read_task_text(task_file)
     with _connect(home) as client:
-        job = client.launch(
-            task.run,
-            name=task.name,
-            setup=task.setup,
-            # Without a workdir the job runs where it was launched from, as a script would.
-            workdir=task.workdir or os.getcwd(),
-            envs=task.envs,
-            # The job runs in this shell's environment, not the daemon's (started by anyone).
-            environment=os.environ,
-        )
+        if chosen == "skypilot":
+            job = client.launch(
+                "",
+                name=name or _task_name(task_yaml),
+                # SkyPilot takes the file whole (resources, file_mounts...); `sky` runs in its
+                # directory, so that relative paths in it resolve as they would there.
+                workdir=str(task_file.resolve().parent),
+                envs=overrides,
+                # `sky` needs this shell's credentials and PATH.
+                environment=os.environ,
+                backend="skypilot",
+                task_yaml=task_yaml,
+            )
+        else:
+            job = client.launch(
+                task.run,
+                name=task.name,
+                setup=task.setup,
+                # Without a workdir the job runs where it was launched from, as a script would.
+                workdir=task.workdir or os.getcwd(),
+                envs=task.envs,
+                # The job runs in this shell's environment, not the daemon's (started by anyone).
+                environment=os.environ,
+                backend=chosen,
+                task_yaml=task_yaml,
+            )
         if detach:
             click.echo(job.id)
             return
@@ -238,6 +274,29 @@ def jobs_launch(
     sys.exit(result_exit_code(end))
 
 
+def _read_task_text(task_file: Path) -> str:
+    from tailhub.client._tasks import TaskFileError
+
+    try:
+        return task_file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise TaskFileError(f"{task_file}: no such task file") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise TaskFileError(f"{task_file}: cannot read it: {error}") from None
+
+
+def _task_name(task_yaml: str) -> str:
+    """The task's `name`, if the file says one (SkyPilot checks the rest itself)."""
+    import yaml
+
+    try:
+        document = yaml.safe_load(task_yaml)
+    except yaml.YAMLError:
+        return ""
+    name = document.get("name") if isinstance(document, dict) else None
+    return name if isinstance(name, str) else ""
+
+
 @jobs.command("attach")
 @_home_option
 @click.option(
@@ -248,6 +307,13 @@ def jobs_launch(
 )
 @click.option(
     "--push", is_flag=True, help="Bytes arrive through `tailhub jobs publish` or the API."
+)
+@click.option(
+    "--skypilot",
+    "managed_job_id",
+    type=JOB_ID,
+    metavar="ID",
+    help="Follow this SkyPilot managed job (launched elsewhere) with one `sky jobs logs`.",
 )
 @click.option("--name", "-n", default="", help="Job name.")
 @click.option(
@@ -274,6 +340,7 @@ def jobs_attach(
     file_path: Path | None,
     command: str | None,
     push: bool,
+    managed_job_id: int | None,
     name: str,
     shell: bool,
     transport_codes: tuple[int, ...],
@@ -282,11 +349,16 @@ def jobs_attach(
     """Register an external job and print its id."""
     chosen = [
         flag
-        for flag, value in (("--file", file_path), ("--command", command), ("--push", push))
+        for flag, value in (
+            ("--file", file_path),
+            ("--command", command),
+            ("--push", push),
+            ("--skypilot", managed_job_id),
+        )
         if value
     ]
     if len(chosen) != 1:
-        raise click.UsageError("give exactly one of --file, --command or --push")
+        raise click.UsageError("give exactly one of --file, --command, --push or --skypilot")
     if (shell or transport_codes or stderr_mode != "merge") and command is None:
         raise click.UsageError("--shell, --transport-exit-code and --stderr go with --command")
     argv: list[str] = []
@@ -306,6 +378,8 @@ def jobs_attach(
                 transport_exit_codes=transport_codes,
                 stderr_events=stderr_mode == "events",
             )
+        elif managed_job_id is not None:
+            job = client.attach_skypilot(managed_job_id, name)
         else:
             job = client.attach_push(name)
     click.echo(job.id)

@@ -61,6 +61,9 @@ class Fetcher:
             )
         self._owner.appended(self._job)
 
+    def read(self, offset: int, length: int) -> bytes:
+        return self._job.log.read(offset, length)
+
     def save_state(self) -> None:
         self._owner.save(self._job)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
+from tailhub.daemon.model import JobState
 from tailhub.daemon.signal import Stop
 
 
@@ -14,6 +15,8 @@ class Outcome:
 
     exit_code: int
     reason: str = ""
+    # The state the upstream reported (SkyPilot's "cancelled"); None: from the exit code.
+    state: JobState | None = None
 
 
 class UpstreamFailed(Exception):
@@ -44,6 +47,9 @@ class Upstream(Protocol):
         """Resume state that survives a daemon restart (after `save_state`)."""
 
     def append(self, data: bytes) -> None: ...
+
+    def read(self, offset: int, length: int) -> bytes:
+        """Bytes of the stored log, to compare a replay with."""
 
     def save_state(self) -> None: ...
 
