@@ -190,3 +190,37 @@ def test_sky_not_installed_fails_the_launch(
     assert done.returncode == 100
     assert "cannot run" in done.stderr.decode()
     assert "no-such-sky" in done.stderr.decode()
+
+
+def test_a_daemon_restart_resumes_the_stream_without_losing_or_repeating_a_line(
+    home: Path, skyd: DaemonProcess, sky: SkyDouble, workdir: Path
+) -> None:
+    gate = workdir / "go"
+    task = write_task(
+        workdir,
+        f"""\
+        name: survivor
+        run: |
+          echo line 1; echo line 2
+          while [ ! -e {gate} ]; do sleep 0.05; done
+          echo line 3; echo line 4
+        """,
+    )
+    launched = run_cli(home, "jobs", "launch", "--backend", "skypilot", "--async", str(task))
+    assert launched.returncode == 0, launched.stderr
+    job_id = int(launched.stdout)
+
+    def has_two_lines() -> bool:
+        logs = run_cli(home, "jobs", "logs", "--no-follow", str(job_id))
+        return task_lines(logs.stdout) == ["line 1", "line 2"]
+
+    wait_until(has_two_lines, 30, "the first lines")
+    skyd.stop()
+    skyd.start()
+    gate.touch()
+    logs = run_cli(home, "jobs", "logs", str(job_id))
+    assert logs.returncode == 0, logs.stderr
+    assert task_lines(logs.stdout) == ["line 1", "line 2", "line 3", "line 4"]
+    assert ANSI.sub("", logs.stdout.decode()).count("Job started. Streaming logs...") == 1
+    assert queue(home)[job_id]["upstream_connections"] == 2
+    assert list(logs_runs(sky).values()) == [2]
