@@ -5,6 +5,8 @@ submitted with `sky jobs launch -d -y`, followed with one `sky jobs logs` each, 
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -224,3 +226,29 @@ def test_a_daemon_restart_resumes_the_stream_without_losing_or_repeating_a_line(
     assert ANSI.sub("", logs.stdout.decode()).count("Job started. Streaming logs...") == 1
     assert queue(home)[job_id]["upstream_connections"] == 2
     assert list(logs_runs(sky).values()) == [2]
+
+
+@pytest.mark.parametrize(
+    ("text", "mode", "said"),
+    [
+        ("backend: skypilot\n", 0o622, "writable by others"),
+        ("backend: kubernetes\n", 0o600, "unknown backend 'kubernetes'"),
+        ("bakend: skypilot\n", 0o600, "unknown setting 'bakend'"),
+    ],
+)
+def test_a_config_file_that_cannot_be_used_keeps_the_daemon_from_starting(
+    home: Path, text: str, mode: int, said: str
+) -> None:
+    home.mkdir(mode=0o700)
+    config = home / "config.yaml"
+    config.write_text(text)
+    config.chmod(mode)
+    done = subprocess.run(
+        [sys.executable, "-m", "tailhub.daemon", "--home", str(home)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 1
+    assert str(config) in done.stderr
+    assert said in done.stderr

@@ -6,6 +6,9 @@ file: refused unless it is a regular file of the daemon's user that others canno
 
 from __future__ import annotations
 
+import os
+import shlex
+import stat
 from dataclasses import dataclass
 
 import yaml
@@ -30,8 +33,15 @@ def read_config_file(paths: StatePaths) -> FileConfig:
     path = paths.home / "config.yaml"
     try:
         text = read_state_file(path)
+        mode = os.stat(path).st_mode
     except FileNotFoundError:
         return FileConfig()
+    if mode & 0o022:
+        # It names a program the daemon runs (`sky:`): only its owner may say which.
+        raise ValueError(
+            f"refusing {path}: it is writable by others (mode {stat.S_IMODE(mode):04o}); "
+            f"fix: chmod go-w {shlex.quote(str(path))}"
+        )
     try:
         document = yaml.safe_load(text)
     except yaml.YAMLError as error:
