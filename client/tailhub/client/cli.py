@@ -219,9 +219,7 @@ def jobs_launch(
     """Run TASK_FILE (locally or with SkyPilot); follow its log and exit with its result."""
     from tailhub.client._tasks import load_task, parse_env_overrides
 
-    chosen = backend or os.environ.get("TAILHUB_BACKEND", "")
-    if chosen not in ("", "local", "skypilot"):
-        raise click.UsageError(f"TAILHUB_BACKEND={chosen!r}: local or skypilot")
+    chosen = _backend(home, backend)
     overrides = parse_env_overrides(envs)
     if chosen == "skypilot":
         task_yaml = _read_task_text(task_file)
@@ -229,8 +227,6 @@ def jobs_launch(
         task = load_task(task_file).with_overrides(name, overrides)
         for warning in task.warnings:
             note(f"warning: {warning}")
-        # Sent too when the daemon's config.yaml chooses the backend: it may be skypilot.
-        task_yaml = "" if chosen else _read_task_text(task_file)
     with _connect(home) as client:
         if chosen == "skypilot":
             job = client.launch(
@@ -256,7 +252,6 @@ def jobs_launch(
                 # The job runs in this shell's environment, not the daemon's (started by anyone).
                 environment=os.environ,
                 backend=chosen,
-                task_yaml=task_yaml,
             )
         if detach:
             click.echo(job.id)
@@ -272,6 +267,21 @@ def jobs_launch(
             )
             sys.exit(exit_codes.INTERRUPTED)
     sys.exit(result_exit_code(end))
+
+
+def _backend(home: str | None, given: str | None) -> str:
+    """--backend, else $TAILHUB_BACKEND, else the state directory's config.yaml, else local."""
+    from tailhub.daemon.config_file import read_config_file
+
+    chosen = given or os.environ.get("TAILHUB_BACKEND", "")
+    if chosen and chosen not in ("local", "skypilot"):
+        raise click.UsageError(f"TAILHUB_BACKEND={chosen!r}: local or skypilot")
+    if chosen:
+        return chosen
+    try:
+        return read_config_file(_paths(home)).backend or "local"
+    except ValueError as error:
+        raise click.UsageError(str(error)) from None
 
 
 def _read_task_text(task_file: Path) -> str:

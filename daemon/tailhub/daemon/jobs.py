@@ -166,7 +166,9 @@ class JobManager:
 
     def launch(self, name: str, spec: LaunchSpec) -> Job:
         """Records a task and hands it to its backend (it may wait PENDING for a slot)."""
-        backend = self._backends[spec.backend]
+        backend = self._backends.get(spec.backend)
+        if backend is None:  # (a SkyPilot spec without its task: attached, not launched)
+            raise InvalidRequest("nothing to launch: the task is missing")
         backend.check(spec)
         record = self._store.create(name, spec)
         self._claim_log(record)
