@@ -96,11 +96,14 @@ def check_launch(
     _check_text("run", run)
     _check_text("setup", setup)
     _check_text("task_yaml", task_yaml)
-    task = _size(run) + _size(setup) + _size(task_yaml)
+    task = _size(run) + _size(setup)
     if task > MAX_TASK_BYTES:
         raise InvalidRequest(
-            f"run, setup and task_yaml are {task} bytes together; "
-            f"at most {MAX_TASK_BYTES} are allowed"
+            f"run and setup are {task} bytes together; at most {MAX_TASK_BYTES} are allowed"
+        )
+    if _size(task_yaml) > MAX_TASK_BYTES:
+        raise InvalidRequest(
+            f"task_yaml is {_size(task_yaml)} bytes; at most {MAX_TASK_BYTES} are allowed"
         )
     if workdir:
         _check_path("workdir", workdir)
