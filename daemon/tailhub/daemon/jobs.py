@@ -249,11 +249,7 @@ class JobManager:
             backend = self._backend_of(job)
             if backend is not None and backend.cancel(job):
                 continue  # its fetch reports the end
-            self._end(job, JobState.CANCELLED, None, "cancelled")
-            task = self._tasks.get(job.id)
-            if task is not None:
-                task.cancel()
-            self._seal(job)
+            self.end_now(job, "cancelled")
         await asyncio.wait_for(
             asyncio.gather(*(self._sealed(job) for job in targets)),
             self._config.cancel_grace + _CANCEL_MARGIN,
@@ -369,6 +365,15 @@ class JobManager:
         self._supervised.spawn(
             coro, name=name, on_crash=lambda error: self.fail_start(job, f"{name}: {error}")
         )
+
+    def end_now(self, job: Job, reason: str) -> None:
+        """Ends a job CANCELLED without waiting for its upstream: the fetch is stopped."""
+        if not job.state.terminal:
+            self._end(job, JobState.CANCELLED, None, reason)
+        task = self._tasks.get(job.id)
+        if task is not None:
+            task.cancel()
+        self._seal(job)
 
     def mark_running(self, job: Job) -> None:
         record = job.record

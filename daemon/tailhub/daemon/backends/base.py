@@ -27,6 +27,9 @@ class BackendHost(Protocol):
 
     def mark_running(self, job: Job) -> None: ...
 
+    def end_now(self, job: Job, reason: str) -> None:
+        """Ends the job CANCELLED and stops its fetch, without waiting for its upstream."""
+
     def save_record(self, job: Job) -> None:
         """Saves the job's record; a full disk only delays it."""
 

@@ -7,6 +7,8 @@ upstream is the `skypilot` source (`sky jobs logs`). Cancel runs `sky jobs cance
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from pathlib import Path
 
@@ -129,5 +131,17 @@ class SkyPilotBackend:
                 return
             if result.exit_code != 0:
                 self._host.event(job, f"sky jobs cancel failed: {message_of(result)}")
+                return
+            # SkyPilot took the cancel; its `jobs logs` reports CANCELLED once the job's
+            # cluster is down. A job still not ended after the grace is ended here.
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(_until_sealed(job), self._config.cancel_grace)
+            if not job.sealed:
+                self._host.end_now(job, f"cancelled with `sky jobs cancel -y {managed_id}`")
 
         self._host.spawn(job, cancel(), name=f"sky-cancel-{job.id}")
+
+
+async def _until_sealed(job: Job) -> None:
+    while not job.sealed:
+        await job.changed.wait()

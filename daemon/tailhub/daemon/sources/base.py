@@ -22,9 +22,12 @@ class Outcome:
 class UpstreamFailed(Exception):
     """The connection to the upstream broke; the fetcher reconnects with backoff."""
 
-    def __init__(self, message: str, exit_code: int) -> None:
+    def __init__(self, message: str, exit_code: int, *, healthy: bool = False) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+        # The upstream worked and asked to be followed again (SkyPilot's "not finished"):
+        # not a failure towards the limit of failures in a row.
+        self.healthy = healthy
 
 
 class UpstreamUnusable(Exception):

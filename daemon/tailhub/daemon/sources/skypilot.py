@@ -21,6 +21,7 @@ from tailhub.daemon.sky import (
     ANSI,
     CANCELLED,
     FAILED,
+    NOT_FINISHED,
     NOT_FOUND,
     SUCCEEDED,
     USAGE_ERROR,
@@ -133,6 +134,8 @@ class SkyPilotSource:
             return Outcome(FAILED, await self._failure(managed_id), JobState.FAILED)
         if exit_code == NOT_FOUND:
             return Outcome(NOT_FOUND, f"SkyPilot has no managed job {managed_id}", JobState.FAILED)
+        if exit_code == NOT_FINISHED:
+            raise UpstreamFailed("sky jobs logs ended, the job did not", exit_code, healthy=True)
         if exit_code == USAGE_ERROR and "--tail" in errors and not self.sky.no_tail_option:
             # A SkyPilot before 0.13: its `sky jobs logs` replays the whole log anyway.
             self.sky.no_tail_option = True
