@@ -18,7 +18,7 @@ from typing import Any
 
 import grpc
 
-from bench import catchup, ceiling, cli_latency, fanout, ssh
+from bench import catchup, ceiling, cli_latency, fanout, skypilot, ssh
 from bench.measure import machine_cpu, own_tree_cpu
 from bench.processes import REPO
 from bench.report import Table, render, status_line, write_json
@@ -31,6 +31,7 @@ SCENARIOS: dict[str, ModuleType] = {
     "catchup": catchup,
     "ssh": ssh,
     "cli_latency": cli_latency,
+    "skypilot": skypilot,
 }
 DEFAULT_JSON = REPO / "bench" / "results" / "latest.json"
 

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-SCENARIOS = {"fanout", "ceiling", "catchup", "ssh", "cli_latency"}
+SCENARIOS = {"fanout", "ceiling", "catchup", "ssh", "cli_latency", "skypilot"}
 
 
 def test_quick_benchmark_runs_every_scenario_and_writes_json(tmp_path: Path) -> None:

@@ -55,7 +55,7 @@ def test_unknown_job_id_exits_102_with_one_line(
         # A word where a job is taken is a job name (looked up in the daemon): not a usage error.
         (("jobs", "logs", "1", "--tail", "seven"), "'seven' is not a valid integer"),
         (("jobs", "logs", "1", "--tail", "-1"), "-1 is not in the range"),
-        (("jobs", "attach"), "give exactly one of --file, --command or --push"),
+        (("jobs", "attach"), "give exactly one of --file, --command, --push or --skypilot"),
         (("jobs", "attach", "--file", "/x", "--push"), "give exactly one of"),
         (
             ("jobs", "attach", "--push", "--shell"),

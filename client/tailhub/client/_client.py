@@ -125,6 +125,12 @@ class Client:
         request = pb.AttachJobRequest(name=name, command=source)
         return JobInfo.from_pb(self._call(self._stub.AttachJob, request).job)
 
+    def attach_skypilot(self, managed_job_id: int, name: str = "") -> JobInfo:
+        """Follows a SkyPilot managed job launched elsewhere (one `sky jobs logs` for it)."""
+        source = pb.SkyPilotSource(managed_job_id=managed_job_id)
+        request = pb.AttachJobRequest(name=name, skypilot=source)
+        return JobInfo.from_pb(self._call(self._stub.AttachJob, request).job)
+
     def attach_push(self, name: str = "") -> JobInfo:
         request = pb.AttachJobRequest(name=name, push=pb.PushSource())
         return JobInfo.from_pb(self._call(self._stub.AttachJob, request).job)
@@ -138,9 +144,14 @@ class Client:
         workdir: str = "",
         envs: Mapping[str, str] | None = None,
         environment: Mapping[str, str] | None = None,
+        backend: str = "",
+        task_yaml: str = "",
     ) -> JobInfo:
         """Launches a task; it runs with `environment` (the caller's, typically `os.environ`)
-        plus `envs`. Without `environment`, a minimal one (HOME, USER, PATH...) of the daemon's."""
+        plus `envs`. Without `environment`, a minimal one (HOME, USER, PATH...) of the daemon's.
+
+        `backend` "skypilot" submits `task_yaml` (the task file's text) with the daemon's
+        `sky` from `workdir`; empty: the daemon's default backend."""
         request = pb.LaunchJobRequest(
             name=name,
             run=run,
@@ -148,6 +159,8 @@ class Client:
             workdir=workdir,
             envs=dict(envs or {}),
             environment=dict(environment or {}),
+            backend=backend,
+            task_yaml=task_yaml,
         )
         return JobInfo.from_pb(self._call(self._stub.LaunchJob, request).job)
 

@@ -64,7 +64,8 @@ def print_jobs(listed: Sequence[JobInfo], *, colour: bool, now: float | None = N
                 printable(job.name) or "-",
                 job.state.value,
                 "-" if job.exit_code is None else str(job.exit_code),
-                job.source,
+                # SkyPilot's own id beside it: `sky jobs logs 7` is what a user would run.
+                f"{job.source}:{printable(job.external_id)}" if job.external_id else job.source,
                 size_text(job.log_size),
                 str(job.subscribers),
                 f"{job.upstream_connections_open}/{job.upstream_connections}",

@@ -33,6 +33,7 @@ _SOURCES = {
     pb.SOURCE_KIND_FILE: "file",
     pb.SOURCE_KIND_COMMAND: "command",
     pb.SOURCE_KIND_PUSH: "push",
+    pb.SOURCE_KIND_SKYPILOT: "skypilot",
 }
 
 
@@ -59,6 +60,10 @@ class JobInfo:
     ended_at: float
     # Upstream connections open now (0 or 1); `upstream_connections` counts every one opened.
     upstream_connections_open: int = 0
+    # Where a launched job runs ("local", "skypilot"); empty for attached jobs.
+    backend: str = ""
+    # The job's id in its backend (SkyPilot's managed job id), once known.
+    external_id: str = ""
 
     @classmethod
     def from_pb(cls, job: pb.Job) -> JobInfo:
@@ -79,6 +84,8 @@ class JobInfo:
             started_at=job.started_at,
             ended_at=job.ended_at,
             upstream_connections_open=job.upstream_connections_open,
+            backend=job.backend,
+            external_id=job.external_id,
         )
 
 
@@ -94,6 +101,10 @@ class DaemonStatus:
     upstream_connections: int
     bytes_served: int
     upstream_connections_open: int = 0
+    # Where a launched job runs ("local", "skypilot"); empty for attached jobs.
+    backend: str = ""
+    # The job's id in its backend (SkyPilot's managed job id), once known.
+    external_id: str = ""
 
     @classmethod
     def from_pb(cls, status: pb.GetDaemonStatusResponse) -> DaemonStatus:

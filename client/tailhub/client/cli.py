@@ -19,7 +19,7 @@ import click
 from tailhub.client import exit_codes
 from tailhub.client._errors import TailhubError
 from tailhub.client._multi import follow_jobs, report, select_targets
-from tailhub.client._names import JobRef, latest_job, resolve_jobs
+from tailhub.client._names import MAX_JOB_ID, JobRef, latest_job, resolve_jobs
 from tailhub.client._output import (
     copy_log,
     job_label,
@@ -44,6 +44,8 @@ if TYPE_CHECKING:  # importing the client pulls in grpc, which `--help` does not
 
 # Job ids (or names) and exit codes as the command line takes them.
 JOB_REF = JobRef()
+# A number given by someone else (SkyPilot's managed job id), never a name.
+JOB_ID = click.IntRange(1, MAX_JOB_ID)
 EXIT_CODE = click.IntRange(0, 255)
 MAX_TAIL_LINES = 10**9
 # `jobs queue` without --all shows this many, the newest.
@@ -207,26 +209,57 @@ def jobs() -> None:
 @click.option(
     "--env", "envs", multiple=True, metavar="KEY=VALUE", help="Set a variable (repeatable)."
 )
+@click.option(
+    "--backend",
+    type=click.Choice(["local", "skypilot"]),
+    help="Where the task runs: this machine, or SkyPilot managed jobs (`sky jobs launch`). "
+    "Default: $TAILHUB_BACKEND, else the daemon's config.yaml, else local.",
+)
 def jobs_launch(
-    home: str | None, task_file: Path, detach: bool, name: str | None, envs: tuple[str, ...]
+    home: str | None,
+    task_file: Path,
+    detach: bool,
+    name: str | None,
+    envs: tuple[str, ...],
+    backend: str | None,
 ) -> None:
-    """Run TASK_FILE with the local runner; follow its log and exit with its result."""
+    """Run TASK_FILE (locally or with SkyPilot); follow its log and exit with its result."""
     from tailhub.client._tasks import load_task, parse_env_overrides
 
-    task = load_task(task_file).with_overrides(name, parse_env_overrides(envs))
-    for warning in task.warnings:
-        note(f"warning: {warning}")
+    chosen = _backend(home, backend)
+    overrides = parse_env_overrides(envs)
+    if chosen == "skypilot":
+        task_yaml = _read_task_text(task_file)
+    else:
+        task = load_task(task_file).with_overrides(name, overrides)
+        for warning in task.warnings:
+            note(f"warning: {warning}")
     with _connect(home) as client:
-        job = client.launch(
-            task.run,
-            name=task.name,
-            setup=task.setup,
-            # Without a workdir the job runs where it was launched from, as a script would.
-            workdir=task.workdir or os.getcwd(),
-            envs=task.envs,
-            # The job runs in this shell's environment, not the daemon's (started by anyone).
-            environment=os.environ,
-        )
+        if chosen == "skypilot":
+            job = client.launch(
+                "",
+                name=name or _task_name(task_yaml),
+                # SkyPilot takes the file whole (resources, file_mounts...); `sky` runs in its
+                # directory, so that relative paths in it resolve as they would there.
+                workdir=str(task_file.resolve().parent),
+                envs=overrides,
+                # `sky` needs this shell's credentials and PATH.
+                environment=os.environ,
+                backend="skypilot",
+                task_yaml=task_yaml,
+            )
+        else:
+            job = client.launch(
+                task.run,
+                name=task.name,
+                setup=task.setup,
+                # Without a workdir the job runs where it was launched from, as a script would.
+                workdir=task.workdir or os.getcwd(),
+                envs=task.envs,
+                # The job runs in this shell's environment, not the daemon's (started by anyone).
+                environment=os.environ,
+                backend=chosen,
+            )
         if detach:
             click.echo(job.id)
             return
@@ -247,6 +280,44 @@ def jobs_launch(
     sys.exit(result_exit_code(end, job_label(job.id, job.name)))
 
 
+def _backend(home: str | None, given: str | None) -> str:
+    """--backend, else $TAILHUB_BACKEND, else the state directory's config.yaml, else local."""
+    from tailhub.daemon.config_file import read_config_file
+
+    chosen = given or os.environ.get("TAILHUB_BACKEND", "")
+    if chosen and chosen not in ("local", "skypilot"):
+        raise click.UsageError(f"TAILHUB_BACKEND={chosen!r}: local or skypilot")
+    if chosen:
+        return chosen
+    try:
+        return read_config_file(_paths(home)).backend or "local"
+    except ValueError as error:
+        raise click.UsageError(str(error)) from None
+
+
+def _read_task_text(task_file: Path) -> str:
+    from tailhub.client._tasks import TaskFileError
+
+    try:
+        return task_file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise TaskFileError(f"{task_file}: no such task file") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise TaskFileError(f"{task_file}: cannot read it: {error}") from None
+
+
+def _task_name(task_yaml: str) -> str:
+    """The task's `name`, if the file says one (SkyPilot checks the rest itself)."""
+    import yaml
+
+    try:
+        document = yaml.safe_load(task_yaml)
+    except yaml.YAMLError:
+        return ""
+    name = document.get("name") if isinstance(document, dict) else None
+    return name if isinstance(name, str) else ""
+
+
 @jobs.command("attach")
 @_home_option
 @click.option(
@@ -257,6 +328,13 @@ def jobs_launch(
 )
 @click.option(
     "--push", is_flag=True, help="Bytes arrive through `tailhub jobs publish` or the API."
+)
+@click.option(
+    "--skypilot",
+    "managed_job_id",
+    type=JOB_ID,
+    metavar="ID",
+    help="Follow this SkyPilot managed job (launched elsewhere) with one `sky jobs logs`.",
 )
 @click.option("--name", "-n", default="", help="Job name.")
 @click.option(
@@ -283,6 +361,7 @@ def jobs_attach(
     file_path: Path | None,
     command: str | None,
     push: bool,
+    managed_job_id: int | None,
     name: str,
     shell: bool,
     transport_codes: tuple[int, ...],
@@ -291,11 +370,16 @@ def jobs_attach(
     """Register an external job and print its id."""
     chosen = [
         flag
-        for flag, value in (("--file", file_path), ("--command", command), ("--push", push))
+        for flag, value in (
+            ("--file", file_path),
+            ("--command", command),
+            ("--push", push),
+            ("--skypilot", managed_job_id),
+        )
         if value
     ]
     if len(chosen) != 1:
-        raise click.UsageError("give exactly one of --file, --command or --push")
+        raise click.UsageError("give exactly one of --file, --command, --push or --skypilot")
     if (shell or transport_codes or stderr_mode != "merge") and command is None:
         raise click.UsageError("--shell, --transport-exit-code and --stderr go with --command")
     argv: list[str] = []
@@ -315,6 +399,8 @@ def jobs_attach(
                 transport_exit_codes=transport_codes,
                 stderr_events=stderr_mode == "events",
             )
+        elif managed_job_id is not None:
+            job = client.attach_skypilot(managed_job_id, name)
         else:
             job = client.attach_push(name)
     click.echo(job.id)

@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from tailhub.daemon.config import DaemonConfig, minimal_environment
+from tailhub.daemon.config_file import read_config_file
 from tailhub.daemon.durations import parse_duration
 from tailhub.daemon.faults import crash_points_from
 from tailhub.daemon.grpc_log import quiet_client_gone_tracebacks
@@ -112,6 +113,12 @@ def _raise_open_file_limit() -> None:
     show_default=True,
     help="Keep at most this many ended jobs, removing the oldest first; 0: no limit.",
 )
+@click.option(
+    "--sky",
+    metavar="PATH",
+    help="The `sky` executable of the skypilot backend (default: config.yaml's `sky:`, "
+    "else `sky` on the PATH).",
+)
 @click.option("--log-level", default="INFO", show_default=True)
 def main(
     home: str | None,
@@ -120,6 +127,7 @@ def main(
     cancel_grace: float,
     retention: str,
     max_ended_jobs: int,
+    sky: str | None,
     log_level: str,
 ) -> None:
     """Run the tailhub daemon in the foreground."""
@@ -135,8 +143,11 @@ def main(
         raise click.BadParameter(str(error), param_hint="--retention") from None
     _raise_open_file_limit()
     try:
+        paths = StatePaths(resolve_home(home, os.environ))
+        # Read once, here: a change applies at the next start.
+        settings = read_config_file(paths)
         config = DaemonConfig(
-            paths=StatePaths(resolve_home(home, os.environ)),
+            paths=paths,
             max_running_jobs=max_running_jobs,
             heartbeat_interval=heartbeat_interval,
             cancel_grace=cancel_grace,
@@ -145,6 +156,9 @@ def main(
             retention_seconds=retention_seconds or None,
             max_ended_jobs=max_ended_jobs or None,
             crash_at=crash_points_from(os.environ),
+            default_backend=settings.backend or "local",
+            sky=sky or settings.sky or "sky",
+            sky_environment=tuple(sorted(os.environ.items())),
         )
         asyncio.run(serve(config))
     except AlreadyRunning as error:

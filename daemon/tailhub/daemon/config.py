@@ -9,6 +9,8 @@ from tailhub.daemon.paths import StatePaths
 
 KIB = 1024
 MIB = 1024 * KIB
+# Where a launched task can run (see backends/).
+BACKENDS = ("local", "skypilot")
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,15 @@ class DaemonConfig:
     disk_full_retry: float = 1.0
     # Fault injection for tests (TAILHUB_CRASH_AT): points where the daemon kills itself.
     crash_at: frozenset[str] = frozenset()
+    # The backend of a launch that names none: "local" or "skypilot".
+    default_backend: str = "local"
+    # The `sky` executable (a path, or a name looked up on the PATH it runs with).
+    sky: str = "sky"
+    # The environment `sky` runs with when no launching client sent one (attached jobs):
+    # the daemon's own, as `sky` is a program of the daemon's user, not a job.
+    sky_environment: tuple[tuple[str, str], ...] = ()
+    # Seconds a `sky jobs launch` may take before it is stopped and the job failed.
+    sky_submit_timeout: float = 600.0
 
     def __post_init__(self) -> None:
         if self.heartbeat_interval <= 0:
@@ -73,6 +84,12 @@ class DaemonConfig:
             raise ValueError("retention must be positive (None keeps ended jobs)")
         if self.max_ended_jobs is not None and self.max_ended_jobs < 0:
             raise ValueError("max ended jobs cannot be negative")
+        if self.default_backend not in BACKENDS:
+            raise ValueError(
+                f"unknown backend {self.default_backend!r}: one of {', '.join(BACKENDS)}"
+            )
+        if self.sky_submit_timeout <= 0:
+            raise ValueError("the sky submission timeout must be positive")
 
 
 # What a job started without its client's environment still needs to run a shell script.

@@ -61,6 +61,9 @@ class Fetcher:
             )
         self._owner.appended(self._job)
 
+    def read(self, offset: int, length: int) -> bytes:
+        return self._job.log.read(offset, length)
+
     def save_state(self) -> None:
         self._owner.save(self._job)
 
@@ -104,7 +107,8 @@ class Fetcher:
                 continue
             except UpstreamFailed as error:
                 self._job.upstream_open = False
-                failures = 1 if self._job.log_size > stored_before else failures + 1
+                grew = self._job.log_size > stored_before
+                failures = 1 if grew or error.healthy else failures + 1
                 if failures >= self._config.reconnect_max_attempts:
                     return Outcome(
                         error.exit_code,

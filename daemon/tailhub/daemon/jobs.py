@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import os
-import signal
 import time
+from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tailhub.daemon import removal
+from tailhub.daemon.backends import Backend, make_backends
 from tailhub.daemon.config import DaemonConfig
 from tailhub.daemon.events import EventLimiter, EventLimits
-from tailhub.daemon.faults import AFTER_SPAWN, BEFORE_SPAWN, crash_at, is_disk_full
+from tailhub.daemon.faults import is_disk_full
 from tailhub.daemon.fetcher import Fetcher
 from tailhub.daemon.job import LOG_UNCLAIMED, Job
 from tailhub.daemon.model import (
@@ -25,16 +26,17 @@ from tailhub.daemon.model import (
     JobNotFound,
     JobRecord,
     JobState,
-    LocalSpec,
+    LaunchSpec,
     OffsetMismatch,
     PushSpec,
+    SkyPilotSpec,
     SourceEvent,
     SourceKind,
     SourceSpec,
     StorageFull,
+    backend_of,
 )
 from tailhub.daemon.removal import RemoveResult
-from tailhub.daemon.runner import RunHandle
 from tailhub.daemon.sources import (
     Outcome,
     SourceEnvironment,
@@ -44,8 +46,6 @@ from tailhub.daemon.sources import (
 from tailhub.daemon.store import JobStore
 from tailhub.daemon.tasks import TaskSet
 
-# Resume state of a local job recorded before its process starts: the attempt number.
-_LAUNCHING = "launching"
 # Threads for `--tail` scans of long logs.
 _SCAN_THREADS = 2
 # How long past the grace period `cancel` waits for a killed job's log to be drained.
@@ -73,14 +73,10 @@ class JobManager:
         # Every background task (fetches, kill timers, heartbeat) is owned and supervised here.
         self._supervised = TaskSet()
         self._tasks: dict[int, asyncio.Task[None]] = {}
-        # Local jobs waiting for a free slot, in submission order.
-        self._pending: collections.deque[Job] = collections.deque()
-        # Local jobs holding a running slot: a set, so a slot is freed once whatever fails.
-        self._slots: set[int] = set()
+        # Where launched tasks run, by name (see backends/).
+        self._backends: dict[str, Backend] = make_backends(self, environment, store)
         # Jobs whose record could not be saved (full disk): saved again on each heartbeat.
         self._unsaved: set[int] = set()
-        # Pending local jobs a full disk kept from starting: their followers were told.
-        self._waiting_for_space: set[int] = set()
         # Per job, created with its first event: how many more it may keep, and how fast.
         self._event_limiters: dict[int, EventLimiter] = {}
         self.stopping = False
@@ -101,27 +97,25 @@ class JobManager:
                 try:
                     self._resume(job)
                 except Exception as error:  # one bad job must not keep the daemon down
-                    self._fail_start(job, error)
-        self._schedule()
+                    self.fail_start(job, error)
+        for backend in self._backends.values():
+            backend.tick()
         self._supervised.spawn(self._beat(), name="heartbeat")
         self._supervised.spawn(self._apply_retention(), name="retention")
 
     def _resume(self, job: Job) -> None:
-        kind = job.record.spec.kind
-        if kind is SourceKind.LOCAL:
-            if job.state is JobState.PENDING:
-                if not self._recover_launch(job):
-                    self._pending.append(job)
-            else:  # running, or ended while we were away: the fetch finds out which
-                self._slots.add(job.id)
-                self._start_fetcher(job, finishing=False)
-                if job.record.cancel_requested:
-                    # The last daemon stopped within the grace: the SIGKILL is still owed.
-                    self._signal_local(job)
-        elif kind is SourceKind.PUSH and job.state.terminal:
+        backend = self._backend_of(job)
+        if backend is not None:
+            backend.adopt(job)
+        elif job.record.spec.kind is SourceKind.PUSH and job.state.terminal:
             self._seal(job)
         else:
-            self._start_fetcher(job, finishing=job.state.terminal)
+            self.start_fetcher(job, finishing=job.state.terminal)
+
+    def _backend_of(self, job: Job) -> Backend | None:
+        """The backend running a launched job; None for an attached one."""
+        name = backend_of(job.record.spec)
+        return self._backends[name] if name else None
 
     def begin_stop(self) -> None:
         """Tells every subscriber to end its stream with "daemon stopping"."""
@@ -166,22 +160,21 @@ class JobManager:
         job = self._new_job(record)
         record.state = JobState.RUNNING
         record.started_at = time.time()
-        self._save_record(job)
-        self._start_fetcher(job, finishing=False)
+        self.save_record(job)
+        self.start_fetcher(job, finishing=False)
         return job
 
-    def launch(self, name: str, spec: LocalSpec) -> Job:
-        """Records a task for the local runner; it starts when a slot is free."""
-        if not spec.run.strip():
-            raise InvalidRequest("the task's `run` is empty: nothing to launch")
-        if spec.workdir and not Path(spec.workdir).is_dir():
-            raise InvalidRequest(f"workdir {spec.workdir} is not a directory")
+    def launch(self, name: str, spec: LaunchSpec) -> Job:
+        """Records a task and hands it to its backend (it may wait PENDING for a slot)."""
+        backend = self._backends.get(spec.backend)
+        if backend is None:  # (a SkyPilot spec without its task: attached, not launched)
+            raise InvalidRequest("nothing to launch: the task is missing")
+        backend.check(spec)
         record = self._store.create(name, spec)
         if not self._claim_log(record):
             return self._jobs[record.id]
         job = self._new_job(record)
-        self._pending.append(job)
-        self._schedule()
+        backend.submit(job)
         return job
 
     def publish(self, job_id: int, data: bytes, expected_offset: int | None = None) -> int:
@@ -254,14 +247,10 @@ class JobManager:
                 chosen[job_id] = job
         targets = list(chosen.values())
         for job in targets:
-            if job.record.spec.kind is SourceKind.LOCAL and job.state is JobState.RUNNING:
-                self._signal_local(job)
-                continue
-            self._end(job, JobState.CANCELLED, None, "cancelled")
-            task = self._tasks.get(job.id)
-            if task is not None:
-                task.cancel()
-            self._seal(job)
+            backend = self._backend_of(job)
+            if backend is not None and backend.cancel(job):
+                continue  # its fetch reports the end
+            self.end_now(job, "cancelled")
         await asyncio.wait_for(
             asyncio.gather(*(self._sealed(job) for job in targets)),
             self._config.cancel_grace + _CANCEL_MARGIN,
@@ -293,21 +282,6 @@ class JobManager:
                 logger.exception("applying the retention policy failed")
             await asyncio.sleep(removal.RETENTION_INTERVAL)
 
-    def _signal_local(self, job: Job) -> None:
-        """SIGTERM to the job's process group now, SIGKILL after the grace period."""
-        job.record.cancel_requested = True
-        self._save_record(job)
-        handle = RunHandle.from_json(job.record.source_state)
-        if handle is None:
-            return
-        self._environment.runner.signal(handle, signal.SIGTERM)
-
-        async def kill_after_grace() -> None:
-            await asyncio.sleep(self._config.cancel_grace)
-            self._environment.runner.signal(handle, signal.SIGKILL)
-
-        self._supervised.spawn(kill_after_grace(), name=f"kill-{job.id}")
-
     @staticmethod
     async def _sealed(job: Job) -> None:
         while not job.sealed:
@@ -315,6 +289,9 @@ class JobManager:
 
     # -- FetchOwner --------------------------------------------------------------------------
     def appended(self, job: Job) -> None:
+        if job.state is JobState.PENDING:
+            # A backend's job (SkyPilot) runs once its log flows.
+            self.mark_running(job)
         job.changed.notify()
 
     def save(self, job: Job) -> None:
@@ -379,7 +356,7 @@ class JobManager:
             record.state, record.reason, record.sealed = JobState.FAILED, reason, True
             record.ended_at = time.time()
             record.source_state = {LOG_UNCLAIMED: True}
-            self._save_record(self._new_job(record))
+            self.save_record(self._new_job(record))
             if is_disk_full(error):
                 raise StorageFull(f"job {record.id} failed: {reason}") from None
             logger.warning("job %d: %s", record.id, reason)
@@ -387,7 +364,7 @@ class JobManager:
         os.close(fd)
         return True
 
-    def _save_record(self, job: Job) -> None:
+    def save_record(self, job: Job) -> None:
         """Saves a record whose in-memory state is already set; a full disk only delays it."""
         try:
             self._store.save(job.record)
@@ -398,75 +375,38 @@ class JobManager:
         else:
             self._unsaved.discard(job.id)
 
-    def _schedule(self) -> None:
-        """Starts pending local jobs, oldest first, while the running limit allows."""
-        limit = self._config.max_running_jobs
-        while self._pending and (limit is None or len(self._slots) < limit):
-            job = self._pending.popleft()
-            if job.state is JobState.PENDING and not self._start_local(job):
-                # The disk is full: it stays first in line; the heartbeat tries again.
-                self._pending.appendleft(job)
-                return
+    # -- BackendHost ---------------------------------------------------------------------------
+    def spawn(self, job: Job, coro: Coroutine[Any, Any, None], *, name: str) -> None:
+        self._supervised.spawn(
+            coro, name=name, on_crash=lambda error: self.fail_start(job, f"{name}: {error}")
+        )
 
-    def _start_local(self, job: Job) -> bool:
-        """Starts a pending local job; False if a full disk keeps it waiting."""
-        assert isinstance(job.record.spec, LocalSpec)
-        record = job.record
-        # Recorded before the process exists: a daemon killed before it records the pid
-        # finds "launching" and looks for the process's claim instead of starting it twice.
-        attempt = int(record.source_state.get(_LAUNCHING, 0)) + 1
-        record.source_state = {_LAUNCHING: attempt}
-        try:
-            self._store.save(record)
-            crash_at(self._config.crash_at, BEFORE_SPAWN)
-            handle = self._environment.runner.start(job.id, job.record.spec, attempt)
-        except Exception as error:  # whatever it is, it fails this job and no other
-            if isinstance(error, StorageFull) or is_disk_full(error):
-                if job.id not in self._waiting_for_space:
-                    self._waiting_for_space.add(job.id)
-                    self.event(job, f"disk full: the job waits to start ({error})")
-                return False
-            self._fail_start(job, error)
-            return True
-        self._waiting_for_space.discard(job.id)
-        crash_at(self._config.crash_at, AFTER_SPAWN)
-        self._run_local(job, handle)
-        return True
-
-    def _run_local(self, job: Job, handle: RunHandle) -> None:
-        record = job.record
-        record.source_state = handle.to_json()
-        record.state = JobState.RUNNING
-        record.started_at = time.time()
-        self._save_record(job)
-        job.changed.notify()
-        self._slots.add(job.id)
-        self._start_fetcher(job, finishing=False)
-
-    def _fail_start(self, job: Job, error: Exception) -> None:
-        logger.warning("job %d cannot start: %s", job.id, error)
+    def end_now(self, job: Job, reason: str) -> None:
+        """Ends a job CANCELLED without waiting for its upstream: the fetch is stopped."""
         if not job.state.terminal:
-            self._end(job, JobState.FAILED, None, f"cannot start the job: {error}")
+            self._end(job, JobState.CANCELLED, None, reason)
+        task = self._tasks.get(job.id)
+        if task is not None:
+            task.cancel()
         self._seal(job)
 
-    def _recover_launch(self, job: Job) -> bool:
-        """A job the last daemon was launching when it died: adopt its process, if any.
+    def mark_running(self, job: Job) -> None:
+        record = job.record
+        record.state = JobState.RUNNING
+        record.started_at = time.time()
+        self.save_record(job)
+        job.changed.notify()
 
-        False when no process of that attempt ever claimed the job: the daemon has taken the
-        claim itself (so a late one exits without running) and the job starts afresh.
-        """
-        attempt = job.record.source_state.get(_LAUNCHING)
-        if not isinstance(attempt, int):
-            return False
-        runner = self._environment.runner
-        pid = runner.claim(job.id, attempt)
-        if pid is None:
-            return False
-        logger.info("job %d: adopting process %d started by the last daemon", job.id, pid)
-        self._run_local(job, RunHandle.of(pid))
-        return True
+    def fail_start(self, job: Job, error: Exception | str) -> None:
+        logger.warning("job %d cannot start: %s", job.id, error)
+        if not job.state.terminal:
+            if isinstance(error, str):  # the backend's own words (SkyPilot's message)
+                self._end(job, JobState.FAILED, None, error)
+            else:
+                self._end(job, JobState.FAILED, None, f"cannot start the job: {error}")
+        self._seal(job)
 
-    def _start_fetcher(self, job: Job, *, finishing: bool) -> None:
+    def start_fetcher(self, job: Job, *, finishing: bool) -> None:
         source = make_source(job.id, job.record.spec, self._environment)
         fetcher = Fetcher(job, source, self, self._config)
         if finishing:
@@ -494,22 +434,23 @@ class JobManager:
         self._conclude(job, outcome)
 
     def _conclude(self, job: Job, outcome: Outcome | None) -> None:
-        """After the fetch: records how the job ended, seals it and frees its local slot."""
+        """After the fetch: records how the job ended, seals it and tells its backend."""
         self._fetchers.pop(job.id, None)
         self._tasks.pop(job.id, None)
         try:
             if outcome is not None and not job.state.terminal:
-                if job.record.cancel_requested:
+                if outcome.state is not None:
+                    state, reason = outcome.state, outcome.reason
+                elif job.record.cancel_requested:
                     state, reason = JobState.CANCELLED, f"cancelled ({outcome.reason})"
                 else:
                     state, reason = JobState.from_exit_code(outcome.exit_code), outcome.reason
                 self._end(job, state, outcome.exit_code, reason)
             self._seal(job)
         finally:
-            if job.id in self._slots:
-                # Its slot is free: the oldest pending job may start.
-                self._slots.discard(job.id)
-                self._schedule()
+            backend = self._backend_of(job)
+            if backend is not None:
+                backend.released(job)
 
     def _end(self, job: Job, state: JobState, exit_code: int | None, reason: str) -> None:
         record = job.record
@@ -518,14 +459,14 @@ class JobManager:
         record.reason = reason
         record.ended_at = time.time()
         job.changed.notify()
-        self._save_record(job)
+        self.save_record(job)
 
     def _seal(self, job: Job) -> None:
         self._report_dropped_events(job, final=True)
         job.record.sealed = True
         job.changed.notify()
         job.release_log_if_idle()
-        self._save_record(job)
+        self.save_record(job)
 
     async def _beat(self) -> None:
         while True:
@@ -538,9 +479,9 @@ class JobManager:
                 if unsaved is None:  # removed meanwhile
                     self._unsaved.discard(job_id)
                 else:
-                    self._save_record(unsaved)
-            if self._pending:  # one may wait for disk space
-                self._schedule()
+                    self.save_record(unsaved)
+            for backend in self._backends.values():  # a job may wait for disk space
+                backend.tick()
             for job in self._jobs.values():
                 if job.changed.waiting:
                     job.heartbeat_tick += 1
@@ -564,5 +505,8 @@ def _validate_attach(spec: SourceSpec) -> None:
     elif isinstance(spec, CommandSpec):
         if not spec.argv or not spec.argv[0]:
             raise InvalidRequest("command is empty")
+    elif isinstance(spec, SkyPilotSpec):
+        if spec.managed_job_id is None or spec.task_yaml:
+            raise InvalidRequest("attach takes a SkyPilot managed job by its id")
     elif not isinstance(spec, PushSpec):
-        raise InvalidRequest("attach takes a file, command or push source")
+        raise InvalidRequest("attach takes a file, command, push or skypilot source")

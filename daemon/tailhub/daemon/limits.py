@@ -89,15 +89,21 @@ def check_launch(
     workdir: str,
     envs: Mapping[str, str],
     environment: Mapping[str, str],
+    task_yaml: str = "",
 ) -> None:
     """LaunchJob: the name, the scripts, the workdir and both environment maps."""
     check_name(name)
     _check_text("run", run)
     _check_text("setup", setup)
+    _check_text("task_yaml", task_yaml)
     task = _size(run) + _size(setup)
     if task > MAX_TASK_BYTES:
         raise InvalidRequest(
             f"run and setup are {task} bytes together; at most {MAX_TASK_BYTES} are allowed"
+        )
+    if _size(task_yaml) > MAX_TASK_BYTES:
+        raise InvalidRequest(
+            f"task_yaml is {_size(task_yaml)} bytes; at most {MAX_TASK_BYTES} are allowed"
         )
     if workdir:
         _check_path("workdir", workdir)

@@ -29,6 +29,7 @@ class SourceKind(enum.Enum):
     FILE = "file"
     COMMAND = "command"
     PUSH = "push"
+    SKYPILOT = "skypilot"
 
 
 @dataclass(frozen=True)
@@ -74,12 +75,51 @@ class LocalSpec:
     environment: tuple[tuple[str, str], ...] = ()
     kind: SourceKind = field(default=SourceKind.LOCAL, init=False)
 
+    @property
+    def backend(self) -> str:
+        return "local"
+
     def describe(self) -> str:
         first = self.run.strip().splitlines()[0] if self.run.strip() else ""
         return first[:80]
 
 
-SourceSpec = FileSpec | CommandSpec | PushSpec | LocalSpec
+@dataclass(frozen=True)
+class SkyPilotSpec:
+    """A SkyPilot managed job: launched through tailhub (a task), or attached by its id."""
+
+    # The task file's text; empty for a job attached by its managed job id.
+    task_yaml: str = ""
+    # Where `sky jobs launch` runs: the task file's directory (relative paths in it work).
+    workdir: str = ""
+    # `sky jobs launch -n NAME`; empty: the task's own name.
+    name: str = ""
+    envs: tuple[tuple[str, str], ...] = ()
+    # The launching client's environment: `sky` needs its credentials and PATH.
+    environment: tuple[tuple[str, str], ...] = ()
+    # Known from the start for an attached job; a launched one records it once submitted.
+    managed_job_id: int | None = None
+    kind: SourceKind = field(default=SourceKind.SKYPILOT, init=False)
+
+    @property
+    def backend(self) -> str:
+        # An attached managed job was launched elsewhere: no backend of ours runs it.
+        return "skypilot" if self.task_yaml else ""
+
+    def describe(self) -> str:
+        if self.managed_job_id is not None and not self.task_yaml:
+            return f"sky jobs logs {self.managed_job_id}"
+        return f"sky jobs launch {self.name}".rstrip()
+
+
+SourceSpec = FileSpec | CommandSpec | PushSpec | LocalSpec | SkyPilotSpec
+# What a backend runs.
+LaunchSpec = LocalSpec | SkyPilotSpec
+
+
+def backend_of(spec: SourceSpec) -> str:
+    """The backend that runs a job of this spec; empty for attached jobs."""
+    return spec.backend if isinstance(spec, LocalSpec | SkyPilotSpec) else ""
 
 
 def spec_to_json(spec: SourceSpec) -> dict[str, Any]:
@@ -95,6 +135,16 @@ def spec_to_json(spec: SourceSpec) -> dict[str, Any]:
         }
     if isinstance(spec, PushSpec):
         return {"kind": "push"}
+    if isinstance(spec, SkyPilotSpec):
+        return {
+            "kind": "skypilot",
+            "task_yaml": spec.task_yaml,
+            "workdir": spec.workdir,
+            "name": spec.name,
+            "envs": [list(pair) for pair in spec.envs],
+            "environment": [list(pair) for pair in spec.environment],
+            "managed_job_id": spec.managed_job_id,
+        }
     return {
         "kind": "local",
         "run": spec.run,
@@ -127,7 +177,20 @@ def spec_from_json(data: dict[str, Any]) -> SourceSpec:
             # Absent in jobs recorded before launches carried their client's environment.
             environment=tuple((k, v) for k, v in data.get("environment", [])),
         )
+    if kind == "skypilot":
+        return SkyPilotSpec(
+            task_yaml=data["task_yaml"],
+            workdir=data["workdir"],
+            name=data["name"],
+            envs=tuple((k, v) for k, v in data["envs"]),
+            environment=tuple((k, v) for k, v in data["environment"]),
+            managed_job_id=data["managed_job_id"],
+        )
     raise ValueError(f"unknown source kind {kind!r}")
+
+
+# Resume state of a launched SkyPilot job: its managed job id, once `sky` printed it.
+MANAGED_JOB_ID = "managed_job_id"
 
 
 @dataclass
@@ -148,6 +211,14 @@ class JobRecord:
     # Free-form per-source resume state (file inode and position, local pid), saved as JSON.
     source_state: dict[str, Any] = field(default_factory=dict)
     cancel_requested: bool = False
+
+    @property
+    def external_id(self) -> str:
+        """The job's id in its backend (SkyPilot's managed job id) once known; else empty."""
+        if isinstance(self.spec, SkyPilotSpec):
+            known = self.spec.managed_job_id or self.source_state.get(MANAGED_JOB_ID)
+            return "" if known is None else str(known)
+        return ""
 
 
 @dataclass(frozen=True)

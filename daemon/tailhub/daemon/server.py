@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 from types import TracebackType
 
 import grpc
@@ -20,6 +21,7 @@ from tailhub.daemon.jobs import JobManager
 from tailhub.daemon.lock import StateLock
 from tailhub.daemon.runner import LocalRunner
 from tailhub.daemon.service import SERVICE_NAME, TailhubServicer
+from tailhub.daemon.sky import SkyCli
 from tailhub.daemon.sources import SourceEnvironment
 from tailhub.daemon.statedir import check_database, check_state_dir, ensure_private_dir
 from tailhub.daemon.store import JobStore
@@ -65,6 +67,11 @@ class Daemon:
             self._watcher,
             LocalRunner(paths, self.config.job_environment, self.config.job_umask),
             asyncio.Semaphore(self.config.max_connecting_commands),
+            # Found on the daemon's PATH now; else looked up on the PATH of each run.
+            SkyCli(
+                shutil.which(self.config.sky) or self.config.sky,
+                dict(self.config.sky_environment),
+            ),
         )
         self._manager = JobManager(self.config, self._store, environment)
         await self._manager.start()

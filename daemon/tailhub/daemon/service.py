@@ -23,12 +23,15 @@ from tailhub.daemon.model import (
     JobError,
     JobNotFound,
     JobState,
+    LaunchSpec,
     LocalSpec,
     PushSpec,
+    SkyPilotSpec,
     SourceEvent,
     SourceKind,
     SourceSpec,
     StorageFull,
+    backend_of,
 )
 from tailhub.daemon.wire import EncodedChunkCache, encode_chunk
 from tailhub.v1 import tailhub_pb2 as pb
@@ -50,6 +53,7 @@ _KINDS = {
     SourceKind.FILE: pb.SOURCE_KIND_FILE,
     SourceKind.COMMAND: pb.SOURCE_KIND_COMMAND,
     SourceKind.PUSH: pb.SOURCE_KIND_PUSH,
+    SourceKind.SKYPILOT: pb.SOURCE_KIND_SKYPILOT,
 }
 
 Handler = TypeVar("Handler", bound=Callable[..., Awaitable[Any]])
@@ -166,16 +170,32 @@ class TailhubServicer:
             workdir=request.workdir,
             envs=request.envs,
             environment=request.environment,
+            task_yaml=request.task_yaml,
         )
-        spec = LocalSpec(
+        job = self._manager.launch(request.name, self._launch_spec(request))
+        return pb.LaunchJobResponse(job=_job(job))
+
+    def _launch_spec(self, request: pb.LaunchJobRequest) -> LaunchSpec:
+        backend = request.backend or self._config.default_backend
+        envs = tuple(sorted(request.envs.items()))
+        environment = tuple(sorted(request.environment.items()))
+        if backend == "skypilot":
+            return SkyPilotSpec(
+                task_yaml=request.task_yaml,
+                workdir=request.workdir,
+                name=request.name,
+                envs=envs,
+                environment=environment,
+            )
+        if backend != "local":
+            raise InvalidRequest(f"unknown backend {backend!r}: local or skypilot")
+        return LocalSpec(
             run=request.run,
             setup=request.setup,
             workdir=request.workdir,
-            envs=tuple(sorted(request.envs.items())),
-            environment=tuple(sorted(request.environment.items())),
+            envs=envs,
+            environment=environment,
         )
-        job = self._manager.launch(request.name, spec)
-        return pb.LaunchJobResponse(job=_job(job))
 
     @_translating_errors
     async def publish(
@@ -324,7 +344,13 @@ def _attach_spec(request: pb.AttachJobRequest) -> SourceSpec:
     if which == "push":
         limits.check_name(request.name)
         return PushSpec()
-    raise InvalidRequest("attach needs a source: file, command or push")
+    if which == "skypilot":
+        limits.check_name(request.name)
+        managed_id = request.skypilot.managed_job_id
+        if managed_id < 1 or managed_id > 2**63 - 1:
+            raise InvalidRequest("a SkyPilot managed job id is a positive number")
+        return SkyPilotSpec(managed_job_id=managed_id)
+    raise InvalidRequest("attach needs a source: file, command, push or skypilot")
 
 
 def _job(job: Job) -> pb.Job:
@@ -346,6 +372,8 @@ def _job(job: Job) -> pb.Job:
         submitted_at=record.submitted_at,
         started_at=record.started_at,
         ended_at=record.ended_at,
+        backend=backend_of(record.spec),
+        external_id=record.external_id,
     )
 
 

@@ -12,15 +12,18 @@ from tailhub.daemon.model import (
     FileSpec,
     LocalSpec,
     PushSpec,
+    SkyPilotSpec,
     SourceKind,
     SourceSpec,
 )
 from tailhub.daemon.runner import LocalRunner
+from tailhub.daemon.sky import SkyCli
 from tailhub.daemon.sources.base import Outcome, Source, Upstream, UpstreamFailed, UpstreamUnusable
 from tailhub.daemon.sources.command import CommandSource
 from tailhub.daemon.sources.file import FileSource
 from tailhub.daemon.sources.local import LocalSource
 from tailhub.daemon.sources.push import PushSource
+from tailhub.daemon.sources.skypilot import SkyPilotSource
 from tailhub.daemon.watch import FileWatcher
 
 __all__ = [
@@ -42,6 +45,7 @@ class SourceEnvironment:
     watcher: FileWatcher
     runner: LocalRunner
     connecting: asyncio.Semaphore
+    sky: SkyCli
 
 
 SourceFactory = Callable[[int, SourceSpec, SourceEnvironment], Source]
@@ -71,11 +75,17 @@ def _push(job_id: int, spec: SourceSpec, environment: SourceEnvironment) -> Sour
     return PushSource(spec)
 
 
+def _skypilot(job_id: int, spec: SourceSpec, environment: SourceEnvironment) -> Source:
+    assert isinstance(spec, SkyPilotSpec)
+    return SkyPilotSource(spec, environment.sky, environment.runner, environment.connecting)
+
+
 _REGISTRY: dict[SourceKind, SourceFactory] = {
     SourceKind.LOCAL: _local,
     SourceKind.FILE: _file,
     SourceKind.COMMAND: _command,
     SourceKind.PUSH: _push,
+    SourceKind.SKYPILOT: _skypilot,
 }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
+from tailhub.daemon.model import JobState
 from tailhub.daemon.signal import Stop
 
 
@@ -14,14 +15,19 @@ class Outcome:
 
     exit_code: int
     reason: str = ""
+    # The state the upstream reported (SkyPilot's "cancelled"); None: from the exit code.
+    state: JobState | None = None
 
 
 class UpstreamFailed(Exception):
     """The connection to the upstream broke; the fetcher reconnects with backoff."""
 
-    def __init__(self, message: str, exit_code: int) -> None:
+    def __init__(self, message: str, exit_code: int, *, healthy: bool = False) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+        # The upstream worked and asked to be followed again (SkyPilot's "not finished"):
+        # not a failure towards the limit of failures in a row.
+        self.healthy = healthy
 
 
 class UpstreamUnusable(Exception):
@@ -44,6 +50,9 @@ class Upstream(Protocol):
         """Resume state that survives a daemon restart (after `save_state`)."""
 
     def append(self, data: bytes) -> None: ...
+
+    def read(self, offset: int, length: int) -> bytes:
+        """Bytes of the stored log, to compare a replay with."""
 
     def save_state(self) -> None: ...
 

@@ -52,9 +52,9 @@ class CommandSource:
 
     async def fetch(self, upstream: Upstream) -> Outcome | None:
         _settle_stderr_journal(upstream)
-        await self._stop_left_over(upstream)
+        await stop_left_over(self.runner, upstream)
         await self.connecting.acquire()
-        connected = _Once(self.connecting.release)
+        connected = Once(self.connecting.release)
         try:
             process = await self._start()
         except BaseException:
@@ -133,18 +133,6 @@ class CommandSource:
             del upstream.state[_STDERR_PENDING]
             upstream.save_state()
 
-    async def _stop_left_over(self, upstream: Upstream) -> None:
-        """Stops the command a crashed daemon left running; its output has nowhere to go."""
-        handle = RunHandle.from_json(upstream.state)
-        if handle is None or not self.runner.is_running(handle):
-            return
-        self.runner.signal(handle, signal.SIGTERM)
-        try:
-            await asyncio.wait_for(self.runner.wait_for_exit(handle), TERMINATE_GRACE)
-        except asyncio.TimeoutError:
-            self.runner.signal(handle, signal.SIGKILL)
-            await self.runner.wait_for_exit(handle)
-
     async def _start(self) -> asyncio.subprocess.Process:
         try:
             # Its own process group, so that stopping it stops what it started too.
@@ -169,6 +157,19 @@ class CommandSource:
             ) from error
 
 
+async def stop_left_over(runner: LocalRunner, upstream: Upstream) -> None:
+    """Stops the command a crashed daemon left running; its output has nowhere to go."""
+    handle = RunHandle.from_json(upstream.state)
+    if handle is None or not runner.is_running(handle):
+        return
+    runner.signal(handle, signal.SIGTERM)
+    try:
+        await asyncio.wait_for(runner.wait_for_exit(handle), TERMINATE_GRACE)
+    except asyncio.TimeoutError:
+        runner.signal(handle, signal.SIGKILL)
+        await runner.wait_for_exit(handle)
+
+
 def _settle_stderr_journal(upstream: Upstream) -> None:
     """Completes a stderr append that a crash interrupted: counted if it reached the log."""
     pending = upstream.state.pop(_STDERR_PENDING, None)
@@ -188,7 +189,7 @@ def _report_stderr(upstream: Upstream, line: bytes) -> None:
         upstream.event(f"stderr: {text}")
 
 
-class _Once:
+class Once:
     """Calls `action` the first time it is called, never again."""
 
     def __init__(self, action: Callable[[], None]) -> None:

@@ -1,0 +1,66 @@
+"""`config.yaml` in the state directory: daemon settings read once, at start.
+
+Flags win over it (and the client's TAILHUB_BACKEND over its `backend:`). It is a state
+file: refused unless it is a regular file of the daemon's user that others cannot write.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import stat
+from dataclasses import dataclass
+
+import yaml
+
+from tailhub.daemon.config import BACKENDS
+from tailhub.daemon.paths import StatePaths
+from tailhub.daemon.statedir import read_state_file
+
+_KEYS = ("backend", "sky")
+
+
+@dataclass(frozen=True)
+class FileConfig:
+    backend: str | None = None
+    sky: str | None = None
+
+
+def read_config_file(paths: StatePaths) -> FileConfig:
+    """The settings of the state directory's config.yaml; none when it has none.
+
+    ValueError, naming the file, when it cannot be used."""
+    path = paths.home / "config.yaml"
+    try:
+        text = read_state_file(path)
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return FileConfig()
+    if mode & 0o022:
+        # It names a program the daemon runs (`sky:`): only its owner may say which.
+        raise ValueError(
+            f"refusing {path}: it is writable by others (mode {stat.S_IMODE(mode):04o}); "
+            f"fix: chmod go-w {shlex.quote(str(path))}"
+        )
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ValueError(f"{path}: malformed YAML: {error}") from None
+    if document is None:
+        return FileConfig()
+    if not isinstance(document, dict):
+        raise ValueError(f"{path}: expected a mapping of settings ({', '.join(_KEYS)})")
+    unknown = sorted(str(key) for key in document if key not in _KEYS)
+    if unknown:
+        raise ValueError(f"{path}: unknown setting {unknown[0]!r}; known: {', '.join(_KEYS)}")
+    values: dict[str, str] = {}
+    for key in _KEYS:
+        value = document.get(key)
+        if value is not None and not isinstance(value, str):
+            raise ValueError(f"{path}: `{key}` must be a string")
+        if value:
+            values[key] = value
+    backend = values.get("backend")
+    if backend is not None and backend not in BACKENDS:
+        raise ValueError(f"{path}: unknown backend {backend!r}: one of {', '.join(BACKENDS)}")
+    return FileConfig(backend=backend, sky=values.get("sky"))

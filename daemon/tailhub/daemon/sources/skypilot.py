@@ -1,0 +1,244 @@
+"""The `skypilot` source: one `sky jobs logs --tail 0 ID` per job, run again when it drops.
+
+SkyPilot replays the whole log on every run, and a replay after a recovery is not byte-exact
+(the task prefix carries a new pid). So the log is kept in whole lines: a line is stored
+only once its newline arrived (a half line at a drop comes again in the replay), and a
+reconnect skips as many replayed lines as are stored, comparing their bytes while they
+match and saying in an event when they did not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from dataclasses import dataclass
+from typing import ClassVar
+
+from tailhub.daemon.model import MANAGED_JOB_ID, JobState, SkyPilotSpec
+from tailhub.daemon.runner import LocalRunner, RunHandle
+from tailhub.daemon.sky import (
+    ANSI,
+    CANCELLED,
+    FAILED,
+    NOT_FINISHED,
+    NOT_FOUND,
+    SUCCEEDED,
+    USAGE_ERROR,
+    SkyCli,
+    terminate,
+)
+from tailhub.daemon.sources.base import Outcome, Upstream, UpstreamFailed, UpstreamUnusable
+from tailhub.daemon.sources.command import (
+    CONNECT_SETTLE_SECONDS,
+    READ_BYTES,
+    Once,
+    stop_left_over,
+)
+
+# Resume state: how many lines the log holds, valid while its size is `_LINES_AT`.
+_LINES = "lines"
+_LINES_AT = "lines_at"
+_KEPT_STDERR_BYTES = 16 * 1024
+# Reading the stored log back, to count its lines or compare a replay with it.
+_READ_BACK_BYTES = 1024 * 1024
+# The one `sky jobs queue` call that confirms a failure may take this long.
+_QUEUE_TIMEOUT = 60.0
+
+
+@dataclass
+class SkyPilotSource:
+    spec: SkyPilotSpec
+    sky: SkyCli
+    runner: LocalRunner
+    # Bounds how many upstreams are connecting at once, daemon-wide (as for commands).
+    connecting: asyncio.Semaphore
+    counts_connections: ClassVar[bool] = True
+
+    async def fetch(self, upstream: Upstream) -> Outcome | None:
+        managed_id = self._managed_job_id(upstream)
+        await stop_left_over(self.runner, upstream)
+        stored_lines = _stored_lines(upstream)
+        await self.connecting.acquire()
+        connected = Once(self.connecting.release)
+        try:
+            process = await self._start(managed_id)
+        except BaseException:
+            connected()
+            raise
+        settled = asyncio.get_running_loop().call_later(CONNECT_SETTLE_SECONDS, connected)
+        upstream.state.update(RunHandle.of(process.pid).to_json())
+        upstream.save_state()
+        assert process.stdout is not None
+        assert process.stderr is not None
+        stderr = asyncio.create_task(_read_tail(process.stderr))
+        replay = _Replay(upstream, stored_lines)
+        try:
+            partial = b""
+            while data := await process.stdout.read(READ_BYTES):
+                connected()
+                cut = data.rfind(b"\n")
+                if cut < 0:
+                    partial += data
+                    continue
+                lines, partial = partial + data[: cut + 1], data[cut + 1 :]
+                replay.take(lines)
+            exit_code = await process.wait()
+            errors = await stderr
+            if exit_code in (SUCCEEDED, FAILED, CANCELLED, NOT_FOUND) and partial:
+                replay.take(partial)  # the stream ended, not dropped: its last line is whole
+        finally:
+            settled.cancel()
+            connected()
+            if process.returncode is None:
+                await terminate(process)
+            stderr.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await stderr
+            replay.save()
+        replay.report()
+        return await self._outcome(managed_id, exit_code, errors)
+
+    def _managed_job_id(self, upstream: Upstream) -> int:
+        known = self.spec.managed_job_id or upstream.state.get(MANAGED_JOB_ID)
+        if not isinstance(known, int):
+            raise UpstreamUnusable("the SkyPilot job was never submitted: no managed job id")
+        return known
+
+    async def _start(self, managed_id: int) -> asyncio.subprocess.Process:
+        try:
+            return await asyncio.create_subprocess_exec(
+                *self.sky.logs_argv(managed_id),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                env=self.sky.environment(self.spec.environment),
+                cwd=self.spec.workdir or None,
+                start_new_session=True,
+            )
+        except OSError as error:
+            raise UpstreamUnusable(
+                f"cannot run {self.sky.path}: {error.strerror}", exit_code=127
+            ) from error
+
+    async def _outcome(self, managed_id: int, exit_code: int, errors: str) -> Outcome:
+        if exit_code < 0:
+            exit_code = 128 - exit_code  # killed by a signal, as a shell reports it
+        if exit_code == SUCCEEDED:
+            return Outcome(0, f"SkyPilot job {managed_id} succeeded", JobState.SUCCEEDED)
+        if exit_code == CANCELLED:
+            return Outcome(
+                CANCELLED, f"SkyPilot job {managed_id} was cancelled", JobState.CANCELLED
+            )
+        if exit_code == FAILED:
+            return Outcome(FAILED, await self._failure(managed_id), JobState.FAILED)
+        if exit_code == NOT_FOUND:
+            return Outcome(NOT_FOUND, f"SkyPilot has no managed job {managed_id}", JobState.FAILED)
+        if exit_code == NOT_FINISHED:
+            raise UpstreamFailed("sky jobs logs ended, the job did not", exit_code, healthy=True)
+        if exit_code == USAGE_ERROR and "--tail" in errors and not self.sky.no_tail_option:
+            # A SkyPilot before 0.13: its `sky jobs logs` replays the whole log anyway.
+            self.sky.no_tail_option = True
+            raise UpstreamFailed("this sky has no `jobs logs --tail`; following without it", 2)
+        last = _last_line(errors)
+        detail = f": {last}" if last else ""
+        raise UpstreamFailed(f"sky jobs logs exited with {exit_code}{detail}", exit_code)
+
+    async def _failure(self, managed_id: int) -> str:
+        """Why the job failed, from one `sky jobs queue -o json` (absent before 0.13)."""
+        reason = f"SkyPilot job {managed_id} failed"
+        try:
+            result = await self.sky.run(
+                self.sky.queue_argv(),
+                self.sky.environment(self.spec.environment),
+                timeout=_QUEUE_TIMEOUT,
+            )
+            rows = json.loads(result.stdout) if result.exit_code == 0 else []
+        except (OSError, ValueError):
+            return reason
+        for row in rows if isinstance(rows, list) else []:
+            if isinstance(row, dict) and row.get("job_id") == managed_id:
+                status = row.get("status") or "FAILED"
+                why = row.get("failure_reason") or ""
+                return f"{reason} ({status}{': ' + str(why) if why else ''})"
+        return reason
+
+
+class _Replay:
+    """Appends whole lines, first skipping the `skip` lines a reconnect replays."""
+
+    def __init__(self, upstream: Upstream, skip: int) -> None:
+        self._upstream = upstream
+        self._lines = skip
+        self._skip = skip
+        self._skipped = 0
+        # Where the next replayed line should be in the stored log, while bytes match.
+        self._offset: int | None = 0
+        self._mismatch_at: int | None = None
+
+    def take(self, data: bytes) -> None:
+        if self._skip:
+            data = self._skip_replayed(data)
+        if data:
+            self._upstream.append(data)
+            self._lines += data.count(b"\n")
+
+    def _skip_replayed(self, data: bytes) -> bytes:
+        start = 0
+        while self._skip and start < len(data):
+            end = data.find(b"\n", start)
+            end = len(data) if end < 0 else end + 1
+            line = data[start:end]
+            if self._offset is not None:
+                if self._upstream.read(self._offset, len(line)) == line:
+                    self._offset += len(line)
+                else:
+                    self._offset = None
+                    self._mismatch_at = self._skipped + 1
+            self._skipped += 1
+            self._skip -= 1
+            start = end
+        return data[start:]
+
+    def save(self) -> None:
+        self._upstream.state[_LINES] = self._lines
+        self._upstream.state[_LINES_AT] = self._upstream.stored
+        self._upstream.save_state()
+
+    def report(self) -> None:
+        if self._mismatch_at is not None:
+            self._upstream.event(
+                f"sky jobs logs replayed a log that differs from the stored one from line "
+                f"{self._mismatch_at} on (a recovery?); skipped {self._skipped} lines by count"
+            )
+        if self._skip:
+            self._upstream.event(
+                f"sky jobs logs replayed {self._skipped} lines, fewer than the "
+                f"{self._skipped + self._skip} already stored"
+            )
+
+
+def _stored_lines(upstream: Upstream) -> int:
+    """Lines in the stored log: remembered, or counted when the record is behind it."""
+    if upstream.state.get(_LINES_AT) == upstream.stored:
+        return int(upstream.state.get(_LINES, 0))
+    count, offset = 0, 0
+    while offset < upstream.stored:
+        data = upstream.read(offset, _READ_BACK_BYTES)
+        if not data:
+            break
+        count += data.count(b"\n")
+        offset += len(data)
+    return count
+
+
+async def _read_tail(stream: asyncio.StreamReader) -> str:
+    kept = b""
+    while data := await stream.read(READ_BYTES):
+        kept = (kept + data)[-_KEPT_STDERR_BYTES:]
+    return kept.decode(errors="replace")
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in ANSI.sub("", text).splitlines() if line.strip()]
+    return lines[-1] if lines else ""

@@ -1,0 +1,254 @@
+"""The skypilot backend, against the SkyPilot contract double (tests/sky_double/sky): jobs
+submitted with `sky jobs launch -d -y`, followed with one `sky jobs logs` each, cancelled with
+`sky jobs cancel -y`; a dropped stream loses and repeats no line."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from helpers import DaemonProcess, run_cli, start_cli, wait_until
+from job_helpers import queue, submitted_id, write_task
+from skydouble import ANSI, SKY, SkyDouble
+
+TASK_LINE = re.compile(r"^\((?P<name>[^,()]+), pid=(?P<pid>\d+)\) (?P<text>.*)$")
+
+
+@pytest.fixture
+def sky(home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[SkyDouble]:
+    """The double, its state beside the test's; the CLI (and so every job's `sky`) sees it."""
+    double = SkyDouble(home.parent / "sky")
+    double.home.mkdir()
+    monkeypatch.setenv("SKY_DOUBLE_HOME", str(double.home))
+    try:
+        yield double
+    finally:
+        double.set_faults()
+        double.run("jobs", "cancel", "-a", "-y")
+
+
+@pytest.fixture
+def skyd(sky: SkyDouble, start_daemon: Callable[..., DaemonProcess]) -> DaemonProcess:
+    return start_daemon("--sky", str(SKY))
+
+
+def task_lines(log: bytes) -> list[str]:
+    """The job's own output lines, without SkyPilot's framing or colours."""
+    found = [TASK_LINE.match(line) for line in ANSI.sub("", log.decode()).splitlines()]
+    return [match.group("text") for match in found if match]
+
+
+def logs_runs(sky: SkyDouble) -> Counter[str]:
+    """How many `sky jobs logs` processes were started, by managed job id."""
+    return Counter(argv[-1] for argv in sky.invocations() if argv[:2] == ["jobs", "logs"])
+
+
+def by_subcommand(sky: SkyDouble) -> Counter[str]:
+    return Counter(argv[1] for argv in sky.invocations() if argv[:1] == ["jobs"])
+
+
+def test_thirty_concurrent_launches_hold_one_logs_process_each(
+    home: Path, skyd: DaemonProcess, sky: SkyDouble, workdir: Path
+) -> None:
+    # A third succeed, a third fail, a third are cancelled (in SkyPilot, by someone else).
+    expected = {0: 0, 1: 100, 2: 103}
+    clis = []
+    for index in range(30):
+        kind = index % 3
+        run = ["echo ok", "echo bad; exit 3", "while :; do sleep 0.1; done"][kind]
+        task = write_task(
+            workdir / f"t{index}", f"name: job{index}\nrun: |\n  echo start {index}\n  {run}\n"
+        )
+        clis.append((index, start_cli(home, "jobs", "launch", "--backend", "skypilot", str(task))))
+    wait_until(lambda: len(logs_runs(sky)) == 30, 60, "every job to be followed")
+    for index in range(2, 30, 3):
+        cancelled = sky.run("jobs", "cancel", "-y", "-n", f"job{index}")
+        assert cancelled.returncode == 0, cancelled.stderr
+    for index, cli in clis:
+        out, err = cli.communicate(timeout=60)
+        assert cli.returncode == expected[index % 3], (index, err)
+        assert task_lines(out)[0] == f"start {index}", out
+    # One submission and one `sky jobs logs` per job, never a second; a queue call at most
+    # for each failed job (to say why it failed).
+    assert all(count == 1 for count in logs_runs(sky).values()), logs_runs(sky)
+    counts = by_subcommand(sky)
+    assert counts["launch"] == 30
+    assert counts["logs"] == 30
+    assert counts["queue"] <= 10
+    assert counts["cancel"] == 10
+    listed = queue(home)
+    assert sorted(job["state"] for job in listed.values()) == sorted(
+        ["SUCCEEDED"] * 10 + ["FAILED"] * 10 + ["CANCELLED"] * 10
+    )
+    assert all(job["backend"] == "skypilot" and job["external_id"] for job in listed.values())
+    assert all(job["upstream_connections"] == 1 for job in listed.values())
+
+
+def test_a_dropped_stream_loses_and_repeats_no_line(
+    home: Path, skyd: DaemonProcess, sky: SkyDouble, workdir: Path
+) -> None:
+    # The first `sky jobs logs` dies after 4 lines, half-way through the 5th; its replay
+    # differs in the first task line (a new pid, as after a recovery).
+    sky.set_faults(DROP_AFTER="4", DROP_PARTIAL="1", DROP_TIMES="1", REPLAY_MISMATCH="1")
+    lines = "\n".join(f"  echo line {n}" for n in range(1, 7))
+    task = write_task(workdir, f"name: drop\nrun: |\n{lines}\n")
+    done = run_cli(home, "jobs", "launch", "--backend", "skypilot", str(task))
+    assert done.returncode == 0, done.stderr
+    assert task_lines(done.stdout) == [f"line {n}" for n in range(1, 7)]
+    plain = ANSI.sub("", done.stdout.decode())
+    assert plain.count("Job started. Streaming logs...") == 1
+    assert "differs from the stored one" in done.stderr.decode()
+    job = queue(home)[submitted_id(done.stderr)]
+    assert job["upstream_connections"] == 2
+    assert list(logs_runs(sky).values()) == [2]
+
+
+def test_cancel_runs_sky_jobs_cancel_once(
+    home: Path,
+    skyd: DaemonProcess,
+    sky: SkyDouble,
+    workdir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("TAILHUB_BACKEND", "skypilot")  # the environment chooses the backend
+    task = write_task(
+        workdir, "name: forever\nrun: |\n  echo started\n  while :; do sleep 0.1; done\n"
+    )
+    launched = run_cli(home, "jobs", "launch", "--async", str(task))
+    assert launched.returncode == 0, launched.stderr
+    job_id = int(launched.stdout)
+    wait_until(lambda: queue(home)[job_id]["state"] == "RUNNING", 30, "the job to run")
+    cancelled = run_cli(home, "jobs", "cancel", str(job_id))
+    assert cancelled.returncode == 0, cancelled.stderr
+    job = queue(home)[job_id]
+    assert job["state"] == "CANCELLED"
+    managed = job["external_id"]
+    assert [argv for argv in sky.invocations() if argv[:2] == ["jobs", "cancel"]] == [
+        ["jobs", "cancel", "-y", managed]
+    ]
+    assert sky.queue()[int(managed)]["status"] == "CANCELLED"
+
+
+def test_attach_follows_a_managed_job_launched_elsewhere(
+    home: Path, skyd: DaemonProcess, sky: SkyDouble, workdir: Path
+) -> None:
+    task = write_task(workdir, "name: elsewhere\nrun: |\n  echo from elsewhere\n  exit 4\n")
+    managed = sky.launch(task)
+    attached = run_cli(home, "jobs", "attach", "--skypilot", str(managed), "-n", "mine")
+    assert attached.returncode == 0, attached.stderr
+    job_id = int(attached.stdout)
+    logs = run_cli(home, "jobs", "logs", str(job_id))
+    assert logs.returncode == 100, logs.stderr
+    assert task_lines(logs.stdout) == ["from elsewhere"]
+    listed = run_cli(home, "jobs", "queue")
+    assert f"skypilot:{managed}" in listed.stdout.decode()
+    assert list(logs_runs(sky).values()) == [1]
+
+
+def test_a_failed_submission_fails_the_job_with_skypilots_message(
+    home: Path, sky: SkyDouble, start_daemon: Callable[..., DaemonProcess], workdir: Path
+) -> None:
+    # The state directory's config.yaml chooses the backend and the `sky` to run.
+    home.mkdir(mode=0o700)
+    (home / "config.yaml").write_text(f"backend: skypilot\nsky: {SKY}\n")
+    (home / "config.yaml").chmod(0o600)
+    start_daemon()
+    sky.set_faults(FAIL_LAUNCH="nocloud")
+    task = write_task(workdir, "name: nocloud\nrun: echo never\n")
+    done = run_cli(home, "jobs", "launch", str(task))
+    assert done.returncode == 100
+    message = "sky.exceptions.NoCloudAccessError: Cloud access is not set up. Run: sky check"
+    assert message in done.stderr.decode()
+    job = queue(home)[submitted_id(done.stderr)]
+    assert job["state"] == "FAILED"
+    assert job["reason"] == message
+    assert by_subcommand(sky) == Counter({"launch": 1})
+
+
+def test_an_old_sky_without_tail_is_followed_without_it(
+    home: Path, skyd: DaemonProcess, sky: SkyDouble, workdir: Path
+) -> None:
+    sky.set_faults(VERSION="0.10.3")
+    task = write_task(workdir, "name: old\nrun: echo from an old sky\n")
+    done = run_cli(home, "jobs", "launch", "--backend", "skypilot", str(task))
+    assert done.returncode == 0, done.stderr
+    assert task_lines(done.stdout) == ["from an old sky"]
+    runs = [argv for argv in sky.invocations() if argv[:2] == ["jobs", "logs"]]
+    assert runs[0][2:4] == ["--tail", "0"]
+    assert "--tail" not in runs[-1]
+
+
+def test_sky_not_installed_fails_the_launch(
+    home: Path, start_daemon: Callable[..., DaemonProcess], workdir: Path
+) -> None:
+    start_daemon("--sky", str(workdir / "no-such-sky"))
+    task = write_task(workdir, "name: nosky\nrun: echo never\n")
+    done = run_cli(home, "jobs", "launch", "--backend", "skypilot", str(task))
+    assert done.returncode == 100
+    assert "cannot run" in done.stderr.decode()
+    assert "no-such-sky" in done.stderr.decode()
+
+
+def test_a_daemon_restart_resumes_the_stream_without_losing_or_repeating_a_line(
+    home: Path, skyd: DaemonProcess, sky: SkyDouble, workdir: Path
+) -> None:
+    gate = workdir / "go"
+    task = write_task(
+        workdir,
+        f"""\
+        name: survivor
+        run: |
+          echo line 1; echo line 2
+          while [ ! -e {gate} ]; do sleep 0.05; done
+          echo line 3; echo line 4
+        """,
+    )
+    launched = run_cli(home, "jobs", "launch", "--backend", "skypilot", "--async", str(task))
+    assert launched.returncode == 0, launched.stderr
+    job_id = int(launched.stdout)
+
+    def has_two_lines() -> bool:
+        logs = run_cli(home, "jobs", "logs", "--no-follow", str(job_id))
+        return task_lines(logs.stdout) == ["line 1", "line 2"]
+
+    wait_until(has_two_lines, 30, "the first lines")
+    skyd.stop()
+    skyd.start()
+    gate.touch()
+    logs = run_cli(home, "jobs", "logs", str(job_id))
+    assert logs.returncode == 0, logs.stderr
+    assert task_lines(logs.stdout) == ["line 1", "line 2", "line 3", "line 4"]
+    assert ANSI.sub("", logs.stdout.decode()).count("Job started. Streaming logs...") == 1
+    assert queue(home)[job_id]["upstream_connections"] == 2
+    assert list(logs_runs(sky).values()) == [2]
+
+
+@pytest.mark.parametrize(
+    ("text", "mode", "said"),
+    [
+        ("backend: skypilot\n", 0o622, "writable by others"),
+        ("backend: kubernetes\n", 0o600, "unknown backend 'kubernetes'"),
+        ("bakend: skypilot\n", 0o600, "unknown setting 'bakend'"),
+    ],
+)
+def test_a_config_file_that_cannot_be_used_keeps_the_daemon_from_starting(
+    home: Path, text: str, mode: int, said: str
+) -> None:
+    home.mkdir(mode=0o700)
+    config = home / "config.yaml"
+    config.write_text(text)
+    config.chmod(mode)
+    done = subprocess.run(
+        [sys.executable, "-m", "tailhub.daemon", "--home", str(home)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 1
+    assert str(config) in done.stderr
+    assert said in done.stderr
