@@ -252,3 +252,22 @@ def test_a_config_file_that_cannot_be_used_keeps_the_daemon_from_starting(
     assert done.returncode == 1
     assert str(config) in done.stderr
     assert said in done.stderr
+
+
+def test_a_line_longer_than_memory_holds_is_stored_in_pieces_and_resumed_exactly(
+    home: Path, skyd: DaemonProcess, sky: SkyDouble, workdir: Path
+) -> None:
+    # The stream drops half-way through a 3 MB line: more than the daemon holds back (1 MiB),
+    # so the start of that line is stored before its newline; the replay must skip exactly it.
+    sky.set_faults(DROP_AFTER="3", DROP_PARTIAL="1", DROP_TIMES="1")
+    task = write_task(
+        workdir,
+        'name: big\nrun: |\n  echo line 1\n  head -c 3000000 /dev/zero | tr "\\0" x; echo\n'
+        "  echo after\n",
+    )
+    done = run_cli(home, "jobs", "launch", "--backend", "skypilot", str(task))
+    assert done.returncode == 0, done.stderr
+    assert task_lines(done.stdout) == ["line 1", "x" * 3_000_000, "after"]
+    assert "differs from the stored one" not in done.stderr.decode()
+    job = queue(home)[submitted_id(done.stderr)]
+    assert job["upstream_connections"] == 2

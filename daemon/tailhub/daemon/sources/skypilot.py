@@ -4,7 +4,9 @@ SkyPilot replays the whole log on every run, and a replay after a recovery is no
 (the task prefix carries a new pid). So the log is kept in whole lines: a line is stored
 only once its newline arrived (a half line at a drop comes again in the replay), and a
 reconnect skips as many replayed lines as are stored, comparing their bytes while they
-match and saying in an event when they did not.
+match and saying in an event when they did not. A line longer than `_MAX_HELD_BYTES` is not
+held whole (memory stays bounded): its start is stored, and a replay skips that many bytes of
+the line after the whole ones.
 """
 
 from __future__ import annotations
@@ -36,9 +38,13 @@ from tailhub.daemon.sources.command import (
     stop_left_over,
 )
 
-# Resume state: how many lines the log holds, valid while its size is `_LINES_AT`.
+# Resume state: how many lines the log holds, and how many bytes of an unfinished line after
+# them, valid while its size is `_LINES_AT`.
 _LINES = "lines"
+_PARTIAL = "partial"
 _LINES_AT = "lines_at"
+# The most of an unfinished line held back in memory before its start is stored.
+_MAX_HELD_BYTES = 1024 * 1024
 _KEPT_STDERR_BYTES = 16 * 1024
 # Reading the stored log back, to count its lines or compare a replay with it.
 _READ_BACK_BYTES = 1024 * 1024
@@ -58,7 +64,7 @@ class SkyPilotSource:
     async def fetch(self, upstream: Upstream) -> Outcome | None:
         managed_id = self._managed_job_id(upstream)
         await stop_left_over(self.runner, upstream)
-        stored_lines = _stored_lines(upstream)
+        stored_lines, stored_partial = _stored_lines(upstream)
         await self.connecting.acquire()
         connected = Once(self.connecting.release)
         try:
@@ -72,7 +78,7 @@ class SkyPilotSource:
         assert process.stdout is not None
         assert process.stderr is not None
         stderr = asyncio.create_task(_read_tail(process.stderr))
-        replay = _Replay(upstream, stored_lines)
+        replay = _Replay(upstream, stored_lines, stored_partial)
         try:
             partial = b""
             while data := await process.stdout.read(READ_BYTES):
@@ -80,6 +86,9 @@ class SkyPilotSource:
                 cut = data.rfind(b"\n")
                 if cut < 0:
                     partial += data
+                    if len(partial) >= _MAX_HELD_BYTES:
+                        replay.take(partial)
+                        partial = b""
                     continue
                 lines, partial = partial + data[: cut + 1], data[cut + 1 :]
                 replay.take(lines)
@@ -167,41 +176,62 @@ class SkyPilotSource:
 class _Replay:
     """Appends whole lines, first skipping the `skip` lines a reconnect replays."""
 
-    def __init__(self, upstream: Upstream, skip: int) -> None:
+    def __init__(self, upstream: Upstream, skip: int, skip_partial: int) -> None:
         self._upstream = upstream
         self._lines = skip
         self._skip = skip
+        # Bytes of an unfinished line stored after the whole ones: skipped after them.
+        self._skip_partial = skip_partial
+        self._tail = skip_partial
         self._skipped = 0
         # Where the next replayed line should be in the stored log, while bytes match.
         self._offset: int | None = 0
         self._mismatch_at: int | None = None
 
     def take(self, data: bytes) -> None:
-        if self._skip:
+        """Whole lines, or a long line's start (then its continuation comes next)."""
+        if self._skip or self._skip_partial:
             data = self._skip_replayed(data)
         if data:
             self._upstream.append(data)
-            self._lines += data.count(b"\n")
+            newlines = data.count(b"\n")
+            self._lines += newlines
+            last = data.rfind(b"\n")
+            self._tail = len(data) - last - 1 if last >= 0 else self._tail + len(data)
 
     def _skip_replayed(self, data: bytes) -> bytes:
         start = 0
         while self._skip and start < len(data):
             end = data.find(b"\n", start)
-            end = len(data) if end < 0 else end + 1
-            line = data[start:end]
-            if self._offset is not None:
-                if self._upstream.read(self._offset, len(line)) == line:
-                    self._offset += len(line)
-                else:
-                    self._offset = None
-                    self._mismatch_at = self._skipped + 1
-            self._skipped += 1
-            self._skip -= 1
+            whole = end >= 0
+            end = end + 1 if whole else len(data)
+            self._compare(data[start:end])
+            if whole:  # a long line comes in pieces: it counts once its newline came
+                self._skipped += 1
+                self._skip -= 1
             start = end
+        if not self._skip and self._skip_partial and start < len(data):
+            end = data.find(b"\n", start)
+            end = len(data) if end < 0 else end + 1
+            piece = data[start : start + min(self._skip_partial, end - start)]
+            self._compare(piece)
+            self._skip_partial -= len(piece)
+            start += len(piece)
         return data[start:]
+
+    def _compare(self, piece: bytes) -> None:
+        """Follows the replay through the stored log while their bytes agree."""
+        if self._offset is None:
+            return
+        if self._upstream.read(self._offset, len(piece)) == piece:
+            self._offset += len(piece)
+        else:
+            self._offset = None
+            self._mismatch_at = self._skipped + 1
 
     def save(self) -> None:
         self._upstream.state[_LINES] = self._lines
+        self._upstream.state[_PARTIAL] = self._tail
         self._upstream.state[_LINES_AT] = self._upstream.stored
         self._upstream.save_state()
 
@@ -218,18 +248,21 @@ class _Replay:
             )
 
 
-def _stored_lines(upstream: Upstream) -> int:
-    """Lines in the stored log: remembered, or counted when the record is behind it."""
+def _stored_lines(upstream: Upstream) -> tuple[int, int]:
+    """Whole lines in the stored log and the bytes of an unfinished one after them:
+    remembered, or counted when the record is behind the log."""
     if upstream.state.get(_LINES_AT) == upstream.stored:
-        return int(upstream.state.get(_LINES, 0))
-    count, offset = 0, 0
+        return int(upstream.state.get(_LINES, 0)), int(upstream.state.get(_PARTIAL, 0))
+    count, tail, offset = 0, 0, 0
     while offset < upstream.stored:
         data = upstream.read(offset, _READ_BACK_BYTES)
         if not data:
             break
         count += data.count(b"\n")
+        last = data.rfind(b"\n")
+        tail = len(data) - last - 1 if last >= 0 else tail + len(data)
         offset += len(data)
-    return count
+    return count, tail
 
 
 async def _read_tail(stream: asyncio.StreamReader) -> str:
