@@ -462,10 +462,46 @@ def jobs_prune(home: str | None, older_than: float) -> None:
     metavar="N",
     help="Start with the last N lines.",
 )
-def jobs_logs(home: str | None, job_id: int, follow: bool, tail: int | None) -> None:
+@click.option(
+    "--since",
+    metavar="WHEN",
+    help="Start with the lines that reached the daemon since then: 10m, 2h, 1d, or a time "
+    "(2026-11-29T08:00:00Z; no offset: local time).",
+)
+@click.option(
+    "--timestamps",
+    is_flag=True,
+    help="Start each line with when it reached the daemon (RFC 3339, UTC).",
+)
+def jobs_logs(
+    home: str | None,
+    job_id: int,
+    follow: bool,
+    tail: int | None,
+    since: str | None,
+    timestamps: bool,
+) -> None:
     """Write a job's log, byte for byte, to stdout; exit with the job's result."""
+    from tailhub.client._timestamps import copy_log_since, parse_since
+
+    if since is not None and tail is not None:
+        raise click.UsageError("--since and --tail both say where to start; give one")
+    try:
+        since_time = None if since is None else parse_since(since, time.time())
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--since") from None
     with _connect(home) as client:
-        end = copy_log(client, job_id, follow=follow, tail=tail)
+        if since_time is None and not timestamps:
+            end = copy_log(client, job_id, follow=follow, tail=tail)
+        else:
+            end = copy_log_since(
+                client,
+                job_id,
+                follow=follow,
+                tail=tail,
+                since_time=since_time,
+                timestamps=timestamps,
+            )
     sys.exit(result_exit_code(end))
 
 

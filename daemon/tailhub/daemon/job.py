@@ -9,6 +9,7 @@ from pathlib import Path
 from tailhub.daemon.log import JobLog
 from tailhub.daemon.model import JobNotFound, JobRecord, JobState, SourceEvent, SourceKind
 from tailhub.daemon.signal import ChangeSignal
+from tailhub.daemon.timeindex import TimeIndex
 
 
 class Job:
@@ -18,7 +19,9 @@ class Job:
     daemon with thousands of old jobs holds no descriptor or memory for them.
     """
 
-    def __init__(self, record: JobRecord, log_path: Path, window_bytes: int) -> None:
+    def __init__(
+        self, record: JobRecord, log_path: Path, window_bytes: int, times_path: Path
+    ) -> None:
         self.record = record
         self.changed = ChangeSignal()
         self.events: list[SourceEvent] = []
@@ -33,6 +36,7 @@ class Job:
         self._window_bytes = window_bytes
         self._log: JobLog | None = None
         self._closed_size = _file_size(log_path)
+        self.times = TimeIndex(times_path)
 
     @property
     def id(self) -> int:
@@ -67,6 +71,7 @@ class Job:
             self._closed_size = self._log.size
             self._log.close()
             self._log = None
+            self.times.release()
 
     def remove(self) -> None:
         """The job was deleted: wake its subscribers, close the log once nobody reads it."""
@@ -79,6 +84,7 @@ class Job:
             self._closed_size = self._log.size
             self._log.close()
             self._log = None
+        self.times.release()
 
 
 def _file_size(path: Path) -> int:
