@@ -36,7 +36,8 @@ class TimeIndex:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._fd = -1
+        # The file's size is known to be whole records (checked once, after a crash's tear).
+        self._aligned = False
         # Loaded on the first question; kept up to date by `record` from then on.
         self._offsets: array[int] | None = None
         self._times: array[float] | None = None
@@ -63,32 +64,26 @@ class TimeIndex:
             _add(self._offsets, self._times, offset, now)
 
     def _write(self, offset: int, now: float) -> None:
-        if self._fd < 0:
-            fd = open_state_file(self.path, os.O_WRONLY | os.O_APPEND)
-            try:
+        # Opened per mark (at most ten a second), not held: a waiting job keeps only the
+        # descriptors of its log and its upstream, and thousands of them fit in 1024.
+        fd = open_state_file(self.path, os.O_WRONLY | os.O_APPEND)
+        try:
+            if not self._aligned:
                 size = os.fstat(fd).st_size
                 if size % _RECORD.size:  # a torn record from a crash: never build on it
                     os.ftruncate(fd, size - size % _RECORD.size)
+                self._aligned = True
+            record = _RECORD.pack(offset, now)
+            try:
+                written = os.write(fd, record)
             except BaseException:
-                os.close(fd)
+                self._aligned = False  # part of it may be there
                 raise
-            self._fd = fd
-        record = _RECORD.pack(offset, now)
-        try:
-            written = os.write(self._fd, record)
-        except BaseException:
-            self._cut_torn()
-            raise
-        if written != len(record):
-            self._cut_torn()
-            raise OSError(f"short write of a time mark to {self.path}")
-
-    def _cut_torn(self) -> None:
-        try:
-            size = os.fstat(self._fd).st_size
-            os.ftruncate(self._fd, size - size % _RECORD.size)
-        except OSError:
-            pass
+            if written != len(record):
+                self._aligned = False
+                raise OSError(f"short write of a time mark to {self.path}")
+        finally:
+            os.close(fd)
 
     def _load(self) -> tuple[array[int], array[float]]:
         if self._offsets is None or self._times is None:
@@ -133,10 +128,7 @@ class TimeIndex:
         return offsets[index] if index < len(offsets) else None
 
     def release(self) -> None:
-        """Closes the file and forgets the loaded marks (a job nobody reads or writes)."""
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        """Forgets the loaded marks (a job nobody reads or writes any more)."""
         self._offsets = self._times = None
 
 
