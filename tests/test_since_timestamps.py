@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from helpers import BackgroundCli, DaemonProcess, run_cli, wait_until
+from test_faults import fill_disk, small_disk_home  # noqa: F401 (a fixture)
 
 from tailhub.client import exit_codes
 from tailhub.daemon.timeindex import RESOLUTION
@@ -231,3 +232,36 @@ def test_since_with_tail_or_a_bad_time_is_a_usage_error(daemon: DaemonProcess) -
     bad = run_cli(daemon.home, "jobs", "logs", str(batches.job_id), "--since", "yesterday")
     assert bad.returncode == 2
     assert b"neither a duration" in bad.stderr
+
+
+def test_a_full_disk_skips_time_marks_but_never_fails_the_job(
+    small_disk_home: Path,  # noqa: F811 (the fixture imported above)
+) -> None:
+    daemon = DaemonProcess(small_disk_home, args=["--heartbeat-interval", "0.5"])
+    daemon.start()
+    try:
+        with daemon.client() as client:
+            job_id = client.attach_push().id
+            client.publish(job_id, b"first\n")
+            # The index must grow by a block that the full disk does not have; the log's
+            # block still has room for a few lines.
+            daemon.paths.job_times(job_id).unlink()
+            filler = fill_disk(small_disk_home)
+            for number in range(3):
+                _let_time_pass(time.time())
+                assert client.publish(job_id, b"line %d\n" % number) > 0
+            filler.unlink()
+            client.finish(job_id, 0)
+        shown = _logs(daemon, job_id)
+        assert shown == b"first\nline 0\nline 1\nline 2\n"
+        assert daemon.log_text().count("times not recorded") == 1
+        # The index lost its one mark and got no other: no line's time is known.
+        stamped = _logs(daemon, job_id, "--timestamps")
+        assert [line.split(maxsplit=1) for line in stamped.splitlines()] == [
+            [b"-", b"first"],
+            [b"-", b"line 0"],
+            [b"-", b"line 1"],
+            [b"-", b"line 2"],
+        ]
+    finally:
+        daemon.stop()
