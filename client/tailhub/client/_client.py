@@ -253,6 +253,8 @@ class Client:
         resumes at the next offset: no byte is lost or repeated. It gives up with
         DaemonUnreachable when no daemon has answered for `reconnect_timeout` seconds.
         """
+        if tail_lines is not None and since_time is not None:
+            raise ValueError("give tail_lines or since_time, not both: each says where to start")
         starts_later = tail_lines is not None or since_time is not None
         cursor = _Cursor(job_id, None if starts_later else offset, since_time, timestamps)
         down_since: float | None = None
