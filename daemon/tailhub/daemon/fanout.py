@@ -103,6 +103,9 @@ async def stream_log(
         offset = await start.resolve(job, scans)
         next_event = _first_event_at(job.events, offset)
         tick = job.heartbeat_tick
+        # The time of the last mark sent: the mark in effect where a chunk begins is sent again
+        # only if it says something new (live chunks often share one mark).
+        marked: float | None = None
         while True:
             if stopping():
                 raise DaemonStopping
@@ -114,7 +117,9 @@ async def stream_log(
                 end = size if size - offset <= max_chunk else (offset // max_chunk + 1) * max_chunk
                 if timestamps:
                     for mark_offset, mark_time in job.times.marks_in(offset, end):
-                        yield TimeMark(mark_offset, mark_time)
+                        if mark_time != marked:
+                            marked = mark_time
+                            yield TimeMark(mark_offset, mark_time)
                 yield ChunkRange(offset, end)
                 offset = end
                 continue
