@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import sys
+import time
 from collections import deque
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, BinaryIO
+
+import click
 
 from tailhub.client._output import note
 from tailhub.daemon.durations import parse_duration
@@ -37,6 +40,18 @@ def parse_since(text: str, now: float) -> float:
         ) from None
     # A naive time is the user's local time, as `datetime.timestamp` takes it.
     return moment.timestamp()
+
+
+def since_option(since: str | None, tail: int | None) -> float | None:
+    """The Unix time of `jobs logs --since` (None without it); usage errors as click's."""
+    if since is None:
+        return None
+    if tail is not None:
+        raise click.UsageError("--since and --tail both say where to start; give one")
+    try:
+        return parse_since(since, time.time())
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--since") from None
 
 
 def stamp(when: float | None) -> bytes:

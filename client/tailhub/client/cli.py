@@ -482,14 +482,9 @@ def jobs_logs(
     timestamps: bool,
 ) -> None:
     """Write a job's log, byte for byte, to stdout; exit with the job's result."""
-    from tailhub.client._timestamps import copy_log_since, parse_since
+    from tailhub.client._timestamps import copy_log_since, since_option
 
-    if since is not None and tail is not None:
-        raise click.UsageError("--since and --tail both say where to start; give one")
-    try:
-        since_time = None if since is None else parse_since(since, time.time())
-    except ValueError as error:
-        raise click.BadParameter(str(error), param_hint="--since") from None
+    since_time = since_option(since, tail)
     with _connect(home) as client:
         if since_time is None and not timestamps:
             end = copy_log(client, job_id, follow=follow, tail=tail)

@@ -49,6 +49,8 @@ class TimeIndex:
         """Notes that bytes from `offset` on reached the daemon at `now` (Unix seconds)."""
         if offset > self._last_offset and now - self._last_time < RESOLUTION:
             return
+        # Set even when the write fails: a full disk is tried at most once per RESOLUTION.
+        self._last_offset, self._last_time = offset, now
         try:
             self._write(offset, now)
         except OSError as error:
@@ -57,9 +59,13 @@ class TimeIndex:
             if not self._warned:
                 self._warned = True
                 what = "disk full" if is_disk_full(error) else str(error)
-                logger.warning("%s: times not recorded (%s); later marks skipped", self.path, what)
+                logger.warning(
+                    "%s: times not recorded (%s); the bytes take the last recorded time "
+                    "(said once)",
+                    self.path,
+                    what,
+                )
             return
-        self._last_offset, self._last_time = offset, now
         if self._offsets is not None and self._times is not None:
             _add(self._offsets, self._times, offset, now)
 
