@@ -71,6 +71,13 @@ class LineStamper:
         # A line begun but not ended yet, and when its first byte came.
         self._line = bytearray()
         self._line_time: float | None = None
+        # Lines of one mark share a time: formatted once.
+        self._stamped: tuple[float | None, bytes] = (None, _UNKNOWN + b" ")
+
+    def _stamp(self, when: float | None) -> bytes:
+        if self._stamped[0] != when:
+            self._stamped = (when, stamp(when) + b" ")
+        return self._stamped[1]
 
     def mark(self, offset: int, when: float) -> None:
         self._marks.append((offset, when))
@@ -91,7 +98,7 @@ class LineStamper:
             if newline < 0:
                 self._line += data[position:]
                 break
-            parts += (stamp(self._line_time), b" ", bytes(self._line), data[position : newline + 1])
+            parts += (self._stamp(self._line_time), bytes(self._line), data[position : newline + 1])
             self._line.clear()
             position = newline + 1
         if parts:
@@ -101,7 +108,7 @@ class LineStamper:
     def finish(self) -> None:
         """The stream ended: a last line without a newline is written as it is."""
         if self._line:
-            self._out.write(stamp(self._line_time) + b" " + bytes(self._line))
+            self._out.write(self._stamp(self._line_time) + bytes(self._line))
             self._line.clear()
             self._out.flush()
 
