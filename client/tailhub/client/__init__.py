@@ -29,6 +29,7 @@ from tailhub.client._types import (
     LogEvent,
     LogHeartbeat,
     LogItem,
+    LogTimeMark,
 )
 from tailhub.daemon.paths import StatePaths, resolve_home
 
@@ -45,6 +46,7 @@ __all__ = [
     "LogEvent",
     "LogHeartbeat",
     "LogItem",
+    "LogTimeMark",
     "ProtocolError",
     "StatePaths",
     "TailhubError",

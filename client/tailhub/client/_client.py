@@ -29,6 +29,7 @@ from tailhub.client._types import (
     LogEvent,
     LogHeartbeat,
     LogItem,
+    LogTimeMark,
     RemoveResult,
     state_of,
 )
@@ -252,14 +253,23 @@ class Client:
         tail_lines: int | None = None,
         follow: bool = True,
         reconnect_timeout: float = DEFAULT_RECONNECT_TIMEOUT,
+        since_time: float | None = None,
+        timestamps: bool = False,
     ) -> Iterator[LogItem]:
         """Yields a job's log as chunks (and upstream events), then one LogEnd.
+
+        It starts at `offset`, at the last `tail_lines` lines, or at the first line that
+        reached the daemon at or after `since_time` (Unix seconds). With `timestamps`, a
+        LogTimeMark comes before the chunk holding its offset: when those bytes arrived.
 
         When the daemon restarts or the connection drops, it reconnects on its own and
         resumes at the next offset: no byte is lost or repeated. It gives up with
         DaemonUnreachable when no daemon has answered for `reconnect_timeout` seconds.
         """
-        cursor = _Cursor(job_id, None if tail_lines is not None else offset)
+        if tail_lines is not None and since_time is not None:
+            raise ValueError("give tail_lines or since_time, not both: each says where to start")
+        starts_later = tail_lines is not None or since_time is not None
+        cursor = _Cursor(job_id, None if starts_later else offset, since_time, timestamps)
         down_since: float | None = None
         pause = _MIN_RETRY_PAUSE
         while True:
@@ -298,8 +308,16 @@ class Client:
 class _Cursor:
     """Where a follower stands in a log, so that a new stream resumes at the next byte."""
 
-    def __init__(self, job_id: int, offset: int | None) -> None:
+    def __init__(
+        self,
+        job_id: int,
+        offset: int | None,
+        since_time: float | None = None,
+        timestamps: bool = False,
+    ) -> None:
         self._job_id = job_id
+        self._since_time = since_time
+        self._timestamps = timestamps
         # None until the first byte when starting from the last N lines.
         self.next_offset = offset
         # A stream resumed at an offset is sent the events at that offset again, in the same
@@ -311,8 +329,12 @@ class _Cursor:
 
     def request(self, follow: bool, tail_lines: int | None) -> pb.SubscribeRequest:
         self._resent = 0
-        request = pb.SubscribeRequest(job_id=self._job_id, follow=follow)
-        if self.next_offset is None:
+        request = pb.SubscribeRequest(
+            job_id=self._job_id, follow=follow, timestamps=self._timestamps
+        )
+        if self.next_offset is None and self._since_time is not None:
+            request.since_time = self._since_time
+        elif self.next_offset is None:
             request.tail_lines = tail_lines or 0
         else:
             request.offset = self.next_offset
@@ -358,4 +380,6 @@ def _log_item(message: pb.SubscribeResponse) -> LogItem:
         )
     if kind == "heartbeat":
         return LogHeartbeat(message.heartbeat.log_size, state_of(message.heartbeat.state))
+    if kind == "time_mark":
+        return LogTimeMark(message.time_mark.offset, message.time_mark.time)
     raise ProtocolError(f"unexpected message from the daemon: {kind}")

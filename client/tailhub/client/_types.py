@@ -183,4 +183,13 @@ class LogEnd:
     finished: bool
 
 
-LogItem = LogChunk | LogEvent | LogHeartbeat | LogEnd
+@dataclass(frozen=True)
+class LogTimeMark:
+    """The bytes from `offset` on, up to the next mark, reached the daemon at `time` (Unix
+    seconds). Sent before the chunk holding `offset`, when asked for with `timestamps`."""
+
+    offset: int
+    time: float
+
+
+LogItem = LogChunk | LogEvent | LogHeartbeat | LogEnd | LogTimeMark

@@ -579,6 +579,17 @@ def jobs_prune(home: str | None, older_than: float) -> None:
     default=None,
     help="Start each line with the job's name and id (default: when following several).",
 )
+@click.option(
+    "--since",
+    metavar="WHEN",
+    help="Start with the lines that reached the daemon since then: 10m, 2h, 1d, or a time "
+    "(2026-11-29T08:00:00Z; no offset: local time).",
+)
+@click.option(
+    "--timestamps",
+    is_flag=True,
+    help="Start each line with when it reached the daemon (RFC 3339, UTC).",
+)
 def jobs_logs(
     home: str | None,
     jobs: tuple[str, ...],
@@ -587,15 +598,33 @@ def jobs_logs(
     unfinished: bool,
     glob: str | None,
     prefix: bool | None,
+    since: str | None,
+    timestamps: bool,
 ) -> None:
     """Write a job's log, byte for byte, to stdout; exit with the job's result.
 
     JOBS are ids or names (none: the latest job). With several, --all or --name, whole lines
     of each, prefixed, then a summary on stderr; the exit code is the worst result."""
+    from tailhub.client._timestamps import copy_log_since, since_option
+
+    since_time = since_option(since, tail)
+    many = len(jobs) > 1 or unfinished or glob is not None or bool(prefix)
+    if many and (since_time is not None or timestamps):
+        raise click.UsageError("--since and --timestamps follow one job")
     with _connect(home) as client:
-        if len(jobs) > 1 or unfinished or glob is not None or prefix:
+        if many:
             _follow_many(client, jobs, unfinished, glob, follow, tail, prefix is not False)
         job_id = resolve_jobs(client, jobs)[0] if jobs else latest_job(client)
+        if since_time is not None or timestamps:
+            end = copy_log_since(
+                client,
+                job_id,
+                follow=follow,
+                tail=tail,
+                since_time=since_time,
+                timestamps=timestamps,
+            )
+            sys.exit(result_exit_code(end))
         pending = PendingStatus(client, job_id)
         if follow and pending.enabled:
             pending.update(client.get(job_id).state)

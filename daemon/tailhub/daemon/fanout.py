@@ -6,12 +6,14 @@ then waits on the job's change signal. A slow one only falls behind and reads fr
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncGenerator, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
 from tailhub.daemon.job import Job
 from tailhub.daemon.model import InvalidRequest, JobState, SourceEvent
+from tailhub.daemon.timeindex import line_start_from
 
 
 class DaemonStopping(Exception):
@@ -46,15 +48,25 @@ class Ended:
     finished: bool
 
 
-LogItem = ChunkRange | Heartbeat | SourceEvent | Ended
+@dataclass(frozen=True)
+class TimeMark:
+    """The bytes from `offset` on, up to the next mark, reached the daemon at `time`."""
+
+    offset: int
+    time: float
+
+
+LogItem = ChunkRange | Heartbeat | SourceEvent | Ended | TimeMark
 
 
 @dataclass(frozen=True)
 class Start:
-    """Where a subscription begins: an offset, or the last `tail_lines` lines."""
+    """Where a subscription begins: an offset, the last `tail_lines` lines, or the first line
+    that reached the daemon at or after `since_time`."""
 
     offset: int = 0
     tail_lines: int | None = None
+    since_time: float | None = None
 
     async def resolve(self, job: Job, scans: Executor | None = None) -> int:
         if self.tail_lines is not None:
@@ -62,6 +74,8 @@ class Start:
             if job.log_size == 0:
                 return 0
             return await job.log.tail_offset(self.tail_lines, scans)
+        if self.since_time is not None:
+            return await _since_offset(job, self.since_time, scans)
         if self.offset > job.log_size:
             raise InvalidRequest(
                 f"offset {self.offset} is past the end of job {job.id}'s log ({job.log_size} bytes)"
@@ -77,8 +91,12 @@ async def stream_log(
     max_chunk: int,
     stopping: Callable[[], bool],
     scans: Executor | None = None,
+    timestamps: bool = False,
 ) -> AsyncGenerator[LogItem, None]:
     """Yields the log from `start`; with `follow`, until the job ends and its log is sealed.
+
+    With `timestamps`, each chunk comes after the time marks that fall in it (the first one
+    after the mark in effect where it begins).
 
     A job that is terminal but not yet drained is waited for even without `follow`: its
     remaining bytes are moments away, and "not finished" would be the wrong answer.
@@ -88,6 +106,9 @@ async def stream_log(
         offset = await start.resolve(job, scans)
         next_event = _first_event_at(job.events, offset)
         tick = job.heartbeat_tick
+        # The time of the last mark sent: the mark in effect where a chunk begins is sent again
+        # only if it says something new (live chunks often share one mark).
+        marked: float | None = None
         while True:
             if stopping():
                 raise DaemonStopping
@@ -97,6 +118,11 @@ async def stream_log(
             size = job.log_size
             if offset < size:
                 end = size if size - offset <= max_chunk else (offset // max_chunk + 1) * max_chunk
+                if timestamps:
+                    for mark_offset, mark_time in job.times.marks_in(offset, end):
+                        if mark_time != marked:
+                            marked = mark_time
+                            yield TimeMark(mark_offset, mark_time)
                 yield ChunkRange(offset, end)
                 offset = end
                 continue
@@ -112,6 +138,17 @@ async def stream_log(
     finally:
         job.subscribers -= 1
         job.release_log_if_idle()
+
+
+async def _since_offset(job: Job, since: float, scans: Executor | None) -> int:
+    """Where the first line whose first byte reached the daemon at or after `since` begins."""
+    end = job.log_size
+    offset = job.times.first_offset_since(since)
+    if offset is None or offset >= end:
+        return end
+    loop = asyncio.get_running_loop()
+    # Off the event loop: the line may be long, and its start far back.
+    return await loop.run_in_executor(scans, line_start_from, job.log.path, offset, end)
 
 
 def _first_event_at(events: list[SourceEvent], offset: int) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from typing import Any, Protocol
 
 from tailhub.daemon.config import DaemonConfig
@@ -50,10 +51,13 @@ class Fetcher:
 
     def append(self, data: bytes) -> None:
         log = self._job.log
+        offset = log.size
         if not log.writable:
             log.observe(data)
         else:
             log.append(data)
+        if data:
+            self._job.times.record(offset, time.time())
         if self._paused_at is not None:
             self._paused_at = None
             self._owner.event(

@@ -16,6 +16,7 @@ from tailhub.daemon.model import (
     SourceKind,
 )
 from tailhub.daemon.signal import ChangeSignal
+from tailhub.daemon.timeindex import TimeIndex
 
 # Resume state of a job whose log file could not be created: the file at its path is not its
 # own (another database's log, or planted), so it is never opened or measured.
@@ -29,7 +30,9 @@ class Job:
     daemon with thousands of old jobs holds no descriptor or memory for them.
     """
 
-    def __init__(self, record: JobRecord, log_path: Path, window_bytes: int) -> None:
+    def __init__(
+        self, record: JobRecord, log_path: Path, window_bytes: int, times_path: Path
+    ) -> None:
         self.record = record
         self.changed = ChangeSignal()
         self.events: list[SourceEvent] = []
@@ -45,6 +48,7 @@ class Job:
         self._log: JobLog | None = None
         self._unclaimed = bool(record.source_state.get(LOG_UNCLAIMED))
         self._closed_size = 0 if self._unclaimed else _file_size(log_path)
+        self.times = TimeIndex(times_path)
 
     @property
     def id(self) -> int:
@@ -81,6 +85,7 @@ class Job:
             self._closed_size = self._log.size
             self._log.close()
             self._log = None
+            self.times.release()
 
     def remove(self) -> None:
         """The job was deleted: wake its subscribers, close the log once nobody reads it."""
@@ -93,6 +98,7 @@ class Job:
             self._closed_size = self._log.size
             self._log.close()
             self._log = None
+        self.times.release()
 
 
 def _file_size(path: Path) -> int:

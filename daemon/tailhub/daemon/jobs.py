@@ -207,6 +207,8 @@ class JobManager:
         except StorageFull as error:
             self.event(job, f"disk full at offset {size}: a publish was refused ({error})")
             raise
+        if data:
+            job.times.record(size, time.time())
         self.appended(job)
         return job.log_size
 
@@ -327,7 +329,13 @@ class JobManager:
 
     # -- internals ---------------------------------------------------------------------------
     def _new_job(self, record: JobRecord) -> Job:
-        job = Job(record, self._config.paths.job_log(record.id), self._config.memory_window_bytes)
+        paths = self._config.paths
+        job = Job(
+            record,
+            paths.job_log(record.id),
+            self._config.memory_window_bytes,
+            paths.job_times(record.id),
+        )
         self._jobs[record.id] = job
         return job
 

@@ -71,6 +71,10 @@ class StatePaths:
     def job_log(self, job_id: int) -> Path:
         return self.logs / f"{job_id}.log"
 
+    def job_times(self, job_id: int) -> Path:
+        """When the bytes of the job's log reached the daemon (see `timeindex`)."""
+        return self.logs / f"{job_id}.times"
+
     def run_dir(self, job_id: int) -> Path:
         """Scripts, pid and exit code of a job started by the local runner."""
         return self.runs / str(job_id)

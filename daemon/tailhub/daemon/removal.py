@@ -76,10 +76,11 @@ def delete(
         del jobs[job.id]
         result.bytes_freed += job.log_size
         job.remove()
-        try:
-            paths.job_log(job.id).unlink(missing_ok=True)
-        except OSError as error:
-            logger.warning("job %d: cannot delete its log: %s", job.id, error)
+        for path in (paths.job_log(job.id), paths.job_times(job.id)):
+            try:
+                path.unlink(missing_ok=True)
+            except OSError as error:
+                logger.warning("job %d: cannot delete %s: %s", job.id, path, error)
         # A symlink planted here is not followed: rmtree refuses it (and errors are ignored).
         shutil.rmtree(paths.run_dir(job.id), ignore_errors=True)
         result.removed.append(job.id)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar, cast
@@ -13,7 +14,15 @@ import grpc.aio
 
 from tailhub.daemon import __version__, limits
 from tailhub.daemon.config import DaemonConfig
-from tailhub.daemon.fanout import ChunkRange, DaemonStopping, Ended, Heartbeat, Start, stream_log
+from tailhub.daemon.fanout import (
+    ChunkRange,
+    DaemonStopping,
+    Ended,
+    Heartbeat,
+    Start,
+    TimeMark,
+    stream_log,
+)
 from tailhub.daemon.job import Job
 from tailhub.daemon.jobs import JobManager
 from tailhub.daemon.model import (
@@ -102,18 +111,14 @@ class TailhubServicer:
         manager = self._manager
         try:
             job = manager.get(request.job_id)
-            start = (
-                Start(tail_lines=request.tail_lines)
-                if request.WhichOneof("start") == "tail_lines"
-                else Start(offset=request.offset)
-            )
             stream = stream_log(
                 job,
-                start,
+                _start(request),
                 follow=request.follow,
                 max_chunk=self._config.max_chunk_bytes,
                 stopping=lambda: manager.stopping,
                 scans=manager.scans,
+                timestamps=request.timestamps,
             )
             try:
                 async for item in stream:
@@ -129,6 +134,10 @@ class TailhubServicer:
                         ).SerializeToString()
                     elif isinstance(item, SourceEvent):
                         yield pb.SubscribeResponse(event=_event(item)).SerializeToString()
+                    elif isinstance(item, TimeMark):
+                        yield pb.SubscribeResponse(
+                            time_mark=pb.TimeMark(offset=item.offset, time=item.time)
+                        ).SerializeToString()
                     elif isinstance(item, Ended):
                         yield pb.SubscribeResponse(end=_end(item)).SerializeToString()
             finally:
@@ -323,6 +332,17 @@ class TailhubServicer:
                 "RemoveJobs": unary(self.remove_jobs, pb.RemoveJobsRequest, pb.RemoveJobsResponse),
             },
         )
+
+
+def _start(request: pb.SubscribeRequest) -> Start:
+    which = request.WhichOneof("start")
+    if which == "tail_lines":
+        return Start(tail_lines=request.tail_lines)
+    if which == "since_time":
+        if not math.isfinite(request.since_time):
+            raise InvalidRequest(f"since_time must be a finite time, not {request.since_time}")
+        return Start(since_time=request.since_time)
+    return Start(offset=request.offset)
 
 
 def _attach_spec(request: pb.AttachJobRequest) -> SourceSpec:
