@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,6 +16,8 @@ import pytest
 from helpers import DaemonProcess, run_cli, start_cli, wait_until
 from job_helpers import queue, submitted_id, write_task
 from skydouble import ANSI, SKY, SkyDouble
+
+from tailhub.client import LogEvent
 
 TASK_LINE = re.compile(r"^\((?P<name>[^,()]+), pid=(?P<pid>\d+)\) (?P<text>.*)$")
 
@@ -125,8 +128,9 @@ def test_cancel_runs_sky_jobs_cancel_once(
     wait_until(lambda: queue(home)[job_id]["state"] == "RUNNING", 30, "the job to run")
     cancelled = run_cli(home, "jobs", "cancel", str(job_id))
     assert cancelled.returncode == 0, cancelled.stderr
+    # SkyPilot's cancel is asynchronous: the job ends once its `sky jobs logs` says so.
+    wait_until(lambda: queue(home)[job_id]["state"] == "CANCELLED", 30, "the job to end")
     job = queue(home)[job_id]
-    assert job["state"] == "CANCELLED"
     managed = job["external_id"]
     assert [argv for argv in sky.invocations() if argv[:2] == ["jobs", "cancel"]] == [
         ["jobs", "cancel", "-y", managed]
@@ -194,9 +198,12 @@ def test_sky_not_installed_fails_the_launch(
     assert "no-such-sky" in done.stderr.decode()
 
 
+@pytest.mark.parametrize("stop", ["stop", "kill"])
 def test_a_daemon_restart_resumes_the_stream_without_losing_or_repeating_a_line(
-    home: Path, skyd: DaemonProcess, sky: SkyDouble, workdir: Path
+    home: Path, skyd: DaemonProcess, sky: SkyDouble, workdir: Path, stop: str
 ) -> None:
+    # Killed (-9), the daemon saved no line count at the end: the restarted one counts the
+    # stored lines again (off the event loop) before it skips as many of the replay.
     gate = workdir / "go"
     task = write_task(
         workdir,
@@ -217,7 +224,10 @@ def test_a_daemon_restart_resumes_the_stream_without_losing_or_repeating_a_line(
         return task_lines(logs.stdout) == ["line 1", "line 2"]
 
     wait_until(has_two_lines, 30, "the first lines")
-    skyd.stop()
+    if stop == "kill":
+        skyd.kill()
+    else:
+        skyd.stop()
     skyd.start()
     gate.touch()
     logs = run_cli(home, "jobs", "logs", str(job_id))
@@ -271,3 +281,116 @@ def test_a_line_longer_than_memory_holds_is_stored_in_pieces_and_resumed_exactly
     assert "differs from the stored one" not in done.stderr.decode()
     job = queue(home)[submitted_id(done.stderr)]
     assert job["upstream_connections"] == 2
+
+
+def test_env_values_travel_in_skys_environment_not_on_its_command_line(
+    home: Path, skyd: DaemonProcess, sky: SkyDouble, workdir: Path
+) -> None:
+    # Any local user can read a process's command line (/proc/PID/cmdline); a secret must
+    # not be on it. SkyPilot reads a bare `--env KEY` from its own environment.
+    task = write_task(workdir, "name: secret\nrun: echo token=$TOKEN\n")
+    done = run_cli(
+        home, "jobs", "launch", "--backend", "skypilot", "--env", "TOKEN=hunter2", str(task)
+    )
+    assert done.returncode == 0, done.stderr
+    assert task_lines(done.stdout) == ["token=hunter2"]
+    [launch] = [argv for argv in sky.invocations() if argv[:2] == ["jobs", "launch"]]
+    assert "--env" in launch
+    assert launch[launch.index("--env") + 1] == "TOKEN"
+    assert not any("hunter2" in arg for arg in launch)
+
+
+def stub_sky(directory: Path, *, logs: str, cancel: str = "exit 0", says: str = "") -> Path:
+    """A `sky` for one test: `jobs launch` keeps its argv and environment beside it and prints
+    `says` (by default a managed job id); `jobs logs` and `jobs cancel` run the given shell."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "sky"
+    path.write_text(
+        f"""#!/bin/sh
+case "$2" in
+  launch) printf '%s\\n' "$@" > {directory}/launch.argv; env > {directory}/launch.env
+          echo "{says or "Managed Job ID: 7"}" ;;
+  logs) {logs} ;;
+  cancel) {cancel} ;;
+  *) echo "[]" ;;
+esac
+"""
+    )
+    path.chmod(0o755)
+    return path
+
+
+def test_a_slow_sky_jobs_cancel_returns_at_once_with_the_cancel_requested(
+    home: Path, start_daemon: Callable[..., DaemonProcess], workdir: Path
+) -> None:
+    # SkyPilot may take minutes to cancel (it tears the cluster down first): `jobs cancel`
+    # returns once the cancel is sent, not with an error after a timeout.
+    sky = stub_sky(
+        workdir / "bin",
+        logs='echo "(t, pid=1) started"; exec sleep 60',
+        cancel="sleep 15",
+    )
+    start_daemon("--sky", str(sky), "--cancel-grace", "1")
+    task = write_task(workdir, "name: t\nrun: sleep 60\n")
+    launched = run_cli(home, "jobs", "launch", "--backend", "skypilot", "--async", str(task))
+    assert launched.returncode == 0, launched.stderr
+    job_id = int(launched.stdout)
+    wait_until(lambda: queue(home)[job_id]["state"] == "RUNNING", 30, "the job to run")
+    started = time.monotonic()
+    cancelled = run_cli(home, "jobs", "cancel", str(job_id))
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert time.monotonic() - started < 5
+    assert f"job {job_id}: RUNNING" in cancelled.stderr.decode()
+    job = queue(home)[job_id]
+    assert job["state"] == "RUNNING"
+    assert job["reason"] == "cancel requested"
+
+
+def test_a_launch_without_a_client_environment_gives_sky_a_minimal_one(
+    home: Path,
+    start_daemon: Callable[..., DaemonProcess],
+    workdir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("DAEMON_ONLY_SECRET", "not for jobs")
+    sky = stub_sky(workdir / "bin", logs="exit 0")
+    daemon = start_daemon("--sky", str(sky))
+    with daemon.client() as client:
+        job = client.launch("", backend="skypilot", task_yaml="name: t\nrun: echo hi\n")
+        wait_until(lambda: client.get(job.id).sealed, 30, "the job to end")
+    names = {line.partition("=")[0] for line in (sky.parent / "launch.env").read_text().split()}
+    assert "DAEMON_ONLY_SECRET" not in names
+    assert {"HOME", "PATH"} <= names
+
+
+def test_a_huge_id_range_from_sky_is_not_expanded(
+    home: Path, start_daemon: Callable[..., DaemonProcess], workdir: Path
+) -> None:
+    # Only the last id is used: a range is read by its ends, never made a list of 10^11.
+    sky = stub_sky(workdir / "bin", logs="exit 0", says="Jobs submitted with IDs: 1-99999999999.")
+    start_daemon("--sky", str(sky))
+    task = write_task(workdir, "name: t\nrun: echo hi\n")
+    done = run_cli(home, "jobs", "launch", "--backend", "skypilot", str(task))
+    assert done.returncode == 0, done.stderr
+    assert queue(home)[submitted_id(done.stderr)]["external_id"] == "99999999999"
+
+
+def test_a_stream_that_keeps_ending_unfinished_is_run_again_with_growing_delays(
+    home: Path, start_daemon: Callable[..., DaemonProcess], workdir: Path
+) -> None:
+    # `sky jobs logs` exiting 101 (the job is not finished) at once, again and again: not a
+    # failure of the job, but no tight loop either.
+    sky = stub_sky(workdir / "bin", logs="exit 101")
+    daemon = start_daemon("--sky", str(sky))
+    with daemon.client() as client:
+        job = client.attach_skypilot(7)
+
+        def delays() -> list[float]:
+            events = client.follow(job.id, follow=False)
+            said = [item.message for item in events if isinstance(item, LogEvent)]
+            return [float(found) for found in re.findall(r"reconnecting in ([0-9.]+)s", str(said))]
+
+        wait_until(lambda: len(delays()) >= 4, 30, "four reconnects")
+        # The first is the initial delay (0.2 s, with jitter); they double from there.
+        assert delays()[3] >= 0.4, delays()
+        assert not client.get(job.id).state.terminal

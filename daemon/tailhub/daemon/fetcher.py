@@ -94,7 +94,11 @@ class Fetcher:
             _ = self._job.log
         except UntrustedState as error:
             return Outcome(1, str(error))
-        failures = 0
+        # Failures in a row without a byte (they fail the job at the limit), and the
+        # reconnect delay's exponent: a healthy end (`sky jobs logs` exiting 101) does not
+        # count as a failure, but only bytes reset the delay, or a stream that keeps ending
+        # at once would be run again in a tight loop forever.
+        failures = backoff = 0
         while True:
             stored_before = self._job.log_size
             self._job.upstream_open = self._source.counts_connections
@@ -113,6 +117,7 @@ class Fetcher:
                 self._job.upstream_open = False
                 grew = self._job.log_size > stored_before
                 failures = 1 if grew or error.healthy else failures + 1
+                backoff = 1 if grew else backoff + 1
                 if failures >= self._config.reconnect_max_attempts:
                     return Outcome(
                         error.exit_code,
@@ -120,7 +125,7 @@ class Fetcher:
                     )
                 # Jitter: jobs that lost one host together should not return together.
                 delay = random.uniform(0.5, 1.0) * min(
-                    self._config.reconnect_initial_delay * 2 ** (failures - 1),
+                    self._config.reconnect_initial_delay * 2 ** min(backoff - 1, 32),
                     self._config.reconnect_max_delay,
                 )
                 self.event(f"upstream connection lost ({error}); reconnecting in {delay:.1f}s")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from tailhub.daemon import removal
-from tailhub.daemon.backends import Backend, make_backends
+from tailhub.daemon.backends import Backend, Cancelling, make_backends
 from tailhub.daemon.config import DaemonConfig
 from tailhub.daemon.events import EventLimiter, EventLimits
 from tailhub.daemon.faults import is_disk_full
@@ -230,10 +231,12 @@ class JobManager:
         return job
 
     async def cancel(self, job_ids: list[int], everything: bool) -> CancelResult:
-        """Cancels jobs and returns once they have ended (local ones may take the grace).
+        """Cancels jobs and returns once those stopping here have ended (local ones may take
+        the grace); those whose cancel was asked of another system (SkyPilot) are returned
+        as they are, still ending, with the reason "cancel requested".
 
         Named jobs that are unknown or already ended are reported, not an error: the others
-        are cancelled all the same.
+        are cancelled all the same. A job not ended in time is returned still ending too.
         """
         result = CancelResult()
         chosen = {
@@ -248,15 +251,25 @@ class JobManager:
             else:
                 chosen[job_id] = job
         targets = list(chosen.values())
+        awaited: list[Job] = []
         for job in targets:
             backend = self._backend_of(job)
-            if backend is not None and backend.cancel(job):
-                continue  # its fetch reports the end
-            self.end_now(job, "cancelled")
-        await asyncio.wait_for(
-            asyncio.gather(*(self._sealed(job) for job in targets)),
-            self._config.cancel_grace + _CANCEL_MARGIN,
-        )
+            cancelling = Cancelling.END_NOW if backend is None else backend.cancel(job)
+            if cancelling is Cancelling.END_NOW:
+                self.end_now(job, "cancelled")
+            elif cancelling is Cancelling.ENDING:
+                awaited.append(job)  # its fetch reports the end
+        # Not an error when it takes longer (an upstream that does not let go): the job is
+        # reported still ending, and ends on its own.
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(
+                asyncio.gather(*(self._sealed(job) for job in awaited)),
+                self._config.cancel_grace + _CANCEL_MARGIN,
+            )
+        for job in targets:
+            if not job.state.terminal:
+                job.record.reason = "cancel requested"
+                self.save_record(job)
         result.cancelled = targets
         return result
 

@@ -14,6 +14,8 @@ import signal
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from tailhub.daemon.config import minimal_environment
+
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _MANAGED_JOB_ID = re.compile(r"^Managed Job ID: (\d+)$")
 _JOBS_SUBMITTED = re.compile(r"^Jobs submitted with IDs: ([0-9][0-9,\s-]*)\.$")
@@ -40,21 +42,40 @@ class SkyCli:
     """One `sky` executable: its path and what is known of its version."""
 
     path: str
-    # The environment of runs no client sent one for (attached jobs): the daemon's own.
+    # The daemon's own environment: what an attached job's `sky` runs with (no client sent
+    # one), and where a launched job's minimal one comes from.
     fallback_environment: Mapping[str, str] = field(default_factory=dict)
     # Set once `sky jobs logs --tail 0` was refused: a CLI before SkyPilot 0.13.
     no_tail_option: bool = False
 
-    def environment(self, given: Sequence[tuple[str, str]]) -> dict[str, str]:
-        return dict(given) if given else dict(self.fallback_environment)
+    def environment(
+        self, given: Sequence[tuple[str, str]], *, attached: bool = False
+    ) -> dict[str, str]:
+        """The client's environment; without one, the daemon's for an attached job, and for a
+        launched job a minimal one (HOME, USER, PATH...): never the daemon's whole one, as
+        LaunchJobRequest promises."""
+        if given:
+            return dict(given)
+        if attached:
+            return dict(self.fallback_environment)
+        return dict(minimal_environment(self.fallback_environment))
 
     def launch_argv(self, task_path: str, name: str, envs: Sequence[tuple[str, str]]) -> list[str]:
+        """`--env KEY` without its value: the value travels in the process's environment
+        (`launch_environment`), since any local user can read a command line."""
         argv = [self.path, "jobs", "launch", "-d", "-y"]
         if name:
             argv += ["-n", name]
-        for key, value in envs:
-            argv += ["--env", f"{key}={value}"]
+        for key, _ in envs:
+            argv += ["--env", key]
         return [*argv, task_path]
+
+    def launch_environment(
+        self, given: Sequence[tuple[str, str]], envs: Sequence[tuple[str, str]]
+    ) -> dict[str, str]:
+        """The environment of `sky jobs launch`: the client's, plus the task's `--env` values
+        (SkyPilot reads a bare `--env KEY` from its environment)."""
+        return {**self.environment(given), **dict(envs)}
 
     def logs_argv(self, managed_job_id: int) -> list[str]:
         tail = [] if self.no_tail_option else ["--tail", "0"]
@@ -114,13 +135,14 @@ def managed_job_ids(stdout: str) -> list[int]:
 
 
 def _expand_ids(text: str) -> list[int]:
-    """`4,5,6` or, defensively, `1-3,5`."""
+    """`4,5,6` or, defensively, `1-3,5`: a range gives its ends only (only the last id is
+    used, and `1-99999999999` must not become a list of that many)."""
     ids: list[int] = []
     for raw in text.split(","):
         part = raw.strip()
         if "-" in part:
             first, _, last = part.partition("-")
-            ids.extend(range(int(first), int(last) + 1))
+            ids.extend(sorted({int(first), int(last)}))
         elif part:
             ids.append(int(part))
     return ids

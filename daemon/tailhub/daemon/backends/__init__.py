@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from tailhub.daemon.backends.base import Backend, BackendHost
+from tailhub.daemon.backends.base import Backend, BackendHost, Cancelling
 from tailhub.daemon.backends.local import LocalBackend
 from tailhub.daemon.backends.skypilot import SkyPilotBackend
 from tailhub.daemon.sources import SourceEnvironment
 from tailhub.daemon.store import JobStore
 
-__all__ = ["Backend", "BackendHost", "make_backends"]
+__all__ = ["Backend", "BackendHost", "Cancelling", "make_backends"]
 
 BackendFactory = Callable[[BackendHost, SourceEnvironment, JobStore], Backend]
 

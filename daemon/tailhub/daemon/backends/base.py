@@ -7,11 +7,23 @@ with the job manager.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Coroutine
 from typing import Any, Protocol
 
 from tailhub.daemon.job import Job
 from tailhub.daemon.model import SourceSpec
+
+
+class Cancelling(enum.Enum):
+    """What `Backend.cancel` did, and so whether CancelJobs waits for the job's end."""
+
+    # Never started: the job manager ends it at once.
+    END_NOW = "end now"
+    # Stopping here: its fetch reports the end within the cancel grace; CancelJobs waits.
+    ENDING = "ending"
+    # Asked of another system (SkyPilot), which may take minutes: CancelJobs does not wait.
+    REQUESTED = "requested"
 
 
 class BackendHost(Protocol):
@@ -48,8 +60,8 @@ class Backend(Protocol):
     def adopt(self, job: Job) -> None:
         """Takes back an unsealed job of this backend found when the daemon starts."""
 
-    def cancel(self, job: Job) -> bool:
-        """Asks a job to stop. True: its fetch reports the end; False: end it now."""
+    def cancel(self, job: Job) -> Cancelling:
+        """Asks a job to stop; says whether to end it now, wait for its end, or neither."""
 
     def released(self, job: Job) -> None:
         """The job's fetch is over: whatever it held is free."""

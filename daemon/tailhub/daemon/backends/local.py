@@ -9,7 +9,7 @@ import logging
 import signal
 from pathlib import Path
 
-from tailhub.daemon.backends.base import BackendHost
+from tailhub.daemon.backends.base import BackendHost, Cancelling
 from tailhub.daemon.faults import AFTER_SPAWN, BEFORE_SPAWN, crash_at, is_disk_full
 from tailhub.daemon.job import Job
 from tailhub.daemon.model import InvalidRequest, JobState, LocalSpec, SourceSpec, StorageFull
@@ -59,11 +59,11 @@ class LocalBackend:
             # The last daemon stopped within the grace: the SIGKILL is still owed.
             self._signal(job)
 
-    def cancel(self, job: Job) -> bool:
+    def cancel(self, job: Job) -> Cancelling:
         if job.state is not JobState.RUNNING:
-            return False  # still pending: never started, so ended at once
+            return Cancelling.END_NOW  # still pending: never started, so ended at once
         self._signal(job)
-        return True
+        return Cancelling.ENDING
 
     def released(self, job: Job) -> None:
         if job.id in self._slots:

@@ -2,7 +2,8 @@
 
 `sky jobs launch -d -y` submits (a supervised task, bounded in time, so a slow submission
 blocks nothing); the managed job id it prints is recorded, and from then on the job's one
-upstream is the `skypilot` source (`sky jobs logs`). Cancel runs `sky jobs cancel -y`, once.
+upstream is the `skypilot` source (`sky jobs logs`). Cancel runs `sky jobs cancel -y`, once,
+and does not wait for it: SkyPilot's cancel is asynchronous (the cluster is torn down first).
 """
 
 from __future__ import annotations
@@ -12,9 +13,17 @@ import contextlib
 import logging
 from pathlib import Path
 
-from tailhub.daemon.backends.base import BackendHost
+from tailhub.daemon.backends.base import BackendHost, Cancelling
+from tailhub.daemon.faults import is_disk_full
 from tailhub.daemon.job import Job
-from tailhub.daemon.model import MANAGED_JOB_ID, InvalidRequest, SkyPilotSpec, SourceSpec
+from tailhub.daemon.model import (
+    MANAGED_JOB_ID,
+    InvalidRequest,
+    JobState,
+    SkyPilotSpec,
+    SourceSpec,
+    StorageFull,
+)
 from tailhub.daemon.sky import managed_job_ids, message_of
 from tailhub.daemon.sources import SourceEnvironment
 from tailhub.daemon.statedir import ensure_private_dir, write_state_file
@@ -35,6 +44,9 @@ class SkyPilotBackend:
         self._host = host
         self._config = environment.config
         self._sky = environment.sky
+        self._store = store
+        # Jobs a full disk kept from being submitted, by id: retried on each tick.
+        self._waiting_for_space: dict[int, Job] = {}
 
     def check(self, spec: SourceSpec) -> None:
         assert isinstance(spec, SkyPilotSpec)
@@ -44,8 +56,21 @@ class SkyPilotBackend:
             raise InvalidRequest(f"workdir {spec.workdir} is not a directory")
 
     def submit(self, job: Job) -> None:
+        # "submitting" must be on disk before `sky` runs: a daemon restarted without it
+        # would submit the job a second time. A full disk keeps the job waiting instead.
         job.record.source_state[_SUBMITTING] = True
-        self._host.save_record(job)
+        try:
+            self._store.save(job.record)
+        except Exception as error:  # whatever it is, it concerns this job only
+            job.record.source_state.pop(_SUBMITTING, None)
+            if isinstance(error, StorageFull) or is_disk_full(error):
+                if job.id not in self._waiting_for_space:
+                    self._waiting_for_space[job.id] = job
+                    self._host.event(job, f"disk full: the job waits to be submitted ({error})")
+                return
+            self._host.fail_start(job, error)
+            return
+        self._waiting_for_space.pop(job.id, None)
         self._host.spawn(job, self._submit(job), name=f"sky-launch-{job.id}")
 
     def adopt(self, job: Job) -> None:
@@ -61,7 +86,9 @@ class SkyPilotBackend:
         else:
             self.submit(job)
 
-    def cancel(self, job: Job) -> bool:
+    def cancel(self, job: Job) -> Cancelling:
+        if self._waiting_for_space.pop(job.id, None) is not None:
+            return Cancelling.END_NOW  # never given to SkyPilot
         record = job.record
         record.cancel_requested = True
         self._host.save_record(job)
@@ -69,13 +96,20 @@ class SkyPilotBackend:
         if isinstance(managed_id, int):
             self._send_cancel(job, managed_id)
         # Still submitting: cancelled as soon as SkyPilot gives its id.
-        return True
+        return Cancelling.REQUESTED
 
     def released(self, job: Job) -> None:
         pass
 
     def tick(self) -> None:
-        pass
+        """Submits the jobs a full disk kept waiting, oldest first, while it lets them."""
+        for job in sorted(self._waiting_for_space.values(), key=lambda waiting: waiting.id):
+            if job.state is not JobState.PENDING:
+                self._waiting_for_space.pop(job.id, None)
+                continue
+            self.submit(job)
+            if job.id in self._waiting_for_space:
+                return  # still full
 
     async def _submit(self, job: Job) -> None:
         spec = job.record.spec
@@ -85,11 +119,10 @@ class SkyPilotBackend:
         task_path = run_dir / "task.yaml"
         write_state_file(task_path, spec.task_yaml)
         argv = self._sky.launch_argv(str(task_path), spec.name or job.record.name, spec.envs)
+        environment = self._sky.launch_environment(spec.environment, spec.envs)
         timeout = self._config.sky_submit_timeout
         try:
-            result = await self._sky.run(
-                argv, self._sky.environment(spec.environment), cwd=spec.workdir, timeout=timeout
-            )
+            result = await self._sky.run(argv, environment, cwd=spec.workdir, timeout=timeout)
         except OSError as error:
             self._host.fail_start(job, f"cannot run {self._sky.path}: {error.strerror}")
             return

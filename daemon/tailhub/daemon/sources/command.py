@@ -61,14 +61,15 @@ class CommandSource:
             connected()
             raise
         settled = asyncio.get_running_loop().call_later(CONNECT_SETTLE_SECONDS, connected)
-        # Remembered so that a daemon restarted after a crash can stop it: one fetch per job.
-        upstream.state.update(RunHandle.of(process.pid).to_json())
-        upstream.save_state()
         assert process.stdout is not None
         assert process.stderr is not None
         stderr = asyncio.create_task(self._pump_stderr_or_stop(process, upstream))
         skip = upstream.stored - int(upstream.state.get(_STDERR_BYTES, 0))
         try:
+            # Remembered so that a daemon restarted after a crash can stop it: one fetch per
+            # job. Inside the try: a save that fails (a full disk) still stops the command.
+            upstream.state.update(RunHandle.of(process.pid).to_json())
+            upstream.save_state()
             while data := await process.stdout.read(READ_BYTES):
                 connected()
                 if skip:

@@ -48,6 +48,8 @@ _MAX_HELD_BYTES = 1024 * 1024
 _KEPT_STDERR_BYTES = 16 * 1024
 # Reading the stored log back, to count its lines or compare a replay with it.
 _READ_BACK_BYTES = 1024 * 1024
+# The line count is saved with the log this often, so that a recount after a crash is short.
+_SAVE_EVERY_BYTES = 64 * 1024 * 1024
 # The one `sky jobs queue` call that confirms a failure may take this long.
 _QUEUE_TIMEOUT = 60.0
 
@@ -64,7 +66,7 @@ class SkyPilotSource:
     async def fetch(self, upstream: Upstream) -> Outcome | None:
         managed_id = self._managed_job_id(upstream)
         await stop_left_over(self.runner, upstream)
-        stored_lines, stored_partial = _stored_lines(upstream)
+        stored_lines, stored_partial = await _stored_lines(upstream)
         await self.connecting.acquire()
         connected = Once(self.connecting.release)
         try:
@@ -73,13 +75,14 @@ class SkyPilotSource:
             connected()
             raise
         settled = asyncio.get_running_loop().call_later(CONNECT_SETTLE_SECONDS, connected)
-        upstream.state.update(RunHandle.of(process.pid).to_json())
-        upstream.save_state()
         assert process.stdout is not None
         assert process.stderr is not None
         stderr = asyncio.create_task(_read_tail(process.stderr))
         replay = _Replay(upstream, stored_lines, stored_partial)
         try:
+            # Inside the try: a save that fails (a full disk) still stops the process.
+            upstream.state.update(RunHandle.of(process.pid).to_json())
+            upstream.save_state()
             partial = b""
             while data := await process.stdout.read(READ_BYTES):
                 connected()
@@ -92,6 +95,7 @@ class SkyPilotSource:
                     continue
                 lines, partial = partial + data[: cut + 1], data[cut + 1 :]
                 replay.take(lines)
+                replay.save_now_and_then()
             exit_code = await process.wait()
             errors = await stderr
             if exit_code in (SUCCEEDED, FAILED, CANCELLED, NOT_FOUND) and partial:
@@ -114,6 +118,10 @@ class SkyPilotSource:
             raise UpstreamUnusable("the SkyPilot job was never submitted: no managed job id")
         return known
 
+    def _environment(self) -> dict[str, str]:
+        # An attached job (no task of ours) came with no client environment: the daemon's.
+        return self.sky.environment(self.spec.environment, attached=not self.spec.task_yaml)
+
     async def _start(self, managed_id: int) -> asyncio.subprocess.Process:
         try:
             return await asyncio.create_subprocess_exec(
@@ -121,7 +129,7 @@ class SkyPilotSource:
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
-                env=self.sky.environment(self.spec.environment),
+                env=self._environment(),
                 cwd=self.spec.workdir or None,
                 start_new_session=True,
             )
@@ -159,7 +167,7 @@ class SkyPilotSource:
         try:
             result = await self.sky.run(
                 self.sky.queue_argv(),
-                self.sky.environment(self.spec.environment),
+                self._environment(),
                 timeout=_QUEUE_TIMEOUT,
             )
             rows = json.loads(result.stdout) if result.exit_code == 0 else []
@@ -187,6 +195,7 @@ class _Replay:
         # Where the next replayed line should be in the stored log, while bytes match.
         self._offset: int | None = 0
         self._mismatch_at: int | None = None
+        self._saved_at = upstream.stored
 
     def take(self, data: bytes) -> None:
         """Whole lines, or a long line's start (then its continuation comes next)."""
@@ -229,7 +238,14 @@ class _Replay:
             self._offset = None
             self._mismatch_at = self._skipped + 1
 
+    def save_now_and_then(self) -> None:
+        """Saves the line count every `_SAVE_EVERY_BYTES` of log: a daemon killed mid-stream
+        then recounts only what came after it, not a multi-GB log."""
+        if self._upstream.stored - self._saved_at >= _SAVE_EVERY_BYTES:
+            self.save()
+
     def save(self) -> None:
+        self._saved_at = self._upstream.stored
         self._upstream.state[_LINES] = self._lines
         self._upstream.state[_PARTIAL] = self._tail
         self._upstream.state[_LINES_AT] = self._upstream.stored
@@ -248,21 +264,42 @@ class _Replay:
             )
 
 
-def _stored_lines(upstream: Upstream) -> tuple[int, int]:
+async def _stored_lines(upstream: Upstream) -> tuple[int, int]:
     """Whole lines in the stored log and the bytes of an unfinished one after them:
-    remembered, or counted when the record is behind the log."""
-    if upstream.state.get(_LINES_AT) == upstream.stored:
-        return int(upstream.state.get(_LINES, 0)), int(upstream.state.get(_PARTIAL, 0))
-    count, tail, offset = 0, 0, 0
-    while offset < upstream.stored:
-        data = upstream.read(offset, _READ_BACK_BYTES)
+    remembered, or counted on from the last count saved when the record is behind the log
+    (in a thread: a long log must not stall every other job and follower)."""
+    stored = upstream.stored
+    count, tail = int(upstream.state.get(_LINES, 0)), int(upstream.state.get(_PARTIAL, 0))
+    counted_at = upstream.state.get(_LINES_AT)
+    if counted_at == stored:
+        return count, tail
+    if not isinstance(counted_at, int) or counted_at > stored:
+        counted_at, count, tail = 0, 0, 0  # never counted, or the log was cut: from its start
+    # The first piece here: the log opens its read descriptor (if it needs one) on the loop,
+    # not in the thread while a follower's read might open it too.
+    counted_at, count, tail = _count_lines(upstream, counted_at, stored, count, tail, pieces=1)
+    if counted_at < stored:
+        counted_at, count, tail = await asyncio.to_thread(
+            _count_lines, upstream, counted_at, stored, count, tail
+        )
+    return count, tail
+
+
+def _count_lines(
+    upstream: Upstream, offset: int, end: int, count: int, tail: int, pieces: int | None = None
+) -> tuple[int, int, int]:
+    """Counts on from `offset` to `end` (at most `pieces` reads); returns where it stopped."""
+    while offset < end and pieces != 0:
+        data = upstream.read(offset, min(_READ_BACK_BYTES, end - offset))
         if not data:
-            break
+            return end, count, tail
         count += data.count(b"\n")
         last = data.rfind(b"\n")
         tail = len(data) - last - 1 if last >= 0 else tail + len(data)
         offset += len(data)
-    return count, tail
+        if pieces is not None:
+            pieces -= 1
+    return offset, count, tail
 
 
 async def _read_tail(stream: asyncio.StreamReader) -> str:
