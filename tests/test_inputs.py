@@ -88,6 +88,12 @@ def test_env_key_with_equals_sign_is_refused_naming_envs_and_the_daemon_restarts
             ),
             "environment and envs",
         ),
+        (pb.LaunchJobRequest(run="true", backend="b" * 64 * 1024), "backend"),
+        (pb.LaunchJobRequest(run="true", backend="local\0"), "backend"),
+        (
+            pb.LaunchJobRequest(run="true", environment={f"V{i}": "" for i in range(8193)}),
+            "environment and envs",
+        ),
         (pb.CancelJobsRequest(job_ids=range(1, 10_002)), "job_ids"),
         (pb.RemoveJobsRequest(job_ids=range(1, 10_002)), "job_ids"),
         (pb.ListJobsRequest(page_token="not-a-token"), "page_token"),
@@ -111,6 +117,26 @@ def test_out_of_bounds_requests_are_invalid_argument_naming_the_field(
     assert len(error.details() or "") < 300, "an error must not echo a huge value back"
     with daemon.client() as client:
         assert client.list() == []
+
+
+def test_a_publish_of_the_documented_maximum_is_stored_and_a_larger_one_is_not_disk_full(
+    daemon: DaemonProcess, stub: rpc.TailhubServiceStub
+) -> None:
+    maximum = 4 * 1024 * 1024
+    with daemon.client() as client:
+        job_id = client.attach_push().id
+        assert client.publish(job_id, b"x" * maximum) == maximum
+
+        over = _refusal(
+            lambda: stub.Publish(pb.PublishRequest(job_id=job_id, data=b"y" * (maximum + 1)))
+        )
+        assert over.code() is grpc.StatusCode.INVALID_ARGUMENT, over.details()
+        assert "at most 4194304" in (over.details() or "")
+
+        # Past the transport's limit: refused once, as too large, never as a full disk.
+        with pytest.raises(InvalidRequestError, match="too large"):
+            client.publish(job_id, b"z" * (6 * 1024 * 1024))
+        assert client.get(job_id).log_size == maximum
 
 
 def test_finish_takes_an_exit_code_and_a_bounded_reason(
