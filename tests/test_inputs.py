@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import json
 import sqlite3
@@ -330,6 +331,41 @@ def test_a_follower_of_a_removed_job_gets_a_clean_end_or_not_found(
         if ending == "JOB_STATE_SUCCEEDED":
             assert bytes(received) == data
         assert client.status().jobs == 0
+    assert "Traceback" not in daemon.log_text()
+
+
+def test_rm_racing_tail_and_since_subscribers_gives_each_a_clean_end_or_not_found(
+    daemon: DaemonProcess, stub: rpc.TailhubServiceStub
+) -> None:
+    with daemon.client() as client:
+        job_ids = []
+        for _ in range(12):
+            job_id = client.attach_push().id
+            # No newline: a --tail scan reads all of it, so scans queue up behind each other.
+            client.publish(job_id, b"x" * 2 * 1024 * 1024)
+            client.finish(job_id)
+            job_ids.append(job_id)
+
+    def follow(request: pb.SubscribeRequest) -> object:
+        try:
+            for message in stub.Subscribe(request):
+                if message.HasField("end"):
+                    return "end"
+        except grpc.RpcError as error:
+            return error.code()
+        return "closed"
+
+    requests = [
+        pb.SubscribeRequest(job_id=job_id, follow=True, **start)
+        for job_id in job_ids
+        for start in ({"tail_lines": 10}, {"tail_lines": 5}, {"since_time": 1.0})
+    ]
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        running = pool.map(follow, requests)
+        with daemon.client() as client:
+            # Removed while subscriptions start, scan or stream.
+            assert sorted(client.remove(job_ids).removed_job_ids) == job_ids
+        assert set(running) <= {"end", grpc.StatusCode.NOT_FOUND}
     assert "Traceback" not in daemon.log_text()
 
 
