@@ -282,6 +282,9 @@ class TailhubServicer:
         if ended_before is not None:
             limits.check_ended_before(ended_before)
         result = self._manager.remove(list(request.job_ids), ended_before=ended_before)
+        if result.deleting is not None:
+            # Answered once the files are gone too (deleted off the event loop).
+            await result.deleting
         return pb.RemoveJobsResponse(
             removed_job_ids=result.removed,
             unknown_job_ids=result.unknown,
