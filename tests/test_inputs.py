@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import json
 import sqlite3
@@ -88,6 +89,12 @@ def test_env_key_with_equals_sign_is_refused_naming_envs_and_the_daemon_restarts
             ),
             "environment and envs",
         ),
+        (pb.LaunchJobRequest(run="true", backend="b" * 64 * 1024), "backend"),
+        (pb.LaunchJobRequest(run="true", backend="local\0"), "backend"),
+        (
+            pb.LaunchJobRequest(run="true", environment={f"V{i}": "" for i in range(8193)}),
+            "environment and envs",
+        ),
         (pb.CancelJobsRequest(job_ids=range(1, 10_002)), "job_ids"),
         (pb.RemoveJobsRequest(job_ids=range(1, 10_002)), "job_ids"),
         (pb.ListJobsRequest(page_token="not-a-token"), "page_token"),
@@ -111,6 +118,26 @@ def test_out_of_bounds_requests_are_invalid_argument_naming_the_field(
     assert len(error.details() or "") < 300, "an error must not echo a huge value back"
     with daemon.client() as client:
         assert client.list() == []
+
+
+def test_a_publish_of_the_documented_maximum_is_stored_and_a_larger_one_is_not_disk_full(
+    daemon: DaemonProcess, stub: rpc.TailhubServiceStub
+) -> None:
+    maximum = 4 * 1024 * 1024
+    with daemon.client() as client:
+        job_id = client.attach_push().id
+        assert client.publish(job_id, b"x" * maximum) == maximum
+
+        over = _refusal(
+            lambda: stub.Publish(pb.PublishRequest(job_id=job_id, data=b"y" * (maximum + 1)))
+        )
+        assert over.code() is grpc.StatusCode.INVALID_ARGUMENT, over.details()
+        assert "at most 4194304" in (over.details() or "")
+
+        # Past the transport's limit: refused once, as too large, never as a full disk.
+        with pytest.raises(InvalidRequestError, match="too large"):
+            client.publish(job_id, b"z" * (6 * 1024 * 1024))
+        assert client.get(job_id).log_size == maximum
 
 
 def test_finish_takes_an_exit_code_and_a_bounded_reason(
@@ -304,6 +331,41 @@ def test_a_follower_of_a_removed_job_gets_a_clean_end_or_not_found(
         if ending == "JOB_STATE_SUCCEEDED":
             assert bytes(received) == data
         assert client.status().jobs == 0
+    assert "Traceback" not in daemon.log_text()
+
+
+def test_rm_racing_tail_and_since_subscribers_gives_each_a_clean_end_or_not_found(
+    daemon: DaemonProcess, stub: rpc.TailhubServiceStub
+) -> None:
+    with daemon.client() as client:
+        job_ids = []
+        for _ in range(12):
+            job_id = client.attach_push().id
+            # No newline: a --tail scan reads all of it, so scans queue up behind each other.
+            client.publish(job_id, b"x" * 2 * 1024 * 1024)
+            client.finish(job_id)
+            job_ids.append(job_id)
+
+    def follow(request: pb.SubscribeRequest) -> object:
+        try:
+            for message in stub.Subscribe(request):
+                if message.HasField("end"):
+                    return "end"
+        except grpc.RpcError as error:
+            return error.code()
+        return "closed"
+
+    requests = [
+        pb.SubscribeRequest(job_id=job_id, follow=True, **start)
+        for job_id in job_ids
+        for start in ({"tail_lines": 10}, {"tail_lines": 5}, {"since_time": 1.0})
+    ]
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        running = pool.map(follow, requests)
+        with daemon.client() as client:
+            # Removed while subscriptions start, scan or stream.
+            assert sorted(client.remove(job_ids).removed_job_ids) == job_ids
+        assert set(running) <= {"end", grpc.StatusCode.NOT_FOUND}
     assert "Traceback" not in daemon.log_text()
 
 

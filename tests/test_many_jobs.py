@@ -404,3 +404,22 @@ def test_ctrl_c_stops_following_many_jobs_not_the_jobs(
 
     assert follower.stderr == "tailhub: stopped following; the jobs go on\n"
     assert set(states.values()) == {"RUNNING"}
+
+
+def test_a_prefixed_line_longer_than_1_mib_is_written_before_it_ends(
+    daemon: DaemonProcess, background_cli: Callable[..., BackgroundCli]
+) -> None:
+    with daemon.client() as client:
+        job_id = client.attach_push("long").id
+        client.publish(job_id, b"x" * (1536 * 1024))
+    follower = background_cli("jobs", "logs", "-f", "--prefix", str(job_id))
+    # Not held until a newline that may never come: memory stays bounded.
+    wait_until(lambda: len(follower.stdout) >= 1024 * 1024, what="the first MiB")
+    with daemon.client() as client:
+        client.publish(job_id, b"y\n")
+        client.finish(job_id, 0)
+    assert follower.wait() == 0, follower.stderr
+    pieces = follower.stdout.split(b"\n")[:-1]
+    assert len(pieces) == 2
+    assert all(piece.startswith(f"long-{job_id} | ".encode()) for piece in pieces)
+    assert b"".join(piece.split(b" | ", 1)[1] for piece in pieces) == b"x" * (1536 * 1024) + b"y"

@@ -163,6 +163,22 @@ def test_daemon_refuses_to_start_on_a_planted_state_file_symlink(
     assert victim.read_text() == VICTIM_TEXT
 
 
+@pytest.mark.parametrize("plant", ["fifo", "symlink"])
+def test_daemon_refuses_a_planted_logs_marker_at_once(home: Path, victim: Path, plant: str) -> None:
+    (home / "logs").mkdir(mode=0o700, parents=True)
+    marker = home / "logs" / ".database-id"
+    if plant == "fifo":
+        os.mkfifo(marker, 0o600)  # reading it would wait for a writer forever
+    else:
+        marker.symlink_to(victim)
+
+    refused = _run_daemon(home, timeout=20)
+
+    assert refused.returncode == 1
+    _one_line(refused.stderr, f"tailhubd: refusing {marker}")
+    assert victim.read_text() == VICTIM_TEXT
+
+
 def test_daemon_refuses_to_start_on_a_symlinked_logs_directory(home: Path, workdir: Path) -> None:
     home.mkdir(mode=0o700)
     elsewhere = workdir / "elsewhere"

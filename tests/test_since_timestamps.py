@@ -8,6 +8,7 @@ more than the index's resolution.
 from __future__ import annotations
 
 import os
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from helpers import BackgroundCli, DaemonProcess, run_cli, wait_until
 from test_faults import fill_disk, small_disk_home  # noqa: F401 (a fixture)
 
 from tailhub.client import exit_codes
+from tailhub.client._timestamps import parse_since
 from tailhub.daemon.timeindex import RESOLUTION
 
 FIRST = b"a1\na2\npar"  # ends inside a line finished by the second batch
@@ -232,6 +234,56 @@ def test_since_with_tail_or_a_bad_time_is_a_usage_error(daemon: DaemonProcess) -
     bad = run_cli(daemon.home, "jobs", "logs", str(batches.job_id), "--since", "yesterday")
     assert bad.returncode == 2
     assert b"neither a duration" in bad.stderr
+
+
+def test_since_a_time_before_year_1_in_utc_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    # East of UTC, local midnight of 0001-01-01 is in year 0: Python cannot represent it.
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    try:
+        with pytest.raises(ValueError, match="'0001-01-01' is not a time this machine"):
+            parse_since("0001-01-01", time.time())
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+
+
+def test_timestamps_name_a_failed_job_and_keep_a_begun_line_on_ctrl_c(
+    daemon: DaemonProcess, background_cli: Callable[..., BackgroundCli]
+) -> None:
+    with daemon.client() as client:
+        failed = client.attach_push("trainer").id
+        client.publish(failed, b"loss nan\n")
+        client.finish(failed, 3, "diverged")
+        live = client.attach_push("live").id
+        client.publish(live, b"epoch 1\nepoch 2 at 5")
+
+    result = run_cli(daemon.home, "jobs", "logs", str(failed), "--timestamps")
+    assert result.returncode == exit_codes.FAILED
+    assert f"job {failed} (trainer) failed: diverged".encode() in result.stderr
+
+    follower = background_cli("jobs", "logs", str(live), "--follow", "--timestamps")
+    wait_until(lambda: follower.stdout.endswith(b" epoch 1\n"), what="the first line")
+    follower.process.send_signal(signal.SIGINT)
+    assert follower.wait() == exit_codes.INTERRUPTED
+    assert follower.stdout.endswith(b" epoch 2 at 5"), "the begun line was lost"
+
+
+def test_timestamps_write_a_line_longer_than_1_mib_before_it_ends(
+    daemon: DaemonProcess, background_cli: Callable[..., BackgroundCli]
+) -> None:
+    with daemon.client() as client:
+        job_id = client.attach_push("long").id
+        client.publish(job_id, b"x" * (1536 * 1024))
+    follower = background_cli("jobs", "logs", str(job_id), "--follow", "--timestamps")
+    # Written without waiting for a newline that may never come (memory stays bounded).
+    wait_until(lambda: len(follower.stdout) >= 1024 * 1024, what="the first MiB")
+    with daemon.client() as client:
+        client.publish(job_id, b"y\nnext\n")
+        client.finish(job_id, 0)
+    assert follower.wait() == 0, follower.stderr
+    lines = _stamped(follower.stdout)
+    assert [text for _, text in lines] == [b"x" * (1536 * 1024) + b"y\n", b"next\n"]
 
 
 def test_a_full_disk_skips_time_marks_but_never_fails_the_job(

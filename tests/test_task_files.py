@@ -195,4 +195,7 @@ def test_bad_env_flag_is_refused_and_nothing_is_launched(
     assert launched.stderr.decode() == (
         "tailhub: --env 1BAD=x: expected KEY=VALUE with a valid variable name\n"
     )
+    accented = run_cli(daemon.home, "jobs", "launch", str(task), "--env", "CAFÉ=x")
+    assert accented.returncode == 2, accented.stderr
+    assert b"--env CAF\xc3\x89=x: expected KEY=VALUE" in accented.stderr
     assert queue(daemon.home) == {}

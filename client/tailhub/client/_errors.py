@@ -14,6 +14,9 @@ import grpc
 
 from tailhub.client import exit_codes
 
+# What the daemon's details for a full disk begin with (daemon service.DISK_FULL).
+_DISK_FULL = "disk full"
+
 
 class TailhubError(Exception):
     exit_code = exit_codes.ERROR
@@ -57,5 +60,16 @@ def from_rpc_error(error: grpc.RpcError, address: str) -> TailhubError:
         # We never cancel a unary call ourselves: the daemon was stopping while it answered.
         return DaemonUnreachable(f"the daemon on {address} stopped while answering ({details})")
     if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
-        return DiskFullError(details)
+        return _exhausted(details)
     return TailhubError(f"daemon error {code.name}: {details}")
+
+
+def _exhausted(details: str) -> TailhubError:
+    """The daemon begins a full disk's details so; gRPC's own RESOURCE_EXHAUSTED (a message
+    over the daemon's receive limit) is not worth a retry."""
+    if details.startswith(_DISK_FULL):
+        return DiskFullError(details)
+    return InvalidRequestError(
+        f"the daemon refused the request as too large ({details}); "
+        "see the limits in the README (one Publish: at most 4 MiB)"
+    )

@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 # Items waiting for the writer, across every job: enough to absorb bursts, small enough that
 # a stalled reader stalls the streams rather than filling memory (chunks are at most 64 KiB).
 _QUEUE_ITEMS = 64
+# An unfinished line longer than this is written out (bounded memory per job).
+MAX_LINE_BYTES = 1024 * 1024
 # How often the writer wakes to notice Ctrl-C (a blocking get() would delay it).
 _WAKE_SECONDS = 0.5
 # Prefix colours, in the order docker compose uses them; red is kept for failures.
@@ -207,12 +209,18 @@ class _Writer:
         pending += item.data
         cut = pending.rfind(b"\n")
         if cut < 0:
+            if len(pending) >= MAX_LINE_BYTES:
+                # Memory stays bounded: a line this long goes out in pieces, each on its own
+                # prefixed line (other jobs' lines may come between).
+                self.end(job_id)
             return
         lines = bytes(pending[:cut]).split(b"\n")
         del pending[: cut + 1]
         prefix = self._prefixes[job_id]
         self._out.write(b"".join(prefix + line + b"\n" for line in lines))
         self._out.flush()
+        if len(pending) >= MAX_LINE_BYTES:
+            self.end(job_id)
 
     def end(self, job_id: int) -> None:
         """The job's last line even without its newline: nothing more will complete it."""

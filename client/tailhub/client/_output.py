@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 import click
 
@@ -12,6 +12,7 @@ from tailhub.client import exit_codes
 if TYPE_CHECKING:
     from tailhub.client import Client, LogEnd
     from tailhub.client._pending import PendingStatus
+    from tailhub.client._timestamps import LineStamper
 
 
 # C0 controls, DEL and C1 controls: a terminal acts on them (titles, colours, cursor moves).
@@ -46,33 +47,62 @@ def copy_log(
     follow: bool,
     tail: int | None,
     pending: PendingStatus | None = None,
+    since_time: float | None = None,
+    timestamps: bool = False,
 ) -> LogEnd:
     """Copies the log to stdout as it arrives; upstream events go to stderr.
 
     With `pending`, a job still waiting to start shows a status line on stderr (refreshed at
-    each heartbeat, cleared before the first byte or when the job starts).
+    each heartbeat, cleared before the first byte or when the job starts). `since_time` starts
+    at the first line that reached the daemon then or later; `timestamps` starts each line with
+    when it arrived.
     """
-    from tailhub.client import LogChunk, LogEnd, LogEvent, LogHeartbeat
+    from tailhub.client import LogChunk, LogEnd, LogEvent, LogHeartbeat, LogTimeMark
+    from tailhub.client._timestamps import LineStamper
 
     out = sys.stdout.buffer
-    for item in client.follow(job_id, tail_lines=tail, follow=follow):
-        if isinstance(item, LogChunk):
-            if pending is not None:
+    writer: _PlainWriter | LineStamper = LineStamper(out) if timestamps else _PlainWriter(out)
+    items = client.follow(
+        job_id, tail_lines=tail, follow=follow, since_time=since_time, timestamps=timestamps
+    )
+    try:
+        for item in items:
+            if pending is not None and not isinstance(item, (LogHeartbeat, LogTimeMark)):
                 pending.clear()
-            out.write(item.data)
-            out.flush()
-        elif isinstance(item, LogHeartbeat):
-            if pending is not None:
-                pending.update(item.state)
-        elif isinstance(item, LogEvent):
-            if pending is not None:
-                pending.clear()
-            note(f"job {job_id}: {item.message}")  # note() escapes it
-        elif isinstance(item, LogEnd):
-            if pending is not None:
-                pending.clear()
-            return item
+            if isinstance(item, LogChunk):
+                writer.write(item.offset, item.data)
+            elif isinstance(item, LogTimeMark):
+                writer.mark(item.offset, item.time)
+            elif isinstance(item, LogHeartbeat):
+                if pending is not None:
+                    pending.update(item.state)
+            elif isinstance(item, LogEvent):
+                note(f"job {job_id}: {item.message}")  # note() escapes it
+            elif isinstance(item, LogEnd):
+                writer.finish()
+                return item
+    except KeyboardInterrupt:
+        # What arrived is written, as without --timestamps: a begun line is not lost.
+        writer.finish()
+        raise
     raise AssertionError("a log stream always ends with LogEnd")
+
+
+class _PlainWriter:
+    """The log byte for byte, as it arrives (LineStamper's interface, without stamps)."""
+
+    def __init__(self, out: BinaryIO) -> None:
+        self._out = out
+
+    def write(self, offset: int, data: bytes) -> None:
+        self._out.write(data)
+        self._out.flush()
+
+    def mark(self, offset: int, when: float) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
 
 
 def job_label(job_id: int, name: str) -> str:

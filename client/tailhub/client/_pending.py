@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING, TextIO
 
+from tailhub.client._errors import TailhubError
 from tailhub.client._types import JobState
 
 if TYPE_CHECKING:
@@ -16,6 +17,8 @@ if TYPE_CHECKING:
 
 # Back to the start of the line and erase it.
 _CLEAR = "\r\x1b[2K"
+# Jobs per ListJobs page while counting those ahead (the daemon's maximum).
+_PAGE_SIZE = 1000
 
 
 class PendingStatus:
@@ -27,6 +30,8 @@ class PendingStatus:
         self._stream = stream or sys.stderr
         self.enabled = self._stream.isatty()
         self._shown = False
+        # Whether the job is a local one (asked once, at the first pending heartbeat).
+        self._local: bool | None = None
 
     def update(self, state: JobState) -> None:
         """Shows the line while `state` is PENDING (asking how many are ahead), else clears it."""
@@ -36,8 +41,13 @@ class PendingStatus:
             self.clear()
             return
         ahead = self._jobs_ahead()
-        where = f"{ahead} job{'' if ahead == 1 else 's'} ahead" if ahead else "next to start"
-        self._stream.write(f"{_CLEAR}tailhub: job {self._job_id} pending: {where}")
+        if ahead is None:
+            where = ""
+        elif ahead:
+            where = f": {ahead} job{'' if ahead == 1 else 's'} ahead"
+        else:
+            where = ": next to start"
+        self._stream.write(f"{_CLEAR}tailhub: job {self._job_id} pending{where}")
         self._stream.flush()
         self._shown = True
 
@@ -47,11 +57,28 @@ class PendingStatus:
             self._stream.flush()
             self._shown = False
 
-    def _jobs_ahead(self) -> int:
-        """Local jobs submitted before this one and still waiting: they start first."""
-        # Newest first: the pages past this job's id hold every candidate.
-        return sum(
-            1
-            for job in self._client.list()
-            if job.id < self._job_id and job.state is JobState.PENDING and job.source == "local"
-        )
+    def _jobs_ahead(self) -> int | None:
+        """Local jobs submitted before this one and still waiting: they start first.
+
+        None for a job of another backend (SkyPilot queues it; the local queue says nothing of
+        it), or when the daemon cannot say now: the line is a courtesy, never a reason to stop.
+        """
+        try:
+            if self._local is None:
+                self._local = self._client.get(self._job_id).source == "local"
+            if not self._local:
+                return None
+            ahead = 0
+            # Pages continue below an id: starting below this job's, only older jobs are read.
+            token = str(self._job_id)
+            while token:
+                page = self._client.list_page(_PAGE_SIZE, token)
+                ahead += sum(
+                    1
+                    for job in page.jobs
+                    if job.state is JobState.PENDING and job.source == "local"
+                )
+                token = page.next_page_token
+        except TailhubError:
+            return None
+        return ahead

@@ -6,6 +6,7 @@ the launch wrong is an error naming the file and the problem, and nothing is lau
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -116,6 +117,10 @@ def _workdir(path: Path, value: object) -> str:
     return str(resolved)
 
 
+# What the daemon takes as a variable name in `envs` (str.isidentifier() would take `é`).
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
 def _envs(path: Path, value: object) -> dict[str, str]:
     if value is None:
         return {}
@@ -123,7 +128,7 @@ def _envs(path: Path, value: object) -> dict[str, str]:
         raise TaskFileError(f"{path}: `envs` must be a mapping of names to values")
     envs = {}
     for key, item in value.items():
-        if not isinstance(key, str) or not key.isidentifier():
+        if not isinstance(key, str) or not _ENV_NAME.fullmatch(key):
             raise TaskFileError(f"{path}: `envs` has an invalid variable name: {key!r}")
         if isinstance(item, (dict, list)):
             raise TaskFileError(f"{path}: `envs.{key}` must be a plain value")
@@ -138,7 +143,7 @@ def parse_env_overrides(pairs: tuple[str, ...]) -> dict[str, str]:
     envs = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
-        if not key.isidentifier():
+        if not _ENV_NAME.fullmatch(key):
             raise TaskFileError(f"--env {pair}: expected KEY=VALUE with a valid variable name")
         if not sep:
             if key not in os.environ:

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from collections import deque
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, BinaryIO
+from typing import BinaryIO
 
 import click
 
-from tailhub.client._output import note
 from tailhub.daemon.durations import parse_duration
 
-if TYPE_CHECKING:
-    from tailhub.client import Client, LogEnd
-
+# A line longer than this is written in pieces (stamped once, at its start): memory stays
+# bounded whatever the job prints.
+MAX_LINE_BYTES = 1024 * 1024
 # What a line whose arrival is unknown (bytes older than the index) is stamped with.
 _UNKNOWN = b"-".ljust(len("2026-01-01T00:00:00.000000Z"))
 
@@ -39,7 +37,10 @@ def parse_since(text: str, now: float) -> float:
             "(2026-11-29T08:00:00Z, 2026-11-29 08:00)"
         ) from None
     # A naive time is the user's local time, as `datetime.timestamp` takes it.
-    return moment.timestamp()
+    try:
+        return moment.timestamp()
+    except (ValueError, OverflowError, OSError) as error:  # 0001-01-01 in a zone east of UTC
+        raise ValueError(f"{text!r} is not a time this machine can represent ({error})") from None
 
 
 def since_option(since: str | None, tail: int | None) -> float | None:
@@ -71,6 +72,8 @@ class LineStamper:
         # A line begun but not ended yet, and when its first byte came.
         self._line = bytearray()
         self._line_time: float | None = None
+        # Part of the current line was written already (it was longer than MAX_LINE_BYTES).
+        self._continued = False
         # Lines of one mark share a time: formatted once.
         self._stamped: tuple[float | None, bytes] = (None, _UNKNOWN + b" ")
 
@@ -92,59 +95,32 @@ class LineStamper:
         position = 0
         parts: list[bytes] = []
         while position < len(data):
-            if not self._line:
+            if not self._line and not self._continued:
                 self._line_time = self._time_at(offset + position)
             newline = data.find(b"\n", position)
             if newline < 0:
                 self._line += data[position:]
+                if len(self._line) >= MAX_LINE_BYTES:
+                    parts += (self._prefix(), bytes(self._line))
+                    self._line.clear()
+                    self._continued = True
                 break
-            parts += (self._stamp(self._line_time), bytes(self._line), data[position : newline + 1])
+            parts += (self._prefix(), bytes(self._line), data[position : newline + 1])
             self._line.clear()
+            self._continued = False
             position = newline + 1
         if parts:
             self._out.write(b"".join(parts))
             self._out.flush()
 
+    def _prefix(self) -> bytes:
+        """The stamp of the current line, or nothing if its start was written already."""
+        return b"" if self._continued else self._stamp(self._line_time)
+
     def finish(self) -> None:
         """The stream ended: a last line without a newline is written as it is."""
         if self._line:
-            self._out.write(self._stamp(self._line_time) + bytes(self._line))
+            self._out.write(self._prefix() + bytes(self._line))
             self._line.clear()
+            self._continued = False
             self._out.flush()
-
-
-def copy_log_since(
-    client: Client,
-    job_id: int,
-    *,
-    follow: bool,
-    tail: int | None = None,
-    since_time: float | None,
-    timestamps: bool,
-) -> LogEnd:
-    """Copies the log to stdout from `since_time` (or the last `tail` lines), lines stamped
-    when `timestamps`; upstream events go to stderr."""
-    from tailhub.client import LogChunk, LogEnd, LogEvent, LogTimeMark
-
-    out = sys.stdout.buffer
-    stamper = LineStamper(out) if timestamps else None
-    items = client.follow(
-        job_id, follow=follow, tail_lines=tail, since_time=since_time, timestamps=timestamps
-    )
-    for item in items:
-        if isinstance(item, LogChunk):
-            if stamper is None:
-                out.write(item.data)
-                out.flush()
-            else:
-                stamper.write(item.offset, item.data)
-        elif isinstance(item, LogTimeMark):
-            if stamper is not None:
-                stamper.mark(item.offset, item.time)
-        elif isinstance(item, LogEvent):
-            note(f"job {job_id}: {item.message}")  # note() escapes it
-        elif isinstance(item, LogEnd):
-            if stamper is not None:
-                stamper.finish()
-            return item
-    raise AssertionError("a log stream always ends with LogEnd")

@@ -605,7 +605,7 @@ def jobs_logs(
 
     JOBS are ids or names (none: the latest job). With several, --all or --name, whole lines
     of each, prefixed, then a summary on stderr; the exit code is the worst result."""
-    from tailhub.client._timestamps import copy_log_since, since_option
+    from tailhub.client._timestamps import since_option
 
     since_time = since_option(since, tail)
     many = len(jobs) > 1 or unfinished or glob is not None or bool(prefix)
@@ -615,21 +615,19 @@ def jobs_logs(
         if many:
             _follow_many(client, jobs, unfinished, glob, follow, tail, prefix is not False)
         job_id = resolve_jobs(client, jobs)[0] if jobs else latest_job(client)
-        if since_time is not None or timestamps:
-            end = copy_log_since(
-                client,
-                job_id,
-                follow=follow,
-                tail=tail,
-                since_time=since_time,
-                timestamps=timestamps,
-            )
-            sys.exit(result_exit_code(end))
         pending = PendingStatus(client, job_id)
         if follow and pending.enabled:
             pending.update(client.get(job_id).state)
         try:
-            end = copy_log(client, job_id, follow=follow, tail=tail, pending=pending)
+            end = copy_log(
+                client,
+                job_id,
+                follow=follow,
+                tail=tail,
+                pending=pending,
+                since_time=since_time,
+                timestamps=timestamps,
+            )
         finally:
             pending.clear()
         failed = end.finished and end.state is JobState.FAILED

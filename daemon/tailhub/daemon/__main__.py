@@ -22,6 +22,7 @@ from tailhub.daemon.lock import AlreadyRunning
 from tailhub.daemon.model import StorageFull
 from tailhub.daemon.paths import StatePaths, resolve_home
 from tailhub.daemon.server import Daemon
+from tailhub.daemon.statedir import check_state_dir
 from tailhub.daemon.store import UnusableState
 
 logger = logging.getLogger("tailhub.daemon")
@@ -144,6 +145,8 @@ def main(
     _raise_open_file_limit()
     try:
         paths = StatePaths(resolve_home(home, os.environ))
+        # Checked before anything in it is read (server.start checks it again, and creates it).
+        check_state_dir(paths.home)
         # Read once, here: a change applies at the next start.
         settings = read_config_file(paths)
         config = DaemonConfig(

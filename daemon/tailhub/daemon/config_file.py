@@ -15,7 +15,7 @@ import yaml
 
 from tailhub.daemon.config import BACKENDS
 from tailhub.daemon.paths import StatePaths
-from tailhub.daemon.statedir import read_state_file
+from tailhub.daemon.statedir import open_state_file
 
 _KEYS = ("backend", "sky")
 
@@ -32,10 +32,13 @@ def read_config_file(paths: StatePaths) -> FileConfig:
     ValueError, naming the file, when it cannot be used."""
     path = paths.home / "config.yaml"
     try:
-        text = read_state_file(path)
-        mode = os.stat(path).st_mode
+        fd = open_state_file(path, os.O_RDONLY, create=False)
     except FileNotFoundError:
         return FileConfig()
+    # The mode of the file read, not of whatever the path names a moment later.
+    with os.fdopen(fd, errors="replace") as file:
+        mode = os.fstat(file.fileno()).st_mode
+        text = file.read()
     if mode & 0o022:
         # It names a program the daemon runs (`sky:`): only its owner may say which.
         raise ValueError(

@@ -6,7 +6,6 @@ then waits on the job's change signal. A slow one only falls behind and reads fr
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncGenerator, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -146,9 +145,8 @@ async def _since_offset(job: Job, since: float, scans: Executor | None) -> int:
     offset = job.times.first_offset_since(since)
     if offset is None or offset >= end:
         return end
-    loop = asyncio.get_running_loop()
     # Off the event loop: the line may be long, and its start far back.
-    return await loop.run_in_executor(scans, line_start_from, job.log.path, offset, end)
+    return await job.log.scan(scans, line_start_from, offset, end)
 
 
 def _first_event_at(events: list[SourceEvent], offset: int) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 
 from tailhub.daemon.paths import StatePaths
+from tailhub.daemon.statedir import read_state_file
 from tailhub.daemon.store import UnusableState
 
 MARKER_NAME = ".database-id"
@@ -19,7 +20,8 @@ def check_logs_belong(paths: StatePaths, instance_id: str, new_database: bool) -
     """Refuses (UnusableState) logs that belong to another database; marks them ours."""
     marker = paths.logs / MARKER_NAME
     try:
-        owner: str | None = marker.read_text().strip()
+        # Never through a planted link, never blocking on a FIFO.
+        owner: str | None = read_state_file(marker).strip()
     except FileNotFoundError:
         owner = None
     if owner is not None and owner != instance_id:

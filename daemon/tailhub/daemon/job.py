@@ -75,7 +75,11 @@ class Job:
                 raise InvalidRequest(f"job {self.id} has no log: {self.record.reason}")
             writable = self.record.spec.kind is not SourceKind.LOCAL
             self._log = JobLog(
-                self._log_path, self._window_bytes, writable=writable, size=self._closed_size
+                self._log_path,
+                self._window_bytes,
+                writable=writable,
+                size=self._closed_size,
+                job_id=self.id,
             )
         return self._log
 

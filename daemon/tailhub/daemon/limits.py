@@ -25,6 +25,10 @@ MAX_PATH_BYTES = 4096
 # Bytes of one environment value, and of every key and value of a launch together.
 MAX_ENV_VALUE_BYTES = 128 * KIB
 MAX_ENV_TOTAL_BYTES = 1 * MIB
+# Variables of a launch (`environment` + `envs`): bounds the encoding's per-entry overhead.
+MAX_ENV_ITEMS = 8192
+# Bytes of a LaunchJob backend name ("local", "skypilot").
+MAX_BACKEND_BYTES = 64
 # A command source's argv: items, and bytes of all of them together.
 MAX_ARGV_ITEMS = 1024
 MAX_ARGV_BYTES = 256 * KIB
@@ -32,6 +36,20 @@ MAX_ARGV_BYTES = 256 * KIB
 MAX_TASK_BYTES = 1 * MIB
 # Bytes of one Publish call.
 MAX_PUBLISH_BYTES = 4 * MIB
+# The largest request any limit above lets through, encoded: a Publish of the maximum, or a
+# LaunchJob at every cap (scripts, task file, workdir, environment with at most ~11 bytes of
+# framing per variable). gRPC's receive limit is set just above it, so a request within the
+# limits is never refused by the transport and check_publish is the check that speaks.
+_MAX_LAUNCH_BYTES = (
+    MAX_NAME_BYTES
+    + MAX_TASK_BYTES
+    + MAX_TASK_BYTES
+    + MAX_PATH_BYTES
+    + MAX_BACKEND_BYTES
+    + MAX_ENV_TOTAL_BYTES
+    + 16 * MAX_ENV_ITEMS
+)
+MAX_REQUEST_BYTES = max(MAX_PUBLISH_BYTES, _MAX_LAUNCH_BYTES, MAX_ARGV_BYTES) + 64 * KIB
 # Ids named in one CancelJobs or RemoveJobs call.
 MAX_JOB_IDS = 10_000
 # What a process exit status can be.
@@ -90,9 +108,12 @@ def check_launch(
     envs: Mapping[str, str],
     environment: Mapping[str, str],
     task_yaml: str = "",
+    backend: str = "",
 ) -> None:
-    """LaunchJob: the name, the scripts, the workdir and both environment maps."""
+    """LaunchJob: the name, the backend, the scripts, the workdir and both environment maps."""
     check_name(name)
+    if len(backend) > MAX_BACKEND_BYTES or "\0" in backend:
+        raise InvalidRequest(f"backend {shown(backend)} is not a backend: local or skypilot")
     _check_text("run", run)
     _check_text("setup", setup)
     _check_text("task_yaml", task_yaml)
@@ -109,6 +130,12 @@ def check_launch(
         _check_path("workdir", workdir)
     # A shell's whole environment may hold names no task would choose (bash exports functions
     # as `BASH_FUNC_name%%`): only what would break the environment block is refused there.
+    items = len(environment) + len(envs)
+    if items > MAX_ENV_ITEMS:
+        raise InvalidRequest(
+            f"environment and envs have {items} variables together; "
+            f"at most {MAX_ENV_ITEMS} are allowed"
+        )
     total = _check_env("environment", environment, strict_names=False) + _check_env("envs", envs)
     if total > MAX_ENV_TOTAL_BYTES:
         raise InvalidRequest(
@@ -165,12 +192,12 @@ def _check_env(field: str, env: Mapping[str, str], *, strict_names: bool = True)
     for key, value in env.items():
         if strict_names and not _ENV_NAME.fullmatch(key):
             raise InvalidRequest(
-                f"{field}: {_shown(key)} is not a variable name ([A-Za-z_][A-Za-z0-9_]*)"
+                f"{field}: {shown(key)} is not a variable name ([A-Za-z_][A-Za-z0-9_]*)"
             )
         if not key or "=" in key or "\0" in key or _size(key) > MAX_NAME_BYTES:
-            raise InvalidRequest(f"{field}: {_shown(key)} cannot be a variable name")
+            raise InvalidRequest(f"{field}: {shown(key)} cannot be a variable name")
         _check_text(f"{field}.{key}", value, MAX_ENV_VALUE_BYTES)
-        total += len(key) + _size(value)
+        total += _size(key) + _size(value)
     return total
 
 
@@ -189,6 +216,6 @@ def _size(text: str) -> int:
     return len(text.encode("utf-8", "surrogatepass"))
 
 
-def _shown(text: str) -> str:
+def shown(text: str) -> str:
     """A bad value quoted in an error, cut short: the message must stay small."""
     return repr(text if len(text) <= 64 else text[:64] + "...")

@@ -9,15 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Callable
 from concurrent.futures import Executor
 from pathlib import Path
 
 from tailhub.daemon.faults import is_disk_full
-from tailhub.daemon.model import StorageFull
+from tailhub.daemon.model import JobError, JobNotFound, StorageFull
 from tailhub.daemon.statedir import open_state_file
 
 _TAIL_SCAN_BLOCK = 64 * 1024
 _TAIL_SCAN_MAX_BLOCK = 256 * 1024
+
+
+class LogDamaged(JobError):
+    """The log on disk holds less than the daemon stored in it (changed behind its back)."""
 
 
 class JobLog:
@@ -28,8 +33,11 @@ class JobLog:
     the bytes exist once, on disk.
     """
 
-    def __init__(self, path: Path, window_bytes: int, *, writable: bool, size: int) -> None:
+    def __init__(
+        self, path: Path, window_bytes: int, *, writable: bool, size: int, job_id: int = 0
+    ) -> None:
         self.path = path
+        self._job_id = job_id
         self._window_bytes = window_bytes
         self._append_fd: int | None = (
             open_state_file(path, os.O_WRONLY | os.O_APPEND) if writable else None
@@ -113,14 +121,13 @@ class JobLog:
         if offset >= self._window_start:
             start = offset - self._window_start
             return bytes(self._window[start : start + (end - offset)])
-        if self._read_fd < 0:
-            self._read_fd = open_state_file(self.path, os.O_RDONLY, create=False)
+        fd = self._reader()
         parts = []
         position = offset
         while position < end:
-            part = os.pread(self._read_fd, end - position, position)
+            part = os.pread(fd, end - position, position)
             if not part:
-                raise OSError(f"log {self.path} is shorter than its recorded size")
+                raise LogDamaged(f"log {self.path} is shorter than its recorded size")
             parts.append(part)
             position += len(part)
         return b"".join(parts)
@@ -132,37 +139,60 @@ class JobLog:
         a long log without a newline is read to its start, and that must not stall the
         event loop, nor the worker threads that file sources read with.
         """
+        if lines <= 0 or self.size == 0:
+            return self.size
+        return await self.scan(scans, scan_tail, self.size, lines)
+
+    async def scan(
+        self, scans: Executor | None, function: Callable[[int, int, int], int], *args: int
+    ) -> int:
+        """`function(fd, *args)` on a thread of `scans`, with a duplicate of the checked read
+        descriptor (never the path again: it may be a planted link by now, or removed)."""
+        fd = os.dup(self._reader())
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(scans, scan_tail, self.path, self.size, lines)
+        # Shielded: once submitted the scan runs (and closes its descriptor) even if the
+        # subscriber leaves first.
+        return await asyncio.shield(loop.run_in_executor(scans, _closing, fd, function, *args))
+
+    def _reader(self) -> int:
+        if self._read_fd < 0:
+            try:
+                self._read_fd = open_state_file(self.path, os.O_RDONLY, create=False)
+            except FileNotFoundError:  # removed (jobs rm) while a subscriber was starting
+                raise JobNotFound(self._job_id) from None
+        return self._read_fd
 
 
-def scan_tail(path: Path, end: int, lines: int) -> int:
+def _closing(fd: int, function: Callable[[int, int, int], int], *args: int) -> int:
+    try:
+        return function(fd, *args)
+    finally:
+        os.close(fd)
+
+
+def scan_tail(fd: int, end: int, lines: int) -> int:
     """The offset where the last `lines` lines of the file's first `end` bytes begin."""
     if lines <= 0 or end == 0:
         return end
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        # A final newline ends the last line; it does not start another one.
-        wanted = lines + 1 if os.pread(fd, 1, end - 1) == b"\n" else lines
-        position = end
-        block_size = _TAIL_SCAN_BLOCK
-        while position > 0:
-            start = max(0, position - block_size)
-            # Growing blocks: few lines are near the end, and a long scan makes few trips
-            # between the GIL and the kernel (each one may wait for the GIL).
-            block_size = min(block_size * 2, _TAIL_SCAN_MAX_BLOCK)
-            block = os.pread(fd, position - start, start)
-            if len(block) != position - start:
-                raise OSError(f"log {path} is shorter than its recorded size")
-            index = len(block)
-            while True:
-                index = block.rfind(b"\n", 0, index)
-                if index < 0:
-                    break
-                wanted -= 1
-                if wanted == 0:
-                    return start + index + 1
-            position = start
-        return 0
-    finally:
-        os.close(fd)
+    # A final newline ends the last line; it does not start another one.
+    wanted = lines + 1 if os.pread(fd, 1, end - 1) == b"\n" else lines
+    position = end
+    block_size = _TAIL_SCAN_BLOCK
+    while position > 0:
+        start = max(0, position - block_size)
+        # Growing blocks: few lines are near the end, and a long scan makes few trips
+        # between the GIL and the kernel (each one may wait for the GIL).
+        block_size = min(block_size * 2, _TAIL_SCAN_MAX_BLOCK)
+        block = os.pread(fd, position - start, start)
+        if len(block) != position - start:
+            raise LogDamaged("the log is shorter than its recorded size")
+        index = len(block)
+        while True:
+            index = block.rfind(b"\n", 0, index)
+            if index < 0:
+                break
+            wanted -= 1
+            if wanted == 0:
+                return start + index + 1
+        position = start
+    return 0

@@ -3,10 +3,12 @@ and how (database rows first, then the log and the run directory)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import shutil
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from tailhub.daemon.job import Job
 from tailhub.daemon.paths import StatePaths
@@ -24,6 +26,8 @@ class RemoveResult:
     unknown: list[int] = field(default_factory=list)
     not_ended: list[int] = field(default_factory=list)
     bytes_freed: int = 0
+    # The deletion of their files, under way on a worker thread (None: done, or nothing).
+    deleting: asyncio.Future[None] | None = None
 
 
 def choose(
@@ -72,16 +76,32 @@ def delete(
         return
     # The database first: a crash after it leaves only files nobody refers to.
     store.delete([job.id for job in doomed])
+    files = []
     for job in doomed:
         del jobs[job.id]
         result.bytes_freed += job.log_size
         job.remove()
-        for path in (paths.job_log(job.id), paths.job_times(job.id)):
+        files.append(
+            (job.id, paths.job_log(job.id), paths.job_times(job.id), paths.run_dir(job.id))
+        )
+        result.removed.append(job.id)
+    logger.info("removed %d ended jobs", len(doomed))
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        _delete_files(files)
+        return
+    # Thousands of unlinks and rmtrees would stall every client: a worker thread does them
+    # (the records are gone already, so nothing refers to these files any more).
+    result.deleting = loop.run_in_executor(None, _delete_files, files)
+
+
+def _delete_files(files: list[tuple[int, Path, Path, Path]]) -> None:
+    for job_id, log, times, run_dir in files:
+        for path in (log, times):
             try:
                 path.unlink(missing_ok=True)
             except OSError as error:
-                logger.warning("job %d: cannot delete %s: %s", job.id, path, error)
+                logger.warning("job %d: cannot delete %s: %s", job_id, path, error)
         # A symlink planted here is not followed: rmtree refuses it (and errors are ignored).
-        shutil.rmtree(paths.run_dir(job.id), ignore_errors=True)
-        result.removed.append(job.id)
-    logger.info("removed %d ended jobs", len(doomed))
+        shutil.rmtree(run_dir, ignore_errors=True)

@@ -20,7 +20,12 @@ from pathlib import Path
 
 from tailhub.daemon.model import LocalSpec
 from tailhub.daemon.paths import StatePaths
-from tailhub.daemon.statedir import ensure_private_dir, open_state_file, write_state_file
+from tailhub.daemon.statedir import (
+    ensure_private_dir,
+    open_state_file,
+    read_state_file,
+    write_state_file,
+)
 
 # The wrapper the job runs as. Setup and run are separate scripts so that a failing setup is
 # told apart from a failing run; the status file appears atomically (rename) when done.
@@ -203,7 +208,8 @@ class LocalRunner:
 def _claimant(path: Path) -> int | None:
     """The pid in a claim file; the shell writes it right after creating the file."""
     for _ in range(100):
-        text = path.read_text().strip()
+        # Checked like every state file: never through a planted link, never blocking on a FIFO.
+        text = read_state_file(path).strip()
         if text:
             return int(text) if text.isdigit() else None
         time.sleep(0.01)  # created, not yet written: a moment at most

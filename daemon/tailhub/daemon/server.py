@@ -15,6 +15,7 @@ import grpc.aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from tailhub.daemon import limits
 from tailhub.daemon.config import DaemonConfig
 from tailhub.daemon.identity import check_logs_belong
 from tailhub.daemon.jobs import JobManager
@@ -84,6 +85,9 @@ class Daemon:
                 ("grpc.server.max_pending_requests", limit),
                 ("grpc.server.max_pending_requests_hard_limit", limit),
                 ("grpc.max_send_message_length", 8 * 1024 * 1024),
+                # Just above the largest request the limits allow (gRPC's default is 4 MiB,
+                # which a Publish of the documented maximum exceeds by its framing).
+                ("grpc.max_receive_message_length", limits.MAX_REQUEST_BYTES),
             ],
         )
         servicer = TailhubServicer(self._manager, self.config)

@@ -49,6 +49,9 @@ logger = logging.getLogger(__name__)
 
 SERVICE_NAME = "tailhub.v1.TailhubService"
 _CHUNK_CACHE_BYTES = 16 * 1024 * 1024
+# How every RESOURCE_EXHAUSTED for a full disk begins (the client library matches it): gRPC
+# itself answers RESOURCE_EXHAUSTED too, for a message over the receive limit.
+DISK_FULL = "disk full"
 
 _STATES = {
     JobState.PENDING: pb.JOB_STATE_PENDING,
@@ -76,7 +79,11 @@ def _translating_errors(method: Handler) -> Handler:
         try:
             return await method(self, request, context)
         except JobError as error:
-            await context.abort(_status_of(error), str(error))
+            details = str(error)
+            if isinstance(error, StorageFull) and not details.startswith(DISK_FULL):
+                # Clients tell a full disk from an oversized request by this prefix.
+                details = f"{DISK_FULL}: {details}"
+            await context.abort(_status_of(error), details)
         except grpc.aio.AbortError:
             raise
         except Exception as error:
@@ -180,6 +187,7 @@ class TailhubServicer:
             envs=request.envs,
             environment=request.environment,
             task_yaml=request.task_yaml,
+            backend=request.backend,
         )
         job = self._manager.launch(request.name, self._launch_spec(request))
         return pb.LaunchJobResponse(job=_job(job))
@@ -197,7 +205,7 @@ class TailhubServicer:
                 environment=environment,
             )
         if backend != "local":
-            raise InvalidRequest(f"unknown backend {backend!r}: local or skypilot")
+            raise InvalidRequest(f"unknown backend {limits.shown(backend)}: local or skypilot")
         return LocalSpec(
             run=request.run,
             setup=request.setup,
@@ -274,6 +282,9 @@ class TailhubServicer:
         if ended_before is not None:
             limits.check_ended_before(ended_before)
         result = self._manager.remove(list(request.job_ids), ended_before=ended_before)
+        if result.deleting is not None:
+            # Answered once the files are gone too (deleted off the event loop).
+            await result.deleting
         return pb.RemoveJobsResponse(
             removed_job_ids=result.removed,
             unknown_job_ids=result.unknown,

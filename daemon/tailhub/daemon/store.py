@@ -156,14 +156,16 @@ class JobStore:
     def delete(self, job_ids: list[int]) -> None:
         """Deletes jobs and their events, all or none."""
         rows = [(job_id,) for job_id in job_ids]
-        self._db.execute("BEGIN")
-        try:
-            self._db.executemany("DELETE FROM events WHERE job_id=?", rows)
-            self._db.executemany("DELETE FROM jobs WHERE id=?", rows)
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+        # A full disk (the journal needs room) is StorageFull, not an internal error.
+        with self._writing():
+            self._db.execute("BEGIN")
+            try:
+                self._db.executemany("DELETE FROM events WHERE job_id=?", rows)
+                self._db.executemany("DELETE FROM jobs WHERE id=?", rows)
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
 
     def load_all(self) -> list[JobRecord]:
         try:

@@ -147,7 +147,7 @@ def _add(offsets: array[int], times: array[float], offset: int, when: float) -> 
     times.append(when)
 
 
-def line_start_from(path: Path, offset: int, end: int) -> int:
+def line_start_from(fd: int, offset: int, end: int) -> int:
     """The first line start at or after `offset` in the file's first `end` bytes.
 
     A line counts by when its first byte arrived, so a line already begun at `offset` is
@@ -155,27 +155,23 @@ def line_start_from(path: Path, offset: int, end: int) -> int:
     """
     if offset <= 0 or offset >= end:
         return max(0, min(offset, end))
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        if os.pread(fd, 1, offset - 1) == b"\n":
-            return offset
-        position = offset
-        while position < end:
-            block = os.pread(fd, min(_SCAN_BLOCK, end - position), position)
-            if not block:
-                break
-            index = block.find(b"\n")
-            if index >= 0:
-                return position + index + 1
-            position += len(block)
-        position = offset
-        while position > 0:
-            start = max(0, position - _SCAN_BLOCK)
-            block = os.pread(fd, position - start, start)
-            index = block.rfind(b"\n")
-            if index >= 0:
-                return start + index + 1
-            position = start
-        return 0
-    finally:
-        os.close(fd)
+    if os.pread(fd, 1, offset - 1) == b"\n":
+        return offset
+    position = offset
+    while position < end:
+        block = os.pread(fd, min(_SCAN_BLOCK, end - position), position)
+        if not block:
+            break
+        index = block.find(b"\n")
+        if index >= 0:
+            return position + index + 1
+        position += len(block)
+    position = offset
+    while position > 0:
+        start = max(0, position - _SCAN_BLOCK)
+        block = os.pread(fd, position - start, start)
+        index = block.rfind(b"\n")
+        if index >= 0:
+            return start + index + 1
+        position = start
+    return 0
