@@ -340,7 +340,7 @@ def test_a_slow_sky_jobs_cancel_returns_at_once_with_the_cancel_requested(
     cancelled = run_cli(home, "jobs", "cancel", str(job_id))
     assert cancelled.returncode == 0, cancelled.stderr
     assert time.monotonic() - started < 5
-    assert f"job {job_id}: RUNNING" in cancelled.stderr.decode()
+    assert f"job {job_id}: RUNNING (cancel requested)" in cancelled.stderr.decode()
     job = queue(home)[job_id]
     assert job["state"] == "RUNNING"
     assert job["reason"] == "cancel requested"

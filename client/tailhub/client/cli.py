@@ -493,7 +493,9 @@ def jobs_cancel(home: str | None, jobs: tuple[str, ...], everything: bool, yes: 
         result = client.cancel_jobs(job_ids, everything=everything)
     lines: dict[int, str] = {}
     for job in result.cancelled:
-        lines[job.id] = f"job {job.id}: {job.state.value}"
+        # A backend that cancels asynchronously (SkyPilot) answers before the job has ended.
+        ending = "" if job.state.terminal else f" ({job.reason or 'cancel requested'})"
+        lines[job.id] = f"job {job.id}: {job.state.value}{ending}"
     for job in result.already_ended:
         lines[job.id] = f"job {job.id} had already ended ({job.state.value}); left as it was"
     for job_id in result.unknown_job_ids:
