@@ -22,8 +22,8 @@ import click
 from tailhub.client import exit_codes
 from tailhub.client._errors import JobNotFoundError
 from tailhub.client._names import is_job_id, jobs_by_name, one_named
-from tailhub.client._output import job_label, note, printable
-from tailhub.client._types import JobState, LogChunk, LogEnd, LogEvent, LogItem
+from tailhub.client._output import end_result, job_label, note, printable
+from tailhub.client._types import LogChunk, LogEnd, LogEvent, LogItem
 
 if TYPE_CHECKING:
     from tailhub.client import Client
@@ -87,17 +87,6 @@ class Target:
 class Outcome:
     target: Target
     result: int  # one of RESULT_ORDER
-
-
-def end_result(end: LogEnd) -> int:
-    """The exit code a job's end stands for, in SkyPilot's convention."""
-    if not end.finished:
-        return exit_codes.NOT_FINISHED
-    if end.state is JobState.SUCCEEDED:
-        return exit_codes.SUCCEEDED
-    if end.state is JobState.CANCELLED:
-        return exit_codes.CANCELLED
-    return exit_codes.FAILED
 
 
 def worst(outcomes: Sequence[Outcome]) -> int:

@@ -110,10 +110,8 @@ def job_label(job_id: int, name: str) -> str:
     return f"job {job_id} ({printable(name)})" if name else f"job {job_id}"
 
 
-def result_exit_code(end: LogEnd, label: str = "job") -> int:
-    """The job's result in SkyPilot's convention; says why on stderr when it failed.
-
-    `label` names the job in that line (`job 17 (train)`, see job_label)."""
+def end_result(end: LogEnd) -> int:
+    """The exit code a job's end stands for, in SkyPilot's convention."""
     from tailhub.client import JobState
 
     if not end.finished:
@@ -122,6 +120,15 @@ def result_exit_code(end: LogEnd, label: str = "job") -> int:
         return exit_codes.SUCCEEDED
     if end.state is JobState.CANCELLED:
         return exit_codes.CANCELLED
-    if end.state is JobState.FAILED:
-        note(f"{label} failed: {end.reason}" if end.reason else f"{label} failed")
     return exit_codes.FAILED
+
+
+def result_exit_code(end: LogEnd, label: str = "job") -> int:
+    """The job's result in SkyPilot's convention; says why on stderr when it failed.
+
+    `label` names the job in that line (`job 17 (train)`, see job_label)."""
+    from tailhub.client import JobState
+
+    if end.finished and end.state is JobState.FAILED:
+        note(f"{label} failed: {end.reason}" if end.reason else f"{label} failed")
+    return end_result(end)

@@ -216,6 +216,19 @@ def _claimant(path: Path) -> int | None:
     return None
 
 
+async def terminate_group(process: asyncio.subprocess.Process, grace: float) -> None:
+    """Stops a process that leads its own process group, and everything it started:
+    SIGTERM, then SIGKILL after `grace` seconds."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        await asyncio.wait_for(process.wait(), grace)
+    except asyncio.TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        await process.wait()
+
+
 def _start_time(pid: int) -> int | None:
     """The process's start time in clock ticks since boot (field 22 of /proc/PID/stat)."""
     try:

@@ -7,14 +7,12 @@ regular expressions and exit codes here follow that document.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 import re
-import signal
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from tailhub.daemon.config import minimal_environment
+from tailhub.daemon.runner import terminate_group
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _MANAGED_JOB_ID = re.compile(r"^Managed Job ID: (\d+)$")
@@ -159,11 +157,4 @@ def message_of(result: SkyResult) -> str:
 
 async def terminate(process: asyncio.subprocess.Process) -> None:
     """Stops a `sky` process and everything it started (it leads its own process group)."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    try:
-        await asyncio.wait_for(process.wait(), _TERMINATE_GRACE)
-    except asyncio.TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        await process.wait()
+    await terminate_group(process, _TERMINATE_GRACE)

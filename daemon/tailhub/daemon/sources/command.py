@@ -11,13 +11,13 @@ import asyncio
 import contextlib
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
 from tailhub.daemon.faults import AFTER_STDERR_APPEND, crash_at
 from tailhub.daemon.model import CommandSpec
-from tailhub.daemon.runner import LocalRunner, RunHandle
+from tailhub.daemon.runner import LocalRunner, RunHandle, terminate_group
 from tailhub.daemon.sources.base import Outcome, Upstream, UpstreamFailed, UpstreamUnusable
 
 READ_BYTES = 256 * 1024
@@ -53,14 +53,7 @@ class CommandSource:
     async def fetch(self, upstream: Upstream) -> Outcome | None:
         _settle_stderr_journal(upstream)
         await stop_left_over(self.runner, upstream)
-        await self.connecting.acquire()
-        connected = Once(self.connecting.release)
-        try:
-            process = await self._start()
-        except BaseException:
-            connected()
-            raise
-        settled = asyncio.get_running_loop().call_later(CONNECT_SETTLE_SECONDS, connected)
+        process, connected = await start_connecting(self.connecting, self._start)
         assert process.stdout is not None
         assert process.stderr is not None
         stderr = asyncio.create_task(self._pump_stderr_or_stop(process, upstream))
@@ -82,10 +75,9 @@ class CommandSource:
             await stderr
             exit_code = await process.wait()
         finally:
-            settled.cancel()
             connected()
             if process.returncode is None:
-                await _terminate(process)
+                await terminate_group(process, TERMINATE_GRACE)
             stderr.cancel()
             await asyncio.wait([stderr])
             if not stderr.cancelled():
@@ -190,7 +182,29 @@ def _report_stderr(upstream: Upstream, line: bytes) -> None:
         upstream.event(f"stderr: {text}")
 
 
-class Once:
+async def start_connecting(
+    connecting: asyncio.Semaphore, start: Callable[[], Awaitable[asyncio.subprocess.Process]]
+) -> tuple[asyncio.subprocess.Process, Callable[[], None]]:
+    """Starts an upstream process in one of the daemon's connecting slots. Returns it and
+    `connected`, which frees the slot: call it at the first byte and when the process is
+    done; the slot is freed anyway after CONNECT_SETTLE_SECONDS."""
+    await connecting.acquire()
+    release = _Once(connecting.release)
+    try:
+        process = await start()
+    except BaseException:
+        release()
+        raise
+    settled = asyncio.get_running_loop().call_later(CONNECT_SETTLE_SECONDS, release)
+
+    def connected() -> None:
+        settled.cancel()
+        release()
+
+    return process, connected
+
+
+class _Once:
     """Calls `action` the first time it is called, never again."""
 
     def __init__(self, action: Callable[[], None]) -> None:
@@ -200,15 +214,3 @@ class Once:
         action, self._action = self._action, None
         if action is not None:
             action()
-
-
-async def _terminate(process: asyncio.subprocess.Process) -> None:
-    """Stops the command and everything it started (it leads its own process group)."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    try:
-        await asyncio.wait_for(process.wait(), TERMINATE_GRACE)
-    except asyncio.TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        await process.wait()

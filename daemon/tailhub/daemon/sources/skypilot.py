@@ -32,9 +32,8 @@ from tailhub.daemon.sky import (
 )
 from tailhub.daemon.sources.base import Outcome, Upstream, UpstreamFailed, UpstreamUnusable
 from tailhub.daemon.sources.command import (
-    CONNECT_SETTLE_SECONDS,
     READ_BYTES,
-    Once,
+    start_connecting,
     stop_left_over,
 )
 
@@ -67,14 +66,9 @@ class SkyPilotSource:
         managed_id = self._managed_job_id(upstream)
         await stop_left_over(self.runner, upstream)
         stored_lines, stored_partial = await _stored_lines(upstream)
-        await self.connecting.acquire()
-        connected = Once(self.connecting.release)
-        try:
-            process = await self._start(managed_id)
-        except BaseException:
-            connected()
-            raise
-        settled = asyncio.get_running_loop().call_later(CONNECT_SETTLE_SECONDS, connected)
+        process, connected = await start_connecting(
+            self.connecting, lambda: self._start(managed_id)
+        )
         assert process.stdout is not None
         assert process.stderr is not None
         stderr = asyncio.create_task(_read_tail(process.stderr))
@@ -101,7 +95,6 @@ class SkyPilotSource:
             if exit_code in (SUCCEEDED, FAILED, CANCELLED, NOT_FOUND) and partial:
                 replay.take(partial)  # the stream ended, not dropped: its last line is whole
         finally:
-            settled.cancel()
             connected()
             if process.returncode is None:
                 await terminate(process)
