@@ -169,6 +169,8 @@ def test_a_unique_name_works_where_an_id_does_and_others_are_refused(
     no_id = run_cli(daemon.home, "jobs", "logs")
     ambiguous = run_cli(daemon.home, "jobs", "logs", "dup")
     unknown = run_cli(daemon.home, "jobs", "logs", "nosuch")
+    # A name as long as a command line allows: refused in one short line.
+    huge = run_cli(daemon.home, "jobs", "logs", "n" * 100_000)
     as_id = run_cli(daemon.home, "jobs", "logs", "999")
     removed = run_cli(daemon.home, "jobs", "rm", "last")
 
@@ -179,6 +181,8 @@ def test_a_unique_name_works_where_an_id_does_and_others_are_refused(
     assert f"2 jobs are named 'dup' ({first}, {second})" in ambiguous.stderr.decode()
     assert unknown.returncode == 102
     assert "no job named 'nosuch'" in unknown.stderr.decode()
+    assert huge.returncode == 102
+    assert len(huge.stderr) < 200, huge.stderr[:300]
     # Digits are an id, even when a job is named so.
     assert as_id.returncode == 102
     assert "job 999 not found" in as_id.stderr.decode()

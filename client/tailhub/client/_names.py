@@ -94,7 +94,9 @@ def _ids_by_name(listed: Iterable[JobInfo]) -> dict[str, list[int]]:
 def _one_named(by_name: dict[str, list[int]], name: str) -> int:
     ids = sorted(by_name.get(name, []))
     if not ids:
-        raise JobNotFoundError(f"no job named {name!r}")
+        # Quoted short: a name can be anything the user typed, up to the argument limit.
+        shown = name if len(name) <= 80 else name[:80] + "..."
+        raise JobNotFoundError(f"no job named {shown!r}")
     if len(ids) > 1:
         shown = ", ".join(str(job_id) for job_id in ids[:20])
         more = f" and {len(ids) - 20} more" if len(ids) > 20 else ""
