@@ -6,6 +6,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 BUF_VERSION := 1.75.0
 BUF := .tools/node_modules/.bin/buf
+# The Node.js example's dependencies, exactly as its lock file pins them (tests run it).
+NODE_DEPS := examples/node/node_modules/.package-lock.json
 
 .PHONY: demo test check proto bench clean
 
@@ -18,10 +20,13 @@ $(BIN)/tailhub: pyproject.toml
 $(BUF):
 	npm install --silent --no-audit --no-fund --prefix .tools @bufbuild/buf@$(BUF_VERSION)
 
+$(NODE_DEPS): examples/node/package.json examples/node/package-lock.json
+	npm ci --silent --no-audit --no-fund --prefix examples/node
+
 demo: $(BIN)/tailhub
 	$(BIN)/tailhub jobs launch examples/hello.yaml
 
-test: $(BIN)/tailhub $(BUF)
+test: $(BIN)/tailhub $(BUF) $(NODE_DEPS)
 	PATH="$(CURDIR)/$(BIN):$$PATH" BUF="$(BUF)" scripts/check
 
 # Regenerate the protobuf/gRPC code and stubs from proto/ (commit the result).
@@ -32,4 +37,4 @@ bench: $(BIN)/tailhub
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) .tools build *.egg-info
+	rm -rf $(VENV) .tools build *.egg-info examples/node/node_modules
