@@ -6,13 +6,13 @@
 //
 // Connects to the daemon of the state directory ($TAILHUB_HOME, else ~/.tailhub) over its
 // Unix socket; with TAILHUB_SERVER=HOST:PORT, over TCP with TLS (TAILHUB_CA: the CA's PEM
-// file, else the system's roots) and a token (TAILHUB_TOKEN: a file holding it, or the token
-// itself), sent as `authorization: Bearer <token>`.
+// file, else the system's roots) and a token (TAILHUB_TOKEN, or the file TAILHUB_TOKEN_FILE),
+// sent as `authorization: Bearer <token>`.
 //
 // Exit codes: the job's own exit code when it has one; else 0 succeeded, 100 failed,
 // 103 cancelled; 102 no such job, 104 no daemon answered (none within 10 s, or none came
-// back within 60 s of a restart), 2 bad usage, 1 any
-// other error (said on stderr). The same codes as the `tailhub` CLI.
+// back within 60 s of a restart), 2 bad usage, 1 any other error (said on stderr). The same
+// codes as the `tailhub` CLI.
 'use strict';
 
 const fs = require('node:fs');
@@ -53,17 +53,19 @@ function stateDir() {
   return path.resolve(raw);
 }
 
-function readToken(value) {
-  // A path to a file holding the token (like `tailhub --token-file`), or the token itself.
-  let token = value;
-  try {
-    if (fs.statSync(value).isFile()) token = fs.readFileSync(value, 'utf8');
-  } catch {
-    // not a file: the value is the token
+// The token: $TAILHUB_TOKEN itself (as for the `tailhub` CLI), else the file $TAILHUB_TOKEN_FILE.
+function readToken() {
+  let token = process.env.TAILHUB_TOKEN;
+  const file = process.env.TAILHUB_TOKEN_FILE;
+  if (!token && file) {
+    try {
+      token = fs.readFileSync(file, 'utf8');
+    } catch (error) {
+      fail(EXIT.USAGE, `cannot read the token file ${file}: ${error.message}`);
+    }
+    if (!token.trim()) fail(EXIT.USAGE, `the token file ${file} is empty`);
   }
-  token = token.trim();
-  if (!token) fail(EXIT.USAGE, 'TAILHUB_TOKEN is empty');
-  return token;
+  return token ? token.trim() : null;
 }
 
 // The target and credentials: the Unix socket by default, TCP + TLS + token with TAILHUB_SERVER.
@@ -78,8 +80,8 @@ function connection() {
   } catch (error) {
     fail(EXIT.USAGE, `cannot read the CA file ${process.env.TAILHUB_CA}: ${error.message}`);
   }
-  if (!process.env.TAILHUB_TOKEN) return { target: server, credentials: tls };
-  const token = readToken(process.env.TAILHUB_TOKEN);
+  const token = readToken();
+  if (token === null) return { target: server, credentials: tls };
   // Call credentials ride on every call, and only ever over TLS.
   const bearer = grpc.credentials.createFromMetadataGenerator((_params, callback) => {
     const metadata = new grpc.Metadata();
@@ -154,8 +156,12 @@ function streamOnce(client, jobId, cursor, progress) {
     });
     call.on('error', (error) => {
       writing.then(() => {
-        if (error.code === grpc.status.UNAVAILABLE || error.code === grpc.status.CANCELLED) resolve(null);
-        else reject(error);
+        if (error.code === grpc.status.UNAVAILABLE || error.code === grpc.status.CANCELLED) {
+          cursor.lastError = error.details;
+          resolve(null);
+        } else {
+          reject(error);
+        }
       }, reject);
     });
     call.on('end', () => {
@@ -172,7 +178,7 @@ function waitForReady(client, deadline) {
 }
 
 async function follow(client, target, jobId) {
-  const cursor = { next: 0n };
+  const cursor = { next: 0n, lastError: '' };
   let answered = false;
   let downSince = null;
   let pause = MIN_PAUSE_MS;
@@ -191,8 +197,8 @@ async function follow(client, target, jobId) {
       fail(
         EXIT.UNREACHABLE,
         answered
-          ? `lost the daemon on ${target} and none came back within ${timeout / 1000}s`
-          : `no tailhub daemon answers on ${target} (\`tailhub daemon start\` starts one)`,
+          ? `lost the daemon on ${target} and none came back within ${timeout / 1000}s (${cursor.lastError})`
+          : `no tailhub daemon answers on ${target} (${cursor.lastError})`,
       );
     }
     await sleep(pause); // a stopping daemon refuses new streams until it is gone
