@@ -5,7 +5,75 @@ The tailhub API: one upstream fetch per job, fanned out to any number of subscri
 
 A job's log is an append-only byte sequence addressed by offset. Subscribers read it from
 an offset (or the last N lines) and, when following, keep receiving bytes until the job
-ends. Log data is always `bytes`: it is never decoded on the way.
+ends. Log data is always `bytes`: it is never decoded on the way (logs may hold any byte,
+NULs and invalid UTF-8 included).
+
+# Where it is served
+
+- The daemon's Unix socket, `unix:<state dir>/sock` (state dir: $TAILHUB_HOME, else
+  ~/.tailhub). Only its owner can connect, with every right; no token.
+- TCP listeners (`tailhubd --listen HOST:PORT`), with TLS, when the daemon was started with
+  one. Every call sends `authorization: Bearer <token>` metadata (`tailhub token create`).
+  A token has a role, and a role may call:
+  - read:  Subscribe, GetJob, ListJobs, GetDaemonStatus, the gRPC health and reflection
+           services;
+  - write: read, plus Publish, FinishJob, CancelJobs of push and attached jobs, and
+           AttachJob with a push source;
+  - admin: everything, including LaunchJob, RemoveJobs, CancelJobs of launched jobs, and
+           AttachJob with a file, command or skypilot source (they read files or run
+           programs on the daemon's host).
+
+# Status codes every call may return
+
+Each RPC below lists the codes its own handling returns. Besides those, any call may end
+with:
+- UNAUTHENTICATED (TCP listeners only): no `authorization: Bearer` metadata, or a token the
+  daemon does not know (never issued, or revoked: revocation applies to the next call).
+- PERMISSION_DENIED (TCP listeners only): the token's role may not make this call (see the
+  roles above). Nothing else is said about the daemon or its jobs.
+- RESOURCE_EXHAUSTED: the request is larger than the daemon accepts (see the limits below;
+  gRPC's own refusal, details "Received message larger than max"). Not worth retrying.
+  Details that begin with "disk full" mean the daemon's disk is full: nothing of the call
+  was stored; retry once there is room.
+- UNAVAILABLE: no daemon listens (not started, or restarting), or it is stopping: from the
+  moment a stop begins, streams end with UNAVAILABLE "daemon stopping" and new calls are
+  refused. Retrying, after a pause, against the restarted daemon is safe (see Subscribe
+  and PublishRequest.expected_offset for resuming without loss or duplication).
+- CANCELLED: a call still running when a stopping daemon's grace (2 s) ran out. Treat it
+  like UNAVAILABLE.
+- INTERNAL: a bug in the daemon; details begin with "internal error".
+- DEADLINE_EXCEEDED: only when the client set a deadline.
+The daemon's own details are one line, in words, saying what to fix. They are for people,
+not a stable API: branch on the status code (and the "disk full" prefix) only.
+
+# Limits
+
+- Requests: at most 4,259,840 bytes encoded (4 MiB + 64 KiB), just above the largest
+  request the field limits below allow. A field over its limit is INVALID_ARGUMENT naming
+  the field; a message over the total is RESOURCE_EXHAUSTED.
+- Responses: at most 8 MiB each. Clients must accept at least that (several gRPC
+  implementations default to 4 MiB). A log chunk holds at most 256 KiB; a ListJobs page at
+  most 2 MiB of jobs; GetJob at most 1000 events of at most 1 KiB each.
+- Field limits (each INVALID_ARGUMENT beyond it): a job name 256 bytes (UTF-8); a path
+  (FileSource.path, LaunchJobRequest.workdir) 4096 bytes; CommandSource.argv 1024 items and
+  256 KiB in all; LaunchJobRequest.run + setup 1 MiB, task_yaml 1 MiB, backend 64 bytes;
+  one environment value 128 KiB; `environment` + `envs` 1 MiB and 8192 variables in all;
+  Publish data 4 MiB; a FinishJob reason 4 KiB; exit codes 0-255; ids named in one
+  CancelJobs or RemoveJobs 10,000. No string may contain a NUL character.
+- A Job message carries at most 1024 characters of its source_description and 4096 of its
+  reason, in every response.
+
+# Offsets and ids
+
+Offsets, sizes and ids are uint64: clients in languages without 64-bit integers must not
+hold them as doubles (in JavaScript, load them as strings; see examples/node). Job ids are
+never reused, also after a job is removed.
+
+# Compatibility
+
+tailhub.v1 only grows: fields, messages, enum values and RPCs are added, never renumbered,
+retyped or removed (`buf breaking` checks it against proto-release/ in `make test`). A
+client must ignore fields and enum values it does not know.
 """
 
 from collections import abc as _abc
@@ -32,19 +100,38 @@ class _JobStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_JobState.Val
     DESCRIPTOR: _descriptor.EnumDescriptor
     JOB_STATE_UNSPECIFIED: _JobState.ValueType  # 0
     JOB_STATE_PENDING: _JobState.ValueType  # 1
+    """Recorded, waiting to run (a local job over the running limit, a SkyPilot job not yet
+    producing its log).
+    """
     JOB_STATE_RUNNING: _JobState.ValueType  # 2
     JOB_STATE_SUCCEEDED: _JobState.ValueType  # 3
+    """Ended with exit code 0."""
     JOB_STATE_FAILED: _JobState.ValueType  # 4
+    """Ended with a nonzero exit code, or could not start or be followed (then often without an
+    exit code; `reason` says why).
+    """
     JOB_STATE_CANCELLED: _JobState.ValueType  # 5
+    """Cancelled through CancelJobs (or its SkyPilot job was cancelled)."""
 
-class JobState(_JobState, metaclass=_JobStateEnumTypeWrapper): ...
+class JobState(_JobState, metaclass=_JobStateEnumTypeWrapper):
+    """PENDING -> RUNNING -> one of the three terminal states (SUCCEEDED, FAILED, CANCELLED),
+    which never change again. A job may also go from PENDING straight to a terminal state.
+    """
 
 JOB_STATE_UNSPECIFIED: JobState.ValueType  # 0
 JOB_STATE_PENDING: JobState.ValueType  # 1
+"""Recorded, waiting to run (a local job over the running limit, a SkyPilot job not yet
+producing its log).
+"""
 JOB_STATE_RUNNING: JobState.ValueType  # 2
 JOB_STATE_SUCCEEDED: JobState.ValueType  # 3
+"""Ended with exit code 0."""
 JOB_STATE_FAILED: JobState.ValueType  # 4
+"""Ended with a nonzero exit code, or could not start or be followed (then often without an
+exit code; `reason` says why).
+"""
 JOB_STATE_CANCELLED: JobState.ValueType  # 5
+"""Cancelled through CancelJobs (or its SkyPilot job was cancelled)."""
 Global___JobState: _TypeAlias = JobState  # noqa: Y015
 
 class _SourceKind:
@@ -153,6 +240,8 @@ Global___CommandSource: _TypeAlias = CommandSource  # noqa: Y015
 
 @_typing.final
 class PushSource(_message.Message):
+    """The job's bytes come from Publish calls; it ends with FinishJob (or CancelJobs)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     def __init__(
@@ -210,27 +299,39 @@ class Job(_message.Message):
     BACKEND_FIELD_NUMBER: _builtins.int
     EXTERNAL_ID_FIELD_NUMBER: _builtins.int
     id: _builtins.int
+    """Assigned by the daemon, increasing, never reused."""
     name: _builtins.str
     state: Global___JobState.ValueType
     exit_code: _builtins.int
-    """Set once the job is terminal."""
+    """Set only once the job is terminal, and only when it has one: the process's exit status
+    (0-255) of a local or command job, SkyPilot's, or FinishJob's. Unset for a job that
+    never exited (cancelled attached jobs, a job that could not start). Test for presence:
+    unset is not 0.
+    """
     reason: _builtins.str
-    """Why the job ended the way it did, in words a person can act on."""
+    """Why the job ended the way it did, in words a person can act on (at most 4096 characters
+    here).
+    """
     source_kind: Global___SourceKind.ValueType
     source_description: _builtins.str
-    """A one-line description of the source: the path, the command, or the task."""
+    """A one-line description of the source: the path, the command, or the task (at most
+    1024 characters here).
+    """
     log_size: _builtins.int
     """Bytes stored in the log so far."""
     sealed: _builtins.bool
     """True once the job is terminal and the fetcher has drained its source."""
     upstream_connections: _builtins.int
-    """How many upstream connections the fetcher has opened in total, reconnects included."""
+    """How many upstream connections the fetcher has opened in total, reconnects included
+    (a file opened, a command or `sky jobs logs` started). Always 0 for push jobs: their
+    bytes are pushed to the daemon, it fetches nothing.
+    """
     subscribers: _builtins.int
     """Subscribers connected now."""
     bytes_served: _builtins.int
     """Bytes sent to subscribers so far by this daemon process."""
     submitted_at: _builtins.float
-    """Unix times in seconds; 0 when not reached."""
+    """Unix times in seconds (with a fraction); 0 when not reached."""
     started_at: _builtins.float
     ended_at: _builtins.float
     upstream_connections_open: _builtins.int
@@ -283,11 +384,17 @@ class SubscribeRequest(_message.Message):
     TIMESTAMPS_FIELD_NUMBER: _builtins.int
     job_id: _builtins.int
     offset: _builtins.int
-    """Start at this byte offset (0 = from the beginning)."""
+    """Start at this byte offset (0 = from the beginning); past the log's end is
+    INVALID_ARGUMENT. To resume a broken stream: the last chunk's offset + its length.
+    """
     tail_lines: _builtins.int
-    """Start at the beginning of the last N lines."""
+    """Start at the beginning of the last N lines (0: at the log's end; an unfinished last
+    line counts as a line).
+    """
     since_time: _builtins.float
-    """Start at the first line that reached the daemon at or after this Unix time (seconds)."""
+    """Start at the first line that reached the daemon at or after this Unix time (seconds);
+    at the log's end when none has yet. Must be finite.
+    """
     follow: _builtins.bool
     """Keep streaming until the job ends; otherwise stop at the log's current end."""
     timestamps: _builtins.bool
@@ -340,6 +447,10 @@ Global___TimeMark: _TypeAlias = TimeMark  # noqa: Y015
 
 @_typing.final
 class Chunk(_message.Message):
+    """Log bytes: `data` is the log from `offset` to `offset + len(data)`. Each chunk starts where
+    the previous one ended; at most 256 KiB each, never empty.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     OFFSET_FIELD_NUMBER: _builtins.int
@@ -362,11 +473,16 @@ Global___Chunk: _TypeAlias = Chunk  # noqa: Y015
 
 @_typing.final
 class Heartbeat(_message.Message):
+    """Sent to a follower waiting at the end of the log, once per heartbeat interval
+    (`tailhubd --heartbeat-interval`, default 5 s) while no other message is due.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     LOG_SIZE_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
     log_size: _builtins.int
+    """The log's size now (the follower has every byte below it)."""
     state: Global___JobState.ValueType
     def __init__(
         self,
@@ -412,6 +528,8 @@ Global___SourceEvent: _TypeAlias = SourceEvent  # noqa: Y015
 
 @_typing.final
 class End(_message.Message):
+    """The last message of a stream that ended normally; the stream closes after it (status OK)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     STATE_FIELD_NUMBER: _builtins.int
@@ -420,11 +538,16 @@ class End(_message.Message):
     LOG_SIZE_FIELD_NUMBER: _builtins.int
     FINISHED_FIELD_NUMBER: _builtins.int
     state: Global___JobState.ValueType
+    """The job's state; terminal when `finished`."""
     exit_code: _builtins.int
+    """The job's exit code, as Job.exit_code: unset when it has none."""
     reason: _builtins.str
     log_size: _builtins.int
+    """The log's size: every byte the stream sent ends here."""
     finished: _builtins.bool
-    """False when a non-following stream stopped at the end of a log that is still growing."""
+    """True: the job has ended and its whole log was sent. False when a non-following stream
+    stopped at the end of a log that is still growing.
+    """
     def __init__(
         self,
         *,
@@ -446,6 +569,11 @@ Global___End: _TypeAlias = End  # noqa: Y015
 
 @_typing.final
 class SubscribeResponse(_message.Message):
+    """Exactly one of its fields is set. In order: a job's source events before the chunk that
+    holds their offset, time marks (when asked for) before the chunk they date, heartbeats
+    while waiting, and `end` last.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     CHUNK_FIELD_NUMBER: _builtins.int
@@ -664,6 +792,7 @@ class PublishRequest(_message.Message):
     EXPECTED_OFFSET_FIELD_NUMBER: _builtins.int
     job_id: _builtins.int
     data: _builtins.bytes
+    """At most 4 MiB per call."""
     expected_offset: _builtins.int
     """The log offset the producer expects `data` to start at. When set, a retry of a call
     that was already applied (the same bytes at the same offset) appends nothing and answers
@@ -692,6 +821,7 @@ class PublishResponse(_message.Message):
 
     LOG_SIZE_FIELD_NUMBER: _builtins.int
     log_size: _builtins.int
+    """The log's size after the call: the next expected_offset."""
     def __init__(
         self,
         *,
@@ -714,7 +844,9 @@ class FinishJobRequest(_message.Message):
     REASON_FIELD_NUMBER: _builtins.int
     job_id: _builtins.int
     exit_code: _builtins.int
+    """0-255: 0 makes the job SUCCEEDED, any other FAILED."""
     reason: _builtins.str
+    """Why it ended (at most 4 KiB); empty: "finished through the API"."""
     def __init__(
         self,
         *,
@@ -853,16 +985,23 @@ Global___GetJobResponse: _TypeAlias = GetJobResponse  # noqa: Y015
 
 @_typing.final
 class ListJobsRequest(_message.Message):
-    """Jobs come newest first, a page at a time."""
+    """Jobs come newest first (highest id first), a page at a time. Paging is stable: a page
+    continues below the last id of the previous one, so jobs created meanwhile do not shift it
+    (they are newer: on a new first page), and a job removed meanwhile is simply not listed.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
-    """At most this many jobs (0 = the daemon's default, 100; capped at 1000)."""
+    """At most this many jobs (0 = the daemon's default, 100; more than 1000 is served as 1000).
+    A page may hold fewer and still not be the last: it ends before its jobs pass 2 MiB.
+    """
     page_token: _builtins.str
-    """From a previous response's next_page_token; empty for the first page."""
+    """From a previous response's next_page_token; empty for the first page. Opaque: anything
+    else is INVALID_ARGUMENT.
+    """
     def __init__(
         self,
         *,
@@ -885,7 +1024,7 @@ class ListJobsResponse(_message.Message):
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     TOTAL_JOBS_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
-    """Empty when this was the last page."""
+    """Empty when this was the last page; else pass it as the next request's page_token."""
     total_jobs: _builtins.int
     """How many jobs the daemon has in all."""
     @_builtins.property
@@ -942,7 +1081,9 @@ class GetDaemonStatusResponse(_message.Message):
     running_jobs: _builtins.int
     subscribers: _builtins.int
     upstream_connections: _builtins.int
-    """Upstream connections opened in total (reconnects included) by the jobs the daemon has."""
+    """Upstream connections opened in total (reconnects included) by the jobs the daemon has
+    (push jobs open none).
+    """
     bytes_served: _builtins.int
     upstream_connections_open: _builtins.int
     """Upstream connections open now."""

@@ -26,7 +26,9 @@ if _version_not_supported:
 
 
 class TailhubServiceStub:
-    """Missing associated documentation comment in .proto file."""
+    """Jobs and their logs. Every RPC's comment says what it does and the status codes it
+    returns of its own; the file's header says those every call may return.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -87,65 +89,137 @@ class TailhubServiceStub:
 
 
 class TailhubServiceServicer:
-    """Missing associated documentation comment in .proto file."""
+    """Jobs and their logs. Every RPC's comment says what it does and the status codes it
+    returns of its own; the file's header says those every call may return.
+    """
 
     def Subscribe(self, request, context):
-        """Streams a job's log. Chunks carry their start offset; offsets are contiguous. A following
-        stream ends after the last byte of a finished job with an `end` message.
+        """Streams a job's log: chunks with their start offset (contiguous, in order), the job's
+        source events, heartbeats and, last, one `end` message.
+
+        It starts at `offset` (0 when no start is set), at the start of the last `tail_lines`
+        lines, or at the first line that reached the daemon at or after `since_time`. With
+        `follow`, it keeps streaming until the job has ended and its log is drained, then sends
+        `end` (finished = true) and closes. Without `follow`, it stops at the log's current end
+        (`end` with finished = false while the job runs); a job that has ended but whose last
+        bytes are still being read is waited for.
+
+        A follower waiting at the end of a log receives a Heartbeat each heartbeat interval
+        (`tailhubd --heartbeat-interval`, default 5 s) while nothing else happens, so a silent
+        connection can be told from a quiet job.
+
+        To resume after a broken stream (UNAVAILABLE or CANCELLED: the daemon stopped or
+        restarted), subscribe again with `offset` = the last chunk's offset + its length: no byte
+        is lost or repeated. Source events at that offset are sent again.
+
+        Errors: NOT_FOUND (no such job, or it was removed while the stream read it: a removed
+        job's stream otherwise ends normally); INVALID_ARGUMENT (`offset` past the log's end,
+        `since_time` not finite, a job that has no log because it failed before creating one);
+        FAILED_PRECONDITION (the log file holds fewer bytes than recorded: changed behind the
+        daemon's back); UNAVAILABLE "daemon stopping"; RESOURCE_EXHAUSTED on a TCP listener when
+        the token or the daemon has the most streams allowed open (`tailhubd --max-streams`,
+        `--max-streams-per-token`).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def AttachJob(self, request, context):
-        """Registers an external job whose bytes come from a file, a command, or pushes.
+        """Registers an external job whose bytes come from a file, a command, a SkyPilot managed
+        job, or pushes (Publish). The job is returned RUNNING, its fetch begun; names need not be
+        unique. It is returned FAILED (not an error) when its log file cannot be created, with
+        the reason.
+
+        Errors: INVALID_ARGUMENT (no source; the name or a field over its limit or holding a
+        NUL; a file path that is not absolute, does not exist, is a directory or not a regular
+        file, or cannot be read by the daemon; an empty command; a transport exit code outside
+        0-255; a managed job id of 0 or past 2^63-1); RESOURCE_EXHAUSTED "disk full";
+        PERMISSION_DENIED for a write token with a file, command or skypilot source.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def LaunchJob(self, request, context):
-        """Runs a task with the daemon's local runner.
+        """Runs a task with one of the daemon's backends: "local" (this machine) or "skypilot".
+        The job is returned PENDING (waiting for a slot: `tailhubd --max-running-jobs`, or for
+        SkyPilot) or RUNNING; FAILED (not an error) when its log file cannot be created.
+
+        Errors: INVALID_ARGUMENT (an unknown backend; an empty `run` for the local backend; no
+        task_yaml for skypilot; a workdir that is not a directory; a field over its limit, a NUL,
+        an `envs` name that is not [A-Za-z_][A-Za-z0-9_]*, an `environment` name that is empty or
+        holds "="); RESOURCE_EXHAUSTED "disk full". Admin only on TCP listeners.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Publish(self, request, context):
-        """Appends bytes to a push job's log.
+        """Appends bytes to a push job's log and answers the log's new size. Empty data appends
+        nothing and answers the size.
+
+        Errors: NOT_FOUND (no such job); INVALID_ARGUMENT (not a push job; the job has ended;
+        data over 4 MiB: send it in several calls); FAILED_PRECONDITION (`expected_offset` is set
+        and the log does not end there, and the call is not a retry of one already applied: the
+        details say the log's size); RESOURCE_EXHAUSTED "disk full" (nothing was appended; retry
+        the same call, with expected_offset, once there is room).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def FinishJob(self, request, context):
-        """Sets the final state of a file or push job.
+        """Ends a file or push job: exit_code 0 makes it SUCCEEDED, any other (1-255) FAILED, and
+        the job keeps that exit code and the reason (empty: "finished through the API").
+        Followers then get the rest of the log (a file job's file is read to its end first) and
+        an `end` with that state and exit code.
+
+        Errors: NOT_FOUND; INVALID_ARGUMENT (the job is not a file or push job: local, command
+        and SkyPilot jobs end by themselves, cancel them to stop them; the job has already
+        ended; exit_code outside 0-255; a reason over 4 KiB or holding a NUL).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def CancelJobs(self, request, context):
-        """Cancels jobs: local jobs are signalled, other jobs stop fetching.
+        """Cancels jobs: local jobs get SIGTERM (SIGKILL after `tailhubd --cancel-grace`, default
+        10 s) and the call answers once they have ended (CANCELLED, with the exit code their
+        process had, if any); SkyPilot jobs are asked to cancel and returned still running with
+        the reason "cancel requested"; other jobs stop fetching and end CANCELLED without an exit
+        code. Ids the daemon does not have, and jobs that had already ended, are reported apart,
+        not as errors: the others are cancelled all the same. Neither ids nor `all`: nothing.
+
+        Errors: INVALID_ARGUMENT (more than 10,000 ids). On TCP listeners, PERMISSION_DENIED for a
+        write token naming a launched (local or SkyPilot) job, or with `all` while one has not
+        ended.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetJob(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """One job, with every source event it kept (at most 1000; the last says how many were
+        dropped, if any were).
+
+        Errors: NOT_FOUND.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListJobs(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Jobs, newest (highest id) first, a page at a time; see ListJobsRequest.
+
+        Errors: INVALID_ARGUMENT (a page_token this daemon did not hand out).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetDaemonStatus(self, request, context):
-        """Daemon-wide figures: jobs, subscribers, upstream connections, bytes served.
+        """Daemon-wide figures: jobs, subscribers, upstream connections, bytes served. No errors of
+        its own.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -153,6 +227,12 @@ class TailhubServiceServicer:
 
     def RemoveJobs(self, request, context):
         """Deletes ended jobs with their logs: the ones named, and/or every one ended before a time.
+        Answers once the files are gone. Ids the daemon does not have and jobs that have not
+        ended are reported apart, not as errors (nothing is done to them).
+
+        Errors: INVALID_ARGUMENT (more than 10,000 ids; ended_before not finite);
+        RESOURCE_EXHAUSTED "disk full" (the database could not record the removal). Admin only on
+        TCP listeners.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -220,7 +300,9 @@ def add_TailhubServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class TailhubService:
-    """Missing associated documentation comment in .proto file."""
+    """Jobs and their logs. Every RPC's comment says what it does and the status codes it
+    returns of its own; the file's header says those every call may return.
+    """
 
     @staticmethod
     def Subscribe(request,

@@ -5,7 +5,75 @@ The tailhub API: one upstream fetch per job, fanned out to any number of subscri
 
 A job's log is an append-only byte sequence addressed by offset. Subscribers read it from
 an offset (or the last N lines) and, when following, keep receiving bytes until the job
-ends. Log data is always `bytes`: it is never decoded on the way.
+ends. Log data is always `bytes`: it is never decoded on the way (logs may hold any byte,
+NULs and invalid UTF-8 included).
+
+# Where it is served
+
+- The daemon's Unix socket, `unix:<state dir>/sock` (state dir: $TAILHUB_HOME, else
+  ~/.tailhub). Only its owner can connect, with every right; no token.
+- TCP listeners (`tailhubd --listen HOST:PORT`), with TLS, when the daemon was started with
+  one. Every call sends `authorization: Bearer <token>` metadata (`tailhub token create`).
+  A token has a role, and a role may call:
+  - read:  Subscribe, GetJob, ListJobs, GetDaemonStatus, the gRPC health and reflection
+           services;
+  - write: read, plus Publish, FinishJob, CancelJobs of push and attached jobs, and
+           AttachJob with a push source;
+  - admin: everything, including LaunchJob, RemoveJobs, CancelJobs of launched jobs, and
+           AttachJob with a file, command or skypilot source (they read files or run
+           programs on the daemon's host).
+
+# Status codes every call may return
+
+Each RPC below lists the codes its own handling returns. Besides those, any call may end
+with:
+- UNAUTHENTICATED (TCP listeners only): no `authorization: Bearer` metadata, or a token the
+  daemon does not know (never issued, or revoked: revocation applies to the next call).
+- PERMISSION_DENIED (TCP listeners only): the token's role may not make this call (see the
+  roles above). Nothing else is said about the daemon or its jobs.
+- RESOURCE_EXHAUSTED: the request is larger than the daemon accepts (see the limits below;
+  gRPC's own refusal, details "Received message larger than max"). Not worth retrying.
+  Details that begin with "disk full" mean the daemon's disk is full: nothing of the call
+  was stored; retry once there is room.
+- UNAVAILABLE: no daemon listens (not started, or restarting), or it is stopping: from the
+  moment a stop begins, streams end with UNAVAILABLE "daemon stopping" and new calls are
+  refused. Retrying, after a pause, against the restarted daemon is safe (see Subscribe
+  and PublishRequest.expected_offset for resuming without loss or duplication).
+- CANCELLED: a call still running when a stopping daemon's grace (2 s) ran out. Treat it
+  like UNAVAILABLE.
+- INTERNAL: a bug in the daemon; details begin with "internal error".
+- DEADLINE_EXCEEDED: only when the client set a deadline.
+The daemon's own details are one line, in words, saying what to fix. They are for people,
+not a stable API: branch on the status code (and the "disk full" prefix) only.
+
+# Limits
+
+- Requests: at most 4,259,840 bytes encoded (4 MiB + 64 KiB), just above the largest
+  request the field limits below allow. A field over its limit is INVALID_ARGUMENT naming
+  the field; a message over the total is RESOURCE_EXHAUSTED.
+- Responses: at most 8 MiB each. Clients must accept at least that (several gRPC
+  implementations default to 4 MiB). A log chunk holds at most 256 KiB; a ListJobs page at
+  most 2 MiB of jobs; GetJob at most 1000 events of at most 1 KiB each.
+- Field limits (each INVALID_ARGUMENT beyond it): a job name 256 bytes (UTF-8); a path
+  (FileSource.path, LaunchJobRequest.workdir) 4096 bytes; CommandSource.argv 1024 items and
+  256 KiB in all; LaunchJobRequest.run + setup 1 MiB, task_yaml 1 MiB, backend 64 bytes;
+  one environment value 128 KiB; `environment` + `envs` 1 MiB and 8192 variables in all;
+  Publish data 4 MiB; a FinishJob reason 4 KiB; exit codes 0-255; ids named in one
+  CancelJobs or RemoveJobs 10,000. No string may contain a NUL character.
+- A Job message carries at most 1024 characters of its source_description and 4096 of its
+  reason, in every response.
+
+# Offsets and ids
+
+Offsets, sizes and ids are uint64: clients in languages without 64-bit integers must not
+hold them as doubles (in JavaScript, load them as strings; see examples/node). Job ids are
+never reused, also after a job is removed.
+
+# Compatibility
+
+tailhub.v1 only grows: fields, messages, enum values and RPCs are added, never renumbered,
+retyped or removed (`buf breaking` checks it against proto-release/ in `make test`). A
+client must ignore fields and enum values it does not know.
 """
 
 from collections import abc as _abc
@@ -32,64 +100,269 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class TailhubServiceStub:
+    """Jobs and their logs. Every RPC's comment says what it does and the status codes it
+    returns of its own; the file's header says those every call may return.
+    """
+
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> TailhubServiceAsyncStub: ...
     Subscribe: _grpc.UnaryStreamMultiCallable[_tailhub_pb2.SubscribeRequest, _tailhub_pb2.SubscribeResponse]
-    """Streams a job's log. Chunks carry their start offset; offsets are contiguous. A following
-    stream ends after the last byte of a finished job with an `end` message.
+    """Streams a job's log: chunks with their start offset (contiguous, in order), the job's
+    source events, heartbeats and, last, one `end` message.
+
+    It starts at `offset` (0 when no start is set), at the start of the last `tail_lines`
+    lines, or at the first line that reached the daemon at or after `since_time`. With
+    `follow`, it keeps streaming until the job has ended and its log is drained, then sends
+    `end` (finished = true) and closes. Without `follow`, it stops at the log's current end
+    (`end` with finished = false while the job runs); a job that has ended but whose last
+    bytes are still being read is waited for.
+
+    A follower waiting at the end of a log receives a Heartbeat each heartbeat interval
+    (`tailhubd --heartbeat-interval`, default 5 s) while nothing else happens, so a silent
+    connection can be told from a quiet job.
+
+    To resume after a broken stream (UNAVAILABLE or CANCELLED: the daemon stopped or
+    restarted), subscribe again with `offset` = the last chunk's offset + its length: no byte
+    is lost or repeated. Source events at that offset are sent again.
+
+    Errors: NOT_FOUND (no such job, or it was removed while the stream read it: a removed
+    job's stream otherwise ends normally); INVALID_ARGUMENT (`offset` past the log's end,
+    `since_time` not finite, a job that has no log because it failed before creating one);
+    FAILED_PRECONDITION (the log file holds fewer bytes than recorded: changed behind the
+    daemon's back); UNAVAILABLE "daemon stopping"; RESOURCE_EXHAUSTED on a TCP listener when
+    the token or the daemon has the most streams allowed open (`tailhubd --max-streams`,
+    `--max-streams-per-token`).
     """
     AttachJob: _grpc.UnaryUnaryMultiCallable[_tailhub_pb2.AttachJobRequest, _tailhub_pb2.AttachJobResponse]
-    """Registers an external job whose bytes come from a file, a command, or pushes."""
+    """Registers an external job whose bytes come from a file, a command, a SkyPilot managed
+    job, or pushes (Publish). The job is returned RUNNING, its fetch begun; names need not be
+    unique. It is returned FAILED (not an error) when its log file cannot be created, with
+    the reason.
+
+    Errors: INVALID_ARGUMENT (no source; the name or a field over its limit or holding a
+    NUL; a file path that is not absolute, does not exist, is a directory or not a regular
+    file, or cannot be read by the daemon; an empty command; a transport exit code outside
+    0-255; a managed job id of 0 or past 2^63-1); RESOURCE_EXHAUSTED "disk full";
+    PERMISSION_DENIED for a write token with a file, command or skypilot source.
+    """
     LaunchJob: _grpc.UnaryUnaryMultiCallable[_tailhub_pb2.LaunchJobRequest, _tailhub_pb2.LaunchJobResponse]
-    """Runs a task with the daemon's local runner."""
+    """Runs a task with one of the daemon's backends: "local" (this machine) or "skypilot".
+    The job is returned PENDING (waiting for a slot: `tailhubd --max-running-jobs`, or for
+    SkyPilot) or RUNNING; FAILED (not an error) when its log file cannot be created.
+
+    Errors: INVALID_ARGUMENT (an unknown backend; an empty `run` for the local backend; no
+    task_yaml for skypilot; a workdir that is not a directory; a field over its limit, a NUL,
+    an `envs` name that is not [A-Za-z_][A-Za-z0-9_]*, an `environment` name that is empty or
+    holds "="); RESOURCE_EXHAUSTED "disk full". Admin only on TCP listeners.
+    """
     Publish: _grpc.UnaryUnaryMultiCallable[_tailhub_pb2.PublishRequest, _tailhub_pb2.PublishResponse]
-    """Appends bytes to a push job's log."""
+    """Appends bytes to a push job's log and answers the log's new size. Empty data appends
+    nothing and answers the size.
+
+    Errors: NOT_FOUND (no such job); INVALID_ARGUMENT (not a push job; the job has ended;
+    data over 4 MiB: send it in several calls); FAILED_PRECONDITION (`expected_offset` is set
+    and the log does not end there, and the call is not a retry of one already applied: the
+    details say the log's size); RESOURCE_EXHAUSTED "disk full" (nothing was appended; retry
+    the same call, with expected_offset, once there is room).
+    """
     FinishJob: _grpc.UnaryUnaryMultiCallable[_tailhub_pb2.FinishJobRequest, _tailhub_pb2.FinishJobResponse]
-    """Sets the final state of a file or push job."""
+    """Ends a file or push job: exit_code 0 makes it SUCCEEDED, any other (1-255) FAILED, and
+    the job keeps that exit code and the reason (empty: "finished through the API").
+    Followers then get the rest of the log (a file job's file is read to its end first) and
+    an `end` with that state and exit code.
+
+    Errors: NOT_FOUND; INVALID_ARGUMENT (the job is not a file or push job: local, command
+    and SkyPilot jobs end by themselves, cancel them to stop them; the job has already
+    ended; exit_code outside 0-255; a reason over 4 KiB or holding a NUL).
+    """
     CancelJobs: _grpc.UnaryUnaryMultiCallable[_tailhub_pb2.CancelJobsRequest, _tailhub_pb2.CancelJobsResponse]
-    """Cancels jobs: local jobs are signalled, other jobs stop fetching."""
+    """Cancels jobs: local jobs get SIGTERM (SIGKILL after `tailhubd --cancel-grace`, default
+    10 s) and the call answers once they have ended (CANCELLED, with the exit code their
+    process had, if any); SkyPilot jobs are asked to cancel and returned still running with
+    the reason "cancel requested"; other jobs stop fetching and end CANCELLED without an exit
+    code. Ids the daemon does not have, and jobs that had already ended, are reported apart,
+    not as errors: the others are cancelled all the same. Neither ids nor `all`: nothing.
+
+    Errors: INVALID_ARGUMENT (more than 10,000 ids). On TCP listeners, PERMISSION_DENIED for a
+    write token naming a launched (local or SkyPilot) job, or with `all` while one has not
+    ended.
+    """
     GetJob: _grpc.UnaryUnaryMultiCallable[_tailhub_pb2.GetJobRequest, _tailhub_pb2.GetJobResponse]
+    """One job, with every source event it kept (at most 1000; the last says how many were
+    dropped, if any were).
+
+    Errors: NOT_FOUND.
+    """
     ListJobs: _grpc.UnaryUnaryMultiCallable[_tailhub_pb2.ListJobsRequest, _tailhub_pb2.ListJobsResponse]
+    """Jobs, newest (highest id) first, a page at a time; see ListJobsRequest.
+
+    Errors: INVALID_ARGUMENT (a page_token this daemon did not hand out).
+    """
     GetDaemonStatus: _grpc.UnaryUnaryMultiCallable[_tailhub_pb2.GetDaemonStatusRequest, _tailhub_pb2.GetDaemonStatusResponse]
-    """Daemon-wide figures: jobs, subscribers, upstream connections, bytes served."""
+    """Daemon-wide figures: jobs, subscribers, upstream connections, bytes served. No errors of
+    its own.
+    """
     RemoveJobs: _grpc.UnaryUnaryMultiCallable[_tailhub_pb2.RemoveJobsRequest, _tailhub_pb2.RemoveJobsResponse]
-    """Deletes ended jobs with their logs: the ones named, and/or every one ended before a time."""
+    """Deletes ended jobs with their logs: the ones named, and/or every one ended before a time.
+    Answers once the files are gone. Ids the daemon does not have and jobs that have not
+    ended are reported apart, not as errors (nothing is done to them).
+
+    Errors: INVALID_ARGUMENT (more than 10,000 ids; ended_before not finite);
+    RESOURCE_EXHAUSTED "disk full" (the database could not record the removal). Admin only on
+    TCP listeners.
+    """
 
 @_typing.type_check_only
 class TailhubServiceAsyncStub(TailhubServiceStub):
+    """Jobs and their logs. Every RPC's comment says what it does and the status codes it
+    returns of its own; the file's header says those every call may return.
+    """
+
     def __init__(self, channel: _aio.Channel) -> None: ...
     Subscribe: _aio.UnaryStreamMultiCallable[_tailhub_pb2.SubscribeRequest, _tailhub_pb2.SubscribeResponse]  # type: ignore[assignment]
-    """Streams a job's log. Chunks carry their start offset; offsets are contiguous. A following
-    stream ends after the last byte of a finished job with an `end` message.
+    """Streams a job's log: chunks with their start offset (contiguous, in order), the job's
+    source events, heartbeats and, last, one `end` message.
+
+    It starts at `offset` (0 when no start is set), at the start of the last `tail_lines`
+    lines, or at the first line that reached the daemon at or after `since_time`. With
+    `follow`, it keeps streaming until the job has ended and its log is drained, then sends
+    `end` (finished = true) and closes. Without `follow`, it stops at the log's current end
+    (`end` with finished = false while the job runs); a job that has ended but whose last
+    bytes are still being read is waited for.
+
+    A follower waiting at the end of a log receives a Heartbeat each heartbeat interval
+    (`tailhubd --heartbeat-interval`, default 5 s) while nothing else happens, so a silent
+    connection can be told from a quiet job.
+
+    To resume after a broken stream (UNAVAILABLE or CANCELLED: the daemon stopped or
+    restarted), subscribe again with `offset` = the last chunk's offset + its length: no byte
+    is lost or repeated. Source events at that offset are sent again.
+
+    Errors: NOT_FOUND (no such job, or it was removed while the stream read it: a removed
+    job's stream otherwise ends normally); INVALID_ARGUMENT (`offset` past the log's end,
+    `since_time` not finite, a job that has no log because it failed before creating one);
+    FAILED_PRECONDITION (the log file holds fewer bytes than recorded: changed behind the
+    daemon's back); UNAVAILABLE "daemon stopping"; RESOURCE_EXHAUSTED on a TCP listener when
+    the token or the daemon has the most streams allowed open (`tailhubd --max-streams`,
+    `--max-streams-per-token`).
     """
     AttachJob: _aio.UnaryUnaryMultiCallable[_tailhub_pb2.AttachJobRequest, _tailhub_pb2.AttachJobResponse]  # type: ignore[assignment]
-    """Registers an external job whose bytes come from a file, a command, or pushes."""
+    """Registers an external job whose bytes come from a file, a command, a SkyPilot managed
+    job, or pushes (Publish). The job is returned RUNNING, its fetch begun; names need not be
+    unique. It is returned FAILED (not an error) when its log file cannot be created, with
+    the reason.
+
+    Errors: INVALID_ARGUMENT (no source; the name or a field over its limit or holding a
+    NUL; a file path that is not absolute, does not exist, is a directory or not a regular
+    file, or cannot be read by the daemon; an empty command; a transport exit code outside
+    0-255; a managed job id of 0 or past 2^63-1); RESOURCE_EXHAUSTED "disk full";
+    PERMISSION_DENIED for a write token with a file, command or skypilot source.
+    """
     LaunchJob: _aio.UnaryUnaryMultiCallable[_tailhub_pb2.LaunchJobRequest, _tailhub_pb2.LaunchJobResponse]  # type: ignore[assignment]
-    """Runs a task with the daemon's local runner."""
+    """Runs a task with one of the daemon's backends: "local" (this machine) or "skypilot".
+    The job is returned PENDING (waiting for a slot: `tailhubd --max-running-jobs`, or for
+    SkyPilot) or RUNNING; FAILED (not an error) when its log file cannot be created.
+
+    Errors: INVALID_ARGUMENT (an unknown backend; an empty `run` for the local backend; no
+    task_yaml for skypilot; a workdir that is not a directory; a field over its limit, a NUL,
+    an `envs` name that is not [A-Za-z_][A-Za-z0-9_]*, an `environment` name that is empty or
+    holds "="); RESOURCE_EXHAUSTED "disk full". Admin only on TCP listeners.
+    """
     Publish: _aio.UnaryUnaryMultiCallable[_tailhub_pb2.PublishRequest, _tailhub_pb2.PublishResponse]  # type: ignore[assignment]
-    """Appends bytes to a push job's log."""
+    """Appends bytes to a push job's log and answers the log's new size. Empty data appends
+    nothing and answers the size.
+
+    Errors: NOT_FOUND (no such job); INVALID_ARGUMENT (not a push job; the job has ended;
+    data over 4 MiB: send it in several calls); FAILED_PRECONDITION (`expected_offset` is set
+    and the log does not end there, and the call is not a retry of one already applied: the
+    details say the log's size); RESOURCE_EXHAUSTED "disk full" (nothing was appended; retry
+    the same call, with expected_offset, once there is room).
+    """
     FinishJob: _aio.UnaryUnaryMultiCallable[_tailhub_pb2.FinishJobRequest, _tailhub_pb2.FinishJobResponse]  # type: ignore[assignment]
-    """Sets the final state of a file or push job."""
+    """Ends a file or push job: exit_code 0 makes it SUCCEEDED, any other (1-255) FAILED, and
+    the job keeps that exit code and the reason (empty: "finished through the API").
+    Followers then get the rest of the log (a file job's file is read to its end first) and
+    an `end` with that state and exit code.
+
+    Errors: NOT_FOUND; INVALID_ARGUMENT (the job is not a file or push job: local, command
+    and SkyPilot jobs end by themselves, cancel them to stop them; the job has already
+    ended; exit_code outside 0-255; a reason over 4 KiB or holding a NUL).
+    """
     CancelJobs: _aio.UnaryUnaryMultiCallable[_tailhub_pb2.CancelJobsRequest, _tailhub_pb2.CancelJobsResponse]  # type: ignore[assignment]
-    """Cancels jobs: local jobs are signalled, other jobs stop fetching."""
+    """Cancels jobs: local jobs get SIGTERM (SIGKILL after `tailhubd --cancel-grace`, default
+    10 s) and the call answers once they have ended (CANCELLED, with the exit code their
+    process had, if any); SkyPilot jobs are asked to cancel and returned still running with
+    the reason "cancel requested"; other jobs stop fetching and end CANCELLED without an exit
+    code. Ids the daemon does not have, and jobs that had already ended, are reported apart,
+    not as errors: the others are cancelled all the same. Neither ids nor `all`: nothing.
+
+    Errors: INVALID_ARGUMENT (more than 10,000 ids). On TCP listeners, PERMISSION_DENIED for a
+    write token naming a launched (local or SkyPilot) job, or with `all` while one has not
+    ended.
+    """
     GetJob: _aio.UnaryUnaryMultiCallable[_tailhub_pb2.GetJobRequest, _tailhub_pb2.GetJobResponse]  # type: ignore[assignment]
+    """One job, with every source event it kept (at most 1000; the last says how many were
+    dropped, if any were).
+
+    Errors: NOT_FOUND.
+    """
     ListJobs: _aio.UnaryUnaryMultiCallable[_tailhub_pb2.ListJobsRequest, _tailhub_pb2.ListJobsResponse]  # type: ignore[assignment]
+    """Jobs, newest (highest id) first, a page at a time; see ListJobsRequest.
+
+    Errors: INVALID_ARGUMENT (a page_token this daemon did not hand out).
+    """
     GetDaemonStatus: _aio.UnaryUnaryMultiCallable[_tailhub_pb2.GetDaemonStatusRequest, _tailhub_pb2.GetDaemonStatusResponse]  # type: ignore[assignment]
-    """Daemon-wide figures: jobs, subscribers, upstream connections, bytes served."""
+    """Daemon-wide figures: jobs, subscribers, upstream connections, bytes served. No errors of
+    its own.
+    """
     RemoveJobs: _aio.UnaryUnaryMultiCallable[_tailhub_pb2.RemoveJobsRequest, _tailhub_pb2.RemoveJobsResponse]  # type: ignore[assignment]
-    """Deletes ended jobs with their logs: the ones named, and/or every one ended before a time."""
+    """Deletes ended jobs with their logs: the ones named, and/or every one ended before a time.
+    Answers once the files are gone. Ids the daemon does not have and jobs that have not
+    ended are reported apart, not as errors (nothing is done to them).
+
+    Errors: INVALID_ARGUMENT (more than 10,000 ids; ended_before not finite);
+    RESOURCE_EXHAUSTED "disk full" (the database could not record the removal). Admin only on
+    TCP listeners.
+    """
 
 class TailhubServiceServicer(metaclass=_abc_1.ABCMeta):
+    """Jobs and their logs. Every RPC's comment says what it does and the status codes it
+    returns of its own; the file's header says those every call may return.
+    """
+
     @_abc_1.abstractmethod
     def Subscribe(
         self,
         request: _tailhub_pb2.SubscribeRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_tailhub_pb2.SubscribeResponse], _abc.AsyncIterator[_tailhub_pb2.SubscribeResponse]]:
-        """Streams a job's log. Chunks carry their start offset; offsets are contiguous. A following
-        stream ends after the last byte of a finished job with an `end` message.
+        """Streams a job's log: chunks with their start offset (contiguous, in order), the job's
+        source events, heartbeats and, last, one `end` message.
+
+        It starts at `offset` (0 when no start is set), at the start of the last `tail_lines`
+        lines, or at the first line that reached the daemon at or after `since_time`. With
+        `follow`, it keeps streaming until the job has ended and its log is drained, then sends
+        `end` (finished = true) and closes. Without `follow`, it stops at the log's current end
+        (`end` with finished = false while the job runs); a job that has ended but whose last
+        bytes are still being read is waited for.
+
+        A follower waiting at the end of a log receives a Heartbeat each heartbeat interval
+        (`tailhubd --heartbeat-interval`, default 5 s) while nothing else happens, so a silent
+        connection can be told from a quiet job.
+
+        To resume after a broken stream (UNAVAILABLE or CANCELLED: the daemon stopped or
+        restarted), subscribe again with `offset` = the last chunk's offset + its length: no byte
+        is lost or repeated. Source events at that offset are sent again.
+
+        Errors: NOT_FOUND (no such job, or it was removed while the stream read it: a removed
+        job's stream otherwise ends normally); INVALID_ARGUMENT (`offset` past the log's end,
+        `since_time` not finite, a job that has no log because it failed before creating one);
+        FAILED_PRECONDITION (the log file holds fewer bytes than recorded: changed behind the
+        daemon's back); UNAVAILABLE "daemon stopping"; RESOURCE_EXHAUSTED on a TCP listener when
+        the token or the daemon has the most streams allowed open (`tailhubd --max-streams`,
+        `--max-streams-per-token`).
         """
 
     @_abc_1.abstractmethod
@@ -98,7 +371,17 @@ class TailhubServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _tailhub_pb2.AttachJobRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_tailhub_pb2.AttachJobResponse, _abc.Awaitable[_tailhub_pb2.AttachJobResponse]]:
-        """Registers an external job whose bytes come from a file, a command, or pushes."""
+        """Registers an external job whose bytes come from a file, a command, a SkyPilot managed
+        job, or pushes (Publish). The job is returned RUNNING, its fetch begun; names need not be
+        unique. It is returned FAILED (not an error) when its log file cannot be created, with
+        the reason.
+
+        Errors: INVALID_ARGUMENT (no source; the name or a field over its limit or holding a
+        NUL; a file path that is not absolute, does not exist, is a directory or not a regular
+        file, or cannot be read by the daemon; an empty command; a transport exit code outside
+        0-255; a managed job id of 0 or past 2^63-1); RESOURCE_EXHAUSTED "disk full";
+        PERMISSION_DENIED for a write token with a file, command or skypilot source.
+        """
 
     @_abc_1.abstractmethod
     def LaunchJob(
@@ -106,7 +389,15 @@ class TailhubServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _tailhub_pb2.LaunchJobRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_tailhub_pb2.LaunchJobResponse, _abc.Awaitable[_tailhub_pb2.LaunchJobResponse]]:
-        """Runs a task with the daemon's local runner."""
+        """Runs a task with one of the daemon's backends: "local" (this machine) or "skypilot".
+        The job is returned PENDING (waiting for a slot: `tailhubd --max-running-jobs`, or for
+        SkyPilot) or RUNNING; FAILED (not an error) when its log file cannot be created.
+
+        Errors: INVALID_ARGUMENT (an unknown backend; an empty `run` for the local backend; no
+        task_yaml for skypilot; a workdir that is not a directory; a field over its limit, a NUL,
+        an `envs` name that is not [A-Za-z_][A-Za-z0-9_]*, an `environment` name that is empty or
+        holds "="); RESOURCE_EXHAUSTED "disk full". Admin only on TCP listeners.
+        """
 
     @_abc_1.abstractmethod
     def Publish(
@@ -114,7 +405,15 @@ class TailhubServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _tailhub_pb2.PublishRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_tailhub_pb2.PublishResponse, _abc.Awaitable[_tailhub_pb2.PublishResponse]]:
-        """Appends bytes to a push job's log."""
+        """Appends bytes to a push job's log and answers the log's new size. Empty data appends
+        nothing and answers the size.
+
+        Errors: NOT_FOUND (no such job); INVALID_ARGUMENT (not a push job; the job has ended;
+        data over 4 MiB: send it in several calls); FAILED_PRECONDITION (`expected_offset` is set
+        and the log does not end there, and the call is not a retry of one already applied: the
+        details say the log's size); RESOURCE_EXHAUSTED "disk full" (nothing was appended; retry
+        the same call, with expected_offset, once there is room).
+        """
 
     @_abc_1.abstractmethod
     def FinishJob(
@@ -122,7 +421,15 @@ class TailhubServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _tailhub_pb2.FinishJobRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_tailhub_pb2.FinishJobResponse, _abc.Awaitable[_tailhub_pb2.FinishJobResponse]]:
-        """Sets the final state of a file or push job."""
+        """Ends a file or push job: exit_code 0 makes it SUCCEEDED, any other (1-255) FAILED, and
+        the job keeps that exit code and the reason (empty: "finished through the API").
+        Followers then get the rest of the log (a file job's file is read to its end first) and
+        an `end` with that state and exit code.
+
+        Errors: NOT_FOUND; INVALID_ARGUMENT (the job is not a file or push job: local, command
+        and SkyPilot jobs end by themselves, cancel them to stop them; the job has already
+        ended; exit_code outside 0-255; a reason over 4 KiB or holding a NUL).
+        """
 
     @_abc_1.abstractmethod
     def CancelJobs(
@@ -130,21 +437,40 @@ class TailhubServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _tailhub_pb2.CancelJobsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_tailhub_pb2.CancelJobsResponse, _abc.Awaitable[_tailhub_pb2.CancelJobsResponse]]:
-        """Cancels jobs: local jobs are signalled, other jobs stop fetching."""
+        """Cancels jobs: local jobs get SIGTERM (SIGKILL after `tailhubd --cancel-grace`, default
+        10 s) and the call answers once they have ended (CANCELLED, with the exit code their
+        process had, if any); SkyPilot jobs are asked to cancel and returned still running with
+        the reason "cancel requested"; other jobs stop fetching and end CANCELLED without an exit
+        code. Ids the daemon does not have, and jobs that had already ended, are reported apart,
+        not as errors: the others are cancelled all the same. Neither ids nor `all`: nothing.
+
+        Errors: INVALID_ARGUMENT (more than 10,000 ids). On TCP listeners, PERMISSION_DENIED for a
+        write token naming a launched (local or SkyPilot) job, or with `all` while one has not
+        ended.
+        """
 
     @_abc_1.abstractmethod
     def GetJob(
         self,
         request: _tailhub_pb2.GetJobRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_tailhub_pb2.GetJobResponse, _abc.Awaitable[_tailhub_pb2.GetJobResponse]]: ...
+    ) -> _typing.Union[_tailhub_pb2.GetJobResponse, _abc.Awaitable[_tailhub_pb2.GetJobResponse]]:
+        """One job, with every source event it kept (at most 1000; the last says how many were
+        dropped, if any were).
+
+        Errors: NOT_FOUND.
+        """
 
     @_abc_1.abstractmethod
     def ListJobs(
         self,
         request: _tailhub_pb2.ListJobsRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_tailhub_pb2.ListJobsResponse, _abc.Awaitable[_tailhub_pb2.ListJobsResponse]]: ...
+    ) -> _typing.Union[_tailhub_pb2.ListJobsResponse, _abc.Awaitable[_tailhub_pb2.ListJobsResponse]]:
+        """Jobs, newest (highest id) first, a page at a time; see ListJobsRequest.
+
+        Errors: INVALID_ARGUMENT (a page_token this daemon did not hand out).
+        """
 
     @_abc_1.abstractmethod
     def GetDaemonStatus(
@@ -152,7 +478,9 @@ class TailhubServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _tailhub_pb2.GetDaemonStatusRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_tailhub_pb2.GetDaemonStatusResponse, _abc.Awaitable[_tailhub_pb2.GetDaemonStatusResponse]]:
-        """Daemon-wide figures: jobs, subscribers, upstream connections, bytes served."""
+        """Daemon-wide figures: jobs, subscribers, upstream connections, bytes served. No errors of
+        its own.
+        """
 
     @_abc_1.abstractmethod
     def RemoveJobs(
@@ -160,6 +488,13 @@ class TailhubServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _tailhub_pb2.RemoveJobsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_tailhub_pb2.RemoveJobsResponse, _abc.Awaitable[_tailhub_pb2.RemoveJobsResponse]]:
-        """Deletes ended jobs with their logs: the ones named, and/or every one ended before a time."""
+        """Deletes ended jobs with their logs: the ones named, and/or every one ended before a time.
+        Answers once the files are gone. Ids the daemon does not have and jobs that have not
+        ended are reported apart, not as errors (nothing is done to them).
+
+        Errors: INVALID_ARGUMENT (more than 10,000 ids; ended_before not finite);
+        RESOURCE_EXHAUSTED "disk full" (the database could not record the removal). Admin only on
+        TCP listeners.
+        """
 
 def add_TailhubServiceServicer_to_server(servicer: TailhubServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
