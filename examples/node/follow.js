@@ -156,7 +156,9 @@ function streamOnce(client, jobId, cursor, progress) {
     });
     call.on('error', (error) => {
       writing.then(() => {
-        if (error.code === grpc.status.UNAVAILABLE || error.code === grpc.status.CANCELLED) {
+        // A certificate the client does not trust will not get better by retrying.
+        const untrusted = /certificate/i.test(error.details || '');
+        if ((error.code === grpc.status.UNAVAILABLE && !untrusted) || error.code === grpc.status.CANCELLED) {
           cursor.lastError = error.details;
           resolve(null);
         } else {
@@ -221,6 +223,9 @@ async function main() {
     if (error.code === grpc.status.NOT_FOUND) fail(EXIT.NOT_FOUND, error.details);
     if (error.code === grpc.status.UNAUTHENTICATED || error.code === grpc.status.PERMISSION_DENIED) {
       fail(EXIT.ERROR, `${target} refused the token: ${error.details}`);
+    }
+    if (/certificate/i.test(error.details || '')) {
+      fail(EXIT.ERROR, `TLS with ${target} failed: ${error.details} (is TAILHUB_CA the daemon's CA?)`);
     }
     fail(EXIT.ERROR, error.details || error.message);
   }
