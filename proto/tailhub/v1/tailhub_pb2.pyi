@@ -107,8 +107,8 @@ class _JobStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_JobState.Val
     JOB_STATE_SUCCEEDED: _JobState.ValueType  # 3
     """Ended with exit code 0."""
     JOB_STATE_FAILED: _JobState.ValueType  # 4
-    """Ended with a nonzero exit code, or could not start or be followed (then often without an
-    exit code; `reason` says why).
+    """Ended with a nonzero exit code, or could not start or be followed (then possibly without
+    an exit code; `reason` says why).
     """
     JOB_STATE_CANCELLED: _JobState.ValueType  # 5
     """Cancelled through CancelJobs (or its SkyPilot job was cancelled)."""
@@ -127,8 +127,8 @@ JOB_STATE_RUNNING: JobState.ValueType  # 2
 JOB_STATE_SUCCEEDED: JobState.ValueType  # 3
 """Ended with exit code 0."""
 JOB_STATE_FAILED: JobState.ValueType  # 4
-"""Ended with a nonzero exit code, or could not start or be followed (then often without an
-exit code; `reason` says why).
+"""Ended with a nonzero exit code, or could not start or be followed (then possibly without
+an exit code; `reason` says why).
 """
 JOB_STATE_CANCELLED: JobState.ValueType  # 5
 """Cancelled through CancelJobs (or its SkyPilot job was cancelled)."""

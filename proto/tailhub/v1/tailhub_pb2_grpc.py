@@ -185,7 +185,8 @@ class TailhubServiceServicer:
     def CancelJobs(self, request, context):
         """Cancels jobs: local jobs get SIGTERM (SIGKILL after `tailhubd --cancel-grace`, default
         10 s) and the call answers once they have ended (CANCELLED, with the exit code their
-        process had, if any); SkyPilot jobs are asked to cancel and returned still running with
+        process had, if any; one still running 10 s past the grace is returned as it is, with the
+        reason "cancel requested"); SkyPilot jobs are asked to cancel and returned still running with
         the reason "cancel requested"; other jobs stop fetching and end CANCELLED without an exit
         code. Ids the daemon does not have, and jobs that had already ended, are reported apart,
         not as errors: the others are cancelled all the same. Neither ids nor `all`: nothing.

@@ -180,7 +180,8 @@ class TailhubServiceStub:
     CancelJobs: _grpc.UnaryUnaryMultiCallable[_tailhub_pb2.CancelJobsRequest, _tailhub_pb2.CancelJobsResponse]
     """Cancels jobs: local jobs get SIGTERM (SIGKILL after `tailhubd --cancel-grace`, default
     10 s) and the call answers once they have ended (CANCELLED, with the exit code their
-    process had, if any); SkyPilot jobs are asked to cancel and returned still running with
+    process had, if any; one still running 10 s past the grace is returned as it is, with the
+    reason "cancel requested"); SkyPilot jobs are asked to cancel and returned still running with
     the reason "cancel requested"; other jobs stop fetching and end CANCELLED without an exit
     code. Ids the daemon does not have, and jobs that had already ended, are reported apart,
     not as errors: the others are cancelled all the same. Neither ids nor `all`: nothing.
@@ -293,7 +294,8 @@ class TailhubServiceAsyncStub(TailhubServiceStub):
     CancelJobs: _aio.UnaryUnaryMultiCallable[_tailhub_pb2.CancelJobsRequest, _tailhub_pb2.CancelJobsResponse]  # type: ignore[assignment]
     """Cancels jobs: local jobs get SIGTERM (SIGKILL after `tailhubd --cancel-grace`, default
     10 s) and the call answers once they have ended (CANCELLED, with the exit code their
-    process had, if any); SkyPilot jobs are asked to cancel and returned still running with
+    process had, if any; one still running 10 s past the grace is returned as it is, with the
+    reason "cancel requested"); SkyPilot jobs are asked to cancel and returned still running with
     the reason "cancel requested"; other jobs stop fetching and end CANCELLED without an exit
     code. Ids the daemon does not have, and jobs that had already ended, are reported apart,
     not as errors: the others are cancelled all the same. Neither ids nor `all`: nothing.
@@ -439,7 +441,8 @@ class TailhubServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_tailhub_pb2.CancelJobsResponse, _abc.Awaitable[_tailhub_pb2.CancelJobsResponse]]:
         """Cancels jobs: local jobs get SIGTERM (SIGKILL after `tailhubd --cancel-grace`, default
         10 s) and the call answers once they have ended (CANCELLED, with the exit code their
-        process had, if any); SkyPilot jobs are asked to cancel and returned still running with
+        process had, if any; one still running 10 s past the grace is returned as it is, with the
+        reason "cancel requested"); SkyPilot jobs are asked to cancel and returned still running with
         the reason "cancel requested"; other jobs stop fetching and end CANCELLED without an exit
         code. Ids the daemon does not have, and jobs that had already ended, are reported apart,
         not as errors: the others are cancelled all the same. Neither ids nor `all`: nothing.
