@@ -12,6 +12,10 @@ from __future__ import annotations
 
 import os
 
+# Read by gRPC's core when grpc is imported (just below): else it prints each failed TLS
+# handshake on stderr as it retries; the client says once why it cannot connect.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
 from tailhub.client._client import Client
 from tailhub.client._errors import (
     DaemonUnreachable,

@@ -1,0 +1,291 @@
+"""A daemon reached over TCP (`tailhub --server HOST:PORT`): the channel, the token, and a
+clear line when the connection cannot be made (no daemon, an untrusted certificate, TLS on
+one side only)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import ssl
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import grpc
+
+from tailhub.client import exit_codes
+from tailhub.client._errors import DaemonUnreachable, TailhubError
+
+SERVER_ENV = "TAILHUB_SERVER"
+TOKEN_ENV = "TAILHUB_TOKEN"  # noqa: S105 - the name of a variable
+CA_ENV = "TAILHUB_CA"
+# How long a first connection may take before it is given up (a daemon behind a slow link).
+CONNECT_TIMEOUT = 10.0
+# Client keepalive: ping an idle connection every 30 s (the daemon accepts down to 10 s) and
+# drop it when no answer comes within 10 s, so a follower notices a daemon whose host vanished
+# and reconnects instead of waiting forever.
+KEEPALIVE_OPTIONS = [
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+]
+
+
+class SecureConnectionError(TailhubError):
+    """The TLS connection cannot be made: an untrusted certificate, TLS on one side only."""
+
+    exit_code = exit_codes.TLS_FAILED
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a remote daemon is and how to prove who we are to it."""
+
+    address: str  # HOST:PORT, [IPv6]:PORT
+    host: str
+    port: int
+    token: str | None
+    ca_pem: bytes | None = None  # None with TLS: the system's trusted CAs
+    client_cert_pem: bytes | None = None
+    client_key_pem: bytes | None = None
+    insecure: bool = False
+    ca_file: str | None = None
+
+    def channel(self, options: list[tuple[str, Any]]) -> grpc.Channel:
+        every = [*options, *KEEPALIVE_OPTIONS]
+        if self.insecure:
+            return grpc.insecure_channel(self.address, options=every)
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=self.ca_pem,
+            private_key=self.client_key_pem,
+            certificate_chain=self.client_cert_pem,
+        )
+        return grpc.secure_channel(self.address, credentials, options=every)
+
+
+def target_from(
+    server: str,
+    *,
+    token_file: str | None,
+    ca_file: str | None,
+    client_cert: str | None = None,
+    client_key: str | None = None,
+    insecure: bool = False,
+    environ: Mapping[str, str] = os.environ,
+) -> Target:
+    """A target from the global flags (and TAILHUB_TOKEN, TAILHUB_CA); ValueError (usage)
+    for flags that do not fit, TailhubError for a file that cannot be read."""
+    from tailhub.daemon.listeners import parse_address
+
+    address = parse_address(server)
+    if address.port == 0:
+        raise ValueError(f"--server {server!r}: give the daemon's port")
+    if insecure and not address.is_loopback:
+        raise ValueError(
+            f"--insecure is for a daemon on this machine's loopback only ({server} is not): "
+            "over a network the token and logs would travel in the clear"
+        )
+    if insecure and (ca_file or client_cert or client_key):
+        raise ValueError("--insecure means no TLS: leave out --ca-file and client certificates")
+    if bool(client_cert) != bool(client_key):
+        raise ValueError("--client-cert and --client-key go together")
+    token: str | None
+    if token_file:
+        token = _read(token_file, "token file").decode("utf-8", "replace").strip()
+        if not token:
+            raise TailhubError(f"the token file {token_file} is empty")
+    else:
+        token = environ.get(TOKEN_ENV, "").strip() or None
+    ca = ca_file or environ.get(CA_ENV) or None
+    return Target(
+        address=str(address),
+        host=address.host,
+        port=address.port,
+        token=token,
+        ca_pem=_read(ca, "CA file") if ca and not insecure else None,
+        client_cert_pem=_read(client_cert, "client certificate") if client_cert else None,
+        client_key_pem=_read(client_key, "client key") if client_key else None,
+        insecure=insecure,
+        ca_file=ca,
+    )
+
+
+def _read(path: str, what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as error:
+        raise TailhubError(f"cannot read the {what} {path}: {error.strerror or error}") from None
+
+
+class _Details(NamedTuple):
+    method: str
+    timeout: float | None
+    metadata: Any
+    credentials: grpc.CallCredentials | None
+    wait_for_ready: bool | None
+    compression: grpc.Compression | None
+
+
+if TYPE_CHECKING:  # generic in the stubs only
+    _UnaryUnary = grpc.UnaryUnaryClientInterceptor[Any, Any]
+    _UnaryStream = grpc.UnaryStreamClientInterceptor[Any, Any]
+else:
+    _UnaryUnary = grpc.UnaryUnaryClientInterceptor
+    _UnaryStream = grpc.UnaryStreamClientInterceptor
+
+
+class _Bearer(_UnaryUnary, _UnaryStream):
+    """Adds `authorization: Bearer TOKEN` to every call (plaintext loopback included, where
+    gRPC's call credentials are not allowed)."""
+
+    def __init__(self, token: str) -> None:
+        self._metadata = (("authorization", f"Bearer {token}"),)
+
+    def _with_token(self, details: Any) -> _Details:
+        return _Details(
+            details.method,
+            details.timeout,
+            (*(details.metadata or ()), *self._metadata),
+            details.credentials,
+            details.wait_for_ready,
+            details.compression,
+        )
+
+    def intercept_unary_unary(
+        self, continuation: Callable[[Any, Any], Any], client_call_details: Any, request: Any
+    ) -> Any:
+        return continuation(self._with_token(client_call_details), request)
+
+    def intercept_unary_stream(
+        self, continuation: Callable[[Any, Any], Any], client_call_details: Any, request: Any
+    ) -> Any:
+        return continuation(self._with_token(client_call_details), request)
+
+
+def with_token(channel: grpc.Channel, target: Target) -> grpc.Channel:
+    if target.token is None:
+        return channel
+    return grpc.intercept_channel(channel, _Bearer(target.token))
+
+
+def wait_connected(channel: grpc.Channel, target: Target) -> None:
+    """Returns once the channel is connected; else raises one clear line saying why not."""
+    settled = threading.Event()
+    states: list[grpc.ChannelConnectivity] = []
+
+    def watch(state: grpc.ChannelConnectivity) -> None:
+        states.append(state)
+        if state in (grpc.ChannelConnectivity.READY, grpc.ChannelConnectivity.TRANSIENT_FAILURE):
+            settled.set()
+
+    channel.subscribe(watch, try_to_connect=True)
+    try:
+        settled.wait(CONNECT_TIMEOUT)
+    finally:
+        channel.unsubscribe(watch)
+    if states and states[-1] is grpc.ChannelConnectivity.READY:
+        return
+    raise diagnose(target)
+
+
+def diagnose(target: Target) -> TailhubError:
+    """Why a connection to `target` fails, found with plain sockets (gRPC only says it did)."""
+    try:
+        raw = socket.create_connection((target.host, target.port), timeout=5.0)
+    except socket.gaierror as error:
+        return DaemonUnreachable(f"cannot resolve {target.host!r} ({error.strerror})")
+    except OSError as error:
+        why = "no answer within 5 s" if isinstance(error, TimeoutError) else error.strerror
+        return DaemonUnreachable(f"no tailhub daemon answers at {target.address} ({why})")
+    with raw:
+        if target.insecure:
+            return _plaintext_refused(raw, target)
+        return _tls_refused(raw, target)
+
+
+def _plaintext_refused(raw: socket.socket, target: Target) -> TailhubError:
+    probe = ssl.create_default_context()
+    probe.check_hostname = False
+    probe.verify_mode = ssl.CERT_NONE
+    try:
+        with probe.wrap_socket(raw, server_hostname=target.host):
+            pass
+    except (ssl.SSLError, OSError):
+        return DaemonUnreachable(
+            f"{target.address} answers, but not as a tailhub daemon (no gRPC on it)"
+        )
+    return SecureConnectionError(
+        f"{target.address} speaks TLS: leave out --insecure and give the daemon's CA "
+        "with --ca-file (or TAILHUB_CA)"
+    )
+
+
+def _tls_refused(raw: socket.socket, target: Target) -> TailhubError:
+    context = ssl.create_default_context(
+        cadata=target.ca_pem.decode("ascii", "replace") if target.ca_pem else None
+    )
+    if target.client_cert_pem is None:
+        ca_hint = (
+            f" (the CA in {target.ca_file} did not sign it)"
+            if target.ca_file
+            else "; give the CA that signed it with --ca-file (or TAILHUB_CA)"
+        )
+    else:
+        ca_hint = ""
+    try:
+        with context.wrap_socket(raw, server_hostname=target.host) as tls:
+            tls.recv(0)
+    except ssl.SSLCertVerificationError as error:
+        return SecureConnectionError(
+            f"the certificate of {target.address} is not trusted: "
+            f"{error.verify_message or error.reason}{ca_hint}"
+        )
+    except ssl.SSLError as error:
+        if error.reason in (
+            "WRONG_VERSION_NUMBER",
+            "RECORD_LAYER_FAILURE",
+            "PACKET_LENGTH_TOO_LONG",
+        ):
+            return _no_tls(target)
+        return SecureConnectionError(
+            f"the TLS connection to {target.address} failed: {error.reason or error}"
+            + (
+                "; the daemon may require a client certificate (--client-cert/--client-key)"
+                if target.client_cert_pem is None
+                else ""
+            )
+        )
+    except OSError:
+        return _no_tls(target)
+    return SecureConnectionError(
+        f"the TLS connection to {target.address} was made but gRPC failed on it; "
+        "the daemon may require a client certificate (--client-cert/--client-key)"
+    )
+
+
+def _no_tls(target: Target) -> TailhubError:
+    return SecureConnectionError(
+        f"{target.address} does not speak TLS (a daemon started with --insecure? then add "
+        "--insecure, on a loopback address only)"
+    )
+
+
+def target_of(params: Mapping[str, Any]) -> Target | None:
+    """The remote daemon the CLI's global flags name (or TAILHUB_SERVER); None: the socket's."""
+    server = params.get("server")
+    if not server:
+        for flag in ("token_file", "ca_file", "client_cert", "client_key", "insecure"):
+            if params.get(flag):
+                raise ValueError(f"--{flag.replace('_', '-')} goes with --server HOST:PORT")
+        return None
+    return target_from(
+        server,
+        token_file=params.get("token_file"),
+        ca_file=params.get("ca_file"),
+        client_cert=params.get("client_cert"),
+        client_key=params.get("client_key"),
+        insecure=bool(params.get("insecure")),
+    )
