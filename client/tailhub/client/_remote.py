@@ -8,6 +8,7 @@ import os
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +54,8 @@ class Target:
     client_key_pem: bytes | None = None
     insecure: bool = False
     ca_file: str | None = None
+    client_cert_file: str | None = None
+    client_key_file: str | None = None
 
     def channel(self, options: list[tuple[str, Any]]) -> grpc.Channel:
         every = [*options, *KEEPALIVE_OPTIONS]
@@ -110,6 +113,8 @@ def target_from(
         client_key_pem=_read(client_key, "client key") if client_key else None,
         insecure=insecure,
         ca_file=ca,
+        client_cert_file=client_cert,
+        client_key_file=client_key,
     )
 
 
@@ -173,26 +178,42 @@ def with_token(channel: grpc.Channel, target: Target) -> grpc.Channel:
 
 def wait_connected(channel: grpc.Channel, target: Target) -> None:
     """Returns once the channel is connected; else raises one clear line saying why not."""
-    settled = threading.Event()
+    changed = threading.Condition()
     states: list[grpc.ChannelConnectivity] = []
 
     def watch(state: grpc.ChannelConnectivity) -> None:
-        states.append(state)
-        if state in (grpc.ChannelConnectivity.READY, grpc.ChannelConnectivity.TRANSIENT_FAILURE):
-            settled.set()
+        with changed:
+            states.append(state)
+            changed.notify_all()
 
+    deadline = time.monotonic() + CONNECT_TIMEOUT
     channel.subscribe(watch, try_to_connect=True)
     try:
-        settled.wait(CONNECT_TIMEOUT)
+        seen = 0
+        while True:
+            with changed:
+                while len(states) == seen and time.monotonic() < deadline:
+                    changed.wait(deadline - time.monotonic())
+                news, seen = states[seen:], len(states)
+            if grpc.ChannelConnectivity.READY in news:
+                return
+            # A failure may be passing (a daemon busy starting): only a cause found with
+            # plain sockets ends the wait early.
+            if grpc.ChannelConnectivity.TRANSIENT_FAILURE in news:
+                problem = diagnose(target)
+                if problem is not None:
+                    raise problem
+            if time.monotonic() >= deadline:
+                raise diagnose(target) or DaemonUnreachable(
+                    f"no tailhub daemon answered at {target.address} within {CONNECT_TIMEOUT:.0f}s"
+                )
     finally:
         channel.unsubscribe(watch)
-    if states and states[-1] is grpc.ChannelConnectivity.READY:
-        return
-    raise diagnose(target)
 
 
-def diagnose(target: Target) -> TailhubError:
-    """Why a connection to `target` fails, found with plain sockets (gRPC only says it did)."""
+def diagnose(target: Target) -> TailhubError | None:
+    """Why a connection to `target` fails, found with plain sockets (gRPC only says it did);
+    None when nothing is found wrong."""
     try:
         raw = socket.create_connection((target.host, target.port), timeout=5.0)
     except socket.gaierror as error:
@@ -201,12 +222,13 @@ def diagnose(target: Target) -> TailhubError:
         why = "no answer within 5 s" if isinstance(error, TimeoutError) else error.strerror
         return DaemonUnreachable(f"no tailhub daemon answers at {target.address} ({why})")
     with raw:
+        raw.settimeout(5.0)
         if target.insecure:
             return _plaintext_refused(raw, target)
         return _tls_refused(raw, target)
 
 
-def _plaintext_refused(raw: socket.socket, target: Target) -> TailhubError:
+def _plaintext_refused(raw: socket.socket, target: Target) -> TailhubError | None:
     probe = ssl.create_default_context()
     probe.check_hostname = False
     probe.verify_mode = ssl.CERT_NONE
@@ -214,30 +236,29 @@ def _plaintext_refused(raw: socket.socket, target: Target) -> TailhubError:
         with probe.wrap_socket(raw, server_hostname=target.host):
             pass
     except (ssl.SSLError, OSError):
-        return DaemonUnreachable(
-            f"{target.address} answers, but not as a tailhub daemon (no gRPC on it)"
-        )
+        return None  # not TLS: the port speaks plaintext, as asked
     return SecureConnectionError(
         f"{target.address} speaks TLS: leave out --insecure and give the daemon's CA "
         "with --ca-file (or TAILHUB_CA)"
     )
 
 
-def _tls_refused(raw: socket.socket, target: Target) -> TailhubError:
+def _tls_refused(raw: socket.socket, target: Target) -> TailhubError | None:
     context = ssl.create_default_context(
         cadata=target.ca_pem.decode("ascii", "replace") if target.ca_pem else None
     )
-    if target.client_cert_pem is None:
-        ca_hint = (
-            f" (the CA in {target.ca_file} did not sign it)"
-            if target.ca_file
-            else "; give the CA that signed it with --ca-file (or TAILHUB_CA)"
-        )
-    else:
-        ca_hint = ""
+    if target.client_cert_pem is not None:
+        context.load_cert_chain(*_client_pair_files(target))
+    ca_hint = (
+        f" (the CA in {target.ca_file} did not sign it)"
+        if target.ca_file
+        else "; give the CA that signed it with --ca-file (or TAILHUB_CA)"
+    )
     try:
         with context.wrap_socket(raw, server_hostname=target.host) as tls:
-            tls.recv(0)
+            # A gRPC server speaks first after the handshake (its SETTINGS); a server that
+            # wants a client certificate says so here, after TLS 1.3's handshake.
+            tls.recv(1)
     except ssl.SSLCertVerificationError as error:
         return SecureConnectionError(
             f"the certificate of {target.address} is not trusted: "
@@ -250,20 +271,25 @@ def _tls_refused(raw: socket.socket, target: Target) -> TailhubError:
             "PACKET_LENGTH_TOO_LONG",
         ):
             return _no_tls(target)
+        needs_certificate = "CERTIFICATE_REQUIRED" in str(error.reason)
         return SecureConnectionError(
             f"the TLS connection to {target.address} failed: {error.reason or error}"
             + (
-                "; the daemon may require a client certificate (--client-cert/--client-key)"
-                if target.client_cert_pem is None
+                "; the daemon wants a client certificate (--client-cert/--client-key)"
+                if needs_certificate
                 else ""
             )
         )
+    except TimeoutError:
+        return None
     except OSError:
         return _no_tls(target)
-    return SecureConnectionError(
-        f"the TLS connection to {target.address} was made but gRPC failed on it; "
-        "the daemon may require a client certificate (--client-cert/--client-key)"
-    )
+    return None
+
+
+def _client_pair_files(target: Target) -> tuple[str, str]:
+    """Python's ssl loads a client certificate from files only: the ones given."""
+    return (target.client_cert_file or "", target.client_key_file or "")
 
 
 def _no_tls(target: Target) -> TailhubError:
