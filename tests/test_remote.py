@@ -397,3 +397,48 @@ def test_stream_caps_refuse_with_resource_exhausted_naming_the_cap(
         for call in streams:
             call.cancel()  # type: ignore[attr-defined]
         channel.close()
+
+
+def test_mutual_tls_refuses_a_client_without_a_certificate_in_one_line(
+    home: Path, start_daemon: Callable[..., DaemonProcess], workdir: Path
+) -> None:
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    from tailhub.client._tls_init import cert_pem, key_pem, make_leaf
+
+    tls = tls_init(home)
+    ca_key = serialization.load_pem_private_key((home / "tls" / "ca.key").read_bytes(), None)
+    ca_cert = x509.load_pem_x509_certificate(tls.ca_pem)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    key, cert = make_leaf(
+        ca_key,  # type: ignore[arg-type]
+        ca_cert,
+        ["alice"],
+        now - datetime.timedelta(hours=1),
+        now + datetime.timedelta(days=1),
+        client=True,
+    )
+    (workdir / "alice.pem").write_bytes(cert_pem(cert))
+    (workdir / "alice.key").write_bytes(key_pem(key))
+    address = f"127.0.0.1:{free_port()}"
+    start_daemon("--listen", address, *tls.flags, "--tls-client-ca", str(tls.ca))
+    token = write_token(workdir, "read", create_token(home, "read"))
+    remote = Remote(DaemonProcess(home), address, tls, home.parent / "elsewhere")
+
+    without = remote.cli(token, "jobs", "queue")
+    assert without.returncode == 106, without.stderr
+    assert b"wants a client certificate" in without.stderr
+    assert without.stderr.count(b"\n") == 1
+    with_certificate = remote.cli(
+        token,
+        "--client-cert",
+        str(workdir / "alice.pem"),
+        "--client-key",
+        str(workdir / "alice.key"),
+        "jobs",
+        "queue",
+    )
+    assert with_certificate.returncode == 0, with_certificate.stderr

@@ -24,6 +24,7 @@ from tailhub.client._errors import (
     ProtocolError,
     TailhubError,
 )
+from tailhub.client._remote import Target, target_from
 from tailhub.client._types import (
     DaemonStatus,
     JobInfo,
@@ -54,7 +55,9 @@ __all__ = [
     "ProtocolError",
     "StatePaths",
     "TailhubError",
+    "Target",
     "resolve_paths",
+    "target_from",
 ]
 
 

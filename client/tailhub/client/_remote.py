@@ -249,42 +249,43 @@ def _tls_refused(raw: socket.socket, target: Target) -> TailhubError | None:
     )
     if target.client_cert_pem is not None:
         context.load_cert_chain(*_client_pair_files(target))
-    ca_hint = (
-        f" (the CA in {target.ca_file} did not sign it)"
-        if target.ca_file
-        else "; give the CA that signed it with --ca-file (or TAILHUB_CA)"
-    )
     try:
         with context.wrap_socket(raw, server_hostname=target.host) as tls:
-            # A gRPC server speaks first after the handshake (its SETTINGS); a server that
-            # wants a client certificate says so here, after TLS 1.3's handshake.
-            tls.recv(1)
-    except ssl.SSLCertVerificationError as error:
-        return SecureConnectionError(
-            f"the certificate of {target.address} is not trusted: "
-            f"{error.verify_message or error.reason}{ca_hint}"
-        )
+            # A gRPC server speaks first after the handshake (its SETTINGS); one that wants
+            # a client certificate closes the connection here instead (after TLS 1.3's
+            # handshake, BoringSSL sends no alert).
+            closed = tls.recv(1) == b""
     except ssl.SSLError as error:
-        if error.reason in (
-            "WRONG_VERSION_NUMBER",
-            "RECORD_LAYER_FAILURE",
-            "PACKET_LENGTH_TOO_LONG",
-        ):
-            return _no_tls(target)
-        needs_certificate = "CERTIFICATE_REQUIRED" in str(error.reason)
-        return SecureConnectionError(
-            f"the TLS connection to {target.address} failed: {error.reason or error}"
-            + (
-                "; the daemon wants a client certificate (--client-cert/--client-key)"
-                if needs_certificate
-                else ""
-            )
-        )
+        return _tls_failure(error, target)
     except TimeoutError:
         return None
     except OSError:
         return _no_tls(target)
-    return None
+    if not closed:
+        return None
+    given = "" if target.client_cert_pem is None else " (not the one given)"
+    return SecureConnectionError(
+        f"{target.address} closed the TLS connection at once: it wants a client certificate "
+        f"signed by its CA{given}: --client-cert/--client-key"
+    )
+
+
+def _tls_failure(error: ssl.SSLError, target: Target) -> TailhubError:
+    if isinstance(error, ssl.SSLCertVerificationError):
+        ca_hint = (
+            f" (the CA in {target.ca_file} did not sign it)"
+            if target.ca_file
+            else "; give the CA that signed it with --ca-file (or TAILHUB_CA)"
+        )
+        return SecureConnectionError(
+            f"the certificate of {target.address} is not trusted: "
+            f"{error.verify_message or error.reason}{ca_hint}"
+        )
+    if error.reason in ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG"):
+        return _no_tls(target)
+    return SecureConnectionError(
+        f"the TLS connection to {target.address} failed: {error.reason or error}"
+    )
 
 
 def _client_pair_files(target: Target) -> tuple[str, str]:
