@@ -442,3 +442,12 @@ def test_mutual_tls_refuses_a_client_without_a_certificate_in_one_line(
         "queue",
     )
     assert with_certificate.returncode == 0, with_certificate.stderr
+
+
+def test_every_rpc_of_the_service_has_a_role_in_the_table() -> None:
+    """A new RPC must be placed in the roles table (else it is admin-only by default)."""
+    from tailhub.daemon import auth
+
+    service = pb.DESCRIPTOR.services_by_name["TailhubService"]
+    methods = {f"/tailhub.v1.TailhubService/{method.name}" for method in service.methods}
+    assert methods <= set(auth.ROLES), methods - set(auth.ROLES)

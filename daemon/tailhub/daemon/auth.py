@@ -32,7 +32,7 @@ _ATTACH = _SERVICE + "AttachJob"
 _CANCEL = _SERVICE + "CancelJobs"
 
 # The lowest role that may call each method; a method not here needs admin.
-_REQUIRED: dict[str, Role] = {
+ROLES: dict[str, Role] = {
     SUBSCRIBE: Role.READ,
     _SERVICE + "GetJob": Role.READ,
     _SERVICE + "ListJobs": Role.READ,
@@ -139,7 +139,7 @@ class AuthInterceptor(_ServerInterceptor):
             return _Refusal(
                 grpc.StatusCode.UNAUTHENTICATED, "token not accepted (unknown or revoked)"
             )
-        required = _REQUIRED.get(method, Role.ADMIN)
+        required = ROLES.get(method, Role.ADMIN)
         if found[1] < required:
             return _Refusal(
                 grpc.StatusCode.PERMISSION_DENIED,
