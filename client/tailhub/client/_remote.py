@@ -83,7 +83,10 @@ def target_from(
     for flags that do not fit, TailhubError for a file that cannot be read."""
     from tailhub.daemon.listeners import parse_address
 
-    address = parse_address(server)
+    try:
+        address = parse_address(server)
+    except ValueError as error:
+        raise ValueError(f"--server {error}") from None
     if address.port == 0:
         raise ValueError(f"--server {server!r}: give the daemon's port")
     if insecure and not address.is_loopback:
