@@ -54,7 +54,8 @@ def run(settings: Settings, scratch: Path, earlier: dict[str, Any]) -> dict[str,
 
 def _loads(fanout: dict[str, Any]) -> list[tuple[int, int]]:
     """(streams, message size) of every fan-out run at the largest N."""
-    runs = fanout.get("runs", [])
+    # The fan-out's runs over the Unix socket: the ceiling is a Unix-socket server too.
+    runs = [run for run in fanout.get("runs", []) if run.get("transport", "unix") == "unix"]
     if not runs:
         return [DEFAULT_LOAD]
     largest = max(run["followers"] for run in runs)

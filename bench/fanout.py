@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import socket
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -35,13 +36,15 @@ class Settings:
         (1000, MB),
         (1000, MB / 10),
     )
+    # The same over TCP with TLS and a read token (the daemon's --listen on 127.0.0.1).
+    tls_loads: tuple[tuple[int, float], ...] = ((1000, MB),)
     duration: float = 10.0  # seconds of writing
     clients: int = 4  # follower processes
     profile_dir: Path | None = None  # py-spy the daemon during the first run at the largest N
 
 
 FULL = Settings()
-QUICK = Settings(loads=((1, MB), (10, MB)), duration=2.0, clients=2)
+QUICK = Settings(loads=((1, MB), (10, MB)), tls_loads=((10, MB),), duration=2.0, clients=2)
 
 
 def run(settings: Settings, scratch: Path, earlier: dict[str, Any]) -> dict[str, Any]:
@@ -57,13 +60,24 @@ def run(settings: Settings, scratch: Path, earlier: dict[str, Any]) -> dict[str,
         )
         for index, (count, rate) in enumerate(settings.loads)
     ]
+    runs += [
+        _run_one(settings, count, rate, scratch / f"t{index}", None, tls=True)
+        for index, (count, rate) in enumerate(settings.tls_loads)
+    ]
     return {"status": "ok", "settings": asdict(settings), "runs": runs}
 
 
 def _run_one(
-    settings: Settings, count: int, rate: float, directory: Path, profile: Path | None
+    settings: Settings,
+    count: int,
+    rate: float,
+    directory: Path,
+    profile: Path | None,
+    *,
+    tls: bool = False,
 ) -> dict[str, Any]:
     directory.mkdir(parents=True)
+    remote = _Remote.make(directory / "h", count) if tls else None
     gate = directory / "gate"
     os.mkfifo(gate)
     writer = (
@@ -71,16 +85,22 @@ def _run_one(
         f" --rate {rate} --duration {settings.duration} --gate {shlex.quote(str(gate))}"
     )
     timeout = settings.duration + 120
-    with Daemon(directory / "h") as daemon, ProcessSet() as processes, daemon.client() as client:
+    daemon_args = remote.daemon_args if remote else []
+    with (
+        Daemon(directory / "h", daemon_args) as daemon,
+        ProcessSet() as processes,
+        daemon.client() as client,
+    ):
         job = client.launch(writer, name=f"fanout-{count}", workdir=str(REPO))
         outs = follower.spawn(
             processes,
-            daemon.address,
+            remote.address if remote else daemon.address,
             [job.id] * count,
             clients=settings.clients,
             directory=directory,
             timeout=timeout,
-            flags=["--latency"],
+            flags=["--latency", *(remote.follower_flags if remote else [])],
+            env=remote.follower_env if remote else None,
         )
         wait_until(lambda: client.get(job.id).subscribers >= count, 120, f"{count} subscribers")
         cpu_before = daemon.cpu()
@@ -94,10 +114,42 @@ def _run_one(
         info = client.get(job.id)
     received = follower.collect(outs)
     return _summary(count, info.log_size, info.upstream_connections, opened, received) | {
+        "transport": "tls" if tls else "unix",
         "rate_bytes_per_s": rate,
         "daemon_cpu_s": cpu.own,
         "daemon_peak_rss_bytes": peak_rss,
     }
+
+
+@dataclass(frozen=True)
+class _Remote:
+    """A daemon's TLS listener on 127.0.0.1 and what its followers need: the CA, a read token."""
+
+    address: str
+    daemon_args: list[str]
+    follower_flags: list[str]
+    follower_env: dict[str, str]
+
+    @classmethod
+    def make(cls, home: Path, streams: int) -> _Remote:
+        from tailhub.client._tls_init import tls_init
+        from tailhub.daemon.tokens import Role, create_token
+
+        files = tls_init(home, ["localhost", "127.0.0.1"])
+        token, _ = create_token(home, Role.READ, "bench")
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            address = f"127.0.0.1:{probe.getsockname()[1]}"
+        return cls(
+            address,
+            [
+                *("--listen", address),
+                *("--tls-cert", str(files.server_cert), "--tls-key", str(files.server_key)),
+                *("--max-streams-per-token", str(max(streams, 1000))),
+            ],
+            [f"--ca-file={files.ca_cert}"],
+            dict(os.environ, TAILHUB_TOKEN=token),
+        )
 
 
 def _open(gate: Path) -> None:
@@ -170,6 +222,7 @@ def tables(result: dict[str, Any]) -> list[Table]:
     rows = [
         (
             str(run["followers"]),
+            "TCP+TLS" if run.get("transport") == "tls" else "Unix",
             number(run["rate_bytes_per_s"], 1, 1 / MB),
             percent(run["delivered_share"], 2),
             number(run["latency_p50_s"], 1, 1000),
@@ -188,6 +241,7 @@ def tables(result: dict[str, Any]) -> list[Table]:
     ]
     headers = (
         "N",
+        "via",
         "MB/s in",
         "delivered",
         "p50 ms",
@@ -209,6 +263,8 @@ def tables(result: dict[str, Any]) -> list[Table]:
         " each chunk once could share",
         f"followers spread over {settings['clients']} grpc.aio client processes"
         " on the same 2-core machine",
+        "via TCP+TLS: the daemon's --listen on 127.0.0.1 (tls-init certificate, ECDSA P-256),"
+        " every follower with a read token; one TLS connection per client process",
     )
     title = (
         f"fan-out: one local job writing 100-byte lines for {settings['duration']:g} s,"

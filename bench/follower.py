@@ -16,6 +16,7 @@ import asyncio
 import hashlib
 import itertools
 import json
+import os
 import resource
 import time
 from array import array
@@ -42,6 +43,9 @@ class Options:
     check_offsets: bool = True
     latency: bool = False
     digest: bool = False
+    # A TCP daemon with TLS: the CA to trust, and the token (from $TAILHUB_TOKEN).
+    ca_file: Path | None = None
+    token: str | None = None
 
 
 @dataclass
@@ -128,6 +132,7 @@ async def follow(
     call = subscribe(
         pb.SubscribeRequest(job_id=result.job, offset=options.offset, follow=options.follow),
         wait_for_ready=True,
+        metadata=(("authorization", f"Bearer {options.token}"),) if options.token else None,
     )
     try:
         async for message in call:
@@ -170,7 +175,12 @@ async def follow_all(
 ) -> tuple[list[StreamResult], Samples]:
     results = [StreamResult(job) for job in jobs]
     samples = Samples()
-    async with grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
+    if options.ca_file is None:
+        opened = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+    else:
+        credentials = grpc.ssl_channel_credentials(options.ca_file.read_bytes())
+        opened = grpc.aio.secure_channel(address, credentials, options=CHANNEL_OPTIONS)
+    async with opened as channel:
         tasks = [
             asyncio.create_task(follow(channel, result, options, samples)) for result in results
         ]
@@ -210,6 +220,7 @@ def spawn(
     directory: Path,
     timeout: float,
     flags: Sequence[str] = (),
+    env: dict[str, str] | None = None,
 ) -> list[Path]:
     """Starts `clients` processes that share the followers of `jobs` (one stream per entry)."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -222,7 +233,7 @@ def spawn(
             "bench.follower", address, f"--out={out}", f"--timeout={timeout}", *flags, *streams
         )
         with open(directory / f"follower-{index}.err", "wb") as errors:
-            processes.spawn(argv, stderr=errors)
+            processes.spawn(argv, stderr=errors, env=env)
         outs.append(out)
     return outs
 
@@ -255,8 +266,17 @@ def main() -> None:
     parser.add_argument("--latency", action="store_true")
     parser.add_argument("--digest", action="store_true")
     parser.add_argument("--timeout", type=float, default=300.0)
+    parser.add_argument("--ca-file", type=Path, help="TLS to ADDRESS (HOST:PORT); token in env")
     args = parser.parse_args()
-    options = Options(args.offset, args.follow, args.check_offsets, args.latency, args.digest)
+    options = Options(
+        args.offset,
+        args.follow,
+        args.check_offsets,
+        args.latency,
+        args.digest,
+        args.ca_file,
+        os.environ.get("TAILHUB_TOKEN") or None,
+    )
     results, samples = asyncio.run(
         follow_all(args.address, parse_streams(args.stream), options, args.timeout)
     )

@@ -49,7 +49,9 @@ def _fanout(scenarios: Scenarios) -> list[Verdict]:
     if fanout is None:
         return _missing(*(f"fan-out N=1000: {target}" for target in _FANOUT_TARGETS))
     # The load: the largest N at the highest rate, its first run.
-    run = max(fanout["runs"], key=lambda run: (run["followers"], run["rate_bytes_per_s"]))
+    # Over the Unix socket (the TCP+TLS line is reported beside it, not judged).
+    socket_runs = [run for run in fanout["runs"] if run.get("transport", "unix") == "unix"]
+    run = max(socket_runs, key=lambda run: (run["followers"], run["rate_bytes_per_s"]))
     n = run["followers"]
     names = [f"fan-out N={n}: {target}" for target in _FANOUT_TARGETS]
     p99 = run["latency_p99_s"]

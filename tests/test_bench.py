@@ -37,9 +37,12 @@ def test_quick_benchmark_runs_every_scenario_and_writes_json(tmp_path: Path) -> 
     assert str(out) in done.stdout
 
     fanout = results["scenarios"]["fanout"]
-    assert [run["followers"] for run in fanout["runs"]] == [
-        followers for followers, _ in fanout["settings"]["loads"]
+    # The socket's runs, then the same over TCP with TLS and a read token.
+    assert [(run["followers"], run["transport"]) for run in fanout["runs"]] == [
+        *((followers, "unix") for followers, _ in fanout["settings"]["loads"]),
+        *((followers, "tls") for followers, _ in fanout["settings"]["tls_loads"]),
     ]
+    assert "TCP+TLS" in done.stdout
     for run in fanout["runs"]:
         assert run["errors"] == []
         assert run["delivered_share"] == 1.0

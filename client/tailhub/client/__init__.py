@@ -12,6 +12,10 @@ from __future__ import annotations
 
 import os
 
+# Read by gRPC's core when grpc is imported (just below): else it prints each failed TLS
+# handshake on stderr as it retries; the client says once why it cannot connect.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
 from tailhub.client._client import Client
 from tailhub.client._errors import (
     DaemonUnreachable,
@@ -20,6 +24,7 @@ from tailhub.client._errors import (
     ProtocolError,
     TailhubError,
 )
+from tailhub.client._remote import Target, target_from
 from tailhub.client._types import (
     DaemonStatus,
     JobInfo,
@@ -50,7 +55,9 @@ __all__ = [
     "ProtocolError",
     "StatePaths",
     "TailhubError",
+    "Target",
     "resolve_paths",
+    "target_from",
 ]
 
 

@@ -19,6 +19,7 @@ from tailhub.client._errors import (
     from_rpc_error,
     is_transient,
 )
+from tailhub.client._remote import Target, wait_connected, with_token
 from tailhub.client._types import (
     CancelResult,
     DaemonStatus,
@@ -58,10 +59,33 @@ T = TypeVar("T")
 class Client:
     """One connection to a daemon. Use `connect()`; close it, or use it as a context manager."""
 
-    def __init__(self, paths: StatePaths) -> None:
+    def __init__(self, paths: StatePaths | None, target: Target | None = None) -> None:
+        # None for a remote daemon: its state directory is on another machine.
         self.paths = paths
-        self._channel = grpc.insecure_channel(paths.address, options=_CHANNEL_OPTIONS)
-        self._stub = rpc.TailhubServiceStub(self._channel)
+        if target is None:
+            if paths is None:
+                raise ValueError("a client needs a state directory or a remote target")
+            # Where errors say the daemon is: its socket, or the remote HOST:PORT.
+            self.address = paths.address
+            self._channel = grpc.insecure_channel(paths.address, options=_CHANNEL_OPTIONS)
+            calls = self._channel
+        else:
+            self.address = target.address
+            self._channel = target.channel(_CHANNEL_OPTIONS)
+            calls = with_token(self._channel, target)
+        self._stub = rpc.TailhubServiceStub(calls)
+
+    @classmethod
+    def connect_remote(cls, target: Target) -> Client:
+        """A client of the daemon at `target` (never started from here): DaemonUnreachable
+        when none answers, SecureConnectionError when TLS cannot be agreed on."""
+        client = cls(None, target)
+        try:
+            wait_connected(client._channel, target)
+        except BaseException:
+            client.close()
+            raise
+        return client
 
     @classmethod
     def connect(
@@ -99,7 +123,7 @@ class Client:
         try:
             return method(request, timeout=_CALL_TIMEOUT, wait_for_ready=True)
         except grpc.RpcError as error:
-            raise from_rpc_error(error, self.paths.address) from None
+            raise from_rpc_error(error, self.address) from None
 
     # -- jobs ------------------------------------------------------------------------------
     def attach_file(self, path: str, name: str = "") -> JobInfo:
@@ -284,7 +308,7 @@ class Client:
                         return
             except grpc.RpcError as error:
                 if not is_transient(error):
-                    raise from_rpc_error(error, self.paths.address) from None
+                    raise from_rpc_error(error, self.address) from None
             finally:
                 call.cancel()  # type: ignore[no-untyped-call]
             # The stream broke (daemon stopping or gone): wait for a daemon and resume.
@@ -292,7 +316,7 @@ class Client:
             down_since = now if down_since is None else down_since
             if now - down_since > reconnect_timeout:
                 raise DaemonUnreachable(
-                    f"lost the daemon on {self.paths.address} and none came back within "
+                    f"lost the daemon on {self.address} and none came back within "
                     f"{reconnect_timeout:.0f}s"
                 )
             # A stopping daemon refuses new streams until it is gone: do not spin on it.

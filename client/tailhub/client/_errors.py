@@ -5,6 +5,7 @@ TailhubError
 ├── JobNotFoundError       the daemon has no such job
 ├── InvalidRequestError    the daemon refused the request as asked
 ├── DiskFullError          the daemon's disk is full: nothing was stored, retry later
+├── AccessDenied           a remote daemon refused the token or its role
 └── ProtocolError          the daemon answered something a client cannot make sense of
 """
 
@@ -16,6 +17,8 @@ from tailhub.client import exit_codes
 
 # What the daemon's details for a full disk begin with (daemon service.DISK_FULL).
 _DISK_FULL = "disk full"
+# What the details of a stream refused by a cap begin with (daemon auth.StreamCaps).
+_TOO_MANY_STREAMS = "too many log streams"
 
 
 class TailhubError(Exception):
@@ -38,8 +41,27 @@ class DiskFullError(TailhubError):
     exit_code = exit_codes.ERROR
 
 
+class AccessDenied(TailhubError):
+    exit_code = exit_codes.ACCESS_DENIED
+
+
 class ProtocolError(TailhubError):
     exit_code = exit_codes.ERROR
+
+
+# A remote daemon's answer to a token it does not know, or whose role is too low (auth.py).
+_REFUSED = {
+    grpc.StatusCode.UNAUTHENTICATED: "the token",
+    grpc.StatusCode.PERMISSION_DENIED: "the call",
+}
+
+
+# Codes whose details are the whole message.
+_AS_IS: dict[grpc.StatusCode, type[TailhubError]] = {
+    grpc.StatusCode.NOT_FOUND: JobNotFoundError,
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidRequestError,
+    grpc.StatusCode.FAILED_PRECONDITION: InvalidRequestError,
+}
 
 
 def is_transient(error: grpc.RpcError) -> bool:
@@ -50,10 +72,9 @@ def is_transient(error: grpc.RpcError) -> bool:
 def from_rpc_error(error: grpc.RpcError, address: str) -> TailhubError:
     code = error.code()
     details = error.details() or code.name.lower()
-    if code is grpc.StatusCode.NOT_FOUND:
-        return JobNotFoundError(details)
-    if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION):
-        return InvalidRequestError(details)
+    as_is = _AS_IS.get(code)
+    if as_is is not None:
+        return as_is(details)
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
         return DaemonUnreachable(f"no tailhub daemon answers on {address} ({details})")
     if code is grpc.StatusCode.CANCELLED:
@@ -61,6 +82,8 @@ def from_rpc_error(error: grpc.RpcError, address: str) -> TailhubError:
         return DaemonUnreachable(f"the daemon on {address} stopped while answering ({details})")
     if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
         return _exhausted(details)
+    if code in _REFUSED:
+        return AccessDenied(f"{address} refused {_REFUSED[code]}: {details}")
     return TailhubError(f"daemon error {code.name}: {details}")
 
 
@@ -69,6 +92,8 @@ def _exhausted(details: str) -> TailhubError:
     over the daemon's receive limit) is not worth a retry."""
     if details.startswith(_DISK_FULL):
         return DiskFullError(details)
+    if details.startswith(_TOO_MANY_STREAMS):
+        return TailhubError(details)
     return InvalidRequestError(
         f"the daemon refused the request as too large ({details}); "
         "see the limits in the README (one Publish: at most 4 MiB)"

@@ -30,6 +30,7 @@ from tailhub.client._output import (
 )
 from tailhub.client._pending import PendingStatus
 from tailhub.client._queue import job_json, print_jobs
+from tailhub.client._tokens_cli import token
 from tailhub.client._types import JobState
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -40,6 +41,7 @@ _PUBLISH_RETRY_PAUSE = 0.2
 
 if TYPE_CHECKING:  # importing the client pulls in grpc, which `--help` does not need
     from tailhub.client import Client, StatePaths
+    from tailhub.client._remote import Target
 
 
 # Job ids (or names) and exit codes as the command line takes them.
@@ -91,7 +93,30 @@ def _home_flag(home: str | None) -> str:
 def _connect(home: str | None, autostart: bool = True) -> Client:
     from tailhub.client import Client
 
+    target = _remote_target()
+    if target is not None:  # never auto-started: that daemon is on another machine
+        return Client.connect_remote(target)
     return Client.connect(_paths(home), autostart=autostart)
+
+
+def _remote_target() -> Target | None:
+    """The daemon `--server` (or $TAILHUB_SERVER) names; None: this machine's socket."""
+    from tailhub.client._remote import target_of
+
+    root = click.get_current_context(silent=True)
+    if root is None:
+        return None
+    try:
+        return target_of(root.find_root().params)
+    except ValueError as error:
+        raise click.UsageError(str(error)) from None
+
+
+def _local_only(what: str) -> None:
+    """Refuses --server for a command that acts on this machine's daemon."""
+    root = click.get_current_context().find_root()
+    if root.params.get("server"):
+        raise click.UsageError(f"{what} acts on this machine's daemon: leave out --server")
 
 
 class _Commands(click.Group):
@@ -111,12 +136,31 @@ class _Commands(click.Group):
 @click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="tailhub")
 @click.option("--home", metavar="DIR", help=_HOME_HELP)
-def cli(home: str | None) -> None:
+@click.option(
+    "--server",
+    metavar="HOST:PORT",
+    envvar="TAILHUB_SERVER",
+    help="A daemon's --listen address (default: this machine's socket). Env TAILHUB_SERVER.",
+)
+@click.option(
+    "--token-file", metavar="FILE", help="Token for --server (default: $TAILHUB_TOKEN itself)."
+)
+@click.option(
+    "--ca-file", metavar="PEM", help="CA that signed --server's certificate (env TAILHUB_CA)."
+)
+@click.option("--client-cert", metavar="PEM", help="Client certificate, for mutual TLS.")
+@click.option("--client-key", metavar="PEM", help="Its private key.")
+@click.option("--insecure", is_flag=True, help="--server speaks plaintext (loopback only).")
+def cli(home: str | None, **remote: Any) -> None:
     """One log fetch per job, fanned out to every follower.
 
     Exit codes of commands that report a job's result: 0 succeeded, 100 failed,
-    101 not finished, 102 not found, 103 cancelled, 104 no daemon answered, 2 bad usage.
+    101 not finished, 102 not found, 103 cancelled, 104 no daemon answered, 105 token
+    refused, 106 TLS failed, 2 bad usage.
     """
+
+
+cli.add_command(token)
 
 
 # -- daemon -----------------------------------------------------------------------------------
@@ -130,12 +174,35 @@ def daemon() -> None:
 @click.option(
     "--max-running-jobs", type=click.IntRange(min=1), help="Limit on local jobs running at once."
 )
-def daemon_start(home: str | None, max_running_jobs: int | None) -> None:
+@click.option("--listen", multiple=True, metavar="HOST:PORT", help="Also serve on TCP (TLS).")
+@click.option(
+    "--tls-cert", metavar="PEM", help="Certificate of --listen (tailhub daemon tls-init)."
+)
+@click.option("--tls-key", metavar="PEM", help="Its private key.")
+@click.option("--tls-client-ca", metavar="PEM", help="Require client certificates of this CA.")
+@click.option("--insecure", "plaintext", is_flag=True, help="No TLS on --listen (loopback only).")
+@click.option("--max-streams", type=click.IntRange(min=1), help="Network log streams in all.")
+@click.option("--max-streams-per-token", type=click.IntRange(min=1), help="... per token.")
+def daemon_start(
+    home: str | None,
+    max_running_jobs: int | None,
+    listen: tuple[str, ...],
+    plaintext: bool,
+    **network: Any,
+) -> None:
     """Start the daemon in the background; returns once it answers."""
     from tailhub.client._daemon import ensure_daemon
 
+    _local_only("daemon start")
     paths = _paths(home)
     args = ["--max-running-jobs", str(max_running_jobs)] if max_running_jobs else []
+    args += [item for address in listen for item in ("--listen", address)]
+    args += ["--insecure"] if plaintext else []
+    for name, value in network.items():
+        if value is not None:
+            # The daemon runs in its state directory: a relative path must not change meaning.
+            text = os.path.abspath(value) if name.startswith("tls_") else str(value)
+            args += [f"--{name.replace('_', '-')}", text]
     started = ensure_daemon(paths, args)
     with _connect(home, autostart=False) as client:
         status = client.status()
@@ -155,6 +222,7 @@ def daemon_stop(home: str | None) -> None:
     """Stop the daemon. Running local jobs keep running; a new daemon adopts them."""
     from tailhub.client._daemon import stop_daemon
 
+    _local_only("daemon stop")
     paths = _paths(home)
     pid = stop_daemon(paths)
     note(f"tailhubd (pid {pid}) stopped" if pid else f"no tailhubd is running on {paths.home}")
@@ -168,9 +236,10 @@ def daemon_status(home: str | None, as_json: bool) -> None:
     from tailhub.client import DaemonUnreachable
     from tailhub.client._daemon import is_listening
 
-    paths = _paths(home)
-    if not is_listening(paths):
-        raise DaemonUnreachable(f"no tailhubd is running on {paths.home}")
+    if _remote_target() is None:
+        paths = _paths(home)
+        if not is_listening(paths):
+            raise DaemonUnreachable(f"no tailhubd is running on {paths.home}")
     with _connect(home, autostart=False) as client:
         status = client.status()
     if as_json:
@@ -193,6 +262,35 @@ def daemon_status(home: str | None, as_json: bool) -> None:
     ]
     for label, value in rows:
         click.echo(f"{label + ':':<22}{printable(str(value))}")
+
+
+@daemon.command("tls-init")
+@_home_option
+@click.option(
+    "--host",
+    "hosts",
+    multiple=True,
+    metavar="NAME",
+    help="A name or address clients use to reach this machine (repeatable).",
+)
+@click.option("--force", is_flag=True, help="Replace the CA and certificate there are.")
+def daemon_tls_init(home: str | None, hosts: tuple[str, ...], force: bool) -> None:
+    """Make a private CA and a server certificate in <state dir>/tls/; print the flags."""
+    from tailhub.client._tls_init import default_hosts, tls_init
+
+    _local_only("daemon tls-init")
+    paths = _paths(home)
+    names = list(dict.fromkeys([*default_hosts(), *hosts]))
+    try:
+        files = tls_init(paths.home, names, force=force)
+    except FileExistsError as error:
+        note(f"{error} exists; clients may trust its CA already. --force replaces it")
+        sys.exit(exit_codes.ERROR)
+    note(f"certificate valid for {', '.join(names)}; give clients {files.ca_cert}")
+    click.echo(
+        f"--tls-cert {shlex.quote(str(files.server_cert))} "
+        f"--tls-key {shlex.quote(str(files.server_key))}"
+    )
 
 
 # -- jobs -------------------------------------------------------------------------------------
@@ -289,6 +387,8 @@ def _backend(home: str | None, given: str | None) -> str:
         raise click.UsageError(f"TAILHUB_BACKEND={chosen!r}: local or skypilot")
     if chosen:
         return chosen
+    if _remote_target() is not None:
+        return ""  # the remote daemon's own default
     try:
         return read_config_file(_paths(home)).backend or "local"
     except ValueError as error:

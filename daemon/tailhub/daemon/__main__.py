@@ -18,6 +18,13 @@ from tailhub.daemon.config_file import read_config_file
 from tailhub.daemon.durations import parse_duration
 from tailhub.daemon.faults import crash_points_from
 from tailhub.daemon.grpc_log import quiet_client_gone_tracebacks
+from tailhub.daemon.listeners import (
+    DEFAULT_MAX_STREAMS,
+    DEFAULT_MAX_STREAMS_PER_TOKEN,
+    ListenerError,
+    NetworkSettings,
+    network_settings,
+)
 from tailhub.daemon.lock import AlreadyRunning
 from tailhub.daemon.model import StorageFull
 from tailhub.daemon.paths import StatePaths, resolve_home
@@ -28,10 +35,10 @@ from tailhub.daemon.store import UnusableState
 logger = logging.getLogger("tailhub.daemon")
 
 
-async def serve(config: DaemonConfig) -> None:
+async def serve(config: DaemonConfig, network: NetworkSettings | None = None) -> None:
     loop = asyncio.get_running_loop()
     loop.set_exception_handler(_log_loop_error)
-    daemon = Daemon(config)
+    daemon = Daemon(config, network)
     await daemon.start()
     stopping: asyncio.Task[None] | None = None
 
@@ -120,6 +127,34 @@ def _raise_open_file_limit() -> None:
     help="The `sky` executable of the skypilot backend (default: config.yaml's `sky:`, "
     "else `sky` on the PATH).",
 )
+@click.option(
+    "--listen",
+    multiple=True,
+    metavar="HOST:PORT",
+    help="Also serve on this TCP address (repeatable; IPv6 as [::1]:PORT), with TLS and tokens.",
+)
+@click.option("--tls-cert", metavar="PEM", help="Certificate chain of the --listen addresses.")
+@click.option("--tls-key", metavar="PEM", help="Its private key (mode 0600, yours).")
+@click.option(
+    "--tls-client-ca", metavar="PEM", help="Require client certificates signed by this CA."
+)
+@click.option(
+    "--insecure", is_flag=True, help="No TLS on --listen: loopback addresses only (tests, tunnels)."
+)
+@click.option(
+    "--max-streams",
+    type=click.IntRange(min=1),
+    default=DEFAULT_MAX_STREAMS,
+    show_default=True,
+    help="Log streams served at once over the --listen addresses, in all.",
+)
+@click.option(
+    "--max-streams-per-token",
+    type=click.IntRange(min=1),
+    default=DEFAULT_MAX_STREAMS_PER_TOKEN,
+    show_default=True,
+    help="Log streams served at once to one token.",
+)
 @click.option("--log-level", default="INFO", show_default=True)
 def main(
     home: str | None,
@@ -129,6 +164,13 @@ def main(
     retention: str,
     max_ended_jobs: int,
     sky: str | None,
+    listen: tuple[str, ...],
+    tls_cert: str | None,
+    tls_key: str | None,
+    tls_client_ca: str | None,
+    insecure: bool,
+    max_streams: int,
+    max_streams_per_token: int,
     log_level: str,
 ) -> None:
     """Run the tailhub daemon in the foreground."""
@@ -142,6 +184,22 @@ def main(
         retention_seconds = parse_duration(retention)
     except ValueError as error:
         raise click.BadParameter(str(error), param_hint="--retention") from None
+    try:
+        # Read and checked before anything is bound: asked-for listeners are never skipped.
+        network = network_settings(
+            listen,
+            cert=tls_cert,
+            key=tls_key,
+            client_ca=tls_client_ca,
+            insecure=insecure,
+            max_streams=max_streams,
+            max_streams_per_token=max_streams_per_token,
+        )
+    except ValueError as error:
+        raise click.UsageError(str(error)) from None
+    except ListenerError as error:
+        click.echo(f"tailhubd: {error}", err=True)
+        sys.exit(error.exit_code)
     _raise_open_file_limit()
     try:
         paths = StatePaths(resolve_home(home, os.environ))
@@ -163,7 +221,10 @@ def main(
             sky=sky or settings.sky or "sky",
             sky_environment=tuple(sorted(os.environ.items())),
         )
-        asyncio.run(serve(config))
+        asyncio.run(serve(config, network))
+    except ListenerError as error:
+        click.echo(f"tailhubd: {error}", err=True)
+        sys.exit(error.exit_code)
     except AlreadyRunning as error:
         click.echo(f"tailhubd: {error}", err=True)
         sys.exit(3)

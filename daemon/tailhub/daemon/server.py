@@ -8,6 +8,7 @@ import contextlib
 import logging
 import os
 import shutil
+from collections.abc import Sequence
 from types import TracebackType
 
 import grpc
@@ -16,24 +17,31 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from tailhub.daemon import limits
+from tailhub.daemon.auth import AuthInterceptor, LaunchedTarget, StreamCaps
 from tailhub.daemon.config import DaemonConfig
 from tailhub.daemon.identity import check_logs_belong
 from tailhub.daemon.jobs import JobManager
+from tailhub.daemon.listeners import SERVER_KEEPALIVE_OPTIONS, NetworkSettings, bind, describe
 from tailhub.daemon.lock import StateLock
+from tailhub.daemon.model import JobError, backend_of
 from tailhub.daemon.runner import LocalRunner
 from tailhub.daemon.service import SERVICE_NAME, TailhubServicer
 from tailhub.daemon.sky import SkyCli
 from tailhub.daemon.sources import SourceEnvironment
 from tailhub.daemon.statedir import check_database, check_state_dir, ensure_private_dir
 from tailhub.daemon.store import JobStore
+from tailhub.daemon.tokens import TokenIndex
 from tailhub.daemon.watch import FileWatcher
 
 logger = logging.getLogger(__name__)
 
 
 class Daemon:
-    def __init__(self, config: DaemonConfig) -> None:
+    def __init__(self, config: DaemonConfig, network: NetworkSettings | None = None) -> None:
         self.config = config
+        # The TCP listeners (auth.py's interceptor on their own server), if asked for.
+        self.network = network
+        self._network_server: grpc.aio.Server | None = None
         self._lock = StateLock(config.paths.lock, config.paths.pid)
         self._watcher = FileWatcher()
         self._store: JobStore | None = None
@@ -77,26 +85,11 @@ class Daemon:
         self._manager = JobManager(self.config, self._store, environment)
         await self._manager.start()
 
-        limit = self.config.max_concurrent_streams
-        server = grpc.aio.server(
-            options=[
-                # The C core queues at most 1000 unanswered requests by default: a burst of
-                # 2000 subscriptions would see some cancelled.
-                ("grpc.server.max_pending_requests", limit),
-                ("grpc.server.max_pending_requests_hard_limit", limit),
-                ("grpc.max_send_message_length", 8 * 1024 * 1024),
-                # Just above the largest request the limits allow (gRPC's default is 4 MiB,
-                # which a Publish of the documented maximum exceeds by its framing).
-                ("grpc.max_receive_message_length", limits.MAX_REQUEST_BYTES),
-            ],
-        )
+        server = grpc.aio.server(options=self._server_options())
         servicer = TailhubServicer(self._manager, self.config)
-        server.add_generic_rpc_handlers((servicer.handler(),))
         health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
-        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-        )
+        network_server = self._network(servicer, health_servicer)
+        _serve(server, servicer, health_servicer)
         # Created 0600 from the start: no moment where another user could connect.
         old_umask = os.umask(0o177)
         try:
@@ -104,17 +97,53 @@ class Daemon:
         finally:
             os.umask(old_umask)
         await server.start()
+        self._server = server
+        if network_server is not None:
+            await network_server.start()
+            self._network_server = network_server
         await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
         await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-        self._server = server
         logger.info("tailhubd serving %s (pid %d)", paths.address, os.getpid())
+
+    def _server_options(self) -> list[tuple[str, int]]:
+        limit = self.config.max_concurrent_streams
+        return [
+            # The C core queues at most 1000 unanswered requests by default: a burst of
+            # 2000 subscriptions would see some cancelled.
+            ("grpc.server.max_pending_requests", limit),
+            ("grpc.server.max_pending_requests_hard_limit", limit),
+            ("grpc.max_send_message_length", 8 * 1024 * 1024),
+            # Just above the largest request the limits allow (gRPC's default is 4 MiB,
+            # which a Publish of the documented maximum exceeds by its framing).
+            ("grpc.max_receive_message_length", limits.MAX_REQUEST_BYTES),
+            *SERVER_KEEPALIVE_OPTIONS,
+        ]
+
+    def _network(
+        self, servicer: TailhubServicer, health_servicer: health.HealthServicer
+    ) -> grpc.aio.Server | None:
+        """The TCP listeners' server, its ports bound (ListenerError if one cannot be)."""
+        network = self.network
+        if network is None or self._manager is None:
+            return None
+        interceptor = AuthInterceptor(
+            TokenIndex(self.config.paths.home),
+            _launched_target(self._manager),
+            StreamCaps(network.max_streams, network.max_streams_per_token),
+        )
+        server = grpc.aio.server(options=self._server_options(), interceptors=[interceptor])
+        _serve(server, servicer, health_servicer)
+        for address in bind(server, network):
+            logger.info("tailhubd listening on %s (%s)", address, describe(network))
+        return server
 
     async def stop(self, grace: float | None = None) -> None:
         """Ends subscribers' streams with "daemon stopping", then the server, then the rest."""
         if self._manager is not None:
             self._manager.begin_stop()
-        if self._server is not None:
-            await self._server.stop(self.config.stop_grace if grace is None else grace)
+        grace = self.config.stop_grace if grace is None else grace
+        servers = [server for server in (self._server, self._network_server) if server]
+        await asyncio.gather(*(server.stop(grace) for server in servers))
         await self._close()
 
     async def _close(self) -> None:
@@ -129,6 +158,7 @@ class Daemon:
             with contextlib.suppress(FileNotFoundError):
                 self.config.paths.socket.unlink()
             self._server = None
+        self._network_server = None
         self._lock.release()
         self._stopped.set()
 
@@ -146,3 +176,30 @@ class Daemon:
         traceback: TracebackType | None,
     ) -> None:
         await self.stop()
+
+
+def _serve(
+    server: grpc.aio.Server, servicer: TailhubServicer, health_servicer: health.HealthServicer
+) -> None:
+    """The same service, health and reflection on the socket's server and the network's."""
+    server.add_generic_rpc_handlers((servicer.handler(),))
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+
+
+def _launched_target(manager: JobManager) -> LaunchedTarget:
+    """For auth.py: the first launched (local or SkyPilot) job a CancelJobs would cancel."""
+
+    def launched(job_ids: Sequence[int], everything: bool) -> int | None:
+        jobs = manager.all_jobs() if everything else []
+        for job_id in job_ids:
+            with contextlib.suppress(JobError):
+                jobs.append(manager.get(job_id))
+        for job in jobs:
+            if not job.state.terminal and backend_of(job.record.spec):
+                return job.id
+        return None
+
+    return launched

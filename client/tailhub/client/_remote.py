@@ -1,0 +1,322 @@
+"""A daemon reached over TCP (`tailhub --server HOST:PORT`): the channel, the token, and a
+clear line when the connection cannot be made (no daemon, an untrusted certificate, TLS on
+one side only)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import grpc
+
+from tailhub.client import exit_codes
+from tailhub.client._errors import DaemonUnreachable, TailhubError
+
+SERVER_ENV = "TAILHUB_SERVER"
+TOKEN_ENV = "TAILHUB_TOKEN"  # noqa: S105 - the name of a variable
+CA_ENV = "TAILHUB_CA"
+# How long a first connection may take before it is given up (a daemon behind a slow link).
+CONNECT_TIMEOUT = 10.0
+# Client keepalive: ping an idle connection every 30 s (the daemon accepts down to 10 s) and
+# drop it when no answer comes within 10 s, so a follower notices a daemon whose host vanished
+# and reconnects instead of waiting forever.
+KEEPALIVE_OPTIONS = [
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.http2.ping_timeout_ms", 10_000),  # else gRPC waits 60 s for the answer
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+]
+
+
+class SecureConnectionError(TailhubError):
+    """The TLS connection cannot be made: an untrusted certificate, TLS on one side only."""
+
+    exit_code = exit_codes.TLS_FAILED
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a remote daemon is and how to prove who we are to it."""
+
+    address: str  # HOST:PORT, [IPv6]:PORT
+    host: str
+    port: int
+    token: str | None
+    ca_pem: bytes | None = None  # None with TLS: the system's trusted CAs
+    client_cert_pem: bytes | None = None
+    client_key_pem: bytes | None = None
+    insecure: bool = False
+    ca_file: str | None = None
+    client_cert_file: str | None = None
+    client_key_file: str | None = None
+
+    def channel(self, options: list[tuple[str, Any]]) -> grpc.Channel:
+        every = [*options, *KEEPALIVE_OPTIONS]
+        if self.insecure:
+            return grpc.insecure_channel(self.address, options=every)
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=self.ca_pem,
+            private_key=self.client_key_pem,
+            certificate_chain=self.client_cert_pem,
+        )
+        return grpc.secure_channel(self.address, credentials, options=every)
+
+
+def target_from(
+    server: str,
+    *,
+    token_file: str | None,
+    ca_file: str | None,
+    client_cert: str | None = None,
+    client_key: str | None = None,
+    insecure: bool = False,
+    environ: Mapping[str, str] = os.environ,
+) -> Target:
+    """A target from the global flags (and TAILHUB_TOKEN, TAILHUB_CA); ValueError (usage)
+    for flags that do not fit, TailhubError for a file that cannot be read."""
+    from tailhub.daemon.listeners import parse_address
+
+    try:
+        address = parse_address(server)
+    except ValueError as error:
+        raise ValueError(f"--server {error}") from None
+    if address.port == 0:
+        raise ValueError(f"--server {server!r}: give the daemon's port")
+    if insecure and not address.is_loopback:
+        raise ValueError(
+            f"--insecure is for a daemon on this machine's loopback only ({server} is not): "
+            "over a network the token and logs would travel in the clear"
+        )
+    if insecure and (ca_file or client_cert or client_key):
+        raise ValueError("--insecure means no TLS: leave out --ca-file and client certificates")
+    if bool(client_cert) != bool(client_key):
+        raise ValueError("--client-cert and --client-key go together")
+    token: str | None
+    if token_file:
+        token = _read(token_file, "token file").decode("utf-8", "replace").strip()
+        if not token:
+            raise TailhubError(f"the token file {token_file} is empty")
+    else:
+        token = environ.get(TOKEN_ENV, "").strip() or None
+    ca = ca_file or environ.get(CA_ENV) or None
+    return Target(
+        address=str(address),
+        host=address.host,
+        port=address.port,
+        token=token,
+        ca_pem=_read(ca, "CA file") if ca and not insecure else None,
+        client_cert_pem=_read(client_cert, "client certificate") if client_cert else None,
+        client_key_pem=_read(client_key, "client key") if client_key else None,
+        insecure=insecure,
+        ca_file=ca,
+        client_cert_file=client_cert,
+        client_key_file=client_key,
+    )
+
+
+def _read(path: str, what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as error:
+        raise TailhubError(f"cannot read the {what} {path}: {error.strerror or error}") from None
+
+
+class _Details(NamedTuple):
+    method: str
+    timeout: float | None
+    metadata: Any
+    credentials: grpc.CallCredentials | None
+    wait_for_ready: bool | None
+    compression: grpc.Compression | None
+
+
+if TYPE_CHECKING:  # generic in the stubs only
+    _UnaryUnary = grpc.UnaryUnaryClientInterceptor[Any, Any]
+    _UnaryStream = grpc.UnaryStreamClientInterceptor[Any, Any]
+else:
+    _UnaryUnary = grpc.UnaryUnaryClientInterceptor
+    _UnaryStream = grpc.UnaryStreamClientInterceptor
+
+
+class _Bearer(_UnaryUnary, _UnaryStream):
+    """Adds `authorization: Bearer TOKEN` to every call (plaintext loopback included, where
+    gRPC's call credentials are not allowed)."""
+
+    def __init__(self, token: str) -> None:
+        self._metadata = (("authorization", f"Bearer {token}"),)
+
+    def _with_token(self, details: Any) -> _Details:
+        return _Details(
+            details.method,
+            details.timeout,
+            (*(details.metadata or ()), *self._metadata),
+            details.credentials,
+            details.wait_for_ready,
+            details.compression,
+        )
+
+    def intercept_unary_unary(
+        self, continuation: Callable[[Any, Any], Any], client_call_details: Any, request: Any
+    ) -> Any:
+        return continuation(self._with_token(client_call_details), request)
+
+    def intercept_unary_stream(
+        self, continuation: Callable[[Any, Any], Any], client_call_details: Any, request: Any
+    ) -> Any:
+        return continuation(self._with_token(client_call_details), request)
+
+
+def with_token(channel: grpc.Channel, target: Target) -> grpc.Channel:
+    if target.token is None:
+        return channel
+    return grpc.intercept_channel(channel, _Bearer(target.token))
+
+
+def wait_connected(channel: grpc.Channel, target: Target) -> None:
+    """Returns once the channel is connected; else raises one clear line saying why not."""
+    changed = threading.Condition()
+    states: list[grpc.ChannelConnectivity] = []
+
+    def watch(state: grpc.ChannelConnectivity) -> None:
+        with changed:
+            states.append(state)
+            changed.notify_all()
+
+    deadline = time.monotonic() + CONNECT_TIMEOUT
+    channel.subscribe(watch, try_to_connect=True)
+    try:
+        seen = 0
+        while True:
+            with changed:
+                while len(states) == seen and time.monotonic() < deadline:
+                    changed.wait(deadline - time.monotonic())
+                news, seen = states[seen:], len(states)
+            if grpc.ChannelConnectivity.READY in news:
+                return
+            # A failure may be passing (a daemon busy starting): only a cause found with
+            # plain sockets ends the wait early.
+            if grpc.ChannelConnectivity.TRANSIENT_FAILURE in news:
+                problem = diagnose(target)
+                if problem is not None:
+                    raise problem
+            if time.monotonic() >= deadline:
+                raise diagnose(target) or DaemonUnreachable(
+                    f"no tailhub daemon answered at {target.address} within {CONNECT_TIMEOUT:.0f}s"
+                )
+    finally:
+        channel.unsubscribe(watch)
+
+
+def diagnose(target: Target) -> TailhubError | None:
+    """Why a connection to `target` fails, found with plain sockets (gRPC only says it did);
+    None when nothing is found wrong."""
+    try:
+        raw = socket.create_connection((target.host, target.port), timeout=5.0)
+    except socket.gaierror as error:
+        return DaemonUnreachable(f"cannot resolve {target.host!r} ({error.strerror})")
+    except OSError as error:
+        why = "no answer within 5 s" if isinstance(error, TimeoutError) else error.strerror
+        return DaemonUnreachable(f"no tailhub daemon answers at {target.address} ({why})")
+    with raw:
+        raw.settimeout(5.0)
+        if target.insecure:
+            return _plaintext_refused(raw, target)
+        return _tls_refused(raw, target)
+
+
+def _plaintext_refused(raw: socket.socket, target: Target) -> TailhubError | None:
+    probe = ssl.create_default_context()
+    probe.check_hostname = False
+    probe.verify_mode = ssl.CERT_NONE
+    try:
+        with probe.wrap_socket(raw, server_hostname=target.host):
+            pass
+    except (ssl.SSLError, OSError):
+        return None  # not TLS: the port speaks plaintext, as asked
+    return SecureConnectionError(
+        f"{target.address} speaks TLS: leave out --insecure and give the daemon's CA "
+        "with --ca-file (or TAILHUB_CA)"
+    )
+
+
+def _tls_refused(raw: socket.socket, target: Target) -> TailhubError | None:
+    context = ssl.create_default_context(
+        cadata=target.ca_pem.decode("ascii", "replace") if target.ca_pem else None
+    )
+    if target.client_cert_pem is not None:
+        context.load_cert_chain(*_client_pair_files(target))
+    try:
+        with context.wrap_socket(raw, server_hostname=target.host) as tls:
+            # A gRPC server speaks first after the handshake (its SETTINGS); one that wants
+            # a client certificate closes the connection here instead (after TLS 1.3's
+            # handshake, BoringSSL sends no alert).
+            closed = tls.recv(1) == b""
+    except ssl.SSLError as error:
+        return _tls_failure(error, target)
+    except TimeoutError:
+        return None
+    except OSError:
+        return _no_tls(target)
+    if not closed:
+        return None
+    given = "" if target.client_cert_pem is None else " (not the one given)"
+    return SecureConnectionError(
+        f"{target.address} closed the TLS connection at once: it wants a client certificate "
+        f"signed by its CA{given}: --client-cert/--client-key"
+    )
+
+
+def _tls_failure(error: ssl.SSLError, target: Target) -> TailhubError:
+    if isinstance(error, ssl.SSLCertVerificationError):
+        ca_hint = (
+            f" (the CA in {target.ca_file} did not sign it)"
+            if target.ca_file
+            else "; give the CA that signed it with --ca-file (or TAILHUB_CA)"
+        )
+        return SecureConnectionError(
+            f"the certificate of {target.address} is not trusted: "
+            f"{error.verify_message or error.reason}{ca_hint}"
+        )
+    if error.reason in ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG"):
+        return _no_tls(target)
+    return SecureConnectionError(
+        f"the TLS connection to {target.address} failed: {error.reason or error}"
+    )
+
+
+def _client_pair_files(target: Target) -> tuple[str, str]:
+    """Python's ssl loads a client certificate from files only: the ones given."""
+    return (target.client_cert_file or "", target.client_key_file or "")
+
+
+def _no_tls(target: Target) -> TailhubError:
+    return SecureConnectionError(
+        f"{target.address} does not speak TLS (a daemon started with --insecure? then add "
+        "--insecure, on a loopback address only)"
+    )
+
+
+def target_of(params: Mapping[str, Any]) -> Target | None:
+    """The remote daemon the CLI's global flags name (or TAILHUB_SERVER); None: the socket's."""
+    server = params.get("server")
+    if not server:
+        for flag in ("token_file", "ca_file", "client_cert", "client_key", "insecure"):
+            if params.get(flag):
+                raise ValueError(f"--{flag.replace('_', '-')} goes with --server HOST:PORT")
+        return None
+    return target_from(
+        server,
+        token_file=params.get("token_file"),
+        ca_file=params.get("ca_file"),
+        client_cert=params.get("client_cert"),
+        client_key=params.get("client_key"),
+        insecure=bool(params.get("insecure")),
+    )

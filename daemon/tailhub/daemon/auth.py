@@ -1,0 +1,251 @@
+"""Who may call what over the network listeners: one interceptor, the roles table below.
+
+It sits only on the TCP server. The Unix socket's server has no interceptor at all: its owner
+keeps every right, and no call can pass for one that came in on the socket (grpc.aio
+interceptors cannot tell which port a call came in on, so they are never asked to).
+
+| role  | may call |
+| read  | Subscribe, GetJob, ListJobs, GetDaemonStatus, health, reflection |
+| write | read + Publish, FinishJob, CancelJobs of push and attached jobs, AttachJob (push) |
+| admin | everything, including LaunchJob, RemoveJobs, AttachJob (file, command, skypilot) |
+
+A missing or unknown token is UNAUTHENTICATED, a role too low PERMISSION_DENIED; any method not
+in the table (one added later) needs admin. The same interceptor counts Subscribe streams per
+token and in all, refusing one past either cap with RESOURCE_EXHAUSTED.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, cast
+
+import grpc
+import grpc.aio
+
+from tailhub.daemon.tokens import Role, TokenIndex
+
+_SERVICE = "/tailhub.v1.TailhubService/"
+SUBSCRIBE = _SERVICE + "Subscribe"
+_ATTACH = _SERVICE + "AttachJob"
+_CANCEL = _SERVICE + "CancelJobs"
+
+# The lowest role that may call each method; a method not here needs admin.
+ROLES: dict[str, Role] = {
+    SUBSCRIBE: Role.READ,
+    _SERVICE + "GetJob": Role.READ,
+    _SERVICE + "ListJobs": Role.READ,
+    _SERVICE + "GetDaemonStatus": Role.READ,
+    "/grpc.health.v1.Health/Check": Role.READ,
+    "/grpc.health.v1.Health/Watch": Role.READ,
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": Role.READ,
+    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo": Role.READ,
+    _SERVICE + "Publish": Role.WRITE,
+    _SERVICE + "FinishJob": Role.WRITE,
+    # Checked again on the request: a write token cancels push and attached jobs only, and
+    # attaches push jobs only (a file or command source reads files or runs programs here).
+    _CANCEL: Role.WRITE,
+    _ATTACH: Role.WRITE,
+    _SERVICE + "LaunchJob": Role.ADMIN,
+    _SERVICE + "RemoveJobs": Role.ADMIN,
+}
+
+# Given the job ids a CancelJobs names and its `all`, the id of a launched job (local or
+# SkyPilot) it would cancel, else None.
+LaunchedTarget = Callable[[Sequence[int], bool], "int | None"]
+Behavior = Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class _Refusal:
+    code: grpc.StatusCode
+    details: str
+
+
+class StreamCaps:
+    """Concurrent Subscribe streams over the network, per token and in all."""
+
+    def __init__(self, total: int, per_token: int) -> None:
+        self.total = total
+        self.per_token = per_token
+        self.open = 0
+        self.by_token: collections.Counter[str] = collections.Counter()
+
+    def refusal(self, name: str) -> str | None:
+        """Why one more stream for token `name` is refused; None when it is not."""
+        if self.open >= self.total:
+            return (
+                f"too many log streams: the daemon serves at most {self.total} at once over "
+                "the network (tailhubd --max-streams)"
+            )
+        if self.by_token[name] >= self.per_token:
+            return (
+                f"too many log streams for this token: at most {self.per_token} at once "
+                "(tailhubd --max-streams-per-token)"
+            )
+        return None
+
+
+if TYPE_CHECKING:  # generic in the stubs only
+    _ServerInterceptor = grpc.aio.ServerInterceptor[Any, Any]
+else:
+    _ServerInterceptor = grpc.aio.ServerInterceptor
+
+
+class AuthInterceptor(_ServerInterceptor):
+    """Checks the caller's bearer token and role before a call reaches the servicer."""
+
+    def __init__(self, tokens: TokenIndex, launched: LaunchedTarget, caps: StreamCaps) -> None:
+        self._tokens = tokens
+        self._launched = launched
+        self._caps = caps
+
+    async def intercept_service(  # type: ignore[override]  # None: an unknown method
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
+        ],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        method = handler_call_details.method
+        handler = await continuation(handler_call_details)
+        caller = self._caller(method, handler_call_details.invocation_metadata)
+        if isinstance(caller, _Refusal):
+            return _refusing(handler, caller.code, caller.details)
+        if handler is None:
+            return None
+        name, role = caller
+        if role is Role.WRITE and method == _ATTACH:
+            return _checking(handler, _attach_check)
+        if role is Role.WRITE and method == _CANCEL:
+            return _checking(handler, self._cancel_check)
+        if method == SUBSCRIBE:
+            return self._counted(handler, name)
+        return handler
+
+    def _caller(
+        self, method: str, metadata: Sequence[tuple[str, str | bytes]] | None
+    ) -> tuple[str, Role] | _Refusal:
+        """The token's name and role, or why the call is refused before it starts."""
+        token = _bearer(metadata)
+        if token is None:
+            return _Refusal(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "no token: send 'authorization: Bearer TOKEN' (tailhub --token-file)",
+            )
+        found = self._tokens.role_of(token)
+        if found is None:
+            return _Refusal(
+                grpc.StatusCode.UNAUTHENTICATED, "token not accepted (unknown or revoked)"
+            )
+        required = ROLES.get(method, Role.ADMIN)
+        if found[1] < required:
+            return _Refusal(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"a {found[1].label} token may not call {_short(method)} "
+                f"(it needs {required.label})",
+            )
+        return found
+
+    def _cancel_check(self, request: Any) -> str | None:
+        job_id = self._launched(list(request.job_ids), bool(request.all))
+        if job_id is None:
+            return None
+        return (
+            f"a write token cancels push and attached jobs only; job {job_id} was launched "
+            "(cancelling it needs admin)"
+        )
+
+    def _counted(
+        self, handler: grpc.RpcMethodHandler[Any, Any], name: str
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        behavior = cast("Behavior", handler.unary_stream)
+        caps = self._caps
+
+        async def counted(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            refusal = caps.refusal(name)
+            if refusal is not None:
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refusal)
+            caps.open += 1
+            caps.by_token[name] += 1
+            try:
+                async for item in behavior(request, context):
+                    yield item
+            finally:
+                caps.open -= 1
+                caps.by_token[name] -= 1
+                if not caps.by_token[name]:
+                    del caps.by_token[name]
+
+        return grpc.unary_stream_rpc_method_handler(
+            counted,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+def _attach_check(request: Any) -> str | None:
+    source = request.WhichOneof("source")
+    if source == "push":
+        return None
+    return (
+        f"a write token attaches push jobs only; a {source or 'missing'} source needs admin "
+        "(it reads files or runs programs on the daemon's host)"
+    )
+
+
+def _bearer(metadata: Sequence[tuple[str, str | bytes]] | None) -> str | None:
+    for key, value in metadata or ():
+        if key.lower() != "authorization" or not isinstance(value, str):
+            continue
+        scheme, _, token = value.strip().partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            return token.strip()
+    return None
+
+
+def _short(method: str) -> str:
+    return method.rsplit("/", 1)[-1] or method
+
+
+def _checking(
+    handler: grpc.RpcMethodHandler[Any, Any], check: Callable[[Any], str | None]
+) -> grpc.RpcMethodHandler[Any, Any]:
+    """A unary handler that runs `check` on the request first; its answer refuses the call."""
+    behavior = cast("Behavior", handler.unary_unary)
+
+    async def checked(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        refusal = check(request)
+        if refusal is not None:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, refusal)
+        return await behavior(request, context)
+
+    return grpc.unary_unary_rpc_method_handler(
+        checked,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
+
+
+def _refusing(
+    handler: grpc.RpcMethodHandler[Any, Any] | None, code: grpc.StatusCode, details: str
+) -> grpc.RpcMethodHandler[Any, Any]:
+    """A handler of the same kind as `handler` that ends the call with `code` at once."""
+
+    async def refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        await context.abort(code, details)
+
+    async def refuse_stream(
+        request: Any, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[Any]:
+        await context.abort(code, details)
+        yield  # type: ignore[unreachable]  # a generator, as gRPC wants for a stream
+
+    if handler is None or not (handler.request_streaming or handler.response_streaming):
+        return grpc.unary_unary_rpc_method_handler(refuse)
+    if handler.request_streaming and handler.response_streaming:
+        return grpc.stream_stream_rpc_method_handler(refuse_stream)
+    if handler.response_streaming:
+        return grpc.unary_stream_rpc_method_handler(refuse_stream)
+    return grpc.stream_unary_rpc_method_handler(refuse)

@@ -1,0 +1,264 @@
+"""The opt-in TCP listeners (`tailhubd --listen HOST:PORT`): addresses, TLS files, keepalive.
+
+They are served by a second gRPC server in the same process, which carries the token
+interceptor (auth.py); the Unix socket's server stays the owner's, without one. Everything a
+listener needs is read and checked before the daemon binds anything: an operator who asked
+for a listener never gets a daemon silently without it.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import os
+import shlex
+import socket
+import ssl
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import grpc.aio
+
+# Exit codes of tailhubd (README's table): a listener's TLS files, or its address.
+EXIT_TLS_FILES = 4
+EXIT_ADDRESS = 5
+
+# Keepalive: the server pings a connection idle for KEEPALIVE_TIME and drops it when no answer
+# comes within KEEPALIVE_TIMEOUT, so a client that vanished without a FIN (cable pulled, laptop
+# closed) holds its streams at most ~30 s. Clients ping every 30 s; the server accepts pings
+# down to every 10 s (faster ones count as abuse and close the connection).
+KEEPALIVE_TIME_MS = 20_000
+KEEPALIVE_TIMEOUT_MS = 10_000
+MIN_CLIENT_PING_INTERVAL_MS = 10_000
+SERVER_KEEPALIVE_OPTIONS: list[tuple[str, int]] = [
+    ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
+    ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+    # gRPC's ping manager waits for any ping's answer this long (default 60 s), whatever
+    # the keepalive timeout says: without it a dead client is dropped after 80 s, not 30.
+    ("grpc.http2.ping_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", MIN_CLIENT_PING_INTERVAL_MS),
+    ("grpc.http2.max_pings_without_data", 0),
+    # gRPC sets SO_REUSEPORT by default: a second daemon could then bind the same port and
+    # silently take half the connections. A port in use must be an error.
+    ("grpc.so_reuseport", 0),
+]
+
+DEFAULT_MAX_STREAMS = 10_000
+DEFAULT_MAX_STREAMS_PER_TOKEN = 1_000
+
+
+class ListenerError(Exception):
+    """A listener that cannot be set up, said in one line; `exit_code` for tailhubd."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@dataclass(frozen=True)
+class ListenAddress:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @property
+    def is_loopback(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+
+def parse_address(text: str) -> ListenAddress:
+    """HOST:PORT, [IPv6]:PORT; ValueError saying what is wrong."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"{text!r}: give HOST:PORT (IPv6 as [::1]:PORT)")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{text!r}: {host!r} is not an IPv6 address") from None
+    elif ":" in host:
+        raise ValueError(f"{text!r}: write an IPv6 address in brackets, as [::1]:PORT")
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"{text!r}: the port must be a number from 0 to 65535")
+    return ListenAddress(host, int(port_text))
+
+
+@dataclass(frozen=True)
+class TlsMaterial:
+    """PEM bytes read (and checked) once at start."""
+
+    certificate_chain: bytes
+    private_key: bytes
+    client_ca: bytes | None
+
+
+@dataclass(frozen=True)
+class NetworkSettings:
+    addresses: tuple[ListenAddress, ...]
+    tls: TlsMaterial | None
+    max_streams: int = DEFAULT_MAX_STREAMS
+    max_streams_per_token: int = DEFAULT_MAX_STREAMS_PER_TOKEN
+
+
+def network_settings(
+    listen: tuple[str, ...],
+    *,
+    cert: str | None,
+    key: str | None,
+    client_ca: str | None,
+    insecure: bool,
+    max_streams: int = DEFAULT_MAX_STREAMS,
+    max_streams_per_token: int = DEFAULT_MAX_STREAMS_PER_TOKEN,
+) -> NetworkSettings | None:
+    """The listeners asked for on the command line, their TLS files read and checked;
+    ValueError for flags that do not fit together, ListenerError for a file."""
+    if not listen:
+        if cert or key or client_ca or insecure:
+            raise ValueError(
+                "--tls-cert, --tls-key, --tls-client-ca and --insecure go with --listen"
+            )
+        return None
+    addresses = tuple(parse_address(text) for text in listen)
+    if insecure:
+        if cert or key or client_ca:
+            raise ValueError(
+                "--insecure means no TLS: leave out --tls-cert/--tls-key/--tls-client-ca"
+            )
+        for address in addresses:
+            if not address.is_loopback:
+                raise ValueError(
+                    f"--insecure is for loopback addresses only ({address} is not one): "
+                    "anyone on the path could read tokens and logs; use --tls-cert/--tls-key"
+                )
+        return NetworkSettings(addresses, None, max_streams, max_streams_per_token)
+    if not cert or not key:
+        raise ValueError(
+            "--listen needs --tls-cert and --tls-key (make them with `tailhub daemon tls-init`), "
+            "or --insecure on a loopback address"
+        )
+    tls = load_tls(Path(cert), Path(key), Path(client_ca) if client_ca else None)
+    return NetworkSettings(addresses, tls, max_streams, max_streams_per_token)
+
+
+def load_tls(cert: Path, key: Path, client_ca: Path | None) -> TlsMaterial:
+    """Reads the PEM files, refusing a private key others can read and files that do not
+    parse or do not belong together (checked by Python's ssl, as a client would)."""
+    _check_key_file(key)
+    certificate_chain = _read(cert, "certificate")
+    private_key = _read(key, "private key")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(cert, key)
+    except ssl.SSLError as error:
+        raise ListenerError(
+            f"--tls-cert {cert} / --tls-key {key}: not a PEM certificate and its private key "
+            f"({error.reason or error})",
+            EXIT_TLS_FILES,
+        ) from None
+    ca_bytes = None
+    if client_ca is not None:
+        ca_bytes = _read(client_ca, "client CA")
+        try:
+            context.load_verify_locations(cafile=client_ca)
+        except ssl.SSLError as error:
+            raise ListenerError(
+                f"--tls-client-ca {client_ca}: not a PEM certificate ({error.reason or error})",
+                EXIT_TLS_FILES,
+            ) from None
+    return TlsMaterial(certificate_chain, private_key, ca_bytes)
+
+
+def _read(path: Path, what: str) -> bytes:
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise ListenerError(
+            f"cannot read the TLS {what} {path}: {error.strerror or error}", EXIT_TLS_FILES
+        ) from None
+    if not data.strip():
+        raise ListenerError(f"the TLS {what} {path} is empty", EXIT_TLS_FILES)
+    return data
+
+
+def _check_key_file(key: Path) -> None:
+    """Like a state file: the key must be the user's (or root's) and nobody else's to read."""
+    try:
+        info = os.stat(key)
+    except OSError as error:
+        raise ListenerError(
+            f"cannot read the TLS private key {key}: {error.strerror or error}", EXIT_TLS_FILES
+        ) from None
+    if not stat.S_ISREG(info.st_mode):
+        raise ListenerError(f"the TLS private key {key} is not a regular file", EXIT_TLS_FILES)
+    if info.st_uid not in (os.geteuid(), 0):
+        raise ListenerError(
+            f"refusing the TLS private key {key}: it is owned by uid {info.st_uid}, not by you",
+            EXIT_TLS_FILES,
+        )
+    if info.st_mode & 0o077:
+        raise ListenerError(
+            f"refusing the TLS private key {key}: others can read it (mode "
+            f"{stat.S_IMODE(info.st_mode):04o}); fix: chmod 600 {shlex.quote(str(key))}",
+            EXIT_TLS_FILES,
+        )
+
+
+def bind(server: grpc.aio.Server, settings: NetworkSettings) -> list[str]:
+    """Adds every listener to `server` (not started); the addresses bound, with real ports."""
+    credentials = None
+    if settings.tls is not None:
+        credentials = grpc.ssl_server_credentials(
+            [(settings.tls.private_key, settings.tls.certificate_chain)],
+            root_certificates=settings.tls.client_ca,
+            require_client_auth=settings.tls.client_ca is not None,
+        )
+    bound = []
+    for address in settings.addresses:
+        text = str(address)
+        try:
+            if credentials is None:
+                port = server.add_insecure_port(text)
+            else:
+                port = server.add_secure_port(text, credentials)
+        except RuntimeError:
+            port = 0
+        if port == 0:
+            raise ListenerError(f"cannot listen on {text}: {_why_not(address)}", EXIT_ADDRESS)
+        bound.append(str(ListenAddress(address.host, port)))
+    return bound
+
+
+def _why_not(address: ListenAddress) -> str:
+    """gRPC only says it failed: ask the kernel why, with a socket of our own."""
+    try:
+        infos = socket.getaddrinfo(address.host, address.port, type=socket.SOCK_STREAM)
+    except socket.gaierror as error:
+        return f"cannot resolve {address.host!r} ({error.strerror})"
+    for family, kind, proto, _, sockaddr in infos:
+        with socket.socket(family, kind, proto) as probe:
+            try:
+                probe.bind(sockaddr)
+            except OSError as error:
+                if error.errno == errno.EADDRINUSE:
+                    return "the address is already in use (another daemon or program on it?)"
+                return error.strerror or str(error)
+    return "gRPC could not bind it"
+
+
+def describe(settings: NetworkSettings) -> str:
+    if settings.tls is None:
+        return "plaintext, loopback only (--insecure)"
+    if settings.tls.client_ca is not None:
+        return "TLS, client certificates required"
+    return "TLS"
