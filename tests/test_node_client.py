@@ -1,4 +1,5 @@
-"""The Node.js example (examples/node/follow.js) against the real daemon over its Unix socket.
+"""The Node.js example (examples/node/follow.js) against the real daemon, over its Unix socket
+and over a TCP listener with TLS and a read token.
 
 Its dependencies are installed by `make test` (`npm ci --prefix examples/node`), never here.
 """
@@ -8,10 +9,12 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from helpers import DaemonProcess, wait_until
+from remote_helpers import create_token, free_port, tls_init
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "node"
@@ -31,11 +34,14 @@ def _node() -> str:
 
 
 def _follow(
-    home: Path, job_id: int, stdout: int | None = subprocess.PIPE
+    home: Path,
+    job_id: int,
+    stdout: int | None = subprocess.PIPE,
+    remote: dict[str, str] | None = None,
 ) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [_node(), str(EXAMPLE / "follow.js"), str(job_id)],
-        env={**os.environ, "TAILHUB_HOME": str(home)},
+        env={**os.environ, "TAILHUB_HOME": str(home), **(remote or {})},
         stdout=stdout,
         stderr=subprocess.PIPE,
     )
@@ -90,3 +96,35 @@ def test_node_example_exit_codes_without_a_jobs_own(daemon: DaemonProcess, case:
         assert b"job 99 not found" in stderr
     else:
         assert follower.returncode == 103, stderr.decode(errors="replace")
+
+
+def test_node_example_over_tls_with_a_read_token(
+    home: Path, start_daemon: Callable[..., DaemonProcess]
+) -> None:
+    tls = tls_init(home)
+    port = free_port()
+    daemon = start_daemon("--listen", f"127.0.0.1:{port}", *tls.flags)
+    remote = {
+        # A name, as users give (Node warns about an IP address as the TLS server name).
+        "TAILHUB_SERVER": f"localhost:{port}",
+        "TAILHUB_CA": str(tls.ca),
+        "TAILHUB_TOKEN": create_token(home, "read"),
+        # Nothing reachable here: the follower must use the TCP listener, not the socket.
+        "TAILHUB_HOME": str(home.parent / "elsewhere"),
+    }
+    with daemon.client() as client:
+        job = client.attach_push(name="remote")
+        client.publish(job.id, BINARY[:100])
+        follower = _follow(daemon.home, job.id, remote=remote)
+        wait_until(lambda: client.get(job.id).subscribers == 1, what="the node follower")
+        client.publish(job.id, BINARY[100:])
+        client.finish(job.id, exit_code=9)
+        stdout, stderr = follower.communicate(timeout=60)
+    assert stdout == BINARY
+    assert follower.returncode == 9, stderr.decode(errors="replace")
+
+    wrong = _follow(daemon.home, job.id, remote={**remote, "TAILHUB_TOKEN": "thk_not-a-token"})
+    _, stderr = wrong.communicate(timeout=60)
+    assert wrong.returncode == 1
+    assert stderr.endswith(b"refused the token: token not accepted (unknown or revoked)\n")
+    assert stderr.count(b"\n") == 1, stderr
