@@ -10,9 +10,12 @@ TailhubError
 
 from __future__ import annotations
 
-import grpc
+from typing import TYPE_CHECKING
 
 from tailhub.client import exit_codes
+
+if TYPE_CHECKING:  # imported when there is an RPC error: `tailhub --help` needs no grpc
+    import grpc
 
 # What the daemon's details for a full disk begin with (daemon service.DISK_FULL).
 _DISK_FULL = "disk full"
@@ -44,10 +47,14 @@ class ProtocolError(TailhubError):
 
 def is_transient(error: grpc.RpcError) -> bool:
     """The daemon went away or is stopping: reconnecting may help."""
+    import grpc
+
     return error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
 
 
 def from_rpc_error(error: grpc.RpcError, address: str) -> TailhubError:
+    import grpc
+
     code = error.code()
     details = error.details() or code.name.lower()
     if code is grpc.StatusCode.NOT_FOUND:
