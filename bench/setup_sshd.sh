@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
 # Starts a throwaway sshd on 127.0.0.1 for the ssh benchmark; installs openssh-server if missing.
 #
-#   bench/setup_sshd.sh DIR [PORT]
+#   bench/setup_sshd.sh DIR [PORT [MAX_STARTUPS]]
 #
 # Everything lives in DIR: host key, client key, authorized_keys, sshd_config, pid file and the
 # VERBOSE log the benchmark counts sessions in. Session limits are sshd's defaults
-# (MaxStartups 10:30:100, MaxSessions 10): the benchmark is about what they do.
+# (MaxStartups 10:30:100, MaxSessions 10): the benchmark is about what they do. With
+# MAX_STARTUPS (`1000`), that many connections may be starting at once, none dropped early: the
+# direct case at its full cost. (MaxSessions limits sessions within one connection; each ssh
+# here has its own connection, so it stays at its default.)
 # On success prints `KEY=VALUE` lines (PID, PORT, KEY, LOG, USER); stop it with `kill PID`.
 set -euo pipefail
 
 dir=${1:?usage: setup_sshd.sh DIR [PORT]}
 port=${2:-22022}
+max_startups=${3:-}
 mkdir -p "$dir"
 dir=$(cd "$dir" && pwd)
 
@@ -58,6 +62,13 @@ LogLevel VERBOSE
 # make the figures depend on this machine's root account rather than on ssh.
 SetEnv SHLVL=1
 CONFIG
+if [ -n "$max_startups" ]; then
+  echo "MaxStartups $max_startups" >> "$dir/sshd_config"
+  # OpenSSH 9.8+ also penalises a source whose connections fail: not what is measured here.
+  if "$sshd" -T -f "$dir/sshd_config" 2>/dev/null | grep -qi '^persourcepenalties'; then
+    echo "PerSourcePenalties no" >> "$dir/sshd_config"
+  fi
+fi
 
 rm -f "$dir/sshd.pid"
 "$sshd" -t -f "$dir/sshd_config"

@@ -1,12 +1,19 @@
 """Scenario 2, many launches with logs over ssh: direct ssh per follower against tailhub.
 
 K remote "jobs" (log files on this machine, written by one `bench.writer` for a fixed time and
-ending with a marker line) reached through a real sshd on 127.0.0.1 with its default limits
-(MaxStartups 10:30:100). Each job has F followers.
+ending with a marker line) reached through a real sshd on 127.0.0.1. Each job has F followers.
 
-- direct: every follower runs its own `ssh host 'tail -n +1 -f LOG | sed -u "/MARKER/q"'`.
+- direct: every follower runs its own `ssh host 'tail -n +1 -f LOG | sed -u "/MARKER/q"'`,
+  against sshd with its default limits (MaxStartups 10:30:100): sshd drops most of a burst
+  of connections, and a dropped follower costs almost nothing.
+- direct-open: the same against an sshd whose MaxStartups lets every connection start: what
+  direct costs when every follower gets its log (the fair reference).
 - tailhub: the daemon runs that same command once per job (a command job, attached through the
   API); the followers subscribe to the jobs, from a few grpc.aio client processes.
+- tailhub-cli: the same jobs, each follower its own `tailhub jobs logs ID` (a program per
+  follower, as direct's ssh is), for the F in `Settings.cli_followers`.
+
+Both tailhub modes run against the open sshd (the daemon starts at most 8 commands at once).
 
 The remote command exits after the marker in both modes, so every follower has an end.
 """
@@ -23,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import follower
+from bench.cli import tailhub
 from bench.daemon import Daemon
 from bench.measure import CpuTimes
 from bench.processes import ProcessSet, python_module
@@ -42,23 +50,39 @@ class Settings:
     duration: float = 10.0  # seconds each remote job writes
     rate: float = 10_000  # bytes per second per job
     clients: int = 4  # follower processes in tailhub mode
-    timeout: float = 120.0  # beyond the duration, for every follower to finish
+    # Beyond the duration, for every follower to finish: 400 ssh sessions starting at once on a
+    # busy 2-core machine took up to 175 s (direct-open).
+    timeout: float = 300.0
+    # tailhub-cli runs at these F only: 400 CLIs at once would need ~15 GB of memory.
+    cli_followers: tuple[int, ...] = (1,)
+    modes: tuple[str, ...] = ("direct", "direct-open", "tailhub", "tailhub-cli")
 
 
 FULL = Settings()
 QUICK = None  # needs sshd: not part of the quick smoke run
+# Connections sshd lets start at once in direct-open (every follower's, with room to spare).
+OPEN_MAX_STARTUPS = "10000"
 
 
 def run(settings: Settings, scratch: Path, earlier: dict[str, Any]) -> dict[str, Any]:
     try:
-        with Sshd(scratch / "sshd") as sshd:
+        with (
+            Sshd(scratch / "sshd") as throttling,
+            Sshd(scratch / "sshd-open", OPEN_MAX_STARTUPS) as sshd_open,
+        ):
             runs = [
                 _run_one(
-                    settings, sshd, jobs, followers, mode, scratch / f"{mode}-{jobs}-{followers}"
+                    settings,
+                    throttling if mode == "direct" else sshd_open,
+                    jobs,
+                    followers,
+                    mode,
+                    scratch / f"{mode}-{jobs}-{followers}",
                 )
                 for jobs in settings.jobs
                 for followers in settings.followers
-                for mode in ("direct", "tailhub")
+                for mode in settings.modes
+                if mode != "tailhub-cli" or followers in settings.cli_followers
             ]
     except SshdUnavailable as error:
         return {"status": f"skipped: {error}"}
@@ -89,9 +113,13 @@ def _run_one(
     timeout = settings.duration + settings.timeout
     sshd.settle()  # nothing of the previous run may count in this one
     log_position = sshd.log_size()
-    follow = _direct if mode == "direct" else _tailhub
     with ProcessSet() as processes:
-        outcome = follow(sshd, logs, followers, processes, directory, timeout, writer)
+        if mode.startswith("direct"):
+            outcome = _direct(sshd, logs, followers, processes, directory, timeout, writer)
+        else:
+            outcome = _tailhub(
+                sshd, logs, followers, processes, directory, timeout, writer, mode == "tailhub-cli"
+            )
         processes.wait_all(timeout)
     sshd_log = sshd.log_since(log_position)
     digests = [hashlib.sha256(log.read_bytes()).hexdigest() for log in logs]
@@ -121,44 +149,59 @@ def _direct(
     writer: list[str],
 ) -> dict[str, Any]:
     """Every follower its own ssh, all started at once by a fleet process."""
-    out = directory / "out"
-    out.mkdir()
-    commands: list[dict[str, Any]] = [
-        {
-            "argv": sshd.argv(_remote(log)),
-            "stdout": str(out / f"{job}-{index}.out"),
-            "stderr": str(out / f"{job}-{index}.err"),
-        }
-        for job, log in enumerate(logs)
-        for index in range(followers)
-    ]
-    spec, result = directory / "fleet.json", directory / "fleet-result.json"
-    spec.write_text(json.dumps({"timeout": timeout, "commands": commands}))
     sshd_before = sshd.cpu()
     started = time.time()
     processes.spawn(writer)
-    fleet = processes.spawn(python_module("bench.fleet", str(spec), str(result)))
-    fleet.wait(timeout + 30)
+    fleet = _Fleet([sshd.argv(_remote(log)) for log in logs], followers, directory)
+    received, cpu = fleet.run(processes, timeout)
     sshd.settle()
     sshd_cpu = (sshd.cpu() - sshd_before).total
-    report = json.loads(result.read_text())
-    received = []
-    for command, ended in zip(commands, report["results"], strict=True):
-        data = Path(command["stdout"]).read_bytes()
-        received.append(
-            {
-                "job": int(Path(command["stdout"]).stem.split("-")[0]),
-                "ok": ended.get("exit") == 0,
-                "sha256": hashlib.sha256(data).hexdigest(),
-                "ended": ended.get("ended"),
-            }
-        )
     return {
         "started": started,
         "received": received,
-        "followers_cpu_s": sum(ended.get("cpu", 0.0) for ended in report["results"]),
+        "followers_cpu_s": cpu,
         "sshd_cpu_s": sshd_cpu,
     }
+
+
+class _Fleet:
+    """One command per follower (`argvs[job]`, F times), all started at once by `bench.fleet`.
+
+    A follower got its log when its command exited with 0; its output is what it received.
+    """
+
+    def __init__(self, argvs: list[list[str]], followers: int, directory: Path) -> None:
+        out = directory / "out"
+        out.mkdir()
+        self.commands: list[dict[str, Any]] = [
+            {
+                "argv": argv,
+                "stdout": str(out / f"{job}-{index}.out"),
+                "stderr": str(out / f"{job}-{index}.err"),
+            }
+            for job, argv in enumerate(argvs)
+            for index in range(followers)
+        ]
+        self.spec, self.result = directory / "fleet.json", directory / "fleet-result.json"
+
+    def run(self, processes: ProcessSet, timeout: float) -> tuple[list[dict[str, Any]], float]:
+        """(what each follower received, the followers' CPU) once every one has ended."""
+        self.spec.write_text(json.dumps({"timeout": timeout, "commands": self.commands}))
+        fleet = processes.spawn(python_module("bench.fleet", str(self.spec), str(self.result)))
+        fleet.wait(timeout + 30)
+        report = json.loads(self.result.read_text())
+        received = []
+        for command, ended in zip(self.commands, report["results"], strict=True):
+            data = Path(command["stdout"]).read_bytes()
+            received.append(
+                {
+                    "job": int(Path(command["stdout"]).stem.split("-")[0]),
+                    "ok": ended.get("exit") == 0,
+                    "sha256": hashlib.sha256(data).hexdigest(),
+                    "ended": ended.get("ended"),
+                }
+            )
+        return received, sum(ended.get("cpu", 0.0) for ended in report["results"])
 
 
 def _tailhub(
@@ -169,8 +212,9 @@ def _tailhub(
     directory: Path,
     timeout: float,
     writer: list[str],
+    cli: bool,
 ) -> dict[str, Any]:
-    """One command job per log; the followers subscribe to it."""
+    """One command job per log; the followers subscribe to it (or each runs the CLI)."""
     with Daemon(directory / "h") as daemon, daemon.client() as client:
         sshd_before, daemon_before = sshd.cpu(), daemon.cpu()
         started = time.time()
@@ -179,22 +223,52 @@ def _tailhub(
         jobs = [
             client.attach_command(sshd.argv(_remote(log)), stderr_events=True).id for log in logs
         ]
-        outs = follower.spawn(
-            processes,
-            daemon.address,
-            [job for job in jobs for _ in range(followers)],
-            clients=min(len(jobs) * followers, 4),
-            directory=directory,
-            timeout=timeout,
-            flags=["--digest"],
-        )
+        if cli:
+            home = str(daemon.home)
+            argvs = [tailhub("jobs", "logs", "--home", home, str(job)) for job in jobs]
+            received, followers_cpu = _Fleet(argvs, followers, directory).run(processes, timeout)
+        else:
+            received, followers_cpu = _subscribe(
+                processes, daemon.address, jobs, followers, directory, timeout
+            )
         processes.wait_all(timeout)
         infos = [client.get(job) for job in jobs]
         daemon_cpu: CpuTimes = daemon.cpu() - daemon_before
         sshd.settle()
         sshd_cpu = (sshd.cpu() - sshd_before).total
+    return {
+        "started": started,
+        "received": received,
+        "followers_cpu_s": followers_cpu,
+        "daemon_cpu_s": daemon_cpu.own,
+        "daemon_commands_cpu_s": daemon_cpu.children,  # its ssh processes
+        "sshd_cpu_s": sshd_cpu,
+        "upstream_connections": sum(info.upstream_connections for info in infos),
+        "reconnected": [info.upstream_connections > 1 for info in infos],
+        "failed_jobs": sum(info.state is not JobState.SUCCEEDED for info in infos),
+    }
+
+
+def _subscribe(
+    processes: ProcessSet,
+    address: str,
+    jobs: list[int],
+    followers: int,
+    directory: Path,
+    timeout: float,
+) -> tuple[list[dict[str, Any]], float]:
+    """F streams per job from a few grpc.aio follower processes; what each got, their CPU."""
+    outs = follower.spawn(
+        processes,
+        address,
+        [job for job in jobs for _ in range(followers)],
+        clients=min(len(jobs) * followers, 4),
+        directory=directory,
+        timeout=timeout,
+        flags=["--digest"],
+    )
+    processes.wait_all(timeout)
     collected = follower.collect(outs)
-    streams = collected.streams
     index_of = {job: index for index, job in enumerate(jobs)}
     received = [
         {
@@ -203,19 +277,9 @@ def _tailhub(
             "sha256": stream["sha256"],
             "ended": stream["ended"],
         }
-        for stream in streams
+        for stream in collected.streams
     ]
-    return {
-        "started": started,
-        "received": received,
-        "followers_cpu_s": collected.cpu,
-        "daemon_cpu_s": daemon_cpu.own,
-        "daemon_commands_cpu_s": daemon_cpu.children,  # its ssh processes
-        "sshd_cpu_s": sshd_cpu,
-        "upstream_connections": sum(info.upstream_connections for info in infos),
-        "reconnected": [info.upstream_connections > 1 for info in infos],
-        "failed_jobs": sum(info.state is not JobState.SUCCEEDED for info in infos),
-    }
+    return received, collected.cpu
 
 
 def _judge(outcome: dict[str, Any], digests: list[str], followers: int) -> dict[str, Any]:
@@ -290,4 +354,67 @@ def tables(result: dict[str, Any]) -> list[Table]:
         f"each job writes {settings['rate'] / 1000:g} kB/s for {settings['duration']:g} s,"
         " then a marker line; tailhub attaches its jobs through the API, not the CLI",
     )
-    return [Table("many launches, logs over ssh: direct against tailhub", headers, rows, notes)]
+    main = Table("many launches, logs over ssh: direct against tailhub", headers, rows, notes)
+    return [main, _comparison(result["runs"])]
+
+
+def _comparison(runs: list[dict[str, Any]]) -> Table:
+    """tailhub's CPU against direct-open's at each K and F, and what one session or follower
+    costs in each mode (the reason behind a ratio)."""
+    rows = []
+    for (jobs, followers), by_mode in sorted(_by_load(runs).items()):
+        reference = by_mode.get("direct-open")
+        for mode in ("tailhub", "tailhub-cli"):
+            run = by_mode.get(mode)
+            if run is None or reference is None:
+                continue
+            rows.append(
+                (
+                    mode,
+                    str(jobs),
+                    str(followers),
+                    number(run["total_cpu_s"], 1),
+                    number(reference["total_cpu_s"], 1),
+                    number(run["total_cpu_s"] / reference["total_cpu_s"], 2),
+                    number(_session_cpu(reference), 3),
+                    number(_session_cpu(run), 3),
+                    number(run["followers_cpu_s"] / run["followers"], 3),
+                    number(run.get("daemon_cpu_s"), 1),
+                )
+            )
+    headers = (
+        "mode",
+        "K",
+        "F",
+        "CPU s",
+        "direct-open CPU s",
+        "ratio",
+        "direct s/session",
+        "its s/session",
+        "s/follower",
+        "daemon s",
+    )
+    notes = (
+        "targets: ratio <= 1/3 at K=100 F=4, <= 1 at F=1 (tailhub's followers: a few grpc.aio"
+        " processes; tailhub-cli: one `tailhub jobs logs` each)",
+        "s/session: ssh client + sshd per ssh session (direct-open: every follower's; tailhub:"
+        " the daemon's, one per job); s/follower: the followers' own CPU, per follower",
+    )
+    return Table(
+        "ssh: tailhub's CPU against direct with every follower served", headers, rows, notes
+    )
+
+
+def _by_load(runs: list[dict[str, Any]]) -> dict[tuple[int, int], dict[str, dict[str, Any]]]:
+    loads: dict[tuple[int, int], dict[str, dict[str, Any]]] = {}
+    for run in runs:
+        loads.setdefault((run["jobs"], run["followers_per_job"]), {})[run["mode"]] = run
+    return loads
+
+
+def _session_cpu(run: dict[str, Any]) -> float | None:
+    """ssh client and sshd CPU per ssh session of `run`."""
+    if not run["ssh_sessions"]:
+        return None
+    clients = float(run.get("daemon_commands_cpu_s", run["followers_cpu_s"]))
+    return (clients + float(run["sshd_cpu_s"])) / int(run["ssh_sessions"])

@@ -21,8 +21,11 @@ class SshdUnavailable(Exception):
 
 
 class Sshd:
-    def __init__(self, directory: Path) -> None:
+    """sshd with its default session limits, or with `max_startups` (`"1000"`) raised."""
+
+    def __init__(self, directory: Path, max_startups: str = "") -> None:
         self.directory = directory
+        self.max_startups = max_startups
         self.pid = 0
         self.port = 0
         self.key = ""
@@ -33,7 +36,7 @@ class Sshd:
         port = _free_port()
         try:
             done = subprocess.run(
-                ["bash", str(SETUP), str(self.directory), str(port)],
+                ["bash", str(SETUP), str(self.directory), str(port), self.max_startups],
                 capture_output=True,
                 text=True,
                 timeout=SETUP_TIMEOUT,

@@ -62,10 +62,14 @@ def test_quick_benchmark_runs_every_scenario_and_writes_json(tmp_path: Path) -> 
     assert catchup["tail"]["rpc_correct"] is True
     cli = results["scenarios"]["cli_latency"]
     assert 0 < cli["launch_async"]["wall_p50_s"] <= cli["launch_async"]["wall_max_s"]
+    for label, command in cli["commands"].items():
+        assert 0 < command["wall_p50_s"] <= command["wall_max_s"], label
+        assert command["cpu_p50_s"] > 0, label
+    assert cli["tail_correct"] is True
 
     # A verdict for every target: measured ones pass or miss, the skipped ssh ones say why.
     verdicts = {verdict["target"]: verdict for verdict in results["targets"]}
-    assert len(verdicts) == 10
+    assert len(verdicts) == 12
     for target, verdict in verdicts.items():
         assert verdict["figure"], target
         if target.startswith("ssh"):

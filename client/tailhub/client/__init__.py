@@ -11,32 +11,66 @@ with Client.connect(resolve_paths()) as client:
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING, Any
 
-# Read by gRPC's core when grpc is imported (just below): else it prints each failed TLS
-# handshake on stderr as it retries; the client says once why it cannot connect.
+# Read by gRPC's core when grpc is imported: else it prints each failed TLS handshake on
+# stderr as it retries; the client says once why it cannot connect.
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
-from tailhub.client._client import Client
-from tailhub.client._errors import (
-    DaemonUnreachable,
-    InvalidRequestError,
-    JobNotFoundError,
-    ProtocolError,
-    TailhubError,
-)
-from tailhub.client._remote import Target, target_from
-from tailhub.client._types import (
-    DaemonStatus,
-    JobInfo,
-    JobState,
-    LogChunk,
-    LogEnd,
-    LogEvent,
-    LogHeartbeat,
-    LogItem,
-    LogTimeMark,
-)
 from tailhub.daemon.paths import StatePaths, resolve_home
+
+if TYPE_CHECKING:
+    from tailhub.client._client import Client
+    from tailhub.client._errors import (
+        DaemonUnreachable,
+        InvalidRequestError,
+        JobNotFoundError,
+        ProtocolError,
+        TailhubError,
+    )
+    from tailhub.client._remote import Target, target_from
+    from tailhub.client._types import (
+        DaemonStatus,
+        JobInfo,
+        JobState,
+        LogChunk,
+        LogEnd,
+        LogEvent,
+        LogHeartbeat,
+        LogItem,
+        LogTimeMark,
+    )
+
+# Imported when first asked for: `tailhub --help` needs none of them, and the CLI must be able
+# to defer some of grpc's imports before grpc is imported (see _deferred.py).
+_LAZY = {
+    "Client": "tailhub.client._client",
+    **dict.fromkeys(
+        (
+            "DaemonUnreachable",
+            "InvalidRequestError",
+            "JobNotFoundError",
+            "ProtocolError",
+            "TailhubError",
+        ),
+        "tailhub.client._errors",
+    ),
+    **dict.fromkeys(
+        (
+            "DaemonStatus",
+            "JobInfo",
+            "JobState",
+            "LogChunk",
+            "LogEnd",
+            "LogEvent",
+            "LogHeartbeat",
+            "LogItem",
+            "LogTimeMark",
+        ),
+        "tailhub.client._types",
+    ),
+    **dict.fromkeys(("Target", "target_from"), "tailhub.client._remote"),
+}
 
 __all__ = [
     "Client",
@@ -64,3 +98,13 @@ __all__ = [
 def resolve_paths(home: str | None = None) -> StatePaths:
     """The state directory's files: `home`, else $TAILHUB_HOME, else ~/.tailhub."""
     return StatePaths(resolve_home(home, os.environ))
+
+
+def __getattr__(name: str) -> Any:
+    import importlib
+
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value
+    return value

@@ -1,5 +1,5 @@
 """`python -m tailhub.client` is the `tailhub` command."""
 
-from tailhub.client.cli import main
+from tailhub.client._entry import main
 
 main()

@@ -11,9 +11,12 @@ TailhubError
 
 from __future__ import annotations
 
-import grpc
+from typing import TYPE_CHECKING
 
 from tailhub.client import exit_codes
+
+if TYPE_CHECKING:  # imported when there is an RPC error: `tailhub --help` needs no grpc
+    import grpc
 
 # What the daemon's details for a full disk begin with (daemon service.DISK_FULL).
 _DISK_FULL = "disk full"
@@ -50,29 +53,30 @@ class ProtocolError(TailhubError):
 
 
 # A remote daemon's answer to a token it does not know, or whose role is too low (auth.py).
-_REFUSED = {
-    grpc.StatusCode.UNAUTHENTICATED: "the token",
-    grpc.StatusCode.PERMISSION_DENIED: "the call",
-}
-
+# Both keyed by the code's name: grpc is imported only once there is an error.
+_REFUSED = {"UNAUTHENTICATED": "the token", "PERMISSION_DENIED": "the call"}
 
 # Codes whose details are the whole message.
-_AS_IS: dict[grpc.StatusCode, type[TailhubError]] = {
-    grpc.StatusCode.NOT_FOUND: JobNotFoundError,
-    grpc.StatusCode.INVALID_ARGUMENT: InvalidRequestError,
-    grpc.StatusCode.FAILED_PRECONDITION: InvalidRequestError,
+_AS_IS: dict[str, type[TailhubError]] = {
+    "NOT_FOUND": JobNotFoundError,
+    "INVALID_ARGUMENT": InvalidRequestError,
+    "FAILED_PRECONDITION": InvalidRequestError,
 }
 
 
 def is_transient(error: grpc.RpcError) -> bool:
     """The daemon went away or is stopping: reconnecting may help."""
+    import grpc
+
     return error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
 
 
 def from_rpc_error(error: grpc.RpcError, address: str) -> TailhubError:
+    import grpc
+
     code = error.code()
     details = error.details() or code.name.lower()
-    as_is = _AS_IS.get(code)
+    as_is = _AS_IS.get(code.name)
     if as_is is not None:
         return as_is(details)
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
@@ -82,8 +86,8 @@ def from_rpc_error(error: grpc.RpcError, address: str) -> TailhubError:
         return DaemonUnreachable(f"the daemon on {address} stopped while answering ({details})")
     if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
         return _exhausted(details)
-    if code in _REFUSED:
-        return AccessDenied(f"{address} refused {_REFUSED[code]}: {details}")
+    if code.name in _REFUSED:
+        return AccessDenied(f"{address} refused {_REFUSED[code.name]}: {details}")
     return TailhubError(f"daemon error {code.name}: {details}")
 
 

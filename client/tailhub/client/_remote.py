@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import socket
-import ssl
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -139,6 +138,8 @@ class _Details(NamedTuple):
 
 
 if TYPE_CHECKING:  # generic in the stubs only
+    import ssl
+
     _UnaryUnary = grpc.UnaryUnaryClientInterceptor[Any, Any]
     _UnaryStream = grpc.UnaryStreamClientInterceptor[Any, Any]
 else:
@@ -233,6 +234,8 @@ def diagnose(target: Target) -> TailhubError | None:
 
 
 def _plaintext_refused(raw: socket.socket, target: Target) -> TailhubError | None:
+    import ssl  # only when a connection failed: the CLI's start stays light
+
     probe = ssl.create_default_context()
     probe.check_hostname = False
     probe.verify_mode = ssl.CERT_NONE
@@ -248,6 +251,8 @@ def _plaintext_refused(raw: socket.socket, target: Target) -> TailhubError | Non
 
 
 def _tls_refused(raw: socket.socket, target: Target) -> TailhubError | None:
+    import ssl  # only when a connection failed: the CLI's start stays light
+
     context = ssl.create_default_context(
         cadata=target.ca_pem.decode("ascii", "replace") if target.ca_pem else None
     )
@@ -275,6 +280,8 @@ def _tls_refused(raw: socket.socket, target: Target) -> TailhubError | None:
 
 
 def _tls_failure(error: ssl.SSLError, target: Target) -> TailhubError:
+    import ssl
+
     if isinstance(error, ssl.SSLCertVerificationError):
         ca_hint = (
             f" (the CA in {target.ca_file} did not sign it)"

@@ -4,7 +4,6 @@ and documented exit codes out (see exit_codes.py). Never a traceback."""
 from __future__ import annotations
 
 import io
-import json
 import os
 import shlex
 import sys
@@ -18,7 +17,6 @@ import click
 
 from tailhub.client import exit_codes
 from tailhub.client._errors import TailhubError
-from tailhub.client._multi import follow_jobs, report, select_targets
 from tailhub.client._names import MAX_JOB_ID, JobRef, latest_job, resolve_jobs
 from tailhub.client._output import (
     copy_log,
@@ -29,7 +27,6 @@ from tailhub.client._output import (
     size_text,
 )
 from tailhub.client._pending import PendingStatus
-from tailhub.client._queue import job_json, print_jobs
 from tailhub.client._tokens_cli import token
 from tailhub.client._types import JobState
 
@@ -243,6 +240,8 @@ def daemon_status(home: str | None, as_json: bool) -> None:
     with _connect(home, autostart=False) as client:
         status = client.status()
     if as_json:
+        import json
+
         click.echo(json.dumps(asdict(status), indent=2))
         return
     uptime = time.time() - status.started_at
@@ -755,6 +754,8 @@ def _follow_many(
     prefix: bool,
 ) -> None:
     """`jobs logs` of several jobs: their lines, a summary, and the worst result (exits)."""
+    from tailhub.client._multi import follow_jobs, report, select_targets
+
     targets = select_targets(client, refs, unfinished=unfinished, glob=glob)
     colour = sys.stdout.isatty()
     try:
@@ -776,6 +777,8 @@ def jobs_wait(home: str | None, jobs: tuple[str, ...], unfinished: bool, glob: s
     """Wait for jobs (ids or names) to end: no log, a summary on stderr, the worst result."""
     if not jobs and not unfinished and glob is None:
         raise click.UsageError("name the jobs to wait for, or use --all or --name")
+    from tailhub.client._multi import follow_jobs, report, select_targets
+
     with _connect(home) as client:
         targets = select_targets(client, jobs, unfinished=unfinished, glob=glob, at_end=True)
         outcomes = follow_jobs(client, targets, output=False)
@@ -796,6 +799,7 @@ def jobs_wait(home: str | None, jobs: tuple[str, ...], unfinished: bool, glob: s
 def jobs_queue(home: str | None, as_json: bool, everything: bool, skip_finished: bool) -> None:
     """List jobs, newest first: id, name, state, exit code, source, log size, subscribers,
     upstream connections (open now/opened in total), submitted (age), duration."""
+    from tailhub.client._queue import job_json, print_jobs
 
     with _connect(home) as client:
         if skip_finished:
@@ -808,6 +812,8 @@ def jobs_queue(home: str | None, as_json: bool, everything: bool, skip_finished:
             page = client.list_page(QUEUE_DEFAULT_COUNT)
             listed, total = page.jobs, page.total_jobs
     if as_json:
+        import json
+
         click.echo(json.dumps([job_json(job) for job in listed], indent=2))
     else:
         print_jobs(listed, colour=sys.stdout.isatty())
