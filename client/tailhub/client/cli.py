@@ -130,12 +130,22 @@ def daemon() -> None:
 @click.option(
     "--max-running-jobs", type=click.IntRange(min=1), help="Limit on local jobs running at once."
 )
-def daemon_start(home: str | None, max_running_jobs: int | None) -> None:
+@click.option(
+    "--metrics-listen",
+    metavar="HOST:PORT",
+    callback=lambda _ctx, _param, value: _checked_host_port(value),
+    help="Serve Prometheus metrics at http://HOST:PORT/metrics (no authentication).",
+)
+def daemon_start(
+    home: str | None, max_running_jobs: int | None, metrics_listen: str | None
+) -> None:
     """Start the daemon in the background; returns once it answers."""
     from tailhub.client._daemon import ensure_daemon
 
     paths = _paths(home)
     args = ["--max-running-jobs", str(max_running_jobs)] if max_running_jobs else []
+    if metrics_listen:
+        args += ["--metrics-listen", metrics_listen]
     started = ensure_daemon(paths, args)
     with _connect(home, autostart=False) as client:
         status = client.status()
@@ -147,6 +157,18 @@ def daemon_start(home: str | None, max_running_jobs: int | None) -> None:
             f"tailhub daemon stop{_home_flag(home)}, then start it again"
         )
         sys.exit(exit_codes.ERROR)
+
+
+def _checked_host_port(value: str | None) -> str | None:
+    """`HOST:PORT` as given, once the daemon's own parser accepts it (bad usage: exit 2)."""
+    from tailhub.daemon.config import parse_host_port
+
+    if value is not None:
+        try:
+            parse_host_port(value)
+        except ValueError as error:
+            raise click.BadParameter(str(error)) from None
+    return value
 
 
 @daemon.command("stop")

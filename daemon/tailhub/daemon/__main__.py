@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from tailhub.daemon.config import DaemonConfig, minimal_environment
+from tailhub.daemon.config import DaemonConfig, minimal_environment, parse_host_port
 from tailhub.daemon.config_file import read_config_file
 from tailhub.daemon.durations import parse_duration
 from tailhub.daemon.faults import crash_points_from
@@ -72,6 +72,13 @@ def _log_loop_error(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) ->
     )
 
 
+def _host_port(value: str | None) -> tuple[str, int] | None:
+    try:
+        return None if value is None else parse_host_port(value)
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from None
+
+
 def _raise_open_file_limit() -> None:
     """Soft limit up to the hard one: each followed file and command holds descriptors."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -120,6 +127,13 @@ def _raise_open_file_limit() -> None:
     help="The `sky` executable of the skypilot backend (default: config.yaml's `sky:`, "
     "else `sky` on the PATH).",
 )
+@click.option(
+    "--metrics-listen",
+    metavar="HOST:PORT",
+    callback=lambda _ctx, _param, value: _host_port(value),
+    help="Serve Prometheus metrics at http://HOST:PORT/metrics (plain HTTP, no "
+    "authentication: bind it where only your Prometheus can reach it).",
+)
 @click.option("--log-level", default="INFO", show_default=True)
 def main(
     home: str | None,
@@ -129,6 +143,7 @@ def main(
     retention: str,
     max_ended_jobs: int,
     sky: str | None,
+    metrics_listen: tuple[str, int] | None,
     log_level: str,
 ) -> None:
     """Run the tailhub daemon in the foreground."""
@@ -162,6 +177,7 @@ def main(
             default_backend=settings.backend or "local",
             sky=sky or settings.sky or "sky",
             sky_environment=tuple(sorted(os.environ.items())),
+            metrics_listen=metrics_listen,
         )
         asyncio.run(serve(config))
     except AlreadyRunning as error:

@@ -9,6 +9,7 @@ import logging
 import os
 import shutil
 from types import TracebackType
+from typing import Any
 
 import grpc
 import grpc.aio
@@ -20,6 +21,7 @@ from tailhub.daemon.config import DaemonConfig
 from tailhub.daemon.identity import check_logs_belong
 from tailhub.daemon.jobs import JobManager
 from tailhub.daemon.lock import StateLock
+from tailhub.daemon.metrics import DaemonMetrics, MetricsEndpoint
 from tailhub.daemon.runner import LocalRunner
 from tailhub.daemon.service import SERVICE_NAME, TailhubServicer
 from tailhub.daemon.sky import SkyCli
@@ -39,6 +41,7 @@ class Daemon:
         self._store: JobStore | None = None
         self._manager: JobManager | None = None
         self._server: grpc.aio.Server | None = None
+        self._metrics_endpoint: MetricsEndpoint | None = None
         self._stopped = asyncio.Event()
 
     async def start(self) -> None:
@@ -77,8 +80,19 @@ class Daemon:
         self._manager = JobManager(self.config, self._store, environment)
         await self._manager.start()
 
+        # Outermost first: the RPC counter sees every call, even one a later interceptor refuses.
+        interceptors: list[grpc.aio.ServerInterceptor[Any, Any]] = []
+        if self.config.metrics_listen is not None:
+            metrics = DaemonMetrics(self._manager)
+            interceptors.append(metrics.interceptor())
+            # Bound before the gRPC server: an address in use stops the start with nothing
+            # served yet.
+            self._metrics_endpoint = MetricsEndpoint(metrics, *self.config.metrics_listen)
+            await self._metrics_endpoint.start()
+
         limit = self.config.max_concurrent_streams
         server = grpc.aio.server(
+            interceptors=interceptors,
             options=[
                 # The C core queues at most 1000 unanswered requests by default: a burst of
                 # 2000 subscriptions would see some cancelled.
@@ -118,6 +132,9 @@ class Daemon:
         await self._close()
 
     async def _close(self) -> None:
+        if self._metrics_endpoint is not None:
+            await self._metrics_endpoint.close()
+            self._metrics_endpoint = None
         if self._manager is not None:
             await self._manager.close()
             self._manager = None
