@@ -186,11 +186,11 @@ def _counted(
         "request_deserializer": handler.request_deserializer,
         "response_serializer": handler.response_serializer,
     }
-    if handler.unary_unary is not None and asyncio.iscoroutinefunction(handler.unary_unary):
+    if handler.unary_unary is not None and inspect.iscoroutinefunction(handler.unary_unary):
         return grpc.unary_unary_rpc_method_handler(
             _counted_call(handler.unary_unary, done), **options
         )
-    if handler.stream_unary is not None and asyncio.iscoroutinefunction(handler.stream_unary):
+    if handler.stream_unary is not None and inspect.iscoroutinefunction(handler.stream_unary):
         return grpc.stream_unary_rpc_method_handler(
             _counted_call(handler.stream_unary, done), **options
         )
@@ -251,10 +251,12 @@ def _counted_stream(
         finally:
             # Closed now, not when collected: the handler's own cleanup (a subscriber slot)
             # must run when the call ends.
-            aclose = getattr(responses, "aclose", None)
-            if aclose is not None:
-                await aclose()
-            done(code)
+            try:
+                aclose = getattr(responses, "aclose", None)
+                if aclose is not None:
+                    await aclose()
+            finally:
+                done(code)
 
     return stream
 
