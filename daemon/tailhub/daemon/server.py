@@ -9,7 +9,7 @@ import logging
 import os
 import shutil
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import grpc.aio
@@ -21,7 +21,6 @@ from tailhub.daemon.config import DaemonConfig
 from tailhub.daemon.identity import check_logs_belong
 from tailhub.daemon.jobs import JobManager
 from tailhub.daemon.lock import StateLock
-from tailhub.daemon.metrics import DaemonMetrics, MetricsEndpoint
 from tailhub.daemon.runner import LocalRunner
 from tailhub.daemon.service import SERVICE_NAME, TailhubServicer
 from tailhub.daemon.sky import SkyCli
@@ -29,6 +28,9 @@ from tailhub.daemon.sources import SourceEnvironment
 from tailhub.daemon.statedir import check_database, check_state_dir, ensure_private_dir
 from tailhub.daemon.store import JobStore
 from tailhub.daemon.watch import FileWatcher
+
+if TYPE_CHECKING:
+    from tailhub.daemon.metrics import MetricsEndpoint
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +85,9 @@ class Daemon:
         # Outermost first: the RPC counter sees every call, even one a later interceptor refuses.
         interceptors: list[grpc.aio.ServerInterceptor[Any, Any]] = []
         if self.config.metrics_listen is not None:
+            # Imported only when asked for: prometheus_client slows every daemon start.
+            from tailhub.daemon.metrics import DaemonMetrics, MetricsEndpoint
+
             metrics = DaemonMetrics(self._manager)
             interceptors.append(metrics.interceptor())
             # Bound before the gRPC server: an address in use stops the start with nothing
