@@ -19,7 +19,7 @@ from job_helpers import Gate, write_task
 from prometheus_client.parser import text_string_to_metric_families
 
 from tailhub.client import JobNotFoundError
-from tailhub.daemon.metrics import MAX_REQUEST_BYTES, REQUEST_TIMEOUT
+from tailhub.daemon.metrics import MAX_CONNECTIONS, MAX_REQUEST_BYTES, REQUEST_TIMEOUT
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -181,15 +181,21 @@ def test_only_metrics_is_served_and_requests_are_bounded(
         garbage.sendall(b"\x16\x03\x01 not http\r\n\r\n")
         assert garbage.recv(100).startswith(b"HTTP/1.1 400 ")
 
-    # A client that sends half a request and nothing more is dropped after the timeout,
-    # and is no obstacle to a scrape meanwhile.
-    slow = socket.create_connection(("127.0.0.1", port), timeout=REQUEST_TIMEOUT + 20)
-    with slow:
+    # Idle connections filling every slot do not keep a scrape out.
+    idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(MAX_CONNECTIONS * 2)]
+    try:
+        assert scrape(port)
+    finally:
+        for each in idle:
+            each.close()
+    # A client that sends half a request and nothing more is dropped after the timeout, and
+    # is no obstacle to a scrape meanwhile.
+    with socket.create_connection(("127.0.0.1", port), timeout=REQUEST_TIMEOUT + 20) as slow:
         slow.sendall(b"GET /met")
         opened = time.monotonic()
         assert scrape(port)
         assert slow.recv(100) == b""
-        assert time.monotonic() - opened < REQUEST_TIMEOUT + 10
+        assert REQUEST_TIMEOUT - 1 < time.monotonic() - opened < REQUEST_TIMEOUT + 10
 
 
 def test_an_address_in_use_is_one_line_and_exit_code_1(home: Path, port: int) -> None:

@@ -52,7 +52,9 @@ MAX_REQUEST_BYTES = 8 * 1024
 # sends or reads nothing (slowloris) is dropped after them.
 REQUEST_TIMEOUT = 5.0
 RESPONSE_TIMEOUT = 10.0
-# Connections served at once; more are closed at once (Prometheus scrapes one at a time).
+# Connections held at once; a new one past it closes the oldest (Prometheus scrapes one at a
+# time, and sends its request at once: idle connections holding every slot would otherwise
+# keep it out until they time out).
 MAX_CONNECTIONS = 32
 # The label an RPC with no handler gets (its path is the client's choice: unbounded).
 UNKNOWN_METHOD = "unknown"
@@ -272,8 +274,9 @@ class MetricsEndpoint:
     """`GET /metrics` over HTTP/1.x on the event loop; any other path is 404.
 
     Bounded: a request head of at most `MAX_REQUEST_BYTES`, sent within `REQUEST_TIMEOUT`;
-    the response taken within `RESPONSE_TIMEOUT`; at most `MAX_CONNECTIONS` at once; one
-    request per connection. No authentication: bind it where only Prometheus can reach it.
+    the response taken within `RESPONSE_TIMEOUT`; at most `MAX_CONNECTIONS` at once (a new one
+    closes the oldest); one request per connection. No authentication: bind it where only
+    Prometheus can reach it.
     """
 
     def __init__(self, metrics: DaemonMetrics, host: str, port: int) -> None:
@@ -281,7 +284,8 @@ class MetricsEndpoint:
         self._host = host
         self._port = port
         self._server: asyncio.Server | None = None
-        self._connections: set[asyncio.StreamWriter] = set()
+        # Oldest first (a dict keeps insertion order).
+        self._connections: dict[asyncio.StreamWriter, None] = {}
 
     @property
     def addresses(self) -> list[str]:
@@ -316,9 +320,10 @@ class MetricsEndpoint:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if len(self._connections) >= MAX_CONNECTIONS:
-            writer.transport.abort()
-            return
-        self._connections.add(writer)
+            oldest = next(iter(self._connections))
+            del self._connections[oldest]
+            oldest.transport.abort()
+        self._connections[writer] = None
         # drain() returns only once everything is handed to the kernel, so a client that
         # stops reading is caught by the response timeout, not left holding a buffer.
         writer.transport.set_write_buffer_limits(high=0)
@@ -337,7 +342,7 @@ class MetricsEndpoint:
             logger.exception("serving a metrics request failed")
             writer.transport.abort()
         finally:
-            self._connections.discard(writer)
+            self._connections.pop(writer, None)
             writer.close()
 
     def _answer(self, head: bytes) -> bytes:
