@@ -81,7 +81,7 @@ class DaemonMetrics:
     def interceptor(self) -> grpc.aio.ServerInterceptor[Any, Any]:
         """A server interceptor counting every RPC by method and status code; attach it first
         (outermost) to any server, so that calls refused by later interceptors count too."""
-        return _RpcCounter(self._count_rpc)
+        return counting_interceptor(self._count_rpc)
 
     def _count_rpc(self, service: str, method: str, code: grpc.StatusCode) -> None:
         self._rpcs.labels(service, method, code.name).inc()
@@ -155,6 +155,13 @@ class _DaemonCollector(Collector):
 def _le(bound: float) -> str:
     """A bucket's `le` label as Prometheus's own histograms write it: 4096.0, +Inf."""
     return "+Inf" if math.isinf(bound) else repr(float(bound))
+
+
+def counting_interceptor(
+    count: Callable[[str, str, grpc.StatusCode], None],
+) -> grpc.aio.ServerInterceptor[Any, Any]:
+    """An interceptor calling `count(service, method, code)` as each RPC ends."""
+    return _RpcCounter(count)
 
 
 class _RpcCounter(_Interceptor):

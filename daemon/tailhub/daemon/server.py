@@ -30,7 +30,7 @@ from tailhub.daemon.store import JobStore
 from tailhub.daemon.watch import FileWatcher
 
 if TYPE_CHECKING:
-    from tailhub.daemon.metrics import MetricsEndpoint
+    from tailhub.daemon.metrics import DaemonMetrics, MetricsEndpoint
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +43,8 @@ class Daemon:
         self._store: JobStore | None = None
         self._manager: JobManager | None = None
         self._server: grpc.aio.Server | None = None
+        # With --metrics-listen: every gRPC server gets `self._metrics.interceptor()` first.
+        self._metrics: DaemonMetrics | None = None
         self._metrics_endpoint: MetricsEndpoint | None = None
         self._stopped = asyncio.Event()
 
@@ -88,7 +90,7 @@ class Daemon:
             # Imported only when asked for: prometheus_client slows every daemon start.
             from tailhub.daemon.metrics import DaemonMetrics, MetricsEndpoint
 
-            metrics = DaemonMetrics(self._manager)
+            metrics = self._metrics = DaemonMetrics(self._manager)
             interceptors.append(metrics.interceptor())
             # Bound before the gRPC server: an address in use stops the start with nothing
             # served yet.
