@@ -180,12 +180,18 @@ def daemon() -> None:
 @click.option("--insecure", "plaintext", is_flag=True, help="No TLS on --listen (loopback only).")
 @click.option("--max-streams", type=click.IntRange(min=1), help="Network log streams in all.")
 @click.option("--max-streams-per-token", type=click.IntRange(min=1), help="... per token.")
+@click.option(
+    "--metrics-listen",
+    metavar="HOST:PORT",
+    callback=lambda _ctx, _param, value: _checked_host_port(value),
+    help="Serve Prometheus metrics at http://HOST:PORT/metrics (no authentication).",
+)
 def daemon_start(
     home: str | None,
     max_running_jobs: int | None,
     listen: tuple[str, ...],
     plaintext: bool,
-    **network: Any,
+    **passed_on: Any,
 ) -> None:
     """Start the daemon in the background; returns once it answers."""
     from tailhub.client._daemon import ensure_daemon
@@ -195,7 +201,7 @@ def daemon_start(
     args = ["--max-running-jobs", str(max_running_jobs)] if max_running_jobs else []
     args += [item for address in listen for item in ("--listen", address)]
     args += ["--insecure"] if plaintext else []
-    for name, value in network.items():
+    for name, value in passed_on.items():
         if value is not None:
             # The daemon runs in its state directory: a relative path must not change meaning.
             text = os.path.abspath(value) if name.startswith("tls_") else str(value)
@@ -211,6 +217,18 @@ def daemon_start(
             f"tailhub daemon stop{_home_flag(home)}, then start it again"
         )
         sys.exit(exit_codes.ERROR)
+
+
+def _checked_host_port(value: str | None) -> str | None:
+    """`HOST:PORT` as given, once the daemon's own parser accepts it (bad usage: exit 2)."""
+    from tailhub.daemon.config import parse_host_port
+
+    if value is not None:
+        try:
+            parse_host_port(value)
+        except ValueError as error:
+            raise click.BadParameter(str(error)) from None
+    return value
 
 
 @daemon.command("stop")

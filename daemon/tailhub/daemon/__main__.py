@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from tailhub.daemon.config import DaemonConfig, minimal_environment
+from tailhub.daemon.config import DaemonConfig, minimal_environment, parse_host_port
 from tailhub.daemon.config_file import read_config_file
 from tailhub.daemon.durations import parse_duration
 from tailhub.daemon.faults import crash_points_from
@@ -77,6 +77,13 @@ def _log_loop_error(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) ->
         context.get("message", "no message"),
         exc_info=error if isinstance(error, BaseException) else None,
     )
+
+
+def _host_port(value: str | None) -> tuple[str, int] | None:
+    try:
+        return None if value is None else parse_host_port(value)
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from None
 
 
 def _raise_open_file_limit() -> None:
@@ -155,6 +162,13 @@ def _raise_open_file_limit() -> None:
     show_default=True,
     help="Log streams served at once to one token.",
 )
+@click.option(
+    "--metrics-listen",
+    metavar="HOST:PORT",
+    callback=lambda _ctx, _param, value: _host_port(value),
+    help="Serve Prometheus metrics at http://HOST:PORT/metrics (plain HTTP, no "
+    "authentication: bind it where only your Prometheus can reach it).",
+)
 @click.option("--log-level", default="INFO", show_default=True)
 def main(
     home: str | None,
@@ -171,6 +185,7 @@ def main(
     insecure: bool,
     max_streams: int,
     max_streams_per_token: int,
+    metrics_listen: tuple[str, int] | None,
     log_level: str,
 ) -> None:
     """Run the tailhub daemon in the foreground."""
@@ -220,6 +235,7 @@ def main(
             default_backend=settings.backend or "local",
             sky=sky or settings.sky or "sky",
             sky_environment=tuple(sorted(os.environ.items())),
+            metrics_listen=metrics_listen,
         )
         asyncio.run(serve(config, network))
     except ListenerError as error:

@@ -64,6 +64,9 @@ class DaemonConfig:
     sky_environment: tuple[tuple[str, str], ...] = ()
     # Seconds a `sky jobs launch` may take before it is stopped and the job failed.
     sky_submit_timeout: float = 600.0
+    # Where `/metrics` is served over plain HTTP, without authentication (host, port); None:
+    # no metrics endpoint, no RPC counting.
+    metrics_listen: tuple[str, int] | None = None
 
     def __post_init__(self) -> None:
         if self.heartbeat_interval <= 0:
@@ -90,6 +93,8 @@ class DaemonConfig:
             )
         if self.sky_submit_timeout <= 0:
             raise ValueError("the sky submission timeout must be positive")
+        if self.metrics_listen is not None:
+            parse_host_port(format_host_port(*self.metrics_listen))
 
 
 # What a job started without its client's environment still needs to run a shell script.
@@ -99,3 +104,31 @@ _MINIMAL_ENVIRONMENT = ("HOME", "USER", "LOGNAME", "SHELL", "PATH", "LANG")
 def minimal_environment(environ: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
     """HOME, USER, LOGNAME, SHELL, PATH and LANG of `environ`, those it has."""
     return tuple((name, environ[name]) for name in _MINIMAL_ENVIRONMENT if name in environ)
+
+
+def parse_host_port(text: str) -> tuple[str, int]:
+    """`HOST:PORT` (`[::1]:9100` for IPv6) as (host, port); ValueError saying what is wrong.
+
+    The host is required: an empty one would mean every interface, which must be asked for
+    (`0.0.0.0`), never the result of a typo.
+    """
+    host, colon, port_text = text.rpartition(":")
+    bracketed = host.startswith("[") and host.endswith("]")
+    if bracketed:
+        host = host[1:-1]
+    if (
+        not colon
+        or not host
+        or (":" in host and not bracketed)  # ::1:9100 is ambiguous; [::1]:9100 is not
+        or not (port_text.isascii() and port_text.isdigit())
+        or not 0 <= int(port_text) <= 65535
+    ):
+        raise ValueError(
+            f"{text!r} is not HOST:PORT (e.g. 127.0.0.1:9100, [::1]:9100, 0.0.0.0:9100)"
+        )
+    return host, int(port_text)
+
+
+def format_host_port(host: str, port: int) -> str:
+    """The inverse of `parse_host_port`: brackets around an IPv6 address."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -9,6 +9,7 @@ import time
 from typing import Any, Protocol
 
 from tailhub.daemon.config import DaemonConfig
+from tailhub.daemon.counts import DaemonCounts
 from tailhub.daemon.job import Job
 from tailhub.daemon.model import StorageFull
 from tailhub.daemon.signal import Stop
@@ -31,11 +32,19 @@ class FetchOwner(Protocol):
 class Fetcher:
     """Runs one source for one job. Implements the `Upstream` the source writes to."""
 
-    def __init__(self, job: Job, source: Source, owner: FetchOwner, config: DaemonConfig) -> None:
+    def __init__(
+        self,
+        job: Job,
+        source: Source,
+        owner: FetchOwner,
+        config: DaemonConfig,
+        counts: DaemonCounts,
+    ) -> None:
         self._job = job
         self._source = source
         self._owner = owner
         self._config = config
+        self._counts = counts
         self._finished = Stop()
         # The log offset where a full disk paused the fetch; None while it flows.
         self._paused_at: int | None = None
@@ -58,6 +67,7 @@ class Fetcher:
             log.append(data)
         if data:
             self._job.times.record(offset, time.time())
+        self._counts.bytes_fetched += len(data)
         if self._paused_at is not None:
             self._paused_at = None
             self._owner.event(
@@ -105,6 +115,9 @@ class Fetcher:
             try:
                 if self._source.counts_connections:
                     self._job.record.upstream_connections += 1
+                    self._counts.upstream_connections_opened += 1
+                    if self._job.record.upstream_connections > 1:
+                        self._counts.reconnects += 1
                     self._owner.save(self._job)
                 return await self._source.fetch(self)
             except StorageFull as error:

@@ -16,6 +16,7 @@ from typing import Any
 from tailhub.daemon import removal
 from tailhub.daemon.backends import Backend, Cancelling, make_backends
 from tailhub.daemon.config import DaemonConfig
+from tailhub.daemon.counts import DaemonCounts
 from tailhub.daemon.events import EventLimiter, EventLimits
 from tailhub.daemon.faults import is_disk_full
 from tailhub.daemon.fetcher import Fetcher
@@ -82,6 +83,8 @@ class JobManager:
         self._event_limiters: dict[int, EventLimiter] = {}
         self.stopping = False
         self.started_at = time.time()
+        # Totals since start that no job keeps (read by metrics).
+        self.counts = DaemonCounts()
         # `--tail` scans, apart from the default pool that file sources read with: a long
         # log without a newline is read to its start, and nobody else should wait for it.
         self.scans: ThreadPoolExecutor | None = None
@@ -210,6 +213,7 @@ class JobManager:
             raise
         if data:
             job.times.record(size, time.time())
+        self.counts.bytes_fetched += len(data)
         self.appended(job)
         return job.log_size
 
@@ -429,7 +433,7 @@ class JobManager:
 
     def start_fetcher(self, job: Job, *, finishing: bool) -> None:
         source = make_source(job.id, job.record.spec, self._environment)
-        fetcher = Fetcher(job, source, self, self._config)
+        fetcher = Fetcher(job, source, self, self._config, self.counts)
         if finishing:
             fetcher.request_finish()
         self._fetchers[job.id] = fetcher

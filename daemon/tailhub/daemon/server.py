@@ -10,6 +10,7 @@ import os
 import shutil
 from collections.abc import Sequence
 from types import TracebackType
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import grpc.aio
@@ -33,6 +34,9 @@ from tailhub.daemon.store import JobStore
 from tailhub.daemon.tokens import TokenIndex
 from tailhub.daemon.watch import FileWatcher
 
+if TYPE_CHECKING:
+    from tailhub.daemon.metrics import DaemonMetrics, MetricsEndpoint
+
 logger = logging.getLogger(__name__)
 
 
@@ -47,6 +51,9 @@ class Daemon:
         self._store: JobStore | None = None
         self._manager: JobManager | None = None
         self._server: grpc.aio.Server | None = None
+        # With --metrics-listen: every gRPC server gets `self._metrics.interceptor()` first.
+        self._metrics: DaemonMetrics | None = None
+        self._metrics_endpoint: MetricsEndpoint | None = None
         self._stopped = asyncio.Event()
 
     async def start(self) -> None:
@@ -85,10 +92,23 @@ class Daemon:
         self._manager = JobManager(self.config, self._store, environment)
         await self._manager.start()
 
-        server = grpc.aio.server(options=self._server_options())
+        # Outermost first: the RPC counter sees every call, even one a later interceptor refuses.
+        counting: list[grpc.aio.ServerInterceptor[Any, Any]] = []
+        if self.config.metrics_listen is not None:
+            # Imported only when asked for: prometheus_client slows every daemon start.
+            from tailhub.daemon.metrics import DaemonMetrics, MetricsEndpoint
+
+            metrics = self._metrics = DaemonMetrics(self._manager)
+            counting.append(metrics.interceptor())
+            # Bound before the gRPC servers: an address in use stops the start with nothing
+            # served yet.
+            self._metrics_endpoint = MetricsEndpoint(metrics, *self.config.metrics_listen)
+            await self._metrics_endpoint.start()
+
+        server = grpc.aio.server(options=self._server_options(), interceptors=counting)
         servicer = TailhubServicer(self._manager, self.config)
         health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
-        network_server = self._network(servicer, health_servicer)
+        network_server = self._network(servicer, health_servicer, counting)
         _serve(server, servicer, health_servicer)
         # Created 0600 from the start: no moment where another user could connect.
         old_umask = os.umask(0o177)
@@ -120,7 +140,10 @@ class Daemon:
         ]
 
     def _network(
-        self, servicer: TailhubServicer, health_servicer: health.HealthServicer
+        self,
+        servicer: TailhubServicer,
+        health_servicer: health.HealthServicer,
+        counting: list[grpc.aio.ServerInterceptor[Any, Any]],
     ) -> grpc.aio.Server | None:
         """The TCP listeners' server, its ports bound (ListenerError if one cannot be)."""
         network = self.network
@@ -131,7 +154,9 @@ class Daemon:
             _launched_target(self._manager),
             StreamCaps(network.max_streams, network.max_streams_per_token),
         )
-        server = grpc.aio.server(options=self._server_options(), interceptors=[interceptor])
+        server = grpc.aio.server(
+            options=self._server_options(), interceptors=[*counting, interceptor]
+        )
         _serve(server, servicer, health_servicer)
         for address in bind(server, network):
             logger.info("tailhubd listening on %s (%s)", address, describe(network))
@@ -147,6 +172,9 @@ class Daemon:
         await self._close()
 
     async def _close(self) -> None:
+        if self._metrics_endpoint is not None:
+            await self._metrics_endpoint.close()
+            self._metrics_endpoint = None
         if self._manager is not None:
             await self._manager.close()
             self._manager = None

@@ -116,6 +116,7 @@ class TailhubServicer:
     ) -> AsyncIterator[bytes]:
         """Yields serialized SubscribeResponse messages (registered without a serializer)."""
         manager = self._manager
+        counts = manager.counts
         try:
             job = manager.get(request.job_id)
             stream = stream_log(
@@ -131,7 +132,10 @@ class TailhubServicer:
                 async for item in stream:
                     if isinstance(item, ChunkRange):
                         encoded = self._encode_chunk(job, item)
-                        job.bytes_served += item.end - item.offset
+                        sent = item.end - item.offset
+                        job.bytes_served += sent
+                        counts.bytes_served += sent
+                        counts.lag.observe(job.log_size - item.end)
                         yield encoded
                     elif isinstance(item, Heartbeat):
                         yield pb.SubscribeResponse(
