@@ -18,7 +18,7 @@ from typing import Any
 
 import grpc
 
-from bench import catchup, ceiling, cli_latency, fanout, skypilot, ssh
+from bench import catchup, ceiling, cli_latency, fanout, memory, skypilot, ssh
 from bench.measure import machine_cpu, own_tree_cpu
 from bench.processes import REPO
 from bench.report import Table, render, status_line, write_json
@@ -29,6 +29,7 @@ SCENARIOS: dict[str, ModuleType] = {
     "fanout": fanout,
     "ceiling": ceiling,
     "catchup": catchup,
+    "memory": memory,
     "ssh": ssh,
     "cli_latency": cli_latency,
     "skypilot": skypilot,

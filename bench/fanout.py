@@ -85,7 +85,7 @@ def _run_one(
         wait_until(lambda: client.get(job.id).subscribers >= count, 120, f"{count} subscribers")
         cpu_before = daemon.cpu()
         opened = time.time()
-        _open(gate)
+        open_gate(gate)
         if profile is not None:
             _profile(processes, daemon.pid, settings, profile / f"fanout-{count}")
         processes.wait_all(timeout)
@@ -100,7 +100,7 @@ def _run_one(
     }
 
 
-def _open(gate: Path) -> None:
+def open_gate(gate: Path) -> None:
     """Opens and closes the writer's FIFO, which starts it; waits for it to be listening."""
 
     def opened() -> bool:

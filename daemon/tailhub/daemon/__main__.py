@@ -120,6 +120,15 @@ def _raise_open_file_limit() -> None:
     help="The `sky` executable of the skypilot backend (default: config.yaml's `sky:`, "
     "else `sky` on the PATH).",
 )
+@click.option(
+    "--subscriber-budget",
+    type=click.IntRange(min=16 * 1024),
+    default=DaemonConfig.subscriber_budget_bytes,
+    show_default=True,
+    metavar="BYTES",
+    help="Bytes in flight to all subscribers together; chunks shrink, then followers wait "
+    "(and fall behind) when it is used up. Bounds memory however many followers lag.",
+)
 @click.option("--log-level", default="INFO", show_default=True)
 def main(
     home: str | None,
@@ -129,6 +138,7 @@ def main(
     retention: str,
     max_ended_jobs: int,
     sky: str | None,
+    subscriber_budget: int,
     log_level: str,
 ) -> None:
     """Run the tailhub daemon in the foreground."""
@@ -154,6 +164,7 @@ def main(
             max_running_jobs=max_running_jobs,
             heartbeat_interval=heartbeat_interval,
             cancel_grace=cancel_grace,
+            subscriber_budget_bytes=subscriber_budget,
             job_environment=minimal_environment(os.environ),
             job_umask=job_umask,
             retention_seconds=retention_seconds or None,

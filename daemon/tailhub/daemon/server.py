@@ -16,6 +16,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from tailhub.daemon import limits
+from tailhub.daemon.budget import BudgetFigures
 from tailhub.daemon.config import DaemonConfig
 from tailhub.daemon.identity import check_logs_belong
 from tailhub.daemon.jobs import JobManager
@@ -39,6 +40,7 @@ class Daemon:
         self._store: JobStore | None = None
         self._manager: JobManager | None = None
         self._server: grpc.aio.Server | None = None
+        self._servicer: TailhubServicer | None = None
         self._stopped = asyncio.Event()
 
     async def start(self) -> None:
@@ -90,7 +92,7 @@ class Daemon:
                 ("grpc.max_receive_message_length", limits.MAX_REQUEST_BYTES),
             ],
         )
-        servicer = TailhubServicer(self._manager, self.config)
+        servicer = self._servicer = TailhubServicer(self._manager, self.config)
         server.add_generic_rpc_handlers((servicer.handler(),))
         health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -115,6 +117,8 @@ class Daemon:
             self._manager.begin_stop()
         if self._server is not None:
             await self._server.stop(self.config.stop_grace if grace is None else grace)
+        if self._servicer is not None:
+            _log_budget(self._servicer.budget_figures())
         await self._close()
 
     async def _close(self) -> None:
@@ -146,3 +150,17 @@ class Daemon:
         traceback: TracebackType | None,
     ) -> None:
         await self.stop()
+
+
+def _log_budget(figures: BudgetFigures) -> None:
+    """What the in-flight budget did over the daemon's life (the benchmark reads this line)."""
+    logger.info(
+        "subscriber budget: peak %d of %d bytes in flight; %d chunks, %d shrunk,"
+        " %d waited %.3f s in all",
+        figures.peak_in_flight,
+        figures.limit,
+        figures.grants,
+        figures.shrunk,
+        figures.waits,
+        figures.wait_seconds,
+    )
