@@ -10,6 +10,13 @@ A subscriber asks for what it would like to send and gets what is free up to tha
 a minimum, so that a crowd still moves in chunks worth a message); when not even the minimum
 is free it waits its turn (first come, first served) and meanwhile only falls behind: what it
 has not sent stays in the log, and it reads it from there later.
+
+Clients that stop reading altogether keep what they hold, and enough of them could hold the
+whole budget and stop everyone else. So when less than half the budget came back over
+`patience` seconds while subscribers waited, it is *frozen*: until it moves again (checked
+every `patience` seconds), each subscriber that finds no budget free gets a small `floor` of
+bytes beyond it instead of waiting, and so keeps moving, slowly. Memory then stays within the
+budget plus one floor per such stream, of the order of what gRPC itself keeps per stream.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -26,29 +33,52 @@ class BudgetFigures:
 
     limit: int
     in_flight: int
-    peak_in_flight: int
+    peak_in_flight: int  # overdrafts included
     grants: int
+    shrunk: int  # grants smaller than asked for
     waits: int  # grants that had to wait for budget
     wait_seconds: float  # summed over those waits
-    shrunk: int  # grants smaller than asked for
+    overdrafts: int  # floor grants beyond the budget while it was frozen
+
+
+@dataclass(eq=False)
+class Grant:
+    """Bytes a subscriber holds; `size` may be cut down before they are given back."""
+
+    size: int
+    overdraft: bool = False
+
+
+@dataclass
+class _Waiter:
+    want: int
+    future: asyncio.Future[Grant] = field(repr=False)
 
 
 class SendBudget:
-    """A byte semaphore for one event loop: `acquire` some bytes, `release` them once sent."""
+    """A byte semaphore for one event loop: `acquire` bytes, `release` them once sent."""
 
-    def __init__(self, limit: int, min_grant: int) -> None:
-        if limit < min_grant or min_grant < 1:
+    def __init__(
+        self, limit: int, min_grant: int, *, floor: int = 2048, patience: float = 2.0
+    ) -> None:
+        if limit < min_grant or min_grant < floor or floor < 1:
             raise ValueError("the budget must hold at least one minimum grant")
         self.limit = limit
         self.min_grant = min_grant
-        self._in_flight = 0
+        self._floor = floor
+        self._patience = patience
+        self._in_flight = 0  # budget and overdrafts
+        self._overdrawn = 0
         self._peak = 0
         self._grants = 0
+        self._shrunk = 0
         self._waits = 0
         self._wait_seconds = 0.0
-        self._shrunk = 0
-        # Waiting subscribers in arrival order: (bytes wanted, future of the bytes granted).
-        self._waiters: deque[tuple[int, asyncio.Future[int]]] = deque()
+        self._overdrafts = 0
+        self._waiters: deque[_Waiter] = deque()
+        self._returned = 0  # bytes of the budget given back since the last check
+        self._frozen = False
+        self._watch: asyncio.TimerHandle | None = None
 
     @property
     def in_flight(self) -> int:
@@ -60,57 +90,111 @@ class SendBudget:
             in_flight=self._in_flight,
             peak_in_flight=self._peak,
             grants=self._grants,
+            shrunk=self._shrunk,
             waits=self._waits,
             wait_seconds=self._wait_seconds,
-            shrunk=self._shrunk,
+            overdrafts=self._overdrafts,
         )
 
-    async def acquire(self, want: int) -> int:
+    async def acquire(self, want: int) -> Grant:
         """Between min(want, min_grant) and `want` bytes (what is free); waits for the least."""
         if want <= 0:
             raise ValueError("a grant is for at least one byte")
         if not self._waiters and self._fits(want):
             return self._grant(want)
-        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        entry = (want, future)
-        self._waiters.append(entry)
+        if self._frozen:
+            return self._overdraft(want)
+        loop = asyncio.get_running_loop()
+        waiter = _Waiter(want, loop.create_future())
+        self._waiters.append(waiter)
+        self._watch_soon()
         started = time.monotonic()
         try:
-            granted = await future
+            grant = await waiter.future
         except asyncio.CancelledError:
-            if future.done() and not future.cancelled():
+            if waiter.future.done() and not waiter.future.cancelled():
                 # Granted just as the waiter was cancelled: the bytes go back.
-                self.release(future.result())
+                self.release(waiter.future.result())
             else:
-                self._waiters.remove(entry)
+                self._waiters.remove(waiter)
                 # Leaving the head of the queue may let the next ones through.
                 self._wake()
             raise
         self._waits += 1
         self._wait_seconds += time.monotonic() - started
-        return granted
+        return grant
 
-    def release(self, granted: int) -> None:
-        """Gives back bytes of a grant (all or part of it) once gRPC has taken them."""
-        if granted <= 0:
+    def shrink(self, grant: Grant, size: int) -> None:
+        """Gives back the part of `grant` beyond `size` bytes (what the chunk did not need)."""
+        if size < grant.size:
+            self._give_back(grant, grant.size - size)
+            grant.size = size
+
+    def release(self, grant: Grant) -> None:
+        """Gives back all of `grant` once gRPC has taken its bytes (or the stream ended)."""
+        self._give_back(grant, grant.size)
+        grant.size = 0
+
+    def _give_back(self, grant: Grant, size: int) -> None:
+        if size <= 0:
             return
-        self._in_flight -= granted
+        self._in_flight -= size
+        if grant.overdraft:
+            self._overdrawn -= size
+            return
+        # Bytes of the budget itself came back: it moves, whoever holds the rest.
+        self._returned = 0  # bytes of the budget given back since the last check
+        self._frozen = False
         self._wake()
 
     def _fits(self, want: int) -> bool:
-        return self.limit - self._in_flight >= min(want, self.min_grant)
+        return self.limit - self._in_flight + self._overdrawn >= min(want, self.min_grant)
 
-    def _grant(self, want: int) -> int:
-        granted = min(want, self.limit - self._in_flight)
+    def _grant(self, want: int) -> Grant:
+        granted = min(want, self.limit - self._in_flight + self._overdrawn)
+        self._count(granted)
+        if granted < want:
+            self._shrunk += 1
+        return Grant(granted)
+
+    def _overdraft(self, want: int) -> Grant:
+        granted = min(want, self._floor)
+        self._count(granted)
+        self._overdrawn += granted
+        self._overdrafts += 1
+        return Grant(granted, overdraft=True)
+
+    def _count(self, granted: int) -> None:
         self._in_flight += granted
         self._peak = max(self._peak, self._in_flight)
         self._grants += 1
-        if granted < want:
-            self._shrunk += 1
-        return granted
 
     def _wake(self) -> None:
-        while self._waiters and self._fits(self._waiters[0][0]):
-            want, future = self._waiters.popleft()
-            if not future.done():
-                future.set_result(self._grant(want))
+        while self._waiters and self._fits(self._waiters[0].want):
+            waiter = self._waiters.popleft()
+            if not waiter.future.done():
+                waiter.future.set_result(self._grant(waiter.want))
+
+    def _watch_soon(self) -> None:
+        if self._watch is None:
+            loop = asyncio.get_running_loop()
+            self._watch = loop.call_later(self._patience, self._check_frozen)
+
+    def _check_frozen(self) -> None:
+        """Every `patience` s while some wait or it is frozen: did the budget move meanwhile?"""
+        self._watch = None
+        moving = self._returned >= self.limit // 2
+        self._returned = 0
+        if moving:
+            self._frozen = False
+            self._wake()
+        elif self._waiters or self._frozen:
+            # The holders have (nearly) stopped reading. Everyone waiting gets a floor beyond
+            # the budget, and so does everyone who finds none free until it moves again.
+            self._frozen = True
+            while self._waiters:
+                waiter = self._waiters.popleft()
+                if not waiter.future.done():
+                    waiter.future.set_result(self._overdraft(waiter.want))
+        if self._waiters or self._frozen:
+            self._watch_soon()

@@ -121,12 +121,11 @@ async def stream_log(
                 next_event += 1
             size = job.log_size
             if offset < size:
-                granted = await budget.acquire(min(size - offset, max_chunk))
+                grant = await budget.acquire(min(size - offset, max_chunk))
                 try:
                     # The log may have grown while waiting for budget: never past the grant.
-                    end = _chunk_end(offset, job.log_size, granted, max_chunk, budget.min_grant)
-                    budget.release(granted - (end - offset))
-                    granted = end - offset
+                    end = _chunk_end(offset, job.log_size, grant.size, max_chunk, budget.min_grant)
+                    budget.shrink(grant, end - offset)
                     if timestamps:
                         for mark_offset, mark_time in job.times.marks_in(offset, end):
                             if mark_time != marked:
@@ -134,7 +133,7 @@ async def stream_log(
                                 yield TimeMark(mark_offset, mark_time)
                     yield ChunkRange(offset, end)
                 finally:
-                    budget.release(granted)
+                    budget.release(grant)
                 offset = end
                 continue
             record = job.record

@@ -156,11 +156,12 @@ def _log_budget(figures: BudgetFigures) -> None:
     """What the in-flight budget did over the daemon's life (the benchmark reads this line)."""
     logger.info(
         "subscriber budget: peak %d of %d bytes in flight; %d chunks, %d shrunk,"
-        " %d waited %.3f s in all",
+        " %d waited %.3f s in all; %d overdrafts",
         figures.peak_in_flight,
         figures.limit,
         figures.grants,
         figures.shrunk,
         figures.waits,
         figures.wait_seconds,
+        figures.overdrafts,
     )
