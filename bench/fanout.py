@@ -48,7 +48,7 @@ def run(settings: Settings, scratch: Path, earlier: dict[str, Any]) -> dict[str,
     counts = [count for count, _ in settings.loads]
     profiled = counts.index(max(counts))
     runs = [
-        _run_one(
+        run_one(
             settings,
             count,
             rate,
@@ -60,7 +60,7 @@ def run(settings: Settings, scratch: Path, earlier: dict[str, Any]) -> dict[str,
     return {"status": "ok", "settings": asdict(settings), "runs": runs}
 
 
-def _run_one(
+def run_one(
     settings: Settings, count: int, rate: float, directory: Path, profile: Path | None
 ) -> dict[str, Any]:
     directory.mkdir(parents=True)
@@ -71,7 +71,9 @@ def _run_one(
         f" --rate {rate} --duration {settings.duration} --gate {shlex.quote(str(gate))}"
     )
     timeout = settings.duration + 120
-    with Daemon(directory / "h") as daemon, ProcessSet() as processes, daemon.client() as client:
+    prefix = () if profile is None else py_spy_prefix(profile / f"fanout-{count}")
+    daemon = Daemon(directory / "h", prefix=prefix)
+    with daemon, ProcessSet() as processes, daemon.client() as client:
         job = client.launch(writer, name=f"fanout-{count}", workdir=str(REPO))
         outs = follower.spawn(
             processes,
@@ -86,14 +88,12 @@ def _run_one(
         cpu_before = daemon.cpu()
         opened = time.time()
         open_gate(gate)
-        if profile is not None:
-            _profile(processes, daemon.pid, settings, profile / f"fanout-{count}")
         processes.wait_all(timeout)
         cpu = daemon.cpu() - cpu_before
         peak_rss = daemon.peak_rss()
         info = client.get(job.id)
     received = follower.collect(outs)
-    return _summary(count, info.log_size, info.upstream_connections, opened, received) | {
+    return summary(count, info.log_size, info.upstream_connections, opened, received) | {
         "rate_bytes_per_s": rate,
         "daemon_cpu_s": cpu.own,
         "daemon_peak_rss_bytes": peak_rss,
@@ -113,23 +113,23 @@ def open_gate(gate: Path) -> None:
     wait_until(opened, 60, "the writer to wait at its gate")
 
 
-def _profile(processes: ProcessSet, pid: int, settings: Settings, out: Path) -> None:
-    """Samples the daemon with py-spy, native frames included (grpc's core is C/Cython).
+def py_spy_prefix(out: Path) -> tuple[str, ...]:
+    """Runs the daemon under py-spy, native frames included (grpc's core is C/Cython).
 
-    Output: collapsed stacks, one `frame;frame;... count` line per stack, for flamegraph.pl
-    or speedscope. Sampling pauses the daemon 100 times a second: figures of this run suffer.
+    As its child, not attached by pid: attaching needs ptrace rights some sandboxes deny.
+    Output: collapsed stacks, one `frame;frame;... count` line per stack, in `out`.txt, for
+    flamegraph.pl or speedscope. Sampling pauses the daemon 100 times a second: figures of
+    this run suffer.
     """
     py_spy = Path(sys.executable).parent / "py-spy"
     out.parent.mkdir(parents=True, exist_ok=True)
-    processes.spawn(
-        [
-            *(str(py_spy), "record", "--pid", str(pid), "--duration", str(int(settings.duration))),
-            *("--native", "--threads", "--format", "raw", "--output", f"{out}.txt"),
-        ]
+    return (
+        *(str(py_spy), "record", "--native", "--threads"),
+        *("--format", "raw", "--output", f"{out}.txt", "--"),
     )
 
 
-def _summary(
+def summary(
     count: int, log_size: int, upstreams: int, opened: float, received: follower.Followers
 ) -> dict[str, Any]:
     streams = received.streams

@@ -28,7 +28,7 @@ class DaemonConfig:
     # Bytes in flight to all subscribers together (read and encoded, not yet taken by gRPC):
     # what bounds memory however many followers fall behind. When it is tight, chunks shrink
     # down to `min_chunk_bytes`, and below that a subscriber waits (and falls behind).
-    subscriber_budget_bytes: int = 32 * MIB
+    subscriber_budget_bytes: int = 16 * MIB
     min_chunk_bytes: int = 16 * KIB
     # Command exit codes that mean "the connection failed" (ssh uses 255).
     transport_exit_codes: frozenset[int] = field(default_factory=lambda: frozenset({255}))
