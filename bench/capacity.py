@@ -12,6 +12,7 @@ capacity under py-spy, and the frames where the daemon spent its CPU are listed.
 from __future__ import annotations
 
 import json
+import subprocess
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
@@ -53,6 +54,11 @@ class Settings:
     max_probes: int = 7  # per server
     profile_dir: Path | None = None
     top_frames: int = 5
+    # Further tailhub searches: (label, tailhubd arguments), e.g. a live batching window.
+    variants: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    # Further searches of the minimal server split into this many processes (each with its
+    # share of the followers): what serving from more than one process would give here.
+    minimal_processes: tuple[int, ...] = ()
 
 
 FULL = Settings()
@@ -60,16 +66,29 @@ QUICK = Settings(followers=10, duration=1.0, clients=2, bisections=0, max_probes
 
 
 def run(settings: Settings, scratch: Path, earlier: dict[str, Any]) -> dict[str, Any]:
-    def tailhub(rate: float, directory: Path) -> dict[str, Any]:
-        return fanout.run_one(_fanout(settings), settings.followers, rate, directory, None)
+    def tailhub(args: tuple[str, ...]) -> Probe:
+        def probe(rate: float, directory: Path) -> dict[str, Any]:
+            return fanout.run_one(
+                _fanout(settings), settings.followers, rate, directory, None, args
+            )
 
-    def minimal(rate: float, directory: Path) -> dict[str, Any]:
-        return _minimal_run(settings, rate, directory)
+        return probe
+
+    def minimal(servers: int) -> Probe:
+        def probe(rate: float, directory: Path) -> dict[str, Any]:
+            return _minimal_run(settings, rate, directory, servers)
+
+        return probe
 
     searches = {
-        "tailhub": _search(settings, tailhub, scratch / "tailhub"),
-        "minimal": _search(settings, minimal, scratch / "minimal"),
+        "tailhub": _search(settings, tailhub(()), scratch / "tailhub"),
+        "minimal": _search(settings, minimal(1), scratch / "minimal"),
     }
+    for servers in settings.minimal_processes:
+        label = f"minimal x{servers} processes"
+        searches[label] = _search(settings, minimal(servers), scratch / f"minimal{servers}")
+    for index, (label, args) in enumerate(settings.variants):
+        searches[label] = _search(settings, tailhub(args), scratch / f"variant{index}")
     result: dict[str, Any] = {"status": "ok", "settings": asdict(settings), "searches": searches}
     capacity = searches["tailhub"]["capacity"]
     if settings.profile_dir is not None and capacity is not None:
@@ -134,33 +153,49 @@ def _search(settings: Settings, probe: Probe, directory: Path) -> dict[str, Any]
     return {"capacity": good, "first_failure": bad, "probes": probes, "at_capacity": best}
 
 
-def _minimal_run(settings: Settings, rate: float, directory: Path) -> dict[str, Any]:
+def _minimal_run(
+    settings: Settings, rate: float, directory: Path, servers: int = 1
+) -> dict[str, Any]:
+    """One probe of `bench.minimal`, its followers split evenly over `servers` processes."""
     directory.mkdir(parents=True)
-    socket = directory / "sock"
-    address = f"unix:{socket}"
     timeout = settings.duration + 120
     count = settings.followers
-    report_path = directory / "server.json"
-    with ProcessSet() as processes, open(report_path, "wb") as report_file:
-        server = processes.spawn(
-            python_module("bench.minimal", address, str(count), str(rate), str(settings.duration)),
-            stdout=report_file,
-        )
-        wait_until(lambda: socket.exists() or server.poll() is not None, 30, "the server")
-        outs = follower.spawn(
-            processes,
-            address,
-            [0] * count,
-            clients=settings.clients,
-            directory=directory,
-            timeout=timeout,
-            flags=["--latency"],
-        )
+    outs: list[Path] = []
+    reports: list[Path] = []
+    with ProcessSet() as processes:
+        for index in range(servers):
+            socket = directory / f"s{index}.sock"
+            address = f"unix:{socket}"
+            share = count // servers + (index < count % servers)
+            reports.append(directory / f"server-{index}.json")
+            with open(reports[-1], "wb") as report_file:
+                server = processes.spawn(
+                    python_module(
+                        "bench.minimal", address, str(share), str(rate), str(settings.duration)
+                    ),
+                    stdout=report_file,
+                )
+            _wait_listening(socket, server)
+            outs += follower.spawn(
+                processes,
+                address,
+                [0] * share,
+                clients=max(1, settings.clients // servers),
+                directory=directory / f"f{index}",
+                timeout=timeout,
+                flags=["--latency"],
+            )
         processes.wait_all(timeout)
-    report = json.loads(report_path.read_text())
+    loaded = [json.loads(path.read_text()) for path in reports]
     received = follower.collect(outs)
-    summary = fanout.summary(count, report["log_bytes"], 1, report["started"], received)
-    return summary | {"rate_bytes_per_s": rate, "daemon_cpu_s": report["cpu"]}
+    started = min(report["started"] for report in loaded)
+    summary = fanout.summary(count, loaded[0]["log_bytes"], 1, started, received)
+    cpu = sum(report["cpu"] for report in loaded)
+    return summary | {"rate_bytes_per_s": rate, "daemon_cpu_s": cpu}
+
+
+def _wait_listening(socket: Path, server: subprocess.Popen[bytes]) -> None:
+    wait_until(lambda: socket.exists() or server.poll() is not None, 30, "the server")
 
 
 def top_frames(raw: Path, count: int) -> list[dict[str, Any]]:

@@ -61,7 +61,12 @@ def run(settings: Settings, scratch: Path, earlier: dict[str, Any]) -> dict[str,
 
 
 def run_one(
-    settings: Settings, count: int, rate: float, directory: Path, profile: Path | None
+    settings: Settings,
+    count: int,
+    rate: float,
+    directory: Path,
+    profile: Path | None,
+    daemon_args: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     directory.mkdir(parents=True)
     gate = directory / "gate"
@@ -72,7 +77,7 @@ def run_one(
     )
     timeout = settings.duration + 120
     prefix = () if profile is None else py_spy_prefix(profile / f"fanout-{count}")
-    daemon = Daemon(directory / "h", prefix=prefix)
+    daemon = Daemon(directory / "h", daemon_args, prefix=prefix)
     with daemon, ProcessSet() as processes, daemon.client() as client:
         job = client.launch(writer, name=f"fanout-{count}", workdir=str(REPO))
         outs = follower.spawn(
