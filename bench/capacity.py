@@ -51,7 +51,8 @@ class Settings:
     duration: float = 5.0  # seconds of writing per probe
     clients: int = 4
     bisections: int = 2
-    max_probes: int = 7  # per server
+    max_probes: int = 6  # per server
+    max_halvings: int = 2  # below start_rate / 4 the rate no longer matters: messages do
     profile_dir: Path | None = None
     top_frames: int = 5
     # Further tailhub searches: (label, tailhubd arguments), e.g. a live batching window.
@@ -90,14 +91,19 @@ def run(settings: Settings, scratch: Path, earlier: dict[str, Any]) -> dict[str,
     for index, (label, args) in enumerate(settings.variants):
         searches[label] = _search(settings, tailhub(args), scratch / f"variant{index}")
     result: dict[str, Any] = {"status": "ok", "settings": asdict(settings), "searches": searches}
-    capacity = searches["tailhub"]["capacity"]
-    if settings.profile_dir is not None and capacity is not None:
+    # At its capacity; when it passed at no rate tried, at the lowest (say so).
+    capacity = searches["tailhub"]["capacity"] or min(
+        probe["rate_bytes_per_s"] for probe in searches["tailhub"]["probes"]
+    )
+    if settings.profile_dir is not None:
         out = settings.profile_dir / f"capacity-{settings.followers}"
         profiled = fanout.run_one(
             _fanout(settings), settings.followers, capacity, scratch / "profiled", out
         )
         raw = out / f"fanout-{settings.followers}.txt"
         result["profile"] = {
+            "rate_bytes_per_s": capacity,
+            "at_capacity": searches["tailhub"]["capacity"] is not None,
             "file": str(raw),
             "run": profiled,
             "top_frames": top_frames(raw, settings.top_frames),
@@ -136,7 +142,7 @@ def _search(settings: Settings, probe: Probe, directory: Path) -> dict[str, Any]
             rate *= 2
         else:
             bad = rate
-            if good is not None:
+            if good is not None or rate <= settings.start_rate / 2**settings.max_halvings:
                 break
             rate /= 2
     for _ in range(settings.bisections):
@@ -291,7 +297,10 @@ def tables(result: dict[str, Any]) -> list[Table]:
         ]
         tables.append(
             Table(
-                f"py-spy: where the daemon's CPU went at capacity ({profile['file']})",
+                f"py-spy: where the daemon's CPU went at"
+                f" {number(profile['rate_bytes_per_s'], 3, 1 / MB)} MB/s"
+                f" ({'its capacity' if profile['at_capacity'] else 'no rate passed: the lowest'})"
+                f" ({profile['file']})",
                 ("#", "self", "frame"),
                 frames,
                 (

@@ -122,7 +122,7 @@ def _raise_open_file_limit() -> None:
 )
 @click.option(
     "--subscriber-budget",
-    type=click.IntRange(min=16 * 1024),
+    type=click.IntRange(min=DaemonConfig.min_chunk_bytes),
     default=DaemonConfig.subscriber_budget_bytes,
     show_default=True,
     metavar="BYTES",

@@ -12,11 +12,13 @@ is free it waits its turn (first come, first served) and meanwhile only falls be
 has not sent stays in the log, and it reads it from there later.
 
 Clients that stop reading altogether keep what they hold, and enough of them could hold the
-whole budget and stop everyone else. So when less than half the budget came back over
-`patience` seconds while subscribers waited, it is *frozen*: until it moves again (checked
-every `patience` seconds), each subscriber that finds no budget free gets a small `floor` of
-bytes beyond it instead of waiting, and so keeps moving, slowly. Memory then stays within the
-budget plus one floor per such stream, of the order of what gRPC itself keeps per stream.
+whole budget and stop everyone else. So when most of the budget is held by grants older than
+`patience` seconds while subscribers wait, it is *frozen*: until that is no longer so
+(checked every `patience` seconds), each subscriber that finds no budget free gets a small
+`floor` of bytes beyond it instead of waiting, and so keeps moving, slowly. Slow readers
+that still read give their grants back within the patience, and never freeze it. Memory then
+stays within the budget plus one floor per such stream, of the order of what gRPC itself
+keeps per stream.
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ class SendBudget:
     """A byte semaphore for one event loop: `acquire` bytes, `release` them once sent."""
 
     def __init__(
-        self, limit: int, min_grant: int, *, floor: int = 2048, patience: float = 2.0
+        self, limit: int, min_grant: int, *, floor: int = 2048, patience: float = 5.0
     ) -> None:
         if limit < min_grant or min_grant < floor or floor < 1:
             raise ValueError("the budget must hold at least one minimum grant")
@@ -76,7 +78,8 @@ class SendBudget:
         self._wait_seconds = 0.0
         self._overdrafts = 0
         self._waiters: deque[_Waiter] = deque()
-        self._returned = 0  # bytes of the budget given back since the last check
+        # Grants of the budget not given back yet, oldest first, with the time they were made.
+        self._held: dict[Grant, float] = {}
         self._frozen = False
         self._watch: asyncio.TimerHandle | None = None
 
@@ -142,9 +145,8 @@ class SendBudget:
         if grant.overdraft:
             self._overdrawn -= size
             return
-        # Bytes of the budget itself came back: it moves, whoever holds the rest.
-        self._returned = 0  # bytes of the budget given back since the last check
-        self._frozen = False
+        if size == grant.size:
+            self._held.pop(grant, None)
         self._wake()
 
     def _fits(self, want: int) -> bool:
@@ -155,7 +157,9 @@ class SendBudget:
         self._count(granted)
         if granted < want:
             self._shrunk += 1
-        return Grant(granted)
+        grant = Grant(granted)
+        self._held[grant] = time.monotonic()
+        return grant
 
     def _overdraft(self, want: int) -> Grant:
         granted = min(want, self._floor)
@@ -181,11 +185,15 @@ class SendBudget:
             self._watch = loop.call_later(self._patience, self._check_frozen)
 
     def _check_frozen(self) -> None:
-        """Every `patience` s while some wait or it is frozen: did the budget move meanwhile?"""
+        """Every `patience` s while some wait or it is frozen: do old grants hold most of it?"""
         self._watch = None
-        moving = self._returned >= self.limit // 2
-        self._returned = 0
-        if moving:
+        old = time.monotonic() - self._patience
+        stuck = 0
+        for grant, since in self._held.items():
+            if since > old:
+                break  # the rest are younger
+            stuck += grant.size
+        if stuck < self.limit * 3 // 4:
             self._frozen = False
             self._wake()
         elif self._waiters or self._frozen:

@@ -29,7 +29,7 @@ class DaemonConfig:
     # what bounds memory however many followers fall behind. When it is tight, chunks shrink
     # down to `min_chunk_bytes`, and below that a subscriber waits (and falls behind).
     subscriber_budget_bytes: int = 16 * MIB
-    min_chunk_bytes: int = 16 * KIB
+    min_chunk_bytes: int = 64 * KIB
     # With this many followers or more, followers at the live edge of a job are woken at most
     # once per `live_batch_seconds` (0: at every append): fewer, larger messages, later.
     live_batch_seconds: float = 0.0
