@@ -52,6 +52,12 @@ def main() -> int:
         metavar="DIR",
         help=f"py-spy the daemon at its capacity (raw stacks into DIR; {DEFAULT_PROFILES})",
     )
+    parser.add_argument(
+        "--capacity-experiments",
+        action="store_true",
+        help="also search tailhub with a live batching window, and the minimal server split"
+        " over two processes",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory")
     args = parser.parse_args()
 
@@ -103,6 +109,8 @@ def _run(
         return {"status": f"skipped: --quick leaves out the {name} scenario (it needs sshd)"}
     if name == "capacity" and args.py_spy:
         settings = dataclasses.replace(settings, profile_dir=args.py_spy.resolve())
+    if name == "capacity" and args.capacity_experiments:
+        settings = dataclasses.replace(settings, **capacity.EXPERIMENTS)
     print(f"-- {name} ...", file=sys.stderr, flush=True)
     started = time.monotonic()
     busy_before, total_before = machine_cpu()

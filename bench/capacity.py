@@ -63,6 +63,11 @@ class Settings:
 
 
 FULL = Settings()
+# `--capacity-experiments`: what could raise the ceiling, searched beside the two above.
+EXPERIMENTS = {
+    "variants": (("tailhub, live batch 10 ms", ("--live-batch-ms", "10")),),
+    "minimal_processes": (2,),
+}
 QUICK = Settings(followers=10, duration=1.0, clients=2, bisections=0, max_probes=1)
 
 
