@@ -25,7 +25,8 @@ from bench.processes import ProcessSet, python_module
 from bench.report import Table, number, percent
 
 MB = 1_000_000
-# Leaf frames of a thread that waits (py-spy's --native shows them; they cost no CPU).
+# Frames of a thread that waits (py-spy's --native shows them; they cost no CPU): a stack
+# is left out when one of its last few frames starts with one of these.
 _WAITING = (
     "epoll_wait",
     "epoll_pwait",
@@ -37,8 +38,8 @@ _WAITING = (
     "nanosleep",
     "sem_wait",
     "sem_timedwait",
-    "accept4",
-    "read (libc",
+    "PyThread_acquire_lock_timed",
+    "_queue_SimpleQueue_get",
 )
 Probe = Callable[[float, Path], dict[str, Any]]
 
@@ -221,7 +222,7 @@ def top_frames(raw: Path, count: int) -> list[dict[str, Any]]:
         if not stack or not samples.isdigit():
             continue
         frames = [frame for frame in stack.split(";") if frame]
-        if not frames or frames[-1].startswith(_WAITING):
+        if not frames or any(frame.startswith(_WAITING) for frame in frames[-4:]):
             continue
         own[_frame_name(frames[-1])] += int(samples)
         total += int(samples)

@@ -4,6 +4,7 @@ the first SIGTERM/SIGINT drains, a second one forces."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import resource
@@ -33,6 +34,7 @@ async def serve(config: DaemonConfig) -> None:
     loop.set_exception_handler(_log_loop_error)
     daemon = Daemon(config)
     await daemon.start()
+    _tune_gc()
     stopping: asyncio.Task[None] | None = None
 
     def on_signal(signum: int) -> None:
@@ -52,6 +54,19 @@ async def serve(config: DaemonConfig) -> None:
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
+
+
+def _tune_gc() -> None:
+    """Fewer, cheaper cyclic collections: at fan-out load they took ~10% of the CPU (py-spy).
+
+    What start-up created (modules, grpc, the jobs) lives as long as the daemon: frozen, full
+    collections no longer walk it. Each message allocates a few short-lived objects (futures,
+    callbacks), so the youngest generation fills fast; collected every 10,000 allocations
+    instead of 700, it is collected less often at little cost in memory.
+    """
+    gc.freeze()
+    _, middle, oldest = gc.get_threshold()
+    gc.set_threshold(10_000, middle, oldest)
 
 
 def _exit_if_stop_failed(task: asyncio.Task[None]) -> None:
