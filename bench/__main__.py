@@ -55,8 +55,7 @@ def main() -> int:
     parser.add_argument(
         "--capacity-experiments",
         action="store_true",
-        help="also search tailhub with a live batching window, and the minimal server split"
-        " over two processes",
+        help="also search the minimal server split over two processes",
     )
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory")
     args = parser.parse_args()

@@ -144,14 +144,6 @@ def _raise_open_file_limit() -> None:
     help="Bytes in flight to all subscribers together; chunks shrink, then followers wait "
     "(and fall behind) when it is used up. Bounds memory however many followers lag.",
 )
-@click.option(
-    "--live-batch-ms",
-    type=click.FloatRange(min=0, max=1000),
-    default=0.0,
-    show_default=True,
-    help="With 100 followers of a job or more, wake them at most once per this many ms "
-    "(fewer, larger messages, that much later). 0: at every append.",
-)
 @click.option("--log-level", default="INFO", show_default=True)
 def main(
     home: str | None,
@@ -162,7 +154,6 @@ def main(
     max_ended_jobs: int,
     sky: str | None,
     subscriber_budget: int,
-    live_batch_ms: float,
     log_level: str,
 ) -> None:
     """Run the tailhub daemon in the foreground."""
@@ -189,7 +180,6 @@ def main(
             heartbeat_interval=heartbeat_interval,
             cancel_grace=cancel_grace,
             subscriber_budget_bytes=subscriber_budget,
-            live_batch_seconds=live_batch_ms / 1000,
             job_environment=minimal_environment(os.environ),
             job_umask=job_umask,
             retention_seconds=retention_seconds or None,

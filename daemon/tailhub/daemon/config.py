@@ -30,10 +30,6 @@ class DaemonConfig:
     # down to `min_chunk_bytes`, and below that a subscriber waits (and falls behind).
     subscriber_budget_bytes: int = 16 * MIB
     min_chunk_bytes: int = 64 * KIB
-    # With this many followers or more, followers at the live edge of a job are woken at most
-    # once per `live_batch_seconds` (0: at every append): fewer, larger messages, later.
-    live_batch_seconds: float = 0.0
-    live_batch_min_subscribers: int = 100
     # Command exit codes that mean "the connection failed" (ssh uses 255).
     transport_exit_codes: frozenset[int] = field(default_factory=lambda: frozenset({255}))
     reconnect_initial_delay: float = 0.2

@@ -307,11 +307,7 @@ class JobManager:
         if job.state is JobState.PENDING:
             # A backend's job (SkyPilot) runs once its log flows.
             self.mark_running(job)
-        batch = self._config.live_batch_seconds
-        if batch and job.subscribers >= self._config.live_batch_min_subscribers:
-            job.changed.notify_within(batch)
-        else:
-            job.changed.notify()
+        job.changed.notify()
 
     def save(self, job: Job) -> None:
         self._store.save(job.record)

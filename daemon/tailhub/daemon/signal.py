@@ -15,7 +15,6 @@ class ChangeSignal:
 
     def __init__(self) -> None:
         self._waiters: set[asyncio.Future[bool]] = set()
-        self._later: asyncio.TimerHandle | None = None
 
     @property
     def waiting(self) -> int:
@@ -40,16 +39,7 @@ class ChangeSignal:
             handle.cancel()
             self._waiters.discard(future)
 
-    def notify_within(self, delay: float) -> None:
-        """Notifies in `delay` seconds, with whatever else changed meanwhile: one wake-up
-        (and one message per waiting follower) for several changes."""
-        if self._later is None and self._waiters:
-            self._later = asyncio.get_running_loop().call_later(delay, self.notify)
-
     def notify(self) -> None:
-        if self._later is not None:
-            self._later.cancel()
-            self._later = None
         waiters, self._waiters = self._waiters, set()
         for future in waiters:
             if not future.done():
