@@ -18,7 +18,7 @@ from typing import Any
 
 import grpc
 
-from bench import catchup, ceiling, cli_latency, fanout, skypilot, ssh
+from bench import capacity, catchup, ceiling, cli_latency, fanout, memory, skypilot, ssh
 from bench.measure import machine_cpu, own_tree_cpu
 from bench.processes import REPO
 from bench.report import Table, render, status_line, write_json
@@ -28,12 +28,15 @@ from bench.targets import evaluate
 SCENARIOS: dict[str, ModuleType] = {
     "fanout": fanout,
     "ceiling": ceiling,
+    "capacity": capacity,
     "catchup": catchup,
+    "memory": memory,
     "ssh": ssh,
     "cli_latency": cli_latency,
     "skypilot": skypilot,
 }
 DEFAULT_JSON = REPO / "bench" / "results" / "latest.json"
+DEFAULT_PROFILES = REPO / "bench" / "results" / "py-spy"
 
 
 def main() -> int:
@@ -41,7 +44,19 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="a tiny smoke configuration (<60 s)")
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help=f"default {DEFAULT_JSON}")
     parser.add_argument("--only", action="append", choices=list(SCENARIOS), help="repeatable")
-    parser.add_argument("--py-spy", type=Path, metavar="DIR", help="profile the daemon at N max")
+    parser.add_argument(
+        "--py-spy",
+        type=Path,
+        nargs="?",
+        const=DEFAULT_PROFILES,
+        metavar="DIR",
+        help=f"py-spy the daemon at its capacity (raw stacks into DIR; {DEFAULT_PROFILES})",
+    )
+    parser.add_argument(
+        "--capacity-experiments",
+        action="store_true",
+        help="also search the minimal server split over two processes",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory")
     args = parser.parse_args()
 
@@ -91,8 +106,10 @@ def _run(
     settings = module.QUICK if args.quick else module.FULL
     if settings is None:
         return {"status": f"skipped: --quick leaves out the {name} scenario (it needs sshd)"}
-    if name == "fanout" and args.py_spy:
+    if name == "capacity" and args.py_spy:
         settings = dataclasses.replace(settings, profile_dir=args.py_spy.resolve())
+    if name == "capacity" and args.capacity_experiments:
+        settings = dataclasses.replace(settings, **capacity.EXPERIMENTS)
     print(f"-- {name} ...", file=sys.stderr, flush=True)
     started = time.monotonic()
     busy_before, total_before = machine_cpu()

@@ -20,11 +20,17 @@ STOP_TIMEOUT = 30.0
 
 
 class Daemon:
-    """`python -m tailhub.daemon --home HOME`, started by `start()` once it accepts connections."""
+    """`python -m tailhub.daemon --home HOME`, started by `start()` once it accepts connections.
 
-    def __init__(self, home: Path, args: Sequence[str] = ()) -> None:
+    With a `prefix` (`py-spy record ... --`), the daemon runs as that program's child: `pid`
+    is then the daemon's own (from its pid file), and stopping it lets the prefix finish.
+    """
+
+    def __init__(self, home: Path, args: Sequence[str] = (), prefix: Sequence[str] = ()) -> None:
         self.home = home
         self.args = tuple(args)
+        self.prefix = tuple(prefix)
+        self._pid: int | None = None
         self.log_path = home.parent / f"{home.name}-daemon.log"
         self._process: subprocess.Popen[bytes] | None = None
 
@@ -40,13 +46,20 @@ class Daemon:
     def pid(self) -> int:
         if self._process is None:
             raise RuntimeError("the daemon is not started")
-        return self._process.pid
+        if not self.prefix:
+            return self._process.pid
+        if self._pid is None:
+            self._pid = int(self.paths.pid.read_text().split()[0])
+        return self._pid
 
     def start(self) -> None:
         self.home.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             self._process = subprocess.Popen(
-                python_module("tailhub.daemon", "--home", str(self.home), *self.args),
+                [
+                    *self.prefix,
+                    *python_module("tailhub.daemon", "--home", str(self.home), *self.args),
+                ],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -89,7 +102,10 @@ class Daemon:
         process = self._process
         if process is None or process.poll() is not None:
             return
-        process.send_signal(signal.SIGTERM)
+        if self.prefix:
+            os.kill(self.pid, signal.SIGTERM)
+        else:
+            process.send_signal(signal.SIGTERM)
         try:
             process.wait(STOP_TIMEOUT)
         except subprocess.TimeoutExpired:

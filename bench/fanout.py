@@ -51,7 +51,7 @@ def run(settings: Settings, scratch: Path, earlier: dict[str, Any]) -> dict[str,
     counts = [count for count, _ in settings.loads]
     profiled = counts.index(max(counts))
     runs = [
-        _run_one(
+        run_one(
             settings,
             count,
             rate,
@@ -61,18 +61,19 @@ def run(settings: Settings, scratch: Path, earlier: dict[str, Any]) -> dict[str,
         for index, (count, rate) in enumerate(settings.loads)
     ]
     runs += [
-        _run_one(settings, count, rate, scratch / f"t{index}", None, tls=True)
+        run_one(settings, count, rate, scratch / f"t{index}", None, tls=True)
         for index, (count, rate) in enumerate(settings.tls_loads)
     ]
     return {"status": "ok", "settings": asdict(settings), "runs": runs}
 
 
-def _run_one(
+def run_one(
     settings: Settings,
     count: int,
     rate: float,
     directory: Path,
     profile: Path | None,
+    daemon_args: tuple[str, ...] = (),
     *,
     tls: bool = False,
 ) -> dict[str, Any]:
@@ -85,12 +86,10 @@ def _run_one(
         f" --rate {rate} --duration {settings.duration} --gate {shlex.quote(str(gate))}"
     )
     timeout = settings.duration + 120
-    daemon_args = remote.daemon_args if remote else []
-    with (
-        Daemon(directory / "h", daemon_args) as daemon,
-        ProcessSet() as processes,
-        daemon.client() as client,
-    ):
+    daemon_args = (*daemon_args, *(remote.daemon_args if remote else []))
+    prefix = () if profile is None else py_spy_prefix(profile / f"fanout-{count}")
+    daemon = Daemon(directory / "h", list(daemon_args), prefix=prefix)
+    with daemon, ProcessSet() as processes, daemon.client() as client:
         job = client.launch(writer, name=f"fanout-{count}", workdir=str(REPO))
         outs = follower.spawn(
             processes,
@@ -105,15 +104,13 @@ def _run_one(
         wait_until(lambda: client.get(job.id).subscribers >= count, 120, f"{count} subscribers")
         cpu_before = daemon.cpu()
         opened = time.time()
-        _open(gate)
-        if profile is not None:
-            _profile(processes, daemon.pid, settings, profile / f"fanout-{count}")
+        open_gate(gate)
         processes.wait_all(timeout)
         cpu = daemon.cpu() - cpu_before
         peak_rss = daemon.peak_rss()
         info = client.get(job.id)
     received = follower.collect(outs)
-    return _summary(count, info.log_size, info.upstream_connections, opened, received) | {
+    return summary(count, info.log_size, info.upstream_connections, opened, received) | {
         "transport": "tls" if tls else "unix",
         "rate_bytes_per_s": rate,
         "daemon_cpu_s": cpu.own,
@@ -152,7 +149,7 @@ class _Remote:
         )
 
 
-def _open(gate: Path) -> None:
+def open_gate(gate: Path) -> None:
     """Opens and closes the writer's FIFO, which starts it; waits for it to be listening."""
 
     def opened() -> bool:
@@ -165,23 +162,23 @@ def _open(gate: Path) -> None:
     wait_until(opened, 60, "the writer to wait at its gate")
 
 
-def _profile(processes: ProcessSet, pid: int, settings: Settings, out: Path) -> None:
-    """Samples the daemon with py-spy, native frames included (grpc's core is C/Cython).
+def py_spy_prefix(out: Path) -> tuple[str, ...]:
+    """Runs the daemon under py-spy, native frames included (grpc's core is C/Cython).
 
-    Output: collapsed stacks, one `frame;frame;... count` line per stack, for flamegraph.pl
-    or speedscope. Sampling pauses the daemon 100 times a second: figures of this run suffer.
+    As its child, not attached by pid: attaching needs ptrace rights some sandboxes deny.
+    Output: collapsed stacks, one `frame;frame;... count` line per stack, in `out`.txt, for
+    flamegraph.pl or speedscope. Sampling pauses the daemon 100 times a second: figures of
+    this run suffer.
     """
     py_spy = Path(sys.executable).parent / "py-spy"
     out.parent.mkdir(parents=True, exist_ok=True)
-    processes.spawn(
-        [
-            *(str(py_spy), "record", "--pid", str(pid), "--duration", str(int(settings.duration))),
-            *("--native", "--threads", "--format", "raw", "--output", f"{out}.txt"),
-        ]
+    return (
+        *(str(py_spy), "record", "--native", "--threads"),
+        *("--format", "raw", "--output", f"{out}.txt", "--"),
     )
 
 
-def _summary(
+def summary(
     count: int, log_size: int, upstreams: int, opened: float, received: follower.Followers
 ) -> dict[str, Any]:
     streams = received.streams

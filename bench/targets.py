@@ -21,7 +21,7 @@ class Verdict:
 
 def evaluate(scenarios: Scenarios) -> list[Verdict]:
     verdicts: list[Verdict] = []
-    for judge in (_fanout, _ssh, _catchup, _cli):
+    for judge in (_fanout, _capacity, _memory, _ssh, _catchup, _cli):
         verdicts.extend(judge(scenarios))
     return verdicts
 
@@ -80,6 +80,51 @@ def _fanout(scenarios: Scenarios) -> list[Verdict]:
         f" at {same[0]['message_bytes']:,} B/msg)"
     )
     return [*verdicts, Verdict(names[4], figure, share >= 0.7)]
+
+
+def _capacity(scenarios: Scenarios) -> list[Verdict]:
+    capacity = _ok(scenarios, "capacity")
+    if capacity is None:
+        return _missing("capacity N=1000: tailhub >= 80% of the minimal grpc.aio server's")
+    n = capacity["settings"]["followers"]
+    name = f"capacity N={n}: tailhub >= 80% of the minimal grpc.aio server's"
+    ours = capacity["searches"]["tailhub"]["capacity"]
+    theirs = capacity["searches"]["minimal"]["capacity"]
+    if not theirs:
+        return [Verdict(name, "the minimal server passed at no rate tried", None)]
+    share = (ours or 0.0) / theirs
+    figure = f"{share:.0%} ({(ours or 0) / 1e6:,.3f} of {theirs / 1e6:,.3f} MB/s)"
+    return [Verdict(name, figure, share >= 0.8)]
+
+
+# Daemon peak RSS with the default budget: N idle followers, then all catching up at once.
+_MEMORY_LIMITS = ((1000, 150e6), (10_000, 400e6))
+
+
+def _memory(scenarios: Scenarios) -> list[Verdict]:
+    memory = _ok(scenarios, "memory")
+    if memory is None:
+        return _missing(
+            *(
+                f"memory N={n}: daemon peak RSS <= {limit / 1e6:.0f} MB"
+                for n, limit in _MEMORY_LIMITS
+            )
+        )
+    verdicts = []
+    for run in memory["runs"]:
+        if run["budget_bytes"] is not None:
+            continue
+        n = run["followers"]
+        limit = next((limit for most, limit in _MEMORY_LIMITS if n <= most), _MEMORY_LIMITS[-1][1])
+        peak = run["daemon_peak_rss_bytes"]
+        verdicts.append(
+            Verdict(
+                f"memory N={n}: daemon peak RSS <= {limit / 1e6:.0f} MB",
+                f"{peak / 1e6:,.0f} MB ({run['complete_followers']}/{n} complete)",
+                peak <= limit and run["complete_followers"] == n,
+            )
+        )
+    return verdicts
 
 
 def _ssh(scenarios: Scenarios) -> list[Verdict]:

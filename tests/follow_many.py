@@ -2,14 +2,16 @@
 
 Run as a script (the tests start it with `start_followers`):
 
-    python follow_many.py ADDRESS JOB_ID COUNT [--hold]
+    python follow_many.py ADDRESS JOB_ID COUNT [--hold | --stall]
 
 It opens COUNT `Subscribe` streams from offset 0 at the same moment, over one grpc.aio
 channel, as independent clients would. Without `--hold` each stream follows the job to its
 end, and the script prints one JSON list with a `FollowerResult` per follower. With `--hold`
 it prints `ready` once every stream has received its first message, then waits for a line on
 stdin: `cancel` cancels every stream (as a client that gives up does) and prints `cancelled`;
-the tests may also simply kill it.
+the tests may also simply kill it. With `--stall` it prints `ready` the same way, then reads
+nothing more (the streams stay open, unread) until a line on stdin, then follows every stream
+to its end and prints the results as without `--hold`.
 """
 
 from __future__ import annotations
@@ -48,12 +50,14 @@ class FollowerResult:
 
 # -- the test side ---------------------------------------------------------------------------
 def start_followers(
-    address: str, job_id: int, count: int, *, hold: bool = False
+    address: str, job_id: int, count: int, *, hold: bool = False, stall: bool = False
 ) -> subprocess.Popen[bytes]:
     """Starts a client process with `count` followers of `job_id` on the daemon at `address`."""
     args = [sys.executable, str(Path(__file__)), address, str(job_id), str(count)]
     if hold:
         args.append("--hold")
+    if stall:
+        args.append("--stall")
     return subprocess.Popen(
         args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
@@ -97,7 +101,9 @@ async def _follow(call: Any) -> FollowerResult:
     result = FollowerResult()
     digest = hashlib.sha256()
     try:
-        async for message in call:
+        # read(), not `async for`: a stalled follower has read its first message that way,
+        # and grpc refuses to mix the two on one call.
+        while (message := await call.read()) is not grpc.aio.EOF:  # type: ignore[attr-defined]
             kind = message.WhichOneof("message")
             if kind == "chunk":
                 if message.chunk.offset != result.size:
@@ -141,17 +147,36 @@ async def _hold(address: str, job_id: int, count: int) -> None:
             print("cancelled", flush=True)
 
 
+async def _stall(address: str, job_id: int, count: int) -> list[FollowerResult]:
+    """Followers of a job with no bytes yet that stop reading after their first message (a
+    heartbeat) until told to go on: what a stalled client looks like to the daemon."""
+    async with grpc.aio.insecure_channel(address, options=_CHANNEL_OPTIONS) as channel:
+        stub = rpc.TailhubServiceStub(channel)
+        request = pb.SubscribeRequest(job_id=job_id, offset=0, follow=True)
+        calls = [stub.Subscribe(request, wait_for_ready=True) for _ in range(count)]
+        firsts = await asyncio.gather(*(call.read() for call in calls))
+        if any(
+            isinstance(first, pb.SubscribeResponse) and first.HasField("chunk") for first in firsts
+        ):
+            raise SystemExit("--stall needs a job without bytes yet")
+        print("ready", flush=True)
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+        return await asyncio.gather(*(_follow(call) for call in calls))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("address")
     parser.add_argument("job_id", type=int)
     parser.add_argument("count", type=int)
     parser.add_argument("--hold", action="store_true")
+    parser.add_argument("--stall", action="store_true")
     args = parser.parse_args()
     if args.hold:
         asyncio.run(_hold(args.address, args.job_id, args.count))
         return
-    results = asyncio.run(_follow_all(args.address, args.job_id, args.count))
+    follow = _stall if args.stall else _follow_all
+    results = asyncio.run(follow(args.address, args.job_id, args.count))
     json.dump([asdict(result) for result in results], sys.stdout)
 
 

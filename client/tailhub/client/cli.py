@@ -181,6 +181,12 @@ def daemon() -> None:
 @click.option("--max-streams", type=click.IntRange(min=1), help="Network log streams in all.")
 @click.option("--max-streams-per-token", type=click.IntRange(min=1), help="... per token.")
 @click.option(
+    "--subscriber-budget",
+    type=click.IntRange(min=64 * 1024),
+    metavar="BYTES",
+    help="Bytes in flight to all subscribers together.",
+)
+@click.option(
     "--metrics-listen",
     metavar="HOST:PORT",
     callback=lambda _ctx, _param, value: _checked_host_port(value),

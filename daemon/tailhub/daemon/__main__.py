@@ -4,6 +4,7 @@ the first SIGTERM/SIGINT drains, a second one forces."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import resource
@@ -40,6 +41,7 @@ async def serve(config: DaemonConfig, network: NetworkSettings | None = None) ->
     loop.set_exception_handler(_log_loop_error)
     daemon = Daemon(config, network)
     await daemon.start()
+    _tune_gc()
     stopping: asyncio.Task[None] | None = None
 
     def on_signal(signum: int) -> None:
@@ -59,6 +61,19 @@ async def serve(config: DaemonConfig, network: NetworkSettings | None = None) ->
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
+
+
+def _tune_gc() -> None:
+    """Fewer, cheaper cyclic collections: at fan-out load they took ~10% of the CPU (py-spy).
+
+    What start-up created (modules, grpc, the jobs) lives as long as the daemon: frozen, full
+    collections no longer walk it. Each message allocates a few short-lived objects (futures,
+    callbacks), so the youngest generation fills fast; collected every 10,000 allocations
+    instead of 700, it is collected less often at little cost in memory.
+    """
+    gc.freeze()
+    _, middle, oldest = gc.get_threshold()
+    gc.set_threshold(10_000, middle, oldest)
 
 
 def _exit_if_stop_failed(task: asyncio.Task[None]) -> None:
@@ -169,6 +184,15 @@ def _raise_open_file_limit() -> None:
     help="Serve Prometheus metrics at http://HOST:PORT/metrics (plain HTTP, no "
     "authentication: bind it where only your Prometheus can reach it).",
 )
+@click.option(
+    "--subscriber-budget",
+    type=click.IntRange(min=DaemonConfig.min_chunk_bytes),
+    default=DaemonConfig.subscriber_budget_bytes,
+    show_default=True,
+    metavar="BYTES",
+    help="Bytes in flight to all subscribers together; chunks shrink, then followers wait "
+    "(and fall behind) when it is used up. Bounds memory however many followers lag.",
+)
 @click.option("--log-level", default="INFO", show_default=True)
 def main(
     home: str | None,
@@ -186,6 +210,7 @@ def main(
     max_streams: int,
     max_streams_per_token: int,
     metrics_listen: tuple[str, int] | None,
+    subscriber_budget: int,
     log_level: str,
 ) -> None:
     """Run the tailhub daemon in the foreground."""
@@ -227,6 +252,7 @@ def main(
             max_running_jobs=max_running_jobs,
             heartbeat_interval=heartbeat_interval,
             cancel_grace=cancel_grace,
+            subscriber_budget_bytes=subscriber_budget,
             job_environment=minimal_environment(os.environ),
             job_umask=job_umask,
             retention_seconds=retention_seconds or None,

@@ -25,6 +25,11 @@ class DaemonConfig:
     # A message carries everything past the subscriber's offset up to this many bytes: under
     # load messages grow rather than multiply (grpc.aio costs ~20 us per message).
     max_chunk_bytes: int = 256 * KIB
+    # Bytes in flight to all subscribers together (read and encoded, not yet taken by gRPC):
+    # what bounds memory however many followers fall behind. When it is tight, chunks shrink
+    # down to `min_chunk_bytes`, and below that a subscriber waits (and falls behind).
+    subscriber_budget_bytes: int = 16 * MIB
+    min_chunk_bytes: int = 64 * KIB
     # Command exit codes that mean "the connection failed" (ssh uses 255).
     transport_exit_codes: frozenset[int] = field(default_factory=lambda: frozenset({255}))
     reconnect_initial_delay: float = 0.2
@@ -71,10 +76,7 @@ class DaemonConfig:
     def __post_init__(self) -> None:
         if self.heartbeat_interval <= 0:
             raise ValueError("heartbeat interval must be positive")
-        if self.max_chunk_bytes < 1 * KIB or self.max_chunk_bytes > 3 * MIB:
-            raise ValueError("max chunk size must be between 1 KiB and 3 MiB")
-        if self.memory_window_bytes < self.max_chunk_bytes:
-            raise ValueError("memory window must hold at least one chunk")
+        self._check_sizes()
         if self.max_running_jobs is not None and self.max_running_jobs < 1:
             raise ValueError("max running jobs must be at least 1")
         if self.cancel_grace < 0 or self.stop_grace < 0:
@@ -95,6 +97,19 @@ class DaemonConfig:
             raise ValueError("the sky submission timeout must be positive")
         if self.metrics_listen is not None:
             parse_host_port(format_host_port(*self.metrics_listen))
+
+    def _check_sizes(self) -> None:
+        if self.max_chunk_bytes < 1 * KIB or self.max_chunk_bytes > 3 * MIB:
+            raise ValueError("max chunk size must be between 1 KiB and 3 MiB")
+        if not KIB <= self.min_chunk_bytes <= self.max_chunk_bytes:
+            raise ValueError("min chunk size must be between 1 KiB and the max chunk size")
+        if self.subscriber_budget_bytes < self.min_chunk_bytes:
+            raise ValueError(
+                f"the subscriber budget must hold at least one minimum chunk"
+                f" ({self.min_chunk_bytes} bytes)"
+            )
+        if self.memory_window_bytes < self.max_chunk_bytes:
+            raise ValueError("memory window must hold at least one chunk")
 
 
 # What a job started without its client's environment still needs to run a shell script.

@@ -10,6 +10,7 @@ from collections.abc import AsyncGenerator, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
+from tailhub.daemon.budget import SendBudget
 from tailhub.daemon.job import Job
 from tailhub.daemon.model import InvalidRequest, JobState, SourceEvent
 from tailhub.daemon.timeindex import line_start_from
@@ -89,10 +90,14 @@ async def stream_log(
     follow: bool,
     max_chunk: int,
     stopping: Callable[[], bool],
+    budget: SendBudget,
     scans: Executor | None = None,
     timestamps: bool = False,
 ) -> AsyncGenerator[LogItem, None]:
     """Yields the log from `start`; with `follow`, until the job ends and its log is sealed.
+
+    Each chunk's bytes are taken from `budget` before it is yielded and given back when the
+    consumer asks for the next item (it has handed the chunk to gRPC by then) or leaves.
 
     With `timestamps`, each chunk comes after the time marks that fall in it (the first one
     after the mark in effect where it begins).
@@ -116,13 +121,19 @@ async def stream_log(
                 next_event += 1
             size = job.log_size
             if offset < size:
-                end = size if size - offset <= max_chunk else (offset // max_chunk + 1) * max_chunk
-                if timestamps:
-                    for mark_offset, mark_time in job.times.marks_in(offset, end):
-                        if mark_time != marked:
-                            marked = mark_time
-                            yield TimeMark(mark_offset, mark_time)
-                yield ChunkRange(offset, end)
+                grant = await budget.acquire(min(size - offset, max_chunk))
+                try:
+                    # The log may have grown while waiting for budget: never past the grant.
+                    end = _chunk_end(offset, job.log_size, grant.size, max_chunk, budget.min_grant)
+                    budget.shrink(grant, end - offset)
+                    if timestamps:
+                        for mark_offset, mark_time in job.times.marks_in(offset, end):
+                            if mark_time != marked:
+                                marked = mark_time
+                                yield TimeMark(mark_offset, mark_time)
+                    yield ChunkRange(offset, end)
+                finally:
+                    budget.release(grant)
                 offset = end
                 continue
             record = job.record
@@ -137,6 +148,20 @@ async def stream_log(
     finally:
         job.subscribers -= 1
         job.release_log_if_idle()
+
+
+def _chunk_end(offset: int, size: int, granted: int, max_chunk: int, grid: int) -> int:
+    """Where a chunk from `offset` ends, given `granted` bytes of budget.
+
+    Everything new when it fits; else a full chunk ends on a multiple of `max_chunk`, and a
+    chunk shrunk by a tight budget on a multiple of `grid`, so that followers behind share
+    encodings of the same ranges.
+    """
+    if size - offset <= granted:
+        return size
+    step = max_chunk if granted >= max_chunk else grid
+    end = (offset + granted) // step * step
+    return end if end > offset else offset + granted
 
 
 async def _since_offset(job: Job, since: float, scans: Executor | None) -> int:

@@ -19,6 +19,7 @@ from grpc_reflection.v1alpha import reflection
 
 from tailhub.daemon import limits
 from tailhub.daemon.auth import AuthInterceptor, LaunchedTarget, StreamCaps
+from tailhub.daemon.budget import BudgetFigures
 from tailhub.daemon.config import DaemonConfig
 from tailhub.daemon.identity import check_logs_belong
 from tailhub.daemon.jobs import JobManager
@@ -54,6 +55,7 @@ class Daemon:
         # With --metrics-listen: every gRPC server gets `self._metrics.interceptor()` first.
         self._metrics: DaemonMetrics | None = None
         self._metrics_endpoint: MetricsEndpoint | None = None
+        self._servicer: TailhubServicer | None = None
         self._stopped = asyncio.Event()
 
     async def start(self) -> None:
@@ -106,7 +108,7 @@ class Daemon:
             await self._metrics_endpoint.start()
 
         server = grpc.aio.server(options=self._server_options(), interceptors=counting)
-        servicer = TailhubServicer(self._manager, self.config)
+        servicer = self._servicer = TailhubServicer(self._manager, self.config)
         health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
         network_server = self._network(servicer, health_servicer, counting)
         _serve(server, servicer, health_servicer)
@@ -169,6 +171,8 @@ class Daemon:
         grace = self.config.stop_grace if grace is None else grace
         servers = [server for server in (self._server, self._network_server) if server]
         await asyncio.gather(*(server.stop(grace) for server in servers))
+        if self._servicer is not None:
+            _log_budget(self._servicer.budget_figures())
         await self._close()
 
     async def _close(self) -> None:
@@ -231,3 +235,18 @@ def _launched_target(manager: JobManager) -> LaunchedTarget:
         return None
 
     return launched
+
+
+def _log_budget(figures: BudgetFigures) -> None:
+    """What the in-flight budget did over the daemon's life (the benchmark reads this line)."""
+    logger.info(
+        "subscriber budget: peak %d of %d bytes in flight; %d chunks, %d shrunk,"
+        " %d waited %.3f s in all; %d overdrafts",
+        figures.peak_in_flight,
+        figures.limit,
+        figures.grants,
+        figures.shrunk,
+        figures.waits,
+        figures.wait_seconds,
+        figures.overdrafts,
+    )

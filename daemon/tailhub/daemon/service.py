@@ -13,6 +13,7 @@ import grpc
 import grpc.aio
 
 from tailhub.daemon import __version__, limits
+from tailhub.daemon.budget import BudgetFigures, SendBudget
 from tailhub.daemon.config import DaemonConfig
 from tailhub.daemon.fanout import (
     ChunkRange,
@@ -110,6 +111,10 @@ class TailhubServicer:
         self._manager = manager
         self._config = config
         self._chunks = EncodedChunkCache(_CHUNK_CACHE_BYTES)
+        self._budget = SendBudget(config.subscriber_budget_bytes, config.min_chunk_bytes)
+
+    def budget_figures(self) -> BudgetFigures:
+        return self._budget.figures()
 
     async def subscribe(
         self, request: pb.SubscribeRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -125,6 +130,7 @@ class TailhubServicer:
                 follow=request.follow,
                 max_chunk=self._config.max_chunk_bytes,
                 stopping=lambda: manager.stopping,
+                budget=self._budget,
                 scans=manager.scans,
                 timestamps=request.timestamps,
             )
