@@ -61,6 +61,9 @@ def test_a_deferred_module_is_the_real_one_when_used(daemon: DaemonProcess) -> N
     code = f"""
 from tailhub.client._deferred import defer
 assert "asyncio" in defer()
+import importlib.util
+# Libraries probe for optional modules so; a stand-in must answer as the module would.
+assert importlib.util.find_spec("uuid").name == "uuid"
 import grpc
 import grpc.aio
 import asyncio

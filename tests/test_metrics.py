@@ -73,6 +73,10 @@ def value(samples: Samples, name: str, **labels: str) -> float:
     return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
+def rpcs_of(samples: Samples, service: str, method: str, code: str) -> float:
+    return value(samples, "tailhub_rpcs_total", service=service, method=method, code=code)
+
+
 def rpcs(samples: Samples, method: str, code: str) -> float:
     return value(samples, "tailhub_rpcs_total", service=SERVICE, method=method, code=code)
 
@@ -256,7 +260,14 @@ def test_calls_over_a_tls_listener_are_counted_refusals_included(
         launch = lambda: stub.LaunchJob(request, metadata=bearer(read_token))  # noqa: E731
         assert status_of(launch) is grpc.StatusCode.PERMISSION_DENIED
         stub.ListJobs(pb.ListJobsRequest(), metadata=bearer(read_token))
+        # Paths anyone can make up, without a token: counted, never labels (else each one
+        # would be a new series, kept for good).
+        for made_up in ("/evil1.Svc/M1", "/evil2.Svc/M2"):
+            call = channel.unary_unary(made_up, None, None)
+            assert status_of(lambda: call(b"")) is grpc.StatusCode.UNAUTHENTICATED
     samples = scrape(port)
+    assert not [key for key in samples if "evil" in repr(key)]
+    assert rpcs_of(samples, "unknown", "unknown", "UNAUTHENTICATED") == 2
     assert rpcs(samples, "ListJobs", "UNAUTHENTICATED") == 1
     assert rpcs(samples, "LaunchJob", "PERMISSION_DENIED") == 1
     assert rpcs(samples, "ListJobs", "OK") == 1

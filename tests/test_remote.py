@@ -386,6 +386,14 @@ def test_stream_caps_refuse_with_resource_exhausted_naming_the_cap(
         follow(first)
         subscribers(2)
         assert "for this token: at most 2" in refused_with(first)
+        # Every stream a token keeps open counts, health's Watch too.
+        watch = health_pb2_grpc.HealthStub(channel).Watch(
+            health_pb2.HealthCheckRequest(service=""), metadata=bearer(first)
+        )
+        streams.append(watch)
+        with pytest.raises(grpc.RpcError) as error:
+            next(watch)
+        assert error.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
         follow(second)
         subscribers(3)
         assert "at most 3 at once over the network" in refused_with(second)
@@ -451,3 +459,51 @@ def test_every_rpc_of_the_service_has_a_role_in_the_table() -> None:
     service = pb.DESCRIPTOR.services_by_name["TailhubService"]
     methods = {f"/tailhub.v1.TailhubService/{method.name}" for method in service.methods}
     assert methods <= set(auth.ROLES), methods - set(auth.ROLES)
+
+
+def test_a_malformed_token_ca_file_or_client_pair_is_one_line_before_connecting(
+    remote: Remote, token_files: dict[str, Path], workdir: Path
+) -> None:
+    tls_dir = remote.daemon.home / "tls"
+    bad_token = workdir / "bad.token"
+    bad_token.write_bytes(b"thk_abc\x01def\n")
+    cases = {
+        # (flags, exit code, what the line says)
+        "token": (["--token-file", str(bad_token)], 105, "does not hold a tailhub token"),
+        "ca": (["--ca-file", str(tls_dir / "server.key")], 1, "holds no PEM certificate"),
+        "pair": (
+            [
+                *("--ca-file", str(remote.tls.ca), "--token-file", str(token_files["read"])),
+                *("--client-cert", str(tls_dir / "server.pem")),
+                *("--client-key", str(tls_dir / "ca.key")),
+            ],
+            1,
+            "are not a certificate and its key",
+        ),
+    }
+    for case, (flags, code, says) in cases.items():
+        done = run_cli(remote.elsewhere, "--server", remote.address, *flags, "jobs", "queue")
+        text = done.stderr.decode()
+        assert done.returncode == code, (case, text)
+        assert says in text, (case, text)
+        assert text.count("\n") == 1, (case, text)
+
+
+def test_a_token_store_others_can_read_or_write_accepts_no_token(
+    home: Path, remote: Remote, tokens: dict[str, str]
+) -> None:
+    channel, service = stub(remote.address, remote.tls.ca_pem)
+    with channel:
+        list_jobs = lambda: service.ListJobs(  # noqa: E731
+            pb.ListJobsRequest(), metadata=bearer(tokens["read"])
+        )
+        assert status_of(list_jobs) is grpc.StatusCode.OK
+        (home / "tokens.json").chmod(0o666)
+        # Whoever can write it could add an admin token: refused until it is private again.
+        assert status_of(list_jobs) is grpc.StatusCode.UNAUTHENTICATED
+        listed = run_cli(home, "token", "list")
+        assert listed.returncode == 1
+        assert b"chmod 600" in listed.stderr
+        assert listed.stderr.count(b"\n") == 1
+        (home / "tokens.json").chmod(0o600)
+        assert status_of(list_jobs) is grpc.StatusCode.OK

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import importlib.util
 import sys
 import types
 from typing import Any
@@ -55,6 +56,12 @@ def defer(names: tuple[str, ...] = DEFERRABLE) -> list[str]:
     for name in names:
         if name in sys.modules:  # too late: the real one is in use
             continue
-        sys.modules[name] = _Deferred(name)
+        stand_in = _Deferred(name)
+        if "." not in name:
+            # The real spec (a path lookup, nothing run): importlib.util.find_spec(name), which
+            # libraries use to probe for optional modules, raises on a module whose spec is
+            # None. (A submodule's lookup would import its parent: left out.)
+            object.__setattr__(stand_in, "__spec__", importlib.util.find_spec(name))
+        sys.modules[name] = stand_in
         deferred.append(name)
     return deferred

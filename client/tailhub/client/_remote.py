@@ -5,6 +5,7 @@ one side only)."""
 from __future__ import annotations
 
 import os
+import re
 import socket
 import threading
 import time
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import grpc
 
 from tailhub.client import exit_codes
-from tailhub.client._errors import DaemonUnreachable, TailhubError
+from tailhub.client._errors import AccessDenied, DaemonUnreachable, TailhubError
 
 SERVER_ENV = "TAILHUB_SERVER"
 TOKEN_ENV = "TAILHUB_TOKEN"  # noqa: S105 - the name of a variable
@@ -105,13 +106,22 @@ def target_from(
             raise TailhubError(f"the token file {token_file} is empty")
     else:
         token = environ.get(TOKEN_ENV, "").strip() or None
+    if token is not None and not _TOKEN_TEXT.fullmatch(token):
+        # It could not even travel as a header; a daemon would refuse it anyway.
+        where = f"the token file {token_file}" if token_file else TOKEN_ENV
+        raise AccessDenied(f"{where} does not hold a tailhub token (printable ASCII only)")
     ca = ca_file or environ.get(CA_ENV) or None
+    ca_pem = _read(ca, "CA file") if ca and not insecure else None
+    if ca_pem is not None and _PEM_CERTIFICATE not in ca_pem:
+        raise TailhubError(f"the CA file {ca} holds no PEM certificate")
+    if client_cert and client_key:
+        _check_client_pair(client_cert, client_key)
     return Target(
         address=str(address),
         host=address.host,
         port=address.port,
         token=token,
-        ca_pem=_read(ca, "CA file") if ca and not insecure else None,
+        ca_pem=ca_pem,
         client_cert_pem=_read(client_cert, "client certificate") if client_cert else None,
         client_key_pem=_read(client_key, "client key") if client_key else None,
         insecure=insecure,
@@ -119,6 +129,28 @@ def target_from(
         client_cert_file=client_cert,
         client_key_file=client_key,
     )
+
+
+_TOKEN_TEXT = re.compile(r"[\x21-\x7e]+")
+_PEM_CERTIFICATE = b"-----BEGIN CERTIFICATE-----"
+
+
+def _check_client_pair(cert_file: str, key_file: str) -> None:
+    """The client certificate and key load, and belong together (else gRPC's core prints
+    its own lines and the handshake fails without saying why)."""
+    import ssl
+
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(cert_file, key_file)
+    except ssl.SSLError as error:
+        raise TailhubError(
+            f"--client-cert {cert_file} and --client-key {key_file} are not a certificate "
+            f"and its key ({error.reason or error})"
+        ) from None
+    except OSError as error:
+        raise TailhubError(
+            f"cannot read --client-cert/--client-key: {error.strerror or error}"
+        ) from None
 
 
 def _read(path: str, what: str) -> bytes:

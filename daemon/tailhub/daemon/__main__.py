@@ -14,6 +14,10 @@ from typing import Any
 
 import click
 
+# Read by gRPC's core when it is imported (below): at its default, anyone who reaches a
+# --listen port could write a line per failed TLS handshake into the daemon's log.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
 from tailhub.daemon.config import DaemonConfig, minimal_environment, parse_host_port
 from tailhub.daemon.config_file import read_config_file
 from tailhub.daemon.durations import parse_duration

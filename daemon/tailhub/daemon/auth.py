@@ -17,7 +17,9 @@ token and in all, refusing one past either cap with RESOURCE_EXHAUSTED.
 from __future__ import annotations
 
 import collections
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+import contextlib
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
@@ -120,7 +122,8 @@ class AuthInterceptor(_ServerInterceptor):
             return _checking(handler, _attach_check)
         if role is Role.WRITE and method == _CANCEL:
             return _checking(handler, self._cancel_check)
-        if method == SUBSCRIBE:
+        if handler.unary_stream is not None or handler.stream_stream is not None:
+            # Subscribe, and health Watch and reflection: every stream a caller keeps open.
             return self._counted(handler, name)
         return handler
 
@@ -160,25 +163,49 @@ class AuthInterceptor(_ServerInterceptor):
     def _counted(
         self, handler: grpc.RpcMethodHandler[Any, Any], name: str
     ) -> grpc.RpcMethodHandler[Any, Any]:
-        behavior = cast("Behavior", handler.unary_stream)
+        """The handler of a streaming method, holding a place under the caps while it runs."""
         caps = self._caps
+        streaming = handler.unary_stream is not None
+        behavior = cast("Behavior", handler.unary_stream if streaming else handler.stream_stream)
 
-        async def counted(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            refusal = caps.refusal(name)
-            if refusal is not None:
-                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refusal)
+        @contextlib.contextmanager
+        def place() -> Iterator[None]:
             caps.open += 1
             caps.by_token[name] += 1
             try:
-                async for item in behavior(request, context):
-                    yield item
+                yield
             finally:
                 caps.open -= 1
                 caps.by_token[name] -= 1
                 if not caps.by_token[name]:
                     del caps.by_token[name]
 
-        return grpc.unary_stream_rpc_method_handler(
+        async def refused(context: grpc.aio.ServicerContext[Any, Any]) -> None:
+            refusal = caps.refusal(name)
+            if refusal is not None:
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refusal)
+
+        if inspect.isasyncgenfunction(behavior):
+
+            async def counted(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+                await refused(context)
+                with place():
+                    async for item in behavior(request, context):
+                        yield item
+
+        else:  # writes with context.write (grpc's health Watch)
+
+            async def counted(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:  # type: ignore[misc]
+                await refused(context)
+                with place():
+                    return await behavior(request, context)
+
+        make = (
+            grpc.unary_stream_rpc_method_handler
+            if streaming
+            else grpc.stream_stream_rpc_method_handler
+        )
+        return make(
             counted,
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,

@@ -24,6 +24,7 @@ keeps per stream.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -119,7 +120,9 @@ class SendBudget:
                 # Granted just as the waiter was cancelled: the bytes go back.
                 self.release(waiter.future.result())
             else:
-                self._waiters.remove(waiter)
+                # Already popped when a release woke the queue between the cancel and here.
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
                 # Leaving the head of the queue may let the next ones through.
                 self._wake()
             raise

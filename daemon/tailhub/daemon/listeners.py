@@ -21,6 +21,8 @@ from pathlib import Path
 import grpc
 import grpc.aio
 
+from tailhub.daemon.config import format_host_port, parse_host_port
+
 # Exit codes of tailhubd (README's table): a listener's TLS files, or its address.
 EXIT_TLS_FILES = 4
 EXIT_ADDRESS = 5
@@ -64,34 +66,37 @@ class ListenAddress:
     port: int
 
     def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        return format_host_port(self.host, self.port)
 
     @property
     def is_loopback(self) -> bool:
-        if self.host == "localhost":
-            return True
-        try:
-            return ipaddress.ip_address(self.host).is_loopback
-        except ValueError:
-            return False
+        """An address of this machine only; a name only when everything it resolves to is."""
+        if self.host.lower() == "localhost":
+            try:
+                found = socket.getaddrinfo(self.host, self.port, proto=socket.IPPROTO_TCP)
+            except OSError:
+                return False
+            return bool(found) and all(_is_loopback(str(info[4][0])) for info in found)
+        return _is_loopback(self.host)
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def parse_address(text: str) -> ListenAddress:
-    """HOST:PORT, [IPv6]:PORT; ValueError saying what is wrong."""
-    host, sep, port_text = text.rpartition(":")
-    if not sep or not host:
-        raise ValueError(f"{text!r}: give HOST:PORT (IPv6 as [::1]:PORT)")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
+    """HOST:PORT, [IPv6]:PORT (the one syntax of every address flag); ValueError saying what
+    is wrong."""
+    host, port = parse_host_port(text)
+    if ":" in host:
         try:
             ipaddress.IPv6Address(host)
         except ValueError:
             raise ValueError(f"{text!r}: {host!r} is not an IPv6 address") from None
-    elif ":" in host:
-        raise ValueError(f"{text!r}: write an IPv6 address in brackets, as [::1]:PORT")
-    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise ValueError(f"{text!r}: the port must be a number from 0 to 65535")
-    return ListenAddress(host, int(port_text))
+    return ListenAddress(host, port)
 
 
 @dataclass(frozen=True)

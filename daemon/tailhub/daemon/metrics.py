@@ -34,6 +34,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
+from tailhub.daemon.auth import ROLES
 from tailhub.daemon.config import format_host_port
 from tailhub.daemon.jobs import JobManager
 from tailhub.daemon.listeners import EXIT_ADDRESS, ListenerError
@@ -185,7 +186,12 @@ class _RpcCounter(_Interceptor):
             # gRPC answers UNIMPLEMENTED; the path is not a label (any client can make one up).
             self._count(UNKNOWN_METHOD, UNKNOWN_METHOD, grpc.StatusCode.UNIMPLEMENTED)
             return None  # type: ignore[return-value]
-        service, _, method = handler_call_details.method.lstrip("/").rpartition("/")
+        path = handler_call_details.method
+        if path not in ROLES:
+            # A handler for a path nobody serves: the auth interceptor's refusal of a caller
+            # with no token. Its path is still made up, so it is no label either.
+            return _counted(handler, lambda code: self._count(UNKNOWN_METHOD, UNKNOWN_METHOD, code))
+        service, _, method = path.lstrip("/").rpartition("/")
         return _counted(handler, lambda code: self._count(service, method, code))
 
 

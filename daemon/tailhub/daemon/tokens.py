@@ -76,6 +76,9 @@ def read_tokens(home: Path) -> list[TokenEntry]:
     except FileNotFoundError:
         return []
     with os.fdopen(fd, "rb") as file:
+        if os.fstat(file.fileno()).st_mode & 0o077:
+            # Whoever can write it can add an admin token (code run as us): fail closed.
+            raise TokenError(f"refusing {path}: others can read or write it; chmod 600 {path}")
         raw = file.read(4 * 1024 * 1024)
     return _parse(raw, path)
 
