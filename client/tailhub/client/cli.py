@@ -8,21 +8,27 @@ import os
 import shlex
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import click
 
 from tailhub.client import exit_codes
+from tailhub.client._cli_common import (
+    HOME_HELP,
+    connect,
+    home_flag,
+    home_option,
+    remote_target,
+    state_paths,
+)
+from tailhub.client._daemon_cli import daemon
 from tailhub.client._errors import TailhubError
 from tailhub.client._names import MAX_JOB_ID, JobRef, latest_job, resolve_jobs
 from tailhub.client._output import (
     copy_log,
     job_label,
     note,
-    printable,
     result_exit_code,
     size_text,
 )
@@ -30,15 +36,12 @@ from tailhub.client._pending import PendingStatus
 from tailhub.client._tokens_cli import token
 from tailhub.client._types import JobState
 
-F = TypeVar("F", bound=Callable[..., Any])
-
 # How long `jobs publish` waits for a daemon that went away, and how often it retries.
 _PUBLISH_RETRY_SECONDS = 60.0
 _PUBLISH_RETRY_PAUSE = 0.2
 
 if TYPE_CHECKING:  # importing the client pulls in grpc, which `--help` does not need
-    from tailhub.client import Client, StatePaths
-    from tailhub.client._remote import Target
+    from tailhub.client import Client
 
 
 # Job ids (or names) and exit codes as the command line takes them.
@@ -49,71 +52,6 @@ EXIT_CODE = click.IntRange(0, 255)
 MAX_TAIL_LINES = 10**9
 # `jobs queue` without --all shows this many, the newest.
 QUEUE_DEFAULT_COUNT = 50
-
-_HOME_HELP = "State directory of the daemon (default: $TAILHUB_HOME, else ~/.tailhub)."
-
-
-def _home_option(command: F) -> F:
-    """--home on every command too, so it can go anywhere on the line."""
-    # No envvar here: $TAILHUB_HOME is read by resolve_home, after a --home given before the
-    # subcommand, so that a flag always wins over the environment.
-    return click.option("--home", metavar="DIR", help=_HOME_HELP)(command)
-
-
-def _given_home(home: str | None) -> str | None:
-    """The --home of the command, else the one given before the subcommand."""
-    if home is not None:
-        return home
-    root = click.get_current_context(silent=True)
-    return None if root is None else cast("str | None", root.find_root().params.get("home"))
-
-
-def _paths(home: str | None) -> StatePaths:
-    """The state directory's files, once it is known to be the user's alone (exit 1 if not)."""
-    from tailhub.client import resolve_paths
-    from tailhub.daemon.statedir import check_state_dir
-
-    try:
-        paths = resolve_paths(_given_home(home))
-    except ValueError as error:
-        raise click.UsageError(str(error)) from None
-    check_state_dir(paths.home)
-    return paths
-
-
-def _home_flag(home: str | None) -> str:
-    """` --home DIR` for a command line we suggest, when the user gave one."""
-    given = _given_home(home)
-    return f" --home {shlex.quote(given)}" if given else ""
-
-
-def _connect(home: str | None, autostart: bool = True) -> Client:
-    from tailhub.client import Client
-
-    target = _remote_target()
-    if target is not None:  # never auto-started: that daemon is on another machine
-        return Client.connect_remote(target)
-    return Client.connect(_paths(home), autostart=autostart)
-
-
-def _remote_target() -> Target | None:
-    """The daemon `--server` (or $TAILHUB_SERVER) names; None: this machine's socket."""
-    from tailhub.client._remote import target_of
-
-    root = click.get_current_context(silent=True)
-    if root is None:
-        return None
-    try:
-        return target_of(root.find_root().params)
-    except ValueError as error:
-        raise click.UsageError(str(error)) from None
-
-
-def _local_only(what: str) -> None:
-    """Refuses --server for a command that acts on this machine's daemon."""
-    root = click.get_current_context().find_root()
-    if root.params.get("server"):
-        raise click.UsageError(f"{what} acts on this machine's daemon: leave out --server")
 
 
 class _Commands(click.Group):
@@ -132,7 +70,7 @@ class _Commands(click.Group):
 
 @click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="tailhub")
-@click.option("--home", metavar="DIR", help=_HOME_HELP)
+@click.option("--home", metavar="DIR", help=HOME_HELP)
 @click.option(
     "--server",
     metavar="HOST:PORT",
@@ -157,163 +95,8 @@ def cli(home: str | None, **remote: Any) -> None:
     """
 
 
+cli.add_command(daemon)
 cli.add_command(token)
-
-
-# -- daemon -----------------------------------------------------------------------------------
-@cli.group()
-def daemon() -> None:
-    """Start, stop and inspect the daemon (commands start it when needed)."""
-
-
-@daemon.command("start")
-@_home_option
-@click.option(
-    "--max-running-jobs", type=click.IntRange(min=1), help="Limit on local jobs running at once."
-)
-@click.option("--listen", multiple=True, metavar="HOST:PORT", help="Also serve on TCP (TLS).")
-@click.option(
-    "--tls-cert", metavar="PEM", help="Certificate of --listen (tailhub daemon tls-init)."
-)
-@click.option("--tls-key", metavar="PEM", help="Its private key.")
-@click.option("--tls-client-ca", metavar="PEM", help="Require client certificates of this CA.")
-@click.option("--insecure", "plaintext", is_flag=True, help="No TLS on --listen (loopback only).")
-@click.option("--max-streams", type=click.IntRange(min=1), help="Network log streams in all.")
-@click.option("--max-streams-per-token", type=click.IntRange(min=1), help="... per token.")
-@click.option(
-    "--subscriber-budget",
-    type=click.IntRange(min=64 * 1024),
-    metavar="BYTES",
-    help="Bytes in flight to all subscribers together.",
-)
-@click.option(
-    "--metrics-listen",
-    metavar="HOST:PORT",
-    callback=lambda _ctx, _param, value: _checked_host_port(value),
-    help="Serve Prometheus metrics at http://HOST:PORT/metrics (no authentication).",
-)
-def daemon_start(
-    home: str | None,
-    max_running_jobs: int | None,
-    listen: tuple[str, ...],
-    plaintext: bool,
-    **passed_on: Any,
-) -> None:
-    """Start the daemon in the background; returns once it answers."""
-    from tailhub.client._daemon import ensure_daemon
-
-    _local_only("daemon start")
-    paths = _paths(home)
-    args = ["--max-running-jobs", str(max_running_jobs)] if max_running_jobs else []
-    args += [item for address in listen for item in ("--listen", address)]
-    args += ["--insecure"] if plaintext else []
-    for name, value in passed_on.items():
-        if value is not None:
-            # The daemon runs in its state directory: a relative path must not change meaning.
-            text = os.path.abspath(value) if name.startswith("tls_") else str(value)
-            args += [f"--{name.replace('_', '-')}", text]
-    started = ensure_daemon(paths, args)
-    with _connect(home, autostart=False) as client:
-        status = client.status()
-    verb = "started" if started else "already running"
-    note(f"tailhubd {verb} (pid {status.pid}) on {paths.home}")
-    if args and not started:
-        note(
-            f"{args[0]} was not applied to the running daemon; to apply it: "
-            f"tailhub daemon stop{_home_flag(home)}, then start it again"
-        )
-        sys.exit(exit_codes.ERROR)
-
-
-def _checked_host_port(value: str | None) -> str | None:
-    """`HOST:PORT` as given, once the daemon's own parser accepts it (bad usage: exit 2)."""
-    from tailhub.daemon.config import parse_host_port
-
-    if value is not None:
-        try:
-            parse_host_port(value)
-        except ValueError as error:
-            raise click.BadParameter(str(error)) from None
-    return value
-
-
-@daemon.command("stop")
-@_home_option
-def daemon_stop(home: str | None) -> None:
-    """Stop the daemon. Running local jobs keep running; a new daemon adopts them."""
-    from tailhub.client._daemon import stop_daemon
-
-    _local_only("daemon stop")
-    paths = _paths(home)
-    pid = stop_daemon(paths)
-    note(f"tailhubd (pid {pid}) stopped" if pid else f"no tailhubd is running on {paths.home}")
-
-
-@daemon.command("status")
-@_home_option
-@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
-def daemon_status(home: str | None, as_json: bool) -> None:
-    """Jobs, subscribers, upstream connections and bytes served. Exit 104 if not running."""
-    from tailhub.client import DaemonUnreachable
-    from tailhub.client._daemon import is_listening
-
-    if _remote_target() is None:
-        paths = _paths(home)
-        if not is_listening(paths):
-            raise DaemonUnreachable(f"no tailhubd is running on {paths.home}")
-    with _connect(home, autostart=False) as client:
-        status = client.status()
-    if as_json:
-        import json
-
-        click.echo(json.dumps(asdict(status), indent=2))
-        return
-    uptime = time.time() - status.started_at
-    rows = [
-        ("pid", status.pid),
-        ("home", status.home),
-        ("version", status.version),
-        ("uptime", f"{uptime:.0f}s"),
-        ("jobs", f"{status.jobs} ({status.running_jobs} not ended)"),
-        ("subscribers", status.subscribers),
-        (
-            "upstream connections",
-            f"{status.upstream_connections_open} open now, "
-            f"{status.upstream_connections} opened in total",
-        ),
-        ("bytes served", status.bytes_served),
-    ]
-    for label, value in rows:
-        click.echo(f"{label + ':':<22}{printable(str(value))}")
-
-
-@daemon.command("tls-init")
-@_home_option
-@click.option(
-    "--host",
-    "hosts",
-    multiple=True,
-    metavar="NAME",
-    help="A name or address clients use to reach this machine (repeatable).",
-)
-@click.option("--force", is_flag=True, help="Replace the CA and certificate there are.")
-def daemon_tls_init(home: str | None, hosts: tuple[str, ...], force: bool) -> None:
-    """Make a private CA and a server certificate in <state dir>/tls/; print the flags."""
-    from tailhub.client._tls_init import default_hosts, tls_init
-
-    _local_only("daemon tls-init")
-    paths = _paths(home)
-    names = list(dict.fromkeys([*default_hosts(), *hosts]))
-    try:
-        files = tls_init(paths.home, names, force=force)
-    except FileExistsError as error:
-        note(f"{error} exists; clients may trust its CA already. --force replaces it")
-        sys.exit(exit_codes.ERROR)
-    note(f"certificate valid for {', '.join(names)}; give clients {files.ca_cert}")
-    click.echo(
-        f"--tls-cert {shlex.quote(str(files.server_cert))} "
-        f"--tls-key {shlex.quote(str(files.server_key))}"
-    )
 
 
 # -- jobs -------------------------------------------------------------------------------------
@@ -323,7 +106,7 @@ def jobs() -> None:
 
 
 @jobs.command("launch")
-@_home_option
+@home_option
 @click.argument("task_file", type=click.Path(path_type=Path))
 @click.option("--async", "detach", is_flag=True, help="Print the job id and return at once.")
 @click.option("--name", "-n", help="Job name (overrides the task file's).")
@@ -355,7 +138,7 @@ def jobs_launch(
         task = load_task(task_file).with_overrides(name, overrides)
         for warning in task.warnings:
             note(f"warning: {warning}")
-    with _connect(home) as client:
+    with connect(home) as client:
         if chosen == "skypilot":
             job = client.launch(
                 "",
@@ -390,7 +173,7 @@ def jobs_launch(
             pending.update(job.state)
             end = copy_log(client, job.id, follow=True, tail=None, pending=pending)
         except KeyboardInterrupt:
-            flag = _home_flag(home)
+            flag = home_flag(home)
             note(
                 f"stopped following job {job.id}; it goes on. Follow again: "
                 f"tailhub jobs logs{flag} {job.id}; cancel it: tailhub jobs cancel{flag} {job.id}"
@@ -410,10 +193,10 @@ def _backend(home: str | None, given: str | None) -> str:
         raise click.UsageError(f"TAILHUB_BACKEND={chosen!r}: local or skypilot")
     if chosen:
         return chosen
-    if _remote_target() is not None:
+    if remote_target() is not None:
         return ""  # the remote daemon's own default
     try:
-        return read_config_file(_paths(home)).backend or "local"
+        return read_config_file(state_paths(home)).backend or "local"
     except ValueError as error:
         raise click.UsageError(str(error)) from None
 
@@ -442,7 +225,7 @@ def _task_name(task_yaml: str) -> str:
 
 
 @jobs.command("attach")
-@_home_option
+@home_option
 @click.option(
     "--file", "file_path", type=click.Path(path_type=Path), help="Follow this file (like tail -F)."
 )
@@ -511,7 +294,7 @@ def jobs_attach(
             argv = [command] if shell else shlex.split(command)
         except ValueError as error:
             raise click.UsageError(f"--command: {error}") from None
-    with _connect(home) as client:
+    with connect(home) as client:
         if file_path is not None:
             job = client.attach_file(os.path.abspath(file_path), name)
         elif command is not None:
@@ -530,7 +313,7 @@ def jobs_attach(
 
 
 @jobs.command("publish")
-@_home_option
+@home_option
 @click.argument("job", type=JOB_REF)
 def jobs_publish(home: str | None, job: str) -> None:
     """Append standard input to a push job's log, as it arrives.
@@ -539,7 +322,7 @@ def jobs_publish(home: str | None, job: str) -> None:
     restart or a full disk without being lost or stored twice. One producer per job.
     """
     stdin = cast("io.BufferedReader", sys.stdin.buffer)
-    with _connect(home) as client:
+    with connect(home) as client:
         [job_id] = resolve_jobs(client, [job])
         # Nothing yet: the daemon checks the job takes bytes, so a wrong id fails now, not
         # after the producer is done, and not silently when it sends nothing.
@@ -573,7 +356,7 @@ def _publish_retrying(client: Client, job_id: int, data: bytes, offset: int) -> 
 
 
 @jobs.command("finish")
-@_home_option
+@home_option
 @click.argument("job", type=JOB_REF)
 @click.option(
     "--exit-code",
@@ -584,14 +367,14 @@ def _publish_retrying(client: Client, job_id: int, data: bytes, offset: int) -> 
 )
 def jobs_finish(home: str | None, job: str, exit_code: int) -> None:
     """End a file or push job; its followers get the rest of the log, then the result."""
-    with _connect(home) as client:
+    with connect(home) as client:
         [job_id] = resolve_jobs(client, [job])
         ended = client.finish(job_id, exit_code)
     note(f"job {ended.id} {ended.state.value}")
 
 
 @jobs.command("cancel")
-@_home_option
+@home_option
 @click.argument("jobs", type=JOB_REF, nargs=-1)
 @click.option(
     "--all", "-a", "everything", is_flag=True, help="Cancel every job that has not ended."
@@ -604,7 +387,7 @@ def jobs_cancel(home: str | None, jobs: tuple[str, ...], everything: bool, yes: 
     is a terminal, unless --yes."""
     if not jobs and not everything:
         raise click.UsageError("name the jobs to cancel, or use --all")
-    with _connect(home) as client:
+    with connect(home) as client:
         job_ids = resolve_jobs(client, jobs)
         if everything and not yes and sys.stdin.isatty():
             count = sum(1 for job in client.list() if not job.state.terminal)
@@ -632,12 +415,12 @@ def jobs_cancel(home: str | None, jobs: tuple[str, ...], everything: bool, yes: 
 
 
 @jobs.command("rm")
-@_home_option
+@home_option
 @click.argument("jobs", type=JOB_REF, nargs=-1, required=True)
 def jobs_rm(home: str | None, jobs: tuple[str, ...]) -> None:
     """Delete ended jobs (ids or names) with their logs. Exit 102 if one was not found, 1 if
     one has not ended (cancel it first)."""
-    with _connect(home) as client:
+    with connect(home) as client:
         result = client.remove(resolve_jobs(client, jobs))
     lines = {job_id: f"job {job_id} removed" for job_id in result.removed_job_ids}
     for job_id in result.not_ended_job_ids:
@@ -662,7 +445,7 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str) -> float:
 
 
 @jobs.command("prune")
-@_home_option
+@home_option
 @click.option(
     "--older-than",
     default="7d",
@@ -673,7 +456,7 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str) -> float:
 )
 def jobs_prune(home: str | None, older_than: float) -> None:
     """Delete every job that ended longer ago than --older-than, with its log."""
-    with _connect(home) as client:
+    with connect(home) as client:
         result = client.remove(ended_before=time.time() - older_than)
     count = len(result.removed_job_ids)
     note(
@@ -682,7 +465,7 @@ def jobs_prune(home: str | None, older_than: float) -> None:
 
 
 @jobs.command("logs")
-@_home_option
+@home_option
 @click.argument("jobs", type=JOB_REF, nargs=-1)
 @click.option(
     "--follow/--no-follow",
@@ -736,7 +519,7 @@ def jobs_logs(
     many = len(jobs) > 1 or unfinished or glob is not None or bool(prefix)
     if many and (since_time is not None or timestamps):
         raise click.UsageError("--since and --timestamps follow one job")
-    with _connect(home) as client:
+    with connect(home) as client:
         if many:
             _follow_many(client, jobs, unfinished, glob, follow, tail, prefix is not False)
         job_id = resolve_jobs(client, jobs)[0] if jobs else latest_job(client)
@@ -793,7 +576,7 @@ def _follow_many(
 
 
 @jobs.command("wait")
-@_home_option
+@home_option
 @click.argument("jobs", type=JOB_REF, nargs=-1)
 @click.option("--all", "-a", "unfinished", is_flag=True, help="Every job that has not ended.")
 @click.option("--name", "glob", metavar="GLOB", help="Every job whose name matches GLOB.")
@@ -803,14 +586,14 @@ def jobs_wait(home: str | None, jobs: tuple[str, ...], unfinished: bool, glob: s
         raise click.UsageError("name the jobs to wait for, or use --all or --name")
     from tailhub.client._multi import follow_jobs, report, select_targets
 
-    with _connect(home) as client:
+    with connect(home) as client:
         targets = select_targets(client, jobs, unfinished=unfinished, glob=glob, at_end=True)
         outcomes = follow_jobs(client, targets, output=False)
     sys.exit(report(outcomes, unfinished, glob))
 
 
 @jobs.command("queue")
-@_home_option
+@home_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts (ISO times too).")
 @click.option(
     "--all",
@@ -825,7 +608,7 @@ def jobs_queue(home: str | None, as_json: bool, everything: bool, skip_finished:
     upstream connections (open now/opened in total), submitted (age), duration."""
     from tailhub.client._queue import job_json, print_jobs
 
-    with _connect(home) as client:
+    with connect(home) as client:
         if skip_finished:
             listed = [job for job in client.list() if not job.state.terminal]
             total: int | None = len(listed)
