@@ -52,8 +52,10 @@ class Settings:
     duration: float = 5.0  # seconds of writing per probe
     clients: int = 4
     bisections: int = 2
-    max_probes: int = 6  # per server
-    max_halvings: int = 2  # below start_rate / 4 the rate no longer matters: messages do
+    max_probes: int = 9  # per server
+    # Down to ~1.6 KB/s (16 lines/s): each line still reaches every follower as a message of
+    # its own there, so what limits p99 is the time to send N messages, not the bytes.
+    max_halvings: int = 6
     profile_dir: Path | None = None
     top_frames: int = 5
     # Further tailhub searches: (label, tailhubd arguments), e.g. a live batching window.
