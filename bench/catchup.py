@@ -42,7 +42,7 @@ QUICK = Settings(size=32 * MIB, followers=10, clients=2, tail_runs=3, timeout=60
 def run(settings: Settings, scratch: Path, earlier: dict[str, Any]) -> dict[str, Any]:
     scratch.mkdir(parents=True)
     source = scratch / "big.log"
-    _write_log(source, settings.size)
+    write_log(source, settings.size)
     with Daemon(scratch / "h") as daemon, daemon.client() as client:
         started = time.perf_counter()
         job = client.attach_file(str(source), name="catch-up")
@@ -74,7 +74,7 @@ def run(settings: Settings, scratch: Path, earlier: dict[str, Any]) -> dict[str,
     }
 
 
-def _write_log(path: Path, size: int) -> None:
+def write_log(path: Path, size: int) -> None:
     """`size` bytes of 100-byte numbered lines, written as one repeated 1 MiB block."""
     lines = b"".join(b"%099d\n" % number for number in range(MIB // 100 + 1))
     block = lines[: MIB - 1] + b"\n"

@@ -15,6 +15,7 @@ import json
 import resource
 import sys
 import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -162,6 +163,19 @@ async def serve(address: str, streams: int, size: int, duration: float) -> dict[
             if finished == streams:
                 done.set()
 
+    server = await start_subscribe_server(subscribe, address)
+    await asyncio.wait_for(everyone.wait(), 120)
+    started, cpu_before = time.time(), own_cpu()
+    await asyncio.wait_for(done.wait(), duration + 120)
+    cpu = own_cpu() - cpu_before
+    await server.stop(1)
+    return {"started": started, "cpu": cpu}
+
+
+async def start_subscribe_server(
+    subscribe: Callable[[pb.SubscribeRequest, object], AsyncIterator[bytes]], address: str
+) -> grpc.aio.Server:
+    """A bare grpc.aio server with only `Subscribe`, its messages already encoded, started."""
     handler = grpc.method_handlers_generic_handler(
         "tailhub.v1.TailhubService",
         {
@@ -182,15 +196,11 @@ async def serve(address: str, streams: int, size: int, duration: float) -> dict[
     server.add_generic_rpc_handlers((handler,))
     server.add_insecure_port(address)
     await server.start()
-    await asyncio.wait_for(everyone.wait(), 120)
-    started, cpu_before = time.time(), _cpu()
-    await asyncio.wait_for(done.wait(), duration + 120)
-    cpu = _cpu() - cpu_before
-    await server.stop(1)
-    return {"started": started, "cpu": cpu}
+    return server
 
 
-def _cpu() -> float:
+def own_cpu() -> float:
+    """CPU seconds this process has used (user and system)."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
 

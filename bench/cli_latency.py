@@ -24,14 +24,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.catchup import MIB, write_log
 from bench.cli import Timed, tailhub, timed_run
 from bench.daemon import Daemon
 from bench.measure import percentile, wait_until
 from bench.processes import REPO
 from bench.report import Table, number
 from tailhub.client import Client, LogEnd
-
-MIB = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -56,7 +55,7 @@ def run(settings: Settings, scratch: Path, earlier: dict[str, Any]) -> dict[str,
     task = scratch / "task.yaml"
     task.write_text(TASK)
     big_source = scratch / "big.log"
-    _write_log(big_source, settings.log_size)
+    write_log(big_source, settings.log_size)
     with Daemon(scratch / "h") as daemon, daemon.client() as client:
         home = daemon.home
         first = _check(timed_run(tailhub("jobs", "launch", "--async", str(task)), home), "launch")
@@ -143,16 +142,6 @@ def _stored_log(client: Client, source: Path, size: int) -> int:
     client.finish(job.id, 0)
     wait_until(lambda: client.get(job.id).sealed, 60, "the log to be sealed")
     return job.id
-
-
-def _write_log(path: Path, size: int) -> None:
-    """`size` bytes of 100-byte numbered lines, written as one repeated 1 MiB block."""
-    lines = b"".join(b"%099d\n" % number for number in range(MIB // 100 + 1))
-    block = lines[: MIB - 1] + b"\n"
-    with open(path, "wb") as out:
-        for _ in range(size // MIB):
-            out.write(block)
-        out.write(block[: size % MIB])
 
 
 def _check(timed: Timed, what: str) -> Timed:

@@ -13,14 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import resource
 import sys
 import time
 from typing import Any
 
-import grpc
-import grpc.aio
-
+from bench.ceiling import own_cpu, start_subscribe_server
 from bench.writer import LINE_BYTES, line
 from tailhub.daemon.wire import encode_chunk
 from tailhub.v1 import tailhub_pb2 as pb
@@ -80,33 +77,14 @@ async def serve(address: str, streams: int, rate: float, duration: float) -> dic
             if finished == streams:
                 done.set()
 
-    handler = grpc.method_handlers_generic_handler(
-        "tailhub.v1.TailhubService",
-        {
-            "Subscribe": grpc.unary_stream_rpc_method_handler(
-                subscribe,
-                request_deserializer=pb.SubscribeRequest.FromString,
-                response_serializer=None,
-            )
-        },
-    )
-    server = grpc.aio.server(
-        options=[
-            ("grpc.server.max_pending_requests", 100_000),
-            ("grpc.server.max_pending_requests_hard_limit", 100_000),
-            ("grpc.max_send_message_length", 8 * 1024 * 1024),
-        ]
-    )
-    server.add_generic_rpc_handlers((handler,))
-    server.add_insecure_port(address)
-    await server.start()
+    server = await start_subscribe_server(subscribe, address)
     await asyncio.wait_for(everyone.wait(), 120)
-    started, cpu_before = time.time(), _cpu()
+    started, cpu_before = time.time(), own_cpu()
     await _write(log, rate, duration)
     log.ended = True
     log.append(b"")
     await asyncio.wait_for(done.wait(), duration + 120)
-    cpu = _cpu() - cpu_before
+    cpu = own_cpu() - cpu_before
     await server.stop(1)
     return {"started": started, "cpu": cpu, "log_bytes": len(log.data)}
 
@@ -125,11 +103,6 @@ async def _write(log: _Log, rate: float, duration: float) -> None:
             written = due
         tick += 1
         await asyncio.sleep(max(0.0, start + tick * INTERVAL - time.monotonic()))
-
-
-def _cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 if __name__ == "__main__":

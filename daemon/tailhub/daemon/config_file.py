@@ -7,15 +7,13 @@ file: refused unless it is a regular file of the daemon's user that others canno
 from __future__ import annotations
 
 import os
-import shlex
-import stat
 from dataclasses import dataclass
 
 import yaml
 
 from tailhub.daemon.config import BACKENDS
 from tailhub.daemon.paths import StatePaths
-from tailhub.daemon.statedir import open_state_file
+from tailhub.daemon.statedir import open_state_file, open_to_others
 
 _KEYS = ("backend", "sky")
 
@@ -37,14 +35,12 @@ def read_config_file(paths: StatePaths) -> FileConfig:
         return FileConfig()
     # The mode of the file read, not of whatever the path names a moment later.
     with os.fdopen(fd, errors="replace") as file:
-        mode = os.fstat(file.fileno()).st_mode
+        info = os.fstat(file.fileno())
         text = file.read()
-    if mode & 0o022:
-        # It names a program the daemon runs (`sky:`): only its owner may say which.
-        raise ValueError(
-            f"refusing {path}: it is writable by others (mode {stat.S_IMODE(mode):04o}); "
-            f"fix: chmod go-w {shlex.quote(str(path))}"
-        )
+    # It names a program the daemon runs (`sky:`): only its owner may say which.
+    fault = open_to_others(info, path)
+    if fault is not None:
+        raise ValueError(f"refusing {path}: {fault}")
     try:
         document = yaml.safe_load(text)
     except yaml.YAMLError as error:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import errno
 import ipaddress
 import os
-import shlex
 import socket
 import ssl
 import stat
@@ -22,6 +21,7 @@ import grpc
 import grpc.aio
 
 from tailhub.daemon.config import format_host_port, parse_host_port
+from tailhub.daemon.statedir import open_to_others
 
 # Exit codes of tailhubd (README's table): a listener's TLS files, or its address.
 EXIT_TLS_FILES = 4
@@ -211,12 +211,9 @@ def _check_key_file(key: Path) -> None:
             f"refusing the TLS private key {key}: it is owned by uid {info.st_uid}, not by you",
             EXIT_TLS_FILES,
         )
-    if info.st_mode & 0o077:
-        raise ListenerError(
-            f"refusing the TLS private key {key}: others can read it (mode "
-            f"{stat.S_IMODE(info.st_mode):04o}); fix: chmod 600 {shlex.quote(str(key))}",
-            EXIT_TLS_FILES,
-        )
+    fault = open_to_others(info, key, secret=True)
+    if fault is not None:
+        raise ListenerError(f"refusing the TLS private key {key}: {fault}", EXIT_TLS_FILES)
 
 
 def bind(server: grpc.aio.Server, settings: NetworkSettings) -> list[str]:

@@ -102,11 +102,23 @@ def ensure_private_dir(path: Path) -> None:
     finally:
         os.close(fd)
     _check_owner(info, f"refusing {path}: it", path)
-    if info.st_mode & 0o022:
-        raise UntrustedState(
-            f"refusing {path}: it is writable by others (mode "
-            f"{stat.S_IMODE(info.st_mode):04o}); fix: chmod go-w {shlex.quote(str(path))}"
-        )
+    fault = open_to_others(info, path)
+    if fault is not None:
+        raise UntrustedState(f"refusing {path}: {fault}")
+
+
+def open_to_others(info: os.stat_result, path: Path, *, secret: bool = False) -> str | None:
+    """Why a file with this mode must not be trusted, and the fix; None when it may.
+
+    Others must not be able to write it (they would steer the daemon), nor, when it is
+    `secret`, read it."""
+    mode = stat.S_IMODE(info.st_mode)
+    quoted = shlex.quote(str(path))
+    if secret and mode & 0o077:
+        return f"others can read it (mode {mode:04o}); fix: chmod 600 {quoted}"
+    if mode & 0o022:
+        return f"it is writable by others (mode {mode:04o}); fix: chmod go-w {quoted}"
+    return None
 
 
 def open_state_file(path: Path, flags: int, *, create: bool = True) -> int:

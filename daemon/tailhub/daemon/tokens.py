@@ -24,7 +24,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from tailhub.daemon.statedir import UntrustedState, ensure_private_dir, open_state_file
+from tailhub.daemon.statedir import (
+    UntrustedState,
+    ensure_private_dir,
+    open_state_file,
+    open_to_others,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -76,9 +81,10 @@ def read_tokens(home: Path) -> list[TokenEntry]:
     except FileNotFoundError:
         return []
     with os.fdopen(fd, "rb") as file:
-        if os.fstat(file.fileno()).st_mode & 0o077:
-            # Whoever can write it can add an admin token (code run as us): fail closed.
-            raise TokenError(f"refusing {path}: others can read or write it; chmod 600 {path}")
+        # Whoever can write it can add an admin token (code run as us): fail closed.
+        fault = open_to_others(os.fstat(file.fileno()), path, secret=True)
+        if fault is not None:
+            raise TokenError(f"refusing {path}: {fault}")
         raw = file.read(4 * 1024 * 1024)
     return _parse(raw, path)
 
