@@ -3,6 +3,7 @@ follower across a restart, and the bad input a network brings (README "Remote ac
 
 from __future__ import annotations
 
+import os
 import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -507,3 +508,25 @@ def test_a_token_store_others_can_read_or_write_accepts_no_token(
         assert listed.stderr.count(b"\n") == 1
         (home / "tokens.json").chmod(0o600)
         assert status_of(list_jobs) is grpc.StatusCode.OK
+
+
+def test_hostile_remote_flags_get_a_short_line_and_never_hang(
+    remote: Remote, workdir: Path
+) -> None:
+    fifo = workdir / "token.fifo"
+    os.mkfifo(fifo)  # a FIFO nobody writes would block a plain read forever
+    big_ca = workdir / "big.pem"
+    big_ca.write_bytes(b"-----BEGIN CERTIFICATE-----\n" + b"A" * (2 * 1024 * 1024))
+    cases = {
+        "fifo": (["--server", remote.address, "--token-file", str(fifo)], 1, "regular file"),
+        "big": (["--server", remote.address, "--ca-file", str(big_ca)], 1, "over 1 MiB"),
+        "long host": (["--server", "h" * 100_000 + ":1"], 2, "is not HOST:PORT"),
+        "escapes": (["--server", "a\x1b[31m:1"], 2, "is not HOST:PORT"),
+    }
+    for case, (flags, code, says) in cases.items():
+        done = run_cli(remote.elsewhere, *flags, "jobs", "queue", timeout=30)
+        text = done.stderr.decode()
+        assert done.returncode == code, (case, text)
+        assert says in text, (case, text)
+        assert len(text) < 1000, (case, text)
+        assert "\x1b" not in text, (case, text)

@@ -7,11 +7,11 @@ from __future__ import annotations
 import os
 import re
 import socket
+import stat
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import grpc
@@ -153,11 +153,23 @@ def _check_client_pair(cert_file: str, key_file: str) -> None:
         ) from None
 
 
+# Certificates, keys and tokens are a few KiB: a larger file is a wrong path (or /dev/zero).
+MAX_CREDENTIAL_FILE_BYTES = 1024 * 1024
+
+
 def _read(path: str, what: str) -> bytes:
+    """A credential file's bytes: a regular file (never a FIFO that would block), bounded."""
     try:
-        return Path(path).read_bytes()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as file:
+            if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+                raise TailhubError(f"the {what} {path} is not a regular file")
+            data = file.read(MAX_CREDENTIAL_FILE_BYTES + 1)
     except OSError as error:
         raise TailhubError(f"cannot read the {what} {path}: {error.strerror or error}") from None
+    if len(data) > MAX_CREDENTIAL_FILE_BYTES:
+        raise TailhubError(f"the {what} {path} is over 1 MiB: not a {what}")
+    return data
 
 
 class _Details(NamedTuple):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from tailhub.daemon.limits import shown
 from tailhub.daemon.paths import StatePaths
 
 KIB = 1024
@@ -134,12 +135,14 @@ def parse_host_port(text: str) -> tuple[str, int]:
     if (
         not colon
         or not host
+        or len(host) > 253  # the longest DNS name
+        or not (host.isascii() and host.isprintable() and " " not in host)
         or (":" in host and not bracketed)  # ::1:9100 is ambiguous; [::1]:9100 is not
         or not (port_text.isascii() and port_text.isdigit())
         or not 0 <= int(port_text) <= 65535
     ):
         raise ValueError(
-            f"{text!r} is not HOST:PORT (e.g. 127.0.0.1:9100, [::1]:9100, 0.0.0.0:9100)"
+            f"{shown(text)} is not HOST:PORT (e.g. 127.0.0.1:9100, [::1]:9100, 0.0.0.0:9100)"
         )
     return host, int(port_text)
 

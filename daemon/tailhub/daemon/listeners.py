@@ -21,6 +21,7 @@ import grpc
 import grpc.aio
 
 from tailhub.daemon.config import format_host_port, parse_host_port
+from tailhub.daemon.limits import shown
 from tailhub.daemon.statedir import open_to_others
 
 # Exit codes of tailhubd (README's table): a listener's TLS files, or its address.
@@ -95,7 +96,7 @@ def parse_address(text: str) -> ListenAddress:
         try:
             ipaddress.IPv6Address(host)
         except ValueError:
-            raise ValueError(f"{text!r}: {host!r} is not an IPv6 address") from None
+            raise ValueError(f"{shown(text)}: {host!r} is not an IPv6 address") from None
     return ListenAddress(host, port)
 
 
