@@ -298,6 +298,8 @@ class Job(_message.Message):
     UPSTREAM_CONNECTIONS_OPEN_FIELD_NUMBER: _builtins.int
     BACKEND_FIELD_NUMBER: _builtins.int
     EXTERNAL_ID_FIELD_NUMBER: _builtins.int
+    LEASE_HOLDER_FIELD_NUMBER: _builtins.int
+    HOME_NODE_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     """Assigned by the daemon, increasing, never reused."""
     name: _builtins.str
@@ -340,6 +342,15 @@ class Job(_message.Message):
     """Where a launched job runs ("local", "skypilot"); empty for attached jobs."""
     external_id: _builtins.str
     """The job's id in its backend (SkyPilot's managed job id), once known; empty otherwise."""
+    lease_holder: _builtins.str
+    """Cluster mode (`tailhubd --redis`): the daemon (node name) holding the job's fetch lease
+    now, empty when none does (ended, or between a holder's death and a takeover). Always
+    empty on a daemon without Redis.
+    """
+    home_node: _builtins.str
+    """Cluster mode: the node a local or file job is pinned to (only it can run or read it);
+    empty for jobs any node can fetch, and on a daemon without Redis.
+    """
     def __init__(
         self,
         *,
@@ -361,10 +372,12 @@ class Job(_message.Message):
         upstream_connections_open: _builtins.int = ...,
         backend: _builtins.str = ...,
         external_id: _builtins.str = ...,
+        lease_holder: _builtins.str = ...,
+        home_node: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "exit_code", b"exit_code"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "backend", b"backend", "bytes_served", b"bytes_served", "ended_at", b"ended_at", "exit_code", b"exit_code", "external_id", b"external_id", "id", b"id", "log_size", b"log_size", "name", b"name", "reason", b"reason", "sealed", b"sealed", "source_description", b"source_description", "source_kind", b"source_kind", "started_at", b"started_at", "state", b"state", "submitted_at", b"submitted_at", "subscribers", b"subscribers", "upstream_connections", b"upstream_connections", "upstream_connections_open", b"upstream_connections_open"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "backend", b"backend", "bytes_served", b"bytes_served", "ended_at", b"ended_at", "exit_code", b"exit_code", "external_id", b"external_id", "home_node", b"home_node", "id", b"id", "lease_holder", b"lease_holder", "log_size", b"log_size", "name", b"name", "reason", b"reason", "sealed", b"sealed", "source_description", b"source_description", "source_kind", b"source_kind", "started_at", b"started_at", "state", b"state", "submitted_at", b"submitted_at", "subscribers", b"subscribers", "upstream_connections", b"upstream_connections", "upstream_connections_open", b"upstream_connections_open"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__exit_code: _TypeAlias = _typing.Literal["exit_code"]  # noqa: Y015
     _WhichOneofArgType__exit_code: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code"]  # noqa: Y015
@@ -1073,6 +1086,7 @@ class GetDaemonStatusResponse(_message.Message):
     UPSTREAM_CONNECTIONS_FIELD_NUMBER: _builtins.int
     BYTES_SERVED_FIELD_NUMBER: _builtins.int
     UPSTREAM_CONNECTIONS_OPEN_FIELD_NUMBER: _builtins.int
+    CLUSTER_FIELD_NUMBER: _builtins.int
     pid: _builtins.int
     version: _builtins.str
     home: _builtins.str
@@ -1087,6 +1101,10 @@ class GetDaemonStatusResponse(_message.Message):
     bytes_served: _builtins.int
     upstream_connections_open: _builtins.int
     """Upstream connections open now."""
+    @_builtins.property
+    def cluster(self) -> Global___ClusterStatus:
+        """Set in cluster mode only (`tailhubd --redis`)."""
+
     def __init__(
         self,
         *,
@@ -1100,14 +1118,64 @@ class GetDaemonStatusResponse(_message.Message):
         upstream_connections: _builtins.int = ...,
         bytes_served: _builtins.int = ...,
         upstream_connections_open: _builtins.int = ...,
+        cluster: Global___ClusterStatus | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_cluster", b"_cluster", "cluster", b"cluster"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cluster", b"_cluster", "bytes_served", b"bytes_served", "cluster", b"cluster", "home", b"home", "jobs", b"jobs", "pid", b"pid", "running_jobs", b"running_jobs", "started_at", b"started_at", "subscribers", b"subscribers", "upstream_connections", b"upstream_connections", "upstream_connections_open", b"upstream_connections_open", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__cluster: _TypeAlias = _typing.Literal["cluster"]  # noqa: Y015
+    _WhichOneofArgType__cluster: _TypeAlias = _typing.Literal["_cluster", b"_cluster"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__cluster) -> _WhichOneofReturnType__cluster | None: ...
+
+Global___GetDaemonStatusResponse: _TypeAlias = GetDaemonStatusResponse  # noqa: Y015
+
+@_typing.final
+class ClusterStatus(_message.Message):
+    """This daemon's view of the cluster it joined."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_NAME_FIELD_NUMBER: _builtins.int
+    REDIS_FIELD_NUMBER: _builtins.int
+    CONNECTED_FIELD_NUMBER: _builtins.int
+    LEASES_HELD_FIELD_NUMBER: _builtins.int
+    STALE_APPENDS_REFUSED_FIELD_NUMBER: _builtins.int
+    NODES_FIELD_NUMBER: _builtins.int
+    node_name: _builtins.str
+    """This daemon's node name, unique in the cluster."""
+    redis: _builtins.str
+    """The Redis server (host:port/db; never a password)."""
+    connected: _builtins.bool
+    """Whether the daemon can reach Redis now. While it cannot, no job is fetched, followers
+    keep what they have and get an event, and the health service's "tailhub.cluster"
+    reports NOT_SERVING.
+    """
+    leases_held: _builtins.int
+    """Fetch leases this daemon holds now."""
+    stale_appends_refused: _builtins.int
+    """Appends Redis refused because this daemon's lease had been taken over (each one stopped
+    that job's fetch here; none of their bytes were stored).
+    """
+    nodes: _builtins.int
+    """Daemons that renewed their presence in the last few seconds, this one included."""
+    def __init__(
+        self,
+        *,
+        node_name: _builtins.str = ...,
+        redis: _builtins.str = ...,
+        connected: _builtins.bool = ...,
+        leases_held: _builtins.int = ...,
+        stale_appends_refused: _builtins.int = ...,
+        nodes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_served", b"bytes_served", "home", b"home", "jobs", b"jobs", "pid", b"pid", "running_jobs", b"running_jobs", "started_at", b"started_at", "subscribers", b"subscribers", "upstream_connections", b"upstream_connections", "upstream_connections_open", b"upstream_connections_open", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["connected", b"connected", "leases_held", b"leases_held", "node_name", b"node_name", "nodes", b"nodes", "redis", b"redis", "stale_appends_refused", b"stale_appends_refused"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___GetDaemonStatusResponse: _TypeAlias = GetDaemonStatusResponse  # noqa: Y015
+Global___ClusterStatus: _TypeAlias = ClusterStatus  # noqa: Y015
 
 @_typing.final
 class RemoveJobsRequest(_message.Message):
