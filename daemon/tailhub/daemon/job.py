@@ -50,6 +50,8 @@ class Job:
         self.lease_holder = ""
         self.home_node = ""
         self.cluster_size = 0
+        # Cluster mode: sealed where it was fetched (its bytes here may still be fewer).
+        self.cluster_sealed = False
         self._log_path = log_path
         self._window_bytes = window_bytes
         self._log: JobLog | None = None

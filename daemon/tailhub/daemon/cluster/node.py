@@ -30,9 +30,11 @@ from tailhub.daemon.cluster import ClusterRefused
 from tailhub.daemon.cluster.mirror import Mirror
 from tailhub.daemon.cluster.records import BadRecord, record_from_json, record_to_json
 from tailhub.daemon.cluster.redis_store import CHANGES, JobMeta, RedisStore
+from tailhub.daemon.cluster.watchdog import LeaseWatchdog
 from tailhub.daemon.cluster.writer import HeldLease, LeasedFetcher, LogWriter
 from tailhub.daemon.model import ClusterUnavailable, JobNotFound, SourceKind
 from tailhub.daemon.placement import ClusterView
+from tailhub.daemon.runner import RunHandle
 from tailhub.daemon.tasks import TaskSet
 
 if TYPE_CHECKING:
@@ -87,6 +89,7 @@ class ClusterNode:
         self._writers: dict[int, LogWriter] = {}
         self._deadlines: dict[int, asyncio.TimerHandle] = {}
         self._mirror = Mirror(self._redis, self)
+        self._watchdog = LeaseWatchdog()
         self._tasks = TaskSet()
         self._cluster_id = ""
         self._token = secrets.token_hex(8)  # this process's hold on the node name
@@ -137,6 +140,7 @@ class ClusterNode:
 
     async def start(self, manager: JobManager) -> None:
         self._manager = manager
+        self._watchdog.start()
         await self._sync(await self._redis.job_ids())
         spawn = self._tasks.spawn
         spawn(self._keep_alive(), name="cluster-keep-alive")
@@ -153,6 +157,7 @@ class ClusterNode:
     async def close(self) -> None:
         """Stops the loops and gives the leases back (another node takes over at once)."""
         await self._tasks.aclose()
+        self._watchdog.close()
         for handle in self._deadlines.values():
             handle.cancel()
         for job_id, lease in list(self._held.items()):
@@ -238,6 +243,7 @@ class ClusterNode:
         if lease is None:
             return
         lease.lost = True
+        self._watchdog.forget(job.id)
         self._writers.pop(job.id, None)
         handle = self._deadlines.pop(job.id, None)
         if handle is not None:
@@ -254,6 +260,7 @@ class ClusterNode:
             self._mirror.want(job)
 
     def job_ended(self, job: Job) -> None:
+        self._watchdog.forget(job.id)
         self._held.pop(job.id, None)
         self._writers.pop(job.id, None)
         handle = self._deadlines.pop(job.id, None)
@@ -315,6 +322,7 @@ class ClusterNode:
         self._writers[job.id] = writer
         self._tasks.spawn(writer.run(), name=f"cluster-writer-{job.id}")
         self._arm_deadline(lease)
+        self._watchdog.watch(lease, lambda: RunHandle.from_json(job.record.source_state))
         job.lease_holder = self.name
         job.mirror = False
         self._mirror.forget(job.id)
@@ -329,7 +337,9 @@ class ClusterNode:
         self._deadlines[lease.job_id] = loop.call_later(max(0.0, delay), self._expire, lease)
 
     def _expire(self, lease: HeldLease) -> None:
-        if self._held.get(lease.job_id) is lease and time.monotonic() >= lease.valid_until:
+        if self._held.get(lease.job_id) is lease and (
+            lease.lost or time.monotonic() >= lease.valid_until
+        ):
             job = self._jobs.get(lease.job_id)
             self.lease_lost(job, "its lease could not be renewed in time", stale_append=False)
 
@@ -337,12 +347,15 @@ class ClusterNode:
         """Renews the node's name and every lease held, four times per lease length."""
         while True:
             await asyncio.sleep(self._lease_s / 4)
+            self._stall_for_tests()
             sent = time.monotonic()
             try:
                 await self._check_cluster()
                 await self._redis.hold_node(self.name, self._token, self.settings.lease_ms * 3)
                 for job_id, lease in list(self._held.items()):
-                    if await self._redis.renew(job_id, lease.token, self.settings.lease_ms):
+                    if lease.lost:  # the watchdog stopped its upstream
+                        self._expire(lease)
+                    elif await self._redis.renew(job_id, lease.token, self.settings.lease_ms):
                         if self._held.get(job_id) is lease:
                             lease.valid_until = sent + self._lease_s * _SAFE_SHARE
                             self._arm_deadline(lease)
@@ -355,6 +368,13 @@ class ClusterNode:
                 self.redis_failed(error)
                 continue
             self.redis_ok()
+
+    def _stall_for_tests(self) -> None:
+        """TAILHUB_CLUSTER_STALL=P:S: before a renewal, with probability P, the whole daemon
+        stops for S seconds (a GC pause, a frozen host), as the lease race tests want."""
+        stall = self.settings.stall
+        if stall is not None and random.random() < stall[0]:
+            time.sleep(stall[1])
 
     async def _check_cluster(self) -> None:
         found = await self._redis.cluster_id()
@@ -378,6 +398,11 @@ class ClusterNode:
             await asyncio.sleep(min(0.5, self._lease_s / 6) * random.uniform(0.8, 1.2))
             if not self.connected or self.lost_data:
                 continue
+            try:
+                await self._refresh_running()
+            except RedisError as error:
+                self.redis_failed(error)
+                continue
             candidates = [
                 job
                 for job in self._jobs.all_jobs()
@@ -399,6 +424,17 @@ class ClusterNode:
                         await self._take_over(job, token, sent)
             except RedisError as error:
                 self.redis_failed(error)
+
+    async def _refresh_running(self) -> None:
+        """Sizes and holders of the running jobs fetched elsewhere, as `jobs queue` shows."""
+        running = [
+            job.id for job in self._jobs.all_jobs() if not job.sealed and job.id not in self._held
+        ]
+        for start in range(0, len(running), 500):
+            found = await self._redis.sizes(running[start : start + 500])
+            for job_id, (size, holder) in found.items():
+                job = self._jobs.get(job_id)
+                job.cluster_size, job.lease_holder = size, holder
 
     def _may_take(self, job: Job) -> bool:
         if job.record.spec.kind in _FETCHED_ANYWHERE:
@@ -426,8 +462,11 @@ class ClusterNode:
         self._apply_record(job, meta)
         self._hold(job, token, sent)
         logger.info("job %d: this node fetches it now (lease %s)", job.id, token)
-        self._jobs.notice(job, f"node {self.name} fetches this job now")
         self._jobs.resume(job)
+        # Into the log's stream, after the fetcher exists: followers everywhere see it.
+        writer = self._writers.get(job.id)
+        if writer is not None:
+            writer.event(f"node {self.name} fetches this job now")
 
     async def _listen(self) -> None:
         """Applies record changes as they are announced, and all of them now and then."""
@@ -492,6 +531,7 @@ class ClusterNode:
         assert meta.record is not None
         record, home = record_from_json(job.id, meta.record)
         job.cluster_size = meta.size
+        job.cluster_sealed = meta.sealed
         job.home_node = home
         job.lease_holder = meta.holder
         if job.sealed:

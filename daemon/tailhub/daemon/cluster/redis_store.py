@@ -245,6 +245,17 @@ class RedisStore:
             )
         return found
 
+    async def sizes(self, job_ids: list[int]) -> dict[int, tuple[int, str]]:
+        """The stored size and the lease holder of each of these jobs."""
+        pipe = self.client.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hmget(_job_key(job_id), "size", "holder")
+        answers: Any = await pipe.execute()
+        return {
+            job_id: (int(size or 0), (holder or b"").decode())
+            for job_id, (size, holder) in zip(job_ids, answers, strict=True)
+        }
+
     async def request_cancel(self, job_id: int) -> None:
         await self.client.hset(_job_key(job_id), "cancel", "1")
         await self.client.publish(CHANGES, str(job_id))

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import os
 import signal
+import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from tailhub.daemon.faults import AFTER_STDERR_APPEND, crash_at
 from tailhub.daemon.model import CommandSpec
@@ -48,6 +50,9 @@ class CommandSource:
     connecting: asyncio.Semaphore
     # Fault injection for tests (see faults.py).
     crash_points: frozenset[str] = frozenset()
+    # Cluster mode: the command dies with the daemon (another node takes the job over and
+    # starts its own; a survivor would be a second connection to the upstream host).
+    dies_with_daemon: bool = False
     counts_connections: ClassVar[bool] = True
 
     async def fetch(self, upstream: Upstream) -> Outcome | None:
@@ -129,25 +134,32 @@ class CommandSource:
     async def _start(self) -> asyncio.subprocess.Process:
         try:
             # Its own process group, so that stopping it stops what it started too.
+            options: dict[str, Any] = {
+                "stdin": asyncio.subprocess.DEVNULL,
+                "stdout": asyncio.subprocess.PIPE,
+                "stderr": asyncio.subprocess.PIPE,
+                "start_new_session": True,
+            }
+            if self.dies_with_daemon:
+                options["preexec_fn"] = die_with_parent
             if self.spec.shell:
-                return await asyncio.create_subprocess_shell(
-                    self.spec.argv[0],
-                    stdin=asyncio.subprocess.DEVNULL,
-                    stdout=asyncio.subprocess.PIPE,
-                    stderr=asyncio.subprocess.PIPE,
-                    start_new_session=True,
-                )
-            return await asyncio.create_subprocess_exec(
-                *self.spec.argv,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                start_new_session=True,
-            )
+                return await asyncio.create_subprocess_shell(self.spec.argv[0], **options)
+            return await asyncio.create_subprocess_exec(*self.spec.argv, **options)
         except OSError as error:
             raise UpstreamUnusable(
                 f"cannot run {self.spec.describe()}: {error.strerror}", exit_code=127
             ) from error
+
+
+_PR_SET_PDEATHSIG = 1
+# Loaded before any fork: the child only calls it.
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
+
+
+def die_with_parent() -> None:
+    """In the child, before exec: the kernel kills it when the daemon dies (even kill -9)."""
+    if _LIBC is not None:
+        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 async def stop_left_over(runner: LocalRunner, upstream: Upstream) -> None:
