@@ -59,7 +59,8 @@ def test_followers_on_three_nodes_get_exact_bytes_from_one_upstream(
     for node in nodes:
         seen = cluster.job(job.id, on=node)
         assert seen.upstream_connections == 1, (node.home.name, seen)
-        assert seen.state is JobState.SUCCEEDED and seen.log_size == len(data)
+        assert seen.state is JobState.SUCCEEDED
+        assert seen.log_size == len(data)
     assert (state / "connections").read_text() == "1"
     assert not (state / "overlaps").exists()
 
@@ -77,9 +78,12 @@ def test_every_node_lists_every_job_with_its_lease_holder(cluster: Cluster, tmp_
     assert "n1" in row  # the node fetching it
     (state / "done").touch()
     wait_until(lambda: cluster.job(job.id, on=nodes[0]).sealed, what="the job to end")
-    status = nodes[0].client().status()
-    assert status.cluster is not None and status.cluster.node_name == "n0"
-    assert status.cluster.connected and status.cluster.nodes == 2
+    with nodes[0].client() as client:
+        status = client.status()
+    assert status.cluster is not None
+    assert status.cluster.node_name == "n0"
+    assert status.cluster.connected
+    assert status.cluster.nodes == 2
 
 
 def test_kill_of_the_lease_holder_is_taken_over_within_5s_byte_exact(
@@ -95,8 +99,10 @@ def test_kill_of_the_lease_holder_is_taken_over_within_5s_byte_exact(
         for node in nodes[1:]
     ]
     try:
-        for follower in followers:
-            wait_until(lambda f=follower: len(f.stdout) >= 1024 * 1024, what="the first half")
+        wait_until(
+            lambda: all(len(follower.stdout) >= 1024 * 1024 for follower in followers),
+            what="the first half on every follower",
+        )
         assert cluster.holder(job.id) == "n0"
         nodes[0].kill()
         killed_at = time.monotonic()
