@@ -11,6 +11,7 @@ from pathlib import Path
 from cluster_helpers import Cluster
 from follow_many import kill_all, results_of, start_followers
 from helpers import run_cli, start_background_cli, wait_until
+from redis_helpers import RedisServer
 
 from tailhub.client import JobState
 
@@ -142,3 +143,72 @@ def test_a_job_launched_on_one_node_is_followed_through_another(
     assert followed.stdout == b"step 1\nstep 2\nstep 3\n"
     assert followed.returncode == 100  # failed, as on the daemon that ran it
     assert cluster.job(int(job_id), on=nodes[1]).home_node == "n0"
+
+
+def _audit_stream(redis: RedisServer, job_id: int) -> tuple[bytes, list[int]]:
+    """The log as the cluster's stream holds it, and the epoch of each data entry, checking
+    that the entries' offsets follow one another without a gap or an overlap."""
+    client = redis.client()
+    data = bytearray()
+    epochs: list[int] = []
+    for entry_id, fields in client.xrange(f"tailhub:log:{job_id}"):
+        if b"d" not in fields:
+            continue  # an event, or the end
+        assert int(fields[b"o"]) == len(data), f"entry {entry_id!r} leaves a gap or overlaps"
+        data += fields[b"d"]
+        assert int(entry_id.split(b"-")[0]) == len(data)
+        epochs.append(int(fields[b"e"]))
+    return bytes(data), epochs
+
+
+def test_two_nodes_racing_for_one_lease_100_times_never_fetch_at_once(
+    redis_server: RedisServer, cluster: Cluster, tmp_path: Path
+) -> None:
+    # A short lease, and daemons that stop dead (the whole process, as in a long GC pause)
+    # for longer than the lease before half of their renewals: the lease keeps changing hands.
+    cluster.lease_ms = 200
+    stall = {"TAILHUB_CLUSTER_STALL": "0.25:0.3"}
+    nodes = [cluster.add(f"n{index}", env=stall) for index in range(2)]
+    data = _payload(400 * 1024, seed=3)
+    log, state = _upstream(tmp_path / "up", b"")
+    with nodes[0].client() as client:
+        job = client.attach_command([sys.executable, REPLAY, str(log), str(state)])
+    followers = [
+        start_background_cli(node.home, tmp_path / node.home.name, "jobs", "logs", str(job.id))
+        for node in nodes
+    ]
+    redis = redis_server.client()
+    written = 0
+    try:
+        deadline = time.monotonic() + 120
+        # 100 rounds: the lease granted 101 times (the first holder, and 100 takeovers).
+        while int(redis.hget(f"tailhub:job:{job.id}", "epoch") or 0) < 101:
+            assert time.monotonic() < deadline, "fewer than 100 takeovers in 120 s"
+            if written < len(data):  # the log grows while the lease moves
+                with open(log, "ab") as more:
+                    more.write(data[written : written + 1024])
+                written += 1024
+            # Pacing the upstream's growth (about 100 KiB/s), not waiting for an event.
+            time.sleep(0.01)
+        with open(log, "ab") as more:
+            more.write(data[written:])
+        (state / "done").touch()
+        for follower in followers:
+            assert follower.wait(60) == 0, follower.stderr
+            assert follower.stdout == data
+    finally:
+        for follower in followers:
+            follower.stop()
+    stored, epochs = _audit_stream(redis_server, job.id)
+    assert stored == data
+    # A stale append accepted would be an entry of an older epoch after a newer one's.
+    stale_accepted = sum(later < earlier for earlier, later in zip(epochs, epochs[1:]))
+    assert stale_accepted == 0
+    assert not (state / "overlaps").exists(), (state / "overlaps").read_text()
+    refused = 0
+    for node in nodes:
+        with node.client() as client:
+            view = client.status().cluster
+        assert view is not None
+        refused += view.stale_appends_refused
+    print(f"lease granted {max(epochs)} times; stale appends refused: {refused}")

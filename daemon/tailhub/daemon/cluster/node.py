@@ -34,7 +34,7 @@ from tailhub.daemon.cluster.watchdog import LeaseWatchdog
 from tailhub.daemon.cluster.writer import HeldLease, LeasedFetcher, LogWriter
 from tailhub.daemon.model import ClusterUnavailable, JobNotFound, SourceKind
 from tailhub.daemon.placement import ClusterView
-from tailhub.daemon.runner import RunHandle
+from tailhub.daemon.runner import RUN_HANDLE_KEYS, RunHandle
 from tailhub.daemon.tasks import TaskSet
 
 if TYPE_CHECKING:
@@ -370,10 +370,11 @@ class ClusterNode:
             self.redis_ok()
 
     def _stall_for_tests(self) -> None:
-        """TAILHUB_CLUSTER_STALL=P:S: before a renewal, with probability P, the whole daemon
-        stops for S seconds (a GC pause, a frozen host), as the lease race tests want."""
+        """TAILHUB_CLUSTER_STALL=P:S: before a renewal of the leases it holds, with
+        probability P, the whole daemon stops for S seconds (a GC pause, a frozen host), as
+        the lease race tests want."""
         stall = self.settings.stall
-        if stall is not None and random.random() < stall[0]:
+        if stall is not None and self._held and random.random() < stall[0]:
             time.sleep(stall[1])
 
     async def _check_cluster(self) -> None:
@@ -460,6 +461,10 @@ class ClusterNode:
             await self._redis.release(job.id, token)
             return
         self._apply_record(job, meta)
+        # The previous holder's process ran on its host (and died with it, or was stopped
+        # there): never a process of this one.
+        for key in RUN_HANDLE_KEYS:
+            job.record.source_state.pop(key, None)
         self._hold(job, token, sent)
         logger.info("job %d: this node fetches it now (lease %s)", job.id, token)
         self._jobs.resume(job)

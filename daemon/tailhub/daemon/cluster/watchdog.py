@@ -68,7 +68,8 @@ class LeaseWatchdog:
                 # Read by the loop's side: the fetch of this lease is over.
                 lease.lost = True
                 handle = upstream()
-                if handle is not None:
+                # The very process this fetch started (a pid may have been reused since).
+                if handle is not None and handle == RunHandle.of(handle.pid):
                     with contextlib.suppress(ProcessLookupError, PermissionError):
                         os.killpg(handle.pid, signal.SIGKILL)
                     logger.warning(
