@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from helpers import BackgroundCli, DaemonProcess, start_background_cli
 from job_helpers import Gate
+from redis_helpers import RedisServer
 
 # What a daemon's own log must never hold: a bug's traceback, or a task nobody supervised.
 DAEMON_LOG_FAULTS = ("Traceback", "never retrieved")
@@ -127,3 +128,28 @@ def gate(workdir: Path) -> Iterator[Callable[[str], Gate]]:
     finally:
         for each in closed:
             each.open()
+
+
+@pytest.fixture
+def start_redis(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
+    """Starts a redis-server of the test's own (`appendonly=False` for one without
+    persistence); every one is killed at the end."""
+    started: list[RedisServer] = []
+
+    def start(*extra_args: str, appendonly: bool = True) -> RedisServer:
+        server = RedisServer(tmp_path / f"redis-{len(started)}", appendonly, extra_args)
+        started.append(server)
+        server.start()
+        return server
+
+    try:
+        yield start
+    finally:
+        for server in started:
+            server.close()
+
+
+@pytest.fixture
+def redis_server(start_redis: Callable[..., RedisServer]) -> RedisServer:
+    """A redis-server of the test's own, with an fsynced append-only file."""
+    return start_redis()
