@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Callable, Iterator
+from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+import grpc
 import pytest
 from conftest import check_daemon_log
 from helpers import BackgroundCli, DaemonProcess, run_cli
@@ -168,6 +171,75 @@ def test_the_library_takes_a_list_and_names_every_server_when_none_answers(
         Client.connect_remote(targets)
     assert dead in str(raised.value)
     assert pair.addresses[1] in str(raised.value)
+
+
+if TYPE_CHECKING:  # generic in the stubs only
+    _Handler = grpc.GenericRpcHandler[Any, Any]
+else:
+    _Handler = grpc.GenericRpcHandler
+
+
+class _Stopping(_Handler):
+    """A peer that takes every call and answers it as a stopping daemon does (UNAVAILABLE):
+    the call reached it, so whether it ran is unknown."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def service(self, handler_call_details: Any) -> grpc.RpcMethodHandler[Any, Any]:
+        method = handler_call_details.method.rsplit("/", 1)[-1]
+
+        def refuse(request: bytes, context: grpc.ServicerContext) -> bytes:
+            self.calls.append(method)
+            context.abort(grpc.StatusCode.UNAVAILABLE, "daemon stopping")
+            raise AssertionError("abort returns no more")
+
+        if method == "Subscribe":
+            return grpc.unary_stream_rpc_method_handler(refuse)
+        return grpc.unary_unary_rpc_method_handler(refuse)
+
+
+@pytest.fixture
+def stopping() -> Iterator[tuple[str, _Stopping]]:
+    handler = _Stopping()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2), handlers=[handler])
+    address = f"127.0.0.1:{free_port()}"
+    server.add_insecure_port(address)
+    server.start()
+    try:
+        yield address, handler
+    finally:
+        server.stop(None).wait()
+
+
+def test_a_change_that_reached_a_daemon_is_never_sent_to_the_next_but_a_read_is(
+    pair: Pair, stopping: tuple[str, _Stopping], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    address, peer = stopping
+    # The list from the environment, as TAILHUB_SERVER.
+    monkeypatch.setenv("TAILHUB_SERVER", f"{address},{pair.addresses[1]}")
+    done = run_cli(
+        pair.elsewhere,
+        "--insecure",
+        "--token-file",
+        str(pair.token_file),
+        "jobs",
+        "attach",
+        "--push",
+    )
+    err = done.stderr.decode()
+    assert done.returncode == 104, err
+    assert address in err
+    assert "daemon stopping" in err
+    assert peer.calls == ["AttachJob"]
+    with pair.second.client() as client:
+        assert client.list() == []  # not attached a second time on the next daemon
+
+    queue = run_cli(
+        pair.elsewhere, "--insecure", "--token-file", str(pair.token_file), "jobs", "queue"
+    )
+    assert queue.returncode == 0, queue.stderr
+    assert peer.calls == ["AttachJob", "ListJobs"]
 
 
 @pytest.mark.parametrize(
