@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -20,7 +20,7 @@ from tailhub.client._errors import (
     is_transient,
 )
 from tailhub.client._remote import CONNECT_TIMEOUT, Target
-from tailhub.client._servers import Servers, none_answered
+from tailhub.client._servers import Servers, StubMethod
 from tailhub.client._types import (
     CancelResult,
     DaemonStatus,
@@ -38,7 +38,6 @@ from tailhub.client._types import (
 from tailhub.daemon.paths import StatePaths
 from tailhub.daemon.statedir import UntrustedState, check_socket, check_state_dir
 from tailhub.v1 import tailhub_pb2 as pb
-from tailhub.v1 import tailhub_pb2_grpc as rpc
 
 # Reconnect quickly after a daemon restart: gRPC's default backoff grows to two minutes.
 _CHANNEL_OPTIONS = [
@@ -55,8 +54,6 @@ _MIN_RETRY_PAUSE = 0.05
 _MAX_RETRY_PAUSE = 1.0
 
 T = TypeVar("T")
-# A method of the stub, picked from whichever daemon's stub the call goes to.
-_Method = Callable[[rpc.TailhubServiceStub], Callable[..., T]]
 
 
 class Client:
@@ -132,37 +129,16 @@ class Client:
     ) -> None:
         self.close()
 
-    def _call(self, method: _Method[T], request: Any, *, read: bool = False) -> T:
-        """Calls `method` (picked from a stub) on the current daemon, failing over to the next
-        ones of a list as the class says: every call when it could not connect, a `read`
-        also when the daemon answered it as unavailable."""
-        servers = self._servers
-        if len(servers) == 1:  # wait for the daemon within the call's time (a restart)
-            try:
-                return method(servers.stub(0))(request, timeout=_CALL_TIMEOUT, wait_for_ready=True)
-            except grpc.RpcError as error:
-                raise from_rpc_error(error, self.address) from None
-        errors: list[TailhubError] = []
-        for index in servers.tries():
-            problem = servers.reach(index)
-            if problem is not None:
-                errors.append(problem)
-                continue
-            try:
-                # A read fails at once on a channel that cannot connect (the next may answer);
-                # a change is only sent once connected, and never again elsewhere.
-                answer = method(servers.stub(index))(
-                    request, timeout=_CALL_TIMEOUT, wait_for_ready=not read
-                )
-            except grpc.RpcError as error:
-                failed = from_rpc_error(error, servers.address(index))
-                if not (read and is_transient(error)):
-                    raise failed from None
-                errors.append(failed)
-                continue
-            servers.settle(index)
-            return answer
-        raise none_answered(errors)
+    def _call(self, method: StubMethod[T], request: Any, *, read: bool = False) -> T:
+        """Calls `method` (picked from a stub) on the current daemon; with a list, fails over
+        to the next ones as the class says (`read`: a call that changes nothing)."""
+        if len(self._servers) > 1:
+            return self._servers.call(method, request, _CALL_TIMEOUT, read=read)
+        try:  # wait for the daemon within the call's time (a restart)
+            stub = self._servers.stub(0)
+            return method(stub)(request, timeout=_CALL_TIMEOUT, wait_for_ready=True)
+        except grpc.RpcError as error:
+            raise from_rpc_error(error, self.address) from None
 
     # -- jobs ------------------------------------------------------------------------------
     def attach_file(self, path: str, name: str = "") -> JobInfo:

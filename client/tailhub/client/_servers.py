@@ -5,16 +5,20 @@ use now, and the order a call tries the others in when it cannot reach that one.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 
-from tailhub.client._errors import DaemonUnreachable, TailhubError
+from tailhub.client._errors import DaemonUnreachable, TailhubError, from_rpc_error, is_transient
 from tailhub.client._remote import CONNECT_TIMEOUT, Target, diagnose, wait_connected, with_token
 from tailhub.daemon.paths import StatePaths
 from tailhub.v1 import tailhub_pb2_grpc as rpc
+
+T = TypeVar("T")
+# A method of the stub, picked from whichever daemon's stub the call goes to.
+StubMethod = Callable[[rpc.TailhubServiceStub], Callable[..., T]]
 
 
 @dataclass
@@ -137,6 +141,30 @@ class Servers:
 
         server.watched = True
         channel.subscribe(record, try_to_connect=False)
+
+    def call(self, method: StubMethod[T], request: Any, timeout: float, *, read: bool) -> T:
+        """Calls `method` on the current server, else on the next ones in turn: any call when
+        it cannot connect to one, a `read` (it changes nothing) also when a daemon answers
+        it as unavailable; else the error it got. When none takes it, `none_answered`."""
+        errors: list[TailhubError] = []
+        for index in self.tries():
+            problem = self.reach(index)
+            if problem is not None:
+                errors.append(problem)
+                continue
+            try:
+                # A read fails at once on a channel that cannot connect (the next may answer);
+                # a change is only sent once connected, and never again elsewhere.
+                answer = method(self.stub(index))(request, timeout=timeout, wait_for_ready=not read)
+            except grpc.RpcError as error:
+                failed = from_rpc_error(error, self.address(index))
+                if not (read and is_transient(error)):
+                    raise failed from None
+                errors.append(failed)
+                continue
+            self.settle(index)
+            return answer
+        raise none_answered(errors)
 
     def connect_first(self) -> None:
         """Makes the first server that can be reached, in the list's order, the current one;
