@@ -151,6 +151,39 @@ def test_a_follow_through_a_list_survives_its_daemon_restarting_byte_exact(
     assert follower.stdout == first + second
 
 
+def test_a_follow_whose_daemon_dies_resumes_on_the_next_at_the_next_byte(
+    pair: Pair, background_cli: Callable[..., BackgroundCli]
+) -> None:
+    # The same job on both daemons, as a cluster serves it (here: the same bytes pushed to
+    # each standalone daemon's job 1).
+    first = bytes(range(256)) * 64
+    second = b"only the second daemon has this\n" * 100
+    with pair.first.client() as on_first, pair.second.client() as on_second:
+        job_id = on_first.attach_push("everywhere").id
+        assert on_second.attach_push("everywhere").id == job_id
+        for client in (on_first, on_second):
+            client.publish(job_id, first)
+        follower = background_cli(
+            "--home",
+            str(pair.elsewhere),
+            "--server",
+            ",".join(pair.addresses),
+            "--insecure",
+            "--token-file",
+            str(pair.token_file),
+            "jobs",
+            "logs",
+            str(job_id),
+        )
+        follower.wait_for_stdout(first)
+
+        pair.first.kill()
+        on_second.publish(job_id, second)
+        on_second.finish(job_id)
+    assert follower.wait() == 0, follower.stderr
+    assert follower.stdout == first + second
+
+
 def test_the_library_takes_a_list_and_names_every_server_when_none_answers(
     pair: Pair,
 ) -> None:
