@@ -93,6 +93,14 @@ class Job:
             )
         return self._log
 
+    def observe_from(self, size: int) -> None:
+        """Cluster mode: a local job's own file may hold more than the cluster stored (it ran
+        on while its daemon was down); observe it again from `size`, so the rest is sent."""
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        self._closed_size = size
+
     def release_log_if_idle(self) -> None:
         """Closes the log of a sealed job that nobody reads any more."""
         if self._log is not None and self.sealed and self.subscribers == 0:

@@ -10,7 +10,6 @@ script checks the lease); this is about the upstream host, which should see one 
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import signal
@@ -20,6 +19,7 @@ from collections.abc import Callable
 
 from tailhub.daemon.cluster.writer import HeldLease
 from tailhub.daemon.runner import RunHandle
+from tailhub.daemon.sources.command import FETCH_MARKER
 
 logger = logging.getLogger(__name__)
 
@@ -60,21 +60,54 @@ class LeaseWatchdog:
                 due = [
                     (lease, upstream)
                     for lease, upstream in self._leases.values()
-                    if not lease.lost and now >= lease.valid_until
+                    if now >= lease.valid_until
                 ]
-                for lease, _ in due:
-                    del self._leases[lease.job_id]
             for lease, upstream in due:
                 # Read by the loop's side: the fetch of this lease is over.
                 lease.lost = True
-                handle = upstream()
-                # The very process this fetch started (a pid may have been reused since).
-                if handle is not None and handle == RunHandle.of(handle.pid):
-                    with contextlib.suppress(ProcessLookupError, PermissionError):
-                        os.killpg(handle.pid, signal.SIGKILL)
+                # Watched until the loop forgets the lease: a command started just now may
+                # not have told its pid yet, but it carries its job's id.
+                pid = kill_upstream(upstream()) or _kill_marked(lease.job_id)
+                if pid is not None:
                     logger.warning(
                         "job %d: lease past its safe time while the daemon was stuck; "
                         "killed its upstream (pid %d)",
                         lease.job_id,
-                        handle.pid,
+                        pid,
                     )
+
+
+def _kill_marked(job_id: int) -> int | None:
+    """SIGKILLs this daemon's children that fetch `job_id` (by their environment's marker)."""
+    marker = f"{FETCH_MARKER}={job_id}".encode()
+    me = str(os.getpid())
+    killed = None
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as stat:
+                # The fields after the command's name (which may hold spaces): ppid is 2nd.
+                parent = stat.read().rsplit(b")", 1)[1].split()[1].decode()
+            if parent != me:
+                continue
+            with open(f"/proc/{entry}/environ", "rb") as environ:
+                if marker not in environ.read().split(b"\0"):
+                    continue
+            os.killpg(int(entry), signal.SIGKILL)
+            killed = int(entry)
+        except (OSError, IndexError):
+            continue  # gone meanwhile, or not ours
+    return killed
+
+
+def kill_upstream(handle: RunHandle | None) -> int | None:
+    """SIGKILLs the process group of the upstream `handle` names, if that very process still
+    runs (its pid may have been reused since); returns the pid it killed."""
+    if handle is None or handle != RunHandle.of(handle.pid):
+        return None
+    try:
+        os.killpg(handle.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        return None
+    return handle.pid

@@ -71,7 +71,7 @@ def _command(job_id: int, spec: SourceSpec, environment: SourceEnvironment) -> S
         environment.runner,
         environment.connecting,
         environment.config.crash_at,
-        dies_with_daemon=environment.config.cluster is not None,
+        cluster_job=job_id if environment.config.cluster is not None else None,
     )
 
 
