@@ -1,0 +1,114 @@
+"""Cluster mode when Redis goes away: daemons say so, keep serving, and lose nothing Redis had
+acknowledged once it is back."""
+
+from __future__ import annotations
+
+import random
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+from cluster_helpers import Cluster
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from helpers import DaemonProcess, run_cli, start_background_cli, wait_until
+from redis_helpers import RedisServer
+
+from tailhub.client import JobState
+
+REPLAY = str(Path(__file__).parent / "replay_upstream.py")
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def _cluster_health(node: DaemonProcess) -> int:
+    with grpc.insecure_channel(node.paths.address) as channel:
+        answer = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service="tailhub.cluster"), timeout=10
+        )
+    return int(answer.status)
+
+
+def _upstream(directory: Path, data: bytes) -> tuple[Path, Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    log = directory / "upstream.log"
+    log.write_bytes(data)
+    state = directory / "state"
+    state.mkdir()
+    return log, state
+
+
+def test_redis_crash_and_restart_loses_no_acknowledged_byte(
+    redis_server: RedisServer, cluster: Cluster, tmp_path: Path
+) -> None:
+    nodes = cluster.start(2)
+    data = random.Random(5).randbytes(1024 * 1024)
+    half = len(data) // 2
+    log, state = _upstream(tmp_path / "up", data[:half])
+    with nodes[0].client() as client:
+        job = client.attach_command([sys.executable, REPLAY, str(log), str(state)])
+    followers = [
+        start_background_cli(node.home, tmp_path / node.home.name, "jobs", "logs", str(job.id))
+        for node in nodes
+    ]
+    try:
+        wait_until(lambda: all(len(f.stdout) >= half for f in followers), what="the first half")
+        assert all(_cluster_health(node) == SERVING for node in nodes)
+
+        redis_server.kill()
+        wait_until(
+            lambda: all(_cluster_health(node) == NOT_SERVING for node in nodes),
+            what="NOT_SERVING on every node",
+        )
+        for node in nodes:
+            assert "Redis at 127.0.0.1" in node.log_text()
+            assert "is unreachable" in node.log_text()
+            with node.client() as client:  # the daemon itself still answers
+                view = client.status().cluster
+                assert view is not None
+                assert not view.connected
+        wait_until(
+            lambda: all("is unreachable" in follower.stderr for follower in followers),
+            what="the event on every follower",
+        )
+        assert all(follower.process.poll() is None for follower in followers)  # following
+
+        # While Redis is away nothing new can be stored; then it comes back with its AOF.
+        with open(log, "ab") as more:
+            more.write(data[half:])
+        redis_server.restart()
+        wait_until(
+            lambda: all(_cluster_health(node) == SERVING for node in nodes),
+            20,
+            "SERVING again on every node",
+        )
+        (state / "done").touch()
+        for follower in followers:
+            assert follower.wait(60) == 0, follower.stderr
+            assert follower.stdout == data  # nothing lost, nothing twice
+            assert "reachable again" in follower.stderr
+    finally:
+        for follower in followers:
+            follower.stop()
+    assert cluster.job(job.id).state is JobState.SUCCEEDED
+    assert not (state / "overlaps").exists()
+
+
+def test_a_redis_that_lost_its_data_is_refused_with_a_reason(
+    start_redis: Callable[..., RedisServer], tmp_path: Path, cluster: Cluster
+) -> None:
+    cluster.redis = start_redis(appendonly=False)
+    (node,) = cluster.start(1)
+    with node.client() as client:
+        job = client.attach_push(name="kept")
+        client.publish(job.id, b"already here\n")
+    cluster.redis.restart()  # no persistence: it comes back empty
+    wait_until(lambda: _cluster_health(node) == NOT_SERVING, what="NOT_SERVING")
+    wait_until(lambda: "lost its data" in node.log_text() or "no longer holds" in node.log_text())
+    attached = run_cli(node.home, "jobs", "attach", "--push")
+    assert attached.returncode != 0
+    assert "lost the cluster's data" in attached.stderr.decode()
+    assert "Traceback" not in attached.stderr.decode()
+    # What this daemon had is still served.
+    followed = run_cli(node.home, "jobs", "logs", "--no-follow", str(job.id))
+    assert followed.stdout == b"already here\n"
