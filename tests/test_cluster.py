@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -13,6 +14,7 @@ from cluster_helpers import Cluster
 from follow_many import kill_all, results_of, start_followers
 from helpers import run_cli, start_background_cli, wait_until
 from redis_helpers import RedisServer
+from remote_helpers import free_port, write_token
 
 from tailhub.client import JobState
 
@@ -69,7 +71,8 @@ def test_followers_on_three_nodes_get_exact_bytes_from_one_upstream(
 
 def test_every_node_lists_every_job_with_its_lease_holder(cluster: Cluster, tmp_path: Path) -> None:
     nodes = cluster.start(2)
-    log, state = _upstream(tmp_path / "up", b"a line\n")
+    lines = b"".join(b"line %d\n" % number for number in range(1, 1001))
+    log, state = _upstream(tmp_path / "up", lines)
     with nodes[1].client() as client:
         job = client.attach_command([sys.executable, REPLAY, str(log), str(state)], name="far")
     wait_until(lambda: cluster.holder(job.id) == "n1", what="n1 to hold the lease")
@@ -80,6 +83,9 @@ def test_every_node_lists_every_job_with_its_lease_holder(cluster: Cluster, tmp_
     assert "n1" in row  # the node fetching it
     (state / "done").touch()
     wait_until(lambda: cluster.job(job.id, on=nodes[0]).sealed, what="the job to end")
+    # A node that never read the log finds its last lines all the same.
+    tail = run_cli(nodes[0].home, "jobs", "logs", "--tail", "2", str(job.id))
+    assert tail.stdout == b"line 999\nline 1000\n", tail.stderr
     with nodes[0].client() as client:
         status = client.status()
     assert status.cluster is not None
@@ -218,3 +224,50 @@ def test_two_nodes_racing_for_one_lease_100_times_never_fetch_at_once(
         f"lease granted {granted} times, {len(set(epochs))} of them appended; "
         f"stale appends refused: {refused}"
     )
+
+
+def test_a_follower_of_a_killed_node_resumes_through_the_next_server_over_tcp(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    from tailhub.daemon import tokens
+
+    addresses = [f"127.0.0.1:{free_port()}" for _ in range(3)]
+    first_home = cluster.base / "n0"
+    first_home.mkdir(mode=0o700, parents=True)
+    token, _ = tokens.create_token(first_home, tokens.Role.READ)
+    for index in (1, 2):  # one token store for the whole cluster
+        (cluster.base / f"n{index}").mkdir(mode=0o700)
+        shutil.copy2(first_home / "tokens.json", cluster.base / f"n{index}" / "tokens.json")
+    nodes = [
+        cluster.add(f"n{index}", "--listen", address, "--insecure")
+        for index, address in enumerate(addresses)
+    ]
+    data = _payload(1024 * 1024, seed=21)
+    log, state = _upstream(tmp_path / "up", data[: len(data) // 2])
+    with nodes[0].client() as client:
+        job = client.attach_command([sys.executable, REPLAY, str(log), str(state)])
+    follower = start_background_cli(
+        tmp_path / "elsewhere",
+        tmp_path / "follower",
+        "--server",
+        ",".join(addresses),
+        "--insecure",
+        "--token-file",
+        str(write_token(tmp_path, "read", token)),
+        "jobs",
+        "logs",
+        str(job.id),
+    )
+    try:
+        wait_until(lambda: len(follower.stdout) >= len(data) // 2, what="the first half")
+        nodes[0].kill()  # the node it follows through, and the job's fetcher
+        with open(log, "ab") as more:
+            more.write(data[len(data) // 2 :])
+        (state / "done").touch()
+        assert follower.wait(60) == 0, follower.stderr
+        assert follower.stdout == data
+    finally:
+        follower.stop()
+    ended = cluster.job(job.id)
+    assert ended.state is JobState.SUCCEEDED
+    assert ended.upstream_connections == 2

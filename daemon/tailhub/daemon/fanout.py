@@ -68,6 +68,11 @@ class Start:
     tail_lines: int | None = None
     since_time: float | None = None
 
+    @property
+    def offset_from_end(self) -> bool:
+        """Found from the log's end (or times), not given."""
+        return self.tail_lines is not None or self.since_time is not None
+
     async def resolve(self, job: Job, scans: Executor | None = None) -> int:
         if self.tail_lines is not None:
             # An empty log has no lines to scan (and a job without a log has nothing to open).
@@ -76,7 +81,8 @@ class Start:
             return await job.log.tail_offset(self.tail_lines, scans)
         if self.since_time is not None:
             return await _since_offset(job, self.since_time, scans)
-        if self.offset > job.log_size:
+        # (In cluster mode the cluster's copy may be ahead of this daemon's.)
+        if self.offset > max(job.log_size, job.cluster_size):
             raise InvalidRequest(
                 f"offset {self.offset} is past the end of job {job.id}'s log ({job.log_size} bytes)"
             )

@@ -362,9 +362,10 @@ class JobManager:
     def cluster_view(self) -> ClusterView | None:
         return self._placement.view()
 
-    def watch(self, job: Job) -> None:
-        """A subscriber starts reading the job (a mirrored job's bytes are fetched now)."""
-        self._placement.watch(job)
+    async def watch(self, job: Job, *, catch_up: bool = False) -> None:
+        """A subscriber starts reading the job: a mirrored job's bytes are read from the
+        cluster now (with `catch_up`, until this daemon has what the cluster had)."""
+        await self._placement.watch(job, catch_up=catch_up)
 
     def stop_fetching(self, job: Job) -> None:
         """Stops the job's fetch without ending the job (another daemon fetches it now)."""

@@ -55,8 +55,9 @@ class Placement(Protocol):
     def saved(self, job: Job) -> None:
         """The job's record changed here (and was saved locally)."""
 
-    def watch(self, job: Job) -> None:
-        """A subscriber starts reading the job here."""
+    async def watch(self, job: Job, *, catch_up: bool) -> None:
+        """A subscriber starts reading the job here; with `catch_up`, returns once this
+        daemon has the bytes the job had (a tail is found from the end)."""
 
     def cancel_elsewhere(self, job: Job) -> bool:
         """Asks the daemon fetching the job to cancel it; False: it is fetched here."""
@@ -93,7 +94,7 @@ class Standalone:
     def saved(self, job: Job) -> None:
         return None
 
-    def watch(self, job: Job) -> None:
+    async def watch(self, job: Job, *, catch_up: bool) -> None:
         return None
 
     def cancel_elsewhere(self, job: Job) -> bool:

@@ -125,10 +125,12 @@ class TailhubServicer:
         counts = manager.counts
         try:
             job = manager.get(request.job_id)
-            manager.watch(job)
+            start = _start(request)
+            # From the end of the log (--tail, --since): all of it must be here first.
+            await manager.watch(job, catch_up=start.offset_from_end)
             stream = stream_log(
                 job,
-                _start(request),
+                start,
                 follow=request.follow,
                 max_chunk=self._config.max_chunk_bytes,
                 stopping=lambda: manager.stopping,

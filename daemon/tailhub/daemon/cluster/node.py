@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import secrets
@@ -53,6 +54,8 @@ _FETCHED_ANYWHERE = (SourceKind.COMMAND, SourceKind.SKYPILOT)
 # A lease is surely ours until this share of its length after a renewal was sent (the rest
 # covers the trip to Redis and clocks that drift): the fetch stops here at that moment.
 _SAFE_SHARE = 0.6
+# How long a subscriber from the log's end waits for this daemon to catch up.
+_CATCH_UP_SECONDS = 30.0
 # A node's name is held this many leases past its last renewal.
 _NODE_HOLD_LEASES = 2
 # Every record is read again this often (changes are also announced, but pub/sub forgets
@@ -66,6 +69,11 @@ def describe_url(url: str) -> str:
     if "path" in kwargs:
         return f"unix:{kwargs['path']}/{kwargs.get('db', 0)}"
     return f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}/{kwargs.get('db', 0)}"
+
+
+async def _grown_to(job: Job, size: int) -> None:
+    while job.log_size < size and not job.sealed and job.mirror:
+        await job.changed.wait()
 
 
 class ClusterNode:
@@ -249,9 +257,20 @@ class ClusterNode:
         else:
             writer.save()
 
-    def watch(self, job: Job) -> None:
-        if job.mirror:
-            self._mirror.want(job)
+    async def watch(self, job: Job, *, catch_up: bool) -> None:
+        if not job.mirror:
+            return
+        self._mirror.want(job)
+        try:  # how far the cluster's copy goes now (a follower may resume beyond ours)
+            found = await self._redis.sizes([job.id])
+            job.cluster_size = max(job.cluster_size, found[job.id][0])
+        except RedisError as error:
+            self.redis_failed(error)
+        if catch_up and job.log_size < job.cluster_size:
+            wanted = job.cluster_size
+            # Bounded: a follower never waits long for a Redis that went away.
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(_grown_to(job, wanted), _CATCH_UP_SECONDS)
 
     def cancel_elsewhere(self, job: Job) -> bool:
         if job.id in self._held:
