@@ -104,11 +104,17 @@ class DaemonProcess:
         assert process.poll() is None, f"daemon exited: {self.log_text()}"
 
     def stop(self, timeout: float = 30.0) -> int:
-        """SIGTERM, then wait: the clean stop a user gets from `tailhub daemon stop`."""
+        """SIGTERM, then wait: the clean stop a user gets from `tailhub daemon stop`. One that
+        does not stop in time is killed (never left behind) and the test fails."""
         assert self.process is not None
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(30)
+            raise
 
     def kill(self) -> None:
         """kill -9: no chance to clean up."""

@@ -271,3 +271,33 @@ def test_a_follower_of_a_killed_node_resumes_through_the_next_server_over_tcp(
     ended = cluster.job(job.id)
     assert ended.state is JobState.SUCCEEDED
     assert ended.upstream_connections == 2
+
+
+def test_bytes_trimmed_from_redis_are_out_of_range_on_a_node_that_never_had_them(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    mib = 1024 * 1024
+    nodes = cluster.start(2, "--redis-retention", str(mib))
+    data = _payload(4 * mib, seed=9)
+    log, state = _upstream(tmp_path / "up", data)
+    (state / "done").touch()
+    with nodes[0].client() as client:
+        job = client.attach_command([sys.executable, REPLAY, str(log), str(state)])
+    wait_until(lambda: cluster.job(job.id).sealed, what="the job to end")
+    kept = cluster.redis.client().hget(f"tailhub:job:{job.id}", "first")
+    first = int(kept or 0)
+    assert 3 * mib - 256 * 1024 <= first <= 3 * mib  # the last MiB (and part of an entry)
+    # The node that fetched it has every byte on disk.
+    whole = run_cli(nodes[0].home, "jobs", "logs", str(job.id))
+    assert whole.stdout == data
+    # The other never read it: from 0 is out of range, naming where it can start.
+    refused = run_cli(nodes[1].home, "jobs", "logs", str(job.id))
+    assert refused.returncode == 1
+    message = refused.stderr.decode()
+    assert f"bytes before offset {first} of job {job.id} are no longer kept" in message
+    assert "Traceback" not in message
+    with nodes[1].client() as client:
+        received = b"".join(
+            item.data for item in client.follow(job.id, offset=first) if hasattr(item, "data")
+        )
+    assert received == data[first:]

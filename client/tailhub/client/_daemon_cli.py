@@ -54,6 +54,9 @@ def daemon() -> None:
     callback=lambda _ctx, _param, value: _checked_host_port(value),
     help="Serve Prometheus metrics at http://HOST:PORT/metrics (no authentication).",
 )
+@click.option("--redis", metavar="URL", help="Cluster mode: share jobs with the daemons on it.")
+@click.option("--node-name", metavar="NAME", help="This daemon's name in the cluster.")
+@click.option("--lease-ms", type=click.IntRange(min=200), help="Cluster fetch lease length.")
 def daemon_start(
     home: str | None,
     max_running_jobs: int | None,
@@ -145,6 +148,15 @@ def daemon_status(home: str | None, as_json: bool) -> None:
         ),
         ("bytes served", status.bytes_served),
     ]
+    cluster = status.cluster
+    if cluster is not None:
+        reach = "reachable" if cluster.connected else "UNREACHABLE (see the daemon's log)"
+        rows += [
+            ("cluster node", f"{cluster.node_name}, one of {cluster.nodes} up"),
+            ("redis", f"{cluster.redis}, {reach}"),
+            ("fetch leases held", cluster.leases_held),
+            ("stale appends refused", cluster.stale_appends_refused),
+        ]
     for label, value in rows:
         click.echo(f"{label + ':':<22}{printable(str(value))}")
 

@@ -61,6 +61,7 @@ _AS_IS: dict[str, type[TailhubError]] = {
     "NOT_FOUND": JobNotFoundError,
     "INVALID_ARGUMENT": InvalidRequestError,
     "FAILED_PRECONDITION": InvalidRequestError,
+    "OUT_OF_RANGE": InvalidRequestError,
 }
 
 

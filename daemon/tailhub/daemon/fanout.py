@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from tailhub.daemon.budget import SendBudget
 from tailhub.daemon.job import Job
-from tailhub.daemon.model import InvalidRequest, JobState, SourceEvent
+from tailhub.daemon.model import InvalidRequest, JobState, OutOfRange, SourceEvent
 from tailhub.daemon.timeindex import line_start_from
 
 
@@ -74,6 +74,9 @@ class Start:
         return self.tail_lines is not None or self.since_time is not None
 
     async def resolve(self, job: Job, scans: Executor | None = None) -> int:
+        return max(await self._resolve(job, scans), job.first_offset)
+
+    async def _resolve(self, job: Job, scans: Executor | None) -> int:
         if self.tail_lines is not None:
             # An empty log has no lines to scan (and a job without a log has nothing to open).
             if job.log_size == 0:
@@ -81,12 +84,25 @@ class Start:
             return await job.log.tail_offset(self.tail_lines, scans)
         if self.since_time is not None:
             return await _since_offset(job, self.since_time, scans)
+        missing = job.first_offset or (
+            job.cluster_first if job.log_size <= self.offset < job.cluster_first else 0
+        )
+        if self.offset < missing:
+            raise trimmed(job, missing)
         # (In cluster mode the cluster's copy may be ahead of this daemon's.)
         if self.offset > max(job.log_size, job.cluster_size):
             raise InvalidRequest(
                 f"offset {self.offset} is past the end of job {job.id}'s log ({job.log_size} bytes)"
             )
         return self.offset
+
+
+def trimmed(job: Job, first: int) -> OutOfRange:
+    return OutOfRange(
+        f"bytes before offset {first} of job {job.id} are no longer kept (trimmed from the "
+        f"cluster's copy before this daemon read them): resume at {first}, or follow through "
+        "the daemon that fetched them"
+    )
 
 
 async def stream_log(
@@ -126,6 +142,8 @@ async def stream_log(
                 yield job.events[next_event]
                 next_event += 1
             size = job.log_size
+            if offset < job.first_offset:  # (a hole: the cluster trimmed it meanwhile)
+                raise trimmed(job, job.first_offset)
             if offset < size:
                 grant = await budget.acquire(min(size - offset, max_chunk))
                 try:

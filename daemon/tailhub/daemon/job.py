@@ -52,6 +52,11 @@ class Job:
         self.cluster_size = 0
         # Cluster mode: sealed where it was fetched (its bytes here may still be fewer).
         self.cluster_sealed = False
+        # Cluster mode: bytes before this offset are not here (Redis had trimmed them before
+        # this daemon read them; the file holds a hole there, never served).
+        self.first_offset = 0
+        # Cluster mode: the first offset Redis still keeps, as last seen.
+        self.cluster_first = 0
         self._log_path = log_path
         self._window_bytes = window_bytes
         self._log: JobLog | None = None

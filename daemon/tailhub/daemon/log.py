@@ -100,6 +100,16 @@ class JobLog:
         self._window = bytearray()
         self._window_start = size
 
+    def skip_to(self, offset: int) -> None:
+        """Cluster mode: the bytes up to `offset` are gone from the cluster's copy before this
+        daemon read them. The file gets a hole there (never served: see Job.first_offset)."""
+        if self._append_fd is None or offset < self.size:
+            raise RuntimeError(f"log {self.path} cannot skip to {offset}")
+        os.ftruncate(self._append_fd, offset)
+        self.size = offset
+        self._window = bytearray()
+        self._window_start = offset
+
     def observe(self, data: bytes) -> None:
         """Takes note of bytes the job itself already wrote to the log file."""
         self._remember(data)

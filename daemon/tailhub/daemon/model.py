@@ -244,6 +244,11 @@ class InvalidRequest(JobError):
     """The request cannot be carried out as asked (wrong source kind, job already ended...)."""
 
 
+class OutOfRange(JobError):
+    """Cluster mode: the bytes asked for were trimmed (Redis retention) before this daemon
+    read them; the message names the first offset it has."""
+
+
 class ClusterUnavailable(JobError):
     """Cluster mode: Redis cannot be reached, so nothing can be created or stored now."""
 

@@ -35,6 +35,7 @@ from tailhub.daemon.model import (
     JobState,
     LaunchSpec,
     LocalSpec,
+    OutOfRange,
     PushSpec,
     SkyPilotSpec,
     SourceEvent,
@@ -102,6 +103,8 @@ def _status_of(error: Exception) -> grpc.StatusCode:
         return grpc.StatusCode.INVALID_ARGUMENT
     if isinstance(error, DaemonStopping):
         return grpc.StatusCode.UNAVAILABLE
+    if isinstance(error, OutOfRange):
+        return grpc.StatusCode.OUT_OF_RANGE
     if isinstance(error, StorageFull):
         return grpc.StatusCode.RESOURCE_EXHAUSTED
     return grpc.StatusCode.FAILED_PRECONDITION

@@ -34,6 +34,8 @@ LINGER_SECONDS = 30.0
 class MirrorOwner(Protocol):
     def ended_remotely(self, job: Job) -> None: ...
 
+    def starts_at(self, job: Job, offset: int) -> None: ...
+
     def redis_failed(self, error: Exception) -> None: ...
 
     def redis_ok(self) -> None: ...
@@ -128,24 +130,25 @@ class Mirror:
             if end <= size:
                 return
             if entry.offset > size:
-                # Trimmed from Redis before this daemon read it; never filled with zeros.
-                logger.warning(
+                # Trimmed from Redis before this daemon read them: this daemon's copy starts
+                # after a hole, which is never served (Job.first_offset).
+                logger.info(
                     "job %d: bytes %d-%d were trimmed from Redis before this daemon read them",
                     job.id,
                     size,
                     entry.offset,
                 )
+                job.log.skip_to(entry.offset)
+                self._owner.starts_at(job, entry.offset)
                 job.events.append(
                     SourceEvent(
-                        size,
-                        f"bytes {size}-{entry.offset} were trimmed from the cluster's copy "
-                        "before this daemon read them; follow it through a daemon that has them",
+                        entry.offset,
+                        f"bytes before offset {entry.offset} were trimmed from the cluster's "
+                        "copy before this daemon read them",
                         time.time(),
                     )
                 )
-                self.forget(job.id)
-                job.changed.notify()
-                return
+                size = entry.offset
             data = entry.data[size - entry.offset :]
             job.log.append(data)
             job.times.record(size, time.time())

@@ -71,6 +71,10 @@ def describe_url(url: str) -> str:
     return f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}/{kwargs.get('db', 0)}"
 
 
+def _first_offset_key(job_id: int) -> str:
+    return f"first_offset:{job_id}"
+
+
 async def _grown_to(job: Job, size: int) -> None:
     while job.log_size < size and not job.sealed and job.mirror:
         await job.changed.wait()
@@ -95,6 +99,7 @@ class ClusterNode:
         )
         self._redis = RedisStore(client)
         self._manager: JobManager | None = None
+        self._store: JobStore | None = None
         self._held: dict[int, HeldLease] = {}
         self._writers: dict[int, LogWriter] = {}
         self._deadlines: dict[int, asyncio.TimerHandle] = {}
@@ -136,6 +141,7 @@ class ClusterNode:
                 )
         except RedisError as error:
             raise ClusterRefused(f"cannot reach Redis at {self.redis_name}: {error}") from None
+        self._store = store
         joined = store.meta("cluster")
         if joined is None:
             if store.job_count():
@@ -262,8 +268,8 @@ class ClusterNode:
             return
         self._mirror.want(job)
         try:  # how far the cluster's copy goes now (a follower may resume beyond ours)
-            found = await self._redis.sizes([job.id])
-            job.cluster_size = max(job.cluster_size, found[job.id][0])
+            size, _, first = (await self._redis.sizes([job.id]))[job.id]
+            job.cluster_size, job.cluster_first = max(job.cluster_size, size), first
         except RedisError as error:
             self.redis_failed(error)
         if catch_up and job.log_size < job.cluster_size:
@@ -315,6 +321,11 @@ class ClusterNode:
         if handle is not None:
             handle.cancel()
         job.lease_holder = ""
+
+    def starts_at(self, job: Job, offset: int) -> None:
+        job.first_offset = offset
+        assert self._store is not None
+        self._store.set_meta(_first_offset_key(job.id), str(offset))
 
     def ended_remotely(self, job: Job) -> None:
         self._jobs.seal_remote(job)
@@ -481,9 +492,9 @@ class ClusterNode:
         ]
         for start in range(0, len(running), 500):
             found = await self._redis.sizes(running[start : start + 500])
-            for job_id, (size, holder) in found.items():
+            for job_id, (size, holder, first) in found.items():
                 job = self._jobs.get(job_id)
-                job.cluster_size, job.lease_holder = size, holder
+                job.cluster_size, job.lease_holder, job.cluster_first = size, holder, first
 
     def _may_take(self, job: Job) -> bool:
         if job.record.spec.kind in _FETCHED_ANYWHERE:
@@ -588,6 +599,9 @@ class ClusterNode:
         # Filled from Redis here, unless it is a local job of this node (which writes its
         # own log file, and only this node can fetch).
         job.mirror = not (record.spec.kind is SourceKind.LOCAL and home == self.name)
+        if job.mirror and not job.first_offset and job.log_size:
+            assert self._store is not None
+            job.first_offset = int(self._store.meta(_first_offset_key(job.id)) or 0)
         job.cluster_size = meta.size
         job.cluster_sealed = meta.sealed
         job.home_node = home

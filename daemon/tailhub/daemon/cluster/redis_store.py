@@ -243,15 +243,15 @@ class RedisStore:
             )
         return found
 
-    async def sizes(self, job_ids: list[int]) -> dict[int, tuple[int, str]]:
-        """The stored size and the lease holder of each of these jobs."""
+    async def sizes(self, job_ids: list[int]) -> dict[int, tuple[int, str, int]]:
+        """The stored size, the lease holder and the first offset kept, of these jobs."""
         pipe = self.client.pipeline(transaction=False)
         for job_id in job_ids:
-            pipe.hmget(_job_key(job_id), "size", "holder")
+            pipe.hmget(_job_key(job_id), "size", "holder", "first")
         answers: Any = await pipe.execute()
         return {
-            job_id: (int(size or 0), (holder or b"").decode())
-            for job_id, (size, holder) in zip(job_ids, answers, strict=True)
+            job_id: (int(size or 0), (holder or b"").decode(), int(first or 0))
+            for job_id, (size, holder, first) in zip(job_ids, answers, strict=True)
         }
 
     async def request_cancel(self, job_id: int) -> None:

@@ -22,7 +22,7 @@ from redis.exceptions import RedisError
 from tailhub.daemon.cluster.records import record_to_json
 from tailhub.daemon.cluster.redis_store import MISMATCH, STALE, RedisStore
 from tailhub.daemon.fetcher import Fetcher
-from tailhub.daemon.model import StorageFull
+from tailhub.daemon.model import ClusterUnavailable, StorageFull
 
 if TYPE_CHECKING:
     from tailhub.daemon.config import DaemonConfig
@@ -159,6 +159,13 @@ class LogWriter:
     # -- the task sending it ---------------------------------------------------------------------
     async def run(self) -> None:
         """Sends until the job's end is stored or the lease is lost."""
+        try:
+            await self._send_all()
+        finally:
+            # Whoever waits for the sending is told it ended (then the lease says how).
+            self.drained.set()
+
+    async def _send_all(self) -> None:
         failures = 0
         while True:
             if not self._ops:
@@ -297,9 +304,17 @@ class LeasedFetcher(Fetcher):
 
     async def flushed(self) -> None:
         await self._writer.drained.wait()
+        if self._writer.lease.lost:
+            raise ClusterUnavailable(
+                f"job {self._job.id}: this daemon lost the job's lease before Redis stored "
+                f"the bytes; its log ends at offset {self._job.log_size}"
+            )
 
     async def run(self) -> Outcome | None:
         outcome = await super().run()
+        # The job ends (and is sealed here) only once Redis has every byte it fetched: a
+        # follower here must not see the end before the last byte.
+        await self._writer.drained.wait()
         if self._writer.lease.lost:
             # The upstream ended because the lease was lost (the watchdog killed it): that
             # is no end of the job. The node stops this fetch; wait for it.
