@@ -196,7 +196,8 @@ def tables(result: dict[str, Any]) -> list[Table]:
         "Redis RSS MiB",
     )
     notes = (
-        "exact: followers whose bytes hash to the file written (sha256) with contiguous offsets",
+        "exact: followers whose bytes hash to the file written (sha256) with contiguous offsets;"
+        " hashing costs the followers' processes ~1 s of CPU per GB",
         "upstreams: Job.upstream_connections as each daemon reports it (cluster-wide: must be 1)",
         "daemons CPU: the daemons' own CPU, summed, while writing; peak RSS: the largest daemon's",
         "Redis: CPU of redis-server (AOF on) over the same time; used: INFO used_memory at the end",
