@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import hashlib
 import logging
 import os
 import resource
 import signal
+import socket
 import sys
 from typing import Any
 
@@ -18,7 +20,13 @@ import click
 # --listen port could write a line per failed TLS handshake into the daemon's log.
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
-from tailhub.daemon.config import DaemonConfig, minimal_environment, parse_host_port
+from tailhub.daemon.cluster import ClusterRefused
+from tailhub.daemon.config import (
+    ClusterSettings,
+    DaemonConfig,
+    minimal_environment,
+    parse_host_port,
+)
 from tailhub.daemon.config_file import read_config_file
 from tailhub.daemon.durations import parse_duration
 from tailhub.daemon.faults import crash_points_from
@@ -103,6 +111,30 @@ def _host_port(value: str | None) -> tuple[str, int] | None:
         return None if value is None else parse_host_port(value)
     except ValueError as error:
         raise click.BadParameter(str(error)) from None
+
+
+def _cluster_settings(
+    redis_url: str | None,
+    node_name: str | None,
+    lease_ms: int,
+    retention: int,
+    paths: StatePaths,
+) -> ClusterSettings | None:
+    if not redis_url:
+        return None
+    if len(redis_url) > 1024 or not redis_url.isprintable():
+        raise click.BadParameter("not a Redis URL", param_hint="--redis")
+    if not redis_url.startswith(("redis://", "rediss://", "unix://")):
+        raise click.BadParameter(
+            "a Redis URL starts with redis://, rediss:// or unix://", param_hint="--redis"
+        )
+    if node_name is None:
+        digest = hashlib.sha256(str(paths.home).encode()).hexdigest()[:6]
+        node_name = f"{socket.gethostname()[:48]}-{digest}"
+    try:
+        return ClusterSettings(redis_url, node_name, lease_ms, retention)
+    except ValueError as error:
+        raise click.UsageError(str(error)) from None
 
 
 def _raise_open_file_limit() -> None:
@@ -197,6 +229,38 @@ def _raise_open_file_limit() -> None:
     help="Bytes in flight to all subscribers together; chunks shrink, then followers wait "
     "(and fall behind) when it is used up. Bounds memory however many followers lag.",
 )
+@click.option(
+    "--redis",
+    "redis_url",
+    envvar="TAILHUB_REDIS",
+    metavar="URL",
+    help="Cluster mode: share jobs with the other daemons on this Redis "
+    "(redis://HOST:PORT/DB, rediss:// for TLS). Default: this daemon alone.",
+)
+@click.option(
+    "--node-name",
+    envvar="TAILHUB_NODE_NAME",
+    metavar="NAME",
+    help="This daemon's name in the cluster (default: the host name and a hash of the "
+    "state directory). Keep it across restarts: local and file jobs are pinned to it.",
+)
+@click.option(
+    "--lease-ms",
+    type=click.IntRange(min=500, max=600_000),
+    default=ClusterSettings.lease_ms,
+    show_default=True,
+    help="Cluster mode: a job's fetch lease lasts this long unless renewed; a dead "
+    "daemon's jobs are taken over after about this long.",
+)
+@click.option(
+    "--redis-retention",
+    type=click.IntRange(min=0),
+    default=ClusterSettings.retention_bytes,
+    show_default=True,
+    metavar="BYTES",
+    help="Cluster mode: bytes of each job's log kept in Redis (older ones are trimmed; "
+    "0 keeps all).",
+)
 @click.option("--log-level", default="INFO", show_default=True)
 def main(
     home: str | None,
@@ -215,6 +279,10 @@ def main(
     max_streams_per_token: int,
     metrics_listen: tuple[str, int] | None,
     subscriber_budget: int,
+    redis_url: str | None,
+    node_name: str | None,
+    lease_ms: int,
+    redis_retention: int,
     log_level: str,
 ) -> None:
     """Run the tailhub daemon in the foreground."""
@@ -251,6 +319,10 @@ def main(
         check_state_dir(paths.home)
         # Read once, here: a change applies at the next start.
         settings = read_config_file(paths)
+        cluster = _cluster_settings(redis_url, node_name, lease_ms, redis_retention, paths)
+        if cluster is not None:
+            # Jobs are the cluster's: no daemon deletes them on its own (see README).
+            retention_seconds, max_ended_jobs = 0, 0
         config = DaemonConfig(
             paths=paths,
             max_running_jobs=max_running_jobs,
@@ -266,11 +338,15 @@ def main(
             sky=sky or settings.sky or "sky",
             sky_environment=tuple(sorted(os.environ.items())),
             metrics_listen=metrics_listen,
+            cluster=cluster,
         )
         asyncio.run(serve(config, network))
     except ListenerError as error:
         click.echo(f"tailhubd: {error}", err=True)
         sys.exit(error.exit_code)
+    except ClusterRefused as error:
+        click.echo(f"tailhubd: {error}", err=True)
+        sys.exit(6)
     except AlreadyRunning as error:
         click.echo(f"tailhubd: {error}", err=True)
         sys.exit(3)

@@ -15,6 +15,31 @@ BACKENDS = ("local", "skypilot")
 
 
 @dataclass(frozen=True)
+class ClusterSettings:
+    """Cluster mode (`tailhubd --redis`): several daemons share jobs through one Redis."""
+
+    redis_url: str
+    # This daemon's name in the cluster: unique, and the same across its restarts (local and
+    # file jobs are pinned to the node that started them).
+    node_name: str
+    # A fetch lease lasts this long unless renewed (every quarter of it): a dead holder's
+    # jobs are taken over within about this long.
+    lease_ms: int = 3000
+    # Bytes of each job's log kept in Redis; older ones are trimmed (0: none).
+    retention_bytes: int = 256 * MIB
+
+    def __post_init__(self) -> None:
+        if not 500 <= self.lease_ms <= 600_000:
+            raise ValueError("the lease must last between 500 ms and 10 minutes")
+        if self.retention_bytes and self.retention_bytes < 1 * MIB:
+            raise ValueError("Redis retention must be at least 1 MiB (0: keep everything)")
+        if not self.node_name or len(self.node_name) > 64 or not self.node_name.isprintable():
+            raise ValueError("the node name must be 1-64 printable characters")
+        if " " in self.node_name:
+            raise ValueError("the node name cannot contain spaces")
+
+
+@dataclass(frozen=True)
 class DaemonConfig:
     """Everything tunable about a daemon. Validated on construction."""
 
@@ -73,6 +98,8 @@ class DaemonConfig:
     # Where `/metrics` is served over plain HTTP, without authentication (host, port); None:
     # no metrics endpoint, no RPC counting.
     metrics_listen: tuple[str, int] | None = None
+    # Cluster mode: the Redis shared with other daemons; None: this daemon alone.
+    cluster: ClusterSettings | None = None
 
     def __post_init__(self) -> None:
         if self.heartbeat_interval <= 0:

@@ -91,6 +91,9 @@ class Fetcher:
     def finished(self) -> Stop:
         return self._finished
 
+    async def flushed(self) -> None:
+        """Returns once what was appended is stored (at once here: it is on disk)."""
+
     # -- driving ---------------------------------------------------------------------------
     def request_finish(self) -> None:
         """The job's final state is set: the source drains what it has and returns."""

@@ -43,6 +43,13 @@ class Job:
         self.upstream_open = False
         # Deleted from the daemon: a subscriber still streaming keeps the log it has open.
         self.removed = False
+        # Cluster mode: the log is filled from the cluster's copy (another daemon fetches).
+        self.mirror = False
+        # Cluster mode: the node fetching the job now ("" if none), the node a local or file
+        # job is pinned to, and the size of the cluster's copy of the log as last seen.
+        self.lease_holder = ""
+        self.home_node = ""
+        self.cluster_size = 0
         self._log_path = log_path
         self._window_bytes = window_bytes
         self._log: JobLog | None = None
@@ -73,7 +80,8 @@ class Job:
                 raise JobNotFound(self.id)
             if self._unclaimed:
                 raise InvalidRequest(f"job {self.id} has no log: {self.record.reason}")
-            writable = self.record.spec.kind is not SourceKind.LOCAL
+            # A local job writes its own file, but where it is mirrored the daemon does.
+            writable = self.mirror or self.record.spec.kind is not SourceKind.LOCAL
             self._log = JobLog(
                 self._log_path,
                 self._window_bytes,

@@ -38,6 +38,7 @@ from tailhub.daemon.model import (
     StorageFull,
     backend_of,
 )
+from tailhub.daemon.placement import ClusterView, Placement, Standalone
 from tailhub.daemon.removal import RemoveResult
 from tailhub.daemon.sources import (
     Outcome,
@@ -66,10 +67,18 @@ class CancelResult:
 class JobManager:
     """Owns every job and every background task of the core. Not thread-safe: one event loop."""
 
-    def __init__(self, config: DaemonConfig, store: JobStore, environment: SourceEnvironment):
+    def __init__(
+        self,
+        config: DaemonConfig,
+        store: JobStore,
+        environment: SourceEnvironment,
+        placement: Placement | None = None,
+    ):
         self._config = config
         self._store = store
         self._environment = environment
+        # Where jobs are fetched: here (one daemon), or where their lease is (cluster mode).
+        self._placement: Placement = placement or Standalone()
         self._jobs: dict[int, Job] = {}
         self._fetchers: dict[int, Fetcher] = {}
         # Every background task (fetches, kill timers, heartbeat) is owned and supervised here.
@@ -97,7 +106,7 @@ class JobManager:
         for record in self._store.load_all():
             job = self._new_job(record)
             job.events = events.get(record.id, [])
-            if not record.sealed:
+            if not record.sealed and self._placement.may_fetch(job):
                 try:
                     self._resume(job)
                 except Exception as error:  # one bad job must not keep the daemon down
@@ -106,6 +115,13 @@ class JobManager:
             backend.tick()
         self._supervised.spawn(self._beat(), name="heartbeat")
         self._supervised.spawn(self._apply_retention(), name="retention")
+
+    def resume(self, job: Job) -> None:
+        """Resumes the fetch of a job this daemon has just become the fetcher of."""
+        try:
+            self._resume(job)
+        except Exception as error:
+            self.fail_start(job, error)
 
     def _resume(self, job: Job) -> None:
         backend = self._backend_of(job)
@@ -156,32 +172,41 @@ class JobManager:
         return [self._jobs[i] for i in ids[:count]], len(ids) > count
 
     # -- commands ----------------------------------------------------------------------------
-    def attach(self, name: str, spec: SourceSpec) -> Job:
+    async def attach(self, name: str, spec: SourceSpec) -> Job:
         _validate_attach(spec)
-        record = self._store.create(name, spec)
+        record = self._store.create(name, spec, await self._placement.new_job_id())
         if not self._claim_log(record):
             return self._jobs[record.id]
         job = self._new_job(record)
         record.state = JobState.RUNNING
         record.started_at = time.time()
         self.save_record(job)
+        await self._claim_new(job)
         self.start_fetcher(job, finishing=False)
         return job
 
-    def launch(self, name: str, spec: LaunchSpec) -> Job:
+    async def _claim_new(self, job: Job) -> None:
+        try:
+            await self._placement.claim_new(job)
+        except Exception as error:
+            self.fail_start(job, error)
+            raise
+
+    async def launch(self, name: str, spec: LaunchSpec) -> Job:
         """Records a task and hands it to its backend (it may wait PENDING for a slot)."""
         backend = self._backends.get(spec.backend)
         if backend is None:  # (a SkyPilot spec without its task: attached, not launched)
             raise InvalidRequest("nothing to launch: the task is missing")
         backend.check(spec)
-        record = self._store.create(name, spec)
+        record = self._store.create(name, spec, await self._placement.new_job_id())
         if not self._claim_log(record):
             return self._jobs[record.id]
         job = self._new_job(record)
+        await self._claim_new(job)
         backend.submit(job)
         return job
 
-    def publish(self, job_id: int, data: bytes, expected_offset: int | None = None) -> int:
+    async def publish(self, job_id: int, data: bytes, expected_offset: int | None = None) -> int:
         """Appends to a push job's log; returns its size.
 
         With `expected_offset`, a call is idempotent: a retry of one already applied (the
@@ -206,15 +231,19 @@ class JobManager:
                 "publish at the current size",
                 size,
             )
+        # Through the job's fetcher, which stores the bytes (in cluster mode, Redis first).
+        fetcher = self._fetchers.get(job_id)
+        if fetcher is None:
+            raise InvalidRequest(
+                f"job {job_id} takes bytes on the daemon that attached it"
+                f"{f' ({job.home_node})' if job.home_node else ''}, not here"
+            )
         try:
-            job.log.append(data)
+            fetcher.append(data)
         except StorageFull as error:
             self.event(job, f"disk full at offset {size}: a publish was refused ({error})")
             raise
-        if data:
-            job.times.record(size, time.time())
-        self.counts.bytes_fetched += len(data)
-        self.appended(job)
+        await fetcher.flushed()
         return job.log_size
 
     def finish(self, job_id: int, exit_code: int, reason: str) -> Job:
@@ -258,7 +287,12 @@ class JobManager:
         awaited: list[Job] = []
         for job in targets:
             backend = self._backend_of(job)
-            cancelling = Cancelling.END_NOW if backend is None else backend.cancel(job)
+            if self._placement.cancel_elsewhere(job):
+                cancelling = Cancelling.ENDING  # its fetcher, elsewhere, reports the end
+            elif backend is None:
+                cancelling = Cancelling.END_NOW
+            else:
+                cancelling = backend.cancel(job)
             if cancelling is Cancelling.END_NOW:
                 self.end_now(job, "cancelled")
             elif cancelling is Cancelling.ENDING:
@@ -279,6 +313,11 @@ class JobManager:
 
     def remove(self, job_ids: list[int], *, ended_before: float | None) -> RemoveResult:
         """Deletes ended jobs: their records, events, log and run directory."""
+        if not self._placement.allows_removal():
+            raise InvalidRequest(
+                "jobs are not removed in cluster mode yet: Redis keeps the last "
+                "--redis-retention bytes of each log"
+            )
         doomed, result = removal.choose(self._jobs, job_ids, ended_before)
         removal.delete(doomed, self._jobs, self._store, self._config.paths, result)
         return result
@@ -286,6 +325,8 @@ class JobManager:
     def remove_expired(self, now: float) -> RemoveResult:
         """Applies the retention policy once."""
         config = self._config
+        if not self._placement.allows_removal():
+            return RemoveResult()
         doomed = removal.expired(
             self._jobs.values(), now, config.retention_seconds, config.max_ended_jobs
         )
@@ -306,6 +347,45 @@ class JobManager:
         while not job.sealed:
             await job.changed.wait()
 
+    # -- cluster mode (cluster/node.py) ---------------------------------------------------------
+    def adopt_remote(self, record: JobRecord) -> Job:
+        """A job another daemon created: recorded here, its log filled from the cluster."""
+        self._store.insert(record)
+        job = self._jobs.get(record.id)
+        if job is None:
+            if not self._claim_log(record):
+                return self._jobs[record.id]
+            job = self._new_job(record)
+        job.mirror = True
+        return job
+
+    def cluster_view(self) -> ClusterView | None:
+        return self._placement.view()
+
+    def watch(self, job: Job) -> None:
+        """A subscriber starts reading the job (a mirrored job's bytes are fetched now)."""
+        self._placement.watch(job)
+
+    def stop_fetching(self, job: Job) -> None:
+        """Stops the job's fetch without ending the job (another daemon fetches it now)."""
+        self._fetchers.pop(job.id, None)
+        task = self._tasks.pop(job.id, None)
+        if task is not None:
+            task.cancel()
+
+    def fetching(self, job: Job) -> bool:
+        return job.id in self._tasks
+
+    def notice(self, job: Job, message: str) -> None:
+        """An event for this daemon's followers only (the cluster's state, as seen here)."""
+        job.events.append(SourceEvent(job.log_size, message, time.time()))
+        job.changed.notify()
+
+    def seal_remote(self, job: Job) -> None:
+        """A mirrored job's last byte and its end arrived: it ends here as it ended there."""
+        job.changed.notify()
+        self._seal(job)
+
     # -- FetchOwner --------------------------------------------------------------------------
     def appended(self, job: Job) -> None:
         if job.state is JobState.PENDING:
@@ -315,6 +395,7 @@ class JobManager:
 
     def save(self, job: Job) -> None:
         self._store.save(job.record)
+        self._placement.saved(job)
 
     def event(self, job: Job, message: str) -> None:
         limiter = self._event_limiters.get(job.id)
@@ -399,6 +480,7 @@ class JobManager:
             self._unsaved.add(job.id)
         else:
             self._unsaved.discard(job.id)
+        self._placement.saved(job)
 
     # -- BackendHost ---------------------------------------------------------------------------
     def spawn(self, job: Job, coro: Coroutine[Any, Any, None], *, name: str) -> None:
@@ -433,7 +515,7 @@ class JobManager:
 
     def start_fetcher(self, job: Job, *, finishing: bool) -> None:
         source = make_source(job.id, job.record.spec, self._environment)
-        fetcher = Fetcher(job, source, self, self._config, self.counts)
+        fetcher = self._placement.make_fetcher(job, source, self, self._config, self.counts)
         if finishing:
             fetcher.request_finish()
         self._fetchers[job.id] = fetcher

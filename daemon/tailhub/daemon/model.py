@@ -244,6 +244,10 @@ class InvalidRequest(JobError):
     """The request cannot be carried out as asked (wrong source kind, job already ended...)."""
 
 
+class ClusterUnavailable(JobError):
+    """Cluster mode: Redis cannot be reached, so nothing can be created or stored now."""
+
+
 class StorageFull(JobError):
     """The disk holding the state directory is full: nothing was stored, retry when freed."""
 

@@ -36,7 +36,11 @@ from tailhub.daemon.tokens import TokenIndex
 from tailhub.daemon.watch import FileWatcher
 
 if TYPE_CHECKING:
+    from tailhub.daemon.cluster.node import ClusterNode
     from tailhub.daemon.metrics import DaemonMetrics, MetricsEndpoint
+
+# The health service's name for the cluster part (Redis reachable, data intact).
+CLUSTER_HEALTH = "tailhub.cluster"
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +60,8 @@ class Daemon:
         self._metrics: DaemonMetrics | None = None
         self._metrics_endpoint: MetricsEndpoint | None = None
         self._servicer: TailhubServicer | None = None
+        # Cluster mode (`--redis`): this daemon as one node of several sharing a Redis.
+        self._node: ClusterNode | None = None
         self._stopped = asyncio.Event()
 
     async def start(self) -> None:
@@ -91,8 +97,16 @@ class Daemon:
                 dict(self.config.sky_environment),
             ),
         )
-        self._manager = JobManager(self.config, self._store, environment)
+        if self.config.cluster is not None:
+            # Imported only when asked for: a daemon alone needs no Redis client.
+            from tailhub.daemon.cluster.node import ClusterNode
+
+            self._node = ClusterNode(self.config.cluster, self.config)
+            await self._node.join(self._store)
+        self._manager = JobManager(self.config, self._store, environment, self._node)
         await self._manager.start()
+        if self._node is not None:
+            await self._node.start(self._manager)
 
         # Outermost first: the RPC counter sees every call, even one a later interceptor refuses.
         counting: list[grpc.aio.ServerInterceptor[Any, Any]] = []
@@ -124,8 +138,28 @@ class Daemon:
             await network_server.start()
             self._network_server = network_server
         await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+        if self._node is not None:
+            await self._watch_cluster_health(self._node, health_servicer)
         await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
         logger.info("tailhubd serving %s (pid %d)", paths.address, os.getpid())
+
+    async def _watch_cluster_health(self, node: ClusterNode, health_servicer: Any) -> None:
+        loop = asyncio.get_running_loop()
+        states = {
+            True: health_pb2.HealthCheckResponse.SERVING,
+            False: health_pb2.HealthCheckResponse.NOT_SERVING,
+        }
+        pending: set[asyncio.Task[Any]] = set()
+
+        def report(serving: bool) -> None:
+            task: asyncio.Task[Any] = loop.create_task(
+                health_servicer.set(CLUSTER_HEALTH, states[serving])
+            )
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+
+        node.on_health = report
+        await health_servicer.set(CLUSTER_HEALTH, states[node.connected])
 
     def _server_options(self) -> list[tuple[str, int]]:
         limit = self.config.max_concurrent_streams
@@ -182,6 +216,9 @@ class Daemon:
         if self._manager is not None:
             await self._manager.close()
             self._manager = None
+        if self._node is not None:
+            await self._node.close()
+            self._node = None
         if self._store is not None:
             self._store.close()
             self._store = None

@@ -43,6 +43,7 @@ from tailhub.daemon.model import (
     StorageFull,
     backend_of,
 )
+from tailhub.daemon.placement import ClusterView
 from tailhub.daemon.wire import EncodedChunkCache, encode_chunk
 from tailhub.v1 import tailhub_pb2 as pb
 
@@ -124,6 +125,7 @@ class TailhubServicer:
         counts = manager.counts
         try:
             job = manager.get(request.job_id)
+            manager.watch(job)
             stream = stream_log(
                 job,
                 _start(request),
@@ -182,7 +184,7 @@ class TailhubServicer:
         self, request: pb.AttachJobRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.AttachJobResponse:
         spec = _attach_spec(request)
-        job = self._manager.attach(request.name, spec)
+        job = await self._manager.attach(request.name, spec)
         return pb.AttachJobResponse(job=_job(job))
 
     @_translating_errors
@@ -199,7 +201,7 @@ class TailhubServicer:
             task_yaml=request.task_yaml,
             backend=request.backend,
         )
-        job = self._manager.launch(request.name, self._launch_spec(request))
+        job = await self._manager.launch(request.name, self._launch_spec(request))
         return pb.LaunchJobResponse(job=_job(job))
 
     def _launch_spec(self, request: pb.LaunchJobRequest) -> LaunchSpec:
@@ -230,7 +232,7 @@ class TailhubServicer:
     ) -> pb.PublishResponse:
         limits.check_publish(request.data)
         expected = request.expected_offset if request.HasField("expected_offset") else None
-        size = self._manager.publish(request.job_id, request.data, expected)
+        size = await self._manager.publish(request.job_id, request.data, expected)
         return pb.PublishResponse(log_size=size)
 
     @_translating_errors
@@ -318,6 +320,7 @@ class TailhubServicer:
             upstream_connections=sum(job.record.upstream_connections for job in jobs),
             upstream_connections_open=sum(job.upstream_open for job in jobs),
             bytes_served=sum(job.bytes_served for job in jobs),
+            cluster=_cluster(self._manager.cluster_view()),
         )
 
     def handler(self) -> grpc.GenericRpcHandler[Any, Any]:
@@ -404,7 +407,7 @@ def _job(job: Job) -> pb.Job:
         reason=record.reason[: limits.MAX_LISTED_REASON_CHARS],
         source_kind=_KINDS[record.spec.kind],
         source_description=record.spec.describe()[: limits.MAX_LISTED_DESCRIPTION_CHARS],
-        log_size=job.log_size,
+        log_size=max(job.log_size, job.cluster_size),
         sealed=record.sealed,
         upstream_connections=record.upstream_connections,
         upstream_connections_open=int(job.upstream_open),
@@ -415,6 +418,21 @@ def _job(job: Job) -> pb.Job:
         ended_at=record.ended_at,
         backend=backend_of(record.spec),
         external_id=record.external_id,
+        lease_holder=job.lease_holder,
+        home_node=job.home_node,
+    )
+
+
+def _cluster(view: ClusterView | None) -> pb.ClusterStatus | None:
+    if view is None:
+        return None
+    return pb.ClusterStatus(
+        node_name=view.node_name,
+        redis=view.redis,
+        connected=view.connected,
+        leases_held=view.leases_held,
+        stale_appends_refused=view.stale_appends_refused,
+        nodes=view.nodes,
     )
 
 

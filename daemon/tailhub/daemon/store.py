@@ -121,15 +121,43 @@ class JobStore:
             self._db.execute("INSERT INTO meta (key, value) VALUES ('instance', ?)", (instance,))
         return instance, new
 
-    def create(self, name: str, spec: SourceSpec) -> JobRecord:
+    def create(self, name: str, spec: SourceSpec, job_id: int | None = None) -> JobRecord:
+        """Records a new job, with the id given (cluster mode) or the next one."""
         now = time.time()
         with self._writing():
             cursor = self._db.execute(
-                "INSERT INTO jobs (name, spec, state, submitted_at) VALUES (?, ?, ?, ?)",
-                (name, json.dumps(spec_to_json(spec)), JobState.PENDING.value, now),
+                "INSERT INTO jobs (id, name, spec, state, submitted_at) VALUES (?, ?, ?, ?, ?)",
+                (job_id, name, json.dumps(spec_to_json(spec)), JobState.PENDING.value, now),
             )
         assert cursor.lastrowid is not None
         return JobRecord(id=cursor.lastrowid, name=name, spec=spec, submitted_at=now)
+
+    def insert(self, record: JobRecord) -> None:
+        """Records (or updates) a job another daemon created (cluster mode)."""
+        with self._writing():
+            self._db.execute(
+                "INSERT OR IGNORE INTO jobs (id, name, spec, state, submitted_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (
+                    record.id,
+                    record.name,
+                    json.dumps(spec_to_json(record.spec)),
+                    record.state.value,
+                    record.submitted_at,
+                ),
+            )
+            self._save(record)
+
+    def job_count(self) -> int:
+        return int(self._db.execute("SELECT count(*) FROM jobs").fetchone()[0])
+
+    def meta(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self._writing():
+            self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
 
     def save(self, record: JobRecord) -> None:
         with self._writing():

@@ -1,0 +1,171 @@
+"""The followers' side of jobs fetched elsewhere: their logs, read from Redis into this daemon.
+
+One read loop per daemon: a single blocking XREAD covers every job whose followers here
+need bytes, and appends what it gets to the job's local log, from which the followers here
+are served as always (cursors, no copy per follower). Redis sees one reader per daemon per
+job, however many followers there are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING, Protocol
+
+from redis.exceptions import RedisError
+
+from tailhub.daemon.cluster.redis_store import LogEntry, RedisStore
+from tailhub.daemon.model import JobState, SourceEvent
+
+if TYPE_CHECKING:
+    from tailhub.daemon.job import Job
+
+logger = logging.getLogger(__name__)
+
+# How long one XREAD waits for new entries: the longest a newly watched job waits to join.
+BLOCK_MS = 250
+# Entries per stream and call (each at most a few hundred KiB).
+READ_COUNT = 16
+# A mirrored job nobody here follows is still read this long (a follower reconnecting).
+LINGER_SECONDS = 30.0
+
+
+class MirrorOwner(Protocol):
+    def ended_remotely(self, job: Job) -> None: ...
+
+    def redis_failed(self, error: Exception) -> None: ...
+
+    def redis_ok(self) -> None: ...
+
+
+class Mirror:
+    """Fills the local logs of mirrored jobs from their streams."""
+
+    def __init__(self, store: RedisStore, owner: MirrorOwner) -> None:
+        self._store = store
+        self._owner = owner
+        # Watched jobs, with the id of the last entry applied and when last wanted.
+        self._jobs: dict[int, Job] = {}
+        self._after: dict[int, bytes] = {}
+        self._wanted_at: dict[int, float] = {}
+        self._wake = asyncio.Event()
+
+    def want(self, job: Job) -> None:
+        if job.sealed or not job.mirror:
+            return
+        if job.id not in self._jobs:
+            self._jobs[job.id] = job
+            self._after[job.id] = f"{job.log_size}-0".encode()
+        self._wanted_at[job.id] = time.monotonic()
+        self._wake.set()
+
+    def forget(self, job_id: int) -> None:
+        self._jobs.pop(job_id, None)
+        self._after.pop(job_id, None)
+        self._wanted_at.pop(job_id, None)
+
+    def watched(self) -> int:
+        return len(self._jobs)
+
+    async def run(self) -> None:
+        failures = 0
+        while True:
+            after = self._interest()
+            if not after:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            try:
+                found = await self._store.read(after, block_ms=BLOCK_MS, count=READ_COUNT)
+            except RedisError as error:
+                failures += 1
+                self._owner.redis_failed(error)
+                await asyncio.sleep(min(0.1 * 2**failures, 2.0))
+                continue
+            if failures:
+                failures = 0
+                self._owner.redis_ok()
+            for job_id, entries in found.items():
+                job = self._jobs.get(job_id)
+                if job is None or not job.mirror:
+                    continue  # fetched here now: its own fetcher fills the log
+                for entry in entries:
+                    self.apply(job, entry)
+                    self._after[job_id] = entry.entry_id
+
+    def _interest(self) -> dict[int, bytes]:
+        now = time.monotonic()
+        for job_id, job in list(self._jobs.items()):
+            idle = job.subscribers == 0 and now - self._wanted_at[job_id] > LINGER_SECONDS
+            if job.sealed or job.removed or idle:
+                self.forget(job_id)
+        return {job_id: self._after[job_id] for job_id, job in self._jobs.items() if job.mirror}
+
+    async def catch_up(self, job: Job, size: int) -> None:
+        """Reads the job's stream until the local log holds `size` bytes (before this daemon
+        takes over its fetch, so that it appends where the cluster's log ends)."""
+        after = f"{job.log_size}-0".encode()
+        while job.log_size < size:
+            entries = await self._store.read_range(job.id, after, READ_COUNT)
+            if not entries:
+                raise RuntimeError(
+                    f"job {job.id}: Redis holds {size} bytes but its stream ends at {job.log_size}"
+                )
+            for entry in entries:
+                if entry.data is not None:  # events and the end are the old holder's
+                    self.apply(job, entry)
+                after = entry.entry_id
+        self.forget(job.id)
+
+    def apply(self, job: Job, entry: LogEntry) -> None:
+        """Adds one entry to the local copy (bytes already there are skipped)."""
+        size = job.log_size
+        if entry.data is not None:
+            end = entry.offset + len(entry.data)
+            if end <= size:
+                return
+            if entry.offset > size:
+                # Trimmed from Redis before this daemon read it; never filled with zeros.
+                logger.warning(
+                    "job %d: bytes %d-%d were trimmed from Redis before this daemon read them",
+                    job.id,
+                    size,
+                    entry.offset,
+                )
+                job.events.append(
+                    SourceEvent(
+                        size,
+                        f"bytes {size}-{entry.offset} were trimmed from the cluster's copy "
+                        "before this daemon read them; follow it through a daemon that has them",
+                        time.time(),
+                    )
+                )
+                self.forget(job.id)
+                job.changed.notify()
+                return
+            data = entry.data[size - entry.offset :]
+            job.log.append(data)
+            job.times.record(size, time.time())
+            job.changed.notify()
+        elif entry.event is not None:
+            job.events.append(SourceEvent(size, entry.event, time.time()))
+            job.changed.notify()
+        elif entry.end is not None and entry.offset == size:
+            _apply_end(job, entry.end)
+            self.forget(job.id)
+            self._owner.ended_remotely(job)
+
+
+def _apply_end(job: Job, end: dict[str, object]) -> None:
+    record = job.record
+    try:
+        record.state = JobState(str(end["state"]))
+        code = end.get("exit_code")
+        record.exit_code = code if isinstance(code, int) else None
+        record.reason = str(end.get("reason", ""))[:4096]
+    except (KeyError, ValueError):
+        record.state, record.exit_code = JobState.FAILED, None
+        record.reason = "the job ended, but its end in Redis cannot be read"
+    if not record.ended_at:
+        record.ended_at = time.time()

@@ -1,0 +1,511 @@
+"""This daemon as one node of a cluster: the `Placement` of jobs when daemons share a Redis.
+
+- Ids and records: a new job takes its id from Redis and is recorded there; every node
+  copies every record into its own database, so `jobs queue` anywhere lists them all.
+- One fetcher per job: the node holding a job's lease fetches it (cluster/writer.py). The
+  lease is renewed every quarter of its length; a node that cannot renew in time stops the
+  fetch at once, and one whose write is refused (the lease moved on) too.
+- Takeover: every node looks for jobs nobody holds that it may fetch (command and SkyPilot
+  jobs anywhere; local, file and push jobs on their home node only) and takes the lease of
+  one it finds, reading the stream up to its end before fetching on from there.
+- Followers here of a job fetched elsewhere read its bytes from Redis (cluster/mirror.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import secrets
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import redis.asyncio
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from tailhub.daemon.cluster import ClusterRefused
+from tailhub.daemon.cluster.mirror import Mirror
+from tailhub.daemon.cluster.records import BadRecord, record_from_json, record_to_json
+from tailhub.daemon.cluster.redis_store import CHANGES, JobMeta, RedisStore
+from tailhub.daemon.cluster.writer import HeldLease, LeasedFetcher, LogWriter
+from tailhub.daemon.model import ClusterUnavailable, JobNotFound, SourceKind
+from tailhub.daemon.placement import ClusterView
+from tailhub.daemon.tasks import TaskSet
+
+if TYPE_CHECKING:
+    from tailhub.daemon.config import ClusterSettings, DaemonConfig
+    from tailhub.daemon.counts import DaemonCounts
+    from tailhub.daemon.fetcher import Fetcher, FetchOwner
+    from tailhub.daemon.job import Job
+    from tailhub.daemon.jobs import JobManager
+    from tailhub.daemon.sources import Source
+    from tailhub.daemon.store import JobStore
+
+logger = logging.getLogger(__name__)
+
+# Kinds any node can fetch; the others run or are read on the node that started them.
+_FETCHED_ANYWHERE = (SourceKind.COMMAND, SourceKind.SKYPILOT)
+# A lease is surely ours until this share of its length after a renewal was sent (the rest
+# covers the trip to Redis and clocks that drift): the fetch stops here at that moment.
+_SAFE_SHARE = 0.6
+# Every record is read again this often (changes are also announced, but pub/sub forgets
+# what it sent while a node was away).
+_RESYNC_SECONDS = 10.0
+
+
+def describe_url(url: str) -> str:
+    """host:port/db of a Redis URL, never its password."""
+    kwargs: dict[str, Any] = redis.connection.parse_url(url)  # type: ignore[no-untyped-call]
+    if "path" in kwargs:
+        return f"unix:{kwargs['path']}/{kwargs.get('db', 0)}"
+    return f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}/{kwargs.get('db', 0)}"
+
+
+class ClusterNode:
+    """Implements `Placement` for a daemon in a cluster."""
+
+    def __init__(self, settings: ClusterSettings, config: DaemonConfig) -> None:
+        self.settings = settings
+        self._config = config
+        self.name = settings.node_name
+        self.redis_name = describe_url(settings.redis_url)
+        timeout = max(0.5, settings.lease_ms / 4000)
+        client = redis.asyncio.Redis.from_url(
+            settings.redis_url,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            # Retries are ours: a lease holder must know within its deadline.
+            retry=Retry(NoBackoff(), 0),
+            max_connections=64,
+        )
+        self._redis = RedisStore(client)
+        self._manager: JobManager | None = None
+        self._held: dict[int, HeldLease] = {}
+        self._writers: dict[int, LogWriter] = {}
+        self._deadlines: dict[int, asyncio.TimerHandle] = {}
+        self._mirror = Mirror(self._redis, self)
+        self._tasks = TaskSet()
+        self._cluster_id = ""
+        self._token = secrets.token_hex(8)  # this process's hold on the node name
+        self.connected = False
+        self.lost_data = False
+        self.stale_appends_refused = 0
+        self.nodes = 0
+        # Told when Redis becomes reachable or not (the health service's cluster part).
+        self.on_health: Callable[[bool], None] = lambda serving: None
+
+    @property
+    def _jobs(self) -> JobManager:
+        assert self._manager is not None
+        return self._manager
+
+    @property
+    def _lease_s(self) -> float:
+        return self.settings.lease_ms / 1000
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    async def join(self, store: JobStore) -> None:
+        """Connects, takes the node name, and checks that the state directory belongs to this
+        cluster. ClusterRefused (before anything is served) when it cannot."""
+        try:
+            self._cluster_id = await self._redis.ensure_cluster_id()
+            if not await self._redis.hold_node(self.name, self._token, self.settings.lease_ms):
+                raise ClusterRefused(
+                    f"another daemon runs as node {self.name!r} in the cluster at "
+                    f"{self.redis_name}: give this one its own --node-name"
+                )
+        except RedisError as error:
+            raise ClusterRefused(f"cannot reach Redis at {self.redis_name}: {error}") from None
+        joined = store.meta("cluster")
+        if joined is None:
+            if store.job_count():
+                raise ClusterRefused(
+                    f"{store.path} holds jobs of a daemon without Redis; their ids would "
+                    "clash with the cluster's: give cluster mode its own --home"
+                )
+            store.set_meta("cluster", self._cluster_id)
+        elif joined != self._cluster_id:
+            raise ClusterRefused(
+                f"{store.path} belongs to another cluster than the one at {self.redis_name} "
+                "(a different Redis, or one that lost its data): give this daemon a new "
+                "--home, or point it at its cluster's Redis"
+            )
+        self.connected = True
+
+    async def start(self, manager: JobManager) -> None:
+        self._manager = manager
+        await self._sync(await self._redis.job_ids())
+        spawn = self._tasks.spawn
+        spawn(self._keep_alive(), name="cluster-keep-alive")
+        spawn(self._take_over_loop(), name="cluster-take-over")
+        spawn(self._listen(), name="cluster-listen")
+        spawn(self._mirror.run(), name="cluster-mirror")
+        logger.info(
+            "node %s joined the cluster at %s (lease %d ms)",
+            self.name,
+            self.redis_name,
+            self.settings.lease_ms,
+        )
+
+    async def close(self) -> None:
+        """Stops the loops and gives the leases back (another node takes over at once)."""
+        await self._tasks.aclose()
+        for handle in self._deadlines.values():
+            handle.cancel()
+        for job_id, lease in list(self._held.items()):
+            try:
+                await self._redis.release(job_id, lease.token)
+            except RedisError:
+                break  # they expire on their own
+        await self._redis.client.aclose()
+
+    def view(self) -> ClusterView:
+        return ClusterView(
+            node_name=self.name,
+            redis=self.redis_name,
+            connected=self.connected,
+            leases_held=len(self._held),
+            stale_appends_refused=self.stale_appends_refused,
+            nodes=self.nodes,
+        )
+
+    # -- Placement -----------------------------------------------------------------------------
+    async def new_job_id(self) -> int | None:
+        self._check_usable()
+        try:
+            return await self._redis.next_job_id()
+        except RedisError as error:
+            self.redis_failed(error)
+            raise ClusterUnavailable(self._unreachable(error)) from None
+
+    async def claim_new(self, job: Job) -> None:
+        job.home_node = "" if job.record.spec.kind in _FETCHED_ANYWHERE else self.name
+        try:
+            await self._redis.create(job.id, record_to_json(job.record, job.home_node))
+            token = await self._redis.acquire(job.id, self.name, self.settings.lease_ms)
+        except RedisError as error:
+            self.redis_failed(error)
+            raise ClusterUnavailable(self._unreachable(error)) from None
+        if token is None:
+            raise ClusterUnavailable(f"job {job.id}'s lease is held elsewhere already")
+        self._hold(job, token, time.monotonic())
+
+    def may_fetch(self, job: Job) -> bool:
+        return job.id in self._held
+
+    def make_fetcher(
+        self,
+        job: Job,
+        source: Source,
+        owner: FetchOwner,
+        config: DaemonConfig,
+        counts: DaemonCounts,
+    ) -> Fetcher:
+        writer = self._writers.get(job.id)
+        if writer is None:
+            raise ClusterUnavailable(f"job {job.id} is not fetched by this node")
+        return LeasedFetcher(job, source, owner, config, counts, writer)
+
+    def saved(self, job: Job) -> None:
+        writer = self._writers.get(job.id)
+        if writer is None or writer.lease.lost:
+            return
+        if job.sealed:
+            writer.end()
+        else:
+            writer.save()
+
+    def watch(self, job: Job) -> None:
+        if job.mirror:
+            self._mirror.want(job)
+
+    def cancel_elsewhere(self, job: Job) -> bool:
+        if job.id in self._held:
+            return False
+        self._mirror.want(job)  # its end arrives through its stream
+        self._tasks.spawn(self._redis.request_cancel(job.id), name=f"cancel-{job.id}")
+        return True
+
+    def allows_removal(self) -> bool:
+        return False
+
+    # -- writers and the mirror report here ---------------------------------------------------
+    def lease_lost(self, job: Job, reason: str, *, stale_append: bool) -> None:
+        lease = self._held.pop(job.id, None)
+        if lease is None:
+            return
+        lease.lost = True
+        self._writers.pop(job.id, None)
+        handle = self._deadlines.pop(job.id, None)
+        if handle is not None:
+            handle.cancel()
+        if stale_append:
+            self.stale_appends_refused += 1
+        self._jobs.stop_fetching(job)
+        job.upstream_open = False
+        job.lease_holder = ""
+        logger.warning("job %d: this node stopped fetching it: %s", job.id, reason)
+        self._jobs.notice(job, f"node {self.name} stopped fetching this job: {reason}")
+        if job.home_node != self.name or job.record.spec.kind in _FETCHED_ANYWHERE:
+            job.mirror = True
+            self._mirror.want(job)
+
+    def job_ended(self, job: Job) -> None:
+        self._held.pop(job.id, None)
+        self._writers.pop(job.id, None)
+        handle = self._deadlines.pop(job.id, None)
+        if handle is not None:
+            handle.cancel()
+        job.lease_holder = ""
+
+    def ended_remotely(self, job: Job) -> None:
+        self._jobs.seal_remote(job)
+
+    def redis_failed(self, error: Exception) -> None:
+        if not self.connected:
+            return
+        self.connected = False
+        logger.warning(
+            "cluster: Redis at %s is unreachable (%s); no job is fetched until it is back",
+            self.redis_name,
+            error,
+        )
+        self.on_health(False)
+        self._tell_followers(
+            f"cluster: Redis at {self.redis_name} is unreachable; the log goes on when it is back"
+        )
+
+    def redis_ok(self) -> None:
+        if self.connected or self.lost_data:
+            return
+        self.connected = True
+        logger.info("cluster: Redis at %s is reachable again", self.redis_name)
+        self.on_health(True)
+        self._tell_followers(f"cluster: Redis at {self.redis_name} is reachable again")
+
+    # -- internals -------------------------------------------------------------------------------
+    def _check_usable(self) -> None:
+        if self.lost_data:
+            raise ClusterUnavailable(
+                f"Redis at {self.redis_name} lost the cluster's data; see the daemon's log"
+            )
+
+    def _unreachable(self, error: Exception) -> str:
+        return f"the cluster's Redis at {self.redis_name} is unreachable ({error}); try again"
+
+    def _tell_followers(self, message: str) -> None:
+        for job in self._jobs.all_jobs():
+            if job.subscribers and not job.sealed:
+                self._jobs.notice(job, message)
+
+    def _hold(self, job: Job, token: str, sent_at: float) -> None:
+        lease = HeldLease(job.id, token, sent_at + self._lease_s * _SAFE_SHARE)
+        self._held[job.id] = lease
+        writer = LogWriter(
+            job,
+            lease,
+            self._redis,
+            self,
+            home=job.home_node,
+            retention=self.settings.retention_bytes,
+        )
+        self._writers[job.id] = writer
+        self._tasks.spawn(writer.run(), name=f"cluster-writer-{job.id}")
+        self._arm_deadline(lease)
+        job.lease_holder = self.name
+        job.mirror = False
+        self._mirror.forget(job.id)
+
+    def _arm_deadline(self, lease: HeldLease) -> None:
+        """Stops the fetch when the lease may have expired: before anyone else can take it."""
+        old = self._deadlines.pop(lease.job_id, None)
+        if old is not None:
+            old.cancel()
+        loop = asyncio.get_running_loop()
+        delay = lease.valid_until - time.monotonic()
+        self._deadlines[lease.job_id] = loop.call_later(max(0.0, delay), self._expire, lease)
+
+    def _expire(self, lease: HeldLease) -> None:
+        if self._held.get(lease.job_id) is lease and time.monotonic() >= lease.valid_until:
+            job = self._jobs.get(lease.job_id)
+            self.lease_lost(job, "its lease could not be renewed in time", stale_append=False)
+
+    async def _keep_alive(self) -> None:
+        """Renews the node's name and every lease held, four times per lease length."""
+        while True:
+            await asyncio.sleep(self._lease_s / 4)
+            sent = time.monotonic()
+            try:
+                await self._check_cluster()
+                await self._redis.hold_node(self.name, self._token, self.settings.lease_ms * 3)
+                for job_id, lease in list(self._held.items()):
+                    if await self._redis.renew(job_id, lease.token, self.settings.lease_ms):
+                        if self._held.get(job_id) is lease:
+                            lease.valid_until = sent + self._lease_s * _SAFE_SHARE
+                            self._arm_deadline(lease)
+                    elif self._held.get(job_id) is lease:
+                        self.lease_lost(
+                            self._jobs.get(job_id), "its lease expired", stale_append=False
+                        )
+                self.nodes = await self._redis.node_count()
+            except RedisError as error:
+                self.redis_failed(error)
+                continue
+            self.redis_ok()
+
+    async def _check_cluster(self) -> None:
+        found = await self._redis.cluster_id()
+        if found == self._cluster_id or self.lost_data:
+            return
+        self.lost_data = True
+        self.connected = False
+        self.on_health(False)
+        logger.error(
+            "cluster: Redis at %s no longer holds this cluster's data (it restarted without "
+            "persistence, or was flushed): this node stops fetching. Logs and records it had "
+            "are kept here; restart the daemons with a new --home to start a new cluster.",
+            self.redis_name,
+        )
+        for job_id in list(self._held):
+            self.lease_lost(self._jobs.get(job_id), "Redis lost its data", stale_append=False)
+
+    async def _take_over_loop(self) -> None:
+        """Takes the lease of each job nobody fetches that this node may fetch."""
+        while True:
+            await asyncio.sleep(min(0.5, self._lease_s / 6) * random.uniform(0.8, 1.2))
+            if not self.connected or self.lost_data:
+                continue
+            candidates = [
+                job
+                for job in self._jobs.all_jobs()
+                if not job.sealed and job.id not in self._held and self._may_take(job)
+            ]
+            if not candidates:
+                continue
+            try:
+                holders = await self._redis.leases([job.id for job in candidates])
+                random.shuffle(candidates)
+                for job in candidates:
+                    holder = holders.get(job.id, "")
+                    job.lease_holder = holder.rsplit(" ", 1)[0]
+                    if holder or job.id in self._held:
+                        continue
+                    sent = time.monotonic()
+                    token = await self._redis.acquire(job.id, self.name, self.settings.lease_ms)
+                    if token is not None:
+                        await self._take_over(job, token, sent)
+            except RedisError as error:
+                self.redis_failed(error)
+
+    def _may_take(self, job: Job) -> bool:
+        if job.record.spec.kind in _FETCHED_ANYWHERE:
+            return True
+        return job.home_node == self.name
+
+    async def _take_over(self, job: Job, token: str, sent: float) -> None:
+        metas = await self._redis.metas([job.id])
+        meta = metas.get(job.id)
+        if meta is None or meta.sealed:
+            await self._redis.release(job.id, token)
+            return
+        try:
+            if job.log.writable:
+                await self._mirror.catch_up(job, meta.size)
+            elif job.log_size != meta.size:
+                raise RuntimeError(
+                    f"its log here holds {job.log_size} bytes, Redis {meta.size}: it is not "
+                    "the same log"
+                )
+        except Exception as error:
+            logger.error("job %d: cannot take over its fetch: %s", job.id, error)
+            await self._redis.release(job.id, token)
+            return
+        self._apply_record(job, meta)
+        self._hold(job, token, sent)
+        logger.info("job %d: this node fetches it now (lease %s)", job.id, token)
+        self._jobs.notice(job, f"node {self.name} fetches this job now")
+        self._jobs.resume(job)
+
+    async def _listen(self) -> None:
+        """Applies record changes as they are announced, and all of them now and then."""
+        while True:
+            pubsub = self._redis.client.pubsub()
+            try:
+                await pubsub.subscribe(CHANGES)
+                await self._sync(await self._redis.job_ids())
+                resync_at = time.monotonic() + _RESYNC_SECONDS
+                while True:
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                    if message is not None:
+                        changed = {int(message["data"])}
+                        # Announcements come in bursts: apply what else is waiting too.
+                        while (more := await pubsub.get_message(True, timeout=0)) is not None:
+                            changed.add(int(more["data"]))
+                        await self._sync(sorted(changed))
+                    if time.monotonic() > resync_at:
+                        await self._sync(await self._redis.job_ids())
+                        resync_at = time.monotonic() + _RESYNC_SECONDS
+            except (RedisError, OSError) as error:
+                self.redis_failed(error)
+                await asyncio.sleep(min(1.0, self._lease_s / 4))
+            except ValueError:
+                logger.warning("cluster: a change announcement that is not a job id")
+            finally:
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    async def _sync(self, job_ids: list[int]) -> None:
+        for start in range(0, len(job_ids), 500):
+            metas = await self._redis.metas(job_ids[start : start + 500])
+            for job_id, meta in metas.items():
+                try:
+                    self._apply(job_id, meta)
+                except BadRecord as error:
+                    logger.warning("cluster: %s", error)
+
+    def _apply(self, job_id: int, meta: JobMeta) -> None:
+        assert meta.record is not None
+        if self.lost_data:
+            return
+        try:
+            job = self._jobs.get(job_id)
+        except JobNotFound:
+            record, home = record_from_json(job_id, meta.record)
+            job = self._jobs.adopt_remote(record)
+            job.home_node = home
+        if job.id in self._held:
+            if meta.cancel and not job.state.terminal and not job.record.cancel_requested:
+                job.record.cancel_requested = True
+                self._tasks.spawn(self._jobs.cancel([job.id], False), name=f"cancel-{job.id}")
+            return
+        self._apply_record(job, meta)
+        if meta.sealed and not job.sealed:
+            if job.log_size >= meta.size and job.state.terminal:
+                self._jobs.seal_remote(job)
+            elif job.subscribers:
+                self._mirror.want(job)
+
+    def _apply_record(self, job: Job, meta: JobMeta) -> None:
+        """Takes the record Redis has of a job this node does not fetch."""
+        assert meta.record is not None
+        record, home = record_from_json(job.id, meta.record)
+        job.cluster_size = meta.size
+        job.home_node = home
+        job.lease_holder = meta.holder
+        if job.sealed:
+            return
+        mine = job.record
+        changed = mine.state != record.state
+        mine.state = record.state
+        mine.exit_code = record.exit_code
+        mine.reason = record.reason
+        mine.started_at = record.started_at
+        mine.ended_at = record.ended_at
+        mine.upstream_connections = record.upstream_connections
+        mine.source_state = record.source_state
+        mine.cancel_requested = record.cancel_requested
+        self._jobs.save_record(job)
+        if changed:
+            job.changed.notify()

@@ -1,0 +1,340 @@
+"""The cluster's state in Redis: job ids and records, fetch leases, and a stream per job log.
+
+Keys (all under `tailhub:`, in the database the URL names):
+- `next_job_id`: INCR gives job ids, the same on every daemon.
+- `jobs`: a sorted set of every job id; `job:ID`: a hash with the record (JSON), `size` (bytes
+  stored), `first` (first offset still kept), `epoch` (leases granted), `holder`, `cancel`.
+- `lease:ID`: "NODE EPOCH" while NODE fetches the job; it expires unless renewed.
+- `log:ID`: the log. A data entry holding bytes [a, b) has the id `b-0` and the fields
+  `o` (a), `d` (the bytes), `e` (the epoch that wrote it); an event at offset b is `b-N` with
+  `v` (the message); the job's end is `b-N` with `end` (JSON). Redis refuses an id that does
+  not move forward, so an append can never overwrite or go back.
+- `node:NAME`: held by the daemon running as NAME; `changes`: pub/sub of job ids whose
+  record changed.
+
+Every write that needs the lease is one Lua script that checks it first, so a daemon that
+lost its lease (paused, partitioned, or just slow) can never write.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import redis.asyncio
+
+PREFIX = "tailhub:"
+CHANGES = PREFIX + "changes"
+
+# An append (and an event, a record, an end) is refused with this when the lease is gone.
+STALE = -1
+# ... and with this when the log's size is not the one the appender expected.
+MISMATCH = -2
+
+_ACQUIRE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return false end
+if redis.call('HGET', KEYS[2], 'sealed') == '1' then return false end
+local epoch = redis.call('HINCRBY', KEYS[2], 'epoch', 1)
+local token = ARGV[1] .. ' ' .. epoch
+redis.call('SET', KEYS[1], token, 'PX', ARGV[2])
+redis.call('HSET', KEYS[2], 'holder', ARGV[1])
+return token
+"""
+
+_RENEW = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[2], 'holder', '')
+return 1
+"""
+
+# KEYS: lease, log, job; ARGV: token, expected size, bytes, epoch, retention (0: none).
+_APPEND = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {-1, 0} end
+local size = tonumber(redis.call('HGET', KEYS[3], 'size') or '0')
+if size ~= tonumber(ARGV[2]) then return {-2, size} end
+local new = size + string.len(ARGV[3])
+redis.call('XADD', KEYS[2], new .. '-0', 'o', size, 'd', ARGV[3], 'e', ARGV[4])
+redis.call('HSET', KEYS[3], 'size', new)
+local cap = tonumber(ARGV[5])
+if cap > 0 then
+  local first = tonumber(redis.call('HGET', KEYS[3], 'first') or '0')
+  if new - first > cap then
+    redis.call('XTRIM', KEYS[2], 'MINID', (new - cap + 1) .. '-0')
+    local kept = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
+    if kept[1] then
+      local fields = kept[1][2]
+      for i = 1, #fields, 2 do
+        if fields[i] == 'o' then redis.call('HSET', KEYS[3], 'first', fields[i + 1]) end
+      end
+    end
+  end
+end
+return {0, new}
+"""
+
+# KEYS: lease, log, job; ARGV: token, message, epoch.
+_EVENT = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
+local size = redis.call('HGET', KEYS[3], 'size') or '0'
+redis.call('XADD', KEYS[2], size .. '-*', 'v', ARGV[2], 'e', ARGV[3])
+return 0
+"""
+
+# KEYS: lease, job; ARGV: token ('' for a job nobody fetches), record, job id.
+_SAVE = (
+    """
+if ARGV[1] ~= '' and redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
+redis.call('HSET', KEYS[2], 'record', ARGV[2])
+redis.call('PUBLISH', '"""
+    + CHANGES
+    + """', ARGV[3])
+return 0
+"""
+)
+
+# KEYS: lease, log, job; ARGV: token, expected size, end (JSON), record, job id.
+_END = (
+    """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
+local size = tonumber(redis.call('HGET', KEYS[3], 'size') or '0')
+if size ~= tonumber(ARGV[2]) then return -2 end
+redis.call('XADD', KEYS[2], size .. '-*', 'end', ARGV[3])
+redis.call('HSET', KEYS[3], 'record', ARGV[4], 'sealed', '1', 'holder', '')
+redis.call('DEL', KEYS[1])
+redis.call('PUBLISH', '"""
+    + CHANGES
+    + """', ARGV[5])
+return 0
+"""
+)
+
+# KEYS: job, jobs; ARGV: record, job id.
+_CREATE = (
+    """
+redis.call('HSET', KEYS[1], 'record', ARGV[1], 'size', 0, 'first', 0)
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[2])
+redis.call('PUBLISH', '"""
+    + CHANGES
+    + """', ARGV[2])
+return 0
+"""
+)
+
+# KEYS: node; ARGV: token, ms. Takes the node name, or keeps it for the daemon holding it.
+_NODE = """
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
+
+@dataclass(frozen=True)
+class JobMeta:
+    """What Redis holds of a job besides its log."""
+
+    record: dict[str, Any] | None
+    size: int
+    first: int
+    holder: str
+    sealed: bool
+    cancel: bool
+
+
+@dataclass(frozen=True)
+class LogEntry:
+    """One entry of a job's stream: bytes at `offset`, or an event, or the job's end."""
+
+    entry_id: bytes
+    offset: int
+    data: bytes | None = None
+    event: str | None = None
+    end: dict[str, Any] | None = None
+
+
+def log_key(job_id: int) -> str:
+    return f"{PREFIX}log:{job_id}"
+
+
+def _lease_key(job_id: int) -> str:
+    return f"{PREFIX}lease:{job_id}"
+
+
+def _job_key(job_id: int) -> str:
+    return f"{PREFIX}job:{job_id}"
+
+
+class RedisStore:
+    """The cluster's keys, read and written through one redis.asyncio client."""
+
+    def __init__(self, client: redis.asyncio.Redis) -> None:
+        self.client = client
+        self._acquire = client.register_script(_ACQUIRE)
+        self._renew = client.register_script(_RENEW)
+        self._release = client.register_script(_RELEASE)
+        self._append = client.register_script(_APPEND)
+        self._event = client.register_script(_EVENT)
+        self._save = client.register_script(_SAVE)
+        self._end = client.register_script(_END)
+        self._create = client.register_script(_CREATE)
+        self._node = client.register_script(_NODE)
+
+    # -- the cluster and its nodes -----------------------------------------------------------
+    async def cluster_id(self) -> str | None:
+        value: Any = await self.client.get(PREFIX + "cluster")
+        return None if value is None else value.decode()
+
+    async def ensure_cluster_id(self) -> str:
+        """The cluster's random identity, made by the first daemon that joins."""
+        await self.client.set(PREFIX + "cluster", secrets.token_hex(16), nx=True)
+        found = await self.cluster_id()
+        assert found is not None
+        return found
+
+    async def hold_node(self, name: str, token: str, ms: int) -> bool:
+        """Takes (or keeps) the node name; False when another daemon runs as `name`."""
+        return bool(await self._node(keys=[f"{PREFIX}node:{name}"], args=[token, ms]))
+
+    async def node_count(self) -> int:
+        count = 0
+        async for _ in self.client.scan_iter(match=f"{PREFIX}node:*", count=1000):
+            count += 1
+        return count
+
+    # -- jobs ------------------------------------------------------------------------------------
+    async def next_job_id(self) -> int:
+        return int(await self.client.incr(PREFIX + "next_job_id"))
+
+    async def create(self, job_id: int, record: dict[str, Any]) -> None:
+        await self._create(
+            keys=[_job_key(job_id), PREFIX + "jobs"], args=[json.dumps(record), job_id]
+        )
+
+    async def job_ids(self) -> list[int]:
+        members: Any = await self.client.zrange(PREFIX + "jobs", 0, -1)
+        return [int(member) for member in members]
+
+    async def metas(self, job_ids: list[int]) -> dict[int, JobMeta]:
+        """The records (and sizes, holders) of these jobs; jobs Redis does not know are left out."""
+        pipe = self.client.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hmget(_job_key(job_id), "record", "size", "first", "holder", "sealed", "cancel")
+        found: dict[int, JobMeta] = {}
+        for job_id, (record, size, first, holder, sealed, cancel) in zip(
+            job_ids, await pipe.execute(), strict=True
+        ):
+            if record is None:
+                continue
+            found[job_id] = JobMeta(
+                record=json.loads(record),
+                size=int(size or 0),
+                first=int(first or 0),
+                holder=(holder or b"").decode(),
+                sealed=sealed == b"1",
+                cancel=cancel == b"1",
+            )
+        return found
+
+    async def request_cancel(self, job_id: int) -> None:
+        await self.client.hset(_job_key(job_id), "cancel", "1")
+        await self.client.publish(CHANGES, str(job_id))
+
+    # -- leases ----------------------------------------------------------------------------------
+    async def acquire(self, job_id: int, node: str, ms: int) -> str | None:
+        """The lease's token ("NODE EPOCH") if this node got it; None if someone holds it."""
+        token = await self._acquire(keys=[_lease_key(job_id), _job_key(job_id)], args=[node, ms])
+        return None if token is None else bytes(token).decode()
+
+    async def renew(self, job_id: int, token: str, ms: int) -> bool:
+        return bool(await self._renew(keys=[_lease_key(job_id)], args=[token, ms]))
+
+    async def release(self, job_id: int, token: str) -> None:
+        await self._release(keys=[_lease_key(job_id), _job_key(job_id)], args=[token])
+
+    async def leases(self, job_ids: list[int]) -> dict[int, str]:
+        """The lease holders' tokens of these jobs, for those that have one."""
+        if not job_ids:
+            return {}
+        values: Any = await self.client.mget([_lease_key(job_id) for job_id in job_ids])
+        return {
+            job_id: value.decode()
+            for job_id, value in zip(job_ids, values, strict=True)
+            if value is not None
+        }
+
+    # -- writes under a lease ------------------------------------------------------------------
+    async def append(
+        self, job_id: int, token: str, expected: int, data: bytes, retention: int
+    ) -> tuple[int, int]:
+        """(0, new size), (STALE, 0) or (MISMATCH, the size Redis has)."""
+        epoch = token.rsplit(" ", 1)[1]
+        status, size = await self._append(
+            keys=[_lease_key(job_id), log_key(job_id), _job_key(job_id)],
+            args=[token, expected, data, epoch, retention],
+        )
+        return int(status), int(size)
+
+    async def event(self, job_id: int, token: str, message: str) -> int:
+        epoch = token.rsplit(" ", 1)[1]
+        return int(
+            await self._event(
+                keys=[_lease_key(job_id), log_key(job_id), _job_key(job_id)],
+                args=[token, message, epoch],
+            )
+        )
+
+    async def save(self, job_id: int, token: str, record: dict[str, Any]) -> int:
+        return int(
+            await self._save(
+                keys=[_lease_key(job_id), _job_key(job_id)],
+                args=[token, json.dumps(record), job_id],
+            )
+        )
+
+    async def end(
+        self, job_id: int, token: str, size: int, end: dict[str, Any], record: dict[str, Any]
+    ) -> int:
+        return int(
+            await self._end(
+                keys=[_lease_key(job_id), log_key(job_id), _job_key(job_id)],
+                args=[token, size, json.dumps(end), json.dumps(record), job_id],
+            )
+        )
+
+    # -- reading logs ----------------------------------------------------------------------------
+    async def read(
+        self, after: dict[int, bytes], *, block_ms: int | None, count: int
+    ) -> dict[int, list[LogEntry]]:
+        """Entries after the given ids, of several jobs in one call (one reader per daemon)."""
+        if not after:
+            return {}
+        streams = {log_key(job_id): entry_id for job_id, entry_id in after.items()}
+        answer: Any = await self.client.xread(streams, count=count, block=block_ms)  # type: ignore[arg-type]
+        found: dict[int, list[LogEntry]] = {}
+        for key, entries in answer or []:
+            job_id = int(key.decode().rsplit(":", 1)[1])
+            found[job_id] = [_entry(entry_id, fields) for entry_id, fields in entries]
+        return found
+
+    async def read_range(self, job_id: int, after: bytes, count: int) -> list[LogEntry]:
+        entries: Any = await self.client.xrange(log_key(job_id), min=b"(" + after, count=count)
+        return [_entry(entry_id, fields) for entry_id, fields in entries]
+
+
+def _entry(entry_id: bytes, fields: dict[bytes, bytes]) -> LogEntry:
+    offset = int(entry_id.split(b"-", 1)[0])
+    if b"d" in fields:
+        return LogEntry(entry_id, int(fields[b"o"]), data=fields[b"d"])
+    if b"end" in fields:
+        return LogEntry(entry_id, offset, end=json.loads(fields[b"end"]))
+    return LogEntry(entry_id, offset, event=fields.get(b"v", b"").decode("utf-8", "replace"))

@@ -1,0 +1,306 @@
+"""The lease holder's side of a job: what its fetcher gets goes to Redis first, then here.
+
+A `LeasedFetcher` is the fetcher of a job whose lease this daemon holds. Its source appends
+as always, but the bytes wait in the job's `LogWriter` until Redis has stored them (one Lua
+script that checks the lease and the log's size), and only then enter the local log and
+reach the followers here. Bytes, events, record saves and the job's end go to Redis in the
+order they happened, so every daemon sees the same log, with events at the same offsets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+from redis.exceptions import RedisError
+
+from tailhub.daemon.cluster.records import record_to_json
+from tailhub.daemon.cluster.redis_store import MISMATCH, STALE, RedisStore
+from tailhub.daemon.fetcher import Fetcher
+from tailhub.daemon.model import StorageFull
+
+if TYPE_CHECKING:
+    from tailhub.daemon.config import DaemonConfig
+    from tailhub.daemon.counts import DaemonCounts
+    from tailhub.daemon.fetcher import FetchOwner
+    from tailhub.daemon.job import Job
+    from tailhub.daemon.sources import Source
+
+logger = logging.getLogger(__name__)
+
+# One Redis entry holds at most this much (consecutive appends are joined up to it).
+MAX_ENTRY_BYTES = 256 * 1024
+# Bytes a fetcher may get ahead of Redis; past it, the fetch pauses (memory stays bounded).
+MAX_PENDING_BYTES = 16 * 1024 * 1024
+
+
+class RedisBehind(StorageFull):
+    """Redis has not stored what the fetcher got; the fetch pauses until it has."""
+
+
+@dataclass
+class HeldLease:
+    """A fetch lease this daemon holds: its token, and until when it is surely still ours."""
+
+    job_id: int
+    token: str
+    # time.monotonic() past which the lease may have expired in Redis (renewals move it).
+    valid_until: float
+    lost: bool = False
+
+    @property
+    def epoch(self) -> int:
+        return int(self.token.rsplit(" ", 1)[1])
+
+
+@dataclass(frozen=True)
+class _End:
+    end: dict[str, Any]
+    record: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class _Record:
+    record: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class _Event:
+    message: str
+
+
+class WriterOwner(Protocol):
+    """What a writer reports to (the cluster node)."""
+
+    def lease_lost(self, job: Job, reason: str, *, stale_append: bool) -> None: ...
+
+    def job_ended(self, job: Job) -> None: ...
+
+    def redis_failed(self, error: Exception) -> None: ...
+
+    def redis_ok(self) -> None: ...
+
+
+class LogWriter:
+    """Sends one job's bytes, events, records and end to Redis, in order, under its lease."""
+
+    def __init__(
+        self,
+        job: Job,
+        lease: HeldLease,
+        store: RedisStore,
+        owner: WriterOwner,
+        *,
+        home: str,
+        retention: int,
+    ) -> None:
+        self._job = job
+        self.lease = lease
+        self._store = store
+        self._owner = owner
+        self._home = home
+        self._retention = retention
+        self._ops: collections.deque[bytes | _Event | _Record | _End] = collections.deque()
+        self.pending_bytes = 0
+        self._wake = asyncio.Event()
+        # Called with bytes once Redis stored them (the fetcher's local append).
+        self.committed: Callable[[bytes], None] = lambda data: None
+        self.event_committed: Callable[[str], None] = lambda message: None
+        self.drained = asyncio.Event()
+        self.drained.set()
+
+    # -- what the job's side queues ------------------------------------------------------------
+    def append(self, data: bytes) -> None:
+        if self.pending_bytes + len(data) > MAX_PENDING_BYTES:
+            raise RedisBehind(
+                f"Redis has not stored the last {self.pending_bytes} bytes yet; "
+                "the fetch waits for it"
+            )
+        self._ops.append(data)
+        self.pending_bytes += len(data)
+        self._kick()
+
+    def pending(self) -> bytes:
+        return b"".join(op for op in self._ops if isinstance(op, bytes))
+
+    def discard_pending(self) -> None:
+        self._ops = collections.deque(op for op in self._ops if not isinstance(op, bytes))
+        self.pending_bytes = 0
+
+    def event(self, message: str) -> None:
+        self._ops.append(_Event(message))
+        self._kick()
+
+    def save(self) -> None:
+        record = record_to_json(self._job.record, self._home)
+        # Only the newest record matters: one already waiting is replaced in place.
+        if self._ops and isinstance(self._ops[-1], _Record):
+            self._ops[-1] = _Record(record)
+        else:
+            self._ops.append(_Record(record))
+        self._kick()
+
+    def end(self) -> None:
+        """The job is sealed here: its end follows its last byte into Redis."""
+        record = self._job.record
+        end = {"state": record.state.value, "exit_code": record.exit_code, "reason": record.reason}
+        self._ops.append(_End(end, record_to_json(record, self._home)))
+        self._kick()
+
+    def _kick(self) -> None:
+        self.drained.clear()
+        self._wake.set()
+
+    # -- the task sending it ---------------------------------------------------------------------
+    async def run(self) -> None:
+        """Sends until the job's end is stored or the lease is lost."""
+        failures = 0
+        while True:
+            if not self._ops:
+                self.drained.set()
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            if self.lease.lost:
+                return
+            try:
+                finished = await self._send_next()
+            except RedisError as error:
+                failures += 1
+                self._owner.redis_failed(error)
+                if time.monotonic() > self.lease.valid_until:
+                    self._owner.lease_lost(
+                        self._job, f"Redis unreachable ({error})", stale_append=False
+                    )
+                    return
+                await asyncio.sleep(min(0.05 * 2**failures, 0.5))
+                continue
+            if failures:
+                failures = 0
+                self._owner.redis_ok()
+            if finished:
+                return
+
+    async def _send_next(self) -> bool:
+        """Sends the first op (consecutive bytes together); True once the job is over here."""
+        op = self._ops[0]
+        if isinstance(op, bytes):
+            return await self._send_bytes()
+        job_id, token = self._job.id, self.lease.token
+        if isinstance(op, _Event):
+            status = await self._store.event(job_id, token, op.message)
+        elif isinstance(op, _Record):
+            status = await self._store.save(job_id, token, op.record)
+        else:
+            status = await self._store.end(job_id, token, self._job.log_size, op.end, op.record)
+        if status != 0:
+            return self._refused(status, "the log in Redis does not end where it ends here")
+        if self._ops and self._ops[0] is op:  # (a newer record may have replaced it)
+            self._ops.popleft()
+        if isinstance(op, _Event):
+            self.event_committed(op.message)
+        elif isinstance(op, _End):
+            self._owner.job_ended(self._job)
+            return True
+        return False
+
+    async def _send_bytes(self) -> bool:
+        data = self._take_bytes()
+        expected = self._job.log_size
+        status, size = await self._store.append(
+            self._job.id, self.lease.token, expected, data, self._retention
+        )
+        # A retry of an append whose answer was lost finds it already stored.
+        if status == 0 or (status == MISMATCH and size == expected + len(data)):
+            self._pop_bytes(len(data))
+            self.committed(data)
+            return False
+        return self._refused(status, f"the log in Redis is {size} bytes, not {expected}")
+
+    def _take_bytes(self) -> bytes:
+        parts: list[bytes] = []
+        size = 0
+        for op in self._ops:
+            if not isinstance(op, bytes) or (parts and size + len(op) > MAX_ENTRY_BYTES):
+                break
+            parts.append(op)
+            size += len(op)
+        return b"".join(parts)
+
+    def _pop_bytes(self, size: int) -> None:
+        while size:
+            op = self._ops.popleft()
+            assert isinstance(op, bytes)
+            size -= len(op)
+            self.pending_bytes -= len(op)
+
+    def _refused(self, status: int, mismatch: str) -> bool:
+        if status == STALE:
+            reason = "its lease was taken over (a write under it was refused)"
+        else:
+            reason = mismatch
+            logger.error("job %d: %s; stopping its fetch here", self._job.id, mismatch)
+        self._owner.lease_lost(self._job, reason, stale_append=status == STALE)
+        return True
+
+
+class LeasedFetcher(Fetcher):
+    """The fetcher of a job whose lease this daemon holds: bytes reach the local log (and the
+    followers here) once Redis stored them."""
+
+    def __init__(
+        self,
+        job: Job,
+        source: Source,
+        owner: FetchOwner,
+        config: DaemonConfig,
+        counts: DaemonCounts,
+        writer: LogWriter,
+    ) -> None:
+        super().__init__(job, source, owner, config, counts)
+        self._writer = writer
+        writer.committed = super().append
+        writer.event_committed = super().event
+
+    @property
+    def stored(self) -> int:
+        return self._job.log_size + self._writer.pending_bytes
+
+    def append(self, data: bytes) -> None:
+        if data:
+            self._writer.append(data)
+
+    def read(self, offset: int, length: int) -> bytes:
+        local = self._job.log_size
+        head = self._job.log.read(offset, length) if offset < local else b""
+        if len(head) == length:
+            return head
+        start = max(0, offset - local)
+        return head + self._writer.pending()[start : start + length - len(head)]
+
+    def discard_after(self, offset: int) -> None:
+        if offset < self._job.log_size:
+            raise RuntimeError(
+                f"job {self._job.id}: bytes before {self._job.log_size} are in Redis already"
+            )
+        if offset != self._job.log_size:
+            raise RuntimeError(f"job {self._job.id}: cannot cut pending bytes at {offset}")
+        self._writer.discard_pending()
+
+    def event(self, message: str) -> None:
+        self._writer.event(message)
+
+    async def flushed(self) -> None:
+        await self._writer.drained.wait()
+
+    async def _wait_for_space(self, error: StorageFull) -> None:
+        if not isinstance(error, RedisBehind):
+            await super()._wait_for_space(error)
+            return
+        super().event(f"{error} (at offset {self._job.log_size})")
+        await self._writer.drained.wait()
