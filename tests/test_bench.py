@@ -26,7 +26,7 @@ def test_quick_benchmark_runs_every_scenario_and_writes_json(tmp_path: Path) -> 
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=360,
     )
     assert done.returncode == 0, done.stderr
     assert "targets" in done.stdout
