@@ -207,6 +207,8 @@ def run(directory: Path, *, daemons: int, kills: int, lease_ms: int, rate: float
                 "node": node_name(index),
                 "bytes": observer.received.offset,
                 "exact": observer.sha256() == written,
+                # Short of the end, were the bytes it got right?
+                "prefix_exact": observer.sha256() == source.digest(observer.received.offset),
                 "gaps": observer.received.gaps,
                 "repeats": observer.received.repeats,
                 "breaks": observer.received.breaks,
@@ -339,6 +341,10 @@ def tables(result: dict[str, Any], settings: dict[str, Any]) -> list[Table]:
         follower["exact"] and not follower["gaps"] and not follower["repeats"]
         for follower in followers
     )
+    short = sum(
+        not follower["exact"] and follower["prefix_exact"] and not follower["state"]
+        for follower in followers
+    )
     notes: tuple[str, ...] = (
         "lease: from kill -9 of the holder until a surviving daemon's GetJob names another node",
         "flow: from the kill until a line written after it reaches a follower on a surviving"
@@ -346,7 +352,8 @@ def tables(result: dict[str, Any], settings: dict[str, Any]) -> list[Table]:
         "back: from the killed daemon's restart until its follower, resuming there, gets a line"
         f" written after it (never: not within {BACK_TIMEOUT:g} s)",
         f"followers exact over all kills: {exact}/{len(followers)} (sha256 of the file written,"
-        f" no gap, no repeat); streams of survivors cut by a kill: {result['survivor_breaks']}",
+        f" no gap, no repeat); {short} stopped short of the end, with the right bytes up to"
+        f" there; streams of survivors cut by a kill: {result['survivor_breaks']}",
         f"log {result['log_bytes'] / 1e6:,.1f} MB at the end; upstreams opened in all:"
         f" {result['upstreams_opened']} (the first, one per kill, and"
         f" {result['upstreams_opened'] - 1 - result['kills']} more: leases lost without a kill);"

@@ -59,12 +59,15 @@ class Source:
         self.writer.terminate()
         self.writer.wait()
 
-    def digest(self) -> str:
-        """sha256 of everything written: what every follower must have received."""
+    def digest(self, limit: int | None = None) -> str:
+        """sha256 of everything written (or of its first `limit` bytes): what every follower
+        must have received (or, one that stopped short, up to where it stopped)."""
         digest = hashlib.sha256()
+        left = self.size() if limit is None else limit
         with open(self.log, "rb") as log:
-            while block := log.read(1 << 20):
+            while left > 0 and (block := log.read(min(left, 1 << 20))):
                 digest.update(block)
+                left -= len(block)
         return digest.hexdigest()
 
     def size(self) -> int:
