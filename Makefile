@@ -9,7 +9,7 @@ BUF := .tools/node_modules/.bin/buf
 # The Node.js example's dependencies, exactly as its lock file pins them (tests run it).
 NODE_DEPS := examples/node/node_modules/.package-lock.json
 
-.PHONY: demo test check proto bench clean
+.PHONY: demo test check proto bench clean need-redis
 
 $(BIN)/tailhub: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +26,11 @@ $(NODE_DEPS): examples/node/package.json examples/node/package-lock.json
 demo: $(BIN)/tailhub
 	$(BIN)/tailhub jobs launch examples/hello.yaml
 
-test: $(BIN)/tailhub $(BUF) $(NODE_DEPS)
+# Cluster tests start their own redis-server: installed here when missing (root with apt).
+need-redis:
+	scripts/need-redis
+
+test: need-redis $(BIN)/tailhub $(BUF) $(NODE_DEPS)
 	PATH="$(CURDIR)/$(BIN):$$PATH" BUF="$(BUF)" scripts/check
 
 # Regenerate the protobuf/gRPC code and stubs from proto/ (commit the result).

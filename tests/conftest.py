@@ -6,8 +6,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from cluster_helpers import Cluster
 from helpers import BackgroundCli, DaemonProcess, start_background_cli
 from job_helpers import Gate
+from redis_helpers import RedisServer
 
 # What a daemon's own log must never hold: a bug's traceback, or a task nobody supervised.
 DAEMON_LOG_FAULTS = ("Traceback", "never retrieved")
@@ -127,3 +129,46 @@ def gate(workdir: Path) -> Iterator[Callable[[str], Gate]]:
     finally:
         for each in closed:
             each.open()
+
+
+@pytest.fixture
+def start_redis(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
+    """Starts a redis-server of the test's own (`appendonly=False` for one without
+    persistence); every one is killed at the end."""
+    started: list[RedisServer] = []
+
+    def start(*extra_args: str, appendonly: bool = True) -> RedisServer:
+        server = RedisServer(tmp_path / f"redis-{len(started)}", appendonly, extra_args)
+        started.append(server)
+        server.start()
+        return server
+
+    try:
+        yield start
+    finally:
+        for server in started:
+            server.close()
+
+
+@pytest.fixture
+def redis_server(start_redis: Callable[..., RedisServer]) -> RedisServer:
+    """A redis-server of the test's own, with an fsynced append-only file."""
+    return start_redis()
+
+
+@pytest.fixture
+def cluster(
+    redis_server: RedisServer, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[Cluster]:
+    """Daemons sharing one real Redis (`cluster.start(3)`); stopped and checked at the end."""
+    base = Path(tempfile.mkdtemp(prefix="thc-", dir="/tmp"))  # short: socket paths
+    made = Cluster(redis_server, base)
+    try:
+        yield made
+    finally:
+        made.stop_all()
+        for node in made.nodes.values():
+            # Shown by pytest when the test failed: what each node did.
+            print(f"--- node {node.home.name}:\n{node.log_text()}")
+            check_daemon_log(request, node.log_text(), f"the log of node {node.home.name}")
+        shutil.rmtree(base, ignore_errors=True)

@@ -73,6 +73,8 @@ class DaemonProcess:
     args: Sequence[str] = ()
     process: subprocess.Popen[bytes] | None = None
     log_files: list[Path] = field(default_factory=list)
+    # Added to the test's environment (fault injection).
+    env: dict[str, str] | None = None
 
     @property
     def paths(self) -> StatePaths:
@@ -91,6 +93,7 @@ class DaemonProcess:
                 [sys.executable, "-m", "tailhub.daemon", "--home", str(self.home), *self.args],
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                env={**os.environ, **(self.env or {})},
             )
         process = self.process
         wait_until(

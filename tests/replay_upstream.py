@@ -14,6 +14,7 @@ STATE (removed with the test's directory), so a test that fails leaves nothing r
 
 from __future__ import annotations
 
+import fcntl
 import os
 import sys
 import time
@@ -28,6 +29,7 @@ def main() -> int:
     counter = Path(state) / "connections"
     number = int(counter.read_text()) + 1 if counter.exists() else 1
     counter.write_text(str(number))
+    _note_overlap(Path(state), number)
     limit = int(cuts[number - 1]) if number <= len(cuts) else None
     sent = 0
     deadline = time.monotonic() + LIFETIME
@@ -48,6 +50,18 @@ def main() -> int:
                 return 0
             time.sleep(0.005)
     return 1
+
+
+def _note_overlap(state: Path, number: int) -> None:
+    """Holds STATE/lock while it runs; notes in STATE/overlaps when another connection of the
+    same upstream still held it (two fetches at once: what cluster mode must never do)."""
+    lock = os.open(state / "lock", os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        with open(state / "overlaps", "a") as overlaps:
+            overlaps.write(f"{number}\n")
+    # Deliberately left open: the lock lasts as long as this process.
 
 
 if __name__ == "__main__":

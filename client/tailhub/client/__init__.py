@@ -28,7 +28,7 @@ if TYPE_CHECKING:
         ProtocolError,
         TailhubError,
     )
-    from tailhub.client._remote import Target, target_from
+    from tailhub.client._remote import Target, target_from, targets_from
     from tailhub.client._types import (
         DaemonStatus,
         JobInfo,
@@ -69,7 +69,7 @@ _LAZY = {
         ),
         "tailhub.client._types",
     ),
-    **dict.fromkeys(("Target", "target_from"), "tailhub.client._remote"),
+    **dict.fromkeys(("Target", "target_from", "targets_from"), "tailhub.client._remote"),
 }
 
 __all__ = [
@@ -92,6 +92,7 @@ __all__ = [
     "Target",
     "resolve_paths",
     "target_from",
+    "targets_from",
 ]
 
 

@@ -55,21 +55,21 @@ def home_flag(home: str | None) -> str:
 def connect(home: str | None, autostart: bool = True) -> Client:
     from tailhub.client import Client
 
-    target = remote_target()
-    if target is not None:  # never auto-started: that daemon is on another machine
-        return Client.connect_remote(target)
+    targets = remote_targets()
+    if targets is not None:  # never auto-started: those daemons are on other machines
+        return Client.connect_remote(targets)
     return Client.connect(state_paths(home), autostart=autostart)
 
 
-def remote_target() -> Target | None:
-    """The daemon `--server` (or $TAILHUB_SERVER) names; None: this machine's socket."""
-    from tailhub.client._remote import target_of
+def remote_targets() -> list[Target] | None:
+    """The daemons `--server` (or $TAILHUB_SERVER) lists; None: this machine's socket."""
+    from tailhub.client._remote import targets_of
 
     root = click.get_current_context(silent=True)
     if root is None:
         return None
     try:
-        return target_of(root.find_root().params)
+        return targets_of(root.find_root().params)
     except ValueError as error:
         raise click.UsageError(str(error)) from None
 

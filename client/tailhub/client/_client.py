@@ -1,10 +1,10 @@
-"""The client library: a synchronous gRPC client of one daemon."""
+"""The client library: a synchronous gRPC client of one daemon, or of a cluster's daemons."""
 
 from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -19,7 +19,8 @@ from tailhub.client._errors import (
     from_rpc_error,
     is_transient,
 )
-from tailhub.client._remote import Target, wait_connected, with_token
+from tailhub.client._remote import CONNECT_TIMEOUT, Target
+from tailhub.client._servers import Servers, StubMethod
 from tailhub.client._types import (
     CancelResult,
     DaemonStatus,
@@ -37,7 +38,6 @@ from tailhub.client._types import (
 from tailhub.daemon.paths import StatePaths
 from tailhub.daemon.statedir import UntrustedState, check_socket, check_state_dir
 from tailhub.v1 import tailhub_pb2 as pb
-from tailhub.v1 import tailhub_pb2_grpc as rpc
 
 # Reconnect quickly after a daemon restart: gRPC's default backoff grows to two minutes.
 _CHANNEL_OPTIONS = [
@@ -57,31 +57,41 @@ T = TypeVar("T")
 
 
 class Client:
-    """One connection to a daemon. Use `connect()`; close it, or use it as a context manager."""
+    """One connection to a daemon, or to a list of a cluster's daemons. Use `connect()` or
+    `connect_remote()`; close it, or use it as a context manager.
 
-    def __init__(self, paths: StatePaths | None, target: Target | None = None) -> None:
+    With a list, the order is the preference. A call that cannot connect to one daemon goes
+    to the next; a read (get, list, status) also goes on when its daemon fails it as
+    unavailable; a call that changes something never does once it may have reached a daemon,
+    so that nothing runs twice. A follow resumes on the next daemon at the next byte.
+    """
+
+    def __init__(
+        self, paths: StatePaths | None, target: Target | Sequence[Target] | None = None
+    ) -> None:
         # None for a remote daemon: its state directory is on another machine.
         self.paths = paths
         if target is None:
             if paths is None:
                 raise ValueError("a client needs a state directory or a remote target")
-            # Where errors say the daemon is: its socket, or the remote HOST:PORT.
-            self.address = paths.address
-            self._channel = grpc.insecure_channel(paths.address, options=_CHANNEL_OPTIONS)
-            calls = self._channel
+            self._servers = Servers.local(paths, _CHANNEL_OPTIONS)
         else:
-            self.address = target.address
-            self._channel = target.channel(_CHANNEL_OPTIONS)
-            calls = with_token(self._channel, target)
-        self._stub = rpc.TailhubServiceStub(calls)
+            targets = [target] if isinstance(target, Target) else list(target)
+            self._servers = Servers.remote(targets, _CHANNEL_OPTIONS)
+
+    @property
+    def address(self) -> str:
+        """Where errors say the daemon is: its socket, or the remote HOST:PORT in use."""
+        return self._servers.address(self._servers.current)
 
     @classmethod
-    def connect_remote(cls, target: Target) -> Client:
-        """A client of the daemon at `target` (never started from here): DaemonUnreachable
-        when none answers, SecureConnectionError when TLS cannot be agreed on."""
+    def connect_remote(cls, target: Target | Sequence[Target]) -> Client:
+        """A client of the daemon at `target`, or of the first of a list that answers (never
+        started from here): DaemonUnreachable when none answers, SecureConnectionError when
+        TLS cannot be agreed on; with a list, one error naming each daemon tried."""
         client = cls(None, target)
         try:
-            wait_connected(client._channel, target)
+            client._servers.connect_first()
         except BaseException:
             client.close()
             raise
@@ -106,7 +116,7 @@ class Client:
         return cls(paths)
 
     def close(self) -> None:
-        self._channel.close()
+        self._servers.close()
 
     def __enter__(self) -> Client:
         return self
@@ -119,16 +129,21 @@ class Client:
     ) -> None:
         self.close()
 
-    def _call(self, method: Callable[..., T], request: Any) -> T:
-        try:
-            return method(request, timeout=_CALL_TIMEOUT, wait_for_ready=True)
+    def _call(self, method: StubMethod[T], request: Any, *, read: bool = False) -> T:
+        """Calls `method` (picked from a stub) on the current daemon; with a list, fails over
+        to the next ones as the class says (`read`: a call that changes nothing)."""
+        if len(self._servers) > 1:
+            return self._servers.call(method, request, _CALL_TIMEOUT, read=read)
+        try:  # wait for the daemon within the call's time (a restart)
+            stub = self._servers.stub(0)
+            return method(stub)(request, timeout=_CALL_TIMEOUT, wait_for_ready=True)
         except grpc.RpcError as error:
             raise from_rpc_error(error, self.address) from None
 
     # -- jobs ------------------------------------------------------------------------------
     def attach_file(self, path: str, name: str = "") -> JobInfo:
         request = pb.AttachJobRequest(name=name, file=pb.FileSource(path=path))
-        return JobInfo.from_pb(self._call(self._stub.AttachJob, request).job)
+        return JobInfo.from_pb(self._call(lambda stub: stub.AttachJob, request).job)
 
     def attach_command(
         self,
@@ -148,17 +163,17 @@ class Client:
             stderr=pb.STDERR_MODE_EVENTS if stderr_events else pb.STDERR_MODE_MERGE,
         )
         request = pb.AttachJobRequest(name=name, command=source)
-        return JobInfo.from_pb(self._call(self._stub.AttachJob, request).job)
+        return JobInfo.from_pb(self._call(lambda stub: stub.AttachJob, request).job)
 
     def attach_skypilot(self, managed_job_id: int, name: str = "") -> JobInfo:
         """Follows a SkyPilot managed job launched elsewhere (one `sky jobs logs` for it)."""
         source = pb.SkyPilotSource(managed_job_id=managed_job_id)
         request = pb.AttachJobRequest(name=name, skypilot=source)
-        return JobInfo.from_pb(self._call(self._stub.AttachJob, request).job)
+        return JobInfo.from_pb(self._call(lambda stub: stub.AttachJob, request).job)
 
     def attach_push(self, name: str = "") -> JobInfo:
         request = pb.AttachJobRequest(name=name, push=pb.PushSource())
-        return JobInfo.from_pb(self._call(self._stub.AttachJob, request).job)
+        return JobInfo.from_pb(self._call(lambda stub: stub.AttachJob, request).job)
 
     def launch(
         self,
@@ -187,7 +202,7 @@ class Client:
             backend=backend,
             task_yaml=task_yaml,
         )
-        return JobInfo.from_pb(self._call(self._stub.LaunchJob, request).job)
+        return JobInfo.from_pb(self._call(lambda stub: stub.LaunchJob, request).job)
 
     def publish(self, job_id: int, data: bytes, expected_offset: int | None = None) -> int:
         """Appends to a push job's log; returns its size.
@@ -197,11 +212,11 @@ class Client:
         duplicating bytes; a wrong offset raises InvalidRequestError.
         """
         request = pb.PublishRequest(job_id=job_id, data=data, expected_offset=expected_offset)
-        return self._call(self._stub.Publish, request).log_size
+        return self._call(lambda stub: stub.Publish, request).log_size
 
     def finish(self, job_id: int, exit_code: int = 0, reason: str = "") -> JobInfo:
         request = pb.FinishJobRequest(job_id=job_id, exit_code=exit_code, reason=reason)
-        return JobInfo.from_pb(self._call(self._stub.FinishJob, request).job)
+        return JobInfo.from_pb(self._call(lambda stub: stub.FinishJob, request).job)
 
     def cancel(self, job_ids: Sequence[int] = (), *, everything: bool = False) -> list[JobInfo]:
         """Cancels jobs; returns the named and cancelled jobs in their state after it.
@@ -217,7 +232,7 @@ class Client:
     def cancel_jobs(self, job_ids: Sequence[int] = (), *, everything: bool = False) -> CancelResult:
         """Cancels jobs and says, per named id, what became of it."""
         request = pb.CancelJobsRequest(job_ids=job_ids, all=everything)
-        response = self._call(self._stub.CancelJobs, request)
+        response = self._call(lambda stub: stub.CancelJobs, request)
         return CancelResult(
             cancelled=[JobInfo.from_pb(job) for job in response.jobs],
             unknown_job_ids=list(response.unknown_job_ids),
@@ -229,7 +244,7 @@ class Client:
     ) -> RemoveResult:
         """Deletes ended jobs with their logs: those named, and those ended before a time."""
         request = pb.RemoveJobsRequest(job_ids=job_ids, ended_before=ended_before)
-        response = self._call(self._stub.RemoveJobs, request)
+        response = self._call(lambda stub: stub.RemoveJobs, request)
         return RemoveResult(
             removed_job_ids=list(response.removed_job_ids),
             unknown_job_ids=list(response.unknown_job_ids),
@@ -238,7 +253,9 @@ class Client:
         )
 
     def get(self, job_id: int) -> JobInfo:
-        return JobInfo.from_pb(self._call(self._stub.GetJob, pb.GetJobRequest(job_id=job_id)).job)
+        return JobInfo.from_pb(
+            self._call(lambda stub: stub.GetJob, pb.GetJobRequest(job_id=job_id), read=True).job
+        )
 
     def list(self, limit: int | None = None) -> list[JobInfo]:
         """Jobs, newest first: the newest `limit`, or every one (fetched a page at a time)."""
@@ -257,7 +274,7 @@ class Client:
     def list_page(self, page_size: int = 0, page_token: str = "") -> JobPage:
         """One page of jobs, newest first (page_size 0: the daemon's default)."""
         request = pb.ListJobsRequest(page_size=page_size, page_token=page_token)
-        response = self._call(self._stub.ListJobs, request)
+        response = self._call(lambda stub: stub.ListJobs, request, read=True)
         return JobPage(
             jobs=[JobInfo.from_pb(job) for job in response.jobs],
             next_page_token=response.next_page_token,
@@ -265,7 +282,9 @@ class Client:
         )
 
     def status(self) -> DaemonStatus:
-        response = self._call(self._stub.GetDaemonStatus, pb.GetDaemonStatusRequest())
+        response = self._call(
+            lambda stub: stub.GetDaemonStatus, pb.GetDaemonStatusRequest(), read=True
+        )
         return DaemonStatus.from_pb(response)
 
     # -- logs ------------------------------------------------------------------------------
@@ -286,9 +305,10 @@ class Client:
         reached the daemon at or after `since_time` (Unix seconds). With `timestamps`, a
         LogTimeMark comes before the chunk holding its offset: when those bytes arrived.
 
-        When the daemon restarts or the connection drops, it reconnects on its own and
-        resumes at the next offset: no byte is lost or repeated. It gives up with
-        DaemonUnreachable when no daemon has answered for `reconnect_timeout` seconds.
+        When the daemon restarts or the connection drops, it reconnects on its own (to the
+        next daemon of a list, round robin) and resumes at the next offset: no byte is lost
+        or repeated. It gives up with DaemonUnreachable when no daemon has answered for
+        `reconnect_timeout` seconds.
         """
         if tail_lines is not None and since_time is not None:
             raise ValueError("give tail_lines or since_time, not both: each says where to start")
@@ -296,11 +316,16 @@ class Client:
         cursor = _Cursor(job_id, None if starts_later else offset, since_time, timestamps)
         down_since: float | None = None
         pause = _MIN_RETRY_PAUSE
+        servers = self._servers
+        index = servers.current
+        failures = 0  # since the last message: a pause after each round of the list
         while True:
-            call = self._stub.Subscribe(cursor.request(follow, tail_lines))
+            call = servers.stub(index).Subscribe(cursor.request(follow, tail_lines))
             try:
                 for message in call:
-                    down_since, pause = None, _MIN_RETRY_PAUSE
+                    if down_since is not None:
+                        servers.settle(index)
+                    down_since, pause, failures = None, _MIN_RETRY_PAUSE, 0
                     item = cursor.accept(_log_item(message))
                     if item is not None:
                         yield item
@@ -308,25 +333,34 @@ class Client:
                         return
             except grpc.RpcError as error:
                 if not is_transient(error):
-                    raise from_rpc_error(error, self.address) from None
+                    raise from_rpc_error(error, servers.address(index)) from None
             finally:
                 call.cancel()  # type: ignore[no-untyped-call]
             # The stream broke (daemon stopping or gone): wait for a daemon and resume.
             now = time.monotonic()
             down_since = now if down_since is None else down_since
             if now - down_since > reconnect_timeout:
+                lost = "daemon" if len(servers) == 1 else "daemons"
                 raise DaemonUnreachable(
-                    f"lost the daemon on {self.address} and none came back within "
+                    f"lost the {lost} on {servers.addresses} and none came back within "
                     f"{reconnect_timeout:.0f}s"
                 )
-            # A stopping daemon refuses new streams until it is gone: do not spin on it.
-            time.sleep(pause)
-            pause = min(pause * 2, _MAX_RETRY_PAUSE)
-            self._wait_for_daemon(reconnect_timeout - (now - down_since))
+            failures += 1
+            if failures % len(servers) == 0:
+                # A stopping daemon refuses new streams until it is gone: do not spin on it.
+                time.sleep(pause)
+                pause = min(pause * 2, _MAX_RETRY_PAUSE)
+            index = servers.advance(index)
+            self._wait_for_daemon(index, reconnect_timeout - (now - down_since))
 
-    def _wait_for_daemon(self, timeout: float) -> None:
+    def _wait_for_daemon(self, index: int, timeout: float) -> None:
+        if len(self._servers) > 1:
+            # Not long on one of a list: the next may answer (the stream says which did).
+            self._servers.reach(index, min(max(timeout, 0.05), CONNECT_TIMEOUT))
+            return
         with contextlib.suppress(grpc.FutureTimeoutError):
-            grpc.channel_ready_future(self._channel).result(timeout=max(timeout, 0.05))
+            channel = self._servers.channel(index)
+            grpc.channel_ready_future(channel).result(timeout=max(timeout, 0.05))
 
 
 class _Cursor:

@@ -17,7 +17,7 @@ from tailhub.client._cli_common import (
     home_flag,
     home_option,
     local_only,
-    remote_target,
+    remote_targets,
     state_paths,
 )
 from tailhub.client._output import note, printable
@@ -119,7 +119,7 @@ def daemon_status(home: str | None, as_json: bool) -> None:
     from tailhub.client import DaemonUnreachable
     from tailhub.client._daemon import is_listening
 
-    if remote_target() is None:
+    if remote_targets() is None:
         paths = state_paths(home)
         if not is_listening(paths):
             raise DaemonUnreachable(f"no tailhubd is running on {paths.home}")

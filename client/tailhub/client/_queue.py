@@ -40,8 +40,12 @@ def iso_time(epoch: float) -> str | None:
 
 
 def print_jobs(listed: Sequence[JobInfo], *, colour: bool, now: float | None = None) -> None:
-    """The table, newest first as listed; states coloured when `colour` (stdout a terminal)."""
+    """The table, newest first as listed; states coloured when `colour` (stdout a terminal).
+
+    In cluster mode a NODE column (before DESCRIPTION) names the daemon fetching each job.
+    """
     now = time.time() if now is None else now
+    clustered = any(job.lease_holder or job.home_node for job in listed)
     header = (
         "ID",
         "NAME",
@@ -54,6 +58,7 @@ def print_jobs(listed: Sequence[JobInfo], *, colour: bool, now: float | None = N
         # After the older columns, so that scripts counting fields keep working.
         "SUBMITTED",
         "DURATION",
+        *(("NODE",) if clustered else ()),
         "DESCRIPTION",
     )
     rows = [header]
@@ -71,6 +76,7 @@ def print_jobs(listed: Sequence[JobInfo], *, colour: bool, now: float | None = N
                 f"{job.upstream_connections_open}/{job.upstream_connections}",
                 age_text(now - job.submitted_at) if job.submitted_at else "-",
                 duration_text(job, now),
+                *((printable(job.lease_holder) or "-",) if clustered else ()),
                 printable(job.source_description[:50]),
             )
         )

@@ -1,9 +1,10 @@
-"""A daemon reached over TCP (`tailhub --server HOST:PORT`): the channel, the token, and a
+"""Daemons reached over TCP (`tailhub --server HOST:PORT,...`): the channel, the token, and a
 clear line when the connection cannot be made (no daemon, an untrusted certificate, TLS on
 one side only)."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import socket
@@ -82,19 +83,7 @@ def target_from(
 ) -> Target:
     """A target from the global flags (and TAILHUB_TOKEN, TAILHUB_CA); ValueError (usage)
     for flags that do not fit, TailhubError for a file that cannot be read."""
-    from tailhub.daemon.listeners import parse_address
-
-    try:
-        address = parse_address(server)
-    except ValueError as error:
-        raise ValueError(f"--server {error}") from None
-    if address.port == 0:
-        raise ValueError(f"--server {server!r}: give the daemon's port")
-    if insecure and not address.is_loopback:
-        raise ValueError(
-            f"--insecure is for a daemon on this machine's loopback only ({server} is not): "
-            "over a network the token and logs would travel in the clear"
-        )
+    address = _address(server, insecure)
     if insecure and (ca_file or client_cert or client_key):
         raise ValueError("--insecure means no TLS: leave out --ca-file and client certificates")
     if bool(client_cert) != bool(client_key):
@@ -129,6 +118,67 @@ def target_from(
         client_cert_file=client_cert,
         client_key_file=client_key,
     )
+
+
+# A cluster has a handful of daemons; a longer list is a mistake (or someone's 100 kB flag).
+MAX_SERVERS = 64
+
+
+def targets_from(
+    servers: str,
+    *,
+    token_file: str | None,
+    ca_file: str | None,
+    client_cert: str | None = None,
+    client_key: str | None = None,
+    insecure: bool = False,
+    environ: Mapping[str, str] = os.environ,
+) -> list[Target]:
+    """The targets of `--server HOST:PORT,HOST:PORT,...`, in the list's order (the order of
+    preference), all with the same token, CA and client certificate."""
+    from tailhub.daemon.limits import shown
+
+    given = servers.split(",", MAX_SERVERS)
+    if len(given) > MAX_SERVERS:
+        raise ValueError(f"--server lists more than {MAX_SERVERS} daemons")
+    if not all(part.strip() for part in given):
+        raise ValueError(f"--server {shown(servers)}: an empty entry (HOST:PORT,HOST:PORT,...)")
+    first = target_from(
+        given[0].strip(),
+        token_file=token_file,
+        ca_file=ca_file,
+        client_cert=client_cert,
+        client_key=client_key,
+        insecure=insecure,
+        environ=environ,
+    )
+    targets = [first]
+    for part in given[1:]:
+        address = _address(part.strip(), insecure)
+        if str(address) in (target.address for target in targets):
+            raise ValueError(f"--server lists {address} twice")
+        targets.append(
+            dataclasses.replace(first, address=str(address), host=address.host, port=address.port)
+        )
+    return targets
+
+
+def _address(server: str, insecure: bool) -> ListenAddress:
+    """One HOST:PORT of --server, checked; ValueError saying what is wrong."""
+    from tailhub.daemon.listeners import parse_address
+
+    try:
+        address = parse_address(server)
+    except ValueError as error:
+        raise ValueError(f"--server {error}") from None
+    if address.port == 0:
+        raise ValueError(f"--server {server!r}: give the daemon's port")
+    if insecure and not address.is_loopback:
+        raise ValueError(
+            f"--insecure is for a daemon on this machine's loopback only ({server} is not): "
+            "over a network the token and logs would travel in the clear"
+        )
+    return address
 
 
 _TOKEN_TEXT = re.compile(r"[\x21-\x7e]+")
@@ -184,6 +234,8 @@ class _Details(NamedTuple):
 if TYPE_CHECKING:  # generic in the stubs only
     import ssl
 
+    from tailhub.daemon.listeners import ListenAddress
+
     _UnaryUnary = grpc.UnaryUnaryClientInterceptor[Any, Any]
     _UnaryStream = grpc.UnaryStreamClientInterceptor[Any, Any]
 else:
@@ -225,7 +277,7 @@ def with_token(channel: grpc.Channel, target: Target) -> grpc.Channel:
     return grpc.intercept_channel(channel, _Bearer(target.token))
 
 
-def wait_connected(channel: grpc.Channel, target: Target) -> None:
+def wait_connected(channel: grpc.Channel, target: Target, timeout: float = CONNECT_TIMEOUT) -> None:
     """Returns once the channel is connected; else raises one clear line saying why not."""
     changed = threading.Condition()
     states: list[grpc.ChannelConnectivity] = []
@@ -235,7 +287,7 @@ def wait_connected(channel: grpc.Channel, target: Target) -> None:
             states.append(state)
             changed.notify_all()
 
-    deadline = time.monotonic() + CONNECT_TIMEOUT
+    deadline = time.monotonic() + timeout
     channel.subscribe(watch, try_to_connect=True)
     try:
         seen = 0
@@ -254,7 +306,7 @@ def wait_connected(channel: grpc.Channel, target: Target) -> None:
                     raise problem
             if time.monotonic() >= deadline:
                 raise diagnose(target) or DaemonUnreachable(
-                    f"no tailhub daemon answered at {target.address} within {CONNECT_TIMEOUT:.0f}s"
+                    f"no tailhub daemon answered at {target.address} within {timeout:.0f}s"
                 )
     finally:
         channel.unsubscribe(watch)
@@ -355,15 +407,15 @@ def _no_tls(target: Target) -> TailhubError:
     )
 
 
-def target_of(params: Mapping[str, Any]) -> Target | None:
-    """The remote daemon the CLI's global flags name (or TAILHUB_SERVER); None: the socket's."""
+def targets_of(params: Mapping[str, Any]) -> list[Target] | None:
+    """The remote daemons the CLI's global flags name (or TAILHUB_SERVER); None: the socket's."""
     server = params.get("server")
     if not server:
         for flag in ("token_file", "ca_file", "client_cert", "client_key", "insecure"):
             if params.get(flag):
                 raise ValueError(f"--{flag.replace('_', '-')} goes with --server HOST:PORT")
         return None
-    return target_from(
+    return targets_from(
         server,
         token_file=params.get("token_file"),
         ca_file=params.get("ca_file"),

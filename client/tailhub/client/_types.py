@@ -64,6 +64,10 @@ class JobInfo:
     backend: str = ""
     # The job's id in its backend (SkyPilot's managed job id), once known.
     external_id: str = ""
+    # Cluster mode: the node fetching the job now ("" if none), and the node a local or
+    # file job is pinned to.
+    lease_holder: str = ""
+    home_node: str = ""
 
     @classmethod
     def from_pb(cls, job: pb.Job) -> JobInfo:
@@ -86,7 +90,21 @@ class JobInfo:
             upstream_connections_open=job.upstream_connections_open,
             backend=job.backend,
             external_id=job.external_id,
+            lease_holder=job.lease_holder,
+            home_node=job.home_node,
         )
+
+
+@dataclass(frozen=True)
+class ClusterInfo:
+    """Cluster mode: the cluster as the daemon that answered sees it."""
+
+    node_name: str
+    redis: str
+    connected: bool
+    leases_held: int
+    stale_appends_refused: int
+    nodes: int
 
 
 @dataclass(frozen=True)
@@ -105,6 +123,8 @@ class DaemonStatus:
     backend: str = ""
     # The job's id in its backend (SkyPilot's managed job id), once known.
     external_id: str = ""
+    # Set in cluster mode only.
+    cluster: ClusterInfo | None = None
 
     @classmethod
     def from_pb(cls, status: pb.GetDaemonStatusResponse) -> DaemonStatus:
@@ -119,7 +139,22 @@ class DaemonStatus:
             upstream_connections=status.upstream_connections,
             bytes_served=status.bytes_served,
             upstream_connections_open=status.upstream_connections_open,
+            cluster=_cluster_info(status),
         )
+
+
+def _cluster_info(status: pb.GetDaemonStatusResponse) -> ClusterInfo | None:
+    if not status.HasField("cluster"):
+        return None
+    view = status.cluster
+    return ClusterInfo(
+        node_name=view.node_name,
+        redis=view.redis,
+        connected=view.connected,
+        leases_held=view.leases_held,
+        stale_appends_refused=view.stale_appends_refused,
+        nodes=view.nodes,
+    )
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from tailhub.client._cli_common import (
     connect,
     home_flag,
     home_option,
-    remote_target,
+    remote_targets,
     state_paths,
 )
 from tailhub.client._daemon_cli import daemon
@@ -73,9 +73,10 @@ class _Commands(click.Group):
 @click.option("--home", metavar="DIR", help=HOME_HELP)
 @click.option(
     "--server",
-    metavar="HOST:PORT",
+    metavar="HOST:PORT,...",
     envvar="TAILHUB_SERVER",
-    help="A daemon's --listen address (default: this machine's socket). Env TAILHUB_SERVER.",
+    help="A daemon's --listen address, or a cluster's daemons in order of preference "
+    "(default: this machine's socket). Env TAILHUB_SERVER.",
 )
 @click.option(
     "--token-file", metavar="FILE", help="Token for --server (default: $TAILHUB_TOKEN itself)."
@@ -193,7 +194,7 @@ def _backend(home: str | None, given: str | None) -> str:
         raise click.UsageError(f"TAILHUB_BACKEND={chosen!r}: local or skypilot")
     if chosen:
         return chosen
-    if remote_target() is not None:
+    if remote_targets() is not None:
         return ""  # the remote daemon's own default
     try:
         return read_config_file(state_paths(home)).backend or "local"

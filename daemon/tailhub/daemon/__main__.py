@@ -131,8 +131,12 @@ def _cluster_settings(
     if node_name is None:
         digest = hashlib.sha256(str(paths.home).encode()).hexdigest()[:6]
         node_name = f"{socket.gethostname()[:48]}-{digest}"
+    stall = None
+    if "TAILHUB_CLUSTER_STALL" in os.environ:
+        probability, seconds = os.environ["TAILHUB_CLUSTER_STALL"].split(":")
+        stall = (float(probability), float(seconds))
     try:
-        return ClusterSettings(redis_url, node_name, lease_ms, retention)
+        return ClusterSettings(redis_url, node_name, lease_ms, retention, stall)
     except ValueError as error:
         raise click.UsageError(str(error)) from None
 
@@ -246,7 +250,7 @@ def _raise_open_file_limit() -> None:
 )
 @click.option(
     "--lease-ms",
-    type=click.IntRange(min=500, max=600_000),
+    type=click.IntRange(min=200, max=600_000),
     default=ClusterSettings.lease_ms,
     show_default=True,
     help="Cluster mode: a job's fetch lease lasts this long unless renewed; a dead "

@@ -27,10 +27,13 @@ class ClusterSettings:
     lease_ms: int = 3000
     # Bytes of each job's log kept in Redis; older ones are trimmed (0: none).
     retention_bytes: int = 256 * MIB
+    # Fault injection for tests (TAILHUB_CLUSTER_STALL=P:S): before a lease renewal, with
+    # probability P, the daemon stops for S seconds.
+    stall: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
-        if not 500 <= self.lease_ms <= 600_000:
-            raise ValueError("the lease must last between 500 ms and 10 minutes")
+        if not 200 <= self.lease_ms <= 600_000:
+            raise ValueError("the lease must last between 200 ms and 10 minutes")
         if self.retention_bytes and self.retention_bytes < 1 * MIB:
             raise ValueError("Redis retention must be at least 1 MiB (0: keep everything)")
         if not self.node_name or len(self.node_name) > 64 or not self.node_name.isprintable():

@@ -50,6 +50,8 @@ class Job:
         self.lease_holder = ""
         self.home_node = ""
         self.cluster_size = 0
+        # Cluster mode: sealed where it was fetched (its bytes here may still be fewer).
+        self.cluster_sealed = False
         self._log_path = log_path
         self._window_bytes = window_bytes
         self._log: JobLog | None = None
@@ -90,6 +92,14 @@ class Job:
                 job_id=self.id,
             )
         return self._log
+
+    def observe_from(self, size: int) -> None:
+        """Cluster mode: a local job's own file may hold more than the cluster stored (it ran
+        on while its daemon was down); observe it again from `size`, so the rest is sent."""
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        self._closed_size = size
 
     def release_log_if_idle(self) -> None:
         """Closes the log of a sealed job that nobody reads any more."""

@@ -59,6 +59,10 @@ exit "$code"
 """
 
 
+# The keys a RunHandle takes in a job's source state.
+RUN_HANDLE_KEYS = ("pid", "start_time")
+
+
 @dataclass(frozen=True)
 class RunHandle:
     """Identifies a job's process, also after a daemon restart (pids get reused)."""

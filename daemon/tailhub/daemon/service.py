@@ -408,7 +408,7 @@ def _job(job: Job) -> pb.Job:
         source_kind=_KINDS[record.spec.kind],
         source_description=record.spec.describe()[: limits.MAX_LISTED_DESCRIPTION_CHARS],
         log_size=max(job.log_size, job.cluster_size),
-        sealed=record.sealed,
+        sealed=record.sealed or job.cluster_sealed,
         upstream_connections=record.upstream_connections,
         upstream_connections_open=int(job.upstream_open),
         subscribers=job.subscribers,

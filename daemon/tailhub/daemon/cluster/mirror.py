@@ -50,6 +50,8 @@ class Mirror:
         self._after: dict[int, bytes] = {}
         self._wanted_at: dict[int, float] = {}
         self._wake = asyncio.Event()
+        # Set when the daemon stops (see ClusterNode.close).
+        self.closing = False
 
     def want(self, job: Job) -> None:
         if job.sealed or not job.mirror:
@@ -70,7 +72,7 @@ class Mirror:
 
     async def run(self) -> None:
         failures = 0
-        while True:
+        while not self.closing:
             after = self._interest()
             if not after:
                 self._wake.clear()

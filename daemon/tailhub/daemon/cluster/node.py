@@ -30,9 +30,11 @@ from tailhub.daemon.cluster import ClusterRefused
 from tailhub.daemon.cluster.mirror import Mirror
 from tailhub.daemon.cluster.records import BadRecord, record_from_json, record_to_json
 from tailhub.daemon.cluster.redis_store import CHANGES, JobMeta, RedisStore
+from tailhub.daemon.cluster.watchdog import LeaseWatchdog, kill_upstream
 from tailhub.daemon.cluster.writer import HeldLease, LeasedFetcher, LogWriter
 from tailhub.daemon.model import ClusterUnavailable, JobNotFound, SourceKind
 from tailhub.daemon.placement import ClusterView
+from tailhub.daemon.runner import RUN_HANDLE_KEYS, RunHandle
 from tailhub.daemon.tasks import TaskSet
 
 if TYPE_CHECKING:
@@ -51,6 +53,8 @@ _FETCHED_ANYWHERE = (SourceKind.COMMAND, SourceKind.SKYPILOT)
 # A lease is surely ours until this share of its length after a renewal was sent (the rest
 # covers the trip to Redis and clocks that drift): the fetch stops here at that moment.
 _SAFE_SHARE = 0.6
+# A node's name is held this many leases past its last renewal.
+_NODE_HOLD_LEASES = 2
 # Every record is read again this often (changes are also announced, but pub/sub forgets
 # what it sent while a node was away).
 _RESYNC_SECONDS = 10.0
@@ -87,11 +91,16 @@ class ClusterNode:
         self._writers: dict[int, LogWriter] = {}
         self._deadlines: dict[int, asyncio.TimerHandle] = {}
         self._mirror = Mirror(self._redis, self)
+        self._watchdog = LeaseWatchdog()
         self._tasks = TaskSet()
         self._cluster_id = ""
         self._token = secrets.token_hex(8)  # this process's hold on the node name
         self.connected = False
         self.lost_data = False
+        # Set when the daemon stops: every loop ends at its next turn. (redis-py may turn a
+        # cancellation that lands inside a call into a connection error, which the loops
+        # would otherwise take for Redis being away, and go on.)
+        self._closing = False
         self.stale_appends_refused = 0
         self.nodes = 0
         # Told when Redis becomes reachable or not (the health service's cluster part).
@@ -112,7 +121,7 @@ class ClusterNode:
         cluster. ClusterRefused (before anything is served) when it cannot."""
         try:
             self._cluster_id = await self._redis.ensure_cluster_id()
-            if not await self._redis.hold_node(self.name, self._token, self.settings.lease_ms):
+            if not await self._take_node_name():
                 raise ClusterRefused(
                     f"another daemon runs as node {self.name!r} in the cluster at "
                     f"{self.redis_name}: give this one its own --node-name"
@@ -135,8 +144,23 @@ class ClusterNode:
             )
         self.connected = True
 
+    async def _take_node_name(self) -> bool:
+        """Takes the node name; a daemon restarted right after a crash waits until its
+        predecessor's hold (renewed by it every quarter lease) has expired."""
+        deadline = time.monotonic() + _NODE_HOLD_LEASES * self._lease_s + 1.0
+        while not await self._redis.hold_node(self.name, self._token, self._node_hold_ms):
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(self._lease_s / 4)
+        return True
+
+    @property
+    def _node_hold_ms(self) -> int:
+        return _NODE_HOLD_LEASES * self.settings.lease_ms
+
     async def start(self, manager: JobManager) -> None:
         self._manager = manager
+        self._watchdog.start()
         await self._sync(await self._redis.job_ids())
         spawn = self._tasks.spawn
         spawn(self._keep_alive(), name="cluster-keep-alive")
@@ -152,7 +176,11 @@ class ClusterNode:
 
     async def close(self) -> None:
         """Stops the loops and gives the leases back (another node takes over at once)."""
+        self._closing = self._mirror.closing = True
+        for lease in self._held.values():
+            lease.lost = True  # (its writer ends)
         await self._tasks.aclose()
+        self._watchdog.close()
         for handle in self._deadlines.values():
             handle.cancel()
         for job_id, lease in list(self._held.items()):
@@ -183,15 +211,18 @@ class ClusterNode:
 
     async def claim_new(self, job: Job) -> None:
         job.home_node = "" if job.record.spec.kind in _FETCHED_ANYWHERE else self.name
+        sent = time.monotonic()
         try:
-            await self._redis.create(job.id, record_to_json(job.record, job.home_node))
-            token = await self._redis.acquire(job.id, self.name, self.settings.lease_ms)
+            token = await self._redis.create(
+                job.id,
+                record_to_json(job.record, job.home_node),
+                self.name,
+                self.settings.lease_ms,
+            )
         except RedisError as error:
             self.redis_failed(error)
             raise ClusterUnavailable(self._unreachable(error)) from None
-        if token is None:
-            raise ClusterUnavailable(f"job {job.id}'s lease is held elsewhere already")
-        self._hold(job, token, time.monotonic())
+        self._hold(job, token, sent)
 
     def may_fetch(self, job: Job) -> bool:
         return job.id in self._held
@@ -238,12 +269,16 @@ class ClusterNode:
         if lease is None:
             return
         lease.lost = True
+        self._watchdog.forget(job.id)
         self._writers.pop(job.id, None)
         handle = self._deadlines.pop(job.id, None)
         if handle is not None:
             handle.cancel()
         if stale_append:
             self.stale_appends_refused += 1
+        # At once, not when the cancelled fetch gets to it: the loop may stall before then,
+        # and another node's upstream may start as soon as the lease expires.
+        kill_upstream(RunHandle.from_json(job.record.source_state))
         self._jobs.stop_fetching(job)
         job.upstream_open = False
         job.lease_holder = ""
@@ -254,6 +289,7 @@ class ClusterNode:
             self._mirror.want(job)
 
     def job_ended(self, job: Job) -> None:
+        self._watchdog.forget(job.id)
         self._held.pop(job.id, None)
         self._writers.pop(job.id, None)
         handle = self._deadlines.pop(job.id, None)
@@ -315,6 +351,7 @@ class ClusterNode:
         self._writers[job.id] = writer
         self._tasks.spawn(writer.run(), name=f"cluster-writer-{job.id}")
         self._arm_deadline(lease)
+        self._watchdog.watch(lease, lambda: RunHandle.from_json(job.record.source_state))
         job.lease_holder = self.name
         job.mirror = False
         self._mirror.forget(job.id)
@@ -329,20 +366,25 @@ class ClusterNode:
         self._deadlines[lease.job_id] = loop.call_later(max(0.0, delay), self._expire, lease)
 
     def _expire(self, lease: HeldLease) -> None:
-        if self._held.get(lease.job_id) is lease and time.monotonic() >= lease.valid_until:
+        if self._held.get(lease.job_id) is lease and (
+            lease.lost or time.monotonic() >= lease.valid_until
+        ):
             job = self._jobs.get(lease.job_id)
             self.lease_lost(job, "its lease could not be renewed in time", stale_append=False)
 
     async def _keep_alive(self) -> None:
         """Renews the node's name and every lease held, four times per lease length."""
-        while True:
+        while not self._closing:
             await asyncio.sleep(self._lease_s / 4)
+            self._stall_for_tests()
             sent = time.monotonic()
             try:
                 await self._check_cluster()
-                await self._redis.hold_node(self.name, self._token, self.settings.lease_ms * 3)
+                await self._redis.hold_node(self.name, self._token, self._node_hold_ms)
                 for job_id, lease in list(self._held.items()):
-                    if await self._redis.renew(job_id, lease.token, self.settings.lease_ms):
+                    if lease.lost:  # the watchdog stopped its upstream
+                        self._expire(lease)
+                    elif await self._redis.renew(job_id, lease.token, self.settings.lease_ms):
                         if self._held.get(job_id) is lease:
                             lease.valid_until = sent + self._lease_s * _SAFE_SHARE
                             self._arm_deadline(lease)
@@ -355,6 +397,14 @@ class ClusterNode:
                 self.redis_failed(error)
                 continue
             self.redis_ok()
+
+    def _stall_for_tests(self) -> None:
+        """TAILHUB_CLUSTER_STALL=P:S: before a renewal of the leases it holds, with
+        probability P, the whole daemon stops for S seconds (a GC pause, a frozen host), as
+        the lease race tests want."""
+        stall = self.settings.stall
+        if stall is not None and self._held and random.random() < stall[0]:
+            time.sleep(stall[1])
 
     async def _check_cluster(self) -> None:
         found = await self._redis.cluster_id()
@@ -374,9 +424,14 @@ class ClusterNode:
 
     async def _take_over_loop(self) -> None:
         """Takes the lease of each job nobody fetches that this node may fetch."""
-        while True:
+        while not self._closing:
             await asyncio.sleep(min(0.5, self._lease_s / 6) * random.uniform(0.8, 1.2))
             if not self.connected or self.lost_data:
+                continue
+            try:
+                await self._refresh_running()
+            except RedisError as error:
+                self.redis_failed(error)
                 continue
             candidates = [
                 job
@@ -400,6 +455,17 @@ class ClusterNode:
             except RedisError as error:
                 self.redis_failed(error)
 
+    async def _refresh_running(self) -> None:
+        """Sizes and holders of the running jobs fetched elsewhere, as `jobs queue` shows."""
+        running = [
+            job.id for job in self._jobs.all_jobs() if not job.sealed and job.id not in self._held
+        ]
+        for start in range(0, len(running), 500):
+            found = await self._redis.sizes(running[start : start + 500])
+            for job_id, (size, holder) in found.items():
+                job = self._jobs.get(job_id)
+                job.cluster_size, job.lease_holder = size, holder
+
     def _may_take(self, job: Job) -> bool:
         if job.record.spec.kind in _FETCHED_ANYWHERE:
             return True
@@ -414,7 +480,9 @@ class ClusterNode:
         try:
             if job.log.writable:
                 await self._mirror.catch_up(job, meta.size)
-            elif job.log_size != meta.size:
+            elif job.log_size > meta.size:
+                job.observe_from(meta.size)
+            elif job.log_size < meta.size:
                 raise RuntimeError(
                     f"its log here holds {job.log_size} bytes, Redis {meta.size}: it is not "
                     "the same log"
@@ -424,20 +492,27 @@ class ClusterNode:
             await self._redis.release(job.id, token)
             return
         self._apply_record(job, meta)
+        # The previous holder's process ran on its host (and died with it, or was stopped
+        # there): never a process of this one.
+        for key in RUN_HANDLE_KEYS:
+            job.record.source_state.pop(key, None)
         self._hold(job, token, sent)
         logger.info("job %d: this node fetches it now (lease %s)", job.id, token)
-        self._jobs.notice(job, f"node {self.name} fetches this job now")
         self._jobs.resume(job)
+        # Into the log's stream, after the fetcher exists: followers everywhere see it.
+        writer = self._writers.get(job.id)
+        if writer is not None:
+            writer.event(f"node {self.name} fetches this job now")
 
     async def _listen(self) -> None:
         """Applies record changes as they are announced, and all of them now and then."""
-        while True:
+        while not self._closing:
             pubsub = self._redis.client.pubsub()
             try:
                 await pubsub.subscribe(CHANGES)
                 await self._sync(await self._redis.job_ids())
                 resync_at = time.monotonic() + _RESYNC_SECONDS
-                while True:
+                while not self._closing:
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                     if message is not None:
                         changed = {int(message["data"])}
@@ -491,7 +566,11 @@ class ClusterNode:
         """Takes the record Redis has of a job this node does not fetch."""
         assert meta.record is not None
         record, home = record_from_json(job.id, meta.record)
+        # Filled from Redis here, unless it is a local job of this node (which writes its
+        # own log file, and only this node can fetch).
+        job.mirror = not (record.spec.kind is SourceKind.LOCAL and home == self.name)
         job.cluster_size = meta.size
+        job.cluster_sealed = meta.sealed
         job.home_node = home
         job.lease_holder = meta.holder
         if job.sealed:

@@ -91,44 +91,36 @@ return 0
 """
 
 # KEYS: lease, job; ARGV: token ('' for a job nobody fetches), record, job id.
-_SAVE = (
-    """
+_SAVE = """
 if ARGV[1] ~= '' and redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
 redis.call('HSET', KEYS[2], 'record', ARGV[2])
-redis.call('PUBLISH', '"""
-    + CHANGES
-    + """', ARGV[3])
+redis.call('PUBLISH', '@CHANGES@', ARGV[3])
 return 0
 """
-)
 
 # KEYS: lease, log, job; ARGV: token, expected size, end (JSON), record, job id.
-_END = (
-    """
+_END = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
 local size = tonumber(redis.call('HGET', KEYS[3], 'size') or '0')
 if size ~= tonumber(ARGV[2]) then return -2 end
 redis.call('XADD', KEYS[2], size .. '-*', 'end', ARGV[3])
 redis.call('HSET', KEYS[3], 'record', ARGV[4], 'sealed', '1', 'holder', '')
 redis.call('DEL', KEYS[1])
-redis.call('PUBLISH', '"""
-    + CHANGES
-    + """', ARGV[5])
+redis.call('PUBLISH', '@CHANGES@', ARGV[5])
 return 0
 """
-)
 
-# KEYS: job, jobs; ARGV: record, job id.
-_CREATE = (
-    """
-redis.call('HSET', KEYS[1], 'record', ARGV[1], 'size', 0, 'first', 0)
+# KEYS: job, jobs, lease; ARGV: record, job id, node, lease ms. The creator holds the first
+# lease from the start: no other node can take the new job before it does.
+_CREATE = """
+redis.call('HSET', KEYS[1], 'record', ARGV[1], 'size', 0, 'first', 0, 'epoch', 1,
+           'holder', ARGV[3])
+local token = ARGV[3] .. ' 1'
+redis.call('SET', KEYS[3], token, 'PX', ARGV[4])
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[2])
-redis.call('PUBLISH', '"""
-    + CHANGES
-    + """', ARGV[2])
-return 0
+redis.call('PUBLISH', '@CHANGES@', ARGV[2])
+return token
 """
-)
 
 # KEYS: node; ARGV: token, ms. Takes the node name, or keeps it for the daemon holding it.
 _NODE = """
@@ -178,16 +170,19 @@ class RedisStore:
     """The cluster's keys, read and written through one redis.asyncio client."""
 
     def __init__(self, client: redis.asyncio.Redis) -> None:
+        def script(lua: str) -> Any:
+            return client.register_script(lua.replace("@CHANGES@", CHANGES))
+
         self.client = client
-        self._acquire = client.register_script(_ACQUIRE)
-        self._renew = client.register_script(_RENEW)
-        self._release = client.register_script(_RELEASE)
-        self._append = client.register_script(_APPEND)
-        self._event = client.register_script(_EVENT)
-        self._save = client.register_script(_SAVE)
-        self._end = client.register_script(_END)
-        self._create = client.register_script(_CREATE)
-        self._node = client.register_script(_NODE)
+        self._acquire = script(_ACQUIRE)
+        self._renew = script(_RENEW)
+        self._release = script(_RELEASE)
+        self._append = script(_APPEND)
+        self._event = script(_EVENT)
+        self._save = script(_SAVE)
+        self._end = script(_END)
+        self._create = script(_CREATE)
+        self._node = script(_NODE)
 
     # -- the cluster and its nodes -----------------------------------------------------------
     async def cluster_id(self) -> str | None:
@@ -215,10 +210,13 @@ class RedisStore:
     async def next_job_id(self) -> int:
         return int(await self.client.incr(PREFIX + "next_job_id"))
 
-    async def create(self, job_id: int, record: dict[str, Any]) -> None:
-        await self._create(
-            keys=[_job_key(job_id), PREFIX + "jobs"], args=[json.dumps(record), job_id]
+    async def create(self, job_id: int, record: dict[str, Any], node: str, ms: int) -> str:
+        """Records a new job, its first lease held by `node`; returns the lease's token."""
+        token = await self._create(
+            keys=[_job_key(job_id), PREFIX + "jobs", _lease_key(job_id)],
+            args=[json.dumps(record), job_id, node, ms],
         )
+        return bytes(token).decode()
 
     async def job_ids(self) -> list[int]:
         members: Any = await self.client.zrange(PREFIX + "jobs", 0, -1)
@@ -244,6 +242,17 @@ class RedisStore:
                 cancel=cancel == b"1",
             )
         return found
+
+    async def sizes(self, job_ids: list[int]) -> dict[int, tuple[int, str]]:
+        """The stored size and the lease holder of each of these jobs."""
+        pipe = self.client.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hmget(_job_key(job_id), "size", "holder")
+        answers: Any = await pipe.execute()
+        return {
+            job_id: (int(size or 0), (holder or b"").decode())
+            for job_id, (size, holder) in zip(job_ids, answers, strict=True)
+        }
 
     async def request_cancel(self, job_id: int) -> None:
         await self.client.hset(_job_key(job_id), "cancel", "1")

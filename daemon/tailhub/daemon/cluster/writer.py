@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from tailhub.daemon.counts import DaemonCounts
     from tailhub.daemon.fetcher import FetchOwner
     from tailhub.daemon.job import Job
-    from tailhub.daemon.sources import Source
+    from tailhub.daemon.sources import Outcome, Source
 
 logger = logging.getLogger(__name__)
 
@@ -297,6 +297,14 @@ class LeasedFetcher(Fetcher):
 
     async def flushed(self) -> None:
         await self._writer.drained.wait()
+
+    async def run(self) -> Outcome | None:
+        outcome = await super().run()
+        if self._writer.lease.lost:
+            # The upstream ended because the lease was lost (the watchdog killed it): that
+            # is no end of the job. The node stops this fetch; wait for it.
+            await asyncio.Event().wait()
+        return outcome
 
     async def _wait_for_space(self, error: StorageFull) -> None:
         if not isinstance(error, RedisBehind):

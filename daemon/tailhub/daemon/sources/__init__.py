@@ -66,7 +66,12 @@ def _command(job_id: int, spec: SourceSpec, environment: SourceEnvironment) -> S
     assert isinstance(spec, CommandSpec)
     codes = spec.transport_exit_codes or environment.config.transport_exit_codes
     return CommandSource(
-        spec, codes, environment.runner, environment.connecting, environment.config.crash_at
+        spec,
+        codes,
+        environment.runner,
+        environment.connecting,
+        environment.config.crash_at,
+        cluster_job=job_id if environment.config.cluster is not None else None,
     )
 
 

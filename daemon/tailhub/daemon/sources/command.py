@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -48,6 +49,11 @@ class CommandSource:
     connecting: asyncio.Semaphore
     # Fault injection for tests (see faults.py).
     crash_points: frozenset[str] = frozenset()
+    # Cluster mode: the job's id. The command dies with the daemon (another node takes the
+    # job over and starts its own; a survivor would be a second connection to the upstream
+    # host), and carries FETCH_MARKER=JOB_ID in its environment, by which the lease watchdog
+    # finds it even before the daemon has noted its pid.
+    cluster_job: int | None = None
     counts_connections: ClassVar[bool] = True
 
     async def fetch(self, upstream: Upstream) -> Outcome | None:
@@ -129,16 +135,14 @@ class CommandSource:
     async def _start(self) -> asyncio.subprocess.Process:
         try:
             # Its own process group, so that stopping it stops what it started too.
-            if self.spec.shell:
-                return await asyncio.create_subprocess_shell(
-                    self.spec.argv[0],
-                    stdin=asyncio.subprocess.DEVNULL,
-                    stdout=asyncio.subprocess.PIPE,
-                    stderr=asyncio.subprocess.PIPE,
-                    start_new_session=True,
-                )
+            argv = ["/bin/sh", "-c", self.spec.argv[0]] if self.spec.shell else [*self.spec.argv]
+            environment = None
+            if self.cluster_job is not None:
+                argv = [*DIE_WITH_PARENT, *argv]
+                environment = {**os.environ, FETCH_MARKER: str(self.cluster_job)}
             return await asyncio.create_subprocess_exec(
-                *self.spec.argv,
+                *argv,
+                env=environment,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
@@ -148,6 +152,14 @@ class CommandSource:
             raise UpstreamUnusable(
                 f"cannot run {self.spec.describe()}: {error.strerror}", exit_code=127
             ) from error
+
+
+# util-linux's setpriv asks the kernel to kill the command when the daemon dies (even by
+# kill -9), then runs it. Not a preexec_fn: Python code between fork and exec is unsafe in a
+# process with threads.
+_SETPRIV = shutil.which("setpriv")
+FETCH_MARKER = "TAILHUB_FETCHING_JOB"
+DIE_WITH_PARENT = (_SETPRIV, "--pdeathsig", "KILL", "--") if _SETPRIV else ()
 
 
 async def stop_left_over(runner: LocalRunner, upstream: Upstream) -> None:

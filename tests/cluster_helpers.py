@@ -1,0 +1,78 @@
+"""Several real daemons on one real Redis: the cluster-mode tests' set-up."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from helpers import DaemonProcess, wait_until
+from redis_helpers import RedisServer
+
+from tailhub.client import JobInfo
+
+
+@dataclass
+class Cluster:
+    """Daemons named n0, n1, ... each with its own state directory, sharing `redis`."""
+
+    redis: RedisServer
+    base: Path
+    lease_ms: int = 3000
+    nodes: dict[str, DaemonProcess] = field(default_factory=dict)
+
+    def add(self, name: str, *args: str, env: dict[str, str] | None = None) -> DaemonProcess:
+        node = DaemonProcess(
+            self.base / name,
+            args=[
+                "--heartbeat-interval",
+                "0.5",
+                "--redis",
+                self.redis.url,
+                "--node-name",
+                name,
+                "--lease-ms",
+                str(self.lease_ms),
+                *args,
+            ],
+            env=env,
+        )
+        self.nodes[name] = node
+        node.start()
+        return node
+
+    def start(self, count: int, *args: str) -> list[DaemonProcess]:
+        return [self.add(f"n{index}", *args) for index in range(count)]
+
+    def alive(self) -> list[DaemonProcess]:
+        return [
+            node
+            for node in self.nodes.values()
+            if node.process is not None and node.process.poll() is None
+        ]
+
+    def job(self, job_id: int, on: DaemonProcess | None = None) -> JobInfo:
+        with (on or self.alive()[0]).client() as client:
+            return client.get(job_id)
+
+    def holder(self, job_id: int) -> str:
+        """The node fetching the job now, as a live node reports it ("" for none)."""
+        return self.job(job_id).lease_holder
+
+    def wait_for_holder(
+        self, job_id: int, *, other_than: Sequence[str] = (), timeout: float = 20.0
+    ) -> str:
+        found: list[str] = []
+
+        def held() -> bool:
+            holder = self.holder(job_id)
+            found[:] = [holder]
+            return bool(holder) and holder not in other_than
+
+        wait_until(held, timeout, f"a lease holder of job {job_id} other than {other_than}")
+        return found[0]
+
+    def stop_all(self) -> None:
+        for node in self.nodes.values():
+            if node.process is not None and node.process.poll() is None:
+                node.stop()

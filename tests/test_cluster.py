@@ -1,0 +1,220 @@
+"""Cluster mode: several real daemons on one real Redis share jobs, one fetch per job."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from cluster_helpers import Cluster
+from follow_many import kill_all, results_of, start_followers
+from helpers import run_cli, start_background_cli, wait_until
+from redis_helpers import RedisServer
+
+from tailhub.client import JobState
+
+REPLAY = str(Path(__file__).parent / "replay_upstream.py")
+
+
+def _upstream(directory: Path, data: bytes) -> tuple[Path, Path]:
+    """A remote log (replayed from its first byte by each connection) and its state dir."""
+    directory.mkdir(parents=True, exist_ok=True)
+    log = directory / "upstream.log"
+    log.write_bytes(data)
+    state = directory / "state"
+    state.mkdir()
+    return log, state
+
+
+def _payload(size: int, seed: int = 7) -> bytes:
+    """Every byte value, newlines and invalid UTF-8 among them."""
+    return random.Random(seed).randbytes(size)
+
+
+def test_followers_on_three_nodes_get_exact_bytes_from_one_upstream(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    nodes = cluster.start(3)
+    data = _payload(3 * 1024 * 1024)
+    log, state = _upstream(tmp_path / "up", data[: len(data) // 2])
+    with nodes[0].client() as client:
+        job = client.attach_command([sys.executable, REPLAY, str(log), str(state)])
+    followers = [start_followers(node.paths.address, job.id, 100) for node in nodes]
+    try:
+        # The second half arrives while 300 followers on three daemons are reading.
+        with open(log, "ab") as more:
+            more.write(data[len(data) // 2 :])
+        (state / "done").touch()
+        results = [result for process in followers for result in results_of(process, 120)]
+    finally:
+        kill_all(followers)
+    digest = hashlib.sha256(data).hexdigest()
+    assert len(results) == 300
+    assert all(r.error is None and r.size == len(data) for r in results), results[:3]
+    assert all(r.sha256 == digest for r in results), [r.sha256 == digest for r in results].count(
+        True
+    )
+    assert all(r.state == "JOB_STATE_SUCCEEDED" and r.exit_code == 0 for r in results)
+    for node in nodes:
+        seen = cluster.job(job.id, on=node)
+        assert seen.upstream_connections == 1, (node.home.name, seen)
+        assert seen.state is JobState.SUCCEEDED
+        assert seen.log_size == len(data)
+    assert (state / "connections").read_text() == "1"
+    assert not (state / "overlaps").exists()
+
+
+def test_every_node_lists_every_job_with_its_lease_holder(cluster: Cluster, tmp_path: Path) -> None:
+    nodes = cluster.start(2)
+    log, state = _upstream(tmp_path / "up", b"a line\n")
+    with nodes[1].client() as client:
+        job = client.attach_command([sys.executable, REPLAY, str(log), str(state)], name="far")
+    wait_until(lambda: cluster.holder(job.id) == "n1", what="n1 to hold the lease")
+    listed = run_cli(nodes[0].home, "jobs", "queue")
+    assert listed.returncode == 0, listed.stderr
+    row = next(line for line in listed.stdout.decode().splitlines() if " far " in line)
+    assert row.split()[0] == str(job.id)
+    assert "n1" in row  # the node fetching it
+    (state / "done").touch()
+    wait_until(lambda: cluster.job(job.id, on=nodes[0]).sealed, what="the job to end")
+    with nodes[0].client() as client:
+        status = client.status()
+    assert status.cluster is not None
+    assert status.cluster.node_name == "n0"
+    assert status.cluster.connected
+    assert status.cluster.nodes == 2
+
+
+def test_kill_of_the_lease_holder_is_taken_over_within_5s_byte_exact(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    nodes = cluster.start(3)  # the default lease: 3 s
+    data = _payload(2 * 1024 * 1024, seed=11)
+    log, state = _upstream(tmp_path / "up", data[: 1024 * 1024])
+    with nodes[0].client() as client:
+        job = client.attach_command([sys.executable, REPLAY, str(log), str(state)])
+    followers = [
+        start_background_cli(node.home, tmp_path / node.home.name, "jobs", "logs", str(job.id))
+        for node in nodes[1:]
+    ]
+    try:
+        wait_until(
+            lambda: all(len(follower.stdout) >= 1024 * 1024 for follower in followers),
+            what="the first half on every follower",
+        )
+        assert cluster.holder(job.id) == "n0"
+        nodes[0].kill()
+        killed_at = time.monotonic()
+        # More bytes arrive upstream only now: they can come through the new holder alone.
+        with open(log, "ab") as more:
+            more.write(data[1024 * 1024 :])
+        new_holder = cluster.wait_for_holder(job.id, other_than=["n0"], timeout=10)
+        wait_until(
+            lambda: len(followers[0].stdout) > 1024 * 1024, 10, "bytes through the new holder"
+        )
+        took = time.monotonic() - killed_at
+        assert took < 5.0, f"takeover took {took:.1f}s"
+        (state / "done").touch()
+        for follower in followers:
+            assert follower.wait(60) == 0, follower.stderr
+            assert follower.stdout == data  # no gap, no repeat
+            assert f"node {new_holder} fetches this job now" in follower.stderr
+    finally:
+        for follower in followers:
+            follower.stop()
+    seen = cluster.job(job.id)
+    assert seen.upstream_connections == 2  # the first holder's, and the new one's
+    assert (state / "connections").read_text() == "2"
+    assert not (state / "overlaps").exists()  # the killed daemon's command died with it
+
+
+def test_a_job_launched_on_one_node_is_followed_through_another(
+    cluster: Cluster, workdir: Path
+) -> None:
+    nodes = cluster.start(2)
+    task = workdir / "task.yaml"
+    task.write_text("run: |\n  for i in 1 2 3; do echo step $i; done\n  exit 3\n")
+    launched = run_cli(nodes[0].home, "jobs", "launch", "--async", str(task))
+    assert launched.returncode == 0, launched.stderr
+    job_id = launched.stdout.decode().split()[0]
+    followed = run_cli(nodes[1].home, "jobs", "logs", job_id)
+    assert followed.stdout == b"step 1\nstep 2\nstep 3\n"
+    assert followed.returncode == 100  # failed, as on the daemon that ran it
+    assert cluster.job(int(job_id), on=nodes[1]).home_node == "n0"
+
+
+def _audit_stream(redis: RedisServer, job_id: int) -> tuple[bytes, list[int]]:
+    """The log as the cluster's stream holds it, and the epoch of each data entry, checking
+    that the entries' offsets follow one another without a gap or an overlap."""
+    client = redis.client()
+    data = bytearray()
+    epochs: list[int] = []
+    entries: Any = client.xrange(f"tailhub:log:{job_id}")
+    for entry_id, fields in entries:
+        if b"d" not in fields:
+            continue  # an event, or the end
+        assert int(fields[b"o"]) == len(data), f"entry {entry_id!r} leaves a gap or overlaps"
+        data += fields[b"d"]
+        assert int(entry_id.split(b"-")[0]) == len(data)
+        epochs.append(int(fields[b"e"]))
+    return bytes(data), epochs
+
+
+def test_two_nodes_racing_for_one_lease_100_times_never_fetch_at_once(
+    redis_server: RedisServer, cluster: Cluster, tmp_path: Path
+) -> None:
+    # A short lease, and daemons that stop dead (the whole process, as in a long GC pause)
+    # for longer than the lease before half of their renewals: the lease keeps changing hands.
+    cluster.lease_ms = 200
+    stall = {"TAILHUB_CLUSTER_STALL": "0.5:0.3"}
+    nodes = [cluster.add(f"n{index}", env=stall) for index in range(2)]
+    data = _payload(400 * 1024, seed=3)
+    log, state = _upstream(tmp_path / "up", b"")
+    with nodes[0].client() as client:
+        job = client.attach_command([sys.executable, REPLAY, str(log), str(state)])
+    followers = [
+        start_background_cli(node.home, tmp_path / node.home.name, "jobs", "logs", str(job.id))
+        for node in nodes
+    ]
+    redis = redis_server.client()
+    written = 0
+    try:
+        deadline = time.monotonic() + 120
+        # 100 rounds: the lease granted 101 times (the first holder, and 100 takeovers).
+        while int(redis.hget(f"tailhub:job:{job.id}", "epoch") or 0) < 101:
+            assert time.monotonic() < deadline, "fewer than 100 takeovers in 120 s"
+            if written < len(data):  # the log grows while the lease moves
+                with open(log, "ab") as more:
+                    more.write(data[written : written + 1024])
+                written += 1024
+            # Pacing the upstream's growth (about 100 KiB/s), not waiting for an event.
+            time.sleep(0.01)
+        with open(log, "ab") as more:
+            more.write(data[written:])
+        (state / "done").touch()
+        for follower in followers:
+            assert follower.wait(60) == 0, follower.stderr
+            assert follower.stdout == data
+    finally:
+        for follower in followers:
+            follower.stop()
+    stored, epochs = _audit_stream(redis_server, job.id)
+    assert stored == data
+    # A stale append accepted would be an entry of an older epoch after a newer one's.
+    stale_accepted = sum(later < earlier for earlier, later in zip(epochs, epochs[1:]))
+    assert stale_accepted == 0
+    assert not (state / "overlaps").exists(), (state / "overlaps").read_text()
+    refused = 0
+    for node in nodes:
+        with node.client() as client:
+            view = client.status().cluster
+        assert view is not None
+        refused += view.stale_appends_refused
+    granted = int(redis.hget(f"tailhub:job:{job.id}", "epoch") or 0)
+    print(
+        f"lease granted {granted} times, {len(set(epochs))} of them appended; "
+        f"stale appends refused: {refused}"
+    )
