@@ -96,8 +96,7 @@ def fan_out(settings: Settings, directory: Path, *, cluster: bool) -> dict[str, 
             stack.enter_context(daemon)
         processes = stack.enter_context(ProcessSet())
         source = Source.start(processes, directory, settings.rate, settings.duration, gate)
-        attached = attach(daemons[0], source, "cluster-fanout")
-        job = attached.job_id
+        job = attach(daemons[0], source, "cluster-fanout")
         counts = shares(settings.followers, len(daemons))
         outs: list[Path] = []
         for index, (daemon, count) in enumerate(zip(daemons, counts, strict=True)):
@@ -139,7 +138,6 @@ def fan_out(settings: Settings, directory: Path, *, cluster: bool) -> dict[str, 
     figures = summary(settings.followers, source.size(), max(upstreams), opened, received)
     return figures | {
         "daemons": len(daemons),
-        "attach_error": attached.error,
         "exact_followers": sum(
             stream["sha256"] == written and stream["contiguous"] for stream in received.streams
         ),
@@ -198,19 +196,13 @@ def tables(result: dict[str, Any]) -> list[Table]:
         "Redis used MiB",
         "Redis RSS MiB",
     )
-    notes: tuple[str, ...] = (
+    notes = (
         "exact: followers whose bytes hash to the file written (sha256) with contiguous offsets;"
         " hashing costs the followers' processes ~1 s of CPU per GB",
         "upstreams: Job.upstream_connections as each daemon reports it (cluster-wide: must be 1)",
         "daemons CPU: the daemons' own CPU, summed, while writing; peak RSS: the largest daemon's",
         "Redis: CPU of redis-server (AOF on) over the same time; used: INFO used_memory at the end",
         f"{settings['clients']} follower processes in all, spread over the daemons' sockets",
-    )
-    notes += tuple(
-        f"{label}: AttachJob failed though it made the job ({run['attach_error']});"
-        " the run went on with the job"
-        for label, run in runs
-        if run.get("attach_error")
     )
     title = (
         f"cluster fan-out: one command job at {settings['rate'] / MB:g} MB/s for"

@@ -88,11 +88,6 @@ class Daemon:
             probe.close()
         return True
 
-    @property
-    def returncode(self) -> int | None:
-        """How the daemon exited, None while it runs (or before it started)."""
-        return None if self._process is None else self._process.poll()
-
     def cpu(self) -> CpuTimes:
         return cpu_times(self.pid)
 

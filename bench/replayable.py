@@ -19,7 +19,6 @@ import grpc
 
 from bench.daemon import Daemon
 from bench.processes import ProcessSet, python_module
-from tailhub.client import TailhubError
 from tailhub.v1 import tailhub_pb2 as pb
 from tailhub.v1 import tailhub_pb2_grpc as pb_grpc
 
@@ -74,27 +73,10 @@ class Source:
         return os.stat(self.log).st_size
 
 
-@dataclass(frozen=True)
-class Attached:
-    job_id: int
-    error: str | None  # what AttachJob answered when it failed but made the job all the same
-
-
-def attach(daemon: Daemon, source: Source, name: str) -> Attached:
-    """Attaches the source's command on `daemon`, as `tailhub jobs attach` would.
-
-    A cluster daemon may refuse the attach after creating the job, when another daemon takes
-    the new job's lease first: the job is there and fetched all the same. The benchmark goes
-    on with it and reports the refusal, rather than losing the run's figures.
-    """
+def attach(daemon: Daemon, source: Source, name: str) -> int:
+    """Attaches the source's command on `daemon`, as `tailhub jobs attach` would; its job id."""
     with daemon.client() as client:
-        try:
-            return Attached(client.attach_command(source.argv, name=name).id, None)
-        except TailhubError as error:
-            made = [job for job in client.list(limit=20) if job.name == name]
-            if not made:
-                raise
-            return Attached(made[0].id, f"{type(error).__name__}: {error}")
+        return client.attach_command(source.argv, name=name).id
 
 
 def get_job(address: str, job_id: int) -> pb.Job:
