@@ -18,7 +18,7 @@ from typing import Any
 
 import grpc
 
-from bench import capacity, catchup, ceiling, cli_latency, fanout, memory, skypilot, ssh
+from bench import capacity, catchup, ceiling, cli_latency, cluster, fanout, memory, skypilot, ssh
 from bench.measure import machine_cpu, own_tree_cpu
 from bench.processes import REPO
 from bench.report import Table, render, status_line, write_json
@@ -34,6 +34,7 @@ SCENARIOS: dict[str, ModuleType] = {
     "ssh": ssh,
     "cli_latency": cli_latency,
     "skypilot": skypilot,
+    "cluster": cluster,
 }
 DEFAULT_JSON = REPO / "bench" / "results" / "latest.json"
 DEFAULT_PROFILES = REPO / "bench" / "results" / "py-spy"

@@ -112,6 +112,14 @@ class Daemon:
             process.kill()
             process.wait()
 
+    def kill(self) -> None:
+        """SIGKILL, as a crash would end it: no drain, its lease left to expire."""
+        process = self._process
+        if process is None or process.poll() is not None:
+            return
+        os.kill(self.pid, signal.SIGKILL)
+        process.wait()
+
     def __enter__(self) -> Daemon:
         self.start()
         return self

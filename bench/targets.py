@@ -21,7 +21,7 @@ class Verdict:
 
 def evaluate(scenarios: Scenarios) -> list[Verdict]:
     verdicts: list[Verdict] = []
-    for judge in (_fanout, _capacity, _memory, _ssh, _catchup, _cli):
+    for judge in (_fanout, _capacity, _memory, _ssh, _catchup, _cli, _cluster):
         verdicts.extend(judge(scenarios))
     return verdicts
 
@@ -207,5 +207,57 @@ def _cli(scenarios: Scenarios) -> list[Verdict]:
             names[1],
             f"{tail * 1000:,.0f} ms, {small * 1000:,.0f} ms (`import grpc` {grpc * 1000:,.0f} ms)",
             max(tail, small) < 0.1,
+        ),
+    ]
+
+
+def _cluster(scenarios: Scenarios) -> list[Verdict]:
+    cluster = scenarios.get("cluster", {})
+    n = cluster.get("settings", {}).get("followers", 1000)
+    names = (
+        f"cluster N={n}: 100% delivered",
+        f"cluster N={n}: one upstream connection",
+        "cluster failover: a follower gets new bytes < 5 s after a kill",
+        "cluster failover: followers exact, no gap, no repeat",
+    )
+    # Phases are judged apart: one failing leaves the others' figures.
+    verdicts: list[Verdict] = []
+    run = cluster.get("cluster", {})
+    if "delivered_share" in run:
+        exact = run["exact_followers"]
+        verdicts += [
+            Verdict(
+                names[0],
+                f"{run['delivered_share']:.2%} ({exact}/{n} exact)",
+                run["delivered_share"] >= 1.0 and exact == n,
+            ),
+            Verdict(
+                names[1],
+                "/".join(str(count) for count in run["upstreams_per_daemon"]),
+                all(count == 1 for count in run["upstreams_per_daemon"]),
+            ),
+        ]
+    else:
+        verdicts += _missing(*names[:2])
+    failover = cluster.get("failover", {})
+    if "flow_max_s" not in failover:
+        return [*verdicts, *_missing(*names[2:])]
+    followers = failover["followers"]
+    exact = sum(
+        follower["exact"] and not follower["gaps"] and not follower["repeats"]
+        for follower in followers
+    )
+    return [
+        *verdicts,
+        Verdict(
+            names[2],
+            f"max {failover['flow_max_s']:.2f} s, p50 {failover['flow_p50_s']:.2f} s"
+            f" over {failover['kills']} kills (--lease-ms {failover['lease_ms']})",
+            failover["flow_max_s"] < 5.0,
+        ),
+        Verdict(
+            names[3],
+            f"{exact}/{len(followers)} exact, {failover['survivor_breaks']} survivors' streams cut",
+            exact == len(followers) and failover["survivor_breaks"] == 0,
         ),
     ]

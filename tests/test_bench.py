@@ -13,7 +13,10 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-SCENARIOS = {"fanout", "ceiling", "capacity", "catchup", "memory", "ssh", "cli_latency", "skypilot"}
+SCENARIOS = {
+    *("fanout", "ceiling", "capacity", "catchup", "memory", "ssh", "cli_latency", "skypilot"),
+    "cluster",
+}
 
 
 def test_quick_benchmark_runs_every_scenario_and_writes_json(tmp_path: Path) -> None:
@@ -23,7 +26,7 @@ def test_quick_benchmark_runs_every_scenario_and_writes_json(tmp_path: Path) -> 
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=360,
     )
     assert done.returncode == 0, done.stderr
     assert "targets" in done.stdout
@@ -80,10 +83,26 @@ def test_quick_benchmark_runs_every_scenario_and_writes_json(tmp_path: Path) -> 
         assert 0 < command["wall_p50_s"] <= command["wall_max_s"], label
         assert command["cpu_p50_s"] > 0, label
     assert cli["tail_correct"] is True
+    cluster = results["scenarios"]["cluster"]
+    # The same load on one daemon and on three sharing a Redis: exact bytes, one upstream.
+    for run in (cluster["single"], cluster["cluster"]):
+        assert run["exact_followers"] == run["followers"] == cluster["settings"]["followers"]
+        assert run["upstreams_per_daemon"] == [1] * run["daemons"]
+        assert run["latency_p50_s"] <= run["latency_p99_s"]
+    assert run["redis"]["cpu_s"] > 0
+    assert run["redis"]["used_memory_bytes"] > 0
+    # Every kill took the lease elsewhere, and bytes flowed again after it.
+    failover = cluster["failover"]
+    assert len(failover["rounds"]) == cluster["settings"]["kills"]
+    for kill in failover["rounds"]:
+        assert kill["took_over"] not in ("", kill["killed"])
+        assert kill["lease_s"] > 0
+        assert kill["flow_s"] >= kill["lease_s"] - 0.25
+    assert "cluster failover" in done.stdout
 
     # A verdict for every target: measured ones pass or miss, the skipped ssh ones say why.
     verdicts = {verdict["target"]: verdict for verdict in results["targets"]}
-    assert len(verdicts) == 14
+    assert len(verdicts) == 18
     for target, verdict in verdicts.items():
         assert verdict["figure"], target
         if target.startswith("ssh"):
@@ -97,5 +116,5 @@ def test_quick_benchmark_runs_every_scenario_and_writes_json(tmp_path: Path) -> 
             assert target in done.stdout
     # Correctness targets do not depend on the machine's speed: they pass.
     for target, verdict in verdicts.items():
-        if target.endswith(("100% delivered", "one upstream connection")):
+        if target.endswith(("100% delivered", "one upstream connection", "no gap, no repeat")):
             assert verdict["passed"] is True, verdict
