@@ -155,7 +155,7 @@ def daemon_status(home: str | None, as_json: bool) -> None:
             ("cluster node", f"{cluster.node_name}, one of {cluster.nodes} up"),
             ("redis", f"{cluster.redis}, {reach}"),
             ("fetch leases held", cluster.leases_held),
-            ("stale appends refused", cluster.stale_appends_refused),
+            ("stale writes refused", cluster.stale_appends_refused),
         ]
     for label, value in rows:
         click.echo(f"{label + ':':<22}{printable(str(value))}")

@@ -39,13 +39,14 @@ def iso_time(epoch: float) -> str | None:
     return datetime.fromtimestamp(epoch, tz=timezone.utc).isoformat(timespec="milliseconds")
 
 
-def print_jobs(listed: Sequence[JobInfo], *, colour: bool, now: float | None = None) -> None:
+def print_jobs(
+    listed: Sequence[JobInfo], *, colour: bool, clustered: bool = False, now: float | None = None
+) -> None:
     """The table, newest first as listed; states coloured when `colour` (stdout a terminal).
 
     In cluster mode a NODE column (before DESCRIPTION) names the daemon fetching each job.
     """
     now = time.time() if now is None else now
-    clustered = any(job.lease_holder or job.home_node for job in listed)
     header = (
         "ID",
         "NAME",

@@ -619,12 +619,13 @@ def jobs_queue(home: str | None, as_json: bool, everything: bool, skip_finished:
         else:
             page = client.list_page(QUEUE_DEFAULT_COUNT)
             listed, total = page.jobs, page.total_jobs
+        clustered = not as_json and client.status().cluster is not None
     if as_json:
         import json
 
         click.echo(json.dumps([job_json(job) for job in listed], indent=2))
     else:
-        print_jobs(listed, colour=sys.stdout.isatty())
+        print_jobs(listed, colour=sys.stdout.isatty(), clustered=clustered)
     if total is not None and total > len(listed):
         kind = "unfinished jobs" if skip_finished else "jobs"
         note(f"showing the newest {len(listed)} of {total} {kind}; --all for every one")
