@@ -22,13 +22,21 @@ class Cluster:
     nodes: dict[str, DaemonProcess] = field(default_factory=dict)
 
     def add(self, name: str, *args: str, env: dict[str, str] | None = None) -> DaemonProcess:
+        node = self.prepare(name, self.redis.url, *args, env=env)
+        node.start()
+        return node
+
+    def prepare(
+        self, name: str, url: str, *args: str, env: dict[str, str] | None = None
+    ) -> DaemonProcess:
+        """A node not started yet, reaching Redis at `url`."""
         node = DaemonProcess(
             self.base / name,
             args=[
                 "--heartbeat-interval",
                 "0.5",
                 "--redis",
-                self.redis.url,
+                url,
                 "--node-name",
                 name,
                 "--lease-ms",
@@ -38,7 +46,6 @@ class Cluster:
             env=env,
         )
         self.nodes[name] = node
-        node.start()
         return node
 
     def start(self, count: int, *args: str) -> list[DaemonProcess]:
@@ -55,17 +62,22 @@ class Cluster:
         with (on or self.alive()[0]).client() as client:
             return client.get(job_id)
 
-    def holder(self, job_id: int) -> str:
+    def holder(self, job_id: int, on: DaemonProcess | None = None) -> str:
         """The node fetching the job now, as a live node reports it ("" for none)."""
-        return self.job(job_id).lease_holder
+        return self.job(job_id, on).lease_holder
 
     def wait_for_holder(
-        self, job_id: int, *, other_than: Sequence[str] = (), timeout: float = 20.0
+        self,
+        job_id: int,
+        *,
+        other_than: Sequence[str] = (),
+        timeout: float = 20.0,
+        on: DaemonProcess | None = None,
     ) -> str:
         found: list[str] = []
 
         def held() -> bool:
-            holder = self.holder(job_id)
+            holder = self.holder(job_id, on)
             found[:] = [holder]
             return bool(holder) and holder not in other_than
 

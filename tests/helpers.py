@@ -75,6 +75,8 @@ class DaemonProcess:
     log_files: list[Path] = field(default_factory=list)
     # Added to the test's environment (fault injection).
     env: dict[str, str] | None = None
+    # Run under this command (`ip netns exec NS`).
+    prefix: Sequence[str] = ()
 
     @property
     def paths(self) -> StatePaths:
@@ -90,7 +92,15 @@ class DaemonProcess:
         self.log_files.append(log_path)
         with open(log_path, "wb") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "tailhub.daemon", "--home", str(self.home), *self.args],
+                [
+                    *self.prefix,
+                    sys.executable,
+                    "-m",
+                    "tailhub.daemon",
+                    "--home",
+                    str(self.home),
+                    *self.args,
+                ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env={**os.environ, **(self.env or {})},
