@@ -112,3 +112,60 @@ def test_a_redis_that_lost_its_data_is_refused_with_a_reason(
     # What this daemon had is still served.
     followed = run_cli(node.home, "jobs", "logs", "--no-follow", str(job.id))
     assert followed.stdout == b"already here\n"
+
+
+def test_what_anyone_wrote_into_redis_never_stops_the_cluster(
+    redis_server: RedisServer, cluster: Cluster, tmp_path: Path
+) -> None:
+    nodes = cluster.start(2)
+    redis = redis_server.client()
+    # A record that is no JSON, a size that is no number, a job id that is none.
+    redis.hset("tailhub:job:900", mapping={"record": "not json", "size": "0"})
+    redis.hset("tailhub:job:901", mapping={"record": "[]", "size": "many"})
+    redis.zadd("tailhub:jobs", {"900": 900, "901": 901, "x": 902})
+    redis.publish("tailhub:changes", "not a job id")
+    log, state = _upstream(tmp_path / "up", b"first line\n")
+    with nodes[0].client() as client:
+        job = client.attach_command([sys.executable, REPLAY, str(log), str(state)])
+    follower = start_background_cli(
+        nodes[1].home, tmp_path / "follower", "jobs", "logs", str(job.id)
+    )
+    try:
+        follower.wait_for_stdout(b"first line\n")
+        # Entries no holder writes, in the job's own stream: skipped, and the log goes on.
+        size = int(redis.hget(f"tailhub:job:{job.id}", "size") or 0)
+        redis.xadd(f"tailhub:log:{job.id}", {"end": "not json"}, id=f"{size}-90")
+        redis.xadd(f"tailhub:log:{job.id}", {"o": "0", "d": "forged"}, id=f"{size}-91")
+        with open(log, "ab") as more:
+            more.write(b"second line\n")
+        (state / "done").touch()
+        assert follower.wait(60) == 0, follower.stderr
+        assert follower.stdout == b"first line\nsecond line\n"
+    finally:
+        follower.stop()
+    # A node started now joins all the same, and lists the good jobs.
+    late = cluster.add("n2")
+    assert cluster.job(job.id, on=late).state is JobState.SUCCEEDED
+    assert "left out" in late.log_text()
+    assert "skipped stream entry" in nodes[1].log_text()
+
+
+def test_a_local_job_keeps_running_across_a_kill_of_its_node(
+    cluster: Cluster, workdir: Path
+) -> None:
+    (node,) = cluster.start(1)
+    gate = workdir / "gate"
+    task = workdir / "task.yaml"
+    task.write_text(
+        f"run: |\n  echo before\n  while [ ! -e {gate} ]; do sleep 0.05; done\n  echo after\n"
+    )
+    launched = run_cli(node.home, "jobs", "launch", "--async", str(task))
+    assert launched.returncode == 0, launched.stderr
+    job_id = int(launched.stdout.split()[0])
+    wait_until(lambda: cluster.job(job_id).log_size >= len(b"before\n"), what="its first line")
+    node.kill()
+    node.start()  # the same node name: it takes its local job back
+    gate.touch()
+    followed = run_cli(node.home, "jobs", "logs", str(job_id))
+    assert followed.returncode == 0, followed.stderr
+    assert followed.stdout == b"before\nafter\n"

@@ -29,7 +29,7 @@ from tailhub.daemon.config import (
 )
 from tailhub.daemon.config_file import read_config_file
 from tailhub.daemon.durations import parse_duration
-from tailhub.daemon.faults import crash_points_from
+from tailhub.daemon.faults import crash_points_from, stall_from
 from tailhub.daemon.grpc_log import quiet_client_gone_tracebacks
 from tailhub.daemon.listeners import (
     DEFAULT_MAX_STREAMS,
@@ -131,12 +131,8 @@ def _cluster_settings(
     if node_name is None:
         digest = hashlib.sha256(str(paths.home).encode()).hexdigest()[:6]
         node_name = f"{socket.gethostname()[:48]}-{digest}"
-    stall = None
-    if "TAILHUB_CLUSTER_STALL" in os.environ:
-        probability, seconds = os.environ["TAILHUB_CLUSTER_STALL"].split(":")
-        stall = (float(probability), float(seconds))
     try:
-        return ClusterSettings(redis_url, node_name, lease_ms, retention, stall)
+        return ClusterSettings(redis_url, node_name, lease_ms, retention, stall_from(os.environ))
     except ValueError as error:
         raise click.UsageError(str(error)) from None
 

@@ -35,6 +35,26 @@ def crash_points_from(environ: Mapping[str, str]) -> frozenset[str]:
     return names
 
 
+STALL_ENV = "TAILHUB_CLUSTER_STALL"
+
+
+def stall_from(environ: Mapping[str, str]) -> tuple[float, float] | None:
+    """TAILHUB_CLUSTER_STALL=P:S (cluster mode): before renewing its leases, with
+    probability P the whole daemon stops for S seconds, as a GC pause or a frozen host would
+    stop it. ValueError for anything else."""
+    text = environ.get(STALL_ENV)
+    if text is None:
+        return None
+    probability, _, seconds = text.partition(":")
+    try:
+        stall = (float(probability), float(seconds))
+    except ValueError:
+        raise ValueError(f"{STALL_ENV}: P:SECONDS, not {text[:40]!r}") from None
+    if not (0 <= stall[0] <= 1 and 0 <= stall[1] <= 60):
+        raise ValueError(f"{STALL_ENV}: P in [0, 1], SECONDS in [0, 60]")
+    return stall
+
+
 def crash_at(enabled: frozenset[str], point: str) -> None:
     """Dies here, as kill -9 would, if `point` is enabled."""
     if point in enabled:

@@ -219,24 +219,27 @@ class JobManager:
             raise InvalidRequest(
                 f"job {job_id} has ended ({job.state.value}); it takes no more bytes"
             )
-        size = job.log_size
-        if expected_offset is not None and expected_offset != size:
-            if (
-                expected_offset + len(data) <= size
-                and job.log.read(expected_offset, len(data)) == data
-            ):
-                return size
-            raise OffsetMismatch(
-                f"job {job_id}'s log is {size} bytes long, not {expected_offset}: "
-                "publish at the current size",
-                size,
-            )
         # Through the job's fetcher, which stores the bytes (in cluster mode, Redis first).
         fetcher = self._fetchers.get(job_id)
         if fetcher is None:
             raise InvalidRequest(
                 f"job {job_id} takes bytes on the daemon that attached it"
                 f"{f' ({job.home_node})' if job.home_node else ''}, not here"
+            )
+        # What it has taken, stored or (in cluster mode) on its way to Redis: a retry while
+        # the first is on its way is recognised, never appended twice.
+        size = fetcher.stored
+        if expected_offset is not None and expected_offset != size:
+            if (
+                expected_offset + len(data) <= size
+                and fetcher.read(expected_offset, len(data)) == data
+            ):
+                await fetcher.flushed()
+                return size
+            raise OffsetMismatch(
+                f"job {job_id}'s log is {size} bytes long, not {expected_offset}: "
+                "publish at the current size",
+                size,
             )
         try:
             fetcher.append(data)

@@ -27,6 +27,8 @@ logger = logging.getLogger(__name__)
 BLOCK_MS = 250
 # Entries per stream and call (each at most a few hundred KiB).
 READ_COUNT = 16
+# Events of one mirrored job kept here at most (a daemon's own jobs are bounded by events.py).
+MAX_EVENTS = 10_000
 # A mirrored job nobody here follows is still read this long (a follower reconnecting).
 LINGER_SECONDS = 30.0
 
@@ -94,9 +96,13 @@ class Mirror:
                 job = self._jobs.get(job_id)
                 if job is None or not job.mirror:
                     continue  # fetched here now: its own fetcher fills the log
-                for entry in entries:
-                    self.apply(job, entry)
-                    self._after[job_id] = entry.entry_id
+                try:
+                    for entry in entries:
+                        self.apply(job, entry)
+                        self._after[job_id] = entry.entry_id
+                except Exception:  # one job's fault (a full disk) must not stop the others'
+                    logger.exception("job %d: its log cannot be read from Redis here", job_id)
+                    self.forget(job_id)
 
     def _interest(self) -> dict[int, bytes]:
         now = time.monotonic()
@@ -120,7 +126,8 @@ class Mirror:
                 if entry.data is not None:  # events and the end are the old holder's
                     self.apply(job, entry)
                 after = entry.entry_id
-        self.forget(job.id)
+        if job.id in self._after:  # (followed here meanwhile: read on from there)
+            self._after[job.id] = after
 
     def apply(self, job: Job, entry: LogEntry) -> None:
         """Adds one entry to the local copy (bytes already there are skipped)."""
@@ -153,7 +160,7 @@ class Mirror:
             job.log.append(data)
             job.times.record(size, time.time())
             job.changed.notify()
-        elif entry.event is not None:
+        elif entry.event is not None and len(job.events) < MAX_EVENTS:
             job.events.append(SourceEvent(size, entry.event, time.time()))
             job.changed.notify()
         elif entry.end is not None and entry.offset == size:
@@ -169,7 +176,7 @@ def _apply_end(job: Job, end: dict[str, object]) -> None:
         code = end.get("exit_code")
         record.exit_code = code if isinstance(code, int) else None
         record.reason = str(end.get("reason", ""))[:4096]
-    except (KeyError, ValueError):
+    except (KeyError, TypeError, ValueError):
         record.state, record.exit_code = JobState.FAILED, None
         record.reason = "the job ended, but its end in Redis cannot be read"
     if not record.ended_at:

@@ -29,13 +29,15 @@ from redis.exceptions import RedisError
 
 from tailhub.daemon.cluster import ClusterRefused
 from tailhub.daemon.cluster.mirror import Mirror
-from tailhub.daemon.cluster.records import BadRecord, record_from_json, record_to_json
-from tailhub.daemon.cluster.redis_store import CHANGES, JobMeta, RedisStore
+from tailhub.daemon.cluster.records import record_to_json
+from tailhub.daemon.cluster.redis_store import JobMeta, RedisStore
+from tailhub.daemon.cluster.sync import RecordSync, first_offset_key
 from tailhub.daemon.cluster.watchdog import LeaseWatchdog, kill_upstream
 from tailhub.daemon.cluster.writer import HeldLease, LeasedFetcher, LogWriter
-from tailhub.daemon.model import ClusterUnavailable, JobNotFound, SourceKind
+from tailhub.daemon.model import ClusterUnavailable, SourceKind
 from tailhub.daemon.placement import ClusterView
 from tailhub.daemon.runner import RUN_HANDLE_KEYS, RunHandle
+from tailhub.daemon.sources.command import DIE_WITH_PARENT
 from tailhub.daemon.tasks import TaskSet
 
 if TYPE_CHECKING:
@@ -58,9 +60,6 @@ _SAFE_SHARE = 0.6
 _CATCH_UP_SECONDS = 30.0
 # A node's name is held this many leases past its last renewal.
 _NODE_HOLD_LEASES = 2
-# Every record is read again this often (changes are also announced, but pub/sub forgets
-# what it sent while a node was away).
-_RESYNC_SECONDS = 10.0
 
 
 def describe_url(url: str) -> str:
@@ -69,10 +68,6 @@ def describe_url(url: str) -> str:
     if "path" in kwargs:
         return f"unix:{kwargs['path']}/{kwargs.get('db', 0)}"
     return f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}/{kwargs.get('db', 0)}"
-
-
-def _first_offset_key(job_id: int) -> str:
-    return f"first_offset:{job_id}"
 
 
 async def _grown_to(job: Job, size: int) -> None:
@@ -104,6 +99,7 @@ class ClusterNode:
         self._writers: dict[int, LogWriter] = {}
         self._deadlines: dict[int, asyncio.TimerHandle] = {}
         self._mirror = Mirror(self._redis, self)
+        self._records: RecordSync | None = None
         self._watchdog = LeaseWatchdog()
         self._tasks = TaskSet()
         self._cluster_id = ""
@@ -113,7 +109,7 @@ class ClusterNode:
         # Set when the daemon stops: every loop ends at its next turn. (redis-py may turn a
         # cancellation that lands inside a call into a connection error, which the loops
         # would otherwise take for Redis being away, and go on.)
-        self._closing = False
+        self.closing = False
         self.stale_appends_refused = 0
         self.nodes = 0
         # Told when Redis becomes reachable or not (the health service's cluster part).
@@ -123,6 +119,21 @@ class ClusterNode:
     def _jobs(self) -> JobManager:
         assert self._manager is not None
         return self._manager
+
+    @property
+    def _sync(self) -> RecordSync:
+        assert self._records is not None
+        return self._records
+
+    @property
+    def held(self) -> dict[int, HeldLease]:
+        """The fetch leases this node holds, by job id."""
+        return self._held
+
+    def request_local_cancel(self, job: Job) -> None:
+        """Another node asked (through Redis) to cancel a job fetched here."""
+        job.record.cancel_requested = True
+        self._tasks.spawn(self._jobs.cancel([job.id], False), name=f"cancel-{job.id}")
 
     @property
     def _lease_s(self) -> float:
@@ -174,12 +185,26 @@ class ClusterNode:
 
     async def start(self, manager: JobManager) -> None:
         self._manager = manager
+        assert self._store is not None
+        self._records = RecordSync(
+            self._redis,
+            manager,
+            self._store,
+            self._mirror,
+            self,
+            retry_seconds=min(1.0, self._lease_s / 4),
+        )
         self._watchdog.start()
-        await self._sync(await self._redis.job_ids())
+        await self._sync.sync_all()
+        if not DIE_WITH_PARENT:
+            logger.warning(
+                "setpriv (util-linux) is not installed: the commands of a daemon killed with "
+                "kill -9 may outlive it until they next write"
+            )
         spawn = self._tasks.spawn
         spawn(self._keep_alive(), name="cluster-keep-alive")
         spawn(self._take_over_loop(), name="cluster-take-over")
-        spawn(self._listen(), name="cluster-listen")
+        spawn(self._sync.listen(), name="cluster-listen")
         spawn(self._mirror.run(), name="cluster-mirror")
         logger.info(
             "node %s joined the cluster at %s (lease %d ms)",
@@ -190,18 +215,20 @@ class ClusterNode:
 
     async def close(self) -> None:
         """Stops the loops and gives the leases back (another node takes over at once)."""
-        self._closing = self._mirror.closing = True
+        self.closing = self._mirror.closing = True
         for lease in self._held.values():
             lease.lost = True  # (its writer ends)
         await self._tasks.aclose()
         self._watchdog.close()
         for handle in self._deadlines.values():
             handle.cancel()
-        for job_id, lease in list(self._held.items()):
-            try:
+        try:
+            for job_id, lease in list(self._held.items()):
                 await self._redis.release(job_id, lease.token)
-            except RedisError:
-                break  # they expire on their own
+            # A daemon restarted with this name need not wait for the hold to expire.
+            await self._redis.release_node(self.name, self._token)
+        except RedisError:
+            pass  # they expire on their own
         await self._redis.client.aclose()
 
     def view(self) -> ClusterView:
@@ -309,9 +336,15 @@ class ClusterNode:
         job.lease_holder = ""
         logger.warning("job %d: this node stopped fetching it: %s", job.id, reason)
         self._jobs.notice(job, f"node {self.name} stopped fetching this job: {reason}")
+        # Given back at once (if it is still ours): another node need not wait out its expiry.
+        self._tasks.spawn(self._give_back(lease), name=f"give-back-{job.id}")
         if job.home_node != self.name or job.record.spec.kind in _FETCHED_ANYWHERE:
             job.mirror = True
             self._mirror.want(job)
+
+    async def _give_back(self, lease: HeldLease) -> None:
+        with contextlib.suppress(RedisError):
+            await self._redis.release(lease.job_id, lease.token)
 
     def job_ended(self, job: Job) -> None:
         self._watchdog.forget(job.id)
@@ -325,7 +358,7 @@ class ClusterNode:
     def starts_at(self, job: Job, offset: int) -> None:
         job.first_offset = offset
         assert self._store is not None
-        self._store.set_meta(_first_offset_key(job.id), str(offset))
+        self._store.set_meta(first_offset_key(job.id), str(offset))
 
     def ended_remotely(self, job: Job) -> None:
         self._jobs.seal_remote(job)
@@ -404,7 +437,7 @@ class ClusterNode:
 
     async def _keep_alive(self) -> None:
         """Renews the node's name and every lease held, four times per lease length."""
-        while not self._closing:
+        while not self.closing:
             await asyncio.sleep(self._lease_s / 4)
             self._stall_for_tests()
             sent = time.monotonic()
@@ -454,12 +487,12 @@ class ClusterNode:
 
     async def _take_over_loop(self) -> None:
         """Takes the lease of each job nobody fetches that this node may fetch."""
-        while not self._closing:
+        while not self.closing:
             await asyncio.sleep(min(0.5, self._lease_s / 6) * random.uniform(0.8, 1.2))
             if not self.connected or self.lost_data:
                 continue
             try:
-                await self._refresh_running()
+                await self._sync.refresh_running()
             except RedisError as error:
                 self.redis_failed(error)
                 continue
@@ -478,6 +511,9 @@ class ClusterNode:
                     job.lease_holder = holder.rsplit(" ", 1)[0]
                     if holder or job.id in self._held:
                         continue
+                    if job.mirror:
+                        # Most of the way before the lease: its clock runs from `sent`.
+                        await self._mirror.catch_up(job, job.cluster_size)
                     sent = time.monotonic()
                     token = await self._redis.acquire(job.id, self.name, self.settings.lease_ms)
                     if token is not None:
@@ -485,26 +521,14 @@ class ClusterNode:
             except RedisError as error:
                 self.redis_failed(error)
 
-    async def _refresh_running(self) -> None:
-        """Sizes and holders of the running jobs fetched elsewhere, as `jobs queue` shows."""
-        running = [
-            job.id for job in self._jobs.all_jobs() if not job.sealed and job.id not in self._held
-        ]
-        for start in range(0, len(running), 500):
-            found = await self._redis.sizes(running[start : start + 500])
-            for job_id, (size, holder, first) in found.items():
-                job = self._jobs.get(job_id)
-                job.cluster_size, job.lease_holder, job.cluster_first = size, holder, first
-
     def _may_take(self, job: Job) -> bool:
         if job.record.spec.kind in _FETCHED_ANYWHERE:
             return True
         return job.home_node == self.name
 
     async def _take_over(self, job: Job, token: str, sent: float) -> None:
-        metas = await self._redis.metas([job.id])
-        meta = metas.get(job.id)
-        if meta is None or meta.sealed:
+        meta = (await self._redis.metas([job.id])).get(job.id)
+        if not isinstance(meta, JobMeta) or meta.sealed:
             await self._redis.release(job.id, token)
             return
         try:
@@ -521,11 +545,13 @@ class ClusterNode:
             logger.error("job %d: cannot take over its fetch: %s", job.id, error)
             await self._redis.release(job.id, token)
             return
-        self._apply_record(job, meta)
-        # The previous holder's process ran on its host (and died with it, or was stopped
-        # there): never a process of this one.
-        for key in RUN_HANDLE_KEYS:
-            job.record.source_state.pop(key, None)
+        self._sync.apply_record(job, meta)
+        if job.record.spec.kind in _FETCHED_ANYWHERE:
+            # The previous holder's command ran on its host (and died with it, or was
+            # stopped there): never a process of this one. (A local job's process is this
+            # node's own, and is adopted again.)
+            for key in RUN_HANDLE_KEYS:
+                job.record.source_state.pop(key, None)
         self._hold(job, token, sent)
         logger.info("job %d: this node fetches it now (lease %s)", job.id, token)
         self._jobs.resume(job)
@@ -533,91 +559,3 @@ class ClusterNode:
         writer = self._writers.get(job.id)
         if writer is not None:
             writer.event(f"node {self.name} fetches this job now")
-
-    async def _listen(self) -> None:
-        """Applies record changes as they are announced, and all of them now and then."""
-        while not self._closing:
-            pubsub = self._redis.client.pubsub()
-            try:
-                await pubsub.subscribe(CHANGES)
-                await self._sync(await self._redis.job_ids())
-                resync_at = time.monotonic() + _RESYNC_SECONDS
-                while not self._closing:
-                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-                    if message is not None:
-                        changed = {int(message["data"])}
-                        # Announcements come in bursts: apply what else is waiting too.
-                        while (more := await pubsub.get_message(True, timeout=0)) is not None:
-                            changed.add(int(more["data"]))
-                        await self._sync(sorted(changed))
-                    if time.monotonic() > resync_at:
-                        await self._sync(await self._redis.job_ids())
-                        resync_at = time.monotonic() + _RESYNC_SECONDS
-            except (RedisError, OSError) as error:
-                self.redis_failed(error)
-                await asyncio.sleep(min(1.0, self._lease_s / 4))
-            except ValueError:
-                logger.warning("cluster: a change announcement that is not a job id")
-            finally:
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
-
-    async def _sync(self, job_ids: list[int]) -> None:
-        for start in range(0, len(job_ids), 500):
-            metas = await self._redis.metas(job_ids[start : start + 500])
-            for job_id, meta in metas.items():
-                try:
-                    self._apply(job_id, meta)
-                except BadRecord as error:
-                    logger.warning("cluster: %s", error)
-
-    def _apply(self, job_id: int, meta: JobMeta) -> None:
-        assert meta.record is not None
-        if self.lost_data:
-            return
-        try:
-            job = self._jobs.get(job_id)
-        except JobNotFound:
-            record, home = record_from_json(job_id, meta.record)
-            job = self._jobs.adopt_remote(record)
-            job.home_node = home
-        if job.id in self._held:
-            if meta.cancel and not job.state.terminal and not job.record.cancel_requested:
-                job.record.cancel_requested = True
-                self._tasks.spawn(self._jobs.cancel([job.id], False), name=f"cancel-{job.id}")
-            return
-        self._apply_record(job, meta)
-        if meta.sealed and not job.sealed:
-            if job.log_size >= meta.size and job.state.terminal:
-                self._jobs.seal_remote(job)
-            elif job.subscribers:
-                self._mirror.want(job)
-
-    def _apply_record(self, job: Job, meta: JobMeta) -> None:
-        """Takes the record Redis has of a job this node does not fetch."""
-        assert meta.record is not None
-        record, home = record_from_json(job.id, meta.record)
-        # Filled from Redis here, unless it is a local job of this node (which writes its
-        # own log file, and only this node can fetch).
-        job.mirror = not (record.spec.kind is SourceKind.LOCAL and home == self.name)
-        if job.mirror and not job.first_offset and job.log_size:
-            assert self._store is not None
-            job.first_offset = int(self._store.meta(_first_offset_key(job.id)) or 0)
-        job.cluster_size = meta.size
-        job.cluster_sealed = meta.sealed
-        job.home_node = home
-        job.lease_holder = meta.holder
-        if job.sealed:
-            return
-        mine = job.record
-        changed = mine.state != record.state
-        mine.state = record.state
-        mine.exit_code = record.exit_code
-        mine.reason = record.reason
-        mine.started_at = record.started_at
-        mine.ended_at = record.ended_at
-        mine.upstream_connections = record.upstream_connections
-        mine.source_state = record.source_state
-        mine.cancel_requested = record.cancel_requested
-        self._jobs.save_record(job)
-        if changed:
-            job.changed.notify()

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from tailhub.daemon.limits import MAX_NAME_BYTES, MAX_REASON_BYTES
-from tailhub.daemon.model import JobRecord, JobState, spec_from_json, spec_to_json
+from tailhub.daemon.model import JobRecord, JobState, SourceKind, spec_from_json, spec_to_json
 
 # The node a job is pinned to (local and file jobs): only it can run or read the job.
 HOME = "home"
@@ -21,10 +21,15 @@ class BadRecord(ValueError):
 
 
 def record_to_json(record: JobRecord, home: str) -> dict[str, Any]:
+    spec = spec_to_json(record.spec)
+    if record.spec.kind is SourceKind.LOCAL:
+        # The launching shell's environment (its secrets too) stays on the node that runs
+        # the job, which alone needs it: everyone who can read Redis would read it there.
+        spec["environment"] = []
     return {
         "id": record.id,
         "name": record.name,
-        "spec": spec_to_json(record.spec),
+        "spec": spec,
         "state": record.state.value,
         "exit_code": record.exit_code,
         "reason": record.reason,

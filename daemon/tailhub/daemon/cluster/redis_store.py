@@ -18,7 +18,9 @@ lost its lease (paused, partitioned, or just slow) can never write.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import secrets
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -26,7 +28,15 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import redis.asyncio
 
+from tailhub.daemon.cluster.records import BadRecord
+
+logger = logging.getLogger(__name__)
+
 PREFIX = "tailhub:"
+# Bounds on what a stream entry may hold (a holder writes at most 256 KiB of bytes and a
+# short event); anything larger was not written by a daemon and is skipped.
+MAX_ENTRY_BYTES = 4 * 1024 * 1024
+MAX_EVENT_BYTES = 4096
 CHANGES = PREFIX + "changes"
 
 # An append (and an event, a record, an end) is refused with this when the lease is gone.
@@ -122,6 +132,12 @@ redis.call('PUBLISH', '@CHANGES@', ARGV[2])
 return token
 """
 
+# KEYS: node; ARGV: token.
+_RELEASE_NODE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
 # KEYS: node; ARGV: token, ms. Takes the node name, or keeps it for the daemon holding it.
 _NODE = """
 local holder = redis.call('GET', KEYS[1])
@@ -135,7 +151,7 @@ return 1
 class JobMeta:
     """What Redis holds of a job besides its log."""
 
-    record: dict[str, Any] | None
+    record: dict[str, Any]
     size: int
     first: int
     holder: str
@@ -183,6 +199,7 @@ class RedisStore:
         self._end = script(_END)
         self._create = script(_CREATE)
         self._node = script(_NODE)
+        self._release_node = script(_RELEASE_NODE)
 
     # -- the cluster and its nodes -----------------------------------------------------------
     async def cluster_id(self) -> str | None:
@@ -199,6 +216,9 @@ class RedisStore:
     async def hold_node(self, name: str, token: str, ms: int) -> bool:
         """Takes (or keeps) the node name; False when another daemon runs as `name`."""
         return bool(await self._node(keys=[f"{PREFIX}node:{name}"], args=[token, ms]))
+
+    async def release_node(self, name: str, token: str) -> None:
+        await self._release_node(keys=[f"{PREFIX}node:{name}"], args=[token])
 
     async def node_count(self) -> int:
         count = 0
@@ -219,40 +239,50 @@ class RedisStore:
         return bytes(token).decode()
 
     async def job_ids(self) -> list[int]:
+        """Every job id (members that are not one are left out)."""
         members: Any = await self.client.zrange(PREFIX + "jobs", 0, -1)
-        return [int(member) for member in members]
+        return [int(member) for member in members if _is_count(member) and int(member) > 0]
 
-    async def metas(self, job_ids: list[int]) -> dict[int, JobMeta]:
-        """The records (and sizes, holders) of these jobs; jobs Redis does not know are left out."""
+    async def metas(self, job_ids: list[int]) -> dict[int, JobMeta | BadRecord]:
+        """What Redis holds of these jobs (a BadRecord for one it holds wrongly); jobs it does
+        not know are left out."""
         pipe = self.client.pipeline(transaction=False)
         for job_id in job_ids:
             pipe.hmget(_job_key(job_id), "record", "size", "first", "holder", "sealed", "cancel")
-        found: dict[int, JobMeta] = {}
+        found: dict[int, JobMeta | BadRecord] = {}
         for job_id, (record, size, first, holder, sealed, cancel) in zip(
             job_ids, await pipe.execute(), strict=True
         ):
             if record is None:
                 continue
-            found[job_id] = JobMeta(
-                record=json.loads(record),
-                size=int(size or 0),
-                first=int(first or 0),
-                holder=(holder or b"").decode(),
-                sealed=sealed == b"1",
-                cancel=cancel == b"1",
-            )
+            try:
+                data = json.loads(record)
+                if not isinstance(data, dict):
+                    raise ValueError("not a JSON object")
+                found[job_id] = JobMeta(
+                    record=data,
+                    size=_count(size),
+                    first=_count(first),
+                    holder=_text(holder),
+                    sealed=sealed == b"1",
+                    cancel=cancel == b"1",
+                )
+            except (ValueError, UnicodeDecodeError) as error:
+                found[job_id] = BadRecord(f"Redis holds no usable record of job {job_id}: {error}")
         return found
 
     async def sizes(self, job_ids: list[int]) -> dict[int, tuple[int, str, int]]:
-        """The stored size, the lease holder and the first offset kept, of these jobs."""
+        """The stored size, the lease holder and the first offset kept, of these jobs (those
+        Redis holds wrongly are left out)."""
         pipe = self.client.pipeline(transaction=False)
         for job_id in job_ids:
             pipe.hmget(_job_key(job_id), "size", "holder", "first")
         answers: Any = await pipe.execute()
-        return {
-            job_id: (int(size or 0), (holder or b"").decode(), int(first or 0))
-            for job_id, (size, holder, first) in zip(job_ids, answers, strict=True)
-        }
+        found: dict[int, tuple[int, str, int]] = {}
+        for job_id, (size, holder, first) in zip(job_ids, answers, strict=True):
+            with contextlib.suppress(ValueError, UnicodeDecodeError):
+                found[job_id] = (_count(size), _text(holder), _count(first))
+        return found
 
     async def request_cancel(self, job_id: int) -> None:
         await self.client.hset(_job_key(job_id), "cancel", "1")
@@ -287,11 +317,12 @@ class RedisStore:
     ) -> tuple[int, int]:
         """(0, new size), (STALE, 0) or (MISMATCH, the size Redis has)."""
         epoch = token.rsplit(" ", 1)[1]
-        status, size = await self._append(
+        answer: Any = await self._append(
             keys=[_lease_key(job_id), log_key(job_id), _job_key(job_id)],
             args=[token, expected, data, epoch, retention],
         )
-        return int(status), int(size)
+        # (A size Redis holds that is no number comes back as none: Lua drops a nil.)
+        return int(answer[0]), int(answer[1]) if len(answer) > 1 else -1
 
     async def event(self, job_id: int, token: str, message: str) -> int:
         epoch = token.rsplit(" ", 1)[1]
@@ -341,9 +372,41 @@ class RedisStore:
 
 
 def _entry(entry_id: bytes, fields: dict[bytes, bytes]) -> LogEntry:
-    offset = int(entry_id.split(b"-", 1)[0])
-    if b"d" in fields:
-        return LogEntry(entry_id, int(fields[b"o"]), data=fields[b"d"])
-    if b"end" in fields:
-        return LogEntry(entry_id, offset, end=json.loads(fields[b"end"]))
-    return LogEntry(entry_id, offset, event=fields.get(b"v", b"").decode("utf-8", "replace"))
+    """One stream entry, checked: an entry that is not what a holder writes (bytes that do
+    not end at their id, an end that is not an object, anything over the size bounds) is
+    reported and becomes an empty entry, skipped (only its id is kept, to read on after it)."""
+    try:
+        offset_text, sequence = entry_id.split(b"-", 1)
+        offset = _count(offset_text)
+        if b"d" in fields:
+            data, start = fields[b"d"], _count(fields.get(b"o"))
+            if start + len(data) != offset or sequence != b"0" or len(data) > MAX_ENTRY_BYTES:
+                raise ValueError("its bytes do not end where its id says")
+            return LogEntry(entry_id, start, data=data)
+        if b"end" in fields:
+            end = json.loads(fields[b"end"])
+            if not isinstance(end, dict):
+                raise ValueError("its end is not a JSON object")
+            return LogEntry(entry_id, offset, end=end)
+        message = fields.get(b"v", b"")[:MAX_EVENT_BYTES].decode("utf-8", "replace")
+        return LogEntry(entry_id, offset, event=message)
+    except (ValueError, UnicodeDecodeError) as error:
+        logger.warning("cluster: skipped stream entry %r: %s", entry_id[:40], error)
+        return LogEntry(entry_id, -1)
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, bytes) and value.isdigit() and len(value) < 20
+
+
+def _count(value: object) -> int:
+    """A size or offset Redis holds: digits only (None: 0); ValueError for anything else."""
+    if value is None:
+        return 0
+    if not _is_count(value):
+        raise ValueError(f"{value!r:.40} is not a byte count")
+    return int(value)  # type: ignore[call-overload]
+
+
+def _text(value: object) -> str:
+    return value[:256].decode() if isinstance(value, bytes) else ""

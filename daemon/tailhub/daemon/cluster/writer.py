@@ -113,6 +113,9 @@ class LogWriter:
         self.event_committed: Callable[[str], None] = lambda message: None
         self.drained = asyncio.Event()
         self.drained.set()
+        # The bytes of an append sent but not answered (a timeout): sent again exactly, so
+        # that Redis's answer to the retry tells whether the first one was stored.
+        self._in_flight: bytes | None = None
 
     # -- what the job's side queues ------------------------------------------------------------
     def append(self, data: bytes) -> None:
@@ -217,12 +220,13 @@ class LogWriter:
         return False
 
     async def _send_bytes(self) -> bool:
-        data = self._take_bytes()
+        data = self._in_flight = self._in_flight or self._take_bytes()
         expected = self._job.log_size
         status, size = await self._store.append(
             self._job.id, self.lease.token, expected, data, self._retention
         )
         # A retry of an append whose answer was lost finds it already stored.
+        self._in_flight = None
         if status == 0 or (status == MISMATCH and size == expected + len(data)):
             self._pop_bytes(len(data))
             self.committed(data)
