@@ -403,9 +403,9 @@ def _count(value: object) -> int:
     """A size or offset Redis holds: digits only (None: 0); ValueError for anything else."""
     if value is None:
         return 0
-    if not _is_count(value):
+    if not isinstance(value, bytes) or not _is_count(value):
         raise ValueError(f"{value!r:.40} is not a byte count")
-    return int(value)  # type: ignore[call-overload]
+    return int(value)
 
 
 def _text(value: object) -> str:
