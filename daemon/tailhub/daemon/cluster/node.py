@@ -520,6 +520,8 @@ class ClusterNode:
                         await self._take_over(job, token, sent)
             except RedisError as error:
                 self.redis_failed(error)
+            except Exception:  # a bug: reported, and the loop goes on (no job left behind)
+                logger.exception("cluster: the take-over round failed")
 
     def _may_take(self, job: Job) -> bool:
         if job.record.spec.kind in _FETCHED_ANYWHERE:

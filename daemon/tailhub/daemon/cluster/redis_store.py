@@ -38,6 +38,7 @@ PREFIX = "tailhub:"
 MAX_ENTRY_BYTES = 4 * 1024 * 1024
 MAX_EVENT_BYTES = 4096
 CHANGES = PREFIX + "changes"
+_NODES = PREFIX + "nodes"
 
 # An append (and an event, a record, an end) is refused with this when the lease is gone.
 STALE = -1
@@ -132,17 +133,25 @@ redis.call('PUBLISH', '@CHANGES@', ARGV[2])
 return token
 """
 
-# KEYS: node; ARGV: token.
+# KEYS: node, nodes; ARGV: token, name.
 _RELEASE_NODE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  redis.call('ZREM', KEYS[2], ARGV[2])
+end
 return 0
 """
 
-# KEYS: node; ARGV: token, ms. Takes the node name, or keeps it for the daemon holding it.
+# KEYS: node, nodes; ARGV: token, ms, name. Takes the node name, or keeps it for the daemon
+# holding it; `nodes` scores each name by when its hold ends (Redis's clock), for counting.
 _NODE = """
 local holder = redis.call('GET', KEYS[1])
 if holder and holder ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+local now = redis.call('TIME')
+local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+redis.call('ZADD', KEYS[2], ms + tonumber(ARGV[2]), ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ms)
 return 1
 """
 
@@ -215,16 +224,15 @@ class RedisStore:
 
     async def hold_node(self, name: str, token: str, ms: int) -> bool:
         """Takes (or keeps) the node name; False when another daemon runs as `name`."""
-        return bool(await self._node(keys=[f"{PREFIX}node:{name}"], args=[token, ms]))
+        return bool(await self._node(keys=[f"{PREFIX}node:{name}", _NODES], args=[token, ms, name]))
 
     async def release_node(self, name: str, token: str) -> None:
-        await self._release_node(keys=[f"{PREFIX}node:{name}"], args=[token])
+        await self._release_node(keys=[f"{PREFIX}node:{name}", _NODES], args=[token, name])
 
     async def node_count(self) -> int:
-        count = 0
-        async for _ in self.client.scan_iter(match=f"{PREFIX}node:*", count=1000):
-            count += 1
-        return count
+        """Nodes whose hold on their name has not ended (by Redis's clock)."""
+        seconds, micros = await self.client.time()
+        return int(await self.client.zcount(_NODES, seconds * 1000 + micros // 1000, "+inf"))
 
     # -- jobs ------------------------------------------------------------------------------------
     async def next_job_id(self) -> int:
