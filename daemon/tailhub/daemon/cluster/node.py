@@ -58,6 +58,8 @@ _FETCHED_ANYWHERE = (SourceKind.COMMAND, SourceKind.SKYPILOT)
 _SAFE_SHARE = 0.6
 # How long a subscriber from the log's end waits for this daemon to catch up.
 _CATCH_UP_SECONDS = 30.0
+# Connections to Redis at most (one is the mirror's blocking read, one the announcements').
+_REDIS_CONNECTIONS = 32
 # A node's name is held this many leases past its last renewal.
 _NODE_HOLD_LEASES = 2
 
@@ -84,15 +86,18 @@ class ClusterNode:
         self.name = settings.node_name
         self.redis_name = describe_url(settings.redis_url)
         timeout = max(0.5, settings.lease_ms / 4000)
-        client = redis.asyncio.Redis.from_url(
+        # Bounded, and a call waits for a free connection rather than failing (many jobs'
+        # writers at once must not look like Redis being away).
+        pool = redis.asyncio.BlockingConnectionPool.from_url(
             settings.redis_url,
+            max_connections=_REDIS_CONNECTIONS,
+            timeout=timeout,
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
             # Retries are ours: a lease holder must know within its deadline.
             retry=Retry(NoBackoff(), 0),
-            max_connections=64,
         )
-        self._redis = RedisStore(client)
+        self._redis = RedisStore(redis.asyncio.Redis(connection_pool=pool))
         self._manager: JobManager | None = None
         self._store: JobStore | None = None
         self._held: dict[int, HeldLease] = {}
@@ -229,7 +234,7 @@ class ClusterNode:
             await self._redis.release_node(self.name, self._token)
         except RedisError:
             pass  # they expire on their own
-        await self._redis.client.aclose()
+        await self._redis.client.aclose(close_connection_pool=True)
 
     def view(self) -> ClusterView:
         return ClusterView(

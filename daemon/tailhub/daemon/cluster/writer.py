@@ -116,6 +116,7 @@ class LogWriter:
         # The bytes of an append sent but not answered (a timeout): sent again exactly, so
         # that Redis's answer to the retry tells whether the first one was stored.
         self._in_flight: bytes | None = None
+        self._ended = False
 
     # -- what the job's side queues ------------------------------------------------------------
     def append(self, data: bytes) -> None:
@@ -156,7 +157,8 @@ class LogWriter:
         self._kick()
 
     def _kick(self) -> None:
-        self.drained.clear()
+        if not self._ended:  # (once it has ended, nothing more is sent: nobody must wait)
+            self.drained.clear()
         self._wake.set()
 
     # -- the task sending it ---------------------------------------------------------------------
@@ -166,6 +168,7 @@ class LogWriter:
             await self._send_all()
         finally:
             # Whoever waits for the sending is told it ended (then the lease says how).
+            self._ended = True
             self.drained.set()
 
     async def _send_all(self) -> None:
