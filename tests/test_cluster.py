@@ -302,3 +302,24 @@ def test_bytes_trimmed_from_redis_are_out_of_range_on_a_node_that_never_had_them
             item.data for item in client.follow(job.id, offset=first) if hasattr(item, "data")
         )
     assert received == data[first:]
+
+
+def test_a_job_is_cancelled_through_a_node_that_does_not_fetch_it(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    nodes = cluster.start(2)
+    log, state = _upstream(tmp_path / "up", b"running\n")
+    with nodes[0].client() as client:
+        job = client.attach_command([sys.executable, REPLAY, str(log), str(state)])
+    follower = start_background_cli(
+        nodes[1].home, tmp_path / "follower", "jobs", "logs", str(job.id)
+    )
+    try:
+        follower.wait_for_stdout(b"running\n")
+        cancelled = run_cli(nodes[1].home, "jobs", "cancel", str(job.id))
+        assert cancelled.returncode == 0, cancelled.stderr
+        assert follower.wait(30) == 103  # cancelled, seen through the other node
+    finally:
+        follower.stop()
+    for node in nodes:
+        assert cluster.job(job.id, on=node).state is JobState.CANCELLED
