@@ -3,10 +3,13 @@ acknowledged once it is back."""
 
 from __future__ import annotations
 
+import os
 import random
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
 from cluster_helpers import Cluster
@@ -169,3 +172,74 @@ def test_a_local_job_keeps_running_across_a_kill_of_its_node(
     followed = run_cli(node.home, "jobs", "logs", str(job_id))
     assert followed.returncode == 0, followed.stderr
     assert followed.stdout == b"before\nafter\n"
+
+
+def test_a_lease_holder_frozen_whole_never_leaves_two_upstreams(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    cluster.lease_ms = 1000
+    nodes = cluster.start(2)
+    data = random.Random(17).randbytes(512 * 1024)
+    half = len(data) // 2
+    log, state = _upstream(tmp_path / "up", data[:half])
+    with nodes[0].client() as client:
+        job = client.attach_command([sys.executable, REPLAY, str(log), str(state)])
+    follower = start_background_cli(
+        nodes[1].home, tmp_path / "follower", "jobs", "logs", str(job.id)
+    )
+    try:
+        follower.wait_for_stdout(data[:half])
+        # The whole holder stops (SIGSTOP: its event loop and its watchdog thread alike).
+        os.kill(nodes[0].pid, signal.SIGSTOP)
+        try:
+            new_holder = cluster.wait_for_holder(job.id, other_than=["n0"], on=nodes[1])
+            with open(log, "ab") as more:
+                more.write(data[half:])
+            (state / "done").touch()
+            assert follower.wait(60) == 0, follower.stderr
+            assert follower.stdout == data
+        finally:
+            os.kill(nodes[0].pid, signal.SIGCONT)
+    finally:
+        follower.stop()
+    assert new_holder == "n1"
+    # The fence around n0's command killed it when n0's lease ran out, before n1 started its
+    # own: one upstream at a time, though n0 could do nothing.
+    assert not (state / "overlaps").exists()
+    assert (state / "connections").read_text() == "2"
+
+
+def test_an_append_under_a_lease_taken_over_is_refused_by_redis(
+    redis_server: RedisServer,
+) -> None:
+    import asyncio
+
+    import redis.asyncio
+
+    from tailhub.daemon.cluster.redis_store import STALE, RedisStore
+
+    async def race() -> tuple[int, int, bytes]:
+        client = redis.asyncio.Redis.from_url(redis_server.url)
+        store = RedisStore(client)
+        try:
+            old = await store.create(5, {"id": 5}, "paused", 60_000)
+            status, size = await store.append(5, old, 0, b"from the first holder\n", 0)
+            assert (status, size) == (0, 22)
+            # The first holder pauses past its lease; another node takes the job over.
+            await client.pexpire("tailhub:lease:5", 1)
+            new = None
+            while new is None:
+                new = await store.acquire(5, "awake", 60_000)
+            assert await store.append(5, new, 22, b"from the second\n", 0) == (0, 38)
+            # The first holder wakes and appends at what it believes is the end.
+            stale, _ = await store.append(5, old, 22, b"STALE\n", 0)
+            late_event = await store.event(5, old, "stale event")
+            entries: Any = await client.xrange("tailhub:log:5")
+            return stale, late_event, b"".join(f.get(b"d", b"") for _, f in entries)
+        finally:
+            await client.aclose()
+
+    stale, late_event, stored = asyncio.run(race())
+    assert stale == STALE
+    assert late_event == STALE
+    assert stored == b"from the first holder\nfrom the second\n"

@@ -20,6 +20,7 @@ from grpc_reflection.v1alpha import reflection
 from tailhub.daemon import limits
 from tailhub.daemon.auth import AuthInterceptor, LaunchedTarget, StreamCaps
 from tailhub.daemon.budget import BudgetFigures
+from tailhub.daemon.cluster.fence import Fences
 from tailhub.daemon.config import DaemonConfig
 from tailhub.daemon.identity import check_logs_belong
 from tailhub.daemon.jobs import JobManager
@@ -86,6 +87,7 @@ class Daemon:
         check_database(paths.database)
         self._store = JobStore(paths.database)
         check_logs_belong(paths, *self._store.instance_id())
+        fences = Fences() if self.config.cluster is not None else None
         environment = SourceEnvironment(
             self.config,
             self._watcher,
@@ -96,12 +98,14 @@ class Daemon:
                 shutil.which(self.config.sky) or self.config.sky,
                 dict(self.config.sky_environment),
             ),
+            fences,
         )
         if self.config.cluster is not None:
             # Imported only when asked for: a daemon alone needs no Redis client.
             from tailhub.daemon.cluster.node import ClusterNode
 
-            self._node = ClusterNode(self.config.cluster, self.config)
+            assert fences is not None
+            self._node = ClusterNode(self.config.cluster, self.config, fences)
             await self._node.join(self._store)
         self._manager = JobManager(self.config, self._store, environment, self._node)
         await self._manager.start()

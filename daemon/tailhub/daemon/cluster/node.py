@@ -28,6 +28,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from tailhub.daemon.cluster import ClusterRefused
+from tailhub.daemon.cluster.fence import Fences
 from tailhub.daemon.cluster.mirror import Mirror
 from tailhub.daemon.cluster.records import record_to_json
 from tailhub.daemon.cluster.redis_store import JobMeta, RedisStore
@@ -80,8 +81,10 @@ async def _grown_to(job: Job, size: int) -> None:
 class ClusterNode:
     """Implements `Placement` for a daemon in a cluster."""
 
-    def __init__(self, settings: ClusterSettings, config: DaemonConfig) -> None:
+    def __init__(self, settings: ClusterSettings, config: DaemonConfig, fences: Fences) -> None:
         self.settings = settings
+        # The fences around this node's upstream commands, told of every renewal.
+        self._fences = fences
         self._config = config
         self.name = settings.node_name
         self.redis_name = describe_url(settings.redis_url)
@@ -225,6 +228,7 @@ class ClusterNode:
             lease.lost = True  # (its writer ends)
         await self._tasks.aclose()
         self._watchdog.close()
+        self._fences.close_all()
         for handle in self._deadlines.values():
             handle.cancel()
         try:
@@ -327,6 +331,7 @@ class ClusterNode:
             return
         lease.lost = True
         self._watchdog.forget(job.id)
+        self._fences.forget(job.id)
         self._writers.pop(job.id, None)
         handle = self._deadlines.pop(job.id, None)
         if handle is not None:
@@ -353,6 +358,7 @@ class ClusterNode:
 
     def job_ended(self, job: Job) -> None:
         self._watchdog.forget(job.id)
+        self._fences.forget(job.id)
         self._held.pop(job.id, None)
         self._writers.pop(job.id, None)
         handle = self._deadlines.pop(job.id, None)
@@ -425,7 +431,9 @@ class ClusterNode:
         self._mirror.forget(job.id)
 
     def _arm_deadline(self, lease: HeldLease) -> None:
-        """Stops the fetch when the lease may have expired: before anyone else can take it."""
+        """Stops the fetch when the lease may have expired: before anyone else can take it
+        (here, in the watchdog thread, and in the fence around the command)."""
+        self._fences.extend(lease.job_id, lease.valid_until)
         old = self._deadlines.pop(lease.job_id, None)
         if old is not None:
             old.cancel()

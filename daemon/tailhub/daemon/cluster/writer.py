@@ -322,9 +322,10 @@ class LeasedFetcher(Fetcher):
         # The job ends (and is sealed here) only once Redis has every byte it fetched: a
         # follower here must not see the end before the last byte.
         await self._writer.drained.wait()
-        if self._writer.lease.lost:
-            # The upstream ended because the lease was lost (the watchdog killed it): that
-            # is no end of the job. The node stops this fetch; wait for it.
+        lease = self._writer.lease
+        if lease.lost or time.monotonic() >= lease.valid_until:
+            # The upstream ended because the lease was lost (the watchdog or the fence
+            # killed it): that is no end of the job. The node stops this fetch; wait.
             await asyncio.Event().wait()
         return outcome
 

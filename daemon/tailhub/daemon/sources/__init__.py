@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from tailhub.daemon.cluster.fence import Fences
 from tailhub.daemon.config import DaemonConfig
 from tailhub.daemon.model import (
     CommandSpec,
@@ -46,6 +47,8 @@ class SourceEnvironment:
     runner: LocalRunner
     connecting: asyncio.Semaphore
     sky: SkyCli
+    # Cluster mode: the fences around upstream commands (cluster/fence.py).
+    fences: Fences | None = None
 
 
 SourceFactory = Callable[[int, SourceSpec, SourceEnvironment], Source]
@@ -72,6 +75,7 @@ def _command(job_id: int, spec: SourceSpec, environment: SourceEnvironment) -> S
         environment.connecting,
         environment.config.crash_at,
         cluster_job=job_id if environment.config.cluster is not None else None,
+        fences=environment.fences,
     )
 
 

@@ -12,10 +12,12 @@ import contextlib
 import os
 import shutil
 import signal
+import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
+from tailhub.daemon.cluster.fence import Fences
 from tailhub.daemon.faults import AFTER_STDERR_APPEND, crash_at
 from tailhub.daemon.model import CommandSpec
 from tailhub.daemon.runner import LocalRunner, RunHandle, terminate_group
@@ -54,6 +56,8 @@ class CommandSource:
     # host), and carries FETCH_MARKER=JOB_ID in its environment, by which the lease watchdog
     # finds it even before the daemon has noted its pid.
     cluster_job: int | None = None
+    # Cluster mode: each command runs inside a fence that kills it when the lease may end.
+    fences: Fences | None = None
     counts_connections: ClassVar[bool] = True
 
     async def fetch(self, upstream: Upstream) -> Outcome | None:
@@ -137,17 +141,26 @@ class CommandSource:
             # Its own process group, so that stopping it stops what it started too.
             argv = ["/bin/sh", "-c", self.spec.argv[0]] if self.spec.shell else [*self.spec.argv]
             environment = None
+            fence = -1
             if self.cluster_job is not None:
                 argv = [*DIE_WITH_PARENT, *argv]
                 environment = {**os.environ, FETCH_MARKER: str(self.cluster_job)}
-            return await asyncio.create_subprocess_exec(
-                *argv,
-                env=environment,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                start_new_session=True,
-            )
+            if self.cluster_job is not None and self.fences is not None:
+                fence = self.fences.open(self.cluster_job)
+                argv = [sys.executable, "-I", "-m", FENCE_MODULE, str(fence), "--", *argv]
+            try:
+                return await asyncio.create_subprocess_exec(
+                    *argv,
+                    env=environment,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.PIPE,
+                    start_new_session=True,
+                    pass_fds=(fence,) if fence >= 0 else (),
+                )
+            finally:
+                if fence >= 0:
+                    os.close(fence)  # (the fence has its own copy now)
         except OSError as error:
             raise UpstreamUnusable(
                 f"cannot run {self.spec.describe()}: {error.strerror}", exit_code=127
@@ -159,6 +172,7 @@ class CommandSource:
 # process with threads.
 _SETPRIV = shutil.which("setpriv")
 FETCH_MARKER = "TAILHUB_FETCHING_JOB"
+FENCE_MODULE = "tailhub.daemon.cluster.fence"
 DIE_WITH_PARENT = (_SETPRIV, "--pdeathsig", "KILL", "--") if _SETPRIV else ()
 
 
