@@ -26,9 +26,7 @@ LIFETIME = 120.0
 
 def main() -> int:
     upstream, state, *cuts = sys.argv[1:]
-    counter = Path(state) / "connections"
-    number = int(counter.read_text()) + 1 if counter.exists() else 1
-    counter.write_text(str(number))
+    number = _count_connection(Path(state))
     _note_overlap(Path(state), number)
     limit = int(cuts[number - 1]) if number <= len(cuts) else None
     sent = 0
@@ -50,6 +48,20 @@ def main() -> int:
                 return 0
             time.sleep(0.005)
     return 1
+
+
+def _count_connection(state: Path) -> int:
+    """Counts this connection in STATE/connections (replaced whole: a connection killed while
+    counting never leaves it half written for the next one)."""
+    counter = state / "connections"
+    try:
+        number = int(counter.read_text()) + 1
+    except (FileNotFoundError, ValueError):
+        number = 1
+    scratch = state / f"connections.{os.getpid()}"
+    scratch.write_text(str(number))
+    os.replace(scratch, counter)
+    return number
 
 
 def _note_overlap(state: Path, number: int) -> None:
