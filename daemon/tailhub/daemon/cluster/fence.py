@@ -77,6 +77,10 @@ def main(argv: list[str]) -> int:
         print("usage: python -m tailhub.daemon.cluster.fence FD -- COMMAND...", file=sys.stderr)
         return 2
     fd = int(argv[0])
+    if os.getpgid(0) != os.getpid():
+        # A group of its own (the daemon starts it in a session of its own anyway): what it
+        # kills is the command and what it started, never whoever started the fence.
+        os.setpgid(0, 0)
     child = os.fork()
     if child == 0:  # the command, in the fence's process group
         os.close(fd)
