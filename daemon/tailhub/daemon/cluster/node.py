@@ -1,13 +1,15 @@
 """This daemon as one node of a cluster: the `Placement` of jobs when daemons share a Redis.
 
 - Ids and records: a new job takes its id from Redis and is recorded there; every node
-  copies every record into its own database, so `jobs queue` anywhere lists them all.
+  copies every record into its own database, so `jobs queue` anywhere lists them all
+  (cluster/sync.py).
 - One fetcher per job: the node holding a job's lease fetches it (cluster/writer.py). The
   lease is renewed every quarter of its length; a node that cannot renew in time stops the
   fetch at once, and one whose write is refused (the lease moved on) too.
 - Takeover: every node looks for jobs nobody holds that it may fetch (command and SkyPilot
   jobs anywhere; local, file and push jobs on their home node only) and takes the lease of
-  one it finds, reading the stream up to its end before fetching on from there.
+  one it finds, reading the stream up to its end before fetching on from there
+  (cluster/takeover.py).
 - Followers here of a job fetched elsewhere read its bytes from Redis (cluster/mirror.py).
 """
 
@@ -31,13 +33,14 @@ from tailhub.daemon.cluster import ClusterRefused
 from tailhub.daemon.cluster.fence import Fences
 from tailhub.daemon.cluster.mirror import Mirror
 from tailhub.daemon.cluster.records import record_to_json
-from tailhub.daemon.cluster.redis_store import JobMeta, RedisStore
+from tailhub.daemon.cluster.redis_store import RedisStore
 from tailhub.daemon.cluster.sync import RecordSync, first_offset_key
+from tailhub.daemon.cluster.takeover import FETCHED_ANYWHERE, Takeover
 from tailhub.daemon.cluster.watchdog import LeaseWatchdog, kill_upstream
 from tailhub.daemon.cluster.writer import HeldLease, LeasedFetcher, LogWriter
-from tailhub.daemon.model import ClusterUnavailable, SourceKind
+from tailhub.daemon.model import ClusterUnavailable
 from tailhub.daemon.placement import ClusterView
-from tailhub.daemon.runner import RUN_HANDLE_KEYS, RunHandle
+from tailhub.daemon.runner import RunHandle
 from tailhub.daemon.sources.command import DIE_WITH_PARENT
 from tailhub.daemon.tasks import TaskSet
 
@@ -52,8 +55,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# Kinds any node can fetch; the others run or are read on the node that started them.
-_FETCHED_ANYWHERE = (SourceKind.COMMAND, SourceKind.SKYPILOT)
 # A lease is surely ours until this share of its length after a renewal was sent (the rest
 # covers the trip to Redis and clocks that drift): the fetch stops here at that moment.
 _SAFE_SHARE = 0.6
@@ -144,6 +145,10 @@ class ClusterNode:
         self._tasks.spawn(self._jobs.cancel([job.id], False), name=f"cancel-{job.id}")
 
     @property
+    def lease_ms(self) -> int:
+        return self.settings.lease_ms
+
+    @property
     def _lease_s(self) -> float:
         return self.settings.lease_ms / 1000
 
@@ -211,7 +216,10 @@ class ClusterNode:
             )
         spawn = self._tasks.spawn
         spawn(self._keep_alive(), name="cluster-keep-alive")
-        spawn(self._take_over_loop(), name="cluster-take-over")
+        spawn(
+            Takeover(self._redis, manager, self._mirror, self._sync, self).run(),
+            name="cluster-take-over",
+        )
         spawn(self._sync.listen(), name="cluster-listen")
         spawn(self._mirror.run(), name="cluster-mirror")
         logger.info(
@@ -260,7 +268,7 @@ class ClusterNode:
             raise ClusterUnavailable(self._unreachable(error)) from None
 
     async def claim_new(self, job: Job) -> None:
-        job.home_node = "" if job.record.spec.kind in _FETCHED_ANYWHERE else self.name
+        job.home_node = "" if job.record.spec.kind in FETCHED_ANYWHERE else self.name
         sent = time.monotonic()
         try:
             token = await self._redis.create(
@@ -272,7 +280,7 @@ class ClusterNode:
         except RedisError as error:
             self.redis_failed(error)
             raise ClusterUnavailable(self._unreachable(error)) from None
-        self._hold(job, token, sent)
+        self.hold(job, token, sent)
 
     def may_fetch(self, job: Job) -> bool:
         return job.id in self._held
@@ -348,7 +356,7 @@ class ClusterNode:
         self._jobs.notice(job, f"node {self.name} stopped fetching this job: {reason}")
         # Given back at once (if it is still ours): another node need not wait out its expiry.
         self._tasks.spawn(self._give_back(lease), name=f"give-back-{job.id}")
-        if job.home_node != self.name or job.record.spec.kind in _FETCHED_ANYWHERE:
+        if job.home_node != self.name or job.record.spec.kind in FETCHED_ANYWHERE:
             job.mirror = True
             self._mirror.want(job)
 
@@ -411,7 +419,9 @@ class ClusterNode:
             if job.subscribers and not job.sealed:
                 self._jobs.notice(job, message)
 
-    def _hold(self, job: Job, token: str, sent_at: float) -> None:
+    def hold(self, job: Job, token: str, sent_at: float) -> LogWriter:
+        """This node fetches the job now, under the lease `token` acquired at `sent_at`;
+        returns the writer its fetcher's bytes go through."""
         lease = HeldLease(job.id, token, sent_at + self._lease_s * _SAFE_SHARE)
         self._held[job.id] = lease
         writer = LogWriter(
@@ -429,6 +439,7 @@ class ClusterNode:
         job.lease_holder = self.name
         job.mirror = False
         self._mirror.forget(job.id)
+        return writer
 
     def _arm_deadline(self, lease: HeldLease) -> None:
         """Stops the fetch when the lease may have expired: before anyone else can take it
@@ -497,80 +508,3 @@ class ClusterNode:
         )
         for job_id in list(self._held):
             self.lease_lost(self._jobs.get(job_id), "Redis lost its data", stale_append=False)
-
-    async def _take_over_loop(self) -> None:
-        """Takes the lease of each job nobody fetches that this node may fetch."""
-        while not self.closing:
-            await asyncio.sleep(min(0.5, self._lease_s / 6) * random.uniform(0.8, 1.2))
-            if not self.connected or self.lost_data:
-                continue
-            try:
-                await self._sync.refresh_running()
-            except RedisError as error:
-                self.redis_failed(error)
-                continue
-            candidates = [
-                job
-                for job in self._jobs.all_jobs()
-                if not job.sealed and job.id not in self._held and self._may_take(job)
-            ]
-            if not candidates:
-                continue
-            try:
-                holders = await self._redis.leases([job.id for job in candidates])
-                random.shuffle(candidates)
-                for job in candidates:
-                    holder = holders.get(job.id, "")
-                    job.lease_holder = holder.rsplit(" ", 1)[0]
-                    if holder or job.id in self._held:
-                        continue
-                    if job.mirror:
-                        # Most of the way before the lease: its clock runs from `sent`.
-                        await self._mirror.catch_up(job, job.cluster_size)
-                    sent = time.monotonic()
-                    token = await self._redis.acquire(job.id, self.name, self.settings.lease_ms)
-                    if token is not None:
-                        await self._take_over(job, token, sent)
-            except RedisError as error:
-                self.redis_failed(error)
-            except Exception:  # a bug: reported, and the loop goes on (no job left behind)
-                logger.exception("cluster: the take-over round failed")
-
-    def _may_take(self, job: Job) -> bool:
-        if job.record.spec.kind in _FETCHED_ANYWHERE:
-            return True
-        return job.home_node == self.name
-
-    async def _take_over(self, job: Job, token: str, sent: float) -> None:
-        meta = (await self._redis.metas([job.id])).get(job.id)
-        if not isinstance(meta, JobMeta) or meta.sealed:
-            await self._redis.release(job.id, token)
-            return
-        try:
-            if job.log.writable:
-                await self._mirror.catch_up(job, meta.size)
-            elif job.log_size > meta.size:
-                job.observe_from(meta.size)
-            elif job.log_size < meta.size:
-                raise RuntimeError(
-                    f"its log here holds {job.log_size} bytes, Redis {meta.size}: it is not "
-                    "the same log"
-                )
-        except Exception as error:
-            logger.error("job %d: cannot take over its fetch: %s", job.id, error)
-            await self._redis.release(job.id, token)
-            return
-        self._sync.apply_record(job, meta)
-        if job.record.spec.kind in _FETCHED_ANYWHERE:
-            # The previous holder's command ran on its host (and died with it, or was
-            # stopped there): never a process of this one. (A local job's process is this
-            # node's own, and is adopted again.)
-            for key in RUN_HANDLE_KEYS:
-                job.record.source_state.pop(key, None)
-        self._hold(job, token, sent)
-        logger.info("job %d: this node fetches it now (lease %s)", job.id, token)
-        self._jobs.resume(job)
-        # Into the log's stream, after the fetcher exists: followers everywhere see it.
-        writer = self._writers.get(job.id)
-        if writer is not None:
-            writer.event(f"node {self.name} fetches this job now")

@@ -1,0 +1,147 @@
+"""Takeover: this node takes the lease of each job nobody fetches that it may fetch.
+
+A job nobody fetches is one whose holder died, was cut off from Redis, or stopped. Command
+and SkyPilot jobs can be fetched by any node; local, file and push jobs only by their home
+node (which takes them back when it restarts). Before the lease, the node reads the job's
+stream up to its end (the lease's clock runs from then), after it the last few bytes; then
+the fetch resumes where the cluster's copy ends, as after a reconnect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from typing import TYPE_CHECKING, Protocol
+
+from redis.exceptions import RedisError
+
+from tailhub.daemon.cluster.mirror import Mirror
+from tailhub.daemon.cluster.redis_store import JobMeta, RedisStore
+from tailhub.daemon.cluster.sync import RecordSync
+from tailhub.daemon.cluster.writer import HeldLease, LogWriter
+from tailhub.daemon.model import SourceKind
+from tailhub.daemon.runner import RUN_HANDLE_KEYS
+
+if TYPE_CHECKING:
+    from tailhub.daemon.job import Job
+    from tailhub.daemon.jobs import JobManager
+
+logger = logging.getLogger(__name__)
+
+# Kinds any node can fetch; the others run or are read on the node that started them.
+FETCHED_ANYWHERE = (SourceKind.COMMAND, SourceKind.SKYPILOT)
+
+
+class TakeoverOwner(Protocol):
+    """What a takeover needs of its node."""
+
+    name: str
+    connected: bool
+    lost_data: bool
+    closing: bool
+
+    @property
+    def held(self) -> dict[int, HeldLease]: ...
+
+    @property
+    def lease_ms(self) -> int: ...
+
+    def hold(self, job: Job, token: str, sent_at: float) -> LogWriter: ...
+
+    def redis_failed(self, error: Exception) -> None: ...
+
+
+class Takeover:
+    """The node's take-over loop."""
+
+    def __init__(
+        self,
+        redis: RedisStore,
+        manager: JobManager,
+        mirror: Mirror,
+        records: RecordSync,
+        owner: TakeoverOwner,
+    ) -> None:
+        self._redis = redis
+        self._jobs = manager
+        self._mirror = mirror
+        self._records = records
+        self._owner = owner
+
+    async def run(self) -> None:
+        owner = self._owner
+        while not owner.closing:
+            pause = min(0.5, owner.lease_ms / 6000)
+            await asyncio.sleep(pause * random.uniform(0.8, 1.2))
+            if not owner.connected or owner.lost_data:
+                continue
+            try:
+                await self._records.refresh_running()
+                await self._round()
+            except RedisError as error:
+                owner.redis_failed(error)
+            except Exception:  # a bug: reported, and the loop goes on (no job left behind)
+                logger.exception("cluster: the take-over round failed")
+
+    def may_take(self, job: Job) -> bool:
+        if job.record.spec.kind in FETCHED_ANYWHERE:
+            return True
+        return job.home_node == self._owner.name
+
+    async def _round(self) -> None:
+        held = self._owner.held
+        candidates = [
+            job
+            for job in self._jobs.all_jobs()
+            if not job.sealed and job.id not in held and self.may_take(job)
+        ]
+        if not candidates:
+            return
+        holders = await self._redis.leases([job.id for job in candidates])
+        random.shuffle(candidates)
+        for job in candidates:
+            holder = holders.get(job.id, "")
+            job.lease_holder = holder.rsplit(" ", 1)[0]
+            if holder or job.id in held:
+                continue
+            if job.mirror:
+                # Most of the way before the lease: its clock runs from `sent`.
+                await self._mirror.catch_up(job, job.cluster_size)
+            sent = time.monotonic()
+            token = await self._redis.acquire(job.id, self._owner.name, self._owner.lease_ms)
+            if token is not None:
+                await self._take(job, token, sent)
+
+    async def _take(self, job: Job, token: str, sent: float) -> None:
+        meta = (await self._redis.metas([job.id])).get(job.id)
+        if not isinstance(meta, JobMeta) or meta.sealed:
+            await self._redis.release(job.id, token)
+            return
+        try:
+            if job.log.writable:
+                await self._mirror.catch_up(job, meta.size)
+            elif job.log_size > meta.size:
+                job.observe_from(meta.size)
+            elif job.log_size < meta.size:
+                raise RuntimeError(
+                    f"its log here holds {job.log_size} bytes, Redis {meta.size}: it is not "
+                    "the same log"
+                )
+        except Exception as error:
+            logger.error("job %d: cannot take over its fetch: %s", job.id, error)
+            await self._redis.release(job.id, token)
+            return
+        self._records.apply_record(job, meta)
+        if job.record.spec.kind in FETCHED_ANYWHERE:
+            # The previous holder's command ran on its host (and died with it, or was
+            # stopped there): never a process of this one. (A local job's process is this
+            # node's own, and is adopted again.)
+            for key in RUN_HANDLE_KEYS:
+                job.record.source_state.pop(key, None)
+        writer = self._owner.hold(job, token, sent)
+        logger.info("job %d: this node fetches it now (lease %s)", job.id, token)
+        self._jobs.resume(job)
+        # Into the log's stream, after the fetcher exists: followers everywhere see it.
+        writer.event(f"node {self._owner.name} fetches this job now")
