@@ -6,7 +6,9 @@ own. When that moment passes without a newer one, or FD is closed (the lease was
 daemon died), it kills COMMAND and its process group at once. It needs nothing of the daemon
 while it waits, so a daemon that is frozen whole (SIGSTOP, a frozen VM), which its own
 watchdog thread cannot help, still never leaves a second upstream running beside the one
-another node starts. Only the standard library is imported: it starts in ~20 ms.
+another node starts. It imports only the standard library; a command starts about 0.1 s
+later inside it (measured: 108 ms to run `true` through it, 1 ms without), and it holds
+about 11 MiB while the command runs.
 
 The daemon's side, `Fences`, keeps the write end of each job's pipe and writes the new
 moment at every renewal.
