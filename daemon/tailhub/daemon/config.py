@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from tailhub.daemon.limits import shown
 from tailhub.daemon.paths import StatePaths
@@ -12,6 +13,30 @@ KIB = 1024
 MIB = 1024 * KIB
 # Where a launched task can run (see backends/).
 BACKENDS = ("local", "skypilot")
+
+
+def check_redis_url(url: str) -> None:
+    """ValueError, naming what is wrong, unless `url` names one Redis database: a typo
+    must not join another database's cluster (redis-py would read `/2x` as database 0)."""
+    what = f"--redis {shown(url)}"
+    if len(url) > 1024 or not url.isprintable():
+        raise ValueError(f"{what}: not a Redis URL")
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # (raises unless it is a number below 65536)
+    except ValueError as error:
+        raise ValueError(f"{what}: {error}") from None
+    if parts.scheme == "unix":
+        if not parts.path:
+            raise ValueError(f"{what}: give the socket's path (unix:///PATH?db=N)")
+        return
+    if parts.scheme not in ("redis", "rediss"):
+        raise ValueError(f"{what}: a Redis URL starts with redis://, rediss:// or unix://")
+    if not parts.hostname:
+        raise ValueError(f"{what}: give the host (redis://HOST:PORT/DB)")
+    database = parts.path.strip("/")
+    if database and not (database.isdigit() and len(database) < 6):
+        raise ValueError(f"{what}: the database {shown(database)} is not a number")
 
 
 @dataclass(frozen=True)
@@ -32,6 +57,7 @@ class ClusterSettings:
     stall: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
+        check_redis_url(self.redis_url)
         if not 200 <= self.lease_ms <= 600_000:
             raise ValueError("the lease must last between 200 ms and 10 minutes")
         if self.retention_bytes and self.retention_bytes < 1 * MIB:
