@@ -2,14 +2,48 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from helpers import DaemonProcess, wait_until
 from redis_helpers import RedisServer
 
 from tailhub.client import JobInfo
+
+# A remote log reached through a command (see replay_upstream.py): each connection replays it
+# from its first byte, so a daemon taking a job over gets the same bytes.
+REPLAY = str(Path(__file__).parent / "replay_upstream.py")
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def upstream(directory: Path, data: bytes) -> tuple[Path, Path]:
+    """A remote log holding `data` (append to it to make it grow), and the state directory
+    its replays count their connections in; touch STATE/done to let them end."""
+    directory.mkdir(parents=True, exist_ok=True)
+    log = directory / "upstream.log"
+    log.write_bytes(data)
+    state = directory / "state"
+    state.mkdir()
+    return log, state
+
+
+def payload(size: int, seed: int = 7) -> bytes:
+    """Every byte value, newlines and invalid UTF-8 among them."""
+    return random.Random(seed).randbytes(size)
+
+
+def cluster_health(node: DaemonProcess) -> int:
+    """What the node's health service says of its cluster part (`tailhub.cluster`)."""
+    with grpc.insecure_channel(node.paths.address) as channel:
+        answer = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service="tailhub.cluster"), timeout=10
+        )
+    return int(answer.status)
 
 
 @dataclass

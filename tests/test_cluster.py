@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-import random
 import shutil
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from cluster_helpers import Cluster
+from cluster_helpers import REPLAY, Cluster, payload, upstream
 from follow_many import kill_all, results_of, start_followers
 from helpers import run_cli, start_background_cli, wait_until
 from redis_helpers import RedisServer
@@ -18,30 +17,13 @@ from remote_helpers import free_port, write_token
 
 from tailhub.client import JobState
 
-REPLAY = str(Path(__file__).parent / "replay_upstream.py")
 
-
-def _upstream(directory: Path, data: bytes) -> tuple[Path, Path]:
-    """A remote log (replayed from its first byte by each connection) and its state dir."""
-    directory.mkdir(parents=True, exist_ok=True)
-    log = directory / "upstream.log"
-    log.write_bytes(data)
-    state = directory / "state"
-    state.mkdir()
-    return log, state
-
-
-def _payload(size: int, seed: int = 7) -> bytes:
-    """Every byte value, newlines and invalid UTF-8 among them."""
-    return random.Random(seed).randbytes(size)
-
-
-def test_followers_on_three_nodes_get_exact_bytes_from_one_upstream(
+def test_followers_on_three_nodes_get_exact_bytes_from_oneupstream(
     cluster: Cluster, tmp_path: Path
 ) -> None:
     nodes = cluster.start(3)
-    data = _payload(3 * 1024 * 1024)
-    log, state = _upstream(tmp_path / "up", data[: len(data) // 2])
+    data = payload(3 * 1024 * 1024)
+    log, state = upstream(tmp_path / "up", data[: len(data) // 2])
     with nodes[0].client() as client:
         job = client.attach_command([sys.executable, REPLAY, str(log), str(state)])
     followers = [start_followers(node.paths.address, job.id, 100) for node in nodes]
@@ -72,7 +54,7 @@ def test_followers_on_three_nodes_get_exact_bytes_from_one_upstream(
 def test_every_node_lists_every_job_with_its_lease_holder(cluster: Cluster, tmp_path: Path) -> None:
     nodes = cluster.start(2)
     lines = b"".join(b"line %d\n" % number for number in range(1, 1001))
-    log, state = _upstream(tmp_path / "up", lines)
+    log, state = upstream(tmp_path / "up", lines)
     with nodes[1].client() as client:
         job = client.attach_command([sys.executable, REPLAY, str(log), str(state)], name="far")
     wait_until(lambda: cluster.holder(job.id) == "n1", what="n1 to hold the lease")
@@ -98,8 +80,8 @@ def test_kill_of_the_lease_holder_is_taken_over_within_5s_byte_exact(
     cluster: Cluster, tmp_path: Path
 ) -> None:
     nodes = cluster.start(3)  # the default lease: 3 s
-    data = _payload(2 * 1024 * 1024, seed=11)
-    log, state = _upstream(tmp_path / "up", data[: 1024 * 1024])
+    data = payload(2 * 1024 * 1024, seed=11)
+    log, state = upstream(tmp_path / "up", data[: 1024 * 1024])
     with nodes[0].client() as client:
         job = client.attach_command([sys.executable, REPLAY, str(log), str(state)])
     followers = [
@@ -177,8 +159,8 @@ def test_two_nodes_racing_for_one_lease_100_times_never_fetch_at_once(
     cluster.lease_ms = 200
     stall = {"TAILHUB_CLUSTER_STALL": "0.5:0.3"}
     nodes = [cluster.add(f"n{index}", env=stall) for index in range(2)]
-    data = _payload(400 * 1024, seed=3)
-    log, state = _upstream(tmp_path / "up", b"")
+    data = payload(400 * 1024, seed=3)
+    log, state = upstream(tmp_path / "up", b"")
     with nodes[0].client() as client:
         job = client.attach_command([sys.executable, REPLAY, str(log), str(state)])
     followers = [
@@ -243,8 +225,8 @@ def test_a_follower_of_a_killed_node_resumes_through_the_next_server_over_tcp(
         cluster.add(f"n{index}", "--listen", address, "--insecure")
         for index, address in enumerate(addresses)
     ]
-    data = _payload(1024 * 1024, seed=21)
-    log, state = _upstream(tmp_path / "up", data[: len(data) // 2])
+    data = payload(1024 * 1024, seed=21)
+    log, state = upstream(tmp_path / "up", data[: len(data) // 2])
     with nodes[0].client() as client:
         job = client.attach_command([sys.executable, REPLAY, str(log), str(state)])
     follower = start_background_cli(
@@ -279,8 +261,8 @@ def test_bytes_trimmed_from_redis_are_out_of_range_on_a_node_that_never_had_them
 ) -> None:
     mib = 1024 * 1024
     nodes = cluster.start(2, "--redis-retention", str(mib))
-    data = _payload(4 * mib, seed=9)
-    log, state = _upstream(tmp_path / "up", data)
+    data = payload(4 * mib, seed=9)
+    log, state = upstream(tmp_path / "up", data)
     (state / "done").touch()
     with nodes[0].client() as client:
         job = client.attach_command([sys.executable, REPLAY, str(log), str(state)])
@@ -308,7 +290,7 @@ def test_a_job_is_cancelled_through_a_node_that_does_not_fetch_it(
     cluster: Cluster, tmp_path: Path
 ) -> None:
     nodes = cluster.start(2)
-    log, state = _upstream(tmp_path / "up", b"running\n")
+    log, state = upstream(tmp_path / "up", b"running\n")
     with nodes[0].client() as client:
         job = client.attach_command([sys.executable, REPLAY, str(log), str(state)])
     follower = start_background_cli(

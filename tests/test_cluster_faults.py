@@ -4,50 +4,26 @@ acknowledged once it is back."""
 from __future__ import annotations
 
 import os
-import random
 import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import grpc
-from cluster_helpers import Cluster
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from helpers import DaemonProcess, run_cli, start_background_cli, wait_until
+from cluster_helpers import NOT_SERVING, REPLAY, SERVING, Cluster, cluster_health, payload, upstream
+from helpers import run_cli, start_background_cli, wait_until
 from redis_helpers import RedisServer
 
 from tailhub.client import JobState
-
-REPLAY = str(Path(__file__).parent / "replay_upstream.py")
-SERVING = health_pb2.HealthCheckResponse.SERVING
-NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-
-
-def _cluster_health(node: DaemonProcess) -> int:
-    with grpc.insecure_channel(node.paths.address) as channel:
-        answer = health_pb2_grpc.HealthStub(channel).Check(
-            health_pb2.HealthCheckRequest(service="tailhub.cluster"), timeout=10
-        )
-    return int(answer.status)
-
-
-def _upstream(directory: Path, data: bytes) -> tuple[Path, Path]:
-    directory.mkdir(parents=True, exist_ok=True)
-    log = directory / "upstream.log"
-    log.write_bytes(data)
-    state = directory / "state"
-    state.mkdir()
-    return log, state
 
 
 def test_redis_crash_and_restart_loses_no_acknowledged_byte(
     redis_server: RedisServer, cluster: Cluster, tmp_path: Path
 ) -> None:
     nodes = cluster.start(2)
-    data = random.Random(5).randbytes(1024 * 1024)
+    data = payload(1024 * 1024, seed=5)
     half = len(data) // 2
-    log, state = _upstream(tmp_path / "up", data[:half])
+    log, state = upstream(tmp_path / "up", data[:half])
     with nodes[0].client() as client:
         job = client.attach_command([sys.executable, REPLAY, str(log), str(state)])
     followers = [
@@ -56,11 +32,11 @@ def test_redis_crash_and_restart_loses_no_acknowledged_byte(
     ]
     try:
         wait_until(lambda: all(len(f.stdout) >= half for f in followers), what="the first half")
-        assert all(_cluster_health(node) == SERVING for node in nodes)
+        assert all(cluster_health(node) == SERVING for node in nodes)
 
         redis_server.kill()
         wait_until(
-            lambda: all(_cluster_health(node) == NOT_SERVING for node in nodes),
+            lambda: all(cluster_health(node) == NOT_SERVING for node in nodes),
             what="NOT_SERVING on every node",
         )
         for node in nodes:
@@ -81,7 +57,7 @@ def test_redis_crash_and_restart_loses_no_acknowledged_byte(
             more.write(data[half:])
         redis_server.restart()
         wait_until(
-            lambda: all(_cluster_health(node) == SERVING for node in nodes),
+            lambda: all(cluster_health(node) == SERVING for node in nodes),
             20,
             "SERVING again on every node",
         )
@@ -106,7 +82,7 @@ def test_a_redis_that_lost_its_data_is_refused_with_a_reason(
         job = client.attach_push(name="kept")
         client.publish(job.id, b"already here\n")
     cluster.redis.restart()  # no persistence: it comes back empty
-    wait_until(lambda: _cluster_health(node) == NOT_SERVING, what="NOT_SERVING")
+    wait_until(lambda: cluster_health(node) == NOT_SERVING, what="NOT_SERVING")
     wait_until(lambda: "lost its data" in node.log_text() or "no longer holds" in node.log_text())
     attached = run_cli(node.home, "jobs", "attach", "--push")
     assert attached.returncode != 0
@@ -127,7 +103,7 @@ def test_what_anyone_wrote_into_redis_never_stops_the_cluster(
     redis.hset("tailhub:job:901", mapping={"record": "[]", "size": "many"})
     redis.zadd("tailhub:jobs", {"900": 900, "901": 901, "x": 902})
     redis.publish("tailhub:changes", "not a job id")
-    log, state = _upstream(tmp_path / "up", b"first line\n")
+    log, state = upstream(tmp_path / "up", b"first line\n")
     with nodes[0].client() as client:
         job = client.attach_command([sys.executable, REPLAY, str(log), str(state)])
     follower = start_background_cli(
@@ -179,9 +155,9 @@ def test_a_lease_holder_frozen_whole_never_leaves_two_upstreams(
 ) -> None:
     cluster.lease_ms = 1000
     nodes = cluster.start(2)
-    data = random.Random(17).randbytes(512 * 1024)
+    data = payload(512 * 1024, seed=17)
     half = len(data) // 2
-    log, state = _upstream(tmp_path / "up", data[:half])
+    log, state = upstream(tmp_path / "up", data[:half])
     with nodes[0].client() as client:
         job = client.attach_command([sys.executable, REPLAY, str(log), str(state)])
     follower = start_background_cli(

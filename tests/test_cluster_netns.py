@@ -4,23 +4,18 @@ veth pair each) reach Redis over TCP, and one of them is cut off from it (a part
 from __future__ import annotations
 
 import os
-import random
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
 import pytest
-from cluster_helpers import Cluster
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from cluster_helpers import NOT_SERVING, REPLAY, SERVING, Cluster, cluster_health, payload, upstream
 from helpers import DaemonProcess, start_background_cli, wait_until
 from redis_helpers import RedisServer
 
 from tailhub.client import JobState
-
-REPLAY = str(Path(__file__).parent / "replay_upstream.py")
 
 
 def _ip(*args: str) -> None:
@@ -87,14 +82,6 @@ def _in(host: Host, node: DaemonProcess) -> DaemonProcess:
     return node
 
 
-def _health(node: DaemonProcess) -> int:
-    with grpc.insecure_channel(node.paths.address) as channel:
-        answer = health_pb2_grpc.HealthStub(channel).Check(
-            health_pb2.HealthCheckRequest(service="tailhub.cluster"), timeout=10
-        )
-    return int(answer.status)
-
-
 def test_a_node_cut_off_from_redis_hands_its_job_over_without_a_gap(
     hosts: list[Host],
     start_redis: Callable[..., RedisServer],
@@ -113,15 +100,11 @@ def test_a_node_cut_off_from_redis_hands_its_job_over_without_a_gap(
         node = _in(host, cluster.prepare(f"n{index}", url))
         node.start()
         nodes.append(node)
-    data = random.Random(13).randbytes(1024 * 1024)
+    data = payload(1024 * 1024, seed=13)
     half = len(data) // 2
-    upstream = tmp_path / "up"
-    upstream.mkdir()
-    (upstream / "state").mkdir()
-    log = upstream / "upstream.log"
-    log.write_bytes(data[:half])
+    log, state = upstream(tmp_path / "up", data[:half])
     with nodes[0].client() as client:
-        job = client.attach_command([sys.executable, REPLAY, str(log), str(upstream / "state")])
+        job = client.attach_command([sys.executable, REPLAY, str(log), str(state)])
     follower = start_background_cli(
         nodes[1].home, tmp_path / "follower", "jobs", "logs", str(job.id)
     )
@@ -130,21 +113,21 @@ def test_a_node_cut_off_from_redis_hands_its_job_over_without_a_gap(
         assert cluster.holder(job.id) == "n0"
 
         hosts[0].cut()  # n0 can no longer reach Redis: a partition
-        wait_until(lambda: _health(nodes[0]) == health_pb2.HealthCheckResponse.NOT_SERVING)
+        wait_until(lambda: cluster_health(nodes[0]) == NOT_SERVING)
         with open(log, "ab") as more:
             more.write(data[half:])
         new_holder = cluster.wait_for_holder(job.id, other_than=["n0"], timeout=15, on=nodes[1])
         assert new_holder == "n1"
-        (upstream / "state" / "done").touch()
+        (state / "done").touch()
         assert follower.wait(60) == 0, follower.stderr
         assert follower.stdout == data  # no gap, no repeat across the handover
 
         hosts[0].heal()
-        wait_until(lambda: _health(nodes[0]) == health_pb2.HealthCheckResponse.SERVING, 20)
+        wait_until(lambda: cluster_health(nodes[0]) == SERVING, 20)
         # Back in the cluster, it learns how the job ended elsewhere.
         wait_until(lambda: cluster.job(job.id, on=nodes[0]).state is JobState.SUCCEEDED)
     finally:
         follower.stop()
     # n0 stopped its upstream before n1 started one: never two at once.
-    assert not (upstream / "state" / "overlaps").exists()
+    assert not (state / "overlaps").exists()
     assert "is unreachable" in nodes[0].log_text()

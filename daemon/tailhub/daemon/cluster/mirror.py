@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Protocol
 from redis.exceptions import RedisError
 
 from tailhub.daemon.cluster.redis_store import LogEntry, RedisStore
+from tailhub.daemon.limits import MAX_REASON_BYTES
 from tailhub.daemon.model import JobState, SourceEvent
 
 if TYPE_CHECKING:
@@ -175,7 +176,7 @@ def _apply_end(job: Job, end: dict[str, object]) -> None:
         record.state = JobState(str(end["state"]))
         code = end.get("exit_code")
         record.exit_code = code if isinstance(code, int) else None
-        record.reason = str(end.get("reason", ""))[:4096]
+        record.reason = str(end.get("reason", ""))[:MAX_REASON_BYTES]
     except (KeyError, TypeError, ValueError):
         record.state, record.exit_code = JobState.FAILED, None
         record.reason = "the job ended, but its end in Redis cannot be read"

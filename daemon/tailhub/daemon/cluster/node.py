@@ -41,7 +41,7 @@ from tailhub.daemon.cluster.writer import HeldLease, LeasedFetcher, LogWriter
 from tailhub.daemon.model import ClusterUnavailable
 from tailhub.daemon.placement import ClusterView
 from tailhub.daemon.runner import RunHandle
-from tailhub.daemon.sources.command import DIE_WITH_PARENT
+from tailhub.daemon.sources.command import die_with_parent
 from tailhub.daemon.tasks import TaskSet
 
 if TYPE_CHECKING:
@@ -209,7 +209,7 @@ class ClusterNode:
         )
         self._watchdog.start()
         await self._sync.sync_all()
-        if not DIE_WITH_PARENT:
+        if not die_with_parent():
             logger.warning(
                 "setpriv (util-linux) is not installed: the commands of a daemon killed with "
                 "kill -9 may outlive it until they next write"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import shutil
 import signal
@@ -143,7 +144,7 @@ class CommandSource:
             environment = None
             fence = -1
             if self.cluster_job is not None:
-                argv = [*DIE_WITH_PARENT, *argv]
+                argv = [*die_with_parent(), *argv]
                 environment = {**os.environ, FETCH_MARKER: str(self.cluster_job)}
             if self.cluster_job is not None and self.fences is not None:
                 fence = self.fences.open(self.cluster_job)
@@ -167,13 +168,18 @@ class CommandSource:
             ) from error
 
 
-# util-linux's setpriv asks the kernel to kill the command when the daemon dies (even by
-# kill -9), then runs it. Not a preexec_fn: Python code between fork and exec is unsafe in a
-# process with threads.
-_SETPRIV = shutil.which("setpriv")
 FETCH_MARKER = "TAILHUB_FETCHING_JOB"
 FENCE_MODULE = "tailhub.daemon.cluster.fence"
-DIE_WITH_PARENT = (_SETPRIV, "--pdeathsig", "KILL", "--") if _SETPRIV else ()
+
+
+@functools.cache
+def die_with_parent() -> tuple[str, ...]:
+    """The prefix that makes a command die with its parent: util-linux's setpriv asks the
+    kernel to kill it when the parent dies (even by kill -9), then runs it; empty without
+    setpriv. Not a preexec_fn: Python code between fork and exec is unsafe in a process with
+    threads. Looked up once, when cluster mode first needs it (never by a daemon alone)."""
+    setpriv = shutil.which("setpriv")
+    return (setpriv, "--pdeathsig", "KILL", "--") if setpriv else ()
 
 
 async def stop_left_over(runner: LocalRunner, upstream: Upstream) -> None:
