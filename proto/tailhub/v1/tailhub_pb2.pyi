@@ -180,6 +180,29 @@ STDERR_MODE_EVENTS: StderrMode.ValueType  # 2
 """Each line reported as a source event (e.g. ssh's own diagnostics), not log bytes."""
 Global___StderrMode: _TypeAlias = StderrMode  # noqa: Y015
 
+class _ListenerSecurity:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ListenerSecurityEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ListenerSecurity.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    LISTENER_SECURITY_UNSPECIFIED: _ListenerSecurity.ValueType  # 0
+    LISTENER_SECURITY_PLAINTEXT: _ListenerSecurity.ValueType  # 1
+    """No TLS (`--insecure`): loopback addresses only."""
+    LISTENER_SECURITY_TLS: _ListenerSecurity.ValueType  # 2
+    LISTENER_SECURITY_MUTUAL_TLS: _ListenerSecurity.ValueType  # 3
+    """TLS, and clients must present a certificate of `--tls-client-ca`."""
+
+class ListenerSecurity(_ListenerSecurity, metaclass=_ListenerSecurityEnumTypeWrapper): ...
+
+LISTENER_SECURITY_UNSPECIFIED: ListenerSecurity.ValueType  # 0
+LISTENER_SECURITY_PLAINTEXT: ListenerSecurity.ValueType  # 1
+"""No TLS (`--insecure`): loopback addresses only."""
+LISTENER_SECURITY_TLS: ListenerSecurity.ValueType  # 2
+LISTENER_SECURITY_MUTUAL_TLS: ListenerSecurity.ValueType  # 3
+"""TLS, and clients must present a certificate of `--tls-client-ca`."""
+Global___ListenerSecurity: _TypeAlias = ListenerSecurity  # noqa: Y015
+
 @_typing.final
 class FileSource(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -1087,6 +1110,17 @@ class GetDaemonStatusResponse(_message.Message):
     BYTES_SERVED_FIELD_NUMBER: _builtins.int
     UPSTREAM_CONNECTIONS_OPEN_FIELD_NUMBER: _builtins.int
     CLUSTER_FIELD_NUMBER: _builtins.int
+    API_VERSION_FIELD_NUMBER: _builtins.int
+    LISTENERS_FIELD_NUMBER: _builtins.int
+    METRICS_ADDRESS_FIELD_NUMBER: _builtins.int
+    MAX_RUNNING_JOBS_FIELD_NUMBER: _builtins.int
+    SUBSCRIBER_BUDGET_BYTES_FIELD_NUMBER: _builtins.int
+    MAX_STREAMS_FIELD_NUMBER: _builtins.int
+    MAX_STREAMS_PER_TOKEN_FIELD_NUMBER: _builtins.int
+    OPEN_FILES_FIELD_NUMBER: _builtins.int
+    MAX_OPEN_FILES_FIELD_NUMBER: _builtins.int
+    LOG_DISK_FREE_BYTES_FIELD_NUMBER: _builtins.int
+    LOG_DISK_TOTAL_BYTES_FIELD_NUMBER: _builtins.int
     pid: _builtins.int
     version: _builtins.str
     home: _builtins.str
@@ -1101,9 +1135,36 @@ class GetDaemonStatusResponse(_message.Message):
     bytes_served: _builtins.int
     upstream_connections_open: _builtins.int
     """Upstream connections open now."""
+    api_version: _builtins.str
+    """The API the daemon serves: this file's package, "tailhub.v1". Empty from daemons before
+    0.2.0.
+    """
+    metrics_address: _builtins.str
+    """Where Prometheus metrics are served (`--metrics-listen`), HOST:PORT; empty: nowhere."""
+    max_running_jobs: _builtins.int
+    """Local jobs allowed to run at once (`--max-running-jobs`); 0: no limit."""
+    subscriber_budget_bytes: _builtins.int
+    """Bytes in flight to all subscribers together (`--subscriber-budget`)."""
+    max_streams: _builtins.int
+    """Log streams served at once over the listeners, in all and per token; 0 without listeners."""
+    max_streams_per_token: _builtins.int
+    open_files: _builtins.int
+    """File descriptors the daemon holds now, and its (soft) limit on them. Each followed file
+    or command and each connection holds at least one. Unset when the daemon cannot tell.
+    """
+    max_open_files: _builtins.int
+    log_disk_free_bytes: _builtins.int
+    """Space on the file system of the daemon's logs, in bytes: free to the daemon, and in all.
+    Unset when it cannot be read.
+    """
+    log_disk_total_bytes: _builtins.int
     @_builtins.property
     def cluster(self) -> Global___ClusterStatus:
         """Set in cluster mode only (`tailhubd --redis`)."""
+
+    @_builtins.property
+    def listeners(self) -> _containers.RepeatedCompositeFieldContainer[Global___ListenerStatus]:
+        """The TCP listeners (`tailhubd --listen`), as bound; none: the Unix socket only."""
 
     def __init__(
         self,
@@ -1119,16 +1180,83 @@ class GetDaemonStatusResponse(_message.Message):
         bytes_served: _builtins.int = ...,
         upstream_connections_open: _builtins.int = ...,
         cluster: Global___ClusterStatus | None = ...,
+        api_version: _builtins.str = ...,
+        listeners: _abc.Iterable[Global___ListenerStatus] | None = ...,
+        metrics_address: _builtins.str = ...,
+        max_running_jobs: _builtins.int = ...,
+        subscriber_budget_bytes: _builtins.int = ...,
+        max_streams: _builtins.int = ...,
+        max_streams_per_token: _builtins.int = ...,
+        open_files: _builtins.int | None = ...,
+        max_open_files: _builtins.int | None = ...,
+        log_disk_free_bytes: _builtins.int | None = ...,
+        log_disk_total_bytes: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_cluster", b"_cluster", "cluster", b"cluster"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_cluster", b"_cluster", "_log_disk_free_bytes", b"_log_disk_free_bytes", "_log_disk_total_bytes", b"_log_disk_total_bytes", "_max_open_files", b"_max_open_files", "_open_files", b"_open_files", "cluster", b"cluster", "log_disk_free_bytes", b"log_disk_free_bytes", "log_disk_total_bytes", b"log_disk_total_bytes", "max_open_files", b"max_open_files", "open_files", b"open_files"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cluster", b"_cluster", "bytes_served", b"bytes_served", "cluster", b"cluster", "home", b"home", "jobs", b"jobs", "pid", b"pid", "running_jobs", b"running_jobs", "started_at", b"started_at", "subscribers", b"subscribers", "upstream_connections", b"upstream_connections", "upstream_connections_open", b"upstream_connections_open", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cluster", b"_cluster", "_log_disk_free_bytes", b"_log_disk_free_bytes", "_log_disk_total_bytes", b"_log_disk_total_bytes", "_max_open_files", b"_max_open_files", "_open_files", b"_open_files", "api_version", b"api_version", "bytes_served", b"bytes_served", "cluster", b"cluster", "home", b"home", "jobs", b"jobs", "listeners", b"listeners", "log_disk_free_bytes", b"log_disk_free_bytes", "log_disk_total_bytes", b"log_disk_total_bytes", "max_open_files", b"max_open_files", "max_running_jobs", b"max_running_jobs", "max_streams", b"max_streams", "max_streams_per_token", b"max_streams_per_token", "metrics_address", b"metrics_address", "open_files", b"open_files", "pid", b"pid", "running_jobs", b"running_jobs", "started_at", b"started_at", "subscriber_budget_bytes", b"subscriber_budget_bytes", "subscribers", b"subscribers", "upstream_connections", b"upstream_connections", "upstream_connections_open", b"upstream_connections_open", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__cluster: _TypeAlias = _typing.Literal["cluster"]  # noqa: Y015
     _WhichOneofArgType__cluster: _TypeAlias = _typing.Literal["_cluster", b"_cluster"]  # noqa: Y015
+    _WhichOneofReturnType__log_disk_free_bytes: _TypeAlias = _typing.Literal["log_disk_free_bytes"]  # noqa: Y015
+    _WhichOneofArgType__log_disk_free_bytes: _TypeAlias = _typing.Literal["_log_disk_free_bytes", b"_log_disk_free_bytes"]  # noqa: Y015
+    _WhichOneofReturnType__log_disk_total_bytes: _TypeAlias = _typing.Literal["log_disk_total_bytes"]  # noqa: Y015
+    _WhichOneofArgType__log_disk_total_bytes: _TypeAlias = _typing.Literal["_log_disk_total_bytes", b"_log_disk_total_bytes"]  # noqa: Y015
+    _WhichOneofReturnType__max_open_files: _TypeAlias = _typing.Literal["max_open_files"]  # noqa: Y015
+    _WhichOneofArgType__max_open_files: _TypeAlias = _typing.Literal["_max_open_files", b"_max_open_files"]  # noqa: Y015
+    _WhichOneofReturnType__open_files: _TypeAlias = _typing.Literal["open_files"]  # noqa: Y015
+    _WhichOneofArgType__open_files: _TypeAlias = _typing.Literal["_open_files", b"_open_files"]  # noqa: Y015
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__cluster) -> _WhichOneofReturnType__cluster | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__log_disk_free_bytes) -> _WhichOneofReturnType__log_disk_free_bytes | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__log_disk_total_bytes) -> _WhichOneofReturnType__log_disk_total_bytes | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_open_files) -> _WhichOneofReturnType__max_open_files | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__open_files) -> _WhichOneofReturnType__open_files | None: ...
 
 Global___GetDaemonStatusResponse: _TypeAlias = GetDaemonStatusResponse  # noqa: Y015
+
+@_typing.final
+class ListenerStatus(_message.Message):
+    """One TCP listener of the daemon."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    SECURITY_FIELD_NUMBER: _builtins.int
+    CERTIFICATE_PATH_FIELD_NUMBER: _builtins.int
+    CERTIFICATE_NOT_AFTER_FIELD_NUMBER: _builtins.int
+    address: _builtins.str
+    """HOST:PORT as bound (the real port when 0 was asked for)."""
+    security: Global___ListenerSecurity.ValueType
+    certificate_path: _builtins.str
+    """The certificate file the listener serves (`--tls-cert`), as the daemon read it at start;
+    empty without TLS.
+    """
+    certificate_not_after: _builtins.float
+    """When that certificate (the first of its chain) stops being valid, Unix time in seconds;
+    unset without TLS.
+    """
+    def __init__(
+        self,
+        *,
+        address: _builtins.str = ...,
+        security: Global___ListenerSecurity.ValueType = ...,
+        certificate_path: _builtins.str = ...,
+        certificate_not_after: _builtins.float | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_certificate_not_after", b"_certificate_not_after", "certificate_not_after", b"certificate_not_after"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_certificate_not_after", b"_certificate_not_after", "address", b"address", "certificate_not_after", b"certificate_not_after", "certificate_path", b"certificate_path", "security", b"security"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__certificate_not_after: _TypeAlias = _typing.Literal["certificate_not_after"]  # noqa: Y015
+    _WhichOneofArgType__certificate_not_after: _TypeAlias = _typing.Literal["_certificate_not_after", b"_certificate_not_after"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__certificate_not_after) -> _WhichOneofReturnType__certificate_not_after | None: ...
+
+Global___ListenerStatus: _TypeAlias = ListenerStatus  # noqa: Y015
 
 @_typing.final
 class ClusterStatus(_message.Message):

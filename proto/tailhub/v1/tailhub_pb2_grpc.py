@@ -219,8 +219,9 @@ class TailhubServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetDaemonStatus(self, request, context):
-        """Daemon-wide figures: jobs, subscribers, upstream connections, bytes served. No errors of
-        its own.
+        """Daemon-wide figures (jobs, subscribers, upstream connections, bytes served) and how the
+        daemon runs: its version and API, listeners, limits, descriptors and disk (what
+        `tailhub doctor` checks). No errors of its own.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -202,8 +202,9 @@ class TailhubServiceStub:
     Errors: INVALID_ARGUMENT (a page_token this daemon did not hand out).
     """
     GetDaemonStatus: _grpc.UnaryUnaryMultiCallable[_tailhub_pb2.GetDaemonStatusRequest, _tailhub_pb2.GetDaemonStatusResponse]
-    """Daemon-wide figures: jobs, subscribers, upstream connections, bytes served. No errors of
-    its own.
+    """Daemon-wide figures (jobs, subscribers, upstream connections, bytes served) and how the
+    daemon runs: its version and API, listeners, limits, descriptors and disk (what
+    `tailhub doctor` checks). No errors of its own.
     """
     RemoveJobs: _grpc.UnaryUnaryMultiCallable[_tailhub_pb2.RemoveJobsRequest, _tailhub_pb2.RemoveJobsResponse]
     """Deletes ended jobs with their logs: the ones named, and/or every one ended before a time.
@@ -316,8 +317,9 @@ class TailhubServiceAsyncStub(TailhubServiceStub):
     Errors: INVALID_ARGUMENT (a page_token this daemon did not hand out).
     """
     GetDaemonStatus: _aio.UnaryUnaryMultiCallable[_tailhub_pb2.GetDaemonStatusRequest, _tailhub_pb2.GetDaemonStatusResponse]  # type: ignore[assignment]
-    """Daemon-wide figures: jobs, subscribers, upstream connections, bytes served. No errors of
-    its own.
+    """Daemon-wide figures (jobs, subscribers, upstream connections, bytes served) and how the
+    daemon runs: its version and API, listeners, limits, descriptors and disk (what
+    `tailhub doctor` checks). No errors of its own.
     """
     RemoveJobs: _aio.UnaryUnaryMultiCallable[_tailhub_pb2.RemoveJobsRequest, _tailhub_pb2.RemoveJobsResponse]  # type: ignore[assignment]
     """Deletes ended jobs with their logs: the ones named, and/or every one ended before a time.
@@ -481,8 +483,9 @@ class TailhubServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _tailhub_pb2.GetDaemonStatusRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_tailhub_pb2.GetDaemonStatusResponse, _abc.Awaitable[_tailhub_pb2.GetDaemonStatusResponse]]:
-        """Daemon-wide figures: jobs, subscribers, upstream connections, bytes served. No errors of
-        its own.
+        """Daemon-wide figures (jobs, subscribers, upstream connections, bytes served) and how the
+        daemon runs: its version and API, listeners, limits, descriptors and disk (what
+        `tailhub doctor` checks). No errors of its own.
         """
 
     @_abc_1.abstractmethod
