@@ -24,12 +24,14 @@ from tailhub.daemon.cluster import ClusterRefused
 from tailhub.daemon.config import (
     ClusterSettings,
     DaemonConfig,
+    format_host_port,
     minimal_environment,
     parse_host_port,
 )
 from tailhub.daemon.config_file import read_config_file
 from tailhub.daemon.durations import parse_duration
 from tailhub.daemon.faults import crash_points_from, stall_from
+from tailhub.daemon.flags_file import FlagsFile, FlagsFileError, read_flags_file
 from tailhub.daemon.grpc_log import quiet_client_gone_tracebacks
 from tailhub.daemon.listeners import (
     DEFAULT_MAX_STREAMS,
@@ -41,25 +43,38 @@ from tailhub.daemon.listeners import (
 from tailhub.daemon.lock import AlreadyRunning
 from tailhub.daemon.model import StorageFull
 from tailhub.daemon.paths import StatePaths, resolve_home
+from tailhub.daemon.sd_notify import Notifier
 from tailhub.daemon.server import Daemon
+from tailhub.daemon.started_with import record_options, without_password
 from tailhub.daemon.statedir import check_state_dir
 from tailhub.daemon.store import UnusableState
 
 logger = logging.getLogger("tailhub.daemon")
 
 
-async def serve(config: DaemonConfig, network: NetworkSettings | None = None) -> None:
+async def serve(
+    config: DaemonConfig,
+    network: NetworkSettings | None = None,
+    notifier: Notifier | None = None,
+    options: dict[str, Any] | None = None,
+) -> None:
     loop = asyncio.get_running_loop()
     loop.set_exception_handler(_log_loop_error)
+    notifier = notifier or Notifier(None)
     daemon = Daemon(config, network)
     await daemon.start()
+    if options is not None:
+        record_options(config.paths, os.getpid(), options)
     _tune_gc()
+    # Only now: start() returns once the socket and every listener accept connections.
+    notifier.notify("READY=1", f"MAINPID={os.getpid()}", f"STATUS={_serving(config, network)}")
     stopping: asyncio.Task[None] | None = None
 
     def on_signal(signum: int) -> None:
         nonlocal stopping
         if stopping is None:
             logger.info("%s: stopping (send it again to force)", signal.Signals(signum).name)
+            notifier.notify("STOPPING=1", "STATUS=stopping: ending streams, then exiting")
             stopping = asyncio.ensure_future(daemon.stop())
             stopping.add_done_callback(_exit_if_stop_failed)
         else:
@@ -73,6 +88,15 @@ async def serve(config: DaemonConfig, network: NetworkSettings | None = None) ->
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
+
+
+def _serving(config: DaemonConfig, network: NetworkSettings | None) -> str:
+    """What the daemon serves, for the service manager's status line."""
+    served = [config.paths.address]
+    served += [str(address) for address in network.addresses] if network else []
+    if config.metrics_listen is not None:
+        served.append(f"metrics on {format_host_port(*config.metrics_listen)}")
+    return f"serving {', '.join(served)}"
 
 
 def _tune_gc() -> None:
@@ -131,6 +155,49 @@ def _cluster_settings(
         raise click.UsageError(str(error)) from None
 
 
+_FLAGS_FILE = "tailhub.flags_file"
+
+
+def _read_flags_file(ctx: click.Context, _param: click.Parameter, path: str | None) -> None:
+    """--config, read before any other option: its values become their defaults (a flag on
+    the command line wins). A file that cannot be used stops the start: one line, exit 2."""
+    if not path:
+        return
+    try:
+        flags = read_flags_file(path, ctx.command.params)
+    except FlagsFileError as error:
+        click.echo(f"tailhubd: {error}", err=True)
+        ctx.exit(2)
+    ctx.default_map = {**(ctx.default_map or {}), **flags.values}
+    ctx.meta[_FLAGS_FILE] = flags
+
+
+def _applied(
+    params: dict[str, Any], network: NetworkSettings | None, config: DaemonConfig
+) -> dict[str, Any]:
+    """The options `tailhub daemon start` can ask for, as this daemon applied them (see
+    started_with.py)."""
+    flags: FlagsFile | None = click.get_current_context().meta.get(_FLAGS_FILE)
+    tls = {
+        name: params[name.replace("-", "_")] for name in ("tls-cert", "tls-key", "tls-client-ca")
+    }
+    return {
+        "max-running-jobs": config.max_running_jobs,
+        "listen": [str(address) for address in network.addresses] if network else [],
+        **{name: value and os.path.abspath(value) for name, value in tls.items()},
+        "insecure": params["insecure"],
+        "max-streams": params["max_streams"],
+        "max-streams-per-token": params["max_streams_per_token"],
+        "subscriber-budget": config.subscriber_budget_bytes,
+        "metrics-listen": config.metrics_listen and format_host_port(*config.metrics_listen),
+        "redis": config.cluster and without_password(config.cluster.redis_url),
+        "node-name": config.cluster and config.cluster.node_name,
+        "lease-ms": params["lease_ms"],
+        "config": flags and flags.path,
+        "config-sha256": flags and flags.sha256,
+    }
+
+
 def _raise_open_file_limit() -> None:
     """Soft limit up to the hard one: each followed file and command holds descriptors."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -142,6 +209,16 @@ def _raise_open_file_limit() -> None:
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--config",
+    envvar="TAILHUB_CONFIG",
+    metavar="FILE",
+    is_eager=True,
+    expose_value=False,
+    callback=_read_flags_file,
+    help="YAML file of these options by long name (`listen: [HOST:PORT]`); flags win over "
+    "it. Yours, mode 0600 or 0400, not a symlink.",
+)
 @click.option("--home", envvar="TAILHUB_HOME", help="State directory (default ~/.tailhub).")
 @click.option(
     "--max-running-jobs",
@@ -284,6 +361,9 @@ def main(
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # Read, and removed from the environment, before anything copies it: no job or upstream
+    # command may speak to the service manager as the daemon.
+    notifier = Notifier.from_environment(os.environ)
     # Every file the daemon creates is private; its jobs get back the umask it was given.
     job_umask = os.umask(0o077)
     try:
@@ -334,7 +414,8 @@ def main(
             metrics_listen=metrics_listen,
             cluster=cluster,
         )
-        asyncio.run(serve(config, network))
+        params = click.get_current_context().params
+        asyncio.run(serve(config, network, notifier, _applied(params, network, config)))
     except ListenerError as error:
         click.echo(f"tailhubd: {error}", err=True)
         sys.exit(error.exit_code)

@@ -1,0 +1,64 @@
+"""`tailhubd.options` in the state directory: the options the running daemon applied.
+
+`tailhub daemon start --listen ...` on a home whose daemon already runs reads it to tell a
+daemon that has what was asked from one that lacks it (and must be restarted to get it).
+Options are keyed by their long names, values normalised (addresses as HOST:PORT, paths
+absolute) the same way on both sides. It never holds a secret: a Redis URL is kept without
+its password, so a changed password alone goes unnoticed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from tailhub.daemon.config import format_host_port, parse_host_port
+from tailhub.daemon.paths import StatePaths
+from tailhub.daemon.statedir import read_state_file, write_state_file
+
+FILE_NAME = "tailhubd.options"
+
+
+def record_options(paths: StatePaths, pid: int, options: Mapping[str, Any]) -> None:
+    """Writes what the daemon `pid` applied, replacing the record of any earlier daemon."""
+    write_state_file(
+        paths.home / FILE_NAME, json.dumps({"pid": pid, "options": dict(options)}) + "\n"
+    )
+
+
+def read_options(paths: StatePaths, pid: int) -> dict[str, Any] | None:
+    """The options the daemon `pid` recorded; None when the record is not its (a daemon that
+    has not written it yet, or one older than the record) or cannot be read."""
+    try:
+        record = json.loads(read_state_file(paths.home / FILE_NAME))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("pid") != pid:
+        return None
+    options = record.get("options")
+    return options if isinstance(options, dict) else None
+
+
+def normal_address(text: str) -> str:
+    """HOST:PORT as `parse_host_port` reads it and `format_host_port` writes it."""
+    return format_host_port(*parse_host_port(text))
+
+
+def normal_path(text: str) -> str:
+    return os.path.abspath(text)
+
+
+def without_password(url: str) -> str:
+    """`url` with any password in it replaced by `***` (the user name is kept)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "(not a URL)"
+    if parts.password is None:
+        return url
+    user, _, host = parts.netloc.rpartition("@")
+    name = user.partition(":")[0]
+    return urlunsplit(parts._replace(netloc=f"{name}:***@{host}"))
