@@ -1,24 +1,31 @@
-# The two commands a new machine needs (see README):
+# The two commands a new machine needs (see README, "Contributing"):
 #   make demo   launch the sample job and follow its log through an auto-started daemon
-#   make test   every check CI runs: format, lint, types, buf lint, stale generated code, tests
+#   make test   every check CI runs: format, lint, types, buf, stale generated code, tests
+# Everything they install is locked: Python packages by requirements/dev.lock (hashes), buf by
+# tools/package-lock.json, the Node example by examples/node/package-lock.json.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-BUF_VERSION := 1.75.0
-BUF := .tools/node_modules/.bin/buf
+LOCK := requirements/dev.lock
+BUF := tools/node_modules/.bin/buf
 # The Node.js example's dependencies, exactly as its lock file pins them (tests run it).
 NODE_DEPS := examples/node/node_modules/.package-lock.json
 
-.PHONY: demo test check proto bench clean need-redis
+.PHONY: demo test check proto bench lock clean need-redis
 
-$(BIN)/tailhub: pyproject.toml
+# A new venv whenever the lock or pyproject changes, so it holds exactly what the lock pins and
+# nothing left from before. The project itself goes in editable, without dependencies (the lock
+# has them) and without build isolation (setuptools comes from the lock too).
+$(BIN)/tailhub: pyproject.toml $(LOCK)
+	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --require-hashes -r $(LOCK)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $@
 
-$(BUF):
-	npm install --silent --no-audit --no-fund --prefix .tools @bufbuild/buf@$(BUF_VERSION)
+$(BUF): tools/package.json tools/package-lock.json
+	npm ci --silent --no-audit --no-fund --prefix tools
+	touch $@
 
 $(NODE_DEPS): examples/node/package.json examples/node/package-lock.json
 	npm ci --silent --no-audit --no-fund --prefix examples/node
@@ -33,6 +40,13 @@ need-redis:
 test: need-redis $(BIN)/tailhub $(BUF) $(NODE_DEPS)
 	PATH="$(CURDIR)/$(BIN):$$PATH" BUF="$(BUF)" scripts/check
 
+# Refresh the locks: Python packages (direct ones at their lowest allowed version, so the suite
+# runs against the floors pyproject.toml promises; the rest at their newest) and buf.
+lock: $(BIN)/tailhub
+	$(BIN)/uv pip compile pyproject.toml --extra dev --resolution lowest-direct --universal \
+		--python-version 3.10 --generate-hashes --quiet --custom-compile-command "make lock" -o $(LOCK)
+	npm install --package-lock-only --silent --no-audit --no-fund --prefix tools
+
 # Regenerate the protobuf/gRPC code and stubs from proto/ (commit the result).
 proto: $(BIN)/tailhub
 	PYTHON=$(BIN)/python scripts/gen-proto
@@ -41,4 +55,4 @@ bench: $(BIN)/tailhub
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) .tools build *.egg-info examples/node/node_modules
+	rm -rf $(VENV) .tools tools/node_modules build dist *.egg-info examples/node/node_modules

@@ -1,3 +1,3 @@
 """tailhubd: one upstream fetch per job, fanned out to any number of subscribers."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
