@@ -66,8 +66,6 @@ async def serve(
     if options is not None:
         record_options(config.paths, os.getpid(), options)
     _tune_gc()
-    # Only now: start() returns once the socket and every listener accept connections.
-    notifier.notify("READY=1", f"MAINPID={os.getpid()}", f"STATUS={_serving(config, network)}")
     stopping: asyncio.Task[None] | None = None
 
     def on_signal(signum: int) -> None:
@@ -83,6 +81,9 @@ async def serve(
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
+    # Only now: start() returned once the socket and every listener accept connections, and
+    # a SIGTERM sent the moment the service manager hears READY=1 is a drain, not a kill.
+    notifier.notify("READY=1", f"MAINPID={os.getpid()}", f"STATUS={_serving(config, network)}")
     try:
         await daemon.wait_closed()
     finally:
