@@ -41,10 +41,14 @@ test: need-redis $(BIN)/tailhub $(BUF) $(NODE_DEPS)
 	PATH="$(CURDIR)/$(BIN):$$PATH" BUF="$(BUF)" scripts/check
 
 # Refresh the locks: Python packages (direct ones at their lowest allowed version, so the suite
-# runs against the floors pyproject.toml promises; the rest at their newest) and buf.
+# runs against the floors pyproject.toml promises; the rest at their newest), the runtime subset
+# the wheel test installs (same versions), and buf.
 lock: $(BIN)/tailhub
 	$(BIN)/uv pip compile pyproject.toml --extra dev --resolution lowest-direct --universal \
 		--python-version 3.10 --generate-hashes --quiet --custom-compile-command "make lock" -o $(LOCK)
+	$(BIN)/uv pip compile pyproject.toml --constraint $(LOCK) --resolution lowest-direct --universal \
+		--python-version 3.10 --generate-hashes --quiet --custom-compile-command "make lock" \
+		-o requirements/runtime.lock
 	npm install --package-lock-only --silent --no-audit --no-fund --prefix tools
 
 # Regenerate the protobuf/gRPC code and stubs from proto/ (commit the result).
