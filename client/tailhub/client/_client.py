@@ -85,13 +85,16 @@ class Client:
         return self._servers.address(self._servers.current)
 
     @classmethod
-    def connect_remote(cls, target: Target | Sequence[Target]) -> Client:
+    def connect_remote(
+        cls, target: Target | Sequence[Target], *, connect_timeout: float = CONNECT_TIMEOUT
+    ) -> Client:
         """A client of the daemon at `target`, or of the first of a list that answers (never
-        started from here): DaemonUnreachable when none answers, SecureConnectionError when
-        TLS cannot be agreed on; with a list, one error naming each daemon tried."""
+        started from here), each given `connect_timeout` seconds: DaemonUnreachable when none
+        answers, SecureConnectionError when TLS cannot be agreed on; with a list, one error
+        naming each daemon tried."""
         client = cls(None, target)
         try:
-            client._servers.connect_first()
+            client._servers.connect_first(connect_timeout)
         except BaseException:
             client.close()
             raise
@@ -129,14 +132,21 @@ class Client:
     ) -> None:
         self.close()
 
-    def _call(self, method: StubMethod[T], request: Any, *, read: bool = False) -> T:
+    def _call(
+        self,
+        method: StubMethod[T],
+        request: Any,
+        *,
+        read: bool = False,
+        timeout: float = _CALL_TIMEOUT,
+    ) -> T:
         """Calls `method` (picked from a stub) on the current daemon; with a list, fails over
         to the next ones as the class says (`read`: a call that changes nothing)."""
         if len(self._servers) > 1:
-            return self._servers.call(method, request, _CALL_TIMEOUT, read=read)
+            return self._servers.call(method, request, timeout, read=read)
         try:  # wait for the daemon within the call's time (a restart)
             stub = self._servers.stub(0)
-            return method(stub)(request, timeout=_CALL_TIMEOUT, wait_for_ready=True)
+            return method(stub)(request, timeout=timeout, wait_for_ready=True)
         except grpc.RpcError as error:
             raise from_rpc_error(error, self.address) from None
 
@@ -281,9 +291,13 @@ class Client:
             total_jobs=response.total_jobs,
         )
 
-    def status(self) -> DaemonStatus:
+    def status(self, timeout: float = _CALL_TIMEOUT) -> DaemonStatus:
+        """The daemon's figures and how it runs; waits at most `timeout` seconds for it."""
         response = self._call(
-            lambda stub: stub.GetDaemonStatus, pb.GetDaemonStatusRequest(), read=True
+            lambda stub: stub.GetDaemonStatus,
+            pb.GetDaemonStatusRequest(),
+            read=True,
+            timeout=timeout,
         )
         return DaemonStatus.from_pb(response)
 

@@ -166,12 +166,12 @@ class Servers:
             return answer
         raise none_answered(errors)
 
-    def connect_first(self) -> None:
-        """Makes the first server that can be reached, in the list's order, the current one;
-        raises `none_answered` when none can."""
+    def connect_first(self, timeout: float = CONNECT_TIMEOUT) -> None:
+        """Makes the first server that can be reached (within `timeout` seconds each), in the
+        list's order, the current one; raises `none_answered` when none can."""
         errors: list[TailhubError] = []
         for index in self.tries():
-            problem = self.reach(index)
+            problem = self.reach(index, timeout)
             if problem is None:
                 self.settle(index)
                 return

@@ -108,6 +108,25 @@ class ClusterInfo:
 
 
 @dataclass(frozen=True)
+class ListenerInfo:
+    """One TCP listener of the daemon (`tailhubd --listen`)."""
+
+    address: str
+    # "plaintext", "tls" or "mutual-tls" ("" from a daemon that did not say).
+    security: str
+    # The --tls-cert file the daemon read, and when its certificate stops being valid.
+    certificate_path: str = ""
+    certificate_not_after: float | None = None
+
+
+_SECURITY = {
+    pb.LISTENER_SECURITY_PLAINTEXT: "plaintext",
+    pb.LISTENER_SECURITY_TLS: "tls",
+    pb.LISTENER_SECURITY_MUTUAL_TLS: "mutual-tls",
+}
+
+
+@dataclass(frozen=True)
 class DaemonStatus:
     pid: int
     version: str
@@ -125,6 +144,20 @@ class DaemonStatus:
     external_id: str = ""
     # Set in cluster mode only.
     cluster: ClusterInfo | None = None
+    # The protobuf package the daemon serves ("tailhub.v1"); "" from daemons before 0.2.0.
+    api_version: str = ""
+    listeners: tuple[ListenerInfo, ...] = ()
+    metrics_address: str = ""
+    # 0: no limit (or no listeners, for the stream limits).
+    max_running_jobs: int = 0
+    subscriber_budget_bytes: int = 0
+    max_streams: int = 0
+    max_streams_per_token: int = 0
+    # None where the daemon could not tell (or is older than 0.2.0).
+    open_files: int | None = None
+    max_open_files: int | None = None
+    log_disk_free_bytes: int | None = None
+    log_disk_total_bytes: int | None = None
 
     @classmethod
     def from_pb(cls, status: pb.GetDaemonStatusResponse) -> DaemonStatus:
@@ -140,7 +173,33 @@ class DaemonStatus:
             bytes_served=status.bytes_served,
             upstream_connections_open=status.upstream_connections_open,
             cluster=_cluster_info(status),
+            api_version=status.api_version,
+            listeners=tuple(_listener_info(listener) for listener in status.listeners),
+            metrics_address=status.metrics_address,
+            max_running_jobs=status.max_running_jobs,
+            subscriber_budget_bytes=status.subscriber_budget_bytes,
+            max_streams=status.max_streams,
+            max_streams_per_token=status.max_streams_per_token,
+            open_files=_optional(status, "open_files"),
+            max_open_files=_optional(status, "max_open_files"),
+            log_disk_free_bytes=_optional(status, "log_disk_free_bytes"),
+            log_disk_total_bytes=_optional(status, "log_disk_total_bytes"),
         )
+
+
+def _optional(status: pb.GetDaemonStatusResponse, name: str) -> int | None:
+    return int(getattr(status, name)) if status.HasField(name) else None  # type: ignore[arg-type]
+
+
+def _listener_info(listener: pb.ListenerStatus) -> ListenerInfo:
+    return ListenerInfo(
+        address=listener.address,
+        security=_SECURITY.get(listener.security, ""),
+        certificate_path=listener.certificate_path,
+        certificate_not_after=(
+            listener.certificate_not_after if listener.HasField("certificate_not_after") else None
+        ),
+    )
 
 
 def _cluster_info(status: pb.GetDaemonStatusResponse) -> ClusterInfo | None:

@@ -23,6 +23,7 @@ from tailhub.client._cli_common import (
     state_paths,
 )
 from tailhub.client._daemon_cli import daemon
+from tailhub.client._doctor_cli import doctor
 from tailhub.client._errors import TailhubError
 from tailhub.client._names import MAX_JOB_ID, JobRef, latest_job, resolve_jobs
 from tailhub.client._output import (
@@ -68,8 +69,21 @@ class _Commands(click.Group):
             sys.exit(exit_codes.SUCCEEDED)
 
 
-@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="tailhub")
+@click.group(
+    cls=_Commands,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    # --version needs --home and --server first (an eager option would run before them).
+    invoke_without_command=True,
+    no_args_is_help=True,
+    subcommand_metavar="COMMAND [ARGS]...",
+)
+@click.option(
+    "--version",
+    "show_version",
+    is_flag=True,
+    help="Show this CLI's version, and the daemon's and its API's if one answers "
+    "(never starts one).",
+)
 @click.option("--home", metavar="DIR", help=HOME_HELP)
 @click.option(
     "--server",
@@ -87,17 +101,26 @@ class _Commands(click.Group):
 @click.option("--client-cert", metavar="PEM", help="Client certificate, for mutual TLS.")
 @click.option("--client-key", metavar="PEM", help="Its private key.")
 @click.option("--insecure", is_flag=True, help="--server speaks plaintext (loopback only).")
-def cli(home: str | None, **remote: Any) -> None:
+def cli(show_version: bool, home: str | None, **remote: Any) -> None:
     """One log fetch per job, fanned out to every follower.
 
     Exit codes of commands that report a job's result: 0 succeeded, 100 failed,
     101 not finished, 102 not found, 103 cancelled, 104 no daemon answered, 105 token
-    refused, 106 TLS failed, 2 bad usage.
+    refused, 106 TLS failed, 2 bad usage. Something wrong? `tailhub doctor`.
     """
+    ctx = click.get_current_context()
+    if show_version:
+        from tailhub.client._version import print_versions
+
+        print_versions(home)
+        ctx.exit(exit_codes.SUCCEEDED)
+    if ctx.invoked_subcommand is None:
+        raise click.UsageError("Missing command.")
 
 
 cli.add_command(daemon)
 cli.add_command(token)
+cli.add_command(doctor)
 
 
 # -- jobs -------------------------------------------------------------------------------------

@@ -107,6 +107,8 @@ class TlsMaterial:
     certificate_chain: bytes
     private_key: bytes
     client_ca: bytes | None
+    # Where the certificate was read from (`tailhub doctor` names it when it expires).
+    certificate_path: str = ""
 
 
 @dataclass(frozen=True)
@@ -182,7 +184,7 @@ def load_tls(cert: Path, key: Path, client_ca: Path | None) -> TlsMaterial:
                 f"--tls-client-ca {client_ca}: not a PEM certificate ({error.reason or error})",
                 EXIT_TLS_FILES,
             ) from None
-    return TlsMaterial(certificate_chain, private_key, ca_bytes)
+    return TlsMaterial(certificate_chain, private_key, ca_bytes, str(cert))
 
 
 def _read(path: Path, what: str) -> bytes:

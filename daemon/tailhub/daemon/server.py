@@ -9,6 +9,7 @@ import logging
 import os
 import shutil
 from collections.abc import Sequence
+from dataclasses import replace
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +23,7 @@ from tailhub.daemon.auth import AuthInterceptor, LaunchedTarget, StreamCaps
 from tailhub.daemon.budget import BudgetFigures
 from tailhub.daemon.cluster.fence import Fences
 from tailhub.daemon.config import DaemonConfig
+from tailhub.daemon.facts import RunFacts, listener_facts
 from tailhub.daemon.identity import check_logs_belong
 from tailhub.daemon.jobs import JobManager
 from tailhub.daemon.listeners import SERVER_KEEPALIVE_OPTIONS, NetworkSettings, bind, describe
@@ -127,6 +129,8 @@ class Daemon:
 
         server = grpc.aio.server(options=self._server_options(), interceptors=counting)
         servicer = self._servicer = TailhubServicer(self._manager, self.config)
+        if self._metrics_endpoint is not None:
+            servicer.run_facts = RunFacts(metrics_addresses=tuple(self._metrics_endpoint.addresses))
         health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
         network_server = self._network(servicer, health_servicer, counting)
         _serve(server, servicer, health_servicer)
@@ -198,8 +202,15 @@ class Daemon:
             options=self._server_options(), interceptors=[*counting, interceptor]
         )
         _serve(server, servicer, health_servicer)
-        for address in bind(server, network):
+        bound = bind(server, network)
+        for address in bound:
             logger.info("tailhubd listening on %s (%s)", address, describe(network))
+        servicer.run_facts = replace(
+            servicer.run_facts,
+            listeners=listener_facts(network, bound),
+            max_streams=network.max_streams,
+            max_streams_per_token=network.max_streams_per_token,
+        )
         return server
 
     async def stop(self, grace: float | None = None) -> None:

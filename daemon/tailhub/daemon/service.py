@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import math
@@ -15,6 +16,15 @@ import grpc.aio
 from tailhub.daemon import __version__, limits
 from tailhub.daemon.budget import BudgetFigures, SendBudget
 from tailhub.daemon.config import DaemonConfig
+from tailhub.daemon.facts import (
+    MUTUAL_TLS,
+    PLAINTEXT,
+    TLS,
+    HostFacts,
+    ListenerFacts,
+    RunFacts,
+    host_facts,
+)
 from tailhub.daemon.fanout import (
     ChunkRange,
     DaemonStopping,
@@ -116,6 +126,9 @@ class TailhubServicer:
         self._config = config
         self._chunks = EncodedChunkCache(_CHUNK_CACHE_BYTES)
         self._budget = SendBudget(config.subscriber_budget_bytes, config.min_chunk_bytes)
+        # Set by the server once its listeners are bound (they are bound after the service
+        # is registered on them); GetDaemonStatus reports it.
+        self.run_facts = RunFacts()
 
     def budget_figures(self) -> BudgetFigures:
         return self._budget.figures()
@@ -326,6 +339,16 @@ class TailhubServicer:
             upstream_connections_open=sum(job.upstream_open for job in jobs),
             bytes_served=sum(job.bytes_served for job in jobs),
             cluster=_cluster(self._manager.cluster_view()),
+            api_version=pb.DESCRIPTOR.package,
+            listeners=[_listener(listener) for listener in self.run_facts.listeners],
+            # One address, or several for a name that resolves to more (one per family).
+            metrics_address=", ".join(self.run_facts.metrics_addresses),
+            max_running_jobs=self._config.max_running_jobs or 0,
+            subscriber_budget_bytes=self._config.subscriber_budget_bytes,
+            max_streams=self.run_facts.max_streams,
+            max_streams_per_token=self.run_facts.max_streams_per_token,
+            # Off the loop: statvfs waits for a stalled file system.
+            **_host(await asyncio.to_thread(host_facts, self._config.paths.logs)),
         )
 
     def handler(self) -> grpc.GenericRpcHandler[Any, Any]:
@@ -361,6 +384,33 @@ class TailhubServicer:
                 "RemoveJobs": unary(self.remove_jobs, pb.RemoveJobsRequest, pb.RemoveJobsResponse),
             },
         )
+
+
+_SECURITY = {
+    PLAINTEXT: pb.LISTENER_SECURITY_PLAINTEXT,
+    TLS: pb.LISTENER_SECURITY_TLS,
+    MUTUAL_TLS: pb.LISTENER_SECURITY_MUTUAL_TLS,
+}
+
+
+def _listener(listener: ListenerFacts) -> pb.ListenerStatus:
+    return pb.ListenerStatus(
+        address=listener.address,
+        security=_SECURITY[listener.security],
+        certificate_path=listener.certificate_path,
+        certificate_not_after=listener.certificate_not_after,
+    )
+
+
+def _host(facts: HostFacts) -> dict[str, int]:
+    """The fields of GetDaemonStatusResponse known now (the others stay unset)."""
+    fields = {
+        "open_files": facts.open_files,
+        "max_open_files": facts.max_open_files,
+        "log_disk_free_bytes": facts.disk_free,
+        "log_disk_total_bytes": facts.disk_total,
+    }
+    return {name: value for name, value in fields.items() if value is not None}
 
 
 def _start(request: pb.SubscribeRequest) -> Start:
