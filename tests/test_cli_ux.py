@@ -158,7 +158,9 @@ def test_daemon_start_with_options_on_a_running_daemon_says_they_were_not_applie
 
     assert plain.returncode == 0, plain.stderr
     assert with_options.returncode == 1
-    assert "--max-running-jobs was not applied" in with_options.stderr.decode()
+    assert "without --max-running-jobs 2; to apply it: tailhub daemon restart" in (
+        with_options.stderr.decode()
+    )
 
 
 def test_cancel_reports_each_id_and_goes_on_past_unknown_ones(daemon: DaemonProcess) -> None:

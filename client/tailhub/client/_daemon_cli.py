@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import shlex
 import sys
 import time
 from dataclasses import asdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -22,72 +21,130 @@ from tailhub.client._cli_common import (
 )
 from tailhub.client._output import note, printable
 
+if TYPE_CHECKING:
+    from tailhub.client._daemon_options import Requested
+
 
 @click.group()
 def daemon() -> None:
     """Start, stop and inspect the daemon (commands start it when needed)."""
 
 
+def _start_options(command: Any) -> Any:
+    """The options of `daemon start` and `daemon restart`: tailhubd's, passed on."""
+    options = [
+        click.option(
+            "--config",
+            metavar="FILE",
+            help="tailhubd's options from this YAML file (yours, mode 0600); flags win.",
+        ),
+        click.option(
+            "--max-running-jobs",
+            type=click.IntRange(min=1),
+            help="Limit on local jobs running at once.",
+        ),
+        click.option("--listen", multiple=True, metavar="HOST:PORT", help="Also serve on TCP."),
+        click.option(
+            "--tls-cert", metavar="PEM", help="Certificate of --listen (tailhub daemon tls-init)."
+        ),
+        click.option("--tls-key", metavar="PEM", help="Its private key."),
+        click.option(
+            "--tls-client-ca", metavar="PEM", help="Require client certificates of this CA."
+        ),
+        click.option("--insecure", is_flag=True, help="No TLS on --listen (loopback only)."),
+        click.option(
+            "--max-streams", type=click.IntRange(min=1), help="Network log streams in all."
+        ),
+        click.option("--max-streams-per-token", type=click.IntRange(min=1), help="... per token."),
+        click.option(
+            "--subscriber-budget",
+            type=click.IntRange(min=64 * 1024),
+            metavar="BYTES",
+            help="Bytes in flight to all subscribers together.",
+        ),
+        click.option(
+            "--metrics-listen",
+            metavar="HOST:PORT",
+            callback=lambda _ctx, _param, value: _checked_host_port(value),
+            help="Serve Prometheus metrics at http://HOST:PORT/metrics (no authentication).",
+        ),
+        click.option(
+            "--redis", metavar="URL", help="Cluster mode: share jobs with the daemons on it."
+        ),
+        click.option("--node-name", metavar="NAME", help="This daemon's name in the cluster."),
+        click.option(
+            "--lease-ms", type=click.IntRange(min=200), help="Cluster fetch lease length."
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return home_option(command)
+
+
 @daemon.command("start")
-@home_option
-@click.option(
-    "--max-running-jobs", type=click.IntRange(min=1), help="Limit on local jobs running at once."
-)
-@click.option("--listen", multiple=True, metavar="HOST:PORT", help="Also serve on TCP (TLS).")
-@click.option(
-    "--tls-cert", metavar="PEM", help="Certificate of --listen (tailhub daemon tls-init)."
-)
-@click.option("--tls-key", metavar="PEM", help="Its private key.")
-@click.option("--tls-client-ca", metavar="PEM", help="Require client certificates of this CA.")
-@click.option("--insecure", "plaintext", is_flag=True, help="No TLS on --listen (loopback only).")
-@click.option("--max-streams", type=click.IntRange(min=1), help="Network log streams in all.")
-@click.option("--max-streams-per-token", type=click.IntRange(min=1), help="... per token.")
-@click.option(
-    "--subscriber-budget",
-    type=click.IntRange(min=64 * 1024),
-    metavar="BYTES",
-    help="Bytes in flight to all subscribers together.",
-)
-@click.option(
-    "--metrics-listen",
-    metavar="HOST:PORT",
-    callback=lambda _ctx, _param, value: _checked_host_port(value),
-    help="Serve Prometheus metrics at http://HOST:PORT/metrics (no authentication).",
-)
-@click.option("--redis", metavar="URL", help="Cluster mode: share jobs with the daemons on it.")
-@click.option("--node-name", metavar="NAME", help="This daemon's name in the cluster.")
-@click.option("--lease-ms", type=click.IntRange(min=200), help="Cluster fetch lease length.")
-def daemon_start(
-    home: str | None,
-    max_running_jobs: int | None,
-    listen: tuple[str, ...],
-    plaintext: bool,
-    **passed_on: Any,
-) -> None:
-    """Start the daemon in the background; returns once it answers."""
+@_start_options
+def daemon_start(home: str | None, **options: Any) -> None:
+    """Start the daemon in the background; returns once it answers.
+
+    A daemon already running is left as it is: exit 0 if it has every option given, else 1
+    with the `tailhub daemon restart` command that applies them."""
     from tailhub.client._daemon import ensure_daemon
+    from tailhub.client._daemon_options import requested
 
     local_only("daemon start")
     paths = state_paths(home)
-    args = ["--max-running-jobs", str(max_running_jobs)] if max_running_jobs else []
-    args += [item for address in listen for item in ("--listen", address)]
-    args += ["--insecure"] if plaintext else []
-    for name, value in passed_on.items():
-        if value is not None:
-            # The daemon runs in its state directory: a relative path must not change meaning.
-            text = os.path.abspath(value) if name.startswith("tls_") else str(value)
-            args += [f"--{name.replace('_', '-')}", text]
-    started = ensure_daemon(paths, args)
+    asked = requested(options)
+    started = ensure_daemon(paths, asked.argv)
+    _report(home, asked, "started" if started else None)
+
+
+@daemon.command("restart")
+@_start_options
+def daemon_restart(home: str | None, **options: Any) -> None:
+    """Stop the daemon, then start it with these options (only these: none is kept).
+
+    Running local jobs keep running; followers reconnect and resume where they were."""
+    from tailhub.client._daemon import ensure_daemon, stop_daemon
+    from tailhub.client._daemon_options import requested
+
+    local_only("daemon restart")
+    paths = state_paths(home)
+    asked = requested(options)
+    stopped = stop_daemon(paths)
+    started = ensure_daemon(paths, asked.argv)
+    verb = "started" if stopped is None else f"restarted (pid {stopped} stopped)"
+    # Not started by us: another command's autostart came first, maybe without these options.
+    _report(home, asked, verb if started else None)
+
+
+def _report(home: str | None, asked: Requested, started: str | None) -> None:
+    """One line on the daemon now serving `home`; exit 1 when it lacks an option asked for."""
+    from tailhub.client._daemon_options import describe, lacking
+    from tailhub.daemon.started_with import read_options
+
+    paths = state_paths(home)
     with connect(home, autostart=False) as client:
         status = client.status()
-    verb = "started" if started else "already running"
-    note(f"tailhubd {verb} (pid {status.pid}) on {paths.home}")
-    if args and not started:
-        note(
-            f"{args[0]} was not applied to the running daemon; to apply it: "
-            f"tailhub daemon stop{home_flag(home)}, then start it again"
-        )
+    if started == "started":
+        note(f"tailhubd started (pid {status.pid}) on {paths.home}{describe(asked)}")
+        return
+    if started is not None:
+        note(f"tailhubd {started}, now pid {status.pid} on {paths.home}{describe(asked)}")
+        return
+    running = f"tailhubd already running (pid {status.pid}) on {paths.home}"
+    if not asked.argv:
+        note(running)
+        return
+    restart = f"tailhub daemon restart{home_flag(home)} {asked.shown()} (local jobs keep running)"
+    applied = read_options(paths, status.pid)
+    if applied is None:
+        note(f"{running}, which did not record its options; to be sure of them: {restart}")
         sys.exit(exit_codes.ERROR)
+    missing = lacking(asked, applied)
+    if missing:
+        note(f"{running} without {', '.join(missing)}; to apply it: {restart}")
+        sys.exit(exit_codes.ERROR)
+    note(f"{running}{describe(asked)}")
 
 
 def _checked_host_port(value: str | None) -> str | None:

@@ -31,7 +31,7 @@ from tailhub.daemon.config import (
 from tailhub.daemon.config_file import read_config_file
 from tailhub.daemon.durations import parse_duration
 from tailhub.daemon.faults import crash_points_from, stall_from
-from tailhub.daemon.flags_file import FlagsFile, FlagsFileError, read_flags_file
+from tailhub.daemon.flags_file import apply_flags_file, flags_file_of
 from tailhub.daemon.grpc_log import quiet_client_gone_tracebacks
 from tailhub.daemon.listeners import (
     DEFAULT_MAX_STREAMS,
@@ -45,7 +45,7 @@ from tailhub.daemon.model import StorageFull
 from tailhub.daemon.paths import StatePaths, resolve_home
 from tailhub.daemon.sd_notify import Notifier
 from tailhub.daemon.server import Daemon
-from tailhub.daemon.started_with import record_options, without_password
+from tailhub.daemon.started_with import applied_options, record_options
 from tailhub.daemon.statedir import check_state_dir
 from tailhub.daemon.store import UnusableState
 
@@ -156,49 +156,6 @@ def _cluster_settings(
         raise click.UsageError(str(error)) from None
 
 
-_FLAGS_FILE = "tailhub.flags_file"
-
-
-def _read_flags_file(ctx: click.Context, _param: click.Parameter, path: str | None) -> None:
-    """--config, read before any other option: its values become their defaults (a flag on
-    the command line wins). A file that cannot be used stops the start: one line, exit 2."""
-    if not path:
-        return
-    try:
-        flags = read_flags_file(path, ctx.command.params)
-    except FlagsFileError as error:
-        click.echo(f"tailhubd: {error}", err=True)
-        ctx.exit(2)
-    ctx.default_map = {**(ctx.default_map or {}), **flags.values}
-    ctx.meta[_FLAGS_FILE] = flags
-
-
-def _applied(
-    params: dict[str, Any], network: NetworkSettings | None, config: DaemonConfig
-) -> dict[str, Any]:
-    """The options `tailhub daemon start` can ask for, as this daemon applied them (see
-    started_with.py)."""
-    flags: FlagsFile | None = click.get_current_context().meta.get(_FLAGS_FILE)
-    tls = {
-        name: params[name.replace("-", "_")] for name in ("tls-cert", "tls-key", "tls-client-ca")
-    }
-    return {
-        "max-running-jobs": config.max_running_jobs,
-        "listen": [str(address) for address in network.addresses] if network else [],
-        **{name: value and os.path.abspath(value) for name, value in tls.items()},
-        "insecure": params["insecure"],
-        "max-streams": params["max_streams"],
-        "max-streams-per-token": params["max_streams_per_token"],
-        "subscriber-budget": config.subscriber_budget_bytes,
-        "metrics-listen": config.metrics_listen and format_host_port(*config.metrics_listen),
-        "redis": config.cluster and without_password(config.cluster.redis_url),
-        "node-name": config.cluster and config.cluster.node_name,
-        "lease-ms": params["lease_ms"],
-        "config": flags and flags.path,
-        "config-sha256": flags and flags.sha256,
-    }
-
-
 def _raise_open_file_limit() -> None:
     """Soft limit up to the hard one: each followed file and command holds descriptors."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -216,7 +173,7 @@ def _raise_open_file_limit() -> None:
     metavar="FILE",
     is_eager=True,
     expose_value=False,
-    callback=_read_flags_file,
+    callback=apply_flags_file,
     help="YAML file of these options by long name (`listen: [HOST:PORT]`); flags win over "
     "it. Yours, mode 0600 or 0400, not a symlink.",
 )
@@ -415,8 +372,9 @@ def main(
             metrics_listen=metrics_listen,
             cluster=cluster,
         )
-        params = click.get_current_context().params
-        asyncio.run(serve(config, network, notifier, _applied(params, network, config)))
+        ctx = click.get_current_context()
+        applied = applied_options(ctx.params, network, config, flags_file_of(ctx))
+        asyncio.run(serve(config, network, notifier, applied))
     except ListenerError as error:
         click.echo(f"tailhubd: {error}", err=True)
         sys.exit(error.exit_code)

@@ -46,6 +46,29 @@ class FlagsFile:
     sha256: str
 
 
+_META_KEY = "tailhub.flags_file"
+
+
+def apply_flags_file(ctx: click.Context, _param: click.Parameter, path: str | None) -> None:
+    """The callback of an eager `--config` option: the file's values become the defaults of
+    the command's other options. A file that cannot be used stops it: one line, exit 2."""
+    if not path:
+        return
+    try:
+        flags = read_flags_file(path, ctx.command.params)
+    except FlagsFileError as error:
+        click.echo(f"tailhubd: {error}", err=True)
+        ctx.exit(2)
+    ctx.default_map = {**(ctx.default_map or {}), **flags.values}
+    ctx.meta[_META_KEY] = flags
+
+
+def flags_file_of(ctx: click.Context) -> FlagsFile | None:
+    """The file `apply_flags_file` read for this command, if any."""
+    flags: FlagsFile | None = ctx.meta.get(_META_KEY)
+    return flags
+
+
 def read_flags_file(path: str, params: Sequence[click.Parameter]) -> FlagsFile:
     """The values `path` gives the options among `params`, checked; FlagsFileError if not."""
     path = os.path.abspath(path)

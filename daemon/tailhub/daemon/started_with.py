@@ -12,14 +12,50 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from tailhub.daemon.config import format_host_port, parse_host_port
 from tailhub.daemon.paths import StatePaths
 from tailhub.daemon.statedir import read_state_file, write_state_file
 
+if TYPE_CHECKING:
+    from tailhub.daemon.config import DaemonConfig
+    from tailhub.daemon.flags_file import FlagsFile
+    from tailhub.daemon.listeners import NetworkSettings
+
 FILE_NAME = "tailhubd.options"
+
+
+def applied_options(
+    params: Mapping[str, Any],
+    network: NetworkSettings | None,
+    config: DaemonConfig,
+    flags: FlagsFile | None,
+) -> dict[str, Any]:
+    """The options `tailhub daemon start` can ask for, as tailhubd applied them (its click
+    `params`, and what it built of them)."""
+    tls = ("tls-cert", "tls-key", "tls-client-ca")
+    cluster = config.cluster
+    return {
+        "max-running-jobs": config.max_running_jobs,
+        "listen": [str(address) for address in network.addresses] if network else [],
+        **{name: _path_or_none(params[name.replace("-", "_")]) for name in tls},
+        "insecure": params["insecure"],
+        "max-streams": params["max_streams"],
+        "max-streams-per-token": params["max_streams_per_token"],
+        "subscriber-budget": config.subscriber_budget_bytes,
+        "metrics-listen": config.metrics_listen and format_host_port(*config.metrics_listen),
+        "redis": cluster and without_password(cluster.redis_url),
+        "node-name": cluster and cluster.node_name,
+        "lease-ms": params["lease_ms"],
+        "config": flags and flags.path,
+        "config-sha256": flags and flags.sha256,
+    }
+
+
+def _path_or_none(value: str | None) -> str | None:
+    return None if value is None else normal_path(value)
 
 
 def record_options(paths: StatePaths, pid: int, options: Mapping[str, Any]) -> None:
