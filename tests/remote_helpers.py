@@ -58,6 +58,7 @@ def write_token(directory: Path, name: str, token: str) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{name}.token"
     path.write_text(token + "\n")
+    path.chmod(0o600)  # the CLI refuses a token file others can read
     return path
 
 

@@ -468,6 +468,7 @@ def test_a_malformed_token_ca_file_or_client_pair_is_one_line_before_connecting(
     tls_dir = remote.daemon.home / "tls"
     bad_token = workdir / "bad.token"
     bad_token.write_bytes(b"thk_abc\x01def\n")
+    bad_token.chmod(0o600)
     cases = {
         # (flags, exit code, what the line says)
         "token": (["--token-file", str(bad_token)], 105, "does not hold a tailhub token"),

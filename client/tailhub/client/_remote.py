@@ -90,7 +90,7 @@ def target_from(
         raise ValueError("--client-cert and --client-key go together")
     token: str | None
     if token_file:
-        token = _read(token_file, "token file").decode("utf-8", "replace").strip()
+        token = _read(token_file, "token file", private=True).decode("utf-8", "replace").strip()
         if not token:
             raise TailhubError(f"the token file {token_file} is empty")
     else:
@@ -207,13 +207,22 @@ def _check_client_pair(cert_file: str, key_file: str) -> None:
 MAX_CREDENTIAL_FILE_BYTES = 1024 * 1024
 
 
-def _read(path: str, what: str) -> bytes:
-    """A credential file's bytes: a regular file (never a FIFO that would block), bounded."""
+def _read(path: str, what: str, *, private: bool = False) -> bytes:
+    """A credential file's bytes: a regular file (never a FIFO that would block), bounded.
+    A `private` one (a token) others can read or write is refused, as ssh refuses such a key:
+    whoever could read it has the token already."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         with os.fdopen(fd, "rb") as file:
-            if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+            facts = os.fstat(file.fileno())
+            if not stat.S_ISREG(facts.st_mode):
                 raise TailhubError(f"the {what} {path} is not a regular file")
+            if private and facts.st_mode & 0o077:
+                mode = stat.S_IMODE(facts.st_mode)
+                raise AccessDenied(
+                    f"the {what} {path} can be read or written by others (mode {mode:04o}): "
+                    f"chmod 600 {path}, and make a new token if others may have read it"
+                )
             data = file.read(MAX_CREDENTIAL_FILE_BYTES + 1)
     except OSError as error:
         raise TailhubError(f"cannot read the {what} {path}: {error.strerror or error}") from None

@@ -6,6 +6,8 @@ running daemon sees a change at its next call."""
 from __future__ import annotations
 
 import datetime
+import os
+import stat
 import sys
 from pathlib import Path
 
@@ -55,17 +57,59 @@ def token() -> None:
     help="read: follow and list; write: also push jobs; admin: everything.",
 )
 @click.option("--name", help="A name to list and revoke it by (default ROLE-N).")
-def token_create(home: str | None, role: str, name: str | None) -> None:
-    """Make a token and print it, once: only its hash is kept."""
+@click.option(
+    "--output",
+    "-o",
+    metavar="FILE",
+    type=click.Path(dir_okay=False),
+    help="Write the token to FILE, a new file only you can read (0600), instead of stdout.",
+)
+def token_create(home: str | None, role: str, name: str | None, output: str | None) -> None:
+    """Make a token and print it (or write it to --output), once: only its hash is kept."""
     from tailhub.daemon.tokens import Role, TokenError, create_token
 
+    if output is not None:
+        # Made before the token, so that a file that cannot be written costs no token.
+        fd = _new_private_file(output)
     try:
         secret, entry = create_token(_state_home(), Role[role.upper()], name)
     except TokenError as error:
         note(str(error))
         sys.exit(exit_codes.ERROR)
-    click.echo(secret)
-    note(f"token {entry.name!r} ({entry.role.label}) created; it is shown only this once")
+    if output is not None:
+        with os.fdopen(fd, "w") as file:
+            file.write(secret + "\n")
+        where = f"written to {printable(output)} (0600)"
+    else:
+        click.echo(secret)
+        where = "shown only this once"
+        _warn_if_stdout_is_readable_by_others()
+    note(f"token {entry.name!r} ({entry.role.label}) created; {where}")
+
+
+def _new_private_file(path: str) -> int:
+    """A new file only its owner can read; an existing one (or a link) is never overwritten."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        return os.open(path, flags, 0o600)
+    except FileExistsError:
+        note(f"{printable(path)} exists: remove it first, or give another --output")
+    except OSError as error:
+        note(f"cannot write {printable(path)}: {error.strerror or error}")
+    sys.exit(exit_codes.ERROR)
+
+
+def _warn_if_stdout_is_readable_by_others() -> None:
+    """`token create > file` under umask 022 leaves the token readable by every local user."""
+    try:
+        facts = os.fstat(sys.stdout.fileno())
+    except (OSError, ValueError):
+        return
+    if stat.S_ISREG(facts.st_mode) and facts.st_mode & 0o077:
+        note(
+            f"warning: the file the token went to can be read by others "
+            f"(mode {stat.S_IMODE(facts.st_mode):04o}): chmod 600 it, or use --output FILE"
+        )
 
 
 @token.command("list")

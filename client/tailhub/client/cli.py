@@ -36,6 +36,7 @@ from tailhub.client._output import (
 from tailhub.client._pending import PendingStatus
 from tailhub.client._tokens_cli import token
 from tailhub.client._types import JobState
+from tailhub.daemon.credentials import without_credentials
 
 # How long `jobs publish` waits for a daemon that went away, and how often it retries.
 _PUBLISH_RETRY_SECONDS = 60.0
@@ -172,7 +173,7 @@ def jobs_launch(
                 workdir=str(task_file.resolve().parent),
                 envs=overrides,
                 # `sky` needs this shell's credentials and PATH.
-                environment=os.environ,
+                environment=without_credentials(os.environ),
                 backend="skypilot",
                 task_yaml=task_yaml,
             )
@@ -185,7 +186,7 @@ def jobs_launch(
                 workdir=task.workdir or os.getcwd(),
                 envs=task.envs,
                 # The job runs in this shell's environment, not the daemon's (started by anyone).
-                environment=os.environ,
+                environment=without_credentials(os.environ),
                 backend=chosen,
             )
         if detach:

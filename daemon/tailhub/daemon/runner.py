@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tailhub.daemon.credentials import without_credentials
 from tailhub.daemon.model import LocalSpec
 from tailhub.daemon.paths import StatePaths
 from tailhub.daemon.statedir import (
@@ -101,7 +102,7 @@ class LocalRunner:
     ) -> None:
         self._paths = paths
         # For a job whose client sent no environment: never the daemon's own.
-        self._fallback_environment = dict(fallback_environment)
+        self._fallback_environment = without_credentials(fallback_environment)
         self._umask = umask
 
     def start(self, job_id: int, spec: LocalSpec, attempt: int = 1) -> RunHandle:
@@ -121,7 +122,7 @@ class LocalRunner:
                 claim=shlex.quote(str(self._claim_path(job_id, attempt))),
             ),
         )
-        base = dict(spec.environment) or self._fallback_environment
+        base = without_credentials(spec.environment) or self._fallback_environment
         environment = {**base, **dict(spec.envs), "TAILHUB_JOB_ID": str(job_id)}
         log_fd = open_state_file(self._paths.job_log(job_id), os.O_WRONLY | os.O_APPEND)
         try:

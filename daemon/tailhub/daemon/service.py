@@ -16,6 +16,7 @@ import grpc.aio
 from tailhub.daemon import __version__, limits
 from tailhub.daemon.budget import BudgetFigures, SendBudget
 from tailhub.daemon.config import DaemonConfig
+from tailhub.daemon.credentials import without_credentials
 from tailhub.daemon.facts import (
     MUTUAL_TLS,
     PLAINTEXT,
@@ -225,7 +226,7 @@ class TailhubServicer:
     def _launch_spec(self, request: pb.LaunchJobRequest) -> LaunchSpec:
         backend = request.backend or self._config.default_backend
         envs = tuple(sorted(request.envs.items()))
-        environment = tuple(sorted(request.environment.items()))
+        environment = tuple(sorted(without_credentials(request.environment).items()))
         if backend == "skypilot":
             return SkyPilotSpec(
                 task_yaml=request.task_yaml,
