@@ -175,7 +175,7 @@ def _raise_open_file_limit() -> None:
     expose_value=False,
     callback=apply_flags_file,
     help="YAML file of these options by long name (`listen: [HOST:PORT]`); flags win over "
-    "it. Yours, mode 0600 or 0400, not a symlink.",
+    "it. Yours, mode 0600 or 0400, not a symlink. Env: TAILHUB_CONFIG.",
 )
 @click.option("--home", envvar="TAILHUB_HOME", help="State directory (default ~/.tailhub).")
 @click.option(
