@@ -271,3 +271,35 @@ def test_calls_over_a_tls_listener_are_counted_refusals_included(
     assert rpcs(samples, "ListJobs", "UNAUTHENTICATED") == 1
     assert rpcs(samples, "LaunchJob", "PERMISSION_DENIED") == 1
     assert rpcs(samples, "ListJobs", "OK") == 1
+
+
+@pytest.mark.parametrize(
+    "accept",
+    [
+        "text/plain; version=x",
+        "application/openmetrics-text; version=x",
+        "application/openmetrics-text; version=",
+        "*/*; q=zz, \x7f",
+    ],
+)
+def test_an_odd_accept_header_gets_the_default_format_never_a_traceback(
+    daemon_with_metrics: tuple[DaemonProcess, int], accept: str
+) -> None:
+    daemon, port = daemon_with_metrics
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
+        client.sendall(f"GET /metrics HTTP/1.1\r\nAccept: {accept}\r\n\r\n".encode("latin-1"))
+        answer = b""
+        while chunk := client.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ")
+    assert b"\ntailhub_subscribers 0" in body
+    # The daemon's log (checked for tracebacks when the test ends) got no line for it.
+    assert "metrics request failed" not in daemon.log_text()
+
+
+@pytest.fixture
+def daemon_with_metrics(
+    start_daemon: Callable[..., DaemonProcess], port: int
+) -> tuple[DaemonProcess, int]:
+    return start_daemon("--metrics-listen", f"127.0.0.1:{port}"), port

@@ -92,7 +92,12 @@ class DaemonMetrics:
     def render(self, accept: str = "") -> tuple[bytes, str]:
         """Every metric as read now, in the format the `Accept` header asks for (Prometheus's
         text format by default, OpenMetrics on request); and its content type."""
-        encoder, content_type = choose_encoder(accept)
+        try:
+            encoder, content_type = choose_encoder(accept)
+        except Exception:
+            # (`version=x` raised TypeError, with a traceback per request): any client that
+            # asks oddly gets the default format, the way a missing Accept does.
+            encoder, content_type = choose_encoder("")
         return encoder(self.registry), content_type
 
 
