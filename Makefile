@@ -1,4 +1,4 @@
-# The two commands a new machine needs (see README, "Contributing"):
+# The two commands a new machine needs (see README, "Contributors"):
 #   make demo   launch the sample job and follow its log through an auto-started daemon
 #   make test   every check CI runs: format, lint, types, buf, stale generated code, tests
 # Everything they install is locked: Python packages by requirements/dev.lock (hashes), buf by
