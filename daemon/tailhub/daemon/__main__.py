@@ -43,6 +43,7 @@ from tailhub.daemon.listeners import (
 from tailhub.daemon.lock import AlreadyRunning
 from tailhub.daemon.model import StorageFull
 from tailhub.daemon.paths import StatePaths, resolve_home
+from tailhub.daemon.reconnects import ReconnectPolicy
 from tailhub.daemon.sd_notify import Notifier
 from tailhub.daemon.server import Daemon
 from tailhub.daemon.started_with import applied_options, record_options
@@ -209,6 +210,15 @@ def _raise_open_file_limit() -> None:
     help="Keep at most this many ended jobs, removing the oldest first; 0: no limit.",
 )
 @click.option(
+    "--give-up-after",
+    default="10m",
+    show_default=True,
+    metavar="DURATION",
+    help="Fail an attached command or SkyPilot job whose upstream has failed this long in a "
+    "row without output (reconnecting with growing delays up to 10s): 90s, 30m... 0 retries "
+    "forever.",
+)
+@click.option(
     "--sky",
     metavar="PATH",
     help="The `sky` executable of the skypilot backend (default: config.yaml's `sky:`, "
@@ -298,6 +308,7 @@ def main(
     cancel_grace: float,
     retention: str,
     max_ended_jobs: int,
+    give_up_after: str,
     sky: str | None,
     listen: tuple[str, ...],
     tls_cert: str | None,
@@ -328,6 +339,10 @@ def main(
         retention_seconds = parse_duration(retention)
     except ValueError as error:
         raise click.BadParameter(str(error), param_hint="--retention") from None
+    try:
+        reconnect_policy = ReconnectPolicy(give_up_after=parse_duration(give_up_after) or None)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--give-up-after") from None
     try:
         # Read and checked before anything is bound: asked-for listeners are never skipped.
         network = network_settings(
@@ -365,6 +380,7 @@ def main(
             job_umask=job_umask,
             retention_seconds=retention_seconds or None,
             max_ended_jobs=max_ended_jobs or None,
+            reconnect_policy=reconnect_policy,
             crash_at=crash_points_from(os.environ),
             default_backend=settings.backend or "local",
             sky=sky or settings.sky or "sky",

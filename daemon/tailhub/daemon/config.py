@@ -8,6 +8,7 @@ from urllib.parse import urlsplit
 
 from tailhub.daemon.limits import shown
 from tailhub.daemon.paths import StatePaths
+from tailhub.daemon.reconnects import ReconnectPolicy
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -87,13 +88,11 @@ class DaemonConfig:
     min_chunk_bytes: int = 64 * KIB
     # Command exit codes that mean "the connection failed" (ssh uses 255).
     transport_exit_codes: frozenset[int] = field(default_factory=lambda: frozenset({255}))
-    reconnect_initial_delay: float = 0.2
-    reconnect_max_delay: float = 10.0
+    # After a failed connection: the delays (doubling, with jitter) and when to give up.
+    reconnect_policy: ReconnectPolicy = field(default_factory=ReconnectPolicy)
     # Commands connecting at once (started, no byte yet): below sshd's MaxStartups (10), so a
     # burst of attached ssh jobs is queued here instead of being dropped there.
     max_connecting_commands: int = 8
-    # Consecutive failed connections (without a byte received) before the job is failed.
-    reconnect_max_attempts: int = 20
     # Local jobs running at once; None means no limit.
     max_running_jobs: int | None = None
     # Seconds between SIGTERM and SIGKILL when a local job is cancelled.
@@ -140,8 +139,6 @@ class DaemonConfig:
             raise ValueError("grace periods cannot be negative")
         if self.max_connecting_commands < 1:
             raise ValueError("max connecting commands must be at least 1")
-        if self.reconnect_max_attempts < 1:
-            raise ValueError("reconnect attempts must be at least 1")
         if self.retention_seconds is not None and self.retention_seconds <= 0:
             raise ValueError("retention must be positive (None keeps ended jobs)")
         if self.max_ended_jobs is not None and self.max_ended_jobs < 0:

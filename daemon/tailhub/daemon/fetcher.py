@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from typing import Any, Protocol
 
@@ -12,6 +11,7 @@ from tailhub.daemon.config import DaemonConfig
 from tailhub.daemon.counts import DaemonCounts
 from tailhub.daemon.job import Job
 from tailhub.daemon.model import StorageFull
+from tailhub.daemon.reconnects import GiveUp, Reconnects
 from tailhub.daemon.signal import Stop
 from tailhub.daemon.sources import Outcome, Source, UpstreamFailed
 from tailhub.daemon.statedir import UntrustedState
@@ -48,6 +48,8 @@ class Fetcher:
         self._finished = Stop()
         # The log offset where a full disk paused the fetch; None while it flows.
         self._paused_at: int | None = None
+        # Set by an append of the upstream's own output: the connection works.
+        self._progressed = False
 
     # -- Upstream -------------------------------------------------------------------------
     @property
@@ -58,7 +60,13 @@ class Fetcher:
     def state(self) -> dict[str, Any]:
         return self._job.record.source_state
 
-    def append(self, data: bytes) -> None:
+    def append(self, data: bytes, *, progress: bool = True) -> None:
+        if data and progress:
+            self._progressed = True
+        self._store(data)
+
+    def _store(self, data: bytes) -> None:
+        """Where appended bytes go: the job's log (a cluster lease holder's go to Redis first)."""
         log = self._job.log
         offset = log.size
         if not log.writable:
@@ -107,13 +115,8 @@ class Fetcher:
             _ = self._job.log
         except UntrustedState as error:
             return Outcome(1, str(error))
-        # Failures in a row without a byte (they fail the job at the limit), and the
-        # reconnect delay's exponent: a healthy end (`sky jobs logs` exiting 101) does not
-        # count as a failure, but only bytes reset the delay, or a stream that keeps ending
-        # at once would be run again in a tight loop forever.
-        failures = backoff = 0
+        reconnects = Reconnects(self._config.reconnect_policy)
         while True:
-            stored_before = self._job.log_size
             self._job.upstream_open = self._source.counts_connections
             try:
                 if self._source.counts_connections:
@@ -131,21 +134,16 @@ class Fetcher:
                 continue
             except UpstreamFailed as error:
                 self._job.upstream_open = False
-                grew = self._job.log_size > stored_before
-                failures = 1 if grew or error.healthy else failures + 1
-                backoff = 1 if grew else backoff + 1
-                if failures >= self._config.reconnect_max_attempts:
-                    return Outcome(
-                        error.exit_code,
-                        reason=f"upstream failed {failures} times in a row; last: {error}",
-                    )
-                # Jitter: jobs that lost one host together should not return together.
-                delay = random.uniform(0.5, 1.0) * min(
-                    self._config.reconnect_initial_delay * 2 ** min(backoff - 1, 32),
-                    self._config.reconnect_max_delay,
-                )
-                self.event(f"upstream connection lost ({error}); reconnecting in {delay:.1f}s")
-                await asyncio.sleep(delay)
+                # Only the upstream's output resets the schedule (see reconnects.py).
+                if self._progressed:
+                    reconnects.progressed()
+                self._progressed = False
+                decision = reconnects.failed(str(error), error.exit_code, healthy=error.healthy)
+                if isinstance(decision, GiveUp):
+                    return Outcome(error.exit_code, reason=decision.reason)
+                if decision.event is not None:
+                    self.event(decision.event)
+                await asyncio.sleep(decision.delay)
             finally:
                 self._job.upstream_open = False
 

@@ -278,14 +278,14 @@ class LeasedFetcher(Fetcher):
     ) -> None:
         super().__init__(job, source, owner, config, counts)
         self._writer = writer
-        writer.committed = super().append
+        writer.committed = super()._store
         writer.event_committed = super().event
 
     @property
     def stored(self) -> int:
         return self._job.log_size + self._writer.pending_bytes
 
-    def append(self, data: bytes) -> None:
+    def _store(self, data: bytes) -> None:
         if data:
             self._writer.append(data)
 

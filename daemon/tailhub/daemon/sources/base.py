@@ -49,7 +49,10 @@ class Upstream(Protocol):
     def state(self) -> dict[str, Any]:
         """Resume state that survives a daemon restart (after `save_state`)."""
 
-    def append(self, data: bytes) -> None: ...
+    def append(self, data: bytes, *, progress: bool = True) -> None:
+        """Adds `data` to the log. `progress=False`: bytes that are not the upstream's output
+        (a command's own stderr merged into the log), stored alike but no sign that the
+        upstream works: they do not reset the reconnect schedule."""
 
     def read(self, offset: int, length: int) -> bytes:
         """Bytes of the stored log, to compare a replay with."""

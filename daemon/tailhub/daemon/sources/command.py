@@ -34,6 +34,9 @@ _STDERR_BYTES = "stderr_bytes"
 # Resume state: a stderr append in progress, [log size before it, its length], saved first.
 _STDERR_PENDING = "stderr_pending"
 _MAX_EVENT_CHARS = 1000
+# Of stderr, the tail kept to name a failed connection's cause, and how much of it is told.
+_LAST_LINE_BYTES = 1024
+_MAX_REASON_CHARS = 300
 
 
 @dataclass
@@ -67,7 +70,8 @@ class CommandSource:
         process, connected = await start_connecting(self.connecting, self._start)
         assert process.stdout is not None
         assert process.stderr is not None
-        stderr = asyncio.create_task(self._pump_stderr_or_stop(process, upstream))
+        said = _LastLine()
+        stderr = asyncio.create_task(self._pump_stderr_or_stop(process, upstream, said))
         skip = upstream.stored - int(upstream.state.get(_STDERR_BYTES, 0))
         try:
             # Remembered so that a daemon restarted after a crash can stop it: one fetch per
@@ -96,28 +100,34 @@ class CommandSource:
         if exit_code < 0:
             exit_code = 128 - exit_code  # killed by a signal, as a shell reports it
         if exit_code in self.transport_exit_codes:
-            raise UpstreamFailed(f"command exited with {exit_code}", exit_code)
+            # With what it said last on stderr: "exited with 255" alone does not tell a
+            # host that does not resolve from one that refused the key.
+            detail = f": {said.text()}" if said.text() else ""
+            raise UpstreamFailed(f"command exited with {exit_code}{detail}", exit_code)
         if skip:
             upstream.event(f"command replayed {skip} bytes fewer than were already stored")
         return Outcome(exit_code, reason=f"command exited with {exit_code}")
 
     async def _pump_stderr_or_stop(
-        self, process: asyncio.subprocess.Process, upstream: Upstream
+        self, process: asyncio.subprocess.Process, upstream: Upstream, said: _LastLine
     ) -> None:
         """Pumps stderr; if that fails (a full disk), stops the command so stdout ends too."""
         assert process.stderr is not None
         try:
-            await self._pump_stderr(process.stderr, upstream)
+            await self._pump_stderr(process.stderr, upstream, said)
         except Exception:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGTERM)
             raise
 
-    async def _pump_stderr(self, stream: asyncio.StreamReader, upstream: Upstream) -> None:
+    async def _pump_stderr(
+        self, stream: asyncio.StreamReader, upstream: Upstream, said: _LastLine
+    ) -> None:
         if self.spec.stderr_events:
             # Lines by hand: StreamReader.readline fails on a line longer than its buffer.
             pending = b""
             while data := await stream.read(READ_BYTES):
+                said.feed(data)
                 *lines, pending = (pending + data).split(b"\n")
                 if len(pending) > _MAX_EVENT_CHARS:
                     lines.append(pending)
@@ -127,11 +137,12 @@ class CommandSource:
             _report_stderr(upstream, pending)
             return
         while data := await stream.read(READ_BYTES):
+            said.feed(data)
             # Journaled: the intent is saved before the append and the count after it, so a
             # daemon killed in between finds out from the log's size whether it landed.
             upstream.state[_STDERR_PENDING] = [upstream.stored, len(data)]
             upstream.save_state()
-            upstream.append(data)
+            upstream.append(data, progress=False)
             crash_at(self.crash_points, AFTER_STDERR_APPEND)
             upstream.state[_STDERR_BYTES] = int(upstream.state.get(_STDERR_BYTES, 0)) + len(data)
             del upstream.state[_STDERR_PENDING]
@@ -206,6 +217,22 @@ def _settle_stderr_journal(upstream: Upstream) -> None:
     elif upstream.stored > before:
         upstream.discard_after(before)  # part of it: as if none had been written
     upstream.save_state()
+
+
+class _LastLine:
+    """The last line a command printed on stderr, from a bounded tail of it."""
+
+    def __init__(self) -> None:
+        self._tail = b""
+
+    def feed(self, data: bytes) -> None:
+        self._tail = (self._tail + data)[-_LAST_LINE_BYTES:]
+
+    def text(self) -> str:
+        lines = [line for line in self._tail.split(b"\n") if line.strip()]
+        if not lines:
+            return ""
+        return lines[-1].decode(errors="replace").strip()[:_MAX_REASON_CHARS]
 
 
 def _report_stderr(upstream: Upstream, line: bytes) -> None:
