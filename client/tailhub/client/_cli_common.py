@@ -58,7 +58,9 @@ def connect(home: str | None, autostart: bool = True) -> Client:
     targets = remote_targets()
     if targets is not None:  # never auto-started: those daemons are on other machines
         return Client.connect_remote(targets)
-    return Client.connect(state_paths(home), autostart=autostart)
+    from tailhub.client._output import note
+
+    return Client.connect(state_paths(home), autostart=autostart, on_wait=note)
 
 
 def remote_targets() -> list[Target] | None:

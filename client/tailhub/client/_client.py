@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -35,6 +35,7 @@ from tailhub.client._types import (
     RemoveResult,
     state_of,
 )
+from tailhub.daemon.home_kind import recorded_kind
 from tailhub.daemon.paths import StatePaths
 from tailhub.daemon.statedir import UntrustedState, check_socket, check_state_dir
 from tailhub.v1 import tailhub_pb2 as pb
@@ -67,10 +68,16 @@ class Client:
     """
 
     def __init__(
-        self, paths: StatePaths | None, target: Target | Sequence[Target] | None = None
+        self,
+        paths: StatePaths | None,
+        target: Target | Sequence[Target] | None = None,
+        *,
+        on_wait: Callable[[str], None] | None = None,
     ) -> None:
         # None for a remote daemon: its state directory is on another machine.
         self.paths = paths
+        # Told, in one line, when a follow waits for a cluster node's daemon to come back.
+        self._on_wait = on_wait
         if target is None:
             if paths is None:
                 raise ValueError("a client needs a state directory or a remote target")
@@ -102,21 +109,28 @@ class Client:
 
     @classmethod
     def connect(
-        cls, paths: StatePaths, *, autostart: bool = True, daemon_args: Sequence[str] = ()
+        cls,
+        paths: StatePaths,
+        *,
+        autostart: bool = True,
+        daemon_args: Sequence[str] = (),
+        on_wait: Callable[[str], None] | None = None,
     ) -> Client:
         """A client of the daemon serving `paths`, started first if `autostart` and none answers.
 
         Refuses (TailhubError) a state directory or socket someone else could have planted:
-        nothing is sent to a daemon that is not the user's own (or root's).
+        nothing is sent to a daemon that is not the user's own (or root's). On a cluster
+        node's state directory nothing is started: it waits for the node's own daemon, and
+        `on_wait` is told so in one line (here and when a follow loses the node).
         """
         try:
             check_state_dir(paths.home)
             if autostart:
-                ensure_daemon(paths, daemon_args)
+                ensure_daemon(paths, daemon_args, on_wait=on_wait)
             check_socket(paths.socket)
         except UntrustedState as error:
             raise TailhubError(str(error)) from None
-        return cls(paths)
+        return cls(paths, on_wait=on_wait)
 
     def close(self) -> None:
         self._servers.close()
@@ -352,7 +366,9 @@ class Client:
                 call.cancel()  # type: ignore[no-untyped-call]
             # The stream broke (daemon stopping or gone): wait for a daemon and resume.
             now = time.monotonic()
-            down_since = now if down_since is None else down_since
+            if down_since is None:
+                down_since = now
+                self._tell_waiting_for_node(reconnect_timeout)
             if now - down_since > reconnect_timeout:
                 lost = "daemon" if len(servers) == 1 else "daemons"
                 raise DaemonUnreachable(
@@ -366,6 +382,17 @@ class Client:
                 pause = min(pause * 2, _MAX_RETRY_PAUSE)
             index = servers.advance(index)
             self._wait_for_daemon(index, reconnect_timeout - (now - down_since))
+
+    def _tell_waiting_for_node(self, timeout: float) -> None:
+        """One line when the daemon lost is a cluster node's (nothing starts another there)."""
+        if self._on_wait is None or self.paths is None or len(self._servers) > 1:
+            return
+        kind = recorded_kind(self.paths)
+        if kind is not None and kind.is_node:
+            self._on_wait(
+                f"lost {kind.describe()} on {self.paths.socket}; waiting up to {timeout:.0f}s "
+                "for it to come back (its service manager restarts it)"
+            )
 
     def _wait_for_daemon(self, index: int, timeout: float) -> None:
         if len(self._servers) > 1:

@@ -3,6 +3,10 @@
 Many CLIs may find no daemon at the same moment. They queue on an auto-start lock; the first
 starts the daemon, the others find it answering. The daemon's own lock makes a second daemon
 impossible even without this, but the queue saves starting processes only to see them quit.
+
+Only a daemon of the home's own kind is started (home_kind.py): on a cluster node's state
+directory a CLI never starts one (a daemon alone there would run the cluster's jobs outside
+any lease); it waits for the node to come back, as a follower does across a restart.
 """
 
 from __future__ import annotations
@@ -15,15 +19,20 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
+from tailhub.client import exit_codes
 from tailhub.client._errors import DaemonUnreachable, TailhubError
+from tailhub.daemon.home_kind import HomeKind, recorded_kind
 from tailhub.daemon.lock import is_held, read_pid
 from tailhub.daemon.paths import StatePaths
 from tailhub.daemon.statedir import open_state_file, read_state_file
 
 START_TIMEOUT = 20.0
+# How long a CLI waits for a cluster node's daemon to come back (its service manager restarts
+# it) before it gives up: the reconnect window of a follower.
+NODE_WAIT_TIMEOUT = 60.0
 STOP_TIMEOUT = 20.0
 _PROBE_INTERVAL = 0.02
 
@@ -41,14 +50,38 @@ def is_listening(paths: StatePaths) -> bool:
     return True
 
 
-def ensure_daemon(paths: StatePaths, daemon_args: Sequence[str] = ()) -> bool:
-    """Makes sure a daemon serves `paths`; True if this call started it."""
+class OtherKindOfDaemon(TailhubError):
+    """`daemon start` would start a daemon of another kind than the home's (a usage error)."""
+
+    exit_code = exit_codes.USAGE
+
+
+def ensure_daemon(
+    paths: StatePaths,
+    daemon_args: Sequence[str] = (),
+    *,
+    as_node: bool | None = False,
+    explicit: bool = False,
+    on_wait: Callable[[str], None] | None = None,
+) -> bool:
+    """Makes sure a daemon serves `paths`; True if this call started it.
+
+    `as_node`: whether the daemon it would start joins a cluster (None: it cannot tell, a
+    --config file decides). On a cluster node's home an autostart waits for the node instead
+    (`on_wait` is told why, once); an `explicit` start of a daemon alone is refused
+    (OtherKindOfDaemon)."""
     if is_listening(paths):
         return False
     try:
         paths.check_socket_path()
     except ValueError as error:
         raise TailhubError(str(error)) from None
+    if explicit and as_node is False:
+        check_same_kind(paths)
+    kind = recorded_kind(paths)
+    if not explicit and kind is not None and kind.is_node:
+        _wait_for_node(paths, kind, on_wait)
+        return False
     paths.home.mkdir(mode=0o700, parents=True, exist_ok=True)
     with _autostart_lock(paths):
         if is_listening(paths):
@@ -124,6 +157,36 @@ def _spawn(paths: StatePaths, daemon_args: Sequence[str]) -> subprocess.Popen[by
         )
     finally:
         os.close(log_fd)
+
+
+def check_same_kind(paths: StatePaths) -> None:
+    """OtherKindOfDaemon when `paths` is a cluster node's home (a daemon alone is asked for)."""
+    kind = recorded_kind(paths)
+    if kind is not None and kind.is_node:
+        raise OtherKindOfDaemon(
+            f"{paths.home} is the state directory of {kind.describe()}: a daemon alone there "
+            f"would run the cluster's jobs outside any lease; start the node: "
+            f"{kind.start_hint(paths)}"
+        )
+
+
+def _wait_for_node(
+    paths: StatePaths, kind: HomeKind, on_wait: Callable[[str], None] | None
+) -> None:
+    """Waits for a cluster node's own daemon to listen again; never starts one."""
+    if on_wait is not None:
+        on_wait(
+            f"waiting for {kind.describe()} to come back on {paths.socket} (a cluster node's "
+            "daemon is never started by the CLI: its service manager restarts it)"
+        )
+    deadline = time.monotonic() + NODE_WAIT_TIMEOUT
+    while not is_listening(paths):
+        if time.monotonic() > deadline:
+            raise DaemonUnreachable(
+                f"{kind.describe()} did not come back on {paths.socket} within "
+                f"{NODE_WAIT_TIMEOUT:.0f}s; start it: {kind.start_hint(paths)}"
+            )
+        time.sleep(_PROBE_INTERVAL)
 
 
 def _wait_until_listening(paths: StatePaths, process: subprocess.Popen[bytes] | None) -> None:

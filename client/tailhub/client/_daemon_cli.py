@@ -30,6 +30,26 @@ def daemon() -> None:
     """Start, stop and inspect the daemon (commands start it when needed)."""
 
 
+def _checked_redis_url(
+    _ctx: click.Context, _param: click.Parameter, value: str | None
+) -> str | None:
+    """A Redis URL the daemon would take, and no password in it (bad usage: exit 2): this
+    command's argv, and the daemon's it would be passed on to, are anyone's to read."""
+    from tailhub.daemon.config import check_redis_url
+    from tailhub.daemon.started_with import ARGV_REFUSAL, redis_url_has_secret
+
+    if value is None:
+        return None
+    if redis_url_has_secret(value):
+        note(ARGV_REFUSAL)
+        sys.exit(exit_codes.USAGE)
+    try:
+        check_redis_url(value)
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from None
+    return value
+
+
 def _start_options(command: Any) -> Any:
     """The options of `daemon start` and `daemon restart`: tailhubd's, passed on."""
     options = [
@@ -69,7 +89,11 @@ def _start_options(command: Any) -> Any:
             help="Serve Prometheus metrics at http://HOST:PORT/metrics (no authentication).",
         ),
         click.option(
-            "--redis", metavar="URL", help="Cluster mode: share jobs with the daemons on it."
+            "--redis",
+            metavar="URL",
+            callback=_checked_redis_url,
+            help="Cluster mode: share jobs with the daemons on it (a password only through "
+            "TAILHUB_REDIS or --config, never here).",
         ),
         click.option("--node-name", metavar="NAME", help="This daemon's name in the cluster."),
         click.option(
@@ -94,7 +118,7 @@ def daemon_start(home: str | None, **options: Any) -> None:
     local_only("daemon start")
     paths = state_paths(home)
     asked = requested(options)
-    started = ensure_daemon(paths, asked.argv)
+    started = ensure_daemon(paths, asked.argv, as_node=_as_node(options), explicit=True)
     _report(home, asked, "started" if started else None)
 
 
@@ -104,14 +128,17 @@ def daemon_restart(home: str | None, **options: Any) -> None:
     """Stop the daemon, then start it with these options (only these: none is kept).
 
     Running local jobs keep running; followers reconnect and resume where they were."""
-    from tailhub.client._daemon import ensure_daemon, stop_daemon
+    from tailhub.client._daemon import check_same_kind, ensure_daemon, stop_daemon
     from tailhub.client._daemon_options import requested
 
     local_only("daemon restart")
     paths = state_paths(home)
     asked = requested(options)
+    as_node = _as_node(options)
+    if as_node is False:  # refused before the running daemon is stopped, not after
+        check_same_kind(paths)
     stopped = stop_daemon(paths)
-    started = ensure_daemon(paths, asked.argv)
+    started = ensure_daemon(paths, asked.argv, as_node=as_node, explicit=True)
     verb = "started" if stopped is None else f"restarted (pid {stopped} stopped)"
     # Not started by us: another command's autostart came first, maybe without these options.
     _report(home, asked, verb if started else None)
@@ -145,6 +172,18 @@ def _report(home: str | None, asked: Requested, started: str | None) -> None:
         note(f"{running} without {', '.join(missing)}; to apply it: {restart}")
         sys.exit(exit_codes.ERROR)
     note(f"{running}{describe(asked)}")
+
+
+def _as_node(options: dict[str, Any]) -> bool | None:
+    """Whether the daemon started joins a cluster: --redis, or TAILHUB_REDIS, which it
+    inherits (never on its argv); None when a --config file may say (it is the daemon's)."""
+    import os
+
+    if options.get("redis") or os.environ.get("TAILHUB_REDIS"):
+        return True
+    if options.get("config") or os.environ.get("TAILHUB_CONFIG"):
+        return None
+    return False
 
 
 def _checked_host_port(value: str | None) -> str | None:

@@ -50,6 +50,16 @@ class JobRef(click.ParamType):  # type: ignore[type-arg]
         return [CompletionItem(value, help=text) for value, text in complete_jobs(home, incomplete)]
 
 
+def checked_name(_ctx: click.Context, _param: click.Parameter, name: str | None) -> str | None:
+    """A new job's --name, checked as the daemon would (bad usage: exit 2, nothing sent)."""
+    from tailhub.daemon.limits import MAX_NAME_BYTES
+
+    size = len((name or "").encode("utf-8", "surrogatepass"))
+    if size > MAX_NAME_BYTES:
+        raise click.BadParameter(f"it is {size} bytes; at most {MAX_NAME_BYTES} are allowed")
+    return name
+
+
 def is_job_id(ref: str) -> bool:
     """True when `ref` is written as a job id (digits), whatever job names exist."""
     return _ID.fullmatch(ref) is not None

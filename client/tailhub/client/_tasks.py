@@ -15,6 +15,7 @@ import yaml
 
 from tailhub.client import exit_codes
 from tailhub.client._errors import TailhubError
+from tailhub.daemon.limits import MAX_ENV_VALUE_BYTES, MAX_NAME_BYTES
 
 # Keys SkyPilot knows that describe where and on what a task runs: meaningless on this machine.
 UNSUPPORTED_KEYS = (
@@ -88,7 +89,7 @@ def _task_from(path: Path, document: dict[object, object]) -> Task:
         raise TaskFileError(f"{path}: `run` is missing: it holds the commands the job runs")
     return Task(
         run=_text(path, "run", run),
-        name=_text(path, "name", document.get("name", "")),
+        name=_sized(path, "name", _text(path, "name", document.get("name", "")), MAX_NAME_BYTES),
         setup=_text(path, "setup", document.get("setup", "")),
         workdir=_workdir(path, document.get("workdir", "")),
         envs=_envs(path, document.get("envs")),
@@ -132,8 +133,17 @@ def _envs(path: Path, value: object) -> dict[str, str]:
             raise TaskFileError(f"{path}: `envs` has an invalid variable name: {key!r}")
         if isinstance(item, (dict, list)):
             raise TaskFileError(f"{path}: `envs.{key}` must be a plain value")
-        envs[key] = "" if item is None else str(item)
+        envs[key] = _sized(path, f"envs.{key}", "" if item is None else str(item))
     return envs
+
+
+def _sized(where: Path | str, key: str, value: str, limit: int = MAX_ENV_VALUE_BYTES) -> str:
+    """`value`, unless it is larger than the daemon takes: then an error naming `where`."""
+    size = len(value.encode("utf-8", "surrogatepass"))
+    if size > limit:
+        what = f"`{key}`" if isinstance(where, Path) else key
+        raise TaskFileError(f"{where}: {what} is {size} bytes; at most {limit} are allowed")
+    return value
 
 
 def parse_env_overrides(pairs: tuple[str, ...]) -> dict[str, str]:
@@ -149,5 +159,5 @@ def parse_env_overrides(pairs: tuple[str, ...]) -> dict[str, str]:
             if key not in os.environ:
                 raise TaskFileError(f"--env {key}: not set in this environment; use KEY=VALUE")
             value = os.environ[key]
-        envs[key] = value
+        envs[key] = _sized("--env", key, value)
     return envs

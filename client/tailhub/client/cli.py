@@ -25,7 +25,7 @@ from tailhub.client._cli_common import (
 from tailhub.client._daemon_cli import daemon
 from tailhub.client._doctor_cli import doctor
 from tailhub.client._errors import TailhubError
-from tailhub.client._names import MAX_JOB_ID, JobRef, latest_job, resolve_jobs
+from tailhub.client._names import MAX_JOB_ID, JobRef, checked_name, latest_job, resolve_jobs
 from tailhub.client._output import (
     copy_log,
     job_label,
@@ -134,7 +134,7 @@ def jobs() -> None:
 @home_option
 @click.argument("task_file", type=click.Path(path_type=Path))
 @click.option("--async", "detach", is_flag=True, help="Print the job id and return at once.")
-@click.option("--name", "-n", help="Job name (overrides the task file's).")
+@click.option("--name", "-n", callback=checked_name, help="Job name (overrides the task file's).")
 @click.option(
     "--env", "envs", multiple=True, metavar="KEY=VALUE", help="Set a variable (repeatable)."
 )
@@ -267,7 +267,7 @@ def _task_name(task_yaml: str) -> str:
     metavar="ID",
     help="Follow this SkyPilot managed job (launched elsewhere) with one `sky jobs logs`.",
 )
-@click.option("--name", "-n", default="", help="Job name.")
+@click.option("--name", "-n", default="", callback=checked_name, help="Job name.")
 @click.option(
     "--shell", is_flag=True, help="Run --command with /bin/sh -c instead of splitting it."
 )

@@ -12,9 +12,11 @@ import resource
 import signal
 import socket
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 # Read by gRPC's core when it is imported (below): at its default, anyone who reaches a
 # --listen port could write a line per failed TLS handshake into the daemon's log.
@@ -29,10 +31,12 @@ from tailhub.daemon.config import (
     parse_host_port,
 )
 from tailhub.daemon.config_file import read_config_file
+from tailhub.daemon.credentials import CREDENTIAL_VARIABLES
 from tailhub.daemon.durations import parse_duration
 from tailhub.daemon.faults import crash_points_from, stall_from
 from tailhub.daemon.flags_file import apply_flags_file, flags_file_of
 from tailhub.daemon.grpc_log import quiet_client_gone_tracebacks
+from tailhub.daemon.home_kind import HomeOfAnotherKind
 from tailhub.daemon.listeners import (
     DEFAULT_MAX_STREAMS,
     DEFAULT_MAX_STREAMS_PER_TOKEN,
@@ -46,7 +50,7 @@ from tailhub.daemon.paths import StatePaths, resolve_home
 from tailhub.daemon.reconnects import ReconnectPolicy
 from tailhub.daemon.sd_notify import Notifier
 from tailhub.daemon.server import Daemon
-from tailhub.daemon.started_with import applied_options, record_options
+from tailhub.daemon.started_with import ARGV_REFUSAL, applied_options, redis_url_has_secret
 from tailhub.daemon.statedir import check_state_dir
 from tailhub.daemon.store import UnusableState
 
@@ -62,10 +66,9 @@ async def serve(
     loop = asyncio.get_running_loop()
     loop.set_exception_handler(_log_loop_error)
     notifier = notifier or Notifier(None)
-    daemon = Daemon(config, network)
+    # It records `options` in the state directory before it serves (home_kind.py).
+    daemon = Daemon(config, network, options)
     await daemon.start()
-    if options is not None:
-        record_options(config.paths, os.getpid(), options)
     _tune_gc()
     stopping: asyncio.Task[None] | None = None
 
@@ -153,6 +156,30 @@ def _cluster_settings(
         node_name = f"{socket.gethostname()[:48]}-{digest}"
     try:
         return ClusterSettings(redis_url, node_name, lease_ms, retention, stall_from(os.environ))
+    except ValueError as error:
+        raise click.UsageError(str(error)) from None
+
+
+def _redis_not_from_argv(ctx: click.Context, param: click.Parameter, url: str | None) -> str | None:
+    """Refuses a Redis password on the command line: any local user reads a process's argv
+    with `ps`, and whoever can write to Redis runs commands on every node. The same URL is
+    fine from the environment or the private --config file."""
+    assert param.name is not None
+    source = ctx.get_parameter_source(param.name)
+    if url and source is ParameterSource.COMMANDLINE and redis_url_has_secret(url):
+        click.echo(f"tailhubd: {ARGV_REFUSAL}", err=True)
+        ctx.exit(2)
+    return url
+
+
+def _home_and_no_credentials(home: str | None) -> Path:
+    """The state directory (an empty one is bad usage: exit 2); and tailhub's credentials,
+    read by click already, removed from the environment before anything copies it: an
+    upstream command, its fence or `sky` never gets the Redis password or a token."""
+    for name in CREDENTIAL_VARIABLES:
+        os.environ.pop(name, None)
+    try:
+        return resolve_home(home, os.environ)
     except ValueError as error:
         raise click.UsageError(str(error)) from None
 
@@ -273,8 +300,10 @@ def _raise_open_file_limit() -> None:
     "redis_url",
     envvar="TAILHUB_REDIS",
     metavar="URL",
+    callback=_redis_not_from_argv,
     help="Cluster mode: share jobs with the other daemons on this Redis "
-    "(redis://HOST:PORT/DB, rediss:// for TLS). Default: this daemon alone.",
+    "(redis://HOST:PORT/DB, rediss:// for TLS). A password only from TAILHUB_REDIS or "
+    "--config, never on the command line. Default: this daemon alone.",
 )
 @click.option(
     "--node-name",
@@ -326,6 +355,7 @@ def main(
     log_level: str,
 ) -> None:
     """Run the tailhub daemon in the foreground."""
+    home_path = _home_and_no_credentials(home)
     quiet_client_gone_tracebacks()
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -361,7 +391,7 @@ def main(
         sys.exit(error.exit_code)
     _raise_open_file_limit()
     try:
-        paths = StatePaths(resolve_home(home, os.environ))
+        paths = StatePaths(home_path)
         # Checked before anything in it is read (server.start checks it again, and creates it).
         check_state_dir(paths.home)
         # Read once, here: a change applies at the next start.
@@ -391,7 +421,7 @@ def main(
         ctx = click.get_current_context()
         applied = applied_options(ctx.params, network, config, flags_file_of(ctx))
         asyncio.run(serve(config, network, notifier, applied))
-    except ListenerError as error:
+    except (ListenerError, HomeOfAnotherKind) as error:
         click.echo(f"tailhubd: {error}", err=True)
         sys.exit(error.exit_code)
     except ClusterRefused as error:

@@ -26,7 +26,13 @@ from tailhub.daemon.config import DaemonConfig
 from tailhub.daemon.facts import RunFacts, listener_facts
 from tailhub.daemon.identity import check_logs_belong
 from tailhub.daemon.jobs import JobManager
-from tailhub.daemon.listeners import SERVER_KEEPALIVE_OPTIONS, NetworkSettings, bind, describe
+from tailhub.daemon.listeners import (
+    SERVER_KEEPALIVE_OPTIONS,
+    NetworkSettings,
+    bind,
+    describe,
+    network_limits,
+)
 from tailhub.daemon.lock import StateLock
 from tailhub.daemon.model import JobError, backend_of
 from tailhub.daemon.runner import LocalRunner
@@ -170,12 +176,18 @@ class Daemon:
         await health_servicer.set(CLUSTER_HEALTH, states[node.connected])
 
     def _server_options(self) -> list[tuple[str, int]]:
+        """The Unix socket's server: its only peer is the owner, who may open many streams."""
         limit = self.config.max_concurrent_streams
         return [
             # The C core queues at most 1000 unanswered requests by default: a burst of
             # 2000 subscriptions would see some cancelled.
             ("grpc.server.max_pending_requests", limit),
             ("grpc.server.max_pending_requests_hard_limit", limit),
+            *self._common_options(),
+        ]
+
+    def _common_options(self) -> list[tuple[str, int]]:
+        return [
             ("grpc.max_send_message_length", 8 * 1024 * 1024),
             # Just above the largest request the limits allow (gRPC's default is 4 MiB,
             # which a Publish of the documented maximum exceeds by its framing).
@@ -198,8 +210,11 @@ class Daemon:
             _launched_target(self._manager),
             StreamCaps(network.max_streams, network.max_streams_per_token),
         )
+        # Not the socket's limits: anyone who reaches the port may send frames before any
+        # token is checked (listeners.network_limits).
         server = grpc.aio.server(
-            options=self._server_options(), interceptors=[*counting, interceptor]
+            options=[*self._common_options(), *network_limits(network)],
+            interceptors=[*counting, interceptor],
         )
         _serve(server, servicer, health_servicer)
         bound = bind(server, network)

@@ -1,7 +1,10 @@
 """`tailhubd.options` in the state directory: the options the running daemon applied.
 
 `tailhub daemon start --listen ...` on a home whose daemon already runs reads it to tell a
-daemon that has what was asked from one that lacks it (and must be restarted to get it).
+daemon that has what was asked from one that lacks it (and must be restarted to get it). It
+outlives the daemon: it also says how the home's daemon runs (alone, or which cluster node),
+so that nothing starts a daemon of another kind there (home_kind.py). So it is written after
+the daemon took the home's lock and before it serves, whole or not at all.
 Options are keyed by their long names, values normalised (addresses as HOST:PORT, paths
 absolute) the same way on both sides. It never holds a secret: a Redis URL is kept without
 its password, so a changed password alone goes unnoticed.
@@ -13,11 +16,11 @@ import json
 import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from tailhub.daemon.config import format_host_port, parse_host_port
 from tailhub.daemon.paths import StatePaths
-from tailhub.daemon.statedir import read_state_file, write_state_file
+from tailhub.daemon.statedir import open_state_file, read_state_file
 
 if TYPE_CHECKING:
     from tailhub.daemon.config import DaemonConfig
@@ -59,20 +62,29 @@ def _path_or_none(value: str | None) -> str | None:
 
 
 def record_options(paths: StatePaths, pid: int, options: Mapping[str, Any]) -> None:
-    """Writes what the daemon `pid` applied, replacing the record of any earlier daemon."""
-    write_state_file(
-        paths.home / FILE_NAME, json.dumps({"pid": pid, "options": dict(options)}) + "\n"
-    )
+    """Writes what the daemon `pid` applied, replacing the record of any earlier daemon.
+
+    Written beside it and renamed over it: a daemon killed while writing leaves the earlier
+    record whole, never a torn one that would say nothing of how the home runs."""
+    path = paths.home / FILE_NAME
+    scratch = path.with_name(FILE_NAME + ".new")
+    fd = open_state_file(scratch, os.O_WRONLY | os.O_TRUNC)
+    with os.fdopen(fd, "w") as file:
+        file.write(json.dumps({"pid": pid, "options": dict(options)}) + "\n")
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(scratch, path)
 
 
-def read_options(paths: StatePaths, pid: int) -> dict[str, Any] | None:
-    """The options the daemon `pid` recorded; None when the record is not its (a daemon that
-    has not written it yet, or one older than the record) or cannot be read."""
+def read_options(paths: StatePaths, pid: int | None) -> dict[str, Any] | None:
+    """The options the daemon `pid` recorded (None: the last daemon that ran there, whether
+    it runs or not); None when the record is not its (a daemon that has not written it yet,
+    or one older than the record) or cannot be read."""
     try:
         record = json.loads(read_state_file(paths.home / FILE_NAME))
     except (OSError, ValueError):
         return None
-    if not isinstance(record, dict) or record.get("pid") != pid:
+    if not isinstance(record, dict) or (pid is not None and record.get("pid") != pid):
         return None
     options = record.get("options")
     return options if isinstance(options, dict) else None
@@ -87,14 +99,42 @@ def normal_path(text: str) -> str:
     return os.path.abspath(text)
 
 
-def without_password(url: str) -> str:
-    """`url` with any password in it replaced by `***` (the user name is kept)."""
+# Said by tailhubd and by `tailhub daemon start|restart` alike, to a password on their argv.
+ARGV_REFUSAL = (
+    "refusing --redis with a password on the command line (every local user can read it "
+    "with ps): give the URL in the environment, TAILHUB_REDIS=redis://:PASSWORD@HOST:PORT/DB, "
+    "or as `redis: URL` in a file of yours only (chmod 600) passed as --config FILE"
+)
+# What redis-py takes from a URL's query as a secret: the password, a TLS key's passphrase.
+SECRET_QUERY_KEYS = frozenset({"password", "ssl_password"})
+
+
+def redis_url_has_secret(url: str) -> bool:
+    """True when a Redis URL holds a password (`redis://:PASSWORD@host`, `?password=`)."""
     try:
         parts = urlsplit(url)
+        if parts.password:
+            return True
+        query = parse_qsl(parts.query)
+    except ValueError:  # (not a URL: check_redis_url says so)
+        return False
+    return any(key in SECRET_QUERY_KEYS and value for key, value in query)
+
+
+def without_password(url: str) -> str:
+    """`url` with any password in it (`:PASSWORD@`, `?password=`) replaced by `***` (the
+    user name is kept)."""
+    try:
+        parts = urlsplit(url)
+        query = parse_qsl(parts.query, keep_blank_values=True)
+        _ = parts.password
     except ValueError:
         return "(not a URL)"
-    if parts.password is None:
+    if not redis_url_has_secret(url):
         return url
-    user, _, host = parts.netloc.rpartition("@")
-    name = user.partition(":")[0]
-    return urlunsplit(parts._replace(netloc=f"{name}:***@{host}"))
+    if parts.password is not None:
+        user, _, host = parts.netloc.rpartition("@")
+        name = user.partition(":")[0]
+        parts = parts._replace(netloc=f"{name}:***@{host}")
+    hidden = [(key, "***" if key in SECRET_QUERY_KEYS else value) for key, value in query]
+    return urlunsplit(parts._replace(query=urlencode(hidden, safe="*")))
