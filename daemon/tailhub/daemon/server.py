@@ -8,7 +8,7 @@ import contextlib
 import logging
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -24,6 +24,7 @@ from tailhub.daemon.budget import BudgetFigures
 from tailhub.daemon.cluster.fence import Fences
 from tailhub.daemon.config import DaemonConfig
 from tailhub.daemon.facts import RunFacts, listener_facts
+from tailhub.daemon.home_kind import refuse_alone_on
 from tailhub.daemon.identity import check_logs_belong
 from tailhub.daemon.jobs import JobManager
 from tailhub.daemon.listeners import (
@@ -39,6 +40,7 @@ from tailhub.daemon.runner import LocalRunner
 from tailhub.daemon.service import SERVICE_NAME, TailhubServicer
 from tailhub.daemon.sky import SkyCli
 from tailhub.daemon.sources import SourceEnvironment
+from tailhub.daemon.started_with import record_options
 from tailhub.daemon.statedir import check_database, check_state_dir, ensure_private_dir
 from tailhub.daemon.store import JobStore
 from tailhub.daemon.tokens import TokenIndex
@@ -55,8 +57,15 @@ logger = logging.getLogger(__name__)
 
 
 class Daemon:
-    def __init__(self, config: DaemonConfig, network: NetworkSettings | None = None) -> None:
+    def __init__(
+        self,
+        config: DaemonConfig,
+        network: NetworkSettings | None = None,
+        options: Mapping[str, Any] | None = None,
+    ) -> None:
         self.config = config
+        # What tailhubd applied (started_with.py), recorded in the state directory at start.
+        self._options = options
         # The TCP listeners (auth.py's interceptor on their own server), if asked for.
         self.network = network
         self._network_server: grpc.aio.Server | None = None
@@ -115,6 +124,7 @@ class Daemon:
             assert fences is not None
             self._node = ClusterNode(self.config.cluster, self.config, fences)
             await self._node.join(self._store)
+        self._settle_kind(self._store)
         self._manager = JobManager(self.config, self._store, environment, self._node)
         await self._manager.start()
         if self._node is not None:
@@ -156,6 +166,15 @@ class Daemon:
             await self._watch_cluster_health(self._node, health_servicer)
         await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
         logger.info("tailhubd serving %s (pid %d)", paths.address, os.getpid())
+
+    def _settle_kind(self, store: JobStore) -> None:
+        """One kind of daemon per home (home_kind.py): a daemon alone refuses a cluster node's
+        database. Then how this one runs is recorded, before anything is served and only by
+        the daemon holding the lock, for the CLI's autostart to respect."""
+        if self.config.cluster is None:
+            refuse_alone_on(self.config.paths, store.meta("cluster"))
+        if self._options is not None:
+            record_options(self.config.paths, os.getpid(), self._options)
 
     async def _watch_cluster_health(self, node: ClusterNode, health_servicer: Any) -> None:
         loop = asyncio.get_running_loop()
