@@ -51,6 +51,33 @@ SERVER_KEEPALIVE_OPTIONS: list[tuple[str, int]] = [
 
 DEFAULT_MAX_STREAMS = 10_000
 DEFAULT_MAX_STREAMS_PER_TOKEN = 1_000
+# Requests the C core holds before the server's loop has taken them (gRPC's default is 1000):
+# enough for a burst of subscriptions from a few clients, few enough that the queue stays
+# small in memory (about 10 KB each: 100,000 of them held 1 GiB).
+NETWORK_MAX_PENDING_REQUESTS = 2_000
+
+
+def network_limits(settings: NetworkSettings) -> list[tuple[str, int]]:
+    """gRPC core options that bound what a peer without a token can make the daemon hold.
+
+    HTTP/2 rapid reset (HEADERS then RST_STREAM, stream after stream) opens streams that
+    end before any handler sees them; with no cap per connection the core queued a request
+    for each (4 connections held 2.3 GiB, and a token holder's call waited 3.4 s). Measured
+    with bench/rapid_reset.py (4 connections, 15 s): the cap per connection alone kept the
+    daemon under 160 MiB with a token holder's calls at 0.8 ms; the pending bound alone kept
+    it at 140 MiB but crowded the token holder out (2.5 s). Both are set.
+    """
+    # One client with one token may keep all of its streams on one connection.
+    per_connection = min(settings.max_streams_per_token, settings.max_streams)
+    pending = max(NETWORK_MAX_PENDING_REQUESTS, per_connection)
+    return [
+        ("grpc.max_concurrent_streams", per_connection),
+        # A stream the client reset still counts against that cap until the server has let
+        # go of it: without this, resetting each stream at once sidesteps the cap.
+        ("grpc.http.overload_protection", 1),
+        ("grpc.server.max_pending_requests", pending),
+        ("grpc.server.max_pending_requests_hard_limit", 2 * pending),
+    ]
 
 
 class ListenerError(Exception):
