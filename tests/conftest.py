@@ -134,11 +134,13 @@ def gate(workdir: Path) -> Iterator[Callable[[str], Gate]]:
 @pytest.fixture
 def start_redis(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
     """Starts a redis-server of the test's own (`appendonly=False` for one without
-    persistence); every one is killed at the end."""
+    persistence, `password=` for one that requires it); every one is killed at the end."""
     started: list[RedisServer] = []
 
-    def start(*extra_args: str, appendonly: bool = True) -> RedisServer:
-        server = RedisServer(tmp_path / f"redis-{len(started)}", appendonly, extra_args)
+    def start(
+        *extra_args: str, appendonly: bool = True, password: str | None = None
+    ) -> RedisServer:
+        server = RedisServer(tmp_path / f"redis-{len(started)}", appendonly, extra_args, password)
         started.append(server)
         server.start()
         return server

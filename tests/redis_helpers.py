@@ -29,14 +29,22 @@ class RedisServer:
     directory: Path
     appendonly: bool = True
     extra_args: tuple[str, ...] = ()
+    # With one, clients must AUTH (`requirepass`): a Redis as it should be on a network.
+    password: str | None = None
     port: int = 0
     process: subprocess.Popen[bytes] | None = None
     _clients: list[redis.Redis] = field(default_factory=list)
 
     @property
     def url(self) -> str:
-        """What `tailhubd --redis` takes (database 0)."""
+        """What `tailhubd --redis` takes (database 0); never the password."""
         return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def url_with_password(self) -> str:
+        """The URL with its password: for TAILHUB_REDIS or a --config file, never an argv."""
+        assert self.password is not None
+        return f"redis://:{self.password}@127.0.0.1:{self.port}/0"
 
     @property
     def log_path(self) -> Path:
@@ -79,7 +87,9 @@ class RedisServer:
 
     def client(self) -> redis.Redis:
         """A synchronous client (closed with the server at the end of the test)."""
-        made = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=10.0)
+        made = redis.Redis(
+            host="127.0.0.1", port=self.port, password=self.password, socket_timeout=10.0
+        )
         self._clients.append(made)
         return made
 
@@ -117,6 +127,7 @@ class RedisServer:
                 "--save",
                 "",
                 *persistence,
+                *(["--requirepass", self.password] if self.password else []),
                 *self.extra_args,
             ],
             stdout=subprocess.DEVNULL,
@@ -124,7 +135,9 @@ class RedisServer:
         )
         deadline = time.monotonic() + REDIS_START_TIMEOUT
         delay = 0.005
-        with redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=1.0) as probe:
+        with redis.Redis(
+            host="127.0.0.1", port=self.port, password=self.password, socket_timeout=1.0
+        ) as probe:
             while self.process.poll() is None:
                 try:
                     # A Redis still loading its append-only file answers LOADING: not yet.
