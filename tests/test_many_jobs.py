@@ -427,3 +427,29 @@ def test_a_prefixed_line_longer_than_1_mib_is_written_before_it_ends(
     assert len(pieces) == 2
     assert all(piece.startswith(f"long-{job_id} | ".encode()) for piece in pieces)
     assert b"".join(piece.split(b" | ", 1)[1] for piece in pieces) == b"x" * (1536 * 1024) + b"y"
+
+
+def test_jobs_that_do_not_exist_are_said_at_once_and_still_ranked_in_the_summary(
+    daemon: DaemonProcess, workdir: Path, background_cli: Callable[..., BackgroundCli]
+) -> None:
+    gate = Gate.closed(workdir / "gate")
+    try:
+        running = _launch(daemon.home, workdir, "long", f"flock --shared {gate.path} true")
+        follower = background_cli("jobs", "logs", "-f", str(running), "999", "train-x")
+        # Said while the real job still runs, not when everything has ended.
+        wait_until(
+            lambda: (
+                "job 999 not found" in follower.stderr
+                and "no job named 'train-x'" in follower.stderr
+            ),
+            what="both missing jobs said on stderr",
+        )
+        assert follower.process.poll() is None
+        assert not jobs(daemon)[running].state.terminal
+        gate.open()
+        assert follower.wait() == 102, follower.stderr
+    finally:
+        gate.open()
+    assert follower.stderr.endswith("tailhub: 1 succeeded, 2 not found: 999, 'train-x'\n"), (
+        follower.stderr
+    )

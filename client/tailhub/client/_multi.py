@@ -236,6 +236,10 @@ def follow_jobs(
     """
     items: queue.Queue[tuple[int, LogItem | Exception]] = queue.Queue(_QUEUE_ITEMS)
     outcomes = [Outcome(t, exit_codes.NOT_FOUND) for t in targets if t.job_id is None]
+    # Said at once, not only in the summary when every other job has ended: a mistyped id or
+    # name is what the user wants to hear about first.
+    for outcome in outcomes:
+        note(f"no job named {outcome.target.name!r}")
     running: dict[int, Target] = {}
     for target in targets:
         if target.job_id is None or target.job_id in running:
@@ -268,6 +272,7 @@ def follow_jobs(
             outcomes.append(Outcome(target, result))
             del running[job_id]
         elif isinstance(item, JobNotFoundError):
+            note(f"job {job_id} not found")
             outcomes.append(Outcome(target, exit_codes.NOT_FOUND))
             del running[job_id]
         elif isinstance(item, Exception):
