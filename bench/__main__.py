@@ -18,7 +18,18 @@ from typing import Any
 
 import grpc
 
-from bench import capacity, catchup, ceiling, cli_latency, cluster, fanout, memory, skypilot, ssh
+from bench import (
+    capacity,
+    catchup,
+    ceiling,
+    cli_latency,
+    cluster,
+    fanout,
+    memory,
+    rapid_reset,
+    skypilot,
+    ssh,
+)
 from bench.measure import machine_cpu, own_tree_cpu
 from bench.processes import REPO
 from bench.report import Table, render, status_line, write_json
@@ -35,6 +46,7 @@ SCENARIOS: dict[str, ModuleType] = {
     "cli_latency": cli_latency,
     "skypilot": skypilot,
     "cluster": cluster,
+    "rapid_reset": rapid_reset,
 }
 DEFAULT_JSON = REPO / "bench" / "results" / "latest.json"
 DEFAULT_PROFILES = REPO / "bench" / "results" / "py-spy"

@@ -21,7 +21,7 @@ class Verdict:
 
 def evaluate(scenarios: Scenarios) -> list[Verdict]:
     verdicts: list[Verdict] = []
-    for judge in (_fanout, _capacity, _memory, _ssh, _catchup, _cli, _cluster):
+    for judge in (_fanout, _capacity, _memory, _ssh, _catchup, _cli, _cluster, _rapid_reset):
         verdicts.extend(judge(scenarios))
     return verdicts
 
@@ -261,3 +261,30 @@ def _cluster(scenarios: Scenarios) -> list[Verdict]:
             exact == len(followers) and failover["survivor_breaks"] == 0,
         ),
     ]
+
+
+def _rapid_reset(scenarios: Scenarios) -> list[Verdict]:
+    """Issue 16, item 4: an HTTP/2 rapid reset with no token, judged on every run."""
+    result = _ok(scenarios, "rapid_reset")
+    if result is None:
+        return _missing(
+            "rapid reset: daemon peak RSS <= 200 MB",
+            "rapid reset: a read-token call's p50 <= 50 ms",
+        )
+    verdicts = []
+    for run in result["runs"]:
+        n = run["connections"]
+        peak, p50 = run["daemon_peak_rss_bytes"], run["latency_p50_s"]
+        verdicts += [
+            Verdict(
+                f"rapid reset, {n} connections: daemon peak RSS <= 200 MB",
+                f"{peak / 1e6:,.0f} MB",
+                peak <= 200e6,
+            ),
+            Verdict(
+                f"rapid reset, {n} connections: a read-token call's p50 <= 50 ms",
+                f"{p50 * 1000:,.1f} ms ({run['calls_during']:,} calls)",
+                p50 <= 0.05,
+            ),
+        ]
+    return verdicts

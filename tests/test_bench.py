@@ -16,6 +16,7 @@ REPO = Path(__file__).resolve().parent.parent
 SCENARIOS = {
     *("fanout", "ceiling", "capacity", "catchup", "memory", "ssh", "cli_latency", "skypilot"),
     "cluster",
+    "rapid_reset",
 }
 
 
