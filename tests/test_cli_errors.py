@@ -146,3 +146,14 @@ def test_launching_a_missing_task_file_exits_2(no_daemon: Path) -> None:
 
     assert result.returncode == 2
     assert _one_line_error(result.stderr) == "tailhub: /nonexistent/task.yaml: no such task file\n"
+
+
+def test_smaller_messages_say_what_is_wrong(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    bad_port = run_cli(home, "--server", "localhost:99999", "jobs", "queue")
+    assert bad_port.returncode == 2
+    assert b"the port must be 0 to 65535, not 99999" in bad_port.stderr
+    assert b"0.0.0.0" not in bad_port.stderr  # no server address to connect to
+    empty = run_cli(home, "jobs", "attach", "--command", "")
+    assert empty.returncode == 2
+    assert b"--command is empty" in empty.stderr

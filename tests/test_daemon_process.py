@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import stat
 import subprocess
 import sys
@@ -78,3 +79,14 @@ def test_too_long_home_is_a_clear_error(tmp_path: Path) -> None:
     assert result.returncode != 0
     assert b"too long for a Unix socket path" in result.stderr
     assert b"Traceback" not in result.stderr
+
+
+def test_status_json_carries_only_the_daemons_fields(daemon: DaemonProcess) -> None:
+    shown = run_cli(daemon.home, "daemon", "status", "--json")
+    assert shown.returncode == 0, shown.stderr
+    fields = json.loads(shown.stdout)
+    assert daemon.process is not None
+    assert fields["pid"] == daemon.process.pid
+    # Job fields (a job's backend, its SkyPilot id) have no meaning for a daemon.
+    assert "backend" not in fields
+    assert "external_id" not in fields

@@ -453,3 +453,21 @@ def test_jobs_that_do_not_exist_are_said_at_once_and_still_ranked_in_the_summary
     assert follower.stderr.endswith("tailhub: 1 succeeded, 2 not found: 999, 'train-x'\n"), (
         follower.stderr
     )
+
+
+def test_completion_never_prints_a_job_names_control_characters(daemon: DaemonProcess) -> None:
+    with daemon.client() as client:
+        job = client.attach_push("evil\x1b]0;pwned\x07").id
+    for shell in ("bash_complete", "zsh_complete"):
+        env = cli_env(daemon.home) | {
+            "_TAILHUB_COMPLETE": shell,
+            "COMP_WORDS": "tailhub jobs logs ",
+            "COMP_CWORD": "3",
+        }
+        done = subprocess.run(
+            [sys.executable, "-m", "tailhub.client"], env=env, capture_output=True, timeout=30
+        )
+        assert done.returncode == 0, done.stderr
+        assert str(job).encode() in done.stdout  # the job is offered by its id...
+        assert b"\x1b" not in done.stdout
+        assert b"\x07" not in done.stdout

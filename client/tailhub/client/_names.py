@@ -14,6 +14,7 @@ import click
 
 from tailhub.client import exit_codes
 from tailhub.client._errors import JobNotFoundError, TailhubError
+from tailhub.client._output import printable
 
 if TYPE_CHECKING:
     from tailhub.client import Client, JobInfo
@@ -144,8 +145,10 @@ def complete_jobs(home: str | None, incomplete: str) -> list[tuple[str, str]]:
         return []
     found: dict[str, str] = {}
     for job in listed:
-        found.setdefault(str(job.id), f"{job.name} {job.state.value}".strip())
-        if job.name and not is_job_id(job.name):
+        # The shell prints the help text as it is: a name's control characters escaped.
+        found.setdefault(str(job.id), printable(f"{job.name} {job.state.value}".strip()))
+        # A name with control characters is not offered: typed back, it would not be the name.
+        if job.name and not is_job_id(job.name) and job.name.isprintable():
             found.setdefault(job.name, f"job {job.id} {job.state.value}")
     return [(value, help) for value, help in found.items() if value.startswith(incomplete)]
 

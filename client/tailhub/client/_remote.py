@@ -168,7 +168,7 @@ def _address(server: str, insecure: bool) -> ListenAddress:
     from tailhub.daemon.listeners import parse_address
 
     try:
-        address = parse_address(server)
+        address = parse_address(server, examples="build1.example.com:7443, [::1]:7443")
     except ValueError as error:
         raise ValueError(f"--server {error}") from None
     if address.port == 0:

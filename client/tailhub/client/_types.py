@@ -138,10 +138,6 @@ class DaemonStatus:
     upstream_connections: int
     bytes_served: int
     upstream_connections_open: int = 0
-    # Where a launched job runs ("local", "skypilot"); empty for attached jobs.
-    backend: str = ""
-    # The job's id in its backend (SkyPilot's managed job id), once known.
-    external_id: str = ""
     # Set in cluster mode only.
     cluster: ClusterInfo | None = None
     # The protobuf package the daemon serves ("tailhub.v1"); "" from daemons before 0.2.0.

@@ -299,6 +299,8 @@ def jobs_attach(
     stderr_mode: str,
 ) -> None:
     """Register an external job and print its id."""
+    if command is not None and not command.strip():
+        raise click.UsageError("--command is empty: give the command whose output is the log")
     chosen = [
         flag
         for flag, value in (

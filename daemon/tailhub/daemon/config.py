@@ -175,7 +175,11 @@ def minimal_environment(environ: Mapping[str, str]) -> tuple[tuple[str, str], ..
     return tuple((name, environ[name]) for name in _MINIMAL_ENVIRONMENT if name in environ)
 
 
-def parse_host_port(text: str) -> tuple[str, int]:
+# Examples for a listening address; a client's address flag gives its own (never 0.0.0.0).
+LISTEN_EXAMPLES = "127.0.0.1:9100, [::1]:9100, 0.0.0.0:9100"
+
+
+def parse_host_port(text: str, examples: str = LISTEN_EXAMPLES) -> tuple[str, int]:
     """`HOST:PORT` (`[::1]:9100` for IPv6) as (host, port); ValueError saying what is wrong.
 
     The host is required: an empty one would mean every interface, which must be asked for
@@ -192,11 +196,10 @@ def parse_host_port(text: str) -> tuple[str, int]:
         or not (host.isascii() and host.isprintable() and " " not in host)
         or (":" in host and not bracketed)  # ::1:9100 is ambiguous; [::1]:9100 is not
         or not (port_text.isascii() and port_text.isdigit())
-        or not 0 <= int(port_text) <= 65535
     ):
-        raise ValueError(
-            f"{shown(text)} is not HOST:PORT (e.g. 127.0.0.1:9100, [::1]:9100, 0.0.0.0:9100)"
-        )
+        raise ValueError(f"{shown(text)} is not HOST:PORT (e.g. {examples})")
+    if not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"{shown(text)}: the port must be 0 to 65535, not {int(port_text)}")
     return host, int(port_text)
 
 

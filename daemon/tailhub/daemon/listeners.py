@@ -20,7 +20,7 @@ from pathlib import Path
 import grpc
 import grpc.aio
 
-from tailhub.daemon.config import format_host_port, parse_host_port
+from tailhub.daemon.config import LISTEN_EXAMPLES, format_host_port, parse_host_port
 from tailhub.daemon.limits import shown
 from tailhub.daemon.statedir import open_to_others
 
@@ -115,10 +115,10 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def parse_address(text: str) -> ListenAddress:
+def parse_address(text: str, examples: str = LISTEN_EXAMPLES) -> ListenAddress:
     """HOST:PORT, [IPv6]:PORT (the one syntax of every address flag); ValueError saying what
     is wrong."""
-    host, port = parse_host_port(text)
+    host, port = parse_host_port(text, examples)
     if ":" in host:
         try:
             ipaddress.IPv6Address(host)
