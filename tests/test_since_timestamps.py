@@ -19,7 +19,7 @@ import pytest
 from helpers import BackgroundCli, DaemonProcess, run_cli, wait_until
 from test_faults import fill_disk, small_disk_home  # noqa: F401 (a fixture)
 
-from tailhub.client import exit_codes
+from tailhub.client import LogEnd, exit_codes
 from tailhub.client._timestamps import parse_since
 from tailhub.daemon.timeindex import RESOLUTION
 
@@ -317,3 +317,28 @@ def test_a_full_disk_skips_time_marks_but_never_fails_the_job(
         ]
     finally:
         daemon.stop()
+
+
+def test_a_planted_times_file_refuses_timestamps_in_one_line_and_the_log_still_serves(
+    daemon: DaemonProcess, tmp_path: Path
+) -> None:
+    with daemon.client() as client:
+        job = client.launch("echo one; echo two")
+        assert isinstance(list(client.follow(job.id))[-1], LogEnd)  # it has ended
+    times = daemon.home / "logs" / f"{job.id}.times"
+    daemon.stop()
+    elsewhere = tmp_path / "elsewhere.times"
+    times.rename(elsewhere)
+    times.symlink_to(elsewhere)  # someone planted a link where the index was
+    daemon.start()
+
+    stamped = run_cli(daemon.home, "jobs", "logs", str(job.id), "--timestamps")
+    since = run_cli(daemon.home, "jobs", "logs", str(job.id), "--since", "1h")
+    plain = run_cli(daemon.home, "jobs", "logs", str(job.id))
+
+    for refused in (stamped, since):
+        assert refused.returncode == 1
+        assert b"is a symbolic link" in refused.stderr
+        assert b"INTERNAL" not in refused.stderr
+    assert plain.returncode == 0
+    assert plain.stdout == b"one\ntwo\n"

@@ -21,7 +21,8 @@ from array import array
 from pathlib import Path
 
 from tailhub.daemon.faults import is_disk_full
-from tailhub.daemon.statedir import open_state_file
+from tailhub.daemon.model import JobError
+from tailhub.daemon.statedir import UntrustedState, open_state_file
 
 # Seconds within which appends share one mark.
 RESOLUTION = 0.1
@@ -99,6 +100,11 @@ class TimeIndex:
                 fd = open_state_file(self.path, os.O_RDONLY, create=False)
             except FileNotFoundError:
                 data = b""
+            except UntrustedState as error:
+                # Planted in the home (a symlink, a FIFO): the asker is told why, as for any
+                # refused state file, and the job and its other followers go on.
+                logger.warning("%s", error)
+                raise JobError(f"no times for this job: {error}") from None
             else:
                 with os.fdopen(fd, "rb") as file:
                     data = file.read()
