@@ -22,6 +22,8 @@ if TYPE_CHECKING:  # imported when there is an RPC error: `tailhub --help` needs
 _DISK_FULL = "disk full"
 # What the details of a stream refused by a cap begin with (daemon auth.StreamCaps).
 _TOO_MANY_STREAMS = "too many log streams"
+# auth.py: a peer past its failed authentications, refused before its token is looked at.
+_TOO_MANY_FAILURES = "too many failed authentications"
 
 
 class TailhubError(Exception):
@@ -86,19 +88,21 @@ def from_rpc_error(error: grpc.RpcError, address: str) -> TailhubError:
         # We never cancel a unary call ourselves: the daemon was stopping while it answered.
         return DaemonUnreachable(f"the daemon on {address} stopped while answering ({details})")
     if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
-        return _exhausted(details)
+        return _exhausted(details, address)
     if code.name in _REFUSED:
         return AccessDenied(f"{address} refused {_REFUSED[code.name]}: {details}")
     return TailhubError(f"daemon error {code.name}: {details}")
 
 
-def _exhausted(details: str) -> TailhubError:
+def _exhausted(details: str, address: str) -> TailhubError:
     """The daemon begins a full disk's details so; gRPC's own RESOURCE_EXHAUSTED (a message
     over the daemon's receive limit) is not worth a retry."""
     if details.startswith(_DISK_FULL):
         return DiskFullError(details)
     if details.startswith(_TOO_MANY_STREAMS):
         return TailhubError(details)
+    if details.startswith(_TOO_MANY_FAILURES):
+        return AccessDenied(f"{address} refused the call: {details}")
     return InvalidRequestError(
         f"the daemon refused the request as too large ({details}); "
         "see the limits in the README (one Publish: at most 4 MiB)"

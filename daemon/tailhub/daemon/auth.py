@@ -19,6 +19,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import inspect
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
@@ -26,6 +27,7 @@ from typing import TYPE_CHECKING, Any, cast
 import grpc
 import grpc.aio
 
+from tailhub.daemon.failed_auth import FailedAuthLimit, peer_address
 from tailhub.daemon.tokens import Role, TokenIndex
 
 _SERVICE = "/tailhub.v1.TailhubService/"
@@ -98,10 +100,17 @@ else:
 class AuthInterceptor(_ServerInterceptor):
     """Checks the caller's bearer token and role before a call reaches the servicer."""
 
-    def __init__(self, tokens: TokenIndex, launched: LaunchedTarget, caps: StreamCaps) -> None:
+    def __init__(
+        self,
+        tokens: TokenIndex,
+        launched: LaunchedTarget,
+        caps: StreamCaps,
+        failures: FailedAuthLimit,
+    ) -> None:
         self._tokens = tokens
         self._launched = launched
         self._caps = caps
+        self._failures = failures
 
     async def intercept_service(  # type: ignore[override]  # None: an unknown method
         self,
@@ -111,12 +120,29 @@ class AuthInterceptor(_ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
         method = handler_call_details.method
+        metadata = handler_call_details.invocation_metadata
         handler = await continuation(handler_call_details)
-        caller = self._caller(method, handler_call_details.invocation_metadata)
+
+        def decide(context: grpc.aio.ServicerContext[Any, Any]) -> Behavior | _Refusal:
+            # Here, not before the call: only its context knows the peer.
+            chosen = self._chosen(method, metadata, handler, context.peer())
+            return chosen if isinstance(chosen, _Refusal) else _behavior(chosen)
+
+        return _deciding(handler, decide)
+
+    def _chosen(
+        self,
+        method: str,
+        metadata: Sequence[tuple[str, str | bytes]] | None,
+        handler: grpc.RpcMethodHandler[Any, Any] | None,
+        peer: str,
+    ) -> grpc.RpcMethodHandler[Any, Any] | _Refusal:
+        """The handler that serves this call, or why it is refused."""
+        caller = self._admitted(method, metadata, peer_address(peer))
         if isinstance(caller, _Refusal):
-            return _refusing(handler, caller.code, caller.details)
+            return caller
         if handler is None:
-            return None
+            return _Refusal(grpc.StatusCode.UNIMPLEMENTED, f"no method {_short(method)}")
         name, role = caller
         if role is Role.WRITE and method == _ATTACH:
             return _checking(handler, _attach_check)
@@ -126,6 +152,23 @@ class AuthInterceptor(_ServerInterceptor):
             # Subscribe, and health Watch and reflection: every stream a caller keeps open.
             return self._counted(handler, name)
         return handler
+
+    def _admitted(
+        self, method: str, metadata: Sequence[tuple[str, str | bytes]] | None, address: str
+    ) -> tuple[str, Role] | _Refusal:
+        """The caller's token name and role; a peer past its failures is refused first."""
+        wait = self._failures.wait_before(address)
+        if wait is not None:
+            # Before the token is looked at: a guesser's calls cost as little as they can.
+            return _Refusal(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"too many failed authentications from {address}: try again in "
+                f"{max(1, math.ceil(wait))} s",
+            )
+        caller = self._caller(method, metadata)
+        if isinstance(caller, _Refusal) and caller.code is grpc.StatusCode.UNAUTHENTICATED:
+            self._failures.failed(address, caller.details)
+        return caller
 
     def _caller(
         self, method: str, metadata: Sequence[tuple[str, str | bytes]] | None
@@ -255,24 +298,55 @@ def _checking(
     )
 
 
-def _refusing(
-    handler: grpc.RpcMethodHandler[Any, Any] | None, code: grpc.StatusCode, details: str
+def _behavior(handler: grpc.RpcMethodHandler[Any, Any]) -> Behavior:
+    return cast(
+        "Behavior",
+        handler.unary_unary
+        or handler.unary_stream
+        or handler.stream_unary
+        or handler.stream_stream,
+    )
+
+
+def _deciding(
+    handler: grpc.RpcMethodHandler[Any, Any] | None,
+    decide: Callable[[grpc.aio.ServicerContext[Any, Any]], Behavior | _Refusal],
 ) -> grpc.RpcMethodHandler[Any, Any]:
-    """A handler of the same kind as `handler` that ends the call with `code` at once."""
+    """A handler of the same kind as `handler` (unary for an unknown method) whose calls
+    run what `decide` picks once it has seen the call's context, or end with its refusal."""
 
-    async def refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        await context.abort(code, details)
+    async def chosen(context: grpc.aio.ServicerContext[Any, Any]) -> Behavior:
+        picked = decide(context)
+        if isinstance(picked, _Refusal):
+            await context.abort(picked.code, picked.details)
+        assert not isinstance(picked, _Refusal)  # abort raised
+        return picked
 
-    async def refuse_stream(
+    async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        behavior = await chosen(context)
+        return await behavior(request, context)
+
+    async def streaming(
         request: Any, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[Any]:
-        await context.abort(code, details)
-        yield  # type: ignore[unreachable]  # a generator, as gRPC wants for a stream
+        behavior = await chosen(context)
+        if inspect.isasyncgenfunction(behavior):
+            async for item in behavior(request, context):
+                yield item
+        else:  # writes with context.write (grpc's health Watch)
+            await behavior(request, context)
 
-    if handler is None or not (handler.request_streaming or handler.response_streaming):
-        return grpc.unary_unary_rpc_method_handler(refuse)
-    if handler.request_streaming and handler.response_streaming:
-        return grpc.stream_stream_rpc_method_handler(refuse_stream)
-    if handler.response_streaming:
-        return grpc.unary_stream_rpc_method_handler(refuse_stream)
-    return grpc.stream_unary_rpc_method_handler(refuse)
+    kinds = {
+        (False, False): grpc.unary_unary_rpc_method_handler,
+        (False, True): grpc.unary_stream_rpc_method_handler,
+        (True, False): grpc.stream_unary_rpc_method_handler,
+        (True, True): grpc.stream_stream_rpc_method_handler,
+    }
+    if handler is None:
+        return grpc.unary_unary_rpc_method_handler(unary)
+    kind = (handler.request_streaming, handler.response_streaming)
+    return kinds[kind](
+        streaming if handler.response_streaming else unary,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )

@@ -24,6 +24,7 @@ from tailhub.daemon.budget import BudgetFigures
 from tailhub.daemon.cluster.fence import Fences
 from tailhub.daemon.config import DaemonConfig
 from tailhub.daemon.facts import RunFacts, listener_facts
+from tailhub.daemon.failed_auth import FailedAuthLimit
 from tailhub.daemon.home_kind import refuse_alone_on
 from tailhub.daemon.identity import check_logs_belong
 from tailhub.daemon.jobs import JobManager
@@ -69,6 +70,8 @@ class Daemon:
         # The TCP listeners (auth.py's interceptor on their own server), if asked for.
         self.network = network
         self._network_server: grpc.aio.Server | None = None
+        # Failed authentications on the TCP listeners, per peer (told once more at stop).
+        self._failed_auth = FailedAuthLimit()
         self._lock = StateLock(config.paths.lock, config.paths.pid)
         self._watcher = FileWatcher()
         self._store: JobStore | None = None
@@ -228,6 +231,7 @@ class Daemon:
             TokenIndex(self.config.paths.home),
             _launched_target(self._manager),
             StreamCaps(network.max_streams, network.max_streams_per_token),
+            self._failed_auth,
         )
         # Not the socket's limits: anyone who reaches the port may send frames before any
         # token is checked (listeners.network_limits).
@@ -254,6 +258,7 @@ class Daemon:
         grace = self.config.stop_grace if grace is None else grace
         servers = [server for server in (self._server, self._network_server) if server]
         await asyncio.gather(*(server.stop(grace) for server in servers))
+        self._failed_auth.close()
         if self._servicer is not None:
             _log_budget(self._servicer.budget_figures())
         await self._close()

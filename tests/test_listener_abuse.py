@@ -1,0 +1,148 @@
+"""What a client without a token can do to a --listen port (issue 16, items 4 and 5): flood it
+with HTTP/2 streams it resets at once, or guess tokens. The daemon must stay small and keep
+answering token holders, and the guesser must be slowed and seen in the log, in a few lines.
+
+The figures of the rapid reset live in `python -m bench --only rapid_reset`; here only the
+user-visible outcome is checked, with loose bounds.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+import pytest
+from helpers import DaemonProcess, run_cli, wait_until
+from remote_helpers import bearer, create_token, free_port, status_of, write_token
+
+from tailhub.v1 import tailhub_pb2 as pb
+from tailhub.v1 import tailhub_pb2_grpc as rpc
+
+REPO = Path(__file__).resolve().parent.parent
+MIB = 1 << 20
+
+
+def _list_jobs(address: str, token: str, timeout: float = 5.0) -> Callable[[], object]:
+    def call() -> object:
+        with grpc.insecure_channel(address) as channel:
+            return rpc.TailhubServiceStub(channel).ListJobs(
+                pb.ListJobsRequest(), metadata=bearer(token), timeout=timeout
+            )
+
+    return call
+
+
+def _peak_rss(daemon: DaemonProcess) -> int:
+    for line in Path(f"/proc/{daemon.pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM")
+
+
+def test_rapid_reset_without_a_token_leaves_the_daemon_small_and_answering(
+    home: Path, start_daemon: Callable[..., DaemonProcess]
+) -> None:
+    token = create_token(home, "read")
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    daemon = start_daemon("--listen", address, "--insecure")
+    with grpc.insecure_channel(address) as channel:
+        stub = rpc.TailhubServiceStub(channel)
+        stub.ListJobs(pb.ListJobsRequest(), metadata=bearer(token), timeout=10)
+        attacker = subprocess.Popen(
+            [sys.executable, "-m", "bench.rapid_reset_client", "127.0.0.1", str(port), "4", "4"],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+        )
+        try:
+            answered: list[float] = []
+            while attacker.poll() is None:
+                started = time.monotonic()
+                # Before the bounds, no call answered within 10 s while the attack ran.
+                stub.ListJobs(pb.ListJobsRequest(), metadata=bearer(token), timeout=5)
+                answered.append(time.monotonic() - started)
+            out, _ = attacker.communicate(timeout=60)
+        finally:
+            attacker.kill()
+            attacker.wait()
+    attack = json.loads(out)
+    assert attack["streams"] > 10_000, attack  # the attack did run
+    assert len(answered) >= 10, answered
+    assert sorted(answered)[len(answered) // 2] < 1.0, answered
+    # Before the bounds, 4 s of this took the daemon past 600 MiB (1.5 GiB in 15 s).
+    assert _peak_rss(daemon) < 400 * MIB
+    assert status_of(_list_jobs(address, token)) is grpc.StatusCode.OK
+
+
+def test_bad_tokens_past_the_limit_are_refused_a_good_one_still_served_and_logged_once(
+    home: Path, start_daemon: Callable[..., DaemonProcess], workdir: Path
+) -> None:
+    good = create_token(home, "read")
+    v4, v6 = f"127.0.0.1:{free_port()}", f"[::1]:{free_port()}"
+    daemon = start_daemon("--listen", v4, "--listen", v6, "--insecure")
+
+    codes = Counter(status_of(_list_jobs(v4, f"guess-{n}")) for n in range(100))
+    # Twenty failures are allowed at once (one more a second): the rest are refused before
+    # their token is looked at.
+    assert 20 <= codes[grpc.StatusCode.UNAUTHENTICATED] <= 30, codes
+    assert codes[grpc.StatusCode.RESOURCE_EXHAUSTED] >= 70, codes
+    assert set(codes) == {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.RESOURCE_EXHAUSTED}
+
+    # Another address is not held back by this one's guesses.
+    assert status_of(_list_jobs(v6, good)) is grpc.StatusCode.OK
+    # The guesser's own address is refused while it goes on guessing, whatever the token
+    # (else a right guess would get through the limit); the CLI says so in one line.
+    bad_file = write_token(workdir, "bad", "not-a-token")
+    guessing = threading.Event()
+    guessing.set()
+
+    def guess() -> None:
+        while guessing.is_set():
+            status_of(_list_jobs(v4, "guess"))
+
+    guesser = threading.Thread(target=guess)
+    guesser.start()
+    try:
+        refused = run_cli(
+            home.parent / "elsewhere", "--server", v4, "--insecure", "--token-file",
+            str(bad_file), "jobs", "queue",
+        )  # fmt: skip
+    finally:
+        guessing.clear()
+        guesser.join()
+    text = refused.stderr.decode()
+    assert refused.returncode != 0
+    assert text.count("\n") == 1, text
+    assert "too many failed authentications from 127.0.0.1: try again in" in text, text
+    assert "Traceback" not in text
+    # A second after the guessing stops, the address is served again.
+    wait_until(
+        lambda: status_of(_list_jobs(v4, good)) is grpc.StatusCode.OK,
+        10,
+        "a good token from the guesser's address to be served again",
+    )
+
+    daemon.stop()
+    lines = [
+        line for line in daemon.log_text().splitlines() if "failed authentication from" in line
+    ]
+    # The first failure at once, the rest counted in one line (at stop here; else a minute
+    # later), not a line per guess.
+    assert len(lines) == 2, lines
+    assert all(" WARNING " in line and "127.0.0.1" in line for line in lines), lines
+    assert "more, and" in lines[1], lines
+    assert "calls refused over the limit" in lines[1], lines
+
+
+@pytest.mark.parametrize("peer", ["ipv4:10.1.2.3:5555", "ipv6:[2001:db8::1]:5555"])
+def test_peer_address_drops_the_port_and_groups_ipv6_by_its_64(peer: str) -> None:
+    from tailhub.daemon.failed_auth import peer_address
+
+    assert peer_address(peer) in ("10.1.2.3", "2001:db8::/64")
