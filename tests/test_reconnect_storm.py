@@ -33,12 +33,13 @@ def test_a_command_failing_at_once_backs_off_and_is_given_up_with_its_last_error
     start_daemon: Callable[..., DaemonProcess],
 ) -> None:
     daemon = start_daemon("--give-up-after", "4s")
+    # Before the attach: its first connection may fail before the CLI returns.
+    started = time.monotonic()
     attached = run_cli(
         daemon.home, "jobs", "attach", "--command", f"sh -c {shlex.quote(DEAD_HOST)}"
     )
     assert attached.returncode == 0, attached.stderr
     job_id = int(attached.stdout)
-    started = time.monotonic()
 
     # A follower sees the job end FAILED with the reason (it would wait forever before).
     follow = run_cli(daemon.home, "jobs", "logs", str(job_id), "--follow", timeout=60)
