@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Protocol
 from redis.exceptions import RedisError
 
 from tailhub.daemon.cluster.redis_store import LogEntry, RedisStore
+from tailhub.daemon.events import MAX_EVENTS, MAX_MESSAGE_BYTES, clip
 from tailhub.daemon.limits import MAX_REASON_BYTES
 from tailhub.daemon.model import JobState, SourceEvent
 
@@ -28,8 +29,6 @@ logger = logging.getLogger(__name__)
 BLOCK_MS = 250
 # Entries per stream and call (each at most a few hundred KiB).
 READ_COUNT = 16
-# Events of one mirrored job kept here at most (a daemon's own jobs are bounded by events.py).
-MAX_EVENTS = 10_000
 # A mirrored job nobody here follows is still read this long (a follower reconnecting).
 LINGER_SECONDS = 30.0
 
@@ -162,7 +161,10 @@ class Mirror:
             job.times.record(size, time.time())
             job.changed.notify()
         elif entry.event is not None and len(job.events) < MAX_EVENTS:
-            job.events.append(SourceEvent(size, entry.event, time.time()))
+            # Bounded as a daemon's own job's events are (events.py): however many the
+            # stream holds, GetJob's answer with all of them stays far below its limit.
+            message = clip(entry.event, MAX_MESSAGE_BYTES)
+            job.events.append(SourceEvent(size, message, time.time()))
             job.changed.notify()
         elif entry.end is not None and entry.offset == size:
             _apply_end(job, entry.end)

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import redis.asyncio
 
-from tailhub.daemon.cluster.records import BadRecord
+from tailhub.daemon.cluster.records import BadRecord, parse_record
 
 logger = logging.getLogger(__name__)
 
@@ -264,9 +264,7 @@ class RedisStore:
             if record is None:
                 continue
             try:
-                data = json.loads(record)
-                if not isinstance(data, dict):
-                    raise ValueError("not a JSON object")
+                data = parse_record(job_id, record)
                 found[job_id] = JobMeta(
                     record=data,
                     size=_count(size),
@@ -275,6 +273,8 @@ class RedisStore:
                     sealed=sealed == b"1",
                     cancel=cancel == b"1",
                 )
+            except BadRecord as error:
+                found[job_id] = error
             except (ValueError, UnicodeDecodeError) as error:
                 found[job_id] = BadRecord(f"Redis holds no usable record of job {job_id}: {error}")
         return found

@@ -108,10 +108,12 @@ class RecordSync:
                     if isinstance(meta, BadRecord):
                         raise meta
                     self._apply(job_id, meta)
-                except BadRecord as error:
+                except Exception as error:
+                    # Whoever can write to Redis wrote it: one bad record is left out (said
+                    # once), never the end of the sync, of the other jobs, or of a start.
                     if job_id not in self._reported:
                         self._reported.add(job_id)
-                        logger.warning("cluster: job %d left out: %s", job_id, error)
+                        logger.warning("cluster: job %d left out: %r", job_id, error)
 
     async def refresh_running(self) -> None:
         """Sizes and holders of the running jobs fetched elsewhere, as `jobs queue` shows."""

@@ -129,11 +129,12 @@ class Takeover:
                     f"its log here holds {job.log_size} bytes, Redis {meta.size}: it is not "
                     "the same log"
                 )
+            # A record Redis holds wrongly (BadRecord) is not taken over either.
+            self._records.apply_record(job, meta)
         except Exception as error:
             logger.error("job %d: cannot take over its fetch: %s", job.id, error)
             await self._redis.release(job.id, token)
             return
-        self._records.apply_record(job, meta)
         if job.record.spec.kind in FETCHED_ANYWHERE:
             # The previous holder's command ran on its host (and died with it, or was
             # stopped there): never a process of this one. (A local job's process is this

@@ -1,0 +1,98 @@
+"""What comes back from Redis is input: records and stream entries that someone who can write to
+Redis planted are checked like API requests, left out one by one, and stop nothing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import grpc
+from cluster_helpers import Cluster
+from helpers import BackgroundCli, DaemonProcess, start_background_cli, wait_until
+
+from tailhub.daemon.events import MAX_EVENTS, MAX_MESSAGE_BYTES
+from tailhub.v1 import tailhub_pb2 as pb
+from tailhub.v1 import tailhub_pb2_grpc as rpc
+
+PREFIX = "tailhub:"
+
+
+def job_ids(node: DaemonProcess) -> set[int]:
+    with node.client() as client:
+        return {job.id for job in client.list()}
+
+
+def plant(cluster: Cluster, record: bytes | dict[str, object]) -> int:
+    """A job as an attacker with write access to Redis makes one: id, record, index, news."""
+    redis = cluster.redis.client()
+    job_id = int(redis.incr(PREFIX + "next_job_id"))
+    body = record if isinstance(record, bytes) else json.dumps({**record, "id": job_id})
+    redis.hset(f"{PREFIX}job:{job_id}", mapping={"record": body, "size": "0", "first": "0"})
+    redis.zadd(PREFIX + "jobs", {str(job_id): job_id})
+    redis.publish(PREFIX + "changes", str(job_id))
+    return job_id
+
+
+def test_hostile_records_are_left_out_and_the_sync_goes_on_across_a_restart(
+    cluster: Cluster,
+) -> None:
+    first, second = cluster.start(2)
+    with first.client() as client:
+        good = client.attach_push("good").id
+    wait_until(lambda: good in job_ids(second), what="the good job on the second node")
+    stored = cluster.redis.client().hget(f"{PREFIX}job:{good}", "record")
+    assert isinstance(stored, bytes)
+    record = json.loads(stored)
+    command = {"kind": "command", "shell": False, "transport_exit_codes": [255]}
+    planted = [
+        plant(cluster, b"[" * 60_000 + b"]" * 60_000),  # the parser recursed until it failed
+        plant(cluster, {**record, "exit_code": 2**70}),  # SQLite overflowed on it
+        plant(cluster, {**record, "sealed": "false"}),
+        plant(cluster, {**record, "submitted_at": float("nan")}),
+        plant(cluster, {**record, "spec": {**command, "argv": [1, 2]}}),
+        plant(cluster, {**record, "spec": {**command, "argv": ["x" * 300_000]}}),
+    ]
+
+    # A job made after them still reaches every node: no loop stopped on them.
+    with first.client() as client:
+        after = client.attach_push("after").id
+    for node in (first, second):
+        wait_until(lambda: after in job_ids(node), what="the later job everywhere")  # noqa: B023
+        assert not job_ids(node) & set(planted)
+    # ...and a node starts again with them in Redis, and serves.
+    second.restart()
+    assert {good, after} <= job_ids(second)
+    assert not job_ids(second) & set(planted)
+    log = second.log_text()
+    for job_id in planted:
+        assert f"cluster: job {job_id} left out" in log
+
+
+def test_a_flood_of_events_in_a_mirrored_log_is_bounded_like_a_local_jobs(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    first, second = cluster.start(2)
+    with first.client() as client:
+        job_id = client.attach_push("flooded").id
+    wait_until(lambda: job_id in job_ids(second), what="the job on the second node")
+    # A follower on the second node makes it read the job's stream.
+    follower: BackgroundCli = start_background_cli(
+        second.home, tmp_path / "follower", "jobs", "logs", "-f", str(job_id)
+    )
+    try:
+        redis = cluster.redis.client()
+        pipe = redis.pipeline(transaction=False)
+        for index in range(10_000):
+            pipe.xadd(f"{PREFIX}log:{job_id}", {"v": f"{index:05d} " + "x" * 4090}, id="0-*")
+        pipe.execute()
+
+        def get_job() -> pb.GetJobResponse:
+            with grpc.insecure_channel(second.paths.address) as channel:
+                return rpc.TailhubServiceStub(channel).GetJob(pb.GetJobRequest(job_id=job_id))
+
+        wait_until(lambda: len(get_job().events) >= MAX_EVENTS, what="the mirror to read them")
+        events = get_job().events
+        assert len(events) == MAX_EVENTS
+        assert all(len(event.message.encode()) <= MAX_MESSAGE_BYTES for event in events)
+    finally:
+        follower.stop()
