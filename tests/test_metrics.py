@@ -303,3 +303,25 @@ def daemon_with_metrics(
     start_daemon: Callable[..., DaemonProcess], port: int
 ) -> tuple[DaemonProcess, int]:
     return start_daemon("--metrics-listen", f"127.0.0.1:{port}"), port
+
+
+def test_a_tls_listener_exports_its_certificate_expiry_and_the_daemon_warns_of_it(
+    start_daemon: Callable[..., DaemonProcess], port: int, workdir: Path
+) -> None:
+    from cryptography import x509
+    from remote_helpers import self_signed_pair
+
+    cert, key = self_signed_pair(workdir, "soon", days=(-1, 5))
+    address = f"127.0.0.1:{free_port()}"
+    daemon = start_daemon(
+        "--listen", address, "--tls-cert", str(cert), "--tls-key", str(key),
+        "--metrics-listen", f"127.0.0.1:{port}",
+    )  # fmt: skip
+    not_after = x509.load_pem_x509_certificate(cert.read_bytes()).not_valid_after_utc
+    expiry = value(scrape(port), "tailhub_tls_certificate_expiry_seconds", listener=address)
+    assert expiry == not_after.timestamp()
+    # Within 14 days: one warning at start, with the date (again daily while it runs).
+    warnings = [line for line in daemon.log_text().splitlines() if "expires on" in line]
+    assert len(warnings) == 1, daemon.log_text()
+    assert " WARNING " in warnings[0], warnings
+    assert f"{not_after:%Y-%m-%d %H:%M} UTC, in 5.0 days" in warnings[0], warnings

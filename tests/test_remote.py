@@ -288,9 +288,17 @@ def test_untrusted_and_expired_certificates_and_tls_mismatch_each_get_one_line(
     try:
         code, text = cli("--ca-file", str(remote.tls.ca))
         assert code == 106, text
-        assert "expired" in text, text
+        # The real cause and its date, not "the CA did not sign it": it did.
+        ended = x509.load_pem_x509_certificate(expired_cert.read_bytes()).not_valid_after_utc
+        assert f"expired on {ended:%Y-%m-%d %H:%M} UTC" in text, text
+        assert "did not sign" not in text, text
     finally:
         expired_daemon.stop()
+    # The daemon said so at start, in its log.
+    warnings = [line for line in expired_daemon.log_text().splitlines() if "expired on" in line]
+    assert len(warnings) == 1, expired_daemon.log_text()
+    assert " WARNING " in warnings[0], warnings
+    assert str(expired_cert) in warnings[0], warnings
 
     # TLS to a plaintext port (loopback, --insecure).
     plain = DaemonProcess(other_home, args=["--listen", address, "--insecure"])

@@ -387,6 +387,8 @@ def _tls_refused(raw: socket.socket, target: Target) -> TailhubError | None:
 def _tls_failure(error: ssl.SSLError, target: Target) -> TailhubError:
     import ssl
 
+    if isinstance(error, ssl.SSLCertVerificationError) and error.verify_code in _OUT_OF_DATE:
+        return _out_of_date(error.verify_code, target)
     if isinstance(error, ssl.SSLCertVerificationError):
         ca_hint = (
             f" (the CA in {target.ca_file} did not sign it)"
@@ -402,6 +404,45 @@ def _tls_failure(error: ssl.SSLError, target: Target) -> TailhubError:
     return SecureConnectionError(
         f"the TLS connection to {target.address} failed: {error.reason or error}"
     )
+
+
+# OpenSSL's X509_V_ERR_CERT_NOT_YET_VALID and X509_V_ERR_CERT_HAS_EXPIRED: reported only once
+# the chain led to a CA the client trusts, so the CA did sign it; the dates are what is wrong.
+_NOT_YET_VALID, _EXPIRED = 9, 10
+_OUT_OF_DATE = (_NOT_YET_VALID, _EXPIRED)
+
+
+def _out_of_date(verify_code: int, target: Target) -> TailhubError:
+    """Names the certificate's own date, read from a second look at it (unverified: only to
+    say when it stopped, or starts, being valid)."""
+    expired = verify_code == _EXPIRED
+    date = _certificate_date(target, not_after=expired)
+    if expired:
+        when = f"expired on {date}" if date else "has expired"
+        return SecureConnectionError(
+            f"the certificate of {target.address} {when} (it is signed by a CA you trust; "
+            "the daemon's owner must renew it and restart tailhubd)"
+        )
+    when = f"until {date}" if date else "yet"
+    return SecureConnectionError(
+        f"the certificate of {target.address} is not valid {when} "
+        "(check this machine's clock, and the daemon's)"
+    )
+
+
+def _certificate_date(target: Target, *, not_after: bool) -> str | None:
+    import ssl
+
+    try:
+        pem = ssl.get_server_certificate((target.host, target.port), timeout=5.0)
+        # Imported here: cryptography is slow to import, and only this error needs it.
+        from cryptography import x509
+
+        certificate = x509.load_pem_x509_certificate(pem.encode("ascii"))
+    except (OSError, ValueError):
+        return None
+    when = certificate.not_valid_after_utc if not_after else certificate.not_valid_before_utc
+    return f"{when:%Y-%m-%d %H:%M} UTC"
 
 
 def _client_pair_files(target: Target) -> tuple[str, str]:

@@ -36,6 +36,7 @@ from prometheus_client.registry import Collector
 
 from tailhub.daemon.auth import ROLES
 from tailhub.daemon.config import format_host_port
+from tailhub.daemon.facts import ListenerFacts
 from tailhub.daemon.jobs import JobManager
 from tailhub.daemon.listeners import EXIT_ADDRESS, ListenerError
 from tailhub.daemon.model import JobState
@@ -72,7 +73,8 @@ class DaemonMetrics:
 
     def __init__(self, manager: JobManager) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.registry.register(_DaemonCollector(manager))
+        self._collector = _DaemonCollector(manager)
+        self.registry.register(self._collector)
         ProcessCollector(namespace="tailhub", registry=self.registry)
         self._rpcs = Counter(
             "tailhub_rpcs",
@@ -80,6 +82,15 @@ class DaemonMetrics:
             ("service", "method", "code"),
             registry=self.registry,
         )
+
+    @property
+    def listeners(self) -> tuple[ListenerFacts, ...]:
+        return self._collector.listeners
+
+    @listeners.setter
+    def listeners(self, listeners: tuple[ListenerFacts, ...]) -> None:
+        """The TCP listeners as bound (set once they are): their certificates' expiry."""
+        self._collector.listeners = listeners
 
     def interceptor(self) -> grpc.aio.ServerInterceptor[Any, Any]:
         """A server interceptor counting every RPC by method and status code; attach it first
@@ -106,6 +117,7 @@ class _DaemonCollector(Collector):
 
     def __init__(self, manager: JobManager) -> None:
         self._manager = manager
+        self.listeners: tuple[ListenerFacts, ...] = ()
 
     def collect(self) -> Iterator[Metric]:
         manager = self._manager
@@ -158,6 +170,16 @@ class _DaemonCollector(Collector):
             buckets=[(_le(bound), number) for bound, number in lag.cumulative()],
             sum_value=lag.total,
         )
+        expiry = GaugeMetricFamily(
+            "tailhub_tls_certificate_expiry_seconds",
+            "When the certificate a TLS listener serves stops being valid (Unix time); alert "
+            "on it minus time() (the daemon also warns in its log from 14 days before)",
+            labels=["listener"],
+        )
+        for listener in self.listeners:
+            if listener.certificate_not_after is not None:
+                expiry.add_metric([listener.address], listener.certificate_not_after)
+        yield expiry
 
 
 def _le(bound: float) -> str:

@@ -21,9 +21,10 @@ from grpc_reflection.v1alpha import reflection
 from tailhub.daemon import limits
 from tailhub.daemon.auth import AuthInterceptor, LaunchedTarget, StreamCaps
 from tailhub.daemon.budget import BudgetFigures
+from tailhub.daemon.cert_expiry import CertificateWatch
 from tailhub.daemon.cluster.fence import Fences
 from tailhub.daemon.config import DaemonConfig
-from tailhub.daemon.facts import RunFacts, listener_facts
+from tailhub.daemon.facts import ListenerFacts, RunFacts, listener_facts
 from tailhub.daemon.failed_auth import FailedAuthLimit
 from tailhub.daemon.home_kind import refuse_alone_on
 from tailhub.daemon.identity import check_logs_belong
@@ -72,6 +73,8 @@ class Daemon:
         self._network_server: grpc.aio.Server | None = None
         # Failed authentications on the TCP listeners, per peer (told once more at stop).
         self._failed_auth = FailedAuthLimit()
+        # Warns when the listeners' certificate has expired or soon will (daily).
+        self._certificates: CertificateWatch | None = None
         self._lock = StateLock(config.paths.lock, config.paths.pid)
         self._watcher = FileWatcher()
         self._store: JobStore | None = None
@@ -162,8 +165,7 @@ class Daemon:
         await server.start()
         self._server = server
         if network_server is not None:
-            await network_server.start()
-            self._network_server = network_server
+            await self._start_network(network_server, servicer.run_facts.listeners)
         await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
         if self._node is not None:
             await self._watch_cluster_health(self._node, health_servicer)
@@ -178,6 +180,16 @@ class Daemon:
             refuse_alone_on(self.config.paths, store.meta("cluster"))
         if self._options is not None:
             record_options(self.config.paths, os.getpid(), self._options)
+
+    async def _start_network(
+        self, server: grpc.aio.Server, listeners: tuple[ListenerFacts, ...]
+    ) -> None:
+        await server.start()
+        self._network_server = server
+        if self._metrics is not None:
+            self._metrics.listeners = listeners
+        self._certificates = CertificateWatch(listeners)
+        self._certificates.start()
 
     async def _watch_cluster_health(self, node: ClusterNode, health_servicer: Any) -> None:
         loop = asyncio.get_running_loop()
@@ -264,6 +276,9 @@ class Daemon:
         await self._close()
 
     async def _close(self) -> None:
+        if self._certificates is not None:
+            await self._certificates.close()
+            self._certificates = None
         if self._metrics_endpoint is not None:
             await self._metrics_endpoint.close()
             self._metrics_endpoint = None
