@@ -52,9 +52,11 @@ SERVER_KEEPALIVE_OPTIONS: list[tuple[str, int]] = [
 DEFAULT_MAX_STREAMS = 10_000
 DEFAULT_MAX_STREAMS_PER_TOKEN = 1_000
 # Requests the C core holds before the server's loop has taken them (gRPC's default is 1000):
-# enough for a burst of subscriptions from a few clients, few enough that the queue stays
-# small in memory (about 10 KB each: 100,000 of them held 1 GiB).
-NETWORK_MAX_PENDING_REQUESTS = 2_000
+# enough that a few connections at their cap of streams do not crowd out the calls of others
+# (at 2,000, token holders' calls were cancelled under attack), few enough that the queue
+# stays small in memory (about 10 KB each: 100,000 of them held 1 GiB).
+NETWORK_MAX_PENDING_REQUESTS = 8_000
+UNARY_HEADROOM = 100
 
 
 def network_limits(settings: NetworkSettings) -> list[tuple[str, int]]:
@@ -63,20 +65,23 @@ def network_limits(settings: NetworkSettings) -> list[tuple[str, int]]:
     HTTP/2 rapid reset (HEADERS then RST_STREAM, stream after stream) opens streams that
     end before any handler sees them; with no cap per connection the core queued a request
     for each (4 connections held 2.3 GiB, and a token holder's call waited 3.4 s). Measured
-    with bench/rapid_reset.py (4 connections, 15 s): the cap per connection alone kept the
-    daemon under 160 MiB with a token holder's calls at 0.8 ms; the pending bound alone kept
-    it at 140 MiB but crowded the token holder out (2.5 s). Both are set.
+    with bench/rapid_reset.py (4 connections, 15 s): a cap per connection (counting reset
+    streams) kept the daemon under 160 MiB with a token holder's calls at 1 ms; a pending
+    bound alone kept it at 140 MiB but crowded the token holder out (2.5 s). With both, the
+    pending bound caps what many connections together can hold.
     """
-    # One client with one token may keep all of its streams on one connection.
-    per_connection = min(settings.max_streams_per_token, settings.max_streams)
-    pending = max(NETWORK_MAX_PENDING_REQUESTS, per_connection)
+    # Above the daemon's own cap on a token's streams (auth.StreamCaps), which refuses the one
+    # too many with a message that names the cap (a connection at gRPC's cap would only queue
+    # it, on the client, forever); the headroom is for unary calls beside them.
+    per_connection = min(settings.max_streams, settings.max_streams_per_token) + UNARY_HEADROOM
+    pending = NETWORK_MAX_PENDING_REQUESTS
     return [
         ("grpc.max_concurrent_streams", per_connection),
         # A stream the client reset still counts against that cap until the server has let
         # go of it: without this, resetting each stream at once sidesteps the cap.
         ("grpc.http.overload_protection", 1),
         ("grpc.server.max_pending_requests", pending),
-        ("grpc.server.max_pending_requests_hard_limit", 2 * pending),
+        ("grpc.server.max_pending_requests_hard_limit", pending),
     ]
 
 
