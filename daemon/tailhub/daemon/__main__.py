@@ -22,6 +22,7 @@ from click.core import ParameterSource
 # --listen port could write a line per failed TLS handshake into the daemon's log.
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
+from tailhub.daemon import daemon_log
 from tailhub.daemon.cluster import ClusterRefused
 from tailhub.daemon.config import (
     ClusterSettings,
@@ -35,7 +36,6 @@ from tailhub.daemon.credentials import CREDENTIAL_VARIABLES
 from tailhub.daemon.durations import parse_duration
 from tailhub.daemon.faults import crash_points_from, stall_from
 from tailhub.daemon.flags_file import apply_flags_file, flags_file_of
-from tailhub.daemon.grpc_log import quiet_client_gone_tracebacks
 from tailhub.daemon.home_kind import HomeOfAnotherKind
 from tailhub.daemon.listeners import (
     DEFAULT_MAX_STREAMS,
@@ -356,10 +356,7 @@ def main(
 ) -> None:
     """Run the tailhub daemon in the foreground."""
     home_path = _home_and_no_credentials(home)
-    quiet_client_gone_tracebacks()
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    repeats = daemon_log.configure(log_level)
     # Read, and removed from the environment, before anything copies it: no job or upstream
     # command may speak to the service manager as the daemon.
     notifier = Notifier.from_environment(os.environ)
@@ -420,7 +417,9 @@ def main(
         )
         ctx = click.get_current_context()
         applied = applied_options(ctx.params, network, config, flags_file_of(ctx))
-        asyncio.run(serve(config, network, notifier, applied))
+        # The home is checked: from here on the log also goes to a bounded file in it.
+        with daemon_log.log_file_owned(paths.home, paths.daemon_log, repeats):
+            asyncio.run(serve(config, network, notifier, applied))
     except (ListenerError, HomeOfAnotherKind) as error:
         click.echo(f"tailhubd: {error}", err=True)
         sys.exit(error.exit_code)
