@@ -55,7 +55,7 @@ DEFAULT_MAX_STREAMS_PER_TOKEN = 1_000
 # enough that a few connections at their cap of streams do not crowd out the calls of others
 # (at 2,000, token holders' calls were cancelled under attack), few enough that the queue
 # stays small in memory (about 10 KB each: 100,000 of them held 1 GiB).
-NETWORK_MAX_PENDING_REQUESTS = 8_000
+NETWORK_MAX_PENDING_REQUESTS = 5_000
 UNARY_HEADROOM = 100
 
 
