@@ -111,9 +111,10 @@ def test_a_node_started_with_tailhub_redis_has_the_password_on_no_argv(
         assert commands
         for each in processes:
             assert PASSWORD.encode() not in _read(f"/proc/{each}/cmdline"), each
-        # Nor in the environment of what the daemon runs. (The daemon's own /proc environ is
-        # the one it was started with, readable only by its user: the password it was given.)
-        for each in processes[1:]:
+        # Nor in the environment of what the daemon runs: the fences and their commands. (The
+        # daemon's own /proc environ, and that of a child forked but not yet exec'd, is the
+        # one it was started with, readable only by its user: the password it was given.)
+        for each in [*fences, *commands]:
             assert PASSWORD.encode() not in _read(f"/proc/{each}/environ"), each
         assert job.id
     finally:
