@@ -41,23 +41,32 @@ _WRAPPER = """\
 # Cancel signals the whole process group. A trapped (not ignored) SIGTERM leaves this shell
 # alive to record how the job's script ended, and is reset to the default in that script.
 trap : TERM
+# The status appears atomically (rename); on a full disk, where no new file can be written, it
+# is written in place into the slot the daemon made before starting the job (its blocks are
+# allocated already), so that a job's exit code survives a full disk.
+record() {{
+  {{ echo "$1 $2" > {status}.tmp && mv {status}.tmp {status}; }} 2>/dev/null ||
+    printf '%s %s\\n' "$1" "$2" 1<> {slot}
+}}
 if ! cd {workdir}; then
-  echo "setup 1" > {status}.tmp && mv {status}.tmp {status}
+  record setup 1
   exit 1
 fi
 if [ -s {setup} ]; then
   bash {setup}
   code=$?
   if [ "$code" -ne 0 ]; then
-    echo "setup $code" > {status}.tmp && mv {status}.tmp {status}
+    record setup "$code"
     exit "$code"
   fi
 fi
 bash {run}
 code=$?
-echo "run $code" > {status}.tmp && mv {status}.tmp {status}
+record run "$code"
 exit "$code"
 """
+# The slot's size: "setup 255" and a newline fit with room to spare.
+_SLOT_BYTES = 64
 
 
 # The keys a RunHandle takes in a job's source state.
@@ -111,6 +120,7 @@ class LocalRunner:
         write_state_file(run_dir / "setup.sh", spec.setup)
         write_state_file(run_dir / "run.sh", spec.run)
         wrapper = run_dir / "job.sh"
+        write_state_file(self._slot_path(job_id), " " * (_SLOT_BYTES - 1) + "\n")
         write_state_file(
             wrapper,
             _WRAPPER.format(
@@ -119,6 +129,7 @@ class LocalRunner:
                 setup=shlex.quote(str(run_dir / "setup.sh")),
                 run=shlex.quote(str(run_dir / "run.sh")),
                 status=shlex.quote(str(self._status_path(job_id))),
+                slot=shlex.quote(str(self._slot_path(job_id))),
                 claim=shlex.quote(str(self._claim_path(job_id, attempt))),
             ),
         )
@@ -191,11 +202,15 @@ class LocalRunner:
             os.waitpid(handle.pid, os.WNOHANG)  # noqa: ASYNC222
 
     def exit_status(self, job_id: int) -> ExitStatus | None:
-        try:
-            phase, code = self._status_path(job_id).read_text().split()[:2]
-            return ExitStatus(phase, int(code))
-        except (FileNotFoundError, ValueError):
-            return None
+        """How the job's script ended, from its status file or, on a full disk, its slot."""
+        for path in (self._status_path(job_id), self._slot_path(job_id)):
+            try:
+                phase, code = read_state_file(path).split()[:2]
+                if phase in ("setup", "run"):
+                    return ExitStatus(phase, int(code))
+            except (OSError, ValueError):  # none yet, or planted (refused as untrusted)
+                continue
+        return None
 
     def signal(self, handle: RunHandle, signum: signal.Signals) -> None:
         """Signals the job's whole process group (it leads its own session)."""
@@ -205,6 +220,9 @@ class LocalRunner:
 
     def _status_path(self, job_id: int) -> Path:
         return self._paths.run_dir(job_id) / "exit_status"
+
+    def _slot_path(self, job_id: int) -> Path:
+        return self._paths.run_dir(job_id) / "exit_status.slot"
 
     def _claim_path(self, job_id: int, attempt: int) -> Path:
         return self._paths.run_dir(job_id) / f"pid.{attempt}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -37,13 +38,15 @@ class LocalSource:
         stop = Stop()
         unregister = upstream.finished.on_set(stop.set)
         waiter = asyncio.create_task(self._set_on_exit(handle, stop))
+        disk = asyncio.create_task(_report_full_disk(self.log_path, upstream))
         try:
             await FileTailer(self.log_path, self.watcher, upstream, stop).follow()
         finally:
             unregister()
-            waiter.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await waiter
+            for task in (waiter, disk):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         status = self.runner.exit_status(self.job_id)
         if status is None:
             return Outcome(
@@ -56,3 +59,44 @@ class LocalSource:
     async def _set_on_exit(self, handle: RunHandle, stop: Stop) -> None:
         await self.runner.wait_for_exit(handle)
         stop.set()
+
+
+async def _report_full_disk(log_path: Path, upstream: Upstream) -> None:
+    """Tells followers when the disk holding the log fills, and when it has room again.
+
+    The job writes its log file itself, so unlike other sources nothing can pause it: what it
+    writes while the disk is full is lost (its writes fail). That cannot be undone, but it is
+    said, with where it happened, instead of the log silently missing lines. Polled (a full
+    disk sends no event), every few seconds, only while the job runs.
+    """
+    full = False
+    while True:
+        now_full = _disk_full(log_path)
+        if now_full and not full:
+            upstream.event(
+                f"the disk holding the log is full at offset {upstream.stored}: what the job "
+                "writes now is lost until there is room"
+            )
+        elif full and not now_full:
+            upstream.event(
+                f"disk space available again at offset {upstream.stored}: output the job "
+                "wrote while the disk was full is missing before it"
+            )
+        full = now_full
+        await asyncio.sleep(_DISK_CHECK_SECONDS)
+
+
+# How often a running local job's disk is checked for room, and what counts as none left (a
+# job's next writes fail within a few blocks).
+_DISK_CHECK_SECONDS = 2.0
+_FULL_BELOW_BYTES = 256 * 1024
+
+
+def _disk_full(path: Path) -> bool:
+    try:
+        facts = os.statvfs(path.parent)
+    except OSError:
+        return False
+    # Root may use the blocks reserved for it; anyone else only the available ones.
+    free = facts.f_bfree if os.geteuid() == 0 else facts.f_bavail
+    return free * facts.f_frsize < _FULL_BELOW_BYTES
