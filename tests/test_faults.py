@@ -7,6 +7,7 @@ root, here and in CI).
 from __future__ import annotations
 
 import os
+import struct
 import subprocess
 import sys
 import threading
@@ -415,6 +416,8 @@ def test_tail_scans_of_a_long_log_without_newlines_stall_nobody(
     daemon.stop()
     # A long log without a newline, made cheaply (sparse): `--tail` must scan all of it.
     os.truncate(home / "logs" / f"{big.id}.log", 2 * 1024**3)
+    # ...all of it acknowledged, as if published (else the start cuts it back: acked.py).
+    (home / "logs" / f"{big.id}.acked").write_bytes(struct.pack("<Q", 2 * 1024**3))
     daemon.start()
     push_follower = Follower(daemon, other.id)
     file_follower = Follower(daemon, file_job.id)

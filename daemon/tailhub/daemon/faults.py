@@ -20,7 +20,10 @@ BEFORE_SPAWN = "before-spawn"
 AFTER_SPAWN = "after-spawn"
 # Between appending a command's stderr bytes to the log and saving their count.
 AFTER_STDERR_APPEND = "after-stderr-append"
-CRASH_POINTS = frozenset({BEFORE_SPAWN, AFTER_SPAWN, AFTER_STDERR_APPEND})
+# Half-way through the write of an append to a log the daemon writes (a Publish's chunk):
+# what a kill -9 during a large write(2) leaves, part of the chunk in the file.
+MID_LOG_APPEND = "mid-log-append"
+CRASH_POINTS = frozenset({BEFORE_SPAWN, AFTER_SPAWN, AFTER_STDERR_APPEND, MID_LOG_APPEND})
 
 _SQLITE_FULL = 13  # sqlite3.SQLITE_FULL, absent from typeshed
 _FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})

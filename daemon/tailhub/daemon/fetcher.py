@@ -50,6 +50,8 @@ class Fetcher:
         self._paused_at: int | None = None
         # Set by an append of the upstream's own output: the connection works.
         self._progressed = False
+        # Where the log ended when `flushed` last recorded it as acknowledged.
+        self._acknowledged = job.log_size
 
     # -- Upstream -------------------------------------------------------------------------
     @property
@@ -100,7 +102,21 @@ class Fetcher:
         return self._finished
 
     async def flushed(self) -> None:
-        """Returns once what was appended is stored (at once here: it is on disk)."""
+        """Returns once what was appended is stored, and its end recorded as acknowledged
+        (acked.py): at once here, the bytes are on disk. A record that cannot be written
+        cuts the log back, so that nothing unacknowledged stays; nobody read those bytes yet
+        (no await since the append)."""
+        size = self._job.log_size
+        if size == self._acknowledged:
+            # Nothing new (a retry, a producer's empty first call): nothing to write, and
+            # nothing to fail on a full disk.
+            return
+        try:
+            self._job.acked.record(size)
+        except BaseException:
+            self.discard_after(self._acknowledged)
+            raise
+        self._acknowledged = size
 
     # -- driving ---------------------------------------------------------------------------
     def request_finish(self) -> None:

@@ -6,6 +6,7 @@ import os
 import stat
 from pathlib import Path
 
+from tailhub.daemon.acked import AckedEnd
 from tailhub.daemon.log import JobLog
 from tailhub.daemon.model import (
     InvalidRequest,
@@ -31,7 +32,13 @@ class Job:
     """
 
     def __init__(
-        self, record: JobRecord, log_path: Path, window_bytes: int, times_path: Path
+        self,
+        record: JobRecord,
+        log_path: Path,
+        window_bytes: int,
+        times_path: Path,
+        acked_path: Path,
+        crash_points: frozenset[str] = frozenset(),
     ) -> None:
         self.record = record
         self.changed = ChangeSignal()
@@ -63,6 +70,9 @@ class Job:
         self._unclaimed = bool(record.source_state.get(LOG_UNCLAIMED))
         self._closed_size = 0 if self._unclaimed else _file_size(log_path)
         self.times = TimeIndex(times_path)
+        # A push job's: where the bytes its publishers were told are stored end.
+        self.acked = AckedEnd(acked_path)
+        self._crash_points = crash_points
 
     @property
     def id(self) -> int:
@@ -95,6 +105,7 @@ class Job:
                 writable=writable,
                 size=self._closed_size,
                 job_id=self.id,
+                crash_points=self._crash_points,
             )
         return self._log
 

@@ -127,10 +127,30 @@ class JobManager:
         backend = self._backend_of(job)
         if backend is not None:
             backend.adopt(job)
-        elif job.record.spec.kind is SourceKind.PUSH and job.state.terminal:
-            self._seal(job)
+        elif job.record.spec.kind is SourceKind.PUSH:
+            self._cut_unacknowledged(job)
+            if job.state.terminal:
+                self._seal(job)
+            else:
+                self.start_fetcher(job, finishing=False)
         else:
             self.start_fetcher(job, finishing=job.state.terminal)
+
+    def _cut_unacknowledged(self, job: Job) -> None:
+        """Cuts a push log back to the end its publishers were last told (acked.py): what
+        lies past it is a piece of a Publish the daemon died writing, never answered, and
+        would block its retry. Before anyone is served (start, before the socket)."""
+        acknowledged = job.acked.read()
+        if acknowledged is None or job.log_size <= acknowledged:
+            return
+        torn = job.log_size - acknowledged
+        job.log.truncate(acknowledged)
+        self.event(
+            job,
+            f"{torn} bytes of a publish never acknowledged (the daemon stopped while writing "
+            f"it) were cut off; the log ends at offset {acknowledged}, where its publisher "
+            "resumes",
+        )
 
     def _backend_of(self, job: Job) -> Backend | None:
         """The backend running a launched job; None for an attached one."""
@@ -437,6 +457,8 @@ class JobManager:
             paths.job_log(record.id),
             self._config.memory_window_bytes,
             paths.job_times(record.id),
+            paths.job_acked(record.id),
+            self._config.crash_at,
         )
         self._jobs[record.id] = job
         return job

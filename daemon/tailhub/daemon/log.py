@@ -13,7 +13,7 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from pathlib import Path
 
-from tailhub.daemon.faults import is_disk_full
+from tailhub.daemon.faults import MID_LOG_APPEND, crash_at, is_disk_full
 from tailhub.daemon.model import JobError, JobNotFound, StorageFull
 from tailhub.daemon.statedir import open_state_file
 
@@ -34,10 +34,19 @@ class JobLog:
     """
 
     def __init__(
-        self, path: Path, window_bytes: int, *, writable: bool, size: int, job_id: int = 0
+        self,
+        path: Path,
+        window_bytes: int,
+        *,
+        writable: bool,
+        size: int,
+        job_id: int = 0,
+        crash_points: frozenset[str] = frozenset(),
     ) -> None:
         self.path = path
         self._job_id = job_id
+        # Fault injection for tests (see faults.py).
+        self._crash_points = crash_points
         self._window_bytes = window_bytes
         self._append_fd: int | None = (
             open_state_file(path, os.O_WRONLY | os.O_APPEND) if writable else None
@@ -78,6 +87,9 @@ class JobLog:
             raise RuntimeError(f"log {self.path} is written by its job, not the daemon")
         view = memoryview(data)
         try:
+            if MID_LOG_APPEND in self._crash_points and len(view) > 1:
+                os.write(self._append_fd, view[: len(view) // 2])
+                crash_at(self._crash_points, MID_LOG_APPEND)
             while view:
                 written = os.write(self._append_fd, view)
                 view = view[written:]

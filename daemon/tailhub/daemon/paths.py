@@ -75,6 +75,10 @@ class StatePaths:
         """When the bytes of the job's log reached the daemon (see `timeindex`)."""
         return self.logs / f"{job_id}.times"
 
+    def job_acked(self, job_id: int) -> Path:
+        """Where a push job's acknowledged bytes end (see `acked`)."""
+        return self.logs / f"{job_id}.acked"
+
     def run_dir(self, job_id: int) -> Path:
         """Scripts, pid and exit code of a job started by the local runner."""
         return self.runs / str(job_id)

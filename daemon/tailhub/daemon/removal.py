@@ -76,13 +76,17 @@ def delete(
         return
     # The database first: a crash after it leaves only files nobody refers to.
     store.delete([job.id for job in doomed])
-    files = []
+    files: list[tuple[int, tuple[Path, ...], Path]] = []
     for job in doomed:
         del jobs[job.id]
         result.bytes_freed += job.log_size
         job.remove()
         files.append(
-            (job.id, paths.job_log(job.id), paths.job_times(job.id), paths.run_dir(job.id))
+            (
+                job.id,
+                (paths.job_log(job.id), paths.job_times(job.id), paths.job_acked(job.id)),
+                paths.run_dir(job.id),
+            )
         )
         result.removed.append(job.id)
     logger.info("removed %d ended jobs", len(doomed))
@@ -96,9 +100,9 @@ def delete(
     result.deleting = loop.run_in_executor(None, _delete_files, files)
 
 
-def _delete_files(files: list[tuple[int, Path, Path, Path]]) -> None:
-    for job_id, log, times, run_dir in files:
-        for path in (log, times):
+def _delete_files(files: list[tuple[int, tuple[Path, ...], Path]]) -> None:
+    for job_id, job_files, run_dir in files:
+        for path in job_files:
             try:
                 path.unlink(missing_ok=True)
             except OSError as error:
