@@ -46,3 +46,24 @@ def check_logs_belong(paths: StatePaths, instance_id: str, new_database: bool) -
 def _has_entries(directory: os.PathLike[str]) -> bool:
     with os.scandir(directory) as entries:
         return any(entry.name != MARKER_NAME for entry in entries)
+
+
+# Longer names are not ids the daemon made (SQLite's ids stop at 2**63 - 1).
+_MAX_ID_DIGITS = 15
+
+
+def highest_job_id(paths: StatePaths) -> int:
+    """The highest job id a file in logs/ or runs/ is named after (`7.log`, `7.times`,
+    `runs/7`); 0 for none. A database restored from an older copy does not know the jobs
+    created since, but their files are here, and their ids must not be given again."""
+    highest = 0
+    for directory in (paths.logs, paths.runs):
+        try:
+            with os.scandir(directory) as entries:
+                for entry in entries:
+                    head = entry.name.partition(".")[0]
+                    if head.isascii() and head.isdigit() and len(head) <= _MAX_ID_DIGITS:
+                        highest = max(highest, int(head))
+        except FileNotFoundError:
+            continue
+    return highest

@@ -20,6 +20,7 @@ from tailhub.daemon.counts import DaemonCounts
 from tailhub.daemon.events import EventLimiter, EventLimits
 from tailhub.daemon.faults import is_disk_full
 from tailhub.daemon.fetcher import Fetcher
+from tailhub.daemon.identity import highest_job_id
 from tailhub.daemon.job import LOG_UNCLAIMED, Job
 from tailhub.daemon.model import (
     CommandSpec,
@@ -102,6 +103,7 @@ class JobManager:
     async def start(self) -> None:
         """Loads every job and resumes the fetch of those still running."""
         self.scans = ThreadPoolExecutor(_SCAN_THREADS, thread_name_prefix="tail-scan")
+        self._keep_ids_of_files()
         events = self._store.load_events()
         for record in self._store.load_all():
             job = self._new_job(record)
@@ -115,6 +117,21 @@ class JobManager:
             backend.tick()
         self._supervised.spawn(self._beat(), name="heartbeat")
         self._supervised.spawn(self._apply_retention(), name="retention")
+
+    def _keep_ids_of_files(self) -> None:
+        """Job ids are never given again (README): not even those a database restored
+        from an older copy has no record of, whose logs are still here."""
+        taken = highest_job_id(self._config.paths)
+        try:
+            if self._store.keep_ids_above(taken):
+                logger.warning(
+                    "logs/ or runs/ hold files of job %d, which the database does not know "
+                    "(an older copy restored?): new jobs get ids above it",
+                    taken,
+                )
+        except StorageFull as error:
+            # Then a launch whose id has a log already fails with that reason (_claim_log).
+            logger.warning("job ids above %d not reserved: %s", taken, error)
 
     def resume(self, job: Job) -> None:
         """Resumes the fetch of a job this daemon has just become the fetcher of."""

@@ -121,6 +121,29 @@ class JobStore:
             self._db.execute("INSERT INTO meta (key, value) VALUES ('instance', ?)", (instance,))
         return instance, new
 
+    def keep_ids_above(self, job_id: int) -> bool:
+        """Makes the next job's id greater than `job_id` (files of that job exist, though
+        the database may not know it: an older copy restored). True if it had to."""
+        (known,) = self._db.execute(
+            "SELECT max(coalesce((SELECT max(seq) FROM sqlite_sequence WHERE name = 'jobs'), 0),"
+            " coalesce((SELECT max(id) FROM jobs), 0))"
+        ).fetchone()
+        if job_id <= known:
+            return False
+        # AUTOINCREMENT takes the next id from here (never below it, even once rows go).
+        with self._writing():
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute("DELETE FROM sqlite_sequence WHERE name = 'jobs'")
+                self._db.execute(
+                    "INSERT INTO sqlite_sequence (name, seq) VALUES ('jobs', ?)", (job_id,)
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return True
+
     def create(self, name: str, spec: SourceSpec, job_id: int | None = None) -> JobRecord:
         """Records a new job, with the id given (cluster mode) or the next one."""
         now = time.time()
