@@ -88,6 +88,25 @@ class DaemonProcess:
         return self.process.pid
 
     def start(self) -> None:
+        process = self._launch()
+        assert process.poll() is None, f"daemon exited: {self.log_text()}"
+
+    def start_as_service(self, mendable: Sequence[int] = (6,), timeout: float = 60.0) -> int:
+        """Starts it as its service manager would (examples/systemd: Restart=on-failure):
+        started again after an exit that a restart can mend (6: the cluster's Redis did
+        not answer in time), until it serves; any other exit fails the test. Returns how
+        many starts it took."""
+        deadline = time.monotonic() + timeout
+        starts = 1
+        while (process := self._launch()).poll() is not None:
+            why = f"daemon exited {process.returncode} after {starts} starts: {self.log_text()}"
+            assert process.returncode in mendable, why
+            assert time.monotonic() < deadline, why
+            starts += 1
+        return starts
+
+    def _launch(self) -> subprocess.Popen[bytes]:
+        """Starts the process; returns once it listens or has exited."""
         log_path = self.home.parent / f"{self.home.name}-daemon-{len(self.log_files)}.log"
         self.log_files.append(log_path)
         with open(log_path, "wb") as log:
@@ -111,7 +130,7 @@ class DaemonProcess:
             DAEMON_START_TIMEOUT,
             "the daemon to listen",
         )
-        assert process.poll() is None, f"daemon exited: {self.log_text()}"
+        return process
 
     def stop(self, timeout: float = 30.0) -> int:
         """SIGTERM, then wait: the clean stop a user gets from `tailhub daemon stop`. One that

@@ -54,7 +54,9 @@ def test_killing_a_node_under_its_own_followers_never_makes_two_upstreams(
             assert f"node {holder} of the cluster at {cluster.redis.url}" in late.stderr
             cluster.wait_for_holder(job.id, other_than=[holder])
             assert not is_listening(node.paths), "nothing but the node serves its home"
-            node.start()  # as its service manager would
+            # As its service manager would: on a loaded machine Redis may answer the join
+            # slower than the node waits (exit 6), and the manager starts it again.
+            node.start_as_service()
         last = payload(8192, seed=99)
         with open(log, "ab") as more:
             more.write(last)
@@ -72,7 +74,7 @@ def test_killing_a_node_under_its_own_followers_never_makes_two_upstreams(
     assert int((state / "connections").read_text()) >= KILLS + 1
     for each in followers[:6]:
         if each.stderr:
-            assert "waiting up to 60s for it to come back" in each.stderr
+            assert "for it to come back" in each.stderr
     assert any("lost node" in each.stderr for each in followers[:6])
     assert killed
 
