@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import TracebackType
@@ -76,8 +76,11 @@ class Client:
     ) -> None:
         # None for a remote daemon: its state directory is on another machine.
         self.paths = paths
-        # Told, in one line, when a follow waits for a cluster node's daemon to come back.
+        # Told, in one line each, when a follow loses its daemon and when it is back.
         self._on_wait = on_wait
+        # A follow has told that its daemon was lost, and none has told it is back yet.
+        self._outage = False
+        self._outage_lock = threading.Lock()
         if target is None:
             if paths is None:
                 raise ValueError("a client needs a state directory or a remote target")
@@ -121,7 +124,8 @@ class Client:
         Refuses (TailhubError) a state directory or socket someone else could have planted:
         nothing is sent to a daemon that is not the user's own (or root's). On a cluster
         node's state directory nothing is started: it waits for the node's own daemon, and
-        `on_wait` is told so in one line (here and when a follow loses the node).
+        `on_wait` is told so in one line. A follow tells `on_wait`, in one line each, when it
+        loses its daemon and when it is served again.
         """
         try:
             check_state_dir(paths.home)
@@ -336,7 +340,8 @@ class Client:
         When the daemon restarts or the connection drops, it reconnects on its own (to the
         next daemon of a list, round robin) and resumes at the next offset: no byte is lost
         or repeated. It gives up with DaemonUnreachable when no daemon has answered for
-        `reconnect_timeout` seconds.
+        `reconnect_timeout` seconds. Every call it makes is cancelled and freed before it
+        returns or raises: nothing of it is left to the garbage collector.
         """
         if tail_lines is not None and since_time is not None:
             raise ValueError("give tail_lines or since_time, not both: each says where to start")
@@ -353,6 +358,7 @@ class Client:
                 for message in call:
                     if down_since is not None:
                         servers.settle(index)
+                        self._tell_back(servers.address(index), cursor.next_offset)
                     down_since, pause, failures = None, _MIN_RETRY_PAUSE, 0
                     item = cursor.accept(_log_item(message))
                     if item is not None:
@@ -363,45 +369,94 @@ class Client:
                 if not is_transient(error):
                     raise from_rpc_error(error, servers.address(index)) from None
             finally:
-                call.cancel()  # type: ignore[no-untyped-call]
+                _end(call)
+                del call
             # The stream broke (daemon stopping or gone): wait for a daemon and resume.
             now = time.monotonic()
             if down_since is None:
                 down_since = now
-                self._tell_waiting_for_node(reconnect_timeout)
-            if now - down_since > reconnect_timeout:
-                lost = "daemon" if len(servers) == 1 else "daemons"
+                self._tell_lost(reconnect_timeout)
+            left = down_since + reconnect_timeout - now
+            if left <= 0:
                 raise DaemonUnreachable(
-                    f"lost the {lost} on {servers.addresses} and none came back within "
-                    f"{reconnect_timeout:.0f}s"
+                    f"{self._lost_what()} and none came back within {reconnect_timeout:.0f} s; "
+                    f"job {job_id} may still be running (read up to byte "
+                    f"{cursor.next_offset or 0})"
                 )
             failures += 1
             if failures % len(servers) == 0:
                 # A stopping daemon refuses new streams until it is gone: do not spin on it.
-                time.sleep(pause)
+                time.sleep(min(pause, left))
                 pause = min(pause * 2, _MAX_RETRY_PAUSE)
             index = servers.advance(index)
-            self._wait_for_daemon(index, reconnect_timeout - (now - down_since))
+            self._wait_for_daemon(index, down_since + reconnect_timeout - time.monotonic())
 
-    def _tell_waiting_for_node(self, timeout: float) -> None:
-        """One line when the daemon lost is a cluster node's (nothing starts another there)."""
-        if self._on_wait is None or self.paths is None or len(self._servers) > 1:
-            return
-        kind = recorded_kind(self.paths)
+    def _lost_what(self) -> str:
+        """`lost the daemon on ADDRESS`, or the cluster node's name, or the list's."""
+        servers = self._servers
+        if len(servers) > 1:
+            return f"lost the daemons on {servers.addresses}"
+        kind = recorded_kind(self.paths) if self.paths is not None else None
         if kind is not None and kind.is_node:
-            self._on_wait(
-                f"lost {kind.describe()} on {self.paths.socket}; waiting up to {timeout:.0f}s "
-                "for it to come back (its service manager restarts it)"
-            )
+            return f"lost {kind.describe()} on {servers.address(0)}"
+        return f"lost the daemon on {servers.address(0)}"
+
+    def _tell_lost(self, timeout: float) -> None:
+        """One line as soon as a follow loses its daemon (not one per retry, nor one per
+        follow of this client): what was lost, and how long it is waited for."""
+        if self._on_wait is None:
+            return
+        with self._outage_lock:
+            if self._outage:
+                return
+            self._outage = True
+        what = self._lost_what()
+        if what.startswith("lost node"):  # nothing starts another daemon on a node's home
+            how = f"waiting up to {timeout:.0f} s for it to come back (its service manager "
+            self._on_wait(f"{what}; {how}restarts it; the job goes on)")
+        else:
+            self._on_wait(f"{what}; reconnecting for up to {timeout:.0f} s (the job goes on)")
+
+    def _tell_back(self, address: str, offset: int | None) -> None:
+        """One line when a follow is served again after `_tell_lost`."""
+        if self._on_wait is None:
+            return
+        with self._outage_lock:
+            if not self._outage:
+                return
+            self._outage = False
+        where = f"; resuming at byte {offset}" if offset is not None else ""
+        self._on_wait(f"reconnected to {address}{where}")
 
     def _wait_for_daemon(self, index: int, timeout: float) -> None:
         if len(self._servers) > 1:
             # Not long on one of a list: the next may answer (the stream says which did).
             self._servers.reach(index, min(max(timeout, 0.05), CONNECT_TIMEOUT))
             return
-        with contextlib.suppress(grpc.FutureTimeoutError):
-            channel = self._servers.channel(index)
-            grpc.channel_ready_future(channel).result(timeout=max(timeout, 0.05))
+        ready = grpc.channel_ready_future(self._servers.channel(index))
+        try:
+            ready.result(timeout=max(timeout, 0.05))
+        except grpc.FutureTimeoutError:
+            pass
+        finally:
+            # Unsubscribed from the channel now, not whenever the collector gets to it.
+            ready.cancel()
+
+
+def _end(call: Any) -> None:
+    """Ends a call now, in this thread, and frees it as soon as the caller drops it.
+
+    Cancelled explicitly (a no-op once it has ended; grpc#43462), and freed of its traceback:
+    grpc raises a failed stream's call object itself as the error, so that traceback's frames
+    hold the call, a cycle only the garbage collector breaks, in whatever thread and at
+    whatever moment it runs. Its finalizer then takes the call's lock; run at interpreter exit,
+    after grpc's channel thread died holding that lock, it waited forever: a follower that
+    never ended (issue 16, item 19).
+    """
+    call.cancel()
+    if isinstance(call, BaseException):
+        call.__traceback__ = None
+        call.__context__ = None
 
 
 class _Cursor:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gc
+import sys
+from collections.abc import Callable
 
 
 def main() -> None:
@@ -18,4 +20,20 @@ def main() -> None:
 
     gc.freeze()
     gc.enable()
-    cli_main()
+    code = _exit_code(cli_main)
+    # What the command made is unreachable now (the exit's traceback, which held its frames
+    # and their gRPC channels and calls, is gone too): freed here, while gRPC's threads still
+    # run. Left to the interpreter's exit, their finalizers (which take locks those threads
+    # take) ran after the threads had died, one of them holding such a lock: the command then
+    # waited forever, having printed everything (issue 16, item 19).
+    gc.collect()
+    sys.exit(code)
+
+
+def _exit_code(command: Callable[[], None]) -> int | str | None:
+    """Runs `command`; what it exits with, without the exit's traceback."""
+    try:
+        command()
+    except SystemExit as done:
+        return done.code
+    return None

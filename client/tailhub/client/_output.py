@@ -49,15 +49,24 @@ def copy_log(
     pending: PendingStatus | None = None,
     since_time: float | None = None,
     timestamps: bool = False,
+    again: str = "",
 ) -> LogEnd:
     """Copies the log to stdout as it arrives; upstream events go to stderr.
 
     With `pending`, a job still waiting to start shows a status line on stderr (refreshed at
     each heartbeat, cleared before the first byte or when the job starts). `since_time` starts
     at the first line that reached the daemon then or later; `timestamps` starts each line with
-    when it arrived.
+    when it arrived. `again`: the command that follows the job again, said when the daemon was
+    lost for good (the job may still run).
     """
-    from tailhub.client import LogChunk, LogEnd, LogEvent, LogHeartbeat, LogTimeMark
+    from tailhub.client import (
+        DaemonUnreachable,
+        LogChunk,
+        LogEnd,
+        LogEvent,
+        LogHeartbeat,
+        LogTimeMark,
+    )
     from tailhub.client._timestamps import LineStamper
 
     out = sys.stdout.buffer
@@ -85,6 +94,11 @@ def copy_log(
         # What arrived is written, as without --timestamps: a begun line is not lost.
         writer.finish()
         raise
+    except DaemonUnreachable as error:
+        writer.finish()
+        if not again:
+            raise
+        raise DaemonUnreachable(f"{error}; follow it again once it is back: {again}") from None
     raise AssertionError("a log stream always ends with LogEnd")
 
 

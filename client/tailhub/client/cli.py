@@ -196,7 +196,8 @@ def jobs_launch(
         pending = PendingStatus(client, job.id)
         try:
             pending.update(job.state)
-            end = copy_log(client, job.id, follow=True, tail=None, pending=pending)
+            again = f"tailhub jobs logs{home_flag(home)} -f {job.id}"
+            end = copy_log(client, job.id, follow=True, tail=None, pending=pending, again=again)
         except KeyboardInterrupt:
             flag = home_flag(home)
             note(
@@ -562,6 +563,7 @@ def jobs_logs(
                 pending=pending,
                 since_time=since_time,
                 timestamps=timestamps,
+                again=f"tailhub jobs logs{home_flag(home)} -f {job_id}" if follow else "",
             )
         finally:
             pending.clear()
