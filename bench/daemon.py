@@ -7,7 +7,7 @@ import os
 import signal
 import socket
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -26,8 +26,16 @@ class Daemon:
     is then the daemon's own (from its pid file), and stopping it lets the prefix finish.
     """
 
-    def __init__(self, home: Path, args: Sequence[str] = (), prefix: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        home: Path,
+        args: Sequence[str] = (),
+        prefix: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         self.home = home
+        # Added to this process's environment for the daemon (TAILHUB_TRACEMALLOC...).
+        self.env = dict(env or {})
         self.args = tuple(args)
         self.prefix = tuple(prefix)
         self._pid: int | None = None
@@ -64,6 +72,7 @@ class Daemon:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=REPO,
+                env={**os.environ, **self.env},
             )
         process = self._process
         try:

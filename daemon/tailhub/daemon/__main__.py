@@ -45,6 +45,7 @@ from tailhub.daemon.listeners import (
     network_settings,
 )
 from tailhub.daemon.lock import AlreadyRunning
+from tailhub.daemon.memtrace import MemoryTrace
 from tailhub.daemon.model import StorageFull
 from tailhub.daemon.paths import StatePaths, resolve_home
 from tailhub.daemon.reconnects import ReconnectPolicy
@@ -62,9 +63,12 @@ async def serve(
     network: NetworkSettings | None = None,
     notifier: Notifier | None = None,
     options: dict[str, Any] | None = None,
+    memory_trace: MemoryTrace | None = None,
 ) -> None:
     loop = asyncio.get_running_loop()
     loop.set_exception_handler(_log_loop_error)
+    if memory_trace is not None:
+        memory_trace.start()
     notifier = notifier or Notifier(None)
     # It records `options` in the state directory before it serves (home_kind.py).
     daemon = Daemon(config, network, options)
@@ -85,13 +89,15 @@ async def serve(
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
+    if memory_trace is not None:
+        loop.add_signal_handler(signal.SIGUSR2, memory_trace.report)
     # Only now: start() returned once the socket and every listener accept connections, and
     # a SIGTERM sent the moment the service manager hears READY=1 is a drain, not a kill.
     notifier.notify("READY=1", f"MAINPID={os.getpid()}", f"STATUS={_serving(config, network)}")
     try:
         await daemon.wait_closed()
     finally:
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2):
             loop.remove_signal_handler(signum)
 
 
@@ -419,7 +425,10 @@ def main(
         applied = applied_options(ctx.params, network, config, flags_file_of(ctx))
         # The home is checked: from here on the log also goes to a bounded file in it.
         with daemon_log.log_file_owned(paths.home, paths.daemon_log, repeats):
-            asyncio.run(serve(config, network, notifier, applied))
+            # A bad TAILHUB_TRACEMALLOC is a ValueError: one line, exit 1, as for a bad home.
+            asyncio.run(
+                serve(config, network, notifier, applied, MemoryTrace.from_environment(os.environ))
+            )
     except (ListenerError, HomeOfAnotherKind) as error:
         click.echo(f"tailhubd: {error}", err=True)
         sys.exit(error.exit_code)

@@ -54,6 +54,8 @@ from tailhub.daemon.tasks import TaskSet
 _SCAN_THREADS = 2
 # How long past the grace period `cancel` waits for a killed job's log to be drained.
 _CANCEL_MARGIN = 10.0
+# How many jobs may end past --max-ended-jobs before a pass removes the oldest.
+_CAP_SLACK = 100
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +93,8 @@ class JobManager:
         self._unsaved: set[int] = set()
         # Per job, created with its first event: how many more it may keep, and how fast.
         self._event_limiters: dict[int, EventLimiter] = {}
+        # Jobs ended since the last pass that kept --max-ended-jobs.
+        self._ended_since_cap_pass = 0
         self.stopping = False
         self.started_at = time.time()
         # Totals since start that no job keeps (read by metrics).
@@ -617,6 +621,29 @@ class JobManager:
         job.changed.notify()
         job.release_log_if_idle()
         self.save_record(job)
+        self._keep_ended_within_cap()
+
+    def _keep_ended_within_cap(self) -> None:
+        """--max-ended-jobs as jobs end, not only at the hourly pass: at hundreds of launches
+        a minute, an hour's ended jobs (records, specs, signals, paths: 3-10 KB each) were
+        the daemon's memory growing without bound in sight (issue 16, item 20). A pass sorts
+        every job: it runs once per `_CAP_SLACK` jobs ended past the cap."""
+        cap = self._config.max_ended_jobs
+        if cap is None or len(self._jobs) <= cap:
+            return
+        self._ended_since_cap_pass += 1
+        if self._ended_since_cap_pass >= min(_CAP_SLACK, max(cap // 10, 1)):
+            self._ended_since_cap_pass = 0
+            try:  # soon, not under the feet of whoever is sealing a job now
+                asyncio.get_running_loop().call_soon(self._remove_expired_now)
+            except RuntimeError:  # no loop (a test of the manager alone): now
+                self._remove_expired_now()
+
+    def _remove_expired_now(self) -> None:
+        try:
+            self.remove_expired(time.time())
+        except Exception:  # the hourly pass tries again
+            logger.exception("applying the retention policy failed")
 
     async def _beat(self) -> None:
         while True:

@@ -33,8 +33,16 @@ def encode_chunk(offset: int, data: bytes) -> bytes:
     return b"".join((_CHUNK_FIELD, _varint(inner_length), inner_head, data))
 
 
+# What an entry costs beyond its encoded bytes (measured with tracemalloc, 64-bit CPython
+# 3.11): the bytes object's header, the key (a tuple of three ints) and the ordered dict's
+# slot and link, about 300 bytes. Counting only the encoded bytes let a cache of 16 MiB hold
+# 140,000 chunks of a short job's 100 bytes, about 50 MB (issue 16, item 20).
+ENTRY_OVERHEAD = 300
+
+
 class EncodedChunkCache:
-    """Recently encoded chunks, bounded in bytes, least recently used out first."""
+    """Recently encoded chunks, bounded in the memory they take (their bytes plus each entry's
+    overhead), least recently used out first."""
 
     def __init__(self, max_bytes: int) -> None:
         self._max_bytes = max_bytes
@@ -48,10 +56,11 @@ class EncodedChunkCache:
         return encoded
 
     def put(self, key: tuple[int, int, int], encoded: bytes) -> None:
-        if len(encoded) > self._max_bytes or key in self._entries:
+        cost = len(encoded) + ENTRY_OVERHEAD
+        if cost > self._max_bytes or key in self._entries:
             return
         self._entries[key] = encoded
-        self._bytes += len(encoded)
+        self._bytes += cost
         while self._bytes > self._max_bytes:
             _, dropped = self._entries.popitem(last=False)
-            self._bytes -= len(dropped)
+            self._bytes -= len(dropped) + ENTRY_OVERHEAD
