@@ -19,7 +19,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 from tailhub.client import exit_codes
@@ -63,13 +63,14 @@ def ensure_daemon(
     as_node: bool | None = False,
     explicit: bool = False,
     on_wait: Callable[[str], None] | None = None,
+    environment: Mapping[str, str] | None = None,
 ) -> bool:
     """Makes sure a daemon serves `paths`; True if this call started it.
 
     `as_node`: whether the daemon it would start joins a cluster (None: it cannot tell, a
     --config file decides). On a cluster node's home an autostart waits for the node instead
     (`on_wait` is told why, once); an `explicit` start of a daemon alone is refused
-    (OtherKindOfDaemon)."""
+    (OtherKindOfDaemon). The daemon gets `environment` (default: this process's)."""
     if is_listening(paths):
         return False
     try:
@@ -86,7 +87,7 @@ def ensure_daemon(
     with _autostart_lock(paths):
         if is_listening(paths):
             return False
-        process = None if is_held(paths.lock) else _spawn(paths, daemon_args)
+        process = None if is_held(paths.lock) else _spawn(paths, daemon_args, environment)
         _wait_until_listening(paths, process)
         return process is not None
 
@@ -140,18 +141,54 @@ def _autostart_lock(paths: StatePaths) -> Iterator[None]:
         os.close(fd)
 
 
-def _spawn(paths: StatePaths, daemon_args: Sequence[str]) -> subprocess.Popen[bytes]:
-    log_fd = open_state_file(paths.daemon_log, os.O_WRONLY | os.O_APPEND)
+class OptionsRefused(TailhubError):
+    """`tailhubd --check` refused the options: its line, and its exit status."""
+
+    def __init__(self, line: str, status: int) -> None:
+        super().__init__(line)
+        self.line = line
+        self.exit_code = exit_codes.USAGE if status == exit_codes.USAGE else exit_codes.ERROR
+
+
+def check_options(paths: StatePaths, daemon_args: Sequence[str]) -> None:
+    """Runs `tailhubd --check` with `daemon_args` as a start would run tailhubd (same
+    interpreter, directory and environment): OptionsRefused when a start would fail before
+    binding anything (bad flags, --config file, TLS files)."""
+    try:
+        done = subprocess.run(
+            [*_daemon_argv(paths), "--check", *daemon_args],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            cwd=paths.home if paths.home.is_dir() else None,
+            timeout=START_TIMEOUT,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise TailhubError(f"tailhubd --check did not answer within {START_TIMEOUT:.0f}s") from None
+    if done.returncode != 0:
+        lines = done.stderr.decode(errors="replace").strip().splitlines()
+        said = lines[-1] if lines else f"tailhubd --check exited with {done.returncode}"
+        raise OptionsRefused(said, done.returncode)
+
+
+def _daemon_argv(paths: StatePaths) -> list[str]:
     # -I and the state directory as working directory: nothing of the caller's directory
     # (a click.py lying there) or of its PYTHON* variables gets imported into the daemon.
-    argv = [sys.executable, "-I", "-m", "tailhub.daemon", "--home", os.fspath(paths.home)]
+    return [sys.executable, "-I", "-m", "tailhub.daemon", "--home", os.fspath(paths.home)]
+
+
+def _spawn(
+    paths: StatePaths, daemon_args: Sequence[str], environment: Mapping[str, str] | None
+) -> subprocess.Popen[bytes]:
+    log_fd = open_state_file(paths.daemon_log, os.O_WRONLY | os.O_APPEND)
     try:
         return subprocess.Popen(
-            [*argv, *daemon_args],
+            [*_daemon_argv(paths), *daemon_args],
             stdin=subprocess.DEVNULL,
             stdout=log_fd,
             stderr=log_fd,
             cwd=paths.home,
+            env=environment,
             start_new_session=True,  # outlives this CLI and its terminal
             close_fds=True,
         )

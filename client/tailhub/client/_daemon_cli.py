@@ -22,7 +22,9 @@ from tailhub.client._cli_common import (
 from tailhub.client._output import note, printable
 
 if TYPE_CHECKING:
-    from tailhub.client._daemon_options import Requested
+    from tailhub.client._daemon_options import Previous
+    from tailhub.client._errors import TailhubError
+    from tailhub.daemon.paths import StatePaths
 
 
 @click.group()
@@ -119,7 +121,7 @@ def daemon_start(home: str | None, **options: Any) -> None:
     paths = state_paths(home)
     asked = requested(options)
     started = ensure_daemon(paths, asked.argv, as_node=_as_node(options), explicit=True)
-    _report(home, asked, "started" if started else None)
+    _report(home, options, "started" if started else None)
 
 
 @daemon.command("restart")
@@ -127,9 +129,21 @@ def daemon_start(home: str | None, **options: Any) -> None:
 def daemon_restart(home: str | None, **options: Any) -> None:
     """Stop the daemon, then start it with these options (only these: none is kept).
 
-    Running local jobs keep running; followers reconnect and resume where they were."""
-    from tailhub.client._daemon import check_same_kind, ensure_daemon, stop_daemon
-    from tailhub.client._daemon_options import requested
+    tailhubd checks them first (`tailhubd --check`): options it refuses leave the running
+    daemon as it is. If the new daemon still fails to start (an address in use), the
+    previous one is started again with the options it ran with, and this exits 1. Running
+    local jobs keep running; followers reconnect and resume where they were."""
+    from tailhub.client import DaemonUnreachable
+    from tailhub.client._daemon import (
+        OptionsRefused,
+        check_options,
+        check_same_kind,
+        ensure_daemon,
+        stop_daemon,
+    )
+    from tailhub.client._daemon_options import previous, requested
+    from tailhub.daemon.lock import is_held, read_pid
+    from tailhub.daemon.started_with import read_options
 
     local_only("daemon restart")
     paths = state_paths(home)
@@ -137,18 +151,74 @@ def daemon_restart(home: str | None, **options: Any) -> None:
     as_node = _as_node(options)
     if as_node is False:  # refused before the running daemon is stopped, not after
         check_same_kind(paths)
+    pid_text = read_pid(paths.pid)
+    running = int(pid_text) if pid_text and is_held(paths.lock) else None
+    try:
+        check_options(paths, asked.argv)
+    except OptionsRefused as error:
+        kept = f"tailhubd (pid {running}) runs on as it was" if running else "nothing started"
+        note(f"not restarted: the new options fail: {error.line}; {kept}")
+        sys.exit(error.exit_code)
+    applied = None if running is None else read_options(paths, running)
     stopped = stop_daemon(paths)
-    started = ensure_daemon(paths, asked.argv, as_node=as_node, explicit=True)
+    try:
+        started = ensure_daemon(paths, asked.argv, as_node=as_node, explicit=True)
+    except DaemonUnreachable as error:
+        if stopped is None or applied is None:
+            raise
+        _start_previous_again(home, paths, previous(applied), error)
     verb = "started" if stopped is None else f"restarted (pid {stopped} stopped)"
     # Not started by us: another command's autostart came first, maybe without these options.
-    _report(home, asked, verb if started else None)
+    _report(home, options, verb if started else None)
 
 
-def _report(home: str | None, asked: Requested, started: str | None) -> None:
-    """One line on the daemon now serving `home`; exit 1 when it lacks an option asked for."""
-    from tailhub.client._daemon_options import describe, lacking
+def _start_previous_again(
+    home: str | None, paths: StatePaths, before: Previous, failure: TailhubError
+) -> None:
+    """After new options failed to start: the daemon that ran before, with the options it
+    ran with (its Redis password through the environment, as `daemon start` passes it).
+    One line says both; exit 1 (104 when the previous one cannot start either)."""
+    import os
+
+    from tailhub.client._daemon import ensure_daemon
+    from tailhub.client._daemon_options import requested
+    from tailhub.client._errors import TailhubError
+
+    failed = f"the new options failed: {failure}"
+    again = requested(before.params)
+    command = f"tailhub daemon start{home_flag(home)} {again.shown()}".rstrip()
+    environment = before.environment(os.environ)
+    if environment is None:
+        note(
+            f"{failed}; the previous daemon's Redis URL holds a password this shell's "
+            f"TAILHUB_REDIS does not: start it again with TAILHUB_REDIS=URL {command}"
+        )
+        sys.exit(exit_codes.DAEMON_UNREACHABLE)
+    try:
+        ensure_daemon(paths, again.argv, as_node=None, explicit=True, environment=environment)
+    except TailhubError as error:
+        note(f"{failed}; starting the previous daemon again failed too: {error}")
+        sys.exit(error.exit_code)
+    with connect(home, autostart=False) as client:
+        pid = client.status().pid
+    options = f"with {again.shown()}" if again.argv else "with no options"
+    note(f"{failed}; the previous daemon runs again (pid {pid}) {options}")
+    sys.exit(exit_codes.ERROR)
+
+
+def _report(home: str | None, options: dict[str, Any], started: str | None) -> None:
+    """One line on the daemon now serving `home`; exit 1 when it lacks an option asked for,
+    with the restart that keeps what it has and adds what it lacks."""
+    from tailhub.client._daemon_options import (
+        describe,
+        lacking,
+        merged,
+        previous,
+        requested,
+    )
     from tailhub.daemon.started_with import read_options
 
+    asked = requested(options)
     paths = state_paths(home)
     with connect(home, autostart=False) as client:
         status = client.status()
@@ -169,6 +239,16 @@ def _report(home: str | None, asked: Requested, started: str | None) -> None:
         sys.exit(exit_codes.ERROR)
     missing = lacking(asked, applied)
     if missing:
+        # Restart takes only the options it is given: the command repeats the daemon's own.
+        before = previous(applied)
+        keep = requested(merged(before.params, options))
+        password = "TAILHUB_REDIS=URL " if before.redis_from_environment else ""
+        if options.get("redis"):
+            password = ""
+        restart = (
+            f"{password}tailhub daemon restart{home_flag(home)} {keep.shown()} "
+            "(local jobs keep running)"
+        )
         note(f"{running} without {', '.join(missing)}; to apply it: {restart}")
         sys.exit(exit_codes.ERROR)
     note(f"{running}{describe(asked)}")

@@ -9,10 +9,35 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from tailhub.daemon.started_with import normal_address, normal_path, without_password
+from tailhub.daemon.started_with import (
+    normal_address,
+    normal_path,
+    redis_url_has_secret,
+    without_password,
+)
 
 # Passed on as PATHS made absolute: the daemon runs in its state directory.
 _PATHS = ("tls-cert", "tls-key", "tls-client-ca", "config")
+# The options of `daemon start` a daemon records (started_with.applied_options), and the
+# types their values may have there (the record is input like any other state file).
+_RECORDED: dict[str, tuple[type, ...]] = {
+    "max-running-jobs": (int,),
+    "listen": (list,),
+    "tls-cert": (str,),
+    "tls-key": (str,),
+    "tls-client-ca": (str,),
+    "insecure": (bool,),
+    "max-streams": (int,),
+    "max-streams-per-token": (int,),
+    "subscriber-budget": (int,),
+    "metrics-listen": (str,),
+    "redis": (str,),
+    "node-name": (str,),
+    "lease-ms": (int,),
+}
+# Variables tailhubd reads an option from: a daemon started again gets its options on its
+# argv, never from whatever this shell holds now.
+_OPTION_VARIABLES = ("TAILHUB_CONFIG", "TAILHUB_REDIS", "TAILHUB_NODE_NAME")
 
 
 @dataclass(frozen=True)
@@ -88,3 +113,83 @@ def _digest(path: str) -> str | None:
 def describe(asked: Requested) -> str:
     """` with --listen A, --max-running-jobs 2` (empty when nothing was asked)."""
     return f" with {asked.shown()}" if asked.argv else ""
+
+
+@dataclass(frozen=True)
+class Previous:
+    """How the daemon that recorded its options was started: `daemon start` params (by
+    their names, `_` for `-`), and its Redis URL when that held a password (shown without
+    it): the password came from TAILHUB_REDIS, never from an argv."""
+
+    params: dict[str, Any]
+    redis_from_environment: str | None = None
+
+    def environment(self, current: Mapping[str, str]) -> dict[str, str] | None:
+        """The environment that starts it again from this one (`current`); None when that
+        needs a Redis password `current` does not hold."""
+        kept = {key: value for key, value in current.items() if key not in _OPTION_VARIABLES}
+        if self.redis_from_environment is None:
+            return kept
+        url = current.get("TAILHUB_REDIS")
+        if url is None or without_password(url) != self.redis_from_environment:
+            return None
+        return {**kept, "TAILHUB_REDIS": url}
+
+
+def previous(applied: Mapping[str, Any]) -> Previous:
+    """How to start again the daemon that recorded `applied`: its --config file, and the
+    options given on its command line or in its environment (every option it recorded when
+    the record does not say which: an older daemon's)."""
+    given = applied.get("given")
+    if not isinstance(given, list):
+        given = list(_RECORDED)
+    params: dict[str, Any] = {}
+    secret_url: str | None = None
+    for name in [name for name in _RECORDED if name in given]:  # in `daemon start`'s order
+        value: Any = applied.get(name)
+        if not _recorded_as(name, value):
+            continue
+        if name == "listen":
+            params[name] = tuple(item for item in value if _is_address(item))
+        elif name == "redis" and redis_url_has_secret(value):
+            secret_url = value
+        else:
+            params[name.replace("-", "_")] = value
+    if isinstance(applied.get("config"), str):
+        params["config"] = applied["config"]
+    return Previous(params, secret_url)
+
+
+def merged(running: Mapping[str, Any], asked: Mapping[str, Any]) -> dict[str, Any]:
+    """The params of `running` with those `asked` for instead: the command that keeps what
+    the daemon has and adds what it lacks. Addresses to listen on are added to its own;
+    asking for TLS files drops --insecure, and --insecure drops TLS files."""
+    given = {key: value for key, value in asked.items() if value not in (None, False, ())}
+    out = dict(running)
+    if given.get("insecure"):
+        for key in ("tls_cert", "tls_key", "tls_client_ca"):
+            out.pop(key, None)
+    if any(key in given for key in ("tls_cert", "tls_key", "tls_client_ca")):
+        out.pop("insecure", None)
+    for key, value in given.items():
+        if key == "listen":
+            have = {normal_address(address) for address in out.get("listen", ())}
+            out["listen"] = (
+                *out.get("listen", ()),
+                *(address for address in value if normal_address(address) not in have),
+            )
+        else:
+            out[key] = value
+    return out
+
+
+def _recorded_as(name: str, value: object) -> bool:
+    """`value` is one `daemon start` option `name` may have in a record."""
+    return name in _RECORDED and isinstance(value, _RECORDED[name])
+
+
+def _is_address(item: object) -> bool:
+    try:
+        return isinstance(item, str) and bool(normal_address(item))
+    except ValueError:
+        return False

@@ -38,8 +38,10 @@ FAIL = "FAIL"
 # Descriptors a daemon should be able to hold: each follower, followed file and command, and
 # each connection costs one or more.
 WANTED_OPEN_FILES = 4096
-# The share of its descriptor limit a running daemon may hold before it is worth a warning.
+# The share of its descriptor limit a running daemon may hold before it is worth a warning,
+# and past which it is a failure: jobs and followers already fail there now and then.
 OPEN_FILES_WARN_SHARE = 0.8
+OPEN_FILES_FAIL_SHARE = 0.95
 CERTIFICATE_WARN_DAYS = 30
 DISK_FAIL_BYTES = 100 * 1024 * 1024
 DISK_WARN_BYTES = 1024 * 1024 * 1024
@@ -115,6 +117,29 @@ def check_daemon(probe: DaemonProbe, home: str | None) -> list[Finding]:
             )
         )
     return findings
+
+
+def check_last_stop(paths: StatePaths) -> list[Finding]:
+    """With no daemon running: whether the last one stopped cleanly. A clean stop removes its
+    pid file; a crash or kill -9 leaves it, with the socket, and nobody holding the lock."""
+    from tailhub.daemon.lock import is_held, read_pid
+
+    try:
+        pid = read_pid(paths.pid)
+    except OSError:  # (check_state_directory names a pid file that cannot be trusted)
+        return []
+    if not pid or is_held(paths.lock):
+        return []
+    left = "its pid file and socket" if os.path.lexists(paths.socket) else "its pid file"
+    return [
+        Finding(
+            WARN,
+            "last stop",
+            f"the last daemon did not stop cleanly (pid {pid} is gone and left {left}): "
+            f"see {paths.daemon_log} for why; its local jobs run on, and the next daemon "
+            "adopts them",
+        )
+    ]
 
 
 def check_serving(status: DaemonStatus, probe: DaemonProbe) -> list[Finding]:
@@ -269,13 +294,20 @@ def _limit_here() -> list[Finding]:
 
 def _daemon_descriptors(used: int, limit: int) -> Finding:
     held = f"the daemon holds {used} of its {limit} descriptors"
-    if used >= limit * OPEN_FILES_WARN_SHARE:
+    # Running jobs, followers and upstreams hold them; an ended job holds none once nobody
+    # reads it, so removing ended jobs (jobs prune) would not help.
+    fix = (
+        "raise its limit and restart it: `ulimit -n 65536` then `tailhub daemon restart` "
+        "(LimitNOFILE=65536 for a systemd service)"
+    )
+    if used >= limit * OPEN_FILES_FAIL_SHARE:
         return Finding(
-            WARN,
+            FAIL,
             "open files",
-            f"{held}: new followers will soon fail; restart it with a higher limit "
-            f"(ulimit -n), or remove ended jobs: tailhub jobs prune",
+            f"{held}: jobs fail to start and followers are refused ('Too many open files'); {fix}",
         )
+    if used >= limit * OPEN_FILES_WARN_SHARE:
+        return Finding(WARN, "open files", f"{held}: new jobs and followers will soon fail; {fix}")
     if limit < WANTED_OPEN_FILES:
         return Finding(
             WARN,

@@ -43,6 +43,8 @@ def doctor(home: str | None, strict: bool) -> None:
     else:
         probe = probe_daemon(home)
         report.run(lambda: checks.check_daemon(probe, home))
+        if probe.not_running and paths is not None:
+            report.run(lambda: checks.check_last_stop(paths))
     status = None if probe is None else probe.status
     if status is not None and probe is not None:
         report.run(lambda: checks.check_serving(status, probe))

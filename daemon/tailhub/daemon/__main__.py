@@ -13,7 +13,7 @@ import signal
 import socket
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 from click.core import ParameterSource
@@ -47,6 +47,7 @@ from tailhub.daemon.listeners import (
 from tailhub.daemon.lock import AlreadyRunning
 from tailhub.daemon.memtrace import MemoryTrace
 from tailhub.daemon.model import StorageFull
+from tailhub.daemon.open_files import MIN_OPEN_FILES, RAISE_OPEN_FILES
 from tailhub.daemon.paths import StatePaths, resolve_home
 from tailhub.daemon.reconnects import ReconnectPolicy
 from tailhub.daemon.sd_notify import Notifier
@@ -190,14 +191,51 @@ def _home_and_no_credentials(home: str | None) -> Path:
         raise click.UsageError(str(error)) from None
 
 
+def _duration(text: str, flag: str) -> float:
+    """Seconds of a DURATION flag (`12h`, `7d`); bad usage (exit 2) if it is not one."""
+    try:
+        return parse_duration(text)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint=flag) from None
+
+
+def _usable(paths: StatePaths) -> NoReturn:
+    """`--check` found nothing wrong in what a start reads before it binds or joins anything
+    (`tailhub daemon restart` asks before it stops a daemon that works)."""
+    click.echo(f"tailhubd: the options are usable on {paths.home}", err=True)
+    sys.exit(0)
+
+
+def _applied(network: NetworkSettings | None, config: DaemonConfig) -> dict[str, Any]:
+    """What the daemon records of its options (started_with.py), with those given on the
+    command line or in the environment named (not those of --config: the record keeps the
+    file's path, and the file gives them again)."""
+    ctx = click.get_current_context()
+    sources = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+    given = [name for name in ctx.params if ctx.get_parameter_source(name) in sources]
+    return applied_options(ctx.params, network, config, flags_file_of(ctx), given)
+
+
 def _raise_open_file_limit() -> None:
-    """Soft limit up to the hard one: each followed file and command holds descriptors."""
+    """Soft limit up to the hard one: each followed file and command holds descriptors.
+
+    Below MIN_OPEN_FILES even then, it says so at once: otherwise the first sign is a job
+    failing with 'Too many open files' long after the start."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != hard:
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
         except (ValueError, OSError) as error:
             logger.warning("cannot raise the open-file limit from %d to %d: %s", soft, hard, error)
+    if soft != resource.RLIM_INFINITY and soft < MIN_OPEN_FILES:
+        logger.warning(
+            "the open-file limit is %d (hard limit %d): jobs, followers and upstreams each "
+            "hold descriptors, and past it jobs fail with 'Too many open files'; %s",
+            soft,
+            hard,
+            RAISE_OPEN_FILES,
+        )
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -219,7 +257,12 @@ def _raise_open_file_limit() -> None:
     help="Local jobs allowed to run at once; more wait PENDING. Default: no limit.",
 )
 @click.option(
-    "--heartbeat-interval", type=click.FloatRange(min=0.05), default=5.0, show_default=True
+    "--heartbeat-interval",
+    type=click.FloatRange(min=0.05),
+    default=5.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="How often followers get a heartbeat with the log's size and the job's state.",
 )
 @click.option(
     "--cancel-grace",
@@ -335,7 +378,20 @@ def _raise_open_file_limit() -> None:
     help="Cluster mode: bytes of each job's log kept in Redis (older ones are trimmed; "
     "0 keeps all).",
 )
-@click.option("--log-level", default="INFO", show_default=True)
+@click.option(
+    "--log-level",
+    default="INFO",
+    show_default=True,
+    metavar="LEVEL",
+    help="The daemon's log level: DEBUG, INFO, WARNING or ERROR.",
+)
+@click.option(
+    "--check",
+    is_flag=True,
+    help="Check these options, the --config file, the TLS files and the state directory's "
+    "config.yaml, then exit without serving: 0 if usable, else a start's exit code and line. "
+    "Not checked: whether the addresses are free, Redis.",
+)
 def main(
     home: str | None,
     max_running_jobs: int | None,
@@ -359,6 +415,7 @@ def main(
     lease_ms: int,
     redis_retention: int,
     log_level: str,
+    check: bool,
 ) -> None:
     """Run the tailhub daemon in the foreground."""
     home_path = _home_and_no_credentials(home)
@@ -368,10 +425,7 @@ def main(
     notifier = Notifier.from_environment(os.environ)
     # Every file the daemon creates is private; its jobs get back the umask it was given.
     job_umask = os.umask(0o077)
-    try:
-        retention_seconds = parse_duration(retention)
-    except ValueError as error:
-        raise click.BadParameter(str(error), param_hint="--retention") from None
+    retention_seconds = _duration(retention, "--retention")
     try:
         reconnect_policy = ReconnectPolicy(give_up_after=parse_duration(give_up_after) or None)
     except ValueError as error:
@@ -421,8 +475,9 @@ def main(
             metrics_listen=metrics_listen,
             cluster=cluster,
         )
-        ctx = click.get_current_context()
-        applied = applied_options(ctx.params, network, config, flags_file_of(ctx))
+        if check:
+            _usable(paths)
+        applied = _applied(network, config)
         # The home is checked: from here on the log also goes to a bounded file in it.
         with daemon_log.log_file_owned(paths.home, paths.daemon_log, repeats):
             # A bad TAILHUB_TRACEMALLOC is a ValueError: one line, exit 1, as for a bad home.

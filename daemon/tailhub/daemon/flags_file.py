@@ -27,8 +27,9 @@ import yaml
 
 # Far more than every flag needs: a bigger file is not a config file.
 MAX_BYTES = 64 * 1024
-# Options that cannot come from the file: the file itself, and help.
-_NOT_IN_FILE = ("config", "help")
+# Options that cannot come from the file: the file itself, help, and --check (a service
+# manager's file with `check: true` would make its daemon exit 0 at every start).
+_NOT_IN_FILE = ("config", "help", "check")
 
 
 class FlagsFileError(Exception):

@@ -39,6 +39,7 @@ from tailhub.daemon.model import (
     StorageFull,
     backend_of,
 )
+from tailhub.daemon.open_files import start_failure
 from tailhub.daemon.placement import ClusterView, Placement, Standalone
 from tailhub.daemon.removal import RemoveResult
 from tailhub.daemon.sources import (
@@ -557,7 +558,7 @@ class JobManager:
             if isinstance(error, str):  # the backend's own words (SkyPilot's message)
                 self._end(job, JobState.FAILED, None, error)
             else:
-                self._end(job, JobState.FAILED, None, f"cannot start the job: {error}")
+                self._end(job, JobState.FAILED, None, start_failure(error))
         self._seal(job)
 
     def start_fetcher(self, job: Job, *, finishing: bool) -> None:

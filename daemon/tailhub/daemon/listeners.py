@@ -263,6 +263,9 @@ def bind(server: grpc.aio.Server, settings: NetworkSettings) -> list[str]:
     bound = []
     for address in settings.addresses:
         text = str(address)
+        refused = _refused(address)
+        if refused is not None:
+            raise ListenerError(f"cannot listen on {text}: {refused}", EXIT_ADDRESS)
         try:
             if credentials is None:
                 port = server.add_insecure_port(text)
@@ -274,6 +277,34 @@ def bind(server: grpc.aio.Server, settings: NetworkSettings) -> list[str]:
             raise ListenerError(f"cannot listen on {text}: {_why_not(address)}", EXIT_ADDRESS)
         bound.append(str(ListenAddress(address.host, port)))
     return bound
+
+
+def _refused(address: ListenAddress) -> str | None:
+    """Why the kernel would refuse to bind `address` (in use, a privileged port), asked
+    before gRPC tries: gRPC's core prints its own 'Failed to add port' line to stderr
+    before ours otherwise, and the failure is said twice. None when it would bind (gRPC
+    then binds it, or says why itself in the rare race where it was taken meanwhile)."""
+    if address.port == 0:
+        return None
+    try:
+        infos = socket.getaddrinfo(address.host, address.port, type=socket.SOCK_STREAM)
+    except socket.gaierror as error:
+        return f"cannot resolve {address.host!r} ({error.strerror})"
+    failures = []
+    for family, kind, proto, _, sockaddr in infos:
+        with socket.socket(family, kind, proto) as probe:
+            # As gRPC binds: a connection of the previous daemon in TIME_WAIT does not count.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(sockaddr)
+            except OSError as error:
+                if error.errno == errno.EADDRINUSE:
+                    return "the address is already in use (another daemon or program on it?)"
+                if error.errno == errno.EACCES:
+                    return f"{error.strerror} (ports below 1024 need privileges)"
+                failures.append(error.strerror or str(error))
+    # gRPC serves a name when one of its addresses binds (localhost without IPv6).
+    return failures[0] if failures and len(failures) == len(infos) else None
 
 
 def _why_not(address: ListenAddress) -> str:

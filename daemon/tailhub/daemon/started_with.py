@@ -8,13 +8,16 @@ the daemon took the home's lock and before it serves, whole or not at all.
 Options are keyed by their long names, values normalised (addresses as HOST:PORT, paths
 absolute) the same way on both sides. It never holds a secret: a Redis URL is kept without
 its password, so a changed password alone goes unnoticed.
+`given` names the options given on the daemon's command line or in its environment (the
+others are defaults, or come from its --config file): `tailhub daemon restart` starts the
+previous daemon again with them when new options fail, and `daemon start` suggests them.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -35,12 +38,14 @@ def applied_options(
     network: NetworkSettings | None,
     config: DaemonConfig,
     flags: FlagsFile | None,
+    given: Collection[str] = (),
 ) -> dict[str, Any]:
     """The options `tailhub daemon start` can ask for, as tailhubd applied them (its click
-    `params`, and what it built of them)."""
+    `params`, and what it built of them); `given`: the params given on its command line or
+    in its environment."""
     tls = ("tls-cert", "tls-key", "tls-client-ca")
     cluster = config.cluster
-    return {
+    applied = {
         "max-running-jobs": config.max_running_jobs,
         "listen": [str(address) for address in network.addresses] if network else [],
         **{name: _path_or_none(params[name.replace("-", "_")]) for name in tls},
@@ -55,6 +60,10 @@ def applied_options(
         "config": flags and flags.path,
         "config-sha256": flags and flags.sha256,
     }
+    applied["given"] = sorted(
+        long for long in applied if long.replace("-", "_") in given and applied[long] is not None
+    )
+    return applied
 
 
 def _path_or_none(value: str | None) -> str | None:
