@@ -27,7 +27,7 @@ from tailhub.client._errors import DaemonUnreachable, TailhubError
 from tailhub.daemon.home_kind import HomeKind, recorded_kind
 from tailhub.daemon.lock import is_held, read_pid
 from tailhub.daemon.paths import StatePaths
-from tailhub.daemon.statedir import open_state_file, read_state_file
+from tailhub.daemon.statedir import open_home, open_state_file, read_state_file
 
 START_TIMEOUT = 20.0
 # How long a CLI waits for a cluster node's daemon to come back (its service manager restarts
@@ -83,7 +83,11 @@ def ensure_daemon(
     if not explicit and kind is not None and kind.is_node:
         _wait_for_node(paths, kind, on_wait)
         return False
-    paths.home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # Made (private) the way it is checked: one component at a time, never through a link
+    # someone else owns. Its path is used afterwards (the lock, the log, the daemon's working
+    # directory): after that check only the user or root can change where it leads. The
+    # daemon checks it again itself before it touches anything.
+    os.close(_opened_home(paths))
     with _autostart_lock(paths):
         if is_listening(paths):
             return False
@@ -129,6 +133,12 @@ def _is_running(pid: int) -> bool:
         return True
     # The state follows the command name, which is in parentheses and may hold any byte.
     return stat[stat.rfind(")") + 2 :][:1] not in ("Z", "X")
+
+
+def _opened_home(paths: StatePaths) -> int:
+    fd = open_home(paths.home, create=True)
+    assert fd is not None  # created when missing
+    return fd
 
 
 @contextlib.contextmanager

@@ -48,12 +48,12 @@ from tailhub.daemon.lock import AlreadyRunning
 from tailhub.daemon.memtrace import MemoryTrace
 from tailhub.daemon.model import StorageFull
 from tailhub.daemon.open_files import MIN_OPEN_FILES, RAISE_OPEN_FILES
-from tailhub.daemon.paths import StatePaths, resolve_home
+from tailhub.daemon.paths import StatePaths, resolve_home, shown
 from tailhub.daemon.reconnects import ReconnectPolicy
 from tailhub.daemon.sd_notify import Notifier
 from tailhub.daemon.server import Daemon
 from tailhub.daemon.started_with import ARGV_REFUSAL, applied_options, redis_url_has_secret
-from tailhub.daemon.statedir import check_state_dir
+from tailhub.daemon.statedir import open_home
 from tailhub.daemon.store import UnusableState
 
 logger = logging.getLogger("tailhub.daemon")
@@ -104,7 +104,7 @@ async def serve(
 
 def _serving(config: DaemonConfig, network: NetworkSettings | None) -> str:
     """What the daemon serves, for the service manager's status line."""
-    served = [config.paths.address]
+    served = [f"unix:{shown(config.paths.socket)}"]
     served += [str(address) for address in network.addresses] if network else []
     if config.metrics_listen is not None:
         served.append(f"metrics on {format_host_port(*config.metrics_listen)}")
@@ -448,9 +448,9 @@ def main(
         sys.exit(error.exit_code)
     _raise_open_file_limit()
     try:
-        paths = StatePaths(home_path)
-        # Checked before anything in it is read (server.start checks it again, and creates it).
-        check_state_dir(paths.home)
+        # Resolved and checked once, component by component, before anything in it is read or
+        # made; from here on every file is reached through this descriptor (paths.py).
+        paths = StatePaths(home_path, open_home(home_path, create=True))
         # Read once, here: a change applies at the next start.
         settings = read_config_file(paths)
         cluster = _cluster_settings(redis_url, node_name, lease_ms, redis_retention, paths)
@@ -479,7 +479,7 @@ def main(
             _usable(paths)
         applied = _applied(network, config)
         # The home is checked: from here on the log also goes to a bounded file in it.
-        with daemon_log.log_file_owned(paths.home, paths.daemon_log, repeats):
+        with daemon_log.log_file_owned(paths.root, paths.daemon_log, repeats):
             # A bad TAILHUB_TRACEMALLOC is a ValueError: one line, exit 1, as for a bad home.
             asyncio.run(
                 serve(config, network, notifier, applied, MemoryTrace.from_environment(os.environ))

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from tailhub.daemon.faults import is_disk_full
 from tailhub.daemon.model import StorageFull
+from tailhub.daemon.paths import shown
 from tailhub.daemon.statedir import open_state_file
 
 _END = struct.Struct("<Q")
@@ -63,14 +64,18 @@ class AckedEnd:
         except FileNotFoundError:
             return None
         except OSError as error:
-            logger.warning("%s: not read (%s); the log is not checked against it", self.path, error)
+            logger.warning(
+                "%s: not read (%s); the log is not checked against it", shown(self.path), error
+            )
             return None
         try:
             data = os.pread(fd, _END.size + 1, 0)
         finally:
             os.close(fd)
         if len(data) != _END.size:
-            logger.warning("%s: holds %d bytes, not %d; ignored", self.path, len(data), _END.size)
+            logger.warning(
+                "%s: holds %d bytes, not %d; ignored", shown(self.path), len(data), _END.size
+            )
             return None
         (size,) = _END.unpack(data)
         return int(size)

@@ -28,7 +28,7 @@ def read_config_file(paths: StatePaths) -> FileConfig:
     """The settings of the state directory's config.yaml; none when it has none.
 
     ValueError, naming the file, when it cannot be used."""
-    path = paths.home / "config.yaml"
+    path = paths.root / "config.yaml"
     try:
         fd = open_state_file(path, os.O_RDONLY, create=False)
     except FileNotFoundError:

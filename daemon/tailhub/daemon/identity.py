@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from tailhub.daemon.paths import StatePaths
+from tailhub.daemon.paths import StatePaths, shown
 from tailhub.daemon.statedir import read_state_file
 from tailhub.daemon.store import UnusableState
 
@@ -24,16 +24,17 @@ def check_logs_belong(paths: StatePaths, instance_id: str, new_database: bool) -
         owner: str | None = read_state_file(marker).strip()
     except FileNotFoundError:
         owner = None
+    logs, runs, database = shown(paths.logs), shown(paths.runs), shown(paths.database)
     if owner is not None and owner != instance_id:
         raise UnusableState(
-            f"{paths.logs} belongs to another database than {paths.database}; "
-            f"move {paths.logs} and {paths.runs} aside (or restore that database), then start again"
+            f"{logs} belongs to another database than {database}; "
+            f"move {logs} and {runs} aside (or restore that database), then start again"
         )
     if owner is not None:
         return
     if new_database and (_has_entries(paths.logs) or _has_entries(paths.runs)):
         raise UnusableState(
-            f"database {paths.database} is new but {paths.logs} or {paths.runs} holds jobs of "
+            f"database {database} is new but {logs} or {runs} holds jobs of "
             f"an older one; move them aside (or restore that database), then start again"
         )
     fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)

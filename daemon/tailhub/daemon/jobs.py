@@ -40,6 +40,7 @@ from tailhub.daemon.model import (
     backend_of,
 )
 from tailhub.daemon.open_files import start_failure
+from tailhub.daemon.paths import shown
 from tailhub.daemon.placement import ClusterView, Placement, Standalone
 from tailhub.daemon.removal import RemoveResult
 from tailhub.daemon.sources import (
@@ -497,16 +498,16 @@ class JobManager:
         except OSError as error:
             if isinstance(error, FileExistsError) and path.is_symlink():
                 reason = (
-                    f"refusing {path}: it is a symbolic link, not a file tailhub made; "
+                    f"refusing {shown(path)}: it is a symbolic link, not a file tailhub made; "
                     "move it aside"
                 )
             elif isinstance(error, FileExistsError):
                 reason = (
-                    f"refusing {path}: it already exists and is not this job's log "
+                    f"refusing {shown(path)}: it already exists and is not this job's log "
                     "(another database's, or planted); move it aside"
                 )
             else:
-                reason = f"cannot create its log {path}: {error.strerror}"
+                reason = f"cannot create its log {shown(path)}: {error.strerror}"
             record.state, record.reason, record.sealed = JobState.FAILED, reason, True
             record.ended_at = time.time()
             record.source_state = {LOG_UNCLAIMED: True}

@@ -11,6 +11,7 @@ import fcntl
 import os
 from pathlib import Path
 
+from tailhub.daemon.paths import shown
 from tailhub.daemon.statedir import open_state_file, read_state_file, write_state_file
 
 
@@ -32,7 +33,9 @@ class StateLock:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise AlreadyRunning(self._lock_path.parent, read_pid(self._pid_path)) from None
+            raise AlreadyRunning(
+                Path(shown(self._lock_path.parent)), read_pid(self._pid_path)
+            ) from None
         try:
             write_state_file(self._pid_path, f"{os.getpid()}\n")
         except BaseException:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from tailhub.daemon.faults import MID_LOG_APPEND, crash_at, is_disk_full
 from tailhub.daemon.model import JobError, JobNotFound, StorageFull
+from tailhub.daemon.paths import shown
 from tailhub.daemon.statedir import open_state_file
 
 _TAIL_SCAN_BLOCK = 64 * 1024
@@ -84,7 +85,7 @@ class JobLog:
         so bytes nobody was told were stored never appear at an offset later served.
         """
         if self._append_fd is None:
-            raise RuntimeError(f"log {self.path} is written by its job, not the daemon")
+            raise RuntimeError(f"log {shown(self.path)} is written by its job, not the daemon")
         view = memoryview(data)
         try:
             if MID_LOG_APPEND in self._crash_points and len(view) > 1:
@@ -97,7 +98,7 @@ class JobLog:
             os.ftruncate(self._append_fd, self.size)
             if is_disk_full(error):
                 raise StorageFull(
-                    f"disk full at offset {self.size} of {self.path}: "
+                    f"disk full at offset {self.size} of {shown(self.path)}: "
                     f"{getattr(error, 'strerror', error)}"
                 ) from error
             raise
@@ -106,7 +107,7 @@ class JobLog:
     def truncate(self, size: int) -> None:
         """Cuts off bytes past `size` that no follower was served (a crash's partial write)."""
         if self._append_fd is None or size > self.size:
-            raise RuntimeError(f"log {self.path} cannot be cut to {size} bytes")
+            raise RuntimeError(f"log {shown(self.path)} cannot be cut to {size} bytes")
         os.ftruncate(self._append_fd, size)
         self.size = size
         self._window = bytearray()
@@ -116,7 +117,7 @@ class JobLog:
         """Cluster mode: the bytes up to `offset` are gone from the cluster's copy before this
         daemon read them. The file gets a hole there (never served: see Job.first_offset)."""
         if self._append_fd is None or offset < self.size:
-            raise RuntimeError(f"log {self.path} cannot skip to {offset}")
+            raise RuntimeError(f"log {shown(self.path)} cannot skip to {offset}")
         os.ftruncate(self._append_fd, offset)
         self.size = offset
         self._window = bytearray()
@@ -149,7 +150,7 @@ class JobLog:
         while position < end:
             part = os.pread(fd, end - position, position)
             if not part:
-                raise LogDamaged(f"log {self.path} is shorter than its recorded size")
+                raise LogDamaged(f"log {shown(self.path)} is shorter than its recorded size")
             parts.append(part)
             position += len(part)
         return b"".join(parts)

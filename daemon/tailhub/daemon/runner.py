@@ -22,7 +22,7 @@ from tailhub.daemon.credentials import without_credentials
 from tailhub.daemon.model import LocalSpec
 from tailhub.daemon.paths import StatePaths
 from tailhub.daemon.statedir import (
-    ensure_private_dir,
+    open_private_dir,
     open_state_file,
     read_state_file,
     write_state_file,
@@ -30,9 +30,16 @@ from tailhub.daemon.statedir import (
 
 # The wrapper the job runs as. Setup and run are separate scripts so that a failing setup is
 # told apart from a failing run; the status file appears atomically (rename) when done.
+#
+# Nothing in it is reached by a name someone could re-point: it runs as
+# `bash /proc/self/fd/N` (the script the daemon wrote, by descriptor), in the run directory
+# the daemon opened (by descriptor, as its working directory), and names that directory's files
+# relative to it. It never leaves it: the task's scripts run in a subshell that goes to the
+# workdir, and are reached as /proc/$$/cwd/..., this shell's own working directory.
 _WRAPPER = """\
 #!/usr/bin/env bash
 # Written by tailhubd for job {job_id}.
+exec {wrapper_fd}<&-
 # First, claim this launch: a daemon that died before recording this process either adopts it
 # (the claim holds its pid) or takes the claim itself and starts the job again, and then this
 # script must not run the task a second time.
@@ -45,28 +52,30 @@ trap : TERM
 # is written in place into the slot the daemon made before starting the job (its blocks are
 # allocated already), so that a job's exit code survives a full disk.
 record() {{
-  {{ echo "$1 $2" > {status}.tmp && mv {status}.tmp {status}; }} 2>/dev/null ||
-    printf '%s %s\\n' "$1" "$2" 1<> {slot}
+  {{ echo "$1 $2" > exit_status.tmp && mv exit_status.tmp exit_status; }} 2>/dev/null ||
+    printf '%s %s\\n' "$1" "$2" 1<> exit_status.slot
 }}
-if ! cd {workdir}; then
+here=/proc/$$/cwd
+if ! ( cd {workdir} ); then
   record setup 1
   exit 1
 fi
-if [ -s {setup} ]; then
-  bash {setup}
+if [ -s setup.sh ]; then
+  ( cd {workdir} && exec bash "$here/setup.sh" )
   code=$?
   if [ "$code" -ne 0 ]; then
     record setup "$code"
     exit "$code"
   fi
 fi
-bash {run}
+( cd {workdir} && exec bash "$here/run.sh" )
 code=$?
 record run "$code"
 exit "$code"
 """
 # The slot's size: "setup 255" and a newline fit with room to spare.
 _SLOT_BYTES = 64
+_SLOT = "exit_status.slot"
 
 
 # The keys a RunHandle takes in a job's source state.
@@ -116,40 +125,49 @@ class LocalRunner:
 
     def start(self, job_id: int, spec: LocalSpec, attempt: int = 1) -> RunHandle:
         run_dir = self._paths.run_dir(job_id)
-        ensure_private_dir(run_dir)
-        write_state_file(run_dir / "setup.sh", spec.setup)
-        write_state_file(run_dir / "run.sh", spec.run)
-        wrapper = run_dir / "job.sh"
-        write_state_file(self._slot_path(job_id), " " * (_SLOT_BYTES - 1) + "\n")
-        write_state_file(
-            wrapper,
-            _WRAPPER.format(
-                job_id=job_id,
-                workdir=shlex.quote(spec.workdir or os.path.expanduser("~")),
-                setup=shlex.quote(str(run_dir / "setup.sh")),
-                run=shlex.quote(str(run_dir / "run.sh")),
-                status=shlex.quote(str(self._status_path(job_id))),
-                slot=shlex.quote(str(self._slot_path(job_id))),
-                claim=shlex.quote(str(self._claim_path(job_id, attempt))),
-            ),
-        )
-        base = without_credentials(spec.environment) or self._fallback_environment
-        environment = {**base, **dict(spec.envs), "TAILHUB_JOB_ID": str(job_id)}
-        log_fd = open_state_file(self._paths.job_log(job_id), os.O_WRONLY | os.O_APPEND)
+        run_fd = self._open_run_dir(job_id, create=True)
         try:
-            process = subprocess.Popen(
-                ["bash", str(wrapper)],
-                stdin=subprocess.DEVNULL,
-                stdout=log_fd,
-                stderr=subprocess.STDOUT,
-                env=environment,
-                cwd=run_dir,
-                start_new_session=True,
-                close_fds=True,
-                umask=self._umask,
+            write_state_file(run_dir / "setup.sh", spec.setup, dir_fd=run_fd)
+            write_state_file(run_dir / "run.sh", spec.run, dir_fd=run_fd)
+            write_state_file(run_dir / _SLOT, " " * (_SLOT_BYTES - 1) + "\n", dir_fd=run_fd)
+            # The wrapper names its own descriptor to close it: written after the number is
+            # known, into the file that descriptor holds.
+            wrapper_fd = open_state_file(run_dir / "job.sh", os.O_RDWR | os.O_TRUNC, dir_fd=run_fd)
+        except BaseException:
+            os.close(run_fd)
+            raise
+        try:
+            wrapper = _WRAPPER.format(
+                job_id=job_id,
+                wrapper_fd=wrapper_fd,
+                workdir=shlex.quote(spec.workdir or os.path.expanduser("~")),
+                claim=shlex.quote(_claim_name(attempt)),
             )
+            os.write(wrapper_fd, wrapper.encode())
+            base = without_credentials(spec.environment) or self._fallback_environment
+            environment = {**base, **dict(spec.envs), "TAILHUB_JOB_ID": str(job_id)}
+            log_fd = open_state_file(self._paths.job_log(job_id), os.O_WRONLY | os.O_APPEND)
+            try:
+                # /proc/self in the child, where both descriptors are still open when it
+                # changes directory and when bash opens its script: the directory and the file
+                # the daemon opened and checked, whatever their names lead to by now.
+                process = subprocess.Popen(
+                    ["bash", f"/proc/self/fd/{wrapper_fd}"],
+                    stdin=subprocess.DEVNULL,
+                    stdout=log_fd,
+                    stderr=subprocess.STDOUT,
+                    env=environment,
+                    cwd=f"/proc/self/fd/{run_fd}",
+                    start_new_session=True,
+                    close_fds=True,
+                    pass_fds=(wrapper_fd,),
+                    umask=self._umask,
+                )
+            finally:
+                os.close(log_fd)
         finally:
-            os.close(log_fd)
+            os.close(wrapper_fd)
+            os.close(run_fd)
         return RunHandle(process.pid, _start_time(process.pid) or 0)
 
     def claim(self, job_id: int, attempt: int) -> int | None:
@@ -158,18 +176,28 @@ class LocalRunner:
         Taking the claim (O_EXCL) is what makes a process of that attempt that has not
         claimed it yet exit without running the task.
         """
-        path = self._claim_path(job_id, attempt)
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        except FileExistsError:
-            return _claimant(path)
+            run_fd = self._open_run_dir(job_id, create=False)
         except FileNotFoundError:  # no run directory: nothing was started
             return None
         try:
-            os.write(fd, b"daemon\n")
+            name = _claim_name(attempt)
+            try:
+                fd = os.open(
+                    name,
+                    os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                    0o600,
+                    dir_fd=run_fd,
+                )
+            except FileExistsError:
+                return _claimant(self._paths.run_dir(job_id) / name, run_fd)
+            try:
+                os.write(fd, b"daemon\n")
+            finally:
+                os.close(fd)
+            return None
         finally:
-            os.close(fd)
-        return None
+            os.close(run_fd)
 
     def is_running(self, handle: RunHandle) -> bool:
         start_time = _start_time(handle.pid)
@@ -203,14 +231,22 @@ class LocalRunner:
 
     def exit_status(self, job_id: int) -> ExitStatus | None:
         """How the job's script ended, from its status file or, on a full disk, its slot."""
-        for path in (self._status_path(job_id), self._slot_path(job_id)):
-            try:
-                phase, code = read_state_file(path).split()[:2]
-                if phase in ("setup", "run"):
-                    return ExitStatus(phase, int(code))
-            except (OSError, ValueError):  # none yet, or planted (refused as untrusted)
-                continue
-        return None
+        run_dir = self._paths.run_dir(job_id)
+        try:
+            run_fd = self._open_run_dir(job_id, create=False)
+        except OSError:  # none (a job that never started), or planted (refused as untrusted)
+            return None
+        try:
+            for name in ("exit_status", _SLOT):
+                try:
+                    phase, code = read_state_file(run_dir / name, dir_fd=run_fd).split()[:2]
+                    if phase in ("setup", "run"):
+                        return ExitStatus(phase, int(code))
+                except (OSError, ValueError):  # none yet, or planted (refused as untrusted)
+                    continue
+            return None
+        finally:
+            os.close(run_fd)
 
     def signal(self, handle: RunHandle, signum: signal.Signals) -> None:
         """Signals the job's whole process group (it leads its own session)."""
@@ -218,21 +254,25 @@ class LocalRunner:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(handle.pid, signum)
 
-    def _status_path(self, job_id: int) -> Path:
-        return self._paths.run_dir(job_id) / "exit_status"
+    def _open_run_dir(self, job_id: int, *, create: bool) -> int:
+        """The job's run directory, opened: `runs` in the home, then the job's in it, each a
+        private directory of ours and never a symlink (the wrapper runs in this one)."""
+        runs_fd = open_private_dir(self._paths.runs, create=create)
+        try:
+            return open_private_dir(self._paths.run_dir(job_id), dir_fd=runs_fd, create=create)
+        finally:
+            os.close(runs_fd)
 
-    def _slot_path(self, job_id: int) -> Path:
-        return self._paths.run_dir(job_id) / "exit_status.slot"
 
-    def _claim_path(self, job_id: int, attempt: int) -> Path:
-        return self._paths.run_dir(job_id) / f"pid.{attempt}"
+def _claim_name(attempt: int) -> str:
+    return f"pid.{attempt}"
 
 
-def _claimant(path: Path) -> int | None:
+def _claimant(path: Path, run_fd: int) -> int | None:
     """The pid in a claim file; the shell writes it right after creating the file."""
     for _ in range(100):
         # Checked like every state file: never through a planted link, never blocking on a FIFO.
-        text = read_state_file(path).strip()
+        text = read_state_file(path, dir_fd=run_fd).strip()
         if text:
             return int(text) if text.isdigit() else None
         time.sleep(0.01)  # created, not yet written: a moment at most

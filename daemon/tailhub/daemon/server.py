@@ -38,12 +38,13 @@ from tailhub.daemon.listeners import (
 )
 from tailhub.daemon.lock import StateLock
 from tailhub.daemon.model import JobError, backend_of
+from tailhub.daemon.paths import shown
 from tailhub.daemon.runner import LocalRunner
 from tailhub.daemon.service import SERVICE_NAME, TailhubServicer
 from tailhub.daemon.sky import SkyCli
 from tailhub.daemon.sources import SourceEnvironment
 from tailhub.daemon.started_with import record_options
-from tailhub.daemon.statedir import check_database, check_state_dir, ensure_private_dir
+from tailhub.daemon.statedir import check_database, ensure_private_dir, open_home
 from tailhub.daemon.store import JobStore
 from tailhub.daemon.tokens import TokenIndex
 from tailhub.daemon.watch import FileWatcher
@@ -75,7 +76,8 @@ class Daemon:
         self._failed_auth = FailedAuthLimit()
         # Warns when the listeners' certificate has expired or soon will (daily).
         self._certificates: CertificateWatch | None = None
-        self._lock = StateLock(config.paths.lock, config.paths.pid)
+        # Made in start(), once the home is opened: its files are reached through it.
+        self._lock: StateLock | None = None
         self._watcher = FileWatcher()
         self._store: JobStore | None = None
         self._manager: JobManager | None = None
@@ -91,9 +93,17 @@ class Daemon:
     async def start(self) -> None:
         paths = self.config.paths
         paths.check_socket_path()
-        check_state_dir(paths.home)
-        paths.home.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(paths.home, 0o700)
+        if paths.home_fd is None:
+            # Started in-process (tailhubd's entry point opens it itself, before it reads any
+            # file there). Never closed: a later use of these paths must not reach whatever
+            # file would get its number.
+            paths = replace(paths, home_fd=open_home(paths.home, create=True))
+            self.config = replace(self.config, paths=paths)
+        assert paths.home_fd is not None
+        # Only now that every component of its path was checked, and through the descriptor:
+        # never the mode of a directory someone else's link leads to.
+        os.fchmod(paths.home_fd, 0o700)
+        self._lock = StateLock(paths.lock, paths.pid)
         self._lock.acquire()
         try:
             await self._start_locked()
@@ -170,7 +180,7 @@ class Daemon:
         if self._node is not None:
             await self._watch_cluster_health(self._node, health_servicer)
         await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-        logger.info("tailhubd serving %s (pid %d)", paths.address, os.getpid())
+        logger.info("tailhubd serving unix:%s (pid %d)", shown(paths.socket), os.getpid())
 
     def _settle_kind(self, store: JobStore) -> None:
         """One kind of daemon per home (home_kind.py): a daemon alone refuses a cluster node's
@@ -240,7 +250,7 @@ class Daemon:
         if network is None or self._manager is None:
             return None
         interceptor = AuthInterceptor(
-            TokenIndex(self.config.paths.home),
+            TokenIndex(self.config.paths.root),
             _launched_target(self._manager),
             StreamCaps(network.max_streams, network.max_streams_per_token),
             self._failed_auth,
@@ -297,7 +307,8 @@ class Daemon:
                 self.config.paths.socket.unlink()
             self._server = None
         self._network_server = None
-        self._lock.release()
+        if self._lock is not None:
+            self._lock.release()
         self._stopped.set()
 
     async def wait_closed(self) -> None:

@@ -75,7 +75,7 @@ def record_options(paths: StatePaths, pid: int, options: Mapping[str, Any]) -> N
 
     Written beside it and renamed over it: a daemon killed while writing leaves the earlier
     record whole, never a torn one that would say nothing of how the home runs."""
-    path = paths.home / FILE_NAME
+    path = paths.root / FILE_NAME
     scratch = path.with_name(FILE_NAME + ".new")
     fd = open_state_file(scratch, os.O_WRONLY | os.O_TRUNC)
     with os.fdopen(fd, "w") as file:
@@ -90,7 +90,7 @@ def read_options(paths: StatePaths, pid: int | None) -> dict[str, Any] | None:
     it runs or not); None when the record is not its (a daemon that has not written it yet,
     or one older than the record) or cannot be read."""
     try:
-        record = json.loads(read_state_file(paths.home / FILE_NAME))
+        record = json.loads(read_state_file(paths.root / FILE_NAME))
     except (OSError, ValueError):
         return None
     if not isinstance(record, dict) or (pid is not None and record.get("pid") != pid):

@@ -20,6 +20,7 @@ from tailhub.daemon.model import (
     spec_from_json,
     spec_to_json,
 )
+from tailhub.daemon.paths import shown
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -83,10 +84,10 @@ class JobStore:
             raise self._unreadable(error) from None
 
     def _unreadable(self, error: sqlite3.DatabaseError) -> UnusableState:
-        home = self.path.parent
+        home = shown(self.path.parent)
         return UnusableState(
-            f"database {self.path} cannot be read ({error}); move it aside together with "
-            f"{home / 'logs'} and {home / 'runs'} (their job ids belong to it), then start again"
+            f"database {shown(self.path)} cannot be read ({error}); move it aside together with "
+            f"{home}/logs and {home}/runs (their job ids belong to it), then start again"
         )
 
     def close(self) -> None:
@@ -98,7 +99,9 @@ class JobStore:
             yield
         except sqlite3.OperationalError as error:
             if is_disk_full(error):
-                raise StorageFull(f"disk full: cannot write {self.path} ({error})") from error
+                raise StorageFull(
+                    f"disk full: cannot write {shown(self.path)} ({error})"
+                ) from error
             raise
 
     def instance_id(self) -> tuple[str, bool]:

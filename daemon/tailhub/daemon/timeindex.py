@@ -22,6 +22,7 @@ from pathlib import Path
 
 from tailhub.daemon.faults import is_disk_full
 from tailhub.daemon.model import JobError
+from tailhub.daemon.paths import shown
 from tailhub.daemon.statedir import UntrustedState, open_state_file
 
 # Seconds within which appends share one mark.
@@ -88,7 +89,7 @@ class TimeIndex:
                 raise
             if written != len(record):
                 self._aligned = False
-                raise OSError(f"short write of a time mark to {self.path}")
+                raise OSError(f"short write of a time mark to {shown(self.path)}")
         finally:
             os.close(fd)
 

@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from tailhub.daemon.paths import shown
 from tailhub.daemon.statedir import (
     UntrustedState,
     ensure_private_dir,
@@ -219,5 +220,5 @@ class TokenIndex:
             self._entries = read_tokens(self._home)
         except (TokenError, UntrustedState, OSError) as error:
             # Fails closed: no token is valid until the store is fixed.
-            logger.error("no token accepted until %s is fixed: %s", self._path, error)
+            logger.error("no token accepted until %s is fixed: %s", shown(self._path), error)
             self._entries = []
