@@ -39,7 +39,7 @@ from tailhub.daemon.model import (
     StorageFull,
     backend_of,
 )
-from tailhub.daemon.open_files import start_failure
+from tailhub.daemon.open_files import out_of_descriptors, start_failure
 from tailhub.daemon.paths import shown
 from tailhub.daemon.placement import ClusterView, Placement, Standalone
 from tailhub.daemon.removal import RemoveResult
@@ -508,6 +508,7 @@ class JobManager:
                 )
             else:
                 reason = f"cannot create its log {shown(path)}: {error.strerror}"
+                reason += out_of_descriptors(error)
             record.state, record.reason, record.sealed = JobState.FAILED, reason, True
             record.ended_at = time.time()
             record.source_state = {LOG_UNCLAIMED: True}

@@ -24,14 +24,18 @@ RAISE_OPEN_FILES = (
 def start_failure(error: Exception) -> str:
     """The reason a job that could not start ends with: the error, and the fix when it is
     the daemon's own descriptors (or the system's) that ran out."""
-    reason = f"cannot start the job: {error}"
+    return f"cannot start the job: {error}{out_of_descriptors(error)}"
+
+
+def out_of_descriptors(error: Exception) -> str:
+    """`: why; the fix` when `error` is EMFILE or ENFILE, else nothing."""
     number = getattr(error, "errno", None)
     if number == errno.EMFILE:
         soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-        return f"{reason}: the daemon holds all {soft} descriptors it may open; {RAISE_OPEN_FILES}"
+        return f": the daemon holds all {soft} descriptors it may open; {RAISE_OPEN_FILES}"
     if number == errno.ENFILE:
         return (
-            f"{reason}: this machine's open-file table is full (sysctl fs.file-max); "
-            "close files elsewhere or raise it"
+            ": this machine's open-file table is full (sysctl fs.file-max); close files "
+            "elsewhere or raise it"
         )
-    return reason
+    return ""
