@@ -19,7 +19,7 @@ from tailhub.client._cli_common import (
     remote_targets,
     state_paths,
 )
-from tailhub.client._output import note, printable
+from tailhub.client._output import note, printable, size_text
 
 if TYPE_CHECKING:
     from tailhub.client._daemon_options import Previous
@@ -323,6 +323,12 @@ def daemon_status(home: str | None, as_json: bool) -> None:
             f"{status.upstream_connections} opened in total",
         ),
         ("bytes served", status.bytes_served),
+        (
+            "retention removed",
+            f"{status.retention_removed_jobs} ended job"
+            f"{'' if status.retention_removed_jobs == 1 else 's'} "
+            f"({size_text(status.retention_removed_bytes)} of logs) since start",
+        ),
     ]
     cluster = status.cluster
     if cluster is not None:

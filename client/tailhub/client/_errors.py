@@ -24,6 +24,8 @@ _DISK_FULL = "disk full"
 _TOO_MANY_STREAMS = "too many log streams"
 # auth.py: a peer past its failed authentications, refused before its token is looked at.
 _TOO_MANY_FAILURES = "too many failed authentications"
+# quotas.py: a token's open jobs past --max-jobs-per-token, or the daemon's descriptors.
+_TOO_MANY_JOBS = ("too many open jobs", "too many open files")
 
 
 class TailhubError(Exception):
@@ -99,7 +101,7 @@ def _exhausted(details: str, address: str) -> TailhubError:
     over the daemon's receive limit) is not worth a retry."""
     if details.startswith(_DISK_FULL):
         return DiskFullError(details)
-    if details.startswith(_TOO_MANY_STREAMS):
+    if details.startswith((_TOO_MANY_STREAMS, *_TOO_MANY_JOBS)):
         return TailhubError(details)
     if details.startswith(_TOO_MANY_FAILURES):
         return AccessDenied(f"{address} refused the call: {details}")

@@ -154,6 +154,11 @@ class DaemonStatus:
     max_open_files: int | None = None
     log_disk_free_bytes: int | None = None
     log_disk_total_bytes: int | None = None
+    # Ended jobs the retention policy removed since the daemon started, and their logs' bytes.
+    retention_removed_jobs: int = 0
+    retention_removed_bytes: int = 0
+    # Jobs not ended one token may hold; 0: no listeners.
+    max_jobs_per_token: int = 0
 
     @classmethod
     def from_pb(cls, status: pb.GetDaemonStatusResponse) -> DaemonStatus:
@@ -180,6 +185,9 @@ class DaemonStatus:
             max_open_files=_optional(status, "max_open_files"),
             log_disk_free_bytes=_optional(status, "log_disk_free_bytes"),
             log_disk_total_bytes=_optional(status, "log_disk_total_bytes"),
+            retention_removed_jobs=status.retention_removed_jobs,
+            retention_removed_bytes=status.retention_removed_bytes,
+            max_jobs_per_token=status.max_jobs_per_token,
         )
 
 

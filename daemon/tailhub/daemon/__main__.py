@@ -49,9 +49,11 @@ from tailhub.daemon.memtrace import MemoryTrace
 from tailhub.daemon.model import StorageFull
 from tailhub.daemon.open_files import MIN_OPEN_FILES, RAISE_OPEN_FILES
 from tailhub.daemon.paths import StatePaths, resolve_home, shown
+from tailhub.daemon.quotas import DEFAULT_MAX_JOBS_PER_TOKEN
 from tailhub.daemon.reconnects import ReconnectPolicy
 from tailhub.daemon.sd_notify import Notifier
 from tailhub.daemon.server import Daemon
+from tailhub.daemon.sizes import parse_size
 from tailhub.daemon.started_with import ARGV_REFUSAL, applied_options, redis_url_has_secret
 from tailhub.daemon.statedir import open_home
 from tailhub.daemon.store import UnusableState
@@ -199,6 +201,14 @@ def _duration(text: str, flag: str) -> float:
         raise click.BadParameter(str(error), param_hint=flag) from None
 
 
+def _size(ctx: click.Context, param: click.Parameter, text: str) -> int:
+    """Bytes of a SIZE option (`500M`, `20G`); bad usage (exit 2) if it is not one."""
+    try:
+        return parse_size(text)
+    except ValueError as error:
+        raise click.BadParameter(str(error), ctx, param) from None
+
+
 def _usable(paths: StatePaths) -> NoReturn:
     """`--check` found nothing wrong in what a start reads before it binds or joins anything
     (`tailhub daemon restart` asks before it stops a daemon that works)."""
@@ -273,6 +283,8 @@ def _raise_open_file_limit() -> None:
 )
 @click.option(
     "--retention",
+    "--retain-age",
+    "retention",
     default="30d",
     show_default=True,
     metavar="DURATION",
@@ -284,6 +296,15 @@ def _raise_open_file_limit() -> None:
     default=10_000,
     show_default=True,
     help="Keep at most this many ended jobs, removing the oldest first; 0: no limit.",
+)
+@click.option(
+    "--retain-logs",
+    default="0",
+    show_default=True,
+    metavar="SIZE",
+    callback=_size,
+    help="Keep the logs of ended jobs within SIZE together (500M, 20G...), removing the oldest "
+    "ended jobs first; 0: no budget.",
 )
 @click.option(
     "--give-up-after",
@@ -327,6 +348,14 @@ def _raise_open_file_limit() -> None:
     default=DEFAULT_MAX_STREAMS_PER_TOKEN,
     show_default=True,
     help="Log streams served at once to one token.",
+)
+@click.option(
+    "--max-jobs-per-token",
+    type=click.IntRange(min=1),
+    default=DEFAULT_MAX_JOBS_PER_TOKEN,
+    show_default=True,
+    help="Jobs not ended that one token may hold (attached or launched over --listen); "
+    "the owner, on the Unix socket, is not limited.",
 )
 @click.option(
     "--metrics-listen",
@@ -399,6 +428,7 @@ def main(
     cancel_grace: float,
     retention: str,
     max_ended_jobs: int,
+    retain_logs: int,
     give_up_after: str,
     sky: str | None,
     listen: tuple[str, ...],
@@ -408,6 +438,7 @@ def main(
     insecure: bool,
     max_streams: int,
     max_streams_per_token: int,
+    max_jobs_per_token: int,
     metrics_listen: tuple[str, int] | None,
     subscriber_budget: int,
     redis_url: str | None,
@@ -456,7 +487,7 @@ def main(
         cluster = _cluster_settings(redis_url, node_name, lease_ms, redis_retention, paths)
         if cluster is not None:
             # Jobs are the cluster's: no daemon deletes them on its own (see README).
-            retention_seconds, max_ended_jobs = 0, 0
+            retention_seconds, max_ended_jobs, retain_logs = 0, 0, 0
         config = DaemonConfig(
             paths=paths,
             max_running_jobs=max_running_jobs,
@@ -467,6 +498,8 @@ def main(
             job_umask=job_umask,
             retention_seconds=retention_seconds or None,
             max_ended_jobs=max_ended_jobs or None,
+            retain_log_bytes=retain_logs or None,
+            max_jobs_per_token=max_jobs_per_token,
             reconnect_policy=reconnect_policy,
             crash_at=crash_points_from(os.environ),
             default_backend=settings.backend or "local",

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, cast
 import grpc
 import grpc.aio
 
+from tailhub.daemon import callers
 from tailhub.daemon.failed_auth import FailedAuthLimit, peer_address
 from tailhub.daemon.tokens import Role, TokenIndex
 
@@ -144,6 +145,8 @@ class AuthInterceptor(_ServerInterceptor):
         if handler is None:
             return _Refusal(grpc.StatusCode.UNIMPLEMENTED, f"no method {_short(method)}")
         name, role = caller
+        # For the call's own task (its quota: quotas.py); never set on the Unix socket.
+        callers.set_token(name)
         if role is Role.WRITE and method == _ATTACH:
             return _checking(handler, _attach_check)
         if role is Role.WRITE and method == _CANCEL:

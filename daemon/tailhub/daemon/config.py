@@ -8,6 +8,7 @@ from urllib.parse import urlsplit
 
 from tailhub.daemon.limits import shown
 from tailhub.daemon.paths import StatePaths
+from tailhub.daemon.quotas import DEFAULT_MAX_JOBS_PER_TOKEN
 from tailhub.daemon.reconnects import ReconnectPolicy
 
 KIB = 1024
@@ -110,6 +111,11 @@ class DaemonConfig:
     retention_seconds: float | None = 30 * 24 * 3600.0
     # At most this many ended jobs are kept, the oldest removed first; None: no limit.
     max_ended_jobs: int | None = 10_000
+    # Ended jobs' logs hold at most this many bytes together, the oldest removed first (so
+    # that a disk does not fill with logs nobody reads); None: no budget.
+    retain_log_bytes: int | None = None
+    # Jobs not ended that one token may hold (the Unix socket's owner is not limited).
+    max_jobs_per_token: int = DEFAULT_MAX_JOBS_PER_TOKEN
     # Seconds between retries of a fetch paused because the disk is full.
     disk_full_retry: float = 1.0
     # Fault injection for tests (TAILHUB_CRASH_AT): points where the daemon kills itself.
@@ -143,6 +149,10 @@ class DaemonConfig:
             raise ValueError("retention must be positive (None keeps ended jobs)")
         if self.max_ended_jobs is not None and self.max_ended_jobs < 0:
             raise ValueError("max ended jobs cannot be negative")
+        if self.max_jobs_per_token < 1:
+            raise ValueError("max jobs per token must be at least 1")
+        if self.retain_log_bytes is not None and self.retain_log_bytes <= 0:
+            raise ValueError("the log budget must be positive (None: no budget)")
         if self.default_backend not in BACKENDS:
             raise ValueError(
                 f"unknown backend {self.default_backend!r}: one of {', '.join(BACKENDS)}"

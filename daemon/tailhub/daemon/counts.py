@@ -72,3 +72,6 @@ class DaemonCounts:
     # Upstream connections opened for a job beyond its first (its persisted count > 1).
     reconnects: int = 0
     lag: LagHistogram = field(default_factory=LagHistogram)
+    # Ended jobs the retention policy removed, and the bytes of their logs.
+    retention_removed_jobs: int = 0
+    retention_removed_bytes: int = 0

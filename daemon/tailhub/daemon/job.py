@@ -106,6 +106,8 @@ class Job:
                 size=self._closed_size,
                 job_id=self.id,
                 crash_points=self._crash_points,
+                # Written only when a producer calls: no descriptor held in between.
+                idle_closed=self.record.spec.kind is SourceKind.PUSH and not self.mirror,
             )
         return self._log
 

@@ -42,6 +42,7 @@ from tailhub.daemon.model import (
 from tailhub.daemon.open_files import out_of_descriptors, start_failure
 from tailhub.daemon.paths import shown
 from tailhub.daemon.placement import ClusterView, Placement, Standalone
+from tailhub.daemon.quotas import DescriptorBudget, JobQuota, descriptor_limit
 from tailhub.daemon.removal import RemoveResult
 from tailhub.daemon.sources import (
     Outcome,
@@ -56,8 +57,19 @@ from tailhub.daemon.tasks import TaskSet
 _SCAN_THREADS = 2
 # How long past the grace period `cancel` waits for a killed job's log to be drained.
 _CANCEL_MARGIN = 10.0
+# Descriptors a job holds while it runs, by source (its log and its upstream; a push job's
+# log is opened per call, and a local job writes its own): what admission counts.
+_DESCRIPTORS_HELD = {
+    SourceKind.FILE: 2,  # the file followed, the log
+    SourceKind.COMMAND: 4,  # stdout and stderr pipes, the child, the log
+    SourceKind.SKYPILOT: 4,  # a `sky jobs logs` command's
+    SourceKind.LOCAL: 2,
+}
 # How many jobs may end past --max-ended-jobs before a pass removes the oldest.
 _CAP_SLACK = 100
+# Seconds from a job's end to the pass that keeps ended logs within --retain-logs (jobs
+# ending meanwhile share it).
+_BUDGET_PASS_DELAY = 1.0
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +109,8 @@ class JobManager:
         self._event_limiters: dict[int, EventLimiter] = {}
         # Jobs ended since the last pass that kept --max-ended-jobs.
         self._ended_since_cap_pass = 0
+        # The retention pass that keeps --retain-logs, when one is due.
+        self._budget_pass: asyncio.TimerHandle | None = None
         self.stopping = False
         self.started_at = time.time()
         # Totals since start that no job keeps (read by metrics).
@@ -104,14 +118,21 @@ class JobManager:
         # `--tail` scans, apart from the default pool that file sources read with: a long
         # log without a newline is read to its start, and nobody else should wait for it.
         self.scans: ThreadPoolExecutor | None = None
+        # Jobs not ended per token, and the descriptors jobs may hold (quotas.py).
+        self.quota = JobQuota(config.max_jobs_per_token, self._is_open)
+        self.descriptors = DescriptorBudget(None)
 
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
         """Loads every job and resumes the fetch of those still running."""
         self.scans = ThreadPoolExecutor(_SCAN_THREADS, thread_name_prefix="tail-scan")
+        self.descriptors = DescriptorBudget(descriptor_limit())
         self._keep_ids_of_files()
         events = self._store.load_events()
+        owners = self._store.owners()
         for record in self._store.load_all():
+            if not record.state.terminal and record.id in owners:
+                self.quota.hold(owners[record.id], [record.id])
             job = self._new_job(record)
             job.events = events.get(record.id, [])
             if not record.sealed and self._placement.may_fetch(job):
@@ -190,12 +211,18 @@ class JobManager:
         """Stops fetching (jobs stay as they are: a restarted daemon resumes them)."""
         await self._supervised.aclose()
         self._tasks.clear()
+        if self._budget_pass is not None:
+            self._budget_pass.cancel()
         if self.scans is not None:
             self.scans.shutdown(wait=False, cancel_futures=True)
         for job in self._jobs.values():
             job.close()
 
     # -- queries -----------------------------------------------------------------------------
+    def _is_open(self, job_id: int) -> bool:
+        job = self._jobs.get(job_id)
+        return job is not None and not job.state.terminal
+
     def get(self, job_id: int) -> Job:
         try:
             return self._jobs[job_id]
@@ -215,9 +242,12 @@ class JobManager:
         return [self._jobs[i] for i in ids[:count]], len(ids) > count
 
     # -- commands ----------------------------------------------------------------------------
-    async def attach(self, name: str, spec: SourceSpec) -> Job:
+    async def attach(self, name: str, spec: SourceSpec, owner: str | None = None) -> Job:
+        """Attaches an external job; `owner`: the token it belongs to (None: the owner's)."""
         _validate_attach(spec)
-        record = self._store.create(name, spec, await self._placement.new_job_id())
+        self._admit(spec, owner, launched=False)
+        record = self._store.create(name, spec, await self._placement.new_job_id(), owner)
+        self.quota.hold(owner, [record.id])
         if not self._claim_log(record):
             return self._jobs[record.id]
         job = self._new_job(record)
@@ -235,19 +265,31 @@ class JobManager:
             self.fail_start(job, error)
             raise
 
-    async def launch(self, name: str, spec: LaunchSpec) -> Job:
+    async def launch(self, name: str, spec: LaunchSpec, owner: str | None = None) -> Job:
         """Records a task and hands it to its backend (it may wait PENDING for a slot)."""
         backend = self._backends.get(spec.backend)
         if backend is None:  # (a SkyPilot spec without its task: attached, not launched)
             raise InvalidRequest("nothing to launch: the task is missing")
         backend.check(spec)
-        record = self._store.create(name, spec, await self._placement.new_job_id())
+        self._admit(spec, owner, launched=True)
+        record = self._store.create(name, spec, await self._placement.new_job_id(), owner)
+        self.quota.hold(owner, [record.id])
         if not self._claim_log(record):
             return self._jobs[record.id]
         job = self._new_job(record)
         await self._claim_new(job)
         backend.submit(job)
         return job
+
+    def _admit(self, spec: SourceSpec, owner: str | None, *, launched: bool) -> None:
+        """Refuses a job past its token's quota, or one that would hold descriptors the
+        daemon keeps for itself; the owner's launches are never refused (they are what the
+        reserve is for)."""
+        self.quota.check(owner)
+        if launched and owner is None:
+            return
+        kind = spec.kind
+        self.descriptors.admit(kind.value, _DESCRIPTORS_HELD.get(kind, 0))
 
     async def publish(self, job_id: int, data: bytes, expected_offset: int | None = None) -> int:
         """Appends to a push job's log; returns its size.
@@ -374,11 +416,36 @@ class JobManager:
         if not self._placement.allows_removal():
             return RemoveResult()
         doomed = removal.expired(
-            self._jobs.values(), now, config.retention_seconds, config.max_ended_jobs
+            self._jobs.values(),
+            now,
+            config.retention_seconds,
+            config.max_ended_jobs,
+            config.retain_log_bytes,
         )
         result = removal.RemoveResult()
-        removal.delete(doomed, self._jobs, self._store, config.paths, result)
+        removal.delete(doomed.jobs, self._jobs, self._store, config.paths, result)
+        if result.removed:
+            self.counts.retention_removed_jobs += len(result.removed)
+            self.counts.retention_removed_bytes += result.bytes_freed
+            logger.info("retention: %s", removal.summary(doomed, config))
         return result
+
+    def _keep_logs_within_budget(self) -> None:
+        """--retain-logs as jobs end (ended logs grow only then): a disk filling with logs
+        would not wait for the hourly pass. At most one pass a second, whatever the rate."""
+        if self._config.retain_log_bytes is None or self._budget_pass is not None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop (a test of the manager alone): now
+            self._remove_expired_now()
+            return
+
+        def apply() -> None:
+            self._budget_pass = None
+            self._remove_expired_now()
+
+        self._budget_pass = loop.call_later(_BUDGET_PASS_DELAY, apply)
 
     async def _apply_retention(self) -> None:
         while True:
@@ -625,6 +692,7 @@ class JobManager:
         job.release_log_if_idle()
         self.save_record(job)
         self._keep_ended_within_cap()
+        self._keep_logs_within_budget()
 
     def _keep_ended_within_cap(self) -> None:
         """--max-ended-jobs as jobs end, not only at the hourly pass: at hundreds of launches

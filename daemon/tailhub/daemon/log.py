@@ -43,8 +43,15 @@ class JobLog:
         size: int,
         job_id: int = 0,
         crash_points: frozenset[str] = frozenset(),
+        idle_closed: bool = False,
     ) -> None:
         self.path = path
+        # Descriptors are held between appends and reads, or (`idle_closed`: a push job's log,
+        # written only when a producer calls) opened for each and closed after it: thousands
+        # of idle push jobs then hold no descriptor at all (a token holder attaching them must
+        # not run the daemon out of descriptors).
+        self._writable = writable
+        self._idle_closed = idle_closed
         self._job_id = job_id
         # Fault injection for tests (see faults.py).
         self._crash_points = crash_points
@@ -58,6 +65,7 @@ class JobLog:
         # Opened on the first read from disk: followers at the live edge read from the
         # window, so thousands of waiting jobs hold one descriptor each, not two.
         self._read_fd = -1
+        self._release_idle()
         # Given, not read from the file: a job writing its own log may be ahead of what the
         # fetcher has observed, and only observed bytes are served.
         self.size = size
@@ -67,7 +75,7 @@ class JobLog:
 
     @property
     def writable(self) -> bool:
-        return self._append_fd is not None
+        return self._writable
 
     def close(self) -> None:
         if self._append_fd is not None:
@@ -79,6 +87,14 @@ class JobLog:
         self._window = bytearray()
 
     def append(self, data: bytes) -> None:
+        """Stores bytes the fetcher received: all of them, or none (then it raises)."""
+        self._hold_writer()
+        try:
+            self._append(data)
+        finally:
+            self._release_idle()
+
+    def _append(self, data: bytes) -> None:
         """Stores bytes the fetcher received: all of them, or none (then it raises).
 
         A failed or partial write (a full disk) is cut off again before the error goes up,
@@ -106,22 +122,26 @@ class JobLog:
 
     def truncate(self, size: int) -> None:
         """Cuts off bytes past `size` that no follower was served (a crash's partial write)."""
+        self._hold_writer()
         if self._append_fd is None or size > self.size:
             raise RuntimeError(f"log {shown(self.path)} cannot be cut to {size} bytes")
         os.ftruncate(self._append_fd, size)
         self.size = size
         self._window = bytearray()
         self._window_start = size
+        self._release_idle()
 
     def skip_to(self, offset: int) -> None:
         """Cluster mode: the bytes up to `offset` are gone from the cluster's copy before this
         daemon read them. The file gets a hole there (never served: see Job.first_offset)."""
+        self._hold_writer()
         if self._append_fd is None or offset < self.size:
             raise RuntimeError(f"log {shown(self.path)} cannot skip to {offset}")
         os.ftruncate(self._append_fd, offset)
         self.size = offset
         self._window = bytearray()
         self._window_start = offset
+        self._release_idle()
 
     def observe(self, data: bytes) -> None:
         """Takes note of bytes the job itself already wrote to the log file."""
@@ -153,6 +173,7 @@ class JobLog:
                 raise LogDamaged(f"log {shown(self.path)} is shorter than its recorded size")
             parts.append(part)
             position += len(part)
+        self._release_idle()
         return b"".join(parts)
 
     async def tail_offset(self, lines: int, scans: Executor | None = None) -> int:
@@ -172,10 +193,27 @@ class JobLog:
         """`function(fd, *args)` on a thread of `scans`, with a duplicate of the checked read
         descriptor (never the path again: it may be a planted link by now, or removed)."""
         fd = os.dup(self._reader())
+        self._release_idle()
         loop = asyncio.get_running_loop()
         # Shielded: once submitted the scan runs (and closes its descriptor) even if the
         # subscriber leaves first.
         return await asyncio.shield(loop.run_in_executor(scans, _closing, fd, function, *args))
+
+    def _hold_writer(self) -> None:
+        """Opens the append descriptor of a writable log that let it go while idle."""
+        if self._writable and self._append_fd is None:
+            self._append_fd = open_state_file(self.path, os.O_WRONLY | os.O_APPEND, create=False)
+
+    def _release_idle(self) -> None:
+        """Closes the descriptors of an `idle_closed` log (its window and size stay)."""
+        if not self._idle_closed:
+            return
+        if self._append_fd is not None:
+            os.close(self._append_fd)
+            self._append_fd = None
+        if self._read_fd >= 0:
+            os.close(self._read_fd)
+            self._read_fd = -1
 
     def _reader(self) -> int:
         if self._read_fd < 0:

@@ -10,7 +10,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tailhub.daemon.config import DaemonConfig
 from tailhub.daemon.job import Job
+from tailhub.daemon.model import StorageFull
 from tailhub.daemon.paths import StatePaths
 from tailhub.daemon.store import JobStore
 
@@ -18,6 +20,9 @@ from tailhub.daemon.store import JobStore
 RETENTION_INTERVAL = 3600.0
 
 logger = logging.getLogger(__name__)
+
+# A job's id, its files (log, times, acknowledged end) and its run directory.
+_JobFiles = tuple[int, tuple[Path, ...], Path]
 
 
 @dataclass
@@ -51,17 +56,84 @@ def choose(
     return list(chosen.values()), result
 
 
+@dataclass
+class Expired:
+    """The ended jobs a retention pass removes, by the rule that removes each."""
+
+    # Beyond --max-ended-jobs, past --retention, beyond --retain-logs.
+    by_count: list[Job] = field(default_factory=list)
+    by_age: list[Job] = field(default_factory=list)
+    by_size: list[Job] = field(default_factory=list)
+
+    @property
+    def jobs(self) -> list[Job]:
+        return [*self.by_count, *self.by_age, *self.by_size]
+
+
 def expired(
-    jobs: Iterable[Job], now: float, max_age: float | None, max_count: int | None
-) -> list[Job]:
-    """The retention policy: the oldest ended jobs beyond `max_count`, and those past `max_age`."""
+    jobs: Iterable[Job],
+    now: float,
+    max_age: float | None,
+    max_count: int | None,
+    max_log_bytes: int | None = None,
+) -> Expired:
+    """The retention policy: the oldest ended jobs beyond `max_count`, those past `max_age`,
+    and then the oldest until the logs of the ended jobs left hold `max_log_bytes` at most."""
     ended = sorted(
         (job for job in jobs if job.sealed), key=lambda job: (job.record.ended_at, job.id)
     )
-    doomed = ended[: max(len(ended) - max_count, 0)] if max_count is not None else []
+    doomed = Expired()
+    if max_count is not None:
+        doomed.by_count = ended[: max(len(ended) - max_count, 0)]
+    kept = ended[len(doomed.by_count) :]
     if max_age is not None:
-        doomed += [job for job in ended[len(doomed) :] if job.record.ended_at < now - max_age]
+        doomed.by_age = [job for job in kept if job.record.ended_at < now - max_age]
+        # (ended_at grows along `kept`: those past the age are its first ones.)
+        kept = kept[len(doomed.by_age) :]
+    if max_log_bytes is not None:
+        held = sum(job.log_size for job in kept)
+        for job in kept:
+            if held <= max_log_bytes:
+                break
+            doomed.by_size.append(job)
+            held -= job.log_size
     return doomed
+
+
+def summary(doomed: Expired, config: DaemonConfig) -> str:
+    """One line saying what a retention pass removed and by which rule (the daemon's log)."""
+    jobs = doomed.jobs
+    size = sum(job.log_size for job in jobs)
+    rules = [
+        (doomed.by_count, f"beyond --max-ended-jobs {config.max_ended_jobs}"),
+        (doomed.by_age, f"past --retention {_duration(config.retention_seconds or 0)}"),
+        (doomed.by_size, f"beyond --retain-logs {_size(config.retain_log_bytes or 0)}"),
+    ]
+    why = ", ".join(f"{len(chosen)} {rule}" for chosen, rule in rules if chosen)
+    ids = _ids([job.id for job in jobs])
+    count = f"{len(jobs)} ended job{'' if len(jobs) == 1 else 's'}"
+    return f"removed {count} ({_size(size)} of logs; {why}): {ids}"
+
+
+def _ids(ids: list[int], shown: int = 20) -> str:
+    text = ", ".join(map(str, sorted(ids)[:shown]))
+    return text if len(ids) <= shown else f"{text} and {len(ids) - shown} more"
+
+
+def _size(count: int) -> str:
+    value = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024:
+            return f"{count}B" if unit == "B" else f"{value:.1f}{unit}"
+        value /= 1024
+    return f"{value:.1f}TiB"
+
+
+def _duration(seconds: float) -> str:
+    for unit, length in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= length and seconds % length == 0:
+            return f"{seconds // length:.0f}{unit}"
+    return f"{seconds:g}s"
 
 
 def delete(
@@ -74,22 +146,39 @@ def delete(
     """Deletes jobs from the database, from `jobs`, and their files; adds them to `result`."""
     if not doomed:
         return
-    # The database first: a crash after it leaves only files nobody refers to.
-    store.delete([job.id for job in doomed])
-    files: list[tuple[int, tuple[Path, ...], Path]] = []
+    files: list[_JobFiles] = [
+        (
+            job.id,
+            (paths.job_log(job.id), paths.job_times(job.id), paths.job_acked(job.id)),
+            paths.run_dir(job.id),
+        )
+        for job in doomed
+    ]
+    try:
+        # The database first: a crash after it leaves only files nobody refers to.
+        store.delete([job.id for job in doomed])
+    except StorageFull as error:
+        # Even a delete needs room in the database's journal. On a full disk, removing
+        # jobs is how a user frees space (jobs rm, jobs prune), so it must not fail then:
+        # the files go first (here, at once: the space is needed now) and the records
+        # after. A crash between leaves records of ended jobs whose logs are gone: they
+        # read as empty, and their removal is what was asked anyway.
+        logger.warning(
+            "removing %d ended jobs: %s; deleting their files first to make room",
+            len(doomed),
+            error,
+        )
+        _delete_files(files)
+        store.delete([job.id for job in doomed])
+        files = []
     for job in doomed:
         del jobs[job.id]
         result.bytes_freed += job.log_size
         job.remove()
-        files.append(
-            (
-                job.id,
-                (paths.job_log(job.id), paths.job_times(job.id), paths.job_acked(job.id)),
-                paths.run_dir(job.id),
-            )
-        )
         result.removed.append(job.id)
     logger.info("removed %d ended jobs", len(doomed))
+    if not files:
+        return
     try:
         loop = asyncio.get_running_loop()
     except RuntimeError:
@@ -100,7 +189,7 @@ def delete(
     result.deleting = loop.run_in_executor(None, _delete_files, files)
 
 
-def _delete_files(files: list[tuple[int, tuple[Path, ...], Path]]) -> None:
+def _delete_files(files: list[_JobFiles]) -> None:
     for job_id, job_files, run_dir in files:
         for path in job_files:
             try:

@@ -13,7 +13,7 @@ from typing import Any, TypeVar, cast
 import grpc
 import grpc.aio
 
-from tailhub.daemon import __version__, limits
+from tailhub.daemon import __version__, callers, limits
 from tailhub.daemon.budget import BudgetFigures, SendBudget
 from tailhub.daemon.config import DaemonConfig
 from tailhub.daemon.credentials import without_credentials
@@ -56,6 +56,7 @@ from tailhub.daemon.model import (
     backend_of,
 )
 from tailhub.daemon.placement import ClusterView
+from tailhub.daemon.quotas import ResourceLimit
 from tailhub.daemon.wire import EncodedChunkCache, encode_chunk
 from tailhub.v1 import tailhub_pb2 as pb
 
@@ -116,7 +117,7 @@ def _status_of(error: Exception) -> grpc.StatusCode:
         return grpc.StatusCode.UNAVAILABLE
     if isinstance(error, OutOfRange):
         return grpc.StatusCode.OUT_OF_RANGE
-    if isinstance(error, StorageFull):
+    if isinstance(error, (StorageFull, ResourceLimit)):
         return grpc.StatusCode.RESOURCE_EXHAUSTED
     return grpc.StatusCode.FAILED_PRECONDITION
 
@@ -203,7 +204,7 @@ class TailhubServicer:
         self, request: pb.AttachJobRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.AttachJobResponse:
         spec = _attach_spec(request)
-        job = await self._manager.attach(request.name, spec)
+        job = await self._manager.attach(request.name, spec, callers.token())
         return pb.AttachJobResponse(job=_job(job))
 
     @_translating_errors
@@ -220,7 +221,7 @@ class TailhubServicer:
             task_yaml=request.task_yaml,
             backend=request.backend,
         )
-        job = await self._manager.launch(request.name, self._launch_spec(request))
+        job = await self._manager.launch(request.name, self._launch_spec(request), callers.token())
         return pb.LaunchJobResponse(job=_job(job))
 
     def _launch_spec(self, request: pb.LaunchJobRequest) -> LaunchSpec:
@@ -348,6 +349,9 @@ class TailhubServicer:
             subscriber_budget_bytes=self._config.subscriber_budget_bytes,
             max_streams=self.run_facts.max_streams,
             max_streams_per_token=self.run_facts.max_streams_per_token,
+            retention_removed_jobs=self._manager.counts.retention_removed_jobs,
+            retention_removed_bytes=self._manager.counts.retention_removed_bytes,
+            max_jobs_per_token=self._config.max_jobs_per_token if self.run_facts.listeners else 0,
             # Off the loop: statvfs waits for a stalled file system.
             **_host(await asyncio.to_thread(host_facts, self._config.paths.logs)),
         )

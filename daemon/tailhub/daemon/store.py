@@ -49,6 +49,11 @@ CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
+-- The token (by name) each job made over the network belongs to: its quota (quotas.py).
+CREATE TABLE IF NOT EXISTS job_owners (
+    job_id INTEGER PRIMARY KEY REFERENCES jobs(id),
+    token TEXT NOT NULL
+);
 """
 
 _COLUMNS = (
@@ -147,16 +152,39 @@ class JobStore:
                 raise
         return True
 
-    def create(self, name: str, spec: SourceSpec, job_id: int | None = None) -> JobRecord:
-        """Records a new job, with the id given (cluster mode) or the next one."""
+    def create(
+        self, name: str, spec: SourceSpec, job_id: int | None = None, owner: str | None = None
+    ) -> JobRecord:
+        """Records a new job, with the id given (cluster mode) or the next one, and the token
+        it belongs to (None: the owner's, made on the Unix socket)."""
         now = time.time()
         with self._writing():
-            cursor = self._db.execute(
-                "INSERT INTO jobs (id, name, spec, state, submitted_at) VALUES (?, ?, ?, ?, ?)",
-                (job_id, name, json.dumps(spec_to_json(spec)), JobState.PENDING.value, now),
-            )
-        assert cursor.lastrowid is not None
+            self._db.execute("BEGIN")
+            try:
+                cursor = self._db.execute(
+                    "INSERT INTO jobs (id, name, spec, state, submitted_at) VALUES (?, ?, ?, ?, ?)",
+                    (job_id, name, json.dumps(spec_to_json(spec)), JobState.PENDING.value, now),
+                )
+                assert cursor.lastrowid is not None
+                if owner is not None:
+                    self._db.execute(
+                        "INSERT INTO job_owners (job_id, token) VALUES (?, ?)",
+                        (cursor.lastrowid, owner),
+                    )
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
         return JobRecord(id=cursor.lastrowid, name=name, spec=spec, submitted_at=now)
+
+    def owners(self) -> dict[int, str]:
+        """The token each job made with one belongs to, by job id."""
+        try:
+            rows = self._db.execute("SELECT job_id, token FROM job_owners").fetchall()
+        except sqlite3.DatabaseError as error:
+            raise self._unreadable(error) from None
+        return {int(job_id): str(token) for job_id, token in rows}
 
     def insert(self, record: JobRecord) -> None:
         """Records (or updates) a job another daemon created (cluster mode)."""
@@ -215,11 +243,16 @@ class JobStore:
             self._db.execute("BEGIN")
             try:
                 self._db.executemany("DELETE FROM events WHERE job_id=?", rows)
+                self._db.executemany("DELETE FROM job_owners WHERE job_id=?", rows)
                 self._db.executemany("DELETE FROM jobs WHERE id=?", rows)
+                self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                # A COMMIT that failed on a full disk may leave the transaction open (SQLite
+                # rolls some back itself): closed here, so that a retry once there is room
+                # does not fail with "cannot start a transaction within a transaction".
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
                 raise
-            self._db.execute("COMMIT")
 
     def load_all(self) -> list[JobRecord]:
         try:

@@ -1121,6 +1121,9 @@ class GetDaemonStatusResponse(_message.Message):
     MAX_OPEN_FILES_FIELD_NUMBER: _builtins.int
     LOG_DISK_FREE_BYTES_FIELD_NUMBER: _builtins.int
     LOG_DISK_TOTAL_BYTES_FIELD_NUMBER: _builtins.int
+    RETENTION_REMOVED_JOBS_FIELD_NUMBER: _builtins.int
+    RETENTION_REMOVED_BYTES_FIELD_NUMBER: _builtins.int
+    MAX_JOBS_PER_TOKEN_FIELD_NUMBER: _builtins.int
     pid: _builtins.int
     version: _builtins.str
     home: _builtins.str
@@ -1158,6 +1161,13 @@ class GetDaemonStatusResponse(_message.Message):
     Unset when it cannot be read.
     """
     log_disk_total_bytes: _builtins.int
+    retention_removed_jobs: _builtins.int
+    """Ended jobs the retention policy (`--retention`, `--max-ended-jobs`, `--retain-logs`) removed
+    since the daemon started, and the bytes of their logs.
+    """
+    retention_removed_bytes: _builtins.int
+    max_jobs_per_token: _builtins.int
+    """Jobs not ended that one token may hold (`--max-jobs-per-token`); 0 without listeners."""
     @_builtins.property
     def cluster(self) -> Global___ClusterStatus:
         """Set in cluster mode only (`tailhubd --redis`)."""
@@ -1191,10 +1201,13 @@ class GetDaemonStatusResponse(_message.Message):
         max_open_files: _builtins.int | None = ...,
         log_disk_free_bytes: _builtins.int | None = ...,
         log_disk_total_bytes: _builtins.int | None = ...,
+        retention_removed_jobs: _builtins.int = ...,
+        retention_removed_bytes: _builtins.int = ...,
+        max_jobs_per_token: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_cluster", b"_cluster", "_log_disk_free_bytes", b"_log_disk_free_bytes", "_log_disk_total_bytes", b"_log_disk_total_bytes", "_max_open_files", b"_max_open_files", "_open_files", b"_open_files", "cluster", b"cluster", "log_disk_free_bytes", b"log_disk_free_bytes", "log_disk_total_bytes", b"log_disk_total_bytes", "max_open_files", b"max_open_files", "open_files", b"open_files"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cluster", b"_cluster", "_log_disk_free_bytes", b"_log_disk_free_bytes", "_log_disk_total_bytes", b"_log_disk_total_bytes", "_max_open_files", b"_max_open_files", "_open_files", b"_open_files", "api_version", b"api_version", "bytes_served", b"bytes_served", "cluster", b"cluster", "home", b"home", "jobs", b"jobs", "listeners", b"listeners", "log_disk_free_bytes", b"log_disk_free_bytes", "log_disk_total_bytes", b"log_disk_total_bytes", "max_open_files", b"max_open_files", "max_running_jobs", b"max_running_jobs", "max_streams", b"max_streams", "max_streams_per_token", b"max_streams_per_token", "metrics_address", b"metrics_address", "open_files", b"open_files", "pid", b"pid", "running_jobs", b"running_jobs", "started_at", b"started_at", "subscriber_budget_bytes", b"subscriber_budget_bytes", "subscribers", b"subscribers", "upstream_connections", b"upstream_connections", "upstream_connections_open", b"upstream_connections_open", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cluster", b"_cluster", "_log_disk_free_bytes", b"_log_disk_free_bytes", "_log_disk_total_bytes", b"_log_disk_total_bytes", "_max_open_files", b"_max_open_files", "_open_files", b"_open_files", "api_version", b"api_version", "bytes_served", b"bytes_served", "cluster", b"cluster", "home", b"home", "jobs", b"jobs", "listeners", b"listeners", "log_disk_free_bytes", b"log_disk_free_bytes", "log_disk_total_bytes", b"log_disk_total_bytes", "max_jobs_per_token", b"max_jobs_per_token", "max_open_files", b"max_open_files", "max_running_jobs", b"max_running_jobs", "max_streams", b"max_streams", "max_streams_per_token", b"max_streams_per_token", "metrics_address", b"metrics_address", "open_files", b"open_files", "pid", b"pid", "retention_removed_bytes", b"retention_removed_bytes", "retention_removed_jobs", b"retention_removed_jobs", "running_jobs", b"running_jobs", "started_at", b"started_at", "subscriber_budget_bytes", b"subscriber_budget_bytes", "subscribers", b"subscribers", "upstream_connections", b"upstream_connections", "upstream_connections_open", b"upstream_connections_open", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__cluster: _TypeAlias = _typing.Literal["cluster"]  # noqa: Y015
     _WhichOneofArgType__cluster: _TypeAlias = _typing.Literal["_cluster", b"_cluster"]  # noqa: Y015
