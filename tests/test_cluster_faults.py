@@ -198,6 +198,7 @@ def test_an_append_under_a_lease_taken_over_is_refused_by_redis(
         client = redis.asyncio.Redis.from_url(redis_server.url)
         store = RedisStore(client)
         try:
+            await store.ensure_cluster_id()  # (writes need the cluster's data in Redis)
             old = await store.create(5, {"id": 5}, "paused", 60_000)
             status, size = await store.append(5, old, 0, b"from the first holder\n", 0)
             assert (status, size) == (0, 22)

@@ -307,6 +307,11 @@ class JobManager:
         # Through the job's fetcher, which stores the bytes (in cluster mode, Redis first).
         fetcher = self._fetchers.get(job_id)
         if fetcher is None:
+            # A node restarted just now takes its push jobs back (once their old lease has
+            # expired): its publishers' retries wait for it, or are told to try again.
+            await self._placement.wait_to_fetch(job)
+            fetcher = self._fetchers.get(job_id)
+        if fetcher is None:
             raise InvalidRequest(
                 f"job {job_id} takes bytes on the daemon that attached it"
                 f"{f' ({job.home_node})' if job.home_node else ''}, not here"

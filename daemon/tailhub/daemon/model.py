@@ -253,6 +253,11 @@ class ClusterUnavailable(JobError):
     """Cluster mode: Redis cannot be reached, so nothing can be created or stored now."""
 
 
+class NotFetchedYet(ClusterUnavailable):
+    """Cluster mode: this daemon fetches the job once it has taken it back (after its
+    restart, or once Redis is reachable again); the client retries (UNAVAILABLE)."""
+
+
 class StorageFull(JobError):
     """The disk holding the state directory is full: nothing was stored, retry when freed."""
 

@@ -59,6 +59,11 @@ class Placement(Protocol):
         """A subscriber starts reading the job here; with `catch_up`, returns once this
         daemon has the bytes the job had (a tail is found from the end)."""
 
+    async def wait_to_fetch(self, job: Job) -> None:
+        """A job not fetched here now, that this daemon takes back (its own, after a
+        restart): waits a little for it, then raises NotFetchedYet. Returns at once for a
+        job fetched elsewhere."""
+
     def cancel_elsewhere(self, job: Job) -> bool:
         """Asks the daemon fetching the job to cancel it; False: it is fetched here."""
 
@@ -95,6 +100,9 @@ class Standalone:
         return None
 
     async def watch(self, job: Job, *, catch_up: bool) -> None:
+        return None
+
+    async def wait_to_fetch(self, job: Job) -> None:
         return None
 
     def cancel_elsewhere(self, job: Job) -> bool:

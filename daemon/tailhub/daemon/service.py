@@ -46,6 +46,7 @@ from tailhub.daemon.model import (
     JobState,
     LaunchSpec,
     LocalSpec,
+    NotFetchedYet,
     OutOfRange,
     PushSpec,
     SkyPilotSpec,
@@ -113,7 +114,7 @@ def _status_of(error: Exception) -> grpc.StatusCode:
         return grpc.StatusCode.NOT_FOUND
     if isinstance(error, InvalidRequest):
         return grpc.StatusCode.INVALID_ARGUMENT
-    if isinstance(error, DaemonStopping):
+    if isinstance(error, (DaemonStopping, NotFetchedYet)):
         return grpc.StatusCode.UNAVAILABLE
     if isinstance(error, OutOfRange):
         return grpc.StatusCode.OUT_OF_RANGE

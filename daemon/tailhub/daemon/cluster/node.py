@@ -33,12 +33,12 @@ from tailhub.daemon.cluster import ClusterRefused
 from tailhub.daemon.cluster.fence import Fences
 from tailhub.daemon.cluster.mirror import Mirror
 from tailhub.daemon.cluster.records import record_to_json
-from tailhub.daemon.cluster.redis_store import RedisStore
+from tailhub.daemon.cluster.redis_store import LOST, RedisStore
 from tailhub.daemon.cluster.sync import RecordSync, first_offset_key
 from tailhub.daemon.cluster.takeover import FETCHED_ANYWHERE, Takeover
 from tailhub.daemon.cluster.watchdog import LeaseWatchdog, kill_upstream
 from tailhub.daemon.cluster.writer import HeldLease, LeasedFetcher, LogWriter
-from tailhub.daemon.model import ClusterUnavailable
+from tailhub.daemon.model import ClusterUnavailable, NotFetchedYet
 from tailhub.daemon.placement import ClusterView
 from tailhub.daemon.runner import RunHandle
 from tailhub.daemon.sources.command import die_with_parent
@@ -105,6 +105,8 @@ class ClusterNode:
         self._manager: JobManager | None = None
         self._store: JobStore | None = None
         self._held: dict[int, HeldLease] = {}
+        # Set (and replaced) whenever this node takes a lease.
+        self._took_lease = asyncio.Event()
         self._writers: dict[int, LogWriter] = {}
         self._deadlines: dict[int, asyncio.TimerHandle] = {}
         self._mirror = Mirror(self._redis, self)
@@ -262,7 +264,8 @@ class ClusterNode:
     async def new_job_id(self) -> int | None:
         self._check_usable()
         try:
-            return await self._redis.next_job_id()
+            known = max((job.id for job in self._jobs.all_jobs()), default=0)
+            return await self._redis.next_job_id(known)
         except RedisError as error:
             self.redis_failed(error)
             raise ClusterUnavailable(self._unreachable(error)) from None
@@ -322,6 +325,26 @@ class ClusterNode:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(_grown_to(job, wanted), _CATCH_UP_SECONDS)
 
+    async def wait_to_fetch(self, job: Job) -> None:
+        if job.id in self._held or job.sealed or job.home_node != self.name:
+            return
+        if job.record.spec.kind in FETCHED_ANYWHERE:
+            return  # (any node may hold it: it is fetched elsewhere)
+        self._check_usable()
+        # Its old lease (this node's before a restart, or a lease lost while Redis was
+        # away) expires within a lease; the take-over loop takes it back a round later.
+        deadline = time.monotonic() + self._lease_s + 1.0
+        while job.id not in self._held and not job.sealed and not self.lost_data:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise NotFetchedYet(
+                    f"job {job.id} is not taken back by this node ({self.name}) yet: its "
+                    "previous lease has not expired, or Redis is unreachable; try again"
+                )
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._took_lease.wait(), left)
+        self._check_usable()
+
     def cancel_elsewhere(self, job: Job) -> bool:
         if job.id in self._held:
             return False
@@ -333,7 +356,9 @@ class ClusterNode:
         return False
 
     # -- writers and the mirror report here ---------------------------------------------------
-    def lease_lost(self, job: Job, reason: str, *, stale_append: bool) -> None:
+    def lease_lost(
+        self, job: Job, reason: str, *, stale_append: bool, tell_followers: bool = True
+    ) -> None:
         lease = self._held.pop(job.id, None)
         if lease is None:
             return
@@ -353,7 +378,8 @@ class ClusterNode:
         job.upstream_open = False
         job.lease_holder = ""
         logger.warning("job %d: this node stopped fetching it: %s", job.id, reason)
-        self._jobs.notice(job, f"node {self.name} stopped fetching this job: {reason}")
+        if tell_followers:
+            self._jobs.notice(job, f"node {self.name} stopped fetching this job: {reason}")
         # Given back at once (if it is still ours): another node need not wait out its expiry.
         self._tasks.spawn(self._give_back(lease), name=f"give-back-{job.id}")
         if job.home_node != self.name or job.record.spec.kind in FETCHED_ANYWHERE:
@@ -424,6 +450,9 @@ class ClusterNode:
         returns the writer its fetcher's bytes go through."""
         lease = HeldLease(job.id, token, sent_at + self._lease_s * _SAFE_SHARE)
         self._held[job.id] = lease
+        # Publishes waiting for this node to take a job back look again.
+        self._took_lease.set()
+        self._took_lease = asyncio.Event()
         writer = LogWriter(
             job,
             lease,
@@ -471,14 +500,20 @@ class ClusterNode:
                 for job_id, lease in list(self._held.items()):
                     if lease.lost:  # the watchdog stopped its upstream
                         self._expire(lease)
-                    elif await self._redis.renew(job_id, lease.token, self.settings.lease_ms):
-                        if self._held.get(job_id) is lease:
-                            lease.valid_until = sent + self._lease_s * _SAFE_SHARE
-                            self._arm_deadline(lease)
-                    elif self._held.get(job_id) is lease:
+                        continue
+                    renewed = await self._redis.renew(job_id, lease.token, self.settings.lease_ms)
+                    if renewed == LOST:
+                        self.data_lost()
+                    elif self._held.get(job_id) is not lease:
+                        continue
+                    elif renewed:
+                        lease.valid_until = sent + self._lease_s * _SAFE_SHARE
+                        self._arm_deadline(lease)
+                    else:
                         self.lease_lost(
                             self._jobs.get(job_id), "its lease expired", stale_append=False
                         )
+                await self._check_ends()
                 self.nodes = await self._redis.node_count()
             except RedisError as error:
                 self.redis_failed(error)
@@ -494,8 +529,28 @@ class ClusterNode:
             time.sleep(stall[1])
 
     async def _check_cluster(self) -> None:
-        found = await self._redis.cluster_id()
-        if found == self._cluster_id or self.lost_data:
+        if await self._redis.cluster_id() != self._cluster_id:
+            self.data_lost()
+
+    async def _check_ends(self) -> None:
+        """Whether Redis went back in time (restored from an older copy) under a job held
+        here: it then holds fewer bytes than it acknowledged, which only the holder's own
+        copy can give back (its writer does, before anything new)."""
+        before = {job_id: self._jobs.get(job_id).log_size for job_id in self._held}
+        if not before:
+            return
+        # (Sizes here taken first: they grow only once Redis stored the bytes, so Redis
+        # holding fewer than that is Redis having lost them, never a race with an append.)
+        found = await self._redis.sizes(list(before))
+        for job_id, (size, _, _) in found.items():
+            writer = self._writers.get(job_id)
+            if writer is not None and size < before[job_id]:
+                writer.check_end()
+
+    def data_lost(self) -> None:
+        """Redis no longer holds the cluster's data (it restarted empty, or was flushed):
+        every follower here is told so in the same words on every node, once."""
+        if self.lost_data:
             return
         self.lost_data = True
         self.connected = False
@@ -507,4 +562,21 @@ class ClusterNode:
             self.redis_name,
         )
         for job_id in list(self._held):
-            self.lease_lost(self._jobs.get(job_id), "Redis lost its data", stale_append=False)
+            self.lease_lost(
+                self._jobs.get(job_id),
+                "Redis lost its data",
+                stale_append=False,
+                tell_followers=False,
+            )
+        self._tell_followers(
+            f"cluster: Redis at {self.redis_name} lost the cluster's data (it restarted "
+            "without persistence, or was flushed): nothing more is fetched or stored; "
+            "what this daemon has is still served"
+        )
+
+    def cannot_restore(self, job: Job, reason: str) -> None:
+        """Redis went back in time past what this node's copy holds: the job fails with
+        that reason (its end goes to Redis at Redis's end), rather than being fetched again
+        and again."""
+        self._jobs.stop_fetching(job)
+        self._jobs.fail_start(job, reason)

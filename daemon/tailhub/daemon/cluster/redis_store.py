@@ -44,8 +44,14 @@ _NODES = PREFIX + "nodes"
 STALE = -1
 # ... and with this when the log's size is not the one the appender expected.
 MISMATCH = -2
+# ... and with this when Redis no longer holds the cluster's data at all (it restarted
+# empty, or was flushed): told apart from a lease taken over, which a follower would
+# otherwise be told.
+LOST = -3
 
+# KEYS: lease, job, cluster.
 _ACQUIRE = """
+if redis.call('EXISTS', KEYS[3]) == 0 then return false end
 if redis.call('EXISTS', KEYS[1]) == 1 then return false end
 if redis.call('HGET', KEYS[2], 'sealed') == '1' then return false end
 local epoch = redis.call('HINCRBY', KEYS[2], 'epoch', 1)
@@ -55,7 +61,9 @@ redis.call('HSET', KEYS[2], 'holder', ARGV[1])
 return token
 """
 
+# KEYS: lease, cluster.
 _RENEW = """
+if redis.call('EXISTS', KEYS[2]) == 0 then return -3 end
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return 1
@@ -68,8 +76,10 @@ redis.call('HSET', KEYS[2], 'holder', '')
 return 1
 """
 
-# KEYS: lease, log, job; ARGV: token, expected size, bytes, epoch, retention (0: none).
+# KEYS: lease, log, job, cluster; ARGV: token, expected size, bytes, epoch, retention (0:
+# none).
 _APPEND = """
+if redis.call('EXISTS', KEYS[4]) == 0 then return {-3, 0} end
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {-1, 0} end
 local size = tonumber(redis.call('HGET', KEYS[3], 'size') or '0')
 if size ~= tonumber(ARGV[2]) then return {-2, size} end
@@ -93,24 +103,27 @@ end
 return {0, new}
 """
 
-# KEYS: lease, log, job; ARGV: token, message, epoch.
+# KEYS: lease, log, job, cluster; ARGV: token, message, epoch.
 _EVENT = """
+if redis.call('EXISTS', KEYS[4]) == 0 then return -3 end
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
 local size = redis.call('HGET', KEYS[3], 'size') or '0'
 redis.call('XADD', KEYS[2], size .. '-*', 'v', ARGV[2], 'e', ARGV[3])
 return 0
 """
 
-# KEYS: lease, job; ARGV: token ('' for a job nobody fetches), record, job id.
+# KEYS: lease, job, cluster; ARGV: token ('' for a job nobody fetches), record, job id.
 _SAVE = """
+if redis.call('EXISTS', KEYS[3]) == 0 then return -3 end
 if ARGV[1] ~= '' and redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
 redis.call('HSET', KEYS[2], 'record', ARGV[2])
 redis.call('PUBLISH', '@CHANGES@', ARGV[3])
 return 0
 """
 
-# KEYS: lease, log, job; ARGV: token, expected size, end (JSON), record, job id.
+# KEYS: lease, log, job, cluster; ARGV: token, expected size, end (JSON), record, job id.
 _END = """
+if redis.call('EXISTS', KEYS[4]) == 0 then return -3 end
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
 local size = tonumber(redis.call('HGET', KEYS[3], 'size') or '0')
 if size ~= tonumber(ARGV[2]) then return -2 end
@@ -131,6 +144,18 @@ redis.call('SET', KEYS[3], token, 'PX', ARGV[4])
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[2])
 redis.call('PUBLISH', '@CHANGES@', ARGV[2])
 return token
+"""
+
+# KEYS: next id; ARGV: the highest id the node knows. Never an id given before, even by a
+# Redis restored from an older copy (its counter went back; the nodes' records did not).
+_NEXT_ID = """
+local id = redis.call('INCR', KEYS[1])
+local floor = tonumber(ARGV[1])
+if id <= floor then
+  id = floor + 1
+  redis.call('SET', KEYS[1], id)
+end
+return id
 """
 
 # KEYS: node, nodes; ARGV: token, name.
@@ -191,6 +216,10 @@ def _job_key(job_id: int) -> str:
     return f"{PREFIX}job:{job_id}"
 
 
+# The cluster's identity: gone when Redis lost the cluster's data.
+_CLUSTER = PREFIX + "cluster"
+
+
 class RedisStore:
     """The cluster's keys, read and written through one redis.asyncio client."""
 
@@ -209,15 +238,16 @@ class RedisStore:
         self._create = script(_CREATE)
         self._node = script(_NODE)
         self._release_node = script(_RELEASE_NODE)
+        self._next_id = script(_NEXT_ID)
 
     # -- the cluster and its nodes -----------------------------------------------------------
     async def cluster_id(self) -> str | None:
-        value: Any = await self.client.get(PREFIX + "cluster")
+        value: Any = await self.client.get(_CLUSTER)
         return None if value is None else value.decode()
 
     async def ensure_cluster_id(self) -> str:
         """The cluster's random identity, made by the first daemon that joins."""
-        await self.client.set(PREFIX + "cluster", secrets.token_hex(16), nx=True)
+        await self.client.set(_CLUSTER, secrets.token_hex(16), nx=True)
         found = await self.cluster_id()
         assert found is not None
         return found
@@ -235,8 +265,9 @@ class RedisStore:
         return int(await self.client.zcount(_NODES, seconds * 1000 + micros // 1000, "+inf"))
 
     # -- jobs ------------------------------------------------------------------------------------
-    async def next_job_id(self) -> int:
-        return int(await self.client.incr(PREFIX + "next_job_id"))
+    async def next_job_id(self, above: int) -> int:
+        """A new job id, greater than `above` (the highest this node knows of)."""
+        return int(await self._next_id(keys=[PREFIX + "next_job_id"], args=[above]))
 
     async def create(self, job_id: int, record: dict[str, Any], node: str, ms: int) -> str:
         """Records a new job, its first lease held by `node`; returns the lease's token."""
@@ -292,6 +323,10 @@ class RedisStore:
                 found[job_id] = (_count(size), _text(holder), _count(first))
         return found
 
+    async def size(self, job_id: int) -> int:
+        """The bytes of the job's log Redis holds (0 for a job it does not know)."""
+        return _count(await self.client.hget(_job_key(job_id), "size"))
+
     async def request_cancel(self, job_id: int) -> None:
         await self.client.hset(_job_key(job_id), "cancel", "1")
         await self.client.publish(CHANGES, str(job_id))
@@ -299,11 +334,14 @@ class RedisStore:
     # -- leases ----------------------------------------------------------------------------------
     async def acquire(self, job_id: int, node: str, ms: int) -> str | None:
         """The lease's token ("NODE EPOCH") if this node got it; None if someone holds it."""
-        token = await self._acquire(keys=[_lease_key(job_id), _job_key(job_id)], args=[node, ms])
+        token = await self._acquire(
+            keys=[_lease_key(job_id), _job_key(job_id), _CLUSTER], args=[node, ms]
+        )
         return None if token is None else bytes(token).decode()
 
-    async def renew(self, job_id: int, token: str, ms: int) -> bool:
-        return bool(await self._renew(keys=[_lease_key(job_id)], args=[token, ms]))
+    async def renew(self, job_id: int, token: str, ms: int) -> int:
+        """1: renewed; 0: the lease is not (or no longer) this token's; LOST."""
+        return int(await self._renew(keys=[_lease_key(job_id), _CLUSTER], args=[token, ms]))
 
     async def release(self, job_id: int, token: str) -> None:
         await self._release(keys=[_lease_key(job_id), _job_key(job_id)], args=[token])
@@ -326,7 +364,7 @@ class RedisStore:
         """(0, new size), (STALE, 0) or (MISMATCH, the size Redis has)."""
         epoch = token.rsplit(" ", 1)[1]
         answer: Any = await self._append(
-            keys=[_lease_key(job_id), log_key(job_id), _job_key(job_id)],
+            keys=[_lease_key(job_id), log_key(job_id), _job_key(job_id), _CLUSTER],
             args=[token, expected, data, epoch, retention],
         )
         # (A size Redis holds that is no number comes back as none: Lua drops a nil.)
@@ -336,7 +374,7 @@ class RedisStore:
         epoch = token.rsplit(" ", 1)[1]
         return int(
             await self._event(
-                keys=[_lease_key(job_id), log_key(job_id), _job_key(job_id)],
+                keys=[_lease_key(job_id), log_key(job_id), _job_key(job_id), _CLUSTER],
                 args=[token, message, epoch],
             )
         )
@@ -344,7 +382,7 @@ class RedisStore:
     async def save(self, job_id: int, token: str, record: dict[str, Any]) -> int:
         return int(
             await self._save(
-                keys=[_lease_key(job_id), _job_key(job_id)],
+                keys=[_lease_key(job_id), _job_key(job_id), _CLUSTER],
                 args=[token, json.dumps(record), job_id],
             )
         )
@@ -354,7 +392,7 @@ class RedisStore:
     ) -> int:
         return int(
             await self._end(
-                keys=[_lease_key(job_id), log_key(job_id), _job_key(job_id)],
+                keys=[_lease_key(job_id), log_key(job_id), _job_key(job_id), _CLUSTER],
                 args=[token, size, json.dumps(end), json.dumps(record), job_id],
             )
         )

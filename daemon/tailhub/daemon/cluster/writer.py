@@ -5,6 +5,12 @@ as always, but the bytes wait in the job's `LogWriter` until Redis has stored th
 script that checks the lease and the log's size), and only then enter the local log and
 reach the followers here. Bytes, events, record saves and the job's end go to Redis in the
 order they happened, so every daemon sees the same log, with events at the same offsets.
+
+Redis restored from an older copy (an RDB, or an AOF that lost its last second) holds fewer
+bytes of a log than it acknowledged. The holder notices (its append expects more, or the
+node's check finds Redis behind) and writes the lost bytes back from its own copy, exactly,
+under its lease, before it sends anything new: retrying the append as it was would be
+refused again and again, and a fetch stopped for it would be restarted for ever.
 """
 
 from __future__ import annotations
@@ -20,9 +26,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 from redis.exceptions import RedisError
 
 from tailhub.daemon.cluster.records import record_to_json
-from tailhub.daemon.cluster.redis_store import MISMATCH, STALE, RedisStore
+from tailhub.daemon.cluster.redis_store import LOST, MISMATCH, STALE, RedisStore
 from tailhub.daemon.fetcher import Fetcher
-from tailhub.daemon.model import ClusterUnavailable, StorageFull
+from tailhub.daemon.model import NotFetchedYet, StorageFull
 
 if TYPE_CHECKING:
     from tailhub.daemon.config import DaemonConfig
@@ -85,6 +91,12 @@ class WriterOwner(Protocol):
 
     def redis_ok(self) -> None: ...
 
+    def data_lost(self) -> None:
+        """Redis no longer holds the cluster's data (it restarted empty, or was flushed)."""
+
+    def cannot_restore(self, job: Job, reason: str) -> None:
+        """Redis went back in time and this node's copy cannot bring the log back."""
+
 
 class LogWriter:
     """Sends one job's bytes, events, records and end to Redis, in order, under its lease."""
@@ -117,6 +129,15 @@ class LogWriter:
         # that Redis's answer to the retry tells whether the first one was stored.
         self._in_flight: bytes | None = None
         self._ended = False
+        # Whether Redis may hold fewer bytes than it acknowledged, checked (and the lost
+        # ones written back) before anything else is sent: at the start of a lease (the
+        # node may have taken back a job Redis forgot part of), and when told.
+        self._check_end = True
+        self._checked_after_mismatch = False
+        # Where the job's end goes when Redis went back in time past what this copy holds
+        # (the job failed for it): at Redis's end, not this copy's.
+        self._end_at: int | None = None
+        self.drained.clear()
 
     # -- what the job's side queues ------------------------------------------------------------
     def append(self, data: bytes) -> None:
@@ -133,6 +154,7 @@ class LogWriter:
         return b"".join(op for op in self._ops if isinstance(op, bytes))
 
     def discard_pending(self) -> None:
+        self._in_flight = None
         self._ops = collections.deque(op for op in self._ops if not isinstance(op, bytes))
         self.pending_bytes = 0
 
@@ -156,6 +178,11 @@ class LogWriter:
         self._ops.append(_End(end, record_to_json(record, self._home)))
         self._kick()
 
+    def check_end(self) -> None:
+        """Redis may have gone back in time: compare its end with this copy's first."""
+        self._check_end = True
+        self._kick()
+
     def _kick(self) -> None:
         if not self._ended:  # (once it has ended, nothing more is sent: nobody must wait)
             self.drained.clear()
@@ -174,7 +201,7 @@ class LogWriter:
     async def _send_all(self) -> None:
         failures = 0
         while True:
-            if not self._ops:
+            if not self._ops and not self._check_end:
                 self.drained.set()
                 self._wake.clear()
                 await self._wake.wait()
@@ -182,7 +209,10 @@ class LogWriter:
             if self.lease.lost:
                 return
             try:
-                finished = await self._send_next()
+                if self._check_end:
+                    finished = await self._restore_lost_bytes()
+                else:
+                    finished = await self._send_next()
             except RedisError as error:
                 failures += 1
                 self._owner.redis_failed(error)
@@ -210,9 +240,13 @@ class LogWriter:
         elif isinstance(op, _Record):
             status = await self._store.save(job_id, token, op.record)
         else:
-            status = await self._store.end(job_id, token, self._job.log_size, op.end, op.record)
+            size = self._job.log_size if self._end_at is None else self._end_at
+            status = await self._store.end(job_id, token, size, op.end, op.record)
+        if status == MISMATCH and isinstance(op, _End) and not self._checked_after_mismatch:
+            return self._recheck()
         if status != 0:
             return self._refused(status, "the log in Redis does not end where it ends here")
+        self._checked_after_mismatch = False
         if self._ops and self._ops[0] is op:  # (a newer record may have replaced it)
             self._ops.popleft()
         if isinstance(op, _Event):
@@ -231,10 +265,76 @@ class LogWriter:
         # A retry of an append whose answer was lost finds it already stored.
         self._in_flight = None
         if status == 0 or (status == MISMATCH and size == expected + len(data)):
+            self._checked_after_mismatch = False
             self._pop_bytes(len(data))
             self.committed(data)
             return False
+        if status == MISMATCH and 0 <= size < expected and not self._checked_after_mismatch:
+            return self._recheck()
         return self._refused(status, f"the log in Redis is {size} bytes, not {expected}")
+
+    def _recheck(self) -> bool:
+        """Redis holds fewer bytes than this copy: look again (once per mismatch; a second
+        one in a row is no lost copy but someone else writing, and ends the fetch)."""
+        self._checked_after_mismatch = True
+        self._check_end = True
+        return False
+
+    async def _restore_lost_bytes(self) -> bool:
+        """Compares Redis's end of the log with this copy's; where Redis holds fewer bytes
+        (restored from an older copy), writes the ones it lost back from this copy, in
+        order, under the lease. True when the fetch is over here."""
+        job = self._job
+        local = job.log_size
+        held = await self._store.size(job.id)
+        if held >= local:
+            self._check_end = False
+            # Equal: nothing lost. More: Redis holds bytes this node never stored, which
+            # its next append finds (and then ends its fetch, as before).
+            return False
+        if job.first_offset > held:
+            self._check_end = False
+            message = (
+                f"the cluster's Redis went back in time (restored from an older copy): it "
+                f"holds {held} bytes of this log, not {local}, and this node's copy starts "
+                f"at offset {job.first_offset}, so bytes {held}-{job.first_offset} are lost"
+            )
+            logger.error("job %d: %s", job.id, message)
+            self.discard_pending()
+            self._end_at = held
+            # It fails the job: its end is queued here, and sent next.
+            self._owner.cannot_restore(job, message)
+            return False
+        logger.warning(
+            "job %d: the log in Redis is %d bytes, not %d (Redis restored from an older "
+            "copy?): writing the lost bytes back from this node's copy",
+            job.id,
+            held,
+            local,
+        )
+        offset = held
+        while offset < local:
+            data = job.log.read(offset, min(MAX_ENTRY_BYTES, local - offset))
+            status, size = await self._store.append(
+                job.id, self.lease.token, offset, data, self._retention
+            )
+            if status == MISMATCH and size == offset + len(data):
+                status = 0  # (stored, its answer lost: this is the retry)
+            if status != 0:
+                return self._refused(status, f"the log in Redis is {size} bytes, not {offset}")
+            offset += len(data)
+        self._check_end = False
+        node = self.lease.token.rsplit(" ", 1)[0]
+        # Into the stream, after the bytes: every node's followers get it once, where it
+        # happened (a node whose copy was longer than Redis's reads on from its own end).
+        self._ops.appendleft(
+            _Event(
+                f"the cluster's Redis went back in time (restored from an older copy): it had "
+                f"lost bytes {held}-{local} of this log; node {node} wrote them "
+                "back from its copy"
+            )
+        )
+        return False
 
     def _take_bytes(self) -> bytes:
         parts: list[bytes] = []
@@ -254,6 +354,9 @@ class LogWriter:
             self.pending_bytes -= len(op)
 
     def _refused(self, status: int, mismatch: str) -> bool:
+        if status == LOST:
+            self._owner.data_lost()
+            return True
         if status == STALE:
             reason = "its lease was taken over (a write under it was refused)"
         else:
@@ -312,7 +415,8 @@ class LeasedFetcher(Fetcher):
     async def flushed(self) -> None:
         await self._writer.drained.wait()
         if self._writer.lease.lost:
-            raise ClusterUnavailable(
+            # (It takes the job back once Redis is reachable again: a publisher retries.)
+            raise NotFetchedYet(
                 f"job {self._job.id}: this daemon lost the job's lease before Redis stored "
                 f"the bytes; its log ends at offset {self._job.log_size}"
             )
