@@ -9,6 +9,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from cluster_helpers import REPLAY, Cluster, payload, upstream
 from helpers import BackgroundCli, DaemonProcess, start_background_cli, wait_until
 from redis_helpers import RedisServer
@@ -40,8 +41,9 @@ def _follow_on_every_node(cluster: Cluster, job_id: int, where: Path) -> list[Ba
     ]
 
 
+@pytest.mark.parametrize("holder_gives_up", [False, True], ids=["holder-keeps", "taken-over"])
 def test_redis_restored_from_an_older_snapshot_is_mended_from_a_nodes_copy(
-    start_redis: Callable[..., RedisServer], cluster: Cluster, tmp_path: Path
+    start_redis: Callable[..., RedisServer], cluster: Cluster, tmp_path: Path, holder_gives_up: bool
 ) -> None:
     # No AOF: a restart brings back the last snapshot, as a host crash with an RDB (or an
     # AOF fsynced every second) does.
@@ -67,11 +69,18 @@ def test_redis_restored_from_an_older_snapshot_is_mended_from_a_nodes_copy(
             lambda: all(len(f.stdout) >= acknowledged for f in followers),
             what="bytes Redis acknowledged after its snapshot, on every node",
         )
-        cluster.redis.kill()
         wait_until(
             lambda: all(_knows(node, after_snapshot) for node in nodes),
             what="every node to know the job attached after the snapshot",
         )
+        cluster.redis.kill()
+        if holder_gives_up:
+            # Away past the holder's safe share of its lease: it stops fetching, and the
+            # node that takes the job over (any of the three) mends the log from its copy.
+            wait_until(
+                lambda: "this node stopped fetching it" in nodes[0].log_text(),
+                what="the holder to stop fetching",
+            )
         cluster.redis.restart()  # from the snapshot: 90,000 acknowledged bytes fewer
         # Ids go on above every job the nodes know, though Redis's counter went back.
         with nodes[2].client() as client:
