@@ -75,17 +75,25 @@ async def serve(
     notifier = notifier or Notifier(None)
     # It records `options` in the state directory before it serves (home_kind.py).
     daemon = Daemon(config, network, options)
-    await daemon.start()
-    _tune_gc()
     stopping: asyncio.Task[None] | None = None
+    # A signal that comes while the daemon starts (its socket bound, the handlers not yet in
+    # place, it would have died without cleaning up) is a stop asked for: done once started.
+    started = False
+    asked = False
+
+    def begin_stop() -> None:
+        nonlocal stopping
+        stopping = asyncio.ensure_future(daemon.stop())
+        stopping.add_done_callback(_exit_if_stop_failed)
 
     def on_signal(signum: int) -> None:
-        nonlocal stopping
-        if stopping is None:
+        nonlocal asked
+        if not asked:
+            asked = True
             logger.info("%s: stopping (send it again to force)", signal.Signals(signum).name)
             notifier.notify("STOPPING=1", "STATUS=stopping: ending streams, then exiting")
-            stopping = asyncio.ensure_future(daemon.stop())
-            stopping.add_done_callback(_exit_if_stop_failed)
+            if started:
+                begin_stop()
         else:
             logger.warning("second signal: exiting now")
             os._exit(1)
@@ -94,10 +102,19 @@ async def serve(
         loop.add_signal_handler(signum, on_signal, signum)
     if memory_trace is not None:
         loop.add_signal_handler(signal.SIGUSR2, memory_trace.report)
-    # Only now: start() returned once the socket and every listener accept connections, and
-    # a SIGTERM sent the moment the service manager hears READY=1 is a drain, not a kill.
-    notifier.notify("READY=1", f"MAINPID={os.getpid()}", f"STATUS={_serving(config, network)}")
     try:
+        await daemon.start()
+        _tune_gc()
+        started = True
+        if asked:
+            begin_stop()
+        else:
+            # Only now: start() returned once the socket and every listener accept
+            # connections, and a SIGTERM sent the moment the service manager hears READY=1
+            # is a drain, not a kill.
+            notifier.notify(
+                "READY=1", f"MAINPID={os.getpid()}", f"STATUS={_serving(config, network)}"
+            )
         await daemon.wait_closed()
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2):
