@@ -9,8 +9,6 @@ from helpers import DaemonProcess, wait_until
 from job_helpers import Gate
 from test_faults import Follower, fill_disk, small_disk_home  # noqa: F401 (a fixture)
 
-from tailhub.client import JobState
-
 
 def test_a_local_job_ending_on_a_full_disk_keeps_its_exit_code(
     small_disk_home: Path,  # noqa: F811 (the fixture imported above)
@@ -21,9 +19,11 @@ def test_a_local_job_ending_on_a_full_disk_keeps_its_exit_code(
     gate = Gate.closed(workdir / "gate")
     try:
         with daemon.client() as client:
-            job = client.launch(f"flock --shared {gate.path} true; exit 5")
-            wait_until(lambda: client.get(job.id).state is JobState.RUNNING, what="it runs")
+            job = client.launch(f"echo started; flock --shared {gate.path} true; exit 5")
             follower = Follower(daemon, job.id)
+            # Its script runs (RUNNING alone is not enough: the wrapper claims its launch in a
+            # file of its own first, which a disk already full would refuse).
+            wait_until(lambda: follower.data == b"started\n", what="the script to start")
             filler = fill_disk(small_disk_home)
             gate.open()
             follower.join()
