@@ -103,7 +103,7 @@ def test_quick_benchmark_runs_every_scenario_and_writes_json(tmp_path: Path) -> 
 
     # A verdict for every target: measured ones pass or miss, the skipped ssh ones say why.
     verdicts = {verdict["target"]: verdict for verdict in results["targets"]}
-    assert len(verdicts) == 18
+    assert len(verdicts) == 20  # the rapid-reset scenario has two (memory, latency)
     for target, verdict in verdicts.items():
         assert verdict["figure"], target
         if target.startswith("ssh"):
