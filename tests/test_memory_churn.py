@@ -20,12 +20,13 @@ def test_ended_jobs_past_the_cap_are_removed_as_jobs_end_not_an_hour_later(
 ) -> None:
     daemon = start_daemon("--max-ended-jobs", "10")
     with daemon.client() as client:
-        launched = [client.launch("echo hi").id for _ in range(40)]
-        wait_until(
-            lambda: all(client.get(job_id).state.terminal for job_id in launched[-5:]),
-            60,
-            "the last jobs to end",
-        )
+        # One after another, so that they end in the order of their ids (the cap removes the
+        # jobs that ended first).
+        launched = []
+        for _ in range(40):
+            job_id = client.launch("echo hi").id
+            launched.append(job_id)
+            wait_until(lambda: client.get(job_id).state.terminal, 60, "the job to end")  # noqa: B023
         # The pass runs once a job has ended past the cap (a tenth of a cap of 10: one job).
         wait_until(lambda: len(client.list()) <= 11, 20, "the oldest ended jobs to go")
         kept = [job.id for job in client.list()]
