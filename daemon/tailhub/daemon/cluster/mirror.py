@@ -98,6 +98,9 @@ class Mirror:
                     continue  # fetched here now: its own fetcher fills the log
                 try:
                     for entry in entries:
+                        # (A catch-up may have applied it meanwhile, from the same place.)
+                        if _order(entry.entry_id) <= _order(self._after.get(job_id, b"0-0")):
+                            continue
                         self.apply(job, entry)
                         self._after[job_id] = entry.entry_id
                 except Exception:  # one job's fault (a full disk) must not stop the others'
@@ -115,7 +118,11 @@ class Mirror:
     async def catch_up(self, job: Job, size: int) -> None:
         """Reads the job's stream until the local log holds `size` bytes (before this daemon
         takes over its fetch, so that it appends where the cluster's log ends)."""
-        after = f"{job.log_size}-0".encode()
+        # Followed here: from the last entry the followers here got, events included (past
+        # them, the read loop would never give them the events read here). Else from the
+        # local end, bytes only.
+        watched = self._after.get(job.id)
+        after = watched if watched is not None else f"{job.log_size}-0".encode()
         while job.log_size < size:
             entries = await self._store.read_range(job.id, after, READ_COUNT)
             if not entries:
@@ -123,7 +130,8 @@ class Mirror:
                     f"job {job.id}: Redis holds {size} bytes but its stream ends at {job.log_size}"
                 )
             for entry in entries:
-                if entry.data is not None:  # events and the end are the old holder's
+                # (The end is the old holder's to apply, through the read loop.)
+                if entry.data is not None or (watched is not None and entry.event is not None):
                     self.apply(job, entry)
                 after = entry.entry_id
         if job.id in self._after:  # (followed here meanwhile: read on from there)
@@ -170,6 +178,15 @@ class Mirror:
             _apply_end(job, entry.end)
             self.forget(job.id)
             self._owner.ended_remotely(job)
+
+
+def _order(entry_id: bytes) -> tuple[int, int]:
+    """A stream entry id as Redis orders them (one that is not an id sorts first)."""
+    offset, _, sequence = entry_id.partition(b"-")
+    try:
+        return int(offset), int(sequence or 0)
+    except ValueError:
+        return -1, -1
 
 
 def _apply_end(job: Job, end: dict[str, object]) -> None:
