@@ -81,6 +81,7 @@ class Client:
         # A follow has told that its daemon was lost, and none has told it is back yet.
         self._outage = False
         self._outage_lock = threading.Lock()
+        self._closed = False
         if target is None:
             if paths is None:
                 raise ValueError("a client needs a state directory or a remote target")
@@ -137,6 +138,9 @@ class Client:
         return cls(paths, on_wait=on_wait)
 
     def close(self) -> None:
+        # Follows in other threads see their streams break: they end quietly, with no
+        # "lost the daemon" line (the CLI closes the client on Ctrl-C).
+        self._closed = True
         self._servers.close()
 
     def __enter__(self) -> Client:
@@ -371,11 +375,11 @@ class Client:
             finally:
                 _end(call)
                 del call
+            if self._closed:
+                return  # closed by its owner: nothing was lost
             # The stream broke (daemon stopping or gone): wait for a daemon and resume.
             now = time.monotonic()
-            if down_since is None:
-                down_since = now
-                self._tell_lost(reconnect_timeout)
+            down_since = self._outage_since(down_since, now, reconnect_timeout)
             left = down_since + reconnect_timeout - now
             if left <= 0:
                 raise DaemonUnreachable(
@@ -390,6 +394,13 @@ class Client:
                 pause = min(pause * 2, _MAX_RETRY_PAUSE)
             index = servers.advance(index)
             self._wait_for_daemon(index, down_since + reconnect_timeout - time.monotonic())
+
+    def _outage_since(self, down_since: float | None, now: float, timeout: float) -> float:
+        """When this follow lost its daemon: `now` for a new outage, which is told."""
+        if down_since is not None:
+            return down_since
+        self._tell_lost(timeout)
+        return now
 
     def _lost_what(self) -> str:
         """`lost the daemon on ADDRESS`, or the cluster node's name, or the list's."""

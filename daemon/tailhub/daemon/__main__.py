@@ -186,16 +186,15 @@ def _cluster_settings(
         raise click.UsageError(str(error)) from None
 
 
-def _redis_not_from_argv(ctx: click.Context, param: click.Parameter, url: str | None) -> str | None:
+def _refuse_redis_secret_on_argv(ctx: click.Context, url: str | None) -> None:
     """Refuses a Redis password on the command line: any local user reads a process's argv
     with `ps`, and whoever can write to Redis runs commands on every node. The same URL is
-    fine from the environment or the private --config file."""
-    assert param.name is not None
-    source = ctx.get_parameter_source(param.name)
+    fine from the environment or the private --config file. (Asked once every option is
+    parsed: before that, click 8.4 does not know yet where a value came from.)"""
+    source = ctx.get_parameter_source("redis_url")
     if url and source is ParameterSource.COMMANDLINE and redis_url_has_secret(url):
         click.echo(f"tailhubd: {ARGV_REFUSAL}", err=True)
         ctx.exit(2)
-    return url
 
 
 def _home_and_no_credentials(home: str | None) -> Path:
@@ -395,7 +394,6 @@ def _raise_open_file_limit() -> None:
     "redis_url",
     envvar="TAILHUB_REDIS",
     metavar="URL",
-    callback=_redis_not_from_argv,
     help="Cluster mode: share jobs with the other daemons on this Redis "
     "(redis://HOST:PORT/DB, rediss:// for TLS). A password only from TAILHUB_REDIS or "
     "--config, never on the command line. Default: this daemon alone.",
@@ -466,6 +464,7 @@ def main(
     check: bool,
 ) -> None:
     """Run the tailhub daemon in the foreground."""
+    _refuse_redis_secret_on_argv(click.get_current_context(), redis_url)
     home_path = _home_and_no_credentials(home)
     repeats = daemon_log.configure(log_level)
     # Read, and removed from the environment, before anything copies it: no job or upstream
