@@ -31,6 +31,16 @@ def wait_until(
         delay = min(delay * 2, 0.1)
 
 
+def one_line(stderr: bytes, prefix: str) -> str:
+    """The single line a refusal prints (no traceback, no log noise), starting with `prefix`."""
+    text = stderr.decode(errors="replace")
+    assert "Traceback" not in text, text
+    lines = text.strip().splitlines()
+    assert len(lines) == 1, text
+    assert lines[0].startswith(prefix), text
+    return lines[0]
+
+
 def cli_env(home: Path) -> dict[str, str]:
     env = dict(os.environ)
     env["TAILHUB_HOME"] = str(home)

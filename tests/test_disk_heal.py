@@ -50,11 +50,7 @@ def test_prune_frees_a_full_disk_and_the_next_launch_works(
         assert not (small_disk_home / "logs" / f"{job_id}.log").exists()
         assert _free(small_disk_home) > 1024 * 1024
 
-        task = small_disk_home.parent / "after.yaml"
-        task.write_text("run: echo after\n")
-        launched = run_cli(small_disk_home, "jobs", "launch", str(task))
-        assert launched.returncode == 0, launched.stderr
-        assert launched.stdout == b"after\n"
+        _next_launch_works(small_disk_home)
     finally:
         daemon.stop()
 
@@ -78,13 +74,17 @@ def test_rm_frees_a_full_disk_and_the_next_launch_works(
         shown = run_cli(small_disk_home, "jobs", "logs", str(job_id), "--no-follow")
         assert shown.returncode == exit_codes.NOT_FOUND, shown.stderr
 
-        task = small_disk_home.parent / "after.yaml"
-        task.write_text("run: echo after\n")
-        launched = run_cli(small_disk_home, "jobs", "launch", str(task))
-        assert launched.returncode == 0, launched.stderr
-        assert launched.stdout == b"after\n"
+        _next_launch_works(small_disk_home)
     finally:
         daemon.stop()
+
+
+def _next_launch_works(home: Path) -> None:
+    task = home.parent / "after.yaml"
+    task.write_text("run: echo after\n")
+    launched = run_cli(home, "jobs", "launch", str(task))
+    assert launched.returncode == 0, launched.stderr
+    assert launched.stdout == b"after\n"
 
 
 def _ended_push_job(client: Client, size: int) -> int:

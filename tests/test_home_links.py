@@ -14,22 +14,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from helpers import DaemonProcess, run_cli, wait_until
+from helpers import DaemonProcess, one_line, run_cli, wait_until
 from job_helpers import Gate, queue, write_task
 
 from tailhub.client import StatePaths
 from tailhub.client._daemon import is_listening
 
 SOMEONE_ELSE = 65534  # nobody
-
-
-def _one_line(stderr: bytes, prefix: str) -> str:
-    text = stderr.decode(errors="replace")
-    assert "Traceback" not in text, text
-    lines = text.strip().splitlines()
-    assert len(lines) == 1, text
-    assert lines[0].startswith(prefix), text
-    return lines[0]
 
 
 def _daemons_naming(path: Path) -> list[int]:
@@ -86,10 +77,10 @@ def test_a_home_that_is_someone_elses_symlink_is_refused_and_starts_nothing(
     )
 
     assert cli.returncode == 1
-    line = _one_line(cli.stderr, f"tailhub: refusing state directory {link}: ")
+    line = one_line(cli.stderr, f"tailhub: refusing state directory {link}: ")
     assert f"{link} is a symbolic link owned by uid {SOMEONE_ELSE}" in line
     assert daemon.returncode == 1
-    line = _one_line(daemon.stderr, f"tailhubd: refusing state directory {link}: ")
+    line = one_line(daemon.stderr, f"tailhubd: refusing state directory {link}: ")
     assert f"{link} is a symbolic link owned by uid {SOMEONE_ELSE}" in line
     assert _daemons_naming(link) == [], "a daemon was left running on the refused home"
     _assert_untouched(roots_dir, [])
@@ -111,7 +102,7 @@ def test_a_home_under_someone_elses_symlinked_parent_is_refused(roots_dir: Path)
 
     for result, prefix in ((cli, "tailhub"), (daemon, "tailhubd")):
         assert result.returncode == 1
-        line = _one_line(result.stderr, f"{prefix}: refusing state directory {home}: ")
+        line = one_line(result.stderr, f"{prefix}: refusing state directory {home}: ")
         assert f"{linked} is a symbolic link owned by uid {SOMEONE_ELSE}" in line
     assert _daemons_naming(home) == []
     assert os.listdir(roots_dir / "home") == []

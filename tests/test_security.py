@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from helpers import DaemonProcess, cli_env, run_cli, wait_until
+from helpers import DaemonProcess, cli_env, one_line, run_cli, wait_until
 from job_helpers import queue, write_task
 
 from tailhub.client import Client, JobState, LogChunk, StatePaths
@@ -34,16 +34,6 @@ def _run_daemon(home: Path, timeout: float = 30.0) -> subprocess.CompletedProces
         timeout=timeout,
         check=False,
     )
-
-
-def _one_line(stderr: bytes, prefix: str) -> str:
-    """The single line a refusal prints (no traceback, no log noise)."""
-    text = stderr.decode(errors="replace")
-    assert "Traceback" not in text, text
-    lines = text.strip().splitlines()
-    assert len(lines) == 1, text
-    assert lines[0].startswith(prefix), text
-    return lines[0]
 
 
 @pytest.fixture
@@ -83,7 +73,7 @@ def test_daemon_refuses_a_state_directory_others_can_write(home: Path, mode: int
     refused = _run_daemon(home)
 
     assert refused.returncode == 1
-    line = _one_line(refused.stderr, "tailhubd: refusing state directory")
+    line = one_line(refused.stderr, "tailhubd: refusing state directory")
     assert f"chmod go-w {home}" in line
     assert not (home / "sock").exists()
 
@@ -95,7 +85,7 @@ def test_cli_refuses_a_parent_directory_others_can_write(stop_any_daemon: Path) 
     refused = run_cli(home, "jobs", "queue")
 
     assert refused.returncode == 1
-    line = _one_line(refused.stderr, "tailhub: refusing state directory")
+    line = one_line(refused.stderr, "tailhub: refusing state directory")
     assert f"{home.parent} is writable by others (mode 0777)" in line
     assert f"chmod go-w {home.parent}" in line
     assert not home.exists(), "the CLI created the state directory anyway"
@@ -127,10 +117,10 @@ def test_a_home_owned_by_someone_else_is_refused_by_daemon_and_cli(
     cli = run_cli(home, "jobs", "queue")
 
     assert daemon.returncode == 1
-    line = _one_line(daemon.stderr, "tailhubd: refusing state directory")
+    line = one_line(daemon.stderr, "tailhubd: refusing state directory")
     assert f"{home} is owned by uid {SOMEONE_ELSE}, not by you (uid 0) or root" in line
     assert cli.returncode == 1
-    line = _one_line(cli.stderr, "tailhub: refusing state directory")
+    line = one_line(cli.stderr, "tailhub: refusing state directory")
     assert f"is owned by uid {SOMEONE_ELSE}" in line
     assert not (home / "sock").exists()
 
@@ -142,7 +132,7 @@ def test_a_parent_owned_by_someone_else_is_refused(stop_any_daemon: Path) -> Non
     cli = run_cli(home, "daemon", "start")
 
     assert cli.returncode == 1
-    line = _one_line(cli.stderr, "tailhub: refusing state directory")
+    line = one_line(cli.stderr, "tailhub: refusing state directory")
     assert f"{home.parent} is owned by uid {SOMEONE_ELSE}" in line
     assert not home.exists()
 
@@ -158,7 +148,7 @@ def test_daemon_refuses_to_start_on_a_planted_state_file_symlink(
     refused = _run_daemon(home)
 
     assert refused.returncode == 1
-    line = _one_line(refused.stderr, f"tailhubd: refusing {home / planted}")
+    line = one_line(refused.stderr, f"tailhubd: refusing {home / planted}")
     assert "symbolic link" in line
     assert victim.read_text() == VICTIM_TEXT
 
@@ -175,7 +165,7 @@ def test_daemon_refuses_a_planted_logs_marker_at_once(home: Path, victim: Path, 
     refused = _run_daemon(home, timeout=20)
 
     assert refused.returncode == 1
-    _one_line(refused.stderr, f"tailhubd: refusing {marker}")
+    one_line(refused.stderr, f"tailhubd: refusing {marker}")
     assert victim.read_text() == VICTIM_TEXT
 
 
@@ -188,7 +178,7 @@ def test_daemon_refuses_to_start_on_a_symlinked_logs_directory(home: Path, workd
     refused = _run_daemon(home)
 
     assert refused.returncode == 1
-    _one_line(refused.stderr, f"tailhubd: refusing {home / 'logs'}")
+    one_line(refused.stderr, f"tailhubd: refusing {home / 'logs'}")
     assert list(elsewhere.iterdir()) == []
 
 
@@ -247,7 +237,7 @@ def test_autostart_does_not_append_through_a_planted_daemon_log_symlink(
     refused = run_cli(home, "jobs", "queue")
 
     assert refused.returncode == 1
-    line = _one_line(refused.stderr, f"tailhub: refusing {home / 'tailhubd.log'}")
+    line = one_line(refused.stderr, f"tailhub: refusing {home / 'tailhubd.log'}")
     assert "symbolic link" in line
     assert victim.read_text() == VICTIM_TEXT
 
@@ -299,7 +289,7 @@ def test_cli_sends_nothing_to_a_socket_owned_by_someone_else(
     refused = _launch(daemon.home, workdir, f"touch {marker}", "--env", "TOKEN=secret")
 
     assert refused.returncode == 1
-    line = _one_line(refused.stderr, f"tailhub: refusing {daemon.paths.socket}")
+    line = one_line(refused.stderr, f"tailhub: refusing {daemon.paths.socket}")
     assert f"owned by uid {SOMEONE_ELSE}" in line
     os.chown(daemon.paths.socket, 0, 0)
     assert queue(daemon.home) == {}
