@@ -11,6 +11,9 @@ from helpers import BackgroundCli, DaemonProcess, start_background_cli
 from job_helpers import Gate
 from redis_helpers import RedisServer
 
+# Fixtures that live beside their helpers.
+pytest_plugins = ["disk_helpers"]
+
 # What a daemon's own log must never hold: a bug's traceback, or a task nobody supervised.
 DAEMON_LOG_FAULTS = ("Traceback", "never retrieved")
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TOOLS = ("ruff", "mypy", "buf", "pytest")
 # Every step of the script, in its order, as the stand-ins see it called.
 STEPS = (

@@ -25,7 +25,7 @@ from remote_helpers import bearer, create_token, free_port, status_of, write_tok
 from tailhub.v1 import tailhub_pb2 as pb
 from tailhub.v1 import tailhub_pb2_grpc as rpc
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 MIB = 1 << 20
 
 

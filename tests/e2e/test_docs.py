@@ -21,7 +21,7 @@ import pytest
 from tailhub.client.cli import cli
 from tailhub.daemon.__main__ import main as tailhubd
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 README = REPO / "README.md"
 DOCS = REPO / "docs"
 CLI_PAGE = DOCS / "cli.md"

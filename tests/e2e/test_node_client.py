@@ -16,7 +16,7 @@ import pytest
 from helpers import DaemonProcess, wait_until
 from remote_helpers import create_token, free_port, tls_init
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "node"
 # Every byte value, NULs, and sequences that are not UTF-8 (a lone continuation byte, an
 # overlong encoding, a cut-off multi-byte character): a client that decodes would change them.

@@ -14,7 +14,7 @@ from helpers import BackgroundCli, DaemonProcess, run_cli, wait_until
 from job_helpers import Gate
 
 MIB = 1024 * 1024
-REPLAY = Path(__file__).parent / "replay_upstream.py"
+REPLAY = Path(__file__).parent.parent / "replay_upstream.py"
 
 
 def _bounce(daemon: DaemonProcess, how: str) -> None:

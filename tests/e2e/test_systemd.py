@@ -23,7 +23,7 @@ from helpers import wait_until
 from tailhub.client import Client, LogChunk, StatePaths
 from tailhub.client._daemon import is_listening
 
-UNITS = Path(__file__).resolve().parent.parent / "examples" / "systemd"
+UNITS = Path(__file__).resolve().parents[2] / "examples" / "systemd"
 SYSTEM_UNIT = UNITS / "tailhubd.service"
 USER_UNIT = UNITS / "user" / "tailhubd.service"
 TAILHUBD = str(Path(sys.executable).parent / "tailhubd")

@@ -14,7 +14,7 @@ from tailhub.client import JobInfo
 from tailhub.v1 import tailhub_pb2 as pb
 from tailhub.v1 import tailhub_pb2_grpc as rpc
 
-REPLAY = Path(__file__).parent / "replay_upstream.py"
+REPLAY = Path(__file__).parent.parent / "replay_upstream.py"
 
 
 def _attach(daemon: DaemonProcess, argv: list[str], *extra: str) -> int:

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from disk_helpers import Follower, fill_disk
 from helpers import DaemonProcess, wait_until
 from job_helpers import Gate
-from test_faults import Follower, fill_disk, small_disk_home  # noqa: F401 (a fixture)
 
 
 def test_a_local_job_ending_on_a_full_disk_keeps_its_exit_code(

@@ -8,7 +8,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "need-redis"
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "need-redis"
 HINT = "redis-server is missing (cluster tests need it): sudo apt-get install redis-server\n"
 
 

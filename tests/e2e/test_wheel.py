@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 # Where each part of the `tailhub` import root lives in the source tree.
 PARTS = ("daemon", "client", "proto")
 HELLO_OUTPUT = (

@@ -16,8 +16,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
+from disk_helpers import fill_disk
 from helpers import BackgroundCli, DaemonProcess, run_cli, wait_until
-from test_faults import fill_disk, small_disk_home  # noqa: F401 (a fixture)
 
 from tailhub.client import LogEnd, exit_codes
 from tailhub.client._timestamps import parse_since

@@ -13,8 +13,8 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from disk_helpers import fill_disk
 from helpers import DaemonProcess, run_cli, wait_until
-from test_faults import fill_disk, small_disk_home  # noqa: F401 (a fixture)
 
 from tailhub.client import Client, JobState, exit_codes
 
