@@ -1,0 +1,1 @@
+"""The end-to-end layer: the real daemon and CLI, as users run them."""

@@ -1,0 +1,1 @@
+"""The unit layer: in-process, no subprocess, no daemon process."""
