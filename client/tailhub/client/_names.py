@@ -51,6 +51,10 @@ class JobRef(click.ParamType):  # type: ignore[type-arg]
         return [CompletionItem(value, help=text) for value, text in complete_jobs(home, incomplete)]
 
 
+# Job ids (or names) as the command line takes them.
+JOB_REF = JobRef()
+
+
 def checked_name(_ctx: click.Context, _param: click.Parameter, name: str | None) -> str | None:
     """A new job's --name, checked as the daemon would (bad usage: exit 2, nothing sent)."""
     from tailhub.daemon.limits import MAX_NAME_BYTES
