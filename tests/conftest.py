@@ -9,6 +9,7 @@ import pytest
 from cluster_helpers import Cluster
 from helpers import BackgroundCli, DaemonProcess, start_background_cli
 from job_helpers import Gate
+from markers import FIXTURE_MARKERS, MARKERS, missing_requirement, unavailable
 from redis_helpers import RedisServer
 
 # Fixtures that live beside their helpers.
@@ -19,11 +20,32 @@ DAEMON_LOG_FAULTS = ("Traceback", "never retrieved")
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    for name, meaning in MARKERS.items():
+        config.addinivalue_line("markers", f"{name}: {meaning}")
     config.addinivalue_line(
         "markers",
         "daemon_log_may_hold(*faults, reason): the daemon's log may hold these faults in this "
         "test (say why in `reason`)",
     )
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests using a fixture that needs something get its marker (before `-m` selects)."""
+    for item in items:
+        fixtures = getattr(item, "fixturenames", ())
+        for fixture, marker in FIXTURE_MARKERS.items():
+            if fixture in fixtures and item.get_closest_marker(marker) is None:
+                item.add_marker(marker)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """A test whose requirement is missing says which, before any fixture runs (see markers)."""
+    for marker in item.iter_markers():
+        reason = missing_requirement(marker.name)
+        if reason is not None:
+            unavailable(reason)
 
 
 def check_daemon_log(request: pytest.FixtureRequest, text: str, where: str) -> None:

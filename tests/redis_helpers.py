@@ -11,11 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import redis
+from markers import REDIS_INSTALL_HINT
 from remote_helpers import free_port
 
 REDIS_START_TIMEOUT = 20.0
-# How a machine without it gets it (`make test` does this itself when it can: scripts/need-redis).
-INSTALL_HINT = "redis-server is missing (cluster tests need it): sudo apt-get install redis-server"
 
 
 @dataclass
@@ -107,7 +106,7 @@ class RedisServer:
         """Starts the process on self.port; False when it exited before answering."""
         executable = shutil.which("redis-server")
         if executable is None:
-            raise AssertionError(INSTALL_HINT)
+            raise AssertionError(REDIS_INSTALL_HINT)
         self.directory.mkdir(parents=True, exist_ok=True)
         persistence = ["--appendonly", "yes", "--appendfsync", "always"] if self.appendonly else []
         # Only the log file gets Redis's output; its own stdout would be a pipe nobody reads.

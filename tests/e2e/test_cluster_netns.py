@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from cluster_helpers import NOT_SERVING, REPLAY, SERVING, Cluster, cluster_health, payload, upstream
 from helpers import DaemonProcess, start_background_cli, wait_until
+from markers import unavailable
 from redis_helpers import RedisServer
 
 from tailhub.client import JobState
@@ -52,7 +53,7 @@ def _namespaces_allowed() -> bool:
 def hosts() -> Iterator[list[Host]]:
     """Two namespaces, 10.213.K.2 inside, 10.213.K.1 on this side."""
     if not _namespaces_allowed():
-        pytest.skip("this machine does not allow network namespaces (needs root and ip netns)")
+        unavailable("this machine does not allow network namespaces (needs root and ip netns)")
     made: list[Host] = []
     tag = f"{os.getpid() % 10000}"
     try:
@@ -82,6 +83,8 @@ def _in(host: Host, node: DaemonProcess) -> DaemonProcess:
     return node
 
 
+@pytest.mark.root
+@pytest.mark.slow
 def test_a_node_cut_off_from_redis_hands_its_job_over_without_a_gap(
     hosts: list[Host],
     start_redis: Callable[..., RedisServer],

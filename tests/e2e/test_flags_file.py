@@ -176,7 +176,7 @@ def test_a_fifo_as_config_file_is_refused_without_waiting(home: Path, workdir: P
     assert "not a regular file" in _refused(home, fifo)
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user needs root")
+@pytest.mark.root
 def test_a_config_file_of_another_user_is_refused(home: Path, workdir: Path) -> None:
     config = _config(workdir, "max-running-jobs: 2\n")
     os.chown(config, 65534, 65534)

@@ -62,6 +62,7 @@ def _assert_untouched(directory: Path, entries: list[str]) -> None:
     assert not is_listening(StatePaths(directory))
 
 
+@pytest.mark.root
 def test_a_home_that_is_someone_elses_symlink_is_refused_and_starts_nothing(
     roots_dir: Path,
 ) -> None:

@@ -106,6 +106,7 @@ def test_a_sticky_world_writable_parent_like_tmp_is_fine(home: Path) -> None:
         os.chmod(home.parent, 0o700)
 
 
+@pytest.mark.root
 def test_a_home_owned_by_someone_else_is_refused_by_daemon_and_cli(
     stop_any_daemon: Path,
 ) -> None:
@@ -278,6 +279,7 @@ def _umask() -> int:
 
 
 # -- 3. the CLI talks only to a daemon of its own user ----------------------------------------
+@pytest.mark.root
 def test_cli_sends_nothing_to_a_socket_owned_by_someone_else(
     daemon: DaemonProcess, workdir: Path
 ) -> None:
