@@ -15,7 +15,7 @@ from helpers import run_cli, start_background_cli, wait_until
 from redis_helpers import RedisServer
 from remote_helpers import free_port, write_token
 
-from tailhub.client import JobState
+from tailhub.client import Client, JobState
 
 
 def test_followers_on_three_nodes_get_exact_bytes_from_oneupstream(
@@ -70,10 +70,17 @@ def test_every_node_lists_every_job_with_its_lease_holder(cluster: Cluster, tmp_
     assert tail.stdout == b"line 999\nline 1000\n", tail.stderr
     with nodes[0].client() as client:
         status = client.status()
-    assert status.cluster is not None
-    assert status.cluster.node_name == "n0"
-    assert status.cluster.connected
-    assert status.cluster.nodes == 2
+        assert status.cluster is not None
+        assert status.cluster.node_name == "n0"
+        assert status.cluster.connected
+        # Counted at each keep-alive (a quarter of the lease): n0 may not have seen n1 yet.
+        wait_until(lambda: _cluster_nodes(client) == 2, timeout=10, what="n0 to count 2 nodes")
+
+
+def _cluster_nodes(client: Client) -> int:
+    cluster = client.status().cluster
+    assert cluster is not None
+    return cluster.nodes
 
 
 def test_kill_of_the_lease_holder_is_taken_over_within_5s_byte_exact(
