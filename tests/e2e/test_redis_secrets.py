@@ -20,7 +20,7 @@ from redis_helpers import RedisServer
 from tailhub.client import Client, StatePaths
 
 PASSWORD = "hunter2-s3cret"
-FENCE = b"tailhub.daemon.cluster.fence"
+FENCE = b"tailhub.daemon.process.fence"
 
 
 def _children(pid: int) -> list[int]:

@@ -11,13 +11,10 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 
 from tailhub.daemon.budget import SendBudget
+from tailhub.daemon.errors import DaemonStopping, InvalidRequest, OutOfRange
 from tailhub.daemon.job import Job
-from tailhub.daemon.model import InvalidRequest, JobState, OutOfRange, SourceEvent
+from tailhub.daemon.model import JobState, SourceEvent
 from tailhub.daemon.timeindex import line_start_from
-
-
-class DaemonStopping(Exception):
-    """The daemon is shutting down; the client should reconnect and resume."""
 
 
 @dataclass(frozen=True)
@@ -74,7 +71,7 @@ class Start:
         return self.tail_lines is not None or self.since_time is not None
 
     async def resolve(self, job: Job, scans: Executor | None = None) -> int:
-        return max(await self._resolve(job, scans), job.first_offset)
+        return max(await self._resolve(job, scans), job.placed.first_offset)
 
     async def _resolve(self, job: Job, scans: Executor | None) -> int:
         if self.tail_lines is not None:
@@ -84,13 +81,14 @@ class Start:
             return await job.log.tail_offset(self.tail_lines, scans)
         if self.since_time is not None:
             return await _since_offset(job, self.since_time, scans)
-        missing = job.first_offset or (
-            job.cluster_first if job.log_size <= self.offset < job.cluster_first else 0
+        placed = job.placed
+        missing = placed.first_offset or (
+            placed.kept_from if job.log_size <= self.offset < placed.kept_from else 0
         )
         if self.offset < missing:
             raise trimmed(job, missing)
-        # (In cluster mode the cluster's copy may be ahead of this daemon's.)
-        if self.offset > max(job.log_size, job.cluster_size):
+        # (Where it is fetched elsewhere, the log there may be ahead of this daemon's.)
+        if self.offset > max(job.log_size, placed.size):
             raise InvalidRequest(
                 f"offset {self.offset} is past the end of job {job.id}'s log ({job.log_size} bytes)"
             )
@@ -101,7 +99,8 @@ def trimmed(job: Job, first: int) -> OutOfRange:
     return OutOfRange(
         f"bytes before offset {first} of job {job.id} are no longer kept (trimmed from the "
         f"cluster's copy before this daemon read them): resume at {first}, or follow through "
-        "the daemon that fetched them"
+        "the daemon that fetched them",
+        first_offset=first,
     )
 
 
@@ -142,8 +141,8 @@ async def stream_log(
                 yield job.events[next_event]
                 next_event += 1
             size = job.log_size
-            if offset < job.first_offset:  # (a hole: the cluster trimmed it meanwhile)
-                raise trimmed(job, job.first_offset)
+            if offset < job.placed.first_offset:  # (a hole: trimmed there meanwhile)
+                raise trimmed(job, job.placed.first_offset)
             if offset < size:
                 grant = await budget.acquire(min(size - offset, max_chunk))
                 try:

@@ -4,44 +4,42 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from typing import Any, Protocol
 
 from tailhub.daemon.config import DaemonConfig
 from tailhub.daemon.counts import DaemonCounts
+from tailhub.daemon.errors import NotStored, UntrustedState, UpstreamFailed
 from tailhub.daemon.job import Job
-from tailhub.daemon.model import StorageFull
 from tailhub.daemon.reconnects import GiveUp, Reconnects
 from tailhub.daemon.signal import Stop
-from tailhub.daemon.sources import Outcome, Source, UpstreamFailed
-from tailhub.daemon.statedir import UntrustedState
+from tailhub.daemon.sink import CommitOwner, Sink
+from tailhub.daemon.sources import Outcome, Source
 
 logger = logging.getLogger(__name__)
 
 
-class FetchOwner(Protocol):
+class FetchOwner(CommitOwner, Protocol):
     """What a fetcher reports to: the job manager, which persists and wakes followers."""
-
-    def appended(self, job: Job) -> None: ...
 
     def save(self, job: Job) -> None: ...
 
-    def event(self, job: Job, message: str) -> None: ...
-
 
 class Fetcher:
-    """Runs one source for one job. Implements the `Upstream` the source writes to."""
+    """Runs one source for one job. Implements the `Upstream` the source writes to, and
+    writes what it gets through its sink (sink.py)."""
 
     def __init__(
         self,
         job: Job,
         source: Source,
+        sink: Sink,
         owner: FetchOwner,
         config: DaemonConfig,
         counts: DaemonCounts,
     ) -> None:
         self._job = job
         self._source = source
+        self._sink = sink
         self._owner = owner
         self._config = config
         self._counts = counts
@@ -50,13 +48,11 @@ class Fetcher:
         self._paused_at: int | None = None
         # Set by an append of the upstream's own output: the connection works.
         self._progressed = False
-        # Where the log ended when `flushed` last recorded it as acknowledged.
-        self._acknowledged = job.log_size
 
     # -- Upstream -------------------------------------------------------------------------
     @property
     def stored(self) -> int:
-        return self._job.log_size
+        return self._sink.stored
 
     @property
     def state(self) -> dict[str, Any]:
@@ -65,58 +61,31 @@ class Fetcher:
     def append(self, data: bytes, *, progress: bool = True) -> None:
         if data and progress:
             self._progressed = True
-        self._store(data)
-
-    def _store(self, data: bytes) -> None:
-        """Where appended bytes go: the job's log (a cluster lease holder's go to Redis first)."""
-        log = self._job.log
-        offset = log.size
-        if not log.writable:
-            log.observe(data)
-        else:
-            log.append(data)
-        if data:
-            self._job.times.record(offset, time.time())
-        self._counts.bytes_fetched += len(data)
+        self._sink.append(data)
         if self._paused_at is not None:
             self._paused_at = None
-            self._owner.event(
-                self._job, f"disk space available again; resuming at offset {log.size - len(data)}"
-            )
-        self._owner.appended(self._job)
+            self.event(f"disk space available again; resuming at offset {self.stored - len(data)}")
 
     def read(self, offset: int, length: int) -> bytes:
-        return self._job.log.read(offset, length)
+        return self._sink.read(offset, length)
 
     def save_state(self) -> None:
         self._owner.save(self._job)
 
     def discard_after(self, offset: int) -> None:
-        self._job.log.truncate(offset)
+        self._sink.discard_after(offset)
 
     def event(self, message: str) -> None:
-        self._owner.event(self._job, message)
+        self._sink.event(message)
 
     @property
     def finished(self) -> Stop:
         return self._finished
 
     async def flushed(self) -> None:
-        """Returns once what was appended is stored, and its end recorded as acknowledged
-        (acked.py): at once here, the bytes are on disk. A record that cannot be written
-        cuts the log back, so that nothing unacknowledged stays; nobody read those bytes yet
-        (no await since the append)."""
-        size = self._job.log_size
-        if size == self._acknowledged:
-            # Nothing new (a retry, a producer's empty first call): nothing to write, and
-            # nothing to fail on a full disk.
-            return
-        try:
-            self._job.acked.record(size)
-        except BaseException:
-            self.discard_after(self._acknowledged)
-            raise
-        self._acknowledged = size
+        """Returns once what was appended is stored (and, here, its end recorded as
+        acknowledged: acked.py)."""
+        await self._sink.flushed()
 
     # -- driving ---------------------------------------------------------------------------
     def request_finish(self) -> None:
@@ -124,7 +93,15 @@ class Fetcher:
         self._finished.set()
 
     async def run(self) -> Outcome | None:
-        """Fetches until the upstream ends (an Outcome) or is finished (None)."""
+        """Fetches until the upstream ends (an Outcome) or is finished (None), and what it
+        got is stored. Raises FetchEnded when this daemon may no longer fetch the job."""
+        outcome = await self._fetch()
+        # The job ends (and is sealed here) only once every byte fetched is stored: a
+        # follower must not see the end before the last byte.
+        await self._sink.settle()
+        return outcome
+
+    async def _fetch(self) -> Outcome | None:
         try:
             # Open the log before the upstream: a planted symlink or FIFO in its place fails
             # the job with the reason, and no connection is opened for nothing.
@@ -142,7 +119,7 @@ class Fetcher:
                         self._counts.reconnects += 1
                     self._owner.save(self._job)
                 return await self._source.fetch(self)
-            except StorageFull as error:
+            except NotStored as error:  # (a full disk, or Redis behind: the sink says)
                 self._job.upstream_open = False
                 # Nothing of the failed write is stored (the log cuts it off); the source
                 # resumes at the stored size, as after a reconnect, once there is room.
@@ -163,7 +140,9 @@ class Fetcher:
             finally:
                 self._job.upstream_open = False
 
-    async def _wait_for_space(self, error: StorageFull) -> None:
+    async def _wait_for_space(self, error: NotStored) -> None:
+        if await self._sink.make_room(error):
+            return
         size = self._job.log_size
         if self._paused_at != size:
             self._paused_at = size

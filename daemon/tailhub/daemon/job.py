@@ -7,15 +7,10 @@ import stat
 from pathlib import Path
 
 from tailhub.daemon.acked import AckedEnd
+from tailhub.daemon.errors import InvalidRequest, JobNotFound
 from tailhub.daemon.log import JobLog
-from tailhub.daemon.model import (
-    InvalidRequest,
-    JobNotFound,
-    JobRecord,
-    JobState,
-    SourceEvent,
-    SourceKind,
-)
+from tailhub.daemon.model import JobRecord, JobState, SourceEvent, SourceKind
+from tailhub.daemon.placement import HERE, Placed
 from tailhub.daemon.signal import ChangeSignal
 from tailhub.daemon.timeindex import TimeIndex
 
@@ -50,20 +45,9 @@ class Job:
         self.upstream_open = False
         # Deleted from the daemon: a subscriber still streaming keeps the log it has open.
         self.removed = False
-        # Cluster mode: the log is filled from the cluster's copy (another daemon fetches).
-        self.mirror = False
-        # Cluster mode: the node fetching the job now ("" if none), the node a local or file
-        # job is pinned to, and the size of the cluster's copy of the log as last seen.
-        self.lease_holder = ""
-        self.home_node = ""
-        self.cluster_size = 0
-        # Cluster mode: sealed where it was fetched (its bytes here may still be fewer).
-        self.cluster_sealed = False
-        # Cluster mode: bytes before this offset are not here (Redis had trimmed them before
-        # this daemon read them; the file holds a hole there, never served).
-        self.first_offset = 0
-        # Cluster mode: the first offset Redis still keeps, as last seen.
-        self.cluster_first = 0
+        # Where the job is fetched, as this daemon knows it: here (a daemon alone), or a
+        # view its cluster node keeps (placement.py).
+        self.placed: Placed = HERE
         self._log_path = log_path
         self._window_bytes = window_bytes
         self._log: JobLog | None = None
@@ -98,7 +82,8 @@ class Job:
             if self._unclaimed:
                 raise InvalidRequest(f"job {self.id} has no log: {self.record.reason}")
             # A local job writes its own file, but where it is mirrored the daemon does.
-            writable = self.mirror or self.record.spec.kind is not SourceKind.LOCAL
+            mirrored = self.placed.mirrored
+            writable = mirrored or self.record.spec.kind is not SourceKind.LOCAL
             self._log = JobLog(
                 self._log_path,
                 self._window_bytes,
@@ -107,13 +92,14 @@ class Job:
                 job_id=self.id,
                 crash_points=self._crash_points,
                 # Written only when a producer calls: no descriptor held in between.
-                idle_closed=self.record.spec.kind is SourceKind.PUSH and not self.mirror,
+                idle_closed=self.record.spec.kind is SourceKind.PUSH and not mirrored,
             )
         return self._log
 
     def observe_from(self, size: int) -> None:
-        """Cluster mode: a local job's own file may hold more than the cluster stored (it ran
-        on while its daemon was down); observe it again from `size`, so the rest is sent."""
+        """Observes the log again from `size`: a local job's own file may hold more than
+        where it was fetched stored (it ran on while its daemon was down), and the rest is
+        sent."""
         if self._log is not None:
             self._log.close()
             self._log = None

@@ -22,11 +22,12 @@ from tailhub.daemon import limits
 from tailhub.daemon.auth import AuthInterceptor, LaunchedTarget, StreamCaps
 from tailhub.daemon.budget import BudgetFigures
 from tailhub.daemon.cert_expiry import CertificateWatch
-from tailhub.daemon.cluster.fence import Fences
 from tailhub.daemon.config import DaemonConfig
+from tailhub.daemon.errors import EssentialTaskDied, JobError
 from tailhub.daemon.facts import ListenerFacts, RunFacts, listener_facts
 from tailhub.daemon.failed_auth import FailedAuthLimit
-from tailhub.daemon.home_kind import refuse_alone_on
+from tailhub.daemon.faults import HEALTH
+from tailhub.daemon.health import HealthReports
 from tailhub.daemon.identity import check_logs_belong
 from tailhub.daemon.jobs import JobManager
 from tailhub.daemon.listeners import (
@@ -37,8 +38,10 @@ from tailhub.daemon.listeners import (
     network_limits,
 )
 from tailhub.daemon.lock import StateLock
-from tailhub.daemon.model import JobError, backend_of
+from tailhub.daemon.model import backend_of
 from tailhub.daemon.paths import shown
+from tailhub.daemon.placement import Placement
+from tailhub.daemon.placing import choose_placement
 from tailhub.daemon.runner import LocalRunner
 from tailhub.daemon.service import SERVICE_NAME, TailhubServicer
 from tailhub.daemon.sky import SkyCli
@@ -46,14 +49,15 @@ from tailhub.daemon.sources import SourceEnvironment
 from tailhub.daemon.started_with import record_options
 from tailhub.daemon.statedir import check_database, ensure_private_dir, open_home
 from tailhub.daemon.store import JobStore
+from tailhub.daemon.supervisor import Supervisor
 from tailhub.daemon.tokens import TokenIndex
 from tailhub.daemon.watch import FileWatcher
 
 if TYPE_CHECKING:
-    from tailhub.daemon.cluster.node import ClusterNode
     from tailhub.daemon.metrics import DaemonMetrics, MetricsEndpoint
 
-# The health service's name for the cluster part (Redis reachable, data intact).
+# The health service's name for the placement's part (a cluster node: Redis reachable, data
+# intact).
 CLUSTER_HEALTH = "tailhub.cluster"
 
 logger = logging.getLogger(__name__)
@@ -86,9 +90,22 @@ class Daemon:
         self._metrics: DaemonMetrics | None = None
         self._metrics_endpoint: MetricsEndpoint | None = None
         self._servicer: TailhubServicer | None = None
-        # Cluster mode (`--redis`): this daemon as one node of several sharing a Redis.
-        self._node: ClusterNode | None = None
+        # Where jobs are fetched: here, or (`--redis`) as one node of several sharing a Redis.
+        self._placement: Placement | None = None
         self._stopped = asyncio.Event()
+        self._stopping: asyncio.Future[None] | None = None
+        # The daemon-wide loops (supervisor.py): if one dies, the daemon stops, and its
+        # entry point exits with `failure`.
+        self._essentials = Supervisor(dict(config.fail_loops))
+        self._essentials.on_failure(self._essential_died)
+        self._health: HealthReports | None = None
+        self._serving = False
+        self._stopping_after_failure: asyncio.Task[None] | None = None
+
+    @property
+    def failure(self) -> EssentialTaskDied | None:
+        """Why the daemon stopped on its own: an essential task died."""
+        return self._essentials.failure
 
     async def start(self) -> None:
         paths = self.config.paths
@@ -120,7 +137,7 @@ class Daemon:
         check_database(paths.database)
         self._store = JobStore(paths.database)
         check_logs_belong(paths, *self._store.instance_id())
-        fences = Fences() if self.config.cluster is not None else None
+        placement = self._placement = choose_placement(self.config)
         environment = SourceEnvironment(
             self.config,
             self._watcher,
@@ -131,20 +148,13 @@ class Daemon:
                 shutil.which(self.config.sky) or self.config.sky,
                 dict(self.config.sky_environment),
             ),
-            fences,
+            placement.wrap_command(),
         )
-        if self.config.cluster is not None:
-            # Imported only when asked for: a daemon alone needs no Redis client.
-            from tailhub.daemon.cluster.node import ClusterNode
-
-            assert fences is not None
-            self._node = ClusterNode(self.config.cluster, self.config, fences)
-            await self._node.join(self._store)
-        self._settle_kind(self._store)
-        self._manager = JobManager(self.config, self._store, environment, self._node)
-        await self._manager.start()
-        if self._node is not None:
-            await self._node.start(self._manager)
+        await placement.join(self._store)
+        self._record_kind()
+        self._manager = JobManager(self.config, self._store, environment, placement)
+        await self._manager.start(self._essentials)
+        await placement.start(self._manager, self._essentials)
 
         # Outermost first: the RPC counter sees every call, even one a later interceptor refuses.
         counting: list[grpc.aio.ServerInterceptor[Any, Any]] = []
@@ -177,17 +187,18 @@ class Daemon:
         if network_server is not None:
             await self._start_network(network_server, servicer.run_facts.listeners)
         await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
-        if self._node is not None:
-            await self._watch_cluster_health(self._node, health_servicer)
+        await self._watch_placement_health(placement, health_servicer)
+        if self._essentials.failure is not None:  # (one died while the daemon started)
+            raise self._essentials.failure
         await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+        self._serving = True
+        self._essentials.serving()
         logger.info("tailhubd serving unix:%s (pid %d)", shown(paths.socket), os.getpid())
 
-    def _settle_kind(self, store: JobStore) -> None:
-        """One kind of daemon per home (home_kind.py): a daemon alone refuses a cluster node's
-        database. Then how this one runs is recorded, before anything is served and only by
-        the daemon holding the lock, for the CLI's autostart to respect."""
-        if self.config.cluster is None:
-            refuse_alone_on(self.config.paths, store.meta("cluster"))
+    def _record_kind(self) -> None:
+        """One kind of daemon per home (home_kind.py; the placement's `join` checked the
+        database): how this one runs is recorded, before anything is served and only by the
+        daemon holding the lock, for the CLI's autostart to respect."""
         if self._options is not None:
             record_options(self.config.paths, os.getpid(), self._options)
 
@@ -199,25 +210,33 @@ class Daemon:
         if self._metrics is not None:
             self._metrics.listeners = listeners
         self._certificates = CertificateWatch(listeners)
-        self._certificates.start()
+        self._certificates.start(self._essentials)
 
-    async def _watch_cluster_health(self, node: ClusterNode, health_servicer: Any) -> None:
-        loop = asyncio.get_running_loop()
-        states = {
-            True: health_pb2.HealthCheckResponse.SERVING,
-            False: health_pb2.HealthCheckResponse.NOT_SERVING,
-        }
-        pending: set[asyncio.Task[Any]] = set()
+    async def _watch_placement_health(self, placement: Placement, health_servicer: Any) -> None:
+        """The health service's reports: applied in order by the "health" task (essential)."""
+        reports = self._health = HealthReports(health_servicer)
+        self._essentials.spawn(reports.run(), name=HEALTH)
+        serving = placement.report_health(lambda serving: reports.report(CLUSTER_HEALTH, serving))
+        if serving is not None:  # (a daemon alone has no health of its own there)
+            await reports.set(CLUSTER_HEALTH, serving)
 
-        def report(serving: bool) -> None:
-            task: asyncio.Task[Any] = loop.create_task(
-                health_servicer.set(CLUSTER_HEALTH, states[serving])
+    def _essential_died(self, failure: EssentialTaskDied) -> None:
+        """The supervisor's word: health turns NOT_SERVING, and the daemon stops as on
+        SIGTERM (followers are told "daemon stopping"); its entry point exits with the
+        reason. One that died while the daemon started fails the start instead."""
+        if self._serving and self._stopping_after_failure is None:
+            self._stopping_after_failure = asyncio.get_running_loop().create_task(
+                self._stop_after(failure), name="stop-after-failure"
             )
-            pending.add(task)
-            task.add_done_callback(pending.discard)
 
-        node.on_health = report
-        await health_servicer.set(CLUSTER_HEALTH, states[node.connected])
+    async def _stop_after(self, failure: EssentialTaskDied) -> None:
+        try:
+            if self._health is not None:
+                await self._health.fail()
+            await self.stop()
+        except Exception:  # nothing left to serve with: the entry point exits all the same
+            logger.exception("stopping after the death of %s failed", failure.task_name)
+            self._stopped.set()
 
     def _server_options(self) -> list[tuple[str, int]]:
         """The Unix socket's server: its only peer is the owner, who may open many streams."""
@@ -274,7 +293,14 @@ class Daemon:
         return server
 
     async def stop(self, grace: float | None = None) -> None:
-        """Ends subscribers' streams with "daemon stopping", then the server, then the rest."""
+        """Ends subscribers' streams with "daemon stopping", then the server, then the rest.
+        Once: a second call waits for the first stop."""
+        if self._stopping is None:
+            self._stopping = asyncio.ensure_future(self._stop(grace))
+        await asyncio.shield(self._stopping)
+
+    async def _stop(self, grace: float | None) -> None:
+        self._essentials.stop()
         if self._manager is not None:
             self._manager.begin_stop()
         grace = self.config.stop_grace if grace is None else grace
@@ -295,9 +321,10 @@ class Daemon:
         if self._manager is not None:
             await self._manager.close()
             self._manager = None
-        if self._node is not None:
-            await self._node.close()
-            self._node = None
+        if self._placement is not None:
+            await self._placement.close()
+            self._placement = None
+        await self._essentials.aclose()
         if self._store is not None:
             self._store.close()
             self._store = None

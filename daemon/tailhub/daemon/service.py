@@ -468,8 +468,8 @@ def _job(job: Job) -> pb.Job:
         reason=record.reason[: limits.MAX_LISTED_REASON_CHARS],
         source_kind=_KINDS[record.spec.kind],
         source_description=record.spec.describe()[: limits.MAX_LISTED_DESCRIPTION_CHARS],
-        log_size=max(job.log_size, job.cluster_size),
-        sealed=record.sealed or job.cluster_sealed,
+        log_size=max(job.log_size, job.placed.size),
+        sealed=record.sealed or job.placed.sealed,
         upstream_connections=record.upstream_connections,
         upstream_connections_open=int(job.upstream_open),
         subscribers=job.subscribers,
@@ -479,8 +479,8 @@ def _job(job: Job) -> pb.Job:
         ended_at=record.ended_at,
         backend=backend_of(record.spec),
         external_id=record.external_id,
-        lease_holder=job.lease_holder,
-        home_node=job.home_node,
+        lease_holder=job.placed.holder,
+        home_node=job.placed.home,
     )
 
 

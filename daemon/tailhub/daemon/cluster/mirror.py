@@ -15,13 +15,14 @@ from typing import TYPE_CHECKING, Protocol
 
 from redis.exceptions import RedisError
 
+from tailhub.daemon.cluster.placed import placed
 from tailhub.daemon.cluster.redis_store import LogEntry, RedisStore
-from tailhub.daemon.events import MAX_EVENTS, MAX_MESSAGE_BYTES, clip
 from tailhub.daemon.limits import MAX_REASON_BYTES
-from tailhub.daemon.model import JobState, SourceEvent
+from tailhub.daemon.model import JobState
 
 if TYPE_CHECKING:
     from tailhub.daemon.job import Job
+    from tailhub.daemon.sink import LocalLog
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +35,8 @@ LINGER_SECONDS = 30.0
 
 
 class MirrorOwner(Protocol):
+    def local_log(self, job: Job) -> LocalLog: ...
+
     def ended_remotely(self, job: Job) -> None: ...
 
     def starts_at(self, job: Job, offset: int) -> None: ...
@@ -58,7 +61,7 @@ class Mirror:
         self.closing = False
 
     def want(self, job: Job) -> None:
-        if job.sealed or not job.mirror:
+        if job.sealed or not placed(job).mirrored:
             return
         if job.id not in self._jobs:
             self._jobs[job.id] = job
@@ -94,7 +97,7 @@ class Mirror:
                 self._owner.redis_ok()
             for job_id, entries in found.items():
                 job = self._jobs.get(job_id)
-                if job is None or not job.mirror:
+                if job is None or not placed(job).mirrored:
                     continue  # fetched here now: its own fetcher fills the log
                 try:
                     for entry in entries:
@@ -113,7 +116,11 @@ class Mirror:
             idle = job.subscribers == 0 and now - self._wanted_at[job_id] > LINGER_SECONDS
             if job.sealed or job.removed or idle:
                 self.forget(job_id)
-        return {job_id: self._after[job_id] for job_id, job in self._jobs.items() if job.mirror}
+        return {
+            job_id: self._after[job_id]
+            for job_id, job in self._jobs.items()
+            if placed(job).mirrored
+        }
 
     async def catch_up(self, job: Job, size: int) -> None:
         """Reads the job's stream until the local log holds `size` bytes (before this daemon
@@ -138,15 +145,17 @@ class Mirror:
             self._after[job.id] = after
 
     def apply(self, job: Job, entry: LogEntry) -> None:
-        """Adds one entry to the local copy (bytes already there are skipped)."""
+        """Adds one entry to the local copy (bytes already there are skipped), through the
+        path a fetcher's bytes and events take here (sink.py): stored and limited alike."""
         size = job.log_size
+        log = self._owner.local_log(job)
         if entry.data is not None:
             end = entry.offset + len(entry.data)
             if end <= size:
                 return
             if entry.offset > size:
                 # Trimmed from Redis before this daemon read them: this daemon's copy starts
-                # after a hole, which is never served (Job.first_offset).
+                # after a hole, which is never served (Placed.first_offset).
                 logger.info(
                     "job %d: bytes %d-%d were trimmed from Redis before this daemon read them",
                     job.id,
@@ -155,25 +164,14 @@ class Mirror:
                 )
                 job.log.skip_to(entry.offset)
                 self._owner.starts_at(job, entry.offset)
-                job.events.append(
-                    SourceEvent(
-                        entry.offset,
-                        f"bytes before offset {entry.offset} were trimmed from the cluster's "
-                        "copy before this daemon read them",
-                        time.time(),
-                    )
+                log.event(
+                    f"bytes before offset {entry.offset} were trimmed from the cluster's "
+                    "copy before this daemon read them"
                 )
                 size = entry.offset
-            data = entry.data[size - entry.offset :]
-            job.log.append(data)
-            job.times.record(size, time.time())
-            job.changed.notify()
-        elif entry.event is not None and len(job.events) < MAX_EVENTS:
-            # Bounded as a daemon's own job's events are (events.py): however many the
-            # stream holds, GetJob's answer with all of them stays far below its limit.
-            message = clip(entry.event, MAX_MESSAGE_BYTES)
-            job.events.append(SourceEvent(size, message, time.time()))
-            job.changed.notify()
+            log.append(entry.data[size - entry.offset :])
+        elif entry.event is not None:
+            log.copied_event(entry.event)
         elif entry.end is not None and entry.offset == size:
             _apply_end(job, entry.end)
             self.forget(job.id)

@@ -18,101 +18,76 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import secrets
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import redis.asyncio
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from tailhub.daemon.cluster import ClusterRefused
-from tailhub.daemon.cluster.fence import Fences
+from tailhub.daemon import faults
+from tailhub.daemon.cluster.commands import FencedCommands
+from tailhub.daemon.cluster.connection import connect, describe_url
+from tailhub.daemon.cluster.leases import Leases
 from tailhub.daemon.cluster.mirror import Mirror
+from tailhub.daemon.cluster.placed import placed
 from tailhub.daemon.cluster.records import record_to_json
-from tailhub.daemon.cluster.redis_store import LOST, RedisStore
 from tailhub.daemon.cluster.sync import RecordSync, first_offset_key
 from tailhub.daemon.cluster.takeover import FETCHED_ANYWHERE, Takeover
-from tailhub.daemon.cluster.watchdog import LeaseWatchdog, kill_upstream
-from tailhub.daemon.cluster.writer import HeldLease, LeasedFetcher, LogWriter
-from tailhub.daemon.model import ClusterUnavailable, NotFetchedYet
+from tailhub.daemon.cluster.watchdog import kill_upstream
+from tailhub.daemon.cluster.writer import HeldLease, LogWriter, RedisFirst
+from tailhub.daemon.errors import (
+    ClusterDataLost,
+    ClusterRefused,
+    ClusterUnavailable,
+    NotFetchedYet,
+)
 from tailhub.daemon.placement import ClusterView
+from tailhub.daemon.process import CommandWrap, die_with_parent
 from tailhub.daemon.runner import RunHandle
-from tailhub.daemon.sources.command import die_with_parent
+from tailhub.daemon.supervisor import Supervisor
 from tailhub.daemon.tasks import TaskSet
 
 if TYPE_CHECKING:
     from tailhub.daemon.config import ClusterSettings, DaemonConfig
-    from tailhub.daemon.counts import DaemonCounts
-    from tailhub.daemon.fetcher import Fetcher, FetchOwner
     from tailhub.daemon.job import Job
-    from tailhub.daemon.jobs import JobManager
-    from tailhub.daemon.sources import Source
+    from tailhub.daemon.placement import JobsPort
+    from tailhub.daemon.sink import LocalLog, LocalSink, Sink
     from tailhub.daemon.store import JobStore
 
 logger = logging.getLogger(__name__)
 
-# A lease is surely ours until this share of its length after a renewal was sent (the rest
-# covers the trip to Redis and clocks that drift): the fetch stops here at that moment.
-_SAFE_SHARE = 0.6
 # How long a subscriber from the log's end waits for this daemon to catch up.
 _CATCH_UP_SECONDS = 30.0
-# Connections to Redis at most (one is the mirror's blocking read, one the announcements').
-_REDIS_CONNECTIONS = 32
 # A node's name is held this many leases past its last renewal.
 _NODE_HOLD_LEASES = 2
 
 
-def describe_url(url: str) -> str:
-    """host:port/db of a Redis URL, never its password."""
-    kwargs: dict[str, Any] = redis.connection.parse_url(url)  # type: ignore[no-untyped-call]
-    if "path" in kwargs:
-        return f"unix:{kwargs['path']}/{kwargs.get('db', 0)}"
-    return f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}/{kwargs.get('db', 0)}"
-
-
 async def _grown_to(job: Job, size: int) -> None:
-    while job.log_size < size and not job.sealed and job.mirror:
+    while job.log_size < size and not job.sealed and placed(job).mirrored:
         await job.changed.wait()
 
 
 class ClusterNode:
     """Implements `Placement` for a daemon in a cluster."""
 
-    def __init__(self, settings: ClusterSettings, config: DaemonConfig, fences: Fences) -> None:
+    def __init__(self, settings: ClusterSettings, config: DaemonConfig) -> None:
         self.settings = settings
-        # The fences around this node's upstream commands, told of every renewal.
-        self._fences = fences
+        # How this node starts upstream commands: inside fences told of every renewal.
+        self._commands = FencedCommands()
         self._config = config
         self.name = settings.node_name
         self.redis_name = describe_url(settings.redis_url)
-        timeout = max(0.5, settings.lease_ms / 4000)
-        # Bounded, and a call waits for a free connection rather than failing (many jobs'
-        # writers at once must not look like Redis being away).
-        pool = redis.asyncio.BlockingConnectionPool.from_url(
-            settings.redis_url,
-            max_connections=_REDIS_CONNECTIONS,
-            timeout=timeout,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            # Retries are ours: a lease holder must know within its deadline.
-            retry=Retry(NoBackoff(), 0),
-        )
-        self._redis = RedisStore(redis.asyncio.Redis(connection_pool=pool))
-        self._manager: JobManager | None = None
+        self._redis = connect(settings)
+        self._manager: JobsPort | None = None
         self._store: JobStore | None = None
-        self._held: dict[int, HeldLease] = {}
-        # Set (and replaced) whenever this node takes a lease.
-        self._took_lease = asyncio.Event()
-        self._writers: dict[int, LogWriter] = {}
-        self._deadlines: dict[int, asyncio.TimerHandle] = {}
         self._mirror = Mirror(self._redis, self)
         self._records: RecordSync | None = None
-        self._watchdog = LeaseWatchdog()
         self._tasks = TaskSet()
+        self._leases = Leases(self._redis, settings, self._commands.fences, self._tasks, self)
+        # The node's loops (keep-alive, take-over, record sync, mirror): essential.
+        self._essentials = Supervisor()
+        self._loops: list[asyncio.Task[Any]] = []
         self._cluster_id = ""
         self._token = secrets.token_hex(8)  # this process's hold on the node name
         self.connected = False
@@ -127,7 +102,7 @@ class ClusterNode:
         self.on_health: Callable[[bool], None] = lambda serving: None
 
     @property
-    def _jobs(self) -> JobManager:
+    def _jobs(self) -> JobsPort:
         assert self._manager is not None
         return self._manager
 
@@ -139,7 +114,7 @@ class ClusterNode:
     @property
     def held(self) -> dict[int, HeldLease]:
         """The fetch leases this node holds, by job id."""
-        return self._held
+        return self._leases.held
 
     def request_local_cancel(self, job: Job) -> None:
         """Another node asked (through Redis) to cancel a job fetched here."""
@@ -198,7 +173,10 @@ class ClusterNode:
     def _node_hold_ms(self) -> int:
         return _NODE_HOLD_LEASES * self.settings.lease_ms
 
-    async def start(self, manager: JobManager) -> None:
+    async def start(self, jobs: JobsPort, essentials: Supervisor | None = None) -> None:
+        """Starts the node's loops under `essentials` (the daemon's supervisor): a node whose
+        keep-alive, take-over, record sync or mirror died stops the daemon."""
+        manager = jobs
         self._manager = manager
         assert self._store is not None
         self._records = RecordSync(
@@ -209,21 +187,25 @@ class ClusterNode:
             self,
             retry_seconds=min(1.0, self._lease_s / 4),
         )
-        self._watchdog.start()
+        self._leases.watchdog.start()
         await self._sync.sync_all()
         if not die_with_parent():
             logger.warning(
                 "setpriv (util-linux) is not installed: the commands of a daemon killed with "
                 "kill -9 may outlive it until they next write"
             )
-        spawn = self._tasks.spawn
-        spawn(self._keep_alive(), name="cluster-keep-alive")
-        spawn(
-            Takeover(self._redis, manager, self._mirror, self._sync, self).run(),
-            name="cluster-take-over",
-        )
-        spawn(self._sync.listen(), name="cluster-listen")
-        spawn(self._mirror.run(), name="cluster-mirror")
+        if essentials is not None:
+            self._essentials = essentials
+        spawn = self._essentials.spawn
+        self._loops = [
+            spawn(self._keep_alive(), name=faults.KEEP_ALIVE),
+            spawn(
+                Takeover(self._redis, manager, self._mirror, self._sync, self).run(),
+                name=faults.TAKE_OVER,
+            ),
+            spawn(self._sync.listen(), name=faults.RECORD_SYNC),
+            spawn(self._mirror.run(), name=faults.MIRROR),
+        ]
         logger.info(
             "node %s joined the cluster at %s (lease %d ms)",
             self.name,
@@ -234,28 +216,34 @@ class ClusterNode:
     async def close(self) -> None:
         """Stops the loops and gives the leases back (another node takes over at once)."""
         self.closing = self._mirror.closing = True
-        for lease in self._held.values():
-            lease.lost = True  # (its writer ends)
+        self._leases.stop()
+        await self._essentials.cancel(self._loops)
         await self._tasks.aclose()
-        self._watchdog.close()
-        self._fences.close_all()
-        for handle in self._deadlines.values():
-            handle.cancel()
+        self._leases.close()
         try:
-            for job_id, lease in list(self._held.items()):
-                await self._redis.release(job_id, lease.token)
+            await self._leases.release_all()
             # A daemon restarted with this name need not wait for the hold to expire.
             await self._redis.release_node(self.name, self._token)
         except RedisError:
             pass  # they expire on their own
         await self._redis.client.aclose(close_connection_pool=True)
 
+    def report_health(self, report: Callable[[bool], None]) -> bool | None:
+        self.on_health = report
+        return self.connected
+
+    def wrap_command(self) -> CommandWrap:
+        return self._commands
+
+    def local_log(self, job: Job) -> LocalLog:
+        return self._jobs.local_log(job)
+
     def view(self) -> ClusterView:
         return ClusterView(
             node_name=self.name,
             redis=self.redis_name,
             connected=self.connected,
-            leases_held=len(self._held),
+            leases_held=len(self._leases.held),
             stale_appends_refused=self.stale_appends_refused,
             nodes=self.nodes,
         )
@@ -271,12 +259,13 @@ class ClusterNode:
             raise ClusterUnavailable(self._unreachable(error)) from None
 
     async def claim_new(self, job: Job) -> None:
-        job.home_node = "" if job.record.spec.kind in FETCHED_ANYWHERE else self.name
+        view = placed(job)
+        view.home = "" if job.record.spec.kind in FETCHED_ANYWHERE else self.name
         sent = time.monotonic()
         try:
             token = await self._redis.create(
                 job.id,
-                record_to_json(job.record, job.home_node),
+                record_to_json(job.record, view.home),
                 self.name,
                 self.settings.lease_ms,
             )
@@ -286,23 +275,16 @@ class ClusterNode:
         self.hold(job, token, sent)
 
     def may_fetch(self, job: Job) -> bool:
-        return job.id in self._held
+        return job.id in self._leases.held
 
-    def make_fetcher(
-        self,
-        job: Job,
-        source: Source,
-        owner: FetchOwner,
-        config: DaemonConfig,
-        counts: DaemonCounts,
-    ) -> Fetcher:
-        writer = self._writers.get(job.id)
+    def make_sink(self, job: Job, local: LocalSink) -> Sink:
+        writer = self._leases.writers.get(job.id)
         if writer is None:
             raise ClusterUnavailable(f"job {job.id} is not fetched by this node")
-        return LeasedFetcher(job, source, owner, config, counts, writer)
+        return RedisFirst(job, writer, local)
 
     def saved(self, job: Job) -> None:
-        writer = self._writers.get(job.id)
+        writer = self._leases.writers.get(job.id)
         if writer is None or writer.lease.lost:
             return
         if job.sealed:
@@ -311,22 +293,23 @@ class ClusterNode:
             writer.save()
 
     async def watch(self, job: Job, *, catch_up: bool) -> None:
-        if not job.mirror:
+        view = placed(job)
+        if not view.mirrored:
             return
         self._mirror.want(job)
         try:  # how far the cluster's copy goes now (a follower may resume beyond ours)
             size, _, first = (await self._redis.sizes([job.id]))[job.id]
-            job.cluster_size, job.cluster_first = max(job.cluster_size, size), first
+            view.size, view.kept_from = max(view.size, size), first
         except RedisError as error:
             self.redis_failed(error)
-        if catch_up and job.log_size < job.cluster_size:
-            wanted = job.cluster_size
+        if catch_up and job.log_size < view.size:
+            wanted = view.size
             # Bounded: a follower never waits long for a Redis that went away.
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(_grown_to(job, wanted), _CATCH_UP_SECONDS)
 
     async def wait_to_fetch(self, job: Job) -> None:
-        if job.id in self._held or job.sealed or job.home_node != self.name:
+        if job.id in self._leases.held or job.sealed or placed(job).home != self.name:
             return
         if job.record.spec.kind in FETCHED_ANYWHERE:
             return  # (any node may hold it: it is fetched elsewhere)
@@ -334,7 +317,7 @@ class ClusterNode:
         # Its old lease (this node's before a restart, or a lease lost while Redis was
         # away) expires within a lease; the take-over loop takes it back a round later.
         deadline = time.monotonic() + self._lease_s + 1.0
-        while job.id not in self._held and not job.sealed and not self.lost_data:
+        while job.id not in self._leases.held and not job.sealed and not self.lost_data:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise NotFetchedYet(
@@ -342,11 +325,11 @@ class ClusterNode:
                     "previous lease has not expired, or Redis is unreachable; try again"
                 )
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._took_lease.wait(), left)
+                await asyncio.wait_for(self._leases.took.wait(), left)
         self._check_usable()
 
     def cancel_elsewhere(self, job: Job) -> bool:
-        if job.id in self._held:
+        if job.id in self._leases.held:
             return False
         self._mirror.want(job)  # its end arrives through its stream
         self._tasks.spawn(self._redis.request_cancel(job.id), name=f"cancel-{job.id}")
@@ -359,16 +342,10 @@ class ClusterNode:
     def lease_lost(
         self, job: Job, reason: str, *, stale_append: bool, tell_followers: bool = True
     ) -> None:
-        lease = self._held.pop(job.id, None)
+        lease = self._leases.drop(job.id)
         if lease is None:
             return
         lease.lost = True
-        self._watchdog.forget(job.id)
-        self._fences.forget(job.id)
-        self._writers.pop(job.id, None)
-        handle = self._deadlines.pop(job.id, None)
-        if handle is not None:
-            handle.cancel()
         if stale_append:
             self.stale_appends_refused += 1
         # At once, not when the cancelled fetch gets to it: the loop may stall before then,
@@ -376,37 +353,31 @@ class ClusterNode:
         kill_upstream(RunHandle.from_json(job.record.source_state))
         self._jobs.stop_fetching(job)
         job.upstream_open = False
-        job.lease_holder = ""
+        view = placed(job)
+        view.holder = ""
         logger.warning("job %d: this node stopped fetching it: %s", job.id, reason)
         if tell_followers:
             self._jobs.notice(job, f"node {self.name} stopped fetching this job: {reason}")
         # Given back at once (if it is still ours): another node need not wait out its expiry.
-        self._tasks.spawn(self._give_back(lease), name=f"give-back-{job.id}")
-        if job.home_node != self.name or job.record.spec.kind in FETCHED_ANYWHERE:
-            job.mirror = True
+        self._tasks.spawn(self._leases.give_back(lease), name=f"give-back-{job.id}")
+        if view.home != self.name or job.record.spec.kind in FETCHED_ANYWHERE:
+            view.mirrored = True
             self._mirror.want(job)
 
-    async def _give_back(self, lease: HeldLease) -> None:
-        with contextlib.suppress(RedisError):
-            await self._redis.release(lease.job_id, lease.token)
-
     def job_ended(self, job: Job) -> None:
-        self._watchdog.forget(job.id)
-        self._fences.forget(job.id)
-        self._held.pop(job.id, None)
-        self._writers.pop(job.id, None)
-        handle = self._deadlines.pop(job.id, None)
-        if handle is not None:
-            handle.cancel()
-        job.lease_holder = ""
+        self._leases.drop(job.id)
+        placed(job).holder = ""
+
+    def lease_expired(self, job_id: int, reason: str) -> None:
+        self.lease_lost(self._jobs.get(job_id), reason, stale_append=False)
 
     def starts_at(self, job: Job, offset: int) -> None:
-        job.first_offset = offset
+        placed(job).first_offset = offset
         assert self._store is not None
         self._store.set_meta(first_offset_key(job.id), str(offset))
 
     def ended_remotely(self, job: Job) -> None:
-        self._jobs.seal_remote(job)
+        self._jobs.ended_elsewhere(job)
 
     def redis_failed(self, error: Exception) -> None:
         if not self.connected:
@@ -433,7 +404,7 @@ class ClusterNode:
     # -- internals -------------------------------------------------------------------------------
     def _check_usable(self) -> None:
         if self.lost_data:
-            raise ClusterUnavailable(
+            raise ClusterDataLost(
                 f"Redis at {self.redis_name} lost the cluster's data; see the daemon's log"
             )
 
@@ -448,104 +419,35 @@ class ClusterNode:
     def hold(self, job: Job, token: str, sent_at: float) -> LogWriter:
         """This node fetches the job now, under the lease `token` acquired at `sent_at`;
         returns the writer its fetcher's bytes go through."""
-        lease = HeldLease(job.id, token, sent_at + self._lease_s * _SAFE_SHARE)
-        self._held[job.id] = lease
-        # Publishes waiting for this node to take a job back look again.
-        self._took_lease.set()
-        self._took_lease = asyncio.Event()
-        writer = LogWriter(
-            job,
-            lease,
-            self._redis,
-            self,
-            home=job.home_node,
-            retention=self.settings.retention_bytes,
-        )
-        self._writers[job.id] = writer
-        self._tasks.spawn(writer.run(), name=f"cluster-writer-{job.id}")
-        self._arm_deadline(lease)
-        self._watchdog.watch(lease, lambda: RunHandle.from_json(job.record.source_state))
-        job.lease_holder = self.name
-        job.mirror = False
+        view = placed(job)
+        writer = self._leases.hold(job, token, sent_at, home=view.home)
+        view.holder = self.name
+        view.mirrored = False
         self._mirror.forget(job.id)
         return writer
-
-    def _arm_deadline(self, lease: HeldLease) -> None:
-        """Stops the fetch when the lease may have expired: before anyone else can take it
-        (here, in the watchdog thread, and in the fence around the command)."""
-        self._fences.extend(lease.job_id, lease.valid_until)
-        old = self._deadlines.pop(lease.job_id, None)
-        if old is not None:
-            old.cancel()
-        loop = asyncio.get_running_loop()
-        delay = lease.valid_until - time.monotonic()
-        self._deadlines[lease.job_id] = loop.call_later(max(0.0, delay), self._expire, lease)
-
-    def _expire(self, lease: HeldLease) -> None:
-        if self._held.get(lease.job_id) is lease and (
-            lease.lost or time.monotonic() >= lease.valid_until
-        ):
-            job = self._jobs.get(lease.job_id)
-            self.lease_lost(job, "its lease could not be renewed in time", stale_append=False)
 
     async def _keep_alive(self) -> None:
         """Renews the node's name and every lease held, four times per lease length."""
         while not self.closing:
             await asyncio.sleep(self._lease_s / 4)
-            self._stall_for_tests()
+            self._leases.watchdog.check()
+            if self._leases.held:
+                await faults.stall(self.settings.stall)
             sent = time.monotonic()
             try:
                 await self._check_cluster()
                 await self._redis.hold_node(self.name, self._token, self._node_hold_ms)
-                for job_id, lease in list(self._held.items()):
-                    if lease.lost:  # the watchdog stopped its upstream
-                        self._expire(lease)
-                        continue
-                    renewed = await self._redis.renew(job_id, lease.token, self.settings.lease_ms)
-                    if renewed == LOST:
-                        self.data_lost()
-                    elif self._held.get(job_id) is not lease:
-                        continue
-                    elif renewed:
-                        lease.valid_until = sent + self._lease_s * _SAFE_SHARE
-                        self._arm_deadline(lease)
-                    else:
-                        self.lease_lost(
-                            self._jobs.get(job_id), "its lease expired", stale_append=False
-                        )
-                await self._check_ends()
+                await self._leases.renew(sent)
+                await self._leases.check_ends(self._jobs)
                 self.nodes = await self._redis.node_count()
             except RedisError as error:
                 self.redis_failed(error)
                 continue
             self.redis_ok()
 
-    def _stall_for_tests(self) -> None:
-        """TAILHUB_CLUSTER_STALL=P:S: before a renewal of the leases it holds, with
-        probability P, the whole daemon stops for S seconds (a GC pause, a frozen host), as
-        the lease race tests want."""
-        stall = self.settings.stall
-        if stall is not None and self._held and random.random() < stall[0]:
-            time.sleep(stall[1])
-
     async def _check_cluster(self) -> None:
         if await self._redis.cluster_id() != self._cluster_id:
             self.data_lost()
-
-    async def _check_ends(self) -> None:
-        """Whether Redis went back in time (restored from an older copy) under a job held
-        here: it then holds fewer bytes than it acknowledged, which only the holder's own
-        copy can give back (its writer does, before anything new)."""
-        before = {job_id: self._jobs.get(job_id).log_size for job_id in self._held}
-        if not before:
-            return
-        # (Sizes here taken first: they grow only once Redis stored the bytes, so Redis
-        # holding fewer than that is Redis having lost them, never a race with an append.)
-        found = await self._redis.sizes(list(before))
-        for job_id, (size, _, _) in found.items():
-            writer = self._writers.get(job_id)
-            if writer is not None and size < before[job_id]:
-                writer.check_end()
 
     def data_lost(self) -> None:
         """Redis no longer holds the cluster's data (it restarted empty, or was flushed):
@@ -561,7 +463,7 @@ class ClusterNode:
             "are kept here; restart the daemons with a new --home to start a new cluster.",
             self.redis_name,
         )
-        for job_id in list(self._held):
+        for job_id in list(self._leases.held):
             self.lease_lost(
                 self._jobs.get(job_id),
                 "Redis lost its data",

@@ -16,14 +16,16 @@ from typing import TYPE_CHECKING, Protocol
 from redis.exceptions import RedisError
 
 from tailhub.daemon.cluster.mirror import Mirror
-from tailhub.daemon.cluster.records import BadRecord, record_from_json
+from tailhub.daemon.cluster.placed import ClusterJob, placed
+from tailhub.daemon.cluster.records import record_from_json
 from tailhub.daemon.cluster.redis_store import CHANGES, JobMeta, RedisStore
 from tailhub.daemon.cluster.writer import HeldLease
-from tailhub.daemon.model import JobNotFound, SourceKind
+from tailhub.daemon.errors import BadRecord, JobNotFound
+from tailhub.daemon.model import SourceKind
 
 if TYPE_CHECKING:
     from tailhub.daemon.job import Job
-    from tailhub.daemon.jobs import JobManager
+    from tailhub.daemon.placement import JobsPort
     from tailhub.daemon.store import JobStore
 
 logger = logging.getLogger(__name__)
@@ -60,7 +62,7 @@ class RecordSync:
     def __init__(
         self,
         redis: RedisStore,
-        manager: JobManager,
+        manager: JobsPort,
         store: JobStore,
         mirror: Mirror,
         owner: SyncOwner,
@@ -122,8 +124,8 @@ class RecordSync:
         for start in range(0, len(running), _BATCH):
             found = await self._redis.sizes(running[start : start + _BATCH])
             for job_id, (size, holder, first) in found.items():
-                job = self._jobs.get(job_id)
-                job.cluster_size, job.lease_holder, job.cluster_first = size, holder, first
+                view = placed(self._jobs.get(job_id))
+                view.size, view.holder, view.kept_from = size, holder, first
 
     def _apply(self, job_id: int, meta: JobMeta) -> None:
         if self._owner.lost_data:
@@ -132,8 +134,7 @@ class RecordSync:
             job = self._jobs.get(job_id)
         except JobNotFound:
             record, home = record_from_json(job_id, meta.record)
-            job = self._jobs.adopt_remote(record)
-            job.home_node = home
+            job = self._jobs.adopt(record, ClusterJob(home=home, mirrored=True))
         if job.id in self._owner.held:
             if meta.cancel and not job.state.terminal and not job.record.cancel_requested:
                 self._owner.request_local_cancel(job)
@@ -141,7 +142,7 @@ class RecordSync:
         self.apply_record(job, meta)
         if meta.sealed and not job.sealed:
             if job.log_size >= meta.size and job.state.terminal:
-                self._jobs.seal_remote(job)
+                self._jobs.ended_elsewhere(job)
             elif job.subscribers:
                 self._mirror.want(job)
 
@@ -150,13 +151,14 @@ class RecordSync:
         record, home = record_from_json(job.id, meta.record)
         # Filled from Redis here, unless it is a local job of this node (which writes its
         # own log file, and only this node can fetch).
-        job.mirror = not (record.spec.kind is SourceKind.LOCAL and home == self._owner.name)
-        if job.mirror and not job.first_offset and job.log_size:
-            job.first_offset = int(self._store.meta(first_offset_key(job.id)) or 0)
-        job.cluster_size = meta.size
-        job.cluster_sealed = meta.sealed
-        job.home_node = home
-        job.lease_holder = meta.holder
+        view = placed(job)
+        view.mirrored = not (record.spec.kind is SourceKind.LOCAL and home == self._owner.name)
+        if view.mirrored and not view.first_offset and job.log_size:
+            view.first_offset = int(self._store.meta(first_offset_key(job.id)) or 0)
+        view.size = meta.size
+        view.sealed = meta.sealed
+        view.home = home
+        view.holder = meta.holder
         if job.sealed:
             return
         mine = job.record

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Protocol
 from redis.exceptions import RedisError
 
 from tailhub.daemon.cluster.mirror import Mirror
+from tailhub.daemon.cluster.placed import placed
 from tailhub.daemon.cluster.redis_store import JobMeta, RedisStore
 from tailhub.daemon.cluster.sync import RecordSync
 from tailhub.daemon.cluster.writer import HeldLease, LogWriter
@@ -26,7 +27,7 @@ from tailhub.daemon.runner import RUN_HANDLE_KEYS
 
 if TYPE_CHECKING:
     from tailhub.daemon.job import Job
-    from tailhub.daemon.jobs import JobManager
+    from tailhub.daemon.placement import JobsPort
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ class Takeover:
     def __init__(
         self,
         redis: RedisStore,
-        manager: JobManager,
+        manager: JobsPort,
         mirror: Mirror,
         records: RecordSync,
         owner: TakeoverOwner,
@@ -88,7 +89,7 @@ class Takeover:
     def may_take(self, job: Job) -> bool:
         if job.record.spec.kind in FETCHED_ANYWHERE:
             return True
-        return job.home_node == self._owner.name
+        return placed(job).home == self._owner.name
 
     async def _round(self) -> None:
         held = self._owner.held
@@ -103,12 +104,13 @@ class Takeover:
         random.shuffle(candidates)
         for job in candidates:
             holder = holders.get(job.id, "")
-            job.lease_holder = holder.rsplit(" ", 1)[0]
+            view = placed(job)
+            view.holder = holder.rsplit(" ", 1)[0]
             if holder or job.id in held:
                 continue
-            if job.mirror:
+            if view.mirrored:
                 # Most of the way before the lease: its clock runs from `sent`.
-                await self._mirror.catch_up(job, job.cluster_size)
+                await self._mirror.catch_up(job, view.size)
             sent = time.monotonic()
             token = await self._redis.acquire(job.id, self._owner.name, self._owner.lease_ms)
             if token is not None:

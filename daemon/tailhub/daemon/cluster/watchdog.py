@@ -18,8 +18,8 @@ import time
 from collections.abc import Callable
 
 from tailhub.daemon.cluster.writer import HeldLease
+from tailhub.daemon.process import FETCH_MARKER
 from tailhub.daemon.runner import RunHandle
-from tailhub.daemon.sources.command import FETCH_MARKER
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +38,12 @@ class LeaseWatchdog:
 
     def start(self) -> None:
         self._thread.start()
+
+    def check(self) -> None:
+        """Raises if the thread died (an error in it): the leases would go unguarded, so the
+        keep-alive dies with it and the supervisor stops the daemon."""
+        if not self._stop.is_set() and not self._thread.is_alive():
+            raise RuntimeError("the lease watchdog thread died")
 
     def close(self) -> None:
         self._stop.set()

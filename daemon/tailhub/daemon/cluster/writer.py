@@ -1,9 +1,10 @@
 """The lease holder's side of a job: what its fetcher gets goes to Redis first, then here.
 
-A `LeasedFetcher` is the fetcher of a job whose lease this daemon holds. Its source appends
-as always, but the bytes wait in the job's `LogWriter` until Redis has stored them (one Lua
-script that checks the lease and the log's size), and only then enter the local log and
-reach the followers here. Bytes, events, record saves and the job's end go to Redis in the
+The fetcher of a job whose lease this daemon holds writes through a `RedisFirst` sink
+(sink.py). Its source appends as always, but the bytes wait in the job's `LogWriter` until
+Redis has stored them (one Lua script that checks the lease and the log's size), and only
+then enter the local log, through the same `LocalSink` as a daemon alone's, and reach the
+followers here. Bytes, events, record saves and the job's end go to Redis in the
 order they happened, so every daemon sees the same log, with events at the same offsets.
 
 Redis restored from an older copy (an RDB, or an AOF that lost its last second) holds fewer
@@ -25,17 +26,15 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from redis.exceptions import RedisError
 
+from tailhub.daemon.cluster.placed import placed
 from tailhub.daemon.cluster.records import record_to_json
 from tailhub.daemon.cluster.redis_store import LOST, MISMATCH, STALE, RedisStore
-from tailhub.daemon.fetcher import Fetcher
-from tailhub.daemon.model import NotFetchedYet, StorageFull
+from tailhub.daemon.errors import NotFetchedYet, NotStored, RedisBehind
+from tailhub.daemon.sink import FetchEnded
 
 if TYPE_CHECKING:
-    from tailhub.daemon.config import DaemonConfig
-    from tailhub.daemon.counts import DaemonCounts
-    from tailhub.daemon.fetcher import FetchOwner
     from tailhub.daemon.job import Job
-    from tailhub.daemon.sources import Outcome, Source
+    from tailhub.daemon.sink import LocalSink
 
 logger = logging.getLogger(__name__)
 
@@ -43,10 +42,6 @@ logger = logging.getLogger(__name__)
 MAX_ENTRY_BYTES = 256 * 1024
 # Bytes a fetcher may get ahead of Redis; past it, the fetch pauses (memory stays bounded).
 MAX_PENDING_BYTES = 16 * 1024 * 1024
-
-
-class RedisBehind(StorageFull):
-    """Redis has not stored what the fetcher got; the fetch pauses until it has."""
 
 
 @dataclass
@@ -292,12 +287,13 @@ class LogWriter:
             # Equal: nothing lost. More: Redis holds bytes this node never stored, which
             # its next append finds (and then ends its fetch, as before).
             return False
-        if job.first_offset > held:
+        first = placed(job).first_offset
+        if first > held:
             self._check_end = False
             message = (
                 f"the cluster's Redis went back in time (restored from an older copy): it "
                 f"holds {held} bytes of this log, not {local}, and this node's copy starts "
-                f"at offset {job.first_offset}, so bytes {held}-{job.first_offset} are lost"
+                f"at offset {first}, so bytes {held}-{first} are lost"
             )
             logger.error("job %d: %s", job.id, message)
             self.discard_pending()
@@ -366,29 +362,23 @@ class LogWriter:
         return True
 
 
-class LeasedFetcher(Fetcher):
-    """The fetcher of a job whose lease this daemon holds: bytes reach the local log (and the
-    followers here) once Redis stored them."""
+class RedisFirst:
+    """The sink of a job whose lease this daemon holds (sink.py): bytes and events go to
+    Redis first, and enter the log here (and reach the followers here) once Redis stored
+    them, through the same `LocalSink` a daemon alone writes to."""
 
-    def __init__(
-        self,
-        job: Job,
-        source: Source,
-        owner: FetchOwner,
-        config: DaemonConfig,
-        counts: DaemonCounts,
-        writer: LogWriter,
-    ) -> None:
-        super().__init__(job, source, owner, config, counts)
+    def __init__(self, job: Job, writer: LogWriter, local: LocalSink) -> None:
+        self._job = job
         self._writer = writer
-        writer.committed = super()._store
-        writer.event_committed = super().event
+        self._local = local
+        writer.committed = local.append
+        writer.event_committed = local.event
 
     @property
     def stored(self) -> int:
         return self._job.log_size + self._writer.pending_bytes
 
-    def _store(self, data: bytes) -> None:
+    def append(self, data: bytes) -> None:
         if data:
             self._writer.append(data)
 
@@ -421,21 +411,17 @@ class LeasedFetcher(Fetcher):
                 f"the bytes; its log ends at offset {self._job.log_size}"
             )
 
-    async def run(self) -> Outcome | None:
-        outcome = await super().run()
-        # The job ends (and is sealed here) only once Redis has every byte it fetched: a
-        # follower here must not see the end before the last byte.
+    async def make_room(self, error: NotStored) -> bool:
+        if not isinstance(error, RedisBehind):
+            return False
+        self._local.event(f"{error} (at offset {self._job.log_size})")
+        await self._writer.drained.wait()
+        return True
+
+    async def settle(self) -> None:
         await self._writer.drained.wait()
         lease = self._writer.lease
         if lease.lost or time.monotonic() >= lease.valid_until:
             # The upstream ended because the lease was lost (the watchdog or the fence
-            # killed it): that is no end of the job. The node stops this fetch; wait.
-            await asyncio.Event().wait()
-        return outcome
-
-    async def _wait_for_space(self, error: StorageFull) -> None:
-        if not isinstance(error, RedisBehind):
-            await super()._wait_for_space(error)
-            return
-        super().event(f"{error} (at offset {self._job.log_size})")
-        await self._writer.drained.wait()
+            # killed it): that is no end of the job, and the node stops this fetch.
+            raise FetchEnded(f"job {self._job.id}: this node no longer holds its lease")

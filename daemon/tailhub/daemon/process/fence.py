@@ -1,6 +1,6 @@
-"""A fence around each upstream command of a cluster node: it dies when its lease may end.
+"""A fence around an upstream command: it dies when the lease it runs under may end.
 
-`python -m tailhub.daemon.cluster.fence FD -- COMMAND...` runs COMMAND and reads, on FD, the
+`python -m tailhub.daemon.process.fence FD -- COMMAND...` runs COMMAND and reads, on FD, the
 moments (CLOCK_MONOTONIC seconds, one per line) until which the daemon's lease is surely its
 own. When that moment passes without a newer one, or FD is closed (the lease was lost, or the
 daemon died), it kills COMMAND and its process group at once. It needs nothing of the daemon
@@ -76,7 +76,7 @@ class Fences:
 
 def main(argv: list[str]) -> int:
     if len(argv) < 3 or argv[1] != "--" or not argv[0].isdigit():
-        print("usage: python -m tailhub.daemon.cluster.fence FD -- COMMAND...", file=sys.stderr)
+        print("usage: python -m tailhub.daemon.process.fence FD -- COMMAND...", file=sys.stderr)
         return 2
     fd = int(argv[0])
     if os.getpgid(0) != os.getpid():

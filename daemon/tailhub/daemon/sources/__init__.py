@@ -6,8 +6,8 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from tailhub.daemon.cluster.fence import Fences
 from tailhub.daemon.config import DaemonConfig
+from tailhub.daemon.errors import UpstreamFailed, UpstreamUnusable
 from tailhub.daemon.model import (
     CommandSpec,
     FileSpec,
@@ -17,9 +17,10 @@ from tailhub.daemon.model import (
     SourceKind,
     SourceSpec,
 )
+from tailhub.daemon.process import CommandWrap, as_is
 from tailhub.daemon.runner import LocalRunner
 from tailhub.daemon.sky import SkyCli
-from tailhub.daemon.sources.base import Outcome, Source, Upstream, UpstreamFailed, UpstreamUnusable
+from tailhub.daemon.sources.base import Outcome, Source, Upstream
 from tailhub.daemon.sources.command import CommandSource
 from tailhub.daemon.sources.file import FileSource
 from tailhub.daemon.sources.local import LocalSource
@@ -47,8 +48,8 @@ class SourceEnvironment:
     runner: LocalRunner
     connecting: asyncio.Semaphore
     sky: SkyCli
-    # Cluster mode: the fences around upstream commands (cluster/fence.py).
-    fences: Fences | None = None
+    # How upstream commands are started (as they are, or as the placement wraps them).
+    wrap_command: CommandWrap = as_is
 
 
 SourceFactory = Callable[[int, SourceSpec, SourceEnvironment], Source]
@@ -74,8 +75,8 @@ def _command(job_id: int, spec: SourceSpec, environment: SourceEnvironment) -> S
         environment.runner,
         environment.connecting,
         environment.config.crash_at,
-        cluster_job=job_id if environment.config.cluster is not None else None,
-        fences=environment.fences,
+        job_id=job_id,
+        wrap=environment.wrap_command,
     )
 
 

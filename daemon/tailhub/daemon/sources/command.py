@@ -9,20 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import os
-import shutil
 import signal
-import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
-from tailhub.daemon.cluster.fence import Fences
+from tailhub.daemon.errors import UpstreamFailed, UpstreamUnusable
 from tailhub.daemon.faults import AFTER_STDERR_APPEND, crash_at
 from tailhub.daemon.model import CommandSpec
+from tailhub.daemon.process import CommandWrap, as_is
 from tailhub.daemon.runner import LocalRunner, RunHandle, terminate_group
-from tailhub.daemon.sources.base import Outcome, Upstream, UpstreamFailed, UpstreamUnusable
+from tailhub.daemon.sources.base import Outcome, Upstream
 
 READ_BYTES = 256 * 1024
 # How long a command gets to exit after SIGTERM when the daemon stops fetching it.
@@ -55,13 +53,10 @@ class CommandSource:
     connecting: asyncio.Semaphore
     # Fault injection for tests (see faults.py).
     crash_points: frozenset[str] = frozenset()
-    # Cluster mode: the job's id. The command dies with the daemon (another node takes the
-    # job over and starts its own; a survivor would be a second connection to the upstream
-    # host), and carries FETCH_MARKER=JOB_ID in its environment, by which the lease watchdog
-    # finds it even before the daemon has noted its pid.
-    cluster_job: int | None = None
-    # Cluster mode: each command runs inside a fence that kills it when the lease may end.
-    fences: Fences | None = None
+    # The job's id, and how its command is started (as it is, or wrapped by where the job
+    # is placed: process/).
+    job_id: int = 0
+    wrap: CommandWrap = as_is
     counts_connections: ClassVar[bool] = True
 
     async def fetch(self, upstream: Upstream) -> Outcome | None:
@@ -152,45 +147,23 @@ class CommandSource:
         try:
             # Its own process group, so that stopping it stops what it started too.
             argv = ["/bin/sh", "-c", self.spec.argv[0]] if self.spec.shell else [*self.spec.argv]
-            environment = None
-            fence = -1
-            if self.cluster_job is not None:
-                argv = [*die_with_parent(), *argv]
-                environment = {**os.environ, FETCH_MARKER: str(self.cluster_job)}
-            if self.cluster_job is not None and self.fences is not None:
-                fence = self.fences.open(self.cluster_job)
-                argv = [sys.executable, "-I", "-m", FENCE_MODULE, str(fence), "--", *argv]
+            command = self.wrap(self.job_id, argv)
             try:
                 return await asyncio.create_subprocess_exec(
-                    *argv,
-                    env=environment,
+                    *command.argv,
+                    env=command.env,
                     stdin=asyncio.subprocess.DEVNULL,
                     stdout=asyncio.subprocess.PIPE,
                     stderr=asyncio.subprocess.PIPE,
                     start_new_session=True,
-                    pass_fds=(fence,) if fence >= 0 else (),
+                    pass_fds=command.pass_fds,
                 )
             finally:
-                if fence >= 0:
-                    os.close(fence)  # (the fence has its own copy now)
+                command.started()
         except OSError as error:
             raise UpstreamUnusable(
                 f"cannot run {self.spec.describe()}: {error.strerror}", exit_code=127
             ) from error
-
-
-FETCH_MARKER = "TAILHUB_FETCHING_JOB"
-FENCE_MODULE = "tailhub.daemon.cluster.fence"
-
-
-@functools.cache
-def die_with_parent() -> tuple[str, ...]:
-    """The prefix that makes a command die with its parent: util-linux's setpriv asks the
-    kernel to kill it when the parent dies (even by kill -9), then runs it; empty without
-    setpriv. Not a preexec_fn: Python code between fork and exec is unsafe in a process with
-    threads. Looked up once, when cluster mode first needs it (never by a daemon alone)."""
-    setpriv = shutil.which("setpriv")
-    return (setpriv, "--pdeathsig", "KILL", "--") if setpriv else ()
 
 
 async def stop_left_over(runner: LocalRunner, upstream: Upstream) -> None:

@@ -1,0 +1,42 @@
+"""How a node reaches the cluster's Redis: one bounded pool, and a name for it in messages."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import redis.asyncio
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from tailhub.daemon.cluster.redis_store import RedisStore
+
+if TYPE_CHECKING:
+    from tailhub.daemon.config import ClusterSettings
+
+# Connections to Redis at most (one is the mirror's blocking read, one the announcements').
+_REDIS_CONNECTIONS = 32
+
+
+def describe_url(url: str) -> str:
+    """host:port/db of a Redis URL, never its password."""
+    kwargs: dict[str, Any] = redis.connection.parse_url(url)  # type: ignore[no-untyped-call]
+    if "path" in kwargs:
+        return f"unix:{kwargs['path']}/{kwargs.get('db', 0)}"
+    return f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}/{kwargs.get('db', 0)}"
+
+
+def connect(settings: ClusterSettings) -> RedisStore:
+    """The node's store in Redis (connections are made as they are needed)."""
+    timeout = max(0.5, settings.lease_ms / 4000)
+    # Bounded, and a call waits for a free connection rather than failing (many jobs'
+    # writers at once must not look like Redis being away).
+    pool = redis.asyncio.BlockingConnectionPool.from_url(
+        settings.redis_url,
+        max_connections=_REDIS_CONNECTIONS,
+        timeout=timeout,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        # Retries are ours: a lease holder must know within its deadline.
+        retry=Retry(NoBackoff(), 0),
+    )
+    return RedisStore(redis.asyncio.Redis(connection_pool=pool))

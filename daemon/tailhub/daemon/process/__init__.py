@@ -1,0 +1,56 @@
+"""How the daemon starts the processes of upstream commands, apart from what they fetch.
+
+Sources start a job's command through a `CommandWrap` they are given: as it is (a daemon
+alone), or wrapped by whoever places the job (a cluster node runs it inside a fence, dying
+with the daemon: see cluster/commands.py). Nothing here imports the rest of the daemon, so
+`python -m tailhub.daemon.process.fence` stays light.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+# In the environment of a wrapped command: the id of the job it fetches (a watchdog finds
+# it by this even before the daemon has noted its pid).
+FETCH_MARKER = "TAILHUB_FETCHING_JOB"
+
+
+@dataclass
+class Wrapped:
+    """A command as it is to be started: its argv, environment (None: the daemon's), and the
+    descriptors it inherits (the daemon closes its copies once it started)."""
+
+    argv: list[str]
+    env: dict[str, str] | None = None
+    pass_fds: tuple[int, ...] = field(default=())
+
+    def started(self) -> None:
+        """The command started (or failed to): the daemon's copies of its descriptors go."""
+        for fd in self.pass_fds:
+            os.close(fd)
+        self.pass_fds = ()
+
+
+class CommandWrap(Protocol):
+    def __call__(self, job_id: int, argv: Sequence[str]) -> Wrapped:
+        """How job `job_id`'s upstream command `argv` is started."""
+
+
+def as_is(job_id: int, argv: Sequence[str]) -> Wrapped:
+    """The command as it is (a daemon alone)."""
+    return Wrapped([*argv])
+
+
+@functools.cache
+def die_with_parent() -> tuple[str, ...]:
+    """The prefix that makes a command die with its parent: util-linux's setpriv asks the
+    kernel to kill it when the parent dies (even by kill -9), then runs it; empty without
+    setpriv. Not a preexec_fn: Python code between fork and exec is unsafe in a process with
+    threads. Looked up once, when first needed (never by a daemon alone)."""
+    setpriv = shutil.which("setpriv")
+    return (setpriv, "--pdeathsig", "KILL", "--") if setpriv else ()

@@ -1,0 +1,119 @@
+"""The retention policy as jobs end: --retain-age, --max-ended-jobs and --retain-logs applied
+by passes (removal.py chooses and deletes), hourly and soon after jobs end."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from tailhub.daemon import removal
+from tailhub.daemon.removal import RemoveResult
+
+if TYPE_CHECKING:
+    from tailhub.daemon.config import DaemonConfig
+    from tailhub.daemon.counts import DaemonCounts
+    from tailhub.daemon.job import Job
+    from tailhub.daemon.store import JobStore
+
+# How many jobs may end past --max-ended-jobs before a pass removes the oldest.
+_CAP_SLACK = 100
+# Seconds from a job's end to the pass that keeps ended logs within --retain-logs (jobs
+# ending meanwhile share it).
+_BUDGET_PASS_DELAY = 1.0
+
+logger = logging.getLogger(__name__)
+
+
+class Retention:
+    """Applies the retention policy to the daemon's jobs (`jobs`: the manager's, by id)."""
+
+    def __init__(
+        self,
+        config: DaemonConfig,
+        store: JobStore,
+        jobs: dict[int, Job],
+        counts: DaemonCounts,
+        allowed: Callable[[], bool],
+        clock: Callable[[], float],
+    ) -> None:
+        self._config = config
+        self._store = store
+        self._jobs = jobs
+        self._counts = counts
+        # Whether jobs may be deleted here at all (the placement says).
+        self._allowed = allowed
+        self._clock = clock
+        # Jobs ended since the last pass that kept --max-ended-jobs.
+        self._ended_since_cap_pass = 0
+        # The pass that keeps --retain-logs, when one is due.
+        self._budget_pass: asyncio.TimerHandle | None = None
+
+    def apply(self, now: float) -> RemoveResult:
+        """Applies the retention policy once."""
+        config = self._config
+        if not self._allowed():
+            return RemoveResult()
+        doomed = removal.expired(
+            self._jobs.values(),
+            now,
+            config.retention_seconds,
+            config.max_ended_jobs,
+            config.retain_log_bytes,
+        )
+        result = removal.RemoveResult()
+        removal.delete(doomed.jobs, self._jobs, self._store, config.paths, result)
+        if result.removed:
+            self._counts.retention_removed_jobs += len(result.removed)
+            self._counts.retention_removed_bytes += result.bytes_freed
+            logger.info("retention: %s", removal.summary(doomed, config))
+        return result
+
+    def job_ended(self) -> None:
+        """A job was sealed: the limits on ended jobs and their logs are kept soon."""
+        self._keep_ended_within_cap()
+        self._keep_logs_within_budget()
+
+    def close(self) -> None:
+        if self._budget_pass is not None:
+            self._budget_pass.cancel()
+
+    def _keep_logs_within_budget(self) -> None:
+        """--retain-logs as jobs end (ended logs grow only then): a disk filling with logs
+        would not wait for the hourly pass. At most one pass a second, whatever the rate."""
+        if self._config.retain_log_bytes is None or self._budget_pass is not None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop (a test of the manager alone): now
+            self._apply_now()
+            return
+
+        def apply() -> None:
+            self._budget_pass = None
+            self._apply_now()
+
+        self._budget_pass = loop.call_later(_BUDGET_PASS_DELAY, apply)
+
+    def _keep_ended_within_cap(self) -> None:
+        """--max-ended-jobs as jobs end, not only at the hourly pass: at hundreds of launches
+        a minute, an hour's ended jobs (records, specs, signals, paths: 3-10 KB each) were
+        the daemon's memory growing without bound in sight (issue 16, item 20). A pass sorts
+        every job: it runs once per `_CAP_SLACK` jobs ended past the cap."""
+        cap = self._config.max_ended_jobs
+        if cap is None or len(self._jobs) <= cap:
+            return
+        self._ended_since_cap_pass += 1
+        if self._ended_since_cap_pass >= min(_CAP_SLACK, max(cap // 10, 1)):
+            self._ended_since_cap_pass = 0
+            try:  # soon, not under the feet of whoever is sealing a job now
+                asyncio.get_running_loop().call_soon(self._apply_now)
+            except RuntimeError:  # no loop (a test of the manager alone): now
+                self._apply_now()
+
+    def _apply_now(self) -> None:
+        try:
+            self.apply(self._clock())
+        except Exception:  # the hourly pass tries again
+            logger.exception("applying the retention policy failed")
