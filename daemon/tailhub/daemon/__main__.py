@@ -34,7 +34,8 @@ from tailhub.daemon.config import (
 from tailhub.daemon.config_file import read_config_file
 from tailhub.daemon.credentials import CREDENTIAL_VARIABLES
 from tailhub.daemon.durations import parse_duration
-from tailhub.daemon.faults import crash_points_from, stall_from
+from tailhub.daemon.errors import EssentialTaskDied
+from tailhub.daemon.faults import crash_points_from, failing_loops_from, stall_from
 from tailhub.daemon.flags_file import apply_flags_file, flags_file_of
 from tailhub.daemon.home_kind import HomeOfAnotherKind
 from tailhub.daemon.listeners import (
@@ -116,6 +117,8 @@ async def serve(
                 "READY=1", f"MAINPID={os.getpid()}", f"STATUS={_serving(config, network)}"
             )
         await daemon.wait_closed()
+        if daemon.failure is not None:  # an essential task died: exit with the reason
+            raise daemon.failure
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2):
             loop.remove_signal_handler(signum)
@@ -518,6 +521,7 @@ def main(
             max_jobs_per_token=max_jobs_per_token,
             reconnect_policy=reconnect_policy,
             crash_at=crash_points_from(os.environ),
+            fail_loops=failing_loops_from(os.environ),
             default_backend=settings.backend or "local",
             sky=sky or settings.sky or "sky",
             sky_environment=tuple(sorted(os.environ.items())),
@@ -533,7 +537,7 @@ def main(
             asyncio.run(
                 serve(config, network, notifier, applied, MemoryTrace.from_environment(os.environ))
             )
-    except (ListenerError, HomeOfAnotherKind) as error:
+    except (ListenerError, HomeOfAnotherKind, EssentialTaskDied) as error:
         click.echo(f"tailhubd: {error}", err=True)
         sys.exit(error.exit_code)
     except ClusterRefused as error:

@@ -10,12 +10,13 @@ own check already refuses the connection (the CLI names the date).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
 
 from tailhub.daemon.facts import ListenerFacts
+from tailhub.daemon.faults import CERTIFICATE_CHECK
+from tailhub.daemon.supervisor import Supervisor
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +46,8 @@ def expiry_warning(path: str, addresses: Sequence[str], not_after: float, now: f
 
 
 class CertificateWatch:
-    """Logs the listeners' certificate warnings now and every `every` seconds (owned task)."""
+    """Logs the listeners' certificate warnings now and every `every` seconds (an essential
+    task: supervisor.py)."""
 
     def __init__(
         self,
@@ -63,12 +65,15 @@ class CertificateWatch:
         self._every = every
         self._clock = clock
         self._task: asyncio.Task[None] | None = None
+        self._essentials = Supervisor()
 
-    def start(self) -> None:
+    def start(self, essentials: Supervisor | None = None) -> None:
         """Warns now if there is cause, and keeps checking while there is a certificate."""
         self.check()
+        if essentials is not None:
+            self._essentials = essentials
         if self._served:
-            self._task = asyncio.get_running_loop().create_task(self._run())
+            self._task = self._essentials.spawn(self._run(), name=CERTIFICATE_CHECK)
 
     def check(self) -> None:
         now = self._clock()
@@ -86,6 +91,4 @@ class CertificateWatch:
         task, self._task = self._task, None
         if task is None:
             return
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await self._essentials.cancel([task])

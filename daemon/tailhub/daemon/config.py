@@ -120,6 +120,9 @@ class DaemonConfig:
     disk_full_retry: float = 1.0
     # Fault injection for tests (TAILHUB_CRASH_AT): points where the daemon kills itself.
     crash_at: frozenset[str] = frozenset()
+    # Fault injection for tests (TAILHUB_FAIL_LOOP): essential tasks that raise once the
+    # daemon serves, each after its delay in seconds (supervisor.py).
+    fail_loops: tuple[tuple[str, float], ...] = ()
     # The backend of a launch that names none: "local" or "skypilot".
     default_backend: str = "local"
     # The `sky` executable (a path, or a name looked up on the PATH it runs with).

@@ -1,14 +1,23 @@
-"""Faults: telling a full disk from other errors, and crash points that tests can enable.
+"""Faults: telling a full disk from other errors, and the faults that tests can inject.
 
-A crash point kills the daemon with SIGKILL at a named moment (between two writes that a
-crash must not separate), so that a test can show the restarted daemon recovers. They are
-enabled only by `TAILHUB_CRASH_AT=point[,point]`, read once in the daemon's entry point.
+Every fault hook lives here, each enabled only by its environment variable, read once in the
+daemon's entry point and validated there (a bad value stops the start):
+
+- `TAILHUB_CRASH_AT=point[,point]`: a crash point kills the daemon with SIGKILL at a named
+  moment (between two writes that a crash must not separate), so that a test can show the
+  restarted daemon recovers.
+- `TAILHUB_CLUSTER_STALL=P:S`: the whole daemon freezes now and then before it renews its
+  leases (SIGSTOP, as a GC pause or a frozen host), for the lease races.
+- `TAILHUB_FAIL_LOOP=name[:seconds][,...]`: an essential task raises, for the supervisor to
+  stop the daemon (supervisor.py).
 """
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
+import random
 import signal
 import sqlite3
 from collections.abc import Mapping
@@ -44,7 +53,7 @@ STALL_ENV = "TAILHUB_CLUSTER_STALL"
 def stall_from(environ: Mapping[str, str]) -> tuple[float, float] | None:
     """TAILHUB_CLUSTER_STALL=P:S (cluster mode): before renewing its leases, with
     probability P the whole daemon stops for S seconds, as a GC pause or a frozen host would
-    stop it. ValueError for anything else."""
+    stop it (see `stall`). ValueError for anything else."""
     text = environ.get(STALL_ENV)
     if text is None:
         return None
@@ -56,6 +65,73 @@ def stall_from(environ: Mapping[str, str]) -> tuple[float, float] | None:
     if not (0 <= stall[0] <= 1 and 0 <= stall[1] <= 60):
         raise ValueError(f"{STALL_ENV}: P in [0, 1], SECONDS in [0, 60]")
     return stall
+
+
+# The freeze is a child's doing: it stops this process (every thread, as a frozen host
+# would), then lets it go on; the daemon awaits the child, so the renewal comes after.
+_FREEZE = 'kill -STOP "$1" && sleep "$2"; kill -CONT "$1"'
+
+
+async def stall(setting: tuple[float, float] | None) -> None:
+    """With TAILHUB_CLUSTER_STALL=P:S, with probability P: the whole process stops for S
+    seconds (SIGSTOP, then SIGCONT from a child), never a sleep that blocks the event loop.
+    Nothing without it."""
+    if setting is None or random.random() >= setting[0]:
+        return
+    child = await asyncio.create_subprocess_exec(
+        "/bin/sh",
+        "-c",
+        _FREEZE,
+        "stall",
+        str(os.getpid()),
+        f"{setting[1]:.3f}",
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    await child.wait()
+
+
+FAIL_LOOP_ENV = "TAILHUB_FAIL_LOOP"
+# The essential tasks (supervisor.py), by the names a fault gives: the supervisor runs no
+# task whose name is not here, so that every one can be failed on purpose by a test.
+HEARTBEAT = "heartbeat"
+RETENTION = "retention"
+HEALTH = "health"
+CERTIFICATE_CHECK = "certificate-check"
+KEEP_ALIVE = "keep-alive"
+TAKE_OVER = "take-over"
+RECORD_SYNC = "record-sync"
+MIRROR = "mirror"
+ESSENTIAL_TASKS = frozenset(
+    {HEARTBEAT, RETENTION, HEALTH, CERTIFICATE_CHECK, KEEP_ALIVE, TAKE_OVER, RECORD_SYNC, MIRROR}
+)
+
+
+def failing_loops_from(environ: Mapping[str, str]) -> tuple[tuple[str, float], ...]:
+    """TAILHUB_FAIL_LOOP=NAME[:SECONDS][,...]: each named essential task (supervisor.py)
+    raises once the daemon serves, or SECONDS later, in place of running. Unknown names
+    and bad delays are a ValueError. Read once, in the daemon's entry point."""
+    failing: dict[str, float] = {}
+    for item in environ.get(FAIL_LOOP_ENV, "").split(","):
+        if not item:
+            continue
+        name, _, delay = item.partition(":")
+        if name not in ESSENTIAL_TASKS:
+            known = ", ".join(sorted(ESSENTIAL_TASKS))
+            raise ValueError(f"{FAIL_LOOP_ENV}: unknown task {name[:40]!r} (known: {known})")
+        try:
+            seconds = float(delay or "0")
+        except ValueError:
+            raise ValueError(f"{FAIL_LOOP_ENV}: NAME[:SECONDS], not {item[:40]!r}") from None
+        if not 0 <= seconds <= 3600:
+            raise ValueError(f"{FAIL_LOOP_ENV}: SECONDS in [0, 3600], not {delay[:40]!r}")
+        failing[name] = seconds
+    return tuple(sorted(failing.items()))
+
+
+class InjectedFault(RuntimeError):
+    """What a task named in TAILHUB_FAIL_LOOP raises."""
 
 
 def crash_at(enabled: frozenset[str], point: str) -> None:
