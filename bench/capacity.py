@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from bench import fanout, follower
-from bench.measure import wait_until
 from bench.processes import ProcessSet, python_module
 from bench.report import Table, number, percent
+from harness.waiting import wait_until
 
 MB = 1_000_000
 # Frames of a thread that waits (py-spy's --native shows them; they cost no CPU): a stack

@@ -17,9 +17,10 @@ from typing import Any
 from bench import follower
 from bench.cli import tailhub, timed_run
 from bench.daemon import Daemon
-from bench.measure import percentile, wait_until
+from bench.measure import percentile
 from bench.processes import ProcessSet
 from bench.report import Table, number
+from harness.waiting import wait_until
 from tailhub.client import Client, LogChunk
 
 MIB = 1 << 20

@@ -27,9 +27,10 @@ from typing import Any
 from bench.catchup import MIB, write_log
 from bench.cli import Timed, tailhub, timed_run
 from bench.daemon import Daemon
-from bench.measure import percentile, wait_until
+from bench.measure import percentile
 from bench.processes import REPO
 from bench.report import Table, number
+from harness.waiting import wait_until
 from tailhub.client import Client, LogEnd
 
 

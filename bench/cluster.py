@@ -21,11 +21,11 @@ from bench import failover, follower
 from bench.daemon import Daemon
 from bench.failover import daemon_args
 from bench.fanout import open_gate, summary
-from bench.measure import wait_until
 from bench.processes import ProcessSet
-from bench.redis_server import INSTALL_HINT, RedisServer, available
+from bench.redis_server import INSTALL_HINT, available, cluster_redis, reading
 from bench.replayable import Source, attach, get_job
 from bench.report import Table, number, percent
+from harness.waiting import wait_until
 
 MB = 1_000_000
 
@@ -84,7 +84,7 @@ def fan_out(settings: Settings, directory: Path, *, cluster: bool) -> dict[str, 
     os.mkfifo(gate)
     timeout = settings.duration + 120
     with contextlib.ExitStack() as stack:
-        redis = stack.enter_context(RedisServer(directory / "redis")) if cluster else None
+        redis = stack.enter_context(cluster_redis(directory / "redis")) if cluster else None
         daemons = [
             Daemon(
                 directory / f"h{index}",
@@ -122,7 +122,7 @@ def fan_out(settings: Settings, directory: Path, *, cluster: bool) -> dict[str, 
         # The command waits for its first byte: its fetcher holds the lease already.
         holders = [get_job(daemon.address, job).lease_holder for daemon in daemons]
         cpu_before = [daemon.cpu().own for daemon in daemons]
-        redis_before = redis.reading() if redis else None
+        redis_before = reading(redis) if redis else None
         opened = time.time()
         open_gate(gate)
         processes.wait_all(timeout)
@@ -131,7 +131,7 @@ def fan_out(settings: Settings, directory: Path, *, cluster: bool) -> dict[str, 
         ]
         peak_rss = [daemon.peak_rss() for daemon in daemons]
         jobs = [get_job(daemon.address, job) for daemon in daemons]
-        redis_after = redis.reading() if redis else None
+        redis_after = reading(redis) if redis else None
     received = follower.collect(outs)
     written = source.digest()
     upstreams = [reported.upstream_connections for reported in jobs]

@@ -11,8 +11,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
-from bench.measure import CpuTimes, cpu_times, peak_rss_bytes, wait_until
+from bench.measure import CpuTimes, cpu_times, peak_rss_bytes
 from bench.processes import REPO, python_module
+from harness.waiting import wait_until
 from tailhub.client import Client, StatePaths
 
 START_TIMEOUT = 30.0

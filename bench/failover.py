@@ -23,12 +23,14 @@ from typing import Any
 import grpc
 
 from bench.daemon import Daemon
-from bench.measure import percentile, wait_until
+from bench.measure import percentile
 from bench.processes import ProcessSet
-from bench.redis_server import RedisServer
+from bench.redis_server import cluster_redis, reading
 from bench.replayable import Source, attach, get_job
 from bench.report import Table, number
 from bench.writer import LINE_BYTES, TIMESTAMP_BYTES, timestamp_at
+from harness.redis_server import RedisServer
+from harness.waiting import wait_until
 from tailhub.v1 import tailhub_pb2 as pb
 from tailhub.v1 import tailhub_pb2_grpc as pb_grpc
 
@@ -151,7 +153,7 @@ class Observer:
 def run(directory: Path, *, daemons: int, kills: int, lease_ms: int, rate: float) -> dict[str, Any]:
     directory.mkdir(parents=True)
     with contextlib.ExitStack() as stack:
-        redis = stack.enter_context(RedisServer(directory / "redis"))
+        redis = stack.enter_context(cluster_redis(directory / "redis"))
         nodes = [
             Daemon(directory / f"h{index}", daemon_args(redis, index, lease_ms))
             for index in range(daemons)
@@ -175,7 +177,7 @@ def run(directory: Path, *, daemons: int, kills: int, lease_ms: int, rate: float
             "every follower to see the job end",
         )
         final = get_job(nodes[0].address, job)
-        redis_reading = redis.reading()
+        redis_reading = reading(redis)
     written = source.digest()
     lease = sorted(round_["lease_s"] for round_ in rounds)
     flow = sorted(round_["flow_s"] for round_ in rounds)

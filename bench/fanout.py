@@ -18,9 +18,10 @@ from typing import Any
 
 from bench import follower
 from bench.daemon import Daemon
-from bench.measure import percentile, wait_until
+from bench.measure import percentile
 from bench.processes import REPO, ProcessSet
 from bench.report import Table, number, percent
+from harness.waiting import wait_until
 
 MB = 1_000_000
 

@@ -23,8 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.measure import wait_until
 from bench.processes import REPO
+from harness.waiting import wait_until
 
 LINES = 60
 # 60 lines over 3 s, then exit 3 (a code the follower must pass on: 100, failed).

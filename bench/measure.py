@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import os
 import resource
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,14 +72,3 @@ def percentile(ordered: Sequence[float], fraction: float) -> float:
         return float("nan")
     rank = max(0, min(len(ordered) - 1, round(fraction * len(ordered) + 0.5) - 1))
     return ordered[rank]
-
-
-def wait_until(condition: Callable[[], object], timeout: float, what: str) -> None:
-    """Polls `condition` with a growing pause until true; TimeoutError after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    pause = 0.002
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(pause)
-        pause = min(pause * 2, 0.05)

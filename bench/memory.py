@@ -22,9 +22,10 @@ from typing import Any
 from bench import follower
 from bench.daemon import Daemon
 from bench.fanout import open_gate
-from bench.measure import rss_bytes, wait_until
+from bench.measure import rss_bytes
 from bench.processes import REPO, ProcessSet
 from bench.report import Table, number
+from harness.waiting import wait_until
 
 MB = 1_000_000
 MIB = 1 << 20

@@ -21,9 +21,10 @@ from typing import Any
 import grpc
 
 from bench.daemon import Daemon
-from bench.measure import percentile, rss_bytes, wait_until
+from bench.measure import percentile, rss_bytes
 from bench.processes import ProcessSet, python_module
 from bench.report import Table, number
+from harness.waiting import wait_until
 from tailhub.v1 import tailhub_pb2 as pb
 from tailhub.v1 import tailhub_pb2_grpc as rpc
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 from pathlib import Path
 from types import TracebackType
 
-from bench.measure import CpuTimes, cpu_times, wait_until
+from bench.measure import CpuTimes, cpu_times
+from harness.ports import free_port
+from harness.waiting import wait_until
 
 SETUP = Path(__file__).resolve().parent / "setup_sshd.sh"
 SETUP_TIMEOUT = 600.0  # installing openssh-server may take a while
@@ -33,7 +34,7 @@ class Sshd:
         self.log = Path()
 
     def start(self) -> None:
-        port = _free_port()
+        port = free_port()
         try:
             done = subprocess.run(
                 ["bash", str(SETUP), str(self.directory), str(port), self.max_startups],
@@ -120,9 +121,3 @@ def _gone(pid: int) -> bool:
     except FileNotFoundError:
         return True
     return stat[stat.rindex(")") + 2] == "Z"
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])

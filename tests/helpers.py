@@ -8,27 +8,17 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness import waiting
 from tailhub.client import Client, StatePaths
 from tailhub.client._daemon import is_listening
 
 DAEMON_START_TIMEOUT = 20.0
-
-
-def wait_until(
-    condition: Callable[[], object], timeout: float = 20.0, what: str = "condition"
-) -> None:
-    """Polls `condition` until it is true; fails the test after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    delay = 0.005
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(delay)
-        delay = min(delay * 2, 0.1)
+# Written once, for the benchmarks too (harness/waiting.py).
+wait_until = waiting.wait_until
 
 
 def one_line(stderr: bytes, prefix: str) -> str:

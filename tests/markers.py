@@ -18,6 +18,8 @@ import shutil
 
 import pytest
 
+from harness.redis_server import INSTALL_HINT as REDIS_INSTALL_HINT
+
 MARKERS = {
     "slow": "takes more than ~10 s: left out of `make test-fast`",
     "root": "needs root (tmpfs mounts, network namespaces, files given to another user); "
@@ -34,10 +36,6 @@ FIXTURE_MARKERS = {
     "start_redis": "redis",
     "cluster": "redis",
 }
-
-REDIS_INSTALL_HINT = (
-    "redis-server is missing (cluster tests need it): sudo apt-get install redis-server"
-)
 
 
 def on_ci() -> bool:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime
 import os
 import shlex
-import socket
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,14 +15,12 @@ from typing import Any
 import grpc
 from helpers import DaemonProcess, run_cli
 
+from harness import ports
 from tailhub.client._tls_init import cert_pem, key_pem, make_ca, make_leaf
 from tailhub.v1 import tailhub_pb2_grpc as rpc
 
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+# Written once, for the benchmarks too (harness/ports.py).
+free_port = ports.free_port
 
 
 @dataclass(frozen=True)
