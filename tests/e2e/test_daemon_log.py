@@ -11,7 +11,7 @@ import pytest
 from helpers import DaemonProcess, run_cli
 
 from tailhub.daemon import daemon_log
-from tailhub.daemon.statedir import UntrustedState
+from tailhub.daemon.errors import UntrustedState
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ from tailhub.daemon.paths import StatePaths, resolve_home
 if TYPE_CHECKING:
     from tailhub.client._client import Client
     from tailhub.client._errors import (
+        ClusterUnavailable,
         DaemonUnreachable,
         InvalidRequestError,
         JobNotFoundError,
@@ -47,6 +48,7 @@ _LAZY = {
     "Client": "tailhub.client._client",
     **dict.fromkeys(
         (
+            "ClusterUnavailable",
             "DaemonUnreachable",
             "InvalidRequestError",
             "JobNotFoundError",
@@ -74,6 +76,7 @@ _LAZY = {
 
 __all__ = [
     "Client",
+    "ClusterUnavailable",
     "DaemonStatus",
     "DaemonUnreachable",
     "InvalidRequestError",

@@ -35,9 +35,10 @@ from tailhub.client._types import (
     RemoveResult,
     state_of,
 )
+from tailhub.daemon.errors import UntrustedState
 from tailhub.daemon.home_kind import recorded_kind
 from tailhub.daemon.paths import StatePaths
-from tailhub.daemon.statedir import UntrustedState, check_socket, check_state_dir
+from tailhub.daemon.statedir import check_socket, check_state_dir
 from tailhub.v1 import tailhub_pb2 as pb
 
 # Reconnect quickly after a daemon restart: gRPC's default backoff grows to two minutes.
@@ -64,7 +65,9 @@ class Client:
     With a list, the order is the preference. A call that cannot connect to one daemon goes
     to the next; a read (get, list, status) also goes on when its daemon fails it as
     unavailable; a call that changes something never does once it may have reached a daemon,
-    so that nothing runs twice. A follow resumes on the next daemon at the next byte.
+    so that nothing runs twice, unless that daemon answered that it did nothing and another
+    may take it (its cluster's Redis is unreachable from it). A follow resumes on the next
+    daemon at the next byte.
     """
 
     def __init__(
@@ -163,7 +166,28 @@ class Client:
         timeout: float = _CALL_TIMEOUT,
     ) -> T:
         """Calls `method` (picked from a stub) on the current daemon; with a list, fails over
-        to the next ones as the class says (`read`: a call that changes nothing)."""
+        to the next ones as the class says (`read`: a call that changes nothing).
+
+        A daemon that did nothing and says it may take the call later (`retry_later`: its
+        cluster's Redis is unreachable) is called again, after a growing pause, until
+        `timeout` has passed; `on_wait` is told once."""
+        give_up = time.monotonic() + timeout
+        pause = _MIN_RETRY_PAUSE
+        told = False
+        while True:
+            try:
+                return self._call_once(method, request, read, max(give_up - time.monotonic(), 1))
+            except TailhubError as error:
+                left = give_up - time.monotonic()
+                if not error.retry_later or left <= pause:
+                    raise
+                if not told and self._on_wait is not None:
+                    self._on_wait(f"{error}; trying again for up to {left:.0f} s")
+                    told = True
+            time.sleep(pause)
+            pause = min(pause * 2, _MAX_RETRY_PAUSE)
+
+    def _call_once(self, method: StubMethod[T], request: Any, read: bool, timeout: float) -> T:
         if len(self._servers) > 1:
             return self._servers.call(method, request, timeout, read=read)
         try:  # wait for the daemon within the call's time (a restart)

@@ -63,8 +63,8 @@ def check_cli() -> list[Finding]:
 
 def check_state_directory(paths: StatePaths) -> list[Finding]:
     """The daemon's own trust checks of the directory, its parents and its files."""
+    from tailhub.daemon.errors import UntrustedState
     from tailhub.daemon.statedir import (
-        UntrustedState,
         check_database,
         check_socket,
         check_state_dir,

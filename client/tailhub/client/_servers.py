@@ -144,8 +144,10 @@ class Servers:
 
     def call(self, method: StubMethod[T], request: Any, timeout: float, *, read: bool) -> T:
         """Calls `method` on the current server, else on the next ones in turn: any call when
-        it cannot connect to one, a `read` (it changes nothing) also when a daemon answers
-        it as unavailable; else the error it got. When none takes it, `none_answered`."""
+        it cannot connect to one, or when a daemon answers that it did nothing and another
+        may take it (`elsewhere`: its cluster's Redis is unreachable from it), a `read` (it
+        changes nothing) also when a daemon answers it as unavailable; else the error it
+        got. When none takes it, `none_answered`."""
         errors: list[TailhubError] = []
         for index in self.tries():
             problem = self.reach(index)
@@ -158,7 +160,7 @@ class Servers:
                 answer = method(self.stub(index))(request, timeout=timeout, wait_for_ready=not read)
             except grpc.RpcError as error:
                 failed = from_rpc_error(error, self.address(index))
-                if not (read and is_transient(error)):
+                if not (failed.elsewhere or (read and is_transient(error))):
                     raise failed from None
                 errors.append(failed)
                 continue

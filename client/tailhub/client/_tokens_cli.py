@@ -66,7 +66,8 @@ def token() -> None:
 )
 def token_create(home: str | None, role: str, name: str | None, output: str | None) -> None:
     """Make a token and print it (or write it to --output), once: only its hash is kept."""
-    from tailhub.daemon.tokens import Role, TokenError, create_token
+    from tailhub.daemon.errors import TokenError
+    from tailhub.daemon.tokens import Role, create_token
 
     if output is not None:
         # Made before the token, so that a file that cannot be written costs no token.
@@ -116,7 +117,8 @@ def _warn_if_stdout_is_readable_by_others() -> None:
 @_HOME
 def token_list(home: str | None) -> None:
     """Name, role and creation time of each token (never the token)."""
-    from tailhub.daemon.tokens import TokenError, read_tokens
+    from tailhub.daemon.errors import TokenError
+    from tailhub.daemon.tokens import read_tokens
 
     try:
         entries = read_tokens(_state_home())
@@ -140,7 +142,8 @@ def token_list(home: str | None) -> None:
 @click.argument("name")
 def token_revoke(home: str | None, name: str) -> None:
     """Remove a token: calls with it are refused from now on (running streams go on)."""
-    from tailhub.daemon.tokens import TokenError, revoke_token
+    from tailhub.daemon.errors import TokenError
+    from tailhub.daemon.tokens import revoke_token
 
     try:
         revoked = revoke_token(_state_home(), name)

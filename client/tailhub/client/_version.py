@@ -58,8 +58,8 @@ def probe_daemon(home: str | None, timeout: float = PROBE_TIMEOUT) -> DaemonProb
     """Asks the daemon of `home` (or --server) for its status, never starting one."""
     from tailhub.client import Client, TailhubError
     from tailhub.client._daemon import is_listening
+    from tailhub.daemon.errors import UntrustedState
     from tailhub.daemon.paths import resolve_home
-    from tailhub.daemon.statedir import UntrustedState
 
     targets = remote_targets()
     if targets is not None:

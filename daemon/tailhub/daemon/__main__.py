@@ -23,7 +23,6 @@ from click.core import ParameterSource
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 from tailhub.daemon import daemon_log
-from tailhub.daemon.cluster import ClusterRefused
 from tailhub.daemon.config import (
     ClusterSettings,
     DaemonConfig,
@@ -34,20 +33,24 @@ from tailhub.daemon.config import (
 from tailhub.daemon.config_file import read_config_file
 from tailhub.daemon.credentials import CREDENTIAL_VARIABLES
 from tailhub.daemon.durations import parse_duration
-from tailhub.daemon.errors import EssentialTaskDied
+from tailhub.daemon.errors import (
+    AlreadyRunning,
+    ClusterRefused,
+    EssentialTaskDied,
+    HomeOfAnotherKind,
+    ListenerError,
+    StorageFull,
+    UnusableState,
+)
 from tailhub.daemon.faults import crash_points_from, failing_loops_from, stall_from
 from tailhub.daemon.flags_file import apply_flags_file, flags_file_of
-from tailhub.daemon.home_kind import HomeOfAnotherKind
 from tailhub.daemon.listeners import (
     DEFAULT_MAX_STREAMS,
     DEFAULT_MAX_STREAMS_PER_TOKEN,
-    ListenerError,
     NetworkSettings,
     network_settings,
 )
-from tailhub.daemon.lock import AlreadyRunning
 from tailhub.daemon.memtrace import MemoryTrace
-from tailhub.daemon.model import StorageFull
 from tailhub.daemon.open_files import MIN_OPEN_FILES, RAISE_OPEN_FILES
 from tailhub.daemon.paths import StatePaths, resolve_home, shown
 from tailhub.daemon.quotas import DEFAULT_MAX_JOBS_PER_TOKEN
@@ -57,7 +60,6 @@ from tailhub.daemon.server import Daemon
 from tailhub.daemon.sizes import parse_size
 from tailhub.daemon.started_with import ARGV_REFUSAL, applied_options, redis_url_has_secret
 from tailhub.daemon.statedir import open_home
-from tailhub.daemon.store import UnusableState
 
 logger = logging.getLogger("tailhub.daemon")
 

@@ -23,8 +23,8 @@ import os
 import struct
 from pathlib import Path
 
+from tailhub.daemon.errors import StorageFull
 from tailhub.daemon.faults import is_disk_full
-from tailhub.daemon.model import StorageFull
 from tailhub.daemon.paths import shown
 from tailhub.daemon.statedir import open_state_file
 

@@ -11,7 +11,8 @@ interceptors cannot tell which port a call came in on, so they are never asked t
 
 A missing or unknown token is UNAUTHENTICATED, a role too low PERMISSION_DENIED; any method not
 in the table (one added later) needs admin. The same interceptor counts Subscribe streams per
-token and in all, refusing one past either cap with RESOURCE_EXHAUSTED.
+token and in all, refusing one past either cap with RESOURCE_EXHAUSTED. Each refusal is an
+error of errors.py, told as the service tells every error (`service.abort`).
 """
 
 from __future__ import annotations
@@ -21,14 +22,23 @@ import contextlib
 import inspect
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 import grpc
 import grpc.aio
 
 from tailhub.daemon import callers
+from tailhub.daemon.errors import (
+    DaemonError,
+    RoleTooLow,
+    TokenMissing,
+    TokenNotAccepted,
+    TooManyFailedAuthentications,
+    TooManyStreams,
+    UnknownMethod,
+)
 from tailhub.daemon.failed_auth import FailedAuthLimit, peer_address
+from tailhub.daemon.service import abort
 from tailhub.daemon.tokens import Role, TokenIndex
 
 _SERVICE = "/tailhub.v1.TailhubService/"
@@ -60,12 +70,6 @@ ROLES: dict[str, Role] = {
 # SkyPilot) it would cancel, else None.
 LaunchedTarget = Callable[[Sequence[int], bool], "int | None"]
 Behavior = Callable[..., Any]
-
-
-@dataclass(frozen=True)
-class _Refusal:
-    code: grpc.StatusCode
-    details: str
 
 
 class StreamCaps:
@@ -124,10 +128,10 @@ class AuthInterceptor(_ServerInterceptor):
         metadata = handler_call_details.invocation_metadata
         handler = await continuation(handler_call_details)
 
-        def decide(context: grpc.aio.ServicerContext[Any, Any]) -> Behavior | _Refusal:
+        def decide(context: grpc.aio.ServicerContext[Any, Any]) -> Behavior | DaemonError:
             # Here, not before the call: only its context knows the peer.
             chosen = self._chosen(method, metadata, handler, context.peer())
-            return chosen if isinstance(chosen, _Refusal) else _behavior(chosen)
+            return chosen if isinstance(chosen, DaemonError) else _behavior(chosen)
 
         return _deciding(handler, decide)
 
@@ -137,13 +141,13 @@ class AuthInterceptor(_ServerInterceptor):
         metadata: Sequence[tuple[str, str | bytes]] | None,
         handler: grpc.RpcMethodHandler[Any, Any] | None,
         peer: str,
-    ) -> grpc.RpcMethodHandler[Any, Any] | _Refusal:
+    ) -> grpc.RpcMethodHandler[Any, Any] | DaemonError:
         """The handler that serves this call, or why it is refused."""
         caller = self._admitted(method, metadata, peer_address(peer))
-        if isinstance(caller, _Refusal):
+        if isinstance(caller, DaemonError):
             return caller
         if handler is None:
-            return _Refusal(grpc.StatusCode.UNIMPLEMENTED, f"no method {_short(method)}")
+            return UnknownMethod(f"no method {_short(method)}")
         name, role = caller
         # For the call's own task (its quota: quotas.py); never set on the Unix socket.
         callers.set_token(name)
@@ -158,42 +162,37 @@ class AuthInterceptor(_ServerInterceptor):
 
     def _admitted(
         self, method: str, metadata: Sequence[tuple[str, str | bytes]] | None, address: str
-    ) -> tuple[str, Role] | _Refusal:
+    ) -> tuple[str, Role] | DaemonError:
         """The caller's token name and role; a peer past its failures is refused first."""
         wait = self._failures.wait_before(address)
         if wait is not None:
             # Before the token is looked at: a guesser's calls cost as little as they can.
-            return _Refusal(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
+            return TooManyFailedAuthentications(
                 f"too many failed authentications from {address}: try again in "
-                f"{max(1, math.ceil(wait))} s",
+                f"{max(1, math.ceil(wait))} s"
             )
         caller = self._caller(method, metadata)
-        if isinstance(caller, _Refusal) and caller.code is grpc.StatusCode.UNAUTHENTICATED:
-            self._failures.failed(address, caller.details)
+        if isinstance(caller, (TokenMissing, TokenNotAccepted)):
+            self._failures.failed(address, str(caller))
         return caller
 
     def _caller(
         self, method: str, metadata: Sequence[tuple[str, str | bytes]] | None
-    ) -> tuple[str, Role] | _Refusal:
+    ) -> tuple[str, Role] | DaemonError:
         """The token's name and role, or why the call is refused before it starts."""
         token = _bearer(metadata)
         if token is None:
-            return _Refusal(
-                grpc.StatusCode.UNAUTHENTICATED,
-                "no token: send 'authorization: Bearer TOKEN' (tailhub --token-file)",
+            return TokenMissing(
+                "no token: send 'authorization: Bearer TOKEN' (tailhub --token-file)"
             )
         found = self._tokens.role_of(token)
         if found is None:
-            return _Refusal(
-                grpc.StatusCode.UNAUTHENTICATED, "token not accepted (unknown or revoked)"
-            )
+            return TokenNotAccepted("token not accepted (unknown or revoked)")
         required = ROLES.get(method, Role.ADMIN)
         if found[1] < required:
-            return _Refusal(
-                grpc.StatusCode.PERMISSION_DENIED,
+            return RoleTooLow(
                 f"a {found[1].label} token may not call {_short(method)} "
-                f"(it needs {required.label})",
+                f"(it needs {required.label})"
             )
         return found
 
@@ -229,7 +228,7 @@ class AuthInterceptor(_ServerInterceptor):
         async def refused(context: grpc.aio.ServicerContext[Any, Any]) -> None:
             refusal = caps.refusal(name)
             if refusal is not None:
-                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refusal)
+                await abort(context, TooManyStreams(refusal))
 
         if inspect.isasyncgenfunction(behavior):
 
@@ -291,7 +290,7 @@ def _checking(
     async def checked(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         refusal = check(request)
         if refusal is not None:
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, refusal)
+            await abort(context, RoleTooLow(refusal))
         return await behavior(request, context)
 
     return grpc.unary_unary_rpc_method_handler(
@@ -313,16 +312,15 @@ def _behavior(handler: grpc.RpcMethodHandler[Any, Any]) -> Behavior:
 
 def _deciding(
     handler: grpc.RpcMethodHandler[Any, Any] | None,
-    decide: Callable[[grpc.aio.ServicerContext[Any, Any]], Behavior | _Refusal],
+    decide: Callable[[grpc.aio.ServicerContext[Any, Any]], Behavior | DaemonError],
 ) -> grpc.RpcMethodHandler[Any, Any]:
     """A handler of the same kind as `handler` (unary for an unknown method) whose calls
     run what `decide` picks once it has seen the call's context, or end with its refusal."""
 
     async def chosen(context: grpc.aio.ServicerContext[Any, Any]) -> Behavior:
         picked = decide(context)
-        if isinstance(picked, _Refusal):
-            await context.abort(picked.code, picked.details)
-        assert not isinstance(picked, _Refusal)  # abort raised
+        if isinstance(picked, DaemonError):
+            await abort(context, picked)
         return picked
 
     async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:

@@ -25,15 +25,13 @@ from typing import Any
 import click
 import yaml
 
+from tailhub.daemon.errors import FlagsFileError
+
 # Far more than every flag needs: a bigger file is not a config file.
 MAX_BYTES = 64 * 1024
 # Options that cannot come from the file: the file itself, help, and --check (a service
 # manager's file with `check: true` would make its daemon exit 0 at every start).
 _NOT_IN_FILE = ("config", "help", "check")
-
-
-class FlagsFileError(Exception):
-    """The file cannot be used; str() is one line naming it, the problem and the fix."""
 
 
 @dataclass(frozen=True)

@@ -16,17 +16,9 @@ from __future__ import annotations
 import shlex
 from dataclasses import dataclass
 
+from tailhub.daemon.errors import HomeOfAnotherKind
 from tailhub.daemon.paths import StatePaths
 from tailhub.daemon.started_with import read_options
-
-# tailhubd's exit status when it refuses a state directory of another kind of daemon.
-EXIT_CODE = 7
-
-
-class HomeOfAnotherKind(Exception):
-    """A daemon alone asked to run on a cluster node's state directory; one line."""
-
-    exit_code = EXIT_CODE
 
 
 @dataclass(frozen=True)

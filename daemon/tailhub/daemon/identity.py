@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import os
 
+from tailhub.daemon.errors import UnusableState
 from tailhub.daemon.paths import StatePaths, shown
 from tailhub.daemon.statedir import read_state_file
-from tailhub.daemon.store import UnusableState
 
 MARKER_NAME = ".database-id"
 

@@ -11,7 +11,7 @@ import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 
-from tailhub.daemon.model import InvalidRequest
+from tailhub.daemon.errors import InvalidRequest
 
 KIB = 1024
 MIB = 1024 * KIB

@@ -21,6 +21,7 @@ import grpc
 import grpc.aio
 
 from tailhub.daemon.config import LISTEN_EXAMPLES, format_host_port, parse_host_port
+from tailhub.daemon.errors import ListenerError
 from tailhub.daemon.limits import shown
 from tailhub.daemon.statedir import open_to_others
 
@@ -83,14 +84,6 @@ def network_limits(settings: NetworkSettings) -> list[tuple[str, int]]:
         ("grpc.server.max_pending_requests", pending),
         ("grpc.server.max_pending_requests_hard_limit", pending),
     ]
-
-
-class ListenerError(Exception):
-    """A listener that cannot be set up, said in one line; `exit_code` for tailhubd."""
-
-    def __init__(self, message: str, exit_code: int) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
 
 
 @dataclass(frozen=True)

@@ -11,14 +11,9 @@ import fcntl
 import os
 from pathlib import Path
 
+from tailhub.daemon.errors import AlreadyRunning
 from tailhub.daemon.paths import shown
 from tailhub.daemon.statedir import open_state_file, read_state_file, write_state_file
-
-
-class AlreadyRunning(Exception):
-    def __init__(self, home: Path, pid: str) -> None:
-        who = f" (pid {pid})" if pid else ""
-        super().__init__(f"another tailhubd already serves {home}{who}")
 
 
 class StateLock:

@@ -13,17 +13,13 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from pathlib import Path
 
+from tailhub.daemon.errors import JobNotFound, LogDamaged, StorageFull
 from tailhub.daemon.faults import MID_LOG_APPEND, crash_at, is_disk_full
-from tailhub.daemon.model import JobError, JobNotFound, StorageFull
 from tailhub.daemon.paths import shown
 from tailhub.daemon.statedir import open_state_file
 
 _TAIL_SCAN_BLOCK = 64 * 1024
 _TAIL_SCAN_MAX_BLOCK = 256 * 1024
-
-
-class LogDamaged(JobError):
-    """The log on disk holds less than the daemon stored in it (changed behind its back)."""
 
 
 class JobLog:

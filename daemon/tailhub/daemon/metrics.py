@@ -36,9 +36,10 @@ from prometheus_client.registry import Collector
 
 from tailhub.daemon.auth import ROLES
 from tailhub.daemon.config import format_host_port
+from tailhub.daemon.errors import MetricsListenError
 from tailhub.daemon.facts import ListenerFacts
 from tailhub.daemon.jobs import JobManager
-from tailhub.daemon.listeners import EXIT_ADDRESS, ListenerError
+from tailhub.daemon.listeners import EXIT_ADDRESS
 from tailhub.daemon.model import JobState
 
 logger = logging.getLogger(__name__)
@@ -61,11 +62,6 @@ RESPONSE_TIMEOUT = 10.0
 MAX_CONNECTIONS = 32
 # The label an RPC with no handler gets (its path is the client's choice: unbounded).
 UNKNOWN_METHOD = "unknown"
-
-
-class MetricsListenError(ListenerError):
-    """The metrics address cannot be bound (in use, not local, not permitted): tailhubd
-    exits as for a --listen address."""
 
 
 class DaemonMetrics:

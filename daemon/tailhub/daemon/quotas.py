@@ -9,7 +9,8 @@
   with "Too many open files", and the reserve stays for the daemon's own work: the owner's
   launches, connections, the database and logs.
 
-Both refuse with `ResourceLimit` (RESOURCE_EXHAUSTED), whose message begins "too many".
+They refuse with `JobQuotaReached` and `OutOfDescriptors` (errors.py: RESOURCE_EXHAUSTED, whose
+message begins "too many").
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 
-from tailhub.daemon.model import JobError
+from tailhub.daemon.errors import JobQuotaReached, OutOfDescriptors
 
 # The default of --max-jobs-per-token.
 DEFAULT_MAX_JOBS_PER_TOKEN = 1000
@@ -34,10 +35,6 @@ _SETTLE_SECONDS = 0.01
 _COUNT_EVERY = 0.1
 
 
-class ResourceLimit(JobError):
-    """A call refused because it would pass a quota or the descriptor budget."""
-
-
 class JobQuota:
     """The jobs not ended each token holds (by the token's name)."""
 
@@ -48,7 +45,7 @@ class JobQuota:
         self._held: dict[str, set[int]] = {}
 
     def check(self, owner: str | None) -> None:
-        """ResourceLimit when `owner` (a token's name; None: the socket's owner) may not have
+        """JobQuotaReached when `owner` (a token's name; None: the socket's owner) may not have
         one more job."""
         if owner is None:
             return
@@ -58,7 +55,7 @@ class JobQuota:
         # Ended or removed jobs are let go only here, when it matters: cheap per call.
         held.difference_update([job_id for job_id in held if not self._is_open(job_id)])
         if len(held) >= self.max_per_token:
-            raise ResourceLimit(
+            raise JobQuotaReached(
                 f"too many open jobs for this token: at most {self.max_per_token} not ended at "
                 "once (tailhubd --max-jobs-per-token); finish or cancel some first"
             )
@@ -104,7 +101,7 @@ class DescriptorBudget:
         self._admitted: deque[tuple[float, int]] = deque()
 
     def admit(self, what: str, cost: int) -> None:
-        """Counts a new job holding `cost` descriptors; ResourceLimit when the budget is used
+        """Counts a new job holding `cost` descriptors; OutOfDescriptors when the budget is used
         up (`what` names the job's kind for the message)."""
         if self.limit is None:
             return
@@ -115,7 +112,7 @@ class DescriptorBudget:
             # Refused only on a count of now: the last one may be a tenth of a second old.
             in_use = self._in_use_at(now, fresh=True)
         if in_use + cost > budget:
-            raise ResourceLimit(
+            raise OutOfDescriptors(
                 f"too many open files: the daemon holds {in_use} of the {self.limit} "
                 f"descriptors it may open and keeps the last {self.reserve} for its own work, "
                 f"so no new {what} job is taken now; end some file or command jobs, or raise "

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tailhub.daemon.config import DaemonConfig
+from tailhub.daemon.errors import StorageFull
 from tailhub.daemon.job import Job
-from tailhub.daemon.model import StorageFull
 from tailhub.daemon.paths import StatePaths
 from tailhub.daemon.store import JobStore
 

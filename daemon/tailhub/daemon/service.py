@@ -8,15 +8,17 @@ import logging
 import math
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar, cast
+from typing import Any, NoReturn, TypeVar, cast
 
 import grpc
 import grpc.aio
+from google.rpc import error_details_pb2, status_pb2
 
 from tailhub.daemon import __version__, callers, limits
 from tailhub.daemon.budget import BudgetFigures, SendBudget
 from tailhub.daemon.config import DaemonConfig
 from tailhub.daemon.credentials import without_credentials
+from tailhub.daemon.errors import DOMAIN, DaemonError, InvalidRequest
 from tailhub.daemon.facts import (
     MUTUAL_TLS,
     PLAINTEXT,
@@ -28,7 +30,6 @@ from tailhub.daemon.facts import (
 )
 from tailhub.daemon.fanout import (
     ChunkRange,
-    DaemonStopping,
     Ended,
     Heartbeat,
     Start,
@@ -40,24 +41,17 @@ from tailhub.daemon.jobs import JobManager
 from tailhub.daemon.model import (
     CommandSpec,
     FileSpec,
-    InvalidRequest,
-    JobError,
-    JobNotFound,
     JobState,
     LaunchSpec,
     LocalSpec,
-    NotFetchedYet,
-    OutOfRange,
     PushSpec,
     SkyPilotSpec,
     SourceEvent,
     SourceKind,
     SourceSpec,
-    StorageFull,
     backend_of,
 )
 from tailhub.daemon.placement import ClusterView
-from tailhub.daemon.quotas import ResourceLimit
 from tailhub.daemon.wire import EncodedChunkCache, encode_chunk
 from tailhub.v1 import tailhub_pb2 as pb
 
@@ -65,9 +59,9 @@ logger = logging.getLogger(__name__)
 
 SERVICE_NAME = "tailhub.v1.TailhubService"
 _CHUNK_CACHE_BYTES = 16 * 1024 * 1024
-# How every RESOURCE_EXHAUSTED for a full disk begins (the client library matches it): gRPC
-# itself answers RESOURCE_EXHAUSTED too, for a message over the receive limit.
-DISK_FULL = "disk full"
+# The trailer of the standard rich error model: a google.rpc.Status whose details hold a
+# google.rpc.ErrorInfo (reason: the error's kind), what any gRPC client can read.
+STATUS_DETAILS_KEY = "grpc-status-details-bin"
 
 _STATES = {
     JobState.PENDING: pb.JOB_STATE_PENDING,
@@ -87,40 +81,45 @@ _KINDS = {
 Handler = TypeVar("Handler", bound=Callable[..., Awaitable[Any]])
 
 
+def rpc_status(
+    error: DaemonError,
+) -> tuple[grpc.StatusCode, str, tuple[tuple[str, bytes], ...]]:
+    """What a client is told of `error`: its status, its message, and the trailer holding
+    both again with an ErrorInfo whose reason is the error's kind. The one place daemon
+    errors become gRPC statuses (the servicer's methods and auth.py's refusals)."""
+    message = error.message()
+    info = error_details_pb2.ErrorInfo(reason=error.kind, domain=DOMAIN, metadata=error.metadata())
+    status = status_pb2.Status(code=int(error.status), message=message)
+    status.details.add().Pack(info)
+    trailer = ((STATUS_DETAILS_KEY, status.SerializeToString()),)
+    return grpc.StatusCode[error.status.name], message, trailer
+
+
+async def abort(
+    context: grpc.aio.ServicerContext[Any, Any], error: Exception, call: str = "a call"
+) -> NoReturn:
+    """Ends the call with `error`; anything but a DaemonError is a bug: INTERNAL, logged
+    (as `call` failed)."""
+    if not isinstance(error, DaemonError):
+        logger.error("%s failed", call, exc_info=error)
+        error = DaemonError(f"internal error: {error}")
+    code, message, trailer = rpc_status(error)
+    await context.abort(code, message, trailing_metadata=trailer)
+
+
 def _translating_errors(method: Handler) -> Handler:
-    """Turns domain errors into gRPC status codes: the one place they cross."""
+    """Ends a call that raised with the status of its error (`abort`)."""
 
     @functools.wraps(method)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         try:
             return await method(self, request, context)
-        except JobError as error:
-            details = str(error)
-            if isinstance(error, StorageFull) and not details.startswith(DISK_FULL):
-                # Clients tell a full disk from an oversized request by this prefix.
-                details = f"{DISK_FULL}: {details}"
-            await context.abort(_status_of(error), details)
         except grpc.aio.AbortError:
             raise
         except Exception as error:
-            logger.exception("%s failed", method.__name__)
-            await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {error}")
+            await abort(context, error, method.__name__)
 
     return cast("Handler", wrapper)
-
-
-def _status_of(error: Exception) -> grpc.StatusCode:
-    if isinstance(error, JobNotFound):
-        return grpc.StatusCode.NOT_FOUND
-    if isinstance(error, InvalidRequest):
-        return grpc.StatusCode.INVALID_ARGUMENT
-    if isinstance(error, (DaemonStopping, NotFetchedYet)):
-        return grpc.StatusCode.UNAVAILABLE
-    if isinstance(error, OutOfRange):
-        return grpc.StatusCode.OUT_OF_RANGE
-    if isinstance(error, (StorageFull, ResourceLimit)):
-        return grpc.StatusCode.RESOURCE_EXHAUSTED
-    return grpc.StatusCode.FAILED_PRECONDITION
 
 
 class TailhubServicer:
@@ -183,13 +182,10 @@ class TailhubServicer:
             finally:
                 # A cancelled stream must release its subscriber slot now, not at GC time.
                 await stream.aclose()
-        except (JobError, DaemonStopping) as error:
-            await context.abort(_status_of(error), str(error) or "daemon stopping")
         except grpc.aio.AbortError:
             raise
         except Exception as error:
-            logger.exception("subscription to job %d failed", request.job_id)
-            await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {error}")
+            await abort(context, error, f"subscription to job {request.job_id}")
 
     def _encode_chunk(self, job: Job, chunk: ChunkRange) -> bytes:
         key = (job.id, chunk.offset, chunk.end)

@@ -17,15 +17,8 @@ import shlex
 import stat
 from pathlib import Path
 
+from tailhub.daemon.errors import UntrustedState
 from tailhub.daemon.paths import shown
-
-
-class UntrustedState(OSError):
-    """A state directory or file that someone else could have planted or can change."""
-
-    def __init__(self, message: str) -> None:
-        # One argument: str(error) is the message itself, as the CLI and daemon print it.
-        super().__init__(message)
 
 
 def check_state_dir(home: Path) -> None:

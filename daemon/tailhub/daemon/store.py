@@ -10,13 +10,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from tailhub.daemon.errors import StorageFull, UnusableState
 from tailhub.daemon.faults import is_disk_full
 from tailhub.daemon.model import (
     JobRecord,
     JobState,
     SourceEvent,
     SourceSpec,
-    StorageFull,
     spec_from_json,
     spec_to_json,
 )
@@ -60,10 +60,6 @@ _COLUMNS = (
     "id, name, spec, state, exit_code, reason, submitted_at, started_at, ended_at, "
     "upstream_connections, sealed, source_state, cancel_requested"
 )
-
-
-class UnusableState(Exception):
-    """The state directory cannot be used as it is; the message says what to move aside."""
 
 
 class JobStore:

@@ -20,10 +20,10 @@ import struct
 from array import array
 from pathlib import Path
 
+from tailhub.daemon.errors import TimesUnreadable, UntrustedState
 from tailhub.daemon.faults import is_disk_full
-from tailhub.daemon.model import JobError
 from tailhub.daemon.paths import shown
-from tailhub.daemon.statedir import UntrustedState, open_state_file
+from tailhub.daemon.statedir import open_state_file
 
 # Seconds within which appends share one mark.
 RESOLUTION = 0.1
@@ -105,7 +105,7 @@ class TimeIndex:
                 # Planted in the home (a symlink, a FIFO): the asker is told why, as for any
                 # refused state file, and the job and its other followers go on.
                 logger.warning("%s", error)
-                raise JobError(f"no times for this job: {error}") from None
+                raise TimesUnreadable(f"no times for this job: {error}") from None
             else:
                 with os.fdopen(fd, "rb") as file:
                     data = file.read()

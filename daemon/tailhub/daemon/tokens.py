@@ -24,13 +24,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from tailhub.daemon.errors import TokenError, UntrustedState
 from tailhub.daemon.paths import shown
-from tailhub.daemon.statedir import (
-    UntrustedState,
-    ensure_private_dir,
-    open_state_file,
-    open_to_others,
-)
+from tailhub.daemon.statedir import ensure_private_dir, open_state_file, open_to_others
 
 logger = logging.getLogger(__name__)
 
@@ -52,10 +48,6 @@ class Role(enum.IntEnum):
     @property
     def label(self) -> str:
         return self.name.lower()
-
-
-class TokenError(ValueError):
-    """A token name or store that cannot be used (said in one line)."""
 
 
 @dataclass(frozen=True)

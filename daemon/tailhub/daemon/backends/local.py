@@ -10,9 +10,10 @@ import signal
 from pathlib import Path
 
 from tailhub.daemon.backends.base import BackendHost, Cancelling
+from tailhub.daemon.errors import InvalidRequest, StorageFull
 from tailhub.daemon.faults import AFTER_SPAWN, BEFORE_SPAWN, crash_at, is_disk_full
 from tailhub.daemon.job import Job
-from tailhub.daemon.model import InvalidRequest, JobState, LocalSpec, SourceSpec, StorageFull
+from tailhub.daemon.model import JobState, LocalSpec, SourceSpec
 from tailhub.daemon.runner import RunHandle
 from tailhub.daemon.sources import SourceEnvironment
 from tailhub.daemon.store import JobStore

@@ -5,7 +5,3 @@ Importing this package imports no Redis client: only a daemon started with `--re
 """
 
 from __future__ import annotations
-
-
-class ClusterRefused(Exception):
-    """This daemon cannot join the cluster; the message says why and what to do."""

@@ -13,11 +13,11 @@ import math
 from typing import Any
 
 from tailhub.daemon import limits
+from tailhub.daemon.errors import BadRecord, InvalidRequest
 from tailhub.daemon.limits import MAX_EXIT_CODE, MAX_NAME_BYTES, MAX_REASON_BYTES
 from tailhub.daemon.model import (
     CommandSpec,
     FileSpec,
-    InvalidRequest,
     JobRecord,
     JobState,
     LocalSpec,
@@ -41,10 +41,6 @@ _MAX_COUNT = 2**53
 
 # The node a job is pinned to (local and file jobs): only it can run or read the job.
 HOME = "home"
-
-
-class BadRecord(ValueError):
-    """A record in Redis that this daemon cannot use."""
 
 
 def record_to_json(record: JobRecord, home: str) -> dict[str, Any]:

@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import redis.asyncio
 
-from tailhub.daemon.cluster.records import BadRecord, parse_record
+from tailhub.daemon.cluster.records import parse_record
+from tailhub.daemon.errors import BadRecord
 
 logger = logging.getLogger(__name__)
 

@@ -19,25 +19,6 @@ class Outcome:
     state: JobState | None = None
 
 
-class UpstreamFailed(Exception):
-    """The connection to the upstream broke; the fetcher reconnects with backoff."""
-
-    def __init__(self, message: str, exit_code: int, *, healthy: bool = False) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
-        # The upstream worked and asked to be followed again (SkyPilot's "not finished"):
-        # not a failure towards the limit of failures in a row.
-        self.healthy = healthy
-
-
-class UpstreamUnusable(Exception):
-    """The upstream cannot be fetched at all (missing program, unreadable file): no retry."""
-
-    def __init__(self, message: str, exit_code: int = 1) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
-
-
 class Upstream(Protocol):
     """The fetcher's side of one fetch: where bytes go and what the source may remember."""
 

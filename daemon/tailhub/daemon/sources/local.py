@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
+from tailhub.daemon.errors import UpstreamUnusable
 from tailhub.daemon.model import LocalSpec
 from tailhub.daemon.runner import LocalRunner, RunHandle
 from tailhub.daemon.signal import Stop
-from tailhub.daemon.sources.base import Outcome, Upstream, UpstreamUnusable
+from tailhub.daemon.sources.base import Outcome, Upstream
 from tailhub.daemon.sources.tail import FileTailer
 from tailhub.daemon.watch import FileWatcher
 

@@ -17,6 +17,7 @@ import json
 from dataclasses import dataclass
 from typing import ClassVar
 
+from tailhub.daemon.errors import UpstreamFailed, UpstreamUnusable
 from tailhub.daemon.model import MANAGED_JOB_ID, JobState, SkyPilotSpec
 from tailhub.daemon.runner import LocalRunner, RunHandle
 from tailhub.daemon.sky import (
@@ -30,7 +31,7 @@ from tailhub.daemon.sky import (
     SkyCli,
     terminate,
 )
-from tailhub.daemon.sources.base import Outcome, Upstream, UpstreamFailed, UpstreamUnusable
+from tailhub.daemon.sources.base import Outcome, Upstream
 from tailhub.daemon.sources.command import (
     READ_BYTES,
     start_connecting,

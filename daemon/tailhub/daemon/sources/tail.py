@@ -12,8 +12,9 @@ from typing import Any
 import aiofiles
 import aiofiles.os
 
+from tailhub.daemon.errors import UpstreamUnusable
 from tailhub.daemon.signal import Stop
-from tailhub.daemon.sources.base import Upstream, UpstreamUnusable
+from tailhub.daemon.sources.base import Upstream
 from tailhub.daemon.watch import FileWatch, FileWatcher
 
 READ_BYTES = 1024 * 1024
