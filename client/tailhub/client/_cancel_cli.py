@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from typing import TYPE_CHECKING
 
 import click
 
@@ -11,6 +12,10 @@ from tailhub.client import exit_codes
 from tailhub.client._cli_common import connect, home_option
 from tailhub.client._names import JOB_REF, resolve_jobs
 from tailhub.client._output import note, size_text
+
+if TYPE_CHECKING:  # importing the client pulls in grpc, which `--help` does not need
+    from tailhub.client import Client
+    from tailhub.client._types import CancelResult
 
 
 @click.command("cancel")
@@ -30,13 +35,29 @@ def jobs_cancel(home: str | None, jobs: tuple[str, ...], everything: bool, yes: 
     with connect(home) as client:
         job_ids = resolve_jobs(client, jobs)
         if everything and not yes and sys.stdin.isatty():
-            count = sum(1 for job in client.list() if not job.state.terminal)
-            if count and not click.confirm(
-                f"Cancel all {count} unfinished job{'' if count == 1 else 's'}?", err=True
-            ):
-                note("nothing cancelled")
-                sys.exit(exit_codes.ERROR)
+            _confirm_all(client)
         result = client.cancel_jobs(job_ids, everything=everything)
+    lines = _cancel_lines(result)
+    if not lines:
+        note("no job to cancel")
+    for job_id in sorted(lines):
+        note(lines[job_id])
+    if result.unknown_job_ids:
+        sys.exit(exit_codes.NOT_FOUND)
+
+
+def _confirm_all(client: Client) -> None:
+    """Asks before --all cancels anything; exit 1 when the answer is no."""
+    count = sum(1 for job in client.list() if not job.state.terminal)
+    if count and not click.confirm(
+        f"Cancel all {count} unfinished job{'' if count == 1 else 's'}?", err=True
+    ):
+        note("nothing cancelled")
+        sys.exit(exit_codes.ERROR)
+
+
+def _cancel_lines(result: CancelResult) -> dict[int, str]:
+    """What became of each job, by id: cancelled, already ended, or not found."""
     lines: dict[int, str] = {}
     for job in result.cancelled:
         # A backend that cancels asynchronously (SkyPilot) answers before the job has ended.
@@ -46,12 +67,7 @@ def jobs_cancel(home: str | None, jobs: tuple[str, ...], everything: bool, yes: 
         lines[job.id] = f"job {job.id} had already ended ({job.state.value}); left as it was"
     for job_id in result.unknown_job_ids:
         lines[job_id] = f"job {job_id} not found"
-    if not lines:
-        note("no job to cancel")
-    for job_id in sorted(lines):
-        note(lines[job_id])
-    if result.unknown_job_ids:
-        sys.exit(exit_codes.NOT_FOUND)
+    return lines
 
 
 @click.command("rm")

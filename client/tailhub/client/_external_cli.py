@@ -78,28 +78,10 @@ def jobs_attach(
     stderr_mode: str,
 ) -> None:
     """Register an external job and print its id."""
-    if command is not None and not command.strip():
-        raise click.UsageError("--command is empty: give the command whose output is the log")
-    chosen = [
-        flag
-        for flag, value in (
-            ("--file", file_path),
-            ("--command", command),
-            ("--push", push),
-            ("--skypilot", managed_job_id),
-        )
-        if value
-    ]
-    if len(chosen) != 1:
-        raise click.UsageError("give exactly one of --file, --command, --push or --skypilot")
+    _check_source_flags(file_path, command, push, managed_job_id)
     if (shell or transport_codes or stderr_mode != "merge") and command is None:
         raise click.UsageError("--shell, --transport-exit-code and --stderr go with --command")
-    argv: list[str] = []
-    if command is not None:
-        try:
-            argv = [command] if shell else shlex.split(command)
-        except ValueError as error:
-            raise click.UsageError(f"--command: {error}") from None
+    argv = _command_argv(command, shell) if command is not None else []
     with connect(home) as client:
         if file_path is not None:
             job = client.attach_file(os.path.abspath(file_path), name)
@@ -116,6 +98,34 @@ def jobs_attach(
         else:
             job = client.attach_push(name)
     click.echo(job.id)
+
+
+def _check_source_flags(
+    file_path: Path | None, command: str | None, push: bool, managed_job_id: int | None
+) -> None:
+    """Exactly one source, and a --command that says something (bad usage, exit 2)."""
+    if command is not None and not command.strip():
+        raise click.UsageError("--command is empty: give the command whose output is the log")
+    chosen = [
+        flag
+        for flag, value in (
+            ("--file", file_path),
+            ("--command", command),
+            ("--push", push),
+            ("--skypilot", managed_job_id),
+        )
+        if value
+    ]
+    if len(chosen) != 1:
+        raise click.UsageError("give exactly one of --file, --command, --push or --skypilot")
+
+
+def _command_argv(command: str, shell: bool) -> list[str]:
+    """--command as the argv to run: split as a shell would, or whole for /bin/sh -c."""
+    try:
+        return [command] if shell else shlex.split(command)
+    except ValueError as error:
+        raise click.UsageError(f"--command: {error}") from None
 
 
 @click.command("publish")

@@ -26,7 +26,7 @@ from tailhub.client._output import end_result, job_label, note, printable
 from tailhub.client._types import LogChunk, LogEnd, LogEvent, LogItem
 
 if TYPE_CHECKING:
-    from tailhub.client import Client
+    from tailhub.client import Client, JobInfo
 
 # Items waiting for the writer, across every job: enough to absorb bursts, small enough that
 # a stalled reader stalls the streams rather than filling memory (chunks are at most 64 KiB).
@@ -145,8 +145,19 @@ def select_targets(
     With `at_end`, each starts at its log's current end (`jobs wait` reads no old bytes).
     """
     listed = {job.id: job for job in client.list()}
+    chosen = _named(listed, refs, at_end)
+    if unfinished or glob is not None:
+        chosen += _matching(listed, unfinished, glob, at_end)
+    unique: dict[tuple[int | None, str], Target] = {}
+    for target in chosen:
+        unique.setdefault((target.job_id, target.name if target.job_id is None else ""), target)
+    return list(unique.values())
+
+
+def _named(listed: dict[int, JobInfo], refs: Sequence[str], at_end: bool) -> list[Target]:
+    """The jobs named by ids and names, in order; a name no job has is kept, as not found."""
     by_name = jobs_by_name(listed.values())
-    chosen: list[Target] = []
+    named: list[Target] = []
     for ref in refs:
         if is_job_id(ref):
             job_id: int | None = int(ref)
@@ -158,18 +169,20 @@ def select_targets(
         job = listed.get(job_id) if job_id is not None else None
         name = job.name if job is not None else ("" if job_id is not None else ref)
         offset = job.log_size if job is not None and at_end else 0
-        chosen.append(Target(job_id, name, offset))
-    if unfinished or glob is not None:
-        for job in sorted(listed.values(), key=lambda job: job.id):
-            if unfinished and job.state.terminal:
-                continue
-            if glob is not None and not fnmatch.fnmatchcase(job.name, glob):
-                continue
-            chosen.append(Target(job.id, job.name, job.log_size if at_end else 0))
-    unique: dict[tuple[int | None, str], Target] = {}
-    for target in chosen:
-        unique.setdefault((target.job_id, target.name if target.job_id is None else ""), target)
-    return list(unique.values())
+        named.append(Target(job_id, name, offset))
+    return named
+
+
+def _matching(
+    listed: dict[int, JobInfo], unfinished: bool, glob: str | None, at_end: bool
+) -> list[Target]:
+    """The jobs --all (`unfinished`) and --name GLOB choose, by id."""
+    return [
+        Target(job.id, job.name, job.log_size if at_end else 0)
+        for job in sorted(listed.values(), key=lambda job: job.id)
+        if not (unfinished and job.state.terminal)
+        and (glob is None or fnmatch.fnmatchcase(job.name, glob))
+    ]
 
 
 class _Writer:
@@ -220,6 +233,16 @@ class _Writer:
             pending.clear()
 
 
+class _NoOutput:
+    """`jobs wait`: the streams are followed to their ends, nothing of them is said."""
+
+    def take(self, job_id: int, item: LogChunk | LogEvent) -> None:
+        pass
+
+    def end(self, job_id: int) -> None:
+        pass
+
+
 def follow_jobs(
     client: Client,
     targets: Sequence[Target],
@@ -240,6 +263,28 @@ def follow_jobs(
     # name is what the user wants to hear about first.
     for outcome in outcomes:
         note(f"no job named {outcome.target.name!r}")
+    running = _start_pumps(client, targets, items, follow, tail)
+    writer = _Writer(targets, sys.stdout.buffer, prefix, colour) if output else _NoOutput()
+    while running:
+        try:
+            job_id, item = items.get(timeout=_WAKE_SECONDS)
+        except queue.Empty:
+            continue
+        ended = _take(running[job_id], item, writer)
+        if ended is not None:
+            outcomes.append(ended)
+            del running[job_id]
+    return outcomes
+
+
+def _start_pumps(
+    client: Client,
+    targets: Sequence[Target],
+    items: queue.Queue[tuple[int, LogItem | Exception]],
+    follow: bool,
+    tail: int | None,
+) -> dict[int, Target]:
+    """A thread per job found (once each, however often it was named); the jobs, by id."""
     running: dict[int, Target] = {}
     for target in targets:
         if target.job_id is None or target.job_id in running:
@@ -252,32 +297,27 @@ def follow_jobs(
             daemon=True,  # Ctrl-C must not wait for streams that never end
         )
         thread.start()
-    writer = _Writer(targets, sys.stdout.buffer, prefix, colour) if output else None
-    while running:
-        try:
-            job_id, item = items.get(timeout=_WAKE_SECONDS)
-        except queue.Empty:
-            continue
-        target = running[job_id]
-        if isinstance(item, LogChunk | LogEvent):
-            if writer is not None:
-                writer.take(job_id, item)
-        elif isinstance(item, LogEnd):
-            if writer is not None:
-                writer.end(job_id)
-            result = end_result(item)
-            if result == exit_codes.FAILED:
-                why = f": {item.reason}" if item.reason else ""
-                note(f"{job_label(job_id, target.name)} failed{why}")
-            outcomes.append(Outcome(target, result))
-            del running[job_id]
-        elif isinstance(item, JobNotFoundError):
-            note(f"job {job_id} not found")
-            outcomes.append(Outcome(target, exit_codes.NOT_FOUND))
-            del running[job_id]
-        elif isinstance(item, Exception):
-            raise item
-    return outcomes
+    return running
+
+
+def _take(target: Target, item: LogItem | Exception, writer: _Writer | _NoOutput) -> Outcome | None:
+    """Hands one item of a job's stream on; the job's outcome once its stream is over."""
+    assert target.job_id is not None
+    if isinstance(item, LogChunk | LogEvent):
+        writer.take(target.job_id, item)
+    elif isinstance(item, LogEnd):
+        writer.end(target.job_id)
+        result = end_result(item)
+        if result == exit_codes.FAILED:
+            why = f": {item.reason}" if item.reason else ""
+            note(f"{job_label(target.job_id, target.name)} failed{why}")
+        return Outcome(target, result)
+    elif isinstance(item, JobNotFoundError):
+        note(f"job {target.job_id} not found")
+        return Outcome(target, exit_codes.NOT_FOUND)
+    elif isinstance(item, Exception):
+        raise item
+    return None
 
 
 def _pump(

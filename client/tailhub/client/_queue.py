@@ -47,7 +47,19 @@ def print_jobs(
     In cluster mode a NODE column (before DESCRIPTION) names the daemon fetching each job.
     """
     now = time.time() if now is None else now
-    header = (
+    rows = [_header(clustered), *(_row(job, now, clustered) for job in listed)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    for index, row in enumerate(rows):
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+        if colour and index > 0:
+            state = listed[index - 1].state
+            # Padded first, so that the escape codes do not upset the columns.
+            cells[2] = click.style(cells[2], fg=_STATE_COLOURS.get(state))
+        click.echo("  ".join([*cells, row[-1]]).rstrip())
+
+
+def _header(clustered: bool) -> tuple[str, ...]:
+    return (
         "ID",
         "NAME",
         "STATE",
@@ -62,33 +74,25 @@ def print_jobs(
         *(("NODE",) if clustered else ()),
         "DESCRIPTION",
     )
-    rows = [header]
-    for job in listed:
-        rows.append(
-            (
-                str(job.id),
-                printable(job.name) or "-",
-                job.state.value,
-                "-" if job.exit_code is None else str(job.exit_code),
-                # SkyPilot's own id beside it: `sky jobs logs 7` is what a user would run.
-                f"{job.source}:{printable(job.external_id)}" if job.external_id else job.source,
-                size_text(job.log_size),
-                str(job.subscribers),
-                f"{job.upstream_connections_open}/{job.upstream_connections}",
-                age_text(now - job.submitted_at) if job.submitted_at else "-",
-                duration_text(job, now),
-                *((printable(job.lease_holder) or "-",) if clustered else ()),
-                printable(job.source_description[:50]),
-            )
-        )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
-    for index, row in enumerate(rows):
-        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
-        if colour and index > 0:
-            state = listed[index - 1].state
-            # Padded first, so that the escape codes do not upset the columns.
-            cells[2] = click.style(cells[2], fg=_STATE_COLOURS.get(state))
-        click.echo("  ".join([*cells, row[-1]]).rstrip())
+
+
+def _row(job: JobInfo, now: float, clustered: bool) -> tuple[str, ...]:
+    """One job's cells, in the header's order."""
+    return (
+        str(job.id),
+        printable(job.name) or "-",
+        job.state.value,
+        "-" if job.exit_code is None else str(job.exit_code),
+        # SkyPilot's own id beside it: `sky jobs logs 7` is what a user would run.
+        f"{job.source}:{printable(job.external_id)}" if job.external_id else job.source,
+        size_text(job.log_size),
+        str(job.subscribers),
+        f"{job.upstream_connections_open}/{job.upstream_connections}",
+        age_text(now - job.submitted_at) if job.submitted_at else "-",
+        duration_text(job, now),
+        *((printable(job.lease_holder) or "-",) if clustered else ()),
+        printable(job.source_description[:50]),
+    )
 
 
 def age_text(seconds: float) -> str:

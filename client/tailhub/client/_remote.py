@@ -84,25 +84,10 @@ def target_from(
     """A target from the global flags (and TAILHUB_TOKEN, TAILHUB_CA); ValueError (usage)
     for flags that do not fit, TailhubError for a file that cannot be read."""
     address = _address(server, insecure)
-    if insecure and (ca_file or client_cert or client_key):
-        raise ValueError("--insecure means no TLS: leave out --ca-file and client certificates")
-    if bool(client_cert) != bool(client_key):
-        raise ValueError("--client-cert and --client-key go together")
-    token: str | None
-    if token_file:
-        token = _read(token_file, "token file", private=True).decode("utf-8", "replace").strip()
-        if not token:
-            raise TailhubError(f"the token file {token_file} is empty")
-    else:
-        token = environ.get(TOKEN_ENV, "").strip() or None
-    if token is not None and not _TOKEN_TEXT.fullmatch(token):
-        # It could not even travel as a header; a daemon would refuse it anyway.
-        where = f"the token file {token_file}" if token_file else TOKEN_ENV
-        raise AccessDenied(f"{where} does not hold a tailhub token (printable ASCII only)")
+    _check_tls_flags(ca_file, client_cert, client_key, insecure)
+    token = _token(token_file, environ)
     ca = ca_file or environ.get(CA_ENV) or None
-    ca_pem = _read(ca, "CA file") if ca and not insecure else None
-    if ca_pem is not None and _PEM_CERTIFICATE not in ca_pem:
-        raise TailhubError(f"the CA file {ca} holds no PEM certificate")
+    ca_pem = _ca_pem(ca) if ca and not insecure else None
     if client_cert and client_key:
         _check_client_pair(client_cert, client_key)
     return Target(
@@ -118,6 +103,40 @@ def target_from(
         client_cert_file=client_cert,
         client_key_file=client_key,
     )
+
+
+def _check_tls_flags(
+    ca_file: str | None, client_cert: str | None, client_key: str | None, insecure: bool
+) -> None:
+    """ValueError (usage) for TLS flags that do not go together."""
+    if insecure and (ca_file or client_cert or client_key):
+        raise ValueError("--insecure means no TLS: leave out --ca-file and client certificates")
+    if bool(client_cert) != bool(client_key):
+        raise ValueError("--client-cert and --client-key go together")
+
+
+def _token(token_file: str | None, environ: Mapping[str, str]) -> str | None:
+    """The bearer token: --token-file's, else $TAILHUB_TOKEN's, else none."""
+    token: str | None
+    if token_file:
+        token = _read(token_file, "token file", private=True).decode("utf-8", "replace").strip()
+        if not token:
+            raise TailhubError(f"the token file {token_file} is empty")
+    else:
+        token = environ.get(TOKEN_ENV, "").strip() or None
+    if token is not None and not _TOKEN_TEXT.fullmatch(token):
+        # It could not even travel as a header; a daemon would refuse it anyway.
+        where = f"the token file {token_file}" if token_file else TOKEN_ENV
+        raise AccessDenied(f"{where} does not hold a tailhub token (printable ASCII only)")
+    return token
+
+
+def _ca_pem(ca_file: str) -> bytes:
+    """The CA file's certificates; TailhubError when it holds none."""
+    ca_pem = _read(ca_file, "CA file")
+    if _PEM_CERTIFICATE not in ca_pem:
+        raise TailhubError(f"the CA file {ca_file} holds no PEM certificate")
+    return ca_pem
 
 
 # A cluster has a handful of daemons; a longer list is a mistake (or someone's 100 kB flag).
