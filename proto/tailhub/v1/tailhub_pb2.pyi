@@ -32,19 +32,51 @@ with:
 - PERMISSION_DENIED (TCP listeners only): the token's role may not make this call (see the
   roles above). Nothing else is said about the daemon or its jobs.
 - RESOURCE_EXHAUSTED: the request is larger than the daemon accepts (see the limits below;
-  gRPC's own refusal, details "Received message larger than max"). Not worth retrying.
-  Details that begin with "disk full" mean the daemon's disk is full: nothing of the call
-  was stored; retry once there is room.
+  gRPC's own refusal, details "Received message larger than max", no ErrorInfo). Not worth
+  retrying. With reason DISK_FULL, the daemon's disk is full: nothing of the call was
+  stored; retry once there is room.
 - UNAVAILABLE: no daemon listens (not started, or restarting), or it is stopping: from the
-  moment a stop begins, streams end with UNAVAILABLE "daemon stopping" and new calls are
-  refused. Retrying, after a pause, against the restarted daemon is safe (see Subscribe
-  and PublishRequest.expected_offset for resuming without loss or duplication).
+  moment a stop begins, streams end with UNAVAILABLE (reason DAEMON_STOPPING) and new calls
+  are refused. Retrying, after a pause, against the restarted daemon is safe (see Subscribe
+  and PublishRequest.expected_offset for resuming without loss or duplication). In cluster
+  mode also when this node cannot reach Redis (CLUSTER_UNAVAILABLE: another node may take
+  the call), has not taken a job back yet (NOT_FETCHED_YET), or Redis has not stored what
+  the node took (REDIS_BEHIND); nothing of the call was done: retry it after a pause.
+- FAILED_PRECONDITION with CLUSTER_DATA_LOST (cluster mode): Redis came back without the
+  cluster's data; nothing is created until its operator has looked (the daemon's log).
 - CANCELLED: a call still running when a stopping daemon's grace (2 s) ran out. Treat it
   like UNAVAILABLE.
 - INTERNAL: a bug in the daemon; details begin with "internal error".
 - DEADLINE_EXCEEDED: only when the client set a deadline.
 The daemon's own details are one line, in words, saying what to fix. They are for people,
-not a stable API: branch on the status code (and the "disk full" prefix) only.
+not a stable API: branch on the status code and the ErrorInfo reason (below) only.
+
+# Error details
+
+Every error the daemon itself returns carries the standard rich error model: the
+`grpc-status-details-bin` trailer holds a google.rpc.Status (same code and message) whose
+`details` hold one google.rpc.ErrorInfo with domain "tailhub.dev" and a stable `reason`.
+Statuses gRPC makes itself (no daemon listening, a message over the limit) have none.
+The reasons, with their status code and the ErrorInfo.metadata keys (decimal strings):
+- NOT_FOUND: JOB_NOT_FOUND {job_id}.
+- INVALID_ARGUMENT: INVALID_REQUEST (a field, or a request that does not fit the job).
+- FAILED_PRECONDITION: OFFSET_MISMATCH {log_size} (Publish: the log does not end at
+  expected_offset; publish at log_size); TIMES_UNREADABLE (no arrival times for
+  since_time or timestamps); CLUSTER_DATA_LOST; JOB_REFUSED (other refusals about a job).
+- OUT_OF_RANGE: LOG_TRIMMED {first_offset} (cluster mode: bytes before first_offset were
+  trimmed from Redis before this node read them; resume at first_offset).
+- DATA_LOSS: LOG_DAMAGED (the log file holds fewer bytes than recorded: changed behind the
+  daemon's back).
+- RESOURCE_EXHAUSTED: DISK_FULL; TOO_MANY_JOBS (a token's --max-jobs-per-token);
+  TOO_MANY_OPEN_FILES (the daemon's descriptors); TOO_MANY_STREAMS (--max-streams,
+  --max-streams-per-token); TOO_MANY_FAILED_AUTHENTICATIONS (a peer's failed tokens: the
+  details say when to try again).
+- UNAVAILABLE: DAEMON_STOPPING; CLUSTER_UNAVAILABLE; NOT_FETCHED_YET; REDIS_BEHIND.
+- UNAUTHENTICATED: TOKEN_MISSING; TOKEN_NOT_ACCEPTED (unknown or revoked).
+- PERMISSION_DENIED: ROLE_TOO_LOW.
+- UNIMPLEMENTED: UNKNOWN_METHOD (TCP listeners; on the socket gRPC's own, no ErrorInfo).
+- INTERNAL: INTERNAL.
+New reasons may be added: a client treats one it does not know by its status code.
 
 # Limits
 

@@ -115,8 +115,9 @@ class TailhubServiceServicer:
         Errors: NOT_FOUND (no such job, or it was removed while the stream read it: a removed
         job's stream otherwise ends normally); INVALID_ARGUMENT (`offset` past the log's end,
         `since_time` not finite, a job that has no log because it failed before creating one);
-        FAILED_PRECONDITION (the log file holds fewer bytes than recorded: changed behind the
-        daemon's back); UNAVAILABLE "daemon stopping"; RESOURCE_EXHAUSTED on a TCP listener when
+        DATA_LOSS (LOG_DAMAGED: the log file holds fewer bytes than recorded: changed behind the
+        daemon's back); FAILED_PRECONDITION (TIMES_UNREADABLE); OUT_OF_RANGE (LOG_TRIMMED, cluster
+        mode); UNAVAILABLE (DAEMON_STOPPING); RESOURCE_EXHAUSTED on a TCP listener when
         the token or the daemon has the most streams allowed open (`tailhubd --max-streams`,
         `--max-streams-per-token`).
         """
@@ -133,7 +134,7 @@ class TailhubServiceServicer:
         Errors: INVALID_ARGUMENT (no source; the name or a field over its limit or holding a
         NUL; a file path that is not absolute, does not exist, is a directory or not a regular
         file, or cannot be read by the daemon; an empty command; a transport exit code outside
-        0-255; a managed job id of 0 or past 2^63-1); RESOURCE_EXHAUSTED "disk full";
+        0-255; a managed job id of 0 or past 2^63-1); RESOURCE_EXHAUSTED (DISK_FULL);
         PERMISSION_DENIED for a write token with a file, command or skypilot source.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -148,7 +149,7 @@ class TailhubServiceServicer:
         Errors: INVALID_ARGUMENT (an unknown backend; an empty `run` for the local backend; no
         task_yaml for skypilot; a workdir that is not a directory; a field over its limit, a NUL,
         an `envs` name that is not [A-Za-z_][A-Za-z0-9_]*, an `environment` name that is empty or
-        holds "="); RESOURCE_EXHAUSTED "disk full". Admin only on TCP listeners.
+        holds "="); RESOURCE_EXHAUSTED (DISK_FULL). Admin only on TCP listeners.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -159,10 +160,13 @@ class TailhubServiceServicer:
         nothing and answers the size.
 
         Errors: NOT_FOUND (no such job); INVALID_ARGUMENT (not a push job; the job has ended;
-        data over 4 MiB: send it in several calls); FAILED_PRECONDITION (`expected_offset` is set
-        and the log does not end there, and the call is not a retry of one already applied: the
-        details say the log's size); RESOURCE_EXHAUSTED "disk full" (nothing was appended; retry
-        the same call, with expected_offset, once there is room).
+        data over 4 MiB: send it in several calls); FAILED_PRECONDITION (OFFSET_MISMATCH:
+        `expected_offset` is set and the log does not end there, and the call is not a retry of
+        one already applied: ErrorInfo.metadata["log_size"] says the log's size);
+        RESOURCE_EXHAUSTED (DISK_FULL: nothing was appended; retry the same call, with
+        expected_offset, once there is room); UNAVAILABLE in cluster mode (NOT_FETCHED_YET,
+        REDIS_BEHIND: nothing was appended; retry the same call, with expected_offset, on the
+        same node).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -233,7 +237,7 @@ class TailhubServiceServicer:
         ended are reported apart, not as errors (nothing is done to them).
 
         Errors: INVALID_ARGUMENT (more than 10,000 ids; ended_before not finite);
-        RESOURCE_EXHAUSTED "disk full" (the database could not record the removal). Admin only on
+        RESOURCE_EXHAUSTED (DISK_FULL) (the database could not record the removal). Admin only on
         TCP listeners.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

@@ -32,19 +32,51 @@ with:
 - PERMISSION_DENIED (TCP listeners only): the token's role may not make this call (see the
   roles above). Nothing else is said about the daemon or its jobs.
 - RESOURCE_EXHAUSTED: the request is larger than the daemon accepts (see the limits below;
-  gRPC's own refusal, details "Received message larger than max"). Not worth retrying.
-  Details that begin with "disk full" mean the daemon's disk is full: nothing of the call
-  was stored; retry once there is room.
+  gRPC's own refusal, details "Received message larger than max", no ErrorInfo). Not worth
+  retrying. With reason DISK_FULL, the daemon's disk is full: nothing of the call was
+  stored; retry once there is room.
 - UNAVAILABLE: no daemon listens (not started, or restarting), or it is stopping: from the
-  moment a stop begins, streams end with UNAVAILABLE "daemon stopping" and new calls are
-  refused. Retrying, after a pause, against the restarted daemon is safe (see Subscribe
-  and PublishRequest.expected_offset for resuming without loss or duplication).
+  moment a stop begins, streams end with UNAVAILABLE (reason DAEMON_STOPPING) and new calls
+  are refused. Retrying, after a pause, against the restarted daemon is safe (see Subscribe
+  and PublishRequest.expected_offset for resuming without loss or duplication). In cluster
+  mode also when this node cannot reach Redis (CLUSTER_UNAVAILABLE: another node may take
+  the call), has not taken a job back yet (NOT_FETCHED_YET), or Redis has not stored what
+  the node took (REDIS_BEHIND); nothing of the call was done: retry it after a pause.
+- FAILED_PRECONDITION with CLUSTER_DATA_LOST (cluster mode): Redis came back without the
+  cluster's data; nothing is created until its operator has looked (the daemon's log).
 - CANCELLED: a call still running when a stopping daemon's grace (2 s) ran out. Treat it
   like UNAVAILABLE.
 - INTERNAL: a bug in the daemon; details begin with "internal error".
 - DEADLINE_EXCEEDED: only when the client set a deadline.
 The daemon's own details are one line, in words, saying what to fix. They are for people,
-not a stable API: branch on the status code (and the "disk full" prefix) only.
+not a stable API: branch on the status code and the ErrorInfo reason (below) only.
+
+# Error details
+
+Every error the daemon itself returns carries the standard rich error model: the
+`grpc-status-details-bin` trailer holds a google.rpc.Status (same code and message) whose
+`details` hold one google.rpc.ErrorInfo with domain "tailhub.dev" and a stable `reason`.
+Statuses gRPC makes itself (no daemon listening, a message over the limit) have none.
+The reasons, with their status code and the ErrorInfo.metadata keys (decimal strings):
+- NOT_FOUND: JOB_NOT_FOUND {job_id}.
+- INVALID_ARGUMENT: INVALID_REQUEST (a field, or a request that does not fit the job).
+- FAILED_PRECONDITION: OFFSET_MISMATCH {log_size} (Publish: the log does not end at
+  expected_offset; publish at log_size); TIMES_UNREADABLE (no arrival times for
+  since_time or timestamps); CLUSTER_DATA_LOST; JOB_REFUSED (other refusals about a job).
+- OUT_OF_RANGE: LOG_TRIMMED {first_offset} (cluster mode: bytes before first_offset were
+  trimmed from Redis before this node read them; resume at first_offset).
+- DATA_LOSS: LOG_DAMAGED (the log file holds fewer bytes than recorded: changed behind the
+  daemon's back).
+- RESOURCE_EXHAUSTED: DISK_FULL; TOO_MANY_JOBS (a token's --max-jobs-per-token);
+  TOO_MANY_OPEN_FILES (the daemon's descriptors); TOO_MANY_STREAMS (--max-streams,
+  --max-streams-per-token); TOO_MANY_FAILED_AUTHENTICATIONS (a peer's failed tokens: the
+  details say when to try again).
+- UNAVAILABLE: DAEMON_STOPPING; CLUSTER_UNAVAILABLE; NOT_FETCHED_YET; REDIS_BEHIND.
+- UNAUTHENTICATED: TOKEN_MISSING; TOKEN_NOT_ACCEPTED (unknown or revoked).
+- PERMISSION_DENIED: ROLE_TOO_LOW.
+- UNIMPLEMENTED: UNKNOWN_METHOD (TCP listeners; on the socket gRPC's own, no ErrorInfo).
+- INTERNAL: INTERNAL.
+New reasons may be added: a client treats one it does not know by its status code.
 
 # Limits
 
@@ -130,8 +162,9 @@ class TailhubServiceStub:
     Errors: NOT_FOUND (no such job, or it was removed while the stream read it: a removed
     job's stream otherwise ends normally); INVALID_ARGUMENT (`offset` past the log's end,
     `since_time` not finite, a job that has no log because it failed before creating one);
-    FAILED_PRECONDITION (the log file holds fewer bytes than recorded: changed behind the
-    daemon's back); UNAVAILABLE "daemon stopping"; RESOURCE_EXHAUSTED on a TCP listener when
+    DATA_LOSS (LOG_DAMAGED: the log file holds fewer bytes than recorded: changed behind the
+    daemon's back); FAILED_PRECONDITION (TIMES_UNREADABLE); OUT_OF_RANGE (LOG_TRIMMED, cluster
+    mode); UNAVAILABLE (DAEMON_STOPPING); RESOURCE_EXHAUSTED on a TCP listener when
     the token or the daemon has the most streams allowed open (`tailhubd --max-streams`,
     `--max-streams-per-token`).
     """
@@ -144,7 +177,7 @@ class TailhubServiceStub:
     Errors: INVALID_ARGUMENT (no source; the name or a field over its limit or holding a
     NUL; a file path that is not absolute, does not exist, is a directory or not a regular
     file, or cannot be read by the daemon; an empty command; a transport exit code outside
-    0-255; a managed job id of 0 or past 2^63-1); RESOURCE_EXHAUSTED "disk full";
+    0-255; a managed job id of 0 or past 2^63-1); RESOURCE_EXHAUSTED (DISK_FULL);
     PERMISSION_DENIED for a write token with a file, command or skypilot source.
     """
     LaunchJob: _grpc.UnaryUnaryMultiCallable[_tailhub_pb2.LaunchJobRequest, _tailhub_pb2.LaunchJobResponse]
@@ -155,17 +188,20 @@ class TailhubServiceStub:
     Errors: INVALID_ARGUMENT (an unknown backend; an empty `run` for the local backend; no
     task_yaml for skypilot; a workdir that is not a directory; a field over its limit, a NUL,
     an `envs` name that is not [A-Za-z_][A-Za-z0-9_]*, an `environment` name that is empty or
-    holds "="); RESOURCE_EXHAUSTED "disk full". Admin only on TCP listeners.
+    holds "="); RESOURCE_EXHAUSTED (DISK_FULL). Admin only on TCP listeners.
     """
     Publish: _grpc.UnaryUnaryMultiCallable[_tailhub_pb2.PublishRequest, _tailhub_pb2.PublishResponse]
     """Appends bytes to a push job's log and answers the log's new size. Empty data appends
     nothing and answers the size.
 
     Errors: NOT_FOUND (no such job); INVALID_ARGUMENT (not a push job; the job has ended;
-    data over 4 MiB: send it in several calls); FAILED_PRECONDITION (`expected_offset` is set
-    and the log does not end there, and the call is not a retry of one already applied: the
-    details say the log's size); RESOURCE_EXHAUSTED "disk full" (nothing was appended; retry
-    the same call, with expected_offset, once there is room).
+    data over 4 MiB: send it in several calls); FAILED_PRECONDITION (OFFSET_MISMATCH:
+    `expected_offset` is set and the log does not end there, and the call is not a retry of
+    one already applied: ErrorInfo.metadata["log_size"] says the log's size);
+    RESOURCE_EXHAUSTED (DISK_FULL: nothing was appended; retry the same call, with
+    expected_offset, once there is room); UNAVAILABLE in cluster mode (NOT_FETCHED_YET,
+    REDIS_BEHIND: nothing was appended; retry the same call, with expected_offset, on the
+    same node).
     """
     FinishJob: _grpc.UnaryUnaryMultiCallable[_tailhub_pb2.FinishJobRequest, _tailhub_pb2.FinishJobResponse]
     """Ends a file or push job: exit_code 0 makes it SUCCEEDED, any other (1-255) FAILED, and
@@ -212,7 +248,7 @@ class TailhubServiceStub:
     ended are reported apart, not as errors (nothing is done to them).
 
     Errors: INVALID_ARGUMENT (more than 10,000 ids; ended_before not finite);
-    RESOURCE_EXHAUSTED "disk full" (the database could not record the removal). Admin only on
+    RESOURCE_EXHAUSTED (DISK_FULL) (the database could not record the removal). Admin only on
     TCP listeners.
     """
 
@@ -245,8 +281,9 @@ class TailhubServiceAsyncStub(TailhubServiceStub):
     Errors: NOT_FOUND (no such job, or it was removed while the stream read it: a removed
     job's stream otherwise ends normally); INVALID_ARGUMENT (`offset` past the log's end,
     `since_time` not finite, a job that has no log because it failed before creating one);
-    FAILED_PRECONDITION (the log file holds fewer bytes than recorded: changed behind the
-    daemon's back); UNAVAILABLE "daemon stopping"; RESOURCE_EXHAUSTED on a TCP listener when
+    DATA_LOSS (LOG_DAMAGED: the log file holds fewer bytes than recorded: changed behind the
+    daemon's back); FAILED_PRECONDITION (TIMES_UNREADABLE); OUT_OF_RANGE (LOG_TRIMMED, cluster
+    mode); UNAVAILABLE (DAEMON_STOPPING); RESOURCE_EXHAUSTED on a TCP listener when
     the token or the daemon has the most streams allowed open (`tailhubd --max-streams`,
     `--max-streams-per-token`).
     """
@@ -259,7 +296,7 @@ class TailhubServiceAsyncStub(TailhubServiceStub):
     Errors: INVALID_ARGUMENT (no source; the name or a field over its limit or holding a
     NUL; a file path that is not absolute, does not exist, is a directory or not a regular
     file, or cannot be read by the daemon; an empty command; a transport exit code outside
-    0-255; a managed job id of 0 or past 2^63-1); RESOURCE_EXHAUSTED "disk full";
+    0-255; a managed job id of 0 or past 2^63-1); RESOURCE_EXHAUSTED (DISK_FULL);
     PERMISSION_DENIED for a write token with a file, command or skypilot source.
     """
     LaunchJob: _aio.UnaryUnaryMultiCallable[_tailhub_pb2.LaunchJobRequest, _tailhub_pb2.LaunchJobResponse]  # type: ignore[assignment]
@@ -270,17 +307,20 @@ class TailhubServiceAsyncStub(TailhubServiceStub):
     Errors: INVALID_ARGUMENT (an unknown backend; an empty `run` for the local backend; no
     task_yaml for skypilot; a workdir that is not a directory; a field over its limit, a NUL,
     an `envs` name that is not [A-Za-z_][A-Za-z0-9_]*, an `environment` name that is empty or
-    holds "="); RESOURCE_EXHAUSTED "disk full". Admin only on TCP listeners.
+    holds "="); RESOURCE_EXHAUSTED (DISK_FULL). Admin only on TCP listeners.
     """
     Publish: _aio.UnaryUnaryMultiCallable[_tailhub_pb2.PublishRequest, _tailhub_pb2.PublishResponse]  # type: ignore[assignment]
     """Appends bytes to a push job's log and answers the log's new size. Empty data appends
     nothing and answers the size.
 
     Errors: NOT_FOUND (no such job); INVALID_ARGUMENT (not a push job; the job has ended;
-    data over 4 MiB: send it in several calls); FAILED_PRECONDITION (`expected_offset` is set
-    and the log does not end there, and the call is not a retry of one already applied: the
-    details say the log's size); RESOURCE_EXHAUSTED "disk full" (nothing was appended; retry
-    the same call, with expected_offset, once there is room).
+    data over 4 MiB: send it in several calls); FAILED_PRECONDITION (OFFSET_MISMATCH:
+    `expected_offset` is set and the log does not end there, and the call is not a retry of
+    one already applied: ErrorInfo.metadata["log_size"] says the log's size);
+    RESOURCE_EXHAUSTED (DISK_FULL: nothing was appended; retry the same call, with
+    expected_offset, once there is room); UNAVAILABLE in cluster mode (NOT_FETCHED_YET,
+    REDIS_BEHIND: nothing was appended; retry the same call, with expected_offset, on the
+    same node).
     """
     FinishJob: _aio.UnaryUnaryMultiCallable[_tailhub_pb2.FinishJobRequest, _tailhub_pb2.FinishJobResponse]  # type: ignore[assignment]
     """Ends a file or push job: exit_code 0 makes it SUCCEEDED, any other (1-255) FAILED, and
@@ -327,7 +367,7 @@ class TailhubServiceAsyncStub(TailhubServiceStub):
     ended are reported apart, not as errors (nothing is done to them).
 
     Errors: INVALID_ARGUMENT (more than 10,000 ids; ended_before not finite);
-    RESOURCE_EXHAUSTED "disk full" (the database could not record the removal). Admin only on
+    RESOURCE_EXHAUSTED (DISK_FULL) (the database could not record the removal). Admin only on
     TCP listeners.
     """
 
@@ -363,8 +403,9 @@ class TailhubServiceServicer(metaclass=_abc_1.ABCMeta):
         Errors: NOT_FOUND (no such job, or it was removed while the stream read it: a removed
         job's stream otherwise ends normally); INVALID_ARGUMENT (`offset` past the log's end,
         `since_time` not finite, a job that has no log because it failed before creating one);
-        FAILED_PRECONDITION (the log file holds fewer bytes than recorded: changed behind the
-        daemon's back); UNAVAILABLE "daemon stopping"; RESOURCE_EXHAUSTED on a TCP listener when
+        DATA_LOSS (LOG_DAMAGED: the log file holds fewer bytes than recorded: changed behind the
+        daemon's back); FAILED_PRECONDITION (TIMES_UNREADABLE); OUT_OF_RANGE (LOG_TRIMMED, cluster
+        mode); UNAVAILABLE (DAEMON_STOPPING); RESOURCE_EXHAUSTED on a TCP listener when
         the token or the daemon has the most streams allowed open (`tailhubd --max-streams`,
         `--max-streams-per-token`).
         """
@@ -383,7 +424,7 @@ class TailhubServiceServicer(metaclass=_abc_1.ABCMeta):
         Errors: INVALID_ARGUMENT (no source; the name or a field over its limit or holding a
         NUL; a file path that is not absolute, does not exist, is a directory or not a regular
         file, or cannot be read by the daemon; an empty command; a transport exit code outside
-        0-255; a managed job id of 0 or past 2^63-1); RESOURCE_EXHAUSTED "disk full";
+        0-255; a managed job id of 0 or past 2^63-1); RESOURCE_EXHAUSTED (DISK_FULL);
         PERMISSION_DENIED for a write token with a file, command or skypilot source.
         """
 
@@ -400,7 +441,7 @@ class TailhubServiceServicer(metaclass=_abc_1.ABCMeta):
         Errors: INVALID_ARGUMENT (an unknown backend; an empty `run` for the local backend; no
         task_yaml for skypilot; a workdir that is not a directory; a field over its limit, a NUL,
         an `envs` name that is not [A-Za-z_][A-Za-z0-9_]*, an `environment` name that is empty or
-        holds "="); RESOURCE_EXHAUSTED "disk full". Admin only on TCP listeners.
+        holds "="); RESOURCE_EXHAUSTED (DISK_FULL). Admin only on TCP listeners.
         """
 
     @_abc_1.abstractmethod
@@ -413,10 +454,13 @@ class TailhubServiceServicer(metaclass=_abc_1.ABCMeta):
         nothing and answers the size.
 
         Errors: NOT_FOUND (no such job); INVALID_ARGUMENT (not a push job; the job has ended;
-        data over 4 MiB: send it in several calls); FAILED_PRECONDITION (`expected_offset` is set
-        and the log does not end there, and the call is not a retry of one already applied: the
-        details say the log's size); RESOURCE_EXHAUSTED "disk full" (nothing was appended; retry
-        the same call, with expected_offset, once there is room).
+        data over 4 MiB: send it in several calls); FAILED_PRECONDITION (OFFSET_MISMATCH:
+        `expected_offset` is set and the log does not end there, and the call is not a retry of
+        one already applied: ErrorInfo.metadata["log_size"] says the log's size);
+        RESOURCE_EXHAUSTED (DISK_FULL: nothing was appended; retry the same call, with
+        expected_offset, once there is room); UNAVAILABLE in cluster mode (NOT_FETCHED_YET,
+        REDIS_BEHIND: nothing was appended; retry the same call, with expected_offset, on the
+        same node).
         """
 
     @_abc_1.abstractmethod
@@ -499,7 +543,7 @@ class TailhubServiceServicer(metaclass=_abc_1.ABCMeta):
         ended are reported apart, not as errors (nothing is done to them).
 
         Errors: INVALID_ARGUMENT (more than 10,000 ids; ended_before not finite);
-        RESOURCE_EXHAUSTED "disk full" (the database could not record the removal). Admin only on
+        RESOURCE_EXHAUSTED (DISK_FULL) (the database could not record the removal). Admin only on
         TCP listeners.
         """
 
