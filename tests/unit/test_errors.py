@@ -57,6 +57,8 @@ EXPECTED: dict[type[errors.DaemonError], type[client.TailhubError]] = {
     errors.UpstreamError: client.DaemonUnreachable,
     errors.UpstreamFailed: client.DaemonUnreachable,
     errors.UpstreamUnusable: client.InvalidRequestError,
+    errors.FetchEnded: client.TailhubError,
+    errors.InjectedFault: client.TailhubError,
     errors.EssentialTaskDied: client.DaemonUnreachable,
     errors.SetupError: client.InvalidRequestError,
     errors.AlreadyRunning: client.InvalidRequestError,

@@ -37,6 +37,8 @@ one place (`tailhub.client._errors`). An exception that is none of these is a bu
     ├── UpstreamError                    UNAVAILABLE          UPSTREAM_ERROR       (fetcher only)
     │   ├── UpstreamFailed               UNAVAILABLE          UPSTREAM_FAILED
     │   └── UpstreamUnusable             FAILED_PRECONDITION  UPSTREAM_UNUSABLE
+    ├── FetchEnded                       ABORTED              FETCH_ENDED          (fetcher only)
+    ├── InjectedFault (RuntimeError)     INTERNAL             INJECTED_FAULT       (never sent)
     ├── EssentialTaskDied                UNAVAILABLE          ESSENTIAL_TASK_DIED  (never sent)
     └── SetupError                       FAILED_PRECONDITION  SETUP_REFUSED        (never sent)
         ├── AlreadyRunning               FAILED_PRECONDITION  ALREADY_RUNNING
@@ -50,10 +52,11 @@ one place (`tailhub.client._errors`). An exception that is none of these is a bu
         └── ClusterRefused               FAILED_PRECONDITION  CLUSTER_REFUSED
 
 `{field}`: ErrorInfo.metadata the error carries besides its message (decimal strings).
-UpstreamError, BadRecord and SetupError never reach a client: the first ends or retries a
-fetch (the job fails with its message), the second is a record in Redis skipped with a warning,
-the last stops tailhubd or a command with its message. Their statuses say what they would be
-if they ever did.
+Those marked (never sent) or (fetcher only) never reach a client: UpstreamError ends or
+retries a fetch (the job fails with its message), FetchEnded stops a fetch another daemon took
+over, BadRecord is a record in Redis skipped with a warning, InjectedFault and
+EssentialTaskDied stop tailhubd (a supervised loop crashed), SetupError stops tailhubd or a
+command with its message. Their statuses say what they would be if they ever did.
 
 This module imports nothing of grpc: the client imports some of these (UntrustedState) on
 paths that must not load grpc (`tailhub --help`).
@@ -343,6 +346,19 @@ class UpstreamUnusable(UpstreamError):
 
     status = Status.FAILED_PRECONDITION
     kind = "UPSTREAM_UNUSABLE"
+
+
+class FetchEnded(DaemonError):
+    """The fetch ended without the job ending: another daemon fetches it now."""
+
+    status = Status.ABORTED
+    kind = "FETCH_ENDED"
+
+
+class InjectedFault(DaemonError, RuntimeError):
+    """What a task named in TAILHUB_FAIL_LOOP raises (faults.py): a crash on purpose."""
+
+    kind = "INJECTED_FAULT"
 
 
 # -- the daemon's own loops (never sent) ---------------------------------------------------------

@@ -130,10 +130,6 @@ def failing_loops_from(environ: Mapping[str, str]) -> tuple[tuple[str, float], .
     return tuple(sorted(failing.items()))
 
 
-class InjectedFault(RuntimeError):
-    """What a task named in TAILHUB_FAIL_LOOP raises."""
-
-
 def crash_at(enabled: frozenset[str], point: str) -> None:
     """Dies here, as kill -9 would, if `point` is enabled."""
     if point in enabled:

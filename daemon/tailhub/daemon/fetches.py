@@ -13,8 +13,7 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from tailhub.daemon.errors import OffsetMismatch, StorageFull
-from tailhub.daemon.sink import FetchEnded
+from tailhub.daemon.errors import FetchEnded, OffsetMismatch, StorageFull
 from tailhub.daemon.sources import Outcome, UpstreamUnusable
 
 if TYPE_CHECKING:

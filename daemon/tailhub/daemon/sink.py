@@ -60,10 +60,6 @@ class Sink(Protocol):
         when this daemon may no longer fetch the job (that is no end of the job)."""
 
 
-class FetchEnded(Exception):
-    """The fetch ended without the job ending: another daemon fetches it now."""
-
-
 class LocalLog:
     """The one way bytes and events enter a job's log here."""
 

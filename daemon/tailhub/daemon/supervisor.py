@@ -19,8 +19,8 @@ import logging
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from typing import Any, NoReturn
 
-from tailhub.daemon.errors import EssentialTaskDied
-from tailhub.daemon.faults import ESSENTIAL_TASKS, FAIL_LOOP_ENV, InjectedFault
+from tailhub.daemon.errors import EssentialTaskDied, InjectedFault
+from tailhub.daemon.faults import ESSENTIAL_TASKS, FAIL_LOOP_ENV
 
 logger = logging.getLogger(__name__)
 

@@ -29,8 +29,7 @@ from redis.exceptions import RedisError
 from tailhub.daemon.cluster.placed import placed
 from tailhub.daemon.cluster.records import record_to_json
 from tailhub.daemon.cluster.redis_store import LOST, MISMATCH, STALE, RedisStore
-from tailhub.daemon.errors import NotFetchedYet, NotStored, RedisBehind
-from tailhub.daemon.sink import FetchEnded
+from tailhub.daemon.errors import FetchEnded, NotFetchedYet, NotStored, RedisBehind
 
 if TYPE_CHECKING:
     from tailhub.daemon.job import Job
