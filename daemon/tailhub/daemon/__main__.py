@@ -23,14 +23,14 @@ from click.core import ParameterSource
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 from tailhub.daemon import daemon_log
+from tailhub.daemon.cli_options import tailhubd_options
 from tailhub.daemon.config import (
     ClusterSettings,
     DaemonConfig,
     format_host_port,
     minimal_environment,
-    parse_host_port,
 )
-from tailhub.daemon.config_file import read_config_file
+from tailhub.daemon.config_file import FileConfig, read_config_file
 from tailhub.daemon.credentials import CREDENTIAL_VARIABLES
 from tailhub.daemon.durations import parse_duration
 from tailhub.daemon.errors import (
@@ -43,21 +43,17 @@ from tailhub.daemon.errors import (
     UnusableState,
 )
 from tailhub.daemon.faults import crash_points_from, failing_loops_from, stall_from
-from tailhub.daemon.flags_file import apply_flags_file, flags_file_of
+from tailhub.daemon.flags_file import flags_file_of
 from tailhub.daemon.listeners import (
-    DEFAULT_MAX_STREAMS,
-    DEFAULT_MAX_STREAMS_PER_TOKEN,
     NetworkSettings,
     network_settings,
 )
 from tailhub.daemon.memtrace import MemoryTrace
 from tailhub.daemon.open_files import MIN_OPEN_FILES, RAISE_OPEN_FILES
 from tailhub.daemon.paths import StatePaths, resolve_home, shown
-from tailhub.daemon.quotas import DEFAULT_MAX_JOBS_PER_TOKEN
 from tailhub.daemon.reconnects import ReconnectPolicy
 from tailhub.daemon.sd_notify import Notifier
 from tailhub.daemon.server import Daemon
-from tailhub.daemon.sizes import parse_size
 from tailhub.daemon.started_with import ARGV_REFUSAL, applied_options, redis_url_has_secret
 from tailhub.daemon.statedir import open_home
 
@@ -166,13 +162,6 @@ def _log_loop_error(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) ->
     )
 
 
-def _host_port(value: str | None) -> tuple[str, int] | None:
-    try:
-        return None if value is None else parse_host_port(value)
-    except ValueError as error:
-        raise click.BadParameter(str(error)) from None
-
-
 def _cluster_settings(
     redis_url: str | None,
     node_name: str | None,
@@ -222,14 +211,6 @@ def _duration(text: str, flag: str) -> float:
         raise click.BadParameter(str(error), param_hint=flag) from None
 
 
-def _size(ctx: click.Context, param: click.Parameter, text: str) -> int:
-    """Bytes of a SIZE option (`500M`, `20G`); bad usage (exit 2) if it is not one."""
-    try:
-        return parse_size(text)
-    except ValueError as error:
-        raise click.BadParameter(str(error), ctx, param) from None
-
-
 def _usable(paths: StatePaths) -> NoReturn:
     """`--check` found nothing wrong in what a start reads before it binds or joins anything
     (`tailhub daemon restart` asks before it stops a daemon that works)."""
@@ -245,6 +226,71 @@ def _applied(network: NetworkSettings | None, config: DaemonConfig) -> dict[str,
     sources = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
     given = [name for name in ctx.params if ctx.get_parameter_source(name) in sources]
     return applied_options(ctx.params, network, config, flags_file_of(ctx), given)
+
+
+def _reconnect_policy(give_up_after: str) -> ReconnectPolicy:
+    """--give-up-after as a policy (0: retry forever); bad usage (exit 2) if not a duration."""
+    try:
+        return ReconnectPolicy(give_up_after=parse_duration(give_up_after) or None)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--give-up-after") from None
+
+
+def _network_or_exit(listen: tuple[str, ...], **settings: Any) -> NetworkSettings | None:
+    """The --listen addresses' settings, checked (TLS files read); bad usage (exit 2) or one
+    line and the listener's exit code when they cannot be used."""
+    try:
+        return network_settings(listen, **settings)
+    except ValueError as error:
+        raise click.UsageError(str(error)) from None
+    except ListenerError as error:
+        click.echo(f"tailhubd: {error}", err=True)
+        sys.exit(error.exit_code)
+
+
+def _daemon_config(
+    paths: StatePaths,
+    settings: FileConfig,
+    cluster: ClusterSettings | None,
+    *,
+    max_running_jobs: int | None,
+    heartbeat_interval: float,
+    cancel_grace: float,
+    subscriber_budget: int,
+    job_umask: int,
+    retention_seconds: float,
+    max_ended_jobs: int,
+    retain_logs: int,
+    max_jobs_per_token: int,
+    reconnect_policy: ReconnectPolicy,
+    sky: str | None,
+    metrics_listen: tuple[str, int] | None,
+) -> DaemonConfig:
+    """The daemon's config: its flags, the state directory's config.yaml, the environment."""
+    if cluster is not None:
+        # Jobs are the cluster's: no daemon deletes them on its own (see README).
+        retention_seconds, max_ended_jobs, retain_logs = 0, 0, 0
+    return DaemonConfig(
+        paths=paths,
+        max_running_jobs=max_running_jobs,
+        heartbeat_interval=heartbeat_interval,
+        cancel_grace=cancel_grace,
+        subscriber_budget_bytes=subscriber_budget,
+        job_environment=minimal_environment(os.environ),
+        job_umask=job_umask,
+        retention_seconds=retention_seconds or None,
+        max_ended_jobs=max_ended_jobs or None,
+        retain_log_bytes=retain_logs or None,
+        max_jobs_per_token=max_jobs_per_token,
+        reconnect_policy=reconnect_policy,
+        crash_at=crash_points_from(os.environ),
+        fail_loops=failing_loops_from(os.environ),
+        default_backend=settings.backend or "local",
+        sky=sky or settings.sky or "sky",
+        sky_environment=tuple(sorted(os.environ.items())),
+        metrics_listen=metrics_listen,
+        cluster=cluster,
+    )
 
 
 def _raise_open_file_limit() -> None:
@@ -270,177 +316,7 @@ def _raise_open_file_limit() -> None:
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option(
-    "--config",
-    envvar="TAILHUB_CONFIG",
-    metavar="FILE",
-    is_eager=True,
-    expose_value=False,
-    callback=apply_flags_file,
-    help="YAML file of these options by long name (`listen: [HOST:PORT]`); flags win over "
-    "it. Yours, mode 0600 or 0400, not a symlink. Env: TAILHUB_CONFIG.",
-)
-@click.option("--home", envvar="TAILHUB_HOME", help="State directory (default ~/.tailhub).")
-@click.option(
-    "--max-running-jobs",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Local jobs allowed to run at once; more wait PENDING. Default: no limit.",
-)
-@click.option(
-    "--heartbeat-interval",
-    type=click.FloatRange(min=0.05),
-    default=5.0,
-    show_default=True,
-    metavar="SECONDS",
-    help="How often followers get a heartbeat with the log's size and the job's state.",
-)
-@click.option(
-    "--cancel-grace",
-    type=click.FloatRange(min=0),
-    default=10.0,
-    show_default=True,
-    help="Seconds between SIGTERM and SIGKILL when a local job is cancelled.",
-)
-@click.option(
-    "--retention",
-    "--retain-age",
-    "retention",
-    default="30d",
-    show_default=True,
-    metavar="DURATION",
-    help="Remove ended jobs (and their logs) this long after they ended: 12h, 7d... 0 keeps them.",
-)
-@click.option(
-    "--max-ended-jobs",
-    type=click.IntRange(min=0),
-    default=10_000,
-    show_default=True,
-    help="Keep at most this many ended jobs, removing the oldest first; 0: no limit.",
-)
-@click.option(
-    "--retain-logs",
-    default="0",
-    show_default=True,
-    metavar="SIZE",
-    callback=_size,
-    help="Keep the logs of ended jobs within SIZE together (500M, 20G...), removing the oldest "
-    "ended jobs first; 0: no budget.",
-)
-@click.option(
-    "--give-up-after",
-    default="10m",
-    show_default=True,
-    metavar="DURATION",
-    help="Fail an attached command or SkyPilot job whose upstream has failed this long in a "
-    "row without output (reconnecting with growing delays up to 10s): 90s, 30m... 0 retries "
-    "forever.",
-)
-@click.option(
-    "--sky",
-    metavar="PATH",
-    help="The `sky` executable of the skypilot backend (default: config.yaml's `sky:`, "
-    "else `sky` on the PATH).",
-)
-@click.option(
-    "--listen",
-    multiple=True,
-    metavar="HOST:PORT",
-    help="Also serve on this TCP address (repeatable; IPv6 as [::1]:PORT), with TLS and tokens.",
-)
-@click.option("--tls-cert", metavar="PEM", help="Certificate chain of the --listen addresses.")
-@click.option("--tls-key", metavar="PEM", help="Its private key (mode 0600, yours).")
-@click.option(
-    "--tls-client-ca", metavar="PEM", help="Require client certificates signed by this CA."
-)
-@click.option(
-    "--insecure", is_flag=True, help="No TLS on --listen: loopback addresses only (tests, tunnels)."
-)
-@click.option(
-    "--max-streams",
-    type=click.IntRange(min=1),
-    default=DEFAULT_MAX_STREAMS,
-    show_default=True,
-    help="Log streams served at once over the --listen addresses, in all.",
-)
-@click.option(
-    "--max-streams-per-token",
-    type=click.IntRange(min=1),
-    default=DEFAULT_MAX_STREAMS_PER_TOKEN,
-    show_default=True,
-    help="Log streams served at once to one token.",
-)
-@click.option(
-    "--max-jobs-per-token",
-    type=click.IntRange(min=1),
-    default=DEFAULT_MAX_JOBS_PER_TOKEN,
-    show_default=True,
-    help="Jobs not ended that one token may hold (attached or launched over --listen); "
-    "the owner, on the Unix socket, is not limited.",
-)
-@click.option(
-    "--metrics-listen",
-    metavar="HOST:PORT",
-    callback=lambda _ctx, _param, value: _host_port(value),
-    help="Serve Prometheus metrics at http://HOST:PORT/metrics (plain HTTP, no "
-    "authentication: bind it where only your Prometheus can reach it).",
-)
-@click.option(
-    "--subscriber-budget",
-    type=click.IntRange(min=DaemonConfig.min_chunk_bytes),
-    default=DaemonConfig.subscriber_budget_bytes,
-    show_default=True,
-    metavar="BYTES",
-    help="Bytes in flight to all subscribers together; chunks shrink, then followers wait "
-    "(and fall behind) when it is used up. Bounds memory however many followers lag.",
-)
-@click.option(
-    "--redis",
-    "redis_url",
-    envvar="TAILHUB_REDIS",
-    metavar="URL",
-    help="Cluster mode: share jobs with the other daemons on this Redis "
-    "(redis://HOST:PORT/DB, rediss:// for TLS). A password only from TAILHUB_REDIS or "
-    "--config, never on the command line. Default: this daemon alone.",
-)
-@click.option(
-    "--node-name",
-    envvar="TAILHUB_NODE_NAME",
-    metavar="NAME",
-    help="This daemon's name in the cluster (default: the host name and a hash of the "
-    "state directory). Keep it across restarts: local and file jobs are pinned to it.",
-)
-@click.option(
-    "--lease-ms",
-    type=click.IntRange(min=200, max=600_000),
-    default=ClusterSettings.lease_ms,
-    show_default=True,
-    help="Cluster mode: a job's fetch lease lasts this long unless renewed; a dead "
-    "daemon's jobs are taken over after about this long.",
-)
-@click.option(
-    "--redis-retention",
-    type=click.IntRange(min=0),
-    default=ClusterSettings.retention_bytes,
-    show_default=True,
-    metavar="BYTES",
-    help="Cluster mode: bytes of each job's log kept in Redis (older ones are trimmed; "
-    "0 keeps all).",
-)
-@click.option(
-    "--log-level",
-    default="INFO",
-    show_default=True,
-    metavar="LEVEL",
-    help="The daemon's log level: DEBUG, INFO, WARNING or ERROR.",
-)
-@click.option(
-    "--check",
-    is_flag=True,
-    help="Check these options, the --config file, the TLS files and the state directory's "
-    "config.yaml, then exit without serving: 0 if usable, else a start's exit code and line. "
-    "Not checked: whether the addresses are free, Redis.",
-)
+@tailhubd_options
 def main(
     home: str | None,
     max_running_jobs: int | None,
@@ -478,26 +354,17 @@ def main(
     # Every file the daemon creates is private; its jobs get back the umask it was given.
     job_umask = os.umask(0o077)
     retention_seconds = _duration(retention, "--retention")
-    try:
-        reconnect_policy = ReconnectPolicy(give_up_after=parse_duration(give_up_after) or None)
-    except ValueError as error:
-        raise click.BadParameter(str(error), param_hint="--give-up-after") from None
-    try:
-        # Read and checked before anything is bound: asked-for listeners are never skipped.
-        network = network_settings(
-            listen,
-            cert=tls_cert,
-            key=tls_key,
-            client_ca=tls_client_ca,
-            insecure=insecure,
-            max_streams=max_streams,
-            max_streams_per_token=max_streams_per_token,
-        )
-    except ValueError as error:
-        raise click.UsageError(str(error)) from None
-    except ListenerError as error:
-        click.echo(f"tailhubd: {error}", err=True)
-        sys.exit(error.exit_code)
+    reconnect_policy = _reconnect_policy(give_up_after)
+    # Read and checked before anything is bound: asked-for listeners are never skipped.
+    network = _network_or_exit(
+        listen,
+        cert=tls_cert,
+        key=tls_key,
+        client_ca=tls_client_ca,
+        insecure=insecure,
+        max_streams=max_streams,
+        max_streams_per_token=max_streams_per_token,
+    )
     _raise_open_file_limit()
     try:
         # Resolved and checked once, component by component, before anything in it is read or
@@ -505,30 +372,22 @@ def main(
         paths = StatePaths(home_path, open_home(home_path, create=True))
         # Read once, here: a change applies at the next start.
         settings = read_config_file(paths)
-        cluster = _cluster_settings(redis_url, node_name, lease_ms, redis_retention, paths)
-        if cluster is not None:
-            # Jobs are the cluster's: no daemon deletes them on its own (see README).
-            retention_seconds, max_ended_jobs, retain_logs = 0, 0, 0
-        config = DaemonConfig(
-            paths=paths,
+        config = _daemon_config(
+            paths,
+            settings,
+            _cluster_settings(redis_url, node_name, lease_ms, redis_retention, paths),
             max_running_jobs=max_running_jobs,
             heartbeat_interval=heartbeat_interval,
             cancel_grace=cancel_grace,
-            subscriber_budget_bytes=subscriber_budget,
-            job_environment=minimal_environment(os.environ),
+            subscriber_budget=subscriber_budget,
             job_umask=job_umask,
-            retention_seconds=retention_seconds or None,
-            max_ended_jobs=max_ended_jobs or None,
-            retain_log_bytes=retain_logs or None,
+            retention_seconds=retention_seconds,
+            max_ended_jobs=max_ended_jobs,
+            retain_logs=retain_logs,
             max_jobs_per_token=max_jobs_per_token,
             reconnect_policy=reconnect_policy,
-            crash_at=crash_points_from(os.environ),
-            fail_loops=failing_loops_from(os.environ),
-            default_backend=settings.backend or "local",
-            sky=sky or settings.sky or "sky",
-            sky_environment=tuple(sorted(os.environ.items())),
+            sky=sky,
             metrics_listen=metrics_listen,
-            cluster=cluster,
         )
         if check:
             _usable(paths)
