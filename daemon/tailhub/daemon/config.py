@@ -139,31 +139,40 @@ class DaemonConfig:
     cluster: ClusterSettings | None = None
 
     def __post_init__(self) -> None:
-        if self.heartbeat_interval <= 0:
-            raise ValueError("heartbeat interval must be positive")
+        self._check_times()
         self._check_sizes()
-        if self.max_running_jobs is not None and self.max_running_jobs < 1:
-            raise ValueError("max running jobs must be at least 1")
-        if self.cancel_grace < 0 or self.stop_grace < 0:
-            raise ValueError("grace periods cannot be negative")
-        if self.max_connecting_commands < 1:
-            raise ValueError("max connecting commands must be at least 1")
-        if self.retention_seconds is not None and self.retention_seconds <= 0:
-            raise ValueError("retention must be positive (None keeps ended jobs)")
-        if self.max_ended_jobs is not None and self.max_ended_jobs < 0:
-            raise ValueError("max ended jobs cannot be negative")
-        if self.max_jobs_per_token < 1:
-            raise ValueError("max jobs per token must be at least 1")
-        if self.retain_log_bytes is not None and self.retain_log_bytes <= 0:
-            raise ValueError("the log budget must be positive (None: no budget)")
+        self._check_limits()
+        self._check_retention()
         if self.default_backend not in BACKENDS:
             raise ValueError(
                 f"unknown backend {self.default_backend!r}: one of {', '.join(BACKENDS)}"
             )
-        if self.sky_submit_timeout <= 0:
-            raise ValueError("the sky submission timeout must be positive")
         if self.metrics_listen is not None:
             parse_host_port(format_host_port(*self.metrics_listen))
+
+    def _check_times(self) -> None:
+        if self.heartbeat_interval <= 0:
+            raise ValueError("heartbeat interval must be positive")
+        if self.cancel_grace < 0 or self.stop_grace < 0:
+            raise ValueError("grace periods cannot be negative")
+        if self.sky_submit_timeout <= 0:
+            raise ValueError("the sky submission timeout must be positive")
+
+    def _check_limits(self) -> None:
+        if self.max_running_jobs is not None and self.max_running_jobs < 1:
+            raise ValueError("max running jobs must be at least 1")
+        if self.max_connecting_commands < 1:
+            raise ValueError("max connecting commands must be at least 1")
+        if self.max_jobs_per_token < 1:
+            raise ValueError("max jobs per token must be at least 1")
+
+    def _check_retention(self) -> None:
+        if self.retention_seconds is not None and self.retention_seconds <= 0:
+            raise ValueError("retention must be positive (None keeps ended jobs)")
+        if self.max_ended_jobs is not None and self.max_ended_jobs < 0:
+            raise ValueError("max ended jobs cannot be negative")
+        if self.retain_log_bytes is not None and self.retain_log_bytes <= 0:
+            raise ValueError("the log budget must be positive (None: no budget)")
 
     def _check_sizes(self) -> None:
         if self.max_chunk_bytes < 1 * KIB or self.max_chunk_bytes > 3 * MIB:

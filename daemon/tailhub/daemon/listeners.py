@@ -164,16 +164,7 @@ def network_settings(
         return None
     addresses = tuple(parse_address(text) for text in listen)
     if insecure:
-        if cert or key or client_ca:
-            raise ValueError(
-                "--insecure means no TLS: leave out --tls-cert/--tls-key/--tls-client-ca"
-            )
-        for address in addresses:
-            if not address.is_loopback:
-                raise ValueError(
-                    f"--insecure is for loopback addresses only ({address} is not one): "
-                    "anyone on the path could read tokens and logs; use --tls-cert/--tls-key"
-                )
+        _check_plaintext(addresses, tls_flags=bool(cert or key or client_ca))
         return NetworkSettings(addresses, None, max_streams, max_streams_per_token)
     if not cert or not key:
         raise ValueError(
@@ -182,6 +173,18 @@ def network_settings(
         )
     tls = load_tls(Path(cert), Path(key), Path(client_ca) if client_ca else None)
     return NetworkSettings(addresses, tls, max_streams, max_streams_per_token)
+
+
+def _check_plaintext(addresses: tuple[ListenAddress, ...], *, tls_flags: bool) -> None:
+    """--insecure: no TLS file given, and loopback addresses only; ValueError if not."""
+    if tls_flags:
+        raise ValueError("--insecure means no TLS: leave out --tls-cert/--tls-key/--tls-client-ca")
+    for address in addresses:
+        if not address.is_loopback:
+            raise ValueError(
+                f"--insecure is for loopback addresses only ({address} is not one): "
+                "anyone on the path could read tokens and logs; use --tls-cert/--tls-key"
+            )
 
 
 def load_tls(cert: Path, key: Path, client_ca: Path | None) -> TlsMaterial:
