@@ -4,15 +4,22 @@ goes when asked (TAILHUB_TRACEMALLOC, SIGUSR2). The soak itself is bench/churn.p
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
 from collections.abc import Callable
 from pathlib import Path
 
+import grpc
 from helpers import DaemonProcess, wait_until
 
+from tailhub.daemon.config import DaemonConfig
+from tailhub.daemon.paths import StatePaths
+from tailhub.daemon.server import Daemon
 from tailhub.daemon.wire import ENTRY_OVERHEAD, EncodedChunkCache
+from tailhub.v1 import tailhub_pb2 as pb
+from tailhub.v1 import tailhub_pb2_grpc as pb_grpc
 
 
 def test_ended_jobs_past_the_cap_are_removed_as_jobs_end_not_an_hour_later(
@@ -33,6 +40,45 @@ def test_ended_jobs_past_the_cap_are_removed_as_jobs_end_not_an_hour_later(
     assert set(launched[-10:]) <= set(kept), kept  # the newest stay
 
 
+async def _followed_push_job(stub: pb_grpc.TailhubServiceAsyncStub, number: int) -> int:
+    """A push job with one line, ended and followed to its end; returns its id."""
+    job = (await stub.AttachJob(pb.AttachJobRequest(push=pb.PushSource()))).job
+    line = b"line %d\n" % number
+    await stub.Publish(pb.PublishRequest(job_id=job.id, data=line))
+    await stub.FinishJob(pb.FinishJobRequest(job_id=job.id, exit_code=0))
+    data = b""
+    async for response in stub.Subscribe(pb.SubscribeRequest(job_id=job.id, follow=True)):
+        data += response.chunk.data
+    assert data == line
+    return job.id
+
+
+def test_jobs_removed_past_the_cap_leave_no_encoded_chunk_behind(tmp_path: Path) -> None:
+    # In-process, to look into the daemon's cache (its file watcher runs ldconfig at start:
+    # not a unit test). Each of these chunks stayed until 16 MiB of others came after it:
+    # under churn, ~40,000 short jobs' chunks, RSS growing ~350 B a launch long after the
+    # cap was reached.
+    kept_at_most = 3
+
+    async def scenario() -> None:
+        config = DaemonConfig(paths=StatePaths(tmp_path / "home"), max_ended_jobs=kept_at_most)
+        async with (
+            Daemon(config) as daemon,
+            grpc.aio.insecure_channel(f"unix:{config.paths.socket}") as channel,
+        ):
+            stub = pb_grpc.TailhubServiceStub(channel)
+            followed = [await _followed_push_job(stub, number) for number in range(30)]
+            # (With a cap of 3, every job sealed past it makes a pass remove the oldest.)
+            kept = {job.id for job in (await stub.ListJobs(pb.ListJobsRequest())).jobs}
+            assert len(kept) <= kept_at_most + 1, kept
+            assert kept < set(followed)
+            cached = daemon._servicer._chunks.job_ids()  # type: ignore[union-attr]
+            assert cached, "the chunks followed are cached"
+            assert cached <= kept, f"removed jobs' chunks still cached: {sorted(cached - kept)}"
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
 def test_the_encoded_chunk_cache_counts_what_each_entry_costs() -> None:
     cache = EncodedChunkCache(max_bytes=40 * (100 + ENTRY_OVERHEAD))
     for offset in range(1000):
@@ -40,6 +86,20 @@ def test_the_encoded_chunk_cache_counts_what_each_entry_costs() -> None:
     # 1,000 chunks of 100 bytes: 100 KB of bytes, but ~400 KB of memory; 40 fit.
     held = [offset for offset in range(1000) if cache.get((1, offset * 100, offset * 100 + 100))]
     assert held == list(range(960, 1000))
+
+
+def test_a_forgotten_job_gives_its_share_of_the_cache_back() -> None:
+    cache = EncodedChunkCache(max_bytes=10 * (100 + ENTRY_OVERHEAD))
+    for job_id in (1, 2):
+        for offset in range(0, 500, 100):
+            cache.put((job_id, offset, offset + 100), b"x" * 100)
+    cache.forget([1])
+    assert cache.job_ids() == {2}
+    for offset in range(0, 500, 100):
+        cache.put((3, offset, offset + 100), b"y" * 100)
+    # Job 1's five went with it: job 3's five fit beside job 2's, which stay.
+    assert cache.job_ids() == {2, 3}
+    assert all(cache.get((2, offset, offset + 100)) for offset in range(0, 500, 100))
 
 
 def test_the_daemon_says_where_its_memory_grew_when_asked(home: Path) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -74,8 +74,17 @@ class JobManager:
         self.started_at = time.time()
         # Totals since start that no job keeps (read by metrics).
         self.counts = DaemonCounts()
+        # Told the ids of removed jobs: what others keep per job (the service's encoded
+        # chunks) goes with the job, not when something else pushes it out.
+        self._removal_listeners: list[Callable[[list[int]], None]] = []
         self._retention = Retention(
-            config, store, self._jobs, self.counts, self._placement.allows_removal, time.time
+            config,
+            store,
+            self._jobs,
+            self.counts,
+            self._placement.allows_removal,
+            time.time,
+            removed=self._removed,
         )
         # `--tail` scans, apart from the default pool that file sources read with: a long
         # log without a newline is read to its start, and nobody else should wait for it.
@@ -297,7 +306,18 @@ class JobManager:
             )
         doomed, result = removal.choose(self._jobs, job_ids, ended_before)
         removal.delete(doomed, self._jobs, self._store, self._config.paths, result)
+        self._removed(result.removed)
         return result
+
+    def on_removed(self, listener: Callable[[list[int]], None]) -> None:
+        """Calls `listener` with the ids of the jobs removed, by a call or by the retention
+        policy, once they are gone."""
+        self._removal_listeners.append(listener)
+
+    def _removed(self, job_ids: list[int]) -> None:
+        if job_ids:
+            for listener in self._removal_listeners:
+                listener(job_ids)
 
     def remove_expired(self, now: float) -> RemoveResult:
         """Applies the retention policy once."""

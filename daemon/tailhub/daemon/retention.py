@@ -37,6 +37,7 @@ class Retention:
         counts: DaemonCounts,
         allowed: Callable[[], bool],
         clock: Callable[[], float],
+        removed: Callable[[list[int]], None],
     ) -> None:
         self._config = config
         self._store = store
@@ -45,6 +46,8 @@ class Retention:
         # Whether jobs may be deleted here at all (the placement says).
         self._allowed = allowed
         self._clock = clock
+        # Told the ids of the jobs a pass removed.
+        self._removed = removed
         # Jobs ended since the last pass that kept --max-ended-jobs.
         self._ended_since_cap_pass = 0
         # The pass that keeps --retain-logs, when one is due.
@@ -65,6 +68,7 @@ class Retention:
         result = removal.RemoveResult()
         removal.delete(doomed.jobs, self._jobs, self._store, config.paths, result)
         if result.removed:
+            self._removed(result.removed)
             self._counts.retention_removed_jobs += len(result.removed)
             self._counts.retention_removed_bytes += result.bytes_freed
             logger.info("retention: %s", removal.summary(doomed, config))

@@ -127,6 +127,7 @@ class TailhubServicer:
         self._manager = manager
         self._config = config
         self._chunks = EncodedChunkCache(_CHUNK_CACHE_BYTES)
+        manager.on_removed(self._chunks.forget)
         self._budget = SendBudget(config.subscriber_budget_bytes, config.min_chunk_bytes)
         # Set by the server once its listeners are bound (they are bound after the service
         # is registered on them); GetDaemonStatus reports it.
