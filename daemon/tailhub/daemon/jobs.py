@@ -74,17 +74,8 @@ class JobManager:
         self.started_at = time.time()
         # Totals since start that no job keeps (read by metrics).
         self.counts = DaemonCounts()
-        # Told the ids of removed jobs: what others keep per job (the service's encoded
-        # chunks) goes with the job, not when something else pushes it out.
-        self._removal_listeners: list[Callable[[list[int]], None]] = []
         self._retention = Retention(
-            config,
-            store,
-            self._jobs,
-            self.counts,
-            self._placement.allows_removal,
-            time.time,
-            removed=self._removed,
+            config, store, self._jobs, self.counts, self._placement.allows_removal, time.time
         )
         # `--tail` scans, apart from the default pool that file sources read with: a long
         # log without a newline is read to its start, and nobody else should wait for it.
@@ -304,20 +295,12 @@ class JobManager:
                 "jobs are not removed in cluster mode yet: Redis keeps the last "
                 "--redis-retention bytes of each log"
             )
-        doomed, result = removal.choose(self._jobs, job_ids, ended_before)
-        removal.delete(doomed, self._jobs, self._store, self._config.paths, result)
-        self._removed(result.removed)
-        return result
+        return self._retention.remove(job_ids, ended_before)
 
     def on_removed(self, listener: Callable[[list[int]], None]) -> None:
         """Calls `listener` with the ids of the jobs removed, by a call or by the retention
         policy, once they are gone."""
-        self._removal_listeners.append(listener)
-
-    def _removed(self, job_ids: list[int]) -> None:
-        if job_ids:
-            for listener in self._removal_listeners:
-                listener(job_ids)
+        self._retention.listeners.append(listener)
 
     def remove_expired(self, now: float) -> RemoveResult:
         """Applies the retention policy once."""

@@ -1,5 +1,6 @@
-"""The retention policy as jobs end: --retain-age, --max-ended-jobs and --retain-logs applied
-by passes (removal.py chooses and deletes), hourly and soon after jobs end."""
+"""Removing ended jobs: asked for (`jobs rm`), or by the retention policy (--retain-age,
+--max-ended-jobs and --retain-logs) applied by passes, hourly and soon after jobs end
+(removal.py chooses and deletes)."""
 
 from __future__ import annotations
 
@@ -37,7 +38,6 @@ class Retention:
         counts: DaemonCounts,
         allowed: Callable[[], bool],
         clock: Callable[[], float],
-        removed: Callable[[list[int]], None],
     ) -> None:
         self._config = config
         self._store = store
@@ -46,8 +46,9 @@ class Retention:
         # Whether jobs may be deleted here at all (the placement says).
         self._allowed = allowed
         self._clock = clock
-        # Told the ids of the jobs a pass removed.
-        self._removed = removed
+        # Told the ids of the jobs removed: what others keep per job (the service's encoded
+        # chunks) goes with the job, not when something else pushes it out.
+        self.listeners: list[Callable[[list[int]], None]] = []
         # Jobs ended since the last pass that kept --max-ended-jobs.
         self._ended_since_cap_pass = 0
         # The pass that keeps --retain-logs, when one is due.
@@ -73,6 +74,18 @@ class Retention:
             self._counts.retention_removed_bytes += result.bytes_freed
             logger.info("retention: %s", removal.summary(doomed, config))
         return result
+
+    def remove(self, job_ids: list[int], ended_before: float | None) -> RemoveResult:
+        """Deletes the ended jobs asked for (`jobs rm`)."""
+        doomed, result = removal.choose(self._jobs, job_ids, ended_before)
+        removal.delete(doomed, self._jobs, self._store, self._config.paths, result)
+        self._removed(result.removed)
+        return result
+
+    def _removed(self, job_ids: list[int]) -> None:
+        if job_ids:
+            for listener in self.listeners:
+                listener(job_ids)
 
     def job_ended(self) -> None:
         """A job was sealed: the limits on ended jobs and their logs are kept soon."""
