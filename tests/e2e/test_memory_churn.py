@@ -12,11 +12,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import grpc
+import pytest
 from helpers import DaemonProcess, wait_until
 
 from tailhub.daemon.config import DaemonConfig
+from tailhub.daemon.model import LocalSpec
 from tailhub.daemon.paths import StatePaths
 from tailhub.daemon.server import Daemon
+from tailhub.daemon.store import JobStore
 from tailhub.daemon.wire import ENTRY_OVERHEAD, EncodedChunkCache
 from tailhub.v1 import tailhub_pb2 as pb
 from tailhub.v1 import tailhub_pb2_grpc as pb_grpc
@@ -86,6 +89,42 @@ def test_the_encoded_chunk_cache_counts_what_each_entry_costs() -> None:
     # 1,000 chunks of 100 bytes: 100 KB of bytes, but ~400 KB of memory; 40 fit.
     held = [offset for offset in range(1000) if cache.get((1, offset * 100, offset * 100 + 100))]
     assert held == list(range(960, 1000))
+
+
+# The runner leaves each job's process detached on purpose (jobs outlive their daemon): in-process,
+# Popen's destructor says so.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_an_ended_local_job_keeps_its_launching_environment_on_disk_only(tmp_path: Path) -> None:
+    # ~7 KB of a shell's environment was most of what each of 10,000 kept jobs held in memory.
+    environment = {"PATH": os.environ["PATH"], "MARK": "m" * 1000}
+
+    async def scenario() -> None:
+        config = DaemonConfig(paths=StatePaths(tmp_path / "home"))
+        async with (
+            Daemon(config) as daemon,
+            grpc.aio.insecure_channel(f"unix:{config.paths.socket}") as channel,
+        ):
+            stub = pb_grpc.TailhubServiceStub(channel)
+            request = pb.LaunchJobRequest(run='echo "${#MARK}"', environment=environment)
+            job_id = (await stub.LaunchJob(request)).job.id
+            data = b""
+            async for response in stub.Subscribe(pb.SubscribeRequest(job_id=job_id, follow=True)):
+                data += response.chunk.data
+                if response.HasField("end"):
+                    assert response.end.exit_code == 0
+            assert data == b"1000\n"  # it ran with it
+            held = daemon._manager.get(job_id).record.spec  # type: ignore[union-attr]
+            assert isinstance(held, LocalSpec)
+            assert held.environment == ()
+        store = JobStore(config.paths.database)
+        try:
+            (stored,) = store.load_all()
+        finally:
+            store.close()
+        assert isinstance(stored.spec, LocalSpec)
+        assert dict(stored.spec.environment) == environment
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
 
 
 def test_a_forgotten_job_gives_its_share_of_the_cache_back() -> None:

@@ -7,6 +7,7 @@ import logging
 import time
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any
 
 from tailhub.daemon import removal
@@ -21,7 +22,15 @@ from tailhub.daemon.fetcher import Fetcher
 from tailhub.daemon.fetches import Fetches
 from tailhub.daemon.job import LOG_UNCLAIMED, Job
 from tailhub.daemon.job_events import JobEvents
-from tailhub.daemon.model import JobRecord, JobState, LaunchSpec, SourceKind, SourceSpec, backend_of
+from tailhub.daemon.model import (
+    JobRecord,
+    JobState,
+    LaunchSpec,
+    LocalSpec,
+    SourceKind,
+    SourceSpec,
+    backend_of,
+)
 from tailhub.daemon.open_files import start_failure
 from tailhub.daemon.placement import ClusterView, Placed, Placement, Standalone
 from tailhub.daemon.quotas import DescriptorBudget, JobQuota, descriptor_limit
@@ -98,6 +107,8 @@ class JobManager:
                 self.quota.hold(owners[record.id], [record.id])
             job = self._new_job(record)
             job.events = events.get(record.id, [])
+            if record.sealed:
+                _forget_launch_environment(record)
             if not record.sealed and self._placement.may_fetch(job):
                 try:
                     self._resume(job)
@@ -476,6 +487,7 @@ class JobManager:
     def _seal(self, job: Job) -> None:
         self._events.report_dropped(job, final=True)
         job.record.sealed = True
+        _forget_launch_environment(job.record)
         job.changed.notify()
         job.release_log_if_idle()
         self.save_record(job)
@@ -497,3 +509,12 @@ class JobManager:
                 if job.changed.waiting:
                     job.heartbeat_tick += 1
                     job.changed.notify()
+
+
+def _forget_launch_environment(record: JobRecord) -> None:
+    """Lets an ended local job's launching environment go: only its start needed it, and it
+    was most of what an ended job held in memory (~7 KB of strings a shell's environment;
+    10,000 kept jobs were ~120 MB of RSS, issue 16, item 20). The database keeps it."""
+    spec = record.spec
+    if isinstance(spec, LocalSpec) and spec.environment:
+        record.spec = replace(spec, environment=())
