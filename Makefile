@@ -1,6 +1,7 @@
 # The two commands a new machine needs (see README, "Contributors"):
 #   make demo   launch the sample job and follow its log through an auto-started daemon
 #   make test   every check CI runs: format, lint, types, buf, stale generated code, tests
+# and, while editing, `make test-fast`: the unit tests and the end-to-end tests not marked slow.
 # Everything they install is locked: Python packages by requirements/dev.lock (hashes), buf by
 # tools/package-lock.json, the Node example by examples/node/package-lock.json.
 PYTHON ?= python3
@@ -10,8 +11,10 @@ LOCK := requirements/dev.lock
 BUF := tools/node_modules/.bin/buf
 # The Node.js example's dependencies, exactly as its lock file pins them (tests run it).
 NODE_DEPS := examples/node/node_modules/.package-lock.json
+# pytest-xdist's workers (scripts/check uses the same): most tests wait on a daemon, not a CPU.
+PYTEST_WORKERS := -n 4 --dist loadgroup
 
-.PHONY: demo test check proto bench lock clean need-redis
+.PHONY: demo test test-fast check proto bench lock clean need-redis
 
 # A new venv whenever the lock or pyproject changes, so it holds exactly what the lock pins and
 # nothing left from before. The project itself goes in editable, without dependencies (the lock
@@ -39,6 +42,11 @@ need-redis:
 
 test: need-redis $(BIN)/tailhub $(BUF) $(NODE_DEPS)
 	PATH="$(CURDIR)/$(BIN):$$PATH" BUF="$(BUF)" scripts/check
+
+# The edit loop (under 90 s): tests/unit and the end-to-end tests not marked slow, on several
+# workers; no lint or types. Tests whose requirement is missing (root, redis-server) say why.
+test-fast: $(BIN)/tailhub $(BUF) $(NODE_DEPS)
+	PATH="$(CURDIR)/$(BIN):$$PATH" BUF="$(BUF)" $(BIN)/pytest -m "not slow" $(PYTEST_WORKERS) -q
 
 # Refresh the locks: Python packages (direct ones at their lowest allowed version, so the suite
 # runs against the floors pyproject.toml promises; the rest at their newest), the runtime subset

@@ -56,3 +56,9 @@ def missing_requirement(marker: str) -> str | None:
     if marker == "redis" and shutil.which("redis-server") is None:
         return REDIS_INSTALL_HINT
     return None
+
+
+# Tests that measure time, memory or CPU against a bound, or load the whole machine (a
+# benchmark, a 1 GiB log): pytest-xdist (`--dist loadgroup`) runs them one after another on one
+# worker, never two at once, so that one's load is not another's measurement.
+measures = pytest.mark.xdist_group("measures")

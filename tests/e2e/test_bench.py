@@ -12,6 +12,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+from markers import measures
+
 REPO = Path(__file__).resolve().parents[2]
 SCENARIOS = {
     *("fanout", "ceiling", "capacity", "catchup", "memory", "ssh", "cli_latency", "skypilot"),
@@ -20,6 +23,9 @@ SCENARIOS = {
 }
 
 
+@pytest.mark.slow
+@pytest.mark.redis  # the cluster scenario's
+@measures  # CPU-heavy: never beside another measurement
 def test_quick_benchmark_runs_every_scenario_and_writes_json(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     done = subprocess.run(

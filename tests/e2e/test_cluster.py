@@ -12,6 +12,7 @@ from typing import Any
 from cluster_helpers import REPLAY, Cluster, payload, upstream
 from follow_many import kill_all, results_of, start_followers
 from helpers import run_cli, start_background_cli, wait_until
+from markers import measures
 from redis_helpers import RedisServer
 from remote_helpers import free_port, write_token
 
@@ -83,6 +84,7 @@ def _cluster_nodes(client: Client) -> int:
     return cluster.nodes
 
 
+@measures
 def test_kill_of_the_lease_holder_is_taken_over_within_5s_byte_exact(
     cluster: Cluster, tmp_path: Path
 ) -> None:

@@ -18,6 +18,7 @@ import pytest
 from disk_helpers import Follower, fill_disk
 from helpers import DaemonProcess, run_cli, wait_until
 from job_helpers import Gate
+from markers import measures
 
 from tailhub.client import Client, InvalidRequestError, JobState, LogChunk, LogEvent
 from tailhub.client._errors import DiskFullError
@@ -313,6 +314,7 @@ def test_a_fifo_is_refused_at_attach(daemon: DaemonProcess, workdir: Path) -> No
     assert b"not a regular file" in result.stderr
 
 
+@measures
 def test_a_file_replaced_by_a_fifo_fails_its_job_alone(
     daemon: DaemonProcess, workdir: Path
 ) -> None:

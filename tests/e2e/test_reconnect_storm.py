@@ -14,6 +14,7 @@ from pathlib import Path
 
 import grpc
 from helpers import DaemonProcess, run_cli
+from markers import measures
 
 from tailhub.v1 import tailhub_pb2 as pb
 from tailhub.v1 import tailhub_pb2_grpc as rpc
@@ -29,6 +30,7 @@ def _events(daemon: DaemonProcess, job_id: int) -> list[str]:
     return [event.message for event in response.events]
 
 
+@measures
 def test_a_command_failing_at_once_backs_off_and_is_given_up_with_its_last_error(
     start_daemon: Callable[..., DaemonProcess],
 ) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from helpers import DaemonProcess, run_cli, start_cli, wait_until
 from job_helpers import queue, submitted_id, write_task
+from markers import measures
 from skydouble import ANSI, SKY, SkyDouble
 
 from tailhub.client import LogEvent
@@ -320,6 +321,7 @@ esac
     return path
 
 
+@measures
 def test_a_slow_sky_jobs_cancel_returns_at_once_with_the_cancel_requested(
     home: Path, start_daemon: Callable[..., DaemonProcess], workdir: Path
 ) -> None:

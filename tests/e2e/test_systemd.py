@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from follow_many import kill_all, start_followers, wait_ready
 from helpers import wait_until
+from markers import measures
 
 from tailhub.client import Client, LogChunk, StatePaths
 from tailhub.client._daemon import is_listening
@@ -145,6 +146,7 @@ def _job_output(client: Client, job_id: int) -> bytes:
     )
 
 
+@measures
 def test_service_is_ready_once_serving_and_stops_on_sigterm_within_its_timeout(
     home: Path, tmp_path: Path, notify_socket: socket.socket
 ) -> None:

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from helpers import BackgroundCli, DaemonProcess, run_cli, wait_until
+from markers import measures
 
 from tailhub.client import JobState
 
@@ -50,6 +51,7 @@ def _last_lines(count: int) -> bytes:
     return b"".join([*fillers, *results][-count:])
 
 
+@measures
 def test_tail_of_a_one_gib_log_answers_quickly_with_exactly_the_last_lines(
     daemon: DaemonProcess, workdir: Path
 ) -> None:
