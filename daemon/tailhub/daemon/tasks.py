@@ -1,4 +1,6 @@
-"""Supervised background tasks: none can fail unseen, and every one is cancelled on close."""
+"""Per-job background tasks (fetches, kill timers, submissions): none can fail unseen, a fault
+fails its job only, and every one is cancelled on close. The daemon-wide loops, whose death
+stops the daemon, are supervisor.py's."""
 
 from __future__ import annotations
 
