@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import TracebackType
@@ -11,13 +10,13 @@ from typing import Any, TypeVar
 import grpc
 
 from tailhub.client._daemon import ensure_daemon
-from tailhub.client._errors import (
-    DaemonUnreachable,
-    JobNotFoundError,
-    ProtocolError,
-    TailhubError,
-    from_rpc_error,
-    is_transient,
+from tailhub.client._errors import JobNotFoundError, TailhubError, from_rpc_error
+from tailhub.client._follow import (
+    DEFAULT_RECONNECT_TIMEOUT,
+    MAX_RETRY_PAUSE,
+    MIN_RETRY_PAUSE,
+    Outages,
+    follow_log,
 )
 from tailhub.client._remote import CONNECT_TIMEOUT, Target
 from tailhub.client._servers import Servers, StubMethod
@@ -26,17 +25,10 @@ from tailhub.client._types import (
     DaemonStatus,
     JobInfo,
     JobPage,
-    LogChunk,
-    LogEnd,
-    LogEvent,
-    LogHeartbeat,
     LogItem,
-    LogTimeMark,
     RemoveResult,
-    state_of,
 )
 from tailhub.daemon.errors import UntrustedState
-from tailhub.daemon.home_kind import recorded_kind
 from tailhub.daemon.paths import StatePaths
 from tailhub.daemon.statedir import check_socket, check_state_dir
 from tailhub.v1 import tailhub_pb2 as pb
@@ -48,12 +40,9 @@ _CHANNEL_OPTIONS = [
     ("grpc.max_reconnect_backoff_ms", 500),
     ("grpc.max_receive_message_length", 16 * 1024 * 1024),
 ]
-DEFAULT_RECONNECT_TIMEOUT = 60.0
 _CALL_TIMEOUT = 30.0
 # Jobs asked for per ListJobs call (the daemon serves at most 1000).
 _PAGE_SIZE = 500
-_MIN_RETRY_PAUSE = 0.05
-_MAX_RETRY_PAUSE = 1.0
 
 T = TypeVar("T")
 
@@ -79,11 +68,9 @@ class Client:
     ) -> None:
         # None for a remote daemon: its state directory is on another machine.
         self.paths = paths
-        # Told, in one line each, when a follow loses its daemon and when it is back.
+        # Told, in one line each, when a call waits for its daemon, when a follow loses its
+        # daemon and when it is back.
         self._on_wait = on_wait
-        # A follow has told that its daemon was lost, and none has told it is back yet.
-        self._outage = False
-        self._outage_lock = threading.Lock()
         self._closed = False
         if target is None:
             if paths is None:
@@ -92,6 +79,7 @@ class Client:
         else:
             targets = [target] if isinstance(target, Target) else list(target)
             self._servers = Servers.remote(targets, _CHANNEL_OPTIONS)
+        self._outages = Outages(self._servers, paths, on_wait)
 
     @property
     def address(self) -> str:
@@ -172,7 +160,7 @@ class Client:
         cluster's Redis is unreachable) is called again, after a growing pause, until
         `timeout` has passed; `on_wait` is told once."""
         give_up = time.monotonic() + timeout
-        pause = _MIN_RETRY_PAUSE
+        pause = MIN_RETRY_PAUSE
         told = False
         while True:
             try:
@@ -185,7 +173,7 @@ class Client:
                     self._on_wait(f"{error}; trying again for up to {left:.0f} s")
                     told = True
             time.sleep(pause)
-            pause = min(pause * 2, _MAX_RETRY_PAUSE)
+            pause = min(pause * 2, MAX_RETRY_PAUSE)
 
     def _call_once(self, method: StubMethod[T], request: Any, read: bool, timeout: float) -> T:
         if len(self._servers) > 1:
@@ -371,204 +359,15 @@ class Client:
         `reconnect_timeout` seconds. Every call it makes is cancelled and freed before it
         returns or raises: nothing of it is left to the garbage collector.
         """
-        if tail_lines is not None and since_time is not None:
-            raise ValueError("give tail_lines or since_time, not both: each says where to start")
-        starts_later = tail_lines is not None or since_time is not None
-        cursor = _Cursor(job_id, None if starts_later else offset, since_time, timestamps)
-        down_since: float | None = None
-        pause = _MIN_RETRY_PAUSE
-        servers = self._servers
-        index = servers.current
-        failures = 0  # since the last message: a pause after each round of the list
-        while True:
-            call = servers.stub(index).Subscribe(cursor.request(follow, tail_lines))
-            try:
-                for message in call:
-                    if down_since is not None:
-                        servers.settle(index)
-                        self._tell_back(servers.address(index), cursor.next_offset)
-                    down_since, pause, failures = None, _MIN_RETRY_PAUSE, 0
-                    item = cursor.accept(_log_item(message))
-                    if item is not None:
-                        yield item
-                    if isinstance(item, LogEnd):
-                        return
-            except grpc.RpcError as error:
-                if not is_transient(error):
-                    raise from_rpc_error(error, servers.address(index)) from None
-            finally:
-                _end(call)
-                del call
-            if self._closed:
-                return  # closed by its owner: nothing was lost
-            # The stream broke (daemon stopping or gone): wait for a daemon and resume.
-            now = time.monotonic()
-            down_since = self._outage_since(down_since, now, reconnect_timeout)
-            left = down_since + reconnect_timeout - now
-            if left <= 0:
-                raise DaemonUnreachable(
-                    f"{self._lost_what()} and none came back within {reconnect_timeout:.0f} s; "
-                    f"job {job_id} may still be running (read up to byte "
-                    f"{cursor.next_offset or 0})"
-                )
-            failures += 1
-            if failures % len(servers) == 0:
-                # A stopping daemon refuses new streams until it is gone: do not spin on it.
-                time.sleep(min(pause, left))
-                pause = min(pause * 2, _MAX_RETRY_PAUSE)
-            index = servers.advance(index)
-            self._wait_for_daemon(index, down_since + reconnect_timeout - time.monotonic())
-
-    def _outage_since(self, down_since: float | None, now: float, timeout: float) -> float:
-        """When this follow lost its daemon: `now` for a new outage, which is told."""
-        if down_since is not None:
-            return down_since
-        self._tell_lost(timeout)
-        return now
-
-    def _lost_what(self) -> str:
-        """`lost the daemon on ADDRESS`, or the cluster node's name, or the list's."""
-        servers = self._servers
-        if len(servers) > 1:
-            return f"lost the daemons on {servers.addresses}"
-        kind = recorded_kind(self.paths) if self.paths is not None else None
-        if kind is not None and kind.is_node:
-            return f"lost {kind.describe()} on {servers.address(0)}"
-        return f"lost the daemon on {servers.address(0)}"
-
-    def _tell_lost(self, timeout: float) -> None:
-        """One line as soon as a follow loses its daemon (not one per retry, nor one per
-        follow of this client): what was lost, and how long it is waited for."""
-        if self._on_wait is None:
-            return
-        with self._outage_lock:
-            if self._outage:
-                return
-            self._outage = True
-        what = self._lost_what()
-        if what.startswith("lost node"):  # nothing starts another daemon on a node's home
-            how = f"waiting up to {timeout:.0f} s for it to come back (its service manager "
-            self._on_wait(f"{what}; {how}restarts it; the job goes on)")
-        else:
-            self._on_wait(f"{what}; reconnecting for up to {timeout:.0f} s (the job goes on)")
-
-    def _tell_back(self, address: str, offset: int | None) -> None:
-        """One line when a follow is served again after `_tell_lost`."""
-        if self._on_wait is None:
-            return
-        with self._outage_lock:
-            if not self._outage:
-                return
-            self._outage = False
-        where = f"; resuming at byte {offset}" if offset is not None else ""
-        self._on_wait(f"reconnected to {address}{where}")
-
-    def _wait_for_daemon(self, index: int, timeout: float) -> None:
-        if len(self._servers) > 1:
-            # Not long on one of a list: the next may answer (the stream says which did).
-            self._servers.reach(index, min(max(timeout, 0.05), CONNECT_TIMEOUT))
-            return
-        ready = grpc.channel_ready_future(self._servers.channel(index))
-        try:
-            ready.result(timeout=max(timeout, 0.05))
-        except grpc.FutureTimeoutError:
-            pass
-        finally:
-            # Unsubscribed from the channel now, not whenever the collector gets to it.
-            ready.cancel()
-
-
-def _end(call: Any) -> None:
-    """Ends a call now, in this thread, and frees it as soon as the caller drops it.
-
-    Cancelled explicitly (a no-op once it has ended; grpc#43462), and freed of its traceback:
-    grpc raises a failed stream's call object itself as the error, so that traceback's frames
-    hold the call, a cycle only the garbage collector breaks, in whatever thread and at
-    whatever moment it runs. Its finalizer then takes the call's lock; run at interpreter exit,
-    after grpc's channel thread died holding that lock, it waited forever: a follower that
-    never ended (issue 16, item 19).
-    """
-    call.cancel()
-    if isinstance(call, BaseException):
-        call.__traceback__ = None
-        call.__context__ = None
-
-
-class _Cursor:
-    """Where a follower stands in a log, so that a new stream resumes at the next byte."""
-
-    def __init__(
-        self,
-        job_id: int,
-        offset: int | None,
-        since_time: float | None = None,
-        timestamps: bool = False,
-    ) -> None:
-        self._job_id = job_id
-        self._since_time = since_time
-        self._timestamps = timestamps
-        # None until the first byte when starting from the last N lines.
-        self.next_offset = offset
-        # A stream resumed at an offset is sent the events at that offset again, in the same
-        # order: the messages of those already shown there, and how many of them the new
-        # stream has resent so far. (Two events may say the same at one offset: both count.)
-        self._events_offset: int | None = None
-        self._events_here: list[str] = []
-        self._resent = 0
-
-    def request(self, follow: bool, tail_lines: int | None) -> pb.SubscribeRequest:
-        self._resent = 0
-        request = pb.SubscribeRequest(
-            job_id=self._job_id, follow=follow, timestamps=self._timestamps
+        return follow_log(
+            self._servers,
+            self._outages,
+            lambda: self._closed,
+            job_id,
+            offset=offset,
+            tail_lines=tail_lines,
+            follow=follow,
+            reconnect_timeout=reconnect_timeout,
+            since_time=since_time,
+            timestamps=timestamps,
         )
-        if self.next_offset is None and self._since_time is not None:
-            request.since_time = self._since_time
-        elif self.next_offset is None:
-            request.tail_lines = tail_lines or 0
-        else:
-            request.offset = self.next_offset
-        return request
-
-    def accept(self, item: LogItem) -> LogItem | None:
-        """Moves past `item`; None for an item already seen."""
-        if isinstance(item, LogChunk):
-            if self.next_offset is not None and item.offset != self.next_offset:
-                raise ProtocolError(
-                    f"job {self._job_id}: expected bytes at offset {self.next_offset}, "
-                    f"got offset {item.offset}"
-                )
-            self.next_offset = item.offset + len(item.data)
-        elif isinstance(item, LogEvent):
-            if item.offset != self._events_offset:
-                self._events_offset, self._events_here, self._resent = item.offset, [], 0
-            here = self._events_here
-            if self._resent < len(here) and here[self._resent] == item.message:
-                self._resent += 1
-                return None
-            here.append(item.message)
-            self._resent = len(here)
-        elif isinstance(item, LogEnd) and self.next_offset is None:
-            self.next_offset = item.log_size
-        return item
-
-
-def _log_item(message: pb.SubscribeResponse) -> LogItem:
-    kind = message.WhichOneof("message")
-    if kind == "chunk":
-        return LogChunk(message.chunk.offset, message.chunk.data)
-    if kind == "event":
-        return LogEvent(message.event.offset, message.event.message)
-    if kind == "end":
-        end = message.end
-        return LogEnd(
-            state=state_of(end.state),
-            exit_code=end.exit_code if end.HasField("exit_code") else None,
-            reason=end.reason,
-            log_size=end.log_size,
-            finished=end.finished,
-        )
-    if kind == "heartbeat":
-        return LogHeartbeat(message.heartbeat.log_size, state_of(message.heartbeat.state))
-    if kind == "time_mark":
-        return LogTimeMark(message.time_mark.offset, message.time_mark.time)
-    raise ProtocolError(f"unexpected message from the daemon: {kind}")
