@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
-from tailhub.daemon.errors import FetchEnded, OffsetMismatch, StorageFull
+from tailhub.daemon.errors import FetchEnded, InvalidRequest, OffsetMismatch, StorageFull
+from tailhub.daemon.model import SourceKind
 from tailhub.daemon.sources import Outcome, UpstreamUnusable
 
 if TYPE_CHECKING:
@@ -33,17 +34,17 @@ class Fetches:
         make: Callable[[Job], Fetcher],
         conclude: Callable[[Job, Outcome | None], None],
         event: Callable[[Job, str], None],
+        *,
+        wait_to_fetch: Callable[[Job], Awaitable[None]],
     ) -> None:
         self._supervised = supervised
         self._make = make
         self._conclude = conclude
         self._event = event
+        # Waits a little for this daemon to take a job back (placement.py).
+        self._wait_to_fetch = wait_to_fetch
         self._fetchers: dict[int, Fetcher] = {}
         self._tasks: dict[int, asyncio.Task[None]] = {}
-
-    def of(self, job_id: int) -> Fetcher | None:
-        """The job's fetcher, while it runs here."""
-        return self._fetchers.get(job_id)
 
     def start(self, job: Job, *, finishing: bool) -> None:
         fetcher = self._make(job)
@@ -83,14 +84,30 @@ class Fetches:
         self._tasks.pop(job.id, None)
         self._conclude(job, outcome)
 
-    async def push(
-        self, job: Job, fetcher: Fetcher, data: bytes, expected_offset: int | None
-    ) -> int:
+    async def publish(self, job: Job, data: bytes, expected_offset: int | None) -> int:
         """Appends a producer's bytes through the push job's fetcher; returns the log's size.
 
         With `expected_offset`, a call is idempotent: a retry of one already applied (the
         same bytes at the same offset) appends nothing, any other mismatch is refused.
         """
+        if job.record.spec.kind is not SourceKind.PUSH:
+            raise InvalidRequest(f"job {job.id} is not a push job; only push jobs take bytes")
+        if job.state.terminal:
+            raise InvalidRequest(
+                f"job {job.id} has ended ({job.state.value}); it takes no more bytes"
+            )
+        # Through the job's fetcher, which stores the bytes (in cluster mode, Redis first).
+        fetcher = self._fetchers.get(job.id)
+        if fetcher is None:
+            # A node restarted just now takes its push jobs back (once their old lease has
+            # expired): its publishers' retries wait for it, or are told to try again.
+            await self._wait_to_fetch(job)
+            fetcher = self._fetchers.get(job.id)
+        if fetcher is None:
+            raise InvalidRequest(
+                f"job {job.id} takes bytes on the daemon that attached it"
+                f"{f' ({job.placed.home})' if job.placed.home else ''}, not here"
+            )
         # What it has taken, stored or on its way (to Redis, in cluster mode): a retry while
         # the first is on its way is recognised, never appended twice.
         size = fetcher.stored

@@ -7,12 +7,12 @@ import logging
 import time
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 from typing import Any
 
 from tailhub.daemon import removal
 from tailhub.daemon.admission import admit, claim_log, keep_ids_of_files, validate_attach
 from tailhub.daemon.backends import Backend, Cancelling, make_backends
+from tailhub.daemon.backends.local import forget_launch_environment
 from tailhub.daemon.cancelling import CancelResult, cancel_jobs
 from tailhub.daemon.config import DaemonConfig
 from tailhub.daemon.counts import DaemonCounts
@@ -22,15 +22,7 @@ from tailhub.daemon.fetcher import Fetcher
 from tailhub.daemon.fetches import Fetches
 from tailhub.daemon.job import LOG_UNCLAIMED, Job
 from tailhub.daemon.job_events import JobEvents
-from tailhub.daemon.model import (
-    JobRecord,
-    JobState,
-    LaunchSpec,
-    LocalSpec,
-    SourceKind,
-    SourceSpec,
-    backend_of,
-)
+from tailhub.daemon.model import JobRecord, JobState, LaunchSpec, SourceKind, SourceSpec, backend_of
 from tailhub.daemon.open_files import start_failure
 from tailhub.daemon.placement import ClusterView, Placed, Placement, Standalone
 from tailhub.daemon.quotas import DescriptorBudget, JobQuota, descriptor_limit
@@ -72,7 +64,13 @@ class JobManager:
         self._essentials = Supervisor()
         self._loops: list[asyncio.Task[Any]] = []
         # Each running job's one fetch.
-        self._fetches = Fetches(self._supervised, self._fetcher, self._conclude, self.event)
+        self._fetches = Fetches(
+            self._supervised,
+            self._fetcher,
+            self._conclude,
+            self.event,
+            wait_to_fetch=self._placement.wait_to_fetch,
+        )
         # Where launched tasks run, by name (see backends/).
         self._backends: dict[str, Backend] = make_backends(self, environment, store)
         # Jobs whose record could not be saved (full disk): saved again on each heartbeat.
@@ -108,7 +106,7 @@ class JobManager:
             job = self._new_job(record)
             job.events = events.get(record.id, [])
             if record.sealed:
-                _forget_launch_environment(record)
+                forget_launch_environment(record)
             if not record.sealed and self._placement.may_fetch(job):
                 try:
                     self._resume(job)
@@ -237,26 +235,7 @@ class JobManager:
         With `expected_offset`, a call is idempotent: a retry of one already applied (the
         same bytes at the same offset) appends nothing, any other mismatch is refused.
         """
-        job = self.get(job_id)
-        if job.record.spec.kind is not SourceKind.PUSH:
-            raise InvalidRequest(f"job {job_id} is not a push job; only push jobs take bytes")
-        if job.state.terminal:
-            raise InvalidRequest(
-                f"job {job_id} has ended ({job.state.value}); it takes no more bytes"
-            )
-        # Through the job's fetcher, which stores the bytes (in cluster mode, Redis first).
-        fetcher = self._fetches.of(job_id)
-        if fetcher is None:
-            # A node restarted just now takes its push jobs back (once their old lease has
-            # expired): its publishers' retries wait for it, or are told to try again.
-            await self._placement.wait_to_fetch(job)
-            fetcher = self._fetches.of(job_id)
-        if fetcher is None:
-            raise InvalidRequest(
-                f"job {job_id} takes bytes on the daemon that attached it"
-                f"{f' ({job.placed.home})' if job.placed.home else ''}, not here"
-            )
-        return await self._fetches.push(job, fetcher, data, expected_offset)
+        return await self._fetches.publish(self.get(job_id), data, expected_offset)
 
     def finish(self, job_id: int, exit_code: int, reason: str) -> Job:
         job = self.get(job_id)
@@ -487,7 +466,7 @@ class JobManager:
     def _seal(self, job: Job) -> None:
         self._events.report_dropped(job, final=True)
         job.record.sealed = True
-        _forget_launch_environment(job.record)
+        forget_launch_environment(job.record)
         job.changed.notify()
         job.release_log_if_idle()
         self.save_record(job)
@@ -509,12 +488,3 @@ class JobManager:
                 if job.changed.waiting:
                     job.heartbeat_tick += 1
                     job.changed.notify()
-
-
-def _forget_launch_environment(record: JobRecord) -> None:
-    """Lets an ended local job's launching environment go: only its start needed it, and it
-    was most of what an ended job held in memory (~7 KB of strings a shell's environment;
-    10,000 kept jobs were ~120 MB of RSS, issue 16, item 20). The database keeps it."""
-    spec = record.spec
-    if isinstance(spec, LocalSpec) and spec.environment:
-        record.spec = replace(spec, environment=())
