@@ -94,8 +94,7 @@ def test_a_call_is_retried_while_the_cluster_is_unavailable_and_then_succeeds(
 
     def attach() -> None:
         try:
-            with node.client() as client:
-                client._on_wait = told.append
+            with Client.connect(node.paths, autostart=False, on_wait=told.append) as client:
                 attached.append(client.attach_push("through the outage").id)
         except BaseException as error:  # (reported by the test)
             failed.append(error)
