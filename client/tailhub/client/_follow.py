@@ -9,6 +9,7 @@ list, round robin) and resumes at the next byte, so that no byte is lost or repe
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator
@@ -80,10 +81,16 @@ def _stream(
         for message in call:
             reconnects.served(index, cursor.next_offset)
             item = cursor.accept(_log_item(message))
+            if isinstance(item, LogEnd):
+                # Its status first, then the end: a caller may stop at the end, and a stream
+                # cancelled after its last message, before its status, costs the daemon ~100 B
+                # of native memory for good (grpc.aio 1.85; 9 follows a launch under churn were
+                # ~0.5 KB of RSS each launch, issue 16, item 20).
+                _read_status(call)
+                yield item
+                return True
             if item is not None:
                 yield item
-            if isinstance(item, LogEnd):
-                return True
     except grpc.RpcError as error:
         if not is_transient(error):
             raise from_rpc_error(error, servers.address(index)) from None
@@ -203,6 +210,13 @@ class Outages:
             self._outage = False
         where = f"; resuming at byte {offset}" if offset is not None else ""
         self._on_wait(f"reconnected to {address}{where}")
+
+
+def _read_status(call: Any) -> None:
+    """Reads a stream to its status (nothing follows a log's end but the status)."""
+    with contextlib.suppress(grpc.RpcError):  # the end came: how the stream closed is moot
+        for _ in call:
+            pass
 
 
 def _end(call: Any) -> None:
