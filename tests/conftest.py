@@ -9,7 +9,7 @@ import pytest
 from cluster_helpers import Cluster
 from helpers import BackgroundCli, DaemonProcess, start_background_cli
 from job_helpers import Gate
-from markers import FIXTURE_MARKERS, MARKERS, missing_requirement, unavailable
+from markers import FIXTURE_MARKERS, MARKERS, is_slow, missing_requirement, unavailable
 from redis_helpers import RedisServer
 
 # Fixtures that live beside their helpers.
@@ -31,8 +31,11 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests using a fixture that needs something get its marker (before `-m` selects)."""
+    """Tests using a fixture that needs something get its marker, and those listed slow get
+    `slow` (before `-m` selects)."""
     for item in items:
+        if is_slow(item.nodeid) and item.get_closest_marker("slow") is None:
+            item.add_marker("slow")
         fixtures = getattr(item, "fixturenames", ())
         for fixture, marker in FIXTURE_MARKERS.items():
             if fixture in fixtures and item.get_closest_marker(marker) is None:

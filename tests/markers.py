@@ -27,6 +27,51 @@ MARKERS = {
     "redis": "starts a real redis-server; skipped when it is missing outside CI, failed in CI",
 }
 
+# The slow end-to-end tests (`make test-fast` leaves them out), by module or by test: the
+# longest by measured duration (several daemons or a cluster, a benchmark, floods of followers or
+# jobs, restarts and reconnect windows, building and installing the wheel). Listed here rather
+# than in each module, so that one look tells what the edit loop skips.
+SLOW = (
+    "test_bench.py",
+    "test_budget.py",
+    "test_chaos.py",
+    "test_cluster.py",
+    "test_cluster_faults.py",
+    "test_cluster_netns.py",
+    "test_cluster_push.py",
+    "test_cluster_records.py",
+    "test_cluster_redis_restore.py",
+    "test_daemon_restart.py",
+    "test_fanout.py",
+    "test_follow_reconnect.py",
+    "test_isolation.py",
+    "test_job_survival.py",
+    "test_listener_abuse.py",
+    "test_many_subscriptions.py",
+    "test_memory_churn.py",
+    "test_node_client.py",
+    "test_reconnect_storm.py",
+    "test_restart.py",
+    "test_supervision.py",
+    "test_tail.py",
+    "test_wheel.py",
+    "test_autostart.py::test_many_clis_at_once_start_exactly_one_daemon",
+    "test_binary_data.py::test_every_byte_value_a_huge_line_and_carriage_returns_pass_unchanged",
+    "test_daemon_options.py::test_start_with_a_listener_an_autostarted_daemon_lacks_names_the_restart_that_adds_it",
+    "test_daemon_options.py::test_start_with_a_config_file_tells_the_one_applied_from_an_edited_one",
+    "test_event_limits.py::test_a_stderr_flood_in_events_mode_is_capped_and_the_drops_are_reported",
+    "test_faults.py::test_jobs_publish_survives_daemon_restarts_mid_stream",
+)
+
+
+def is_slow(nodeid: str) -> bool:
+    """Whether the test `nodeid` (tests/e2e/MODULE::NAME[PARAMS]) is listed in `SLOW`."""
+    if not nodeid.startswith("tests/e2e/"):
+        return False
+    module, _, name = nodeid.removeprefix("tests/e2e/").partition("::")
+    return module in SLOW or f"{module}::{name.partition('[')[0]}" in SLOW
+
+
 # Fixtures whose tests get a marker without saying so.
 FIXTURE_MARKERS = {
     "small_disk_home": "root",
