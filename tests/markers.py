@@ -1,7 +1,8 @@
 """What a test needs besides Python, said once: the markers, how a test gets one, and what
 happens when its requirement is missing.
 
-- `slow`: takes more than about ten seconds; `make test-fast` leaves it out.
+- `slow`: among the longest (listed in `SLOW`, from measured durations); `make test-fast`
+  leaves it out.
 - `root`: needs root (a tmpfs mount, network namespaces, a file given to another user).
 - `redis`: starts a real redis-server.
 
