@@ -9,12 +9,12 @@ from collections.abc import Callable
 def wait_until(
     condition: Callable[[], object], timeout: float = 20.0, what: str = "condition"
 ) -> None:
-    """Polls `condition` with a growing pause (2 ms to 50 ms) until it is true; TimeoutError
-    naming `what` after `timeout` seconds."""
+    """Polls `condition` with a growing pause (5 ms to 100 ms: a condition may start a process)
+    until it is true; TimeoutError naming `what` after `timeout` seconds."""
     deadline = time.monotonic() + timeout
-    pause = 0.002
+    pause = 0.005
     while not condition():
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}")
         time.sleep(pause)
-        pause = min(pause * 2, 0.05)
+        pause = min(pause * 2, 0.1)
