@@ -11,15 +11,8 @@ import pytest
 
 from tailhub.daemon.budget import SendBudget
 from tailhub.daemon.errors import DaemonStopping, InvalidRequest
-from tailhub.daemon.fanout import (
-    ChunkRange,
-    Ended,
-    Heartbeat,
-    LogItem,
-    Start,
-    TimeMark,
-    stream_log,
-)
+from tailhub.daemon.fanout import ChunkRange, LogItem, Start, stream_log
+from tailhub.daemon.items import Ended, Heartbeat, TimeMark
 from tailhub.daemon.job import Job
 from tailhub.daemon.model import FileSpec, JobRecord, JobState, SourceEvent
 

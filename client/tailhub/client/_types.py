@@ -1,24 +1,38 @@
-"""What the client library hands out: plain values, not protobuf messages."""
+"""What the client library hands out: plain values, not protobuf messages.
+
+The job's state and the items of a follow that the daemon has too are the daemon's own
+(tailhub.daemon.model and .items, both light): one definition on both sides of the wire.
+A chunk (its bytes, where the daemon has a range of its log) and an upstream event (without
+the time the daemon keeps) are the client's.
+"""
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
 
+from tailhub.daemon.items import Ended as LogEnd
+from tailhub.daemon.items import Heartbeat as LogHeartbeat
+from tailhub.daemon.items import TimeMark as LogTimeMark
+from tailhub.daemon.model import JobState
 from tailhub.v1 import tailhub_pb2 as pb
 
-
-class JobState(enum.Enum):
-    UNKNOWN = "UNKNOWN"
-    PENDING = "PENDING"
-    RUNNING = "RUNNING"
-    SUCCEEDED = "SUCCEEDED"
-    FAILED = "FAILED"
-    CANCELLED = "CANCELLED"
-
-    @property
-    def terminal(self) -> bool:
-        return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
+__all__ = [
+    "CancelResult",
+    "ClusterInfo",
+    "DaemonStatus",
+    "JobInfo",
+    "JobPage",
+    "JobState",
+    "ListenerInfo",
+    "LogChunk",
+    "LogEnd",
+    "LogEvent",
+    "LogHeartbeat",
+    "LogItem",
+    "LogTimeMark",
+    "RemoveResult",
+    "state_of",
+]
 
 
 _STATES = {
@@ -260,34 +274,6 @@ class LogEvent:
 
     offset: int
     message: str
-
-
-@dataclass(frozen=True)
-class LogHeartbeat:
-    """Sent while a followed log is idle: the log's size and the job's state."""
-
-    log_size: int
-    state: JobState
-
-
-@dataclass(frozen=True)
-class LogEnd:
-    """The last item of a stream: how the job stands at the end of what was sent."""
-
-    state: JobState
-    exit_code: int | None
-    reason: str
-    log_size: int
-    finished: bool
-
-
-@dataclass(frozen=True)
-class LogTimeMark:
-    """The bytes from `offset` on, up to the next mark, reached the daemon at `time` (Unix
-    seconds). Sent before the chunk holding `offset`, when asked for with `timestamps`."""
-
-    offset: int
-    time: float
 
 
 LogItem = LogChunk | LogEvent | LogHeartbeat | LogEnd | LogTimeMark

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 
 from tailhub.daemon.budget import SendBudget
 from tailhub.daemon.errors import DaemonStopping, InvalidRequest, OutOfRange
+from tailhub.daemon.items import Ended, Heartbeat, TimeMark
 from tailhub.daemon.job import Job
-from tailhub.daemon.model import JobState, SourceEvent
+from tailhub.daemon.model import SourceEvent
 from tailhub.daemon.timeindex import line_start_from
 
 
@@ -28,29 +29,6 @@ class ChunkRange:
 
     offset: int
     end: int
-
-
-@dataclass(frozen=True)
-class Heartbeat:
-    log_size: int
-    state: JobState
-
-
-@dataclass(frozen=True)
-class Ended:
-    state: JobState
-    exit_code: int | None
-    reason: str
-    log_size: int
-    finished: bool
-
-
-@dataclass(frozen=True)
-class TimeMark:
-    """The bytes from `offset` on, up to the next mark, reached the daemon at `time`."""
-
-    offset: int
-    time: float
 
 
 LogItem = ChunkRange | Heartbeat | SourceEvent | Ended | TimeMark

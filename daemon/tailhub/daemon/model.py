@@ -9,6 +9,11 @@ from typing import Any
 
 
 class JobState(enum.Enum):
+    """A job's state: the daemon's, and the client library's (tailhub.client.JobState)."""
+
+    # What a client shows for a state it does not know (a newer daemon's). No job is ever in
+    # it: `read` refuses it from the database and from Redis.
+    UNKNOWN = "UNKNOWN"
     PENDING = "PENDING"
     RUNNING = "RUNNING"
     SUCCEEDED = "SUCCEEDED"
@@ -18,6 +23,14 @@ class JobState(enum.Enum):
     @property
     def terminal(self) -> bool:
         return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
+
+    @classmethod
+    def read(cls, text: str) -> JobState:
+        """A job's state read back (database, Redis); ValueError for one no job is in."""
+        state = cls(text)
+        if state is cls.UNKNOWN:
+            raise ValueError(f"{text!r} is not a job's state")
+        return state
 
     @classmethod
     def from_exit_code(cls, exit_code: int) -> JobState:

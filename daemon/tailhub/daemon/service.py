@@ -28,14 +28,8 @@ from tailhub.daemon.facts import (
     RunFacts,
     host_facts,
 )
-from tailhub.daemon.fanout import (
-    ChunkRange,
-    Ended,
-    Heartbeat,
-    Start,
-    TimeMark,
-    stream_log,
-)
+from tailhub.daemon.fanout import ChunkRange, Start, stream_log
+from tailhub.daemon.items import Ended, Heartbeat, TimeMark
 from tailhub.daemon.job import Job
 from tailhub.daemon.jobs import JobManager
 from tailhub.daemon.model import (

@@ -296,7 +296,7 @@ def _record_from_row(row: tuple[object, ...]) -> JobRecord:
         id=int(str(job_id)),
         name=str(name),
         spec=spec_from_json(json.loads(str(spec))),
-        state=JobState(state),
+        state=JobState.read(str(state)),
         exit_code=None if exit_code is None else int(str(exit_code)),
         reason=str(reason),
         submitted_at=float(str(submitted_at)),

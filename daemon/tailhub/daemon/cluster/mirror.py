@@ -190,7 +190,7 @@ def _order(entry_id: bytes) -> tuple[int, int]:
 def _apply_end(job: Job, end: dict[str, object]) -> None:
     record = job.record
     try:
-        record.state = JobState(str(end["state"]))
+        record.state = JobState.read(str(end["state"]))
         code = end.get("exit_code")
         record.exit_code = code if isinstance(code, int) else None
         record.reason = str(end.get("reason", ""))[:MAX_REASON_BYTES]

@@ -100,7 +100,7 @@ def record_from_json(job_id: int, data: dict[str, Any]) -> tuple[JobRecord, str]
             id=job_id,
             name=_text(data, "name", MAX_NAME_BYTES),
             spec=spec_from_record(data["spec"]),
-            state=JobState(_text(data, "state", 32)),
+            state=JobState.read(_text(data, "state", 32)),
             exit_code=exit_code,
             reason=_text(data, "reason", MAX_REASON_BYTES),
             submitted_at=_time(data, "submitted_at"),
