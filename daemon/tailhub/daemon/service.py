@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import math
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, NoReturn, TypeVar, cast
@@ -17,35 +16,22 @@ from google.rpc import error_details_pb2, status_pb2
 from tailhub.daemon import __version__, callers, limits
 from tailhub.daemon.budget import BudgetFigures, SendBudget
 from tailhub.daemon.config import DaemonConfig
-from tailhub.daemon.credentials import without_credentials
-from tailhub.daemon.errors import DOMAIN, DaemonError, InvalidRequest
-from tailhub.daemon.facts import (
-    MUTUAL_TLS,
-    PLAINTEXT,
-    TLS,
-    HostFacts,
-    ListenerFacts,
-    RunFacts,
-    host_facts,
-)
-from tailhub.daemon.fanout import ChunkRange, Start, stream_log
-from tailhub.daemon.items import Ended, Heartbeat, TimeMark
+from tailhub.daemon.errors import DOMAIN, DaemonError
+from tailhub.daemon.facts import RunFacts, host_facts
+from tailhub.daemon.fanout import ChunkRange, stream_log
 from tailhub.daemon.job import Job
 from tailhub.daemon.jobs import JobManager
-from tailhub.daemon.model import (
-    CommandSpec,
-    FileSpec,
-    JobState,
-    LaunchSpec,
-    LocalSpec,
-    PushSpec,
-    SkyPilotSpec,
-    SourceEvent,
-    SourceKind,
-    SourceSpec,
-    backend_of,
+from tailhub.daemon.messages import (
+    attach_spec,
+    cluster_message,
+    event_message,
+    host_fields,
+    job_message,
+    launch_spec,
+    listener_message,
+    start_of,
+    subscribe_response,
 )
-from tailhub.daemon.placement import ClusterView
 from tailhub.daemon.wire import EncodedChunkCache, encode_chunk
 from tailhub.v1 import tailhub_pb2 as pb
 
@@ -56,21 +42,6 @@ _CHUNK_CACHE_BYTES = 16 * 1024 * 1024
 # The trailer of the standard rich error model: a google.rpc.Status whose details hold a
 # google.rpc.ErrorInfo (reason: the error's kind), what any gRPC client can read.
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
-
-_STATES = {
-    JobState.PENDING: pb.JOB_STATE_PENDING,
-    JobState.RUNNING: pb.JOB_STATE_RUNNING,
-    JobState.SUCCEEDED: pb.JOB_STATE_SUCCEEDED,
-    JobState.FAILED: pb.JOB_STATE_FAILED,
-    JobState.CANCELLED: pb.JOB_STATE_CANCELLED,
-}
-_KINDS = {
-    SourceKind.LOCAL: pb.SOURCE_KIND_LOCAL,
-    SourceKind.FILE: pb.SOURCE_KIND_FILE,
-    SourceKind.COMMAND: pb.SOURCE_KIND_COMMAND,
-    SourceKind.PUSH: pb.SOURCE_KIND_PUSH,
-    SourceKind.SKYPILOT: pb.SOURCE_KIND_SKYPILOT,
-}
 
 Handler = TypeVar("Handler", bound=Callable[..., Awaitable[Any]])
 
@@ -138,7 +109,7 @@ class TailhubServicer:
         counts = manager.counts
         try:
             job = manager.get(request.job_id)
-            start = _start(request)
+            start = start_of(request)
             # From the end of the log (--tail, --since): all of it must be here first.
             await manager.watch(job, catch_up=start.offset_from_end)
             stream = stream_log(
@@ -160,20 +131,8 @@ class TailhubServicer:
                         counts.bytes_served += sent
                         counts.lag.observe(job.log_size - item.end)
                         yield encoded
-                    elif isinstance(item, Heartbeat):
-                        yield pb.SubscribeResponse(
-                            heartbeat=pb.Heartbeat(
-                                log_size=item.log_size, state=_STATES[item.state]
-                            )
-                        ).SerializeToString()
-                    elif isinstance(item, SourceEvent):
-                        yield pb.SubscribeResponse(event=_event(item)).SerializeToString()
-                    elif isinstance(item, TimeMark):
-                        yield pb.SubscribeResponse(
-                            time_mark=pb.TimeMark(offset=item.offset, time=item.time)
-                        ).SerializeToString()
-                    elif isinstance(item, Ended):
-                        yield pb.SubscribeResponse(end=_end(item)).SerializeToString()
+                    else:
+                        yield subscribe_response(item).SerializeToString()
             finally:
                 # A cancelled stream must release its subscriber slot now, not at GC time.
                 await stream.aclose()
@@ -195,9 +154,9 @@ class TailhubServicer:
     async def attach_job(
         self, request: pb.AttachJobRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.AttachJobResponse:
-        spec = _attach_spec(request)
+        spec = attach_spec(request)
         job = await self._manager.attach(request.name, spec, callers.token())
-        return pb.AttachJobResponse(job=_job(job))
+        return pb.AttachJobResponse(job=job_message(job))
 
     @_translating_errors
     async def launch_job(
@@ -213,30 +172,9 @@ class TailhubServicer:
             task_yaml=request.task_yaml,
             backend=request.backend,
         )
-        job = await self._manager.launch(request.name, self._launch_spec(request), callers.token())
-        return pb.LaunchJobResponse(job=_job(job))
-
-    def _launch_spec(self, request: pb.LaunchJobRequest) -> LaunchSpec:
-        backend = request.backend or self._config.default_backend
-        envs = tuple(sorted(request.envs.items()))
-        environment = tuple(sorted(without_credentials(request.environment).items()))
-        if backend == "skypilot":
-            return SkyPilotSpec(
-                task_yaml=request.task_yaml,
-                workdir=request.workdir,
-                name=request.name,
-                envs=envs,
-                environment=environment,
-            )
-        if backend != "local":
-            raise InvalidRequest(f"unknown backend {limits.shown(backend)}: local or skypilot")
-        return LocalSpec(
-            run=request.run,
-            setup=request.setup,
-            workdir=request.workdir,
-            envs=envs,
-            environment=environment,
-        )
+        spec = launch_spec(request, self._config.default_backend)
+        job = await self._manager.launch(request.name, spec, callers.token())
+        return pb.LaunchJobResponse(job=job_message(job))
 
     @_translating_errors
     async def publish(
@@ -253,7 +191,7 @@ class TailhubServicer:
     ) -> pb.FinishJobResponse:
         limits.check_finish(request.exit_code, request.reason)
         job = self._manager.finish(request.job_id, request.exit_code, request.reason)
-        return pb.FinishJobResponse(job=_job(job))
+        return pb.FinishJobResponse(job=job_message(job))
 
     @_translating_errors
     async def cancel_jobs(
@@ -262,9 +200,9 @@ class TailhubServicer:
         limits.check_job_ids(request.job_ids)
         result = await self._manager.cancel(list(request.job_ids), request.all)
         return pb.CancelJobsResponse(
-            jobs=[_job(job) for job in result.cancelled],
+            jobs=[job_message(job) for job in result.cancelled],
             unknown_job_ids=result.unknown,
-            already_ended=[_job(job) for job in result.already_ended],
+            already_ended=[job_message(job) for job in result.already_ended],
         )
 
     @_translating_errors
@@ -272,7 +210,9 @@ class TailhubServicer:
         self, request: pb.GetJobRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.GetJobResponse:
         job = self._manager.get(request.job_id)
-        return pb.GetJobResponse(job=_job(job), events=[_event(event) for event in job.events])
+        return pb.GetJobResponse(
+            job=job_message(job), events=[event_message(e) for e in job.events]
+        )
 
     @_translating_errors
     async def list_jobs(
@@ -284,7 +224,7 @@ class TailhubServicer:
         listed: list[pb.Job] = []
         size = 0
         for job in jobs:
-            message = _job(job)
+            message = job_message(job)
             size += message.ByteSize()
             if listed and size > limits.MAX_PAGE_BYTES:
                 # Whatever the jobs hold, a page stays far below the message limit.
@@ -332,9 +272,9 @@ class TailhubServicer:
             upstream_connections=sum(job.record.upstream_connections for job in jobs),
             upstream_connections_open=sum(job.upstream_open for job in jobs),
             bytes_served=sum(job.bytes_served for job in jobs),
-            cluster=_cluster(self._manager.cluster_view()),
+            cluster=cluster_message(self._manager.cluster_view()),
             api_version=pb.DESCRIPTOR.package,
-            listeners=[_listener(listener) for listener in self.run_facts.listeners],
+            listeners=[listener_message(listener) for listener in self.run_facts.listeners],
             # One address, or several for a name that resolves to more (one per family).
             metrics_address=", ".join(self.run_facts.metrics_addresses),
             max_running_jobs=self._config.max_running_jobs or 0,
@@ -345,7 +285,7 @@ class TailhubServicer:
             retention_removed_bytes=self._manager.counts.retention_removed_bytes,
             max_jobs_per_token=self._config.max_jobs_per_token if self.run_facts.listeners else 0,
             # Off the loop: statvfs waits for a stalled file system.
-            **_host(await asyncio.to_thread(host_facts, self._config.paths.logs)),
+            **host_fields(await asyncio.to_thread(host_facts, self._config.paths.logs)),
         )
 
     def handler(self) -> grpc.GenericRpcHandler[Any, Any]:
@@ -381,122 +321,3 @@ class TailhubServicer:
                 "RemoveJobs": unary(self.remove_jobs, pb.RemoveJobsRequest, pb.RemoveJobsResponse),
             },
         )
-
-
-_SECURITY = {
-    PLAINTEXT: pb.LISTENER_SECURITY_PLAINTEXT,
-    TLS: pb.LISTENER_SECURITY_TLS,
-    MUTUAL_TLS: pb.LISTENER_SECURITY_MUTUAL_TLS,
-}
-
-
-def _listener(listener: ListenerFacts) -> pb.ListenerStatus:
-    return pb.ListenerStatus(
-        address=listener.address,
-        security=_SECURITY[listener.security],
-        certificate_path=listener.certificate_path,
-        certificate_not_after=listener.certificate_not_after,
-    )
-
-
-def _host(facts: HostFacts) -> dict[str, int]:
-    """The fields of GetDaemonStatusResponse known now (the others stay unset)."""
-    fields = {
-        "open_files": facts.open_files,
-        "max_open_files": facts.max_open_files,
-        "log_disk_free_bytes": facts.disk_free,
-        "log_disk_total_bytes": facts.disk_total,
-    }
-    return {name: value for name, value in fields.items() if value is not None}
-
-
-def _start(request: pb.SubscribeRequest) -> Start:
-    which = request.WhichOneof("start")
-    if which == "tail_lines":
-        return Start(tail_lines=request.tail_lines)
-    if which == "since_time":
-        if not math.isfinite(request.since_time):
-            raise InvalidRequest(f"since_time must be a finite time, not {request.since_time}")
-        return Start(since_time=request.since_time)
-    return Start(offset=request.offset)
-
-
-def _attach_spec(request: pb.AttachJobRequest) -> SourceSpec:
-    which = request.WhichOneof("source")
-    if which == "file":
-        limits.check_attach(request.name, path=request.file.path)
-        return FileSpec(path=request.file.path)
-    if which == "command":
-        command = request.command
-        limits.check_attach(
-            request.name, argv=command.argv, transport_exit_codes=command.transport_exit_codes
-        )
-        return CommandSpec(
-            argv=tuple(command.argv),
-            shell=command.shell,
-            transport_exit_codes=frozenset(command.transport_exit_codes),
-            stderr_events=command.stderr == pb.STDERR_MODE_EVENTS,
-        )
-    if which == "push":
-        limits.check_name(request.name)
-        return PushSpec()
-    if which == "skypilot":
-        limits.check_name(request.name)
-        managed_id = request.skypilot.managed_job_id
-        if managed_id < 1 or managed_id > 2**63 - 1:
-            raise InvalidRequest("a SkyPilot managed job id is a positive number")
-        return SkyPilotSpec(managed_job_id=managed_id)
-    raise InvalidRequest("attach needs a source: file, command, push or skypilot")
-
-
-def _job(job: Job) -> pb.Job:
-    record = job.record
-    return pb.Job(
-        id=record.id,
-        name=record.name,
-        state=_STATES[record.state],
-        exit_code=record.exit_code,
-        reason=record.reason[: limits.MAX_LISTED_REASON_CHARS],
-        source_kind=_KINDS[record.spec.kind],
-        source_description=record.spec.describe()[: limits.MAX_LISTED_DESCRIPTION_CHARS],
-        log_size=max(job.log_size, job.placed.size),
-        sealed=record.sealed or job.placed.sealed,
-        upstream_connections=record.upstream_connections,
-        upstream_connections_open=int(job.upstream_open),
-        subscribers=job.subscribers,
-        bytes_served=job.bytes_served,
-        submitted_at=record.submitted_at,
-        started_at=record.started_at,
-        ended_at=record.ended_at,
-        backend=backend_of(record.spec),
-        external_id=record.external_id,
-        lease_holder=job.placed.holder,
-        home_node=job.placed.home,
-    )
-
-
-def _cluster(view: ClusterView | None) -> pb.ClusterStatus | None:
-    if view is None:
-        return None
-    return pb.ClusterStatus(
-        node_name=view.node_name,
-        redis=view.redis,
-        connected=view.connected,
-        leases_held=view.leases_held,
-        stale_appends_refused=view.stale_appends_refused,
-        nodes=view.nodes,
-    )
-
-
-def _event(event: SourceEvent) -> pb.SourceEvent:
-    return pb.SourceEvent(offset=event.offset, message=event.message, time=event.time)
-
-
-def _end(ended: Ended) -> pb.End:
-    return pb.End(
-        state=_STATES[ended.state],
-        exit_code=ended.exit_code,
-        reason=ended.reason,
-        log_size=ended.log_size,
-        finished=ended.finished,
-    )
