@@ -87,8 +87,8 @@ def resolve_jobs(client: Client, refs: Sequence[str]) -> list[int]:
     """
     if all(is_job_id(ref) for ref in refs):
         return [int(ref) for ref in refs]
-    by_name = _ids_by_name(client.list())
-    return [int(ref) if is_job_id(ref) else _one_named(by_name, ref) for ref in refs]
+    by_name = jobs_by_name(client.list())
+    return [int(ref) if is_job_id(ref) else one_named(by_name, ref) for ref in refs]
 
 
 def latest_job(client: Client) -> int:
@@ -99,14 +99,16 @@ def latest_job(client: Client) -> int:
     return page.jobs[0].id
 
 
-def _ids_by_name(listed: Iterable[JobInfo]) -> dict[str, list[int]]:
+def jobs_by_name(listed: Iterable[JobInfo]) -> dict[str, list[int]]:
+    """Job ids by name, for resolving many names against one listing."""
     by_name: dict[str, list[int]] = {}
     for job in listed:
         by_name.setdefault(job.name, []).append(job.id)
     return by_name
 
 
-def _one_named(by_name: dict[str, list[int]], name: str) -> int:
+def one_named(by_name: dict[str, list[int]], name: str) -> int:
+    """The one job called `name`; JobNotFoundError (none) or AmbiguousJobName (several)."""
     ids = sorted(by_name.get(name, []))
     if not ids:
         # Quoted short: a name can be anything the user typed, up to the argument limit.
@@ -119,16 +121,6 @@ def _one_named(by_name: dict[str, list[int]], name: str) -> int:
             f"{len(ids)} jobs are named {name!r} ({shown}{more}): give an id instead"
         )
     return ids[0]
-
-
-def jobs_by_name(listed: Iterable[JobInfo]) -> dict[str, list[int]]:
-    """Job ids by name, for resolving many names against one listing."""
-    return _ids_by_name(listed)
-
-
-def one_named(by_name: dict[str, list[int]], name: str) -> int:
-    """The one job called `name`; JobNotFoundError (none) or AmbiguousJobName (several)."""
-    return _one_named(by_name, name)
 
 
 def complete_jobs(home: str | None, incomplete: str) -> list[tuple[str, str]]:

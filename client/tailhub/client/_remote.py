@@ -310,13 +310,13 @@ def wait_connected(channel: grpc.Channel, target: Target, timeout: float = CONNE
     changed = threading.Condition()
     states: list[grpc.ChannelConnectivity] = []
 
-    def watch(state: grpc.ChannelConnectivity) -> None:
+    def on_state(state: grpc.ChannelConnectivity) -> None:
         with changed:
             states.append(state)
             changed.notify_all()
 
     deadline = time.monotonic() + timeout
-    channel.subscribe(watch, try_to_connect=True)
+    channel.subscribe(on_state, try_to_connect=True)
     try:
         seen = 0
         while True:
@@ -337,7 +337,7 @@ def wait_connected(channel: grpc.Channel, target: Target, timeout: float = CONNE
                     f"no tailhub daemon answered at {target.address} within {timeout:.0f}s"
                 )
     finally:
-        channel.unsubscribe(watch)
+        channel.unsubscribe(on_state)
 
 
 def diagnose(target: Target) -> TailhubError | None:

@@ -27,8 +27,8 @@ class _Server:
     target: Target | None  # None: this machine's socket
     channel: grpc.Channel | None = None
     stub: rpc.TailhubServiceStub | None = None
-    # The channel's last state, once watched (after its first connection attempt).
-    watched: bool = False
+    # The channel's last state, kept once tracked (after its first connection attempt).
+    state_tracked: bool = False
     state: grpc.ChannelConnectivity | None = None
     # Held through the first connection attempt: several follows may reach it at once.
     first_reach: threading.Lock = field(default_factory=threading.Lock)
@@ -107,7 +107,7 @@ class Servers:
         if server.target is None:
             return None  # the socket's daemon is waited for by the call itself
         with server.first_reach:
-            if not server.watched:
+            if not server.state_tracked:
                 return self._reach_first(server, channel, timeout)
         if server.state is grpc.ChannelConnectivity.READY:
             return None
@@ -125,11 +125,11 @@ class Servers:
             return error
         finally:
             if len(self._servers) > 1:  # one daemon: calls wait for it themselves
-                self._watch(server, channel)
+                self._track_state(server, channel)
         server.state = grpc.ChannelConnectivity.READY
         return None
 
-    def _watch(self, server: _Server, channel: grpc.Channel) -> None:
+    def _track_state(self, server: _Server, channel: grpc.Channel) -> None:
         """Keeps `server.state` up to date from now on.
 
         Asked once per channel, and without trying to connect: a channel's connectivity
@@ -139,7 +139,7 @@ class Servers:
         def record(state: grpc.ChannelConnectivity) -> None:
             server.state = state
 
-        server.watched = True
+        server.state_tracked = True
         channel.subscribe(record, try_to_connect=False)
 
     def call(self, method: StubMethod[T], request: Any, timeout: float, *, read: bool) -> T:
