@@ -1,8 +1,8 @@
 """What a test needs besides Python, said once: the markers, how a test gets one, and what
 happens when its requirement is missing.
 
-- `slow`: among the longest (listed in `SLOW`, from measured durations); `make test-fast`
-  leaves it out.
+- `slow`: among the longest (listed in `SLOW` by what they do, or measured at 2 s or more in
+  `slow-tests.txt`); `make test-fast` leaves it out.
 - `root`: needs root (a tmpfs mount, network namespaces, a file given to another user).
 - `redis`: starts a real redis-server.
 
@@ -14,8 +14,10 @@ passes by running less.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -65,12 +67,25 @@ SLOW = (
 )
 
 
+# And those measured slow in a full run (scripts/slow-tests writes the list from pytest's
+# --durations report): a test function whose case took 2 s or more.
+MEASURED_SLOW = Path(__file__).parent / "slow-tests.txt"
+
+
+@functools.cache
+def _measured_slow() -> frozenset[str]:
+    lines = MEASURED_SLOW.read_text().splitlines()
+    return frozenset(line for line in lines if line and not line.startswith("#"))
+
+
 def is_slow(nodeid: str) -> bool:
-    """Whether the test `nodeid` (tests/e2e/MODULE::NAME[PARAMS]) is listed in `SLOW`."""
+    """Whether the test `nodeid` (tests/e2e/MODULE::NAME[PARAMS]) is listed in `SLOW` or was
+    measured slow."""
     if not nodeid.startswith("tests/e2e/"):
         return False
-    module, _, name = nodeid.removeprefix("tests/e2e/").partition("::")
-    return module in SLOW or f"{module}::{name.partition('[')[0]}" in SLOW
+    function = nodeid.partition("[")[0]
+    module, _, name = function.removeprefix("tests/e2e/").partition("::")
+    return module in SLOW or f"{module}::{name}" in SLOW or function in _measured_slow()
 
 
 # Fixtures whose tests get a marker without saying so.
