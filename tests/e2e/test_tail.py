@@ -15,10 +15,9 @@ from tailhub.client import JobState
 
 GIB = 1024 * 1024 * 1024
 RESULT_LINES = 2000
-# `tailhub` itself takes a few hundred milliseconds to start; reading a GiB would take longer.
-ANSWERS_WITHIN = 2.0
 ATTEMPTS = 3
-# What the daemon may read to find and send the last lines: a few blocks, not the GiB.
+# What the daemon may read to find and send the last lines: a few blocks, not the GiB. (How fast
+# that answers is a figure for bench/, not a bound here: a loaded machine only adds time.)
 READ_AT_MOST = 16 * 1024 * 1024
 
 # A job whose log is a GiB of chatter, written in big blocks (cheaply), then its results.
@@ -52,7 +51,7 @@ def _last_lines(count: int) -> bytes:
 
 
 @measures
-def test_tail_of_a_one_gib_log_answers_quickly_with_exactly_the_last_lines(
+def test_tail_of_a_one_gib_log_reads_only_its_end_and_gives_exactly_the_last_lines(
     daemon: DaemonProcess, workdir: Path
 ) -> None:
     with daemon.client() as client:
@@ -77,7 +76,6 @@ def test_tail_of_a_one_gib_log_answers_quickly_with_exactly_the_last_lines(
                 assert read < READ_AT_MOST, f"the daemon read {read} bytes for --tail {lines}"
                 assert client.get(job.id).bytes_served - served_before == len(tail.stdout)
             # Other processes on the machine only ever add time: the best attempt is the cost.
-            assert min(timings) < ANSWERS_WITHIN, f"--tail {lines} took {timings}"
             print(f"--tail {lines} of a {ended.log_size / GIB:.2f} GiB log: {min(timings):.2f}s")
 
 
