@@ -1,5 +1,5 @@
 """Subscribers as cursors into a job's log (fanout.py): where a subscription starts
-(`Start`) and what `stream_log` yields from there, on one event loop, with no daemon."""
+(`ReadFrom`) and what `stream_log` yields from there, on one event loop, with no daemon."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 
 from tailhub.daemon.budget import SendBudget
 from tailhub.daemon.errors import DaemonStopping, InvalidRequest
-from tailhub.daemon.fanout import ChunkRange, LogItem, Start, stream_log
+from tailhub.daemon.fanout import ChunkRange, LogItem, ReadFrom, stream_log
 from tailhub.daemon.items import Ended, Heartbeat, TimeMark
 from tailhub.daemon.job import Job
 from tailhub.daemon.model import FileSpec, JobRecord, JobState, SourceEvent
@@ -52,7 +52,7 @@ def finish(job: Job, state: JobState = JobState.SUCCEEDED, exit_code: int = 0) -
 
 def stream(
     job: Job,
-    start: Start = Start(),
+    start: ReadFrom = ReadFrom(),
     *,
     follow: bool = False,
     max_chunk: int = 64 * KIB,
@@ -120,7 +120,7 @@ def test_a_follower_resuming_at_an_offset_gets_exactly_the_bytes_after_it(
     async def scenario() -> None:
         job = make_job(tmp_path, b"0123456789")
         finish(job)
-        items = await collect(stream(job, Start(offset=4), follow=True))
+        items = await collect(stream(job, ReadFrom(offset=4), follow=True))
         assert bytes_of(job, items) == b"456789"
         assert isinstance(items[-1], Ended)
         assert items[-1].finished
@@ -132,8 +132,8 @@ def test_an_offset_past_the_end_of_the_log_is_refused(tmp_path: Path) -> None:
     async def scenario() -> None:
         job = make_job(tmp_path, b"short")
         with pytest.raises(InvalidRequest, match="offset 6 is past the end of job 7's log"):
-            await Start(offset=6).resolve(job)
-        assert await Start(offset=5).resolve(job) == 5  # the end itself: wait for more
+            await ReadFrom(offset=6).resolve(job)
+        assert await ReadFrom(offset=5).resolve(job) == 5  # the end itself: wait for more
 
     run(scenario)
 
@@ -145,7 +145,7 @@ def test_an_offset_past_the_end_of_the_log_is_refused(tmp_path: Path) -> None:
 def test_a_tail_starts_at_the_last_lines(tmp_path: Path, lines: int, expected: bytes) -> None:
     async def scenario() -> None:
         job = make_job(tmp_path, b"a\nb\nc\n")
-        start = Start(tail_lines=lines)
+        start = ReadFrom(tail_lines=lines)
         assert start.offset_from_end
         assert bytes_of(job, await collect(stream(job, start))) == expected
 
@@ -154,7 +154,7 @@ def test_a_tail_starts_at_the_last_lines(tmp_path: Path, lines: int, expected: b
 
 def test_a_tail_of_an_empty_log_starts_at_zero(tmp_path: Path) -> None:
     async def scenario() -> None:
-        assert await Start(tail_lines=10).resolve(make_job(tmp_path)) == 0
+        assert await ReadFrom(tail_lines=10).resolve(make_job(tmp_path)) == 0
 
     run(scenario)
 
@@ -167,10 +167,10 @@ def test_since_a_time_starts_at_the_first_line_that_came_at_or_after_it(tmp_path
         job.times.record(19, 2000.0)
         append(job, b"line\nnew line\n")
         # The line begun before 2000 counts from its first byte: it is left out.
-        items = await collect(stream(job, Start(since_time=1500.0)))
+        items = await collect(stream(job, ReadFrom(since_time=1500.0)))
         assert bytes_of(job, items) == b"new line\n"
-        assert await Start(since_time=3000.0).resolve(job) == job.log_size
-        assert await Start(since_time=0.0).resolve(job) == 0
+        assert await ReadFrom(since_time=3000.0).resolve(job) == job.log_size
+        assert await ReadFrom(since_time=0.0).resolve(job) == 0
 
     run(scenario)
 
@@ -184,7 +184,7 @@ def test_events_come_in_their_place_among_the_bytes(tmp_path: Path) -> None:
         items = await collect(stream(job, max_chunk=7, budget=SendBudget(1024, 4, floor=1)))
         assert items == [ChunkRange(0, 7), event, ChunkRange(7, 13), Ended(*RUNNING_AT_13)]
         # A reader starting past an event does not get it again.
-        assert event not in await collect(stream(job, Start(offset=8)))
+        assert event not in await collect(stream(job, ReadFrom(offset=8)))
 
     run(scenario)
 
@@ -197,8 +197,8 @@ def test_readers_behind_the_live_edge_get_chunks_on_the_same_boundaries(tmp_path
 
     async def scenario() -> None:
         job = make_job(tmp_path, bytes(10 * KIB))
-        first = await collect(stream(job, Start(offset=100), max_chunk=4 * KIB))
-        second = await collect(stream(job, Start(offset=3000), max_chunk=4 * KIB))
+        first = await collect(stream(job, ReadFrom(offset=100), max_chunk=4 * KIB))
+        second = await collect(stream(job, ReadFrom(offset=3000), max_chunk=4 * KIB))
         assert first[:3] == [ChunkRange(100, 4096), ChunkRange(4096, 8192), ChunkRange(8192, 10240)]
         assert second[:3] == [
             ChunkRange(3000, 4096),

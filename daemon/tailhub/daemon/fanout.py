@@ -35,7 +35,7 @@ LogItem = ChunkRange | Heartbeat | SourceEvent | Ended | TimeMark
 
 
 @dataclass(frozen=True)
-class Start:
+class ReadFrom:
     """Where a subscription begins: an offset, the last `tail_lines` lines, or the first line
     that reached the daemon at or after `since_time`."""
 
@@ -84,7 +84,7 @@ def trimmed(job: Job, first: int) -> OutOfRange:
 
 async def stream_log(
     job: Job,
-    start: Start,
+    start: ReadFrom,
     *,
     follow: bool,
     max_chunk: int,

@@ -11,9 +11,9 @@ from tailhub.daemon.counts import DaemonCounts
 from tailhub.daemon.errors import NotStored, UntrustedState, UpstreamFailed
 from tailhub.daemon.job import Job
 from tailhub.daemon.reconnects import GiveUp, Reconnects
-from tailhub.daemon.signal import Stop
 from tailhub.daemon.sink import CommitOwner, Sink
 from tailhub.daemon.sources import Outcome, Source
+from tailhub.daemon.wakeups import StopFlag
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ class Fetcher:
         self._owner = owner
         self._config = config
         self._counts = counts
-        self._finished = Stop()
+        self._finished = StopFlag()
         # The log offset where a full disk paused the fetch; None while it flows.
         self._paused_at: int | None = None
         # Set by an append of the upstream's own output: the connection works.
@@ -79,7 +79,7 @@ class Fetcher:
         self._sink.event(message)
 
     @property
-    def finished(self) -> Stop:
+    def finished(self) -> StopFlag:
         return self._finished
 
     async def flushed(self) -> None:

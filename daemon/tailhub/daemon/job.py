@@ -11,8 +11,8 @@ from tailhub.daemon.errors import InvalidRequest, JobNotFound
 from tailhub.daemon.log import JobLog
 from tailhub.daemon.model import JobRecord, JobState, SourceEvent, SourceKind
 from tailhub.daemon.placement import HERE, Placed
-from tailhub.daemon.signal import ChangeSignal
 from tailhub.daemon.timeindex import TimeIndex
+from tailhub.daemon.wakeups import ChangeSignal
 
 # Resume state of a job whose log file could not be created: the file at its path is not its
 # own (another database's log, or planted), so it is never opened or measured.

@@ -10,7 +10,7 @@ from tailhub.daemon import limits
 from tailhub.daemon.credentials import without_credentials
 from tailhub.daemon.errors import InvalidRequest
 from tailhub.daemon.facts import MUTUAL_TLS, PLAINTEXT, TLS, HostFacts, ListenerFacts
-from tailhub.daemon.fanout import Start
+from tailhub.daemon.fanout import ReadFrom
 from tailhub.daemon.items import Ended, Heartbeat, TimeMark
 from tailhub.daemon.job import Job
 from tailhub.daemon.model import (
@@ -46,16 +46,16 @@ _KINDS = {
 
 
 # -- requests -------------------------------------------------------------------------------------
-def start_of(request: pb.SubscribeRequest) -> Start:
+def start_of(request: pb.SubscribeRequest) -> ReadFrom:
     """Where a Subscribe starts: an offset, the last lines, or a time."""
     which = request.WhichOneof("start")
     if which == "tail_lines":
-        return Start(tail_lines=request.tail_lines)
+        return ReadFrom(tail_lines=request.tail_lines)
     if which == "since_time":
         if not math.isfinite(request.since_time):
             raise InvalidRequest(f"since_time must be a finite time, not {request.since_time}")
-        return Start(since_time=request.since_time)
-    return Start(offset=request.offset)
+        return ReadFrom(since_time=request.since_time)
+    return ReadFrom(offset=request.offset)
 
 
 def attach_spec(request: pb.AttachJobRequest) -> SourceSpec:

@@ -1,4 +1,4 @@
-"""Wake-ups for many waiters: a resetting broadcast (ChangeSignal) and a one-shot flag (Stop)."""
+"""Wake-ups for many waiters: a resetting broadcast (ChangeSignal) and a one-shot StopFlag."""
 
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ def _expire(future: asyncio.Future[bool]) -> None:
         future.set_result(False)
 
 
-class Stop:
+class StopFlag:
     """Set once, when the tailer should drain the file and return; wakes whoever registered."""
 
     def __init__(self) -> None:

@@ -15,7 +15,7 @@ import os
 import struct
 from pathlib import Path
 
-from tailhub.daemon.signal import ChangeSignal
+from tailhub.daemon.wakeups import ChangeSignal
 
 logger = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
 from tailhub.daemon.model import JobState
-from tailhub.daemon.signal import Stop
+from tailhub.daemon.wakeups import StopFlag
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ class Upstream(Protocol):
         """Reports something that happened upstream to the job's followers."""
 
     @property
-    def finished(self) -> Stop:
+    def finished(self) -> StopFlag:
         """Set when the job's final state is set: drain what is there and return."""
 
 

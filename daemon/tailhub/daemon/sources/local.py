@@ -17,9 +17,9 @@ from typing import ClassVar
 from tailhub.daemon.errors import UpstreamUnusable
 from tailhub.daemon.model import LocalSpec
 from tailhub.daemon.runner import LocalRunner, RunHandle
-from tailhub.daemon.signal import Stop
 from tailhub.daemon.sources.base import Outcome, Upstream
 from tailhub.daemon.sources.tail import FileTailer
+from tailhub.daemon.wakeups import StopFlag
 from tailhub.daemon.watch import FileWatcher
 
 
@@ -36,7 +36,7 @@ class LocalSource:
         handle = RunHandle.from_json(upstream.state)
         if handle is None:
             raise UpstreamUnusable(f"job {self.job_id} has no process on record")
-        stop = Stop()
+        stop = StopFlag()
         unregister = upstream.finished.on_set(stop.set)
         waiter = asyncio.create_task(self._set_on_exit(handle, stop))
         disk = asyncio.create_task(_report_full_disk(self.log_path, upstream))
@@ -57,7 +57,7 @@ class LocalSource:
             return Outcome(status.code, f"setup failed with exit code {status.code}")
         return Outcome(status.code, f"run exited with {status.code}")
 
-    async def _set_on_exit(self, handle: RunHandle, stop: Stop) -> None:
+    async def _set_on_exit(self, handle: RunHandle, stop: StopFlag) -> None:
         await self.runner.wait_for_exit(handle)
         stop.set()
 

@@ -13,8 +13,8 @@ import aiofiles
 import aiofiles.os
 
 from tailhub.daemon.errors import UpstreamUnusable
-from tailhub.daemon.signal import Stop
 from tailhub.daemon.sources.base import Upstream
+from tailhub.daemon.wakeups import StopFlag
 from tailhub.daemon.watch import FileWatch, FileWatcher
 
 READ_BYTES = 1024 * 1024
@@ -51,7 +51,9 @@ class FileTailer:
     first byte; the read position is therefore `stored - base`, valid across daemon restarts.
     """
 
-    def __init__(self, path: Path, watcher: FileWatcher, upstream: Upstream, stop: Stop) -> None:
+    def __init__(
+        self, path: Path, watcher: FileWatcher, upstream: Upstream, stop: StopFlag
+    ) -> None:
         self._path = path
         self._watcher = watcher
         self._upstream = upstream
