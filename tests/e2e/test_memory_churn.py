@@ -16,7 +16,7 @@ import pytest
 from helpers import DaemonProcess, wait_until
 
 from tailhub.daemon.config import DaemonConfig
-from tailhub.daemon.model import LocalSpec
+from tailhub.daemon.domain import LocalSpec
 from tailhub.daemon.paths import StatePaths
 from tailhub.daemon.server import Daemon
 from tailhub.daemon.store import JobStore

@@ -20,7 +20,7 @@ from job_helpers import queue, write_task
 
 from tailhub.client import Client, JobState, LogChunk, StatePaths
 from tailhub.client._daemon import is_listening
-from tailhub.daemon.model import LocalSpec, spec_from_json
+from tailhub.daemon.domain import LocalSpec, spec_from_json
 
 SOMEONE_ELSE = 65534  # nobody
 VICTIM_TEXT = "export PATH=/usr/bin:/bin  # the user's own file\n"

@@ -22,8 +22,8 @@ from tailhub.daemon.cluster.records import record_to_json
 from tailhub.daemon.cluster.redis_store import RedisStore
 from tailhub.daemon.cluster.writer import HeldLease, LogWriter
 from tailhub.daemon.counts import DaemonCounts
-from tailhub.daemon.job import Job
-from tailhub.daemon.model import JobRecord, JobState, PushSpec
+from tailhub.daemon.domain import JobRecord, JobState, PushSpec
+from tailhub.daemon.live_job import Job
 from tailhub.daemon.sink import LocalLog, LocalSink
 
 JOB_ID = 5

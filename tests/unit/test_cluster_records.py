@@ -15,8 +15,7 @@ from tailhub.daemon.cluster.records import (
     record_from_json,
     record_to_json,
 )
-from tailhub.daemon.errors import BadRecord
-from tailhub.daemon.model import (
+from tailhub.daemon.domain import (
     CommandSpec,
     FileSpec,
     JobRecord,
@@ -26,6 +25,7 @@ from tailhub.daemon.model import (
     SkyPilotSpec,
     SourceSpec,
 )
+from tailhub.daemon.errors import BadRecord
 
 
 def record(spec: SourceSpec, **fields: Any) -> JobRecord:

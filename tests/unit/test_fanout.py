@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 
 from tailhub.daemon.budget import SendBudget
+from tailhub.daemon.domain import FileSpec, JobRecord, JobState, SourceEvent
 from tailhub.daemon.errors import DaemonStopping, InvalidRequest
 from tailhub.daemon.fanout import ChunkRange, LogItem, ReadFrom, stream_log
 from tailhub.daemon.items import Ended, Heartbeat, TimeMark
-from tailhub.daemon.job import Job
-from tailhub.daemon.model import FileSpec, JobRecord, JobState, SourceEvent
+from tailhub.daemon.live_job import Job
 
 KIB = 1024
 

@@ -16,10 +16,10 @@ import pytest
 
 from tailhub.daemon.config import DaemonConfig
 from tailhub.daemon.counts import DaemonCounts
+from tailhub.daemon.domain import CommandSpec, JobRecord, JobState
 from tailhub.daemon.errors import UpstreamFailed
 from tailhub.daemon.fetcher import Fetcher
-from tailhub.daemon.job import Job
-from tailhub.daemon.model import CommandSpec, JobRecord, JobState
+from tailhub.daemon.live_job import Job
 from tailhub.daemon.paths import StatePaths
 from tailhub.daemon.reconnects import ReconnectPolicy
 from tailhub.daemon.sink import LocalLog, LocalSink

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tailhub.daemon.errors import UnusableState
-from tailhub.daemon.model import (
+from tailhub.daemon.domain import (
     CommandSpec,
     FileSpec,
     JobRecord,
@@ -18,6 +17,7 @@ from tailhub.daemon.model import (
     SkyPilotSpec,
     SourceEvent,
 )
+from tailhub.daemon.errors import UnusableState
 from tailhub.daemon.store import JobStore
 
 

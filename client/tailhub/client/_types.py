@@ -1,7 +1,7 @@
 """What the client library hands out: plain values, not protobuf messages.
 
 The job's state and the items of a follow that the daemon has too are the daemon's own
-(tailhub.daemon.model and .items, both light): one definition on both sides of the wire.
+(tailhub.daemon.domain and .items, both light): one definition on both sides of the wire.
 A chunk (its bytes, where the daemon has a range of its log) and an upstream event (without
 the time the daemon keeps) are the client's.
 """
@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tailhub.daemon.domain import JobState
 from tailhub.daemon.items import Ended as LogEnd
 from tailhub.daemon.items import Heartbeat as LogHeartbeat
 from tailhub.daemon.items import TimeMark as LogTimeMark
-from tailhub.daemon.model import JobState
 from tailhub.v1 import tailhub_pb2 as pb
 
 __all__ = [

@@ -7,10 +7,7 @@ import logging
 import os
 from pathlib import Path
 
-from tailhub.daemon.errors import InvalidRequest, StorageFull
-from tailhub.daemon.faults import is_disk_full
-from tailhub.daemon.identity import highest_job_id
-from tailhub.daemon.model import (
+from tailhub.daemon.domain import (
     CommandSpec,
     FileSpec,
     PushSpec,
@@ -18,6 +15,9 @@ from tailhub.daemon.model import (
     SourceKind,
     SourceSpec,
 )
+from tailhub.daemon.errors import InvalidRequest, StorageFull
+from tailhub.daemon.faults import is_disk_full
+from tailhub.daemon.identity import highest_job_id
 from tailhub.daemon.open_files import out_of_descriptors
 from tailhub.daemon.paths import StatePaths, shown
 from tailhub.daemon.quotas import DescriptorBudget, JobQuota

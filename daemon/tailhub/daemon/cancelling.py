@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from tailhub.daemon.backends import Cancelling
 
 if TYPE_CHECKING:
-    from tailhub.daemon.job import Job
+    from tailhub.daemon.live_job import Job
 
 
 @dataclass

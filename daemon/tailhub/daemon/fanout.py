@@ -11,10 +11,10 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 
 from tailhub.daemon.budget import SendBudget
+from tailhub.daemon.domain import SourceEvent
 from tailhub.daemon.errors import DaemonStopping, InvalidRequest, OutOfRange
 from tailhub.daemon.items import Ended, Heartbeat, TimeMark
-from tailhub.daemon.job import Job
-from tailhub.daemon.model import SourceEvent
+from tailhub.daemon.live_job import Job
 from tailhub.daemon.timeindex import line_start_from
 
 

@@ -9,7 +9,7 @@ from typing import Any, Protocol
 from tailhub.daemon.config import DaemonConfig
 from tailhub.daemon.counts import DaemonCounts
 from tailhub.daemon.errors import NotStored, UntrustedState, UpstreamFailed
-from tailhub.daemon.job import Job
+from tailhub.daemon.live_job import Job
 from tailhub.daemon.reconnects import GiveUp, Reconnects
 from tailhub.daemon.sink import CommitOwner, Sink
 from tailhub.daemon.sources import Outcome, Source

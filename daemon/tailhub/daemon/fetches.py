@@ -13,13 +13,13 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
+from tailhub.daemon.domain import SourceKind
 from tailhub.daemon.errors import FetchEnded, InvalidRequest, OffsetMismatch, StorageFull
-from tailhub.daemon.model import SourceKind
 from tailhub.daemon.sources import Outcome, UpstreamUnusable
 
 if TYPE_CHECKING:
     from tailhub.daemon.fetcher import Fetcher
-    from tailhub.daemon.job import Job
+    from tailhub.daemon.live_job import Job
     from tailhub.daemon.tasks import TaskSet
 
 logger = logging.getLogger(__name__)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tailhub.daemon.model import JobState
+from tailhub.daemon.domain import JobState
 
 
 @dataclass(frozen=True)

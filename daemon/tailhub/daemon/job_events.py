@@ -12,12 +12,12 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
+from tailhub.daemon.domain import SourceEvent
 from tailhub.daemon.errors import StorageFull
 from tailhub.daemon.events import EventLimiter, EventLimits, clip
-from tailhub.daemon.model import SourceEvent
 
 if TYPE_CHECKING:
-    from tailhub.daemon.job import Job
+    from tailhub.daemon.live_job import Job
     from tailhub.daemon.store import JobStore
 
 logger = logging.getLogger(__name__)

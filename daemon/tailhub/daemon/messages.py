@@ -8,12 +8,7 @@ import math
 
 from tailhub.daemon import limits
 from tailhub.daemon.credentials import without_credentials
-from tailhub.daemon.errors import InvalidRequest
-from tailhub.daemon.facts import MUTUAL_TLS, PLAINTEXT, TLS, HostFacts, ListenerFacts
-from tailhub.daemon.fanout import ReadFrom
-from tailhub.daemon.items import Ended, Heartbeat, TimeMark
-from tailhub.daemon.job import Job
-from tailhub.daemon.model import (
+from tailhub.daemon.domain import (
     CommandSpec,
     FileSpec,
     JobState,
@@ -26,6 +21,11 @@ from tailhub.daemon.model import (
     SourceSpec,
     backend_of,
 )
+from tailhub.daemon.errors import InvalidRequest
+from tailhub.daemon.facts import MUTUAL_TLS, PLAINTEXT, TLS, HostFacts, ListenerFacts
+from tailhub.daemon.fanout import ReadFrom
+from tailhub.daemon.items import Ended, Heartbeat, TimeMark
+from tailhub.daemon.live_job import Job
 from tailhub.daemon.placement import ClusterView
 from tailhub.v1 import tailhub_pb2 as pb
 

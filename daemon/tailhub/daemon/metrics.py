@@ -36,11 +36,11 @@ from prometheus_client.registry import Collector
 
 from tailhub.daemon.auth import ROLES
 from tailhub.daemon.config import format_host_port
+from tailhub.daemon.domain import JobState
 from tailhub.daemon.errors import MetricsListenError
 from tailhub.daemon.facts import ListenerFacts
-from tailhub.daemon.jobs import JobManager
 from tailhub.daemon.listeners import EXIT_ADDRESS
-from tailhub.daemon.model import JobState
+from tailhub.daemon.manager import JobManager
 
 logger = logging.getLogger(__name__)
 

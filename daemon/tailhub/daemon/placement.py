@@ -22,8 +22,8 @@ from tailhub.daemon.process import CommandWrap, as_is
 
 if TYPE_CHECKING:
     from tailhub.daemon.cancelling import CancelResult
-    from tailhub.daemon.job import Job
-    from tailhub.daemon.model import JobRecord
+    from tailhub.daemon.domain import JobRecord
+    from tailhub.daemon.live_job import Job
     from tailhub.daemon.paths import StatePaths
     from tailhub.daemon.sink import LocalLog, LocalSink, Sink
     from tailhub.daemon.store import JobStore

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from tailhub.daemon.config import DaemonConfig
 from tailhub.daemon.errors import StorageFull
-from tailhub.daemon.job import Job
+from tailhub.daemon.live_job import Job
 from tailhub.daemon.paths import StatePaths
 from tailhub.daemon.store import JobStore
 

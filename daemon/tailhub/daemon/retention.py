@@ -15,7 +15,7 @@ from tailhub.daemon.removal import RemoveResult
 if TYPE_CHECKING:
     from tailhub.daemon.config import DaemonConfig
     from tailhub.daemon.counts import DaemonCounts
-    from tailhub.daemon.job import Job
+    from tailhub.daemon.live_job import Job
     from tailhub.daemon.store import JobStore
 
 # How many jobs may end past --max-ended-jobs before a pass removes the oldest.

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tailhub.daemon.credentials import without_credentials
-from tailhub.daemon.model import LocalSpec
+from tailhub.daemon.domain import LocalSpec
 from tailhub.daemon.paths import StatePaths
 from tailhub.daemon.statedir import (
     open_private_dir,

@@ -23,13 +23,13 @@ from tailhub.daemon.auth import AuthInterceptor, LaunchedTarget, StreamCaps
 from tailhub.daemon.budget import BudgetFigures
 from tailhub.daemon.cert_expiry import CertificateWatch
 from tailhub.daemon.config import DaemonConfig
+from tailhub.daemon.domain import backend_of
 from tailhub.daemon.errors import EssentialTaskDied, JobError
 from tailhub.daemon.facts import ListenerFacts, RunFacts, listener_facts
 from tailhub.daemon.failed_auth import FailedAuthLimit
 from tailhub.daemon.faults import HEALTH
 from tailhub.daemon.health import HealthReports
 from tailhub.daemon.identity import check_logs_belong
-from tailhub.daemon.jobs import JobManager
 from tailhub.daemon.listeners import (
     SERVER_KEEPALIVE_OPTIONS,
     NetworkSettings,
@@ -38,7 +38,7 @@ from tailhub.daemon.listeners import (
     network_limits,
 )
 from tailhub.daemon.lock import StateLock
-from tailhub.daemon.model import backend_of
+from tailhub.daemon.manager import JobManager
 from tailhub.daemon.paths import shown
 from tailhub.daemon.placement import Placement
 from tailhub.daemon.placing import choose_placement

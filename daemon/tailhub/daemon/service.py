@@ -19,8 +19,8 @@ from tailhub.daemon.config import DaemonConfig
 from tailhub.daemon.errors import DOMAIN, DaemonError
 from tailhub.daemon.facts import RunFacts, host_facts
 from tailhub.daemon.fanout import ChunkRange, stream_log
-from tailhub.daemon.job import Job
-from tailhub.daemon.jobs import JobManager
+from tailhub.daemon.live_job import Job
+from tailhub.daemon.manager import JobManager
 from tailhub.daemon.messages import (
     attach_spec,
     cluster_message,

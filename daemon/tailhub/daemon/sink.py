@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Protocol
 if TYPE_CHECKING:
     from tailhub.daemon.counts import DaemonCounts
     from tailhub.daemon.errors import NotStored
-    from tailhub.daemon.job import Job
+    from tailhub.daemon.live_job import Job
 
 
 class CommitOwner(Protocol):

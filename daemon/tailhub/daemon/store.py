@@ -10,9 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tailhub.daemon.errors import StorageFull, UnusableState
-from tailhub.daemon.faults import is_disk_full
-from tailhub.daemon.model import (
+from tailhub.daemon.domain import (
     JobRecord,
     JobState,
     SourceEvent,
@@ -20,6 +18,8 @@ from tailhub.daemon.model import (
     spec_from_json,
     spec_to_json,
 )
+from tailhub.daemon.errors import StorageFull, UnusableState
+from tailhub.daemon.faults import is_disk_full
 from tailhub.daemon.paths import shown
 
 _SCHEMA = """

@@ -11,8 +11,8 @@ import enum
 from collections.abc import Coroutine
 from typing import Any, Protocol
 
-from tailhub.daemon.job import Job
-from tailhub.daemon.model import SourceSpec
+from tailhub.daemon.domain import SourceSpec
+from tailhub.daemon.live_job import Job
 
 
 class Cancelling(enum.Enum):

@@ -11,10 +11,10 @@ from dataclasses import replace
 from pathlib import Path
 
 from tailhub.daemon.backends.base import BackendHost, Cancelling
+from tailhub.daemon.domain import JobRecord, JobState, LocalSpec, SourceSpec
 from tailhub.daemon.errors import InvalidRequest, StorageFull
 from tailhub.daemon.faults import AFTER_SPAWN, BEFORE_SPAWN, crash_at, is_disk_full
-from tailhub.daemon.job import Job
-from tailhub.daemon.model import JobRecord, JobState, LocalSpec, SourceSpec
+from tailhub.daemon.live_job import Job
 from tailhub.daemon.runner import RunHandle
 from tailhub.daemon.sources import SourceEnvironment
 from tailhub.daemon.store import JobStore

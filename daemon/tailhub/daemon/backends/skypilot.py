@@ -14,10 +14,10 @@ import logging
 from pathlib import Path
 
 from tailhub.daemon.backends.base import BackendHost, Cancelling
+from tailhub.daemon.domain import MANAGED_JOB_ID, JobState, SkyPilotSpec, SourceSpec
 from tailhub.daemon.errors import InvalidRequest, StorageFull
 from tailhub.daemon.faults import is_disk_full
-from tailhub.daemon.job import Job
-from tailhub.daemon.model import MANAGED_JOB_ID, JobState, SkyPilotSpec, SourceSpec
+from tailhub.daemon.live_job import Job
 from tailhub.daemon.sky import managed_job_ids, message_of
 from tailhub.daemon.sources import SourceEnvironment
 from tailhub.daemon.statedir import ensure_private_dir, write_state_file

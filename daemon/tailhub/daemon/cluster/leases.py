@@ -22,7 +22,7 @@ from tailhub.daemon.runner import RunHandle
 
 if TYPE_CHECKING:
     from tailhub.daemon.config import ClusterSettings
-    from tailhub.daemon.job import Job
+    from tailhub.daemon.live_job import Job
     from tailhub.daemon.placement import JobsPort
     from tailhub.daemon.process.fence import Fences
     from tailhub.daemon.tasks import TaskSet

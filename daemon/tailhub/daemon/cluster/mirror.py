@@ -17,11 +17,11 @@ from redis.exceptions import RedisError
 
 from tailhub.daemon.cluster.placed import placed
 from tailhub.daemon.cluster.redis_store import LogEntry, RedisStore
+from tailhub.daemon.domain import JobState
 from tailhub.daemon.limits import MAX_REASON_BYTES
-from tailhub.daemon.model import JobState
 
 if TYPE_CHECKING:
-    from tailhub.daemon.job import Job
+    from tailhub.daemon.live_job import Job
     from tailhub.daemon.sink import LocalLog
 
 logger = logging.getLogger(__name__)

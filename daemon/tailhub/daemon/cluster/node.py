@@ -50,7 +50,7 @@ from tailhub.daemon.tasks import TaskSet
 
 if TYPE_CHECKING:
     from tailhub.daemon.config import ClusterSettings, DaemonConfig
-    from tailhub.daemon.job import Job
+    from tailhub.daemon.live_job import Job
     from tailhub.daemon.placement import JobsPort
     from tailhub.daemon.sink import LocalLog, LocalSink, Sink
     from tailhub.daemon.store import JobStore

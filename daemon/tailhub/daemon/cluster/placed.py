@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from tailhub.daemon.job import Job
+    from tailhub.daemon.live_job import Job
 
 
 @dataclass

@@ -13,9 +13,7 @@ import math
 from typing import Any
 
 from tailhub.daemon import limits
-from tailhub.daemon.errors import BadRecord, InvalidRequest
-from tailhub.daemon.limits import MAX_EXIT_CODE, MAX_NAME_BYTES, MAX_REASON_BYTES
-from tailhub.daemon.model import (
+from tailhub.daemon.domain import (
     CommandSpec,
     FileSpec,
     JobRecord,
@@ -27,6 +25,8 @@ from tailhub.daemon.model import (
     SourceSpec,
     spec_to_json,
 )
+from tailhub.daemon.errors import BadRecord, InvalidRequest
+from tailhub.daemon.limits import MAX_EXIT_CODE, MAX_NAME_BYTES, MAX_REASON_BYTES
 
 # The largest record a daemon writes (a SkyPilot task file, its envs and environment) with
 # room to spare; JSON nested deeper than a record ever is was not written by a daemon (and a

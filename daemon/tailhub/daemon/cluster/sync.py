@@ -20,11 +20,11 @@ from tailhub.daemon.cluster.placed import ClusterJob, placed
 from tailhub.daemon.cluster.records import record_from_json
 from tailhub.daemon.cluster.redis_store import CHANGES, JobMeta, RedisStore
 from tailhub.daemon.cluster.writer import HeldLease
+from tailhub.daemon.domain import SourceKind
 from tailhub.daemon.errors import BadRecord, JobNotFound
-from tailhub.daemon.model import SourceKind
 
 if TYPE_CHECKING:
-    from tailhub.daemon.job import Job
+    from tailhub.daemon.live_job import Job
     from tailhub.daemon.placement import JobsPort
     from tailhub.daemon.store import JobStore
 

@@ -22,11 +22,11 @@ from tailhub.daemon.cluster.placed import placed
 from tailhub.daemon.cluster.redis_store import JobMeta, RedisStore
 from tailhub.daemon.cluster.sync import RecordSync
 from tailhub.daemon.cluster.writer import HeldLease, LogWriter
-from tailhub.daemon.model import SourceKind
+from tailhub.daemon.domain import SourceKind
 from tailhub.daemon.runner import RUN_HANDLE_KEYS
 
 if TYPE_CHECKING:
-    from tailhub.daemon.job import Job
+    from tailhub.daemon.live_job import Job
     from tailhub.daemon.placement import JobsPort
 
 logger = logging.getLogger(__name__)

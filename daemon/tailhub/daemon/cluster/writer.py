@@ -32,7 +32,7 @@ from tailhub.daemon.cluster.redis_store import LOST, MISMATCH, STALE, RedisStore
 from tailhub.daemon.errors import FetchEnded, NotFetchedYet, NotStored, RedisBehind
 
 if TYPE_CHECKING:
-    from tailhub.daemon.job import Job
+    from tailhub.daemon.live_job import Job
     from tailhub.daemon.sink import LocalSink
 
 logger = logging.getLogger(__name__)

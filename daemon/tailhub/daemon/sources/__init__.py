@@ -7,8 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from tailhub.daemon.config import DaemonConfig
-from tailhub.daemon.errors import UpstreamFailed, UpstreamUnusable
-from tailhub.daemon.model import (
+from tailhub.daemon.domain import (
     CommandSpec,
     FileSpec,
     LocalSpec,
@@ -17,6 +16,7 @@ from tailhub.daemon.model import (
     SourceKind,
     SourceSpec,
 )
+from tailhub.daemon.errors import UpstreamFailed, UpstreamUnusable
 from tailhub.daemon.process import CommandWrap, as_is
 from tailhub.daemon.runner import LocalRunner
 from tailhub.daemon.sky import SkyCli

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
-from tailhub.daemon.model import JobState
+from tailhub.daemon.domain import JobState
 from tailhub.daemon.wakeups import StopFlag
 
 

@@ -15,9 +15,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
+from tailhub.daemon.domain import CommandSpec
 from tailhub.daemon.errors import UpstreamFailed, UpstreamUnusable
 from tailhub.daemon.faults import AFTER_STDERR_APPEND, crash_at
-from tailhub.daemon.model import CommandSpec
 from tailhub.daemon.process import CommandWrap, as_is
 from tailhub.daemon.runner import LocalRunner, RunHandle, terminate_group
 from tailhub.daemon.sources.base import Outcome, Upstream

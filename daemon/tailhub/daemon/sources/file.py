@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from tailhub.daemon.model import FileSpec
+from tailhub.daemon.domain import FileSpec
 from tailhub.daemon.sources.base import Outcome, Upstream
 from tailhub.daemon.sources.tail import FileTailer
 from tailhub.daemon.watch import FileWatcher

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
+from tailhub.daemon.domain import LocalSpec
 from tailhub.daemon.errors import UpstreamUnusable
-from tailhub.daemon.model import LocalSpec
 from tailhub.daemon.runner import LocalRunner, RunHandle
 from tailhub.daemon.sources.base import Outcome, Upstream
 from tailhub.daemon.sources.tail import FileTailer

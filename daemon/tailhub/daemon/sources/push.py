@@ -6,7 +6,7 @@ import asyncio
 from dataclasses import dataclass
 from typing import ClassVar
 
-from tailhub.daemon.model import PushSpec
+from tailhub.daemon.domain import PushSpec
 from tailhub.daemon.sources.base import Outcome, Upstream
 
 

@@ -17,8 +17,8 @@ import json
 from dataclasses import dataclass
 from typing import ClassVar
 
+from tailhub.daemon.domain import MANAGED_JOB_ID, JobState, SkyPilotSpec
 from tailhub.daemon.errors import UpstreamFailed, UpstreamUnusable
-from tailhub.daemon.model import MANAGED_JOB_ID, JobState, SkyPilotSpec
 from tailhub.daemon.runner import LocalRunner, RunHandle
 from tailhub.daemon.sky import (
     ANSI,

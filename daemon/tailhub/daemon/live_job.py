@@ -7,9 +7,9 @@ import stat
 from pathlib import Path
 
 from tailhub.daemon.acked import AckedEnd
+from tailhub.daemon.domain import JobRecord, JobState, SourceEvent, SourceKind
 from tailhub.daemon.errors import InvalidRequest, JobNotFound
 from tailhub.daemon.log import JobLog
-from tailhub.daemon.model import JobRecord, JobState, SourceEvent, SourceKind
 from tailhub.daemon.placement import HERE, Placed
 from tailhub.daemon.timeindex import TimeIndex
 from tailhub.daemon.wakeups import ChangeSignal

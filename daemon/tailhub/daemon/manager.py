@@ -16,13 +16,20 @@ from tailhub.daemon.backends.local import forget_launch_environment
 from tailhub.daemon.cancelling import CancelResult, cancel_jobs
 from tailhub.daemon.config import DaemonConfig
 from tailhub.daemon.counts import DaemonCounts
+from tailhub.daemon.domain import (
+    JobRecord,
+    JobState,
+    LaunchSpec,
+    SourceKind,
+    SourceSpec,
+    backend_of,
+)
 from tailhub.daemon.errors import InvalidRequest, JobNotFound, StorageFull
 from tailhub.daemon.faults import HEARTBEAT, RETENTION
 from tailhub.daemon.fetcher import Fetcher
 from tailhub.daemon.fetches import Fetches
-from tailhub.daemon.job import LOG_UNCLAIMED, Job
 from tailhub.daemon.job_events import JobEvents
-from tailhub.daemon.model import JobRecord, JobState, LaunchSpec, SourceKind, SourceSpec, backend_of
+from tailhub.daemon.live_job import LOG_UNCLAIMED, Job
 from tailhub.daemon.open_files import start_failure
 from tailhub.daemon.placement import ClusterView, Placed, Placement, Standalone
 from tailhub.daemon.quotas import DescriptorBudget, JobQuota, descriptor_limit
