@@ -44,7 +44,7 @@ class Node:
     def appended(self, job: Job) -> None:
         job.changed.notify()
 
-    def event(self, job: Job, message: str) -> None:
+    def record_event(self, job: Job, message: str) -> None:
         self.events.append(message)
 
     def copied_event(self, job: Job, message: str) -> None:

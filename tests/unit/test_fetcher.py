@@ -64,14 +64,14 @@ class Owner:
         self.saves = 0
         self.appends = 0
 
-    def save(self, job: Job) -> None:
+    def save_or_raise(self, job: Job) -> None:
         self.saves += 1
 
     def appended(self, job: Job) -> None:
         self.appends += 1
         job.changed.notify()
 
-    def event(self, job: Job, message: str) -> None:
+    def record_event(self, job: Job, message: str) -> None:
         self.events.append(message)
 
     def copied_event(self, job: Job, message: str) -> None:

@@ -21,7 +21,7 @@ logger = logging.getLogger(__name__)
 class FetchOwner(CommitOwner, Protocol):
     """What a fetcher reports to: the job manager, which persists and wakes followers."""
 
-    def save(self, job: Job) -> None: ...
+    def save_or_raise(self, job: Job) -> None: ...
 
 
 class Fetcher:
@@ -70,7 +70,7 @@ class Fetcher:
         return self._sink.read(offset, length)
 
     def save_state(self) -> None:
-        self._owner.save(self._job)
+        self._owner.save_or_raise(self._job)
 
     def discard_after(self, offset: int) -> None:
         self._sink.discard_after(offset)
@@ -117,7 +117,7 @@ class Fetcher:
                     self._counts.upstream_connections_opened += 1
                     if self._job.record.upstream_connections > 1:
                         self._counts.reconnects += 1
-                    self._owner.save(self._job)
+                    self._owner.save_or_raise(self._job)
                 return await self._source.fetch(self)
             except NotStored as error:  # (a full disk, or Redis behind: the sink says)
                 self._job.upstream_open = False

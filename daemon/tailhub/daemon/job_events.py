@@ -32,7 +32,7 @@ class JobEvents:
         # Per job, created with its first event: how many more it may keep, and how fast.
         self._limiters: dict[int, EventLimiter] = {}
 
-    def event(self, job: Job, message: str) -> None:
+    def record_event(self, job: Job, message: str) -> None:
         """An event at the log's end, kept if the job's limits allow (else counted)."""
         limiter = self._limiters.get(job.id)
         if limiter is None:
@@ -48,7 +48,7 @@ class JobEvents:
         if len(job.events) < limits.max_events:
             self._keep(job, clip(message, limits.max_message_bytes))
 
-    def notice(self, job: Job, message: str) -> None:
+    def tell_followers(self, job: Job, message: str) -> None:
         """An event for this daemon's followers only, never stored (what this daemon sees
         of the job's place: a cluster's state, as seen here)."""
         job.events.append(SourceEvent(job.log_size, message, time.time()))

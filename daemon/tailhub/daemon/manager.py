@@ -75,7 +75,7 @@ class JobManager:
             self._supervised,
             self._fetcher,
             self._conclude,
-            self.event,
+            self.record_event,
             wait_to_fetch=self._placement.wait_to_fetch,
         )
         # Where launched tasks run, by name (see backends/).
@@ -205,7 +205,7 @@ class JobManager:
         job = self._new_job(record)
         record.state = JobState.RUNNING
         record.started_at = time.time()
-        self.save_record(job)
+        self.save_or_defer(job)
         await self._claim_new(job)
         self.start_fetcher(job, finishing=False)
         return job
@@ -272,7 +272,7 @@ class JobManager:
             job_ids,
             everything,
             stop=self._cancel_one,
-            save=self.save_record,
+            save=self.save_or_defer,
             wait=self._config.cancel_grace + _CANCEL_MARGIN,
         )
 
@@ -338,9 +338,9 @@ class JobManager:
     def local_log(self, job: Job) -> LocalLog:
         return LocalLog(job, self)
 
-    def notice(self, job: Job, message: str) -> None:
+    def tell_followers(self, job: Job, message: str) -> None:
         """An event for this daemon's followers only (the cluster's state, as seen here)."""
-        self._events.notice(job, message)
+        self._events.tell_followers(job, message)
 
     def ended_elsewhere(self, job: Job) -> None:
         """The job's last byte and its end arrived: it ends here as it ended there."""
@@ -354,12 +354,12 @@ class JobManager:
             self.mark_running(job)
         job.changed.notify()
 
-    def save(self, job: Job) -> None:
+    def save_or_raise(self, job: Job) -> None:
         self._store.save(job.record)
         self._placement.saved(job)
 
-    def event(self, job: Job, message: str) -> None:
-        self._events.event(job, message)
+    def record_event(self, job: Job, message: str) -> None:
+        self._events.record_event(job, message)
 
     def copied_event(self, job: Job, message: str) -> None:
         self._events.copied(job, message)
@@ -389,13 +389,13 @@ class JobManager:
         record.state, record.reason, record.sealed = JobState.FAILED, reason, True
         record.ended_at = time.time()
         record.source_state = {LOG_UNCLAIMED: True}
-        self.save_record(self._new_job(record))
+        self.save_or_defer(self._new_job(record))
         if disk_full:
             raise StorageFull(f"job {record.id} failed: {reason}")
         logger.warning("job %d: %s", record.id, reason)
         return False
 
-    def save_record(self, job: Job) -> None:
+    def save_or_defer(self, job: Job) -> None:
         """Saves a record whose in-memory state is already set; a full disk only delays it."""
         try:
             self._store.save(job.record)
@@ -424,7 +424,7 @@ class JobManager:
         record = job.record
         record.state = JobState.RUNNING
         record.started_at = time.time()
-        self.save_record(job)
+        self.save_or_defer(job)
         job.changed.notify()
 
     def fail_start(self, job: Job, error: Exception | str) -> None:
@@ -468,7 +468,7 @@ class JobManager:
         record.reason = reason
         record.ended_at = time.time()
         job.changed.notify()
-        self.save_record(job)
+        self.save_or_defer(job)
 
     def _seal(self, job: Job) -> None:
         self._events.report_dropped(job, final=True)
@@ -476,7 +476,7 @@ class JobManager:
         forget_launch_environment(job.record)
         job.changed.notify()
         job.release_log_if_idle()
-        self.save_record(job)
+        self.save_or_defer(job)
         self._retention.job_ended()
 
     async def _beat(self) -> None:
@@ -488,7 +488,7 @@ class JobManager:
                 if unsaved is None:  # removed meanwhile
                     self._unsaved.discard(job_id)
                 else:
-                    self.save_record(unsaved)
+                    self.save_or_defer(unsaved)
             for backend in self._backends.values():  # a job may wait for disk space
                 backend.tick()
             for job in self._jobs.values():

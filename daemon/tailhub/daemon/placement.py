@@ -106,12 +106,12 @@ class JobsPort(Protocol):
     def stop_fetching(self, job: Job) -> None:
         """Stops the job's fetch without ending the job (another daemon fetches it now)."""
 
-    def save_record(self, job: Job) -> None: ...
+    def save_or_defer(self, job: Job) -> None: ...
 
     def local_log(self, job: Job) -> LocalLog:
         """The way bytes and events enter the job's log here (as its fetcher's do)."""
 
-    def notice(self, job: Job, message: str) -> None:
+    def tell_followers(self, job: Job, message: str) -> None:
         """An event for this daemon's followers only (the cluster's state, as seen here)."""
 
     def ended_elsewhere(self, job: Job) -> None:

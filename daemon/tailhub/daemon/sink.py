@@ -23,7 +23,7 @@ class CommitOwner(Protocol):
 
     def appended(self, job: Job) -> None: ...
 
-    def event(self, job: Job, message: str) -> None:
+    def record_event(self, job: Job, message: str) -> None:
         """Keeps an event at the log's end, within the job's event limits."""
 
     def copied_event(self, job: Job, message: str) -> None:
@@ -79,7 +79,7 @@ class LocalLog:
         self._owner.appended(self._job)
 
     def event(self, message: str) -> None:
-        self._owner.event(self._job, message)
+        self._owner.record_event(self._job, message)
 
     def copied_event(self, message: str) -> None:
         """An event of the job's log where it is fetched (a cluster's mirror copies it)."""

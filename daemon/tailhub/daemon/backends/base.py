@@ -42,10 +42,10 @@ class BackendHost(Protocol):
     def end_now(self, job: Job, reason: str) -> None:
         """Ends the job CANCELLED and stops its fetch, without waiting for its upstream."""
 
-    def save_record(self, job: Job) -> None:
+    def save_or_defer(self, job: Job) -> None:
         """Saves the job's record; a full disk only delays it."""
 
-    def event(self, job: Job, message: str) -> None: ...
+    def record_event(self, job: Job, message: str) -> None: ...
 
 
 class Backend(Protocol):

@@ -99,7 +99,7 @@ class LocalBackend:
             if isinstance(error, StorageFull) or is_disk_full(error):
                 if job.id not in self._waiting_for_space:
                     self._waiting_for_space.add(job.id)
-                    self._host.event(job, f"disk full: the job waits to start ({error})")
+                    self._host.record_event(job, f"disk full: the job waits to start ({error})")
                 return False
             self._host.fail_start(job, error)
             return True
@@ -133,7 +133,7 @@ class LocalBackend:
     def _signal(self, job: Job) -> None:
         """SIGTERM to the job's process group now, SIGKILL after the grace period."""
         job.record.cancel_requested = True
-        self._host.save_record(job)
+        self._host.save_or_defer(job)
         handle = RunHandle.from_json(job.record.source_state)
         if handle is None:
             return

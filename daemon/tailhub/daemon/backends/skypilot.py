@@ -60,7 +60,9 @@ class SkyPilotBackend:
             if isinstance(error, StorageFull) or is_disk_full(error):
                 if job.id not in self._waiting_for_space:
                     self._waiting_for_space[job.id] = job
-                    self._host.event(job, f"disk full: the job waits to be submitted ({error})")
+                    self._host.record_event(
+                        job, f"disk full: the job waits to be submitted ({error})"
+                    )
                 return
             self._host.fail_start(job, error)
             return
@@ -85,7 +87,7 @@ class SkyPilotBackend:
             return Cancelling.END_NOW  # never given to SkyPilot
         record = job.record
         record.cancel_requested = True
-        self._host.save_record(job)
+        self._host.save_or_defer(job)
         managed_id = record.source_state.get(MANAGED_JOB_ID)
         if isinstance(managed_id, int):
             self._send_cancel(job, managed_id)
@@ -131,8 +133,8 @@ class SkyPilotBackend:
         state = job.record.source_state
         state[MANAGED_JOB_ID] = ids[-1]
         state.pop(_SUBMITTING, None)
-        self._host.save_record(job)
-        self._host.event(job, f"submitted as SkyPilot managed job {ids[-1]}")
+        self._host.save_or_defer(job)
+        self._host.record_event(job, f"submitted as SkyPilot managed job {ids[-1]}")
         if job.record.cancel_requested:
             self._send_cancel(job, ids[-1])
         self._host.start_fetcher(job, finishing=False)
@@ -142,7 +144,7 @@ class SkyPilotBackend:
         if state.get(_CANCEL_SENT):
             return
         state[_CANCEL_SENT] = True
-        self._host.save_record(job)
+        self._host.save_or_defer(job)
         spec = job.record.spec
         assert isinstance(spec, SkyPilotSpec)
 
@@ -154,10 +156,10 @@ class SkyPilotBackend:
                     timeout=_CANCEL_TIMEOUT,
                 )
             except OSError as error:
-                self._host.event(job, f"cannot run {self._sky.path}: {error.strerror}")
+                self._host.record_event(job, f"cannot run {self._sky.path}: {error.strerror}")
                 return
             if result.exit_code != 0:
-                self._host.event(job, f"sky jobs cancel failed: {message_of(result)}")
+                self._host.record_event(job, f"sky jobs cancel failed: {message_of(result)}")
                 return
             # SkyPilot took the cancel; its `jobs logs` reports CANCELLED once the job's
             # cluster is down. A job still not ended after the grace is ended here.

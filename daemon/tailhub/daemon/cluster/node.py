@@ -79,7 +79,7 @@ class ClusterNode:
         self.name = settings.node_name
         self.redis_name = describe_url(settings.redis_url)
         self._redis = connect(settings)
-        self._manager: JobsPort | None = None
+        self._port: JobsPort | None = None
         self._store: JobStore | None = None
         self._mirror = Mirror(self._redis, self)
         self._records: RecordSync | None = None
@@ -102,9 +102,9 @@ class ClusterNode:
         self.on_health: Callable[[bool], None] = lambda serving: None
 
     @property
-    def _jobs(self) -> JobsPort:
-        assert self._manager is not None
-        return self._manager
+    def _manager(self) -> JobsPort:
+        assert self._port is not None
+        return self._port
 
     @property
     def _sync(self) -> RecordSync:
@@ -119,7 +119,7 @@ class ClusterNode:
     def request_local_cancel(self, job: Job) -> None:
         """Another node asked (through Redis) to cancel a job fetched here."""
         job.record.cancel_requested = True
-        self._tasks.spawn(self._jobs.cancel([job.id], False), name=f"cancel-{job.id}")
+        self._tasks.spawn(self._manager.cancel([job.id], False), name=f"cancel-{job.id}")
 
     @property
     def lease_ms(self) -> int:
@@ -177,7 +177,7 @@ class ClusterNode:
         """Starts the node's loops under `essentials` (the daemon's supervisor): a node whose
         keep-alive, take-over, record sync or mirror died stops the daemon."""
         manager = jobs
-        self._manager = manager
+        self._port = manager
         assert self._store is not None
         self._records = RecordSync(
             self._redis,
@@ -236,7 +236,7 @@ class ClusterNode:
         return self._commands
 
     def local_log(self, job: Job) -> LocalLog:
-        return self._jobs.local_log(job)
+        return self._manager.local_log(job)
 
     def view(self) -> ClusterView:
         return ClusterView(
@@ -252,7 +252,7 @@ class ClusterNode:
     async def new_job_id(self) -> int | None:
         self._check_usable()
         try:
-            known = max((job.id for job in self._jobs.all_jobs()), default=0)
+            known = max((job.id for job in self._manager.all_jobs()), default=0)
             return await self._redis.next_job_id(known)
         except RedisError as error:
             self.redis_failed(error)
@@ -351,13 +351,15 @@ class ClusterNode:
         # At once, not when the cancelled fetch gets to it: the loop may stall before then,
         # and another node's upstream may start as soon as the lease expires.
         kill_upstream(RunHandle.from_json(job.record.source_state))
-        self._jobs.stop_fetching(job)
+        self._manager.stop_fetching(job)
         job.upstream_open = False
         view = placed(job)
         view.holder = ""
         logger.warning("job %d: this node stopped fetching it: %s", job.id, reason)
         if tell_followers:
-            self._jobs.notice(job, f"node {self.name} stopped fetching this job: {reason}")
+            self._manager.tell_followers(
+                job, f"node {self.name} stopped fetching this job: {reason}"
+            )
         # Given back at once (if it is still ours): another node need not wait out its expiry.
         self._tasks.spawn(self._leases.give_back(lease), name=f"give-back-{job.id}")
         if view.home != self.name or job.record.spec.kind in FETCHED_ANYWHERE:
@@ -369,7 +371,7 @@ class ClusterNode:
         placed(job).holder = ""
 
     def lease_expired(self, job_id: int, reason: str) -> None:
-        self.lease_lost(self._jobs.get(job_id), reason, stale_append=False)
+        self.lease_lost(self._manager.get(job_id), reason, stale_append=False)
 
     def starts_at(self, job: Job, offset: int) -> None:
         placed(job).first_offset = offset
@@ -377,7 +379,7 @@ class ClusterNode:
         self._store.set_meta(first_offset_key(job.id), str(offset))
 
     def ended_remotely(self, job: Job) -> None:
-        self._jobs.ended_elsewhere(job)
+        self._manager.ended_elsewhere(job)
 
     def redis_failed(self, error: Exception) -> None:
         if not self.connected:
@@ -412,9 +414,9 @@ class ClusterNode:
         return f"the cluster's Redis at {self.redis_name} is unreachable ({error}); try again"
 
     def _tell_followers(self, message: str) -> None:
-        for job in self._jobs.all_jobs():
+        for job in self._manager.all_jobs():
             if job.subscribers and not job.sealed:
-                self._jobs.notice(job, message)
+                self._manager.tell_followers(job, message)
 
     def hold(self, job: Job, token: str, sent_at: float) -> LogWriter:
         """This node fetches the job now, under the lease `token` acquired at `sent_at`;
@@ -438,7 +440,7 @@ class ClusterNode:
                 await self._check_cluster()
                 await self._redis.hold_node(self.name, self._token, self._node_hold_ms)
                 await self._leases.renew(sent)
-                await self._leases.check_ends(self._jobs)
+                await self._leases.check_ends(self._manager)
                 self.nodes = await self._redis.node_count()
             except RedisError as error:
                 self.redis_failed(error)
@@ -465,7 +467,7 @@ class ClusterNode:
         )
         for job_id in list(self._leases.held):
             self.lease_lost(
-                self._jobs.get(job_id),
+                self._manager.get(job_id),
                 "Redis lost its data",
                 stale_append=False,
                 tell_followers=False,
@@ -480,5 +482,5 @@ class ClusterNode:
         """Redis went back in time past what this node's copy holds: the job fails with
         that reason (its end goes to Redis at Redis's end), rather than being fetched again
         and again."""
-        self._jobs.stop_fetching(job)
-        self._jobs.fail_start(job, reason)
+        self._manager.stop_fetching(job)
+        self._manager.fail_start(job, reason)

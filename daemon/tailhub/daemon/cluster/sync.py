@@ -70,7 +70,7 @@ class RecordSync:
         retry_seconds: float,
     ) -> None:
         self._redis = redis
-        self._jobs = manager
+        self._manager = manager
         self._store = store
         self._mirror = mirror
         self._owner = owner
@@ -120,21 +120,23 @@ class RecordSync:
     async def refresh_running(self) -> None:
         """Sizes and holders of the running jobs fetched elsewhere, as `jobs queue` shows."""
         held = self._owner.held
-        running = [job.id for job in self._jobs.all_jobs() if not job.sealed and job.id not in held]
+        running = [
+            job.id for job in self._manager.all_jobs() if not job.sealed and job.id not in held
+        ]
         for start in range(0, len(running), _BATCH):
             found = await self._redis.sizes(running[start : start + _BATCH])
             for job_id, (size, holder, first) in found.items():
-                view = placed(self._jobs.get(job_id))
+                view = placed(self._manager.get(job_id))
                 view.size, view.holder, view.kept_from = size, holder, first
 
     def _apply(self, job_id: int, meta: JobMeta) -> None:
         if self._owner.lost_data:
             return
         try:
-            job = self._jobs.get(job_id)
+            job = self._manager.get(job_id)
         except JobNotFound:
             record, home = record_from_json(job_id, meta.record)
-            job = self._jobs.adopt(record, ClusterJob(home=home, mirrored=True))
+            job = self._manager.adopt(record, ClusterJob(home=home, mirrored=True))
         if job.id in self._owner.held:
             if meta.cancel and not job.state.terminal and not job.record.cancel_requested:
                 self._owner.request_local_cancel(job)
@@ -142,7 +144,7 @@ class RecordSync:
         self.apply_record(job, meta)
         if meta.sealed and not job.sealed:
             if job.log_size >= meta.size and job.state.terminal:
-                self._jobs.ended_elsewhere(job)
+                self._manager.ended_elsewhere(job)
             elif job.subscribers:
                 self._mirror.want(job)
 
@@ -173,7 +175,7 @@ class RecordSync:
         if record.spec.kind is not SourceKind.LOCAL:
             mine.source_state = record.source_state
         mine.cancel_requested = record.cancel_requested
-        self._jobs.save_record(job)
+        self._manager.save_or_defer(job)
         if changed:
             job.changed.notify()
 

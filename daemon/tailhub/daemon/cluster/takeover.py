@@ -66,7 +66,7 @@ class Takeover:
         owner: TakeoverOwner,
     ) -> None:
         self._redis = redis
-        self._jobs = manager
+        self._manager = manager
         self._mirror = mirror
         self._records = records
         self._owner = owner
@@ -95,7 +95,7 @@ class Takeover:
         held = self._owner.held
         candidates = [
             job
-            for job in self._jobs.all_jobs()
+            for job in self._manager.all_jobs()
             if not job.sealed and job.id not in held and self.may_take(job)
         ]
         if not candidates:
@@ -145,6 +145,6 @@ class Takeover:
                 job.record.source_state.pop(key, None)
         writer = self._owner.hold(job, token, sent)
         logger.info("job %d: this node fetches it now (lease %s)", job.id, token)
-        self._jobs.resume(job)
+        self._manager.resume(job)
         # Into the log's stream, after the fetcher exists: followers everywhere see it.
         writer.event(f"node {self._owner.name} fetches this job now")
