@@ -20,6 +20,7 @@ from pathlib import Path
 import grpc
 import pytest
 from helpers import DaemonProcess, run_cli, wait_until
+from markers import measures
 from remote_helpers import bearer, create_token, free_port, status_of, write_token
 
 from tailhub.v1 import tailhub_pb2 as pb
@@ -46,6 +47,7 @@ def _peak_rss(daemon: DaemonProcess) -> int:
     raise AssertionError("no VmHWM")
 
 
+@measures
 def test_rapid_reset_without_a_token_leaves_the_daemon_small_and_answering(
     home: Path, start_daemon: Callable[..., DaemonProcess]
 ) -> None:
@@ -66,7 +68,12 @@ def test_rapid_reset_without_a_token_leaves_the_daemon_small_and_answering(
             while attacker.poll() is None:
                 started = time.monotonic()
                 # Before the bounds, no call answered within 10 s while the attack ran.
-                stub.ListJobs(pb.ListJobsRequest(), metadata=bearer(token), timeout=5)
+                try:
+                    stub.ListJobs(pb.ListJobsRequest(), metadata=bearer(token), timeout=5)
+                except grpc.RpcError as error:
+                    # One slow answer on a loaded machine counts against the median below,
+                    # rather than ending the attack's measurement early.
+                    assert error.code() is grpc.StatusCode.DEADLINE_EXCEEDED, error
                 answered.append(time.monotonic() - started)
             out, _ = attacker.communicate(timeout=60)
         finally:
