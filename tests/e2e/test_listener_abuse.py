@@ -73,7 +73,8 @@ def test_rapid_reset_without_a_token_leaves_the_daemon_small_and_answering(
                 except grpc.RpcError as error:
                     # One slow answer on a loaded machine counts against the median below,
                     # rather than ending the attack's measurement early.
-                    assert error.code() is grpc.StatusCode.DEADLINE_EXCEEDED, error
+                    if error.code() is not grpc.StatusCode.DEADLINE_EXCEEDED:
+                        raise
                 answered.append(time.monotonic() - started)
             out, _ = attacker.communicate(timeout=60)
         finally:
