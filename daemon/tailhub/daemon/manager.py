@@ -314,10 +314,10 @@ class JobManager:
     def cluster_view(self) -> ClusterView | None:
         return self._placement.view()
 
-    async def watch(self, job: Job, *, catch_up: bool = False) -> None:
+    async def prepare_read(self, job: Job, *, catch_up: bool = False) -> None:
         """A subscriber starts reading the job: where it is fetched elsewhere, its bytes
         are read here now (with `catch_up`, until this daemon has what was fetched)."""
-        await self._placement.watch(job, catch_up=catch_up)
+        await self._placement.prepare_read(job, catch_up=catch_up)
 
     # -- JobsPort (placement.py): what the placement may do with the jobs ---------------------
     def adopt(self, record: JobRecord, placed: Placed) -> Job:

@@ -154,7 +154,7 @@ class Placement(Protocol):
     def saved(self, job: Job) -> None:
         """The job's record changed here (and was saved locally)."""
 
-    async def watch(self, job: Job, *, catch_up: bool) -> None:
+    async def prepare_read(self, job: Job, *, catch_up: bool) -> None:
         """A subscriber starts reading the job here; with `catch_up`, returns once this
         daemon has the bytes the job had (a tail is found from the end)."""
 
@@ -211,7 +211,7 @@ class Standalone:
     def saved(self, job: Job) -> None:
         return None
 
-    async def watch(self, job: Job, *, catch_up: bool) -> None:
+    async def prepare_read(self, job: Job, *, catch_up: bool) -> None:
         return None
 
     async def wait_to_fetch(self, job: Job) -> None:

@@ -111,7 +111,7 @@ class TailhubServicer:
             job = manager.get(request.job_id)
             start = start_of(request)
             # From the end of the log (--tail, --since): all of it must be here first.
-            await manager.watch(job, catch_up=start.offset_from_end)
+            await manager.prepare_read(job, catch_up=start.offset_from_end)
             stream = stream_log(
                 job,
                 start,

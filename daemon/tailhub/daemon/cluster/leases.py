@@ -86,7 +86,7 @@ class Leases:
         self.writers[job.id] = writer
         self._tasks.spawn(writer.run(), name=f"cluster-writer-{job.id}")
         self._arm_deadline(lease)
-        self.watchdog.watch(lease, lambda: RunHandle.from_json(job.record.source_state))
+        self.watchdog.guard(lease, lambda: RunHandle.from_json(job.record.source_state))
         return writer
 
     def drop(self, job_id: int) -> HeldLease | None:

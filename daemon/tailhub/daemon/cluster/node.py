@@ -292,7 +292,7 @@ class ClusterNode:
         else:
             writer.save()
 
-    async def watch(self, job: Job, *, catch_up: bool) -> None:
+    async def prepare_read(self, job: Job, *, catch_up: bool) -> None:
         view = placed(job)
         if not view.mirrored:
             return

@@ -28,7 +28,7 @@ _TICK = 0.02
 
 
 class LeaseWatchdog:
-    """One thread per daemon, watching every lease it holds."""
+    """One thread per daemon, guarding every lease it holds."""
 
     def __init__(self) -> None:
         self._leases: dict[int, tuple[HeldLease, Callable[[], RunHandle | None]]] = {}
@@ -50,7 +50,7 @@ class LeaseWatchdog:
         if self._thread.is_alive():
             self._thread.join(5)
 
-    def watch(self, lease: HeldLease, upstream: Callable[[], RunHandle | None]) -> None:
+    def guard(self, lease: HeldLease, upstream: Callable[[], RunHandle | None]) -> None:
         """`upstream` tells the process running the job's upstream now, if any."""
         with self._lock:
             self._leases[lease.job_id] = (lease, upstream)
