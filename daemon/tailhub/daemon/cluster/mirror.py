@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# How long one XREAD waits for new entries: the longest a newly watched job waits to join.
+# How long one XREAD waits for new entries: the longest a newly wanted job waits to join.
 BLOCK_MS = 250
 # Entries per stream and call (each at most a few hundred KiB).
 READ_COUNT = 16
@@ -74,7 +74,7 @@ class Mirror:
         self._after.pop(job_id, None)
         self._wanted_at.pop(job_id, None)
 
-    def watched(self) -> int:
+    def wanted(self) -> int:
         return len(self._jobs)
 
     async def run(self) -> None:
@@ -128,8 +128,8 @@ class Mirror:
         # Followed here: from the last entry the followers here got, events included (past
         # them, the read loop would never give them the events read here). Else from the
         # local end, bytes only.
-        watched = self._after.get(job.id)
-        after = watched if watched is not None else f"{job.log_size}-0".encode()
+        followed_from = self._after.get(job.id)
+        after = followed_from if followed_from is not None else f"{job.log_size}-0".encode()
         while job.log_size < size:
             entries = await self._store.read_range(job.id, after, READ_COUNT)
             if not entries:
@@ -138,7 +138,9 @@ class Mirror:
                 )
             for entry in entries:
                 # (The end is the old holder's to apply, through the read loop.)
-                if entry.data is not None or (watched is not None and entry.event is not None):
+                if entry.data is not None or (
+                    followed_from is not None and entry.event is not None
+                ):
                     self.apply(job, entry)
                 after = entry.entry_id
         if job.id in self._after:  # (followed here meanwhile: read on from there)
