@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import shutil
+import signal
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,6 +21,10 @@ DAEMON_LOG_FAULTS = ("Traceback", "never retrieved")
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # A run started in the background (`cmd &` in a script) inherits SIGINT ignored, and so would
+    # every CLI the tests interrupt: they test Ctrl-C as a terminal sends it, so restore it.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     for name, meaning in MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {meaning}")
     config.addinivalue_line(
