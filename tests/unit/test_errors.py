@@ -210,6 +210,29 @@ def test_without_error_info_the_code_decides() -> None:
     assert client.error_info(other_domain) == ("", {})
 
 
+@pytest.mark.parametrize(
+    "trailer",
+    [b"", b"\x00\xff\xfe garbage", b"\x1b]8;;http://x\x07" * 1000],
+    ids=["empty", "not-protobuf", "escapes"],
+)
+def test_a_hostile_trailer_is_ignored_and_the_code_decides(trailer: bytes) -> None:
+    """A server that is not our daemon may send anything in the details trailer."""
+    failed = _Failed(grpc.StatusCode.NOT_FOUND, "x", ((STATUS_DETAILS_KEY, trailer),))
+    assert client.error_info(failed) == ("", {})
+    assert type(client.from_rpc_error(failed, "a")) is client.JobNotFoundError
+
+
+def test_an_unknown_reason_falls_back_to_the_code() -> None:
+    status = status_pb2.Status(code=5, message="x")
+    status.details.add().Pack(
+        error_details_pb2.ErrorInfo(reason="NO_SUCH_KIND" * 50, domain="tailhub.dev")
+    )
+    failed = _Failed(
+        grpc.StatusCode.NOT_FOUND, "x", ((STATUS_DETAILS_KEY, status.SerializeToString()),)
+    )
+    assert type(client.from_rpc_error(failed, "a")) is client.JobNotFoundError
+
+
 class _Refusing(grpc.GenericRpcHandler):  # type: ignore[type-arg]
     """A server whose every call fails with `error`, told as the daemon tells it."""
 
