@@ -165,8 +165,12 @@ def test_two_nodes_racing_for_one_lease_100_times_never_fetch_at_once(
 ) -> None:
     # A short lease, and daemons that stop dead (the whole process, as in a long GC pause)
     # for longer than the lease before half of their renewals: the lease keeps changing hands.
+    # The stalls end with the race (the calm file), so that a holder keeps the lease long
+    # enough to start the upstream and finish the job: on a loaded machine a command's start
+    # alone can outlast every lease the stalls leave.
     cluster.lease_ms = 200
-    stall = {"TAILHUB_CLUSTER_STALL": "0.5:0.3"}
+    calm = tmp_path / "calm"
+    stall = {"TAILHUB_CLUSTER_STALL": f"0.5:0.3:{calm}"}
     nodes = [cluster.add(f"n{index}", env=stall) for index in range(2)]
     data = payload(400 * 1024, seed=3)
     log, state = upstream(tmp_path / "up", b"")
@@ -193,6 +197,7 @@ def test_two_nodes_racing_for_one_lease_100_times_never_fetch_at_once(
         with open(log, "ab") as more:
             more.write(data[written:])
         (state / "done").touch()
+        calm.touch()
         for follower in followers:
             assert follower.wait(60) == 0, follower.stderr
             assert follower.stdout == data

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from tailhub.daemon.faults import Stall
 from tailhub.daemon.limits import shown
 from tailhub.daemon.paths import StatePaths
 from tailhub.daemon.quotas import DEFAULT_MAX_JOBS_PER_TOKEN
@@ -54,9 +55,9 @@ class ClusterSettings:
     lease_ms: int = 3000
     # Bytes of each job's log kept in Redis; older ones are trimmed (0: none).
     retention_bytes: int = 256 * MIB
-    # Fault injection for tests (TAILHUB_CLUSTER_STALL=P:S): before a lease renewal, with
-    # probability P, the daemon stops for S seconds.
-    stall: tuple[float, float] | None = None
+    # Fault injection for tests (TAILHUB_CLUSTER_STALL=P:S[:STOP_FILE]): before a lease
+    # renewal, with probability P, the daemon stops for S seconds.
+    stall: Stall | None = None
 
     def __post_init__(self) -> None:
         check_redis_url(self.redis_url)

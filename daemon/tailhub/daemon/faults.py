@@ -6,8 +6,9 @@ daemon's entry point and validated there (a bad value stops the start):
 - `TAILHUB_CRASH_AT=point[,point]`: a crash point kills the daemon with SIGKILL at a named
   moment (between two writes that a crash must not separate), so that a test can show the
   restarted daemon recovers.
-- `TAILHUB_CLUSTER_STALL=P:S`: the whole daemon freezes now and then before it renews its
-  leases (SIGSTOP, as a GC pause or a frozen host), for the lease races.
+- `TAILHUB_CLUSTER_STALL=P:S[:STOP_FILE]`: the whole daemon freezes now and then before it
+  renews its leases (SIGSTOP, as a GC pause or a frozen host), for the lease races; no more
+  once STOP_FILE exists, so that a race can end and its job finish.
 - `TAILHUB_FAIL_LOOP=name[:seconds][,...]`: an essential task raises, for the supervisor to
   stop the daemon (supervisor.py).
 """
@@ -21,6 +22,7 @@ import random
 import signal
 import sqlite3
 from collections.abc import Mapping
+from typing import NamedTuple
 
 CRASH_ENV = "TAILHUB_CRASH_AT"
 # Between recording that a local job is launching and starting its process.
@@ -50,19 +52,29 @@ def crash_points_from(environ: Mapping[str, str]) -> frozenset[str]:
 STALL_ENV = "TAILHUB_CLUSTER_STALL"
 
 
-def stall_from(environ: Mapping[str, str]) -> tuple[float, float] | None:
-    """TAILHUB_CLUSTER_STALL=P:S (cluster mode): before renewing its leases, with
+class Stall(NamedTuple):
+    """How the daemon stalls (TAILHUB_CLUSTER_STALL): with `probability`, for `seconds`,
+    until `stop_file` exists (never, without one)."""
+
+    probability: float
+    seconds: float
+    stop_file: str | None = None
+
+
+def stall_from(environ: Mapping[str, str]) -> Stall | None:
+    """TAILHUB_CLUSTER_STALL=P:S[:STOP_FILE] (cluster mode): before renewing its leases, with
     probability P the whole daemon stops for S seconds, as a GC pause or a frozen host would
-    stop it (see `stall`). ValueError for anything else."""
+    stop it (see `stall`), until STOP_FILE exists. ValueError for anything else."""
     text = environ.get(STALL_ENV)
     if text is None:
         return None
-    probability, _, seconds = text.partition(":")
+    probability, _, rest = text.partition(":")
+    seconds, _, stop_file = rest.partition(":")
     try:
-        stall = (float(probability), float(seconds))
+        stall = Stall(float(probability), float(seconds), stop_file or None)
     except ValueError:
-        raise ValueError(f"{STALL_ENV}: P:SECONDS, not {text[:40]!r}") from None
-    if not (0 <= stall[0] <= 1 and 0 <= stall[1] <= 60):
+        raise ValueError(f"{STALL_ENV}: P:SECONDS[:STOP_FILE], not {text[:40]!r}") from None
+    if not (0 <= stall.probability <= 1 and 0 <= stall.seconds <= 60):
         raise ValueError(f"{STALL_ENV}: P in [0, 1], SECONDS in [0, 60]")
     return stall
 
@@ -72,11 +84,16 @@ def stall_from(environ: Mapping[str, str]) -> tuple[float, float] | None:
 _FREEZE = 'kill -STOP "$1" && sleep "$2"; kill -CONT "$1"'
 
 
-async def stall(setting: tuple[float, float] | None) -> None:
+def _stopped(setting: Stall) -> bool:
+    # One stat per renewal, and only in a test's daemon.
+    return setting.stop_file is not None and os.path.exists(setting.stop_file)
+
+
+async def stall(setting: Stall | None) -> None:
     """With TAILHUB_CLUSTER_STALL=P:S, with probability P: the whole process stops for S
     seconds (SIGSTOP, then SIGCONT from a child), never a sleep that blocks the event loop.
-    Nothing without it."""
-    if setting is None or random.random() >= setting[0]:
+    Nothing without it, or once its stop file exists."""
+    if setting is None or random.random() >= setting.probability or _stopped(setting):
         return
     child = await asyncio.create_subprocess_exec(
         "/bin/sh",
@@ -84,7 +101,7 @@ async def stall(setting: tuple[float, float] | None) -> None:
         _FREEZE,
         "stall",
         str(os.getpid()),
-        f"{setting[1]:.3f}",
+        f"{setting.seconds:.3f}",
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.DEVNULL,

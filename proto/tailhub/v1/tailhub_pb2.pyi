@@ -15,8 +15,8 @@ NULs and invalid UTF-8 included).
 - TCP listeners (`tailhubd --listen HOST:PORT`), with TLS, when the daemon was started with
   one. Every call sends `authorization: Bearer <token>` metadata (`tailhub token create`).
   A token has a role, and a role may call:
-  - read:  Subscribe, GetJob, ListJobs, GetDaemonStatus, the gRPC health and reflection
-           services;
+  - read:  Subscribe, GetJob, ListJobs, GetDaemonStatus, CreateWebLogin, the gRPC health
+           and reflection services;
   - write: read, plus Publish, FinishJob, CancelJobs of push and attached jobs, and
            AttachJob with a push source;
   - admin: everything, including LaunchJob, RemoveJobs, CancelJobs of launched jobs, and
@@ -62,7 +62,8 @@ The reasons, with their status code and the ErrorInfo.metadata keys (decimal str
 - INVALID_ARGUMENT: INVALID_REQUEST (a field, or a request that does not fit the job).
 - FAILED_PRECONDITION: OFFSET_MISMATCH {log_size} (Publish: the log does not end at
   expected_offset; publish at log_size); TIMES_UNREADABLE (no arrival times for
-  since_time or timestamps); CLUSTER_DATA_LOST; JOB_REFUSED (other refusals about a job).
+  since_time or timestamps); CLUSTER_DATA_LOST; JOB_REFUSED (other refusals about a job);
+  WEB_VIEW_OFF (CreateWebLogin: the daemon serves no web view).
 - OUT_OF_RANGE: LOG_TRIMMED {first_offset} (cluster mode: bytes before first_offset were
   trimmed from Redis before this node read them; resume at first_offset).
 - DATA_LOSS: LOG_DAMAGED (the log file holds fewer bytes than recorded: changed behind the
@@ -450,6 +451,8 @@ class SubscribeRequest(_message.Message):
     SINCE_TIME_FIELD_NUMBER: _builtins.int
     FOLLOW_FIELD_NUMBER: _builtins.int
     TIMESTAMPS_FIELD_NUMBER: _builtins.int
+    GREP_FIELD_NUMBER: _builtins.int
+    EXCLUDE_FIELD_NUMBER: _builtins.int
     job_id: _builtins.int
     offset: _builtins.int
     """Start at this byte offset (0 = from the beginning); past the log's end is
@@ -467,6 +470,22 @@ class SubscribeRequest(_message.Message):
     """Keep streaming until the job ends; otherwise stop at the log's current end."""
     timestamps: _builtins.bool
     """Also send TimeMark messages: when the bytes that follow reached the daemon."""
+    @_builtins.property
+    def grep(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Line filters, applied in the daemon after its one fetch (RE2 syntax, linear time: see
+        https://github.com/google/re2/wiki/Syntax). With any `grep` pattern, only lines matching
+        at least one are sent; a line matching any `exclude` pattern is never sent. A line is its
+        bytes through "\\n" (an ended job's last line also without one); a pattern sees it without
+        the "\\n", judged by its first 64 KiB. At most 16 patterns of each, 1 KiB each; one RE2
+        cannot compile is INVALID_ARGUMENT. `tail_lines` counts the log's lines, before filtering.
+
+        Filtered chunks hold whole matching lines and keep the log's own offsets, so one chunk
+        may start past the previous one's end (the skipped lines lie between). Resuming is
+        unchanged: subscribe again at the last chunk's offset + its length, with the same filters.
+        """
+
+    @_builtins.property
+    def exclude(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
         self,
         *,
@@ -476,10 +495,12 @@ class SubscribeRequest(_message.Message):
         since_time: _builtins.float = ...,
         follow: _builtins.bool = ...,
         timestamps: _builtins.bool = ...,
+        grep: _abc.Iterable[_builtins.str] | None = ...,
+        exclude: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["offset", b"offset", "since_time", b"since_time", "start", b"start", "tail_lines", b"tail_lines"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["follow", b"follow", "job_id", b"job_id", "offset", b"offset", "since_time", b"since_time", "start", b"start", "tail_lines", b"tail_lines", "timestamps", b"timestamps"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["exclude", b"exclude", "follow", b"follow", "grep", b"grep", "job_id", b"job_id", "offset", b"offset", "since_time", b"since_time", "start", b"start", "tail_lines", b"tail_lines", "timestamps", b"timestamps"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_start: _TypeAlias = _typing.Literal["offset", "tail_lines", "since_time"]  # noqa: Y015
     _WhichOneofArgType_start: _TypeAlias = _typing.Literal["start", b"start"]  # noqa: Y015
@@ -1052,12 +1073,51 @@ class GetJobResponse(_message.Message):
 Global___GetJobResponse: _TypeAlias = GetJobResponse  # noqa: Y015
 
 @_typing.final
-class ListJobsRequest(_message.Message):
+class CreateWebLoginRequest(_message.Message):
     """Jobs come newest first (highest id first), a page at a time. Paging is stable: a page
     continues below the last id of the previous one, so jobs created meanwhile do not shift it
     (they are newer: on a new first page), and a job removed meanwhile is simply not listed.
     """
 
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateWebLoginRequest: _TypeAlias = CreateWebLoginRequest  # noqa: Y015
+
+@_typing.final
+class CreateWebLoginResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    URL_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    url: _builtins.str
+    """The address to open, http(s)://HOST:PORT/login?code=CODE."""
+    expires_at: _builtins.float
+    """Unix seconds after which the code is refused."""
+    def __init__(
+        self,
+        *,
+        url: _builtins.str = ...,
+        expires_at: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "url", b"url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateWebLoginResponse: _TypeAlias = CreateWebLoginResponse  # noqa: Y015
+
+@_typing.final
+class ListJobsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     PAGE_SIZE_FIELD_NUMBER: _builtins.int

@@ -86,6 +86,11 @@ class TailhubServiceStub:
                 request_serializer=tailhub_dot_v1_dot_tailhub__pb2.RemoveJobsRequest.SerializeToString,
                 response_deserializer=tailhub_dot_v1_dot_tailhub__pb2.RemoveJobsResponse.FromString,
                 _registered_method=True)
+        self.CreateWebLogin = channel.unary_unary(
+                '/tailhub.v1.TailhubService/CreateWebLogin',
+                request_serializer=tailhub_dot_v1_dot_tailhub__pb2.CreateWebLoginRequest.SerializeToString,
+                response_deserializer=tailhub_dot_v1_dot_tailhub__pb2.CreateWebLoginResponse.FromString,
+                _registered_method=True)
 
 
 class TailhubServiceServicer:
@@ -244,6 +249,18 @@ class TailhubServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateWebLogin(self, request, context):
+        """A one-time login for the web view (`tailhubd --http-listen`), as `tailhub web` prints it:
+        opening `url` exchanges its code for a session cookie that reads with the caller's
+        identity (its token on TCP; the daemon's owner on the socket), read-only whatever the
+        caller's role. The code works once, and only until `expires_at`.
+
+        Errors: FAILED_PRECONDITION (WEB_VIEW_OFF: the daemon serves no web view).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TailhubServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -296,6 +313,11 @@ def add_TailhubServiceServicer_to_server(servicer, server):
                     servicer.RemoveJobs,
                     request_deserializer=tailhub_dot_v1_dot_tailhub__pb2.RemoveJobsRequest.FromString,
                     response_serializer=tailhub_dot_v1_dot_tailhub__pb2.RemoveJobsResponse.SerializeToString,
+            ),
+            'CreateWebLogin': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateWebLogin,
+                    request_deserializer=tailhub_dot_v1_dot_tailhub__pb2.CreateWebLoginRequest.FromString,
+                    response_serializer=tailhub_dot_v1_dot_tailhub__pb2.CreateWebLoginResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -570,6 +592,33 @@ class TailhubService:
             '/tailhub.v1.TailhubService/RemoveJobs',
             tailhub_dot_v1_dot_tailhub__pb2.RemoveJobsRequest.SerializeToString,
             tailhub_dot_v1_dot_tailhub__pb2.RemoveJobsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateWebLogin(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tailhub.v1.TailhubService/CreateWebLogin',
+            tailhub_dot_v1_dot_tailhub__pb2.CreateWebLoginRequest.SerializeToString,
+            tailhub_dot_v1_dot_tailhub__pb2.CreateWebLoginResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -15,8 +15,8 @@ NULs and invalid UTF-8 included).
 - TCP listeners (`tailhubd --listen HOST:PORT`), with TLS, when the daemon was started with
   one. Every call sends `authorization: Bearer <token>` metadata (`tailhub token create`).
   A token has a role, and a role may call:
-  - read:  Subscribe, GetJob, ListJobs, GetDaemonStatus, the gRPC health and reflection
-           services;
+  - read:  Subscribe, GetJob, ListJobs, GetDaemonStatus, CreateWebLogin, the gRPC health
+           and reflection services;
   - write: read, plus Publish, FinishJob, CancelJobs of push and attached jobs, and
            AttachJob with a push source;
   - admin: everything, including LaunchJob, RemoveJobs, CancelJobs of launched jobs, and
@@ -62,7 +62,8 @@ The reasons, with their status code and the ErrorInfo.metadata keys (decimal str
 - INVALID_ARGUMENT: INVALID_REQUEST (a field, or a request that does not fit the job).
 - FAILED_PRECONDITION: OFFSET_MISMATCH {log_size} (Publish: the log does not end at
   expected_offset; publish at log_size); TIMES_UNREADABLE (no arrival times for
-  since_time or timestamps); CLUSTER_DATA_LOST; JOB_REFUSED (other refusals about a job).
+  since_time or timestamps); CLUSTER_DATA_LOST; JOB_REFUSED (other refusals about a job);
+  WEB_VIEW_OFF (CreateWebLogin: the daemon serves no web view).
 - OUT_OF_RANGE: LOG_TRIMMED {first_offset} (cluster mode: bytes before first_offset were
   trimmed from Redis before this node read them; resume at first_offset).
 - DATA_LOSS: LOG_DAMAGED (the log file holds fewer bytes than recorded: changed behind the
@@ -251,6 +252,14 @@ class TailhubServiceStub:
     RESOURCE_EXHAUSTED (DISK_FULL) (the database could not record the removal). Admin only on
     TCP listeners.
     """
+    CreateWebLogin: _grpc.UnaryUnaryMultiCallable[_tailhub_pb2.CreateWebLoginRequest, _tailhub_pb2.CreateWebLoginResponse]
+    """A one-time login for the web view (`tailhubd --http-listen`), as `tailhub web` prints it:
+    opening `url` exchanges its code for a session cookie that reads with the caller's
+    identity (its token on TCP; the daemon's owner on the socket), read-only whatever the
+    caller's role. The code works once, and only until `expires_at`.
+
+    Errors: FAILED_PRECONDITION (WEB_VIEW_OFF: the daemon serves no web view).
+    """
 
 @_typing.type_check_only
 class TailhubServiceAsyncStub(TailhubServiceStub):
@@ -369,6 +378,14 @@ class TailhubServiceAsyncStub(TailhubServiceStub):
     Errors: INVALID_ARGUMENT (more than 10,000 ids; ended_before not finite);
     RESOURCE_EXHAUSTED (DISK_FULL) (the database could not record the removal). Admin only on
     TCP listeners.
+    """
+    CreateWebLogin: _aio.UnaryUnaryMultiCallable[_tailhub_pb2.CreateWebLoginRequest, _tailhub_pb2.CreateWebLoginResponse]  # type: ignore[assignment]
+    """A one-time login for the web view (`tailhubd --http-listen`), as `tailhub web` prints it:
+    opening `url` exchanges its code for a session cookie that reads with the caller's
+    identity (its token on TCP; the daemon's owner on the socket), read-only whatever the
+    caller's role. The code works once, and only until `expires_at`.
+
+    Errors: FAILED_PRECONDITION (WEB_VIEW_OFF: the daemon serves no web view).
     """
 
 class TailhubServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -545,6 +562,20 @@ class TailhubServiceServicer(metaclass=_abc_1.ABCMeta):
         Errors: INVALID_ARGUMENT (more than 10,000 ids; ended_before not finite);
         RESOURCE_EXHAUSTED (DISK_FULL) (the database could not record the removal). Admin only on
         TCP listeners.
+        """
+
+    @_abc_1.abstractmethod
+    def CreateWebLogin(
+        self,
+        request: _tailhub_pb2.CreateWebLoginRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tailhub_pb2.CreateWebLoginResponse, _abc.Awaitable[_tailhub_pb2.CreateWebLoginResponse]]:
+        """A one-time login for the web view (`tailhubd --http-listen`), as `tailhub web` prints it:
+        opening `url` exchanges its code for a session cookie that reads with the caller's
+        identity (its token on TCP; the daemon's owner on the socket), read-only whatever the
+        caller's role. The code works once, and only until `expires_at`.
+
+        Errors: FAILED_PRECONDITION (WEB_VIEW_OFF: the daemon serves no web view).
         """
 
 def add_TailhubServiceServicer_to_server(servicer: TailhubServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
