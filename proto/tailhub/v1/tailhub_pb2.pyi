@@ -537,7 +537,8 @@ Global___TimeMark: _TypeAlias = TimeMark  # noqa: Y015
 @_typing.final
 class Chunk(_message.Message):
     """Log bytes: `data` is the log from `offset` to `offset + len(data)`. Each chunk starts where
-    the previous one ended; at most 256 KiB each, never empty.
+    the previous one ended (unless the subscription filters lines: SubscribeRequest.grep); at
+    most 256 KiB each, never empty.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
