@@ -14,7 +14,7 @@ NODE_DEPS := examples/node/node_modules/.package-lock.json
 # pytest-xdist's workers (scripts/check uses the same): most tests wait on a daemon, not a CPU.
 PYTEST_WORKERS := -n 4 --dist loadgroup
 
-.PHONY: demo test test-fast check proto bench lock clean need-redis
+.PHONY: demo test test-fast check proto bench lock clean need-redis need-chromium
 
 # A new venv whenever the lock or pyproject changes, so it holds exactly what the lock pins and
 # nothing left from before. The project itself goes in editable, without dependencies (the lock
@@ -40,7 +40,11 @@ demo: $(BIN)/tailhub
 need-redis:
 	scripts/need-redis
 
-test: need-redis $(BIN)/tailhub $(BUF) $(NODE_DEPS)
+# The browser tests drive Debian's headless Chromium: installed here when missing (root with apt).
+need-chromium:
+	scripts/need-chromium
+
+test: need-redis need-chromium $(BIN)/tailhub $(BUF) $(NODE_DEPS)
 	PATH="$(CURDIR)/$(BIN):$$PATH" BUF="$(BUF)" scripts/check
 
 # The edit loop (under 90 s): tests/unit and the end-to-end tests not marked slow, on several

@@ -5,6 +5,7 @@ happens when its requirement is missing.
   `slow-tests.txt`); `make test-fast` leaves it out.
 - `root`: needs root (a tmpfs mount, network namespaces, a file given to another user).
 - `redis`: starts a real redis-server.
+- `browser`: drives Debian's headless Chromium through its chromedriver (the web view).
 
 A test using one of the fixtures in `FIXTURE_MARKERS` gets its marker without saying so.
 When a requirement is missing, the test says which and why: outside CI it is skipped; in CI
@@ -23,11 +24,20 @@ import pytest
 
 from harness.redis_server import INSTALL_HINT as REDIS_INSTALL_HINT
 
+# Debian's packages, used by their paths (selenium must not look for, or download, another).
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+CHROMIUM_INSTALL_HINT = (
+    "chromium is missing (the browser tests need it): sudo apt-get install chromium chromium-driver"
+)
+
 MARKERS = {
     "slow": "takes more than ~10 s: left out of `make test-fast`",
     "root": "needs root (tmpfs mounts, network namespaces, files given to another user); "
     "skipped without it outside CI, failed in CI",
     "redis": "starts a real redis-server; skipped when it is missing outside CI, failed in CI",
+    "browser": "drives headless Chromium; skipped when chromium or chromium-driver is missing "
+    "outside CI, failed in CI",
 }
 
 # The slow end-to-end tests (`make test-fast` leaves them out), by module or by test: the
@@ -96,6 +106,7 @@ FIXTURE_MARKERS = {
     "redis_server": "redis",
     "start_redis": "redis",
     "cluster": "redis",
+    "browser": "browser",
 }
 
 
@@ -116,6 +127,10 @@ def missing_requirement(marker: str) -> str | None:
         return "needs root (tmpfs mounts, network namespaces, files given to another user)"
     if marker == "redis" and shutil.which("redis-server") is None:
         return REDIS_INSTALL_HINT
+    if marker == "browser" and not (
+        os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)
+    ):
+        return CHROMIUM_INSTALL_HINT
     return None
 
 
