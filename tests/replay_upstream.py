@@ -44,7 +44,9 @@ def main() -> int:
             if limit is not None and sent == limit:
                 if (Path(state) / f"drop-{number}").exists():
                     return 255
-            elif (Path(state) / "done").exists() and not source.read(1):
+            # peek, not read: a byte the test appended since the read above (just before it
+            # touched `done`) must still be sent, not consumed here and lost from the log.
+            elif (Path(state) / "done").exists() and not source.peek(1):
                 return 0
             time.sleep(0.005)
     return 1
