@@ -16,8 +16,8 @@ import pytest
 
 from tailhub.daemon.config import DaemonConfig
 from tailhub.daemon.counts import DaemonCounts
-from tailhub.daemon.domain import CommandSpec, JobRecord, JobState
-from tailhub.daemon.errors import UpstreamFailed
+from tailhub.daemon.domain import CommandSpec, JobRecord, JobState, LocalSpec, SourceSpec
+from tailhub.daemon.errors import StorageFull, UpstreamFailed
 from tailhub.daemon.fetcher import Fetcher
 from tailhub.daemon.live_job import Job
 from tailhub.daemon.paths import StatePaths
@@ -63,9 +63,18 @@ class Owner:
         self.events: list[str] = []
         self.saves = 0
         self.appends = 0
+        # Saves of the record that fail as on a full disk (the database cannot grow).
+        self.full_disk_saves = 0
+        self.deferred_saves = 0
 
     def save_or_raise(self, job: Job) -> None:
+        if self.full_disk_saves:
+            self.full_disk_saves -= 1
+            raise StorageFull("disk full: cannot write jobs.sqlite3 (database or disk is full)")
         self.saves += 1
+
+    def save_or_defer(self, job: Job) -> None:
+        self.deferred_saves += 1
 
     def appended(self, job: Job) -> None:
         self.appends += 1
@@ -93,8 +102,9 @@ def make_fetch(
     *,
     give_up_after: float | None = 5.0,
     disk_full_retry: float = 0.01,
+    spec: SourceSpec | None = None,
 ) -> Fetch:
-    record = JobRecord(id=3, name="", spec=CommandSpec(("ssh", "far", "tail")))
+    record = JobRecord(id=3, name="", spec=spec or CommandSpec(("ssh", "far", "tail")))
     record.state = JobState.RUNNING
     job = Job(record, directory / "3.log", 64 * 1024, directory / "3.times", directory / "3.acked")
     owner = Owner()
@@ -198,6 +208,48 @@ def test_a_full_disk_pauses_the_fetch_and_it_resumes_where_it_stopped(
     assert len(paused) == 1  # said once per pause, not per retry
     assert paused[0].startswith("disk full at offset 140, waiting for space")
     assert "disk space available again; resuming at offset 140" in fetch.owner.events
+
+
+class Adopting(ScriptedSource):
+    """Saves resume state when it connects, as the file tailer does on a file's first open."""
+
+    async def fetch(self, upstream: Upstream) -> Outcome | None:
+        upstream.state["inode"] = 1
+        upstream.save_state()
+        return await super().fetch(upstream)
+
+
+def test_a_record_not_saved_on_a_full_disk_pauses_the_fetch_of_a_log_the_daemon_writes(
+    tmp_path: Path,
+) -> None:
+    fetch = make_fetch(tmp_path, Adopting(OUTPUT, [(len(OUTPUT), Outcome(0))] * 4))
+    fetch.owner.full_disk_saves = 2  # the disk has room again after two tries
+    assert run(fetch) == Outcome(0)
+    assert fetch.job.log.read(0, 10_000) == OUTPUT
+    assert fetch.source.offsets == [0]  # nothing was fetched before the state was saved
+    paused = [event for event in fetch.owner.events if event.startswith("disk full at")]
+    assert len(paused) == 1
+    assert paused[0].startswith("disk full at offset 0, waiting for space")
+    assert fetch.owner.deferred_saves == 0
+
+
+def test_a_job_that_writes_its_own_log_ends_although_the_disk_is_too_full_to_save_its_record(
+    tmp_path: Path,
+) -> None:
+    """A local job's own output can fill the disk before its fetch starts. Its fetch goes on
+    to see the job end (a pause would wait for room that only the job's end can free), and
+    its record is saved later (issue: test_disk_heal's job that never ended)."""
+    ended = Outcome(1, "run exited with 1")
+    fetch = make_fetch(
+        tmp_path, Adopting(OUTPUT, [(len(OUTPUT), ended)]), spec=LocalSpec("cat /dev/zero")
+    )
+    (tmp_path / "3.log").write_bytes(OUTPUT)  # written by the job itself
+    fetch.owner.full_disk_saves = 1_000_000
+    assert run(fetch) == ended
+    assert fetch.job.log.read(0, 10_000) == OUTPUT
+    assert fetch.source.connections == 1
+    assert fetch.owner.deferred_saves == 2  # the connection count, then the state
+    assert not [event for event in fetch.owner.events if event.startswith("disk full at")]
 
 
 def test_a_job_asked_to_finish_drains_and_ends_without_an_outcome(tmp_path: Path) -> None:

@@ -23,6 +23,9 @@ class FetchOwner(CommitOwner, Protocol):
 
     def save_or_raise(self, job: Job) -> None: ...
 
+    def save_or_defer(self, job: Job) -> None:
+        """Saves the job's record; a full disk only delays it (saved again at heartbeats)."""
+
 
 class Fetcher:
     """Runs one source for one job. Implements the `Upstream` the source writes to, and
@@ -70,7 +73,7 @@ class Fetcher:
         return self._sink.read(offset, length)
 
     def save_state(self) -> None:
-        self._owner.save_or_raise(self._job)
+        self._save()
 
     def discard_after(self, offset: int) -> None:
         self._sink.discard_after(offset)
@@ -117,7 +120,7 @@ class Fetcher:
                     self._counts.upstream_connections_opened += 1
                     if self._job.record.upstream_connections > 1:
                         self._counts.reconnects += 1
-                    self._owner.save_or_raise(self._job)
+                    self._save()
                 return await self._source.fetch(self)
             except NotStored as error:  # (a full disk, or Redis behind: the sink says)
                 self._job.upstream_open = False
@@ -139,6 +142,20 @@ class Fetcher:
                 await asyncio.sleep(decision.delay)
             finally:
                 self._job.upstream_open = False
+
+    def _save(self) -> None:
+        """Saves the job's record (its connection count, the source's resume state).
+
+        Where the daemon stores the bytes, a full disk pauses the fetch (NotStored): the bytes
+        would not be stored either. A job that writes its own log (a local one) goes on
+        writing whatever the daemon does, and its end is seen only by its fetch: a pause would
+        wait for room that nothing frees while the job's end goes unseen (its own output can
+        fill the disk before its fetch starts). Its record is saved later instead.
+        """
+        if self._job.log.writable:
+            self._owner.save_or_raise(self._job)
+        else:
+            self._owner.save_or_defer(self._job)
 
     async def _wait_for_space(self, error: NotStored) -> None:
         if await self._sink.make_room(error):
