@@ -53,6 +53,7 @@ EXPECTED: dict[type[errors.DaemonError], type[client.TailhubError]] = {
     errors.RoleTooLow: client.AccessDenied,
     errors.TooManyFailedAuthentications: client.AccessDenied,
     errors.UnknownMethod: client.TailhubError,
+    errors.WebViewOff: client.InvalidRequestError,
     # Never sent (the fetcher's, tailhubd's own); were they, their status would say:
     errors.UpstreamError: client.DaemonUnreachable,
     errors.UpstreamFailed: client.DaemonUnreachable,

@@ -335,6 +335,14 @@ class Client:
         )
         return DaemonStatus.from_pb(response)
 
+    def web_login(self) -> tuple[str, float]:
+        """A one-time login URL for the daemon's web view, and when its code expires (Unix
+        seconds). InvalidRequestError (reason WEB_VIEW_OFF) when it serves none."""
+        response = self._call(
+            lambda stub: stub.CreateWebLogin, pb.CreateWebLoginRequest(), read=True
+        )
+        return response.url, response.expires_at
+
     # -- logs ------------------------------------------------------------------------------
     def follow(
         self,

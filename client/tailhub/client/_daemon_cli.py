@@ -91,6 +91,12 @@ def _start_options(command: Any) -> Any:
             help="Serve Prometheus metrics at http://HOST:PORT/metrics (no authentication).",
         ),
         click.option(
+            "--http-listen",
+            metavar="HOST:PORT",
+            callback=lambda _ctx, _param, value: _checked_host_port(value),
+            help="Serve the read-only web view (`tailhub web` logs in); TLS unless loopback.",
+        ),
+        click.option(
             "--redis",
             metavar="URL",
             callback=_checked_redis_url,

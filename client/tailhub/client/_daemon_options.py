@@ -31,6 +31,7 @@ _RECORDED: dict[str, tuple[type, ...]] = {
     "max-streams-per-token": (int,),
     "subscriber-budget": (int,),
     "metrics-listen": (str,),
+    "http-listen": (str,),
     "redis": (str,),
     "node-name": (str,),
     "lease-ms": (int,),
@@ -78,7 +79,7 @@ def requested(params: Mapping[str, Any]) -> Requested:
 
 
 def _normal(name: str, value: Any) -> Any:
-    if name == "metrics-listen":
+    if name in ("metrics-listen", "http-listen"):
         return normal_address(value)
     if name == "redis":
         return without_password(value)

@@ -110,6 +110,7 @@ _BY_REASON: dict[str, tuple[type[TailhubError], Told]] = {
             daemon.OffsetMismatch.kind,
             daemon.OutOfRange.kind,
             daemon.TimesUnreadable.kind,
+            daemon.WebViewOff.kind,
         ),
         (InvalidRequestError, _as_said),
     ),

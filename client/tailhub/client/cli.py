@@ -16,6 +16,7 @@ from tailhub.client._doctor_cli import doctor
 from tailhub.client._jobs_cli import jobs
 from tailhub.client._output import note
 from tailhub.client._tokens_cli import token
+from tailhub.client._web_cli import web
 
 
 class _Commands(click.Group):
@@ -85,6 +86,7 @@ cli.add_command(jobs)
 cli.add_command(daemon)
 cli.add_command(token)
 cli.add_command(doctor)
+cli.add_command(web)
 
 
 def main() -> None:

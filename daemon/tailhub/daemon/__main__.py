@@ -56,6 +56,7 @@ from tailhub.daemon.sd_notify import Notifier
 from tailhub.daemon.server import Daemon
 from tailhub.daemon.started_with import ARGV_REFUSAL, applied_options, redis_url_has_secret
 from tailhub.daemon.statedir import open_home
+from tailhub.daemon.web.settings import WebSettings, web_settings
 
 logger = logging.getLogger("tailhub.daemon")
 
@@ -66,6 +67,7 @@ async def serve(
     notifier: Notifier | None = None,
     options: dict[str, Any] | None = None,
     memory_trace: MemoryTrace | None = None,
+    web: WebSettings | None = None,
 ) -> None:
     loop = asyncio.get_running_loop()
     loop.set_exception_handler(_log_loop_error)
@@ -73,7 +75,7 @@ async def serve(
         memory_trace.start()
     notifier = notifier or Notifier(None)
     # It records `options` in the state directory before it serves (home_kind.py).
-    daemon = Daemon(config, network, options)
+    daemon = Daemon(config, network, options, web)
     stopping: asyncio.Task[None] | None = None
     # A signal that comes while the daemon starts (its socket bound, the handlers not yet in
     # place, it would have died without cleaning up) is a stop asked for: done once started.
@@ -112,7 +114,7 @@ async def serve(
             # connections, and a SIGTERM sent the moment the service manager hears READY=1
             # is a drain, not a kill.
             notifier.notify(
-                "READY=1", f"MAINPID={os.getpid()}", f"STATUS={_serving(config, network)}"
+                "READY=1", f"MAINPID={os.getpid()}", f"STATUS={_serving(config, network, web)}"
             )
         await daemon.wait_closed()
         if daemon.failure is not None:  # an essential task died: exit with the reason
@@ -122,10 +124,11 @@ async def serve(
             loop.remove_signal_handler(signum)
 
 
-def _serving(config: DaemonConfig, network: NetworkSettings | None) -> str:
+def _serving(config: DaemonConfig, network: NetworkSettings | None, web: WebSettings | None) -> str:
     """What the daemon serves, for the service manager's status line."""
     served = [f"unix:{shown(config.paths.socket)}"]
     served += [str(address) for address in network.addresses] if network else []
+    served += [f"web view on {web.address}"] if web else []
     if config.metrics_listen is not None:
         served.append(f"metrics on {format_host_port(*config.metrics_listen)}")
     return f"serving {', '.join(served)}"
@@ -248,6 +251,18 @@ def _network_or_exit(listen: tuple[str, ...], **settings: Any) -> NetworkSetting
         sys.exit(error.exit_code)
 
 
+def _web_or_exit(http_listen: str | None, **settings: Any) -> WebSettings | None:
+    """The web view's settings (--http-listen), checked as `_network_or_exit` checks the
+    listeners': a non-loopback address without TLS is bad usage (exit 2)."""
+    try:
+        return web_settings(http_listen, **settings)
+    except ValueError as error:
+        raise click.UsageError(str(error)) from None
+    except ListenerError as error:
+        click.echo(f"tailhubd: {error}", err=True)
+        sys.exit(error.exit_code)
+
+
 def _daemon_config(
     paths: StatePaths,
     settings: FileConfig,
@@ -336,6 +351,10 @@ def main(
     max_streams_per_token: int,
     max_jobs_per_token: int,
     metrics_listen: tuple[str, int] | None,
+    http_listen: str | None,
+    http_max_streams: int,
+    http_max_streams_per_session: int,
+    http_heartbeat_interval: float,
     subscriber_budget: int,
     redis_url: str | None,
     node_name: str | None,
@@ -364,6 +383,16 @@ def main(
         insecure=insecure,
         max_streams=max_streams,
         max_streams_per_token=max_streams_per_token,
+        web=http_listen is not None,
+    )
+    web = _web_or_exit(
+        http_listen,
+        cert=tls_cert,
+        key=tls_key,
+        client_ca=tls_client_ca,
+        max_streams=http_max_streams,
+        max_streams_per_session=http_max_streams_per_session,
+        heartbeat_interval=http_heartbeat_interval,
     )
     _raise_open_file_limit()
     try:
@@ -395,9 +424,8 @@ def main(
         # The home is checked: from here on the log also goes to a bounded file in it.
         with daemon_log.log_file_owned(paths.root, paths.daemon_log, repeats):
             # A bad TAILHUB_TRACEMALLOC is a ValueError: one line, exit 1, as for a bad home.
-            asyncio.run(
-                serve(config, network, notifier, applied, MemoryTrace.from_environment(os.environ))
-            )
+            memory_trace = MemoryTrace.from_environment(os.environ)
+            asyncio.run(serve(config, network, notifier, applied, memory_trace, web))
     except (ListenerError, HomeOfAnotherKind, EssentialTaskDied) as error:
         click.echo(f"tailhubd: {error}", err=True)
         sys.exit(error.exit_code)

@@ -5,7 +5,7 @@ keeps every right, and no call can pass for one that came in on the socket (grpc
 interceptors cannot tell which port a call came in on, so they are never asked to).
 
 | role  | may call |
-| read  | Subscribe, GetJob, ListJobs, GetDaemonStatus, health, reflection |
+| read  | Subscribe, GetJob, ListJobs, GetDaemonStatus, CreateWebLogin, health, reflection |
 | write | read + Publish, FinishJob, CancelJobs of push and attached jobs, AttachJob (push) |
 | admin | everything, including LaunchJob, RemoveJobs, AttachJob (file, command, skypilot) |
 
@@ -52,6 +52,8 @@ ROLES: dict[str, Role] = {
     _SERVICE + "GetJob": Role.READ,
     _SERVICE + "ListJobs": Role.READ,
     _SERVICE + "GetDaemonStatus": Role.READ,
+    # A login to the web view, which only reads, whatever the token's role.
+    _SERVICE + "CreateWebLogin": Role.READ,
     "/grpc.health.v1.Health/Check": Role.READ,
     "/grpc.health.v1.Health/Watch": Role.READ,
     "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": Role.READ,

@@ -13,6 +13,15 @@ from tailhub.daemon.flags_file import apply_flags_file
 from tailhub.daemon.listeners import DEFAULT_MAX_STREAMS, DEFAULT_MAX_STREAMS_PER_TOKEN
 from tailhub.daemon.quotas import DEFAULT_MAX_JOBS_PER_TOKEN
 from tailhub.daemon.sizes import parse_size
+from tailhub.daemon.web.settings import (
+    DEFAULT_HEARTBEAT_SECONDS as DEFAULT_WEB_HEARTBEAT,
+)
+from tailhub.daemon.web.settings import (
+    DEFAULT_MAX_STREAMS as DEFAULT_WEB_STREAMS,
+)
+from tailhub.daemon.web.settings import (
+    DEFAULT_MAX_STREAMS_PER_SESSION as DEFAULT_WEB_STREAMS_PER_SESSION,
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -152,6 +161,34 @@ _OPTIONS = [
         callback=lambda _ctx, _param, value: _host_port(value),
         help="Serve Prometheus metrics at http://HOST:PORT/metrics (plain HTTP, no "
         "authentication: bind it where only your Prometheus can reach it).",
+    ),
+    click.option(
+        "--http-listen",
+        metavar="HOST:PORT",
+        help="Serve the read-only web view here (log in with `tailhub web`): plain http on a "
+        "loopback address, https with --tls-cert/--tls-key anywhere else. Default: off.",
+    ),
+    click.option(
+        "--http-max-streams",
+        type=click.IntRange(min=1),
+        default=DEFAULT_WEB_STREAMS,
+        show_default=True,
+        help="Event streams and downloads the web view serves at once, in all.",
+    ),
+    click.option(
+        "--http-max-streams-per-session",
+        type=click.IntRange(min=1),
+        default=DEFAULT_WEB_STREAMS_PER_SESSION,
+        show_default=True,
+        help="... to the logins of one token (or of the owner).",
+    ),
+    click.option(
+        "--http-heartbeat-interval",
+        type=click.FloatRange(min=0.05),
+        default=DEFAULT_WEB_HEARTBEAT,
+        show_default=True,
+        metavar="SECONDS",
+        help="An idle event stream of the web view gets a comment line this often.",
     ),
     click.option(
         "--subscriber-budget",

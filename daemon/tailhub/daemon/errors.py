@@ -34,6 +34,7 @@ one place (`tailhub.client._errors`). An exception that is none of these is a bu
     │   ├── RoleTooLow                   PERMISSION_DENIED    ROLE_TOO_LOW
     │   └── TooManyFailedAuthentications RESOURCE_EXHAUSTED   TOO_MANY_FAILED_AUTHENTICATIONS
     ├── UnknownMethod                    UNIMPLEMENTED        UNKNOWN_METHOD
+    ├── WebViewOff                       FAILED_PRECONDITION  WEB_VIEW_OFF
     ├── UpstreamError                    UNAVAILABLE          UPSTREAM_ERROR       (fetcher only)
     │   ├── UpstreamFailed               UNAVAILABLE          UPSTREAM_FAILED
     │   └── UpstreamUnusable             FAILED_PRECONDITION  UPSTREAM_UNUSABLE
@@ -315,6 +316,13 @@ class TooManyFailedAuthentications(AccessRefused):
 class UnknownMethod(DaemonError):
     status = Status.UNIMPLEMENTED
     kind = "UNKNOWN_METHOD"
+
+
+class WebViewOff(DaemonError):
+    """CreateWebLogin on a daemon started without --http-listen: there is no page to log in to."""
+
+    status = Status.FAILED_PRECONDITION
+    kind = "WEB_VIEW_OFF"
 
 
 # -- a fetch (never sent) ------------------------------------------------------------------------

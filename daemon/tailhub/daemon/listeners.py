@@ -153,13 +153,16 @@ def network_settings(
     insecure: bool,
     max_streams: int = DEFAULT_MAX_STREAMS,
     max_streams_per_token: int = DEFAULT_MAX_STREAMS_PER_TOKEN,
+    web: bool = False,
 ) -> NetworkSettings | None:
     """The listeners asked for on the command line, their TLS files read and checked;
-    ValueError for flags that do not fit together, ListenerError for a file."""
+    ValueError for flags that do not fit together, ListenerError for a file. With `web`
+    (--http-listen), TLS flags without --listen are the web view's."""
     if not listen:
-        if cert or key or client_ca or insecure:
+        if (cert or key or client_ca or insecure) and not web:
             raise ValueError(
-                "--tls-cert, --tls-key, --tls-client-ca and --insecure go with --listen"
+                "--tls-cert, --tls-key, --tls-client-ca and --insecure go with --listen "
+                "or --http-listen"
             )
         return None
     addresses = tuple(parse_address(text) for text in listen)

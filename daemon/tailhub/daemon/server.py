@@ -55,6 +55,8 @@ from tailhub.daemon.watch import FileWatcher
 
 if TYPE_CHECKING:
     from tailhub.daemon.metrics import DaemonMetrics, MetricsEndpoint
+    from tailhub.daemon.web.app import WebView
+    from tailhub.daemon.web.settings import WebSettings
 
 # The health service's name for the placement's part (a cluster node: Redis reachable, data
 # intact).
@@ -69,8 +71,12 @@ class Daemon:
         config: DaemonConfig,
         network: NetworkSettings | None = None,
         options: Mapping[str, Any] | None = None,
+        web: WebSettings | None = None,
     ) -> None:
         self.config = config
+        # The web view (--http-listen), if asked for: aiohttp in this loop (web/app.py).
+        self.web = web
+        self._web_view: WebView | None = None
         # What tailhubd applied (started_with.py), recorded in the state directory at start.
         self._options = options
         # The TCP listeners (auth.py's interceptor on their own server), if asked for.
@@ -173,6 +179,7 @@ class Daemon:
         servicer = self._servicer = TailhubServicer(self._manager, self.config)
         if self._metrics_endpoint is not None:
             servicer.run_facts = RunFacts(metrics_addresses=tuple(self._metrics_endpoint.addresses))
+        await self._start_web(servicer)
         health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
         network_server = self._network(servicer, health_servicer, counting)
         _serve(server, servicer, health_servicer)
@@ -194,6 +201,18 @@ class Daemon:
         self._serving = True
         self._essentials.serving()
         logger.info("tailhubd serving unix:%s (pid %d)", shown(paths.socket), os.getpid())
+
+    async def _start_web(self, servicer: TailhubServicer) -> None:
+        """The web view, bound before the gRPC servers (an address in use stops the start
+        with nothing served yet); its streams share the servicer's budget."""
+        if self.web is None or self._manager is None:
+            return
+        # Imported only when asked for: aiohttp slows every daemon start.
+        from tailhub.daemon.web.app import WebView
+
+        view = self._web_view = WebView(self.web, self._manager, self.config, servicer.budget)
+        await view.start()
+        servicer.web_login = view.login
 
     def _record_kind(self) -> None:
         """One kind of daemon per home (home_kind.py; the placement's `join` checked the
@@ -305,13 +324,19 @@ class Daemon:
             self._manager.begin_stop()
         grace = self.config.stop_grace if grace is None else grace
         servers = [server for server in (self._server, self._network_server) if server]
-        await asyncio.gather(*(server.stop(grace) for server in servers))
+        await asyncio.gather(*(server.stop(grace) for server in servers), self._close_web())
         self._failed_auth.close()
         if self._servicer is not None:
             _log_budget(self._servicer.budget_figures())
         await self._close()
 
+    async def _close_web(self) -> None:
+        if self._web_view is not None:
+            await self._web_view.close()
+            self._web_view = None
+
     async def _close(self) -> None:
+        await self._close_web()
         if self._certificates is not None:
             await self._certificates.close()
             self._certificates = None

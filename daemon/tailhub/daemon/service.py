@@ -16,7 +16,7 @@ from google.rpc import error_details_pb2, status_pb2
 from tailhub.daemon import __version__, callers, limits
 from tailhub.daemon.budget import BudgetFigures, SendBudget
 from tailhub.daemon.config import DaemonConfig
-from tailhub.daemon.errors import DOMAIN, DaemonError
+from tailhub.daemon.errors import DOMAIN, DaemonError, WebViewOff
 from tailhub.daemon.facts import RunFacts, host_facts
 from tailhub.daemon.fanout import ChunkRange, stream_log
 from tailhub.daemon.live_job import Job
@@ -97,6 +97,14 @@ class TailhubServicer:
         # Set by the server once its listeners are bound (they are bound after the service
         # is registered on them); GetDaemonStatus reports it.
         self.run_facts = RunFacts()
+        # Set by the server when it serves the web view (--http-listen): a login URL for the
+        # caller (a token's name, None for the owner) and when its code expires.
+        self.web_login: Callable[[str | None], tuple[str, float]] | None = None
+
+    @property
+    def budget(self) -> SendBudget:
+        """The daemon-wide budget of bytes in flight, which the web view's streams share."""
+        return self._budget
 
     def budget_figures(self) -> BudgetFigures:
         return self._budget.figures()
@@ -257,6 +265,17 @@ class TailhubServicer:
         )
 
     @_translating_errors
+    async def create_web_login(
+        self, request: pb.CreateWebLoginRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.CreateWebLoginResponse:
+        if self.web_login is None:
+            raise WebViewOff(
+                "this daemon serves no web view: start it with --http-listen 127.0.0.1:PORT"
+            )
+        url, expires_at = self.web_login(callers.token())
+        return pb.CreateWebLoginResponse(url=url, expires_at=expires_at)
+
+    @_translating_errors
     async def get_daemon_status(
         self, request: pb.GetDaemonStatusRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.GetDaemonStatusResponse:
@@ -319,5 +338,8 @@ class TailhubServicer:
                     self.get_daemon_status, pb.GetDaemonStatusRequest, pb.GetDaemonStatusResponse
                 ),
                 "RemoveJobs": unary(self.remove_jobs, pb.RemoveJobsRequest, pb.RemoveJobsResponse),
+                "CreateWebLogin": unary(
+                    self.create_web_login, pb.CreateWebLoginRequest, pb.CreateWebLoginResponse
+                ),
             },
         )

@@ -54,6 +54,7 @@ def applied_options(
         "max-streams-per-token": params["max_streams_per_token"],
         "subscriber-budget": config.subscriber_budget_bytes,
         "metrics-listen": config.metrics_listen and format_host_port(*config.metrics_listen),
+        "http-listen": params.get("http_listen") and normal_address(params["http_listen"]),
         "redis": cluster and without_password(cluster.redis_url),
         "node-name": cluster and cluster.node_name,
         "lease-ms": params["lease_ms"],

@@ -198,6 +198,12 @@ class TokenIndex:
                 found = entry
         return None if found is None else (found.name, found.role)
 
+    def entry_named(self, name: str) -> TokenEntry | None:
+        """The token named `name` as the store holds it now; None once it is revoked (the web
+        view's sessions end with their token)."""
+        self._refresh()
+        return next((entry for entry in self._entries if entry.name == name), None)
+
     def _refresh(self) -> None:
         try:
             info = os.stat(self._path)
