@@ -354,12 +354,16 @@ class Client:
         reconnect_timeout: float = DEFAULT_RECONNECT_TIMEOUT,
         since_time: float | None = None,
         timestamps: bool = False,
+        grep: Sequence[str] = (),
+        exclude: Sequence[str] = (),
     ) -> Iterator[LogItem]:
         """Yields a job's log as chunks (and upstream events), then one LogEnd.
 
         It starts at `offset`, at the last `tail_lines` lines, or at the first line that
         reached the daemon at or after `since_time` (Unix seconds). With `timestamps`, a
         LogTimeMark comes before the chunk holding its offset: when those bytes arrived.
+        With `grep`/`exclude` (RE2 patterns), the daemon sends only the matching whole lines,
+        at their log offsets (SubscribeRequest.grep): a chunk may start past the last one's end.
 
         When the daemon restarts or the connection drops, it reconnects on its own (to the
         next daemon of a list, round robin) and resumes at the next offset: no byte is lost
@@ -378,4 +382,6 @@ class Client:
             reconnect_timeout=reconnect_timeout,
             since_time=since_time,
             timestamps=timestamps,
+            grep=tuple(grep),
+            exclude=tuple(exclude),
         )

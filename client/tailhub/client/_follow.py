@@ -51,12 +51,15 @@ def follow_log(
     reconnect_timeout: float,
     since_time: float | None,
     timestamps: bool,
+    grep: tuple[str, ...] = (),
+    exclude: tuple[str, ...] = (),
 ) -> Iterator[LogItem]:
     """The items of `Client.follow` (see there); `closed` says the client was closed."""
     if tail_lines is not None and since_time is not None:
         raise ValueError("give tail_lines or since_time, not both: each says where to start")
     starts_later = tail_lines is not None or since_time is not None
     cursor = _Cursor(job_id, None if starts_later else offset, since_time, timestamps)
+    cursor.filter(grep, exclude)
     reconnects = _Reconnects(servers, outages, reconnect_timeout)
     index = servers.current
     while True:
@@ -256,11 +259,22 @@ class _Cursor:
         self._events_offset: int | None = None
         self._events_here: list[str] = []
         self._resent = 0
+        self._grep: tuple[str, ...] = ()
+        self._exclude: tuple[str, ...] = ()
+
+    def filter(self, grep: tuple[str, ...], exclude: tuple[str, ...]) -> None:
+        """Asks for the lines these patterns select (SubscribeRequest.grep/exclude): chunks
+        may then skip bytes, never go back."""
+        self._grep, self._exclude = grep, exclude
 
     def request(self, follow: bool, tail_lines: int | None) -> pb.SubscribeRequest:
         self._resent = 0
         request = pb.SubscribeRequest(
-            job_id=self._job_id, follow=follow, timestamps=self._timestamps
+            job_id=self._job_id,
+            follow=follow,
+            timestamps=self._timestamps,
+            grep=self._grep,
+            exclude=self._exclude,
         )
         if self.next_offset is None and self._since_time is not None:
             request.since_time = self._since_time
@@ -273,13 +287,21 @@ class _Cursor:
     def accept(self, item: LogItem) -> LogItem | None:
         """Moves past `item`; None for an item already seen."""
         if isinstance(item, LogChunk):
-            if self.next_offset is not None and item.offset != self.next_offset:
+            filtered = bool(self._grep or self._exclude)
+            expected = self.next_offset
+            if expected is not None and (
+                item.offset < expected if filtered else item.offset != expected
+            ):
                 raise ProtocolError(
                     f"job {self._job_id}: expected bytes at offset {self.next_offset}, "
                     f"got offset {item.offset}"
                 )
             self.next_offset = item.offset + len(item.data)
         elif isinstance(item, LogEvent):
+            if self._events_offset is not None and item.offset < self._events_offset:
+                # Shown already: a filtered stream resumes at its last chunk's end, which may
+                # lie before events sent among the lines it skipped since.
+                return None
             if item.offset != self._events_offset:
                 self._events_offset, self._events_here, self._resent = item.offset, [], 0
             here = self._events_here

@@ -4,6 +4,7 @@ exit with the (worst) result."""
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import click
@@ -56,6 +57,28 @@ MAX_TAIL_LINES = 10**9
     is_flag=True,
     help="Start each line with when it reached the daemon (RFC 3339, UTC).",
 )
+@click.option(
+    "--grep",
+    "grep",
+    metavar="RE",
+    multiple=True,
+    help="Only the lines matching RE (RE2 syntax; repeat: any of them). Filtered in the daemon.",
+)
+@click.option(
+    "--exclude",
+    "exclude",
+    metavar="RE",
+    multiple=True,
+    help="Not the lines matching RE (RE2 syntax; repeatable).",
+)
+@click.option(
+    "--output",
+    "-o",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="json: one object per line (job, name, offset, time, line) for scripts.",
+)
 def jobs_logs(
     home: str | None,
     jobs: tuple[str, ...],
@@ -66,20 +89,27 @@ def jobs_logs(
     prefix: bool | None,
     since: str | None,
     timestamps: bool,
+    grep: tuple[str, ...],
+    exclude: tuple[str, ...],
+    output: str,
 ) -> None:
     """Write a job's log, byte for byte, to stdout; exit with the job's result.
 
     JOBS are ids or names (none: the latest job). With several, --all or --name, whole lines
-    of each, prefixed, then a summary on stderr; the exit code is the worst result."""
+    of each, prefixed, then a summary on stderr; the exit code is the worst result.
+
+    --grep/--exclude keep whole lines, judged in the daemon, which sends only those; -o json
+    writes one JSON object per line."""
     from tailhub.client._timestamps import since_option
 
     since_time = since_option(since, tail)
     many = len(jobs) > 1 or unfinished or glob is not None or bool(prefix)
-    if many and (since_time is not None or timestamps):
-        raise click.UsageError("--since and --timestamps follow one job")
+    lines = _LineOptions(grep, exclude, output == "json")
+    _check_usage(many, since_time, timestamps, lines)
+    as_json = lines.as_json
     with connect(home) as client:
         if many:
-            _follow_many(client, jobs, unfinished, glob, follow, tail, prefix is not False)
+            _follow_many(client, jobs, unfinished, glob, follow, tail, prefix is not False, lines)
         job_id = resolve_jobs(client, jobs)[0] if jobs else latest_job(client)
         pending = PendingStatus(client, job_id)
         if follow and pending.enabled:
@@ -94,12 +124,33 @@ def jobs_logs(
                 since_time=since_time,
                 timestamps=timestamps,
                 again=f"tailhub jobs logs{home_flag(home)} -f {job_id}" if follow else "",
+                grep=grep,
+                exclude=exclude,
+                json_name=client.get(job_id).name if as_json else None,
             )
         finally:
             pending.clear()
         failed = end.finished and end.state is JobState.FAILED
         code = result_exit_code(end, _label(client, job_id) if failed else "job")
     sys.exit(code)
+
+
+@dataclass(frozen=True)
+class _LineOptions:
+    """Which lines (`--grep`, `--exclude`) and how (`-o json`)."""
+
+    grep: tuple[str, ...]
+    exclude: tuple[str, ...]
+    as_json: bool
+
+
+def _check_usage(
+    many: bool, since_time: float | None, timestamps: bool, lines: _LineOptions
+) -> None:
+    if many and (since_time is not None or timestamps):
+        raise click.UsageError("--since and --timestamps follow one job")
+    if lines.as_json and timestamps:
+        raise click.UsageError("-o json gives each line its time already: drop --timestamps")
 
 
 def _label(client: Client, job_id: int) -> str:
@@ -118,6 +169,7 @@ def _follow_many(
     follow: bool,
     tail: int | None,
     prefix: bool,
+    lines: _LineOptions,
 ) -> None:
     """`jobs logs` of several jobs: their lines, a summary, and the worst result (exits)."""
     from tailhub.client._multi import follow_jobs, report, select_targets
@@ -126,7 +178,15 @@ def _follow_many(
     colour = sys.stdout.isatty()
     try:
         outcomes = follow_jobs(
-            client, targets, follow=follow, tail=tail, prefix=prefix, colour=colour
+            client,
+            targets,
+            follow=follow,
+            tail=tail,
+            prefix=prefix,
+            colour=colour,
+            grep=lines.grep,
+            exclude=lines.exclude,
+            as_json=lines.as_json,
         )
     except KeyboardInterrupt:
         note("stopped following; the jobs go on")

@@ -23,7 +23,7 @@ from tailhub.client import exit_codes
 from tailhub.client._errors import JobNotFoundError
 from tailhub.client._names import is_job_id, jobs_by_name, one_named
 from tailhub.client._output import end_result, job_label, note, printable
-from tailhub.client._types import LogChunk, LogEnd, LogEvent, LogItem
+from tailhub.client._types import LogChunk, LogEnd, LogEvent, LogItem, LogTimeMark
 
 if TYPE_CHECKING:
     from tailhub.client import Client, JobInfo
@@ -202,10 +202,12 @@ class _Writer:
             self._prefixes[target.job_id] = text.encode()
             self._partial[target.job_id] = bytearray()
 
-    def take(self, job_id: int, item: LogChunk | LogEvent) -> None:
+    def take(self, job_id: int, item: LogChunk | LogEvent | LogTimeMark) -> None:
         """Writes the lines a chunk completes; says an upstream event on stderr."""
         if isinstance(item, LogEvent):
             note(f"job {job_id}: {item.message}")
+            return
+        if isinstance(item, LogTimeMark):
             return
         pending = self._partial[job_id]
         pending += item.data
@@ -233,10 +235,32 @@ class _Writer:
             pending.clear()
 
 
+class _JsonWriter:
+    """`-o json`: every job's lines as JSON objects (_json_lines), whole lines only."""
+
+    def __init__(self, targets: Sequence[Target], out: IO[bytes]) -> None:
+        from tailhub.client._json_lines import JsonLines
+
+        self._jobs = {
+            t.job_id: JsonLines(out, t.job_id, t.name) for t in targets if t.job_id is not None
+        }
+
+    def take(self, job_id: int, item: LogChunk | LogEvent | LogTimeMark) -> None:
+        if isinstance(item, LogEvent):
+            note(f"job {job_id}: {item.message}")
+        elif isinstance(item, LogTimeMark):
+            self._jobs[job_id].mark(item.offset, item.time)
+        else:
+            self._jobs[job_id].write(item.offset, item.data)
+
+    def end(self, job_id: int) -> None:
+        self._jobs[job_id].finish()
+
+
 class _NoOutput:
     """`jobs wait`: the streams are followed to their ends, nothing of them is said."""
 
-    def take(self, job_id: int, item: LogChunk | LogEvent) -> None:
+    def take(self, job_id: int, item: LogChunk | LogEvent | LogTimeMark) -> None:
         pass
 
     def end(self, job_id: int) -> None:
@@ -252,8 +276,12 @@ def follow_jobs(
     output: bool = True,
     prefix: bool = True,
     colour: bool = False,
+    grep: tuple[str, ...] = (),
+    exclude: tuple[str, ...] = (),
+    as_json: bool = False,
 ) -> list[Outcome]:
-    """Follows every target to its end; with `output`, their lines go to stdout.
+    """Follows every target to its end; with `output`, their lines go to stdout (only those
+    `grep`/`exclude` select; as JSON objects with `as_json`).
 
     Reports each failure on stderr as it happens; returns every target's outcome.
     """
@@ -263,8 +291,11 @@ def follow_jobs(
     # name is what the user wants to hear about first.
     for outcome in outcomes:
         note(f"no job named {outcome.target.name!r}")
-    running = _start_pumps(client, targets, items, follow, tail)
-    writer = _Writer(targets, sys.stdout.buffer, prefix, colour) if output else _NoOutput()
+    running = _start_pumps(client, targets, items, _Stream(follow, tail, grep, exclude, as_json))
+    writer: _Writer | _JsonWriter | _NoOutput = _NoOutput()
+    if output:
+        out = sys.stdout.buffer
+        writer = _JsonWriter(targets, out) if as_json else _Writer(targets, out, prefix, colour)
     while running:
         try:
             job_id, item = items.get(timeout=_WAKE_SECONDS)
@@ -277,12 +308,22 @@ def follow_jobs(
     return outcomes
 
 
+@dataclass(frozen=True)
+class _Stream:
+    """What each job's stream asks for."""
+
+    follow: bool
+    tail: int | None
+    grep: tuple[str, ...]
+    exclude: tuple[str, ...]
+    timestamps: bool
+
+
 def _start_pumps(
     client: Client,
     targets: Sequence[Target],
     items: queue.Queue[tuple[int, LogItem | Exception]],
-    follow: bool,
-    tail: int | None,
+    stream: _Stream,
 ) -> dict[int, Target]:
     """A thread per job found (once each, however often it was named); the jobs, by id."""
     running: dict[int, Target] = {}
@@ -292,7 +333,7 @@ def _start_pumps(
         running[target.job_id] = target
         thread = threading.Thread(
             target=_pump,
-            args=(client, target, items, follow, tail),
+            args=(client, target, items, stream),
             name=f"follow-{target.job_id}",
             daemon=True,  # Ctrl-C must not wait for streams that never end
         )
@@ -300,10 +341,12 @@ def _start_pumps(
     return running
 
 
-def _take(target: Target, item: LogItem | Exception, writer: _Writer | _NoOutput) -> Outcome | None:
+def _take(
+    target: Target, item: LogItem | Exception, writer: _Writer | _JsonWriter | _NoOutput
+) -> Outcome | None:
     """Hands one item of a job's stream on; the job's outcome once its stream is over."""
     assert target.job_id is not None
-    if isinstance(item, LogChunk | LogEvent):
+    if isinstance(item, LogChunk | LogEvent | LogTimeMark):
         writer.take(target.job_id, item)
     elif isinstance(item, LogEnd):
         writer.end(target.job_id)
@@ -324,14 +367,19 @@ def _pump(
     client: Client,
     target: Target,
     items: queue.Queue[tuple[int, LogItem | Exception]],
-    follow: bool,
-    tail: int | None,
+    stream: _Stream,
 ) -> None:
     """One job's stream into the shared queue; its error too, for the writer to raise."""
     assert target.job_id is not None
     try:
         for item in client.follow(
-            target.job_id, offset=target.offset, tail_lines=tail, follow=follow
+            target.job_id,
+            offset=target.offset,
+            tail_lines=stream.tail,
+            follow=stream.follow,
+            grep=stream.grep,
+            exclude=stream.exclude,
+            timestamps=stream.timestamps,
         ):
             items.put((target.job_id, item))
     except Exception as error:  # handed to the main thread, which says it in one line

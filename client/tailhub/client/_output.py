@@ -11,6 +11,7 @@ from tailhub.client import exit_codes
 
 if TYPE_CHECKING:
     from tailhub.client import Client, LogEnd
+    from tailhub.client._json_lines import JsonLines
     from tailhub.client._pending import PendingStatus
     from tailhub.client._timestamps import LineStamper
 
@@ -50,6 +51,9 @@ def copy_log(
     since_time: float | None = None,
     timestamps: bool = False,
     again: str = "",
+    grep: tuple[str, ...] = (),
+    exclude: tuple[str, ...] = (),
+    json_name: str | None = None,
 ) -> LogEnd:
     """Copies the log to stdout as it arrives; upstream events go to stderr.
 
@@ -57,7 +61,8 @@ def copy_log(
     each heartbeat, cleared before the first byte or when the job starts). `since_time` starts
     at the first line that reached the daemon then or later; `timestamps` starts each line with
     when it arrived. `again`: the command that follows the job again, said when the daemon was
-    lost for good (the job may still run).
+    lost for good (the job may still run). `grep`/`exclude`: only the lines they select (the
+    daemon filters). With `json_name` (the job's name), one JSON object per line (_json_lines).
     """
     from tailhub.client import (
         DaemonUnreachable,
@@ -67,12 +72,16 @@ def copy_log(
         LogHeartbeat,
         LogTimeMark,
     )
-    from tailhub.client._timestamps import LineStamper
 
-    out = sys.stdout.buffer
-    writer: _PlainWriter | LineStamper = LineStamper(out) if timestamps else _PlainWriter(out)
+    writer = _writer(job_id, json_name, timestamps)
     items = client.follow(
-        job_id, tail_lines=tail, follow=follow, since_time=since_time, timestamps=timestamps
+        job_id,
+        tail_lines=tail,
+        follow=follow,
+        since_time=since_time,
+        timestamps=timestamps or json_name is not None,
+        grep=grep,
+        exclude=exclude,
     )
     try:
         for item in items:
@@ -100,6 +109,19 @@ def copy_log(
             raise
         raise DaemonUnreachable(f"{error}; follow it again once it is back: {again}") from None
     raise AssertionError("a log stream always ends with LogEnd")
+
+
+def _writer(
+    job_id: int, json_name: str | None, timestamps: bool
+) -> _PlainWriter | LineStamper | JsonLines:
+    """How a log goes to stdout: as it is, with times, or as JSON objects."""
+    from tailhub.client._json_lines import JsonLines
+    from tailhub.client._timestamps import LineStamper
+
+    out = sys.stdout.buffer
+    if json_name is not None:
+        return JsonLines(out, job_id, json_name)
+    return LineStamper(out) if timestamps else _PlainWriter(out)
 
 
 class _PlainWriter:

@@ -6,6 +6,8 @@ then waits on the job's change signal. A slow one only falls behind and reads fr
 
 from __future__ import annotations
 
+import asyncio
+from collections import deque
 from collections.abc import AsyncGenerator, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -14,6 +16,7 @@ from tailhub.daemon.budget import SendBudget
 from tailhub.daemon.domain import SourceEvent
 from tailhub.daemon.errors import DaemonStopping, InvalidRequest, OutOfRange
 from tailhub.daemon.items import Ended, Heartbeat, TimeMark
+from tailhub.daemon.line_filter import LineFilter, Piece, joined
 from tailhub.daemon.live_job import Job
 from tailhub.daemon.timeindex import line_start_from
 
@@ -31,7 +34,22 @@ class ChunkRange:
     end: int
 
 
+@dataclass(frozen=True)
+class LineRun:
+    """Whole lines a follower's line filter passed: the log's bytes from `offset` on (a line
+    over 64 KiB may come in several runs, one after the other)."""
+
+    offset: int
+    data: bytes
+
+
 LogItem = ChunkRange | Heartbeat | SourceEvent | Ended | TimeMark
+FilteredItem = LineRun | Heartbeat | SourceEvent | Ended | TimeMark
+
+# The bytes a line filter judges in one turn of the event loop: a chunk of short lines and 32
+# patterns takes ~25 ms to judge whole (about 2 us a line), which would hold every other
+# follower that long; a slice of this size holds them about 3 ms.
+FILTER_SLICE = 32 * 1024
 
 
 @dataclass(frozen=True)
@@ -149,6 +167,83 @@ async def stream_log(
     finally:
         job.subscribers -= 1
         job.release_log_if_idle()
+
+
+async def filter_lines(
+    stream: AsyncGenerator[LogItem, None], job: Job, line_filter: LineFilter
+) -> AsyncGenerator[FilteredItem, None]:
+    """`stream` (of `stream_log`) with its chunks through `line_filter`: the lines that pass,
+    at their log offsets, and only the time marks that date them.
+
+    The filter runs once per follower on the bytes the job's one fetch stored, a slice at a
+    time with the loop let go between slices. Events, heartbeats and the end pass unchanged;
+    an ended job's unterminated last line is judged just before its end.
+    """
+    marks = _HeldMarks()
+    try:
+        async for item in stream:
+            if isinstance(item, ChunkRange):
+                data = job.log.read(item.offset, item.end - item.offset)
+                pieces: list[Piece] = []
+                for start in range(0, len(data), FILTER_SLICE):
+                    if start:
+                        await asyncio.sleep(0)  # the other followers' turn
+                    chunk = data[start : start + FILTER_SLICE]
+                    pieces += line_filter.feed(item.offset + start, chunk)
+                for piece in joined(pieces):
+                    for mark in marks.dating(piece):
+                        yield mark
+                    yield LineRun(*piece)
+                marks.forget_before(line_filter.pending_from)
+            elif isinstance(item, TimeMark):
+                marks.add(item)
+            else:
+                if isinstance(item, Ended) and item.finished:
+                    for piece in line_filter.flush():
+                        for mark in marks.dating(piece):
+                            yield mark
+                        yield LineRun(*piece)
+                yield item
+    finally:
+        await stream.aclose()
+
+
+class _HeldMarks:
+    """Time marks held back until a line they date passes the filter: a filtered follower is
+    sent the marks of what it gets, not one per chunk of a log it mostly does not get."""
+
+    def __init__(self) -> None:
+        self._current: TimeMark | None = None  # in effect where the filter stands
+        self._later: deque[TimeMark] = deque()
+        self._sent: float | None = None
+
+    def add(self, mark: TimeMark) -> None:
+        self._later.append(mark)
+
+    def dating(self, piece: Piece) -> list[TimeMark]:
+        """The marks to send before `piece`: the one in effect at its start, unless the last
+        sent says the same, then those inside it."""
+        offset, data = piece
+        self.forget_before(offset)
+        out: list[TimeMark] = []
+        current = self._current
+        if current is not None and current.time != self._sent:
+            out.append(current)
+            self._sent = current.time
+        later = self._later
+        while later and later[0].offset < offset + len(data):
+            current = self._current = later.popleft()
+            if current.time != self._sent:
+                out.append(current)
+                self._sent = current.time
+        return out
+
+    def forget_before(self, offset: int | None) -> None:
+        """No piece will start before `offset`: only the mark in effect there is kept of the
+        marks before it (the held marks stay as few as the lines held)."""
+        later = self._later
+        while offset is not None and later and later[0].offset <= offset:
+            self._current = later.popleft()
 
 
 def _chunk_end(offset: int, size: int, granted: int, max_chunk: int, grid: int) -> int:

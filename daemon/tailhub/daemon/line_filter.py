@@ -41,6 +41,9 @@ def _options() -> Any:
     options = re2.Options()
     # RE2 logs a pattern it cannot compile to stderr itself; the caller gets the error.
     options.log_errors = False
+    # Whether a line matches is all we ask: without submatches RE2 runs its DFA alone, many
+    # times faster on a long line (`(a+)+$` on 64 KiB: 0.7 ms, not 11).
+    options.never_capture = True
     return options
 
 
@@ -105,6 +108,14 @@ class _Pieces:
         return [(start, b"".join(parts)) for start, parts, _ in self._pieces]
 
 
+def joined(pieces: list[Piece]) -> list[Piece]:
+    """`pieces` (in log order), adjacent ones joined while they fit in MAX_PIECE."""
+    out = _Pieces()
+    for offset, data in pieces:
+        out.add(offset, data)
+    return out.done()
+
+
 class LineFilter:
     """Passes the whole lines of a log that a subscription's patterns select.
 
@@ -132,6 +143,12 @@ class LineFilter:
         if grep_re is None and exclude_re is None:
             return None
         return cls(grep_re, exclude_re)
+
+    @property
+    def pending_from(self) -> int | None:
+        """Where the next piece can start at the earliest: the held line's start, or where
+        the next feed starts (None before the first)."""
+        return self._line_offset if self._held else self._next
 
     def passes(self, line: bytes | bytearray | memoryview) -> bool:
         """Whether a line (without its "\\n") is sent, judged by its first JUDGED bytes."""

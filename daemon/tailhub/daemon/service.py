@@ -6,7 +6,7 @@ import asyncio
 import functools
 import logging
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any, NoReturn, TypeVar, cast
 
 import grpc
@@ -18,7 +18,15 @@ from tailhub.daemon.budget import BudgetFigures, SendBudget
 from tailhub.daemon.config import DaemonConfig
 from tailhub.daemon.errors import DOMAIN, DaemonError, WebViewOff
 from tailhub.daemon.facts import RunFacts, host_facts
-from tailhub.daemon.fanout import ChunkRange, stream_log
+from tailhub.daemon.fanout import (
+    ChunkRange,
+    FilteredItem,
+    LineRun,
+    LogItem,
+    filter_lines,
+    stream_log,
+)
+from tailhub.daemon.line_filter import LineFilter
 from tailhub.daemon.live_job import Job
 from tailhub.daemon.manager import JobManager
 from tailhub.daemon.messages import (
@@ -118,9 +126,10 @@ class TailhubServicer:
         try:
             job = manager.get(request.job_id)
             start = start_of(request)
+            line_filter = LineFilter.compile(request.grep, request.exclude)
             # From the end of the log (--tail, --since): all of it must be here first.
             await manager.prepare_read(job, catch_up=start.offset_from_end)
-            stream = stream_log(
+            read = stream_log(
                 job,
                 start,
                 follow=request.follow,
@@ -130,14 +139,22 @@ class TailhubServicer:
                 scans=manager.scans,
                 timestamps=request.timestamps,
             )
+            stream: AsyncGenerator[LogItem | FilteredItem, None] = (
+                read if line_filter is None else filter_lines(read, job, line_filter)
+            )
             try:
                 async for item in stream:
-                    if isinstance(item, ChunkRange):
-                        encoded = self._encode_chunk(job, item)
-                        sent = item.end - item.offset
+                    if isinstance(item, ChunkRange | LineRun):
+                        if isinstance(item, ChunkRange):
+                            encoded = self._encode_chunk(job, item)
+                            end = item.end
+                        else:  # the lines a filter passed: this follower's own
+                            encoded = encode_chunk(item.offset, item.data)
+                            end = item.offset + len(item.data)
+                        sent = end - item.offset
                         job.bytes_served += sent
                         counts.bytes_served += sent
-                        counts.lag.observe(job.log_size - item.end)
+                        counts.lag.observe(job.log_size - end)
                         yield encoded
                     else:
                         yield subscribe_response(item).SerializeToString()
