@@ -67,6 +67,7 @@ SLOW = (
     "test_restart.py",
     "test_supervision.py",
     "test_tail.py",
+    "test_web_browser.py",
     "test_wheel.py",
     "test_autostart.py::test_many_clis_at_once_start_exactly_one_daemon",
     "test_binary_data.py::test_every_byte_value_a_huge_line_and_carriage_returns_pass_unchanged",
