@@ -9,19 +9,20 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 
 import redis
 
 from harness.ports import free_port
+from harness.processes import Owned, kill_group
 
 REDIS_START_TIMEOUT = 20.0
 INSTALL_HINT = "redis-server is missing (cluster tests need it): sudo apt-get install redis-server"
 
 
 @dataclass
-class RedisServer:
-    """One redis-server started by a test; `start()` returns once it answers PING.
+class RedisServer(Owned):
+    """One redis-server started by a test; `start()` returns once it answers PING (or `with`,
+    which closes it at the end).
 
     With `appendonly` (the default), every write is in the append-only file before Redis
     acknowledges it (`appendfsync always`): what a test wrote survives `kill()` + `restart()`.
@@ -103,23 +104,12 @@ class RedisServer:
         return made
 
     def close(self) -> None:
-        """The end: every client closed, the server killed."""
+        """The end: every client closed, the server and its process group killed."""
         for made in self._clients:
             made.close()
         self._clients.clear()
-        self.kill()
-
-    def __enter__(self) -> RedisServer:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
+        if self.process is not None:
+            kill_group(self.process)
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -155,6 +145,7 @@ class RedisServer:
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            start_new_session=True,  # its rewrite children die with it at close()
         )
         deadline = time.monotonic() + REDIS_START_TIMEOUT
         delay = 0.005
