@@ -86,11 +86,7 @@ class Cluster:
         return [self.add(f"n{index}", *args) for index in range(count)]
 
     def alive(self) -> list[DaemonProcess]:
-        return [
-            node
-            for node in self.nodes.values()
-            if node.process is not None and node.process.poll() is None
-        ]
+        return [node for node in self.nodes.values() if node.running]
 
     def job(self, job_id: int, on: DaemonProcess | None = None) -> JobInfo:
         with (on or self.alive()[0]).client() as client:
@@ -120,5 +116,5 @@ class Cluster:
 
     def stop_all(self) -> None:
         for node in self.nodes.values():
-            if node.process is not None and node.process.poll() is None:
+            if node.running:
                 node.stop()

@@ -84,7 +84,7 @@ def home(request: pytest.FixtureRequest) -> Iterator[Path]:
 
 
 def _stop_and_check(request: pytest.FixtureRequest, process: DaemonProcess) -> None:
-    if process.process is not None and process.process.poll() is None:
+    if process.running:
         process.stop()
     check_daemon_log(request, process.log_text(), f"the log of daemon {process.home}")
 
@@ -123,7 +123,7 @@ def start_daemon(
 
     yield start
     for process in started:
-        if process.process is not None and process.process.poll() is None:
+        if process.running:
             process.stop()
     for process in started:
         check_daemon_log(request, process.log_text(), f"the log of daemon {process.home}")

@@ -4,20 +4,15 @@ for conditions with a deadline (never a bare sleep)."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from harness import waiting
-from tailhub.client import Client, StatePaths
-from tailhub.client._daemon import is_listening
+from harness import daemon_process, waiting
 
-DAEMON_START_TIMEOUT = 20.0
-# Written once, for the benchmarks too (harness/waiting.py).
+# Written once, for the benchmarks too (harness/): the daemon a test starts, and waiting.
+DaemonProcess = daemon_process.DaemonProcess
 wait_until = waiting.wait_until
 
 
@@ -63,115 +58,6 @@ def start_cli(home: Path, *args: str, cwd: Path | None = None) -> subprocess.Pop
         stderr=subprocess.PIPE,
         cwd=cwd,
     )
-
-
-@dataclass
-class DaemonProcess:
-    """A tailhubd started by a test, in the foreground of a subprocess."""
-
-    home: Path
-    args: Sequence[str] = ()
-    process: subprocess.Popen[bytes] | None = None
-    log_files: list[Path] = field(default_factory=list)
-    # Added to the test's environment (fault injection).
-    env: dict[str, str] | None = None
-    # Run under this command (`ip netns exec NS`).
-    prefix: Sequence[str] = ()
-
-    @property
-    def paths(self) -> StatePaths:
-        return StatePaths(self.home)
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
-
-    def start(self) -> None:
-        process = self._launch()
-        assert process.poll() is None, f"daemon exited: {self.log_text()}"
-
-    def start_as_service(self, mendable: Sequence[int] = (6,), timeout: float = 60.0) -> int:
-        """Starts it as its service manager would (examples/systemd: Restart=on-failure):
-        started again after an exit that a restart can mend (6: the cluster's Redis did
-        not answer in time), until it serves; any other exit fails the test. Returns how
-        many starts it took."""
-        deadline = time.monotonic() + timeout
-        starts = 1
-        while (process := self._launch()).poll() is not None:
-            why = f"daemon exited {process.returncode} after {starts} starts: {self.log_text()}"
-            assert process.returncode in mendable, why
-            assert time.monotonic() < deadline, why
-            starts += 1
-        return starts
-
-    def _launch(self) -> subprocess.Popen[bytes]:
-        """Starts the process; returns once it listens or has exited."""
-        log_path = self.home.parent / f"{self.home.name}-daemon-{len(self.log_files)}.log"
-        self.log_files.append(log_path)
-        with open(log_path, "wb") as log:
-            self.process = subprocess.Popen(
-                [
-                    *self.prefix,
-                    sys.executable,
-                    "-m",
-                    "tailhub.daemon",
-                    "--home",
-                    str(self.home),
-                    *self.args,
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env={**os.environ, **(self.env or {})},
-            )
-        process = self.process
-        wait_until(
-            lambda: is_listening(self.paths) or process.poll() is not None,
-            DAEMON_START_TIMEOUT,
-            "the daemon to listen",
-        )
-        return process
-
-    def stop(self, timeout: float = 30.0) -> int:
-        """SIGTERM, then wait: the clean stop a user gets from `tailhub daemon stop`. One that
-        does not stop in time is killed (never left behind) and the test fails."""
-        assert self.process is not None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(30)
-            raise
-
-    def kill(self) -> None:
-        """kill -9: no chance to clean up."""
-        assert self.process is not None
-        self.process.kill()
-        self.process.wait(30)
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
-    def client(self) -> Client:
-        return Client.connect(self.paths, autostart=False)
-
-    def log_text(self) -> str:
-        return "\n".join(
-            path.read_text(errors="replace") for path in self.log_files if path.exists()
-        )
-
-    def rss_bytes(self) -> int:
-        status = Path(f"/proc/{self.pid}/status").read_text()
-        for line in status.splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-        raise AssertionError("no VmRSS")
-
-    def open_fds(self) -> int:
-        return len(os.listdir(f"/proc/{self.pid}/fd"))
 
 
 @dataclass

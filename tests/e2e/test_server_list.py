@@ -78,7 +78,7 @@ def pair(home: Path, workdir: Path, request: pytest.FixtureRequest) -> Iterator[
         )
     finally:
         for daemon in daemons:
-            if daemon.process is not None and daemon.process.poll() is None:
+            if daemon.running:
                 daemon.stop()
         for daemon in daemons:
             check_daemon_log(request, daemon.log_text(), f"the log of daemon {daemon.home}")
