@@ -31,9 +31,9 @@ from bench import (
     ssh,
 )
 from bench.measure import machine_cpu, own_tree_cpu
-from bench.processes import REPO
 from bench.report import Table, render, status_line, write_json
 from bench.targets import evaluate
+from harness.processes import REPO
 
 # In running order: the ceiling copies the fan-out's load, so it comes after it.
 SCENARIOS: dict[str, ModuleType] = {

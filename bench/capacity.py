@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from bench import fanout, follower
-from bench.processes import ProcessSet, python_module
 from bench.report import Table, number, percent
+from harness.processes import ProcessSet, python_module
 from harness.waiting import wait_until
 
 MB = 1_000_000

@@ -16,10 +16,10 @@ from typing import Any
 
 from bench import follower
 from bench.cli import tailhub, timed_run
-from bench.daemon import Daemon
 from bench.measure import percentile
-from bench.processes import ProcessSet
 from bench.report import Table, number
+from harness.daemon_process import DaemonProcess
+from harness.processes import ProcessSet
 from harness.waiting import wait_until
 from tailhub.client import Client, LogChunk
 
@@ -44,7 +44,7 @@ def run(settings: Settings, scratch: Path, earlier: dict[str, Any]) -> dict[str,
     scratch.mkdir(parents=True)
     source = scratch / "big.log"
     write_log(source, settings.size)
-    with Daemon(scratch / "h") as daemon, daemon.client() as client:
+    with DaemonProcess(scratch / "h") as daemon, daemon.client() as client:
         started = time.perf_counter()
         job = client.attach_file(str(source), name="catch-up")
         wait_until(
@@ -97,7 +97,12 @@ def _p50(values: list[float]) -> float:
 
 
 def _follow(
-    daemon: Daemon, job_id: int, count: int, clients: int, settings: Settings, directory: Path
+    daemon: DaemonProcess,
+    job_id: int,
+    count: int,
+    clients: int,
+    settings: Settings,
+    directory: Path,
 ) -> dict[str, Any]:
     """`count` followers from offset 0 at once; MB/s from the first call to the last end."""
     cpu_before = daemon.cpu()
@@ -131,7 +136,9 @@ def _follow(
     }
 
 
-def _tail(daemon: Daemon, client: Client, job_id: int, stored: Path, runs: int) -> dict[str, Any]:
+def _tail(
+    daemon: DaemonProcess, client: Client, job_id: int, stored: Path, runs: int
+) -> dict[str, Any]:
     tail = subprocess.run(["tail", "-n", "100", str(stored)], capture_output=True, check=True)
     expected = tail.stdout
     argv = tailhub("jobs", "logs", str(job_id), "--tail", "100")

@@ -24,9 +24,9 @@ import grpc
 import grpc.aio
 
 from bench import follower
-from bench.processes import ProcessSet, python_module
 from bench.report import Table, number
 from bench.writer import line
+from harness.processes import ProcessSet, python_module
 from harness.waiting import wait_until
 from tailhub.daemon.wire import encode_chunk
 from tailhub.v1 import tailhub_pb2 as pb

@@ -28,9 +28,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.daemon import Daemon
-from bench.measure import rss_bytes
-from bench.processes import REPO
+from harness.daemon_process import DaemonProcess
+from harness.processes import REPO
+from harness.readings import rss_bytes
 from tailhub.client import Client, LogChunk, LogEnd
 from tailhub.client._types import JobState
 
@@ -64,7 +64,7 @@ def _follow_exact(client: Client, job_id: int) -> str | None:
     return f"job {job_id}: no end"
 
 
-def _worker(daemon: Daemon, follows: int, until: float, totals: Totals) -> None:
+def _worker(daemon: DaemonProcess, follows: int, until: float, totals: Totals) -> None:
     environment = dict(os.environ)
     with daemon.client() as client:
         while time.monotonic() < until and not totals.wrong:
@@ -104,7 +104,7 @@ def main() -> int:
 
     scratch = Path(tempfile.mkdtemp(prefix="thch-", dir="/tmp"))
     env = {"TAILHUB_TRACEMALLOC": str(args.trace)} if args.trace else {}
-    daemon = Daemon(scratch / "h", args.daemon_args, env=env)
+    daemon = DaemonProcess(scratch / "h", args.daemon_args, env=env)
     totals = Totals()
     began = time.monotonic()
     until = began + args.minutes * 60

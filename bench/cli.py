@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.processes import REPO
+from harness.processes import REPO
 
 
 def tailhub(*args: str) -> list[str]:

@@ -26,10 +26,10 @@ from typing import Any
 
 from bench.catchup import MIB, write_log
 from bench.cli import Timed, tailhub, timed_run
-from bench.daemon import Daemon
 from bench.measure import percentile
-from bench.processes import REPO
 from bench.report import Table, number
+from harness.daemon_process import DaemonProcess
+from harness.processes import REPO
 from harness.waiting import wait_until
 from tailhub.client import Client, LogEnd
 
@@ -57,7 +57,7 @@ def run(settings: Settings, scratch: Path, earlier: dict[str, Any]) -> dict[str,
     task.write_text(TASK)
     big_source = scratch / "big.log"
     write_log(big_source, settings.log_size)
-    with Daemon(scratch / "h") as daemon, daemon.client() as client:
+    with DaemonProcess(scratch / "h") as daemon, daemon.client() as client:
         home = daemon.home
         first = _check(timed_run(tailhub("jobs", "launch", "--async", str(task)), home), "launch")
         small = int(first.stdout)

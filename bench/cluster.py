@@ -18,13 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from bench import failover, follower
-from bench.daemon import Daemon
 from bench.failover import daemon_args
 from bench.fanout import open_gate, summary
-from bench.processes import ProcessSet
 from bench.redis_server import INSTALL_HINT, available, cluster_redis, reading
 from bench.replayable import Source, attach, get_job
 from bench.report import Table, number, percent
+from harness.daemon_process import DaemonProcess
+from harness.processes import ProcessSet
 from harness.waiting import wait_until
 
 MB = 1_000_000
@@ -86,7 +86,7 @@ def fan_out(settings: Settings, directory: Path, *, cluster: bool) -> dict[str, 
     with contextlib.ExitStack() as stack:
         redis = stack.enter_context(cluster_redis(directory / "redis")) if cluster else None
         daemons = [
-            Daemon(
+            DaemonProcess(
                 directory / f"h{index}",
                 daemon_args(redis, index, settings.lease_ms) if redis else [],
             )

@@ -22,13 +22,13 @@ from typing import Any
 
 import grpc
 
-from bench.daemon import Daemon
 from bench.measure import percentile
-from bench.processes import ProcessSet
 from bench.redis_server import cluster_redis, reading
 from bench.replayable import Source, attach, get_job
 from bench.report import Table, number
 from bench.writer import LINE_BYTES, TIMESTAMP_BYTES, timestamp_at
+from harness.daemon_process import DaemonProcess
+from harness.processes import ProcessSet
 from harness.redis_server import RedisServer
 from harness.waiting import wait_until
 from tailhub.v1 import tailhub_pb2 as pb
@@ -155,7 +155,7 @@ def run(directory: Path, *, daemons: int, kills: int, lease_ms: int, rate: float
     with contextlib.ExitStack() as stack:
         redis = stack.enter_context(cluster_redis(directory / "redis"))
         nodes = [
-            Daemon(directory / f"h{index}", daemon_args(redis, index, lease_ms))
+            DaemonProcess(directory / f"h{index}", daemon_args(redis, index, lease_ms))
             for index in range(daemons)
         ]
         for daemon in nodes:
@@ -212,7 +212,7 @@ def run(directory: Path, *, daemons: int, kills: int, lease_ms: int, rate: float
     }
 
 
-def _holder(daemon: Daemon, job: int) -> str:
+def _holder(daemon: DaemonProcess, job: int) -> str:
     return get_job(daemon.address, job).lease_holder
 
 
@@ -237,7 +237,7 @@ def _first_arrival(observers: list[Observer], since: float) -> float:
 
 
 def _kill_holder(
-    nodes: list[Daemon], observers: list[Observer], job: int, source: Source
+    nodes: list[DaemonProcess], observers: list[Observer], job: int, source: Source
 ) -> dict[str, Any]:
     names = [node_name(index) for index in range(len(nodes))]
     # Kill a holder that has been fetching for a while, not one just started.

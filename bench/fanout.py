@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from bench import follower
-from bench.daemon import Daemon
 from bench.measure import percentile
-from bench.processes import REPO, ProcessSet
 from bench.report import Table, number, percent
+from harness.daemon_process import DaemonProcess
+from harness.processes import REPO, ProcessSet
 from harness.waiting import wait_until
 
 MB = 1_000_000
@@ -89,7 +89,7 @@ def run_one(
     timeout = settings.duration + 120
     daemon_args = (*daemon_args, *(remote.daemon_args if remote else []))
     prefix = () if profile is None else py_spy_prefix(profile / f"fanout-{count}")
-    daemon = Daemon(directory / "h", list(daemon_args), prefix=prefix)
+    daemon = DaemonProcess(directory / "h", list(daemon_args), prefix=prefix)
     with daemon, ProcessSet() as processes, daemon.client() as client:
         job = client.launch(writer, name=f"fanout-{count}", workdir=str(REPO))
         outs = follower.spawn(

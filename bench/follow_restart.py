@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.processes import REPO
+from harness.processes import REPO
 from harness.waiting import wait_until
 
 LINES = 60

@@ -28,8 +28,8 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from bench.processes import ProcessSet, python_module
 from bench.writer import LINE_BYTES, timestamp_at
+from harness.processes import ProcessSet, python_module
 from tailhub.v1 import tailhub_pb2 as pb
 
 SUBSCRIBE = "/tailhub.v1.TailhubService/Subscribe"

@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from bench import follower
-from bench.daemon import Daemon
 from bench.fanout import open_gate
-from bench.measure import rss_bytes
-from bench.processes import REPO, ProcessSet
 from bench.report import Table, number
+from harness.daemon_process import DaemonProcess
+from harness.processes import REPO, ProcessSet
+from harness.readings import rss_bytes
 from harness.waiting import wait_until
 
 MB = 1_000_000
@@ -72,7 +72,7 @@ def _run_one(
         f" --rate {burst * 100} --duration 0.01 --gate {shlex.quote(str(gate))}"
     )
     args = [] if budget is None else ["--subscriber-budget", str(budget)]
-    daemon = Daemon(directory / "h", args)
+    daemon = DaemonProcess(directory / "h", args)
     with daemon, ProcessSet() as processes, daemon.client() as client:
         rss_empty = rss_bytes(daemon.pid)
         job = client.launch(writer, name=f"memory-{count}", workdir=str(REPO))

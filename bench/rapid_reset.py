@@ -20,10 +20,11 @@ from typing import Any
 
 import grpc
 
-from bench.daemon import Daemon
-from bench.measure import percentile, rss_bytes
-from bench.processes import ProcessSet, python_module
+from bench.measure import percentile
 from bench.report import Table, number
+from harness.daemon_process import DaemonProcess
+from harness.processes import ProcessSet, python_module
+from harness.readings import rss_bytes
 from harness.waiting import wait_until
 from tailhub.v1 import tailhub_pb2 as pb
 from tailhub.v1 import tailhub_pb2_grpc as rpc
@@ -94,7 +95,7 @@ def run_one(settings: Settings, connections: int, directory: Path) -> dict[str, 
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     address = f"127.0.0.1:{port}"
-    daemon = Daemon(home, ["--listen", address, "--insecure"])
+    daemon = DaemonProcess(home, ["--listen", address, "--insecure"])
     with daemon, ProcessSet() as processes:
         caller = _Caller(address, token)
         try:

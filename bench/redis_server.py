@@ -9,7 +9,7 @@ from pathlib import Path
 
 import redis
 
-from bench.measure import cpu_times, peak_rss_bytes, rss_bytes
+from harness.readings import cpu_times, peak_rss_bytes, rss_bytes
 from harness.redis_server import RedisServer
 
 INSTALL_HINT = "apt-get install redis-server"

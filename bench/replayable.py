@@ -17,8 +17,8 @@ from pathlib import Path
 
 import grpc
 
-from bench.daemon import Daemon
-from bench.processes import ProcessSet, python_module
+from harness.daemon_process import DaemonProcess
+from harness.processes import ProcessSet, python_module
 from tailhub.v1 import tailhub_pb2 as pb
 from tailhub.v1 import tailhub_pb2_grpc as pb_grpc
 
@@ -73,7 +73,7 @@ class Source:
         return os.stat(self.log).st_size
 
 
-def attach(daemon: Daemon, source: Source, name: str) -> int:
+def attach(daemon: DaemonProcess, source: Source, name: str) -> int:
     """Attaches the source's command on `daemon`, as `tailhub jobs attach` would; its job id."""
     with daemon.client() as client:
         return client.attach_command(source.argv, name=name).id

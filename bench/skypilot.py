@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from bench.cli import tailhub
-from bench.daemon import Daemon
-from bench.processes import REPO, ProcessSet
 from bench.report import Table, number
+from harness.daemon_process import DaemonProcess
+from harness.processes import REPO, ProcessSet
 
 SKY = REPO / "tests" / "sky_double" / "sky"
 TASK = """\
@@ -57,7 +57,7 @@ def _environment(sky_home: Path, **extra: str) -> dict[str, str]:
 def _through_tailhub(settings: Settings, scratch: Path, task: Path) -> dict[str, Any]:
     sky_home = scratch / "sky-tailhub"
     env = _environment(sky_home)
-    with Daemon(scratch / "h", ["--sky", str(SKY)]) as daemon:
+    with DaemonProcess(scratch / "h", ["--sky", str(SKY)]) as daemon:
         env["TAILHUB_HOME"] = str(daemon.home)
         argv = tailhub("jobs", "launch", "--backend", "skypilot", str(task))
         codes, wall = _loop(settings, [argv] * settings.jobs, env)

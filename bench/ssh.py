@@ -31,11 +31,11 @@ from typing import Any
 
 from bench import follower
 from bench.cli import tailhub
-from bench.daemon import Daemon
-from bench.measure import CpuTimes
-from bench.processes import ProcessSet, python_module
 from bench.report import Table, number
 from bench.sshd import Sshd, SshdUnavailable
+from harness.daemon_process import DaemonProcess
+from harness.processes import ProcessSet, python_module
+from harness.readings import CpuTimes
 from tailhub.client import JobState
 
 MARKER = "TAILHUB-BENCH-END-OF-LOG"
@@ -215,7 +215,7 @@ def _tailhub(
     cli: bool,
 ) -> dict[str, Any]:
     """One command job per log; the followers subscribe to it (or each runs the CLI)."""
-    with Daemon(directory / "h") as daemon, daemon.client() as client:
+    with DaemonProcess(directory / "h") as daemon, daemon.client() as client:
         sshd_before, daemon_before = sshd.cpu(), daemon.cpu()
         started = time.time()
         processes.spawn(writer)

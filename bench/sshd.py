@@ -7,10 +7,10 @@ import os
 import signal
 import subprocess
 from pathlib import Path
-from types import TracebackType
 
-from bench.measure import CpuTimes, cpu_times
 from harness.ports import free_port
+from harness.processes import Owned
+from harness.readings import CpuTimes, cpu_times, is_gone
 from harness.waiting import wait_until
 
 SETUP = Path(__file__).resolve().parent / "setup_sshd.sh"
@@ -21,8 +21,12 @@ class SshdUnavailable(Exception):
     """sshd cannot be installed or started here; the message says why."""
 
 
-class Sshd:
-    """sshd with its default session limits, or with `max_startups` (`"1000"`) raised."""
+class Sshd(Owned):
+    """sshd with its default session limits, or with `max_startups` (`"1000"`) raised; started
+    by `start()` (or `with`), stopped by `close()`.
+
+    Not a child of ours: sshd detaches (a session of its own), so its end is read from /proc.
+    """
 
     def __init__(self, directory: Path, max_startups: str = "") -> None:
         self.directory = directory
@@ -93,31 +97,13 @@ class Sshd:
             log.seek(position)
             return log.read().decode(errors="replace")
 
-    def stop(self) -> None:
+    def close(self) -> None:
+        """SIGTERM to the listener, then wait until it is gone (its sessions end with their
+        clients)."""
         if not self.pid:
             return
         with contextlib.suppress(ProcessLookupError):
             os.kill(self.pid, signal.SIGTERM)
-        wait_until(lambda: _gone(self.pid), 30, "sshd to exit")
+        pid = self.pid
+        wait_until(lambda: is_gone(pid), 30, "sshd to exit")
         self.pid = 0
-
-    def __enter__(self) -> Sshd:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-
-def _gone(pid: int) -> bool:
-    """True once `pid` has exited (a zombie waiting for init to reap it counts as gone)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return True
-    return stat[stat.rindex(")") + 2] == "Z"
