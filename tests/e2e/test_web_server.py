@@ -1,0 +1,417 @@
+"""The web view's server (`tailhubd --http-listen`), over plain HTTP as a browser speaks it:
+the login, the session, the headers, the event streams and their limits, the downloads. The
+page itself is tested in a real browser elsewhere (test_web_page*)."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import http.client
+import json
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+from helpers import DaemonProcess, one_line, run_cli, wait_until
+from remote_helpers import create_token, write_token
+
+from harness.ports import free_port
+from tailhub.client import Client
+
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+
+
+@dataclass
+class Web:
+    """A daemon serving the web view on 127.0.0.1, and how to reach it."""
+
+    daemon: DaemonProcess
+    port: int
+
+    def client(self) -> Client:
+        return self.daemon.client()
+
+    def login_url(self, *cli_args: str) -> str:
+        made = run_cli(self.daemon.home, *cli_args, "web")
+        assert made.returncode == 0, made.stderr
+        url = made.stdout.decode().strip()
+        assert url.startswith(f"http://127.0.0.1:{self.port}/login?code="), url
+        return url
+
+    def request(
+        self, path: str, cookie: str | None = None, method: str = "GET", **headers: str
+    ) -> tuple[http.client.HTTPResponse, bytes]:
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        if cookie is not None:
+            headers["Cookie"] = f"tailhub_session={cookie}"
+        connection.request(method, path, headers=headers)
+        response = connection.getresponse()
+        body = response.read()
+        connection.close()
+        return response, body
+
+    def login(self, *cli_args: str) -> str:
+        """A session cookie's value, as a browser gets it from `tailhub web`'s link."""
+        url = urlsplit(self.login_url(*cli_args))
+        response, _ = self.request(f"{url.path}?{url.query}")
+        assert response.status == 303, response.status
+        return cookie_value(response)
+
+    def stream(self, path: str, cookie: str, last_event_id: str | None = None) -> EventStream:
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        headers = {"Cookie": f"tailhub_session={cookie}", "Accept": "text/event-stream"}
+        if last_event_id is not None:
+            headers["Last-Event-ID"] = last_event_id
+        connection.request("GET", path, headers=headers)
+        response = connection.getresponse()
+        return EventStream(connection, response)
+
+
+def cookie_value(response: http.client.HTTPResponse) -> str:
+    header = response.getheader("Set-Cookie") or ""
+    name, _, rest = header.partition("=")
+    assert name == "tailhub_session", header
+    return rest.split(";", 1)[0]
+
+
+@dataclass
+class Event:
+    name: str
+    data: dict[str, object]
+    id: str | None
+
+
+@dataclass
+class EventStream:
+    """An SSE response read event by event, as an EventSource reads it."""
+
+    connection: http.client.HTTPConnection
+    response: http.client.HTTPResponse
+    comments: list[str] = field(default_factory=list)
+
+    @property
+    def status(self) -> int:
+        return self.response.status
+
+    def events(self) -> Iterator[Event]:
+        name, data, event_id = "message", "", None
+        while True:
+            line = self.response.readline()
+            if not line:
+                return
+            text = line.decode().rstrip("\n")
+            if text.startswith(":"):
+                self.comments.append(text)
+            elif text.startswith("event: "):
+                name = text[7:]
+            elif text.startswith("data: "):
+                data = text[6:]
+            elif text.startswith("id: "):
+                event_id = text[4:]
+            elif text == "" and data:
+                yield Event(name, json.loads(data), event_id)
+                name, data, event_id = "message", "", None
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+def read_log(
+    stream: EventStream, until: Callable[[bytes], bool] | None = None
+) -> tuple[bytes, str | None, Event | None]:
+    """The bytes of `chunk` events, contiguous, until `end` (or `until` holds of the bytes);
+    the last id, and the `end` event if one came."""
+    got = b""
+    offset: int | None = None
+    last_id = None
+    for item in stream.events():
+        if item.name == "chunk":
+            start = int(str(item.data["offset"]))
+            assert offset is None or start == offset, (start, offset)  # no gap, no repeat
+            data = base64.b64decode(str(item.data["data"]))
+            got += data
+            offset = start + len(data)
+            assert item.id == str(offset)
+            last_id = item.id
+            if until is not None and until(got):
+                return got, last_id, None
+        elif item.name in ("end", "error"):
+            return got, last_id, item
+    return got, last_id, None
+
+
+@pytest.fixture
+def web(home: Path, start_daemon: Callable[..., DaemonProcess]) -> Web:
+    port = free_port()
+    daemon = start_daemon("--http-listen", f"127.0.0.1:{port}", "--http-heartbeat-interval", "0.3")
+    return Web(daemon, port)
+
+
+def push_job(client: Client, data: bytes = b"") -> int:
+    job = client.attach_push(name="web")
+    if data:
+        client.publish(job.id, data)
+    return job.id
+
+
+def test_the_login_code_works_once_and_gives_a_strict_http_only_cookie(web: Web) -> None:
+    url = urlsplit(web.login_url())
+    first, _ = web.request(f"{url.path}?{url.query}")
+    assert first.status == 303
+    assert first.getheader("Location") == "/"
+    flags = [part.strip().lower() for part in (first.getheader("Set-Cookie") or "").split(";")]
+    assert {"httponly", "samesite=strict", "path=/"} <= set(flags), flags
+    assert "secure" not in flags  # plain http on loopback: a Secure cookie would never be sent
+    again, body = web.request(f"{url.path}?{url.query}")
+    assert again.status == 403
+    assert b"tailhub web" in body
+    cookie = cookie_value(first)
+    listed, body = web.request("/api/jobs", cookie)
+    assert listed.status == 200
+    assert json.loads(body) == {"jobs": [], "total": 0}
+
+
+def test_without_a_session_pages_and_the_api_answer_401(web: Web) -> None:
+    page, body = web.request("/")
+    assert page.status == 401
+    assert b"Run <code>tailhub web</code>" in body
+    api, body = web.request("/api/jobs")
+    assert api.status == 401
+    assert "tailhub web" in json.loads(body)["error"]
+    forged, _ = web.request("/api/jobs", "eyJ2IjoxfQ.AAAA")
+    assert forged.status == 401
+
+
+def test_every_response_carries_the_security_headers_and_only_get_is_served(web: Web) -> None:
+    cookie = web.login()
+    for path, cookie_sent, status in (
+        ("/", cookie, 200),
+        ("/api/jobs", cookie, 200),
+        ("/api/jobs", None, 401),
+        ("/api/jobs/999", cookie, 404),
+        ("/login?code=nope", None, 403),
+    ):
+        response, _ = web.request(path, cookie_sent)
+        assert response.status == status, path
+        assert response.getheader("Content-Security-Policy") == CSP, path
+        assert response.getheader("X-Content-Type-Options") == "nosniff"
+        assert response.getheader("Referrer-Policy") == "no-referrer"
+    posted, _ = web.request("/api/jobs", cookie, method="POST")
+    assert posted.status == 405
+    assert posted.getheader("Content-Security-Policy") == CSP
+    page, body = web.request("/jobs/1", cookie)
+    assert page.getheader("Content-Type", "").startswith("text/html")
+    assert b"<script" in body
+    assert b"<script>" not in body
+
+
+def test_a_job_and_its_events_as_json(web: Web) -> None:
+    cookie = web.login()
+    with web.client() as client:
+        job_id = push_job(client, b"one\n")
+        client.finish(job_id, 3)
+    response, body = web.request(f"/api/jobs/{job_id}", cookie)
+    assert response.status == 200
+    job = json.loads(body)["job"]
+    assert (job["id"], job["state"], job["exit_code"], job["log_size"], job["source"]) == (
+        str(job_id),
+        "FAILED",
+        3,
+        "4",
+        "push",
+    )
+    listed = json.loads(web.request("/api/jobs", cookie)[1])
+    assert [each["id"] for each in listed["jobs"]] == [str(job_id)]
+
+
+def test_the_log_stream_equals_the_log_and_resumes_exactly_across_a_restart(web: Web) -> None:
+    cookie = web.login()
+    first = b"".join(b"line %d \xe2\x82\xac\n" % n for n in range(200)) + b"partial"
+    with web.client() as client:
+        job_id = push_job(client, first)
+    stream = web.stream(f"/api/events/jobs/{job_id}/log?tail_lines=100000", cookie)
+    assert stream.status == 200
+    assert stream.response.getheader("Content-Type", "").startswith("text/event-stream")
+    got, last_id, end = read_log(stream, until=lambda got: len(got) >= len(first))
+    assert end is None
+    assert got == first
+    web.daemon.restart()  # the stream breaks; the browser comes back with its Last-Event-ID
+    stream.close()
+    second = b" line\n" + b"after the restart\n" * 50
+    with web.client() as client:
+        client.publish(job_id, second)
+        client.finish(job_id, 0)
+    # The session survives the restart (its key is in the home).
+    resumed = web.stream(f"/api/events/jobs/{job_id}/log", cookie, last_event_id=last_id)
+    rest, _, end = read_log(resumed)
+    resumed.close()
+    assert got + rest == first + second  # no gap, no repeat
+    assert end is not None
+    assert end.name == "end"
+    assert end.data == {
+        "state": "SUCCEEDED",
+        "exit_code": 0,
+        "reason": end.data["reason"],
+        "log_size": str(len(first + second)),
+    }
+
+
+def test_a_stream_starts_at_the_last_tail_lines_lines(web: Web) -> None:
+    cookie = web.login()
+    with web.client() as client:
+        job_id = push_job(client, b"".join(b"%d\n" % n for n in range(10)))
+        client.finish(job_id, 0)
+    stream = web.stream(f"/api/events/jobs/{job_id}/log?tail_lines=3", cookie)
+    got, _, end = read_log(stream)
+    stream.close()
+    assert got == b"7\n8\n9\n"
+    assert end is not None
+    assert end.name == "end"
+    bad = web.stream(f"/api/events/jobs/{job_id}/log?tail_lines=many", cookie)
+    assert [(item.name, "tail_lines" in str(item.data)) for item in bad.events()] == [
+        ("error", True)
+    ]
+    bad.close()
+
+
+def test_an_idle_stream_gets_heartbeats(web: Web) -> None:
+    cookie = web.login()
+    with web.client() as client:
+        job_id = push_job(client, b"x\n")
+    stream = web.stream(f"/api/events/jobs/{job_id}/log", cookie)
+    read_log(stream, until=lambda got: got == b"x\n")
+    # 0.3 s apart (--http-heartbeat-interval): two come well within a few seconds.
+    heartbeats = 0
+    while heartbeats < 2:
+        line = stream.response.readline()
+        assert line, "the stream ended"
+        heartbeats += line == b": heartbeat\n"
+    stream.close()
+
+
+def test_twenty_streams_on_one_job_keep_one_upstream_and_end_with_their_tabs(web: Web) -> None:
+    cookie = web.login()
+    with web.client() as client:
+        # A command's output: one upstream, however many follow it.
+        job_id = client.attach_command(["sh", "-c", "echo hello; exec sleep 60"]).id
+        streams = [web.stream(f"/api/events/jobs/{job_id}/log", cookie) for _ in range(20)]
+        for stream in streams:
+            assert read_log(stream, until=lambda got: got == b"hello\n")[0] == b"hello\n"
+        wait_until(lambda: client.get(job_id).subscribers == 20, 20, "20 followers")
+        assert client.get(job_id).upstream_connections == 1
+        status = client.status()
+        assert (status.upstream_connections, status.upstream_connections_open) == (1, 1)
+        for stream in streams:
+            stream.close()
+        # Each closed tab lets go of its cursor at once (not at the next heartbeat).
+        wait_until(lambda: client.get(job_id).subscribers == 0, 20, "the cursors let go")
+        assert client.get(job_id).upstream_connections == 1
+        client.cancel([job_id])
+
+
+def test_streams_past_a_limit_are_answered_429(
+    home: Path, start_daemon: Callable[..., DaemonProcess], workdir: Path
+) -> None:
+    port, grpc_port = free_port(), free_port()
+    daemon = start_daemon(
+        "--http-listen",
+        f"127.0.0.1:{port}",
+        "--http-max-streams",
+        "3",
+        "--http-max-streams-per-session",
+        "2",
+        "--listen",
+        f"127.0.0.1:{grpc_port}",
+        "--insecure",
+    )
+    web = Web(daemon, port)
+    owner = web.login()
+    token_file = write_token(workdir, "reader", create_token(home, "read", "reader"))
+    remote = ("--server", f"127.0.0.1:{grpc_port}", "--insecure", "--token-file", str(token_file))
+    reader = web.login(*remote)
+    with web.client() as client:
+        job_id = push_job(client, b"x\n")
+    path = f"/api/events/jobs/{job_id}/log"
+    held = [web.stream(path, owner), web.stream("/api/events/jobs", owner)]
+    assert [stream.status for stream in held] == [200, 200]
+    refused, body = web.request(path, owner)
+    assert refused.status == 429
+    assert "--http-max-streams-per-session" in json.loads(body)["error"]
+    held.append(web.stream(path, reader))
+    assert held[-1].status == 200
+    refused, body = web.request(path, reader)
+    assert refused.status == 429
+    assert "--http-max-streams)" in json.loads(body)["error"]
+    held.pop().close()
+
+    def opens() -> bool:
+        stream = web.stream(path, reader)
+        held.append(stream)
+        return stream.status == 200
+
+    wait_until(opens, 20, "a place freed")
+    for stream in held:
+        stream.close()
+
+
+def test_a_revoked_tokens_session_is_refused(
+    home: Path, start_daemon: Callable[..., DaemonProcess], workdir: Path
+) -> None:
+    port, grpc_port = free_port(), free_port()
+    daemon = start_daemon(
+        "--http-listen", f"127.0.0.1:{port}", "--listen", f"127.0.0.1:{grpc_port}", "--insecure"
+    )
+    web = Web(daemon, port)
+    token_file = write_token(workdir, "reader", create_token(home, "read", "reader"))
+    remote = ("--server", f"127.0.0.1:{grpc_port}", "--insecure", "--token-file", str(token_file))
+    cookie = web.login(*remote)
+    assert web.request("/api/jobs", cookie)[0].status == 200
+    revoked = run_cli(home, "token", "revoke", "reader")
+    assert revoked.returncode == 0, revoked.stderr
+    response, body = web.request("/api/jobs", cookie)
+    assert response.status == 401
+    # A token of the same name made again is another token: the session stays refused.
+    create_token(home, "read", "reader")
+    assert web.request("/api/jobs", cookie)[0].status == 401
+
+
+def test_raw_and_gzip_downloads_equal_the_log(web: Web) -> None:
+    cookie = web.login()
+    log = bytes(range(256)) * 4000 + b"end\n"  # about 1 MiB: several pieces
+    with web.client() as client:
+        job_id = push_job(client, log)
+        client.finish(job_id, 0)
+    raw, body = web.request(f"/api/jobs/{job_id}/raw", cookie)
+    assert raw.status == 200
+    assert body == log
+    assert raw.getheader("Content-Disposition") == f'attachment; filename="job-{job_id}.log"'
+    packed, body = web.request(f"/api/jobs/{job_id}/raw?gzip=1", cookie)
+    assert packed.getheader("Content-Type") == "application/gzip"
+    assert gzip.decompress(body) == log
+
+
+def test_a_non_loopback_web_view_without_tls_is_refused_at_start(home: Path) -> None:
+    started = subprocess.run(
+        [sys.executable, "-m", "tailhub.daemon", "--home", str(home)]
+        + ["--http-listen", f"0.0.0.0:{free_port()}"],
+        capture_output=True,
+        timeout=60,
+    )
+    assert started.returncode == 2
+    assert "is not a loopback address: the web view needs TLS" in started.stderr.decode()
+
+
+def test_tailhub_web_without_a_web_view_says_so(daemon: DaemonProcess) -> None:
+    made = run_cli(daemon.home, "web")
+    assert made.returncode == 1
+    line = one_line(made.stderr, "tailhub: ")
+    assert "serves no web view" in line
+    assert "--http-listen" in line
+    assert made.stdout == b""
