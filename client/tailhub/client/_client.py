@@ -23,6 +23,7 @@ from tailhub.client._servers import Servers, StubMethod
 from tailhub.client._types import (
     CancelResult,
     DaemonStatus,
+    JobEvent,
     JobInfo,
     JobPage,
     LogItem,
@@ -300,6 +301,14 @@ class Client:
         return JobInfo.from_pb(
             self._call(lambda stub: stub.GetJob, pb.GetJobRequest(job_id=job_id), read=True).job
         )
+
+    def get_with_events(self, job_id: int) -> tuple[JobInfo, list[JobEvent]]:
+        """The job and every source event it kept (at most 1000; the last says how many were
+        dropped, if any were)."""
+        request = pb.GetJobRequest(job_id=job_id)
+        response = self._call(lambda stub: stub.GetJob, request, read=True)
+        events = [JobEvent(e.offset, e.time, e.message) for e in response.events]
+        return JobInfo.from_pb(response.job), events
 
     def list(self, limit: int | None = None) -> list[JobInfo]:
         """Jobs, newest first: the newest `limit`, or every one (fetched a page at a time)."""

@@ -9,6 +9,7 @@ from tailhub.client._external_cli import jobs_attach, jobs_finish, jobs_publish
 from tailhub.client._launch_cli import jobs_launch
 from tailhub.client._logs_cli import jobs_logs, jobs_wait
 from tailhub.client._queue_cli import jobs_queue
+from tailhub.client._show_cli import jobs_show
 
 
 @click.group()
@@ -27,5 +28,6 @@ for _command in (
     jobs_logs,
     jobs_wait,
     jobs_queue,
+    jobs_show,
 ):
     jobs.add_command(_command)

@@ -20,6 +20,7 @@ __all__ = [
     "CancelResult",
     "ClusterInfo",
     "DaemonStatus",
+    "JobEvent",
     "JobInfo",
     "JobPage",
     "JobState",
@@ -277,3 +278,12 @@ class LogEvent:
 
 
 LogItem = LogChunk | LogEvent | LogHeartbeat | LogEnd | LogTimeMark
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    """One of a job's kept source events (GetJob): where in its log, when, and what."""
+
+    offset: int
+    time: float
+    message: str
