@@ -7,6 +7,7 @@ then waits on the job's change signal. A slow one only falls behind and reads fr
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from collections.abc import AsyncGenerator, Callable
 from concurrent.futures import Executor
@@ -169,14 +170,35 @@ async def stream_log(
         job.release_log_if_idle()
 
 
+class FilterPacer:
+    """Line filtering's share of the event loop, daemon-wide: one slice judged at a time, then
+    the loop left to everything else as long again. Filtered followers whose lines rarely match
+    never wait on their network, so without it a few of them kept the loop busy: an unfiltered
+    follower's latency went from 3 ms to 260 ms (4 followers, 32 patterns, 40-byte lines)."""
+
+    def __init__(self) -> None:
+        self._turn = asyncio.Lock()
+
+    async def judge(self, line_filter: LineFilter, offset: int, data: bytes) -> list[Piece]:
+        async with self._turn:
+            started = time.perf_counter()
+            pieces = line_filter.feed(offset, data)
+            await asyncio.sleep(time.perf_counter() - started)
+        return pieces
+
+
 async def filter_lines(
-    stream: AsyncGenerator[LogItem, None], job: Job, line_filter: LineFilter
+    stream: AsyncGenerator[LogItem, None],
+    job: Job,
+    line_filter: LineFilter,
+    pacer: FilterPacer,
 ) -> AsyncGenerator[FilteredItem, None]:
     """`stream` (of `stream_log`) with its chunks through `line_filter`: the lines that pass,
     at their log offsets, and only the time marks that date them.
 
     The filter runs once per follower on the bytes the job's one fetch stored, a slice at a
-    time with the loop let go between slices. Events, heartbeats and the end pass unchanged;
+    time, paced by `pacer` (shared by every filtered follower) so that filtering takes at most
+    about half of the event loop. Events, heartbeats and the end pass unchanged;
     an ended job's unterminated last line is judged just before its end.
     """
     marks = _HeldMarks()
@@ -186,10 +208,8 @@ async def filter_lines(
                 data = job.log.read(item.offset, item.end - item.offset)
                 pieces: list[Piece] = []
                 for start in range(0, len(data), FILTER_SLICE):
-                    if start:
-                        await asyncio.sleep(0)  # the other followers' turn
                     chunk = data[start : start + FILTER_SLICE]
-                    pieces += line_filter.feed(item.offset + start, chunk)
+                    pieces += await pacer.judge(line_filter, item.offset + start, chunk)
                 for piece in joined(pieces):
                     for mark in marks.dating(piece):
                         yield mark

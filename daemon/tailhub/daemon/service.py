@@ -21,6 +21,7 @@ from tailhub.daemon.facts import RunFacts, host_facts
 from tailhub.daemon.fanout import (
     ChunkRange,
     FilteredItem,
+    FilterPacer,
     LineRun,
     LogItem,
     filter_lines,
@@ -102,6 +103,7 @@ class TailhubServicer:
         self._chunks = EncodedChunkCache(_CHUNK_CACHE_BYTES)
         manager.on_removed(self._chunks.forget)
         self._budget = SendBudget(config.subscriber_budget_bytes, config.min_chunk_bytes)
+        self._filter_pacer = FilterPacer()
         # Set by the server once its listeners are bound (they are bound after the service
         # is registered on them); GetDaemonStatus reports it.
         self.run_facts = RunFacts()
@@ -140,7 +142,9 @@ class TailhubServicer:
                 timestamps=request.timestamps,
             )
             stream: AsyncGenerator[LogItem | FilteredItem, None] = (
-                read if line_filter is None else filter_lines(read, job, line_filter)
+                read
+                if line_filter is None
+                else filter_lines(read, job, line_filter, self._filter_pacer)
             )
             try:
                 async for item in stream:
