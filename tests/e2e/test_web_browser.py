@@ -18,13 +18,14 @@ from pathlib import Path
 
 import pytest
 from conftest import check_daemon_log
-from helpers import DaemonProcess, run_cli
+from helpers import DaemonProcess, run_cli, wait_until
 from selenium.common.exceptions import NoAlertPresentException
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.actions.wheel_input import ScrollOrigin
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from web_helpers import (
+    PAGE_TIMEOUT,
     base_of,
     chrome,
     computed,
@@ -430,6 +431,75 @@ def test_the_job_list_updates_live_and_filters(
     wait(browser, lambda d: d.current_url == f"{site}/jobs/{first.id}", "the job's page")
     wait_for_state(browser, "ended")
     client.finish(second.id, 0)
+
+
+def hide_behind_a_new_tab(driver: WebDriver, client: Client, job_ids: list[int]) -> str:
+    """Opens a tab over the current one (now hidden), and waits until the hidden tab has let go
+    of its stream (none of `job_ids` followed); the hidden tab's handle."""
+    hidden = driver.current_window_handle
+    driver.switch_to.new_window("tab")
+    wait_until(
+        lambda: all(client.get(job_id).subscribers == 0 for job_id in job_ids),
+        PAGE_TIMEOUT,
+        "the hidden tab to let go of its stream",
+    )
+    return hidden
+
+
+def show_again(driver: WebDriver, hidden: str) -> None:
+    driver.close()
+    driver.switch_to.window(hidden)
+
+
+def test_a_tab_shown_again_takes_up_its_log_exactly_where_it_was(
+    browser: WebDriver, site: str, client: Client
+) -> None:
+    job = client.attach_push("hidden")
+    head = b"".join(b"before %d\n" % n for n in range(100)) + b"half a "
+    client.publish(job.id, head)
+    open_job(browser, site, job.id)
+    wait_for_offset(browser, len(head))
+    hidden = hide_behind_a_new_tab(browser, client, [job.id])
+    # More lines than a stream's tail (1000) come while nobody looks.
+    rest = b"line\n" + b"".join(b"while hidden %d\n" % n for n in range(2500))
+    sent = client.publish(job.id, rest)
+    show_again(browser, hidden)
+    wait_for_offset(browser, sent)
+    client.finish(job.id, 0)
+    wait_for_state(browser, "ended")
+    assert page_lines(browser) == (head + rest).decode().splitlines()
+    assert log_data(browser, "gaps") == log_data(browser, "repeats") == "0"
+    assert browser.find_elements(By.CSS_SELECTOR, "#log .note") == []
+    connections = browser.execute_script(
+        "return document.getElementById('stream-state').dataset.connections;"
+    )
+    assert connections == "2"  # it did let go, and opened a new stream
+
+
+def test_a_multi_job_tab_shown_again_takes_up_each_log_where_it_was(
+    browser: WebDriver, site: str, client: Client
+) -> None:
+    early = client.attach_push("early")
+    empty = client.attach_push("empty")  # nothing shown of it before the tab hides
+    client.publish(early.id, b"".join(b"e %d\n" % n for n in range(10)))
+    browser.get(f"{site}/jobs?ids={early.id},{empty.id}")
+    wait(browser, lambda d: len(page_lines(d)) == 10, "early's lines")
+    hidden = hide_behind_a_new_tab(browser, client, [early.id, empty.id])
+    for job_id, name in ((early.id, b"e"), (empty.id, b"x")):
+        client.publish(job_id, b"".join(b"%s %d\n" % (name, n) for n in range(10, 1510)))
+        client.finish(job_id, 0)
+    show_again(browser, hidden)
+    wait_for_state(browser, "ended")
+    lines = page_lines(browser)
+    early_prefix = f"early-{early.id} | "
+    empty_prefix = f"empty-{empty.id}".ljust(len(early_prefix) - 3) + " | "
+    assert [line for line in lines if line.startswith(early_prefix)] == [
+        f"{early_prefix}e {n}" for n in range(1510)
+    ]
+    assert [line for line in lines if line.startswith(empty_prefix)] == [
+        f"{empty_prefix}x {n}" for n in range(10, 1510)
+    ]
+    assert len(lines) == 1510 + 1500
 
 
 @pytest.mark.slow

@@ -8,6 +8,7 @@ import base64
 import gzip
 import http.client
 import json
+import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -212,6 +213,45 @@ def test_every_response_carries_the_security_headers_and_only_get_is_served(web:
     assert b"<script>" not in body
 
 
+def raw_request(port: int, head: bytes) -> bytes:
+    """What the web view answers to a request written byte for byte."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as connection:
+        connection.sendall(head)
+        answer = b""
+        while chunk := connection.recv(65536):
+            answer += chunk
+    return answer
+
+
+def test_a_request_for_another_host_is_refused_421(web: Web) -> None:
+    cookie = web.login()
+    with web.client() as client:
+        push_job(client, b"secret\n")
+    # DNS rebinding: the attacker's name, resolved to 127.0.0.1, is the request's Host.
+    rebound = raw_request(
+        web.port,
+        f"GET /api/jobs HTTP/1.1\r\nHost: evil.example:{web.port}\r\n"
+        f"Cookie: tailhub_session={cookie}\r\nConnection: close\r\n\r\n".encode(),
+    )
+    assert rebound.startswith(b"HTTP/1.1 421 "), rebound[:100]
+    assert b"wrong host" in rebound
+    assert b'"jobs"' not in rebound
+    # No Host at all (HTTP/1.0): refused too.
+    bare = raw_request(web.port, b"GET /static/app.js HTTP/1.0\r\n\r\n")
+    assert bare.split(b" ", 2)[1] == b"421", bare[:100]
+    for path in ("/", "/static/app.js", "/login?code=x", "/api/events/jobs", "/api/jobs"):
+        for host in (f"evil.example:{web.port}", "127.0.0.1", f"127.0.0.1:{web.port + 1}"):
+            response, body = web.request(path, cookie, Host=host)
+            assert response.status == 421, (path, host)
+            assert response.getheader("Content-Security-Policy") == CSP
+            assert b"secret" not in body
+    # The listener's own names pass.
+    for host in (f"127.0.0.1:{web.port}", f"localhost:{web.port}", f"[::1]:{web.port}"):
+        response, body = web.request("/api/jobs", cookie, Host=host)
+        assert response.status == 200, host
+        assert json.loads(body)["total"] == 1
+
+
 def test_a_job_and_its_events_as_json(web: Web) -> None:
     cookie = web.login()
     with web.client() as client:
@@ -279,6 +319,139 @@ def test_a_stream_starts_at_the_last_tail_lines_lines(web: Web) -> None:
         ("error", True)
     ]
     bad.close()
+
+
+def first_events(stream: EventStream, count: int) -> list[Event]:
+    events = []
+    for item in stream.events():
+        events.append(item)
+        if len(events) == count:
+            break
+    return events
+
+
+def test_a_stream_opened_at_an_offset_starts_exactly_there(web: Web) -> None:
+    cookie = web.login()
+    head = b"".join(b"early %d\n" % n for n in range(50))
+    with web.client() as client:
+        job_id = push_job(client, head)
+    path = f"/api/events/jobs/{job_id}/log?tail_lines=1000"
+    # Mid-line: a byte offset, not a line's start. The first event says where it starts.
+    stream = web.stream(f"{path}&offset=13", cookie)
+    [start] = first_events(stream, 1)
+    assert (start.name, start.data, start.id) == ("chunk", {"offset": "13", "data": ""}, "13")
+    got, _, _ = read_log(stream, until=lambda got: len(got) == len(head) - 13)
+    assert got == head[13:]
+    # More than tail_lines lines come while the page looks away: none is skipped.
+    more = b"".join(b"while hidden %d\n" % n for n in range(3000))
+    with web.client() as client:
+        client.publish(job_id, more)
+        client.finish(job_id, 0)
+    rest, _, end = read_log(stream)
+    stream.close()
+    assert got + rest == head[13:] + more
+    assert end is not None
+    assert end.name == "end"
+    # A tab shown again opens a new stream at its next byte: exactly the bytes after it.
+    reopened = web.stream(f"{path}&offset={len(head)}", cookie)
+    got, _, end = read_log(reopened)
+    reopened.close()
+    assert got == more
+    assert end is not None
+    assert end.name == "end"
+    # Last-Event-ID (the browser's own reconnect to the same URL) wins over the query.
+    resumed = web.stream(f"{path}&offset=13", cookie, last_event_id=str(len(head) + 100))
+    got, _, _ = read_log(resumed)
+    resumed.close()
+    assert got == more[100:]
+    # Refused as a bad Last-Event-ID is: an `error` event, then the end of the stream.
+    total = len(head) + len(more)
+    for offset, said in (
+        (str(total + 1), f"offset {total + 1} is past the end"),
+        ("12x", "offset '12x' is not a byte offset"),
+        ("-1", "is not a byte offset"),
+    ):
+        bad = web.stream(f"{path}&offset={offset}", cookie)
+        events = list(bad.events())
+        bad.close()
+        assert [item.name for item in events] == ["error"], offset
+        assert said in str(events[0].data["message"]), events[0].data
+
+
+def read_logs(stream: EventStream) -> tuple[dict[str, bytes], dict[str, int], list[Event]]:
+    """A multi-job stream to its close: each job's bytes (contiguous), where each began, and
+    the `end`/`error` events."""
+    got: dict[str, bytes] = {}
+    starts: dict[str, int] = {}
+    ends = []
+    for item in stream.events():
+        job = str(item.data.get("job"))
+        if item.name == "chunk":
+            offset = int(str(item.data["offset"]))
+            if job not in starts:
+                starts[job], got[job] = offset, b""
+            assert offset == starts[job] + len(got[job]), (job, offset)  # no gap, no repeat
+            got[job] += base64.b64decode(str(item.data["data"]))
+            assert f"{job}:{starts[job] + len(got[job])}" in str(item.id).split(",")
+        elif item.name in ("end", "error"):
+            ends.append(item)
+    return got, starts, ends
+
+
+def test_a_multi_job_stream_opened_at_offsets_starts_each_exactly_there(web: Web) -> None:
+    cookie = web.login()
+    logs: dict[str, bytes] = {}
+    with web.client() as client:
+        for name in (b"a", b"b", b"c"):
+            data = b"".join(b"%s %d\n" % (name, n) for n in range(1500))
+            logs[str(push_job(client, data))] = data
+    a, b, c = logs
+    path = f"/api/events/logs?ids={a},{b},{c}"
+    # c is not named in offsets: it starts at its last 1000 lines.
+    opened = f"{path}&offsets={a}:5,{b}:{len(logs[b])}"
+    stream = web.stream(opened, cookie)
+    tail = logs[c].index(b"c 500\n")
+    first_id = f"{a}:5,{b}:{len(logs[b])},{c}:{tail}"
+    assert [
+        (e.name, e.data["job"], e.data["offset"], e.data["data"], e.id)
+        for e in first_events(stream, 3)
+    ] == [
+        ("chunk", a, "5", "", first_id),
+        ("chunk", b, str(len(logs[b])), "", first_id),
+        ("chunk", c, str(tail), "", first_id),
+    ]
+    stream.close()
+    # More than 1000 lines each while the page looks away: none is skipped.
+    more = {job: b"late %s\n" % job.encode() * 2000 for job in logs}
+    with web.client() as client:
+        for job, data in more.items():
+            client.publish(int(job), data)
+            client.finish(int(job), 0)
+    whole = {job: logs[job] + more[job] for job in logs}
+    stream = web.stream(opened, cookie)
+    got, starts, ends = read_logs(stream)
+    stream.close()
+    c_tail = len(whole[c]) - 1000 * len(b"late %s\n" % c.encode())
+    assert starts == {a: 5, b: len(logs[b]), c: c_tail}
+    assert got == {a: whole[a][5:], b: more[b], c: whole[c][c_tail:]}
+    assert [item.name for item in ends] == ["end"] * 3
+    # Last-Event-ID (the browser's own reconnect to the same URL) wins over the query.
+    stream = web.stream(opened, cookie, last_event_id=f"{a}:7,{b}:9,{c}:11")
+    got, starts, _ = read_logs(stream)
+    stream.close()
+    assert starts == {a: 7, b: 9, c: 11}
+    assert got[b] == whole[b][9:]
+    # Refused as a bad Last-Event-ID is: an `error` event, then the end of the stream.
+    for offsets, said in (
+        (f"{a}:{10**9}", f"offset {10**9} is past the end of job {a}'s log"),
+        (f"{a}:x", f"offsets '{a}:x' is not JOB:OFFSET"),
+        (f"{a}:1,{a}:2", "is not JOB:OFFSET"),
+    ):
+        bad = web.stream(f"{path}&offsets={offsets}", cookie)
+        events = list(bad.events())
+        bad.close()
+        assert [item.name for item in events] == ["error"], offsets
+        assert said in str(events[0].data["message"]), events[0].data
 
 
 def test_an_idle_stream_gets_heartbeats(web: Web) -> None:

@@ -1,11 +1,12 @@
 """The web view's server: an aiohttp application run by `AppRunner`/`TCPSite` in the daemon's
 own event loop (no thread, no second loop), its routes, and what every response gets.
 
-Every response carries a strict Content-Security-Policy (no inline script or style), nosniff
-and no-referrer. Only GET is served (anything else: 405). Every page and `/api/` path needs a
-session (the cookie `/login` sets); without one, pages answer 401 with a line saying to run
-`tailhub web`, and `/api/` paths 401 JSON. The access log (debug level) never holds a query
-string: `/login`'s carries the one-time code.
+A request whose `Host` is not the listener's own name and port is refused first, 421
+(hosts.py: DNS rebinding). Every response carries a strict Content-Security-Policy (no inline
+script or style), nosniff and no-referrer. Only GET is served (anything else: 405). Every page
+and `/api/` path needs a session (the cookie `/login` sets); without one, pages answer 401 with
+a line saying to run `tailhub web`, and `/api/` paths 401 JSON. The access log (debug level)
+never holds a query string: `/login`'s carries the one-time code.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from tailhub.daemon.listeners import EXIT_ADDRESS
 from tailhub.daemon.manager import JobManager
 from tailhub.daemon.tokens import TokenIndex
 from tailhub.daemon.web import downloads, job_list, log_events, pages
+from tailhub.daemon.web.hosts import HostCheck
 from tailhub.daemon.web.job_feed import FEED, JobFeed, job_events
 from tailhub.daemon.web.login import LoginCodes
 from tailhub.daemon.web.sessions import (
@@ -77,6 +79,19 @@ async def _security_headers(request: web.Request, response: web.StreamResponse) 
 
 
 @web.middleware
+async def _own_host(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """421 for a `Host` that is not the listener's (a rebound name: hosts.py)."""
+    hosts = request.app[STATE].hosts
+    if hosts is None or not hosts.allows(request.headers.get("Host")):
+        if request.path.startswith("/api/"):
+            return json_error(
+                421, "wrong host: open the web view at the address tailhub web prints"
+            )
+        return pages.wrong_host()
+    return await handler(request)
+
+
+@web.middleware
 async def _get_only(request: web.Request, handler: Handler) -> web.StreamResponse:
     if request.method != "GET":
         response = json_error(405, "the web view only reads: GET")
@@ -102,7 +117,7 @@ async def _session(request: web.Request, handler: Handler) -> web.StreamResponse
 
 
 def make_app(state: WebState, feed: JobFeed) -> web.Application:
-    app = web.Application(middlewares=[_get_only, _session], client_max_size=64 * 1024)
+    app = web.Application(middlewares=[_own_host, _get_only, _session], client_max_size=64 * 1024)
     app[STATE] = state
     app[FEED] = feed
     app.on_response_prepare.append(_security_headers)
@@ -188,6 +203,7 @@ class WebView:
         self._runner, self._site = runner, site
         port = int(runner.addresses[0][1]) if runner.addresses else address.port
         self.url = shown_address(self.settings, port)
+        self._state.hosts = HostCheck(self.settings, port)
         logger.info(
             "web view on %s (%s)",
             self.url,

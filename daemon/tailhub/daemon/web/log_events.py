@@ -4,8 +4,9 @@ Each job followed is one `fanout.stream_log` cursor, as a gRPC Subscribe is: its
 from the job's log under the daemon-wide budget (the grant is given back only once the event
 is written), never fetched again, never copied per tab. A chunk's SSE `id:` is the byte offset
 after it (`3:O3,4:O4` for several jobs), so a browser that reconnects with `Last-Event-ID`
-resumes exactly. The cursor is let go the moment the browser goes away (the handler is
-cancelled) or the job's log is sealed.
+resumes exactly, and so does a page that opens a stream anew with `?offset=` (`?offsets=`). A
+stream's first event per job is an empty chunk at its start. The cursor is let go the moment
+the browser goes away (the handler is cancelled) or the job's log is sealed.
 """
 
 from __future__ import annotations
@@ -66,13 +67,13 @@ class Plan:
 
 
 async def job_log(request: web.Request) -> web.StreamResponse:
-    """`GET /api/events/jobs/{id}/log?tail_lines=N&grep=RE&exclude=RE`."""
+    """`GET /api/events/jobs/{id}/log?tail_lines=N&offset=O&grep=RE&exclude=RE`."""
     job_id = job_id_of(request)
 
     def plan() -> Plan:
         if job_id is None:
             raise InvalidRequest("no such job")
-        offset = resume.parse_offset(request.headers.get("Last-Event-ID"))
+        offset = resume.parse_offset(*_resumed_at(request, "offset"))
         return Plan(
             [job_id],
             resume.parse_tail_lines(request.query.get("tail_lines")),
@@ -86,7 +87,8 @@ async def job_log(request: web.Request) -> web.StreamResponse:
 
 
 async def logs(request: web.Request) -> web.StreamResponse:
-    """`GET /api/events/logs?ids=3,4,5` or `?name=GLOB` (at most 50 jobs)."""
+    """`GET /api/events/logs?ids=3,4,5` or `?name=GLOB` (at most 50 jobs), `&offsets=3:O3,...`
+    (jobs not named there start at their last `tail_lines` lines)."""
     state = state_of(request)
 
     def plan() -> Plan:
@@ -100,13 +102,30 @@ async def logs(request: web.Request) -> web.StreamResponse:
         return Plan(
             ids,
             resume.parse_tail_lines(request.query.get("tail_lines")),
-            resume.parse_offsets(request.headers.get("Last-Event-ID")) or {},
+            resume.parse_offsets(*_resumed_at(request, "offsets")) or {},
             request.query.getall("grep", []),
             request.query.getall("exclude", []),
             multi=True,
         )
 
     return await _serve(request, plan)
+
+
+def _resumed_at(request: web.Request, parameter: str) -> tuple[str | None, str]:
+    """Where the browser has the log so far, and what said so: `Last-Event-ID`, else the
+    query's `offset=` (`offsets=` for several jobs), which a page sets when it opens a new
+    stream (a tab shown again after its stream was let go: an EventSource made anew cannot
+    send the header).
+
+    The header wins: EventSource reconnects by itself (a daemon restart, a dropped
+    connection) to the very URL it was made with, query and all, adding Last-Event-ID, the
+    place after the last event it got since. The query says where that stream began; the
+    header is where it got to, never before it.
+    """
+    header = request.headers.get("Last-Event-ID")
+    if header is not None and header.strip():
+        return header, "Last-Event-ID"
+    return request.query.get(parameter), parameter
 
 
 def _named(state: WebState, glob: str) -> list[int]:
@@ -148,6 +167,7 @@ async def _stream(request: web.Request, response: web.StreamResponse, plan: Plan
         for job_id in plan.job_ids:
             followed[job_id] = await _follow(state, job_id, plan)
         writer = _Writer(state, response, followed, plan.multi, identity_of(request))
+        await writer.start()
         await _pump(followed, writer.write, state.settings.heartbeat_interval, writer.heartbeat)
     finally:
         for each in followed.values():
@@ -240,6 +260,13 @@ class _Writer:
             return False
         await self._response.write(HEARTBEAT)
         return True
+
+    async def start(self) -> None:
+        """An empty chunk per job at its start, with the stream's id: the page knows where
+        each job begins before any byte comes, and a reconnect (or a tab shown again) before
+        then resumes there rather than at the tail again."""
+        for each in self._followed.values():
+            await self._piece(each, each.offset, b"")
 
     async def write(self, job_id: int, item: LogItem) -> bool:
         """Writes one item; False once the job's stream is over."""

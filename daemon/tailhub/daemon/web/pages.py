@@ -32,6 +32,9 @@ _TYPES = {
 }
 
 NO_SESSION = "Run <code>tailhub web</code> to get a login link."
+WRONG_HOST = (
+    "The web view answers only at its own address: open the link <code>tailhub web</code> prints."
+)
 BAD_CODE = (
     "This login link was used already, or it expired (a link works once, for two minutes). "
     "Run <code>tailhub web</code> again for a new one."
@@ -50,6 +53,10 @@ def short_page(status: int, title: str, message: str) -> web.Response:
 
 def no_session() -> web.Response:
     return short_page(401, "not logged in", NO_SESSION)
+
+
+def wrong_host() -> web.Response:
+    return short_page(421, "wrong host", WRONG_HOST)
 
 
 def _asset(name: str) -> tuple[bytes, str] | None:

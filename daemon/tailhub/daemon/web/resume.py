@@ -1,5 +1,7 @@
 """Where an event stream starts: `Last-Event-ID` (the byte offset after the last event the
-browser got, `O`, or `3:O3,4:O4` for several jobs) or `tail_lines`. Pure: no daemon here."""
+browser got, `O`, or `3:O3,4:O4` for several jobs), the same in the query (`offset=O`,
+`offsets=3:O3,4:O4`: a page opening a new stream cannot set the header), or `tail_lines`.
+Pure: no daemon here."""
 
 from __future__ import annotations
 
@@ -20,29 +22,31 @@ def _number(text: str) -> int | None:
     return value if value < 2**63 else None
 
 
-def parse_offset(text: str | None) -> int | None:
-    """The offset of a single job's Last-Event-ID; ValueError when it is not one."""
+def parse_offset(text: str | None, what: str = "Last-Event-ID") -> int | None:
+    """The offset of a single job's Last-Event-ID (or `offset=`, named by `what`); ValueError
+    when it is not one."""
     if text is None or not text.strip():
         return None
     value = _number(text.strip())
     if value is None:
-        raise ValueError(f"Last-Event-ID {text[:40]!r} is not a byte offset")
+        raise ValueError(f"{what} {text[:40]!r} is not a byte offset")
     return value
 
 
-def parse_offsets(text: str | None) -> dict[int, int] | None:
-    """The offsets of a multi-job Last-Event-ID (`3:120,4:0`); ValueError when it is not one."""
+def parse_offsets(text: str | None, what: str = "Last-Event-ID") -> dict[int, int] | None:
+    """The offsets of a multi-job Last-Event-ID (`3:120,4:0`, or `offsets=`, named by `what`);
+    ValueError when it is not one."""
     if text is None or not text.strip():
         return None
     text = text.strip()
     if len(text) > MAX_ID_CHARS:
-        raise ValueError("Last-Event-ID is too long")
+        raise ValueError(f"{what} is too long")
     offsets: dict[int, int] = {}
     for part in text.split(","):
         job_text, colon, offset_text = part.partition(":")
         job_id, offset = _number(job_text), _number(offset_text)
         if not colon or job_id is None or offset is None or job_id in offsets:
-            raise ValueError(f"Last-Event-ID {text[:40]!r} is not JOB:OFFSET,...")
+            raise ValueError(f"{what} {text[:40]!r} is not JOB:OFFSET,...")
         offsets[job_id] = offset
     return offsets
 

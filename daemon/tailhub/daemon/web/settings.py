@@ -83,11 +83,17 @@ def _context(cert: Path, key: Path, client_ca: Path | None) -> ssl.SSLContext:
     return context
 
 
-def shown_address(settings: WebSettings, port: int) -> str:
-    """`http(s)://HOST:PORT` as a browser on this machine or another one opens it."""
+def shown_host(settings: WebSettings) -> str:
+    """The host a browser on this machine or another one opens: this machine's name for a
+    wildcard address."""
     host = settings.address.host
     if host in ("0.0.0.0", "::"):  # noqa: S104 - named, not bound, here
         import socket
 
         host = socket.getfqdn()
-    return f"{settings.scheme}://{format_host_port(host, port)}"
+    return host
+
+
+def shown_address(settings: WebSettings, port: int) -> str:
+    """`http(s)://HOST:PORT` as a browser on this machine or another one opens it."""
+    return f"{settings.scheme}://{format_host_port(shown_host(settings), port)}"

@@ -13,6 +13,7 @@ from tailhub.daemon.budget import SendBudget
 from tailhub.daemon.config import DaemonConfig
 from tailhub.daemon.manager import JobManager
 from tailhub.daemon.tokens import TokenIndex
+from tailhub.daemon.web.hosts import HostCheck
 from tailhub.daemon.web.login import LoginCodes
 from tailhub.daemon.web.sessions import CookieSigner, Identity
 from tailhub.daemon.web.settings import WebSettings
@@ -34,6 +35,8 @@ class WebState:
     codes: LoginCodes
     slots: StreamSlots
     events: EncodedChunkCache
+    # The names the listener answers to, known once it is bound (its port).
+    hosts: HostCheck | None = None
 
 
 STATE = web.AppKey("tailhub_state", WebState)

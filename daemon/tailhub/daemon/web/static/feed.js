@@ -2,9 +2,10 @@
 //
 // Over HTTP/1.1 a browser opens at most 6 connections to one host, and every open stream keeps
 // one: a seventh tab on the daemon would not even load. So a tab lets go of its stream while
-// hidden and opens it again when shown, from where it was (the view asks for its next offset
-// and drops any byte it has already shown: no gap, no repeat). The browser's own reconnects
-// (a daemon restart) resume with Last-Event-ID.
+// hidden and opens it again when shown, from where it was: a new EventSource cannot send
+// Last-Event-ID, so the view's `url()` puts its next offset in the query (`offset=`,
+// `offsets=`) and the daemon starts exactly there (no gap, no repeat). The browser's own
+// reconnects (a daemon restart) resume with Last-Event-ID, which the daemon prefers.
 
 // How long a tab may stay hidden before it lets go (switching tabs back and forth costs
 // nothing).
@@ -12,7 +13,7 @@ const HIDDEN_GRACE_MS = 2000;
 
 export class Feed {
   // `url()` is asked at every open; `handlers` maps event names to functions of the parsed
-  // event (and `reopen` to one called before a stream is opened again after a hidden spell); `status` is the element saying the stream's state (`data-state`, and
+  // event; `status` is the element saying the stream's state (`data-state`, and
   // `data-connections`: how many times it was opened).
   constructor(url, handlers, status) {
     this.url = url;
@@ -44,7 +45,7 @@ export class Feed {
       this.state("live", "following live");
     });
     for (const [name, handler] of Object.entries(this.handlers)) {
-      if (name !== "error" && name !== "reopen") source.addEventListener(name, (event) => handler(event));
+      if (name !== "error") source.addEventListener(name, (event) => handler(event));
     }
     source.addEventListener("error", (event) => {
       if (event.data !== undefined) {
@@ -80,7 +81,6 @@ export class Feed {
         this.state("suspended", "paused while the tab is hidden");
       }, HIDDEN_GRACE_MS);
     } else if (this.suspended) {
-      this.handlers.reopen?.();
       this.open();
     }
   }

@@ -70,14 +70,14 @@ class Header {
 }
 
 // Where the log starts and whether its chunks follow each other exactly: an overlap is
-// dropped (never shown twice) and counted, a hole counted; tests read both.
+// dropped (never shown twice) and counted, a hole counted; tests read both. The stream's
+// first chunk (empty) says where it starts.
 class Offsets {
   constructor(log, filtered, view) {
     this.log = log;
     this.view = view;
     this.filtered = filtered;
     this.next = null;
-    this.reopened = false;
     log.dataset.gaps = "0";
     log.dataset.repeats = "0";
     delete log.dataset.offset;
@@ -93,16 +93,14 @@ class Offsets {
       earlier.hidden = offset === 0n;
       earlier.textContent = `The page starts ${offset} bytes into the log: download it for the earlier part.`;
     } else if (offset < this.next) {
-      // Expected once after a hidden spell (a daemon without `offset` sends the tail again);
-      // anywhere else the stream repeated itself.
-      if (!this.reopened) this.count("repeats");
+      // The stream repeated itself (it starts where asked, after a hidden spell too).
+      this.count("repeats");
       const seen = this.next - offset;
       fresh = seen >= BigInt(bytes.length) ? bytes.subarray(bytes.length) : bytes.subarray(Number(seen));
     } else if (offset > this.next && !this.filtered) {
       this.count("gaps");
       this.view.note(`(${offset - this.next} bytes not shown here: download the log for them)`);
     }
-    this.reopened = false;
     const end = offset + BigInt(bytes.length);
     if (this.next === null || end > this.next) this.next = end;
     this.log.dataset.offset = String(this.next);
@@ -158,8 +156,7 @@ export function showJob(id, params) {
     const filtered = Boolean(grep.value || exclude.value);
     const offsets = new Offsets(log, filtered, view);
     log.dataset.filtered = String(filtered);
-    // Opened again after a hidden spell: from the next byte (a daemon that does not know
-    // `offset` sends the tail, and the bytes already shown are dropped).
+    // Opened again after a hidden spell: from the next byte, exactly (see Feed).
     const url = () => {
       const query = new URLSearchParams({ tail_lines: String(TAIL_LINES) });
       if (offsets.next !== null) query.set("offset", String(offsets.next));
@@ -199,9 +196,6 @@ export function showJob(id, params) {
     const handlers = {
       chunk,
       end,
-      reopen: () => {
-        offsets.reopened = true;
-      },
       event: (event) => {
         const data = payload(event);
         if (data !== null) events.add(data);

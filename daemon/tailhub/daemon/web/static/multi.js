@@ -95,10 +95,12 @@ function follow(chosen) {
   };
   const jobOf = (data) => (data !== null && typeof data.job === "string" ? jobs.get(data.job) : undefined);
 
-  // Opened again after a hidden spell: each job from its next byte (see Feed).
+  // Opened again after a hidden spell: the jobs not ended, each from its next byte, exactly
+  // (see Feed; the stream's first chunk of each job, empty, says where it starts).
   const url = () => {
-    const query = new URLSearchParams({ ids: [...jobs.keys()].join(",") });
-    const known = [...jobs].filter(([, job]) => job.next !== null && !job.ended);
+    const open = [...jobs].filter(([, job]) => !job.ended);
+    const query = new URLSearchParams({ ids: open.map(([id]) => id).join(",") });
+    const known = open.filter(([, job]) => job.next !== null);
     if (known.length) query.set("offsets", known.map(([id, job]) => `${id}:${job.next}`).join(","));
     return `/api/events/logs?${query}`;
   };
@@ -114,7 +116,7 @@ function follow(chosen) {
     } catch {
       return;
     }
-    // Bytes shown already (a stream opened again sends the tail) are dropped.
+    // Bytes shown already are dropped (never sent: the stream starts where asked).
     if (job.next !== null && offset < job.next) {
       const seen = job.next - offset;
       bytes = seen >= BigInt(bytes.length) ? bytes.subarray(bytes.length) : bytes.subarray(Number(seen));
