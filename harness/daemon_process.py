@@ -135,7 +135,7 @@ class DaemonProcess(Owned):
         TimeoutError raised. Whatever it left in its process group is killed."""
         process = self._started()
         if not exited(process):
-            os.kill(self.pid, signal.SIGTERM)
+            self._signal(signal.SIGTERM)
         try:
             wait_until(lambda: exited(process), timeout, "the daemon to stop")
         finally:
@@ -146,7 +146,7 @@ class DaemonProcess(Owned):
         """kill -9 of the daemon alone, as a crash ends it: no chance to clean up."""
         process = self._started()
         if not exited(process):
-            os.kill(self.pid, signal.SIGKILL)
+            self._signal(signal.SIGKILL)
         process.wait(STOP_TIMEOUT)
 
     def restart(self) -> None:
@@ -179,6 +179,11 @@ class DaemonProcess(Owned):
 
     def open_fds(self) -> int:
         return readings.open_fds(self.pid)
+
+    def _signal(self, signum: int) -> None:
+        """To the daemon itself (under a prefix, it may have ended before the prefix)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signum)
 
     def _started(self) -> subprocess.Popen[bytes]:
         if self.process is None:
