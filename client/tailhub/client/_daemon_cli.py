@@ -336,6 +336,12 @@ def daemon_status(home: str | None, as_json: bool) -> None:
             f"({size_text(status.retention_removed_bytes)} of logs) since start",
         ),
     ]
+    rows += [
+        (f"{listener.kind} listener", f"{listener.address} ({listener.security or 'tls'})")
+        for listener in status.listeners
+    ]
+    if status.metrics_address:
+        rows.append(("metrics listener", status.metrics_address))
     cluster = status.cluster
     if cluster is not None:
         reach = "reachable" if cluster.connected else "UNREACHABLE (see the daemon's log)"

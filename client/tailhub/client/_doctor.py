@@ -28,6 +28,7 @@ from tailhub.client._version import (
 
 if TYPE_CHECKING:
     from tailhub.client import DaemonStatus
+    from tailhub.client._types import ListenerInfo
     from tailhub.daemon.paths import StatePaths
 
 OK = "ok"
@@ -142,12 +143,18 @@ def check_last_stop(paths: StatePaths) -> list[Finding]:
     ]
 
 
+def listener_text(listener: ListenerInfo) -> str:
+    """`ADDRESS (tls)` for a gRPC listener, `web view on https://ADDRESS` for the web view's."""
+    if listener.kind == "web":
+        scheme = "http" if listener.security == "plaintext" else "https"
+        return f"web view on {scheme}://{listener.address}"
+    return f"{listener.address} ({listener.security or 'tls'})"
+
+
 def check_serving(status: DaemonStatus, probe: DaemonProbe) -> list[Finding]:
     """How the daemon serves: its listeners, metrics and limits (facts, not judgements)."""
     places = [] if probe.remote else [f"socket {status.home}/sock"]
-    places += [
-        f"{listener.address} ({listener.security or 'tls'})" for listener in status.listeners
-    ]
+    places += [listener_text(listener) for listener in status.listeners]
     if status.metrics_address:
         places.append(f"metrics on {status.metrics_address}")
     running = (

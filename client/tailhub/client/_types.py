@@ -124,7 +124,7 @@ class ClusterInfo:
 
 @dataclass(frozen=True)
 class ListenerInfo:
-    """One TCP listener of the daemon (`tailhubd --listen`)."""
+    """One TCP listener of the daemon (`tailhubd --listen`, `--http-listen`)."""
 
     address: str
     # "plaintext", "tls" or "mutual-tls" ("" from a daemon that did not say).
@@ -132,6 +132,9 @@ class ListenerInfo:
     # The --tls-cert file the daemon read, and when its certificate stops being valid.
     certificate_path: str = ""
     certificate_not_after: float | None = None
+    # What it serves: "grpc" (this API: the only kind to connect a Client to) or "web" (the
+    # web view). A daemon that did not say listed only gRPC listeners.
+    kind: str = "grpc"
 
 
 _SECURITY = {
@@ -218,6 +221,7 @@ def _listener_info(listener: pb.ListenerStatus) -> ListenerInfo:
         certificate_not_after=(
             listener.certificate_not_after if listener.HasField("certificate_not_after") else None
         ),
+        kind=listener.kind or "grpc",
     )
 
 

@@ -13,12 +13,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from tailhub.daemon.listeners import NetworkSettings
+from tailhub.daemon.listeners import TlsMaterial
 
 # ListenerFacts.security
 PLAINTEXT = "plaintext"
 TLS = "tls"
 MUTUAL_TLS = "mutual-tls"
+# ListenerFacts.kind: what a listener serves (`--listen`, `--http-listen`).
+GRPC = "grpc"
+WEB = "web"
 
 
 @dataclass(frozen=True)
@@ -30,29 +33,37 @@ class ListenerFacts:
     # The --tls-cert file as read at start, and when its certificate stops being valid.
     certificate_path: str = ""
     certificate_not_after: float | None = None
+    kind: str = GRPC
 
 
 @dataclass(frozen=True)
 class RunFacts:
     """How the daemon serves, fixed once its listeners are bound."""
 
+    # Every TCP listener: the gRPC ones (`--listen`) and the web view's (`--http-listen`).
     listeners: tuple[ListenerFacts, ...] = ()
     max_streams: int = 0
     max_streams_per_token: int = 0
     metrics_addresses: tuple[str, ...] = ()
 
+    @property
+    def grpc_listeners(self) -> tuple[ListenerFacts, ...]:
+        """Those serving the API (the web view only reads, and takes no token's jobs)."""
+        return tuple(listener for listener in self.listeners if listener.kind == GRPC)
 
-def listener_facts(settings: NetworkSettings, bound: Sequence[str]) -> tuple[ListenerFacts, ...]:
-    """The listeners of `settings`, at the addresses `bind` returned."""
-    tls = settings.tls
+
+def listener_facts(
+    tls: TlsMaterial | None, bound: Sequence[str], kind: str = GRPC
+) -> tuple[ListenerFacts, ...]:
+    """The listeners serving `tls` (None: plain), at the addresses they were bound to."""
     if tls is None:
-        return tuple(ListenerFacts(address, PLAINTEXT) for address in bound)
+        return tuple(ListenerFacts(address, PLAINTEXT, kind=kind) for address in bound)
     security = TLS if tls.client_ca is None else MUTUAL_TLS
     # Read from the bytes the listener serves, not the file: a certificate renewed on disk is
     # served only after a restart, and the expiry that matters is the one clients see.
     not_after = certificate_not_after(tls.certificate_chain)
     return tuple(
-        ListenerFacts(address, security, tls.certificate_path, not_after) for address in bound
+        ListenerFacts(address, security, tls.certificate_path, not_after, kind) for address in bound
     )
 
 

@@ -165,6 +165,7 @@ def listener_message(listener: ListenerFacts) -> pb.ListenerStatus:
         security=_SECURITY[listener.security],
         certificate_path=listener.certificate_path,
         certificate_not_after=listener.certificate_not_after,
+        kind=listener.kind,
     )
 
 

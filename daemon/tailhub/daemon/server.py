@@ -25,7 +25,7 @@ from tailhub.daemon.cert_expiry import CertificateWatch
 from tailhub.daemon.config import DaemonConfig
 from tailhub.daemon.domain import backend_of
 from tailhub.daemon.errors import EssentialTaskDied, JobError
-from tailhub.daemon.facts import ListenerFacts, RunFacts, listener_facts
+from tailhub.daemon.facts import WEB, ListenerFacts, RunFacts, listener_facts
 from tailhub.daemon.failed_auth import FailedAuthLimit
 from tailhub.daemon.faults import HEALTH
 from tailhub.daemon.health import HealthReports
@@ -192,7 +192,9 @@ class Daemon:
         await server.start()
         self._server = server
         if network_server is not None:
-            await self._start_network(network_server, servicer.run_facts.listeners)
+            await network_server.start()
+            self._network_server = network_server
+        self._watch_certificates(servicer.run_facts.listeners)
         await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
         await self._watch_placement_health(placement, health_servicer)
         if self._essentials.failure is not None:  # (one died while the daemon started)
@@ -213,6 +215,8 @@ class Daemon:
         view = self._web_view = WebView(self.web, self._manager, self.config, servicer.budget)
         await view.start()
         servicer.web_login = view.login
+        web = listener_facts(self.web.tls, [view.address], WEB)
+        servicer.run_facts = replace(servicer.run_facts, listeners=web)
 
     def _record_kind(self) -> None:
         """One kind of daemon per home (home_kind.py; the placement's `join` checked the
@@ -221,11 +225,9 @@ class Daemon:
         if self._options is not None:
             record_options(self.config.paths, os.getpid(), self._options)
 
-    async def _start_network(
-        self, server: grpc.aio.Server, listeners: tuple[ListenerFacts, ...]
-    ) -> None:
-        await server.start()
-        self._network_server = server
+    def _watch_certificates(self, listeners: tuple[ListenerFacts, ...]) -> None:
+        """The TCP listeners' certificates (gRPC and web alike): their expiry as a metric, and
+        warnings in the log."""
         if self._metrics is not None:
             self._metrics.listeners = listeners
         self._certificates = CertificateWatch(listeners)
@@ -305,7 +307,8 @@ class Daemon:
             logger.info("tailhubd listening on %s (%s)", address, describe(network))
         servicer.run_facts = replace(
             servicer.run_facts,
-            listeners=listener_facts(network, bound),
+            # The gRPC listeners first, then the web view's.
+            listeners=(*listener_facts(network.tls, bound), *servicer.run_facts.listeners),
             max_streams=network.max_streams,
             max_streams_per_token=network.max_streams_per_token,
         )

@@ -323,7 +323,10 @@ class TailhubServicer:
             max_streams_per_token=self.run_facts.max_streams_per_token,
             retention_removed_jobs=self._manager.counts.retention_removed_jobs,
             retention_removed_bytes=self._manager.counts.retention_removed_bytes,
-            max_jobs_per_token=self._config.max_jobs_per_token if self.run_facts.listeners else 0,
+            # (The web view's listener takes no jobs: only the gRPC ones count.)
+            max_jobs_per_token=(
+                self._config.max_jobs_per_token if self.run_facts.grpc_listeners else 0
+            ),
             # Off the loop: statvfs waits for a stalled file system.
             **host_fields(await asyncio.to_thread(host_facts, self._config.paths.logs)),
         )

@@ -1267,7 +1267,9 @@ class GetDaemonStatusResponse(_message.Message):
 
     @_builtins.property
     def listeners(self) -> _containers.RepeatedCompositeFieldContainer[Global___ListenerStatus]:
-        """The TCP listeners (`tailhubd --listen`), as bound; none: the Unix socket only."""
+        """The TCP listeners (`tailhubd --listen`, and `--http-listen`'s web view: see
+        ListenerStatus.kind), as bound; none: the Unix socket only.
+        """
 
     def __init__(
         self,
@@ -1335,6 +1337,7 @@ class ListenerStatus(_message.Message):
     SECURITY_FIELD_NUMBER: _builtins.int
     CERTIFICATE_PATH_FIELD_NUMBER: _builtins.int
     CERTIFICATE_NOT_AFTER_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
     address: _builtins.str
     """HOST:PORT as bound (the real port when 0 was asked for)."""
     security: Global___ListenerSecurity.ValueType
@@ -1346,6 +1349,12 @@ class ListenerStatus(_message.Message):
     """When that certificate (the first of its chain) stops being valid, Unix time in seconds;
     unset without TLS.
     """
+    kind: _builtins.str
+    """What it serves: "grpc" (`--listen`: this API) or "web" (`--http-listen`: the web view,
+    https with TLS, else http). Empty from daemons before it was added, which listed only
+    "grpc" ones. Connect to a "grpc" one only: a client that does not know this field takes
+    every listener for one. The metrics endpoint is not listed (metrics_address).
+    """
     def __init__(
         self,
         *,
@@ -1353,10 +1362,11 @@ class ListenerStatus(_message.Message):
         security: Global___ListenerSecurity.ValueType = ...,
         certificate_path: _builtins.str = ...,
         certificate_not_after: _builtins.float | None = ...,
+        kind: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_certificate_not_after", b"_certificate_not_after", "certificate_not_after", b"certificate_not_after"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_certificate_not_after", b"_certificate_not_after", "address", b"address", "certificate_not_after", b"certificate_not_after", "certificate_path", b"certificate_path", "security", b"security"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_certificate_not_after", b"_certificate_not_after", "address", b"address", "certificate_not_after", b"certificate_not_after", "certificate_path", b"certificate_path", "kind", b"kind", "security", b"security"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__certificate_not_after: _TypeAlias = _typing.Literal["certificate_not_after"]  # noqa: Y015
     _WhichOneofArgType__certificate_not_after: _TypeAlias = _typing.Literal["_certificate_not_after", b"_certificate_not_after"]  # noqa: Y015

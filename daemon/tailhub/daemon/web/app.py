@@ -20,7 +20,7 @@ from aiohttp.abc import AbstractAccessLogger
 from aiohttp.typedefs import Handler
 
 from tailhub.daemon.budget import SendBudget
-from tailhub.daemon.config import DaemonConfig
+from tailhub.daemon.config import DaemonConfig, format_host_port
 from tailhub.daemon.errors import ListenerError, WebViewOff
 from tailhub.daemon.listeners import EXIT_ADDRESS
 from tailhub.daemon.manager import JobManager
@@ -170,8 +170,10 @@ class WebView:
 
     @property
     def address(self) -> str:
-        """HOST:PORT as bound (the real port when 0 was asked for)."""
-        return self.url.split("://", 1)[-1]
+        """HOST:PORT as bound (the real port when 0 was asked for); "" before start()."""
+        if self._state.hosts is None:
+            return ""
+        return format_host_port(self.settings.address.host, self._state.hosts.port)
 
     async def start(self) -> None:
         """Binds and serves; ListenerError (exit 5) when the address cannot be bound."""
