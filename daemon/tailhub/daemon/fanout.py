@@ -180,10 +180,13 @@ class FilterPacer:
         self._turn = asyncio.Lock()
 
     async def judge(self, line_filter: LineFilter, offset: int, data: bytes) -> list[Piece]:
-        async with self._turn:
-            started = time.perf_counter()
-            pieces = line_filter.feed(offset, data)
-            await asyncio.sleep(time.perf_counter() - started)
+        """The lines of `data` (at `offset`) that pass, judged a slice at a time in turns."""
+        pieces: list[Piece] = []
+        for start in range(0, len(data), FILTER_SLICE):
+            async with self._turn:
+                started = time.perf_counter()
+                pieces += line_filter.feed(offset + start, data[start : start + FILTER_SLICE])
+                await asyncio.sleep(time.perf_counter() - started)
         return pieces
 
 
@@ -206,10 +209,7 @@ async def filter_lines(
         async for item in stream:
             if isinstance(item, ChunkRange):
                 data = job.log.read(item.offset, item.end - item.offset)
-                pieces: list[Piece] = []
-                for start in range(0, len(data), FILTER_SLICE):
-                    chunk = data[start : start + FILTER_SLICE]
-                    pieces += await pacer.judge(line_filter, item.offset + start, chunk)
+                pieces = await pacer.judge(line_filter, item.offset, data)
                 for piece in joined(pieces):
                     for mark in marks.dating(piece):
                         yield mark

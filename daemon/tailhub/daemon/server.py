@@ -212,7 +212,9 @@ class Daemon:
         # Imported only when asked for: aiohttp slows every daemon start.
         from tailhub.daemon.web.app import WebView
 
-        view = self._web_view = WebView(self.web, self._manager, self.config, servicer.budget)
+        view = self._web_view = WebView(
+            self.web, self._manager, self.config, servicer.budget, servicer.filter_pacer
+        )
         await view.start()
         servicer.web_login = view.login
         web = listener_facts(self.web.tls, [view.address], WEB)

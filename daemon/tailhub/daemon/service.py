@@ -116,6 +116,11 @@ class TailhubServicer:
         """The daemon-wide budget of bytes in flight, which the web view's streams share."""
         return self._budget
 
+    @property
+    def filter_pacer(self) -> FilterPacer:
+        """Line filtering's share of the loop, which the web view's filtered streams share."""
+        return self._filter_pacer
+
     def budget_figures(self) -> BudgetFigures:
         return self._budget.figures()
 

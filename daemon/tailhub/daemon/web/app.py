@@ -22,6 +22,7 @@ from aiohttp.typedefs import Handler
 from tailhub.daemon.budget import SendBudget
 from tailhub.daemon.config import DaemonConfig, format_host_port
 from tailhub.daemon.errors import ListenerError, WebViewOff
+from tailhub.daemon.fanout import FilterPacer
 from tailhub.daemon.listeners import EXIT_ADDRESS
 from tailhub.daemon.manager import JobManager
 from tailhub.daemon.tokens import TokenIndex
@@ -148,6 +149,7 @@ class WebView:
         manager: JobManager,
         config: DaemonConfig,
         budget: SendBudget,
+        filter_pacer: FilterPacer,
     ) -> None:
         self.settings = settings
         self._tokens = TokenIndex(config.paths.root)
@@ -156,6 +158,7 @@ class WebView:
             config=config,
             settings=settings,
             budget=budget,
+            filter_pacer=filter_pacer,
             tokens=self._tokens,
             signer=CookieSigner(load_key(config.paths)),
             codes=LoginCodes(),

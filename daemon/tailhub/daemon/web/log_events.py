@@ -303,7 +303,8 @@ class _Writer:
         if each.line_filter is None:
             await self._piece(each, chunk.offset, data)
             return
-        for offset, piece in each.line_filter.feed(chunk.offset, data):
+        pacer = self._state.filter_pacer
+        for offset, piece in await pacer.judge(each.line_filter, chunk.offset, data):
             await self._piece(each, offset, piece)
 
     async def _piece(self, each: Followed, offset: int, data: bytes) -> None:
