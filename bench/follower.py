@@ -4,9 +4,11 @@
 
 Scenarios spread their followers over a few of these processes, as many independent
 clients would be. Each stream counts what it receives; optionally it checks that offsets
-are contiguous, digests the bytes, and samples each message: the write-to-receive latency of
-its oldest line (lines from `bench.writer` carry their write time) and its byte range.
-Results go to a JSON file; samples, as raw arrays, beside it (`.lat`, `.ranges`).
+are contiguous, digests the bytes (`--digest`: each stream hashes its own; `--exact`: the
+same sha256, shared by the streams that got the same chunks, see `bench.chains`), and samples
+each message: the write-to-receive latency of its oldest line (lines from `bench.writer` carry
+their write time) and its byte range. Results go to a JSON file; samples, as raw arrays,
+beside it (`.lat`, `.ranges`). `bench.sse_follower` does the same over the web view's SSE.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import Any
 import grpc
 import grpc.aio
 
+from bench.chains import Chains, Node
 from bench.writer import LINE_BYTES, timestamp_at
 from harness.processes import ProcessSet, python_module
 from tailhub.v1 import tailhub_pb2 as pb
@@ -43,6 +46,7 @@ class Options:
     check_offsets: bool = True
     latency: bool = False
     digest: bool = False
+    exact: bool = False
     # A TCP daemon with TLS: the CA to trust, and the token (from $TAILHUB_TOKEN).
     ca_file: Path | None = None
     token: str | None = None
@@ -119,8 +123,13 @@ class Samples:
 
 
 async def follow(
-    channel: grpc.aio.Channel, result: StreamResult, options: Options, samples: Samples
+    channel: grpc.aio.Channel,
+    result: StreamResult,
+    options: Options,
+    samples: Samples,
+    exact: tuple[Chains, Node] | None = None,
 ) -> None:
+    """One stream; with `exact`, the chains it digests through and its first node there."""
     subscribe = channel.unary_stream(
         SUBSCRIBE,
         request_serializer=pb.SubscribeRequest.SerializeToString,
@@ -145,8 +154,13 @@ async def follow(
                     if offset != expected:
                         result.contiguous = False
                     expected = offset + end - start
-                if options.latency:
+                if exact is not None:
+                    link = exact[0].step(exact[1], offset, message, start, end)
+                    exact = (exact[0], link.child)
+                    written = link.written
+                else:
                     written = timestamp_at(message, start + -offset % LINE_BYTES, end)
+                if options.latency:
                     if written is not None:
                         samples.latencies.append(time.time() - written)
                     samples.ranges.extend((offset, offset + end - start))
@@ -168,6 +182,8 @@ async def follow(
         call.cancel()  # an abandoned call must be cancelled explicitly (grpc#43462)
         if digest is not None:
             result.sha256 = digest.hexdigest()
+        elif exact is not None:
+            result.sha256 = exact[1].hexdigest()
 
 
 async def follow_all(
@@ -180,9 +196,12 @@ async def follow_all(
     else:
         credentials = grpc.ssl_channel_credentials(options.ca_file.read_bytes())
         opened = grpc.aio.secure_channel(address, credentials, options=CHANNEL_OPTIONS)
+    chains = {job: Chains(bytes) for job in jobs}
+    starts = [(chains[job], chains[job].start()) if options.exact else None for job in jobs]
     async with opened as channel:
         tasks = [
-            asyncio.create_task(follow(channel, result, options, samples)) for result in results
+            asyncio.create_task(follow(channel, result, options, samples, start))
+            for result, start in zip(results, starts, strict=True)
         ]
         _, pending = await asyncio.wait(tasks, timeout=timeout)
         for task in pending:
@@ -221,8 +240,10 @@ def spawn(
     timeout: float,
     flags: Sequence[str] = (),
     env: dict[str, str] | None = None,
+    module: str = "bench.follower",
 ) -> list[Path]:
-    """Starts `clients` processes that share the followers of `jobs` (one stream per entry)."""
+    """Starts `clients` processes that share the followers of `jobs` (one stream per entry):
+    `module` is this one (gRPC) or `bench.sse_follower` (the web view's SSE)."""
     directory.mkdir(parents=True, exist_ok=True)
     outs = []
     for index in range(min(clients, len(jobs))):
@@ -230,7 +251,7 @@ def spawn(
         streams = [f"--stream={job}x{len(list(group))}" for job, group in itertools.groupby(share)]
         out = directory / f"follower-{index}.json"
         argv = python_module(
-            "bench.follower", address, f"--out={out}", f"--timeout={timeout}", *flags, *streams
+            module, address, f"--out={out}", f"--timeout={timeout}", *flags, *streams
         )
         with open(directory / f"follower-{index}.err", "wb") as errors:
             processes.spawn(argv, stderr=errors, env=env)
@@ -265,6 +286,7 @@ def main() -> None:
     parser.add_argument("--no-check-offsets", dest="check_offsets", action="store_false")
     parser.add_argument("--latency", action="store_true")
     parser.add_argument("--digest", action="store_true")
+    parser.add_argument("--exact", action="store_true", help="--digest, shared (bench.chains)")
     parser.add_argument("--timeout", type=float, default=300.0)
     parser.add_argument("--ca-file", type=Path, help="TLS to ADDRESS (HOST:PORT); token in env")
     args = parser.parse_args()
@@ -274,6 +296,7 @@ def main() -> None:
         args.check_offsets,
         args.latency,
         args.digest,
+        args.exact,
         args.ca_file,
         os.environ.get("TAILHUB_TOKEN") or None,
     )

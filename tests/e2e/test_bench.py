@@ -47,16 +47,22 @@ def test_quick_benchmark_runs_every_scenario_and_writes_json(tmp_path: Path) -> 
     assert str(out) in done.stdout
 
     fanout = results["scenarios"]["fanout"]
-    # The socket's runs, then the same over TCP with TLS and a read token.
+    # The socket's runs, then the same over TCP with TLS and a read token, then to the web
+    # view's SSE streams (as browser tabs).
     assert [(run["followers"], run["transport"]) for run in fanout["runs"]] == [
         *((followers, "unix") for followers, _ in fanout["settings"]["loads"]),
         *((followers, "tls") for followers, _ in fanout["settings"]["tls_loads"]),
+        *((followers, "sse") for followers, _ in fanout["settings"]["sse_loads"]),
     ]
     assert "TCP+TLS" in done.stdout
+    assert " SSE " in done.stdout
     for run in fanout["runs"]:
         assert run["errors"] == []
         assert run["delivered_share"] == 1.0
         assert run["complete_followers"] == run["followers"]
+        # Every follower's bytes hash to the log file's (checked at the quick loads' rates).
+        assert run["exact_followers"] == run["followers"]
+        assert run["daemon_rss_streams_bytes"] > 0
         assert run["upstream_connections"] == 1
         for figure in ("messages_per_s", "bytes_per_s", "latency_p50_s", "daemon_peak_rss_bytes"):
             assert run[figure] > 0, (figure, run)
