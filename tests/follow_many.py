@@ -34,6 +34,11 @@ from tailhub.v1 import tailhub_pb2 as pb
 from tailhub.v1 import tailhub_pb2_grpc as rpc
 
 _CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 16 * 1024 * 1024)]
+# A stalled client's streams keep gRPC's fixed 64 KiB window: with bandwidth probing, grpc
+# may grow the window of a fast loopback connection until one stalled stream has taken a whole
+# log into its buffers, and then it holds nothing of the daemon's budget (test_budget saw
+# that once: the budget never froze, 0 overdrafts).
+_STALLED_CHANNEL_OPTIONS = [*_CHANNEL_OPTIONS, ("grpc.http2.bdp_probe", 0)]
 
 
 @dataclass
@@ -150,7 +155,7 @@ async def _hold(address: str, job_id: int, count: int) -> None:
 async def _stall(address: str, job_id: int, count: int) -> list[FollowerResult]:
     """Followers of a job with no bytes yet that stop reading after their first message (a
     heartbeat) until told to go on: what a stalled client looks like to the daemon."""
-    async with grpc.aio.insecure_channel(address, options=_CHANNEL_OPTIONS) as channel:
+    async with grpc.aio.insecure_channel(address, options=_STALLED_CHANNEL_OPTIONS) as channel:
         stub = rpc.TailhubServiceStub(channel)
         request = pb.SubscribeRequest(job_id=job_id, offset=0, follow=True)
         calls = [stub.Subscribe(request, wait_for_ready=True) for _ in range(count)]
