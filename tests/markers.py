@@ -139,3 +139,10 @@ def missing_requirement(marker: str) -> str | None:
 # benchmark, a 1 GiB log): pytest-xdist (`--dist loadgroup`) runs them one after another on one
 # worker, never two at once, so that one's load is not another's measurement.
 measures = pytest.mark.xdist_group("measures")
+
+
+def one_worker(name: str) -> pytest.MarkDecorator:
+    """For a module whose tests share an expensive module fixture (a built wheel and its
+    venv, a browser): xdist runs them all on one worker, so the fixture is made once, not once
+    per worker (the wheel's venv took 100 s, three times over, on four workers)."""
+    return pytest.mark.xdist_group(name)

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from conftest import check_daemon_log
 from helpers import DaemonProcess, run_cli, wait_until
+from markers import one_worker
 from selenium.common.exceptions import NoAlertPresentException
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.actions.wheel_input import ScrollOrigin
@@ -42,7 +43,7 @@ from web_helpers import (
 from harness.ports import free_port
 from tailhub.client import Client
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, one_worker("browser")]
 
 SGR = re.compile(r"\x1b\[[0-9;]*m")
 

@@ -3,8 +3,9 @@ outside it, with no source on sys.path, work as a user gets them.
 
 The wheel is built the way a release is (`python -m build`: the sdist first, the wheel from the
 sdist), with the build tools from the lock. The venv gets the runtime dependencies from
-requirements/runtime.lock (hash-checked, the versions the suite runs against), then the wheel
-itself; `pip check` proves the wheel's own requirements are met by them.
+requirements/runtime.lock (hash-checked, the versions the suite runs against; installed with
+uv from the lock, ten times faster than pip here), then the wheel itself with the venv's own
+pip, as a user installs it; `pip check` proves the wheel's own requirements are met by them.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from markers import one_worker
+
+pytestmark = one_worker("wheel")
 
 ROOT = Path(__file__).resolve().parents[2]
 # Where each part of the `tailhub` import root lives in the source tree.
@@ -84,7 +88,18 @@ def installed(dist: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     run(sys.executable, "-m", "venv", "--clear", venv)
     pip = (venv / "bin" / "python", "-m", "pip", "--disable-pip-version-check", "-q")
     lock = ROOT / "requirements" / "runtime.lock"
-    run(*pip, "install", "--require-hashes", "-r", lock)
+    uv = Path(sys.executable).parent / "uv"
+    run(
+        uv,
+        "pip",
+        "install",
+        "-q",
+        "--python",
+        venv / "bin" / "python",
+        "--require-hashes",
+        "-r",
+        lock,
+    )
     (wheel,) = dist.glob("*.whl")
     run(*pip, "install", "--no-deps", wheel)
     run(*pip, "check")
