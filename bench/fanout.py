@@ -362,13 +362,13 @@ def tables(result: dict[str, Any]) -> list[Table]:
         " (an upper bound for the lines in it)",
         "msgs/chunk: messages per distinct (offset, end) range sent, the most that encoding"
         " each chunk once could share",
-        f"followers spread over {settings['clients']} grpc.aio client processes"
-        " on the same 2-core machine",
+        f"followers spread over {settings['clients']} client processes (grpc.aio; asyncio for"
+        " SSE) on the same 2-core machine",
         "via TCP+TLS: the daemon's --listen on 127.0.0.1 (tls-init certificate, ECDSA P-256),"
         " every follower with a read token; one TLS connection per client process",
         "via SSE: the web view (--http-listen 127.0.0.1), one HTTP/1.1 connection per stream"
-        " (as a browser tab) over the same client processes (aiohttp), one login; a message"
-        " is a chunk event (JSON, base64)",
+        " (as a browser tab), one login; a message is a chunk event (JSON, base64; MB/s out"
+        " counts the bytes it carries)",
         "exact: followers whose bytes hash to the log file's (sha256) with contiguous offsets;"
         f" '-': not checked (above {settings.get('exact_max_bytes_per_s', 0) / MB:g} MB/s out)",
         "KiB/stream: the daemon's resident memory with every follower subscribed and idle,"
