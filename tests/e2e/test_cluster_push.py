@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import IO
 
 from cluster_helpers import Cluster
-from helpers import cli_env, wait_until
+from helpers import DaemonProcess, cli_env, wait_until
 
-from tailhub.client import JobState, LogChunk
+from tailhub.client import JobNotFoundError, JobState, LogChunk
 
 LINES = 300
 # Each line is produced this long after the previous one: a producer writing as it runs.
@@ -26,6 +26,15 @@ def _produce(stdin: IO[bytes], lines: list[bytes]) -> None:
         stdin.flush()
         time.sleep(LINE_INTERVAL)  # (pacing the producer, not waiting for anything)
     stdin.close()
+
+
+def _log_size(cluster: Cluster, job_id: int, node: DaemonProcess) -> int:
+    """The job's log size as `node` has it; 0 while its record has not reached `node` yet
+    (records go from node to node through Redis: a new job is not everywhere at once)."""
+    try:
+        return cluster.job(job_id, on=node).log_size
+    except JobNotFoundError:
+        return 0
 
 
 def test_a_publisher_outlives_a_kill_and_restart_of_its_jobs_home_node(
@@ -49,7 +58,7 @@ def test_a_publisher_outlives_a_kill_and_restart_of_its_jobs_home_node(
     try:
         # Killed while the publisher streams through it (a Publish may be in flight).
         wait_until(
-            lambda: cluster.job(job.id, on=b).log_size >= 50 * len(lines[0]),
+            lambda: _log_size(cluster, job.id, b) >= 50 * len(lines[0]),
             what="the first 50 lines in the cluster",
         )
         a.kill()
