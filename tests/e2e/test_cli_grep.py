@@ -157,6 +157,16 @@ def test_cli_bad_pattern_is_one_line_and_exit_code(daemon: DaemonProcess) -> Non
     assert text.count("\n") == 1, text
 
 
+def test_cli_pattern_that_is_not_utf8_is_a_usage_error(daemon: DaemonProcess) -> None:
+    job_id = _push_job(daemon, [LOG])
+    # "\udcff": the byte 0xff of an argument, as Python hands it over (surrogateescape).
+    refused = run_cli(daemon.home, "jobs", "logs", str(job_id), "--grep", "a\udcff")
+    assert refused.returncode == 2
+    text = refused.stderr.decode()
+    assert "Traceback" not in text
+    assert "'a\\xff' is not valid UTF-8" in text, text
+
+
 def test_a_filtered_follow_resumes_across_a_daemon_restart_without_loss_or_repeat(
     daemon: DaemonProcess, background_cli: Callable[..., BackgroundCli]
 ) -> None:

@@ -260,3 +260,17 @@ def test_a_pathological_pattern_runs_in_linear_time() -> None:
     assert elapsed < 5
     # The first line is judged on its first 64 KiB (all "a": it matches); so is the second.
     assert sum(len(data) for _, data in pieces) == 3 * (1 << 20) + 3 - 0
+
+
+def test_patterns_too_complex_to_judge_every_line_with_are_refused() -> None:
+    # 16 patterns of 1 KiB of bounded repeats, each valid RE2: together about 480,000
+    # instructions, past RE2's fast engine, seconds per 64 KiB line (a tester stalled the
+    # daemon with them). Everyday patterns are far below the cap.
+    heavy = "|".join(f"a.{{0,{80 + index % 20}}}(?:a|b)!" for index in range(60))[:1024]
+    with pytest.raises(InvalidRequest, match=r"grep patterns are too complex to judge"):
+        LineFilter.compile([heavy] * 16, [])
+    # One alone compiles, and is still refused for its size.
+    with pytest.raises(InvalidRequest, match=r"exclude patterns are too complex .*program size"):
+        LineFilter.compile([], [heavy])
+    everyday = [r"ERROR|WARN", r"\b\d{1,3}(\.\d{1,3}){3}\b", r"(?i)timeout|connection reset"]
+    assert LineFilter.compile(everyday * 5, everyday) is not None

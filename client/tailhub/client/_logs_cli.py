@@ -62,6 +62,7 @@ MAX_TAIL_LINES = 10**9
     "grep",
     metavar="RE",
     multiple=True,
+    callback=lambda _, param, values: _utf8_patterns(param, values),
     help="Only the lines matching RE (RE2 syntax; repeat: any of them). Filtered in the daemon.",
 )
 @click.option(
@@ -69,6 +70,7 @@ MAX_TAIL_LINES = 10**9
     "exclude",
     metavar="RE",
     multiple=True,
+    callback=lambda _, param, values: _utf8_patterns(param, values),
     help="Not the lines matching RE (RE2 syntax; repeatable).",
 )
 @click.option(
@@ -133,6 +135,23 @@ def jobs_logs(
         failed = end.finished and end.state is JobState.FAILED
         code = result_exit_code(end, _label(client, job_id) if failed else "job")
     sys.exit(code)
+
+
+def _utf8_patterns(param: click.Parameter, values: tuple[str, ...]) -> tuple[str, ...]:
+    """Patterns as given, each valid UTF-8 (an argument's invalid bytes arrive as lone
+    surrogates, which the API's strings cannot carry)."""
+    for value in values:
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            # (As Python writes bytes: control characters and the bad bytes as escapes.)
+            shown_value = repr(value.encode("utf-8", "surrogateescape"))[2:-1]
+            raise click.BadParameter(
+                f"'{shown_value}' is not valid UTF-8 (patterns are UTF-8 text; match a byte "
+                "as \\xNN)",
+                param=param,
+            ) from None
+    return values
 
 
 @dataclass(frozen=True)

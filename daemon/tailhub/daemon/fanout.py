@@ -10,7 +10,7 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import AsyncGenerator, Callable
-from concurrent.futures import Executor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from tailhub.daemon.budget import SendBudget
@@ -178,14 +178,21 @@ class FilterPacer:
 
     def __init__(self) -> None:
         self._turn = asyncio.Lock()
+        # RE2 lets go of the GIL while it searches: judged on a thread of its own, a slow
+        # slice costs that thread, never the event loop (and so never other followers).
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="line-filter")
 
     async def judge(self, line_filter: LineFilter, offset: int, data: bytes) -> list[Piece]:
         """The lines of `data` (at `offset`) that pass, judged a slice at a time in turns."""
+        loop = asyncio.get_running_loop()
         pieces: list[Piece] = []
         for start in range(0, len(data), FILTER_SLICE):
+            piece = data[start : start + FILTER_SLICE]
             async with self._turn:
                 started = time.perf_counter()
-                pieces += line_filter.feed(offset + start, data[start : start + FILTER_SLICE])
+                pieces += await loop.run_in_executor(
+                    self._thread, line_filter.feed, offset + start, piece
+                )
                 await asyncio.sleep(time.perf_counter() - started)
         return pieces
 

@@ -476,8 +476,9 @@ class SubscribeRequest(_message.Message):
         https://github.com/google/re2/wiki/Syntax). With any `grep` pattern, only lines matching
         at least one are sent; a line matching any `exclude` pattern is never sent. A line is its
         bytes through "\\n" (an ended job's last line also without one); a pattern sees it without
-        the "\\n", judged by its first 64 KiB. At most 16 patterns of each, 1 KiB each; one RE2
-        cannot compile is INVALID_ARGUMENT. `tail_lines` counts the log's lines, before filtering.
+        the "\\n", judged by its first 64 KiB. At most 16 patterns of each, 1 KiB each, and
+        each kind's together at most 5000 instructions of RE2's program (everyday patterns take
+        5-50); one RE2 cannot compile, or over that, is INVALID_ARGUMENT. `tail_lines` counts the log's lines, before filtering.
 
         Filtered chunks hold whole matching lines and keep the log's own offsets, so one chunk
         may start past the previous one's end (the skipped lines lie between). Resuming is
