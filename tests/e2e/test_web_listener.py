@@ -5,6 +5,7 @@ address answering only to its certificate's names."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import socket
@@ -15,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from helpers import DaemonProcess, run_cli
+from helpers import DaemonProcess, run_cli, wait_until
 
 from harness.ports import free_port
 from tailhub.client._types import ListenerInfo
@@ -172,3 +173,115 @@ def test_a_tls_web_view_answers_only_to_its_certificates_names(
     assert status(f"evil.example:{port}") == 421
     assert status(f"0.0.0.0:{port}") == 421
     assert status(f"localhost:{port + 1}") == 421
+
+
+def _half_open(port: int) -> socket.socket:
+    """A connection that starts a request and never ends its head (a slowloris)."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    sock.sendall(f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n".encode())
+    return sock
+
+
+def _closed_by_daemon(sock: socket.socket) -> bool:
+    """Whether the daemon has closed `sock` (without waiting: a poll's step)."""
+    sock.setblocking(False)
+    try:
+        return sock.recv(1) == b""
+    except BlockingIOError:
+        return False
+    except ConnectionError:
+        return True
+    finally:
+        sock.setblocking(True)
+
+
+def test_connections_past_the_per_address_cap_are_closed_at_once_and_the_daemon_answers(
+    home: Path, start_daemon: Callable[..., DaemonProcess]
+) -> None:
+    port = free_port()
+    start_daemon(
+        "--http-listen",
+        f"127.0.0.1:{port}",
+        "--http-max-connections-per-peer",
+        "8",
+        "--http-request-timeout",
+        "600",  # (the deadline is another test's)
+    )
+    held = [_half_open(port) for _ in range(8)]
+    extra = [_half_open(port) for _ in range(12)]
+    try:
+        wait_until(
+            lambda: all(_closed_by_daemon(sock) for sock in extra), 20, "the extra ones closed"
+        )
+        assert not any(_closed_by_daemon(sock) for sock in held)
+        # The owner's daemon still answers on its socket.
+        status = run_cli(home, "daemon", "status")
+        assert status.returncode == 0, status.stderr
+        assert f"127.0.0.1:{port}" in status.stdout.decode()
+        # A place freed is a place to take: a whole request gets its answer.
+        held.pop().close()
+
+        def answered() -> bool:
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            try:
+                connection.request("GET", "/api/jobs")
+                return connection.getresponse().status == 401
+            except ConnectionError:
+                return False
+            finally:
+                connection.close()
+
+        wait_until(answered, 20, "a new connection served")
+    finally:
+        for sock in held + extra:
+            sock.close()
+
+
+def test_a_connection_without_a_whole_request_in_time_is_closed(
+    home: Path, start_daemon: Callable[..., DaemonProcess]
+) -> None:
+    port = free_port()
+    start_daemon("--http-listen", f"127.0.0.1:{port}", "--http-request-timeout", "0.5")
+    half_open = _half_open(port)
+    silent = socket.create_connection(("127.0.0.1", port), timeout=30)
+    try:
+
+        def trickles_until_closed() -> bool:
+            """A header line at each look, as a slowloris sends (never the blank line)."""
+            if _closed_by_daemon(half_open):
+                return True
+            with contextlib.suppress(OSError):
+                half_open.sendall(b"X-More: y\r\n")
+            return False
+
+        wait_until(trickles_until_closed, 20, "the half-open one closed")
+        wait_until(lambda: _closed_by_daemon(silent), 20, "the silent one closed")
+    finally:
+        half_open.close()
+        silent.close()
+
+
+def test_a_tls_handshake_not_finished_in_time_is_closed(
+    home: Path, start_daemon: Callable[..., DaemonProcess]
+) -> None:
+    made = run_cli(home, "daemon", "tls-init")
+    assert made.returncode == 0, made.stderr
+    port = free_port()
+    start_daemon(
+        "--http-listen",
+        f"0.0.0.0:{port}",  # noqa: S104
+        *made.stdout.decode().split(),
+        "--http-request-timeout",
+        "0.5",
+    )
+    stalled = socket.create_connection(("127.0.0.1", port), timeout=30)
+    try:
+        wait_until(lambda: _closed_by_daemon(stalled), 20, "the handshake dropped")
+    finally:
+        stalled.close()
+    # A whole handshake and request in time is served.
+    context = ssl.create_default_context(cafile=str(home / "tls" / "ca.pem"))
+    connection = http.client.HTTPSConnection("localhost", port, context=context, timeout=30)
+    connection.request("GET", "/api/jobs")
+    assert connection.getresponse().status == 401
+    connection.close()

@@ -355,6 +355,9 @@ def main(
     http_max_streams: int,
     http_max_streams_per_session: int,
     http_heartbeat_interval: float,
+    http_max_connections: int,
+    http_max_connections_per_peer: int,
+    http_request_timeout: float,
     subscriber_budget: int,
     redis_url: str | None,
     node_name: str | None,
@@ -393,6 +396,9 @@ def main(
         max_streams=http_max_streams,
         max_streams_per_session=http_max_streams_per_session,
         heartbeat_interval=http_heartbeat_interval,
+        max_connections=http_max_connections,
+        max_connections_per_peer=http_max_connections_per_peer,
+        request_timeout=http_request_timeout,
     )
     _raise_open_file_limit()
     try:

@@ -17,6 +17,11 @@ from tailhub.daemon.web.settings import (
     DEFAULT_HEARTBEAT_SECONDS as DEFAULT_WEB_HEARTBEAT,
 )
 from tailhub.daemon.web.settings import (
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_CONNECTIONS_PER_PEER,
+    DEFAULT_REQUEST_SECONDS,
+)
+from tailhub.daemon.web.settings import (
     DEFAULT_MAX_STREAMS as DEFAULT_WEB_STREAMS,
 )
 from tailhub.daemon.web.settings import (
@@ -189,6 +194,31 @@ _OPTIONS = [
         show_default=True,
         metavar="SECONDS",
         help="An idle event stream of the web view gets a comment line this often.",
+    ),
+    click.option(
+        "--http-max-connections",
+        type=click.IntRange(min=1),
+        default=DEFAULT_MAX_CONNECTIONS,
+        show_default=True,
+        help="Connections the web view keeps open at once (at most a quarter of the daemon's "
+        "descriptor limit); one more is closed at once.",
+    ),
+    click.option(
+        "--http-max-connections-per-peer",
+        type=click.IntRange(min=1),
+        default=DEFAULT_MAX_CONNECTIONS_PER_PEER,
+        show_default=True,
+        help="... from one address (behind a reverse proxy every tab comes from its address).",
+    ),
+    click.option(
+        "--http-request-timeout",
+        type=click.FloatRange(min=0.05),
+        default=DEFAULT_REQUEST_SECONDS,
+        show_default=True,
+        metavar="SECONDS",
+        help="A web connection is closed unless a whole request comes this soon after it "
+        "opens (TLS handshake included) or after its last answer; an event stream, once "
+        "served, is not cut.",
     ),
     click.option(
         "--subscriber-budget",

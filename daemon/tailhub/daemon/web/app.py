@@ -7,10 +7,15 @@ script or style), nosniff and no-referrer. Only GET is served (anything else: 40
 and `/api/` path needs a session (the cookie `/login` sets); without one, pages answer 401 with
 a line saying to run `tailhub web`, and `/api/` paths 401 JSON. The access log (debug level)
 never holds a query string: `/login`'s carries the one-time code.
+
+Connections are capped in all and per address, and must present a whole request within
+`--http-request-timeout` of accept (connections.py); the cap is kept aside in the daemon's
+descriptor budget, so the web view cannot run the daemon out of descriptors.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
@@ -27,6 +32,7 @@ from tailhub.daemon.listeners import EXIT_ADDRESS
 from tailhub.daemon.manager import JobManager
 from tailhub.daemon.tokens import TokenIndex
 from tailhub.daemon.web import downloads, job_list, log_events, pages
+from tailhub.daemon.web.connections import Connections, fitted_total
 from tailhub.daemon.web.hosts import HostCheck
 from tailhub.daemon.web.job_feed import FEED, JobFeed, job_events
 from tailhub.daemon.web.login import LoginCodes
@@ -63,7 +69,8 @@ _OPEN_PATHS = ("/login",)
 _OPEN_PREFIXES = ("/static/",)
 # A browser's request head is far smaller; a larger one is refused before any handler.
 MAX_FIELD_BYTES = 8 * 1024
-KEEPALIVE_SECONDS = 75.0
+# An idle kept-alive connection is closed after this (a browser opens another at once).
+KEEPALIVE_SECONDS = 15.0
 
 
 class _AccessLog(AbstractAccessLogger):
@@ -77,6 +84,14 @@ class _AccessLog(AbstractAccessLogger):
 
 async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
     response.headers.update(SECURITY_HEADERS)
+
+
+@web.middleware
+async def _in_handler(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A request that reached here is whole: its connection's deadline is off until it is
+    answered (an event stream lasts as long as its tab)."""
+    with request.app[STATE].connections.in_handler(request.protocol):
+        return await handler(request)
 
 
 @web.middleware
@@ -118,7 +133,9 @@ async def _session(request: web.Request, handler: Handler) -> web.StreamResponse
 
 
 def make_app(state: WebState, feed: JobFeed) -> web.Application:
-    app = web.Application(middlewares=[_own_host, _get_only, _session], client_max_size=64 * 1024)
+    app = web.Application(
+        middlewares=[_in_handler, _own_host, _get_only, _session], client_max_size=64 * 1024
+    )
     app[STATE] = state
     app[FEED] = feed
     app.on_response_prepare.append(_security_headers)
@@ -153,6 +170,18 @@ class WebView:
     ) -> None:
         self.settings = settings
         self._tokens = TokenIndex(config.paths.root)
+        descriptors = manager.descriptors
+        connections = Connections(
+            fitted_total(settings.max_connections, descriptors.limit),
+            settings.max_connections_per_peer,
+            settings.request_timeout,
+            KEEPALIVE_SECONDS,
+        )
+        # Kept aside from what jobs may take (quotas.py: those already open count as in
+        # use, so this errs on the safe side): with the web view full, the daemon still
+        # has its own reserve.
+        if descriptors.limit is not None:
+            descriptors.reserve += connections.total
         self._state = WebState(
             manager=manager,
             config=config,
@@ -164,11 +193,12 @@ class WebView:
             codes=LoginCodes(),
             slots=StreamSlots(settings.max_streams, settings.max_streams_per_session),
             events=EncodedChunkCache(EVENT_CACHE_BYTES),
+            connections=connections,
         )
         manager.on_removed(self._state.events.forget)
         self._feed = JobFeed(manager)
         self._runner: web.AppRunner | None = None
-        self._site: web.TCPSite | None = None
+        self._site: _CountedSite | None = None
         self.url = ""
 
     @property
@@ -193,8 +223,8 @@ class WebView:
         )
         await runner.setup()
         address = self.settings.address
-        site = web.TCPSite(
-            runner, address.host, address.port, ssl_context=self.settings.ssl_context
+        site = _CountedSite(
+            runner, address.host, address.port, self._state.connections, self.settings
         )
         try:
             await site.start()
@@ -229,3 +259,33 @@ class WebView:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = self._site = None
+        self._state.connections.close()
+
+
+class _CountedSite(web.TCPSite):
+    """aiohttp's TCP site, its connections counted and timed from accept (connections.py),
+    TLS included."""
+
+    __slots__ = ("_connections",)
+
+    def __init__(
+        self,
+        runner: web.AppRunner,
+        host: str,
+        port: int,
+        connections: Connections,
+        settings: WebSettings,
+    ) -> None:
+        super().__init__(runner, host, port, ssl_context=settings.ssl_context)
+        self._connections = connections
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)  # (not TCPSite's: it would bind with its own factory)
+        server = self._runner.server
+        assert server is not None
+        self._server = await asyncio.get_running_loop().create_server(
+            self._connections.factory(server, self._ssl_context),
+            self._host,
+            self._port,
+            backlog=self._backlog,
+        )

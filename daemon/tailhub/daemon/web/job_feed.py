@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import deque
 from collections.abc import AsyncGenerator
 from typing import Any
@@ -134,15 +135,21 @@ async def job_events(request: web.Request) -> web.StreamResponse:
         response = await open_stream(request)
         events = request.app[FEED].events()
         pending: asyncio.Future[Event] | None = None
+        interval = state.settings.heartbeat_interval
+        # The session is checked at least this often, busy or idle (a revoked token's tab
+        # must not keep its feed for as long as jobs keep changing).
+        checked_at = time.monotonic()
         try:
             while True:
                 if pending is None:
                     pending = asyncio.ensure_future(events.__anext__())
-                done, _ = await asyncio.wait({pending}, timeout=state.settings.heartbeat_interval)
-                if not done:
+                done, _ = await asyncio.wait({pending}, timeout=interval)
+                if not done or time.monotonic() - checked_at >= interval:
+                    checked_at = time.monotonic()
                     if not still_valid(identity, state.tokens):
                         await response.write(event("error", {"message": "the session has ended"}))
                         break
+                if not done:
                     await response.write(HEARTBEAT)
                     continue
                 name, data = pending.result()

@@ -7,6 +7,9 @@ after it (`3:O3,4:O4` for several jobs), so a browser that reconnects with `Last
 resumes exactly, and so does a page that opens a stream anew with `?offset=` (`?offsets=`). A
 stream's first event per job is an empty chunk at its start. The cursor is let go the moment
 the browser goes away (the handler is cancelled) or the job's log is sealed.
+
+The session is checked again at least every heartbeat interval, busy or idle: a revoked
+token's stream ends with the `error` event "the session has ended" however often its jobs write.
 """
 
 from __future__ import annotations
@@ -23,7 +26,12 @@ from typing import Any
 from aiohttp import web
 
 from tailhub.daemon.domain import SourceEvent
-from tailhub.daemon.errors import DaemonError, DaemonStopping, InvalidRequest
+from tailhub.daemon.errors import (
+    DaemonError,
+    DaemonStopping,
+    InvalidRequest,
+    TokenNotAccepted,
+)
 from tailhub.daemon.fanout import ChunkRange, LogItem, ReadFrom, stream_log
 from tailhub.daemon.items import Ended
 from tailhub.daemon.line_filter import LineFilter
@@ -167,9 +175,9 @@ async def _stream(request: web.Request, response: web.StreamResponse, plan: Plan
     try:
         for job_id in plan.job_ids:
             followed[job_id] = await _follow(state, job_id, plan)
-        writer = _Writer(state, response, followed, plan.multi, identity_of(request))
-        await writer.start()
         interval = state.settings.heartbeat_interval
+        writer = _Writer(state, response, followed, plan.multi, identity_of(request), interval)
+        await writer.start()
         if len(followed) == 1:
             ((job_id, each),) = followed.items()
             await _pump_one(job_id, each, writer.write, interval, writer.heartbeat)
@@ -289,19 +297,30 @@ class _Writer:
         followed: Mapping[int, Followed],
         multi: bool,
         identity: Identity,
+        check_every: float,
     ) -> None:
         self._state = state
         self._response = response
         self._followed = followed
         self._multi = multi
         self._identity = identity
+        self._check_every = check_every
+        self._checked_at = time.monotonic()
+
+    def _check_session(self, *, now: bool) -> None:
+        """TokenNotAccepted (an `error` event, then the stream ends: _serve) once the
+        session has ended (its token revoked); asked at most every `check_every` seconds
+        unless `now`."""
+        at = time.monotonic()
+        if not now and at - self._checked_at < self._check_every:
+            return
+        self._checked_at = at
+        if not still_valid(self._identity, self._state.tokens):
+            raise TokenNotAccepted("the session has ended")
 
     async def heartbeat(self) -> bool:
-        """A comment line; False (and an `error` event) once the session has ended (its
-        token revoked)."""
-        if not still_valid(self._identity, self._state.tokens):
-            await self._response.write(event("error", {"message": "the session has ended"}))
-            return False
+        """A comment line, once the session is found still valid."""
+        self._check_session(now=True)
         await self._response.write(HEARTBEAT)
         return True
 
@@ -313,7 +332,9 @@ class _Writer:
             await self._piece(each, each.offset, b"")
 
     async def write(self, job_id: int, item: LogItem) -> bool:
-        """Writes one item; False once the job's stream is over."""
+        """Writes one item; False once the job's stream is over. A busy stream's session is
+        checked here as an idle one's is at each heartbeat."""
+        self._check_session(now=False)
         each = self._followed[job_id]
         if isinstance(item, ChunkRange):
             await self._chunk(each, item)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from tailhub.daemon.web.sessions import COOKIE_NAME, SESSION_SECONDS
+from tailhub.daemon.web.sessions import COOKIE_NAME, SESSION_SECONDS, still_valid
 from tailhub.daemon.web.state import state_of
 
 STATIC = Path(__file__).parent / "static"
@@ -100,7 +100,8 @@ async def login(request: web.Request) -> web.Response:
     state = state_of(request)
     now = time.time()
     identity = state.codes.redeem(request.query.get("code", ""), now)
-    if identity is None:
+    # A code made before its token was revoked is no way back in.
+    if identity is None or not still_valid(identity, state.tokens):
         return short_page(403, "login link not valid", BAD_CODE)
     response = web.Response(status=303, headers={"Location": "/"})
     response.set_cookie(

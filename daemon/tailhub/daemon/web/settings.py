@@ -18,6 +18,13 @@ DEFAULT_MAX_STREAMS = 1000
 DEFAULT_MAX_STREAMS_PER_SESSION = 100
 # A comment line on an idle event stream this often: proxies and browsers keep it open.
 DEFAULT_HEARTBEAT_SECONDS = 15.0
+# Connections open at once, in all and from one address (connections.py): far below the
+# daemon's descriptors, whose budget keeps them aside.
+DEFAULT_MAX_CONNECTIONS = 1024
+DEFAULT_MAX_CONNECTIONS_PER_PEER = 64
+# From accept (the TLS handshake included) to a whole request head; again for each next
+# request on a kept-alive connection.
+DEFAULT_REQUEST_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -27,6 +34,9 @@ class WebSettings:
     max_streams: int = DEFAULT_MAX_STREAMS
     max_streams_per_session: int = DEFAULT_MAX_STREAMS_PER_SESSION
     heartbeat_interval: float = DEFAULT_HEARTBEAT_SECONDS
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    max_connections_per_peer: int = DEFAULT_MAX_CONNECTIONS_PER_PEER
+    request_timeout: float = DEFAULT_REQUEST_SECONDS
     # Made from the same files as `tls` (client certificates required with --tls-client-ca).
     ssl_context: ssl.SSLContext | None = None
 
@@ -35,6 +45,10 @@ class WebSettings:
             raise ValueError("the web view's stream limits must be at least 1")
         if self.heartbeat_interval <= 0:
             raise ValueError("the web view's heartbeat interval must be positive")
+        if self.max_connections < 1 or self.max_connections_per_peer < 1:
+            raise ValueError("the web view's connection limits must be at least 1")
+        if self.request_timeout <= 0:
+            raise ValueError("the web view's request timeout must be positive")
 
     @property
     def scheme(self) -> str:
@@ -50,6 +64,9 @@ def web_settings(
     max_streams: int = DEFAULT_MAX_STREAMS,
     max_streams_per_session: int = DEFAULT_MAX_STREAMS_PER_SESSION,
     heartbeat_interval: float = DEFAULT_HEARTBEAT_SECONDS,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    max_connections_per_peer: int = DEFAULT_MAX_CONNECTIONS_PER_PEER,
+    request_timeout: float = DEFAULT_REQUEST_SECONDS,
 ) -> WebSettings | None:
     """The web view asked for, its TLS files read when it needs them; ValueError for an
     address it cannot serve that way, ListenerError for a TLS file."""
@@ -68,7 +85,15 @@ def web_settings(
         tls = load_tls(Path(cert), Path(key), ca)
         context = _context(Path(cert), Path(key), ca)
     return WebSettings(
-        address, tls, max_streams, max_streams_per_session, heartbeat_interval, context
+        address,
+        tls,
+        max_streams,
+        max_streams_per_session,
+        heartbeat_interval,
+        max_connections,
+        max_connections_per_peer,
+        request_timeout,
+        context,
     )
 
 

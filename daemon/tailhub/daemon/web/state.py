@@ -14,6 +14,7 @@ from tailhub.daemon.config import DaemonConfig
 from tailhub.daemon.fanout import FilterPacer
 from tailhub.daemon.manager import JobManager
 from tailhub.daemon.tokens import TokenIndex
+from tailhub.daemon.web.connections import Connections
 from tailhub.daemon.web.hosts import HostCheck
 from tailhub.daemon.web.login import LoginCodes
 from tailhub.daemon.web.sessions import CookieSigner, Identity
@@ -38,6 +39,8 @@ class WebState:
     codes: LoginCodes
     slots: StreamSlots
     events: EncodedChunkCache
+    # The listener's connections: their caps and deadlines (connections.py).
+    connections: Connections
     # The names the listener answers to, known once it is bound (its port).
     hosts: HostCheck | None = None
 
