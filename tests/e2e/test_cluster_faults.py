@@ -3,6 +3,7 @@ acknowledged once it is back."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -11,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from cluster_helpers import NOT_SERVING, REPLAY, SERVING, Cluster, cluster_health, payload, upstream
-from helpers import run_cli, start_background_cli, wait_until
+from helpers import DaemonProcess, run_cli, start_background_cli, wait_until
 from redis_helpers import RedisServer
 
 from tailhub.client import JobState
@@ -220,3 +221,60 @@ def test_an_append_under_a_lease_taken_over_is_refused_by_redis(
     assert stale == STALE
     assert late_event == STALE
     assert stored == b"from the first holder\nfrom the second\n"
+
+
+def test_a_forged_local_job_never_runs_and_a_key_of_another_type_stops_nothing(
+    redis_server: RedisServer, cluster: Cluster, tmp_path: Path
+) -> None:
+    # What someone who can write to Redis tried: a local job pinned to a node, with a task
+    # of theirs (a node's local tasks never go to Redis: it has its own, in its database),
+    # and a job key that is a string, not a hash (it stopped the sync and every later start).
+    nodes = cluster.start(2)
+    redis = redis_server.client()
+    with nodes[0].client() as client:
+        template = client.attach_push()
+    base = json.loads(redis.hget(f"tailhub:job:{template.id}", "record") or b"{}")
+    pwned = tmp_path / "pwned"
+    forged_id = int(redis.incr("tailhub:next_job_id"))
+    forged = {
+        **base,
+        "id": forged_id,
+        "state": "PENDING",
+        "spec": {
+            "kind": "local",
+            "run": f"touch {pwned}",
+            "setup": "",
+            "workdir": str(tmp_path),
+            "envs": [],
+            "environment": [],
+        },
+        "home": "n1",
+    }
+    redis.hset(
+        f"tailhub:job:{forged_id}",
+        mapping={"record": json.dumps(forged), "size": 0, "sealed": 0, "holder": ""},
+    )
+    redis.set("tailhub:job:424242", "x")
+    redis.zadd("tailhub:jobs", {str(forged_id): forged_id, "424242": 424242})
+    redis.publish("tailhub:changes", str(forged_id))
+    redis.publish("tailhub:changes", "424242")
+    wait_until(
+        lambda: "never launched" in nodes[1].log_text() and "424242" in nodes[1].log_text(),
+        what="n1 to leave out the forged job and the key of another type",
+    )
+    # The sync goes on: a job made on n0 now reaches n1.
+    with nodes[0].client() as client:
+        later = client.attach_push(name="after-the-forgery")
+    wait_until(lambda: later.id in _job_ids(nodes[1]), what="the next job on n1")
+    # A node restarts and one joins all the same.
+    nodes[1].kill()
+    nodes[1].start_as_service()
+    late = cluster.add("n2")
+    assert cluster.job(later.id, on=late).name == "after-the-forgery"
+    assert not pwned.exists()
+    assert forged_id not in _job_ids(nodes[1])
+
+
+def _job_ids(node: DaemonProcess) -> set[int]:
+    with node.client() as client:
+        return {job.id for job in client.list()}

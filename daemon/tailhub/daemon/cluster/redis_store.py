@@ -25,6 +25,8 @@ import secrets
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from redis.exceptions import ResponseError
+
 if TYPE_CHECKING:
     import redis.asyncio
 
@@ -290,9 +292,14 @@ class RedisStore:
         for job_id in job_ids:
             pipe.hmget(_job_key(job_id), "record", "size", "first", "holder", "sealed", "cancel")
         found: dict[int, JobMeta | BadRecord] = {}
-        for job_id, (record, size, first, holder, sealed, cancel) in zip(
-            job_ids, await pipe.execute(), strict=True
-        ):
+        # An answer per key, an error in place of one Redis holds as another type (whoever
+        # can write to Redis can SET tailhub:job:N): that job is bad, not the whole batch.
+        answers: Any = await pipe.execute(raise_on_error=False)
+        for job_id, answer in zip(job_ids, answers, strict=True):
+            if isinstance(answer, ResponseError):
+                found[job_id] = BadRecord(f"Redis holds job {job_id}'s key wrongly: {answer}")
+                continue
+            record, size, first, holder, sealed, cancel = answer
             if record is None:
                 continue
             try:
@@ -317,9 +324,12 @@ class RedisStore:
         pipe = self.client.pipeline(transaction=False)
         for job_id in job_ids:
             pipe.hmget(_job_key(job_id), "size", "holder", "first")
-        answers: Any = await pipe.execute()
+        answers: Any = await pipe.execute(raise_on_error=False)
         found: dict[int, tuple[int, str, int]] = {}
-        for job_id, (size, holder, first) in zip(job_ids, answers, strict=True):
+        for job_id, answer in zip(job_ids, answers, strict=True):
+            if isinstance(answer, ResponseError):  # a key of another type: left out
+                continue
+            size, holder, first = answer
             with contextlib.suppress(ValueError, UnicodeDecodeError):
                 found[job_id] = (_count(size), _text(holder), _count(first))
         return found

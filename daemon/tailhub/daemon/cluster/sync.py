@@ -136,6 +136,13 @@ class RecordSync:
             job = self._manager.get(job_id)
         except JobNotFound:
             record, home = record_from_json(job_id, meta.record)
+            if record.spec.kind is SourceKind.LOCAL and home == self._owner.name:
+                # This node's local jobs are in its own database, with their tasks, which never
+                # go to Redis: one it does not have was written there by someone else, and
+                # adopting it would run whatever task the record names.
+                raise BadRecord(
+                    f"a local job of node {home} that this node never launched"
+                ) from None
             job = self._manager.adopt(record, ClusterJob(home=home, mirrored=True))
         if job.id in self._owner.held:
             if meta.cancel and not job.state.terminal and not job.record.cancel_requested:
