@@ -21,6 +21,7 @@ import io
 import logging
 import logging.handlers
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -145,13 +146,31 @@ def _same_file(fd: int, path: Path) -> bool:
     return (ours.st_dev, ours.st_ino) == (theirs.st_dev, theirs.st_ino)
 
 
+# Control characters but the newline and tab, DEL, C1, and bidirectional overrides: a job's
+# stderr events and other text from outside reach the log, which people read with `tail`.
+_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+class EscapingFormatter(logging.Formatter):
+    """Lines with every control character written as an escape (`\x1b`, `\u202e`): a job's
+    output in an event, a name or a reason must not set a reader's terminal title, clear its
+    screen or write its clipboard."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return _CONTROLS.sub(_escape, super().format(record))
+
+
+def _escape(match: re.Match[str]) -> str:
+    return match.group().encode("unicode_escape").decode("ascii")
+
+
 def configure(level: str) -> RepeatFilter:
     """Logging to stderr, repeats collapsed, grpc's records of gone clients made one line;
     the filter, for `log_file_owned`."""
     quiet_client_gone_tracebacks()
     repeats = RepeatFilter()
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    handler.setFormatter(EscapingFormatter(LOG_FORMAT))
     handler.addFilter(repeats)
     repeats.handlers.append(handler)
     root = logging.getLogger()
@@ -182,7 +201,7 @@ def own_log_file(
     home.mkdir(mode=0o700, parents=True, exist_ok=True)
     carry_std = _same_file(2, path)
     handler = _StateFileHandler(path, max_bytes, backups, carry_std)
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    handler.setFormatter(EscapingFormatter(LOG_FORMAT))
     handler.addFilter(repeats)
     root = logging.getLogger()
     if carry_std:
