@@ -11,6 +11,7 @@ import json
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -588,3 +589,78 @@ def test_tailhub_web_without_a_web_view_says_so(daemon: DaemonProcess) -> None:
     assert "serves no web view" in line
     assert "--http-listen" in line
     assert made.stdout == b""
+
+
+def test_a_revoked_tokens_busy_stream_ends_and_its_unused_login_link_no_longer_logs_in(
+    home: Path, start_daemon: Callable[..., DaemonProcess], workdir: Path
+) -> None:
+    port, grpc_port = free_port(), free_port()
+    daemon = start_daemon(
+        "--http-listen",
+        f"127.0.0.1:{port}",
+        "--http-heartbeat-interval",
+        "1",
+        "--listen",
+        f"127.0.0.1:{grpc_port}",
+        "--insecure",
+    )
+    web = Web(daemon, port)
+    token_file = write_token(workdir, "reader", create_token(home, "read", "reader"))
+    remote = ("--server", f"127.0.0.1:{grpc_port}", "--insecure", "--token-file", str(token_file))
+    cookie = web.login(*remote)
+    unused = urlsplit(web.login_url(*remote))
+    with web.client() as client:
+        # A line every 0.1 s: the stream is never a heartbeat interval (1 s) without a chunk.
+        job_id = client.attach_command(["sh", "-c", "while :; do echo tick; sleep 0.1; done"]).id
+    stream = web.stream(f"/api/events/jobs/{job_id}/log", cookie)
+    feed = web.stream("/api/events/jobs", cookie)
+    read_log(stream, until=lambda got: got.count(b"tick") >= 3)
+    revoked = run_cli(home, "token", "revoke", "reader")
+    assert revoked.returncode == 0, revoked.stderr
+    revoked_at = time.monotonic()
+    # (Bounded: without the check, a busy stream would never end.)
+    _, _, last = read_log(stream, until=lambda _: time.monotonic() - revoked_at > 10)
+    ended_after = time.monotonic() - revoked_at
+    assert last is not None
+    assert (last.name, last.data) == ("error", {"message": "the session has ended"})
+    # Within about two intervals (and far sooner than the job, which never ends).
+    assert ended_after < 4, ended_after
+    assert [item.name for item in feed.events()][-1] == "error"
+    stream.close()
+    feed.close()
+    response, _ = web.request(f"{unused.path}?{unused.query}")
+    assert response.status == 403
+    assert response.getheader("Set-Cookie") is None
+    with web.client() as client:
+        client.cancel([job_id])
+
+
+def test_a_stream_lasts_past_the_request_timeout(
+    home: Path, start_daemon: Callable[..., DaemonProcess]
+) -> None:
+    port = free_port()
+    daemon = start_daemon(
+        "--http-listen",
+        f"127.0.0.1:{port}",
+        "--http-request-timeout",
+        "0.3",
+        "--http-heartbeat-interval",
+        "0.3",
+    )
+    web = Web(daemon, port)
+    cookie = web.login()
+    with web.client() as client:
+        job_id = push_job(client, b"first\n")
+        stream = web.stream(f"/api/events/jobs/{job_id}/log", cookie)
+        read_log(stream, until=lambda got: got == b"first\n")
+        opened = time.monotonic()
+        # Ten heartbeats: three seconds, ten request timeouts.
+        heartbeats = 0
+        while heartbeats < 10:
+            line = stream.response.readline()
+            assert line, f"the stream was cut after {time.monotonic() - opened:.1f}s"
+            heartbeats += line == b": heartbeat\n"
+        assert time.monotonic() - opened > 1
+        client.publish(job_id, b"second\n")
+        assert read_log(stream, until=lambda got: got == b"second\n")[0] == b"second\n"
+    stream.close()
