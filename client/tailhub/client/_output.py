@@ -19,6 +19,10 @@ if TYPE_CHECKING:
 # C0 controls, DEL and C1 controls: a terminal acts on them (titles, colours, cursor moves).
 _CONTROLS = {code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0))}
 _CONTROLS.update({ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t"})
+# Bidirectional embeddings, overrides and isolates: they reorder what follows on the line.
+_CONTROLS.update(
+    {code: f"\\u{code:04x}" for code in (*range(0x202A, 0x202F), *range(0x2066, 0x206A))}
+)
 
 
 def printable(text: str) -> str:
