@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import base64
 import json
-from collections import deque
 from typing import IO
+
+from tailhub.client._timestamps import TimeMarks
 
 # An unfinished line longer than this is written out (bounded memory per job).
 MAX_LINE_BYTES = 1024 * 1024
@@ -40,21 +41,14 @@ class JsonLines:
         self._out = out
         self._job_id = job_id
         self._name = name
-        self._marks: deque[tuple[int, float]] = deque()
-        self._time: float | None = None
+        self._marks = TimeMarks()
         # The line begun but not ended: its bytes, where it starts, when it came.
         self._line = bytearray()
         self._line_offset = 0
         self._line_time: float | None = None
 
     def mark(self, offset: int, when: float) -> None:
-        self._marks.append((offset, when))
-
-    def _time_at(self, offset: int) -> float | None:
-        marks = self._marks
-        while marks and marks[0][0] <= offset:
-            self._time = marks.popleft()[1]
-        return self._time
+        self._marks.add(offset, when)
 
     def write(self, offset: int, data: bytes) -> None:
         """Writes the lines `data` (the log's bytes at `offset`) completes."""
@@ -66,7 +60,7 @@ class JsonLines:
         while position < len(data):
             if not self._line:
                 self._line_offset = offset + position
-                self._line_time = self._time_at(self._line_offset)
+                self._line_time = self._marks.time_at(self._line_offset)
             newline = data.find(b"\n", position)
             if newline < 0:
                 self._line += data[position:]

@@ -62,13 +62,31 @@ def stamp(when: float | None) -> bytes:
     return datetime.fromtimestamp(when, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ").encode()
 
 
+class TimeMarks:
+    """A stream's time marks (TimeMark: the bytes from `offset` on reached the daemon at
+    `when`), asked in log order for the time of the byte at an offset."""
+
+    def __init__(self) -> None:
+        self._marks: deque[tuple[int, float]] = deque()
+        self._time: float | None = None
+
+    def add(self, offset: int, when: float) -> None:
+        self._marks.append((offset, when))
+
+    def time_at(self, offset: int) -> float | None:
+        """When the byte at `offset` came (None before any mark); offsets only grow."""
+        marks = self._marks
+        while marks and marks[0][0] <= offset:
+            self._time = marks.popleft()[1]
+        return self._time
+
+
 class LineStamper:
     """Writes whole lines, each after the time its first byte reached the daemon."""
 
     def __init__(self, out: BinaryIO) -> None:
         self._out = out
-        self._marks: deque[tuple[int, float]] = deque()
-        self._time: float | None = None
+        self._marks = TimeMarks()
         # A line begun but not ended yet, and when its first byte came.
         self._line = bytearray()
         self._line_time: float | None = None
@@ -83,20 +101,14 @@ class LineStamper:
         return self._stamped[1]
 
     def mark(self, offset: int, when: float) -> None:
-        self._marks.append((offset, when))
-
-    def _time_at(self, offset: int) -> float | None:
-        marks = self._marks
-        while marks and marks[0][0] <= offset:
-            self._time = marks.popleft()[1]
-        return self._time
+        self._marks.add(offset, when)
 
     def write(self, offset: int, data: bytes) -> None:
         position = 0
         parts: list[bytes] = []
         while position < len(data):
             if not self._line and not self._continued:
-                self._line_time = self._time_at(offset + position)
+                self._line_time = self._marks.time_at(offset + position)
             newline = data.find(b"\n", position)
             if newline < 0:
                 self._line += data[position:]

@@ -134,6 +134,25 @@ class _Counted:
         self._deadline: asyncio.TimerHandle | None = None
         # Waiting for the first byte of a next request (its deadline starts there).
         self._between = False
+        # The protocol this one stands before: aiohttp's, or asyncio's TLS around it.
+        self._inner: asyncio.Protocol | asyncio.BufferedProtocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self._made(transport):
+            self._inner.connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._lost():
+            self._inner.connection_lost(exc)
+
+    def eof_received(self) -> bool | None:
+        return self._inner.eof_received()
+
+    def pause_writing(self) -> None:
+        self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._inner.resume_writing()
 
     def _made(self, transport: asyncio.BaseTransport) -> bool:
         """Counts the connection; False (and aborted) past a limit."""
@@ -224,28 +243,11 @@ class _Plain(_Counted, asyncio.Protocol):
     def __init__(self, owner: Connections, app: asyncio.BaseProtocol) -> None:
         super().__init__(owner, app)
         assert isinstance(app, asyncio.Protocol)
-        self._inner: asyncio.Protocol = app
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        if self._made(transport):
-            self._inner.connection_made(transport)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self._lost():
-            self._inner.connection_lost(exc)
+        self._inner = self._plain = app
 
     def data_received(self, data: bytes) -> None:
         self._received()
-        self._inner.data_received(data)
-
-    def eof_received(self) -> bool | None:
-        return self._inner.eof_received()
-
-    def pause_writing(self) -> None:
-        self._inner.pause_writing()
-
-    def resume_writing(self) -> None:
-        self._inner.resume_writing()
+        self._plain.data_received(data)
 
 
 class _Tls(_Counted, asyncio.BufferedProtocol):
@@ -255,28 +257,11 @@ class _Tls(_Counted, asyncio.BufferedProtocol):
         self, owner: Connections, app: asyncio.BaseProtocol, tls: asyncio.BufferedProtocol
     ) -> None:
         super().__init__(owner, app)
-        self._inner = tls
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        if self._made(transport):
-            self._inner.connection_made(transport)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self._lost():
-            self._inner.connection_lost(exc)
+        self._inner = self._tls = tls
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        return memoryview(self._inner.get_buffer(sizehint))
+        return memoryview(self._tls.get_buffer(sizehint))
 
     def buffer_updated(self, nbytes: int) -> None:
         self._received()
-        self._inner.buffer_updated(nbytes)
-
-    def eof_received(self) -> bool | None:
-        return self._inner.eof_received()
-
-    def pause_writing(self) -> None:
-        self._inner.pause_writing()
-
-    def resume_writing(self) -> None:
-        self._inner.resume_writing()
+        self._tls.buffer_updated(nbytes)
