@@ -276,6 +276,17 @@ def collect(outs: list[Path]) -> Followers:
     return Followers(streams, samples, cpu, failed)
 
 
+def write_report(out: Path, results: list[StreamResult], samples: Samples) -> None:
+    """What a follower process hands back: its streams, its latency samples, its CPU."""
+    samples.save(out)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    report = {
+        "cpu": usage.ru_utime + usage.ru_stime,
+        "streams": [asdict(result) for result in results],
+    }
+    out.write_text(json.dumps(report))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("address")
@@ -303,13 +314,7 @@ def main() -> None:
     results, samples = asyncio.run(
         follow_all(args.address, parse_streams(args.stream), options, args.timeout)
     )
-    samples.save(args.out)
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    report = {
-        "cpu": usage.ru_utime + usage.ru_stime,
-        "streams": [asdict(result) for result in results],
-    }
-    args.out.write_text(json.dumps(report))
+    write_report(args.out, results, samples)
 
 
 if __name__ == "__main__":

@@ -23,15 +23,13 @@ import base64
 import http.client
 import json
 import os
-import resource
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from bench.chains import Chains, Node
-from bench.follower import Samples, StreamResult, parse_streams
+from bench.follower import Samples, StreamResult, parse_streams, write_report
 
 if TYPE_CHECKING:
     from tailhub.client import Client
@@ -306,13 +304,7 @@ def main() -> None:
     results, samples = asyncio.run(
         follow_all(args.base, parse_streams(args.stream), cookie, args.timeout)
     )
-    samples.save(args.out)
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    report = {
-        "cpu": usage.ru_utime + usage.ru_stime,
-        "streams": [asdict(result) for result in results],
-    }
-    args.out.write_text(json.dumps(report))
+    write_report(args.out, results, samples)
 
 
 if __name__ == "__main__":
