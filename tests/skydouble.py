@@ -67,6 +67,13 @@ class SkyDouble:
             return []
         return [json.loads(line)["argv"] for line in path.read_text().splitlines()]
 
+    def usage(self) -> list[dict[str, Any]]:
+        """What each `sky` run that ended reported: argv, cpu_s, wall_s, round_trips."""
+        path = self.home / "usage.log"
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines()]
+
     def launch(self, task: Path, *args: str, **extra: str) -> int:
         """`sky jobs launch -d -y ARGS TASK`; returns the managed job id it printed."""
         done = self.run("jobs", "launch", "-d", "-y", *args, str(task), **extra)

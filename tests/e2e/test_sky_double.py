@@ -179,6 +179,26 @@ def test_every_sky_process_is_counted(sky: SkyDouble, workdir: Path) -> None:
     ]
 
 
+def test_injected_latency_delays_each_api_server_round_trip(sky: SkyDouble, workdir: Path) -> None:
+    # SkyPilot's client: launch -d is health, validate, launch, the launch's result; logs is
+    # health and the stream; queue and cancel are health, the request and its result.
+    latency = 0.25
+    sky.set_faults(LATENCY_MS=str(round(latency * 1000)))
+    task = write_task(workdir, "run: echo hi\n")
+    job_id = sky.launch(task)
+    wait_until(lambda: sky.queue()[job_id]["status"] == "SUCCEEDED")
+    assert sky.run("jobs", "logs", "--tail", "0", str(job_id)).returncode == 0
+    assert sky.run("jobs", "cancel", "-y", str(job_id)).returncode == 0
+    assert sky.run("--version").returncode == 0
+    runs = [run for run in sky.usage() if run["argv"][:1] != ["_supervise"]]
+    trips = {" ".join(run["argv"][:2]): run["round_trips"] for run in runs}
+    assert trips == {"jobs launch": 4, "jobs queue": 3, "jobs logs": 2, "jobs cancel": 3,
+                     "--version": 0}  # fmt: skip
+    for run in runs:
+        assert run["wall_s"] >= run["round_trips"] * latency, run
+        assert run["cpu_s"] > 0, run
+
+
 def test_a_launch_without_cloud_access_fails_as_skypilot_does(
     sky: SkyDouble, workdir: Path
 ) -> None:
