@@ -45,13 +45,32 @@ def test_a_subscriber_gets_all_it_asks_for_while_the_budget_has_it() -> None:
     run(scenario)
 
 
-def test_a_tight_budget_shrinks_a_grant_down_to_what_is_free() -> None:
+def test_a_tight_budget_waits_for_a_whole_grant_instead_of_shrinking_it() -> None:
+    """Under pressure fewer, larger messages: what is free is not handed out in pieces."""
+
     async def scenario() -> None:
         budget = SendBudget(1000, 100, floor=10)
-        await budget.acquire(800)
-        shrunk = await budget.acquire(500)
-        assert shrunk.size == 200
-        assert budget.figures().shrunk == 1
+        held = await budget.acquire(800)
+        waiting = asyncio.create_task(budget.acquire(500))
+        await asyncio.sleep(0.01)
+        assert not waiting.done()
+        budget.release(held)
+        assert (await asyncio.wait_for(waiting, 5)).size == 500
+        assert budget.figures().shrunk == 0
+
+    run(scenario)
+
+
+def test_a_waiter_is_granted_what_it_came_to_be_owed_while_it_waited() -> None:
+    async def scenario() -> None:
+        budget = SendBudget(1000, 100, floor=10)
+        held = await budget.acquire(1000)
+        owed = [200]
+        waiting = asyncio.create_task(budget.acquire(200, owed=lambda: owed[0]))
+        await asyncio.sleep(0.01)
+        owed[0] = 600  # the log grew meanwhile
+        budget.release(held)
+        assert (await asyncio.wait_for(waiting, 5)).size == 600
 
     run(scenario)
 
@@ -92,11 +111,11 @@ def test_waiters_are_served_first_come_first_served() -> None:
         await asyncio.sleep(0.01)
         assert order == []
         budget.release(held)
-        await asyncio.wait_for(asyncio.gather(first, second), 5)
-        assert order == [("first", 700), ("second", 300)]
+        await asyncio.wait_for(first, 5)
+        assert order == [("first", 700)]
         budget.release(grants[0])
-        await asyncio.wait_for(late, 5)
-        assert order[-1] == ("late", 100)
+        await asyncio.wait_for(asyncio.gather(second, late), 5)
+        assert order == [("first", 700), ("second", 700), ("late", 100)]
 
     run(scenario)
 
@@ -198,5 +217,69 @@ def test_a_released_grant_is_empty_and_releasing_it_again_gives_nothing_back() -
         budget.release(first)
         assert first.size == 0
         assert budget.in_flight == 200
+
+    run(scenario)
+
+
+def test_a_client_holding_the_whole_budget_does_not_make_another_client_wait() -> None:
+    """Streams of one token that stopped reading hold its share, not the other token's."""
+
+    async def scenario() -> None:
+        budget = SendBudget(1000, 100, floor=10)
+        await budget.acquire(1000, "unread")  # never given back
+        grant = await asyncio.wait_for(budget.acquire(300, "reader"), 5)
+        assert (grant.size, grant.overdraft) == (300, False)
+        assert budget.figures().waits == 0
+        # Within its fair part (half of the budget with two clients), not beyond.
+        await budget.acquire(200, "reader")
+        beyond = asyncio.create_task(budget.acquire(100, "reader"))
+        await asyncio.sleep(0.01)
+        assert not beyond.done()
+        budget.release(grant)
+        assert (await asyncio.wait_for(beyond, 5)).size == 100
+        assert budget.in_flight == 1300
+
+    run(scenario)
+
+
+def test_waiting_clients_take_turns() -> None:
+    async def scenario() -> None:
+        budget = SendBudget(1000, 100, floor=10)
+        held = await budget.acquire(1000, "a")
+        order: list[str] = []
+
+        async def wait(name: str) -> None:
+            grant = await budget.acquire(1000, name)
+            order.append(name)
+            budget.release(grant)
+
+        tasks = [asyncio.create_task(wait(name)) for name in ("a", "a", "a", "b")]
+        await asyncio.sleep(0.01)
+        budget.release(held)
+        await asyncio.wait_for(asyncio.gather(*tasks), 5)
+        assert order[:2] == ["a", "b"]
+
+    run(scenario)
+
+
+def test_waiters_near_the_live_edge_go_before_deep_catch_ups() -> None:
+    async def scenario() -> None:
+        budget = SendBudget(1000, 100, floor=10)
+        held = await budget.acquire(1000)
+        order: list[str] = []
+
+        async def wait(name: str, *, live: bool) -> None:
+            grant = await budget.acquire(1000, live=live)
+            order.append(name)
+            budget.release(grant)
+
+        tasks = [asyncio.create_task(wait(f"behind{i}", live=False)) for i in range(2)]
+        await asyncio.sleep(0.01)
+        tasks += [asyncio.create_task(wait(f"live{i}", live=True)) for i in range(5)]
+        await asyncio.sleep(0.01)
+        budget.release(held)
+        await asyncio.wait_for(asyncio.gather(*tasks), 5)
+        # Three live ones, then a deep catch-up's turn: none waits for ever.
+        assert order == ["live0", "live1", "live2", "behind0", "live3", "live4", "behind1"]
 
     run(scenario)

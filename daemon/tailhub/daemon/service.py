@@ -145,6 +145,8 @@ class TailhubServicer:
                 budget=self._budget,
                 scans=manager.scans,
                 timestamps=request.timestamps,
+                # A token's streams share one part of the budget (the owner's, another).
+                share=callers.token(),
             )
             stream: AsyncGenerator[LogItem | FilteredItem, None] = (
                 read
