@@ -4,6 +4,7 @@ Redis planted are checked like API requests, left out one by one, and stop nothi
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import grpc
@@ -96,3 +97,51 @@ def test_a_flood_of_events_in_a_mirrored_log_is_bounded_like_a_local_jobs(
         assert all(len(event.message.encode()) <= MAX_MESSAGE_BYTES for event in events)
     finally:
         follower.stop()
+
+
+def test_records_at_ids_the_counter_never_gave_are_left_out_and_ids_stay_small(
+    cluster: Cluster,
+) -> None:
+    first, second = cluster.start(2)
+    with first.client() as client:
+        good = client.attach_push("good").id
+    wait_until(lambda: good in job_ids(second), what="the good job on the second node")
+    redis = cluster.redis.client()
+    stored = redis.hget(f"{PREFIX}job:{good}", "record")
+    assert isinstance(stored, bytes)
+    record = json.loads(stored)
+    # Well-formed records, at ids no daemon took from the counter (INCR): far ahead, and
+    # the very next one.
+    forged = [1_000_000_000_000_000, int(redis.get(PREFIX + "next_job_id") or 0) + 5]
+    for job_id in forged:
+        body = json.dumps({**record, "id": job_id, "name": f"forged-{job_id}"})
+        redis.hset(f"{PREFIX}job:{job_id}", mapping={"record": body, "size": "0", "first": "0"})
+        redis.zadd(PREFIX + "jobs", {str(job_id): job_id})
+        redis.publish(PREFIX + "changes", str(job_id))
+
+    def seen(node: DaemonProcess) -> bool:
+        return reported(node) == 2 or bool(job_ids(node) & set(forged))
+
+    for node in (first, second):
+        wait_until(lambda: seen(node), what="the forged records read")  # noqa: B023
+    # A job made after them reaches every node, with the next id (adopting the forged one
+    # would have made it 1,000,000,000,000,001).
+    with second.client() as client:
+        after = client.attach_push("after").id
+    assert after < forged[1]
+    for node in (first, second):
+        wait_until(lambda: after in job_ids(node), what="the later job everywhere")  # noqa: B023
+        assert not job_ids(node) & set(forged)
+    second.restart()
+    assert {good, after} <= job_ids(second)
+    assert not job_ids(second) & set(forged)
+    # Said once per start (two ids in at most a line each), naming them.
+    assert reported(first) == 2
+    wait_until(lambda: reported(second) == 4, what="the restarted node to report them")
+    assert all(str(job_id) in second.log_text() for job_id in forged)
+
+
+def reported(node: DaemonProcess) -> int:
+    """How many records at ids the counter never gave the node's log says it left out."""
+    found = re.findall(r"cluster: left out (\d+) job record\(s\) at ids", node.log_text())
+    return sum(int(count) for count in found)

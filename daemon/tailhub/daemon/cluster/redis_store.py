@@ -64,12 +64,21 @@ redis.call('HSET', KEYS[2], 'holder', ARGV[1])
 return token
 """
 
-# KEYS: lease, cluster.
-_RENEW = """
-if redis.call('EXISTS', KEYS[2]) == 0 then return -3 end
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-return 1
+# KEYS: cluster, then one lease per job; ARGV: ms, then one token per lease. Every lease a
+# node holds, renewed in one round trip: -3 (LOST) for all, or 1 (renewed) / 0 (no longer
+# this token's) per lease, in order.
+_RENEW_ALL = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return -3 end
+local renewed = {}
+for i = 2, #KEYS do
+  if redis.call('GET', KEYS[i]) == ARGV[i] then
+    redis.call('PEXPIRE', KEYS[i], ARGV[1])
+    renewed[i - 1] = 1
+  else
+    renewed[i - 1] = 0
+  end
+end
+return renewed
 """
 
 _RELEASE = """
@@ -232,7 +241,7 @@ class RedisStore:
 
         self.client = client
         self._acquire = script(_ACQUIRE)
-        self._renew = script(_RENEW)
+        self._renew_all = script(_RENEW_ALL)
         self._release = script(_RELEASE)
         self._append = script(_APPEND)
         self._event = script(_EVENT)
@@ -271,6 +280,12 @@ class RedisStore:
     async def next_job_id(self, above: int) -> int:
         """A new job id, greater than `above` (the highest this node knows of)."""
         return int(await self._next_id(keys=[PREFIX + "next_job_id"], args=[above]))
+
+    async def highest_job_id(self) -> int:
+        """The highest id the cluster's counter has given (0: none, or a counter that is not
+        one, as someone with write access to Redis may leave it)."""
+        value: Any = await self.client.get(PREFIX + "next_job_id")
+        return int(value) if _is_count(value) else 0
 
     async def create(self, job_id: int, record: dict[str, Any], node: str, ms: int) -> str:
         """Records a new job, its first lease held by `node`; returns the lease's token."""
@@ -350,9 +365,21 @@ class RedisStore:
         )
         return None if token is None else bytes(token).decode()
 
-    async def renew(self, job_id: int, token: str, ms: int) -> int:
-        """1: renewed; 0: the lease is not (or no longer) this token's; LOST."""
-        return int(await self._renew(keys=[_lease_key(job_id), _CLUSTER], args=[token, ms]))
+    async def renew_all(self, tokens: dict[int, str], ms: int) -> dict[int, bool] | None:
+        """Renews every lease in `tokens` (job id: token) in one round trip: whether each is
+        still this token's (and now renewed); None when Redis lost the cluster's data."""
+        if not tokens:
+            return {}
+        job_ids = list(tokens)
+        answer: Any = await self._renew_all(
+            keys=[_CLUSTER, *(_lease_key(job_id) for job_id in job_ids)],
+            args=[ms, *(tokens[job_id] for job_id in job_ids)],
+        )
+        if not isinstance(answer, list):
+            return None  # (LOST: the cluster's key is gone)
+        if len(answer) != len(job_ids):
+            raise ResponseError(f"renewing {len(job_ids)} leases gave {len(answer)} answers")
+        return {job_id: value == 1 for job_id, value in zip(job_ids, answer, strict=True)}
 
     async def release(self, job_id: int, token: str) -> None:
         await self._release(keys=[_lease_key(job_id), _job_key(job_id)], args=[token])

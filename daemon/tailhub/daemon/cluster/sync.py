@@ -34,6 +34,8 @@ logger = logging.getLogger(__name__)
 RESYNC_SECONDS = 10.0
 # Records read from Redis per round trip.
 _BATCH = 500
+# Bad records remembered as reported, so that each is logged once.
+MAX_REPORTED = 10_000
 
 
 class SyncOwner(Protocol):
@@ -75,7 +77,7 @@ class RecordSync:
         self._mirror = mirror
         self._owner = owner
         self._retry_seconds = retry_seconds
-        # Jobs whose record was reported unusable (reported once each).
+        # Jobs whose record was reported unusable (reported once each, within MAX_REPORTED).
         self._reported: set[int] = set()
 
     async def listen(self) -> None:
@@ -103,6 +105,14 @@ class RecordSync:
         await self.sync(await self._redis.job_ids())
 
     async def sync(self, job_ids: list[int]) -> None:
+        # Read after the ids: a daemon takes a job's id from the counter (INCR) before it
+        # writes the record, so a record whose id is above the counter now was written by
+        # someone else (and adopting it would also raise every later id past it).
+        counter = await self._redis.highest_job_id()
+        ahead = [job_id for job_id in job_ids if job_id > counter]
+        if ahead:
+            self._report_ahead(ahead, counter)
+            job_ids = [job_id for job_id in job_ids if job_id <= counter]
         for start in range(0, len(job_ids), _BATCH):
             metas = await self._redis.metas(job_ids[start : start + _BATCH])
             for job_id, meta in metas.items():
@@ -113,9 +123,24 @@ class RecordSync:
                 except Exception as error:
                     # Whoever can write to Redis wrote it: one bad record is left out (said
                     # once), never the end of the sync, of the other jobs, or of a start.
-                    if job_id not in self._reported:
-                        self._reported.add(job_id)
+                    if _first_time(self._reported, job_id):
                         logger.warning("cluster: job %d left out: %r", job_id, error)
+
+    def _report_ahead(self, ahead: list[int], counter: int) -> None:
+        """One line for the records at ids the counter never gave that were not reported
+        yet, however many there are."""
+        new = [job_id for job_id in ahead if _first_time(self._reported, job_id)]
+        if new:
+            shown = ", ".join(str(job_id) for job_id in new[:3])
+            more = f" and {len(new) - 3} more" if len(new) > 3 else ""
+            logger.warning(
+                "cluster: left out %d job record(s) at ids the cluster's counter (%d) never "
+                "gave: %s%s (written into Redis by someone else)",
+                len(new),
+                counter,
+                shown,
+                more,
+            )
 
     async def refresh_running(self) -> None:
         """Sizes and holders of the running jobs fetched elsewhere, as `jobs queue` shows."""
@@ -185,6 +210,17 @@ class RecordSync:
         self._manager.save_or_defer(job)
         if changed:
             job.changed.notify()
+
+
+def _first_time(reported: set[int], job_id: int) -> bool:
+    """Whether `job_id` is reported now: not yet, and the set of those reported is bounded
+    (when full it starts again, so a flood of bad ids costs a line per MAX_REPORTED)."""
+    if job_id in reported:
+        return False
+    if len(reported) >= MAX_REPORTED:
+        reported.clear()
+    reported.add(job_id)
+    return True
 
 
 async def _announced(pubsub: object) -> set[int]:
