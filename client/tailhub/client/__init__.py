@@ -11,15 +11,16 @@ with Client.connect(resolve_paths()) as client:
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any
 
 # Read by gRPC's core when grpc is imported: else it prints each failed TLS handshake on
 # stderr as it retries; the client says once why it cannot connect.
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
-from tailhub.daemon.paths import StatePaths, resolve_home
-
+# Not typing's: the CLI's lean path (_lean.py) imports this package, and no typing.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from tailhub.client._client import Client
     from tailhub.client._errors import (
         ClusterUnavailable,
@@ -41,11 +42,14 @@ if TYPE_CHECKING:
         LogItem,
         LogTimeMark,
     )
+    from tailhub.daemon.paths import StatePaths
 
 # Imported when first asked for: `tailhub --help` needs none of them, and the CLI must be able
 # to defer some of grpc's imports before grpc is imported (see _deferred.py).
 _LAZY = {
     "Client": "tailhub.client._client",
+    # (The CLI's lean path, _lean.py, imports the package and none of these.)
+    "StatePaths": "tailhub.daemon.paths",
     **dict.fromkeys(
         (
             "ClusterUnavailable",
@@ -101,6 +105,8 @@ __all__ = [
 
 def resolve_paths(home: str | None = None) -> StatePaths:
     """The state directory's files: `home`, else $TAILHUB_HOME, else ~/.tailhub."""
+    from tailhub.daemon.paths import StatePaths, resolve_home
+
     return StatePaths(resolve_home(home, os.environ))
 
 

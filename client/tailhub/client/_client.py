@@ -16,6 +16,7 @@ from tailhub.client._follow import (
     MAX_RETRY_PAUSE,
     MIN_RETRY_PAUSE,
     Outages,
+    Resumed,
     follow_log,
 )
 from tailhub.client._remote import CONNECT_TIMEOUT, Target
@@ -393,4 +394,23 @@ class Client:
             timestamps=timestamps,
             grep=tuple(grep),
             exclude=tuple(exclude),
+        )
+
+    def resume_follow(
+        self, job_id: int, resumed: Resumed, *, follow: bool, tail_lines: int | None
+    ) -> Iterator[LogItem]:
+        """`follow` going on from where a follow begun elsewhere stands (the CLI's lean path,
+        whose stream broke or ended with an error): as `follow` from there on."""
+        return follow_log(
+            self._servers,
+            self._outages,
+            lambda: self._closed,
+            job_id,
+            offset=resumed.next_offset or 0,
+            tail_lines=tail_lines,
+            follow=follow,
+            reconnect_timeout=DEFAULT_RECONNECT_TIMEOUT,
+            since_time=None,
+            timestamps=False,
+            resumed=resumed,
         )

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import gc
 import sys
-from collections.abc import Callable
+
+TYPE_CHECKING = False  # (typing's costs an import the lean path does without)
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 
 def main() -> None:
@@ -13,6 +16,20 @@ def main() -> None:
     # no passes while they run, then their objects are frozen (never traversed again). The
     # collector runs as usual for what the command creates (`jobs logs -f` may run for days).
     gc.disable()
+    # `tailhub jobs logs` and `jobs launch` of this machine's daemon: without grpc or click
+    # where the lean path covers the command line (see _lean.py); else, or when it finds it
+    # cannot serve it (no daemon answers there...), the full CLI below, from the start.
+    from tailhub.client._lean import lean_command
+
+    lean = lean_command(sys.argv[1:])
+    if lean is not None:
+        gc.freeze()
+        gc.enable()
+        lean_code = lean()
+        if lean_code is not None:
+            gc.collect()
+            sys.exit(lean_code)
+        gc.disable()
     from tailhub.client._deferred import defer
 
     defer()

@@ -13,6 +13,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -39,6 +40,18 @@ MIN_RETRY_PAUSE = 0.05
 MAX_RETRY_PAUSE = 1.0
 
 
+@dataclass(frozen=True)
+class Resumed:
+    """Where a follow begun elsewhere (the CLI's lean path, _lean.py) stands: the next byte
+    (None: none yet, from the last lines), the events shown at the last event's offset, and
+    whether its stream broke (then the daemon is waited for first, as after a break here)."""
+
+    next_offset: int | None
+    events_offset: int | None = None
+    events_here: tuple[str, ...] = ()
+    broken: bool = False
+
+
 def follow_log(
     servers: Servers,
     outages: Outages,
@@ -53,8 +66,10 @@ def follow_log(
     timestamps: bool,
     grep: tuple[str, ...] = (),
     exclude: tuple[str, ...] = (),
+    resumed: Resumed | None = None,
 ) -> Iterator[LogItem]:
-    """The items of `Client.follow` (see there); `closed` says the client was closed."""
+    """The items of `Client.follow` (see there); `closed` says the client was closed.
+    `resumed`: going on from where a follow begun elsewhere stands."""
     if tail_lines is not None and since_time is not None:
         raise ValueError("give tail_lines or since_time, not both: each says where to start")
     starts_later = tail_lines is not None or since_time is not None
@@ -62,6 +77,10 @@ def follow_log(
     cursor.filter(grep, exclude)
     reconnects = _Reconnects(servers, outages, reconnect_timeout)
     index = servers.current
+    if resumed is not None:
+        cursor.resume(resumed)
+        if resumed.broken:
+            index = reconnects.next_daemon(index, job_id, cursor.next_offset)
     while True:
         request = cursor.request(follow, tail_lines)
         ended = yield from _stream(servers, index, request, cursor, reconnects)
@@ -266,6 +285,12 @@ class _Cursor:
         """Asks for the lines these patterns select (SubscribeRequest.grep/exclude): chunks
         may then skip bytes, never go back."""
         self._grep, self._exclude = grep, exclude
+
+    def resume(self, resumed: Resumed) -> None:
+        """Stands where `resumed` says (the events there are sent again: not shown twice)."""
+        self.next_offset = resumed.next_offset
+        self._events_offset = resumed.events_offset
+        self._events_here = list(resumed.events_here)
 
     def request(self, follow: bool, tail_lines: int | None) -> pb.SubscribeRequest:
         self._resent = 0

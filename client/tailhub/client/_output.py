@@ -8,27 +8,14 @@ from typing import TYPE_CHECKING, BinaryIO
 import click
 
 from tailhub.client import exit_codes
+from tailhub.client._printable import job_label as job_label  # noqa: PLC0414 (re-exported)
+from tailhub.client._printable import printable as printable  # noqa: PLC0414
 
 if TYPE_CHECKING:
     from tailhub.client import Client, LogEnd
     from tailhub.client._json_lines import JsonLines
     from tailhub.client._pending import PendingStatus
     from tailhub.client._timestamps import LineStamper
-
-
-# C0 controls, DEL and C1 controls: a terminal acts on them (titles, colours, cursor moves).
-_CONTROLS = {code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0))}
-_CONTROLS.update({ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t"})
-# Bidirectional embeddings, overrides and isolates: they reorder what follows on the line.
-_CONTROLS.update(
-    {code: f"\\u{code:04x}" for code in (*range(0x202A, 0x202F), *range(0x2066, 0x206A))}
-)
-
-
-def printable(text: str) -> str:
-    """`text` with every control character shown as an escape (`\\x1b`, `\\n`), so that a job
-    name or a daemon's message can neither steer the terminal nor break a line apart."""
-    return text.translate(_CONTROLS)
 
 
 def note(message: str) -> None:
@@ -143,11 +130,6 @@ class _PlainWriter:
 
     def finish(self) -> None:
         pass
-
-
-def job_label(job_id: int, name: str) -> str:
-    """`job 17 (train)`, or `job 17` for a job without a name."""
-    return f"job {job_id} ({printable(name)})" if name else f"job {job_id}"
 
 
 def end_result(end: LogEnd) -> int:

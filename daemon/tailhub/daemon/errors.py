@@ -35,6 +35,7 @@ one place (`tailhub.client._errors`). An exception that is none of these is a bu
     │   └── TooManyFailedAuthentications RESOURCE_EXHAUSTED   TOO_MANY_FAILED_AUTHENTICATIONS
     ├── UnknownMethod                    UNIMPLEMENTED        UNKNOWN_METHOD
     ├── WebViewOff                       FAILED_PRECONDITION  WEB_VIEW_OFF
+    ├── HttpRequestRefused               INVALID_ARGUMENT     HTTP_REQUEST_REFUSED (owner_http only)
     ├── UpstreamError                    UNAVAILABLE          UPSTREAM_ERROR       (fetcher only)
     │   ├── UpstreamFailed               UNAVAILABLE          UPSTREAM_FAILED
     │   └── UpstreamUnusable             FAILED_PRECONDITION  UPSTREAM_UNUSABLE
@@ -323,6 +324,18 @@ class WebViewOff(DaemonError):
 
     status = Status.FAILED_PRECONDITION
     kind = "WEB_VIEW_OFF"
+
+
+class HttpRequestRefused(DaemonError):
+    """A request to the owner's lean endpoint (owner_http.py) that it cannot read or does not
+    serve: answered with `http_status` (400, 404, 405, 411, 413, 431, 501), never over gRPC."""
+
+    status = Status.INVALID_ARGUMENT
+    kind = "HTTP_REQUEST_REFUSED"
+
+    def __init__(self, http_status: int, message: str) -> None:
+        super().__init__(message)
+        self.http_status = http_status
 
 
 # -- a fetch (never sent) ------------------------------------------------------------------------

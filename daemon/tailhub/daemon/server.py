@@ -39,6 +39,8 @@ from tailhub.daemon.listeners import (
 )
 from tailhub.daemon.lock import StateLock
 from tailhub.daemon.manager import JobManager
+from tailhub.daemon.owner_http import OwnerEndpoint
+from tailhub.daemon.owner_http import socket_path as owner_socket
 from tailhub.daemon.paths import shown
 from tailhub.daemon.placement import Placement
 from tailhub.daemon.placing import choose_placement
@@ -96,6 +98,8 @@ class Daemon:
         self._metrics: DaemonMetrics | None = None
         self._metrics_endpoint: MetricsEndpoint | None = None
         self._servicer: TailhubServicer | None = None
+        # The owner's lean endpoint for the CLI (owner_http.py), beside the socket: standalone.
+        self._owner: OwnerEndpoint | None = None
         # Where jobs are fetched: here, or (`--redis`) as one node of several sharing a Redis.
         self._placement: Placement | None = None
         self._stopped = asyncio.Event()
@@ -179,7 +183,7 @@ class Daemon:
         servicer = self._servicer = TailhubServicer(self._manager, self.config)
         if self._metrics_endpoint is not None:
             servicer.run_facts = RunFacts(metrics_addresses=tuple(self._metrics_endpoint.addresses))
-        await self._start_web(servicer)
+        await asyncio.gather(self._start_web(servicer), self._start_owner(servicer))
         health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
         network_server = self._network(servicer, health_servicer, counting)
         _serve(server, servicer, health_servicer)
@@ -329,7 +333,9 @@ class Daemon:
             self._manager.begin_stop()
         grace = self.config.stop_grace if grace is None else grace
         servers = [server for server in (self._server, self._network_server) if server]
-        await asyncio.gather(*(server.stop(grace) for server in servers), self._close_web())
+        await asyncio.gather(
+            *(server.stop(grace) for server in servers), self._close_web(), self._close_owner(grace)
+        )
         self._failed_auth.close()
         if self._servicer is not None:
             _log_budget(self._servicer.budget_figures())
@@ -340,8 +346,23 @@ class Daemon:
             await self._web_view.close()
             self._web_view = None
 
+    async def _start_owner(self, servicer: TailhubServicer) -> None:
+        """The owner's lean endpoint for the CLI (owner_http.py), bound before the gRPC socket:
+        a CLI that finds the daemon finds it too. Standalone only: a node's CLI needs gRPC's
+        failover between nodes."""
+        if self.config.cluster is not None or self._manager is None:
+            return
+        owner = self._owner = OwnerEndpoint(self._manager, self.config, servicer.budget)
+        await owner.start(owner_socket(self.config.paths.root))
+
+    async def _close_owner(self, grace: float = 0.0) -> None:
+        if self._owner is not None:
+            await self._owner.close(grace)
+            self._owner = None
+
     async def _close(self) -> None:
         await self._close_web()
+        await self._close_owner()
         if self._certificates is not None:
             await self._certificates.close()
             self._certificates = None
