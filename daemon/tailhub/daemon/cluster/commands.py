@@ -2,33 +2,36 @@
 
 The command dies with the daemon (another node takes the job over and starts its own; a
 survivor would be a second connection to the upstream host), carries FETCH_MARKER=JOB_ID in
-its environment (the lease watchdog finds it by this), and runs inside a fence that kills it
-when the lease may end (process/fence.py).
+its environment (the lease watchdog finds it by this), and starts behind a gate of the node's
+one fence, which kills it when the lease may end (process/fence.py, process/fences.py).
 """
 
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Sequence
 
+from tailhub.daemon.errors import UpstreamFailed
 from tailhub.daemon.process import FETCH_MARKER, Wrapped, die_with_parent
-from tailhub.daemon.process.fence import Fences
-
-FENCE_MODULE = "tailhub.daemon.process.fence"
+from tailhub.daemon.process.fence import FENCED
+from tailhub.daemon.process.fences import NodeFence, gate_argv
 
 
 class FencedCommands:
     """A `CommandWrap` (process/): each command fenced by the lease it runs under."""
 
     def __init__(self) -> None:
-        # The daemon's ends of the fences, told of every renewal.
-        self.fences = Fences()
+        # The node's fence, told of every renewal.
+        self.fence = NodeFence()
 
     def __call__(self, job_id: int, argv: Sequence[str]) -> Wrapped:
-        fence = self.fences.open(job_id)
+        try:
+            go, report = self.fence.arm(job_id)
+        except OSError as error:  # (no fence can be told, or no pipe made)
+            # Never unfenced: the fetch tries again, with backoff, once a fence runs.
+            raise UpstreamFailed(f"cannot start the command: {error}", FENCED) from None
         return Wrapped(
-            [sys.executable, "-I", "-m", FENCE_MODULE, str(fence), "--", *die_with_parent(), *argv],
+            gate_argv(go, report, [*die_with_parent(), *argv]),
             {**os.environ, FETCH_MARKER: str(job_id)},
-            (fence,),
+            (go, report),
         )

@@ -1,9 +1,10 @@
 """The fetch leases a node holds: each with its writer and its deadline, renewed together.
 
 A lease is surely the node's until a share of its length after its renewal was sent; at
-that moment its fetch stops (here, in the watchdog thread, and in the fence around its
-command), before anyone else can take it. What a lost lease means for the job is the node's
-to say (`LeaseOwner.lease_expired`).
+that moment its fetch stops (here, in the watchdog thread, and in the node's fence, which
+kills its command), before anyone else can take it. Every lease is renewed in one round trip
+to Redis, and the fence told of every new moment in one message. What a lost lease means for
+the job is the node's to say (`LeaseOwner.lease_expired`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from redis.exceptions import RedisError
 
-from tailhub.daemon.cluster.redis_store import LOST, RedisStore
+from tailhub.daemon.cluster.redis_store import RedisStore
 from tailhub.daemon.cluster.watchdog import LeaseWatchdog
 from tailhub.daemon.cluster.writer import HeldLease, LogWriter, WriterOwner
 from tailhub.daemon.runner import RunHandle
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
     from tailhub.daemon.config import ClusterSettings
     from tailhub.daemon.live_job import Job
     from tailhub.daemon.placement import JobsPort
-    from tailhub.daemon.process.fence import Fences
+    from tailhub.daemon.process.fences import NodeFence
     from tailhub.daemon.tasks import TaskSet
 
 # A lease is surely ours until this share of its length after a renewal was sent (the rest
@@ -46,14 +47,14 @@ class Leases:
         self,
         redis: RedisStore,
         settings: ClusterSettings,
-        fences: Fences,
+        fence: NodeFence,
         tasks: TaskSet,
         owner: LeaseOwner,
     ) -> None:
         self._redis = redis
         self._settings = settings
-        # The fences around this node's upstream commands, told of every renewal.
-        self._fences = fences
+        # The fence around this node's upstream commands, told of every renewal.
+        self._fence = fence
         self._tasks = tasks
         self._owner = owner
         self.held: dict[int, HeldLease] = {}
@@ -92,7 +93,7 @@ class Leases:
     def drop(self, job_id: int) -> HeldLease | None:
         """Forgets the job's lease (lost, or its job ended); returns it if it was held."""
         self.watchdog.forget(job_id)
-        self._fences.forget(job_id)
+        self._fence.drop(job_id)
         self.writers.pop(job_id, None)
         handle = self._deadlines.pop(job_id, None)
         if handle is not None:
@@ -100,21 +101,28 @@ class Leases:
         return self.held.pop(job_id, None)
 
     async def renew(self, sent: float) -> None:
-        """Renews every lease held (the renewals sent at `sent`)."""
-        for job_id, lease in list(self.held.items()):
+        """Renews every lease held (the renewals sent at `sent`), in one round trip."""
+        for lease in list(self.held.values()):
             if lease.lost:  # the watchdog stopped its upstream
                 self._expire(lease)
-                continue
-            renewed = await self._redis.renew(job_id, lease.token, self._settings.lease_ms)
-            if renewed == LOST:
-                self._owner.data_lost()
-            elif self.held.get(job_id) is not lease:
-                continue
-            elif renewed:
+        asked = {job_id: lease for job_id, lease in self.held.items() if not lease.lost}
+        renewed = await self._redis.renew_all(
+            {job_id: lease.token for job_id, lease in asked.items()}, self._settings.lease_ms
+        )
+        if renewed is None:
+            self._owner.data_lost()
+            return
+        extended: dict[int, float] = {}
+        for job_id, lease in asked.items():
+            if self.held.get(job_id) is not lease:
+                continue  # (dropped while Redis answered)
+            if renewed[job_id]:
                 lease.valid_until = sent + self._lease_s * _SAFE_SHARE
-                self._arm_deadline(lease)
+                self._arm_deadline(lease, tell_fence=False)
+                extended[job_id] = lease.valid_until
             else:
                 self._owner.lease_expired(job_id, "its lease expired")
+        self._fence.extend(extended)
 
     async def check_ends(self, jobs: JobsPort) -> None:
         """Whether Redis went back in time (restored from an older copy) under a job held
@@ -142,7 +150,7 @@ class Leases:
 
     def close(self) -> None:
         self.watchdog.close()
-        self._fences.close_all()
+        self._fence.close()
         for handle in self._deadlines.values():
             handle.cancel()
 
@@ -152,10 +160,11 @@ class Leases:
         for job_id, lease in list(self.held.items()):
             await self._redis.release(job_id, lease.token)
 
-    def _arm_deadline(self, lease: HeldLease) -> None:
+    def _arm_deadline(self, lease: HeldLease, *, tell_fence: bool = True) -> None:
         """Stops the fetch when the lease may have expired: before anyone else can take it
-        (here, in the watchdog thread, and in the fence around the command)."""
-        self._fences.extend(lease.job_id, lease.valid_until)
+        (here, in the watchdog thread, and in the node's fence)."""
+        if tell_fence:
+            self._fence.extend({lease.job_id: lease.valid_until})
         old = self._deadlines.pop(lease.job_id, None)
         if old is not None:
             old.cancel()

@@ -73,7 +73,7 @@ class ClusterNode:
 
     def __init__(self, settings: ClusterSettings, config: DaemonConfig) -> None:
         self.settings = settings
-        # How this node starts upstream commands: inside fences told of every renewal.
+        # How this node starts upstream commands: behind its one fence, told of every renewal.
         self._commands = FencedCommands()
         self._config = config
         self.name = settings.node_name
@@ -84,7 +84,7 @@ class ClusterNode:
         self._mirror = Mirror(self._redis, self)
         self._records: RecordSync | None = None
         self._tasks = TaskSet()
-        self._leases = Leases(self._redis, settings, self._commands.fences, self._tasks, self)
+        self._leases = Leases(self._redis, settings, self._commands.fence, self._tasks, self)
         # The node's loops (keep-alive, take-over, record sync, mirror): essential.
         self._essentials = Supervisor()
         self._loops: list[asyncio.Task[Any]] = []
@@ -188,6 +188,8 @@ class ClusterNode:
             retry_seconds=min(1.0, self._lease_s / 4),
         )
         self._leases.watchdog.start()
+        self._commands.fence.on_death = self._fence_died
+        self._commands.fence.start()
         await self._sync.sync_all()
         if not die_with_parent():
             logger.warning(
@@ -372,6 +374,13 @@ class ClusterNode:
 
     def lease_expired(self, job_id: int, reason: str) -> None:
         self.lease_lost(self._manager.get(job_id), reason, stale_append=False)
+
+    def _fence_died(self, job_ids: list[int]) -> None:
+        """The fence died: the commands it guarded stop with their leases (fail closed); the
+        take-over starts them again behind the new one."""
+        for job_id in job_ids:
+            if job_id in self._leases.held:
+                self.lease_expired(job_id, "the fence around its upstream command died")
 
     def starts_at(self, job: Job, offset: int) -> None:
         placed(job).first_offset = offset

@@ -1,0 +1,217 @@
+"""The daemon's side of the node's fence (process/fence.py): one process for every command.
+
+`NodeFence` starts the fence, tells it each job's safe time at every renewal (many jobs per
+message), arms it before each command starts, and notices when it dies: it then starts a new
+one and tells its owner which jobs' commands went unguarded, for them to be stopped (fail
+closed: a command never runs a moment unfenced).
+
+A command starts behind a gate, `gate_argv`: a shell (dash, about a millisecond) that writes
+its pid to the fence and waits for `go` before it execs the command in its place, so the
+fence holds a pidfd of the command before the command runs. A fence that is gone never says
+`go`: nothing starts without one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Callable, Iterable, Sequence
+
+from tailhub.daemon.process.fence import MAX_MESSAGE
+
+logger = logging.getLogger(__name__)
+
+FENCE_MODULE = "tailhub.daemon.process.fence"
+# $1: the go pipe's read end; $2: the report pipe's write end (the gate's own descriptors,
+# reopened through /dev/fd: dash names no descriptor above 9). Refused: the fenced status.
+_GATE = (
+    'exec 3</dev/fd/"$1" && printf "%s\\n" "$$" >/dev/fd/"$2" && read -r go <&3 '
+    '&& [ "$go" = go ] || exit 137; shift 2; exec "$@" 3<&-'
+)
+# How long a closing daemon waits for its fence to kill everything and exit.
+_EXIT_SECONDS = 5.0
+
+
+def gate_argv(go: int, report: int, argv: Sequence[str]) -> list[str]:
+    """The argv that starts `argv` once the fence said go (`go`, `report`: the gate's ends)."""
+    return ["/bin/sh", "-c", _GATE, "tailhub-gate", str(go), str(report), *argv]
+
+
+class NodeFence:
+    """One fence process for the node's commands, started again if it dies."""
+
+    def __init__(self) -> None:
+        self._process: subprocess.Popen[bytes] | None = None
+        self._control: socket.socket | None = None
+        self._until: dict[int, float] = {}
+        # Jobs with a command armed since their last drop: unguarded if the fence dies.
+        self._armed: set[int] = set()
+        self._closing = False
+        # Told the jobs whose commands went unguarded when a fence died.
+        self.on_death: Callable[[list[int]], None] = lambda jobs: None
+        self.deaths = 0
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._process is None else self._process.pid
+
+    def start(self) -> None:
+        """Starts the fence (in the running loop, which notices its death)."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            self._process = subprocess.Popen(
+                [sys.executable, "-I", "-m", FENCE_MODULE, str(theirs.fileno())],
+                # Nothing of the daemon's or any job's environment; its own session, so that
+                # a signal to the daemon's group (^C, ^Z, a frozen group) leaves it be.
+                env={},
+                cwd="/",
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                pass_fds=(theirs.fileno(),),
+                start_new_session=True,
+            )
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        ours.setblocking(False)
+        self._control = ours
+        asyncio.get_running_loop().add_reader(ours.fileno(), self._readable)
+        # What the last one knew: the new one kills on the same moments.
+        if self._until:
+            self._send_until(self._until.items())
+
+    def extend(self, until: dict[int, float]) -> None:
+        """These jobs' leases are surely this node's until these moments (time.monotonic())."""
+        self._until.update(until)
+        self._send_until(until.items())
+
+    def arm(self, job_id: int) -> tuple[int, int]:
+        """The job's next command starts now: returns the gate's ends (go, report), to pass
+        to it and close once it started. ConnectionError when no fence can be told (it died
+        and a new one would not start)."""
+        go_read, go_write = os.pipe()
+        report_read, report_write = os.pipe()
+        try:
+            self._send(f"A {job_id}", [report_read, go_write])
+        except BaseException:
+            os.close(go_read)
+            os.close(report_write)
+            raise
+        finally:
+            os.close(report_read)
+            os.close(go_write)
+        self._armed.add(job_id)
+        return go_read, report_write
+
+    def drop(self, job_id: int) -> None:
+        """The job's lease is lost, or its fetch over: its command, if any, is killed now."""
+        self._until.pop(job_id, None)
+        if job_id in self._armed:
+            self._armed.discard(job_id)
+            with contextlib.suppress(ConnectionError):
+                self._send(f"D {job_id}")
+
+    def close(self) -> None:
+        """The daemon stops: the fence kills every command and exits."""
+        self._closing = True
+        self._disconnect()
+        if self._process is not None:
+            try:
+                self._process.wait(_EXIT_SECONDS)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+
+    # -- internals ---------------------------------------------------------------------------
+    def _send_until(self, items: Iterable[tuple[int, float]]) -> None:
+        message = "T"
+        with contextlib.suppress(ConnectionError):  # (the next fence is told them all)
+            for job_id, until in items:
+                part = f" {job_id} {until:.3f}"
+                if len(message) + len(part) > MAX_MESSAGE // 2:
+                    self._send(message)
+                    message = "T"
+                message += part
+            if message != "T":
+                self._send(message)
+
+    def _send(self, message: str, fds: Sequence[int] = ()) -> None:
+        for attempt in range(2):
+            if self._control is None:
+                self._restart()
+            assert self._control is not None
+            try:
+                socket.send_fds(self._control, [message.encode()], fds)
+                return
+            except OSError as error:
+                # Gone (or so far behind that its buffer is full: as good as gone).
+                self._died(f"cannot tell it ({error.strerror})")
+                if attempt:
+                    raise ConnectionError(f"the fence cannot be told: {error.strerror}") from None
+
+    def _restart(self) -> None:
+        if self._closing:
+            raise ConnectionError("the daemon is stopping")
+        try:
+            self.start()
+        except OSError as error:
+            raise ConnectionError(f"the fence cannot start: {error.strerror}") from None
+
+    def _readable(self) -> None:
+        assert self._control is not None
+        while True:
+            try:
+                data = self._control.recv(MAX_MESSAGE)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if not data:
+                self._died("it exited")
+                return
+            words = data.split()
+            if len(words) == 3 and words[0] == b"K":
+                logger.warning(
+                    "job %s: the fence killed its upstream command (pid %s): its lease's "
+                    "safe time passed, or the lease was lost",
+                    words[1].decode(),
+                    words[2].decode(),
+                )
+
+    def _died(self, how: str) -> None:
+        if self._closing or self._control is None:
+            return
+        self.deaths += 1
+        process = self._process
+        self._disconnect()
+        if process is not None:
+            # (Gone already, or stuck: either way no longer trusted with a deadline.)
+            with contextlib.suppress(OSError):
+                process.kill()
+            process.wait()
+        unguarded = sorted(self._armed)
+        self._armed.clear()
+        logger.error(
+            "the fence around this node's upstream commands died (%s, exit status %s); "
+            "a new one starts, and the commands it guarded stop: %s",
+            how,
+            None if process is None else process.returncode,
+            ", ".join(f"job {job_id}" for job_id in unguarded) or "none",
+        )
+        # After the call at hand (a start, a renewal) is over, not in the middle of it.
+        asyncio.get_running_loop().call_soon(self.on_death, unguarded)
+
+    def _disconnect(self) -> None:
+        if self._control is None:
+            return
+        with contextlib.suppress(RuntimeError):  # (a loop already closed)
+            asyncio.get_running_loop().remove_reader(self._control.fileno())
+        self._control.close()
+        self._control = None

@@ -1,0 +1,202 @@
+"""The node's one fence (issue 19, item 5): however many commands a node runs, one small process
+kills each when its lease's safe time passes, also while the daemon is frozen; a command whose
+lease is renewed lives on; a fence that dies stops what it guarded and is replaced; and every
+lease of a node is renewed in one round trip to Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from cluster_helpers import REPLAY, Cluster, payload, upstream
+from helpers import DaemonProcess, start_background_cli, wait_until
+from redis_helpers import RedisServer
+
+FENCE = b"tailhub.daemon.process.fence"
+# A command that says it is up, then runs until it is killed.
+FOREVER = ["/bin/sh", "-c", "echo up; exec sleep 600"]
+
+
+def _stat(pid: int) -> list[str]:
+    text = Path(f"/proc/{pid}/stat").read_text()
+    return text[text.rfind(")") + 2 :].split()
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if int(_stat(int(entry))[1]) == pid:
+                    found.append(int(entry))
+            except (OSError, IndexError):
+                continue
+    return found
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def _fences(node: DaemonProcess) -> list[int]:
+    return [pid for pid in _children(node.pid) if FENCE in _cmdline(pid)]
+
+
+def _commands(node: DaemonProcess) -> list[int]:
+    """The node's upstream commands (each the daemon's own child, behind no process of its own)."""
+    return [pid for pid in _children(node.pid) if _cmdline(pid).startswith(b"sleep\0")]
+
+
+def _guarded(fence: int) -> set[int]:
+    """The pids the fence holds a pidfd of (its /proc fdinfo names each one's pid)."""
+    found = set()
+    for fd in os.listdir(f"/proc/{fence}/fdinfo"):
+        try:
+            info = Path(f"/proc/{fence}/fdinfo/{fd}").read_text()
+        except OSError:
+            continue
+        for line in info.splitlines():
+            if line.startswith("Pid:"):
+                found.add(int(line.split()[1]))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return _stat(pid)[0] != "Z"
+    except OSError:
+        return False
+
+
+def _attach_forever(node: DaemonProcess, count: int) -> None:
+    with node.client() as client:
+        jobs = [client.attach_command(FOREVER) for _ in range(count)]
+
+    def all_up() -> bool:
+        with node.client() as client:
+            return all(client.get(job.id).log_size >= len(b"up\n") for job in jobs)
+
+    wait_until(all_up, 60, f"{count} commands to start")
+
+
+def test_twenty_command_jobs_on_a_node_have_one_fence_guarding_each(cluster: Cluster) -> None:
+    (node,) = cluster.start(1)
+    _attach_forever(node, 20)
+    fences = _fences(node)
+    assert len(fences) == 1, fences  # not one per command
+    commands = _commands(node)
+    assert len(commands) == 20
+    # Each command is the daemon's own child, and the fence holds a pidfd of every one.
+    assert set(commands) <= _guarded(fences[0])
+    # Its environment is empty (nothing of the daemon's, nor of any job's), and it stays small.
+    assert Path(f"/proc/{fences[0]}/environ").read_bytes() == b""
+    rss_kib = int(Path(f"/proc/{fences[0]}/status").read_text().split("VmRSS:")[1].split()[0])
+    assert rss_kib < 25 * 1024
+
+    # The daemon killed with kill -9: the fence kills every command at once, then exits.
+    fence = fences[0]
+    node.kill()
+    wait_until(lambda: not any(map(_alive, [fence, *commands])), 10, "commands and fence gone")
+
+
+def test_a_frozen_nodes_command_lives_while_renewed_and_dies_at_its_safe_time(
+    cluster: Cluster, redis_server: RedisServer
+) -> None:
+    cluster.lease_ms = 1500
+    (node,) = cluster.start(1)
+    _attach_forever(node, 1)
+    (command,) = _commands(node)
+    # Renewed every quarter lease: it runs on past several lease lengths.
+    lived_until = time.monotonic() + 3 * 1.5
+    while time.monotonic() < lived_until:
+        assert _alive(command), "a command whose lease was renewed was killed"
+        time.sleep(0.1)
+    redis = redis_server.client()
+    (lease,) = redis.keys("tailhub:lease:*")
+    os.kill(node.pid, signal.SIGSTOP)  # its loop and its watchdog thread alike
+    try:
+        frozen = time.monotonic()
+        wait_until(lambda: not _alive(command), 10, "the fence to kill the frozen node's command")
+        died_after = time.monotonic() - frozen
+        # Killed before the lease expired in Redis: before any other node could take the job.
+        left_ms = redis.pttl(lease)
+        assert left_ms > 0, f"the command outlived its lease ({died_after:.2f} s after the stop)"
+        assert _stat(node.pid)[0] == "T"  # (nobody but the fence could have done it)
+    finally:
+        os.kill(node.pid, signal.SIGCONT)
+    assert died_after < 1.5
+    print(f"killed {died_after:.2f} s after the freeze, {left_ms} ms before the lease's expiry")
+
+
+def test_a_killed_fence_stops_what_it_guarded_and_a_new_one_guards_the_rest(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    cluster.lease_ms = 1000
+    (node,) = cluster.start(1)
+    data = payload(256 * 1024, seed=23)
+    half = len(data) // 2
+    log, state = upstream(tmp_path / "up", data[:half])
+    with node.client() as client:
+        job = client.attach_command([sys.executable, REPLAY, str(log), str(state)])
+    follower = start_background_cli(node.home, tmp_path / "follower", "jobs", "logs", str(job.id))
+    try:
+        follower.wait_for_stdout(data[:half])
+        (old,) = _fences(node)
+        os.kill(old, signal.SIGKILL)
+        # Failed closed: its command stopped with its lease, and came back behind a new fence.
+        wait_until(lambda: (state / "connections").read_text() == "2", 30, "a new connection")
+        (new,) = _fences(node)
+        assert new != old
+        with open(log, "ab") as more:
+            more.write(data[half:])
+        (state / "done").touch()
+        assert follower.wait(60) == 0, follower.stderr
+        assert follower.stdout == data  # nothing lost, nothing twice
+    finally:
+        follower.stop()
+    assert not (state / "overlaps").exists()
+    assert "the fence around this node's upstream commands died" in node.log_text()
+
+
+def test_every_lease_of_a_node_is_renewed_in_one_round_trip(redis_server: RedisServer) -> None:
+    import redis.asyncio
+
+    from tailhub.daemon.cluster.redis_store import RedisStore
+
+    def scripts_run(info: dict[str, dict[str, int]]) -> int:
+        return sum(info.get(f"cmdstat_{name}", {}).get("calls", 0) for name in ("evalsha", "eval"))
+
+    sync = redis_server.client()
+
+    async def renew() -> tuple[dict[int, bool] | None, int, dict[int, bool] | None]:
+        client = redis.asyncio.Redis.from_url(redis_server.url)
+        store = RedisStore(client)
+        try:
+            await store.ensure_cluster_id()
+            tokens = {job_id: await store.create(job_id, {}, "n0", 1000) for job_id in range(1, 51)}
+            # Job 7's lease moved on to another node.
+            await client.pexpire("tailhub:lease:7", 1)
+            while await store.acquire(7, "n1", 60_000) is None:
+                await asyncio.sleep(0.01)
+            await store.renew_all({1: tokens[1]}, 1000)  # (the script loaded)
+            before = scripts_run(sync.info("commandstats"))
+            renewed = await store.renew_all(tokens, 60_000)
+            calls = scripts_run(sync.info("commandstats")) - before
+            await client.delete("tailhub:cluster")  # Redis lost the cluster's data
+            return renewed, calls, await store.renew_all(tokens, 60_000)
+        finally:
+            await client.aclose()
+
+    renewed, calls, lost = asyncio.run(renew())
+    assert calls == 1
+    assert renewed == {job_id: job_id != 7 for job_id in range(1, 51)}
+    assert sync.pttl("tailhub:lease:1") > 30_000  # renewed for the length asked
+    assert sync.get("tailhub:lease:7") == b"n1 2"  # the other node's lease untouched
+    assert lost is None
