@@ -24,6 +24,7 @@ from bench import (
     ceiling,
     cli_latency,
     cluster,
+    fairness,
     fanout,
     memory,
     rapid_reset,
@@ -47,6 +48,7 @@ SCENARIOS: dict[str, ModuleType] = {
     "skypilot": skypilot,
     "cluster": cluster,
     "rapid_reset": rapid_reset,
+    "fairness": fairness,
 }
 DEFAULT_JSON = REPO / "bench" / "results" / "latest.json"
 DEFAULT_PROFILES = REPO / "bench" / "results" / "py-spy"
