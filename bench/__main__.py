@@ -26,8 +26,10 @@ from bench import (
     cluster,
     fairness,
     fanout,
+    fencing,
     memory,
     rapid_reset,
+    sky_load,
     skypilot,
     ssh,
 )
@@ -46,7 +48,9 @@ SCENARIOS: dict[str, ModuleType] = {
     "ssh": ssh,
     "cli_latency": cli_latency,
     "skypilot": skypilot,
+    "sky_load": sky_load,
     "cluster": cluster,
+    "fencing": fencing,
     "rapid_reset": rapid_reset,
     "fairness": fairness,
 }

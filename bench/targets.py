@@ -21,7 +21,17 @@ class Verdict:
 
 def evaluate(scenarios: Scenarios) -> list[Verdict]:
     verdicts: list[Verdict] = []
-    for judge in (_fanout, _capacity, _memory, _ssh, _catchup, _cli, _cluster, _rapid_reset):
+    for judge in (
+        _fanout,
+        _capacity,
+        _memory,
+        _ssh,
+        _catchup,
+        _cli,
+        _cluster,
+        _rapid_reset,
+        _sky_load,
+    ):
         verdicts.extend(judge(scenarios))
     return verdicts
 
@@ -288,3 +298,34 @@ def _rapid_reset(scenarios: Scenarios) -> list[Verdict]:
             ),
         ]
     return verdicts
+
+
+def _sky_load(scenarios: Scenarios) -> list[Verdict]:
+    """Issue 19, item 6: K synchronous SkyPilot launches at once, tailhub beside plain `sky`."""
+    result = _ok(scenarios, "sky_load")
+    k = (result or {}).get("settings", {}).get("jobs", 200)
+    names = (
+        f"SkyPilot K={k}: every launch's log exact, through tailhub and plain `sky`",
+        f"SkyPilot K={k}: tailhub total CPU < plain `sky jobs launch`'s",
+    )
+    if result is None:
+        return _missing(*names)
+    ours, theirs = result["tailhub"], result["plain"]
+    exact = (
+        f"tailhub {ours['exact_logs']}/{k}, plain {theirs['exact_logs']}/{k}"
+        f" (exit 0: {ours['exit_codes'].get('0', 0)}, {theirs['exit_codes'].get('0', 0)})"
+    )
+    all_exact = ours["exact_logs"] == theirs["exact_logs"] == k
+    cpu = (
+        f"{ours['total_cpu_s'] / theirs['total_cpu_s']:.2f}x ({ours['total_cpu_s']:,.1f} s"
+        f" against {theirs['total_cpu_s']:,.1f} s); peak processes {ours['peak_processes']}"
+        f" against {theirs['peak_processes']}; wall {ours['wall_s']:,.0f} s"
+        f" against {theirs['wall_s']:,.0f} s"
+    )
+    if ours["exact_logs"] < k:
+        # The launches that failed cost their CLI's start only: the rest is fewer jobs' CPU.
+        cpu += f" (tailhub ran {ours['exact_logs']} of the {k} jobs)"
+    return [
+        Verdict(names[0], exact, all_exact),
+        Verdict(names[1], cpu, ours["total_cpu_s"] < theirs["total_cpu_s"]),
+    ]

@@ -20,6 +20,7 @@ SCENARIOS = {
     *("fanout", "ceiling", "capacity", "catchup", "memory", "ssh", "cli_latency", "skypilot"),
     "cluster",
     "rapid_reset",
+    "sky_load",
 }
 
 
@@ -112,10 +113,23 @@ def test_quick_benchmark_runs_every_scenario_and_writes_json(tmp_path: Path) -> 
         assert kill["lease_s"] > 0
         assert kill["flow_s"] >= kill["lease_s"] - 0.25
     assert "cluster failover" in done.stdout
+    sky_load = results["scenarios"]["sky_load"]
+    # K launches at once each way, every one printing exactly its job's bytes and exiting 0.
+    k = sky_load["settings"]["jobs"]
+    for way in ("tailhub", "plain"):
+        figures = sky_load[way]
+        assert figures["exact_logs"] == k, figures["misses"]
+        assert figures["exit_codes"] == {"0": k}
+        assert figures["sky_processes"]["jobs launch"] == k
+        assert figures["peak_processes"] >= k
+        assert figures["total_cpu_s"] > 0
+    assert sky_load["tailhub"]["sky_processes"]["jobs logs"] == k  # one per job
+    assert "SkyPilot load" in done.stdout
 
     # A verdict for every target: measured ones pass or miss, the skipped ssh ones say why.
     verdicts = {verdict["target"]: verdict for verdict in results["targets"]}
-    assert len(verdicts) == 20  # the rapid-reset scenario has two (memory, latency)
+    # The rapid-reset scenario has two (memory, latency), the SkyPilot load two (exact, CPU).
+    assert len(verdicts) == 22
     for target, verdict in verdicts.items():
         assert verdict["figure"], target
         if target.startswith("ssh"):
@@ -129,5 +143,7 @@ def test_quick_benchmark_runs_every_scenario_and_writes_json(tmp_path: Path) -> 
             assert target in done.stdout
     # Correctness targets do not depend on the machine's speed: they pass.
     for target, verdict in verdicts.items():
-        if target.endswith(("100% delivered", "one upstream connection", "no gap, no repeat")):
+        if target.endswith(("100% delivered", "one upstream connection", "no gap, no repeat")) or (
+            "every launch's log exact" in target
+        ):
             assert verdict["passed"] is True, verdict
