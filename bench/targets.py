@@ -29,6 +29,7 @@ def evaluate(scenarios: Scenarios) -> list[Verdict]:
         _catchup,
         _cli,
         _cluster,
+        _fencing,
         _rapid_reset,
         _sky_load,
     ):
@@ -270,6 +271,39 @@ def _cluster(scenarios: Scenarios) -> list[Verdict]:
             f"{exact}/{len(followers)} exact, {failover['survivor_breaks']} survivors' streams cut",
             exact == len(followers) and failover["survivor_breaks"] == 0,
         ),
+    ]
+
+
+def _fencing(scenarios: Scenarios) -> list[Verdict]:
+    """Issue 19, item 5: one fence per node, a command's start, one renewal round trip."""
+    result = _ok(scenarios, "fencing")
+    n = result["settings"]["commands"] if result else 100
+    names = (
+        f"fencing: {n} command jobs on a node <= 50 MiB of fencing",
+        "fencing: a command's start <= 10 ms over bare (p50)",
+        f"fencing: every lease renewed in one round trip ({n} leases)",
+    )
+    if result is None:
+        return _missing(*names)
+    rss, old = result["fence_rss_bytes"], result["old_fencing_rss_bytes"]
+    start = result["start"]
+    over = start["overhead_p50_s"]
+    scripts = result["scripts_per_turn"]
+    return [
+        Verdict(
+            names[0],
+            f"{rss / 2**20:,.1f} MiB in {result['fence_processes']} process"
+            f" (one per command: {old / 2**20:,.0f} MiB)",
+            rss <= 50 * 2**20 and result["fence_processes"] == 1,
+        ),
+        Verdict(
+            names[1],
+            f"{over * 1000:,.1f} ms ({start['fenced_p50_s'] * 1000:,.1f} against"
+            f" {start['bare_p50_s'] * 1000:,.1f}; load {result['loadavg'][-1][0]:.1f})",
+            over <= 0.01,
+        ),
+        # Per keep-alive turn: the node name's hold and one renewal of every lease.
+        Verdict(names[2], f"{scripts:.1f} Lua scripts per turn", scripts <= 2.5),
     ]
 
 

@@ -1,9 +1,10 @@
 """How a cluster node starts a job's upstream command: so that it never outlives the lease.
 
-The command dies with the daemon (another node takes the job over and starts its own; a
-survivor would be a second connection to the upstream host), carries FETCH_MARKER=JOB_ID in
-its environment (the lease watchdog finds it by this), and starts behind a gate of the node's
-one fence, which kills it when the lease may end (process/fence.py, process/fences.py).
+The command starts behind a gate of the node's one fence, which kills its process group when
+the lease may end, and at once when the daemon dies, even by kill -9 (another node takes the
+job over and starts its own; a survivor would be a second connection to the upstream host):
+process/fence.py, process/fences.py. It carries FETCH_MARKER=JOB_ID in its environment (the
+lease watchdog finds it by this).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import os
 from collections.abc import Sequence
 
 from tailhub.daemon.errors import UpstreamFailed
-from tailhub.daemon.process import FETCH_MARKER, Wrapped, die_with_parent
+from tailhub.daemon.process import FETCH_MARKER, Wrapped
 from tailhub.daemon.process.fence import FENCED
 from tailhub.daemon.process.fences import NodeFence, gate_argv
 
@@ -31,7 +32,7 @@ class FencedCommands:
             # Never unfenced: the fetch tries again, with backoff, once a fence runs.
             raise UpstreamFailed(f"cannot start the command: {error}", FENCED) from None
         return Wrapped(
-            gate_argv(go, report, [*die_with_parent(), *argv]),
+            gate_argv(go, report, argv),
             {**os.environ, FETCH_MARKER: str(job_id)},
             (go, report),
         )

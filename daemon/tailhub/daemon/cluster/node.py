@@ -43,7 +43,7 @@ from tailhub.daemon.errors import (
     NotFetchedYet,
 )
 from tailhub.daemon.placement import ClusterView
-from tailhub.daemon.process import CommandWrap, die_with_parent
+from tailhub.daemon.process import CommandWrap
 from tailhub.daemon.runner import RunHandle
 from tailhub.daemon.supervisor import Supervisor
 from tailhub.daemon.tasks import TaskSet
@@ -191,11 +191,6 @@ class ClusterNode:
         self._commands.fence.on_death = self._fence_died
         self._commands.fence.start()
         await self._sync.sync_all()
-        if not die_with_parent():
-            logger.warning(
-                "setpriv (util-linux) is not installed: the commands of a daemon killed with "
-                "kill -9 may outlive it until they next write"
-            )
         if essentials is not None:
             self._essentials = essentials
         spawn = self._essentials.spawn

@@ -1,16 +1,14 @@
 """How the daemon starts the processes of upstream commands, apart from what they fetch.
 
 Sources start a job's command through a `CommandWrap` they are given: as it is (a daemon
-alone), or wrapped by whoever places the job (a cluster node runs it inside a fence, dying
-with the daemon: see cluster/commands.py). Nothing here imports the rest of the daemon, so
-`python -m tailhub.daemon.process.fence` stays light.
+alone), or wrapped by whoever places the job (a cluster node starts it behind its fence, which
+kills it when its lease may end or the daemon dies: see cluster/commands.py). Nothing here
+imports the rest of the daemon, so `python -m tailhub.daemon.process.fence` stays light.
 """
 
 from __future__ import annotations
 
-import functools
 import os
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -44,13 +42,3 @@ class CommandWrap(Protocol):
 def as_is(job_id: int, argv: Sequence[str]) -> Wrapped:
     """The command as it is (a daemon alone)."""
     return Wrapped([*argv])
-
-
-@functools.cache
-def die_with_parent() -> tuple[str, ...]:
-    """The prefix that makes a command die with its parent: util-linux's setpriv asks the
-    kernel to kill it when the parent dies (even by kill -9), then runs it; empty without
-    setpriv. Not a preexec_fn: Python code between fork and exec is unsafe in a process with
-    threads. Looked up once, when first needed (never by a daemon alone)."""
-    setpriv = shutil.which("setpriv")
-    return (setpriv, "--pdeathsig", "KILL", "--") if setpriv else ()
