@@ -441,9 +441,11 @@ class ClusterNode:
                 await faults.stall(self.settings.stall)
             sent = time.monotonic()
             try:
+                # The leases first, in one round trip: each renewal's safe time counts from
+                # `sent`, so nothing else waits before it.
+                await self._leases.renew(sent)
                 await self._check_cluster()
                 await self._redis.hold_node(self.name, self._token, self._node_hold_ms)
-                await self._leases.renew(sent)
                 await self._leases.check_ends(self._manager)
                 self.nodes = await self._redis.node_count()
             except RedisError as error:
