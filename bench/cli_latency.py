@@ -12,12 +12,20 @@ running: what the daemon itself takes.
 
 The package's bytecode is compiled first, as an installed package's is: with
 PYTHONDONTWRITEBYTECODE set (it is on some machines) every start would compile the CLI's source.
+
+The CLI runs as users have it (issue 19, item 4): from a venv laid out as `pip install` of the
+wheel leaves one (`installed_cli`): its own interpreter, pip's console script, the package on a
+plain `.pth` line with no editable finder (the dev venv's editable install adds ~24 ms to every
+start), the dependencies of the dev venv. The rows marked "(full CLI)" are the same commands
+with TAILHUB_LEAN=0: the gRPC path every command took before the lean one.
 """
 
 from __future__ import annotations
 
 import compileall
+import subprocess
 import sys
+import sysconfig
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -25,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.catchup import MIB, write_log
-from bench.cli import Timed, tailhub, timed_run
+from bench.cli import Timed, timed_run
 from bench.measure import percentile
 from bench.report import Table, number
 from harness.daemon_process import DaemonProcess
@@ -45,6 +53,20 @@ FULL = Settings()
 QUICK = Settings(runs=5, floor_runs=3, log_size=32 * MIB)
 
 TASK = "name: bench-small\nrun: echo hello from a small job\n"
+# pip's console script, as `pip install` writes it for the wheel's `tailhub` entry point.
+_CONSOLE_SCRIPT = """#!{python}
+# -*- coding: utf-8 -*-
+import re
+import sys
+from tailhub.client._entry import main
+if __name__ == '__main__':
+    sys.argv[0] = re.sub(r'(-script\\.pyw|\\.exe)?$', '', sys.argv[0])
+    sys.exit(main())
+"""
+# The lean path's rows, and the same commands over gRPC (full CLI): what a follower costs.
+FOLLOW_ROW = "tailhub jobs logs (a follower's start, small job)"
+LAUNCH_ROW = "tailhub jobs launch (sync, small job)"
+FULL_CLI = " (full CLI)"
 # The CLI as it started before its unused imports were deferred: cli.main, not the entry point.
 _UNDEFERRED = "from tailhub.client.cli import main; main()"
 
@@ -53,10 +75,19 @@ def run(settings: Settings, scratch: Path, earlier: dict[str, Any]) -> dict[str,
     scratch.mkdir(parents=True)
     for package in ("client", "daemon", "proto"):
         compileall.compile_dir(REPO / package, quiet=1)
+    venv = installed_cli(scratch / "venv")
+    python = str(venv / "bin" / "python")
     task = scratch / "task.yaml"
     task.write_text(TASK)
     big_source = scratch / "big.log"
     write_log(big_source, settings.log_size)
+
+    def tailhub(*args: str) -> list[str]:
+        return [str(venv / "bin" / "tailhub"), *args]
+
+    def full(*args: str) -> list[str]:
+        return [str(venv / "bin" / "tailhub-full"), *args]
+
     with DaemonProcess(scratch / "h") as daemon, daemon.client() as client:
         home = daemon.home
         first = _check(timed_run(tailhub("jobs", "launch", "--async", str(task)), home), "launch")
@@ -64,9 +95,12 @@ def run(settings: Settings, scratch: Path, earlier: dict[str, Any]) -> dict[str,
         big = _stored_log(client, big_source, settings.log_size)
         wait_until(lambda: client.get(small).sealed, 60, f"job {small} to finish")
         stored = str(daemon.paths.job_log(big))
-        python = sys.executable
         commands = {
             "tailhub jobs launch --async": tailhub("jobs", "launch", "--async", str(task)),
+            LAUNCH_ROW: tailhub("jobs", "launch", str(task)),
+            LAUNCH_ROW + FULL_CLI: full("jobs", "launch", str(task)),
+            FOLLOW_ROW: tailhub("jobs", "logs", str(small)),
+            FOLLOW_ROW + FULL_CLI: full("jobs", "logs", str(small)),
             "tailhub jobs logs --no-follow (small job)": tailhub(
                 "jobs", "logs", "--no-follow", str(small)
             ),
@@ -95,6 +129,7 @@ def run(settings: Settings, scratch: Path, earlier: dict[str, Any]) -> dict[str,
         timings = _rounds(commands, home, settings, floors)
         tail_out = timed_run(commands["tailhub jobs logs --tail 100 (1 GiB)"], home).stdout
         expected = timed_run(commands["tail -n 100 (the daemon's copy)"]).stdout
+        same = _same_output(commands, home)
         rpc = {
             "tailhub jobs launch --async": _rpc_times(
                 lambda: client.launch("echo hello", name="rpc"), settings.runs
@@ -109,15 +144,61 @@ def run(settings: Settings, scratch: Path, earlier: dict[str, Any]) -> dict[str,
     return {
         "status": "ok",
         "settings": asdict(settings),
+        "cli": "an installed layout (bench/cli_latency.py installed_cli), pip's console script",
         "commands": {
             label: {**_summary(timings[label]), "rpc_p50_s": _p50(rpc.get(label))}
             for label in commands
         },
         "tail_correct": tail_out == expected and len(expected.splitlines()) == 100,
+        "lean_output_identical": same,
         # Kept for readers of earlier results: the same figures under their old names.
         "launch_async": _summary(timings["tailhub jobs launch --async"]),
         "logs_no_follow": _summary(timings["tailhub jobs logs --no-follow (small job)"]),
     }
+
+
+def installed_cli(venv: Path) -> Path:
+    """A venv laid out as `pip install tailhub-*.whl` leaves one, with this tree's code: its
+    own interpreter, pip's console script for the `tailhub` entry point, the package and the
+    dev venv's site-packages (the locked dependencies) on plain `.pth` lines, so with neither
+    the dev venv's editable finder nor its .pth files. `tailhub-full` is the same script with
+    TAILHUB_LEAN=0 (the full CLI). Returns the venv."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    site = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    lines = [str(REPO / part) for part in ("daemon", "client", "proto")]
+    lines.append(sysconfig.get_paths()["purelib"])
+    (Path(site) / "tailhub.pth").write_text("\n".join(lines) + "\n")
+    script = _CONSOLE_SCRIPT.format(python=python)
+    for name, text in (
+        ("tailhub", script),
+        (
+            "tailhub-full",
+            script.replace(
+                "import sys\n", "import sys\nimport os\nos.environ['TAILHUB_LEAN'] = '0'\n", 1
+            ),
+        ),
+    ):
+        path = venv / "bin" / name
+        path.write_text(text)
+        path.chmod(0o755)
+    return venv
+
+
+def _same_output(commands: dict[str, list[str]], home: Path) -> bool:
+    """The lean path and the full CLI print the same bytes, and exit alike (a follower)."""
+    lean = timed_run(commands[FOLLOW_ROW], home)
+    full = timed_run(commands[FOLLOW_ROW + FULL_CLI], home)
+    return (lean.returncode, lean.stdout, lean.stderr) == (
+        full.returncode,
+        full.stdout,
+        full.stderr,
+    )
 
 
 def _rounds(
@@ -201,5 +282,8 @@ def tables(result: dict[str, Any]) -> list[Table]:
         + ("matches" if result["tail_correct"] else "DIFFERS FROM")
         + " `tail -n 100`",
         "the last rows are the floor and the CLI as it started before (no deferred imports)",
+        "the CLI as installed from the wheel (a venv of its own, pip's console script); "
+        "(full CLI): the same command with TAILHUB_LEAN=0, over gRPC; lean and full output "
+        + ("identical" if result.get("lean_output_identical") else "DIFFER"),
     )
     return [Table("CLI latency against a running daemon", headers, rows, notes)]

@@ -88,8 +88,8 @@ class Cursor:
 def lean_command(argv: list[str]) -> Callable[[], int | None] | None:
     """The command for `argv` if the lean path covers it: it returns the exit code, or None
     when the full CLI must run (nothing was done or printed then). None: not covered."""
-    if "TAILHUB_SERVER" in os.environ:
-        return None
+    if "TAILHUB_SERVER" in os.environ or os.environ.get("TAILHUB_LEAN") == "0":
+        return None  # (TAILHUB_LEAN=0: the full CLI always, to compare or to rule this out)
     plan = parse(argv)
     if plan is None:
         return None
