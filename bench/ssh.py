@@ -11,7 +11,8 @@ ending with a marker line) reached through a real sshd on 127.0.0.1. Each job ha
 - tailhub: the daemon runs that same command once per job (a command job, attached through the
   API); the followers subscribe to the jobs, from a few grpc.aio client processes.
 - tailhub-cli: the same jobs, each follower its own `tailhub jobs logs ID` (a program per
-  follower, as direct's ssh is), for the F in `Settings.cli_followers`.
+  follower, as direct's ssh is), for the F in `Settings.cli_followers`; the CLI as installed
+  from the wheel (bench/cli_latency.py installed_cli), so its lean path (client/_lean.py).
 
 Both tailhub modes run against the open sshd (the daemon starts at most 8 commands at once).
 
@@ -30,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import follower
-from bench.cli import tailhub
+from bench.cli_latency import installed_cli
 from bench.report import Table, number
 from bench.sshd import Sshd, SshdUnavailable
 from harness.daemon_process import DaemonProcess
@@ -53,8 +54,9 @@ class Settings:
     # Beyond the duration, for every follower to finish: 400 ssh sessions starting at once on a
     # busy 2-core machine took up to 175 s (direct-open).
     timeout: float = 300.0
-    # tailhub-cli runs at these F only: 400 CLIs at once would need ~15 GB of memory.
-    cli_followers: tuple[int, ...] = (1,)
+    # tailhub-cli runs at these F only. (Over gRPC, 400 CLIs at once needed ~15 GB of memory;
+    # the lean path's are ~9 MB each: issue 19, item 4.)
+    cli_followers: tuple[int, ...] = (1, 4)
     modes: tuple[str, ...] = ("direct", "direct-open", "tailhub", "tailhub-cli")
 
 
@@ -65,6 +67,8 @@ OPEN_MAX_STARTUPS = "10000"
 
 
 def run(settings: Settings, scratch: Path, earlier: dict[str, Any]) -> dict[str, Any]:
+    # tailhub-cli's followers run the CLI as installed from the wheel (bench/cli_latency.py).
+    cli = str(installed_cli(scratch / "venv") / "bin" / "tailhub")
     try:
         with (
             Sshd(scratch / "sshd") as throttling,
@@ -78,6 +82,7 @@ def run(settings: Settings, scratch: Path, earlier: dict[str, Any]) -> dict[str,
                     followers,
                     mode,
                     scratch / f"{mode}-{jobs}-{followers}",
+                    cli,
                 )
                 for jobs in settings.jobs
                 for followers in settings.followers
@@ -96,7 +101,13 @@ def _remote(log: Path) -> str:
 
 
 def _run_one(
-    settings: Settings, sshd: Sshd, jobs: int, followers: int, mode: str, directory: Path
+    settings: Settings,
+    sshd: Sshd,
+    jobs: int,
+    followers: int,
+    mode: str,
+    directory: Path,
+    cli: str,
 ) -> dict[str, Any]:
     logs = [directory / "logs" / f"job-{index}.log" for index in range(jobs)]
     logs[0].parent.mkdir(parents=True)
@@ -118,7 +129,14 @@ def _run_one(
             outcome = _direct(sshd, logs, followers, processes, directory, timeout, writer)
         else:
             outcome = _tailhub(
-                sshd, logs, followers, processes, directory, timeout, writer, mode == "tailhub-cli"
+                sshd,
+                logs,
+                followers,
+                processes,
+                directory,
+                timeout,
+                writer,
+                cli if mode == "tailhub-cli" else None,
             )
         processes.wait_all(timeout)
     sshd_log = sshd.log_since(log_position)
@@ -212,9 +230,9 @@ def _tailhub(
     directory: Path,
     timeout: float,
     writer: list[str],
-    cli: bool,
+    cli: str | None,
 ) -> dict[str, Any]:
-    """One command job per log; the followers subscribe to it (or each runs the CLI)."""
+    """One command job per log; the followers subscribe to it (or each runs the CLI `cli`)."""
     with DaemonProcess(directory / "h") as daemon, daemon.client() as client:
         sshd_before, daemon_before = sshd.cpu(), daemon.cpu()
         started = time.time()
@@ -223,9 +241,9 @@ def _tailhub(
         jobs = [
             client.attach_command(sshd.argv(_remote(log)), stderr_events=True).id for log in logs
         ]
-        if cli:
+        if cli is not None:
             home = str(daemon.home)
-            argvs = [tailhub("jobs", "logs", "--home", home, str(job)) for job in jobs]
+            argvs = [[cli, "jobs", "logs", "--home", home, str(job)] for job in jobs]
             received, followers_cpu = _Fleet(argvs, followers, directory).run(processes, timeout)
         else:
             received, followers_cpu = _subscribe(
@@ -395,8 +413,9 @@ def _comparison(runs: list[dict[str, Any]]) -> Table:
         "daemon s",
     )
     notes = (
-        "targets: ratio <= 1/3 at K=100 F=4, <= 1 at F=1 (tailhub's followers: a few grpc.aio"
-        " processes; tailhub-cli: one `tailhub jobs logs` each)",
+        "targets: tailhub ratio <= 1/3 at K=100 F=4, <= 1 at F=1 (its followers: a few grpc.aio"
+        " processes); tailhub-cli (one `tailhub jobs logs` each, installed) <= 0.25 at F=4,"
+        " <= 0.8 at F=1 (issue 19, item 4)",
         "s/session: ssh client + sshd per ssh session (direct-open: every follower's; tailhub:"
         " the daemon's, one per job); s/follower: the followers' own CPU, per follower",
     )

@@ -143,6 +143,9 @@ def _ssh(scenarios: Scenarios) -> list[Verdict]:
         "ssh: no failed follower through tailhub (direct fails or is throttled)",
         "ssh K=100 F=4: tailhub total CPU <= 1/3 of direct-open (every follower served)",
         "ssh K=100 F=1: tailhub total CPU <= direct-open's",
+        # Issue 19, item 4: a follower costs less than an ssh session (one CLI per follower).
+        "ssh K=100 F=1: tailhub-cli total CPU <= 0.8x direct-open",
+        "ssh K=100 F=4: tailhub-cli total CPU <= 0.25x direct-open",
     )
     ssh = _ok(scenarios, "ssh")
     if ssh is None:
@@ -165,16 +168,21 @@ def _ssh(scenarios: Scenarios) -> list[Verdict]:
         )
     ]
     jobs = max(ssh["settings"]["jobs"])
-    for name, followers, limit in ((names[1], 4, 1 / 3), (names[2], 1, 1.0)):
+    for name, followers, limit, mode in (
+        (names[1], 4, 1 / 3, "tailhub"),
+        (names[2], 1, 1.0, "tailhub"),
+        (names[3], 1, 0.8, "tailhub-cli"),
+        (names[4], 4, 0.25, "tailhub-cli"),
+    ):
         pair = {
             run["mode"]: run
             for run in runs
             if run["jobs"] == jobs and run["followers_per_job"] == followers
         }
-        if "tailhub" not in pair or "direct-open" not in pair:
+        if mode not in pair or "direct-open" not in pair:
             verdicts.extend(_missing(name))
             continue
-        ours, theirs = pair["tailhub"]["total_cpu_s"], pair["direct-open"]["total_cpu_s"]
+        ours, theirs = pair[mode]["total_cpu_s"], pair["direct-open"]["total_cpu_s"]
         figure = f"{ours / theirs:.2f} ({ours:.1f} s against {theirs:.1f} s)"
         verdicts.append(Verdict(name.replace("K=100", f"K={jobs}"), figure, ours <= theirs * limit))
     return verdicts
@@ -203,10 +211,42 @@ def _cli(scenarios: Scenarios) -> list[Verdict]:
     names = (
         "`jobs launch --async` p50 < 300 ms",
         "CLI `jobs logs --tail 100` (1 GiB) and `--no-follow` p50 < 100 ms",
+        # Issue 19, item 4 (the CLI as installed: bench/cli_latency.py).
+        "a follower's start (`jobs logs`) <= 80 ms of CPU (p50)",
+        "a sync `jobs launch`'s follow <= 80 ms of CPU (p50, sync less --async)",
     )
     cli = _ok(scenarios, "cli_latency")
     if cli is None:
         return _missing(*names)
+    return _cli_latency(cli, names[:2]) + _cli_follower(cli, names[2:])
+
+
+def _cli_follower(cli: dict[str, Any], names: tuple[str, ...]) -> list[Verdict]:
+    commands = cli["commands"]
+    follow_row = "tailhub jobs logs (a follower's start, small job)"
+    launch_row = "tailhub jobs launch (sync, small job)"
+    if follow_row not in commands:
+        return _missing(*names)
+    follow = commands[follow_row]["cpu_p50_s"]
+    full = commands[follow_row + " (full CLI)"]["cpu_p50_s"]
+    sync = commands[launch_row]["cpu_p50_s"]
+    detached = commands["tailhub jobs launch --async"]["cpu_p50_s"]
+    return [
+        Verdict(
+            names[0],
+            f"{follow * 1000:,.0f} ms (over gRPC: {full * 1000:,.0f} ms)",
+            follow <= 0.08,
+        ),
+        Verdict(
+            names[1],
+            f"{(sync - detached) * 1000:,.0f} ms (the whole sync launch {sync * 1000:,.0f} ms; "
+            f"over gRPC {commands[launch_row + ' (full CLI)']['cpu_p50_s'] * 1000:,.0f} ms)",
+            sync - detached <= 0.08,
+        ),
+    ]
+
+
+def _cli_latency(cli: dict[str, Any], names: tuple[str, ...]) -> list[Verdict]:
     p50 = cli["launch_async"]["wall_p50_s"]
     commands = cli["commands"]
     tail = commands["tailhub jobs logs --tail 100 (1 GiB)"]["wall_p50_s"]
