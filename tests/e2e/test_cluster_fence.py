@@ -200,3 +200,52 @@ def test_every_lease_of_a_node_is_renewed_in_one_round_trip(redis_server: RedisS
     assert sync.pttl("tailhub:lease:1") > 30_000  # renewed for the length asked
     assert sync.get("tailhub:lease:7") == b"n1 2"  # the other node's lease untouched
     assert lost is None
+
+
+def test_the_fence_never_starts_a_command_without_a_safe_time_and_kills_its_whole_group(
+    tmp_path: Path,
+) -> None:
+    from tailhub.daemon.process.fences import NodeFence, gate_argv
+
+    ran = tmp_path / "ran"
+    child = tmp_path / "child"
+
+    async def start(fence: NodeFence, job_id: int, script: str) -> asyncio.subprocess.Process:
+        go, report = fence.arm(job_id)
+        try:
+            return await asyncio.create_subprocess_exec(
+                *gate_argv(go, report, ["/bin/sh", "-c", script]),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                start_new_session=True,
+                pass_fds=(go, report),
+            )
+        finally:
+            os.close(go)
+            os.close(report)
+
+    async def scenario() -> tuple[int, float, int]:
+        fence = NodeFence()
+        fence.start()
+        try:
+            # No safe time known for job 1: its command never runs.
+            refused = await start(fence, 1, f"touch {ran}")
+            refused_status = await refused.wait()
+            # Job 2 is safe for 0.5 s; its command starts a child in its group, which dies too.
+            fence.extend({2: time.monotonic() + 0.5})
+            fenced = await start(fence, 2, f"sleep 600 & echo $! > {child}; echo up; wait")
+            assert fenced.stdout is not None
+            assert await fenced.stdout.readline() == b"up\n"
+            started = time.monotonic()
+            status = await fenced.wait()
+            return refused_status, time.monotonic() - started, status
+        finally:
+            fence.close()
+
+    refused_status, lived, status = asyncio.run(scenario())
+    assert refused_status != 0
+    assert not ran.exists()
+    assert status == -signal.SIGKILL
+    assert lived < 5
+    grandchild = int(child.read_text())
+    wait_until(lambda: not _alive(grandchild), 10, "the command's child to be killed with it")

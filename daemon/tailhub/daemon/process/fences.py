@@ -112,8 +112,8 @@ class NodeFence:
 
     def drop(self, job_id: int) -> None:
         """The job's lease is lost, or its fetch over: its command, if any, is killed now."""
-        self._until.pop(job_id, None)
-        if job_id in self._armed:
+        known = self._until.pop(job_id, None) is not None
+        if known or job_id in self._armed:  # (the fence forgets it too)
             self._armed.discard(job_id)
             with contextlib.suppress(ConnectionError):
                 self._send(f"D {job_id}")
