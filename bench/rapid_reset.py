@@ -112,6 +112,7 @@ def run_one(settings: Settings, connections: int, directory: Path) -> dict[str, 
                 ),
                 stdout=subprocess.PIPE,
             )
+            load = Path("/proc/loadavg").read_text().split()[0]
             during, failed = caller.calls(settings.seconds)
             out, _ = attacker.communicate(timeout=settings.seconds + 60)
             peak = daemon.peak_rss()
@@ -127,6 +128,8 @@ def run_one(settings: Settings, connections: int, directory: Path) -> dict[str, 
         "daemon_peak_rss_bytes": peak,
         "daemon_rss_after_bytes": rss_after,
         "calls_during": len(during),
+        "calls_per_s_during": len(during) / settings.seconds,
+        "load_average_1m": float(load),
         "failed_calls_during": failed,
         "latency_before_p50_s": percentile(before, 0.5),
         "latency_p50_s": percentile(during, 0.5),
@@ -151,7 +154,9 @@ def tables(result: dict[str, Any]) -> list[Table]:
                 number(run["latency_p50_s"], 2, 1000),
                 number(run["latency_p99_s"], 1, 1000),
                 f"{run['calls_during']:,}",
+                f"{run['calls_per_s_during']:,.0f}",
                 ", ".join(f"{code} {n}" for code, n in run["failed_calls_during"].items()) or "0",
+                f"{run['load_average_1m']:.1f}",
             )
         )
     headers = (
@@ -165,7 +170,9 @@ def tables(result: dict[str, Any]) -> list[Table]:
         "p50 during ms",
         "p99 during ms",
         "calls during",
+        "calls/s during",
         "failed calls",
+        "load (1 min)",
     )
     notes = (
         "a client with no token sends HEADERS then RST_STREAM per stream on N connections to"

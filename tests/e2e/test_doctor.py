@@ -155,7 +155,7 @@ def test_doctor_reports_the_listeners_limits_and_served_certificate(
     )
     assert _line(lines, "info  limits:") == (
         "info  limits: at most 2 local jobs running, subscriber budget 16.0MiB, "
-        "10000 network streams (1000 per token)"
+        "10000 network streams (200 per token)"
     )
     served = _line(lines, f"ok    tls: {listener.address} serves")
     assert served.startswith(f"ok    tls: {listener.address} serves {home}/tls/server.pem, valid")

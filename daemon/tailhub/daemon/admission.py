@@ -14,6 +14,7 @@ from tailhub.daemon.domain import (
     SkyPilotSpec,
     SourceKind,
     SourceSpec,
+    backend_of,
 )
 from tailhub.daemon.errors import InvalidRequest, StorageFull
 from tailhub.daemon.faults import is_disk_full
@@ -51,6 +52,24 @@ def admit(
         return
     kind = spec.kind
     descriptors.admit(kind.value, DESCRIPTORS_HELD.get(kind, 0))
+
+
+# Jobs resumed at start open their descriptors once the start is done: until a count this
+# long after, they are counted on top of it.
+RESUMED_OPEN_SECONDS = 10.0
+
+
+def readmit(descriptors: DescriptorBudget, spec: SourceSpec, owner: str | None) -> None:
+    """A job resumed at start counts the descriptors it will hold as a new one does (the
+    owner's launches excepted): under a lower limit than it was taken under, it fails with the
+    reason (OutOfDescriptors) instead of taking those the daemon keeps for its own work (with
+    400 file jobs resumed under a limit of 256, the daemon could not bind its socket and did
+    not start)."""
+    if owner is None and backend_of(spec):
+        return
+    descriptors.admit(
+        spec.kind.value, DESCRIPTORS_HELD.get(spec.kind, 0), opens_within=RESUMED_OPEN_SECONDS
+    )
 
 
 def claim_log(path: Path) -> tuple[str, bool] | None:

@@ -51,16 +51,36 @@ SERVER_KEEPALIVE_OPTIONS: list[tuple[str, int]] = [
 ]
 
 DEFAULT_MAX_STREAMS = 10_000
-DEFAULT_MAX_STREAMS_PER_TOKEN = 1_000
+# Also what one connection may carry (+ UNARY_HEADROOM): gRPC's cap on a connection's streams
+# counts streams reset but not yet let go, which is what an attacker without a token fills.
+# At 1,100 per connection, 4 such connections took the daemon to 160-290 MiB and starved a
+# token holder (bench/rapid_reset.py: 10-160 calls/s, p99 up to 3.5 s); at 300, 4 to 128
+# connections stayed at 59-103 MiB with 300-490 calls/s (docs/remote.md).
+DEFAULT_MAX_STREAMS_PER_TOKEN = 200
 # Requests the C core holds before the server's loop has taken them (gRPC's default is 1000):
 # enough that a few connections at their cap of streams do not crowd out the calls of others
 # (at 2,000, token holders' calls were cancelled under attack), few enough that the queue
 # stays small in memory (about 10 KB each: 100,000 of them held 1 GiB).
 NETWORK_MAX_PENDING_REQUESTS = 5_000
 UNARY_HEADROOM = 100
+# TCP connections open at once on the --listen addresses, in all: each holds a descriptor and
+# up to a connection's streams, so their number bounds the memory and descriptors that peers
+# without a token can take. gRPC closes one past the cap at once. Kept within an eighth of the
+# daemon's descriptors, which the job admission keeps aside (server.py). gRPC's Python server
+# has no hook at accept, so there is no cap per address: a peer holding them all keeps others'
+# new connections out until it lets go, but the daemon's memory stays bounded.
+NETWORK_MAX_CONNECTIONS = 1024
+SHARE_OF_DESCRIPTORS = 8
 
 
-def network_limits(settings: NetworkSettings) -> list[tuple[str, int]]:
+def connection_cap(descriptor_limit: int | None) -> int:
+    """The cap on --listen connections in all, within the daemon's descriptors."""
+    if descriptor_limit is None:
+        return NETWORK_MAX_CONNECTIONS
+    return max(16, min(NETWORK_MAX_CONNECTIONS, descriptor_limit // SHARE_OF_DESCRIPTORS))
+
+
+def network_limits(settings: NetworkSettings, connections: int) -> list[tuple[str, int]]:
     """gRPC core options that bound what a peer without a token can make the daemon hold.
 
     HTTP/2 rapid reset (HEADERS then RST_STREAM, stream after stream) opens streams that
@@ -69,7 +89,8 @@ def network_limits(settings: NetworkSettings) -> list[tuple[str, int]]:
     with bench/rapid_reset.py (4 connections, 15 s): a cap per connection (counting reset
     streams) kept the daemon under 160 MiB with a token holder's calls at 1 ms; a pending
     bound alone kept it at 140 MiB but crowded the token holder out (2.5 s). With both, the
-    pending bound caps what many connections together can hold.
+    pending bound caps what many connections together can hold, and `connections` caps how
+    many there are (connection_cap).
     """
     # Above the daemon's own cap on a token's streams (auth.StreamCaps), which refuses the one
     # too many with a message that names the cap (a connection at gRPC's cap would only queue
@@ -83,6 +104,7 @@ def network_limits(settings: NetworkSettings) -> list[tuple[str, int]]:
         ("grpc.http.overload_protection", 1),
         ("grpc.server.max_pending_requests", pending),
         ("grpc.server.max_pending_requests_hard_limit", pending),
+        ("grpc.max_allowed_incoming_connections", connections),
     ]
 
 

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from tailhub.daemon import removal
-from tailhub.daemon.admission import admit, claim_log, keep_ids_of_files, validate_attach
+from tailhub.daemon.admission import admit, claim_log, keep_ids_of_files, readmit, validate_attach
 from tailhub.daemon.backends import Backend, Cancelling, make_backends
 from tailhub.daemon.backends.local import forget_launch_environment
 from tailhub.daemon.cancelling import CancelResult, cancel_jobs
@@ -116,6 +116,7 @@ class JobManager:
                 forget_launch_environment(record)
             if not record.sealed and self._placement.may_fetch(job):
                 try:
+                    readmit(self.descriptors, record.spec, owners.get(record.id))
                     self._resume(job)
                 except Exception as error:  # one bad job must not keep the daemon down
                     self.fail_start(job, error)

@@ -100,9 +100,11 @@ class DescriptorBudget:
         # (when, descriptors) of jobs admitted lately: counted until a count sees them.
         self._admitted: deque[tuple[float, int]] = deque()
 
-    def admit(self, what: str, cost: int) -> None:
+    def admit(self, what: str, cost: int, *, opens_within: float = 0.0) -> None:
         """Counts a new job holding `cost` descriptors; OutOfDescriptors when the budget is used
-        up (`what` names the job's kind for the message)."""
+        up (`what` names the job's kind for the message). `opens_within`: how long it may take
+        the job to open them, during which it is counted on top of what is open (jobs resumed
+        at start open theirs only once the daemon's start is done)."""
         if self.limit is None:
             return
         now = time.monotonic()
@@ -119,7 +121,7 @@ class DescriptorBudget:
                 "its limit (ulimit -n, LimitNOFILE=) and restart it"
             )
         if cost:
-            self._admitted.append((now, cost))
+            self._admitted.append((now + opens_within, cost))
 
     def _in_use_at(self, now: float, *, fresh: bool) -> int:
         if fresh or now - self._counted_at >= _COUNT_EVERY:

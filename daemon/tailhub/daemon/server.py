@@ -34,6 +34,7 @@ from tailhub.daemon.listeners import (
     SERVER_KEEPALIVE_OPTIONS,
     NetworkSettings,
     bind,
+    connection_cap,
     describe,
     network_limits,
 )
@@ -302,9 +303,14 @@ class Daemon:
             self._failed_auth,
         )
         # Not the socket's limits: anyone who reaches the port may send frames before any
-        # token is checked (listeners.network_limits).
+        # token is checked (listeners.network_limits). The connections' descriptors are kept
+        # aside from what jobs may take, as the web view's are.
+        descriptors = self._manager.descriptors
+        connections = connection_cap(descriptors.limit)
+        if descriptors.limit is not None:
+            descriptors.reserve += connections
         server = grpc.aio.server(
-            options=[*self._common_options(), *network_limits(network)],
+            options=[*self._common_options(), *network_limits(network, connections)],
             interceptors=[*counting, interceptor],
         )
         _serve(server, servicer, health_servicer)
