@@ -69,7 +69,7 @@ class Settings:
 
 
 FULL = Settings()
-QUICK = Settings(jobs=10, seconds=4)
+QUICK = Settings(jobs=8, seconds=2)
 
 
 def run(settings: Settings, scratch: Path, earlier: dict[str, Any]) -> dict[str, Any]:
