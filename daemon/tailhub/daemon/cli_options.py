@@ -226,8 +226,9 @@ _OPTIONS = [
         default=DaemonConfig.subscriber_budget_bytes,
         show_default=True,
         metavar="BYTES",
-        help="Bytes in flight to all subscribers together; chunks shrink, then followers wait "
-        "(and fall behind) when it is used up. Bounds memory however many followers lag.",
+        help="Bytes in flight to all subscribers together, shared fairly per client; followers "
+        "wait for a whole chunk (and fall behind) when it is used up. Bounds memory however "
+        "many followers lag.",
     ),
     click.option(
         "--redis",

@@ -84,8 +84,9 @@ class DaemonConfig:
     # load messages grow rather than multiply (grpc.aio costs ~20 us per message).
     max_chunk_bytes: int = 256 * KIB
     # Bytes in flight to all subscribers together (read and encoded, not yet taken by gRPC):
-    # what bounds memory however many followers fall behind. When it is tight, chunks shrink
-    # down to `min_chunk_bytes`, and below that a subscriber waits (and falls behind).
+    # what bounds memory however many followers fall behind. When it is tight a subscriber
+    # waits for a whole chunk (and falls behind); chunks cut short end on multiples of
+    # `min_chunk_bytes` (budget.py, fanout.py).
     subscriber_budget_bytes: int = 16 * MIB
     min_chunk_bytes: int = 64 * KIB
     # Command exit codes that mean "the connection failed" (ssh uses 255).
