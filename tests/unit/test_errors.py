@@ -54,6 +54,8 @@ EXPECTED: dict[type[errors.DaemonError], type[client.TailhubError]] = {
     errors.TooManyFailedAuthentications: client.AccessDenied,
     errors.UnknownMethod: client.TailhubError,
     errors.WebViewOff: client.InvalidRequestError,
+    # The owner endpoint's (an HTTP status, never over gRPC); were it sent:
+    errors.HttpRequestRefused: client.InvalidRequestError,
     # Never sent (the fetcher's, tailhubd's own); were they, their status would say:
     errors.UpstreamError: client.DaemonUnreachable,
     errors.UpstreamFailed: client.DaemonUnreachable,
@@ -85,6 +87,7 @@ def _example(cls: type[errors.DaemonError]) -> errors.DaemonError:
         errors.UpstreamFailed: ("gone", 255),
         errors.EssentialTaskDied: ("heartbeat", RuntimeError("boom")),
         errors.DaemonStopping: (),
+        errors.HttpRequestRefused: (400, "not an HTTP/1.1 request line"),
     }
     return cls(*special.get(cls, (f"a {cls.__name__}",)))
 

@@ -265,6 +265,7 @@ class OwnerEndpoint:
             stopping=lambda: manager.stopping,
             budget=self._budget,
             scans=manager.scans,
+            share=None,  # the owner's part of the budget, as on the gRPC socket
         )
         # Resolved before the head goes: a bad offset is a status, not a broken stream.
         first = await _first(stream)
@@ -275,8 +276,12 @@ class OwnerEndpoint:
         pump = asyncio.ensure_future(self._pump(job, first, stream, writer))
         try:
             await asyncio.wait({gone, pump}, return_when=asyncio.FIRST_COMPLETED)
-            if pump.done():
-                pump.result()
+            if pump.done() and not pump.cancelled() and pump.exception() is not None:
+                error = pump.exception()
+                if not isinstance(error, ConnectionError):
+                    # A bug: logged; the stream just ends (its head is gone), and the client
+                    # goes on over gRPC.
+                    logger.error("a lean log stream of job %d failed", job.id, exc_info=error)
         finally:
             for task in (gone, pump):
                 task.cancel()
@@ -306,7 +311,14 @@ class OwnerEndpoint:
                 # Drained before the next item: the budget's grant is held until then.
                 await writer.drain()
                 item = await anext(stream, None)
-        except DaemonError as error:
+        except ConnectionError:
+            raise  # the client went away: nothing to tell it
+        except (DaemonError, ValueError, OSError) as error:
+            # Said in the stream (its head is gone): the client goes on over gRPC, which
+            # says the same in its words. Anything else is a bug, logged by _connection.
+            if not isinstance(error, DaemonError):
+                logger.warning("a lean log stream of job %d failed: %s", job.id, error)
+                error = DaemonError(f"internal error: {error}")
             fields = _error_fields(error)
             writer.write(_frame(b"X", _lines(fields["status"], fields["kind"], fields["message"])))
             await writer.drain()
