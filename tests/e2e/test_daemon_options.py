@@ -132,3 +132,24 @@ def test_restart_with_no_daemon_running_starts_one(cli_home: Path) -> None:
     assert _line(result) == (
         f"tailhub: tailhubd started (pid {_pid(cli_home)}) on {cli_home} with --max-running-jobs 1"
     )
+
+
+def test_start_passes_the_web_views_limits_on_and_knows_them_applied(cli_home: Path) -> None:
+    web = f"127.0.0.1:{_free_port()}"
+    limits = (
+        *("--http-max-streams", "7", "--http-max-streams-per-session", "3"),
+        *("--http-max-connections", "9", "--http-max-connections-per-peer", "2"),
+    )
+    started = run_cli(cli_home, "daemon", "start", "--http-listen", web, *limits)
+    assert started.returncode == 0, started.stderr
+    pid = _pid(cli_home)
+    argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    for flag, value in zip(limits[::2], limits[1::2], strict=True):
+        assert argv[argv.index(flag.encode()) + 1] == value.encode()
+    # Asked again, they are what it has; another value is not.
+    again = run_cli(cli_home, "daemon", "start", "--http-listen", web, *limits)
+    assert again.returncode == 0, again.stderr
+    other = run_cli(cli_home, "daemon", "start", "--http-max-connections-per-peer", "5")
+    assert other.returncode == 1
+    assert "--http-max-connections-per-peer 5" in other.stderr.decode()
+    assert _pid(cli_home) == pid

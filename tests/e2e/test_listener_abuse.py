@@ -222,3 +222,23 @@ def test_peer_address_drops_the_port_and_groups_ipv6_by_its_64(peer: str) -> Non
     from tailhub.daemon.failed_auth import peer_address
 
     assert peer_address(peer) in ("10.1.2.3", "2001:db8::/64")
+
+
+def test_oversized_request_lines_on_the_web_view_get_400_and_few_log_lines(
+    start_daemon: Callable[..., DaemonProcess],
+) -> None:
+    port = free_port()
+    daemon = start_daemon("--http-listen", f"127.0.0.1:{port}")
+    for size in range(9_000, 29_000, 1_000):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as peer:
+            peer.sendall(b"GET /" + b"a" * size + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert peer.recv(64).startswith(b"HTTP/1.0 400 Bad Request")
+    daemon.stop()
+    log = daemon.log_text()
+    # Each was a traceback of aiohttp's at ERROR; now one line, shown three times, then
+    # counted.
+    assert "Traceback" not in log
+    lines = [line for line in log.splitlines() if "refused a request from 127.0.0.1" in line]
+    assert len(lines) == 4, lines
+    assert all(" WARNING " in line and "(LineTooLong)" in line for line in lines), lines
+    assert lines[-1].endswith("(repeated 17 more times)"), lines

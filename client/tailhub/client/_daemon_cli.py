@@ -97,6 +97,24 @@ def _start_options(command: Any) -> Any:
             help="Serve the read-only web view (`tailhub web` logs in); TLS unless loopback.",
         ),
         click.option(
+            "--http-max-streams", type=click.IntRange(min=1), help="Web view streams in all."
+        ),
+        click.option(
+            "--http-max-streams-per-session",
+            type=click.IntRange(min=1),
+            help="... per token's logins.",
+        ),
+        click.option(
+            "--http-max-connections",
+            type=click.IntRange(min=1),
+            help="Web view connections open at once.",
+        ),
+        click.option(
+            "--http-max-connections-per-peer",
+            type=click.IntRange(min=1),
+            help="... from one address.",
+        ),
+        click.option(
             "--redis",
             metavar="URL",
             callback=_checked_redis_url,

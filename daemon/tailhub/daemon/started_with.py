@@ -33,6 +33,15 @@ if TYPE_CHECKING:
 FILE_NAME = "tailhubd.options"
 
 
+# The web view's limits `tailhub daemon start` passes on.
+WEB_LIMITS = (
+    "http-max-streams",
+    "http-max-streams-per-session",
+    "http-max-connections",
+    "http-max-connections-per-peer",
+)
+
+
 def applied_options(
     params: Mapping[str, Any],
     network: NetworkSettings | None,
@@ -55,6 +64,7 @@ def applied_options(
         "subscriber-budget": config.subscriber_budget_bytes,
         "metrics-listen": config.metrics_listen and format_host_port(*config.metrics_listen),
         "http-listen": params.get("http_listen") and normal_address(params["http_listen"]),
+        **{name: params.get(name.replace("-", "_")) for name in WEB_LIMITS},
         "redis": cluster and without_password(cluster.redis_url),
         "node-name": cluster and cluster.node_name,
         "lease-ms": params["lease_ms"],

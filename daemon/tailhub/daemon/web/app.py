@@ -32,7 +32,7 @@ from tailhub.daemon.listeners import EXIT_ADDRESS
 from tailhub.daemon.manager import JobManager
 from tailhub.daemon.tokens import TokenIndex
 from tailhub.daemon.web import downloads, job_list, log_events, pages
-from tailhub.daemon.web.connections import Connections, fitted_total
+from tailhub.daemon.web.connections import Connections, fitted_total, quiet_bad_requests
 from tailhub.daemon.web.hosts import HostCheck
 from tailhub.daemon.web.job_feed import FEED, JobFeed, job_events
 from tailhub.daemon.web.login import LoginCodes
@@ -210,6 +210,7 @@ class WebView:
 
     async def start(self) -> None:
         """Binds and serves; ListenerError (exit 5) when the address cannot be bound."""
+        quiet_bad_requests()
         runner = web.AppRunner(
             make_app(self._state, self._feed),
             handle_signals=False,

@@ -28,9 +28,12 @@ import ssl
 from asyncio.sslproto import SSLProtocol
 from collections.abc import Callable, Iterator
 
+from aiohttp.http_exceptions import HttpProcessingError
+
 logger = logging.getLogger(__name__)
 
 ProtocolFactory = Callable[[], asyncio.BaseProtocol]
+AIOHTTP_SERVER_LOGGER = "aiohttp.server"
 # The web view's connections take at most this share of the daemon's descriptor limit.
 SHARE_OF_DESCRIPTORS = 4
 
@@ -41,6 +44,31 @@ def fitted_total(asked: int, descriptor_limit: int | None) -> int:
     if descriptor_limit is None:
         return asked
     return max(1, min(asked, descriptor_limit // SHARE_OF_DESCRIPTORS))
+
+
+class BadRequestFilter(logging.Filter):
+    """aiohttp's record of a request it could not parse (a request line or header past its
+    limit, bytes that are not HTTP) as one WARNING line without its traceback, the same for
+    every such request from one address, so that the daemon log's repeat filter collapses a
+    flood of them: the client has its 400 already, and a traceback in the log means a bug."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if not isinstance(error, HttpProcessingError) or not record.args:
+            return True
+        record.msg = "web view: refused a request from %s that is not HTTP it takes (%s)"
+        record.args = (record.args[0], type(error).__name__)  # type: ignore[index]
+        record.exc_info = None
+        record.exc_text = None
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+def quiet_bad_requests() -> None:
+    """Installs BadRequestFilter on aiohttp's server logger, once."""
+    server_logger = logging.getLogger(AIOHTTP_SERVER_LOGGER)
+    if not any(isinstance(each, BadRequestFilter) for each in server_logger.filters):
+        server_logger.addFilter(BadRequestFilter())
 
 
 class Connections:
