@@ -9,10 +9,12 @@ import os
 import random
 import socket
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from helpers import DaemonProcess, run_cli
+from helpers import DaemonProcess, cli_env, run_cli
 
 from tailhub.client import InvalidRequestError
 
@@ -180,3 +182,45 @@ def test_without_the_endpoint_the_cli_takes_the_grpc_way(daemon: DaemonProcess) 
     assert full.returncode == 100
     assert full.stderr == f"tailhub: job {job.id} (old) failed: seven\n".encode()
     assert (missing.returncode, missing.stderr) == (102, b"tailhub: job 4242 not found\n")
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("planted", ["owner.sock", "sock"])
+def test_a_socket_of_someone_else_is_never_spoken_to(
+    daemon: DaemonProcess, tmp_path: Path, planted: str
+) -> None:
+    """owner.sock of another user: the CLI takes the gRPC way (which checks its own socket);
+    the gRPC socket of another user: refused as the gRPC client refuses it, nothing launched."""
+    os.chown(daemon.home / planted, 65534, 65534)
+    marker = tmp_path / "ran"
+    task = tmp_path / "t.yaml"
+    task.write_text(f"run: touch {marker}\n")
+    try:
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-X",
+                "importtime",
+                "-m",
+                "tailhub.client",
+                "jobs",
+                "launch",
+                str(task),
+            ],
+            env=cli_env(daemon.home),
+            capture_output=True,
+            timeout=120,
+        )
+    finally:
+        os.chown(daemon.home / planted, 0, 0)
+    said = [line for line in done.stderr.decode().splitlines() if "import time:" not in line]
+    imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.decode().splitlines()}
+    took_grpc = "grpc" in imported
+    if planted == "owner.sock":
+        assert done.returncode == 0, said
+        assert took_grpc
+        assert marker.exists()
+    else:
+        assert done.returncode == 1
+        assert said[0].startswith(f"tailhub: refusing {daemon.home / 'sock'}"), said
+        assert not marker.exists()

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
 
 SOCKET_NAME = "owner.sock"
+GRPC_SOCKET_NAME = "sock"  # StatePaths.socket
 # A response head, a JSON body, a frame: the daemon's are far smaller (a chunk is at most
 # its --max-chunk-bytes, 3 MiB at most).
 MAX_HEAD_BYTES = 64 * 1024
@@ -86,6 +87,21 @@ def open_home(home: str) -> int:
             os.close(fd)
 
 
+def _check_socket(home_fd: int, name: str, needed: bool) -> None:
+    """Unusable unless `name` in the home is a socket of the user's or root's (or, when not
+    `needed`, is not there)."""
+    try:
+        info = os.stat(name, dir_fd=home_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        if needed:
+            raise Unusable("no owner endpoint (no daemon, or one without it)") from None
+        return
+    except OSError:
+        raise Unusable("a socket that cannot be looked at") from None
+    if not stat.S_ISSOCK(info.st_mode) or info.st_uid not in (os.geteuid(), 0):
+        raise Unusable("not a socket of the user's")
+
+
 def _components(path: str) -> list[str]:
     return [part for part in path.split("/") if part not in ("", ".")]
 
@@ -108,13 +124,13 @@ class OwnerLink:
     def open(cls, home: str) -> OwnerLink:
         fd = open_home(home)
         try:
-            info = os.stat(SOCKET_NAME, dir_fd=fd, follow_symlinks=False)
-        except OSError:
+            # The daemon's gRPC socket too, as the gRPC client checks it (statedir.check_socket):
+            # one that is not the user's or root's means a daemon that is not theirs.
+            for name, needed in ((GRPC_SOCKET_NAME, False), (SOCKET_NAME, True)):
+                _check_socket(fd, name, needed)
+        except BaseException:
             os.close(fd)
-            raise Unusable("no owner endpoint (no daemon, or one without it)") from None
-        if not stat.S_ISSOCK(info.st_mode) or info.st_uid not in (os.geteuid(), 0):
-            os.close(fd)
-            raise Unusable("not a socket of the user's")
+            raise
         return cls(fd)
 
     def close(self) -> None:
