@@ -52,6 +52,7 @@ class NodeFence:
         # Jobs with a command armed since their last drop: unguarded if the fence dies.
         self._armed: set[int] = set()
         self._closing = False
+        self._starting = False
         # Told the jobs whose commands went unguarded when a fence died.
         self.on_death: Callable[[list[int]], None] = lambda jobs: None
         self.deaths = 0
@@ -157,12 +158,15 @@ class NodeFence:
                     raise ConnectionError(f"the fence cannot be told: {error.strerror}") from None
 
     def _restart(self) -> None:
-        if self._closing:
-            raise ConnectionError("the daemon is stopping")
+        if self._closing or self._starting:  # (never a fence started from a fence's start)
+            raise ConnectionError("the daemon is stopping, or a fence is starting")
+        self._starting = True
         try:
             self.start()
         except OSError as error:
             raise ConnectionError(f"the fence cannot start: {error.strerror}") from None
+        finally:
+            self._starting = False
 
     def _readable(self) -> None:
         assert self._control is not None
