@@ -203,12 +203,12 @@ def _items(plan: Plan, response: Response, cursor: Cursor, *, tail: int | None) 
     try:
         for kind, payload in response.frames():
             if kind == b"C":
-                offset = OFFSET.unpack_from(payload)[0]
+                offset = _offset(payload)
                 data = payload[OFFSET.size :]
                 cursor.chunk(offset, len(data))
                 yield ("C", offset, data)
             elif kind == b"E":
-                offset = OFFSET.unpack_from(payload)[0]
+                offset = _offset(payload)
                 message = payload[OFFSET.size :].decode("utf-8", "replace")
                 cursor.event(offset, message)
                 yield ("E", offset, message)
@@ -227,6 +227,14 @@ def _items(plan: Plan, response: Response, cursor: Cursor, *, tail: int | None) 
     from tailhub.client._lean_resume import resume
 
     yield from resume(home_path(plan), cursor, follow=plan.follow, tail=tail, broken=broken)
+
+
+def _offset(payload: bytes) -> int:
+    if len(payload) < OFFSET.size:
+        from tailhub.client._errors import ProtocolError
+
+        raise ProtocolError("unexpected message from the daemon: a frame without its offset")
+    return int(OFFSET.unpack_from(payload)[0])
 
 
 def _end(payload: bytes) -> LeanEnd:
