@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from cluster_helpers import REPLAY, Cluster, payload, upstream
 from helpers import DaemonProcess, start_background_cli, wait_until
 from redis_helpers import RedisServer
@@ -86,6 +87,7 @@ def _attach_forever(node: DaemonProcess, count: int) -> None:
     wait_until(all_up, 60, f"{count} commands to start")
 
 
+@pytest.mark.slow
 def test_twenty_command_jobs_on_a_node_have_one_fence_guarding_each(cluster: Cluster) -> None:
     (node,) = cluster.start(1)
     _attach_forever(node, 20)
@@ -106,6 +108,7 @@ def test_twenty_command_jobs_on_a_node_have_one_fence_guarding_each(cluster: Clu
     wait_until(lambda: not any(map(_alive, [fence, *commands])), 10, "commands and fence gone")
 
 
+@pytest.mark.slow
 def test_a_frozen_nodes_command_lives_while_renewed_and_dies_at_its_safe_time(
     cluster: Cluster, redis_server: RedisServer
 ) -> None:
@@ -135,6 +138,7 @@ def test_a_frozen_nodes_command_lives_while_renewed_and_dies_at_its_safe_time(
     print(f"killed {died_after:.2f} s after the freeze, {left_ms} ms before the lease's expiry")
 
 
+@pytest.mark.slow
 def test_a_killed_fence_stops_what_it_guarded_and_a_new_one_guards_the_rest(
     cluster: Cluster, tmp_path: Path
 ) -> None:
