@@ -101,3 +101,17 @@ def test_a_tokens_session_ends_with_the_token(tmp_path: Path) -> None:
     assert not still_valid(identity, tokens)
     assert identity_of_caller(None, tokens) == OWNER
     assert still_valid(OWNER, tokens)
+
+
+def test_a_cookie_says_nothing_of_its_token() -> None:
+    import base64
+
+    signer = CookieSigner(b"k" * 32)
+    cookie = signer.make(Identity("reader-name", "cd" * 32), NOW)
+    body = cookie.split(".")[0]
+    raw = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
+    for secret in (b"reader-name", b"cd" * 32, b'"t"'):
+        assert secret not in raw
+    assert "reader" not in cookie
+    # Two logins of one token get unrelated cookies.
+    assert signer.make(Identity("reader-name", "cd" * 32), NOW).split(".")[0][:20] != body[:20]

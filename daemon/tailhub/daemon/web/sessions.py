@@ -1,7 +1,8 @@
 """The web view's sessions: a signed cookie naming who logged in, and until when.
 
 The cookie holds the identity that asked for the login code (a token's name and hash on a
-TCP listener, or the daemon's owner on the Unix socket) and an expiry, signed with HMAC-SHA256
+TCP listener, or the daemon's owner on the Unix socket) and an expiry, encrypted (ChaCha20, so
+that whoever sees the cookie learns nothing of the token) and then signed with HMAC-SHA256,
 under a key kept in the state directory (`web-session.key`, 0600, made on first use): a
 session survives a daemon restart, and deleting the key ends every session. A token's session
 is checked against the token store at each request, so revoking the token ends it.
@@ -19,6 +20,8 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+
 from tailhub.daemon.errors import UntrustedState
 from tailhub.daemon.paths import StatePaths, shown
 from tailhub.daemon.statedir import open_state_file, open_to_others
@@ -30,6 +33,7 @@ COOKIE_NAME = "tailhub_session"
 SESSION_SECONDS = 12 * 3600.0
 # Far above what this module writes (about 250 bytes): anything longer is not ours.
 MAX_COOKIE_CHARS = 1024
+NONCE_BYTES = 16  # ChaCha20's (a 4-byte counter and a 12-byte nonce, random)
 
 
 @dataclass(frozen=True)
@@ -81,9 +85,14 @@ class CookieSigner:
 
     def __init__(self, key: bytes) -> None:
         self._key = key
+        # Its own key for the encryption, derived from the signing key.
+        self._secret = hmac.new(key, b"tailhub-web-session-cipher", hashlib.sha256).digest()
 
     def _mac(self, payload: bytes) -> bytes:
         return hmac.new(self._key, b"tailhub-web-session\0" + payload, hashlib.sha256).digest()
+
+    def _cipher(self, nonce: bytes) -> Cipher[None]:
+        return Cipher(algorithms.ChaCha20(self._secret, nonce), mode=None)
 
     def make(self, identity: Identity, now: float) -> str:
         """A cookie value for `identity`, valid SESSION_SECONDS from `now`."""
@@ -95,7 +104,9 @@ class CookieSigner:
             "n": secrets.token_urlsafe(8),
         }
         payload = json.dumps(document, separators=(",", ":")).encode()
-        return f"{_b64(payload)}.{_b64(self._mac(payload))}"
+        nonce = secrets.token_bytes(NONCE_BYTES)
+        sealed = nonce + self._cipher(nonce).encryptor().update(payload)
+        return f"{_b64(sealed)}.{_b64(self._mac(sealed))}"
 
     def read(self, value: str | None, now: float) -> Identity | None:
         """The identity of a cookie this key signed that has not expired; None otherwise."""
@@ -103,14 +114,15 @@ class CookieSigner:
             return None
         body, mac = value.split(".")
         try:
-            payload = _unb64(body)
+            sealed = _unb64(body)
             signature = _unb64(mac)
         except (binascii.Error, ValueError):
             return None
-        if not hmac.compare_digest(signature, self._mac(payload)):
+        if not hmac.compare_digest(signature, self._mac(sealed)) or len(sealed) <= NONCE_BYTES:
             return None
+        nonce, encrypted = sealed[:NONCE_BYTES], sealed[NONCE_BYTES:]
         try:
-            document = json.loads(payload)
+            document = json.loads(self._cipher(nonce).decryptor().update(encrypted))
         except ValueError:
             return None
         return _identity_of(document, now)
