@@ -70,14 +70,23 @@ class Fence:
 
     def run(self) -> None:
         while True:
-            for fd, _ in self.poll.poll(self._timeout_ms()):
-                if fd == self.control.fileno():
-                    if not self._receive():
-                        self.kill_all()
-                        return
-                elif fd in self.gates:
+            ready = [fd for fd, _ in self.poll.poll(self._timeout_ms())]
+            # Every message waiting first (a fence that fell behind reads the latest safe
+            # times before it judges a start or a deadline by an older one).
+            if self.control.fileno() in ready and not self._receive_all():
+                self.kill_all()
+                return
+            for fd in ready:
+                if fd in self.gates:
                     self._report(fd)
             self._expire(time.monotonic())
+
+    def _receive_all(self) -> bool:
+        """Reads every message waiting; False when the daemon is gone."""
+        while select.select([self.control], [], [], 0)[0]:
+            if not self._receive():
+                return False
+        return True
 
     def _timeout_ms(self) -> int:
         soonest = min(
