@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import TracebackType
@@ -10,7 +11,12 @@ from typing import Any, TypeVar
 import grpc
 
 from tailhub.client._daemon import ensure_daemon
-from tailhub.client._errors import JobNotFoundError, TailhubError, from_rpc_error
+from tailhub.client._errors import (
+    DaemonUnreachable,
+    JobNotFoundError,
+    TailhubError,
+    from_rpc_error,
+)
 from tailhub.client._follow import (
     DEFAULT_RECONNECT_TIMEOUT,
     MAX_RETRY_PAUSE,
@@ -19,6 +25,7 @@ from tailhub.client._follow import (
     Resumed,
     follow_log,
 )
+from tailhub.client._patience import CALL_TIMEOUT, LAUNCH_PATIENCE, SLOW, gave_up
 from tailhub.client._remote import CONNECT_TIMEOUT, Target
 from tailhub.client._servers import Servers, StubMethod
 from tailhub.client._types import (
@@ -42,7 +49,7 @@ _CHANNEL_OPTIONS = [
     ("grpc.max_reconnect_backoff_ms", 500),
     ("grpc.max_receive_message_length", 16 * 1024 * 1024),
 ]
-_CALL_TIMEOUT = 30.0
+_CALL_TIMEOUT = CALL_TIMEOUT
 # Jobs asked for per ListJobs call (the daemon serves at most 1000).
 _PAGE_SIZE = 500
 
@@ -232,13 +239,25 @@ class Client:
         environment: Mapping[str, str] | None = None,
         backend: str = "",
         task_yaml: str = "",
+        launch_key: str = "",
+        call_timeout: float = _CALL_TIMEOUT,
+        patience: float = LAUNCH_PATIENCE,
+        on_slow: Callable[[str], None] | None = None,
     ) -> JobInfo:
         """Launches a task; it runs with `environment` (the caller's, typically `os.environ`)
         plus `envs`. Without `environment`, a minimal one (HOME, USER, PATH...) of the daemon's.
 
         `backend` "skypilot" submits `task_yaml` (the task file's text) with the daemon's
-        `sky` from `workdir`; empty: the daemon's default backend."""
+        `sky` from `workdir`; empty: the daemon's default backend.
+
+        Launched once, whatever the daemon's delays: the call carries `launch_key` (empty: a
+        random one), and a daemon that does not answer within `call_timeout` seconds (or goes
+        away meanwhile) is called again with it, on the same daemon, for up to `patience`
+        seconds in all; `on_slow` (else the client's `on_wait`) is told once. It then raises
+        DaemonUnreachable saying the job may have been launched, and its key."""
+        key = launch_key or secrets.token_hex(16)
         request = pb.LaunchJobRequest(
+            launch_key=key,
             name=name,
             run=run,
             setup=setup,
@@ -248,7 +267,54 @@ class Client:
             backend=backend,
             task_yaml=task_yaml,
         )
-        return JobInfo.from_pb(self._call(lambda stub: stub.LaunchJob, request).job)
+        answer = self._launch_job(request, call_timeout, patience, on_slow or self._on_wait)
+        return JobInfo.from_pb(answer.job)
+
+    def _launch_job(
+        self,
+        request: pb.LaunchJobRequest,
+        call_timeout: float,
+        patience: float,
+        on_slow: Callable[[str], None] | None,
+    ) -> pb.LaunchJobResponse:
+        """LaunchJob, called again with its key while the daemon that got it does not answer
+        in time (see `launch`). Only that daemon: another would not know the key."""
+        give_up = time.monotonic() + patience
+        sent_to: list[Any] = []  # the stub each try went through (a list: the one used)
+
+        def launch_job(stub: Any) -> Callable[..., pb.LaunchJobResponse]:
+            sent_to.append(stub)
+            return stub.LaunchJob  # type: ignore[no-any-return]
+
+        pause = MIN_RETRY_PAUSE
+        told = False
+        while True:
+            timeout = max(min(call_timeout, give_up - time.monotonic()), 1)
+            try:
+                if not sent_to:  # the first try: to whichever daemon takes it
+                    return self._call(launch_job, request, timeout=timeout)
+                return self._call_stub(sent_to[-1], launch_job, request, timeout)
+            except DaemonUnreachable as error:
+                # Nothing sent, or a daemon that said it did nothing: as any other call.
+                if not sent_to or error.retry_later:
+                    raise
+                if time.monotonic() + pause >= give_up:
+                    raise DaemonUnreachable(
+                        gave_up(str(error), patience, request.launch_key)
+                    ) from None
+                if not told and on_slow is not None:
+                    on_slow(SLOW)
+                    told = True
+            time.sleep(pause)  # (a daemon stopping answers at once: no busy loop)
+            pause = min(pause * 2, MAX_RETRY_PAUSE)
+
+    def _call_stub(self, stub: Any, method: StubMethod[T], request: Any, timeout: float) -> T:
+        """Calls `method` through `stub` (one daemon's), waiting for it to be connected."""
+        index = next(i for i in range(len(self._servers)) if self._servers.stub(i) is stub)
+        try:
+            return method(stub)(request, timeout=timeout, wait_for_ready=True)
+        except grpc.RpcError as error:
+            raise from_rpc_error(error, self._servers.address(index)) from None
 
     def publish(self, job_id: int, data: bytes, expected_offset: int | None = None) -> int:
         """Appends to a push job's log; returns its size.

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypedDict
 
 import click
 
@@ -30,6 +32,13 @@ from tailhub.daemon.credentials import without_credentials
     help="Where the task runs: this machine, or SkyPilot managed jobs (`sky jobs launch`). "
     "Default: $TAILHUB_BACKEND, else the daemon's config.yaml, else local.",
 )
+@click.option(
+    "--launch-key",
+    metavar="KEY",
+    help="The launch's key (16-64 characters of A-Z a-z 0-9 _ -; default: a random one). "
+    "Launched again with the key of a launch that gave up waiting for its daemon, it follows "
+    "the job that launch made, if it made one, instead of launching it twice.",
+)
 def jobs_launch(
     home: str | None,
     task_file: Path,
@@ -37,6 +46,7 @@ def jobs_launch(
     name: str | None,
     envs: tuple[str, ...],
     backend: str | None,
+    launch_key: str | None,
 ) -> None:
     """Run TASK_FILE (locally or with SkyPilot); follow its log and exit with its result."""
     from tailhub.client._tasks import load_task, parse_env_overrides
@@ -49,6 +59,8 @@ def jobs_launch(
         task = load_task(task_file).with_overrides(name, overrides)
         for warning in task.warnings:
             note(f"warning: {warning}")
+    # One key per invocation: however often the call is made again (a slow daemon), one job.
+    patience = _launch_patience(launch_key)
     with connect(home) as client:
         if chosen == "skypilot":
             job = client.launch(
@@ -62,6 +74,7 @@ def jobs_launch(
                 environment=without_credentials(os.environ),
                 backend="skypilot",
                 task_yaml=task_yaml,
+                **patience,
             )
         else:
             job = client.launch(
@@ -74,6 +87,7 @@ def jobs_launch(
                 # The job runs in this shell's environment, not the daemon's (started by anyone).
                 environment=without_credentials(os.environ),
                 backend=chosen,
+                **patience,
             )
         if detach:
             click.echo(job.id)
@@ -111,6 +125,37 @@ def _backend(home: str | None, given: str | None) -> str:
         return read_config_file(state_paths(home)).backend or "local"
     except ValueError as error:
         raise click.UsageError(str(error)) from None
+
+
+class _Patience(TypedDict):
+    launch_key: str
+    call_timeout: float
+    patience: float
+    on_slow: Callable[[str], None]
+
+
+def _launch_patience(key: str | None) -> _Patience:
+    """The launch's key (--launch-key, else a random one) and how long it waits for its
+    daemon: the seconds of one call ($TAILHUB_CALL_TIMEOUT) and of all the calls made again
+    with the key ($TAILHUB_LAUNCH_PATIENCE)."""
+    import secrets
+
+    from tailhub.client._patience import CALL_TIMEOUT, LAUNCH_PATIENCE, seconds
+    from tailhub.daemon.domain import LAUNCH_KEY_PATTERN
+
+    if key is not None and LAUNCH_KEY_PATTERN.fullmatch(key) is None:
+        raise click.UsageError("--launch-key: 16-64 characters of A-Z a-z 0-9 _ -")
+    try:
+        call_timeout = seconds("TAILHUB_CALL_TIMEOUT", CALL_TIMEOUT)
+        patience = seconds("TAILHUB_LAUNCH_PATIENCE", LAUNCH_PATIENCE)
+    except ValueError as error:
+        raise click.UsageError(str(error)) from None
+    return _Patience(
+        launch_key=key or secrets.token_hex(16),
+        call_timeout=call_timeout,
+        patience=patience,
+        on_slow=note,
+    )
 
 
 def _read_task_text(task_file: Path) -> str:

@@ -309,6 +309,7 @@ def _launch_with(link: OwnerLink, plan: Plan) -> int:
     overrides = parse_env_overrides(tuple(plan.envs))
     assert plan.task_file is not None
     task = load_task(Path(plan.task_file)).with_overrides(plan.name, overrides)
+    key = os.urandom(16).hex()
     fields = {
         "name": task.name,
         "run": task.run,
@@ -317,9 +318,11 @@ def _launch_with(link: OwnerLink, plan: Plan) -> int:
         "envs": task.envs,
         "environment": without_credentials(os.environ),
         "backend": "local",
+        # One key per invocation: sent again while the daemon does not answer, one job.
+        "launch_key": key,
     }
     body = json.dumps(fields, ensure_ascii=True).encode()
-    job_id, name = _submit(link, body, home_path(plan))
+    job_id, name = _submit(link, body, home_path(plan), key)
     for warning in task.warnings:
         note(f"warning: {warning}")
     if plan.detach:
@@ -340,21 +343,11 @@ def _launch_with(link: OwnerLink, plan: Plan) -> int:
     return result_exit_code(end, job_label(job_id, name))
 
 
-def _submit(link: OwnerLink, body: bytes, home: str) -> tuple[int, str]:
+def _submit(link: OwnerLink, body: bytes, home: str, key: str) -> tuple[int, str]:
     """Launches; the job's id and name. Unusable when the daemon refused it before doing
     anything (the full CLI launches over gRPC and is refused in its words)."""
     sock = link.connect()
-    try:
-        response = link.request("POST", "/v1/jobs", body, sock)
-        answer = response.json()
-    except Broken as broken:
-        # It may have been launched: never launched again.
-        from tailhub.client._errors import DaemonUnreachable
-
-        address = f"unix:{os.path.normpath(home)}/sock"
-        raise DaemonUnreachable(
-            f"the daemon on {address} stopped while answering ({broken})"
-        ) from None
+    response, answer = _post_patiently(link, body, sock, home, key)
     if response.status != 200:
         refusal = answer.get("error") if isinstance(answer, dict) else None
         kind = refusal.get("kind") if isinstance(refusal, dict) else None
@@ -371,6 +364,44 @@ def _submit(link: OwnerLink, body: bytes, home: str) -> tuple[int, str]:
         raise ProtocolError("unexpected answer from the daemon to a launch")
     name = job.get("name")
     return job["id"], name if isinstance(name, str) else ""
+
+
+def _post_patiently(
+    link: OwnerLink, body: bytes, sock: Any, home: str, key: str
+) -> tuple[Response, object]:
+    """POSTs the launch, and again with its key (on a new connection) while the daemon does
+    not answer in time or goes away, for the launch's patience (_patience.py)."""
+    import time
+
+    from tailhub.client import _patience
+
+    try:
+        timeout = _patience.seconds("TAILHUB_CALL_TIMEOUT", _patience.CALL_TIMEOUT)
+        patience = _patience.seconds("TAILHUB_LAUNCH_PATIENCE", _patience.LAUNCH_PATIENCE)
+    except ValueError:
+        sock.close()
+        raise Unusable("the full CLI says what is wrong with the variable") from None
+    give_up, pause, told = time.monotonic() + patience, 0.05, False
+    while True:
+        try:
+            response = link.request("POST", "/v1/jobs", body, sock, timeout)
+            if response.status == 503 and sock is None:  # (a retry: may have been launched)
+                response.close()
+                raise Broken("the daemon is stopping")
+            return response, response.json()
+        except (Broken, Unusable) as problem:
+            # It may have been launched: only ever sent again with its key, never anew.
+            if time.monotonic() + pause >= give_up:
+                from tailhub.client._errors import DaemonUnreachable
+
+                address = f"unix:{os.path.normpath(home)}/sock"
+                stopped = f"the daemon on {address} did not answer ({problem})"
+                raise DaemonUnreachable(_patience.gave_up(stopped, patience, key)) from None
+            if not told:
+                note(_patience.SLOW)
+                told = True
+        time.sleep(pause)  # (a daemon gone is refused at once: no busy loop)
+        pause, sock = min(pause * 2, 1.0), None
 
 
 def _launched_items(link: OwnerLink, plan: Plan, job_id: int) -> Iterator[Item]:

@@ -161,15 +161,17 @@ class OwnerLink:
         target: str,
         body: bytes | None = None,
         sock: _socket.socket | None = None,
+        timeout: float = ANSWER_TIMEOUT,
     ) -> Response:
-        """Sends one request (on `sock`, else a new connection) and reads its answer's head."""
+        """Sends one request (on `sock`, else a new connection) and reads its answer's head
+        (Broken when it has not begun within `timeout` seconds)."""
         sock = sock or self.connect()
         try:
             head = f"{method} {target} HTTP/1.1\r\nHost: tailhub\r\nConnection: close\r\n"
             if body is not None:
                 head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
             sock.sendall(head.encode() + b"\r\n" + (body or b""))
-            sock.settimeout(ANSWER_TIMEOUT)
+            sock.settimeout(timeout)
             reader = _Reader(sock)
             status = _read_head(reader)
             sock.settimeout(None)

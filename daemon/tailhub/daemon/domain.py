@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import re
 import shlex
 from dataclasses import dataclass, field
 from typing import Any
@@ -241,3 +242,17 @@ class SourceEvent:
     offset: int
     message: str
     time: float
+
+
+# What a launch key may be (LaunchJob's launch_key): enough for 16 random bytes, hex or
+# base64url, and no more.
+LAUNCH_KEY_PATTERN = re.compile(r"[A-Za-z0-9_-]{16,64}")
+
+
+@dataclass(frozen=True)
+class LaunchKey:
+    """A launch's idempotency key and the caller it belongs to: a token's name, or "" for the
+    owner (the Unix socket). Stored with the job it launched (launch_keys.py)."""
+
+    caller: str
+    key: str

@@ -29,6 +29,7 @@ from tailhub.daemon.faults import HEARTBEAT, RETENTION
 from tailhub.daemon.fetcher import Fetcher
 from tailhub.daemon.fetches import Fetches
 from tailhub.daemon.job_events import JobEvents
+from tailhub.daemon.launch_keys import Key, LaunchKeys
 from tailhub.daemon.live_job import LOG_UNCLAIMED, Job
 from tailhub.daemon.open_files import start_failure
 from tailhub.daemon.placement import ClusterView, Placed, Placement, Standalone
@@ -84,6 +85,7 @@ class JobManager:
         self._unsaved: set[int] = set()
         # Every job's events, within their limits.
         self._events = JobEvents(store)
+        self._launches = LaunchKeys(store.launched_with, self._jobs, self._supervised.spawn)
         self.stopping = False
         self.started_at = time.time()
         # Totals since start that no job keeps (read by metrics).
@@ -198,7 +200,7 @@ class JobManager:
     async def attach(self, name: str, spec: SourceSpec, owner: str | None = None) -> Job:
         """Attaches an external job; `owner`: the token it belongs to (None: the owner's)."""
         validate_attach(spec)
-        self._admit(spec, owner, launched=False)
+        admit(self.quota, self.descriptors, spec, owner, launched=False)
         record = self._store.create(name, spec, await self._placement.new_job_id(), owner)
         self.quota.hold(owner, [record.id])
         if not self._claim_log(record):
@@ -218,14 +220,17 @@ class JobManager:
             self.fail_start(job, error)
             raise
 
-    async def launch(self, name: str, spec: LaunchSpec, owner: str | None = None) -> Job:
-        """Records a task and hands it to its backend (it may wait PENDING for a slot)."""
+    async def launch(self, name: str, spec: LaunchSpec, owner: str | None, key: Key = None) -> Job:
+        """Records a task and hands it to its backend; once per key (launch_keys.py)."""
+        return await self._launches.once(key, lambda: self._launch(name, spec, owner, key))
+
+    async def _launch(self, name: str, spec: LaunchSpec, owner: str | None, key: Key) -> Job:
         backend = self._backends.get(spec.backend)
         if backend is None:  # (a SkyPilot spec without its task: attached, not launched)
             raise InvalidRequest("nothing to launch: the task is missing")
         backend.check(spec)
-        self._admit(spec, owner, launched=True)
-        record = self._store.create(name, spec, await self._placement.new_job_id(), owner)
+        admit(self.quota, self.descriptors, spec, owner, launched=True)
+        record = self._store.create(name, spec, await self._placement.new_job_id(), owner, key)
         self.quota.hold(owner, [record.id])
         if not self._claim_log(record):
             return self._jobs[record.id]
@@ -233,9 +238,6 @@ class JobManager:
         await self._claim_new(job)
         backend.submit(job)
         return job
-
-    def _admit(self, spec: SourceSpec, owner: str | None, *, launched: bool) -> None:
-        admit(self.quota, self.descriptors, spec, owner, launched=launched)
 
     async def publish(self, job_id: int, data: bytes, expected_offset: int | None = None) -> int:
         """Appends to a push job's log; returns its size.

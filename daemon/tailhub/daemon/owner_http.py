@@ -53,6 +53,7 @@ from tailhub.daemon.domain import SourceEvent
 from tailhub.daemon.errors import DaemonError, HttpRequestRefused, InvalidRequest, Status
 from tailhub.daemon.fanout import ChunkRange, ReadFrom, stream_log
 from tailhub.daemon.items import Ended, Heartbeat
+from tailhub.daemon.launch_keys import launch_key
 from tailhub.daemon.live_job import Job
 from tailhub.daemon.manager import JobManager
 from tailhub.daemon.messages import launch_spec
@@ -101,7 +102,7 @@ _REASONS = {
 _REQUEST_LINE = re.compile(rb"(GET|POST|[A-Z]{1,16}) (/[!-~]{0,2047}) HTTP/1\.[01]")
 _NUMBER = re.compile(r"[0-9]{1,19}")
 _JOB_PATH = re.compile(r"/v1/jobs/([0-9]{1,19})(/log)?")
-_LAUNCH_TEXT = ("name", "run", "setup", "workdir", "backend", "task_yaml")
+_LAUNCH_TEXT = ("name", "run", "setup", "workdir", "backend", "task_yaml", "launch_key")
 _LAUNCH_MAPS = ("envs", "environment")
 
 
@@ -240,8 +241,10 @@ class OwnerEndpoint:
             backend=request.backend,
         )
         spec = launch_spec(request, self._config.default_backend)
-        # The socket's peer is the owner, as on the gRPC socket: no token, no quota.
-        return job_json(await self._manager.launch(request.name, spec, None))
+        # The socket's peer is the owner, as on the gRPC socket: no token, no quota; its key
+        # is the owner's, as there (a launch called again either way gets its job back).
+        scoped = launch_key(None, request.launch_key)
+        return job_json(await self._manager.launch(request.name, spec, None, scoped))
 
     async def _log(
         self,

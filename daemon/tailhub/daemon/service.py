@@ -27,6 +27,7 @@ from tailhub.daemon.fanout import (
     filter_lines,
     stream_log,
 )
+from tailhub.daemon.launch_keys import launch_key
 from tailhub.daemon.line_filter import LineFilter
 from tailhub.daemon.live_job import Job
 from tailhub.daemon.manager import JobManager
@@ -209,7 +210,9 @@ class TailhubServicer:
             backend=request.backend,
         )
         spec = launch_spec(request, self._config.default_backend)
-        job = await self._manager.launch(request.name, spec, callers.token())
+        # Checked where it enters; scoped to the caller: a key never reaches another's job.
+        key = launch_key(callers.token(), request.launch_key)
+        job = await self._manager.launch(request.name, spec, callers.token(), key)
         return pb.LaunchJobResponse(job=job_message(job))
 
     @_translating_errors

@@ -13,6 +13,7 @@ from pathlib import Path
 from tailhub.daemon.domain import (
     JobRecord,
     JobState,
+    LaunchKey,
     SourceEvent,
     SourceSpec,
     spec_from_json,
@@ -53,6 +54,14 @@ CREATE TABLE IF NOT EXISTS meta (
 CREATE TABLE IF NOT EXISTS job_owners (
     job_id INTEGER PRIMARY KEY REFERENCES jobs(id),
     token TEXT NOT NULL
+);
+-- The key a job was launched with, per caller (a token's name; '' the owner): a launch called
+-- again with it gets this job back (launch_keys.py). Deleted with the job.
+CREATE TABLE IF NOT EXISTS launch_keys (
+    job_id INTEGER PRIMARY KEY REFERENCES jobs(id),
+    caller TEXT NOT NULL,
+    key TEXT NOT NULL,
+    UNIQUE (caller, key)
 );
 """
 
@@ -149,10 +158,15 @@ class JobStore:
         return True
 
     def create(
-        self, name: str, spec: SourceSpec, job_id: int | None = None, owner: str | None = None
+        self,
+        name: str,
+        spec: SourceSpec,
+        job_id: int | None = None,
+        owner: str | None = None,
+        key: LaunchKey | None = None,
     ) -> JobRecord:
-        """Records a new job, with the id given (cluster mode) or the next one, and the token
-        it belongs to (None: the owner's, made on the Unix socket)."""
+        """Records a new job, with the id given (cluster mode) or the next one, the token
+        it belongs to (None: the owner's, made on the Unix socket) and its launch key."""
         now = time.time()
         with self._writing():
             self._db.execute("BEGIN")
@@ -167,12 +181,24 @@ class JobStore:
                         "INSERT INTO job_owners (job_id, token) VALUES (?, ?)",
                         (cursor.lastrowid, owner),
                     )
+                if key is not None:  # (a key left by a job gone otherwise moves to this one)
+                    self._db.execute(
+                        "INSERT OR REPLACE INTO launch_keys (job_id, caller, key) VALUES (?, ?, ?)",
+                        (cursor.lastrowid, key.caller, key.key),
+                    )
                 self._db.execute("COMMIT")
             except BaseException:
                 if self._db.in_transaction:
                     self._db.execute("ROLLBACK")
                 raise
         return JobRecord(id=cursor.lastrowid, name=name, spec=spec, submitted_at=now)
+
+    def launched_with(self, key: LaunchKey) -> int | None:
+        """The id of the job launched with `key`, if one was (and is still recorded)."""
+        row = self._db.execute(
+            "SELECT job_id FROM launch_keys WHERE caller = ? AND key = ?", (key.caller, key.key)
+        ).fetchone()
+        return None if row is None else int(row[0])
 
     def owners(self) -> dict[int, str]:
         """The token each job made with one belongs to, by job id."""
@@ -240,6 +266,7 @@ class JobStore:
             try:
                 self._db.executemany("DELETE FROM events WHERE job_id=?", rows)
                 self._db.executemany("DELETE FROM job_owners WHERE job_id=?", rows)
+                self._db.executemany("DELETE FROM launch_keys WHERE job_id=?", rows)
                 self._db.executemany("DELETE FROM jobs WHERE id=?", rows)
                 self._db.execute("COMMIT")
             except BaseException:

@@ -810,6 +810,7 @@ class LaunchJobRequest(_message.Message):
     ENVIRONMENT_FIELD_NUMBER: _builtins.int
     BACKEND_FIELD_NUMBER: _builtins.int
     TASK_YAML_FIELD_NUMBER: _builtins.int
+    LAUNCH_KEY_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     workdir: _builtins.str
     """Working directory; empty means the daemon's current directory."""
@@ -824,6 +825,16 @@ class LaunchJobRequest(_message.Message):
     task_yaml: _builtins.str
     """The task file's text, for backends that take a task whole (skypilot: resources,
     file_mounts...). The local backend uses run/setup/workdir/envs and ignores it.
+    """
+    launch_key: _builtins.str
+    """Makes the call idempotent: a client that did not get the answer (a deadline, a daemon
+    restarted) calls again with the same key, and gets the job the first call created instead
+    of a second one (whatever the rest of the request says). 16-64 characters of A-Z a-z 0-9
+    _ -, else INVALID_ARGUMENT; one random key per launch (the CLI: 16 random bytes, hex).
+    Scoped to the caller (the token, or the owner on the Unix socket): another caller's same
+    key is another launch. Remembered with the job, across restarts, until the job is removed;
+    kept by the daemon that created the job (in a cluster, call again on the same node).
+    Empty: no key, every call launches.
     """
     @_builtins.property
     def envs(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
@@ -845,10 +856,11 @@ class LaunchJobRequest(_message.Message):
         environment: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         backend: _builtins.str = ...,
         task_yaml: _builtins.str = ...,
+        launch_key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "environment", b"environment", "envs", b"envs", "name", b"name", "run", b"run", "setup", b"setup", "task_yaml", b"task_yaml", "workdir", b"workdir"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "environment", b"environment", "envs", b"envs", "launch_key", b"launch_key", "name", b"name", "run", b"run", "setup", b"setup", "task_yaml", b"task_yaml", "workdir", b"workdir"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
