@@ -19,6 +19,7 @@ from typing import Any
 
 import grpc
 import pytest
+from cluster_helpers import Cluster
 from helpers import BackgroundCli, DaemonProcess, wait_until
 from remote_helpers import bearer, create_token, free_port
 
@@ -231,6 +232,21 @@ def test_a_cli_launch_that_gives_up_says_the_job_may_be_launched_and_its_key_get
     assert again.wait(60) == 0, again.stderr
     assert again.stdout == b"hello\n"
     with _service(daemon.address) as service:
+        assert _job_count(service) == 1
+    assert _runs(workdir) == 1
+
+
+def test_a_cluster_node_launches_once_per_key(cluster: Cluster, workdir: Path) -> None:
+    # The key stays on the node that took the call (never in Redis): the client calls again
+    # on the same node.
+    node = cluster.start(2)[0]
+    request = _counting_task(workdir)
+    request.launch_key = KEY
+    with _service(node.address) as service:
+        first = service.LaunchJob(request, timeout=30).job.id
+        assert service.LaunchJob(request, timeout=30).job.id == first
+        wait_until(_ended(service, first), what="the job's end")
+        assert service.LaunchJob(request, timeout=30).job.id == first
         assert _job_count(service) == 1
     assert _runs(workdir) == 1
 
