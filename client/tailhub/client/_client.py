@@ -289,7 +289,7 @@ class Client:
         pause = MIN_RETRY_PAUSE
         told = False
         while True:
-            timeout = max(min(call_timeout, give_up - time.monotonic()), 1)
+            timeout = min(call_timeout, max(give_up - time.monotonic(), 1))
             try:
                 if not sent_to:  # the first try: to whichever daemon takes it
                     return self._call(launch_job, request, timeout=timeout)
