@@ -1,9 +1,11 @@
 """The skypilot backend, against the SkyPilot contract double (tests/sky_double/sky): jobs
-submitted with `sky jobs launch -d -y`, followed with one `sky jobs logs` each, cancelled with
+submitted and followed with one `sky jobs launch -y` each (its log after the submission), on
+with `sky jobs logs` only when that stream breaks or the daemon restarts; cancelled with
 `sky jobs cancel -y`; a dropped stream loses and repeats no line."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -56,7 +58,26 @@ def by_subcommand(sky: SkyDouble) -> Counter[str]:
     return Counter(argv[1] for argv in sky.invocations() if argv[:1] == ["jobs"])
 
 
-def test_thirty_concurrent_launches_hold_one_logs_process_each(
+def without_closing(log: bytes) -> bytes:
+    """A log without SkyPilot's closing lines (`✓ Job finished ...` on): which of them a
+    `sky jobs logs` prints depends on whether the job had ended when it started."""
+    return log[: log.rfind(b"\n", 0, log.index(b"Job finished (status")) + 1]
+
+
+def sky_logs(sky: SkyDouble, managed: str) -> bytes:
+    """The whole log as `sky jobs logs --tail 0` prints it now, in bytes."""
+    done = subprocess.run(
+        [str(SKY), "jobs", "logs", "--tail", "0", managed],
+        env=sky.env(),
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode in (0, 100, 103), done.stderr
+    return done.stdout
+
+
+def test_thirty_concurrent_launches_hold_one_sky_process_each(
     home: Path, skyd: DaemonProcess, sky: SkyDouble, workdir: Path
 ) -> None:
     # A third succeed, a third fail, a third are cancelled (in SkyPilot, by someone else).
@@ -69,7 +90,13 @@ def test_thirty_concurrent_launches_hold_one_logs_process_each(
             workdir / f"t{index}", f"name: job{index}\nrun: |\n  echo start {index}\n  {run}\n"
         )
         clis.append((index, start_cli(home, "jobs", "launch", "--backend", "skypilot", str(task))))
-    wait_until(lambda: len(logs_runs(sky)) == 30, 60, "every job to be followed")
+
+    # Out of PENDING: the job's log flows (its `sky jobs launch` got past the submission).
+    def followed() -> bool:
+        listed = queue(home)
+        return len(listed) == 30 and all(job["state"] != "PENDING" for job in listed.values())
+
+    wait_until(followed, 120, "every job to be followed")
     for index in range(2, 30, 3):
         cancelled = sky.run("jobs", "cancel", "-y", "-n", f"job{index}")
         assert cancelled.returncode == 0, cancelled.stderr
@@ -77,12 +104,11 @@ def test_thirty_concurrent_launches_hold_one_logs_process_each(
         out, err = cli.communicate(timeout=60)
         assert cli.returncode == expected[index % 3], (index, err)
         assert task_lines(out)[0] == f"start {index}", out
-    # One submission and one `sky jobs logs` per job, never a second; a queue call at most
-    # for each failed job (to say why it failed).
-    assert all(count == 1 for count in logs_runs(sky).values()), logs_runs(sky)
+    # One `sky jobs launch` per job, which also streamed its log: no `sky jobs logs`; a queue
+    # call at most for each failed job (to say why it failed).
     counts = by_subcommand(sky)
     assert counts["launch"] == 30
-    assert counts["logs"] == 30
+    assert counts["logs"] == 0
     assert counts["queue"] <= 10
     assert counts["cancel"] == 10
     listed = queue(home)
@@ -96,8 +122,9 @@ def test_thirty_concurrent_launches_hold_one_logs_process_each(
 def test_a_dropped_stream_loses_and_repeats_no_line(
     home: Path, skyd: DaemonProcess, sky: SkyDouble, workdir: Path
 ) -> None:
-    # The first `sky jobs logs` dies after 4 lines, half-way through the 5th; its replay
-    # differs in the first task line (a new pid, as after a recovery).
+    # The launch's log stream dies after 4 lines, half-way through the 5th; the replay of
+    # the `sky jobs logs` that goes on differs in the first task line (a new pid, as after a
+    # recovery).
     sky.set_faults(DROP_AFTER="4", DROP_PARTIAL="1", DROP_TIMES="1", REPLAY_MISMATCH="1")
     lines = "\n".join(f"  echo line {n}" for n in range(1, 7))
     task = write_task(workdir, f"name: drop\nrun: |\n{lines}\n")
@@ -109,7 +136,93 @@ def test_a_dropped_stream_loses_and_repeats_no_line(
     assert "differs from the stored one" in done.stderr.decode()
     job = queue(home)[submitted_id(done.stderr)]
     assert job["upstream_connections"] == 2
-    assert list(logs_runs(sky).values()) == [2]
+    assert list(logs_runs(sky).values()) == [1]
+    assert by_subcommand(sky) == Counter({"launch": 1, "queue": 1, "logs": 1})
+
+
+def test_a_job_followed_from_launch_to_end_costs_one_sky_process_and_its_log_is_exact(
+    home: Path, skyd: DaemonProcess, sky: SkyDouble, workdir: Path
+) -> None:
+    # Control bytes, colours, UTF-8 and bytes that are not UTF-8 (SkyPilot's stream is text:
+    # it replaces those, the same way whoever asks).
+    gate = workdir / "go"
+    task = write_task(
+        workdir,
+        f"name: exact\nrun: |\n  echo first\n"
+        f"  while [ ! -e {gate} ]; do sleep 0.05; done\n"
+        "  printf 'bin \\000\\001\\033[31mred\\033[0m \\342\\202\\254 \\377\\376 end\\n'\n"
+        "  printf 'no newline at the end'\n",
+    )
+    launch = start_cli(home, "jobs", "launch", "--backend", "skypilot", str(task))
+    wait_until(lambda: list(queue(home).values())[0]["state"] == "RUNNING", 60, "the log")
+    # What `sky jobs logs --tail 0` prints when it follows the same job from now on.
+    reference = subprocess.Popen(
+        [str(SKY), "jobs", "logs", "--tail", "0"],
+        env=sky.env(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    [counter] = sky.home.glob("jobs/*/logs_count")
+    wait_until(lambda: counter.read_text() == "2", 60, "the reference to follow")
+    gate.touch()
+    out, err = launch.communicate(timeout=60)
+    expected, _ = reference.communicate(timeout=60)
+    assert launch.returncode == 0, err
+    lines = task_lines(out)
+    assert lines[0] == "first"
+    assert lines[1].startswith("bin \x00\x01red \u20ac")
+    assert lines[2] == "no newline at the end"
+    assert out == expected
+    assert b"Useful Commands" not in out
+    assert b"Launching managed job" not in out
+    # One `sky` for the job: the launch that also streamed its log (the double records each
+    # run, with its CPU).
+    runs = [
+        json.loads(line)
+        for line in (sky.home / "usage.log").read_text().splitlines()
+        if json.loads(line)["pid"] != reference.pid
+    ]
+    assert [run["argv"][:2] for run in runs if run["argv"][:1] == ["jobs"]] == [["jobs", "launch"]]
+
+
+@pytest.mark.parametrize("after", [0, 3, 11])
+def test_a_launch_that_dies_mid_stream_goes_on_with_sky_jobs_logs_exactly(
+    home: Path, skyd: DaemonProcess, sky: SkyDouble, workdir: Path, after: int
+) -> None:
+    # The launch's stream breaks after `after` lines of the log (half-way through the next):
+    # before the first line, in the job's lines, in SkyPilot's closing lines.
+    sky.set_faults(DROP_AFTER=str(after), DROP_PARTIAL="1", DROP_TIMES="1")
+    lines = "\n".join(f"  echo line {n}" for n in range(1, 9))
+    task = write_task(workdir, f"name: dies\nrun: |\n{lines}\n")
+    done = run_cli(home, "jobs", "launch", "--backend", "skypilot", str(task))
+    assert done.returncode == 0, done.stderr
+    assert task_lines(done.stdout) == [f"line {n}" for n in range(1, 9)]
+    assert "differs from the stored one" not in done.stderr.decode()
+    job = queue(home)[submitted_id(done.stderr)]
+    assert job["upstream_connections"] == 2
+    assert by_subcommand(sky) == Counter({"launch": 1, "queue": 1, "logs": 1})
+    assert without_closing(done.stdout) == without_closing(sky_logs(sky, job["external_id"]))
+
+
+def test_lines_a_launch_prints_before_the_log_do_not_shift_the_replay_after_a_drop(
+    home: Path, skyd: DaemonProcess, sky: SkyDouble, workdir: Path
+) -> None:
+    # SkyPilot's default mode prints the jobs controller's start after `Launching managed
+    # job`: stored as the log's start, they are not in what `sky jobs logs` replays.
+    sky.set_faults(CONTROLLER_LINES="2", DROP_AFTER="4", DROP_PARTIAL="1", DROP_TIMES="1")
+    lines = "\n".join(f"  echo line {n}" for n in range(1, 7))
+    task = write_task(workdir, f"name: controller\nrun: |\n{lines}\n")
+    done = run_cli(home, "jobs", "launch", "--backend", "skypilot", str(task))
+    assert done.returncode == 0, done.stderr
+    assert task_lines(done.stdout) == [f"line {n}" for n in range(1, 7)]
+    assert "the launch stored 2 lines before the log" in done.stderr.decode()
+    job = queue(home)[submitted_id(done.stderr)]
+    controller = b"".join(
+        f"\x1b[2m\u2699\ufe0e Job submitted, ID: {n}\x1b[0m\n".encode() for n in (1, 2)
+    )
+    expected = controller + sky_logs(sky, job["external_id"])
+    assert without_closing(done.stdout) == without_closing(expected)
 
 
 def test_cancel_runs_sky_jobs_cancel_once(
@@ -137,6 +250,8 @@ def test_cancel_runs_sky_jobs_cancel_once(
         ["jobs", "cancel", "-y", managed]
     ]
     assert sky.queue()[int(managed)]["status"] == "CANCELLED"
+    # Its id came after the log: the cancel found it with one `sky jobs queue`.
+    assert by_subcommand(sky) == Counter({"launch": 1, "queue": 2, "cancel": 1})
 
 
 def test_attach_follows_a_managed_job_launched_elsewhere(
@@ -183,6 +298,11 @@ def test_an_old_sky_without_tail_is_followed_without_it(
     done = run_cli(home, "jobs", "launch", "--backend", "skypilot", str(task))
     assert done.returncode == 0, done.stderr
     assert task_lines(done.stdout) == ["from an old sky"]
+    managed = sky.launch(task)
+    attached = run_cli(home, "jobs", "attach", "--skypilot", str(managed))
+    assert attached.returncode == 0, attached.stderr
+    logs = run_cli(home, "jobs", "logs", attached.stdout.decode().strip())
+    assert task_lines(logs.stdout) == ["from an old sky"]
     runs = [argv for argv in sky.invocations() if argv[:2] == ["jobs", "logs"]]
     assert runs[0][2:4] == ["--tail", "0"]
     assert "--tail" not in runs[-1]
@@ -236,7 +356,11 @@ def test_a_daemon_restart_resumes_the_stream_without_losing_or_repeating_a_line(
     assert task_lines(logs.stdout) == ["line 1", "line 2", "line 3", "line 4"]
     assert ANSI.sub("", logs.stdout.decode()).count("Job started. Streaming logs...") == 1
     assert queue(home)[job_id]["upstream_connections"] == 2
-    assert list(logs_runs(sky).values()) == [2]
+    # The launch streamed the start; the restarted daemon found the job's id (one queue
+    # call) and went on with one `sky jobs logs`, exactly where the stored log ends.
+    assert by_subcommand(sky) == Counter({"launch": 1, "queue": 1, "logs": 1})
+    managed = queue(home)[job_id]["external_id"]
+    assert without_closing(logs.stdout) == without_closing(sky_logs(sky, managed))
 
 
 @pytest.mark.parametrize(

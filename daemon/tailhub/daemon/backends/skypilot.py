@@ -1,9 +1,10 @@
 """The `skypilot` backend: tasks submitted as SkyPilot managed jobs with the `sky` CLI.
 
-`sky jobs launch -d -y` submits (a supervised task, bounded in time, so a slow submission
-blocks nothing); the managed job id it prints is recorded, and from then on the job's one
-upstream is the `skypilot` source (`sky jobs logs`). Cancel runs `sky jobs cancel -y`, once,
-and does not wait for it: SkyPilot's cancel is asynchronous (the cluster is torn down first).
+Submitting writes the task file and starts the job's fetch: its first upstream is the
+`sky jobs launch -y` (no -d) that submits the job and streams its log, one `sky` per job
+(sources/skypilot.py). Cancel runs `sky jobs cancel -y ID`, once, and does not wait for it:
+SkyPilot's cancel is asynchronous (the cluster is torn down first). SkyPilot prints the id
+only after the log; a cancel before that finds it with one `sky jobs queue -o json`.
 """
 
 from __future__ import annotations
@@ -18,14 +19,18 @@ from tailhub.daemon.domain import MANAGED_JOB_ID, JobState, SkyPilotSpec, Source
 from tailhub.daemon.errors import InvalidRequest, StorageFull
 from tailhub.daemon.faults import is_disk_full
 from tailhub.daemon.live_job import Job
-from tailhub.daemon.sky import managed_job_ids, message_of
+from tailhub.daemon.sky import (
+    LOG_STARTED_AT,
+    SKY_NAME,
+    SUBMITTING,
+    TASK_PATH,
+    find_launched,
+    message_of,
+)
 from tailhub.daemon.sources import SourceEnvironment
 from tailhub.daemon.statedir import ensure_private_dir, write_state_file
 from tailhub.daemon.store import JobStore
 
-# Resume state: `sky jobs launch` was started; whether SkyPilot took the job is unknown
-# until it prints the managed job id.
-_SUBMITTING = "submitting"
 # Resume state: `sky jobs cancel` ran (it is run once).
 _CANCEL_SENT = "cancel_sent"
 _CANCEL_TIMEOUT = 120.0
@@ -38,9 +43,12 @@ class SkyPilotBackend:
         self._host = host
         self._config = environment.config
         self._sky = environment.sky
+        self._sky.submit_timeout = self._config.sky_submit_timeout
         self._store = store
         # Jobs a full disk kept from being submitted, by id: retried on each tick.
         self._waiting_for_space: dict[int, Job] = {}
+        # Jobs cancelled before their managed job id was known, by id: it is being found.
+        self._finding: set[int] = set()
 
     def check(self, spec: SourceSpec) -> None:
         assert isinstance(spec, SkyPilotSpec)
@@ -52,11 +60,19 @@ class SkyPilotBackend:
     def submit(self, job: Job) -> None:
         # "submitting" must be on disk before `sky` runs: a daemon restarted without it
         # would submit the job a second time. A full disk keeps the job waiting instead.
-        job.record.source_state[_SUBMITTING] = True
+        spec = job.record.spec
+        assert isinstance(spec, SkyPilotSpec)
+        state = job.record.source_state
+        task_path = self._config.paths.run_dir(job.id) / "task.yaml"
+        state.update({SUBMITTING: True, TASK_PATH: str(task_path)})
+        state[SKY_NAME] = spec.name or job.record.name
         try:
+            ensure_private_dir(task_path.parent)
+            write_state_file(task_path, spec.task_yaml)
             self._store.save(job.record)
         except Exception as error:  # whatever it is, it concerns this job only
-            job.record.source_state.pop(_SUBMITTING, None)
+            for key in (SUBMITTING, TASK_PATH, SKY_NAME):
+                state.pop(key, None)
             if isinstance(error, StorageFull) or is_disk_full(error):
                 if job.id not in self._waiting_for_space:
                     self._waiting_for_space[job.id] = job
@@ -67,13 +83,14 @@ class SkyPilotBackend:
             self._host.fail_start(job, error)
             return
         self._waiting_for_space.pop(job.id, None)
-        self._host.spawn(job, self._submit(job), name=f"sky-launch-{job.id}")
+        self._host.start_fetcher(job, finishing=False)
 
     def adopt(self, job: Job) -> None:
         state = job.record.source_state
-        if MANAGED_JOB_ID in state:
+        if MANAGED_JOB_ID in state or state.get(LOG_STARTED_AT):
+            # (Without the id, the fetch finds it: SkyPilot took the job.)
             self._host.start_fetcher(job, finishing=job.state.terminal)
-        elif state.get(_SUBMITTING):
+        elif state.get(SUBMITTING):
             self._host.fail_start(
                 job,
                 "the daemon stopped while `sky jobs launch` ran: whether SkyPilot took the "
@@ -91,7 +108,10 @@ class SkyPilotBackend:
         managed_id = record.source_state.get(MANAGED_JOB_ID)
         if isinstance(managed_id, int):
             self._send_cancel(job, managed_id)
-        # Still submitting: cancelled as soon as SkyPilot gives its id.
+        elif job.id not in self._finding:
+            # Still submitting, or its id not printed yet: cancelled once SkyPilot took it.
+            self._finding.add(job.id)
+            self._host.spawn(job, self._find_and_cancel(job), name=f"sky-find-{job.id}")
         return Cancelling.REQUESTED
 
     def released(self, job: Job) -> None:
@@ -107,37 +127,28 @@ class SkyPilotBackend:
             if job.id in self._waiting_for_space:
                 return  # still full
 
-    async def _submit(self, job: Job) -> None:
-        spec = job.record.spec
-        assert isinstance(spec, SkyPilotSpec)
-        run_dir = self._config.paths.run_dir(job.id)
-        ensure_private_dir(run_dir)
-        task_path = run_dir / "task.yaml"
-        write_state_file(task_path, spec.task_yaml)
-        argv = self._sky.launch_argv(str(task_path), spec.name or job.record.name, spec.envs)
-        environment = self._sky.launch_environment(spec.environment, spec.envs)
-        timeout = self._config.sky_submit_timeout
-        try:
-            result = await self._sky.run(argv, environment, cwd=spec.workdir, timeout=timeout)
-        except OSError as error:
-            self._host.fail_start(job, f"cannot run {self._sky.path}: {error.strerror}")
-            return
-        if result.exit_code is None:
-            self._host.fail_start(job, f"`sky jobs launch` took longer than {timeout:.0f}s")
-            return
-        ids = managed_job_ids(result.stdout) if result.exit_code == 0 else []
-        if not ids:
-            message = message_of(result) or f"sky jobs launch exited with {result.exit_code}"
-            self._host.fail_start(job, message)
-            return
+    async def _find_and_cancel(self, job: Job) -> None:
+        """Cancels a job whose managed job id was not known at the cancel: once SkyPilot took
+        it, its id is the launch's (if printed by then) or one `sky jobs queue` away."""
         state = job.record.source_state
-        state[MANAGED_JOB_ID] = ids[-1]
-        state.pop(_SUBMITTING, None)
-        self._host.save_or_defer(job)
-        self._host.record_event(job, f"submitted as SkyPilot managed job {ids[-1]}")
-        if job.record.cancel_requested:
-            self._send_cancel(job, ids[-1])
-        self._host.start_fetcher(job, finishing=False)
+        try:
+            while not (job.sealed or MANAGED_JOB_ID in state or state.get(LOG_STARTED_AT)):
+                await job.changed.wait()
+            if job.sealed:
+                return
+            managed_id = state.get(MANAGED_JOB_ID)
+            if not isinstance(managed_id, int):
+                spec = job.record.spec
+                assert isinstance(spec, SkyPilotSpec)
+                environment = self._sky.environment(spec.environment)
+                try:
+                    managed_id = await find_launched(self._sky, environment, state)
+                except (LookupError, OSError) as error:
+                    self._host.record_event(job, f"cannot cancel in SkyPilot: {error}")
+                    return
+            self._send_cancel(job, managed_id)
+        finally:
+            self._finding.discard(job.id)
 
     def _send_cancel(self, job: Job, managed_id: int) -> None:
         state = job.record.source_state

@@ -1,4 +1,10 @@
-"""The `skypilot` source: one `sky jobs logs --tail 0 ID` per job, run again when it drops.
+"""The `skypilot` source: the job's `sky jobs launch` (no -d), then, only if it drops before
+the log ends or the daemon restarted, `sky jobs logs --tail 0 ID`, run again when it drops.
+
+A launch without -d prints its submission lines, then the log exactly as `sky jobs logs`
+streams it, then a hint with the managed job id (sky.LaunchOutput keeps only the log). Its id
+comes after the log: a launch that ends early, or a restart, finds it with one
+`sky jobs queue -o json` (sky.find_launched) and goes on with `sky jobs logs`.
 
 SkyPilot replays the whole log on every run, and a replay after a recovery is not byte-exact
 (the task prefix carries a new pid). So the log is kept in whole lines: a line is stored
@@ -14,6 +20,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -24,11 +32,21 @@ from tailhub.daemon.sky import (
     ANSI,
     CANCELLED,
     FAILED,
+    LAUNCHED_AT,
+    LOG_STARTED_AT,
     NOT_FINISHED,
     NOT_FOUND,
+    SKY_NAME,
+    SUBMITTING,
     SUCCEEDED,
+    TASK_PATH,
     USAGE_ERROR,
+    LaunchOutput,
     SkyCli,
+    SkyResult,
+    find_launched,
+    managed_job_ids,
+    message_of,
     terminate,
 )
 from tailhub.daemon.sources.base import Outcome, Upstream
@@ -48,6 +66,11 @@ _MAX_HELD_BYTES = 1024 * 1024
 _KEPT_STDERR_BYTES = 16 * 1024
 # Reading the stored log back, to count its lines or compare a replay with it.
 _READ_BACK_BYTES = 1024 * 1024
+# How many stored lines a replay's first line is looked for in (see _Replay._align_to), and
+# what was found: stored lines before the replayed ones, and their size.
+_ALIGN_LINES = 64
+_EXTRA_LINES = "extra_lines"
+_EXTRA_AT = "extra_at"
 # The line count is saved with the log this often, so that a recount after a crash is short.
 _SAVE_EVERY_BYTES = 64 * 1024 * 1024
 # The one `sky jobs queue` call that confirms a failure may take this long.
@@ -64,66 +87,95 @@ class SkyPilotSource:
     counts_connections: ClassVar[bool] = True
 
     async def fetch(self, upstream: Upstream) -> Outcome | None:
-        managed_id = self._managed_job_id(upstream)
         await stop_left_over(self.runner, upstream)
+        state = upstream.state
+        managed_id = self.spec.managed_job_id or state.get(MANAGED_JOB_ID)
+        if not isinstance(managed_id, int):
+            if state.get(SUBMITTING) and LAUNCHED_AT not in state:
+                return await self._launch(upstream)
+            managed_id = await self._find_launched(upstream)
         stored_lines, stored_partial = await _stored_lines(upstream)
-        process, connected = await start_connecting(
-            self.connecting, lambda: self._start(managed_id)
+        process, connected = await self._connect(
+            self.sky.logs_argv(managed_id), self._environment()
         )
-        assert process.stdout is not None
-        assert process.stderr is not None
-        stderr = asyncio.create_task(_read_tail(process.stderr))
-        replay = _Replay(upstream, stored_lines, stored_partial)
-        try:
-            # Inside the try: a save that fails (a full disk) still stops the process.
-            upstream.state.update(RunHandle.of(process.pid).to_json())
-            upstream.save_state()
-            partial = b""
-            while data := await process.stdout.read(READ_BYTES):
-                connected()
-                cut = data.rfind(b"\n")
-                if cut < 0:
-                    partial += data
-                    if len(partial) >= _MAX_HELD_BYTES:
-                        replay.take(partial)
-                        partial = b""
-                    continue
-                lines, partial = partial + data[: cut + 1], data[cut + 1 :]
-                replay.take(lines)
-                replay.save_now_and_then()
-            exit_code = await process.wait()
-            errors = await stderr
-            if exit_code in (SUCCEEDED, FAILED, CANCELLED, NOT_FOUND) and partial:
-                replay.take(partial)  # the stream ended, not dropped: its last line is whole
-        finally:
-            connected()
-            if process.returncode is None:
-                await terminate(process)
-            stderr.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await stderr
-            replay.save()
+        replay = _Replay(upstream, stored_lines, stored_partial, launched=LAUNCHED_AT in state)
+        exit_code, errors = await _stream(process, connected, upstream, replay, None)
         replay.report()
+        assert exit_code is not None  # (no deadline)
         return await self._outcome(managed_id, exit_code, errors)
 
-    def _managed_job_id(self, upstream: Upstream) -> int:
-        known = self.spec.managed_job_id or upstream.state.get(MANAGED_JOB_ID)
-        if not isinstance(known, int):
-            raise UpstreamUnusable("the SkyPilot job was never submitted: no managed job id")
-        return known
+    async def _launch(self, upstream: Upstream) -> Outcome:
+        """The job's first upstream: the `sky jobs launch` (no -d) that submits it, whose
+        output after the submission is the log as `sky jobs logs` streams it."""
+        state = upstream.state
+        spec = self.spec
+        argv = self.sky.launch_argv(str(state.get(TASK_PATH)), str(state.get(SKY_NAME)), spec.envs)
+        # Before `sky` runs: a restart after this never launches again.
+        state[LAUNCHED_AT] = time.time()
+        upstream.save_state()
+        environment = self.sky.launch_environment(spec.environment, spec.envs)
+        process, connected = await self._connect(argv, environment)
+        cut = LaunchOutput()
+        exit_code, errors = await _stream(
+            process, connected, upstream, _Replay(upstream, 0, 0), cut, self.sky.submit_timeout
+        )
+        ids = managed_job_ids(cut.said)
+        if exit_code is None:
+            timeout = self.sky.submit_timeout
+            return _failed(f"`sky jobs launch` took longer than {timeout:.0f}s")
+        if not cut.log_started and (exit_code != SUCCEEDED or not ids):
+            result = SkyResult(exit_code, cut.said, errors)
+            return _failed(message_of(result) or f"sky jobs launch exited with {exit_code}")
+        managed_id = ids[-1] if ids else await self._find_launched(upstream)
+        self._record(upstream, managed_id)
+        if cut.ended and exit_code in (SUCCEEDED, FAILED, CANCELLED, NOT_FOUND):
+            return await self._outcome(managed_id, exit_code, errors)
+        raise UpstreamFailed(
+            f"sky jobs launch ended before the log did ({exit_code}): following with sky jobs logs",
+            exit_code,
+        )
+
+    async def _find_launched(self, upstream: Upstream) -> int:
+        """The id of a job launched here whose launch ended (or the daemon stopped) before
+        SkyPilot printed it."""
+        try:
+            managed_id = await find_launched(self.sky, self._environment(), upstream.state)
+        except LookupError as error:
+            raise UpstreamUnusable(f"the SkyPilot job cannot be followed: {error}") from None
+        except OSError as error:
+            raise UpstreamUnusable(
+                f"cannot run {self.sky.path}: {error.strerror}", exit_code=127
+            ) from error
+        self._record(upstream, managed_id)
+        upstream.event(f"SkyPilot managed job {managed_id} (found with sky jobs queue)")
+        return managed_id
+
+    @staticmethod
+    def _record(upstream: Upstream, managed_id: int) -> None:
+        if upstream.state.get(MANAGED_JOB_ID) != managed_id:
+            upstream.state[MANAGED_JOB_ID] = managed_id
+            upstream.state.pop(SUBMITTING, None)
+            upstream.save_state()
+
+    async def _connect(
+        self, argv: list[str], environment: dict[str, str]
+    ) -> tuple[asyncio.subprocess.Process, Callable[[], None]]:
+        return await start_connecting(self.connecting, lambda: self._start(argv, environment))
 
     def _environment(self) -> dict[str, str]:
         # An attached job (no task of ours) came with no client environment: the daemon's.
         return self.sky.environment(self.spec.environment, attached=not self.spec.task_yaml)
 
-    async def _start(self, managed_id: int) -> asyncio.subprocess.Process:
+    async def _start(
+        self, argv: list[str], environment: dict[str, str]
+    ) -> asyncio.subprocess.Process:
         try:
             return await asyncio.create_subprocess_exec(
-                *self.sky.logs_argv(managed_id),
+                *argv,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
-                env=self._environment(),
+                env=environment,
                 cwd=self.spec.workdir or None,
                 start_new_session=True,
             )
@@ -175,21 +227,111 @@ class SkyPilotSource:
         return reason
 
 
+def _failed(reason: str) -> Outcome:
+    """A submission that failed: the job fails with SkyPilot's own words."""
+    return Outcome(FAILED, reason, JobState.FAILED)
+
+
+async def _stream(
+    process: asyncio.subprocess.Process,
+    connected: Callable[[], None],
+    upstream: Upstream,
+    replay: _Replay,
+    cut: LaunchOutput | None,
+    submit_timeout: float | None = None,
+) -> tuple[int | None, str]:
+    """Stores a `sky` process's stdout in whole lines (through `cut` for a launch: only its
+    log) until it exits; returns its exit code (None: no log within `submit_timeout`) and
+    the end of its stderr. Whatever happens, the process is stopped and the count saved."""
+    assert process.stdout is not None
+    assert process.stderr is not None
+    stderr = asyncio.create_task(_read_tail(process.stderr))
+    deadline = None if submit_timeout is None else time.monotonic() + submit_timeout
+    exit_code: int | None = None
+    errors = ""
+    try:
+        # Inside the try: a save that fails (a full disk) still stops the process.
+        upstream.state.update(RunHandle.of(process.pid).to_json())
+        upstream.save_state()
+        partial = b""
+        while data := await _read(process.stdout, cut, deadline):
+            connected()
+            end = data.rfind(b"\n")
+            if end < 0:
+                partial += data
+                if len(partial) >= _MAX_HELD_BYTES:
+                    replay.take(cut.piece(partial) if cut else partial)
+                    partial = b""
+                continue
+            lines, partial = partial + data[: end + 1], data[end + 1 :]
+            if cut is None:
+                replay.take(lines)
+            else:
+                _take_launch_lines(upstream, replay, cut, lines)
+            replay.save_now_and_then()
+        exit_code = await process.wait()
+        errors = await stderr
+        if exit_code in (SUCCEEDED, FAILED, CANCELLED, NOT_FOUND):
+            # The stream ended, not dropped: its last line is whole.
+            tail = (cut.piece(partial) if partial else cut.finish()) if cut else partial
+            if tail:
+                replay.take(tail)
+    except asyncio.TimeoutError:
+        exit_code = None
+    finally:
+        connected()
+        if process.returncode is None:
+            await terminate(process)
+        stderr.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await stderr
+        replay.save()
+    return exit_code, errors
+
+
+def _take_launch_lines(
+    upstream: Upstream, replay: _Replay, cut: LaunchOutput, lines: bytes
+) -> None:
+    started = cut.log_started
+    log = cut.lines(lines)
+    if cut.log_started and not started:
+        # SkyPilot took the job: a restart from here on finds it, never launches it again.
+        upstream.state[LOG_STARTED_AT] = time.time()
+        upstream.save_state()
+        upstream.event("submitted to SkyPilot; its managed job id comes with the log's end")
+    replay.take(log)
+
+
+async def _read(
+    stream: asyncio.StreamReader, cut: LaunchOutput | None, deadline: float | None
+) -> bytes:
+    """The next bytes; until a launch's log begins, within its deadline (TimeoutError)."""
+    if cut is None or cut.log_started or deadline is None:
+        return await stream.read(READ_BYTES)
+    return await asyncio.wait_for(stream.read(READ_BYTES), max(0.0, deadline - time.monotonic()))
+
+
 class _Replay:
     """Appends whole lines, first skipping the `skip` lines a reconnect replays."""
 
-    def __init__(self, upstream: Upstream, skip: int, skip_partial: int) -> None:
+    def __init__(
+        self, upstream: Upstream, skip: int, skip_partial: int, *, launched: bool = False
+    ) -> None:
         self._upstream = upstream
         self._lines = skip
-        self._skip = skip
+        # Stored lines of a launch's that `sky jobs logs` does not replay, and where the
+        # replayed ones start (found at the first replay, see _align_to).
+        extra = int(upstream.state.get(_EXTRA_LINES, 0))
+        self._skip = max(0, skip - extra)
         # Bytes of an unfinished line stored after the whole ones: skipped after them.
         self._skip_partial = skip_partial
         self._tail = skip_partial
         self._skipped = 0
         # Where the next replayed line should be in the stored log, while bytes match.
-        self._offset: int | None = 0
+        self._offset: int | None = int(upstream.state.get(_EXTRA_AT, 0))
         self._mismatch_at: int | None = None
         self._saved_at = upstream.stored
+        self._align = launched and _EXTRA_LINES not in upstream.state
 
     def take(self, data: bytes) -> None:
         """Whole lines, or a long line's start (then its continuation comes next)."""
@@ -203,6 +345,9 @@ class _Replay:
             self._tail = len(data) - last - 1 if last >= 0 else self._tail + len(data)
 
     def _skip_replayed(self, data: bytes) -> bytes:
+        if self._align and b"\n" in data:
+            self._align = False
+            self._align_to(data[: data.index(b"\n") + 1])
         start = 0
         while self._skip and start < len(data):
             end = data.find(b"\n", start)
@@ -221,6 +366,28 @@ class _Replay:
             self._skip_partial -= len(piece)
             start += len(piece)
         return data[start:]
+
+    def _align_to(self, first: bytes) -> None:
+        """A launch's output may hold lines after its submission that are not the log's (a
+        SkyPilot whose API server prints more of the launch, such as the controller's
+        start): stored, they are not replayed. The replay is followed from the stored line
+        equal to its first, if one of the first `_ALIGN_LINES` is; else from the start."""
+        state = self._upstream.state
+        state[_EXTRA_LINES], state[_EXTRA_AT] = 0, 0  # (saved with the count)
+        stored = self._upstream.read(0, min(self._upstream.stored, _READ_BACK_BYTES))
+        offset = 0
+        for index, line in enumerate(stored.split(b"\n")[:_ALIGN_LINES]):
+            if line + b"\n" == first:
+                if index and index < self._skip:
+                    self._skip -= index
+                    self._offset = offset
+                    state[_EXTRA_LINES], state[_EXTRA_AT] = index, offset
+                    self._upstream.event(
+                        f"the launch stored {index} lines before the log sky jobs logs "
+                        "replays; following the replay from there"
+                    )
+                return
+            offset += len(line) + 1
 
     def _compare(self, piece: bytes) -> None:
         """Follows the replay through the stored log while their bytes agree."""
