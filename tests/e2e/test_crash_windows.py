@@ -6,14 +6,14 @@ test then starts it again without it and checks what a user would see.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 from helpers import DaemonProcess, wait_until
 
-from tailhub.client import JobState, LogChunk, TailhubError
+from tailhub.client import JobState, LogChunk
 
 
 def _crashed(daemon: DaemonProcess) -> bool:
@@ -30,16 +30,25 @@ def test_a_daemon_killed_while_starting_a_job_runs_it_exactly_once(
     counter = workdir / "runs"
     monkeypatch.setenv("TAILHUB_CRASH_AT", point)
     daemon = start_daemon()
-    with daemon.client() as client, contextlib.suppress(TailhubError):
-        client.launch(f"echo ran >> {counter}; echo hello")
-    wait_until(lambda: _crashed(daemon), what=f"the daemon to kill itself {point}")
-    monkeypatch.delenv("TAILHUB_CRASH_AT")
+    # The launch outlives the crash: its client calls the restarted daemon again with the
+    # same launch key, and gets the one job back.
+    launched: list[int] = []
+    with daemon.client() as client, ThreadPoolExecutor(1) as pool:
+        launch = pool.submit(
+            lambda: launched.append(client.launch(f"echo ran >> {counter}; echo hello").id)
+        )
+        wait_until(lambda: _crashed(daemon), what=f"the daemon to kill itself {point}")
+        monkeypatch.delenv("TAILHUB_CRASH_AT")
+        daemon = start_daemon()
+        launch.result(timeout=120)
 
-    daemon = start_daemon()
     with daemon.client() as client:
         wait_until(lambda: client.get(1).sealed, what="the job to end")
         job = client.get(1)
         received = b"".join(item.data for item in client.follow(1) if isinstance(item, LogChunk))
+        jobs = client.list()
+    assert launched == [1]
+    assert [listed.id for listed in jobs] == [1]
     assert job.state is JobState.SUCCEEDED, job.reason
     assert counter.read_text() == "ran\n"
     assert received == b"hello\n"
