@@ -154,7 +154,7 @@ def test_a_job_followed_from_launch_to_end_costs_one_sky_process_and_its_log_is_
         "  printf 'no newline at the end'\n",
     )
     launch = start_cli(home, "jobs", "launch", "--backend", "skypilot", str(task))
-    wait_until(lambda: list(queue(home).values())[0]["state"] == "RUNNING", 60, "the log")
+    wait_until(lambda: [job["state"] for job in queue(home).values()] == ["RUNNING"], 60, "the log")
     # What `sky jobs logs --tail 0` prints when it follows the same job from now on.
     reference = subprocess.Popen(
         [str(SKY), "jobs", "logs", "--tail", "0"],

@@ -109,7 +109,10 @@ class SkyPilotSource:
         output after the submission is the log as `sky jobs logs` streams it."""
         state = upstream.state
         spec = self.spec
-        argv = self.sky.launch_argv(str(state.get(TASK_PATH)), str(state.get(SKY_NAME)), spec.envs)
+        task_path, name = state.get(TASK_PATH), state.get(SKY_NAME)
+        if not isinstance(task_path, str) or not isinstance(name, str):
+            raise UpstreamUnusable("the SkyPilot job was never submitted: no task file")
+        argv = self.sky.launch_argv(task_path, name, spec.envs)
         # Before `sky` runs: a restart after this never launches again.
         state[LAUNCHED_AT] = time.time()
         upstream.save_state()
