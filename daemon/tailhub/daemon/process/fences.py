@@ -182,7 +182,7 @@ class NodeFence:
                 return
             words = data.split()
             if len(words) == 3 and words[0] == b"K":
-                logger.warning(
+                logger.info(
                     "job %s: the fence killed its upstream command (pid %s): its lease's "
                     "safe time passed, or the lease was lost",
                     words[1].decode(),
