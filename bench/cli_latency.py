@@ -50,7 +50,7 @@ class Settings:
 
 
 FULL = Settings()
-QUICK = Settings(runs=5, floor_runs=3, log_size=32 * MIB)
+QUICK = Settings(runs=2, floor_runs=1, log_size=32 * MIB)
 
 TASK = "name: bench-small\nrun: echo hello from a small job\n"
 # pip's console script, as `pip install` writes it for the wheel's `tailhub` entry point.

@@ -45,7 +45,7 @@ class Settings:
 
 
 FULL = Settings()
-QUICK = Settings(size=16 * MIB, unread=20, timeout=60.0)
+QUICK = Settings(size=8 * MIB, unread=10, timeout=60.0)
 
 
 def run(settings: Settings, scratch: Path, earlier: dict[str, Any]) -> dict[str, Any]:

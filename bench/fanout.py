@@ -58,10 +58,10 @@ class Settings:
 
 FULL = Settings()
 QUICK = Settings(
-    loads=((1, MB), (10, MB)),
+    loads=((10, MB),),
     tls_loads=((10, MB),),
     sse_loads=((10, MB),),
-    duration=2.0,
+    duration=1.0,
     clients=2,
 )
 

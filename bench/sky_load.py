@@ -69,7 +69,7 @@ class Settings:
 
 
 FULL = Settings()
-QUICK = Settings(jobs=8, seconds=2)
+QUICK = Settings(jobs=4, seconds=1)
 
 
 def run(settings: Settings, scratch: Path, earlier: dict[str, Any]) -> dict[str, Any]:

@@ -37,7 +37,7 @@ class Settings:
 
 
 FULL = Settings()
-QUICK = Settings(jobs=4)
+QUICK = Settings(jobs=2)
 
 
 def run(settings: Settings, scratch: Path, earlier: dict[str, Any]) -> dict[str, Any]:

@@ -18,9 +18,7 @@ from markers import measures
 REPO = Path(__file__).resolve().parents[2]
 SCENARIOS = {
     *("fanout", "ceiling", "capacity", "catchup", "memory", "ssh", "cli_latency", "skypilot"),
-    "cluster",
-    "rapid_reset",
-    "sky_load",
+    *("cluster", "fencing", "rapid_reset", "sky_load", "fairness"),
 }
 
 
@@ -123,13 +121,21 @@ def test_quick_benchmark_runs_every_scenario_and_writes_json(tmp_path: Path) -> 
         assert figures["sky_processes"]["jobs launch"] == k
         assert figures["peak_processes"] >= k
         assert figures["total_cpu_s"] > 0
-    assert sky_load["tailhub"]["sky_processes"]["jobs logs"] == k  # one per job
+    # One `sky` process per job through tailhub: the launch streams the log too.
+    assert sky_load["tailhub"]["sky_processes"].get("jobs logs", 0) == 0
     assert "SkyPilot load" in done.stdout
+    fencing = results["scenarios"]["fencing"]
+    # One fence process for the node's command jobs, whatever their number.
+    assert fencing["fence_processes"] == 1, fencing
+    fairness = results["scenarios"]["fairness"]
+    for reading in ("alone", "beside", "alone_after"):
+        assert fairness[reading]["complete"] is True, fairness[reading]
 
     # A verdict for every target: measured ones pass or miss, the skipped ssh ones say why.
     verdicts = {verdict["target"]: verdict for verdict in results["targets"]}
-    # The rapid-reset scenario has two (memory, latency), the SkyPilot load two (exact, CPU).
-    assert len(verdicts) == 22
+    # Six fan-out, capacity, memory, five ssh, catch-up, four CLI, four cluster, three
+    # fencing, two rapid-reset, two SkyPilot-load and one fair-shares target at --quick.
+    assert len(verdicts) == 31
     for target, verdict in verdicts.items():
         assert verdict["figure"], target
         if target.startswith("ssh"):
