@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import grpc
 from cluster_helpers import Cluster
@@ -145,3 +146,64 @@ def reported(node: DaemonProcess) -> int:
     """How many records at ids the counter never gave the node's log says it left out."""
     found = re.findall(r"cluster: left out (\d+) job record\(s\) at ids", node.log_text())
     return sum(int(count) for count in found)
+
+
+def _everything_in(redis: Any) -> bytes:
+    """Every byte Redis holds for the cluster: strings, hashes, sets, sorted sets, streams."""
+    found = []
+    for key in redis.scan_iter(match=PREFIX + "*"):
+        kind = redis.type(key)
+        if kind == b"string":
+            found.append(redis.get(key) or b"")
+        elif kind == b"hash":
+            found.extend(b"".join(pair) for pair in redis.hgetall(key).items())
+        elif kind == b"set":
+            found.extend(redis.smembers(key))
+        elif kind == b"zset":
+            found.extend(redis.zrange(key, 0, -1))
+        elif kind == b"list":
+            found.extend(redis.lrange(key, 0, -1))
+        elif kind == b"stream":
+            for _, fields in redis.xrange(key):
+                found.extend(b"".join(pair) for pair in fields.items())
+    return b"\n".join(found)
+
+
+def test_a_forged_file_job_of_a_node_is_never_adopted_and_its_file_never_read(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    # Someone who can write to Redis names a file (any file the daemon can read) as a file job
+    # of n1: n1 would have read it into Redis for everyone. A node's file, push and local jobs
+    # are in its own database since it made them: one it never made is refused.
+    first, second = cluster.start(2)
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"the-secret-bytes-0xC0FFEE\n" * 4)
+    with second.client() as client:
+        template = client.attach_push("template").id
+    redis = cluster.redis.client()
+    stored = redis.hget(f"{PREFIX}job:{template}", "record")
+    assert isinstance(stored, bytes)
+    record = json.loads(stored)
+    forged = [
+        plant(
+            cluster,
+            {**record, "state": "RUNNING", "spec": {"kind": "file", "path": str(secret)}},
+        ),
+        plant(cluster, {**record, "state": "RUNNING", "name": "forged-push"}),
+    ]
+    wait_until(
+        lambda: all(f"job {job_id} left out" in second.log_text() for job_id in forged),
+        what="n1 to refuse the forged jobs",
+    )
+    # The sync went on past them: a later job reaches n1.
+    with first.client() as client:
+        later = client.attach_push("later").id
+    wait_until(lambda: later in job_ids(second), what="the later job on n1")
+    log = second.log_text()
+    for job_id in forged:
+        assert log.count(f"job {job_id} left out") == 1, log
+        assert job_id not in job_ids(second)
+    assert "a file job of node n1 that this node never launched" in log
+    assert "a push job of node n1 that this node never launched" in log
+    assert b"the-secret-bytes" not in _everything_in(redis)
+    assert f"job {forged[0]}: this node fetches it now" not in log

@@ -161,12 +161,13 @@ class RecordSync:
             job = self._manager.get(job_id)
         except JobNotFound:
             record, home = record_from_json(job_id, meta.record)
-            if record.spec.kind is SourceKind.LOCAL and home == self._owner.name:
-                # This node's local jobs are in its own database, with their tasks, which never
-                # go to Redis: one it does not have was written there by someone else, and
-                # adopting it would run whatever task the record names.
+            if home == self._owner.name:
+                # Every job pinned to this node (local, file, push) is in its own database
+                # since it created it: one it does not have was written into Redis by someone
+                # else, and adopting it would run the task, or read the file, the record names.
                 raise BadRecord(
-                    f"a local job of node {home} that this node never launched"
+                    f"a {record.spec.kind.value} job of node {home} that this node never "
+                    "launched or attached"
                 ) from None
             job = self._manager.adopt(record, ClusterJob(home=home, mirrored=True))
         if job.id in self._owner.held:
