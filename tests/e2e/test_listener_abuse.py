@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -242,3 +243,79 @@ def test_oversized_request_lines_on_the_web_view_get_400_and_few_log_lines(
     assert len(lines) == 4, lines
     assert all(" WARNING " in line and "(LineTooLong)" in line for line in lines), lines
     assert lines[-1].endswith("(repeated 17 more times)"), lines
+
+
+def _h2_frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
+    return (
+        struct.pack(">I", len(payload))[1:]
+        + bytes((kind, flags))
+        + struct.pack(">I", stream)
+        + payload
+    )
+
+
+def _bad_token_call_from(source: str, port: int) -> bool:
+    """One ListJobs with a wrong token over raw HTTP/2 from the source address `source` (gRPC's
+    channels cannot choose theirs); whether the server answered it (its trailers came)."""
+
+    def literal(name: str, value: str) -> bytes:  # HPACK, without indexing, no Huffman
+        return b"\x00" + bytes((len(name),)) + name.encode() + bytes((len(value),)) + value.encode()
+
+    headers = b"".join(
+        literal(name, value)
+        for name, value in (
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":path", "/tailhub.v1.TailhubService/ListJobs"),
+            (":authority", f"127.0.0.1:{port}"),
+            ("content-type", "application/grpc"),
+            ("te", "trailers"),
+            ("authorization", "Bearer not-a-token"),
+        )
+    )
+    with socket.create_connection(
+        ("127.0.0.1", port), timeout=10, source_address=(source, 0)
+    ) as peer:
+        peer.sendall(
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+            + _h2_frame(0x4, 0, 0)  # SETTINGS
+            + _h2_frame(0x1, 0x4, 1, headers)  # HEADERS, END_HEADERS
+            + _h2_frame(0x0, 0x1, 1, bytes(5))  # an empty request message, END_STREAM
+        )
+        received = b""
+        while True:
+            while len(received) >= 9:
+                size = int.from_bytes(received[:3], "big")
+                if len(received) < 9 + size:
+                    break
+                kind, flags = received[3], received[4]
+                stream = int.from_bytes(received[5:9], "big") & 0x7FFFFFFF
+                if kind == 0x4 and not flags & 0x1:
+                    peer.sendall(_h2_frame(0x4, 0x1, 0))  # SETTINGS ACK
+                if kind == 0x1 and stream == 1 and flags & 0x1:
+                    return True
+                received = received[9 + size :]
+            chunk = peer.recv(65536)
+            if not chunk:
+                return False
+            received += chunk
+
+
+def test_bad_tokens_from_many_addresses_are_logged_in_a_bounded_number_of_lines(
+    start_daemon: Callable[..., DaemonProcess],
+) -> None:
+    port = free_port()
+    daemon = start_daemon("--listen", f"127.0.0.1:{port}", "--insecure")
+    # Every address of 127.0.0.0/8 is this machine's: one guess from each of 300 of them.
+    sources = [f"127.0.{n // 250 + 1}.{n % 250 + 1}" for n in range(300)]
+    answered = sum(_bad_token_call_from(source, port) for source in sources)
+    assert answered == len(sources)
+    daemon.stop()
+    lines = [line for line in daemon.log_text().splitlines() if "failed authentication" in line]
+    # A line per address (and 45,000 addresses rotated the log away in minutes) before; now
+    # at most 20 name one in a minute, and one line counts the rest.
+    named = [line for line in lines if "failed authentication from 127." in line]
+    assert len(named) == 20, lines
+    summary = [line for line in lines if "more failed authentications from" in line]
+    assert len(lines) == 21, lines
+    assert "280 more failed authentications from 280 addresses" in summary[0], summary
