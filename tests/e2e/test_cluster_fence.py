@@ -255,3 +255,60 @@ def test_the_fence_never_starts_a_command_without_a_safe_time_and_kills_its_whol
     assert lived < 5
     grandchild = int(child.read_text())
     wait_until(lambda: not _alive(grandchild), 10, "the command's child to be killed with it")
+
+
+def _runs(marks: Path) -> dict[int, tuple[float, float]]:
+    """Each command's pid -> the first and last moment it wrote (time.time() seconds)."""
+    runs: dict[int, tuple[float, float]] = {}
+    for line in marks.read_text().splitlines():
+        words = line.split()
+        if len(words) != 2:
+            continue  # (a line being written)
+        pid, moment = int(words[0]), float(words[1])
+        first, _ = runs.get(pid, (moment, moment))
+        runs[pid] = (first, moment)
+    return runs
+
+
+@pytest.mark.slow
+def test_a_command_dies_with_its_daemon_even_when_the_fence_dies_with_it(
+    cluster: Cluster, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    # Found by an attacker: kill -9 of the daemon and its fence at once (pkill -9 -f
+    # tailhub.daemon matches both) left the command running, an orphan, while another node
+    # started it again: two upstreams at once. The kernel kills it now (parent death).
+    cluster.lease_ms = 2000
+    first, second = cluster.start(2)
+    marks = tmp_path / "marks"
+    # Writes its pid and the time every 0.1 s, and ignores SIGPIPE (nobody reads its output).
+    script = (
+        f"trap '' PIPE; echo up; while :; do echo \"$$ $(date +%s.%N)\" >> {marks}; sleep 0.1; done"
+    )
+    with first.client() as client:
+        job = client.attach_command(["/bin/sh", "-c", script])
+    wait_until(lambda: marks.exists() and len(_runs(marks)) == 1, 30, "the command to write")
+    (command,) = _runs(marks)
+    (fence,) = _fences(first)
+    assert int(_stat(command)[1]) == first.pid  # (its parent: the daemon)
+    redis = redis_server.client()
+    try:
+        # Both frozen first, so that neither can act on the other's end: then both killed.
+        os.kill(first.pid, signal.SIGSTOP)
+        os.kill(fence, signal.SIGSTOP)
+        os.kill(fence, signal.SIGKILL)
+        first.kill()
+        killed = time.monotonic()
+        wait_until(lambda: not _alive(command), 5, "the command to die with its daemon")
+        died_after = time.monotonic() - killed
+        # Dead while the lease still held: before any other node could start it again.
+        assert redis.pttl(f"tailhub:lease:{job.id}") > 0, f"died {died_after:.2f} s after"
+        # The other node takes the job over and runs the command: never two at once.
+        wait_until(lambda: len(_runs(marks)) == 2, 30, "the other node to run the command")
+        runs = _runs(marks)
+        (later,) = set(runs) - {command}
+        assert runs[command][1] < runs[later][0], runs
+        assert cluster.holder(job.id, on=second) == "n1"
+    finally:
+        if _alive(command) and _cmdline(command).startswith(b"/bin/sh\0"):
+            os.kill(command, signal.SIGKILL)  # (an orphan: nobody else would stop it)
+    print(f"the command died {died_after * 1000:.0f} ms after its daemon and fence")

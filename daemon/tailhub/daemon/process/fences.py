@@ -9,17 +9,27 @@ A command starts behind a gate, `gate_argv`: a shell (dash, about a millisecond)
 its pid to the fence and waits for `go` before it execs the command in its place, so the
 fence holds a pidfd of the command before the command runs. A fence that is gone never says
 `go`: nothing starts without one.
+
+The fence alone is not enough when it dies with the daemon (kill -9 of both at once, as
+`pkill -9 -f tailhub.daemon` does): nobody would be left to kill the command, and another node
+starts it again. So the gate itself runs under util-linux's `setpriv --pdeathsig KILL`, which
+asks the kernel to SIGKILL it when its parent dies and execs the gate (the same pid throughout,
+so the fence's pidfd and its check that the daemon is the parent hold). That comes before the
+gate reports: a daemon that died earlier is no longer the parent, and the fence refuses it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Iterable, Sequence
 
 from tailhub.daemon.process.fence import MAX_MESSAGE
@@ -37,9 +47,30 @@ _GATE = (
 _EXIT_SECONDS = 5.0
 
 
+@functools.cache
+def die_with_parent() -> tuple[str, ...]:
+    """The prefix that makes a command die with its parent (even by kill -9): setpriv asks
+    the kernel for SIGKILL at its parent's death (PR_SET_PDEATHSIG), then execs the rest; empty
+    without setpriv (then the fence alone stops a command whose daemon died). Not a
+    preexec_fn: Python code between fork and exec is unsafe in a process with threads. Looked
+    up once, when first needed (never by a daemon alone).
+
+    The kernel sends the signal when the *thread* that forked exits, not the process: a
+    command must be started from a thread that lives as long as the daemon (its event loop,
+    in the main thread), never from a worker thread (`starting_thread_lives`)."""
+    setpriv = shutil.which("setpriv")
+    return (setpriv, "--pdeathsig", "KILL", "--") if setpriv else ()
+
+
+def starting_thread_lives() -> bool:
+    """Whether a command started from this thread dies only with the daemon (see above)."""
+    return threading.current_thread() is threading.main_thread()
+
+
 def gate_argv(go: int, report: int, argv: Sequence[str]) -> list[str]:
-    """The argv that starts `argv` once the fence said go (`go`, `report`: the gate's ends)."""
-    return ["/bin/sh", "-c", _GATE, "tailhub-gate", str(go), str(report), *argv]
+    """The argv that starts `argv` once the fence said go (`go`, `report`: the gate's ends),
+    dying with the daemon (`die_with_parent`)."""
+    return [*die_with_parent(), "/bin/sh", "-c", _GATE, "tailhub-gate", str(go), str(report), *argv]
 
 
 class NodeFence:
