@@ -138,6 +138,38 @@ def test_connections_past_the_cap_are_closed_and_the_owner_still_launches(
         )
 
 
+def test_connections_that_send_nothing_are_closed_and_a_token_holder_gets_in(home: Path) -> None:
+    token = create_token(home, "read")
+    port = free_port()
+    limit = 256  # 32 connections may be open on --listen at once
+    daemon = DaemonProcess(
+        home,
+        args=["--listen", f"127.0.0.1:{port}", "--insecure"],
+        prefix=["prlimit", f"--nofile={limit}:{limit}", "--"],
+    )
+    with daemon:
+        # Every slot taken by a socket that never sends HTTP/2's preface.
+        silent = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(32)]
+        for peer in silent:
+            peer.setblocking(False)
+        try:
+            started = time.monotonic()
+            assert status_of(_list_jobs(f"127.0.0.1:{port}", token, 2)) is not grpc.StatusCode.OK
+            # Token holders got UNAVAILABLE while they were held: 1,024 of them past 150 s
+            # under gRPC's default handshake timeout (120 s; here, with 32, keepalive's 30 s
+            # closed them). The daemon's is 10 s.
+            wait_until(
+                lambda: not any(_alive(peer) for peer in silent),
+                22,
+                "the connections that sent nothing to be closed",
+            )
+            assert time.monotonic() - started < 22
+            assert status_of(_list_jobs(f"127.0.0.1:{port}", token)) is grpc.StatusCode.OK
+        finally:
+            for peer in silent:
+                peer.close()
+
+
 def _h2_connection(port: int) -> socket.socket:
     """A TCP connection that opened HTTP/2 as a client does, and does nothing more."""
     peer = socket.create_connection(("127.0.0.1", port), timeout=5)

@@ -71,6 +71,15 @@ UNARY_HEADROOM = 100
 # new connections out until it lets go, but the daemon's memory stays bounded.
 NETWORK_MAX_CONNECTIONS = 1024
 SHARE_OF_DESCRIPTORS = 8
+# A connection must have sent HTTP/2's preface and its SETTINGS (after TLS's handshake, with
+# TLS) within this, else it is closed. gRPC's default is 120 s: 1,100 sockets that sent nothing
+# held all 1,024 slots past 150 s, and token holders' calls failed UNAVAILABLE meanwhile. A
+# client on a slow link does it in a few round trips.
+HANDSHAKE_TIMEOUT_MS = 10_000
+# A connection without any call for this long is closed (GOAWAY): slots held by clients that
+# made their connection and then nothing. Keepalive pings do not count as calls; a follow does.
+# The CLI's channel reconnects at its next call.
+MAX_CONNECTION_IDLE_MS = 300_000
 
 
 def connection_cap(descriptor_limit: int | None) -> int:
@@ -105,6 +114,8 @@ def network_limits(settings: NetworkSettings, connections: int) -> list[tuple[st
         ("grpc.server.max_pending_requests", pending),
         ("grpc.server.max_pending_requests_hard_limit", pending),
         ("grpc.max_allowed_incoming_connections", connections),
+        ("grpc.server_handshake_timeout_ms", HANDSHAKE_TIMEOUT_MS),
+        ("grpc.max_connection_idle_ms", MAX_CONNECTION_IDLE_MS),
     ]
 
 
