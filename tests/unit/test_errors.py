@@ -47,6 +47,7 @@ EXPECTED: dict[type[errors.DaemonError], type[client.TailhubError]] = {
     errors.NotFetchedYet: client._NotFetchedYet,
     errors.ClusterDataLost: client.TailhubError,
     errors.BadRecord: client.TailhubError,
+    errors.BrokenJobKeys: client.TailhubError,
     errors.AccessRefused: client.AccessDenied,
     errors.TokenMissing: client.AccessDenied,
     errors.TokenNotAccepted: client.AccessDenied,

@@ -28,6 +28,7 @@ one place (`tailhub.client._errors`). An exception that is none of these is a bu
     │       └── NotFetchedYet            UNAVAILABLE          NOT_FETCHED_YET
     ├── ClusterDataLost                  FAILED_PRECONDITION  CLUSTER_DATA_LOST
     ├── BadRecord (ValueError)           DATA_LOSS            BAD_RECORD           (never sent)
+    ├── BrokenJobKeys                    DATA_LOSS            BROKEN_JOB_KEYS      (never sent)
     ├── AccessRefused                    PERMISSION_DENIED    ACCESS_REFUSED
     │   ├── TokenMissing                 UNAUTHENTICATED      TOKEN_MISSING
     │   ├── TokenNotAccepted             UNAUTHENTICATED      TOKEN_NOT_ACCEPTED
@@ -56,9 +57,11 @@ one place (`tailhub.client._errors`). An exception that is none of these is a bu
 `{field}`: ErrorInfo.metadata the error carries besides its message (decimal strings).
 Those marked (never sent) or (fetcher only) never reach a client: UpstreamError ends or
 retries a fetch (the job fails with its message), FetchEnded stops a fetch another daemon took
-over, BadRecord is a record in Redis skipped with a warning, InjectedFault and
-EssentialTaskDied stop tailhubd (a supervised loop crashed), SetupError stops tailhubd or a
-command with its message. Their statuses say what they would be if they ever did.
+over, BadRecord is a record in Redis skipped with a warning, BrokenJobKeys is one job's keys
+that Redis refuses to write or read (that job fails, or stops being read here; the node stays
+reachable), InjectedFault and EssentialTaskDied stop tailhubd (a supervised loop crashed),
+SetupError stops tailhubd or a command with its message. Their statuses say what they would
+be if they ever did.
 
 This module imports nothing of grpc: the client imports some of these (UntrustedState) on
 paths that must not load grpc (`tailhub --help`).
@@ -280,6 +283,19 @@ class BadRecord(DaemonError, ValueError):
 
     status = Status.DATA_LOSS
     kind = "BAD_RECORD"
+
+
+class BrokenJobKeys(DaemonError):
+    """Redis refused a command on one job's keys (its stream is a key of another type, or
+    holds entries past the size its record says): that job's fault, not Redis's, so the
+    node stays reachable and every other job goes on. `job_ids` are the jobs concerned."""
+
+    status = Status.DATA_LOSS
+    kind = "BROKEN_JOB_KEYS"
+
+    def __init__(self, message: str, job_ids: tuple[int, ...] = ()) -> None:
+        super().__init__(message)
+        self.job_ids = job_ids
 
 
 # -- who may call --------------------------------------------------------------------------------

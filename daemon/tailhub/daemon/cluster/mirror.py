@@ -18,6 +18,7 @@ from redis.exceptions import RedisError
 from tailhub.daemon.cluster.placed import placed
 from tailhub.daemon.cluster.redis_store import LogEntry, RedisStore
 from tailhub.daemon.domain import JobState
+from tailhub.daemon.errors import BrokenJobKeys
 from tailhub.daemon.limits import MAX_REASON_BYTES
 
 if TYPE_CHECKING:
@@ -56,12 +57,14 @@ class Mirror:
         self._jobs: dict[int, Job] = {}
         self._after: dict[int, bytes] = {}
         self._wanted_at: dict[int, float] = {}
+        # Jobs whose stream Redis refuses to read (BrokenJobKeys): not read again here.
+        self._refused: set[int] = set()
         self._wake = asyncio.Event()
         # Set when the daemon stops (see ClusterNode.close).
         self.closing = False
 
     def want(self, job: Job) -> None:
-        if job.sealed or not placed(job).mirrored:
+        if job.sealed or not placed(job).mirrored or job.id in self._refused:
             return
         if job.id not in self._jobs:
             self._jobs[job.id] = job
@@ -92,6 +95,9 @@ class Mirror:
                 self._owner.redis_failed(error)
                 await asyncio.sleep(min(0.1 * 2**failures, 2.0))
                 continue
+            except BrokenJobKeys as error:  # one job's stream, not Redis: the others go on
+                self._refuse(error)
+                continue
             if failures:
                 failures = 0
                 self._owner.redis_ok()
@@ -109,6 +115,17 @@ class Mirror:
                 except Exception:  # one job's fault (a full disk) must not stop the others'
                     logger.exception("job %d: its log cannot be read from Redis here", job_id)
                     self.forget(job_id)
+
+    def _refuse(self, error: BrokenJobKeys) -> None:
+        """Stops reading the jobs whose stream Redis refuses, saying so once, here."""
+        for job_id in error.job_ids:
+            job = self._jobs.get(job_id)
+            self.forget(job_id)
+            if job is None or job_id in self._refused:
+                continue
+            self._refused.add(job_id)
+            logger.error("job %d: %s; it is no longer read here", job_id, error)
+            self._owner.local_log(job).event(f"{error}; this daemon no longer reads it")
 
     def _interest(self) -> dict[int, bytes]:
         now = time.monotonic()

@@ -30,6 +30,7 @@ from redis.exceptions import ResponseError
 if TYPE_CHECKING:
     import redis.asyncio
 
+from tailhub.daemon.cluster.key_faults import JobScript, job_size, on_job, read_streams
 from tailhub.daemon.cluster.records import parse_record
 from tailhub.daemon.errors import BadRecord
 
@@ -133,13 +134,14 @@ redis.call('PUBLISH', '@CHANGES@', ARGV[3])
 return 0
 """
 
-# KEYS: lease, log, job, cluster; ARGV: token, expected size, end (JSON), record, job id.
+# KEYS: lease, log, job, cluster; ARGV: token, expected size, end (JSON), record, job id. The
+# record is sealed even if the stream refuses the end (a planted key: BrokenJobKeys).
 _END = """
 if redis.call('EXISTS', KEYS[4]) == 0 then return -3 end
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
 local size = tonumber(redis.call('HGET', KEYS[3], 'size') or '0')
 if size ~= tonumber(ARGV[2]) then return -2 end
-redis.call('XADD', KEYS[2], size .. '-*', 'end', ARGV[3])
+redis.pcall('XADD', KEYS[2], size .. '-*', 'end', ARGV[3])
 redis.call('HSET', KEYS[3], 'record', ARGV[4], 'sealed', '1', 'holder', '')
 redis.call('DEL', KEYS[1])
 redis.call('PUBLISH', '@CHANGES@', ARGV[5])
@@ -243,10 +245,10 @@ class RedisStore:
         self._acquire = script(_ACQUIRE)
         self._renew_all = script(_RENEW_ALL)
         self._release = script(_RELEASE)
-        self._append = script(_APPEND)
-        self._event = script(_EVENT)
-        self._save = script(_SAVE)
-        self._end = script(_END)
+        self._append = JobScript(script(_APPEND))
+        self._event = JobScript(script(_EVENT))
+        self._save = JobScript(script(_SAVE))
+        self._end = JobScript(script(_END))
         self._create = script(_CREATE)
         self._node = script(_NODE)
         self._release_node = script(_RELEASE_NODE)
@@ -351,7 +353,7 @@ class RedisStore:
 
     async def size(self, job_id: int) -> int:
         """The bytes of the job's log Redis holds (0 for a job it does not know)."""
-        return _count(await self.client.hget(_job_key(job_id), "size"))
+        return await job_size(job_id, self.client.hget(_job_key(job_id), "size"))
 
     async def request_cancel(self, job_id: int) -> None:
         await self.client.hset(_job_key(job_id), "cancel", "1")
@@ -443,7 +445,7 @@ class RedisStore:
         if not after:
             return {}
         streams = {log_key(job_id): entry_id for job_id, entry_id in after.items()}
-        answer: Any = await self.client.xread(streams, count=count, block=block_ms)  # type: ignore[arg-type]
+        answer: Any = await read_streams(self.client, streams, count=count, block=block_ms)
         found: dict[int, list[LogEntry]] = {}
         for key, entries in answer or []:
             job_id = int(key.decode().rsplit(":", 1)[1])
@@ -451,7 +453,8 @@ class RedisStore:
         return found
 
     async def read_range(self, job_id: int, after: bytes, count: int) -> list[LogEntry]:
-        entries: Any = await self.client.xrange(log_key(job_id), min=b"(" + after, count=count)
+        ranged = self.client.xrange(log_key(job_id), min=b"(" + after, count=count)
+        entries: Any = await on_job([job_id], ranged)
         return [_entry(entry_id, fields) for entry_id, fields in entries]
 
 

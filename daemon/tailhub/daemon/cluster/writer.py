@@ -29,7 +29,7 @@ from redis.exceptions import RedisError
 from tailhub.daemon.cluster.placed import placed
 from tailhub.daemon.cluster.records import record_to_json
 from tailhub.daemon.cluster.redis_store import LOST, MISMATCH, STALE, RedisStore
-from tailhub.daemon.errors import FetchEnded, NotFetchedYet, NotStored, RedisBehind
+from tailhub.daemon.errors import BrokenJobKeys, FetchEnded, NotFetchedYet, NotStored, RedisBehind
 
 if TYPE_CHECKING:
     from tailhub.daemon.live_job import Job
@@ -131,10 +131,15 @@ class LogWriter:
         # Where the job's end goes when Redis went back in time past what this copy holds
         # (the job failed for it): at Redis's end, not this copy's.
         self._end_at: int | None = None
+        # Redis refuses this job's keys (BrokenJobKeys): the job failed, nothing more goes to
+        # its stream, only its record and its end (which seals the record).
+        self._broken = False
         self.drained.clear()
 
     # -- what the job's side queues ------------------------------------------------------------
     def append(self, data: bytes) -> None:
+        if self._broken:
+            return  # (the job failed: its fetch is being stopped)
         if self.pending_bytes + len(data) > MAX_PENDING_BYTES:
             raise RedisBehind(
                 f"Redis has not stored the last {self.pending_bytes} bytes yet; "
@@ -153,6 +158,9 @@ class LogWriter:
         self.pending_bytes = 0
 
     def event(self, message: str) -> None:
+        if self._broken:
+            self.event_committed(message)  # (the followers here get it; the stream cannot)
+            return
         self._ops.append(_Event(message))
         self._kick()
 
@@ -217,6 +225,10 @@ class LogWriter:
                     return
                 await asyncio.sleep(min(0.05 * 2**failures, 0.5))
                 continue
+            except BrokenJobKeys as error:
+                if self._keys_broken(str(error)):
+                    return
+                continue
             if failures:
                 failures = 0
                 self._owner.redis_ok()
@@ -266,6 +278,26 @@ class LogWriter:
         if status == MISMATCH and 0 <= size < expected and not self._checked_after_mismatch:
             return self._recheck()
         return self._refused(status, f"the log in Redis is {size} bytes, not {expected}")
+
+    def _keys_broken(self, reason: str) -> bool:
+        """Redis refuses this job's keys (someone planted a key of another type, or entries
+        past its record): no failure of Redis's, so the node stays reachable. The job fails
+        with the reason, once; its end still seals its record. True: the writer stops."""
+        if self._broken:
+            # Even its record or its end is refused: the fetch stops here.
+            self._owner.lease_lost(self._job, reason, stale_append=False)
+            return True
+        self._broken = True
+        logger.error("job %d: %s; the job fails", self._job.id, reason)
+        for op in self._ops:
+            if isinstance(op, _Event):
+                self.event_committed(op.message)  # (to the followers here)
+        self._ops = collections.deque(op for op in self._ops if isinstance(op, _Record | _End))
+        self.discard_pending()
+        self._check_end = False
+        # Queues the job's end (failed, with the reason), which is sent next.
+        self._owner.cannot_restore(self._job, reason)
+        return False
 
     def _recheck(self) -> bool:
         """Redis holds fewer bytes than this copy: look again (once per mismatch; a second
