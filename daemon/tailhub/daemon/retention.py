@@ -1,12 +1,20 @@
 """Removing ended jobs: asked for (`jobs rm`), or by the retention policy (--retain-age,
 --max-ended-jobs and --retain-logs) applied by passes, hourly and soon after jobs end
-(removal.py chooses and deletes)."""
+(removal.py chooses and deletes).
+
+--max-ended-jobs is shared between creators (the owner, and each token by its name): a pass
+removes the oldest ended job of whoever has the most, one at a time. A write token that ends
+10,000 push jobs in half a minute thus removes its own, not the owner's history (before, the
+oldest ended jobs went first, whoever made them).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import heapq
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING
 
 from tailhub.daemon import removal
@@ -59,13 +67,18 @@ class Retention:
         config = self._config
         if not self._allowed():
             return RemoveResult()
+        by_count = []
+        if config.max_ended_jobs is not None:
+            by_count = beyond_cap(self._jobs.values(), config.max_ended_jobs, self._store.owners())
+        counted = {job.id for job in by_count}
         doomed = removal.expired(
-            self._jobs.values(),
+            (job for job in self._jobs.values() if job.id not in counted),
             now,
             config.retention_seconds,
-            config.max_ended_jobs,
+            None,
             config.retain_log_bytes,
         )
+        doomed.by_count = by_count
         result = removal.RemoveResult()
         removal.delete(doomed.jobs, self._jobs, self._store, config.paths, result)
         if result.removed:
@@ -134,3 +147,32 @@ class Retention:
             self.apply(self._clock())
         except Exception:  # the hourly pass tries again
             logger.exception("applying the retention policy failed")
+
+
+def beyond_cap(jobs: Iterable[Job], cap: int, creators: Mapping[int, str]) -> list[Job]:
+    """The ended jobs past `cap`: each the oldest ended job of the creator (`creators`: the
+    token each job made with one belongs to; the others are the owner's) that has the most
+    left at the time, so that no creator's churn removes another's jobs while it has more."""
+    ended = sorted(
+        (job for job in jobs if job.sealed), key=lambda job: (job.record.ended_at, job.id)
+    )
+    excess = len(ended) - cap
+    if excess <= 0:
+        return []
+    groups: dict[str | None, collections.deque[Job]] = {}
+    for job in ended:
+        groups.setdefault(creators.get(job.id), collections.deque()).append(job)
+    # The creator with the most first; between equals, the one whose oldest ended first.
+    heap = [
+        (-len(group), group[0].record.ended_at, group[0].id, creator)
+        for creator, group in groups.items()
+    ]
+    heapq.heapify(heap)
+    chosen = []
+    for _ in range(excess):
+        _, _, _, creator = heapq.heappop(heap)
+        group = groups[creator]
+        chosen.append(group.popleft())
+        if group:
+            heapq.heappush(heap, (-len(group), group[0].record.ended_at, group[0].id, creator))
+    return chosen
