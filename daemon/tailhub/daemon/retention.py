@@ -3,9 +3,10 @@
 (removal.py chooses and deletes).
 
 --max-ended-jobs is shared between creators (the owner, and each token by its name): a pass
-removes the oldest ended job of whoever has the most, one at a time. A write token that ends
-10,000 push jobs in half a minute thus removes its own, not the owner's history (before, the
-oldest ended jobs went first, whoever made them).
+removes the oldest ended job of whoever has the most, one at a time, and the owner's only while
+it has more than half the cap. A write token that ends 10,000 push jobs in half a minute thus
+removes its own, not the owner's history (before, the oldest ended jobs went first, whoever
+made them).
 """
 
 from __future__ import annotations
@@ -152,7 +153,8 @@ class Retention:
 def beyond_cap(jobs: Iterable[Job], cap: int, creators: Mapping[int, str]) -> list[Job]:
     """The ended jobs past `cap`: each the oldest ended job of the creator (`creators`: the
     token each job made with one belongs to; the others are the owner's) that has the most
-    left at the time, so that no creator's churn removes another's jobs while it has more."""
+    left at the time, so that no creator's churn removes another's jobs while it has more.
+    The owner keeps half of `cap` in any case: its jobs go only while it has more."""
     ended = sorted(
         (job for job in jobs if job.sealed), key=lambda job: (job.record.ended_at, job.id)
     )
@@ -162,11 +164,14 @@ def beyond_cap(jobs: Iterable[Job], cap: int, creators: Mapping[int, str]) -> li
     groups: dict[str | None, collections.deque[Job]] = {}
     for job in ended:
         groups.setdefault(creators.get(job.id), collections.deque()).append(job)
-    # The creator with the most first; between equals, the one whose oldest ended first.
-    heap = [
-        (-len(group), group[0].record.ended_at, group[0].id, creator)
-        for creator, group in groups.items()
-    ]
+
+    def rank(creator: str | None, group: collections.deque[Job]) -> tuple[int, float, int]:
+        """The creator with the most first; between equals, the one whose oldest ended
+        first; the owner within its half last (never, as the others then hold the excess)."""
+        held = len(group) if creator is not None or len(group) > cap // 2 else len(group) - cap
+        return (-held, group[0].record.ended_at, group[0].id)
+
+    heap = [(*rank(creator, group), creator) for creator, group in groups.items()]
     heapq.heapify(heap)
     chosen = []
     for _ in range(excess):
@@ -174,5 +179,5 @@ def beyond_cap(jobs: Iterable[Job], cap: int, creators: Mapping[int, str]) -> li
         group = groups[creator]
         chosen.append(group.popleft())
         if group:
-            heapq.heappush(heap, (-len(group), group[0].record.ended_at, group[0].id, creator))
+            heapq.heappush(heap, (*rank(creator, group), creator))
     return chosen
