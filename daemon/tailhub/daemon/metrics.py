@@ -62,6 +62,8 @@ RESPONSE_TIMEOUT = 10.0
 MAX_CONNECTIONS = 32
 # The label an RPC with no handler gets (its path is the client's choice: unbounded).
 UNKNOWN_METHOD = "unknown"
+# The service label of the owner endpoint's requests (its CLI's launches and follows).
+OWNER_SERVICE = "tailhub.owner"
 
 
 class DaemonMetrics:
@@ -95,6 +97,10 @@ class DaemonMetrics:
 
     def _count_rpc(self, service: str, method: str, code: grpc.StatusCode) -> None:
         self._rpcs.labels(service, method, code.name).inc()
+
+    def count_owner_request(self, method: str, code: str) -> None:
+        """A request to the owner's lean endpoint (owner_http.py), as the RPC it stands for."""
+        self._rpcs.labels(OWNER_SERVICE, method, code).inc()
 
     def render(self, accept: str = "") -> tuple[bytes, str]:
         """Every metric as read now, in the format the `Accept` header asks for (Prometheus's

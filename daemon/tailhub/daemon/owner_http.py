@@ -1,11 +1,11 @@
 """The owner's lean endpoint: a strict, small HTTP/1.1 on a second Unix socket in the home.
 
 `tailhub jobs logs` and `tailhub jobs launch` speak it with the standard library alone, so
-that a follower's process never imports grpc (a third of its start: issue 19, item 4). The
-gRPC API stays the contract for programs; this serves the owner's CLI, and `curl
---unix-socket HOME/owner.sock` for debugging. It sits beside the gRPC socket in the 0700 home,
-created 0600 the same way, and is served only by a standalone daemon (a cluster node's CLI
-needs gRPC's failover). One request per connection (`Connection: close`):
+that a follower's process never imports grpc (issue 19, item 4). gRPC stays the contract for
+programs; this serves the owner's CLI (and `curl --unix-socket HOME/owner.sock`). It sits
+beside the gRPC socket in the 0700 home, 0600 too, served by a standalone daemon only (a
+node's CLI needs gRPC's failover); metrics count its requests under the RPC each stands for
+(service "tailhub.owner"). One request per connection (`Connection: close`):
 
     GET  /v1/jobs?page_size=N&page_token=T    a page of jobs, newest first (JSON)
     GET  /v1/jobs/ID                           one job (JSON)
@@ -22,7 +22,6 @@ TYPE (1 byte) LENGTH (4 bytes, big-endian) PAYLOAD, where TYPE is
     Z  the end, lines of text: state, exit code (empty: none), finished (1 or 0), the log's
        size, then the reason (UTF-8, the rest of the payload, newlines and all)
     X  the error that ended the stream, lines of text: its status, its kind, its message
-(No JSON on a log's way: a follower's process need not import a JSON parser.)
 An error before the stream begins is an HTTP status with {"error": {"status", "kind",
 "message"}}: the same DaemonError, status and kind as the gRPC call would give.
 
@@ -41,7 +40,8 @@ import logging
 import os
 import re
 import struct
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
@@ -83,22 +83,6 @@ _HTTP_STATUS = {
     Status.UNIMPLEMENTED: 501,
     Status.UNAVAILABLE: 503,
 }
-_REASONS = {
-    200: "OK",
-    400: "Bad Request",
-    401: "Unauthorized",
-    403: "Forbidden",
-    404: "Not Found",
-    405: "Method Not Allowed",
-    409: "Conflict",
-    411: "Length Required",
-    413: "Content Too Large",
-    429: "Too Many Requests",
-    431: "Request Header Fields Too Large",
-    500: "Internal Server Error",
-    501: "Not Implemented",
-    503: "Service Unavailable",
-}
 _REQUEST_LINE = re.compile(rb"(GET|POST|[A-Z]{1,16}) (/[!-~]{0,2047}) HTTP/1\.[01]")
 _NUMBER = re.compile(r"[0-9]{1,19}")
 _JOB_PATH = re.compile(r"/v1/jobs/([0-9]{1,19})(/log)?")
@@ -117,6 +101,8 @@ class OwnerEndpoint:
         self._path: Path | None = None
         # Every connection's task: cancelled at close.
         self._tasks: set[asyncio.Task[None]] = set()
+        # Told of every request as (the RPC it stands for, its status code's name): metrics.
+        self.on_request: Callable[[str, str], None] | None = None
 
     async def start(self, socket_path: Path) -> None:
         """Binds the socket (0600 from the start) and serves; returns once it is bound."""
@@ -154,28 +140,38 @@ class OwnerEndpoint:
         task.add_done_callback(self._tasks.discard)
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        rpc = ["unknown"]  # the RPC the request stands for, once its head is read
+        code = "OK"
         try:
-            await self._serve(reader, writer)
+            await self._serve(reader, writer, rpc)
         except (ConnectionError, asyncio.IncompleteReadError):
-            pass  # the client went away
+            code = "CANCELLED"  # the client went away
         except DaemonError as error:
+            code = error.status.name
             with contextlib.suppress(ConnectionError):
                 await _send_daemon_error(writer, error)
         except asyncio.CancelledError:
+            code = "CANCELLED"
             raise
         except Exception:
+            code = "INTERNAL"
             logger.exception("the owner endpoint failed a request")
             with contextlib.suppress(ConnectionError):
                 await _send_error(writer, 500, "INTERNAL", "INTERNAL", "internal error")
         finally:
+            if self.on_request is not None:
+                self.on_request(rpc[0], code)
             writer.close()
             with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _serve(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, rpc: list[str]
+    ) -> None:
         method, target, headers = await _read_head(reader)
         path, _, query_text = target.partition("?")
         query = _query(query_text)
+        rpc[0] = _rpc_of(method, path)
         if path == "/v1/jobs":
             if method == "POST":
                 body = await _read_body(reader, headers)
@@ -350,6 +346,14 @@ def _lines(*fields: object) -> bytes:
     return "\n".join(str(field) for field in fields).encode("utf-8", "replace")
 
 
+def _rpc_of(method: str, path: str) -> str:
+    """The gRPC method a request does the work of (the metrics' label for it)."""
+    if path == "/v1/jobs":
+        return "LaunchJob" if method == "POST" else "ListJobs"
+    matched = _JOB_PATH.fullmatch(path)
+    return "unknown" if matched is None else "Subscribe" if matched.group(2) else "GetJob"
+
+
 def job_json(job: Job) -> dict[str, Any]:
     """A job as the endpoint shows it (what the CLI's lean path reads)."""
     record = job.record
@@ -458,7 +462,7 @@ async def _send_head(writer: asyncio.StreamWriter, status: int, content_type: st
 
 def _head(status: int, content_type: str, length: int | None) -> bytes:
     lines = [
-        f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}",
+        f"HTTP/1.1 {status} {HTTPStatus(status).phrase}",
         f"Content-Type: {content_type}",
         "Cache-Control: no-store",
         "Connection: close",

@@ -359,6 +359,8 @@ class Daemon:
         if self.config.cluster is not None or self._manager is None:
             return
         owner = self._owner = OwnerEndpoint(self._manager, self.config, servicer.budget)
+        if self._metrics is not None:
+            owner.on_request = self._metrics.count_owner_request
         await owner.start(owner_socket(self.config.paths.root))
 
     async def _close_owner(self, grace: float = 0.0) -> None:
