@@ -144,13 +144,15 @@ def test_a_job_followed_from_launch_to_end_costs_one_sky_process_and_its_log_is_
     home: Path, skyd: DaemonProcess, sky: SkyDouble, workdir: Path
 ) -> None:
     # Control bytes, colours, UTF-8 and bytes that are not UTF-8 (SkyPilot's stream is text:
-    # it replaces those, the same way whoever asks).
-    gate = workdir / "go"
+    # it replaces those, the same way whoever asks). The last line comes only once the one
+    # with bytes that are not UTF-8 was streamed: it must not be cut by them.
+    gate, last = workdir / "go", workdir / "last"
     task = write_task(
         workdir,
         f"name: exact\nrun: |\n  echo first\n"
         f"  while [ ! -e {gate} ]; do sleep 0.05; done\n"
         "  printf 'bin \\000\\001\\033[31mred\\033[0m \\342\\202\\254 \\377\\376 end\\n'\n"
+        f"  while [ ! -e {last} ]; do sleep 0.05; done\n"
         "  printf 'no newline at the end'\n",
     )
     launch = start_cli(home, "jobs", "launch", "--backend", "skypilot", str(task))
@@ -166,8 +168,16 @@ def test_a_job_followed_from_launch_to_end_costs_one_sky_process_and_its_log_is_
     [counter] = sky.home.glob("jobs/*/logs_count")
     wait_until(lambda: counter.read_text() == "2", 60, "the reference to follow")
     gate.touch()
+    assert reference.stdout is not None
+    expected = b""
+    while b"bin " not in expected:  # (the test's timeout bounds this)
+        line = reference.stdout.readline()
+        assert line, expected
+        expected += line
+    last.touch()
     out, err = launch.communicate(timeout=60)
-    expected, _ = reference.communicate(timeout=60)
+    expected += reference.communicate(timeout=60)[0]
+    assert task_lines(expected)[2] == "no newline at the end"
     assert launch.returncode == 0, err
     lines = task_lines(out)
     assert lines[0] == "first"
