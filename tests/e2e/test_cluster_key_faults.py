@@ -7,9 +7,10 @@ size the job's record says."""
 from __future__ import annotations
 
 import contextlib
+import sys
 from pathlib import Path
 
-from cluster_helpers import SERVING, Cluster, cluster_health
+from cluster_helpers import REPLAY, SERVING, Cluster, cluster_health, payload, upstream
 from helpers import BackgroundCli, DaemonProcess, start_background_cli, wait_until
 
 from tailhub.client import JobState, TailhubError
@@ -122,3 +123,42 @@ def test_an_entry_past_its_records_size_fails_its_job_and_nothing_else(
     for node in (first, second):
         assert "is unreachable" not in node.log_text()
     assert first.log_text().count(f"job {bad}: Redis refuses") == 1
+
+
+def test_a_broken_stream_of_a_dead_holders_job_is_not_taken_over_and_stops_no_round(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    first, second = cluster.start(2)
+    data = payload(64 * 1024, seed=5)
+    jobs: dict[str, int] = {}
+    for name in ("bad", "good"):
+        log, state = upstream(tmp_path / name, data)
+        with first.client() as client:
+            jobs[name] = client.attach_command([sys.executable, REPLAY, str(log), str(state)]).id
+    watching = followers(second, tmp_path / "followers", *jobs.values())
+    try:
+        for job_id in jobs.values():
+            wait_until(lambda: log_size(second, job_id) == len(data), what="the mirror reads")  # noqa: B023
+        assert {cluster.holder(job_id) for job_id in jobs.values()} == {"n0"}
+        redis = cluster.redis.client()
+        redis.delete(f"{PREFIX}log:{jobs['bad']}")
+        redis.set(f"{PREFIX}log:{jobs['bad']}", "notastream")
+        first.kill()
+        # The good job is taken over, round after round past the broken one...
+        cluster.wait_for_holder(jobs["good"], other_than=["n0"], timeout=30)
+        wait_until(
+            lambda: (
+                f"job {jobs['bad']}: " in second.log_text()
+                and "it is no longer read here" in second.log_text()
+            ),
+            what="the broken stream said",
+        )
+        assert cluster_health(second) == SERVING, second.log_text()
+    finally:
+        for follower in watching:
+            follower.stop()
+    log_text = second.log_text()
+    # ...and the broken one is said once, never taken over, and fails no round.
+    assert "the take-over round failed" not in log_text
+    assert log_text.count("it is no longer read here") == 1
+    assert f"job {jobs['bad']}: this node fetches it now" not in log_text

@@ -96,7 +96,7 @@ class Mirror:
                 await asyncio.sleep(min(0.1 * 2**failures, 2.0))
                 continue
             except BrokenJobKeys as error:  # one job's stream, not Redis: the others go on
-                self._refuse(error)
+                self.refuse(error)
                 continue
             if failures:
                 failures = 0
@@ -116,7 +116,11 @@ class Mirror:
                     logger.exception("job %d: its log cannot be read from Redis here", job_id)
                     self.forget(job_id)
 
-    def _refuse(self, error: BrokenJobKeys) -> None:
+    def refused(self, job_id: int) -> bool:
+        """Whether Redis refused this job's stream here (it is neither read nor taken over)."""
+        return job_id in self._refused
+
+    def refuse(self, error: BrokenJobKeys) -> None:
         """Stops reading the jobs whose stream Redis refuses, saying so once, here."""
         for job_id in error.job_ids:
             job = self._jobs.get(job_id)

@@ -23,6 +23,7 @@ from tailhub.daemon.cluster.redis_store import JobMeta, RedisStore
 from tailhub.daemon.cluster.sync import RecordSync
 from tailhub.daemon.cluster.writer import HeldLease, LogWriter
 from tailhub.daemon.domain import SourceKind
+from tailhub.daemon.errors import BrokenJobKeys
 from tailhub.daemon.runner import RUN_HANDLE_KEYS
 
 if TYPE_CHECKING:
@@ -96,7 +97,10 @@ class Takeover:
         candidates = [
             job
             for job in self._manager.all_jobs()
-            if not job.sealed and job.id not in held and self.may_take(job)
+            if not job.sealed
+            and job.id not in held
+            and self.may_take(job)
+            and not self._mirror.refused(job.id)
         ]
         if not candidates:
             return
@@ -110,7 +114,13 @@ class Takeover:
                 continue
             if view.mirrored:
                 # Most of the way before the lease: its clock runs from `sent`.
-                await self._mirror.catch_up(job, view.size)
+                try:
+                    await self._mirror.catch_up(job, view.size)
+                except BrokenJobKeys as error:
+                    # Its stream in Redis is not a log (a key planted there): said once, and
+                    # never taken over here (it failed the whole round, every round).
+                    self._mirror.refuse(error)
+                    continue
             sent = time.monotonic()
             token = await self._redis.acquire(job.id, self._owner.name, self._owner.lease_ms)
             if token is not None:
