@@ -16,7 +16,7 @@ from markers import measures
 from redis_helpers import RedisServer
 from remote_helpers import free_port, write_token
 
-from tailhub.client import Client, JobState
+from tailhub.client import Client, JobNotFoundError, JobState
 
 
 def test_followers_on_three_nodes_get_exact_bytes_from_oneupstream(
@@ -58,7 +58,14 @@ def test_every_node_lists_every_job_with_its_lease_holder(cluster: Cluster, tmp_
     log, state = upstream(tmp_path / "up", lines)
     with nodes[1].client() as client:
         job = client.attach_command([sys.executable, REPLAY, str(log), str(state)], name="far")
-    wait_until(lambda: cluster.holder(job.id) == "n1", what="n1 to hold the lease")
+
+    def holder_as_n0_lists_it() -> str:
+        try:
+            return cluster.holder(job.id, on=nodes[0])
+        except JobNotFoundError:
+            return ""  # (n0 has not synced it yet: a loaded machine)
+
+    wait_until(lambda: holder_as_n0_lists_it() == "n1", what="n0 to list n1 as the holder")
     listed = run_cli(nodes[0].home, "jobs", "queue")
     assert listed.returncode == 0, listed.stderr
     row = next(line for line in listed.stdout.decode().splitlines() if " far " in line)
@@ -160,6 +167,7 @@ def _audit_stream(redis: RedisServer, job_id: int) -> tuple[bytes, list[int]]:
     return bytes(data), epochs
 
 
+@measures  # its pace is the stalls': never beside the CPU-bound benchmark test
 def test_two_nodes_racing_for_one_lease_100_times_never_fetch_at_once(
     redis_server: RedisServer, cluster: Cluster, tmp_path: Path
 ) -> None:
@@ -183,11 +191,12 @@ def test_two_nodes_racing_for_one_lease_100_times_never_fetch_at_once(
     redis = redis_server.client()
     written = 0
     try:
-        # (About 30 s on a quiet machine; the bound only stops a test that hangs.)
-        deadline = time.monotonic() + 240
+        # (About 30 s on a quiet machine, 240 s was not enough beside CI's other tests; the
+        # bound only stops a test that hangs.)
+        deadline = time.monotonic() + 360
         # 100 rounds: the lease granted 101 times (the first holder, and 100 takeovers).
         while (granted := int(redis.hget(f"tailhub:job:{job.id}", "epoch") or 0)) < 101:
-            assert time.monotonic() < deadline, f"{granted - 1} takeovers in 240 s"
+            assert time.monotonic() < deadline, f"{granted - 1} takeovers in 360 s"
             if written < len(data):  # the log grows while the lease moves
                 with open(log, "ab") as more:
                     more.write(data[written : written + 1024])
