@@ -88,7 +88,18 @@ def attach_spec(request: pb.AttachJobRequest) -> SourceSpec:
 
 
 def launch_spec(request: pb.LaunchJobRequest, default_backend: str) -> LaunchSpec:
-    """What LaunchJob asks to run, and on which backend (none named: `default_backend`)."""
+    """What LaunchJob asks to run, and on which backend (none named: `default_backend`),
+    checked against the API's limits first (over gRPC and the owner endpoint alike)."""
+    limits.check_launch(
+        request.name,
+        run=request.run,
+        setup=request.setup,
+        workdir=request.workdir,
+        envs=request.envs,
+        environment=request.environment,
+        task_yaml=request.task_yaml,
+        backend=request.backend,
+    )
     backend = request.backend or default_backend
     envs = tuple(sorted(request.envs.items()))
     environment = tuple(sorted(without_credentials(request.environment).items()))

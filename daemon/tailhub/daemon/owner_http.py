@@ -226,16 +226,6 @@ class OwnerEndpoint:
                 _check_text(key, name)
                 _check_text(key, text)
         request = pb.LaunchJobRequest(**fields)
-        limits.check_launch(
-            request.name,
-            run=request.run,
-            setup=request.setup,
-            workdir=request.workdir,
-            envs=request.envs,
-            environment=request.environment,
-            task_yaml=request.task_yaml,
-            backend=request.backend,
-        )
         spec = launch_spec(request, self._config.default_backend)
         # The socket's peer is the owner, as on the gRPC socket: no token, no quota; its key
         # is the owner's, as there (a launch called again either way gets its job back).

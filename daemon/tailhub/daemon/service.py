@@ -199,16 +199,6 @@ class TailhubServicer:
     async def launch_job(
         self, request: pb.LaunchJobRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.LaunchJobResponse:
-        limits.check_launch(
-            request.name,
-            run=request.run,
-            setup=request.setup,
-            workdir=request.workdir,
-            envs=request.envs,
-            environment=request.environment,
-            task_yaml=request.task_yaml,
-            backend=request.backend,
-        )
         spec = launch_spec(request, self._config.default_backend)
         # Checked where it enters; scoped to the caller: a key never reaches another's job.
         key = launch_key(callers.token(), request.launch_key)
