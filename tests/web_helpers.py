@@ -15,6 +15,7 @@ from typing import Any
 from helpers import run_cli
 from markers import CHROMEDRIVER, CHROMIUM
 from selenium import webdriver
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.wait import WebDriverWait
@@ -77,10 +78,15 @@ def wait(
     what: str,
     timeout: float = PAGE_TIMEOUT,
 ) -> Any:
-    """Polls `condition` until it is truthy (selenium's WebDriverWait); its value."""
-    return WebDriverWait(driver, timeout, poll_frequency=0.05).until(
-        condition, f"timed out after {timeout:g}s waiting for {what}"
-    )
+    """Polls `condition` until it is truthy (selenium's WebDriverWait); its value. An element
+    not there yet, or replaced between finding and reading it (a live list redraws its rows),
+    counts as not yet."""
+    return WebDriverWait(
+        driver,
+        timeout,
+        poll_frequency=0.05,
+        ignored_exceptions=(NoSuchElementException, StaleElementReferenceException),
+    ).until(condition, f"timed out after {timeout:g}s waiting for {what}")
 
 
 # The text of each line in #log (a job's page or the multi-job view), as the DOM holds it.
