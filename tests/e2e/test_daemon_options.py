@@ -153,3 +153,20 @@ def test_start_passes_the_web_views_limits_on_and_knows_them_applied(cli_home: P
     assert other.returncode == 1
     assert "--http-max-connections-per-peer 5" in other.stderr.decode()
     assert _pid(cli_home) == pid
+
+
+def test_start_passes_the_connection_cap_per_address_on_and_knows_it_applied(
+    cli_home: Path,
+) -> None:
+    listen = ("--listen", f"127.0.0.1:{_free_port()}", "--insecure")
+    started = run_cli(cli_home, "daemon", "start", *listen, "--max-connections-per-peer", "3")
+    assert started.returncode == 0, started.stderr
+    pid = _pid(cli_home)
+    argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    assert argv[argv.index(b"--max-connections-per-peer") + 1] == b"3"
+    again = run_cli(cli_home, "daemon", "start", *listen, "--max-connections-per-peer", "3")
+    assert again.returncode == 0, again.stderr
+    other = run_cli(cli_home, "daemon", "start", "--max-connections-per-peer", "5")
+    assert other.returncode == 1
+    assert "--max-connections-per-peer 5" in other.stderr.decode()
+    assert _pid(cli_home) == pid

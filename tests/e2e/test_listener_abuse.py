@@ -9,6 +9,7 @@ user-visible outcome is checked, with loose bounds.
 from __future__ import annotations
 
 import json
+import re
 import socket
 import struct
 import subprocess
@@ -151,6 +152,37 @@ def test_connections_past_the_cap_are_closed_and_the_owner_still_launches(
         )
 
 
+def test_one_address_keeps_only_its_share_of_connections_and_others_get_in(home: Path) -> None:
+    token = create_token(home, "read")
+    port = free_port()
+    daemon = DaemonProcess(
+        home,
+        args=["--listen", f"127.0.0.1:{port}", "--insecure", "--max-connections-per-peer", "4"],
+    )
+    with daemon:
+        # From another loopback address than the token holder's (127.0.0.1).
+        held = [_h2_connection(port, source="127.0.0.2") for _ in range(12)]
+        try:
+            # Before the cap, all 12 stayed open (they sent the preface: only the idle timeout,
+            # 5 min, would end them), and 1,024 such kept every new connection out.
+            wait_until(
+                lambda: sum(not _alive(peer) for peer in held) >= 8,
+                10,
+                "the address's connections past its 4 to be closed",
+            )
+            # Its first four are the ones kept.
+            assert [_alive(peer) for peer in held] == [True] * 4 + [False] * 8
+            assert status_of(_list_jobs(f"127.0.0.1:{port}", token)) is grpc.StatusCode.OK
+        finally:
+            for peer in held:
+                peer.close()
+    # Said once a minute per address, with how many (one check may not have seen all 12).
+    assert re.search(
+        r"WARNING .*closed [1-8] connection\(s\) from 127\.0\.0\.2 past its 4 on the --listen",
+        daemon.log_text(),
+    ), daemon.log_text()
+
+
 def test_connections_that_send_nothing_are_closed_and_a_token_holder_gets_in(home: Path) -> None:
     token = create_token(home, "read")
     port = free_port()
@@ -183,9 +215,10 @@ def test_connections_that_send_nothing_are_closed_and_a_token_holder_gets_in(hom
                 peer.close()
 
 
-def _h2_connection(port: int) -> socket.socket:
-    """A TCP connection that opened HTTP/2 as a client does, and does nothing more."""
-    peer = socket.create_connection(("127.0.0.1", port), timeout=5)
+def _h2_connection(port: int, source: str = "127.0.0.1") -> socket.socket:
+    """A TCP connection from `source` that opened HTTP/2 as a client does, and does nothing
+    more."""
+    peer = socket.create_connection(("127.0.0.1", port), timeout=5, source_address=(source, 0))
     peer.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes(3) + b"\x04" + bytes(5))
     peer.setblocking(False)
     return peer

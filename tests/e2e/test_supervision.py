@@ -82,7 +82,8 @@ def _stops_with_reason(daemon: DaemonProcess, name: str, service: str = "") -> N
 
 
 def test_every_essential_task_is_crashed_by_a_test() -> None:
-    assert {*ALONE, *CLUSTER, faults.CERTIFICATE_CHECK} == faults.ESSENTIAL_TASKS
+    listeners = {faults.CERTIFICATE_CHECK, faults.CONNECTION_CAP}
+    assert {*ALONE, *CLUSTER, *listeners} == faults.ESSENTIAL_TASKS
 
 
 def test_a_bad_fault_is_refused_at_start(home: Path) -> None:
@@ -112,6 +113,16 @@ def test_a_crashed_certificate_check_stops_the_daemon(home: Path) -> None:
     )
     daemon.start()
     _stops_with_reason(daemon, faults.CERTIFICATE_CHECK)
+
+
+def test_a_crashed_connection_cap_stops_the_daemon(home: Path) -> None:
+    # Without its cap, one address could hold every --listen connection again.
+    listen = f"127.0.0.1:{free_port()}"
+    daemon = DaemonProcess(
+        home, args=["--listen", listen, "--insecure"], env=_fail(faults.CONNECTION_CAP)
+    )
+    daemon.start()
+    _stops_with_reason(daemon, faults.CONNECTION_CAP)
 
 
 @pytest.mark.slow

@@ -79,6 +79,11 @@ def _start_options(command: Any) -> Any:
         ),
         click.option("--max-streams-per-token", type=click.IntRange(min=1), help="... per token."),
         click.option(
+            "--max-connections-per-peer",
+            type=click.IntRange(min=1),
+            help="--listen connections one address may hold.",
+        ),
+        click.option(
             "--subscriber-budget",
             type=click.IntRange(min=64 * 1024),
             metavar="BYTES",

@@ -29,6 +29,7 @@ _RECORDED: dict[str, tuple[type, ...]] = {
     "insecure": (bool,),
     "max-streams": (int,),
     "max-streams-per-token": (int,),
+    "max-connections-per-peer": (int,),
     "subscriber-budget": (int,),
     "metrics-listen": (str,),
     "http-listen": (str,),

@@ -349,6 +349,7 @@ def main(
     insecure: bool,
     max_streams: int,
     max_streams_per_token: int,
+    max_connections_per_peer: int,
     max_jobs_per_token: int,
     metrics_listen: tuple[str, int] | None,
     http_listen: str | None,
@@ -386,6 +387,7 @@ def main(
         insecure=insecure,
         max_streams=max_streams,
         max_streams_per_token=max_streams_per_token,
+        max_connections_per_peer=max_connections_per_peer,
         web=http_listen is not None,
     )
     web = _web_or_exit(

@@ -11,6 +11,7 @@ import click
 from tailhub.daemon.config import ClusterSettings, DaemonConfig, parse_host_port
 from tailhub.daemon.flags_file import apply_flags_file
 from tailhub.daemon.listeners import DEFAULT_MAX_STREAMS, DEFAULT_MAX_STREAMS_PER_TOKEN
+from tailhub.daemon.peer_cap import DEFAULT_GRPC_CONNECTIONS_PER_PEER
 from tailhub.daemon.quotas import DEFAULT_MAX_JOBS_PER_TOKEN
 from tailhub.daemon.sizes import parse_size
 from tailhub.daemon.web.settings import (
@@ -151,6 +152,14 @@ _OPTIONS = [
         default=DEFAULT_MAX_STREAMS_PER_TOKEN,
         show_default=True,
         help="Log streams served at once to one token.",
+    ),
+    click.option(
+        "--max-connections-per-peer",
+        type=click.IntRange(min=1),
+        default=DEFAULT_GRPC_CONNECTIONS_PER_PEER,
+        show_default=True,
+        help="TCP connections one address may hold on the --listen ports; its newest past "
+        "that are closed within half a second.",
     ),
     click.option(
         "--max-jobs-per-token",

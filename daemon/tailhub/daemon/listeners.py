@@ -23,6 +23,7 @@ import grpc.aio
 from tailhub.daemon.config import LISTEN_EXAMPLES, format_host_port, parse_host_port
 from tailhub.daemon.errors import ListenerError
 from tailhub.daemon.limits import shown
+from tailhub.daemon.peer_cap import DEFAULT_GRPC_CONNECTIONS_PER_PEER
 from tailhub.daemon.statedir import open_to_others
 
 # Exit codes of tailhubd (README's table): a listener's TLS files, or its address.
@@ -67,8 +68,7 @@ UNARY_HEADROOM = 100
 # up to a connection's streams, so their number bounds the memory and descriptors that peers
 # without a token can take. gRPC closes one past the cap at once. Kept within an eighth of the
 # daemon's descriptors, which the job admission keeps aside (server.py). gRPC's Python server
-# has no hook at accept, so there is no cap per address: a peer holding them all keeps others'
-# new connections out until it lets go, but the daemon's memory stays bounded.
+# has no hook at accept: the cap per address is kept from outside it (peer_cap.py).
 NETWORK_MAX_CONNECTIONS = 1024
 SHARE_OF_DESCRIPTORS = 8
 # A connection must have sent HTTP/2's preface and its SETTINGS (after TLS's handshake, with
@@ -175,6 +175,7 @@ class NetworkSettings:
     tls: TlsMaterial | None
     max_streams: int = DEFAULT_MAX_STREAMS
     max_streams_per_token: int = DEFAULT_MAX_STREAMS_PER_TOKEN
+    max_connections_per_peer: int = DEFAULT_GRPC_CONNECTIONS_PER_PEER
 
 
 def network_settings(
@@ -186,6 +187,7 @@ def network_settings(
     insecure: bool,
     max_streams: int = DEFAULT_MAX_STREAMS,
     max_streams_per_token: int = DEFAULT_MAX_STREAMS_PER_TOKEN,
+    max_connections_per_peer: int = DEFAULT_GRPC_CONNECTIONS_PER_PEER,
     web: bool = False,
 ) -> NetworkSettings | None:
     """The listeners asked for on the command line, their TLS files read and checked;
@@ -199,16 +201,17 @@ def network_settings(
             )
         return None
     addresses = tuple(parse_address(text) for text in listen)
+    limits = (max_streams, max_streams_per_token, max_connections_per_peer)
     if insecure:
         _check_plaintext(addresses, tls_flags=bool(cert or key or client_ca))
-        return NetworkSettings(addresses, None, max_streams, max_streams_per_token)
+        return NetworkSettings(addresses, None, *limits)
     if not cert or not key:
         raise ValueError(
             "--listen needs --tls-cert and --tls-key (make them with `tailhub daemon tls-init`), "
             "or --insecure on a loopback address"
         )
     tls = load_tls(Path(cert), Path(key), Path(client_ca) if client_ca else None)
-    return NetworkSettings(addresses, tls, max_streams, max_streams_per_token)
+    return NetworkSettings(addresses, tls, *limits)
 
 
 def _check_plaintext(addresses: tuple[ListenAddress, ...], *, tls_flags: bool) -> None:

@@ -25,7 +25,7 @@ from tailhub.daemon.cert_expiry import CertificateWatch
 from tailhub.daemon.config import DaemonConfig
 from tailhub.daemon.domain import backend_of
 from tailhub.daemon.errors import EssentialTaskDied, JobError
-from tailhub.daemon.facts import WEB, ListenerFacts, RunFacts, listener_facts
+from tailhub.daemon.facts import GRPC, WEB, ListenerFacts, RunFacts, listener_facts
 from tailhub.daemon.failed_auth import FailedAuthLimit
 from tailhub.daemon.faults import HEALTH
 from tailhub.daemon.health import HealthReports
@@ -43,6 +43,7 @@ from tailhub.daemon.manager import JobManager
 from tailhub.daemon.owner_http import OwnerEndpoint
 from tailhub.daemon.owner_http import socket_path as owner_socket
 from tailhub.daemon.paths import shown
+from tailhub.daemon.peer_cap import PeerCap
 from tailhub.daemon.placement import Placement
 from tailhub.daemon.placing import choose_placement
 from tailhub.daemon.runner import LocalRunner
@@ -89,6 +90,7 @@ class Daemon:
         self._failed_auth = FailedAuthLimit()
         # Warns when the listeners' certificate has expired or soon will (daily).
         self._certificates: CertificateWatch | None = None
+        self._peer_cap: PeerCap | None = None
         # Made in start(), once the home is opened: its files are reached through it.
         self._lock: StateLock | None = None
         self._watcher = FileWatcher()
@@ -197,8 +199,7 @@ class Daemon:
         await server.start()
         self._server = server
         if network_server is not None:
-            await network_server.start()
-            self._network_server = network_server
+            await self._start_network(network_server, servicer.run_facts.listeners)
         self._watch_certificates(servicer.run_facts.listeners)
         await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
         await self._watch_placement_health(placement, health_servicer)
@@ -231,6 +232,18 @@ class Daemon:
         daemon holding the lock, for the CLI's autostart to respect."""
         if self._options is not None:
             record_options(self.config.paths, os.getpid(), self._options)
+
+    async def _start_network(
+        self, server: grpc.aio.Server, listeners: tuple[ListenerFacts, ...]
+    ) -> None:
+        """The --listen addresses' server, and the cap on one address's connections to them
+        (peer_cap.py)."""
+        assert self.network is not None
+        await server.start()
+        self._network_server = server
+        ports = {int(facts.address.rsplit(":", 1)[1]) for facts in listeners if facts.kind == GRPC}
+        self._peer_cap = PeerCap(ports, self.network.max_connections_per_peer)
+        self._peer_cap.start(self._essentials)
 
     def _watch_certificates(self, listeners: tuple[ListenerFacts, ...]) -> None:
         """The TCP listeners' certificates (gRPC and web alike): their expiry as a metric, and
@@ -374,6 +387,9 @@ class Daemon:
         if self._certificates is not None:
             await self._certificates.close()
             self._certificates = None
+        if self._peer_cap is not None:
+            await self._peer_cap.close()
+            self._peer_cap = None
         if self._metrics_endpoint is not None:
             await self._metrics_endpoint.close()
             self._metrics_endpoint = None

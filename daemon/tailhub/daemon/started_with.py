@@ -61,6 +61,7 @@ def applied_options(
         "insecure": params["insecure"],
         "max-streams": params["max_streams"],
         "max-streams-per-token": params["max_streams_per_token"],
+        "max-connections-per-peer": params["max_connections_per_peer"],
         "subscriber-budget": config.subscriber_budget_bytes,
         "metrics-listen": config.metrics_listen and format_host_port(*config.metrics_listen),
         "http-listen": params.get("http_listen") and normal_address(params["http_listen"]),
