@@ -39,6 +39,7 @@ EXPECTED: dict[type[errors.DaemonError], type[client.TailhubError]] = {
     errors.RedisBehind: client.RedisBehind,
     errors.ResourceLimit: client.TailhubError,
     errors.JobQuotaReached: client.TailhubError,
+    errors.LogQuotaReached: client.TailhubError,
     errors.OutOfDescriptors: client.TailhubError,
     errors.TooManyStreams: client.TailhubError,
     errors.Unavailable: client.DaemonUnreachable,

@@ -127,6 +127,7 @@ _BY_REASON: dict[str, tuple[type[TailhubError], Told]] = {
         (
             daemon.ResourceLimit.kind,
             daemon.JobQuotaReached.kind,
+            daemon.LogQuotaReached.kind,
             daemon.OutOfDescriptors.kind,
             daemon.TooManyStreams.kind,
             daemon.LogDamaged.kind,

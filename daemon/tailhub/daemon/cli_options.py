@@ -170,6 +170,15 @@ _OPTIONS = [
         "the owner, on the Unix socket, is not limited.",
     ),
     click.option(
+        "--max-log-bytes-per-token",
+        default="10G",
+        show_default=True,
+        metavar="SIZE",
+        callback=_size,
+        help="Bytes of log that the jobs of one token may hold together; a Publish past it is "
+        "refused. The owner is not limited.",
+    ),
+    click.option(
         "--metrics-listen",
         metavar="HOST:PORT",
         callback=lambda _ctx, _param, value: _host_port(value),

@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 from tailhub.daemon.faults import Stall
 from tailhub.daemon.limits import shown
 from tailhub.daemon.paths import StatePaths
-from tailhub.daemon.quotas import DEFAULT_MAX_JOBS_PER_TOKEN
+from tailhub.daemon.quotas import DEFAULT_MAX_JOBS_PER_TOKEN, DEFAULT_MAX_LOG_BYTES_PER_TOKEN
 from tailhub.daemon.reconnects import ReconnectPolicy
 
 KIB = 1024
@@ -116,8 +116,10 @@ class DaemonConfig:
     # Ended jobs' logs hold at most this many bytes together, the oldest removed first (so
     # that a disk does not fill with logs nobody reads); None: no budget.
     retain_log_bytes: int | None = None
-    # Jobs not ended that one token may hold (the Unix socket's owner is not limited).
+    # Jobs not ended that one token may hold (the Unix socket's owner is not limited), and the
+    # bytes of log all its jobs may hold.
     max_jobs_per_token: int = DEFAULT_MAX_JOBS_PER_TOKEN
+    max_log_bytes_per_token: int = DEFAULT_MAX_LOG_BYTES_PER_TOKEN
     # Seconds between retries of a fetch paused because the disk is full.
     disk_full_retry: float = 1.0
     # Fault injection for tests (TAILHUB_CRASH_AT): points where the daemon kills itself.
@@ -167,6 +169,8 @@ class DaemonConfig:
             raise ValueError("max connecting commands must be at least 1")
         if self.max_jobs_per_token < 1:
             raise ValueError("max jobs per token must be at least 1")
+        if self.max_log_bytes_per_token < 1:
+            raise ValueError("max log bytes per token must be at least 1")
 
     def _check_retention(self) -> None:
         if self.retention_seconds is not None and self.retention_seconds <= 0:

@@ -20,6 +20,7 @@ one place (`tailhub.client._errors`). An exception that is none of these is a bu
     │   └── RedisBehind                  UNAVAILABLE          REDIS_BEHIND
     ├── ResourceLimit                    RESOURCE_EXHAUSTED   RESOURCE_LIMIT
     │   ├── JobQuotaReached              RESOURCE_EXHAUSTED   TOO_MANY_JOBS
+    │   ├── LogQuotaReached              RESOURCE_EXHAUSTED   TOO_MANY_LOG_BYTES
     │   ├── OutOfDescriptors             RESOURCE_EXHAUSTED   TOO_MANY_OPEN_FILES
     │   └── TooManyStreams               RESOURCE_EXHAUSTED   TOO_MANY_STREAMS
     ├── Unavailable                      UNAVAILABLE          UNAVAILABLE
@@ -225,6 +226,12 @@ class JobQuotaReached(ResourceLimit):
     """A token holds --max-jobs-per-token jobs not ended."""
 
     kind = "TOO_MANY_JOBS"
+
+
+class LogQuotaReached(ResourceLimit):
+    """A token's jobs' logs would hold more than --max-log-bytes-per-token."""
+
+    kind = "TOO_MANY_LOG_BYTES"
 
 
 class OutOfDescriptors(ResourceLimit):

@@ -96,8 +96,9 @@ class JobManager:
         # `--tail` scans, apart from the default pool that file sources read with: a long
         # log without a newline is read to its start, and nobody else should wait for it.
         self.scans: ThreadPoolExecutor | None = None
-        # Jobs not ended per token, and the descriptors jobs may hold (quotas.py).
-        self.quota = JobQuota(config.max_jobs_per_token, self._is_open)
+        # Per token, jobs not ended and bytes of log; the descriptors jobs hold (quotas.py).
+        limits = (config.max_jobs_per_token, self._is_open, config.max_log_bytes_per_token)
+        self.quota = JobQuota(*limits, self._jobs)
         self.descriptors = DescriptorBudget(None)
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -110,8 +111,8 @@ class JobManager:
         events = self._store.load_events()
         owners = self._store.owners()
         for record in self._store.load_all():
-            if not record.state.terminal and record.id in owners:
-                self.quota.hold(owners[record.id], [record.id])
+            if record.id in owners:
+                self.quota.hold(owners[record.id], [record.id], ended=record.state.terminal)
             job = self._new_job(record)
             job.events = events.get(record.id, [])
             if record.sealed:
@@ -298,8 +299,7 @@ class JobManager:
         return self._retention.remove(job_ids, ended_before)
 
     def on_removed(self, listener: Callable[[list[int]], None]) -> None:
-        """Calls `listener` with the ids of the jobs removed, by a call or by the retention
-        policy, once they are gone."""
+        """Calls `listener` with the ids of jobs removed (by a call or retention), once gone."""
         self._retention.listeners.append(listener)
 
     def remove_expired(self, now: float) -> RemoveResult:

@@ -1,16 +1,18 @@
 """What one caller may hold, and what the daemon keeps for itself.
 
-- `JobQuota`: the jobs not ended that one token may hold (`--max-jobs-per-token`). A token
+- `JobQuota`: the jobs not ended that one token may hold (`--max-jobs-per-token`), and the bytes
+  of log its jobs may hold (`--max-log-bytes-per-token`, checked before each Publish). A token
   holder attaching push jobs in a loop made 21,000 of them in 13 s; each is a record and, before
-  push logs let their descriptor go, a descriptor. The owner (Unix socket) is not limited.
+  push logs let their descriptor go, a descriptor. One publishing in a loop filled the disk the
+  owner's logs are on. The owner (Unix socket) is not limited.
 - `DescriptorBudget`: jobs that hold descriptors (file and command jobs: the file or pipes and
   the log) are admitted while the daemon's descriptors in use stay below its limit minus a
   reserve; past it they are refused at once with a line saying why, instead of failing later
   with "Too many open files", and the reserve stays for the daemon's own work: the owner's
   launches, connections, the database and logs.
 
-They refuse with `JobQuotaReached` and `OutOfDescriptors` (errors.py: RESOURCE_EXHAUSTED, whose
-message begins "too many").
+They refuse with `JobQuotaReached`, `LogQuotaReached` and `OutOfDescriptors` (errors.py:
+RESOURCE_EXHAUSTED, whose message begins "too many").
 """
 
 from __future__ import annotations
@@ -20,12 +22,21 @@ import os
 import resource
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING
 
-from tailhub.daemon.errors import JobQuotaReached, OutOfDescriptors
+from tailhub.daemon.errors import JobQuotaReached, LogQuotaReached, OutOfDescriptors
+from tailhub.daemon.sizes import shown_size
 
-# The default of --max-jobs-per-token.
+if TYPE_CHECKING:
+    from tailhub.daemon.live_job import Job
+
+# The defaults of --max-jobs-per-token and --max-log-bytes-per-token.
 DEFAULT_MAX_JOBS_PER_TOKEN = 1000
+DEFAULT_MAX_LOG_BYTES_PER_TOKEN = 10 << 30
+# A token's log bytes are counted again (from its jobs' logs) at most this often; in between,
+# what it published is added.
+_RECOUNT_EVERY = 1.0
 # Descriptors kept for the daemon's own work: an eighth of its limit, within these bounds.
 MIN_RESERVE, MAX_RESERVE = 64, 1024
 # A job admitted is counted as holding its descriptors until a count taken this long after
@@ -36,13 +47,27 @@ _COUNT_EVERY = 0.1
 
 
 class JobQuota:
-    """The jobs not ended each token holds (by the token's name)."""
+    """The jobs not ended each token holds (by the token's name), and the bytes of log all its
+    jobs hold."""
 
-    def __init__(self, max_per_token: int, is_open: Callable[[int], bool]) -> None:
+    def __init__(
+        self,
+        max_per_token: int,
+        is_open: Callable[[int], bool],
+        max_log_bytes: int = DEFAULT_MAX_LOG_BYTES_PER_TOKEN,
+        jobs: Mapping[int, Job] | None = None,
+    ) -> None:
         self.max_per_token = max_per_token
+        self.max_log_bytes = max_log_bytes
         # Asked of a job id when a token is at its quota: does that job still count?
         self._is_open = is_open
         self._held: dict[str, set[int]] = {}
+        # Every job's token, ended ones too (their logs count until they are removed).
+        self._owners: dict[int, str] = {}
+        self._jobs: Mapping[int, Job] = {} if jobs is None else jobs
+        self._log_bytes: dict[str, int] = {}
+        # When each token's bytes were last counted, and how many jobs there were then.
+        self._counted_at: dict[str, tuple[float, int]] = {}
 
     def check(self, owner: str | None) -> None:
         """JobQuotaReached when `owner` (a token's name; None: the socket's owner) may not have
@@ -60,10 +85,52 @@ class JobQuota:
                 "once (tailhubd --max-jobs-per-token); finish or cancel some first"
             )
 
-    def hold(self, owner: str | None, job_ids: Iterable[int]) -> None:
-        """Counts jobs as `owner`'s (after they were created, or at start)."""
-        if owner is not None:
+    def hold(self, owner: str | None, job_ids: Iterable[int], *, ended: bool = False) -> None:
+        """Counts jobs as `owner`'s (after they were created, or at start; `ended` ones only
+        for their logs)."""
+        if owner is None:
+            return
+        job_ids = list(job_ids)
+        if not ended:
             self._held.setdefault(owner, set()).update(job_ids)
+        for job_id in job_ids:
+            self._owners[job_id] = owner
+
+    def check_log_bytes(self, job_id: int, size: int) -> None:
+        """LogQuotaReached when `size` more bytes in job `job_id`'s log would take its token's
+        jobs past --max-log-bytes-per-token; else counts them as taken."""
+        owner = self._owners.get(job_id)
+        if owner is None:
+            return
+        now = time.monotonic()
+        used = self._log_bytes.get(owner)
+        counted_at, jobs_then = self._counted_at.get(owner, (float("-inf"), -1))
+        if used is None or (
+            used + size > self.max_log_bytes
+            and (now - counted_at >= _RECOUNT_EVERY or len(self._jobs) != jobs_then)
+        ):
+            # Counted again when it matters: removed jobs and retries that appended nothing
+            # stop counting; at most once a second, however fast a refused token calls, unless
+            # jobs were removed (or made) since.
+            used = self._count_log_bytes(owner)
+            self._counted_at[owner] = (now, len(self._jobs))
+        if used + size > self.max_log_bytes:
+            self._log_bytes[owner] = used
+            raise LogQuotaReached(
+                f"too many log bytes for this token: its jobs' logs hold {shown_size(used)} "
+                f"of the {shown_size(self.max_log_bytes)} it may (tailhubd "
+                "--max-log-bytes-per-token); an admin can remove its ended jobs "
+                "(tailhub jobs rm)"
+            )
+        self._log_bytes[owner] = used + size
+
+    def _count_log_bytes(self, owner: str) -> int:
+        gone = [job_id for job_id in self._owners if job_id not in self._jobs]
+        for job_id in gone:
+            del self._owners[job_id]
+        return sum(
+            self._jobs[job_id].log.size for job_id, token in self._owners.items() if token == owner
+        )
 
 
 def descriptor_limit() -> int | None:

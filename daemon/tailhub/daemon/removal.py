@@ -14,6 +14,7 @@ from tailhub.daemon.config import DaemonConfig
 from tailhub.daemon.errors import StorageFull
 from tailhub.daemon.live_job import Job
 from tailhub.daemon.paths import StatePaths
+from tailhub.daemon.sizes import shown_size
 from tailhub.daemon.store import JobStore
 
 # How often the daemon applies the retention policy.
@@ -107,26 +108,17 @@ def summary(doomed: Expired, config: DaemonConfig) -> str:
     rules = [
         (doomed.by_count, f"beyond --max-ended-jobs {config.max_ended_jobs}"),
         (doomed.by_age, f"past --retention {_duration(config.retention_seconds or 0)}"),
-        (doomed.by_size, f"beyond --retain-logs {_size(config.retain_log_bytes or 0)}"),
+        (doomed.by_size, f"beyond --retain-logs {shown_size(config.retain_log_bytes or 0)}"),
     ]
     why = ", ".join(f"{len(chosen)} {rule}" for chosen, rule in rules if chosen)
     ids = _ids([job.id for job in jobs])
     count = f"{len(jobs)} ended job{'' if len(jobs) == 1 else 's'}"
-    return f"removed {count} ({_size(size)} of logs; {why}): {ids}"
+    return f"removed {count} ({shown_size(size)} of logs; {why}): {ids}"
 
 
 def _ids(ids: list[int], shown: int = 20) -> str:
     text = ", ".join(map(str, sorted(ids)[:shown]))
     return text if len(ids) <= shown else f"{text} and {len(ids) - shown} more"
-
-
-def _size(count: int) -> str:
-    value = float(count)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024:
-            return f"{count}B" if unit == "B" else f"{value:.1f}{unit}"
-        value /= 1024
-    return f"{value:.1f}TiB"
 
 
 def _duration(seconds: float) -> str:

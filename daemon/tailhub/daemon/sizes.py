@@ -20,3 +20,13 @@ def parse_size(text: str) -> int:
     if size > _MAX_BYTES:
         raise ValueError(f"{text!r} is too large a size")
     return size
+
+
+def shown_size(count: int) -> str:
+    """Bytes as people read them: `512B`, `1.5MiB`, `10.0GiB`."""
+    value = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024:
+            return f"{count}B" if unit == "B" else f"{value:.1f}{unit}"
+        value /= 1024
+    return f"{value:.1f}TiB"

@@ -69,6 +69,7 @@ The reasons, with their status code and the ErrorInfo.metadata keys (decimal str
 - DATA_LOSS: LOG_DAMAGED (the log file holds fewer bytes than recorded: changed behind the
   daemon's back).
 - RESOURCE_EXHAUSTED: DISK_FULL; TOO_MANY_JOBS (a token's --max-jobs-per-token);
+  TOO_MANY_LOG_BYTES (a token's jobs' logs, --max-log-bytes-per-token, on Publish);
   TOO_MANY_OPEN_FILES (the daemon's descriptors); TOO_MANY_STREAMS (--max-streams,
   --max-streams-per-token); TOO_MANY_FAILED_AUTHENTICATIONS (a peer's failed tokens: the
   details say when to try again).
