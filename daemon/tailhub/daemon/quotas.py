@@ -95,6 +95,8 @@ class JobQuota:
             self._held.setdefault(owner, set()).update(job_ids)
         for job_id in job_ids:
             self._owners[job_id] = owner
+        if len(self._owners) > 2 * len(self._jobs) + 1000:  # removed jobs: amortized
+            self._forget_removed()
 
     def check_log_bytes(self, job_id: int, size: int) -> None:
         """LogQuotaReached when `size` more bytes in job `job_id`'s log would take its token's
@@ -124,10 +126,12 @@ class JobQuota:
             )
         self._log_bytes[owner] = used + size
 
-    def _count_log_bytes(self, owner: str) -> int:
-        gone = [job_id for job_id in self._owners if job_id not in self._jobs]
-        for job_id in gone:
+    def _forget_removed(self) -> None:
+        for job_id in [job_id for job_id in self._owners if job_id not in self._jobs]:
             del self._owners[job_id]
+
+    def _count_log_bytes(self, owner: str) -> int:
+        self._forget_removed()
         return sum(
             self._jobs[job_id].log.size for job_id, token in self._owners.items() if token == owner
         )
