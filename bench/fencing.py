@@ -1,7 +1,9 @@
 """Scenario: what fencing a cluster node's commands costs (issue 19, item 5).
 
 - memory: one `tailhubd --redis` node runs N command jobs (each `sleep`s once it said it is
-  up). Its fence processes are counted and their RSS and PSS read; beside it, the RSS of one
+  up). Its fence processes and the commands' gates (a dash each, which stays as the command's
+  parent to kill its whole group when the daemon dies) are counted and their RSS and PSS read
+  (PSS: the gates share dash's pages, so their RSS counts them N times); beside it, the RSS of one
   Python process like the fence each command used to have (`python -I` importing the old
   fence's modules), times N.
 - start: how long a command takes from its start to its first byte behind the node's fence
@@ -33,7 +35,7 @@ from bench.report import Table, number
 from harness.daemon_process import DaemonProcess
 from harness.readings import rss_bytes
 from harness.waiting import wait_until
-from tailhub.daemon.process.fences import FENCE_MODULE, NodeFence, gate_argv
+from tailhub.daemon.process.fences import FENCE_MODULE, GATE_NAME, NodeFence, gate_argv
 
 _FOREVER = ["/bin/sh", "-c", "echo up; exec sleep 3600"]
 # A Python process in front of the command, as the old per-command fence was.
@@ -89,7 +91,9 @@ def _node(settings: Settings, directory: Path) -> dict[str, Any]:
                 return all(client.get(job.id).log_size >= len(b"up\n") for job in jobs)
 
             wait_until(up, 120, f"{settings.commands} commands to start")
-        fences = [pid for pid in _children(node.pid) if FENCE_MODULE.encode() in _cmdline(pid)]
+        children = _children(node.pid)
+        fences = [pid for pid in children if FENCE_MODULE.encode() in _cmdline(pid)]
+        gates = [pid for pid in children if GATE_NAME.encode() in _cmdline(pid)]
         with redis.Redis(port=server.port, socket_timeout=5.0) as client:
             before = _scripts(client)
             time.sleep(settings.observe_s)  # the node renews meanwhile, as it always does
@@ -106,6 +110,9 @@ def _node(settings: Settings, directory: Path) -> dict[str, Any]:
             "fence_processes": len(fences),
             "fence_rss_bytes": sum(rss_bytes(pid) for pid in fences),
             "fence_pss_bytes": sum(_pss(pid) for pid in fences),
+            "gate_processes": len(gates),
+            "gate_rss_bytes": sum(rss_bytes(pid) for pid in gates),
+            "gate_pss_bytes": sum(_pss(pid) for pid in gates),
             "old_fence_rss_bytes": old_rss,
             "old_fencing_rss_bytes": old_rss * settings.commands,
             "scripts_per_turn": scripts / turns,
@@ -223,6 +230,13 @@ def tables(result: dict[str, Any]) -> list[Table]:
                 number(result["fence_rss_bytes"], 1, mib),
                 number(result["fence_pss_bytes"], 1, mib),
                 number(result["scripts_per_turn"], 1),
+            ),
+            (
+                "the commands' gates",
+                str(result.get("gate_processes", "-")),
+                number(result.get("gate_rss_bytes", 0), 1, mib),
+                number(result.get("gate_pss_bytes", 0), 1, mib),
+                "",
             ),
             (
                 f"one per command (before: {n} x one)",

@@ -17,6 +17,8 @@ from cluster_helpers import REPLAY, Cluster, payload, upstream
 from helpers import DaemonProcess, start_background_cli, wait_until
 from redis_helpers import RedisServer
 
+from tailhub.daemon.process.fences import GATE_NAME
+
 FENCE = b"tailhub.daemon.process.fence"
 # A command that says it is up, then runs until it is killed.
 FOREVER = ["/bin/sh", "-c", "echo up; exec sleep 600"]
@@ -50,9 +52,15 @@ def _fences(node: DaemonProcess) -> list[int]:
     return [pid for pid in _children(node.pid) if FENCE in _cmdline(pid)]
 
 
+def _gates(node: DaemonProcess) -> list[int]:
+    """The gates of the node's upstream commands (each the daemon's own child)."""
+    return [pid for pid in _children(node.pid) if GATE_NAME.encode() in _cmdline(pid)]
+
+
 def _commands(node: DaemonProcess) -> list[int]:
-    """The node's upstream commands (each the daemon's own child, behind no process of its own)."""
-    return [pid for pid in _children(node.pid) if _cmdline(pid).startswith(b"sleep\0")]
+    """The node's upstream commands (each its gate's only child)."""
+    children = [pid for gate in _gates(node) for pid in _children(gate)]
+    return [pid for pid in children if _cmdline(pid).startswith(b"sleep\0")]
 
 
 def _guarded(fence: int) -> set[int]:
@@ -95,8 +103,11 @@ def test_twenty_command_jobs_on_a_node_have_one_fence_guarding_each(cluster: Clu
     assert len(fences) == 1, fences  # not one per command
     commands = _commands(node)
     assert len(commands) == 20
-    # Each command is the daemon's own child, and the fence holds a pidfd of every one.
-    assert set(commands) <= _guarded(fences[0])
+    # Each command is its gate's child, the gate the daemon's, and the fence holds a pidfd of
+    # every gate (the leader of the group it kills).
+    gates = _gates(node)
+    assert len(gates) == 20
+    assert set(gates) <= _guarded(fences[0])
     # Its environment is empty (nothing of the daemon's, nor of any job's), and it stays small.
     assert Path(f"/proc/{fences[0]}/environ").read_bytes() == b""
     rss_kib = int(Path(f"/proc/{fences[0]}/status").read_text().split("VmRSS:")[1].split()[0])
@@ -105,7 +116,9 @@ def test_twenty_command_jobs_on_a_node_have_one_fence_guarding_each(cluster: Clu
     # The daemon killed with kill -9: the fence kills every command at once, then exits.
     fence = fences[0]
     node.kill()
-    wait_until(lambda: not any(map(_alive, [fence, *commands])), 10, "commands and fence gone")
+    wait_until(
+        lambda: not any(map(_alive, [fence, *gates, *commands])), 10, "commands and fence gone"
+    )
 
 
 @pytest.mark.slow
@@ -280,16 +293,21 @@ def test_a_command_dies_with_its_daemon_even_when_the_fence_dies_with_it(
     cluster.lease_ms = 2000
     first, second = cluster.start(2)
     marks = tmp_path / "marks"
-    # Writes its pid and the time every 0.1 s, and ignores SIGPIPE (nobody reads its output).
+    child = tmp_path / "child"
+    # Starts a child that outlives it unless its group is killed (as `tail -f` under `sh -c`),
+    # then writes its pid and the time every 0.1 s, ignoring SIGPIPE (nobody reads its output).
     script = (
-        f"trap '' PIPE; echo up; while :; do echo \"$$ $(date +%s.%N)\" >> {marks}; sleep 0.1; done"
+        f"sleep 600 & echo $! > {child}; trap '' PIPE; echo up; "
+        f'while :; do echo "$$ $(date +%s.%N)" >> {marks}; sleep 0.1; done'
     )
     with first.client() as client:
         job = client.attach_command(["/bin/sh", "-c", script])
     wait_until(lambda: marks.exists() and len(_runs(marks)) == 1, 30, "the command to write")
     (command,) = _runs(marks)
     (fence,) = _fences(first)
-    assert int(_stat(command)[1]) == first.pid  # (its parent: the daemon)
+    gate = int(_stat(command)[1])
+    assert int(_stat(gate)[1]) == first.pid  # (the gate's parent: the daemon)
+    grandchild = int(child.read_text())
     redis = redis_server.client()
     try:
         # Both frozen first, so that neither can act on the other's end: then both killed.
@@ -300,6 +318,8 @@ def test_a_command_dies_with_its_daemon_even_when_the_fence_dies_with_it(
         killed = time.monotonic()
         wait_until(lambda: not _alive(command), 5, "the command to die with its daemon")
         died_after = time.monotonic() - killed
+        # Its child too: before, only the command died, and the child lived on as an orphan.
+        wait_until(lambda: not _alive(grandchild), 5, "the command's child to die with it")
         # Dead while the lease still held: before any other node could start it again.
         assert redis.pttl(f"tailhub:lease:{job.id}") > 0, f"died {died_after:.2f} s after"
         # The other node takes the job over and runs the command: never two at once.
@@ -309,6 +329,8 @@ def test_a_command_dies_with_its_daemon_even_when_the_fence_dies_with_it(
         assert runs[command][1] < runs[later][0], runs
         assert cluster.holder(job.id, on=second) == "n1"
     finally:
-        if _alive(command) and _cmdline(command).startswith(b"/bin/sh\0"):
-            os.kill(command, signal.SIGKILL)  # (an orphan: nobody else would stop it)
+        orphans = [command, *([int(child.read_text())] if child.exists() else [])]
+        for orphan in orphans:  # (nobody else would stop them)
+            if _alive(orphan) and _cmdline(orphan).startswith((b"/bin/sh\0", b"sleep\0")):
+                os.kill(orphan, signal.SIGKILL)
     print(f"the command died {died_after * 1000:.0f} ms after its daemon and fence")

@@ -6,16 +6,17 @@ one and tells its owner which jobs' commands went unguarded, for them to be stop
 closed: a command never runs a moment unfenced).
 
 A command starts behind a gate, `gate_argv`: a shell (dash, about a millisecond) that writes
-its pid to the fence and waits for `go` before it execs the command in its place, so the
-fence holds a pidfd of the command before the command runs. A fence that is gone never says
-`go`: nothing starts without one.
+its pid to the fence and waits for `go` before it starts the command as its child, in the
+process group it leads, so the fence holds a pidfd of the group's leader before the command
+runs. A fence that is gone never says `go`: nothing starts without one.
 
 The fence alone is not enough when it dies with the daemon (kill -9 of both at once, as
 `pkill -9 -f tailhub.daemon` does): nobody would be left to kill the command, and another node
-starts it again. So the gate itself runs under util-linux's `setpriv --pdeathsig KILL`, which
-asks the kernel to SIGKILL it when its parent dies and execs the gate (the same pid throughout,
-so the fence's pidfd and its check that the daemon is the parent hold). That comes before the
-gate reports: a daemon that died earlier is no longer the parent, and the fence refuses it.
+starts it again. So the gate itself runs under util-linux's `setpriv --pdeathsig USR1`, which
+asks the kernel to signal it when its parent dies and execs the gate (the same pid throughout,
+so the fence's pidfd and its check that the daemon is the parent hold); the gate then SIGKILLs
+its whole group, the command's own children too. That comes before the gate reports: a daemon
+that died earlier is no longer the parent, and the fence refuses it.
 """
 
 from __future__ import annotations
@@ -37,11 +38,21 @@ from tailhub.daemon.process.fence import MAX_MESSAGE
 logger = logging.getLogger(__name__)
 
 FENCE_MODULE = "tailhub.daemon.process.fence"
+# The gate's $0 (what `ps` shows of it).
+GATE_NAME = "tailhub-gate"
 # $1: the go pipe's read end; $2: the report pipe's write end (the gate's own descriptors,
 # reopened through /dev/fd: dash names no descriptor above 9). Refused: the fenced status.
+# Once told go, the gate runs the command as its child and stays, waiting, with its status as
+# its own: its parent-death signal (SIGUSR1, `die_with_parent`) then kills its whole process
+# group, the command's children too (exec'ing the command in its place, only the command got
+# it: a `tail` under `sh -c` lived on as an orphan). The trap is set first: before it, SIGUSR1
+# ends the gate alone, before the command starts. SIGTERM and the like reach the whole group
+# (the daemon's cancel); the gate lets the command answer and exits with its status.
 _GATE = (
+    "trap 'kill -KILL 0' USR1; "
     'exec 3</dev/fd/"$1" && printf "%s\\n" "$$" >/dev/fd/"$2" && read -r go <&3 '
-    '&& [ "$go" = go ] || exit 137; shift 2; exec "$@" 3<&-'
+    '&& [ "$go" = go ] || exit 137; shift 2; exec 3<&-; "$@" & c=$!; trap : TERM INT HUP; '
+    'while :; do wait "$c"; s=$?; kill -0 "$c" 2>/dev/null || break; done; exit "$s"'
 )
 # How long a closing daemon waits for its fence to kill everything and exit.
 _EXIT_SECONDS = 5.0
@@ -49,17 +60,17 @@ _EXIT_SECONDS = 5.0
 
 @functools.cache
 def die_with_parent() -> tuple[str, ...]:
-    """The prefix that makes a command die with its parent (even by kill -9): setpriv asks
-    the kernel for SIGKILL at its parent's death (PR_SET_PDEATHSIG), then execs the rest; empty
-    without setpriv (then the fence alone stops a command whose daemon died). Not a
-    preexec_fn: Python code between fork and exec is unsafe in a process with threads. Looked
-    up once, when first needed (never by a daemon alone).
+    """The prefix that makes a gate die with its parent (even by kill -9): setpriv asks the
+    kernel for SIGUSR1 at its parent's death (PR_SET_PDEATHSIG; the gate kills its group on
+    it), then execs the rest; empty without setpriv (then the fence alone stops a command
+    whose daemon died). Not a preexec_fn: Python code between fork and exec is unsafe in a
+    process with threads. Looked up once, when first needed (never by a daemon alone).
 
     The kernel sends the signal when the *thread* that forked exits, not the process: a
     command must be started from a thread that lives as long as the daemon (its event loop,
     in the main thread), never from a worker thread (`starting_thread_lives`)."""
     setpriv = shutil.which("setpriv")
-    return (setpriv, "--pdeathsig", "KILL", "--") if setpriv else ()
+    return (setpriv, "--pdeathsig", "USR1", "--") if setpriv else ()
 
 
 def starting_thread_lives() -> bool:
@@ -70,7 +81,7 @@ def starting_thread_lives() -> bool:
 def gate_argv(go: int, report: int, argv: Sequence[str]) -> list[str]:
     """The argv that starts `argv` once the fence said go (`go`, `report`: the gate's ends),
     dying with the daemon (`die_with_parent`)."""
-    return [*die_with_parent(), "/bin/sh", "-c", _GATE, "tailhub-gate", str(go), str(report), *argv]
+    return [*die_with_parent(), "/bin/sh", "-c", _GATE, GATE_NAME, str(go), str(report), *argv]
 
 
 class NodeFence:
