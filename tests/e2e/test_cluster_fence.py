@@ -14,9 +14,12 @@ from pathlib import Path
 
 import pytest
 from cluster_helpers import REPLAY, Cluster, payload, upstream
-from helpers import DaemonProcess, start_background_cli, wait_until
+from helpers import DaemonProcess, run_cli, start_background_cli, wait_until
+from job_helpers import write_task
 from redis_helpers import RedisServer
+from skydouble import SKY, SkyDouble
 
+from tailhub.daemon.process import FETCH_MARKER
 from tailhub.daemon.process.fences import GATE_NAME
 
 FENCE = b"tailhub.daemon.process.fence"
@@ -334,3 +337,36 @@ def test_a_command_dies_with_its_daemon_even_when_the_fence_dies_with_it(
             if _alive(orphan) and _cmdline(orphan).startswith((b"/bin/sh\0", b"sleep\0")):
                 os.kill(orphan, signal.SIGKILL)
     print(f"the command died {died_after * 1000:.0f} ms after its daemon and fence")
+
+
+def test_a_skypilot_jobs_sky_runs_behind_the_fence_and_dies_with_its_node(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    # Before, a SkyPilot job's `sky jobs launch` / `sky jobs logs` ran unfenced in cluster
+    # mode: a frozen or killed node's could stream on beside the one another node started.
+    sky = SkyDouble(tmp_path / "sky")
+    sky.home.mkdir()
+    (node,) = [cluster.add("n0", "--sky", str(SKY), env={"SKY_DOUBLE_HOME": str(sky.home)})]
+    try:
+        task = write_task(tmp_path, "run: echo up; sleep 600\n")
+        launched = run_cli(
+            node.home, "jobs", "launch", "--async", "--backend", "skypilot", str(task)
+        )
+        assert launched.returncode == 0, launched.stderr
+        job_id = int(launched.stdout)
+
+        def sky_processes() -> list[int]:
+            children = [pid for gate in _gates(node) for pid in _children(gate)]
+            return [pid for pid in children if str(SKY).encode() in _cmdline(pid)]
+
+        wait_until(lambda: len(sky_processes()) == 1, 60, "the job's sky process, behind a gate")
+        (launch,) = sky_processes()
+        (fence,) = _fences(node)
+        (gate,) = _gates(node)
+        assert gate in _guarded(fence)
+        environ = Path(f"/proc/{launch}/environ").read_bytes().split(b"\0")
+        assert f"{FETCH_MARKER}={job_id}".encode() in environ
+        node.kill()
+        wait_until(lambda: not _alive(launch), 10, "the sky process to die with its node")
+    finally:
+        sky.run("jobs", "cancel", "-a", "-y")

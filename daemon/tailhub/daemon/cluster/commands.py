@@ -1,10 +1,11 @@
-"""How a cluster node starts a job's upstream command: so that it never outlives the lease.
+"""How a cluster node starts a job's upstream command (a command job's, or a SkyPilot job's
+`sky`): so that it never outlives the lease.
 
 The command starts behind a gate of the node's one fence, which kills its process group when
 the lease may end, and at once when the daemon dies, even by kill -9 (another node takes the
 job over and starts its own; a survivor would be a second connection to the upstream host):
 process/fence.py, process/fences.py. The kernel kills it too when the daemon dies, should the
-fence die with it (setpriv --pdeathsig: the command's own process, not what it started). It
+fence die with it (setpriv --pdeathsig: its gate then kills its whole process group). It
 carries FETCH_MARKER=JOB_ID in its environment (the lease watchdog finds it by this).
 """
 
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from tailhub.daemon.errors import UpstreamFailed
 from tailhub.daemon.process import FETCH_MARKER, Wrapped
@@ -40,7 +41,9 @@ class FencedCommands:
                 "starts"
             )
 
-    def __call__(self, job_id: int, argv: Sequence[str]) -> Wrapped:
+    def __call__(
+        self, job_id: int, argv: Sequence[str], env: Mapping[str, str] | None = None
+    ) -> Wrapped:
         if not starting_thread_lives():  # (a bug: the kernel would kill it with the thread)
             raise UpstreamFailed("cannot start the command outside the main thread", FENCED)
         try:
@@ -50,6 +53,6 @@ class FencedCommands:
             raise UpstreamFailed(f"cannot start the command: {error}", FENCED) from None
         return Wrapped(
             gate_argv(go, report, argv),
-            {**os.environ, FETCH_MARKER: str(job_id)},
+            {**(os.environ if env is None else env), FETCH_MARKER: str(job_id)},
             (go, report),
         )

@@ -9,7 +9,7 @@ imports the rest of the daemon, so `python -m tailhub.daemon.process.fence` stay
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -35,10 +35,13 @@ class Wrapped:
 
 
 class CommandWrap(Protocol):
-    def __call__(self, job_id: int, argv: Sequence[str]) -> Wrapped:
-        """How job `job_id`'s upstream command `argv` is started."""
+    def __call__(
+        self, job_id: int, argv: Sequence[str], env: Mapping[str, str] | None = None
+    ) -> Wrapped:
+        """How job `job_id`'s upstream command `argv` is started (`env`: its environment;
+        None: the daemon's)."""
 
 
-def as_is(job_id: int, argv: Sequence[str]) -> Wrapped:
+def as_is(job_id: int, argv: Sequence[str], env: Mapping[str, str] | None = None) -> Wrapped:
     """The command as it is (a daemon alone)."""
-    return Wrapped([*argv])
+    return Wrapped([*argv], None if env is None else dict(env))

@@ -87,7 +87,14 @@ def _push(job_id: int, spec: SourceSpec, environment: SourceEnvironment) -> Sour
 
 def _skypilot(job_id: int, spec: SourceSpec, environment: SourceEnvironment) -> Source:
     assert isinstance(spec, SkyPilotSpec)
-    return SkyPilotSource(spec, environment.sky, environment.runner, environment.connecting)
+    return SkyPilotSource(
+        spec,
+        environment.sky,
+        environment.runner,
+        environment.connecting,
+        job_id=job_id,
+        wrap=environment.wrap_command,
+    )
 
 
 _REGISTRY: dict[SourceKind, SourceFactory] = {

@@ -27,6 +27,7 @@ from typing import ClassVar
 
 from tailhub.daemon.domain import MANAGED_JOB_ID, JobState, SkyPilotSpec
 from tailhub.daemon.errors import UpstreamFailed, UpstreamUnusable
+from tailhub.daemon.process import CommandWrap, as_is
 from tailhub.daemon.runner import LocalRunner, RunHandle
 from tailhub.daemon.sky import (
     ANSI,
@@ -84,6 +85,10 @@ class SkyPilotSource:
     runner: LocalRunner
     # Bounds how many upstreams are connecting at once, daemon-wide (as for commands).
     connecting: asyncio.Semaphore
+    # The job's id, and how its `sky` processes are started (as they are, or behind a cluster
+    # node's fence, which kills them when its lease may end: never two fetches of one job).
+    job_id: int = 0
+    wrap: CommandWrap = as_is
     counts_connections: ClassVar[bool] = True
 
     async def fetch(self, upstream: Upstream) -> Outcome | None:
@@ -117,7 +122,14 @@ class SkyPilotSource:
         state[LAUNCHED_AT] = time.time()
         upstream.save_state()
         environment = self.sky.launch_environment(spec.environment, spec.envs)
-        process, connected = await self._connect(argv, environment)
+        try:
+            process, connected = await self._connect(argv, environment)
+        except UpstreamFailed:
+            # The node's fence would not start it (cluster mode, wrap): `sky` never ran, so
+            # the retry launches.
+            del state[LAUNCHED_AT]
+            upstream.save_state()
+            raise
         cut = LaunchOutput()
         exit_code, errors = await _stream(
             process, connected, upstream, _Replay(upstream, 0, 0), cut, self.sky.submit_timeout
@@ -172,20 +184,24 @@ class SkyPilotSource:
     async def _start(
         self, argv: list[str], environment: dict[str, str]
     ) -> asyncio.subprocess.Process:
+        command = self.wrap(self.job_id, argv, environment)
         try:
             return await asyncio.create_subprocess_exec(
-                *argv,
+                *command.argv,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
-                env=environment,
+                env=command.env,
                 cwd=self.spec.workdir or None,
                 start_new_session=True,
+                pass_fds=command.pass_fds,
             )
         except OSError as error:
             raise UpstreamUnusable(
                 f"cannot run {self.sky.path}: {error.strerror}", exit_code=127
             ) from error
+        finally:
+            command.started()
 
     async def _outcome(self, managed_id: int, exit_code: int, errors: str) -> Outcome:
         if exit_code < 0:
