@@ -193,7 +193,8 @@ def test_an_append_under_a_lease_taken_over_is_refused_by_redis(
 
     import redis.asyncio
 
-    from tailhub.daemon.cluster.redis_store import STALE, RedisStore
+    from tailhub.daemon.cluster.lua import STALE
+    from tailhub.daemon.cluster.redis_store import RedisStore
 
     async def race() -> tuple[int, int, bytes]:
         client = redis.asyncio.Redis.from_url(redis_server.url)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import time
 from pathlib import Path
 
 from cluster_helpers import REPLAY, SERVING, Cluster, cluster_health, payload, upstream
@@ -162,3 +163,41 @@ def test_a_broken_stream_of_a_dead_holders_job_is_not_taken_over_and_stops_no_ro
     assert "the take-over round failed" not in log_text
     assert log_text.count("it is no longer read here") == 1
     assert f"job {jobs['bad']}: this node fetches it now" not in log_text
+
+
+def test_a_lease_replaced_by_a_hash_stops_that_jobs_fetch_and_nothing_else(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    # Every lease of a node is renewed in one script: a lease key of another type made it
+    # fail whole, and the node said its Redis was unreachable and stopped every fetch.
+    first, second = cluster.start(2)
+    jobs: dict[str, int] = {}
+    for name in ("bad", "good"):
+        # Quiet once up: nothing is appended, only the lease renewed.
+        with first.client() as client:
+            jobs[name] = client.attach_command(["/bin/sh", "-c", "echo up; exec sleep 600"]).id
+    for job_id in jobs.values():
+        wait_until(lambda: cluster.holder(job_id, on=first) == "n0", what="n0 to fetch")  # noqa: B023
+    redis = cluster.redis.client()
+    lease = f"{PREFIX}lease:{jobs['bad']}"
+    redis.delete(lease)
+    redis.hset(lease, "planted", "1")
+    # The bad job's fetch stops here (its lease is not this node's any more), and nobody
+    # takes it over while the planted key stands; the good job's goes on.
+    wait_until(lambda: cluster.holder(jobs["bad"], on=first) == "", what="the bad job's fetch")
+    good = f"{PREFIX}lease:{jobs['good']}"
+    started = time.monotonic()
+
+    def the_good_lease_held_for_two_lease_lengths() -> bool:
+        held = redis.get(good)
+        assert isinstance(held, bytes), "the good job's lease was lost"
+        assert held.startswith(b"n0 "), held
+        for node in (first, second):
+            assert cluster_health(node) == SERVING, node.log_text()
+        return time.monotonic() - started > 2 * cluster.lease_ms / 1000
+
+    wait_until(the_good_lease_held_for_two_lease_lengths, 30, "two lease lengths")
+    assert cluster.holder(jobs["good"], on=second) == "n0"
+    assert cluster.holder(jobs["bad"], on=second) == ""
+    for node in (first, second):
+        assert "is unreachable" not in node.log_text()

@@ -12,8 +12,8 @@ Keys (all under `tailhub:`, in the database the URL names):
 - `node:NAME`: held by the daemon running as NAME; `changes`: pub/sub of job ids whose
   record changed.
 
-Every write that needs the lease is one Lua script that checks it first, so a daemon that
-lost its lease (paused, partitioned, or just slow) can never write.
+Every write that needs the lease is one Lua script that checks it first (cluster/lua.py), so a
+daemon that lost its lease (paused, partitioned, or just slow) can never write.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from redis.exceptions import ResponseError
 if TYPE_CHECKING:
     import redis.asyncio
 
+from tailhub.daemon.cluster import lua
 from tailhub.daemon.cluster.key_faults import JobScript, job_size, on_job, read_streams
 from tailhub.daemon.cluster.records import parse_record
 from tailhub.daemon.errors import BadRecord
@@ -43,156 +44,6 @@ MAX_ENTRY_BYTES = 4 * 1024 * 1024
 MAX_EVENT_BYTES = 4096
 CHANGES = PREFIX + "changes"
 _NODES = PREFIX + "nodes"
-
-# An append (and an event, a record, an end) is refused with this when the lease is gone.
-STALE = -1
-# ... and with this when the log's size is not the one the appender expected.
-MISMATCH = -2
-# ... and with this when Redis no longer holds the cluster's data at all (it restarted
-# empty, or was flushed): told apart from a lease taken over, which a follower would
-# otherwise be told.
-LOST = -3
-
-# KEYS: lease, job, cluster.
-_ACQUIRE = """
-if redis.call('EXISTS', KEYS[3]) == 0 then return false end
-if redis.call('EXISTS', KEYS[1]) == 1 then return false end
-if redis.call('HGET', KEYS[2], 'sealed') == '1' then return false end
-local epoch = redis.call('HINCRBY', KEYS[2], 'epoch', 1)
-local token = ARGV[1] .. ' ' .. epoch
-redis.call('SET', KEYS[1], token, 'PX', ARGV[2])
-redis.call('HSET', KEYS[2], 'holder', ARGV[1])
-return token
-"""
-
-# KEYS: cluster, then one lease per job; ARGV: ms, then one token per lease. Every lease a
-# node holds, renewed in one round trip: -3 (LOST) for all, or 1 (renewed) / 0 (no longer
-# this token's) per lease, in order.
-_RENEW_ALL = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return -3 end
-local renewed = {}
-for i = 2, #KEYS do
-  if redis.call('GET', KEYS[i]) == ARGV[i] then
-    redis.call('PEXPIRE', KEYS[i], ARGV[1])
-    renewed[i - 1] = 1
-  else
-    renewed[i - 1] = 0
-  end
-end
-return renewed
-"""
-
-_RELEASE = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[2], 'holder', '')
-return 1
-"""
-
-# KEYS: lease, log, job, cluster; ARGV: token, expected size, bytes, epoch, retention (0:
-# none).
-_APPEND = """
-if redis.call('EXISTS', KEYS[4]) == 0 then return {-3, 0} end
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {-1, 0} end
-local size = tonumber(redis.call('HGET', KEYS[3], 'size') or '0')
-if size ~= tonumber(ARGV[2]) then return {-2, size} end
-local new = size + string.len(ARGV[3])
-redis.call('XADD', KEYS[2], new .. '-0', 'o', size, 'd', ARGV[3], 'e', ARGV[4])
-redis.call('HSET', KEYS[3], 'size', new)
-local cap = tonumber(ARGV[5])
-if cap > 0 then
-  local first = tonumber(redis.call('HGET', KEYS[3], 'first') or '0')
-  if new - first > cap then
-    redis.call('XTRIM', KEYS[2], 'MINID', (new - cap + 1) .. '-0')
-    local kept = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
-    if kept[1] then
-      local fields = kept[1][2]
-      for i = 1, #fields, 2 do
-        if fields[i] == 'o' then redis.call('HSET', KEYS[3], 'first', fields[i + 1]) end
-      end
-    end
-  end
-end
-return {0, new}
-"""
-
-# KEYS: lease, log, job, cluster; ARGV: token, message, epoch.
-_EVENT = """
-if redis.call('EXISTS', KEYS[4]) == 0 then return -3 end
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
-local size = redis.call('HGET', KEYS[3], 'size') or '0'
-redis.call('XADD', KEYS[2], size .. '-*', 'v', ARGV[2], 'e', ARGV[3])
-return 0
-"""
-
-# KEYS: lease, job, cluster; ARGV: token ('' for a job nobody fetches), record, job id.
-_SAVE = """
-if redis.call('EXISTS', KEYS[3]) == 0 then return -3 end
-if ARGV[1] ~= '' and redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
-redis.call('HSET', KEYS[2], 'record', ARGV[2])
-redis.call('PUBLISH', '@CHANGES@', ARGV[3])
-return 0
-"""
-
-# KEYS: lease, log, job, cluster; ARGV: token, expected size, end (JSON), record, job id. The
-# record is sealed even if the stream refuses the end (a planted key: BrokenJobKeys).
-_END = """
-if redis.call('EXISTS', KEYS[4]) == 0 then return -3 end
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
-local size = tonumber(redis.call('HGET', KEYS[3], 'size') or '0')
-if size ~= tonumber(ARGV[2]) then return -2 end
-redis.pcall('XADD', KEYS[2], size .. '-*', 'end', ARGV[3])
-redis.call('HSET', KEYS[3], 'record', ARGV[4], 'sealed', '1', 'holder', '')
-redis.call('DEL', KEYS[1])
-redis.call('PUBLISH', '@CHANGES@', ARGV[5])
-return 0
-"""
-
-# KEYS: job, jobs, lease; ARGV: record, job id, node, lease ms. The creator holds the first
-# lease from the start: no other node can take the new job before it does.
-_CREATE = """
-redis.call('HSET', KEYS[1], 'record', ARGV[1], 'size', 0, 'first', 0, 'epoch', 1,
-           'holder', ARGV[3])
-local token = ARGV[3] .. ' 1'
-redis.call('SET', KEYS[3], token, 'PX', ARGV[4])
-redis.call('ZADD', KEYS[2], ARGV[2], ARGV[2])
-redis.call('PUBLISH', '@CHANGES@', ARGV[2])
-return token
-"""
-
-# KEYS: next id; ARGV: the highest id the node knows. Never an id given before, even by a
-# Redis restored from an older copy (its counter went back; the nodes' records did not).
-_NEXT_ID = """
-local id = redis.call('INCR', KEYS[1])
-local floor = tonumber(ARGV[1])
-if id <= floor then
-  id = floor + 1
-  redis.call('SET', KEYS[1], id)
-end
-return id
-"""
-
-# KEYS: node, nodes; ARGV: token, name.
-_RELEASE_NODE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('DEL', KEYS[1])
-  redis.call('ZREM', KEYS[2], ARGV[2])
-end
-return 0
-"""
-
-# KEYS: node, nodes; ARGV: token, ms, name. Takes the node name, or keeps it for the daemon
-# holding it; `nodes` scores each name by when its hold ends (Redis's clock), for counting.
-_NODE = """
-local holder = redis.call('GET', KEYS[1])
-if holder and holder ~= ARGV[1] then return 0 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-local now = redis.call('TIME')
-local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
-redis.call('ZADD', KEYS[2], ms + tonumber(ARGV[2]), ARGV[3])
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ms)
-return 1
-"""
 
 
 @dataclass(frozen=True)
@@ -238,21 +89,21 @@ class RedisStore:
     """The cluster's keys, read and written through one redis.asyncio client."""
 
     def __init__(self, client: redis.asyncio.Redis) -> None:
-        def script(lua: str) -> Any:
-            return client.register_script(lua.replace("@CHANGES@", CHANGES))
+        def script(text: str) -> Any:
+            return client.register_script(text.replace("@CHANGES@", CHANGES))
 
         self.client = client
-        self._acquire = script(_ACQUIRE)
-        self._renew_all = script(_RENEW_ALL)
-        self._release = script(_RELEASE)
-        self._append = JobScript(script(_APPEND))
-        self._event = JobScript(script(_EVENT))
-        self._save = JobScript(script(_SAVE))
-        self._end = JobScript(script(_END))
-        self._create = script(_CREATE)
-        self._node = script(_NODE)
-        self._release_node = script(_RELEASE_NODE)
-        self._next_id = script(_NEXT_ID)
+        self._acquire = script(lua.ACQUIRE)
+        self._renew_all = script(lua.RENEW_ALL)
+        self._release = script(lua.RELEASE)
+        self._append = JobScript(script(lua.APPEND))
+        self._event = JobScript(script(lua.EVENT))
+        self._save = JobScript(script(lua.SAVE))
+        self._end = JobScript(script(lua.END))
+        self._create = script(lua.CREATE)
+        self._node = script(lua.NODE)
+        self._release_node = script(lua.RELEASE_NODE)
+        self._next_id = script(lua.NEXT_ID)
 
     # -- the cluster and its nodes -----------------------------------------------------------
     async def cluster_id(self) -> str | None:
@@ -381,6 +232,14 @@ class RedisStore:
             return None  # (LOST: the cluster's key is gone)
         if len(answer) != len(job_ids):
             raise ResponseError(f"renewing {len(job_ids)} leases gave {len(answer)} answers")
+        for job_id, value in zip(job_ids, answer, strict=True):
+            if value == -1:
+                logger.warning(
+                    "job %d: its lease %s in Redis is a key of another type (planted there): "
+                    "its fetch stops here",
+                    job_id,
+                    _lease_key(job_id),
+                )
         return {job_id: value == 1 for job_id, value in zip(job_ids, answer, strict=True)}
 
     async def release(self, job_id: int, token: str) -> None:

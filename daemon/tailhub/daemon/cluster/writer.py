@@ -26,9 +26,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from redis.exceptions import RedisError
 
+from tailhub.daemon.cluster.lua import LOST, MISMATCH, STALE
 from tailhub.daemon.cluster.placed import placed
 from tailhub.daemon.cluster.records import record_to_json
-from tailhub.daemon.cluster.redis_store import LOST, MISMATCH, STALE, RedisStore
+from tailhub.daemon.cluster.redis_store import RedisStore
 from tailhub.daemon.errors import BrokenJobKeys, FetchEnded, NotFetchedYet, NotStored, RedisBehind
 
 if TYPE_CHECKING:

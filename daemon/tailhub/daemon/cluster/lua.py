@@ -1,0 +1,167 @@
+"""The Lua scripts a cluster node runs in Redis (cluster/redis_store.py), each one atomic step.
+
+Every write that needs the lease checks it first, in the same script, so a daemon that lost its
+lease (paused, partitioned, or just slow) can never write. A key of another type under a job's
+name (planted by whoever can write to Redis) is that job's fault: where a script reads one it
+uses `redis.pcall`, so that the error answers for that job, never fails the script for every
+job (a node renewing all its leases in one script said its Redis was unreachable and stopped
+every fetch).
+
+`@CHANGES@` in a script stands for the pub/sub channel of changed records (redis_store.CHANGES).
+"""
+
+from __future__ import annotations
+
+# An append (and an event, a record, an end) is refused with this when the lease is gone.
+STALE = -1
+# ... and with this when the log's size is not the one the appender expected.
+MISMATCH = -2
+# ... and with this when Redis no longer holds the cluster's data at all (it restarted
+# empty, or was flushed): told apart from a lease taken over, which a follower would
+# otherwise be told.
+LOST = -3
+
+# KEYS: lease, job, cluster.
+ACQUIRE = """
+if redis.call('EXISTS', KEYS[3]) == 0 then return false end
+if redis.call('EXISTS', KEYS[1]) == 1 then return false end
+local sealed = redis.pcall('HGET', KEYS[2], 'sealed')
+if type(sealed) == 'table' or sealed == '1' then return false end
+local epoch = redis.call('HINCRBY', KEYS[2], 'epoch', 1)
+local token = ARGV[1] .. ' ' .. epoch
+redis.call('SET', KEYS[1], token, 'PX', ARGV[2])
+redis.call('HSET', KEYS[2], 'holder', ARGV[1])
+return token
+"""
+
+# KEYS: cluster, then one lease per job; ARGV: ms, then one token per lease. Every lease a
+# node holds, renewed in one round trip: -3 (LOST) for all, or 1 (renewed) / 0 (no longer
+# this token's) / -1 (not a lease: a key of another type) per lease, in order.
+RENEW_ALL = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return -3 end
+local renewed = {}
+for i = 2, #KEYS do
+  local held = redis.pcall('GET', KEYS[i])
+  if held == ARGV[i] then
+    redis.call('PEXPIRE', KEYS[i], ARGV[1])
+    renewed[i - 1] = 1
+  elseif type(held) == 'table' then
+    renewed[i - 1] = -1
+  else
+    renewed[i - 1] = 0
+  end
+end
+return renewed
+"""
+
+RELEASE = """
+if redis.pcall('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+redis.pcall('HSET', KEYS[2], 'holder', '')
+return 1
+"""
+
+# KEYS: lease, log, job, cluster; ARGV: token, expected size, bytes, epoch, retention (0:
+# none).
+APPEND = """
+if redis.call('EXISTS', KEYS[4]) == 0 then return {-3, 0} end
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {-1, 0} end
+local size = tonumber(redis.call('HGET', KEYS[3], 'size') or '0')
+if size ~= tonumber(ARGV[2]) then return {-2, size} end
+local new = size + string.len(ARGV[3])
+redis.call('XADD', KEYS[2], new .. '-0', 'o', size, 'd', ARGV[3], 'e', ARGV[4])
+redis.call('HSET', KEYS[3], 'size', new)
+local cap = tonumber(ARGV[5])
+if cap > 0 then
+  local first = tonumber(redis.call('HGET', KEYS[3], 'first') or '0')
+  if new - first > cap then
+    redis.call('XTRIM', KEYS[2], 'MINID', (new - cap + 1) .. '-0')
+    local kept = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
+    if kept[1] then
+      local fields = kept[1][2]
+      for i = 1, #fields, 2 do
+        if fields[i] == 'o' then redis.call('HSET', KEYS[3], 'first', fields[i + 1]) end
+      end
+    end
+  end
+end
+return {0, new}
+"""
+
+# KEYS: lease, log, job, cluster; ARGV: token, message, epoch.
+EVENT = """
+if redis.call('EXISTS', KEYS[4]) == 0 then return -3 end
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
+local size = redis.call('HGET', KEYS[3], 'size') or '0'
+redis.call('XADD', KEYS[2], size .. '-*', 'v', ARGV[2], 'e', ARGV[3])
+return 0
+"""
+
+# KEYS: lease, job, cluster; ARGV: token ('' for a job nobody fetches), record, job id.
+SAVE = """
+if redis.call('EXISTS', KEYS[3]) == 0 then return -3 end
+if ARGV[1] ~= '' and redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
+redis.call('HSET', KEYS[2], 'record', ARGV[2])
+redis.call('PUBLISH', '@CHANGES@', ARGV[3])
+return 0
+"""
+
+# KEYS: lease, log, job, cluster; ARGV: token, expected size, end (JSON), record, job id. The
+# record is sealed even if the stream refuses the end (a planted key: BrokenJobKeys).
+END = """
+if redis.call('EXISTS', KEYS[4]) == 0 then return -3 end
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
+local size = tonumber(redis.call('HGET', KEYS[3], 'size') or '0')
+if size ~= tonumber(ARGV[2]) then return -2 end
+redis.pcall('XADD', KEYS[2], size .. '-*', 'end', ARGV[3])
+redis.call('HSET', KEYS[3], 'record', ARGV[4], 'sealed', '1', 'holder', '')
+redis.call('DEL', KEYS[1])
+redis.call('PUBLISH', '@CHANGES@', ARGV[5])
+return 0
+"""
+
+# KEYS: job, jobs, lease; ARGV: record, job id, node, lease ms. The creator holds the first
+# lease from the start: no other node can take the new job before it does.
+CREATE = """
+redis.call('HSET', KEYS[1], 'record', ARGV[1], 'size', 0, 'first', 0, 'epoch', 1,
+           'holder', ARGV[3])
+local token = ARGV[3] .. ' 1'
+redis.call('SET', KEYS[3], token, 'PX', ARGV[4])
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[2])
+redis.call('PUBLISH', '@CHANGES@', ARGV[2])
+return token
+"""
+
+# KEYS: next id; ARGV: the highest id the node knows. Never an id given before, even by a
+# Redis restored from an older copy (its counter went back; the nodes' records did not).
+NEXT_ID = """
+local id = redis.call('INCR', KEYS[1])
+local floor = tonumber(ARGV[1])
+if id <= floor then
+  id = floor + 1
+  redis.call('SET', KEYS[1], id)
+end
+return id
+"""
+
+# KEYS: node, nodes; ARGV: token, name.
+RELEASE_NODE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  redis.call('ZREM', KEYS[2], ARGV[2])
+end
+return 0
+"""
+
+# KEYS: node, nodes; ARGV: token, ms, name. Takes the node name, or keeps it for the daemon
+# holding it; `nodes` scores each name by when its hold ends (Redis's clock), for counting.
+NODE = """
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+local now = redis.call('TIME')
+local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+redis.call('ZADD', KEYS[2], ms + tonumber(ARGV[2]), ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ms)
+return 1
+"""
