@@ -49,7 +49,7 @@ from tailhub.daemon.placing import choose_placement
 from tailhub.daemon.runner import LocalRunner
 from tailhub.daemon.service import SERVICE_NAME, TailhubServicer
 from tailhub.daemon.sky import SkyCli
-from tailhub.daemon.sources import SourceEnvironment
+from tailhub.daemon.sources import SourceEnvironment, ssh_share
 from tailhub.daemon.started_with import record_options
 from tailhub.daemon.statedir import check_database, ensure_private_dir, open_home
 from tailhub.daemon.store import JobStore
@@ -162,6 +162,7 @@ class Daemon:
                 dict(self.config.sky_environment),
             ),
             placement.wrap_command(),
+            self._ssh_share(),
         )
         await placement.join(self._store)
         self._record_kind()
@@ -225,6 +226,16 @@ class Daemon:
         servicer.web_login = view.login
         web = listener_facts(self.web.tls, [view.address], WEB)
         servicer.run_facts = replace(servicer.run_facts, listeners=web)
+
+    def _ssh_share(self) -> ssh_share.SshShare | None:
+        """How `ssh` command jobs share one connection per destination (sources/ssh_share.py):
+        a daemon alone only (a node's fence kills all of a job's upstream, and a master serves
+        several jobs)."""
+        directory = self.config.paths.root / "ssh"
+        if self.config.cluster is not None or not ssh_share.fits(directory):
+            return None
+        ensure_private_dir(directory)
+        return ssh_share.SshShare(directory)
 
     def _record_kind(self) -> None:
         """One kind of daemon per home (home_kind.py; the placement's `join` checked the
@@ -396,6 +407,8 @@ class Daemon:
         if self._manager is not None:
             await self._manager.close()
             self._manager = None
+            # Once the commands are stopped: the ssh masters they shared (left the group).
+            await asyncio.to_thread(ssh_share.close_masters, self.config.paths.root / "ssh")
         if self._placement is not None:
             await self._placement.close()
             self._placement = None

@@ -26,6 +26,7 @@ from tailhub.daemon.sources.file import FileSource
 from tailhub.daemon.sources.local import LocalSource
 from tailhub.daemon.sources.push import PushSource
 from tailhub.daemon.sources.skypilot import SkyPilotSource
+from tailhub.daemon.sources.ssh_share import SshShare
 from tailhub.daemon.watch import FileWatcher
 
 __all__ = [
@@ -50,6 +51,8 @@ class SourceEnvironment:
     sky: SkyCli
     # How upstream commands are started (as they are, or as the placement wraps them).
     wrap_command: CommandWrap = as_is
+    # How `ssh` commands share one connection per destination (ssh_share.py); None: not.
+    ssh_share: SshShare | None = None
 
 
 SourceFactory = Callable[[int, SourceSpec, SourceEnvironment], Source]
@@ -77,6 +80,7 @@ def _command(job_id: int, spec: SourceSpec, environment: SourceEnvironment) -> S
         environment.config.crash_at,
         job_id=job_id,
         wrap=environment.wrap_command,
+        ssh_share=environment.ssh_share,
     )
 
 

@@ -21,6 +21,7 @@ from tailhub.daemon.faults import AFTER_STDERR_APPEND, crash_at
 from tailhub.daemon.process import CommandWrap, as_is
 from tailhub.daemon.runner import LocalRunner, RunHandle, terminate_group
 from tailhub.daemon.sources.base import Outcome, Upstream
+from tailhub.daemon.sources.ssh_share import SshShare
 
 READ_BYTES = 256 * 1024
 # How long a command gets to exit after SIGTERM when the daemon stops fetching it.
@@ -57,6 +58,8 @@ class CommandSource:
     # is placed: process/).
     job_id: int = 0
     wrap: CommandWrap = as_is
+    # How an `ssh` command shares one connection per destination (ssh_share.py); None: not.
+    ssh_share: SshShare | None = None
     counts_connections: ClassVar[bool] = True
 
     async def fetch(self, upstream: Upstream) -> Outcome | None:
@@ -146,7 +149,12 @@ class CommandSource:
     async def _start(self) -> asyncio.subprocess.Process:
         try:
             # Its own process group, so that stopping it stops what it started too.
-            argv = ["/bin/sh", "-c", self.spec.argv[0]] if self.spec.shell else [*self.spec.argv]
+            if self.spec.shell:
+                argv = ["/bin/sh", "-c", self.spec.argv[0]]
+            elif self.ssh_share is not None:
+                argv = await self.ssh_share.argv(self.spec.argv)
+            else:
+                argv = [*self.spec.argv]
             command = self.wrap(self.job_id, argv)
             try:
                 return await asyncio.create_subprocess_exec(

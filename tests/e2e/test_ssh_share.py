@@ -1,0 +1,85 @@
+"""Command jobs that are `ssh ... HOST COMMAND` share one connection per destination (OpenSSH's
+ControlMaster, sources/ssh_share.py): against a real sshd on loopback (bench/sshd.py, which
+installs openssh-server when it is missing and it can)."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from helpers import DaemonProcess, wait_until
+
+from bench.sshd import Sshd, SshdUnavailable
+from tailhub.client import Client, JobState, LogChunk
+
+_ACCEPTED = re.compile(r"^.*Accepted publickey", re.MULTILINE)
+
+
+@pytest.fixture
+def sshd(tmp_path: Path) -> Iterator[Sshd]:
+    server = Sshd(tmp_path / "sshd", "100")
+    try:
+        server.start()
+    except SshdUnavailable as error:
+        if os.environ.get("CI"):  # a CI runner lacking it must not pass by running less
+            pytest.fail(f"no sshd: {error}")
+        pytest.skip(f"no sshd: {error}")
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+def _masters(daemon_pid: int) -> list[int]:
+    """ssh processes (the masters, the clients still there) whose control sockets are in the
+    daemon's directory."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if cmdline.startswith(b"ssh\0") and f"/proc/{daemon_pid}/fd/".encode() in cmdline:
+                found.append(int(entry))
+    return found
+
+
+def _log(client: Client, job_id: int) -> bytes:
+    return b"".join(item.data for item in client.follow(job_id) if isinstance(item, LogChunk))
+
+
+def test_ssh_command_jobs_to_one_host_share_one_connection(
+    sshd: Sshd, home: Path, tmp_path: Path
+) -> None:
+    logs = []
+    for index in range(6):
+        log = tmp_path / f"remote-{index}.log"
+        log.write_bytes(b"".join(b"job %d line %d\n" % (index, n) for n in range(200)))
+        logs.append(log)
+    accepted_before = len(_ACCEPTED.findall(sshd.log_since(0)))
+    with DaemonProcess(home) as daemon, daemon.client() as client:
+        jobs = [client.attach_command(sshd.argv(f"cat {log}")).id for log in logs]
+        # One that says otherwise about sharing gets a connection of its own.
+        alone = sshd.argv(f"cat {logs[0]}")
+        alone[1:1] = ["-o", "ControlMaster=no"]
+        own = client.attach_command(alone).id
+
+        def ended() -> bool:
+            return all(client.get(job).state.terminal for job in (*jobs, own))
+
+        wait_until(ended, 60, "every ssh job to end")
+        for job, log in zip(jobs, logs, strict=True):
+            assert client.get(job).state is JobState.SUCCEEDED
+            assert _log(client, job) == log.read_bytes()
+        assert _log(client, own) == logs[0].read_bytes()
+        pid = daemon.pid
+        assert _masters(pid)
+    # Six jobs, two connections: the shared one and the one that asked for its own.
+    accepted = len(_ACCEPTED.findall(sshd.log_since(0))) - accepted_before
+    assert accepted == 2, sshd.log_since(0)
+    # The daemon's stop ended the master it had started.
+    wait_until(lambda: not _masters(pid), 10, "the ssh master to end with the daemon")
