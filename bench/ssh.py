@@ -9,7 +9,10 @@ ending with a marker line) reached through a real sshd on 127.0.0.1. Each job ha
 - direct-open: the same against an sshd whose MaxStartups lets every connection start: what
   direct costs when every follower gets its log (the fair reference).
 - tailhub: the daemon runs that same command once per job (a command job, attached through the
-  API); the followers subscribe to the jobs, from a few grpc.aio client processes.
+  API); the followers subscribe to the jobs, from a few grpc.aio client processes. The jobs'
+  ssh commands share one connection to the host (sources/ssh_share.py): the master's CPU (a
+  process of its own session, not the daemon's child) is read before the daemon stops, and
+  sshd's after, once the daemon has ended the master.
 - tailhub-cli: the same jobs, each follower its own `tailhub jobs logs ID` (a program per
   follower, as direct's ssh is), for the F in `Settings.cli_followers`; the CLI as installed
   from the wheel (bench/cli_latency.py installed_cli), so its lean path (client/_lean.py).
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shlex
 import time
@@ -36,7 +40,7 @@ from bench.report import Table, number
 from bench.sshd import Sshd, SshdUnavailable
 from harness.daemon_process import DaemonProcess
 from harness.processes import ProcessSet, python_module
-from harness.readings import CpuTimes
+from harness.readings import CpuTimes, cpu_times
 from tailhub.client import JobState
 
 MARKER = "TAILHUB-BENCH-END-OF-LOG"
@@ -144,7 +148,13 @@ def _run_one(
     outcome = _judge(outcome, digests, followers)
     total = sum(
         outcome.get(part, 0.0)
-        for part in ("followers_cpu_s", "sshd_cpu_s", "daemon_cpu_s", "daemon_commands_cpu_s")
+        for part in (
+            "followers_cpu_s",
+            "sshd_cpu_s",
+            "daemon_cpu_s",
+            "daemon_commands_cpu_s",
+            "ssh_masters_cpu_s",
+        )
     )
     return {
         "mode": mode,
@@ -252,19 +262,38 @@ def _tailhub(
         processes.wait_all(timeout)
         infos = [client.get(job) for job in jobs]
         daemon_cpu: CpuTimes = daemon.cpu() - daemon_before
-        sshd.settle()
-        sshd_cpu = (sshd.cpu() - sshd_before).total
+        masters_cpu = _masters_cpu(daemon.pid)
+    # The daemon's stop ended the shared connection: its sshd session is over.
+    sshd.settle()
+    sshd_cpu = (sshd.cpu() - sshd_before).total
     return {
         "started": started,
         "received": received,
         "followers_cpu_s": followers_cpu,
         "daemon_cpu_s": daemon_cpu.own,
         "daemon_commands_cpu_s": daemon_cpu.children,  # its ssh processes
+        "ssh_masters_cpu_s": masters_cpu,
         "sshd_cpu_s": sshd_cpu,
         "upstream_connections": sum(info.upstream_connections for info in infos),
         "reconnected": [info.upstream_connections > 1 for info in infos],
         "failed_jobs": sum(info.state is not JobState.SUCCEEDED for info in infos),
     }
+
+
+def _masters_cpu(daemon_pid: int) -> float:
+    """CPU of the ssh masters the daemon started (`ssh -M`, control sockets in its directory)."""
+    total = 0.0
+    marker = f"/proc/{daemon_pid}/fd/".encode()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+            if argv[0] == b"ssh" and b"-M" in argv and any(marker in word for word in argv):
+                total += cpu_times(int(entry)).total
+        except (OSError, ValueError):
+            continue
+    return total
 
 
 def _subscribe(
@@ -342,6 +371,7 @@ def tables(result: dict[str, Any]) -> list[Table]:
             number(run["sshd_cpu_s"], 1),
             number(run.get("daemon_cpu_s"), 1),
             number(run.get("daemon_commands_cpu_s"), 1),
+            number(run.get("ssh_masters_cpu_s"), 2),
         )
         for run in result["runs"]
     ]
@@ -360,6 +390,7 @@ def tables(result: dict[str, Any]) -> list[Table]:
         "sshd",
         "daemon",
         "its ssh",
+        "masters",
     )
     notes = (
         "sessions: `Accepted publickey` in sshd's log; throttled: dropped past MaxStartups",
@@ -368,7 +399,8 @@ def tables(result: dict[str, Any]) -> list[Table]:
         "wall: from the jobs' start until every follower had every byte (never: some did not);"
         " wall ok: until the last complete follower had",
         "CPU: followers (ssh clients, or follower processes) + sshd and its sessions + the daemon"
-        " + its ssh commands; the writer is left out (the same in both modes)",
+        " + its ssh commands + their shared connection's master; the writer is left out (the"
+        " same in both modes)",
         f"each job writes {settings['rate'] / 1000:g} kB/s for {settings['duration']:g} s,"
         " then a marker line; tailhub attaches its jobs through the API, not the CLI",
     )

@@ -12,7 +12,7 @@ import contextlib
 import os
 import signal
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 from tailhub.daemon.domain import CommandSpec
@@ -60,6 +60,8 @@ class CommandSource:
     wrap: CommandWrap = as_is
     # How an `ssh` command shares one connection per destination (ssh_share.py); None: not.
     ssh_share: SshShare | None = None
+    # Ends the running command's session of a shared ssh connection.
+    _end_session: Callable[[], None] = field(default=lambda: None, init=False, repr=False)
     counts_connections: ClassVar[bool] = True
 
     async def fetch(self, upstream: Upstream) -> Outcome | None:
@@ -91,6 +93,7 @@ class CommandSource:
             connected()
             if process.returncode is None:
                 await terminate_group(process, TERMINATE_GRACE)
+            self._end_session()
             stderr.cancel()
             await asyncio.wait([stderr])
             if not stderr.cancelled():
@@ -147,14 +150,14 @@ class CommandSource:
             upstream.save_state()
 
     async def _start(self) -> asyncio.subprocess.Process:
+        # Its own process group, so that stopping it stops what it started too.
+        if self.spec.shell:
+            argv = ["/bin/sh", "-c", self.spec.argv[0]]
+        elif self.ssh_share is not None:
+            argv, self._end_session = await self.ssh_share.session(self.spec.argv)
+        else:
+            argv = [*self.spec.argv]
         try:
-            # Its own process group, so that stopping it stops what it started too.
-            if self.spec.shell:
-                argv = ["/bin/sh", "-c", self.spec.argv[0]]
-            elif self.ssh_share is not None:
-                argv = await self.ssh_share.argv(self.spec.argv)
-            else:
-                argv = [*self.spec.argv]
             command = self.wrap(self.job_id, argv)
             try:
                 return await asyncio.create_subprocess_exec(
@@ -168,10 +171,13 @@ class CommandSource:
                 )
             finally:
                 command.started()
-        except OSError as error:
-            raise UpstreamUnusable(
-                f"cannot run {self.spec.describe()}: {error.strerror}", exit_code=127
-            ) from error
+        except BaseException as error:
+            self._end_session()  # (it never started)
+            if isinstance(error, OSError):
+                raise UpstreamUnusable(
+                    f"cannot run {self.spec.describe()}: {error.strerror}", exit_code=127
+                ) from error
+            raise
 
 
 async def stop_left_over(runner: LocalRunner, upstream: Upstream) -> None:

@@ -14,8 +14,10 @@ itself (`ssh -M -N` with the command's options and destination, in a session of 
 that stopping a job's process group never takes the others' connection with it) and the jobs
 to that destination wait for it, up to `_MASTER_WAIT_S`; a master that cannot connect leaves
 each command to connect alone, as before. The masters' sockets are in the daemon's own
-directory (0700), one per destination (its options and host, hashed); `close_masters` ends
-them when the daemon stops. A path too long for a Unix socket turns sharing off.
+directory (0700), named by destination (its options and host, hashed) and number: a master
+carries `SESSIONS_PER_MASTER` sessions at most (sshd refuses past its MaxSessions, 10 by
+default), so a destination with more jobs gets more masters. `close_masters` ends them when the
+daemon stops. A path too long for a Unix socket turns sharing off.
 
 Only a daemon alone shares (server.py): a cluster node's commands run behind its fence, which
 must be able to kill all of a job's upstream, and a master serves several jobs.
@@ -30,7 +32,7 @@ import logging
 import os
 import socket
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -42,7 +44,11 @@ _MASTER_WAIT_S = 5.0
 # A Unix socket's path holds at most 107 bytes; ssh makes the master's at PATH plus a dot and
 # 16 random characters, then renames it.
 _MAX_SOCKET_PATH = 107
-_NAME_LENGTH = 24
+_NAME_LENGTH = 24 + 4  # the destination's hash, "-" and the master's number
+# Sessions one master carries at once: below sshd's default MaxSessions (10), past which it
+# refuses one more (the command then connects alone). A destination with more jobs gets more
+# masters.
+SESSIONS_PER_MASTER = 8
 _TEMPORARY_SUFFIX = 17
 # ssh's options that take a value (its getopt string), the flags that say something about
 # sharing, and the `-o` options that do.
@@ -97,14 +103,38 @@ class SshShare:
         self.directory = directory
         self._starting: dict[str, asyncio.Event] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        # Per destination, the sessions each of its masters carries now.
+        self._sessions: dict[str, list[int]] = {}
 
-    async def argv(self, argv: Sequence[str]) -> list[str]:
-        """`argv` as a session of its destination's master connection (started first when
-        there is none; a command whose master could not start connects on its own)."""
+    async def session(self, argv: Sequence[str]) -> tuple[list[str], Callable[[], None]]:
+        """`argv` as a session of one of its destination's master connections (started first
+        when there is none; a command whose master could not start connects on its own), and
+        what to call once the command has ended."""
         connection = destination(argv)
         if connection is None:
-            return list(argv)
-        name = hashlib.sha256("\0".join(connection).encode()).hexdigest()[:_NAME_LENGTH]
+            return list(argv), _nothing
+        key = hashlib.sha256("\0".join(connection).encode()).hexdigest()[:24]
+        counts = self._sessions.setdefault(key, [])
+        number = next((n for n, count in enumerate(counts) if count < SESSIONS_PER_MASTER), None)
+        if number is None:
+            number = len(counts)
+            counts.append(0)
+        counts[number] += 1
+        ended = False
+
+        def end() -> None:
+            nonlocal ended
+            if not ended:
+                ended = True
+                counts[number] -= 1
+
+        try:
+            return await self._argv(argv, connection, f"{key}-{number}"), end
+        except BaseException:
+            end()
+            raise
+
+    async def _argv(self, argv: Sequence[str], connection: list[str], name: str) -> list[str]:
         path = self.directory / name
         starting = self._starting.get(name)
         if starting is None and not _listening(path):
@@ -147,6 +177,10 @@ class SshShare:
         finally:
             started.set()
             del self._starting[name]
+
+
+def _nothing() -> None:
+    return None
 
 
 def _forget(path: Path) -> None:
