@@ -48,9 +48,9 @@ def test_a_tokens_jobs_hold_at_most_their_quota_of_log_bytes(home: Path) -> None
             _publish(service, writer, second, b"c")
         assert refused.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
         assert refused.value.details() == (
-            "too many log bytes for this token: its jobs' logs hold 64.0KiB of the 64.0KiB "
-            "it may (tailhubd --max-log-bytes-per-token); an admin can remove its ended "
-            "jobs (tailhub jobs rm)"
+            "too many log bytes for this token: it holds 64.0KiB of logs of the 64.0KiB it may "
+            "(tailhubd --max-log-bytes-per-token); an admin can remove its ended jobs "
+            "(tailhub jobs rm)"
         )
         # Nothing of the refused call was kept.
         with daemon.client() as client:
@@ -61,6 +61,17 @@ def test_a_tokens_jobs_hold_at_most_their_quota_of_log_bytes(home: Path) -> None
         with daemon.client() as client:
             owners = client.attach_push("owner's")
             client.publish(owners.id, b"e" * 200 * KIB)
+        # A write token may publish into the owner's push job: counted as its bytes. Before,
+        # a token at its quota published 35 MB into the owner's job.
+        with pytest.raises(grpc.RpcError) as refused:
+            _publish(service, writer, owners.id, b"f")
+        assert refused.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        fourth = create_token(home, "write", "fourth")
+        assert _publish(service, fourth, owners.id, b"g" * 60 * KIB) == 260 * KIB
+        with pytest.raises(grpc.RpcError) as refused:
+            _publish(service, fourth, owners.id, b"g" * 8 * KIB)
+        assert refused.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        with daemon.client() as client:
             client.finish(owners.id, 0)
             # Once its ended job is removed, the token may publish again.
             client.finish(first, 0)

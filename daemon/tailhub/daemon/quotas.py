@@ -66,6 +66,9 @@ class JobQuota:
         self._owners: dict[int, str] = {}
         self._jobs: Mapping[int, Job] = {} if jobs is None else jobs
         self._log_bytes: dict[str, int] = {}
+        # What each token published into jobs not its own, by job (in memory: a restart
+        # forgets it, and counts only the bytes of its own jobs).
+        self._published: dict[str, dict[int, int]] = {}
         # When each token's bytes were last counted, and how many jobs there were then.
         self._counted_at: dict[str, tuple[float, int]] = {}
 
@@ -98,15 +101,17 @@ class JobQuota:
         if len(self._owners) > 2 * len(self._jobs) + 1000:  # removed jobs: amortized
             self._forget_removed()
 
-    def check_log_bytes(self, job_id: int, size: int) -> None:
-        """LogQuotaReached when `size` more bytes in job `job_id`'s log would take its token's
-        jobs past --max-log-bytes-per-token; else counts them as taken."""
-        owner = self._owners.get(job_id)
-        if owner is None:
+    def check_log_bytes(self, caller: str | None, job_id: int, size: int) -> None:
+        """LogQuotaReached when `size` more bytes published by `caller` (a token's name; None:
+        the socket's owner, not limited) into job `job_id` would take the bytes it holds past
+        --max-log-bytes-per-token; else counts them as its. A token holds its own jobs' logs
+        and what it published into others' jobs (a write token may publish into any push
+        job, the owner's too), while those jobs exist."""
+        if caller is None:
             return
         now = time.monotonic()
-        used = self._log_bytes.get(owner)
-        counted_at, jobs_then = self._counted_at.get(owner, (float("-inf"), -1))
+        used = self._log_bytes.get(caller)
+        counted_at, jobs_then = self._counted_at.get(caller, (float("-inf"), -1))
         if used is None or (
             used + size > self.max_log_bytes
             and (now - counted_at >= _RECOUNT_EVERY or len(self._jobs) != jobs_then)
@@ -114,27 +119,33 @@ class JobQuota:
             # Counted again when it matters: removed jobs and retries that appended nothing
             # stop counting; at most once a second, however fast a refused token calls, unless
             # jobs were removed (or made) since.
-            used = self._count_log_bytes(owner)
-            self._counted_at[owner] = (now, len(self._jobs))
+            used = self._count_log_bytes(caller)
+            self._counted_at[caller] = (now, len(self._jobs))
         if used + size > self.max_log_bytes:
-            self._log_bytes[owner] = used
+            self._log_bytes[caller] = used
             raise LogQuotaReached(
-                f"too many log bytes for this token: its jobs' logs hold {shown_size(used)} "
-                f"of the {shown_size(self.max_log_bytes)} it may (tailhubd "
-                "--max-log-bytes-per-token); an admin can remove its ended jobs "
-                "(tailhub jobs rm)"
+                f"too many log bytes for this token: it holds {shown_size(used)} of logs of the "
+                f"{shown_size(self.max_log_bytes)} it may (tailhubd --max-log-bytes-per-token); "
+                "an admin can remove its ended jobs (tailhub jobs rm)"
             )
-        self._log_bytes[owner] = used + size
+        self._log_bytes[caller] = used + size
+        if self._owners.get(job_id) != caller:
+            published = self._published.setdefault(caller, {})
+            published[job_id] = published.get(job_id, 0) + size
 
     def _forget_removed(self) -> None:
         for job_id in [job_id for job_id in self._owners if job_id not in self._jobs]:
             del self._owners[job_id]
+        for published in self._published.values():
+            for job_id in [job_id for job_id in published if job_id not in self._jobs]:
+                del published[job_id]
 
-    def _count_log_bytes(self, owner: str) -> int:
+    def _count_log_bytes(self, token: str) -> int:
         self._forget_removed()
-        return sum(
-            self._jobs[job_id].log.size for job_id, token in self._owners.items() if token == owner
+        own = sum(
+            self._jobs[job_id].log.size for job_id, owner in self._owners.items() if owner == token
         )
+        return own + sum(self._published.get(token, {}).values())
 
 
 def descriptor_limit() -> int | None:

@@ -210,7 +210,7 @@ class TailhubServicer:
         self, request: pb.PublishRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.PublishResponse:
         limits.check_publish(request.data)
-        self._manager.quota.check_log_bytes(request.job_id, len(request.data))
+        self._manager.quota.check_log_bytes(callers.token(), request.job_id, len(request.data))
         expected = request.expected_offset if request.HasField("expected_offset") else None
         size = await self._manager.publish(request.job_id, request.data, expected)
         return pb.PublishResponse(log_size=size)
