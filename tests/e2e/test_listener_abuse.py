@@ -134,6 +134,15 @@ def test_connections_past_the_cap_are_closed_and_the_owner_still_launches(
             )
             # Those within it stay open (no more closed than the cap asks).
             assert sum(_alive(peer) for peer in held) == 32
+            # The operator is told (before, nothing said the listener was full).
+            wait_until(
+                lambda: (
+                    "all 32 connections the --listen ports take are open, from 1 address(es)"
+                    in daemon.log_text()
+                ),
+                10,
+                "the daemon to say its listener is full",
+            )
             # The owner's launches on the Unix socket do not depend on them.
             task = workdir / "task.yaml"
             task.write_text("run: echo still launching\n")

@@ -23,7 +23,7 @@ import logging
 import os
 import socket
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,12 +125,14 @@ def _shut_down(fd: int, inode: int) -> bool:
             os.close(duplicate)
 
 
-def enforce(ports: Collection[int], cap: int) -> dict[str, int]:
+def enforce(ports: Collection[int], cap: int) -> tuple[dict[str, int], Counter[str]]:
     """One check (blocking: it reads /proc): shuts down each peer's connections past `cap`;
-    how many were shut down, per peer."""
-    excess = over_the_cap(_read_tables(ports), cap)
+    how many were shut down, per peer, and how many each held."""
+    connections = _read_tables(ports)
+    held = Counter(connection.peer for connection in connections)
+    excess = over_the_cap(connections, cap)
     if not excess:
-        return {}
+        return {}, held
     descriptors = _socket_descriptors([inode for inodes in excess.values() for inode in inodes])
     closed: dict[str, int] = {}
     for peer, inodes in excess.items():
@@ -139,15 +141,18 @@ def enforce(ports: Collection[int], cap: int) -> dict[str, int]:
         )
         if count:
             closed[peer] = count
-    return closed
+    return closed, held
 
 
 class PeerCap:
     """Keeps the cap while the daemon serves (an essential task: supervisor.py)."""
 
-    def __init__(self, ports: Collection[int], cap: int) -> None:
+    def __init__(self, ports: Collection[int], cap: int, total: int) -> None:
         self.ports = frozenset(ports)
         self.cap = cap
+        # gRPC's cap on the listeners' connections in all (listeners.connection_cap).
+        self.total = total
+        self._full_logged_at = float("-inf")
         self._unlogged: dict[str, int] = defaultdict(int)
         self._logged_at: dict[str, float] = {}
         self._task: asyncio.Task[None] | None = None
@@ -161,8 +166,9 @@ class PeerCap:
         while True:
             await asyncio.sleep(CHECK_EVERY_S)
             # Off the loop: the table holds every socket of the network namespace.
-            closed = await asyncio.to_thread(enforce, self.ports, self.cap)
+            closed, held = await asyncio.to_thread(enforce, self.ports, self.cap)
             self._log(closed, time.monotonic())
+            self._tell_full(held, time.monotonic())
 
     def _log(self, closed: dict[str, int], now: float) -> None:
         # Bounded: only peers logged within the last LOG_EVERY_S are remembered.
@@ -182,6 +188,22 @@ class PeerCap:
             )
             self._logged_at[peer] = now
             del self._unlogged[peer]
+
+    def _tell_full(self, held: Counter[str], now: float) -> None:
+        """Says, at most once a minute, when every connection gRPC allows is open: new ones,
+        a token holder's too, are closed at once until some end (many addresses, each within
+        its cap, can hold them all)."""
+        if sum(held.values()) < self.total or now - self._full_logged_at < LOG_EVERY_S:
+            return
+        self._full_logged_at = now
+        most = ", ".join(f"{peer} {count}" for peer, count in held.most_common(5))
+        logger.warning(
+            "all %d connections the --listen ports take are open, from %d address(es) (most: "
+            "%s); new ones are closed at once until some end",
+            self.total,
+            len(held),
+            most,
+        )
 
     async def close(self) -> None:
         task, self._task = self._task, None

@@ -253,7 +253,8 @@ class Daemon:
         await server.start()
         self._network_server = server
         ports = {int(facts.address.rsplit(":", 1)[1]) for facts in listeners if facts.kind == GRPC}
-        self._peer_cap = PeerCap(ports, self.network.max_connections_per_peer)
+        total = connection_cap(self._manager.descriptors.limit if self._manager else None)
+        self._peer_cap = PeerCap(ports, self.network.max_connections_per_peer, total)
         self._peer_cap.start(self._essentials)
 
     def _watch_certificates(self, listeners: tuple[ListenerFacts, ...]) -> None:
