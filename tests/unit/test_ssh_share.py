@@ -20,6 +20,8 @@ def test_a_command_that_says_anything_of_sharing_or_is_not_ssh_is_left_alone() -
         ["ssh", "-o", " controlpersist=10", "host", "cat"],
         ["ssh", "-S", "/sock", "host", "cat"],
         ["ssh", "-vM", "host", "cat"],
+        ["ssh", "-L", "8080:localhost:80", "host", "cat"],  # a forwarding: not the master's
+        ["ssh", "-fN", "host"],
         ["ssh", "-p", "22"],  # no destination
         ["kubectl", "logs", "-f", "pod"],
         [],

@@ -9,11 +9,12 @@ port runs its command as one more session of it (about a tenth of the CPU).
 
 `SshShare.argv` makes a command whose program is `ssh` a session of its destination's master,
 unless the command already says anything about connection sharing (`-S`, `-M`, `-o
-Control...`: `-o ControlMaster=no` turns it off for one job). The daemon starts each master
-itself (`ssh -M -N` with the command's options and destination, in a session of its own, so
-that stopping a job's process group never takes the others' connection with it) and the jobs
-to that destination wait for it, up to `_MASTER_WAIT_S`; a master that cannot connect leaves
-each command to connect alone, as before. The masters' sockets are in the daemon's own
+Control...`: `-o ControlMaster=no` turns it off for one job) or has options a master must not
+take from it (forwardings `-L -R -D -W`, `-f`, `-N`, `-O`, `-s`, `-G`). The daemon starts each
+master itself (`ssh -M -N` with the command's options and destination, in a session of its
+own, so that stopping a job's process group never takes the others' connection with it) and
+the jobs to that destination wait for it, up to `_MASTER_WAIT_S`; a master that cannot connect
+leaves each command to connect alone, as before. The masters' sockets are in the daemon's own
 directory (0700), named by destination (its options and host, hashed) and number: a master
 carries `SESSIONS_PER_MASTER` sessions at most (sshd refuses past its MaxSessions, 10 by
 default), so a destination with more jobs gets more masters. `close_masters` ends them when the
@@ -50,10 +51,12 @@ _NAME_LENGTH = 24 + 4  # the destination's hash, "-" and the master's number
 # masters.
 SESSIONS_PER_MASTER = 8
 _TEMPORARY_SUFFIX = 17
-# ssh's options that take a value (its getopt string), the flags that say something about
-# sharing, and the `-o` options that do.
+# ssh's options that take a value (its getopt string); the flags of a command left alone: those
+# that say something about sharing, and those a master must not take from it (forwardings,
+# going to the background, no command, a control command, a subsystem, printing the config);
+# and the `-o` options that say something about sharing.
 _WITH_VALUE = frozenset("bcDEeFIiJLlmOoPpQRSWw")
-_SHARING_FLAGS = frozenset("MS")
+_LEFT_ALONE = frozenset("MS") | frozenset("LRDWfNOsG")
 _SHARING_OPTIONS = ("controlmaster", "controlpath", "controlpersist")
 
 
@@ -65,8 +68,8 @@ def fits(directory: Path) -> bool:
 
 def destination(argv: Sequence[str]) -> list[str] | None:
     """ssh's options and destination in `argv` (what one connection serves), or None when it
-    is not an ssh command that may share: another program, no destination, or one that says
-    something of sharing itself."""
+    is not an ssh command that may share: another program, no destination, one that says
+    something of sharing itself, or one with options its master must not take (`-L`, `-f`...)."""
     if not argv or os.path.basename(argv[0]) != "ssh":
         return None
     index = 1
@@ -79,7 +82,7 @@ def destination(argv: Sequence[str]) -> list[str] | None:
             break
         letters = word[1:]
         for position, letter in enumerate(letters):
-            if letter in _SHARING_FLAGS:
+            if letter in _LEFT_ALONE:
                 return None
             if letter in _WITH_VALUE:
                 value = letters[position + 1 :]
