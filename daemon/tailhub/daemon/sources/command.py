@@ -61,7 +61,7 @@ class CommandSource:
     # How an `ssh` command shares one connection per destination (ssh_share.py); None: not.
     ssh_share: SshShare | None = None
     # Ends the running command's session of a shared ssh connection.
-    _end_session: Callable[[], None] = field(default=lambda: None, init=False, repr=False)
+    _end_session: Callable[[], None] = field(default_factory=lambda: _no_session, init=False)
     counts_connections: ClassVar[bool] = True
 
     async def fetch(self, upstream: Upstream) -> Outcome | None:
@@ -178,6 +178,10 @@ class CommandSource:
                     f"cannot run {self.spec.describe()}: {error.strerror}", exit_code=127
                 ) from error
             raise
+
+
+def _no_session() -> None:
+    return None
 
 
 async def stop_left_over(runner: LocalRunner, upstream: Upstream) -> None:
