@@ -340,12 +340,14 @@ def test_a_command_dies_with_its_daemon_even_when_the_fence_dies_with_it(
 
 
 def test_a_skypilot_jobs_sky_runs_behind_the_fence_and_dies_with_its_node(
-    cluster: Cluster, tmp_path: Path
+    cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Before, a SkyPilot job's `sky jobs launch` / `sky jobs logs` ran unfenced in cluster
     # mode: a frozen or killed node's could stream on beside the one another node started.
     sky = SkyDouble(tmp_path / "sky")
     sky.home.mkdir()
+    # The launching shell's environment is the launch's (the double finds its state by it).
+    monkeypatch.setenv("SKY_DOUBLE_HOME", str(sky.home))
     (node,) = [cluster.add("n0", "--sky", str(SKY), env={"SKY_DOUBLE_HOME": str(sky.home)})]
     try:
         task = write_task(tmp_path, "run: echo up; sleep 600\n")
@@ -356,17 +358,22 @@ def test_a_skypilot_jobs_sky_runs_behind_the_fence_and_dies_with_its_node(
         job_id = int(launched.stdout)
 
         def sky_processes() -> list[int]:
+            with node.client() as client:
+                job = client.get(job_id)
+            assert not job.state.terminal, job.reason  # (a launch that failed: say why)
             children = [pid for gate in _gates(node) for pid in _children(gate)]
             return [pid for pid in children if str(SKY).encode() in _cmdline(pid)]
 
-        wait_until(lambda: len(sky_processes()) == 1, 60, "the job's sky process, behind a gate")
-        (launch,) = sky_processes()
+        wait_until(sky_processes, 60, "the job's sky process, behind a gate")
+        launches = sky_processes()
         (fence,) = _fences(node)
-        (gate,) = _gates(node)
-        assert gate in _guarded(fence)
-        environ = Path(f"/proc/{launch}/environ").read_bytes().split(b"\0")
-        assert f"{FETCH_MARKER}={job_id}".encode() in environ
+        assert set(_gates(node)) <= _guarded(fence)
+        for launch in launches:
+            environ = Path(f"/proc/{launch}/environ").read_bytes().split(b"\0")
+            assert f"{FETCH_MARKER}={job_id}".encode() in environ
         node.kill()
-        wait_until(lambda: not _alive(launch), 10, "the sky process to die with its node")
+        wait_until(
+            lambda: not any(map(_alive, launches)), 10, "the sky process to die with its node"
+        )
     finally:
         sky.run("jobs", "cancel", "-a", "-y")

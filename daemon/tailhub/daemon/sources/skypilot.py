@@ -28,6 +28,7 @@ from typing import ClassVar
 from tailhub.daemon.domain import MANAGED_JOB_ID, JobState, SkyPilotSpec
 from tailhub.daemon.errors import UpstreamFailed, UpstreamUnusable
 from tailhub.daemon.process import CommandWrap, as_is
+from tailhub.daemon.process.fence import FENCED as REFUSED
 from tailhub.daemon.runner import LocalRunner, RunHandle
 from tailhub.daemon.sky import (
     ANSI,
@@ -135,6 +136,11 @@ class SkyPilotSource:
             process, connected, upstream, _Replay(upstream, 0, 0), cut, self.sky.submit_timeout
         )
         ids = managed_job_ids(cut.said)
+        if exit_code == REFUSED and not cut.said and not errors:
+            # Its gate was refused (a lease not safe): `sky` never ran, the retry launches.
+            del state[LAUNCHED_AT]
+            upstream.save_state()
+            raise UpstreamFailed("the node's fence did not start `sky jobs launch`", exit_code)
         if exit_code is None:
             timeout = self.sky.submit_timeout
             return _failed(f"`sky jobs launch` took longer than {timeout:.0f}s")
