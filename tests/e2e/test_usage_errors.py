@@ -62,3 +62,16 @@ def test_an_empty_tailhub_home_is_a_usage_error_for_tailhubd(tmp_path: Path) -> 
     assert done.returncode == 2, done.stderr
     assert b"Usage:" in done.stderr
     assert b"$TAILHUB_HOME is set but empty" in done.stderr
+
+
+def test_a_byte_quota_of_nothing_is_a_usage_error_for_tailhubd(home: Path) -> None:
+    # (Before: exit 1 with "max log bytes per token must be at least 1", naming no flag.)
+    done = subprocess.run(
+        [sys.executable, "-m", "tailhub.daemon", "--home", str(home)]
+        + ["--max-log-bytes-per-token", "0"],
+        capture_output=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    assert b"--max-log-bytes-per-token" in done.stderr
+    assert b"'0': at least 1 byte" in done.stderr

@@ -48,6 +48,14 @@ def _size(ctx: click.Context, param: click.Parameter, text: str) -> int:
         raise click.BadParameter(str(error), ctx, param) from None
 
 
+def _positive_size(ctx: click.Context, param: click.Parameter, text: str) -> int:
+    """`_size`, and not 0 (a quota of nothing refuses every byte: surely not what was meant)."""
+    size = _size(ctx, param, text)
+    if size < 1:
+        raise click.BadParameter(f"{text!r}: at least 1 byte", ctx, param)
+    return size
+
+
 _OPTIONS = [
     click.option(
         "--config",
@@ -174,7 +182,7 @@ _OPTIONS = [
         default="10G",
         show_default=True,
         metavar="SIZE",
-        callback=_size,
+        callback=_positive_size,
         help="Bytes of log that the jobs of one token may hold together; a Publish past it is "
         "refused. The owner is not limited.",
     ),
