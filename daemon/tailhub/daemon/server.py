@@ -25,7 +25,7 @@ from tailhub.daemon.cert_expiry import CertificateWatch
 from tailhub.daemon.config import DaemonConfig
 from tailhub.daemon.domain import backend_of
 from tailhub.daemon.errors import EssentialTaskDied, JobError
-from tailhub.daemon.facts import GRPC, WEB, ListenerFacts, RunFacts, listener_facts
+from tailhub.daemon.facts import WEB, ListenerFacts, RunFacts, listener_facts
 from tailhub.daemon.failed_auth import FailedAuthLimit
 from tailhub.daemon.faults import HEALTH
 from tailhub.daemon.health import HealthReports
@@ -37,6 +37,7 @@ from tailhub.daemon.listeners import (
     connection_cap,
     describe,
     network_limits,
+    parse_address,
 )
 from tailhub.daemon.lock import StateLock
 from tailhub.daemon.manager import JobManager
@@ -200,7 +201,7 @@ class Daemon:
         await server.start()
         self._server = server
         if network_server is not None:
-            await self._start_network(network_server, servicer.run_facts.listeners)
+            await self._start_network(network_server)
         self._watch_certificates(servicer.run_facts.listeners)
         await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
         await self._watch_placement_health(placement, health_servicer)
@@ -244,18 +245,13 @@ class Daemon:
         if self._options is not None:
             record_options(self.config.paths, os.getpid(), self._options)
 
-    async def _start_network(
-        self, server: grpc.aio.Server, listeners: tuple[ListenerFacts, ...]
-    ) -> None:
+    async def _start_network(self, server: grpc.aio.Server) -> None:
         """The --listen addresses' server, and the cap on one address's connections to them
         (peer_cap.py)."""
-        assert self.network is not None
         await server.start()
         self._network_server = server
-        ports = {int(facts.address.rsplit(":", 1)[1]) for facts in listeners if facts.kind == GRPC}
-        total = connection_cap(self._manager.descriptors.limit if self._manager else None)
-        self._peer_cap = PeerCap(ports, self.network.max_connections_per_peer, total)
-        self._peer_cap.start(self._essentials)
+        if self._peer_cap is not None:
+            self._peer_cap.start(self._essentials)
 
     def _watch_certificates(self, listeners: tuple[ListenerFacts, ...]) -> None:
         """The TCP listeners' certificates (gRPC and web alike): their expiry as a metric, and
@@ -342,6 +338,8 @@ class Daemon:
         bound = bind(server, network)
         for address in bound:
             logger.info("tailhubd listening on %s (%s)", address, describe(network))
+        ports = {parse_address(address).port for address in bound}
+        self._peer_cap = PeerCap(ports, network.max_connections_per_peer, connections)
         servicer.run_facts = replace(
             servicer.run_facts,
             # The gRPC listeners first, then the web view's.
