@@ -202,6 +202,7 @@ def test_an_append_under_a_lease_taken_over_is_refused_by_redis(
         try:
             await store.ensure_cluster_id()  # (writes need the cluster's data in Redis)
             old = await store.create(5, {"id": 5}, "paused", 60_000)
+            assert old is not None
             status, size = await store.append(5, old, 0, b"from the first holder\n", 0)
             assert (status, size) == (0, 22)
             # The first holder pauses past its lease; another node takes the job over.

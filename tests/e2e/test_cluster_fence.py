@@ -200,9 +200,9 @@ def test_every_lease_of_a_node_is_renewed_in_one_round_trip(redis_server: RedisS
         store = RedisStore(client)
         try:
             await store.ensure_cluster_id()
-            tokens = {
-                job_id: await store.create(job_id, {}, "n0", 60_000) for job_id in range(1, 51)
-            }
+            tokens: dict[int, str] = {}
+            for job_id in range(1, 51):
+                tokens[job_id] = str(await store.create(job_id, {}, "n0", 60_000))
             # Job 7's lease moved on to another node.
             await client.pexpire("tailhub:lease:7", 1)
             while await store.acquire(7, "n1", 60_000) is None:

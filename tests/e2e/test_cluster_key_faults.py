@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import sys
-import time
 from pathlib import Path
 
+import pytest
 from cluster_helpers import REPLAY, SERVING, Cluster, cluster_health, payload, upstream
 from helpers import BackgroundCli, DaemonProcess, start_background_cli, wait_until
 
+from harness.daemon_process import DaemonExited
 from tailhub.client import JobState, TailhubError
 
 PREFIX = "tailhub:"
@@ -165,11 +166,14 @@ def test_a_broken_stream_of_a_dead_holders_job_is_not_taken_over_and_stops_no_ro
     assert f"job {jobs['bad']}: this node fetches it now" not in log_text
 
 
-def test_a_lease_replaced_by_a_hash_stops_that_jobs_fetch_and_nothing_else(
-    cluster: Cluster, tmp_path: Path
+@pytest.mark.parametrize("plant", ["a hash", "a string that never expires"])
+def test_a_planted_lease_stops_that_jobs_fetch_and_the_job_is_taken_over_after_it(
+    cluster: Cluster, plant: str
 ) -> None:
     # Every lease of a node is renewed in one script: a lease key of another type made it
-    # fail whole, and the node said its Redis was unreachable and stopped every fetch.
+    # fail whole, and the node said its Redis was unreachable and stopped every fetch. Then a
+    # planted lease (a hash, or a string with no expiry) kept its job from ever being taken
+    # over: RUNNING, fetched by nobody, until somebody deleted the key by hand.
     first, second = cluster.start(2)
     jobs: dict[str, int] = {}
     for name in ("bad", "good"):
@@ -181,23 +185,89 @@ def test_a_lease_replaced_by_a_hash_stops_that_jobs_fetch_and_nothing_else(
     redis = cluster.redis.client()
     lease = f"{PREFIX}lease:{jobs['bad']}"
     redis.delete(lease)
-    redis.hset(lease, "planted", "1")
-    # The bad job's fetch stops here (its lease is not this node's any more), and nobody
-    # takes it over while the planted key stands; the good job's goes on.
-    wait_until(lambda: cluster.holder(jobs["bad"], on=first) == "", what="the bad job's fetch")
+    if plant == "a hash":
+        redis.hset(lease, "planted", "1")
+    else:
+        redis.set(lease, "n7 99")
     good = f"{PREFIX}lease:{jobs['good']}"
-    started = time.monotonic()
 
-    def the_good_lease_held_for_two_lease_lengths() -> bool:
+    def the_bad_job_taken_over_while_the_good_lease_stays_n0s() -> bool:
         held = redis.get(good)
         assert isinstance(held, bytes), "the good job's lease was lost"
         assert held.startswith(b"n0 "), held
         for node in (first, second):
             assert cluster_health(node) == SERVING, node.log_text()
-        return time.monotonic() - started > 2 * cluster.lease_ms / 1000
+        bad = redis.get(lease) if redis.type(lease) == b"string" else None
+        return isinstance(bad, bytes) and bad.split(b" ")[0] in (b"n0", b"n1")
 
-    wait_until(the_good_lease_held_for_two_lease_lengths, 30, "two lease lengths")
+    # The planted key goes for a lease nobody renews; once that ends (a lease length), the
+    # job is taken over as after a holder that died.
+    wait_until(the_bad_job_taken_over_while_the_good_lease_stays_n0s, 30, "the take-over")
+    # (Each node shows the placeholder as its holder while it stands.)
+    taker = cluster.wait_for_holder(jobs["bad"], on=second, other_than=["(replaced key)"])
+    assert taker in ("n0", "n1")
+    logs = first.log_text() + second.log_text()
+    assert f"its lease key {lease} in Redis was none a node writes" in logs, logs
     assert cluster.holder(jobs["good"], on=second) == "n0"
-    assert cluster.holder(jobs["bad"], on=second) == ""
     for node in (first, second):
         assert "is unreachable" not in node.log_text()
+
+
+def test_the_clusters_own_keys_replaced_are_put_right_and_nothing_stops(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    # Somebody SET the cluster's index of jobs, its node names and its id counter to keys of
+    # another type: every node said its Redis was unreachable and stopped every fetch, and
+    # launches failed (the CLI's retries left FAILED records) until the keys were deleted.
+    first, second, bad, good = start(cluster)
+    redis = cluster.redis.client()
+
+    def plant() -> None:
+        for key in (f"{PREFIX}jobs", f"{PREFIX}nodes", f"{PREFIX}next_job_id"):
+            redis.delete(key)
+            redis.hset(key, "planted", "1")
+
+    plant()
+    watching = followers(second, tmp_path / "followers", good)
+    try:
+        # A new job at once, at an id never given before (the counter counts on).
+        with first.client() as client:
+            later = client.attach_push("after-the-plant").id
+        assert later > max(bad, good)
+        wait_until(lambda: redis.type(f"{PREFIX}nodes") == b"zset", what="the node names")
+        assert int(redis.get(f"{PREFIX}next_job_id") or 0) == later
+        assert redis.zscore(f"{PREFIX}jobs", str(bad)) == bad  # (the index rebuilt)
+        the_good_job_streams_while_the_nodes_stay_reachable(first, second, good)
+        # Planted again: the nodes put the counter right within a quarter lease, and a node
+        # that starts then rebuilds the index and lists every job.
+        plant()
+        counter = f"{PREFIX}next_job_id"
+        wait_until(
+            lambda: redis.type(counter) == b"string" and redis.get(counter) == str(later).encode(),
+            what="the counter put right",
+        )
+        late = cluster.add("n2")
+        with late.client() as client:
+            assert {bad, good, later} <= {job.id for job in client.list()}
+            assert client.attach_push("on-n2").id > later
+        for node in (first, second, late):
+            assert cluster_health(node) == SERVING, node.log_text()
+    finally:
+        for follower in watching:
+            follower.stop()
+    logs = "".join(node.log_text() for node in (first, second, late))
+    for node in (first, second, late):
+        assert "is unreachable" not in node.log_text()
+    assert f"Redis key {PREFIX}jobs was a key of another type" in logs
+    assert f"Redis key {PREFIX}next_job_id was a key of another type" in logs
+
+
+def test_a_cluster_identity_of_another_type_is_refused_at_start_with_what_to_do(
+    cluster: Cluster,
+) -> None:
+    cluster.redis.client().hset(f"{PREFIX}cluster", "planted", "1")
+    node = cluster.prepare("n0", cluster.redis.url)
+    with pytest.raises(DaemonExited):
+        node.start()
+    assert f"delete it (redis-cli DEL {PREFIX}cluster)" in node.log_text()
+    assert "Traceback" not in node.log_text()

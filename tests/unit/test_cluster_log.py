@@ -109,6 +109,7 @@ async def cluster(
         await store.ensure_cluster_id()
         holder = make_job(directory / "n1", mirrored=False)
         token = await store.create(JOB_ID, record_to_json(holder.record, "n1"), "n1", LEASE_MS)
+        assert token is not None
         holder_node = Node()
         lease = HeldLease(JOB_ID, token, time.monotonic() + LEASE_MS / 1000)
         writer = LogWriter(holder, lease, store, holder_node, home="n1", retention=retention)

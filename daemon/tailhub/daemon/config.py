@@ -42,6 +42,10 @@ def check_redis_url(url: str) -> None:
         raise ValueError(f"{what}: the database {shown(database)} is not a number")
 
 
+# The longest fetch lease a node takes: a lease key in Redis that lasts longer was planted.
+MAX_LEASE_MS = 600_000
+
+
 @dataclass(frozen=True)
 class ClusterSettings:
     """Cluster mode (`tailhubd --redis`): several daemons share jobs through one Redis."""
@@ -61,7 +65,7 @@ class ClusterSettings:
 
     def __post_init__(self) -> None:
         check_redis_url(self.redis_url)
-        if not 200 <= self.lease_ms <= 600_000:
+        if not 200 <= self.lease_ms <= MAX_LEASE_MS:
             raise ValueError("the lease must last between 200 ms and 10 minutes")
         if self.retention_bytes and self.retention_bytes < 1 * MIB:
             raise ValueError("Redis retention must be at least 1 MiB (0: keep everything)")

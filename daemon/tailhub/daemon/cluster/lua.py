@@ -121,28 +121,59 @@ return 0
 """
 
 # KEYS: job, jobs, lease; ARGV: record, job id, node, lease ms. The creator holds the first
-# lease from the start: no other node can take the new job before it does.
+# lease from the start: no other node can take the new job before it does. Answers {token,
+# 1 if `jobs` was a key of another type, replaced (redis_store rebuilds it)}; or false when the
+# job's key exists already (an id given twice: never written over).
 CREATE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return false end
+local replaced = 0
+local kind = redis.call('TYPE', KEYS[2]).ok
+if kind ~= 'zset' and kind ~= 'none' then
+  redis.call('DEL', KEYS[2])
+  replaced = 1
+end
 redis.call('HSET', KEYS[1], 'record', ARGV[1], 'size', 0, 'first', 0, 'epoch', 1,
            'holder', ARGV[3])
 local token = ARGV[3] .. ' 1'
 redis.call('SET', KEYS[3], token, 'PX', ARGV[4])
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[2])
 redis.call('PUBLISH', '@CHANGES@', ARGV[2])
-return token
+return {token, replaced}
+"""
+
+# The id counter's value when it is one (a string of digits), else nil: somebody replaced it
+# with a key of another type, or a string of something else.
+_COUNT = """
+local function count(key)
+  local kind = redis.call('TYPE', key).ok
+  if kind ~= 'string' then return nil end
+  local held = redis.call('GET', key)
+  if string.len(held) < 19 and string.match(held, '^%d+$') then return tonumber(held) end
+  return nil
+end
 """
 
 # KEYS: next id; ARGV: the highest id the node knows. Never an id given before, even by a
-# Redis restored from an older copy (its counter went back; the nodes' records did not).
-NEXT_ID = """
+# Redis restored from an older copy (its counter went back; the nodes' records did not). A
+# counter that is no count is replaced, counting on from that floor. Answers {id, 1 if it was
+# replaced}.
+NEXT_ID = (
+    _COUNT
+    + """
+local replaced = 0
+if redis.call('EXISTS', KEYS[1]) == 1 and not count(KEYS[1]) then
+  redis.call('DEL', KEYS[1])
+  replaced = 1
+end
 local id = redis.call('INCR', KEYS[1])
 local floor = tonumber(ARGV[1])
 if id <= floor then
   id = floor + 1
   redis.call('SET', KEYS[1], id)
 end
-return id
+return {id, replaced}
 """
+)
 
 # KEYS: node, nodes; ARGV: token, name.
 RELEASE_NODE = """
@@ -153,15 +184,69 @@ end
 return 0
 """
 
-# KEYS: node, nodes; ARGV: token, ms, name. Takes the node name, or keeps it for the daemon
-# holding it; `nodes` scores each name by when its hold ends (Redis's clock), for counting.
-NODE = """
-local holder = redis.call('GET', KEYS[1])
+# KEYS: node, nodes, next id; ARGV: token, ms, name, the highest id the node knows. Takes
+# the node name, or keeps it for the daemon holding it; `nodes` scores each name by when its
+# hold ends (Redis's clock), for counting. Either key found of another type is replaced, and
+# so is an id counter that is no count (answers 2 then, else 1; 0 when another daemon holds the
+# name). The counter is raised to the highest id the node knows: records above it are taken
+# for forgeries (cluster/sync.py), and it held none of them.
+NODE = (
+    _COUNT
+    + """
+local replaced = false
+local holder = redis.pcall('GET', KEYS[1])
+if type(holder) == 'table' then
+  redis.call('DEL', KEYS[1])
+  holder, replaced = false, true
+end
 if holder and holder ~= ARGV[1] then return 0 end
+local kind = redis.call('TYPE', KEYS[2]).ok
+if kind ~= 'zset' and kind ~= 'none' then
+  redis.call('DEL', KEYS[2])
+  replaced = true
+end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 local now = redis.call('TIME')
 local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 redis.call('ZADD', KEYS[2], ms + tonumber(ARGV[2]), ARGV[3])
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ms)
+local known = tonumber(ARGV[4])
+local counted = count(KEYS[3])
+if redis.call('EXISTS', KEYS[3]) == 1 and not counted then replaced = true end
+if known > 0 and (counted or 0) < known then redis.call('SET', KEYS[3], known) end
+if replaced then return 2 end
 return 1
+"""
+)
+
+# KEYS: a key the cluster owns; ARGV: its type. Deletes it when it is of another type: 1 then.
+REPLACE_FOREIGN = """
+local kind = redis.call('TYPE', KEYS[1]).ok
+if kind == ARGV[1] or kind == 'none' then return 0 end
+redis.call('DEL', KEYS[1])
+return 1
+"""
+
+# KEYS: one lease per job; ARGV: lease ms, the longest lease a node takes, a placeholder token.
+# The holders' tokens (false: none). A key no node wrote (of another type; with no expiry, or
+# one past the longest lease a node takes) would keep its job from ever being taken over: it
+# is replaced by a placeholder lease nobody renews, answered as {placeholder}. The job is taken
+# over once that ends, as after a holder that died: never while its holder may still run it.
+HOLDERS = """
+local found = {}
+for i = 1, #KEYS do
+  local kind = redis.call('TYPE', KEYS[i]).ok
+  if kind == 'none' then
+    found[i] = false
+  else
+    local ttl = redis.call('PTTL', KEYS[i])
+    if kind ~= 'string' or ttl < 0 or ttl > tonumber(ARGV[2]) then
+      redis.call('SET', KEYS[i], ARGV[3], 'PX', ARGV[1])
+      found[i] = {ARGV[3]}
+    else
+      found[i] = redis.call('GET', KEYS[i])
+    end
+  end
+end
+return found
 """

@@ -93,8 +93,7 @@ class ClusterNode:
         self.connected = False
         self.lost_data = False
         # Set when the daemon stops: every loop ends at its next turn. (redis-py may turn a
-        # cancellation that lands inside a call into a connection error, which the loops
-        # would otherwise take for Redis being away, and go on.)
+        # cancellation inside a call into a connection error, taken for Redis being away.)
         self.closing = False
         self.stale_appends_refused = 0
         self.nodes = 0
@@ -120,6 +119,14 @@ class ClusterNode:
         """Another node asked (through Redis) to cancel a job fetched here."""
         job.record.cancel_requested = True
         self._tasks.spawn(self._manager.cancel([job.id], False), name=f"cancel-{job.id}")
+
+    def _highest_known(self) -> int:  # (0 while it joins: it knows none yet)
+        jobs = self._port.all_jobs() if self._port is not None else []
+        return max((job.id for job in jobs), default=0)
+
+    async def _hold_node(self) -> bool:
+        hold_ms, known = self._node_hold_ms, self._highest_known()
+        return await self._redis.hold_node(self.name, self._token, hold_ms, known)
 
     @property
     def lease_ms(self) -> int:
@@ -163,7 +170,7 @@ class ClusterNode:
         """Takes the node name; a daemon restarted right after a crash waits until its
         predecessor's hold (renewed by it every quarter lease) has expired."""
         deadline = time.monotonic() + _NODE_HOLD_LEASES * self._lease_s + 1.0
-        while not await self._redis.hold_node(self.name, self._token, self._node_hold_ms):
+        while not await self._hold_node():
             if time.monotonic() > deadline:
                 return False
             await asyncio.sleep(self._lease_s / 4)
@@ -249,8 +256,7 @@ class ClusterNode:
     async def new_job_id(self) -> int | None:
         self._check_usable()
         try:
-            known = max((job.id for job in self._manager.all_jobs()), default=0)
-            return await self._redis.next_job_id(known)
+            return await self._redis.next_job_id(self._highest_known())
         except RedisError as error:
             self.redis_failed(error)
             raise ClusterUnavailable(self._unreachable(error)) from None
@@ -269,6 +275,8 @@ class ClusterNode:
         except RedisError as error:
             self.redis_failed(error)
             raise ClusterUnavailable(self._unreachable(error)) from None
+        if token is None:  # (never written over: somebody had replaced the id counter)
+            raise ClusterUnavailable(f"job id {job.id} is taken in Redis already; try again")
         self.hold(job, token, sent)
 
     def may_fetch(self, job: Job) -> bool:
@@ -445,7 +453,7 @@ class ClusterNode:
                 # `sent`, so nothing else waits before it.
                 await self._leases.renew(sent)
                 await self._check_cluster()
-                await self._redis.hold_node(self.name, self._token, self._node_hold_ms)
+                await self._hold_node()
                 await self._leases.check_ends(self._manager)
                 self.nodes = await self._redis.node_count()
             except RedisError as error:

@@ -32,8 +32,16 @@ if TYPE_CHECKING:
 
 from tailhub.daemon.cluster import lua
 from tailhub.daemon.cluster.key_faults import JobScript, job_size, on_job, read_streams
+from tailhub.daemon.cluster.own_keys import (
+    JOBS,
+    is_wrong_type,
+    rebuild_jobs_index,
+    replace_jobs_index,
+    said_replaced,
+)
 from tailhub.daemon.cluster.records import parse_record
-from tailhub.daemon.errors import BadRecord
+from tailhub.daemon.config import MAX_LEASE_MS
+from tailhub.daemon.errors import BadRecord, ClusterRefused
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +52,9 @@ MAX_ENTRY_BYTES = 4 * 1024 * 1024
 MAX_EVENT_BYTES = 4096
 CHANGES = PREFIX + "changes"
 _NODES = PREFIX + "nodes"
+_NEXT_ID = PREFIX + "next_job_id"
+# The token of a lease put in place of a key no node wrote (lua.HOLDERS): no node is named so.
+PLACEHOLDER = "(replaced key) 0"
 
 
 @dataclass(frozen=True)
@@ -104,22 +115,40 @@ class RedisStore:
         self._node = script(lua.NODE)
         self._release_node = script(lua.RELEASE_NODE)
         self._next_id = script(lua.NEXT_ID)
+        self._replace_foreign = script(lua.REPLACE_FOREIGN)
+        self._holders = script(lua.HOLDERS)
 
     # -- the cluster and its nodes -----------------------------------------------------------
     async def cluster_id(self) -> str | None:
-        value: Any = await self.client.get(_CLUSTER)
+        """The cluster's identity; "" for a key of another type, which is none."""
+        try:
+            value: Any = await self.client.get(_CLUSTER)
+        except ResponseError as error:
+            if not is_wrong_type(error):
+                raise
+            return ""
         return None if value is None else value.decode()
 
     async def ensure_cluster_id(self) -> str:
         """The cluster's random identity, made by the first daemon that joins."""
         await self.client.set(_CLUSTER, secrets.token_hex(16), nx=True)
         found = await self.cluster_id()
-        assert found is not None
+        if not found:
+            raise ClusterRefused(
+                f"Redis holds a key of another type at {_CLUSTER}, where the cluster's "
+                f"identity goes: delete it (redis-cli DEL {_CLUSTER}) if nothing else uses "
+                "it, or give the cluster a database of its own"
+            )
         return found
 
-    async def hold_node(self, name: str, token: str, ms: int) -> bool:
-        """Takes (or keeps) the node name; False when another daemon runs as `name`."""
-        return bool(await self._node(keys=[f"{PREFIX}node:{name}", _NODES], args=[token, ms, name]))
+    async def hold_node(self, name: str, token: str, ms: int, known: int) -> bool:
+        """Takes (or keeps) the node name; False when another daemon runs as `name`. `known`:
+        the highest job id the node knows, below which the id counter never stays."""
+        key = f"{PREFIX}node:{name}"
+        answer = await self._node(keys=[key, _NODES, _NEXT_ID], args=[token, ms, name, known])
+        if answer == 2:
+            said_replaced(f"{key}, {_NODES} or {_NEXT_ID}", f" (ids go on above {known})")
+        return bool(answer)
 
     async def release_node(self, name: str, token: str) -> None:
         await self._release_node(keys=[f"{PREFIX}node:{name}", _NODES], args=[token, name])
@@ -132,25 +161,46 @@ class RedisStore:
     # -- jobs ------------------------------------------------------------------------------------
     async def next_job_id(self, above: int) -> int:
         """A new job id, greater than `above` (the highest this node knows of)."""
-        return int(await self._next_id(keys=[PREFIX + "next_job_id"], args=[above]))
+        job_id, replaced = await self._next_id(keys=[_NEXT_ID], args=[above])
+        if replaced:
+            said_replaced(_NEXT_ID, f"; ids go on from {job_id}")
+        return int(job_id)
 
     async def highest_job_id(self) -> int:
         """The highest id the cluster's counter has given (0: none, or a counter that is not
         one, as someone with write access to Redis may leave it)."""
-        value: Any = await self.client.get(PREFIX + "next_job_id")
+        try:
+            value: Any = await self.client.get(_NEXT_ID)
+        except ResponseError as error:
+            if not is_wrong_type(error):
+                raise
+            return 0
         return int(value) if _is_count(value) else 0
 
-    async def create(self, job_id: int, record: dict[str, Any], node: str, ms: int) -> str:
-        """Records a new job, its first lease held by `node`; returns the lease's token."""
-        token = await self._create(
-            keys=[_job_key(job_id), PREFIX + "jobs", _lease_key(job_id)],
+    async def create(self, job_id: int, record: dict[str, Any], node: str, ms: int) -> str | None:
+        """Records a new job, its first lease held by `node`; returns the lease's token (None:
+        Redis holds a job at that id already, and it is left as it is)."""
+        answer: Any = await self._create(
+            keys=[_job_key(job_id), JOBS, _lease_key(job_id)],
             args=[json.dumps(record), job_id, node, ms],
         )
+        if answer is None:
+            return None
+        token, replaced = answer
+        if replaced:
+            count = await rebuild_jobs_index(self.client)
+            said_replaced(JOBS, f", and rebuilt from the {count} job record(s) Redis holds")
         return bytes(token).decode()
 
     async def job_ids(self) -> list[int]:
         """Every job id (members that are not one are left out)."""
-        members: Any = await self.client.zrange(PREFIX + "jobs", 0, -1)
+        try:
+            members: Any = await self.client.zrange(JOBS, 0, -1)
+        except ResponseError as error:
+            if not is_wrong_type(error):
+                raise
+            await replace_jobs_index(self.client, self._replace_foreign)
+            members = await self.client.zrange(JOBS, 0, -1)
         return [int(member) for member in members if _is_count(member) and int(member) > 0]
 
     async def metas(self, job_ids: list[int]) -> dict[int, JobMeta | BadRecord]:
@@ -245,16 +295,31 @@ class RedisStore:
     async def release(self, job_id: int, token: str) -> None:
         await self._release(keys=[_lease_key(job_id), _job_key(job_id)], args=[token])
 
-    async def leases(self, job_ids: list[int]) -> dict[int, str]:
-        """The lease holders' tokens of these jobs, for those that have one."""
+    async def leases(self, job_ids: list[int], ms: int) -> dict[int, str]:
+        """The lease holders' tokens of these jobs, for those that have one. A lease key no
+        node wrote is replaced by one lasting `ms` that nobody holds (said once here)."""
         if not job_ids:
             return {}
-        values: Any = await self.client.mget([_lease_key(job_id) for job_id in job_ids])
-        return {
-            job_id: value.decode()
-            for job_id, value in zip(job_ids, values, strict=True)
-            if value is not None
-        }
+        values: Any = await self._holders(
+            keys=[_lease_key(job_id) for job_id in job_ids],
+            args=[ms, MAX_LEASE_MS, PLACEHOLDER],
+        )
+        found: dict[int, str] = {}
+        for job_id, answer in zip(job_ids, values, strict=True):
+            value = answer
+            if isinstance(answer, list):
+                logger.warning(
+                    "job %d: its lease key %s in Redis was none a node writes (another type, "
+                    "or no expiry, or one past %d ms): replaced by a lease nobody holds, "
+                    "after which the job is taken over",
+                    job_id,
+                    _lease_key(job_id),
+                    MAX_LEASE_MS,
+                )
+                value = answer[0]
+            if value is not None:
+                found[job_id] = bytes(value).decode("utf-8", "replace")
+        return found
 
     # -- writes under a lease ------------------------------------------------------------------
     async def append(

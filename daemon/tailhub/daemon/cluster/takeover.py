@@ -104,7 +104,7 @@ class Takeover:
         ]
         if not candidates:
             return
-        holders = await self._redis.leases([job.id for job in candidates])
+        holders = await self._redis.leases([job.id for job in candidates], self._owner.lease_ms)
         random.shuffle(candidates)
         for job in candidates:
             holder = holders.get(job.id, "")
