@@ -49,12 +49,12 @@ def jobs_launch(
     launch_key: str | None,
 ) -> None:
     """Run TASK_FILE (locally or with SkyPilot); follow its log and exit with its result."""
-    from tailhub.client._tasks import load_task, parse_env_overrides
+    from tailhub.client._tasks import load_task, parse_env_overrides, read_task_text, task_name
 
     chosen = _backend(home, backend)
     overrides = parse_env_overrides(envs)
     if chosen == "skypilot":
-        task_yaml = _read_task_text(task_file)
+        task_yaml = read_task_text(task_file)
     else:
         task = load_task(task_file).with_overrides(name, overrides)
         for warning in task.warnings:
@@ -65,7 +65,7 @@ def jobs_launch(
         if chosen == "skypilot":
             job = client.launch(
                 "",
-                name=name or _task_name(task_yaml),
+                name=name or task_name(task_yaml),
                 # SkyPilot takes the file whole (resources, file_mounts...); `sky` runs in its
                 # directory, so that relative paths in it resolve as they would there.
                 workdir=str(task_file.resolve().parent),
@@ -156,26 +156,3 @@ def _launch_patience(key: str | None) -> _Patience:
         patience=patience,
         on_slow=note,
     )
-
-
-def _read_task_text(task_file: Path) -> str:
-    from tailhub.client._tasks import TaskFileError
-
-    try:
-        return task_file.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise TaskFileError(f"{task_file}: no such task file") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise TaskFileError(f"{task_file}: cannot read it: {error}") from None
-
-
-def _task_name(task_yaml: str) -> str:
-    """The task's `name`, if the file says one (SkyPilot checks the rest itself)."""
-    import yaml
-
-    try:
-        document = yaml.safe_load(task_yaml)
-    except yaml.YAMLError:
-        return ""
-    name = document.get("name") if isinstance(document, dict) else None
-    return name if isinstance(name, str) else ""

@@ -7,9 +7,9 @@ full CLI's, byte for byte. The full CLI runs instead, from the start, for anythi
 
 - covered: `tailhub [--home DIR] jobs logs [--home DIR] [-f|--follow|--no-follow]
   [--tail N] [JOB_ID]` and `tailhub [--home DIR] jobs launch [--home DIR] [--async]
-  [-n|--name NAME] [--env KEY[=VALUE]]... [--backend local] TASK_FILE` (local backend);
+  [-n|--name NAME] [--env KEY[=VALUE]]... [--backend local|skypilot] TASK_FILE`;
 - not covered (the full CLI): job names, several jobs, --all, --since, --timestamps, --grep,
-  --exclude, -o json, --prefix, SkyPilot, a config.yaml in the home, --server or
+  --exclude, -o json, --prefix, --launch-key, a config.yaml in the home, --server or
   $TAILHUB_SERVER (remote daemons, tokens, TLS, a cluster's list), any option spelled
   otherwise, --help; a terminal on stderr (the pending line asks the daemon more);
 - no owner endpoint answers (no daemon: the full CLI starts one, of the home's kind; a cluster
@@ -298,32 +298,49 @@ def _launch(plan: Plan) -> int:
 
 def _launch_with(link: OwnerLink, plan: Plan) -> int:
     backend = plan.backend or os.environ.get("TAILHUB_BACKEND", "")
-    if backend not in ("", "local") or (not backend and link.has_file("config.yaml")):
-        raise Unusable("another backend, or the home's config.yaml: the full CLI reads it")
+    if backend not in ("", "local", "skypilot") or (not backend and link.has_file("config.yaml")):
+        raise Unusable("an unknown backend, or the home's config.yaml: the full CLI reads it")
     import json
     from pathlib import Path
 
-    from tailhub.client._tasks import load_task, parse_env_overrides
+    from tailhub.client._tasks import load_task, parse_env_overrides, read_task_text, task_name
     from tailhub.daemon.credentials import without_credentials
 
     overrides = parse_env_overrides(tuple(plan.envs))
     assert plan.task_file is not None
-    task = load_task(Path(plan.task_file)).with_overrides(plan.name, overrides)
+    task_file = Path(plan.task_file)
+    # One key per invocation: sent again while the daemon does not answer, one job.
     key = os.urandom(16).hex()
-    fields = {
-        "name": task.name,
-        "run": task.run,
-        "setup": task.setup,
-        "workdir": task.workdir or os.getcwd(),
-        "envs": task.envs,
-        "environment": without_credentials(os.environ),
-        "backend": "local",
-        # One key per invocation: sent again while the daemon does not answer, one job.
-        "launch_key": key,
-    }
+    # The job runs (or `sky` does) in this shell's environment, not the daemon's.
+    environment = without_credentials(os.environ)
+    warnings: tuple[str, ...] = ()
+    if backend == "skypilot":  # (as _launch_cli.py sends it)
+        task_yaml = read_task_text(task_file)
+        fields = {
+            "name": plan.name or task_name(task_yaml),
+            "workdir": str(task_file.resolve().parent),
+            "envs": overrides,
+            "environment": environment,
+            "backend": "skypilot",
+            "task_yaml": task_yaml,
+            "launch_key": key,
+        }
+    else:
+        task = load_task(task_file).with_overrides(plan.name, overrides)
+        warnings = task.warnings
+        fields = {
+            "name": task.name,
+            "run": task.run,
+            "setup": task.setup,
+            "workdir": task.workdir or os.getcwd(),
+            "envs": task.envs,
+            "environment": environment,
+            "backend": "local",
+            "launch_key": key,
+        }
     body = json.dumps(fields, ensure_ascii=True).encode()
     job_id, name = _submit(link, body, home_path(plan), key)
-    for warning in task.warnings:
+    for warning in warnings:
         note(f"warning: {warning}")
     if plan.detach:
         sys.stdout.write(f"{job_id}\n")

@@ -126,7 +126,7 @@ def _parse_launch(plan: Plan, rest: list[str]) -> bool:
             return False
         else:
             plan.task_file = value
-    if plan.task_file is None or plan.backend not in (None, "local"):
+    if plan.task_file is None or plan.backend not in (None, "local", "skypilot"):
         return False
     size = len((plan.name or "").encode("utf-8", "surrogatepass"))
     return size <= MAX_NAME_BYTES

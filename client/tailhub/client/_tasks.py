@@ -15,7 +15,7 @@ import yaml
 
 from tailhub.client import exit_codes
 from tailhub.client._errors import TailhubError
-from tailhub.daemon.limits import MAX_ENV_VALUE_BYTES, MAX_NAME_BYTES
+from tailhub.daemon.limits import MAX_ENV_VALUE_BYTES, MAX_NAME_BYTES, MAX_TASK_BYTES
 
 # Keys SkyPilot knows that describe where and on what a task runs: meaningless on this machine.
 UNSUPPORTED_KEYS = (
@@ -53,16 +53,7 @@ class Task:
 
 def load_task(path: Path) -> Task:
     """Reads and checks a task file; raises TaskFileError with the file's name in it."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise TaskFileError(f"{path}: no such task file") from None
-    except IsADirectoryError:
-        raise TaskFileError(f"{path}: is a directory, not a task file") from None
-    except UnicodeDecodeError:
-        raise TaskFileError(f"{path}: not a text file (it is not valid UTF-8)") from None
-    except OSError as error:
-        raise TaskFileError(f"{path}: cannot read it: {error.strerror}") from None
+    text = read_task_text(path)
     try:
         document = yaml.safe_load(text)
     except yaml.YAMLError as error:
@@ -161,3 +152,33 @@ def parse_env_overrides(pairs: tuple[str, ...]) -> dict[str, str]:
             value = os.environ[key]
         envs[key] = _sized("--env", key, value)
     return envs
+
+
+def read_task_text(path: Path) -> str:
+    """A task file's text (SkyPilot takes it whole); TaskFileError naming the file when it
+    cannot be one: missing, a directory, not UTF-8, or larger than a launch may carry."""
+    try:
+        with open(path, "rb") as file:
+            data = file.read(MAX_TASK_BYTES + 1)
+    except FileNotFoundError:
+        raise TaskFileError(f"{path}: no such task file") from None
+    except IsADirectoryError:
+        raise TaskFileError(f"{path}: is a directory, not a task file") from None
+    except OSError as error:
+        raise TaskFileError(f"{path}: cannot read it: {error.strerror}") from None
+    if len(data) > MAX_TASK_BYTES:
+        raise TaskFileError(f"{path}: larger than a task file may be ({MAX_TASK_BYTES} bytes)")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise TaskFileError(f"{path}: not a text file (it is not valid UTF-8)") from None
+
+
+def task_name(task_yaml: str) -> str:
+    """The task's `name`, if the file says one (SkyPilot checks the rest itself)."""
+    try:
+        document = yaml.safe_load(task_yaml)
+    except yaml.YAMLError:
+        return ""
+    name = document.get("name") if isinstance(document, dict) else None
+    return name if isinstance(name, str) else ""
