@@ -6,9 +6,9 @@ fetch, and a launch failed until somebody deleted the key by hand. A node now re
 key where it meets it and says so in its log: the id counter goes on from the highest id the
 node knows (lua.NEXT_ID, and lua.NODE every quarter lease), the node names come back with their
 next renewal (lua.NODE), and the index of jobs is rebuilt from the job records Redis holds
-(here). Nothing the key held is
-lost: it held nothing of the cluster's. A job's lease key no node wrote is replaced by a lease
-that ends (lua.HOLDERS), so that job is taken over instead of standing still.
+(here). Nothing of the cluster's is lost: the key held none of it. A job's lease key no node
+wrote is replaced by a lease that ends (lua.HOLDERS), so that job is taken over instead of
+standing still.
 """
 
 from __future__ import annotations
