@@ -37,7 +37,8 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests using a fixture that needs something get its marker, and those listed slow get
-    `slow` (before `-m` selects)."""
+    `slow` (before `-m` selects). The slow ones run first: xdist hands tests out in this order,
+    and a long test handed out last would keep one worker busy after the others are done."""
     for item in items:
         if is_slow(item.nodeid) and item.get_closest_marker("slow") is None:
             item.add_marker("slow")
@@ -45,6 +46,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         for fixture, marker in FIXTURE_MARKERS.items():
             if fixture in fixtures and item.get_closest_marker(marker) is None:
                 item.add_marker(marker)
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 @pytest.hookimpl(tryfirst=True)
