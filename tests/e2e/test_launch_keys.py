@@ -44,6 +44,8 @@ def _counting_task(workdir: Path, exit_code: int = 0) -> pb.LaunchJobRequest:
         name="counted",
         run=f"echo ran >> runs.txt; echo hello; exit {exit_code}",
         workdir=str(workdir),
+        envs={"GREETING": "hello"},
+        environment={"PATH": os.environ["PATH"], "SHLVL": "1"},
         backend="local",
     )
 
@@ -108,6 +110,40 @@ def test_the_same_key_from_another_token_is_another_launch(
         assert _runs(workdir) == 3
 
 
+def test_a_key_sent_again_with_another_task_is_refused_naming_its_job(
+    daemon: DaemonProcess, workdir: Path
+) -> None:
+    # It got the first task's job back, silently: its caller believed its own task ran.
+    request = _counting_task(workdir)
+    request.launch_key = KEY
+    other = _counting_task(workdir)
+    other.launch_key = KEY
+    other.name, other.run = "another", "echo another task"
+    with _service(daemon.address) as service:
+        # Both at once: the one that came second is refused, while the first is under way.
+        calls = [service.LaunchJob.future(task, timeout=30) for task in (request, other)]
+        answered, refused = [], []
+        for call in calls:
+            try:
+                answered.append(call.result().job)
+            except grpc.RpcError as error:
+                refused.append(error)
+        assert len(answered) == len(refused) == 1
+        [job] = answered
+        assert refused[0].code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert f"launched job {job.id}, another task" in str(refused[0].details())
+        # Once it was made, and again from another shell (its environment differs): the
+        # same task gets the same job, another task is refused.
+        same, different = (request, other) if job.name == "counted" else (other, request)
+        same.environment["SHLVL"] = "2"
+        assert service.LaunchJob(same, timeout=30).job.id == job.id
+        with pytest.raises(grpc.RpcError) as again:
+            service.LaunchJob(different, timeout=30)
+        assert again.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        wait_until(_ended(service, job.id), what="the job's end")
+        assert _job_count(service) == 1
+
+
 def test_a_launch_key_is_remembered_across_a_daemon_restart(
     daemon: DaemonProcess, workdir: Path
 ) -> None:
@@ -117,6 +153,7 @@ def test_a_launch_key_is_remembered_across_a_daemon_restart(
         job_id = service.LaunchJob(request, timeout=30).job.id
         wait_until(_ended(service, job_id), what="the job's end")
     daemon.restart()
+    request.environment["SHLVL"] = "2"  # (another shell: the same task)
     with _service(daemon.address) as service:
         answer = service.LaunchJob(request, timeout=30).job
         assert answer.id == job_id

@@ -11,6 +11,10 @@ A launch, once begun, runs to its end in a task of its own, even when its caller
 (gRPC cancels a call's handler when the client's deadline passes): a job is never left
 half-made (recorded, never submitted), and a call again with the key, while the first is
 still under way, waits for the first's outcome and answers it.
+
+A key sent again with another task (`task_of`: its name, script or task file, and envs; not
+the shell's environment or directory, which differ from one try to the next) is refused with
+the job it launched: answering that job would leave its caller believing its own task ran.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any, Protocol
 
-from tailhub.daemon.domain import LAUNCH_KEY_PATTERN, LaunchKey
+from tailhub.daemon.domain import LAUNCH_KEY_PATTERN, LaunchKey, LocalSpec, SkyPilotSpec, SourceSpec
 from tailhub.daemon.errors import InvalidRequest
 from tailhub.daemon.live_job import Job
 
@@ -42,6 +46,26 @@ def launch_key(caller: str | None, key: str) -> LaunchKey | None:
 
 # What a launch task ends with: its job, or the error that refused it.
 _Outcome = Job | Exception
+# What a launch asks to run (task_of).
+Task = tuple[object, ...]
+
+
+def task_of(name: str, spec: SourceSpec) -> Task:
+    """What a launch asks to run, whoever sends it from whatever shell."""
+    envs = tuple(tuple(pair) for pair in getattr(spec, "envs", ()))
+    if isinstance(spec, LocalSpec):
+        return ("local", name, spec.run, spec.setup, envs)
+    if isinstance(spec, SkyPilotSpec):
+        return ("skypilot", name, spec.task_yaml, spec.name, envs)
+    return (spec.kind.value, name)
+
+
+def _same_task(key: LaunchKey, task: Task, job_id: int, launched: Task) -> None:
+    if task != launched:
+        raise InvalidRequest(
+            f"launch key {key.key} launched job {job_id}, another task; give this launch a "
+            "key of its own"
+        )
 
 
 class Spawn(Protocol):
@@ -64,21 +88,27 @@ class LaunchKeys:
         self._jobs = jobs
         # Owns each launch's task until it ends (the job manager's TaskSet: cancelled on close).
         self._spawn = spawn
-        # The launches with a key under way.
-        self._by_key: dict[LaunchKey, asyncio.Task[_Outcome]] = {}
+        # The launches with a key under way, with what each asked to run.
+        self._by_key: dict[LaunchKey, tuple[asyncio.Task[_Outcome], Task]] = {}
 
-    async def once(self, key: Key, launch: Callable[[], Awaitable[Job]]) -> Job:
-        """The job `key` was launched with (under way: once it is made), else `launch()`'s."""
+    async def once(self, key: Key, asked: Task, launch: Callable[[], Awaitable[Job]]) -> Job:
+        """The job `key` was launched with (under way: once it is made), else `launch()`'s.
+        `asked`: what this launch asks to run (task_of); InvalidRequest when the key's job
+        runs something else."""
         if key is not None:
             under_way = self._by_key.get(key)
             if under_way is not None:
-                return _answer(await asyncio.shield(under_way))
+                job = _answer(await asyncio.shield(under_way[0]))
+                _same_task(key, asked, job.id, under_way[1])
+                return job
             job_id = self._launched_with(key)
             if job_id is not None and job_id in self._jobs:
+                record = self._jobs[job_id].record
+                _same_task(key, asked, job_id, task_of(record.name, record.spec))
                 return self._jobs[job_id]
         task: asyncio.Task[_Outcome] = self._spawn(_outcome(launch()), name="launch")
         if key is not None:
-            self._by_key[key] = task
+            self._by_key[key] = (task, asked)
             task.add_done_callback(lambda _: self._by_key.pop(key, None))
         return _answer(await asyncio.shield(task))
 

@@ -29,7 +29,7 @@ from tailhub.daemon.faults import HEARTBEAT, RETENTION
 from tailhub.daemon.fetcher import Fetcher
 from tailhub.daemon.fetches import Fetches
 from tailhub.daemon.job_events import JobEvents
-from tailhub.daemon.launch_keys import Key, LaunchKeys
+from tailhub.daemon.launch_keys import Key, LaunchKeys, task_of
 from tailhub.daemon.live_job import LOG_UNCLAIMED, Job
 from tailhub.daemon.open_files import start_failure
 from tailhub.daemon.placement import ClusterView, Placed, Placement, Standalone
@@ -93,8 +93,7 @@ class JobManager:
         self._retention = Retention(
             config, store, self._jobs, self.counts, self._placement.allows_removal, time.time
         )
-        # `--tail` scans, apart from the default pool that file sources read with: a long
-        # log without a newline is read to its start, and nobody else should wait for it.
+        # `--tail` scans, apart from file sources' pool (a log with no newline is read whole).
         self.scans: ThreadPoolExecutor | None = None
         # Per token, jobs not ended and bytes of log; the descriptors jobs hold (quotas.py).
         limits = (config.max_jobs_per_token, self._is_open, config.max_log_bytes_per_token)
@@ -223,7 +222,8 @@ class JobManager:
 
     async def launch(self, name: str, spec: LaunchSpec, owner: str | None, key: Key = None) -> Job:
         """Records a task and hands it to its backend; once per key (launch_keys.py)."""
-        return await self._launches.once(key, lambda: self._launch(name, spec, owner, key))
+        asked = task_of(name, spec)
+        return await self._launches.once(key, asked, lambda: self._launch(name, spec, owner, key))
 
     async def _launch(self, name: str, spec: LaunchSpec, owner: str | None, key: Key) -> Job:
         backend = self._backends.get(spec.backend)

@@ -830,8 +830,9 @@ class LaunchJobRequest(_message.Message):
     launch_key: _builtins.str
     """Makes the call idempotent: a client that did not get the answer (a deadline, a daemon
     restarted) calls again with the same key, and gets the job the first call created instead
-    of a second one (whatever the rest of the request says). 16-64 characters of A-Z a-z 0-9
-    _ -, else INVALID_ARGUMENT; one random key per launch (the CLI: 16 random bytes, hex).
+    of a second one; the same key with another task (name, run, setup, task_yaml or envs) is
+    INVALID_ARGUMENT. 16-64 characters of A-Z a-z 0-9 _ -, else INVALID_ARGUMENT; one random
+    key per launch (the CLI: 16 random bytes, hex).
     Scoped to the caller (the token, or the owner on the Unix socket): another caller's same
     key is another launch. Remembered with the job, across restarts, until the job is removed;
     kept by the daemon that created the job (in a cluster, call again on the same node).
