@@ -131,7 +131,7 @@ def test_a_key_sent_again_with_another_task_is_refused_naming_its_job(
         assert len(answered) == len(refused) == 1
         [job] = answered
         assert refused[0].code() is grpc.StatusCode.INVALID_ARGUMENT
-        assert f"launched job {job.id}, another task" in str(refused[0].details())
+        assert "another task; give this launch a key of its own" in str(refused[0].details())
         # Once it was made, and again from another shell (its environment differs): the
         # same task gets the same job, another task is refused.
         same, different = (request, other) if job.name == "counted" else (other, request)
@@ -140,6 +140,7 @@ def test_a_key_sent_again_with_another_task_is_refused_naming_its_job(
         with pytest.raises(grpc.RpcError) as again:
             service.LaunchJob(different, timeout=30)
         assert again.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert f"launched job {job.id}, another task" in str(again.value.details())
         wait_until(_ended(service, job.id), what="the job's end")
         assert _job_count(service) == 1
 

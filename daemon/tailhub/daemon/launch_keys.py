@@ -60,11 +60,12 @@ def task_of(name: str, spec: SourceSpec) -> Task:
     return (spec.kind.value, name)
 
 
-def _same_task(key: LaunchKey, task: Task, job_id: int, launched: Task) -> None:
+def _same_task(key: LaunchKey, task: Task, job_id: int | None, launched: Task) -> None:
+    """InvalidRequest when the key's launch (`job_id`; None: under way) ran another task."""
     if task != launched:
+        which = "is launching" if job_id is None else f"launched job {job_id},"
         raise InvalidRequest(
-            f"launch key {key.key} launched job {job_id}, another task; give this launch a "
-            "key of its own"
+            f"launch key {key.key} {which} another task; give this launch a key of its own"
         )
 
 
@@ -98,9 +99,8 @@ class LaunchKeys:
         if key is not None:
             under_way = self._by_key.get(key)
             if under_way is not None:
-                job = _answer(await asyncio.shield(under_way[0]))
-                _same_task(key, asked, job.id, under_way[1])
-                return job
+                _same_task(key, asked, None, under_way[1])
+                return _answer(await asyncio.shield(under_way[0]))
             job_id = self._launched_with(key)
             if job_id is not None and job_id in self._jobs:
                 record = self._jobs[job_id].record
