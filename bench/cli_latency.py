@@ -15,17 +15,14 @@ PYTHONDONTWRITEBYTECODE set (it is on some machines) every start would compile t
 
 The CLI runs as users have it (issue 19, item 4): from a venv laid out as `pip install` of the
 wheel leaves one (`installed_cli`): its own interpreter, pip's console script, the package on a
-plain `.pth` line with no editable finder (the dev venv's editable install adds ~24 ms to every
-start), the dependencies of the dev venv. The rows marked "(full CLI)" are the same commands
-with TAILHUB_LEAN=0: the gRPC path every command took before the lean one.
+plain `.pth` line with no editable finder (the dev venv's editable install adds ~30 ms to every
+start), the dependencies of the dev venv (bench/cli.py). The rows marked "(full CLI)" are the
+same commands with TAILHUB_LEAN=0: the gRPC path every command took before the lean one.
 """
 
 from __future__ import annotations
 
 import compileall
-import subprocess
-import sys
-import sysconfig
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -33,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.catchup import MIB, write_log
-from bench.cli import Timed, timed_run
+from bench.cli import Timed, installed_cli, timed_run
 from bench.measure import percentile
 from bench.report import Table, number
 from harness.daemon_process import DaemonProcess
@@ -53,16 +50,6 @@ FULL = Settings()
 QUICK = Settings(runs=2, floor_runs=1, log_size=32 * MIB)
 
 TASK = "name: bench-small\nrun: echo hello from a small job\n"
-# pip's console script, as `pip install` writes it for the wheel's `tailhub` entry point.
-_CONSOLE_SCRIPT = """#!{python}
-# -*- coding: utf-8 -*-
-import re
-import sys
-from tailhub.client._entry import main
-if __name__ == '__main__':
-    sys.argv[0] = re.sub(r'(-script\\.pyw|\\.exe)?$', '', sys.argv[0])
-    sys.exit(main())
-"""
 # The lean path's rows, and the same commands over gRPC (full CLI): what a follower costs.
 FOLLOW_ROW = "tailhub jobs logs (a follower's start, small job)"
 LAUNCH_ROW = "tailhub jobs launch (sync, small job)"
@@ -144,7 +131,7 @@ def run(settings: Settings, scratch: Path, earlier: dict[str, Any]) -> dict[str,
     return {
         "status": "ok",
         "settings": asdict(settings),
-        "cli": "an installed layout (bench/cli_latency.py installed_cli), pip's console script",
+        "cli": "an installed layout (bench/cli.py installed_cli), pip's console script",
         "commands": {
             label: {**_summary(timings[label]), "rpc_p50_s": _p50(rpc.get(label))}
             for label in commands
@@ -155,39 +142,6 @@ def run(settings: Settings, scratch: Path, earlier: dict[str, Any]) -> dict[str,
         "launch_async": _summary(timings["tailhub jobs launch --async"]),
         "logs_no_follow": _summary(timings["tailhub jobs logs --no-follow (small job)"]),
     }
-
-
-def installed_cli(venv: Path) -> Path:
-    """A venv laid out as `pip install tailhub-*.whl` leaves one, with this tree's code: its
-    own interpreter, pip's console script for the `tailhub` entry point, the package and the
-    dev venv's site-packages (the locked dependencies) on plain `.pth` lines, so with neither
-    the dev venv's editable finder nor its .pth files. `tailhub-full` is the same script with
-    TAILHUB_LEAN=0 (the full CLI). Returns the venv."""
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
-    python = venv / "bin" / "python"
-    site = subprocess.run(
-        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
-    lines = [str(REPO / part) for part in ("daemon", "client", "proto")]
-    lines.append(sysconfig.get_paths()["purelib"])
-    (Path(site) / "tailhub.pth").write_text("\n".join(lines) + "\n")
-    script = _CONSOLE_SCRIPT.format(python=python)
-    for name, text in (
-        ("tailhub", script),
-        (
-            "tailhub-full",
-            script.replace(
-                "import sys\n", "import sys\nimport os\nos.environ['TAILHUB_LEAN'] = '0'\n", 1
-            ),
-        ),
-    ):
-        path = venv / "bin" / name
-        path.write_text(text)
-        path.chmod(0o755)
-    return venv
 
 
 def _same_output(commands: dict[str, list[str]], home: Path) -> bool:

@@ -211,6 +211,9 @@ class _Web:
                 *("--http-listen", address),
                 *("--http-max-streams", str(max(streams, 1000))),
                 *("--http-max-streams-per-session", str(max(streams, 1))),
+                # One connection per stream, all from 127.0.0.1 (and the login's).
+                *("--http-max-connections", str(max(streams + 16, 1024))),
+                *("--http-max-connections-per-peer", str(streams + 16)),
             ],
         )
 

@@ -15,7 +15,7 @@ ending with a marker line) reached through a real sshd on 127.0.0.1. Each job ha
   sshd's after, once the daemon has ended the master.
 - tailhub-cli: the same jobs, each follower its own `tailhub jobs logs ID` (a program per
   follower, as direct's ssh is), for the F in `Settings.cli_followers`; the CLI as installed
-  from the wheel (bench/cli_latency.py installed_cli), so its lean path (client/_lean.py).
+  from the wheel (bench/cli.py installed_cli), so its lean path (client/_lean.py).
 
 Both tailhub modes run against the open sshd (the daemon starts at most 8 commands at once).
 
@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import follower
-from bench.cli_latency import installed_cli
+from bench.cli import installed_cli
 from bench.report import Table, number
 from bench.sshd import Sshd, SshdUnavailable
 from harness.daemon_process import DaemonProcess

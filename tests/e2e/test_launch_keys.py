@@ -192,15 +192,22 @@ def test_a_malformed_launch_key_is_refused_and_nothing_is_launched(
 
 
 def test_the_owner_endpoint_launches_once_per_key_too(daemon: DaemonProcess, workdir: Path) -> None:
-    fields = {"run": "echo ran >> runs.txt", "workdir": str(workdir), "launch_key": KEY}
+    request = _counting_task(workdir)
+    request.launch_key = KEY
+    fields = {
+        "name": request.name,
+        "run": request.run,
+        "workdir": request.workdir,
+        "envs": dict(request.envs),
+        "environment": dict(request.environment),
+        "launch_key": KEY,
+    }
     answers = [_post_launch(daemon.home, fields) for _ in range(2)]
     assert [status for status, _ in answers] == [200, 200]
     first, second = (answer["job"]["id"] for _, answer in answers)
     assert first == second
     with _service(daemon.address) as service:
         # The owner's key is the same on both of the owner's ways in.
-        request = _counting_task(workdir)
-        request.launch_key = KEY
         assert service.LaunchJob(request, timeout=30).job.id == first
         wait_until(_ended(service, first), what="the job's end")
         assert _job_count(service) == 1
