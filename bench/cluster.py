@@ -42,7 +42,7 @@ class Settings:
 
 
 FULL = Settings()
-QUICK = Settings(followers=12, duration=1.0, clients=3, kills=1, lease_ms=1000)
+QUICK = Settings(followers=12, duration=1.0, daemons=2, clients=2, kills=1, lease_ms=500)
 
 
 def run(settings: Settings, scratch: Path, earlier: dict[str, Any]) -> dict[str, Any]:

@@ -40,7 +40,7 @@ class Settings:
 
 
 FULL = Settings()
-QUICK = Settings(connections=(4,), seconds=3.0, baseline_seconds=1.0)
+QUICK = Settings(connections=(4,), seconds=2.0, baseline_seconds=0.5)
 
 
 def run(settings: Settings, scratch: Path, earlier: dict[str, Any]) -> dict[str, Any]:
