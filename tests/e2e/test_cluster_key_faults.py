@@ -271,3 +271,30 @@ def test_a_cluster_identity_of_another_type_is_refused_at_start_with_what_to_do(
         node.start()
     assert f"delete it (redis-cli DEL {PREFIX}cluster)" in node.log_text()
     assert "Traceback" not in node.log_text()
+
+
+def test_a_counter_past_exact_ids_and_records_at_the_next_ids_never_give_an_id_twice(
+    cluster: Cluster,
+) -> None:
+    # A counter of 999999999999999999 gave id 10**18, written back as "1e+18" (Lua's doubles):
+    # every later id was that one again, on every node, even after the counter was reset. And
+    # a record planted at the next ids made each launch fail once per id ("taken"), leaving a
+    # FAILED row for it on the launching node.
+    first, second = cluster.start(2)
+    redis = cluster.redis.client()
+    with first.client() as client:
+        before = client.attach_push("before").id
+    redis.set(f"{PREFIX}next_job_id", "999999999999999999")
+    for planted in range(before + 1, before + 4):
+        redis.hset(f"{PREFIX}job:{planted}", "record", "{}")
+    ids = []
+    for node in (first, second, first):
+        with node.client() as client:
+            ids.append(client.attach_push("after").id)
+    assert ids == sorted(set(ids)), ids
+    assert ids[0] > before + 3  # (past the planted records, and not past the exact ids)
+    assert ids[-1] < 10**15
+    counter = redis.get(f"{PREFIX}next_job_id")
+    assert counter == str(ids[-1]).encode(), counter
+    with first.client() as client:
+        assert not [job for job in client.list() if job.state is JobState.FAILED]

@@ -3,6 +3,7 @@ warned about when they ask for what a local runner cannot do, honoured otherwise
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -34,6 +35,28 @@ def test_bad_task_file_is_refused_naming_the_file_and_nothing_is_launched(
         assert len(message.splitlines()) == 1, message
         assert message.startswith(f"tailhub: {task}: "), message
         assert problem in message
+    assert queue(daemon.home) == {}
+
+
+@pytest.mark.parametrize("backend", ["local", "skypilot"])
+def test_a_file_that_is_no_task_is_refused_at_once_for_either_backend(
+    daemon: DaemonProcess, workdir: Path, backend: str
+) -> None:
+    # A FIFO hung the CLI (its open waited for a writer), and SkyPilot's backend, which takes
+    # the file whole, took anything readable (a symlink to a system file) as a task.
+    fifo = workdir / "fifo.yaml"
+    os.mkfifo(fifo)
+    not_yaml = write_task(workdir, "some text\nthat is no task\n", name="system-file.yaml")
+    cases = {fifo: "not a regular file", workdir: "is a directory", not_yaml: "YAML mapping"}
+    for path, problem in cases.items():
+        launched = run_cli(
+            daemon.home, "jobs", "launch", "--async", "--backend", backend, str(path), timeout=30
+        )
+        assert launched.returncode == 2, launched.stderr
+        message = launched.stderr.decode()
+        assert message.startswith(f"tailhub: {path}: "), message
+        assert problem in message, message
+        assert len(message.splitlines()) == 1, message
     assert queue(daemon.home) == {}
 
 

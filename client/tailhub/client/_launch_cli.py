@@ -55,6 +55,7 @@ def jobs_launch(
     overrides = parse_env_overrides(envs)
     if chosen == "skypilot":
         task_yaml = read_task_text(task_file)
+        sky_name = name or task_name(task_file, task_yaml)
     else:
         task = load_task(task_file).with_overrides(name, overrides)
         for warning in task.warnings:
@@ -65,7 +66,7 @@ def jobs_launch(
         if chosen == "skypilot":
             job = client.launch(
                 "",
-                name=name or task_name(task_yaml),
+                name=sky_name,
                 # SkyPilot takes the file whole (resources, file_mounts...); `sky` runs in its
                 # directory, so that relative paths in it resolve as they would there.
                 workdir=str(task_file.resolve().parent),

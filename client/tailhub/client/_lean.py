@@ -317,7 +317,7 @@ def _launch_with(link: OwnerLink, plan: Plan) -> int:
     if backend == "skypilot":  # (as _launch_cli.py sends it)
         task_yaml = read_task_text(task_file)
         fields = {
-            "name": plan.name or task_name(task_yaml),
+            "name": plan.name or task_name(task_file, task_yaml),
             "workdir": str(task_file.resolve().parent),
             "envs": overrides,
             "environment": environment,

@@ -6,7 +6,9 @@ the launch wrong is an error naming the file and the problem, and nothing is lau
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -54,15 +56,7 @@ class Task:
 def load_task(path: Path) -> Task:
     """Reads and checks a task file; raises TaskFileError with the file's name in it."""
     text = read_task_text(path)
-    try:
-        document = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        where = getattr(error, "problem_mark", None)
-        at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
-        problem = getattr(error, "problem", None) or "invalid YAML"
-        raise TaskFileError(f"{path}: malformed YAML{at}: {problem}") from None
-    if not isinstance(document, dict):
-        raise TaskFileError(f"{path}: a task file is a YAML mapping with at least a `run` key")
+    document = _parsed(path, text)
     return _task_from(path, document)
 
 
@@ -139,8 +133,6 @@ def _sized(where: Path | str, key: str, value: str, limit: int = MAX_ENV_VALUE_B
 
 def parse_env_overrides(pairs: tuple[str, ...]) -> dict[str, str]:
     """`--env KEY=VALUE` flags; `--env KEY` takes KEY's value from this environment."""
-    import os
-
     envs = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
@@ -156,16 +148,27 @@ def parse_env_overrides(pairs: tuple[str, ...]) -> dict[str, str]:
 
 def read_task_text(path: Path) -> str:
     """A task file's text (SkyPilot takes it whole); TaskFileError naming the file when it
-    cannot be one: missing, a directory, not UTF-8, or larger than a launch may carry."""
+    cannot be one: missing, not a regular file (a directory; a FIFO, whose open waited for a
+    writer forever), not UTF-8, or larger than a launch may carry."""
     try:
-        with open(path, "rb") as file:
-            data = file.read(MAX_TASK_BYTES + 1)
+        # Non-blocking: a FIFO opens at once, and is refused below.
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         raise TaskFileError(f"{path}: no such task file") from None
-    except IsADirectoryError:
-        raise TaskFileError(f"{path}: is a directory, not a task file") from None
     except OSError as error:
         raise TaskFileError(f"{path}: cannot read it: {error.strerror}") from None
+    try:
+        mode = os.fstat(descriptor).st_mode
+        if stat.S_ISDIR(mode):
+            raise TaskFileError(f"{path}: is a directory, not a task file")
+        if not stat.S_ISREG(mode):
+            raise TaskFileError(f"{path}: not a regular file, so not a task file")
+        with open(descriptor, "rb", closefd=False) as file:
+            data = file.read(MAX_TASK_BYTES + 1)
+    except OSError as error:
+        raise TaskFileError(f"{path}: cannot read it: {error.strerror}") from None
+    finally:
+        os.close(descriptor)
     if len(data) > MAX_TASK_BYTES:
         raise TaskFileError(f"{path}: larger than a task file may be ({MAX_TASK_BYTES} bytes)")
     try:
@@ -174,11 +177,22 @@ def read_task_text(path: Path) -> str:
         raise TaskFileError(f"{path}: not a text file (it is not valid UTF-8)") from None
 
 
-def task_name(task_yaml: str) -> str:
-    """The task's `name`, if the file says one (SkyPilot checks the rest itself)."""
-    try:
-        document = yaml.safe_load(task_yaml)
-    except yaml.YAMLError:
-        return ""
-    name = document.get("name") if isinstance(document, dict) else None
+def task_name(path: Path, task_yaml: str) -> str:
+    """The task's `name`, if the file says one; TaskFileError when the file is no YAML mapping,
+    so no task at all (SkyPilot checks the rest itself)."""
+    document = _parsed(path, task_yaml)
+    name = document.get("name")
     return name if isinstance(name, str) else ""
+
+
+def _parsed(path: Path, text: str) -> dict[object, object]:
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        where = getattr(error, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+        problem = getattr(error, "problem", None) or "invalid YAML"
+        raise TaskFileError(f"{path}: malformed YAML{at}: {problem}") from None
+    if not isinstance(document, dict):
+        raise TaskFileError(f"{path}: a task file is a YAML mapping with at least a `run` key")
+    return document

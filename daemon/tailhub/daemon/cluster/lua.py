@@ -141,22 +141,27 @@ redis.call('PUBLISH', '@CHANGES@', ARGV[2])
 return {token, replaced}
 """
 
-# The id counter's value when it is one (a string of digits), else nil: somebody replaced it
-# with a key of another type, or a string of something else.
+# Job ids a cluster gives stay at most this (15 digits). Lua's numbers are doubles, exact only
+# below 2**53: a counter planted past that gave one id again and again, written back as 1e+18.
+MAX_JOB_ID = 999_999_999_999_999
+
+# The id counter's value when it is one (a string of at most 15 digits), else nil: somebody
+# replaced it with a key of another type, a string of something else, or a count past ours.
 _COUNT = """
 local function count(key)
   local kind = redis.call('TYPE', key).ok
   if kind ~= 'string' then return nil end
   local held = redis.call('GET', key)
-  if string.len(held) < 19 and string.match(held, '^%d+$') then return tonumber(held) end
+  if string.len(held) <= 15 and string.match(held, '^%d+$') then return tonumber(held) end
   return nil
 end
 """
 
-# KEYS: next id; ARGV: the highest id the node knows. Never an id given before, even by a
-# Redis restored from an older copy (its counter went back; the nodes' records did not). A
+# KEYS: next id; ARGV: the highest id the node knows, the prefix of a job's key. Never an id
+# given before, even by a Redis restored from an older copy (its counter went back; the nodes'
+# records did not), nor one whose record Redis holds already (planted: skipped, up to 1000). A
 # counter that is no count is replaced, counting on from that floor. Answers {id, 1 if it was
-# replaced}.
+# replaced}; the id is -1 past MAX_JOB_ID. Written back as digits (Lua would write 1e+18).
 NEXT_ID = (
     _COUNT
     + """
@@ -167,10 +172,13 @@ if redis.call('EXISTS', KEYS[1]) == 1 and not count(KEYS[1]) then
 end
 local id = redis.call('INCR', KEYS[1])
 local floor = tonumber(ARGV[1])
-if id <= floor then
-  id = floor + 1
-  redis.call('SET', KEYS[1], id)
+if id <= floor then id = floor + 1 end
+local skipped = 0
+while skipped < 1000 and redis.call('EXISTS', ARGV[2] .. string.format('%d', id)) == 1 do
+  id, skipped = id + 1, skipped + 1
 end
+if id > @MAX_JOB_ID@ then return {-1, replaced} end
+redis.call('SET', KEYS[1], string.format('%d', id))
 return {id, replaced}
 """
 )
@@ -213,7 +221,7 @@ redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ms)
 local known = tonumber(ARGV[4])
 local counted = count(KEYS[3])
 if redis.call('EXISTS', KEYS[3]) == 1 and not counted then replaced = true end
-if known > 0 and (counted or 0) < known then redis.call('SET', KEYS[3], known) end
+if known > 0 and (counted or 0) < known then redis.call('SET', KEYS[3], ARGV[4]) end
 if replaced then return 2 end
 return 1
 """

@@ -41,7 +41,7 @@ from tailhub.daemon.cluster.own_keys import (
 )
 from tailhub.daemon.cluster.records import parse_record
 from tailhub.daemon.config import MAX_LEASE_MS
-from tailhub.daemon.errors import BadRecord, ClusterRefused
+from tailhub.daemon.errors import BadRecord, ClusterRefused, ClusterUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +101,7 @@ class RedisStore:
 
     def __init__(self, client: redis.asyncio.Redis) -> None:
         def script(text: str) -> Any:
+            text = text.replace("@MAX_JOB_ID@", str(lua.MAX_JOB_ID))
             return client.register_script(text.replace("@CHANGES@", CHANGES))
 
         self.client = client
@@ -161,9 +162,14 @@ class RedisStore:
     # -- jobs ------------------------------------------------------------------------------------
     async def next_job_id(self, above: int) -> int:
         """A new job id, greater than `above` (the highest this node knows of)."""
-        job_id, replaced = await self._next_id(keys=[_NEXT_ID], args=[above])
+        job_id, replaced = await self._next_id(keys=[_NEXT_ID], args=[above, PREFIX + "job:"])
         if replaced:
             said_replaced(_NEXT_ID, f"; ids go on from {job_id}")
+        if job_id < 0:
+            raise ClusterUnavailable(
+                f"the cluster's job ids are used up: {_NEXT_ID} in Redis (or the highest id "
+                f"this node knows, {above}) is past {lua.MAX_JOB_ID}"
+            )
         return int(job_id)
 
     async def highest_job_id(self) -> int:
