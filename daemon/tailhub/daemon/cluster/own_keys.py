@@ -44,8 +44,9 @@ def said_replaced(key: str, what: str) -> None:
     )
 
 
-async def rebuild_jobs_index(client: redis.asyncio.Redis) -> int:
-    """Every job record's id back into `tailhub:jobs`; how many there are."""
+async def rebuild_jobs_index(client: redis.asyncio.Redis) -> None:
+    """Every job record's id back into `tailhub:jobs` (found of another type and replaced),
+    said once in the log."""
     ids: list[int] = []
     async for key in client.scan_iter(match=PREFIX + "job:*", count=_BATCH):
         found = _JOB_KEY.fullmatch(key)
@@ -54,12 +55,11 @@ async def rebuild_jobs_index(client: redis.asyncio.Redis) -> int:
     for start in range(0, len(ids), _BATCH):
         chunk: Any = {str(job_id): job_id for job_id in ids[start : start + _BATCH]}
         await client.zadd(JOBS, chunk)
-    return len(ids)
+    said_replaced(JOBS, f", and rebuilt from the {len(ids)} job record(s) Redis holds")
 
 
 async def replace_jobs_index(client: redis.asyncio.Redis, replace: Any) -> None:
     """`tailhub:jobs` is of another type (a WRONGTYPE answer): deleted if it still is (the
     REPLACE_FOREIGN script), then rebuilt."""
     if await replace(keys=[JOBS], args=["zset"]):
-        count = await rebuild_jobs_index(client)
-        said_replaced(JOBS, f", and rebuilt from the {count} job record(s) Redis holds")
+        await rebuild_jobs_index(client)

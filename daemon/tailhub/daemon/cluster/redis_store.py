@@ -194,8 +194,7 @@ class RedisStore:
             return None
         token, replaced = answer
         if replaced:
-            count = await rebuild_jobs_index(self.client)
-            said_replaced(JOBS, f", and rebuilt from the {count} job record(s) Redis holds")
+            await rebuild_jobs_index(self.client)
         return bytes(token).decode()
 
     async def job_ids(self) -> list[int]:

@@ -21,7 +21,7 @@ from tailhub.daemon.faults import AFTER_STDERR_APPEND, crash_at
 from tailhub.daemon.process import CommandWrap, as_is
 from tailhub.daemon.runner import LocalRunner, RunHandle, terminate_group
 from tailhub.daemon.sources.base import Outcome, Upstream
-from tailhub.daemon.sources.ssh_share import SshShare
+from tailhub.daemon.sources.ssh_share import SshShare, no_session
 
 READ_BYTES = 256 * 1024
 # How long a command gets to exit after SIGTERM when the daemon stops fetching it.
@@ -61,7 +61,7 @@ class CommandSource:
     # How an `ssh` command shares one connection per destination (ssh_share.py); None: not.
     ssh_share: SshShare | None = None
     # Ends the running command's session of a shared ssh connection.
-    _end_session: Callable[[], None] = field(default_factory=lambda: _no_session, init=False)
+    _end_session: Callable[[], None] = field(default_factory=lambda: no_session, init=False)
     counts_connections: ClassVar[bool] = True
 
     async def fetch(self, upstream: Upstream) -> Outcome | None:
@@ -178,10 +178,6 @@ class CommandSource:
                     f"cannot run {self.spec.describe()}: {error.strerror}", exit_code=127
                 ) from error
             raise
-
-
-def _no_session() -> None:
-    return None
 
 
 async def stop_left_over(runner: LocalRunner, upstream: Upstream) -> None:

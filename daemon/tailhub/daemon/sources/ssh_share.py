@@ -115,7 +115,7 @@ class SshShare:
         what to call once the command has ended."""
         connection = destination(argv)
         if connection is None:
-            return list(argv), _nothing
+            return list(argv), no_session
         key = hashlib.sha256("\0".join(connection).encode()).hexdigest()[:24]
         counts = self._sessions.setdefault(key, [])
         number = next((n for n, count in enumerate(counts) if count < SESSIONS_PER_MASTER), None)
@@ -182,8 +182,8 @@ class SshShare:
             del self._starting[name]
 
 
-def _nothing() -> None:
-    return None
+def no_session() -> None:
+    """What ends a command that holds no session of a shared connection: nothing."""
 
 
 def _forget(path: Path) -> None:
