@@ -27,7 +27,7 @@ from tailhub.v1 import tailhub_pb2_grpc as rpc
 
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 # A daemon alone runs these; a cluster node these too, and its own.
-ALONE = (faults.HEARTBEAT, faults.RETENTION, faults.HEALTH)
+ALONE = (faults.HEARTBEAT, faults.RETENTION, faults.HEALTH, faults.HEAP_TRIM)
 CLUSTER = (faults.KEEP_ALIVE, faults.TAKE_OVER, faults.RECORD_SYNC, faults.MIRROR)
 CLUSTER_HEALTH = "tailhub.cluster"
 # After serving: long enough for the test to watch the health service first.

@@ -121,10 +121,11 @@ TAKE_OVER = "take-over"
 RECORD_SYNC = "record-sync"
 MIRROR = "mirror"
 CONNECTION_CAP = "connection-cap"
+HEAP_TRIM = "heap-trim"
 ESSENTIAL_TASKS = frozenset(
     {
         *(HEARTBEAT, RETENTION, HEALTH, CERTIFICATE_CHECK, KEEP_ALIVE, TAKE_OVER, RECORD_SYNC),
-        *(MIRROR, CONNECTION_CAP),
+        *(MIRROR, CONNECTION_CAP, HEAP_TRIM),
     }
 )
 

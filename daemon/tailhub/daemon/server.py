@@ -29,6 +29,7 @@ from tailhub.daemon.facts import WEB, ListenerFacts, RunFacts, listener_facts
 from tailhub.daemon.failed_auth import FailedAuthLimit
 from tailhub.daemon.faults import HEALTH
 from tailhub.daemon.health import HealthReports
+from tailhub.daemon.heap_trim import HeapTrim
 from tailhub.daemon.identity import check_logs_belong
 from tailhub.daemon.listeners import (
     SERVER_KEEPALIVE_OPTIONS,
@@ -169,6 +170,7 @@ class Daemon:
         self._record_kind()
         self._manager = JobManager(self.config, self._store, environment, placement)
         await self._manager.start(self._essentials)
+        HeapTrim().start(self._essentials)
         await placement.start(self._manager, self._essentials)
 
         # Outermost first: the RPC counter sees every call, even one a later interceptor refuses.
