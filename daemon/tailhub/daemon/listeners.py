@@ -60,9 +60,11 @@ DEFAULT_MAX_STREAMS = 10_000
 DEFAULT_MAX_STREAMS_PER_TOKEN = 200
 # Requests the C core holds before the server's loop has taken them (gRPC's default is 1000):
 # enough that a few connections at their cap of streams do not crowd out the calls of others
-# (at 2,000, token holders' calls were cancelled under attack), few enough that the queue
-# stays small in memory (about 10 KB each: 100,000 of them held 1 GiB).
-NETWORK_MAX_PENDING_REQUESTS = 5_000
+# (at 500, 438 of a token holder's 616 calls were cancelled under attack), few enough that
+# the queue stays small in memory (100,000 of them held 1 GiB). With the heap trim, 32
+# attacking connections for 15 s peaked at 169-171 MiB at 2,500 and 201-224 at 5,000, with
+# the token holder's calls shed alike (1-4 of about 130: bench/rapid_reset.py).
+NETWORK_MAX_PENDING_REQUESTS = 2_500
 UNARY_HEADROOM = 100
 # TCP connections open at once on the --listen addresses, in all: each holds a descriptor and
 # up to a connection's streams, so their number bounds the memory and descriptors that peers
