@@ -309,13 +309,6 @@ def test_bad_tokens_past_the_limit_are_refused_a_good_one_still_served_and_logge
     assert "calls refused over the limit" in lines[1], lines
 
 
-@pytest.mark.parametrize("peer", ["ipv4:10.1.2.3:5555", "ipv6:[2001:db8::1]:5555"])
-def test_peer_address_drops_the_port_and_groups_ipv6_by_its_64(peer: str) -> None:
-    from tailhub.daemon.failed_auth import peer_address
-
-    assert peer_address(peer) in ("10.1.2.3", "2001:db8::/64")
-
-
 def test_oversized_request_lines_on_the_web_view_get_400_and_few_log_lines(
     start_daemon: Callable[..., DaemonProcess],
 ) -> None:

@@ -37,7 +37,8 @@ from tailhub.daemon.errors import (
     TooManyStreams,
     UnknownMethod,
 )
-from tailhub.daemon.failed_auth import FailedAuthLimit, peer_address
+from tailhub.daemon.failed_auth import FailedAuthLimit
+from tailhub.daemon.peer_groups import peer_address
 from tailhub.daemon.service import abort
 from tailhub.daemon.tokens import Role, TokenIndex
 

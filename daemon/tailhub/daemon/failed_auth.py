@@ -10,15 +10,14 @@ fail from every address of 127.0.0.0/8 (45,000 of them wrote 11 MB of log in 130
 its 40 MiB history out in ~8 min), so past LINES_PER_MINUTE in a minute the rest of that
 minute is told in one line of counts ("M more failed authentications from K addresses").
 
-A peer is an IP address; an IPv6 one counts by its /64 (a host there has every address in
-it). At most MAX_PEERS are remembered; the least recently seen go first.
+A peer is an IP address; an IPv6 one counts by its /64 (peer_groups.py). At most MAX_PEERS
+are remembered; the least recently seen go first.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import ipaddress
 import logging
 import time
 from collections.abc import Callable
@@ -33,24 +32,6 @@ REPORT_EVERY_S = 60.0
 MAX_PEERS = 4096
 # Lines naming an address, in all, per REPORT_EVERY_S; the rest go into one line of counts.
 LINES_PER_MINUTE = 20
-
-
-def peer_address(peer: str) -> str:
-    """The address part of gRPC's peer string (`ipv4:1.2.3.4:5`, `ipv6:[::1]:5`), an IPv6
-    one as its /64; the string itself for anything else (a Unix socket)."""
-    kind, _, rest = peer.partition(":")
-    if kind == "ipv4":
-        return rest.rpartition(":")[0] or rest
-    if kind == "ipv6":
-        host = rest.rpartition(":")[0].strip("[]") or rest
-        try:
-            network = ipaddress.IPv6Network(f"{host.split('%')[0]}/64", strict=False)
-        except ValueError:
-            return host
-        if network.network_address.ipv4_mapped is not None:
-            return str(ipaddress.IPv6Address(host.split("%")[0]).ipv4_mapped)
-        return str(network)
-    return peer
 
 
 @dataclass

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tailhub.daemon.faults import CONNECTION_CAP
+from tailhub.daemon.peer_groups import address_group
 from tailhub.daemon.supervisor import Supervisor
 
 logger = logging.getLogger(__name__)
@@ -46,18 +47,16 @@ _FD_DIRECTORY = Path("/proc/self/fd")
 
 @dataclass(frozen=True)
 class Connection:
-    peer: str  # the remote address, IPv4 in its own form even when mapped into IPv6
+    peer: str  # the remote address's peer_groups.address_group
     inode: int
 
 
-def _address(hex_address: str) -> str:
-    """The kernel's hex form of an address (each 32-bit word in host order) as text."""
+def _peer(hex_address: str) -> str:
+    """The peer of an address in the kernel's hex form (each 32-bit word in host order): an
+    IPv6 one by its /64 (peer_groups.py)."""
     raw = bytes.fromhex(hex_address)
     words = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
-    address = ipaddress.ip_address(words)
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return str(address.ipv4_mapped)
-    return str(address)
+    return address_group(ipaddress.ip_address(words))
 
 
 def established(lines: Iterable[str], ports: Collection[int]) -> Iterator[Connection]:
@@ -71,7 +70,7 @@ def established(lines: Iterable[str], ports: Collection[int]) -> Iterator[Connec
         try:
             if int(local_port, 16) not in ports:
                 continue
-            yield Connection(_address(remote), int(fields[9]))
+            yield Connection(_peer(remote), int(fields[9]))
         except ValueError:  # a line this parser does not know: never the daemon's problem
             continue
 

@@ -30,6 +30,8 @@ from collections.abc import Callable, Iterator
 
 from aiohttp.http_exceptions import HttpProcessingError
 
+from tailhub.daemon.peer_groups import host_group
+
 logger = logging.getLogger(__name__)
 
 ProtocolFactory = Callable[[], asyncio.BaseProtocol]
@@ -185,7 +187,7 @@ class _Counted:
     def _made(self, transport: asyncio.BaseTransport) -> bool:
         """Counts the connection; False (and aborted) past a limit."""
         peer = transport.get_extra_info("peername")
-        self._peer = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+        self._peer = host_group(str(peer[0])) if isinstance(peer, tuple) and peer else ""
         if not self.owner._admit(self, self._peer):
             _abort(transport)
             return False
