@@ -9,7 +9,9 @@ flood. `malloc_trim(0)` returns the free pages in the middle of every arena too.
 
 Measured with a rapid-reset flood of 10 s (bench/rapid_reset_client.py, 3 runs each): peak
 RSS 131-148 MiB without it and 103-106 MiB with a trim every 0.5 s at 4 connections;
-249-255 against 201-202 MiB at 32 connections, and 100-148 against 68-72 MiB after.
+249-255 against 201-202 MiB at 32 connections, and 100-148 against 68-72 MiB after. A trim
+every 2 s gave 138 MiB at 4 connections; trimming only when more than half the heap was free,
+137-151.
 
 A trim costs page faults when the freed pages are wanted again, so it runs only when the
 arenas hold more than TRIM_ABOVE_BYTES free (`mallinfo2`, which sums the free lists, not
@@ -20,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import ctypes.util
 import logging
 
 from tailhub.daemon.faults import HEAP_TRIM
@@ -60,9 +61,10 @@ class HeapTrim:
     def __init__(self) -> None:
         self._mallinfo2 = None
         self._malloc_trim = None
-        name = ctypes.util.find_library("c")
         try:
-            libc = ctypes.CDLL(name)  # CDLL, not PyDLL: the calls run without the GIL
+            # The process's own symbols, libc's among them (find_library would run ldconfig,
+            # 40 ms at every start). CDLL, not PyDLL: the calls run without the GIL.
+            libc = ctypes.CDLL(None)
             self._mallinfo2 = libc.mallinfo2
             self._malloc_trim = libc.malloc_trim
         except (OSError, AttributeError):
