@@ -7,8 +7,10 @@ size the job's record says."""
 from __future__ import annotations
 
 import contextlib
+import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cluster_helpers import REPLAY, SERVING, Cluster, cluster_health, payload, upstream
@@ -23,6 +25,11 @@ PREFIX = "tailhub:"
 def publish(node: DaemonProcess, job_id: int, data: bytes) -> None:
     with node.client() as client:
         client.publish(job_id, data)
+
+
+def job_ids(node: DaemonProcess) -> set[int]:
+    with node.client() as client:
+        return {job.id for job in client.list()}
 
 
 def log_size(node: DaemonProcess, job_id: int) -> int:
@@ -164,6 +171,50 @@ def test_a_broken_stream_of_a_dead_holders_job_is_not_taken_over_and_stops_no_ro
     assert "the take-over round failed" not in log_text
     assert log_text.count("it is no longer read here") == 1
     assert f"job {jobs['bad']}: this node fetches it now" not in log_text
+
+
+def test_records_longer_than_their_streams_stop_no_take_over_round(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    first, second = cluster.start(2)
+    data = payload(16 * 1024, seed=6)
+    log, state = upstream(tmp_path / "good", data)
+    with first.client() as client:
+        good = client.attach_command([sys.executable, REPLAY, str(log), str(state)]).id
+    watching = followers(second, tmp_path / "followers", good)
+    try:
+        wait_until(lambda: log_size(second, good) == len(data), what="the mirror reads")
+        # Records of running command jobs at ids the counter gave, saying their logs hold 100
+        # bytes, with no stream at all (what the hostile tester planted).
+        redis = cluster.redis.client()
+        fields: dict[Any, Any] = dict(redis.hgetall(f"{PREFIX}job:{good}"))
+        record = json.loads(fields[b"record"])
+        planted = [int(redis.incr(PREFIX + "next_job_id")) for _ in range(3)]
+        for job_id in planted:
+            body = json.dumps({**record, "id": job_id, "name": f"short-{job_id}"})
+            redis.hset(
+                f"{PREFIX}job:{job_id}",
+                mapping={**fields, b"record": body, b"size": b"100", b"first": b"0"},
+            )
+            redis.zadd(PREFIX + "jobs", {str(job_id): job_id})
+            redis.publish(PREFIX + "changes", str(job_id))
+        for job_id in planted:
+            wait_until(lambda: job_id in job_ids(second), what="the planted records synced")  # noqa: B023
+        first.kill()
+        # Before, each of them ended the round it was met in (in random order): 40 of them
+        # made a take-over after a kill take 7-14 s instead of 3.
+        cluster.wait_for_holder(good, other_than=["n0"], timeout=30)
+        for job_id in planted:
+            said = f"job {job_id}: Redis holds 100 bytes but its stream ends at 0"
+            wait_until(lambda: said in second.log_text(), what="the short stream said")  # noqa: B023
+        assert cluster_health(second) == SERVING, second.log_text()
+    finally:
+        for follower in watching:
+            follower.stop()
+    log_text = second.log_text()
+    assert "the take-over round failed" not in log_text
+    for job_id in planted:  # once each, however many rounds met it
+        assert log_text.count(f"job {job_id}: Redis holds 100 bytes") == 1, log_text
 
 
 @pytest.mark.parametrize("plant", ["a hash", "a string that never expires"])

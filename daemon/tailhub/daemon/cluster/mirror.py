@@ -35,6 +35,11 @@ READ_COUNT = 16
 LINGER_SECONDS = 30.0
 
 
+class StreamShort(Exception):
+    """A job's stream in Redis ends before the size its record says (a record planted so, or
+    Redis restored from an older copy): this node cannot catch up on it from Redis."""
+
+
 class MirrorOwner(Protocol):
     def local_log(self, job: Job) -> LocalLog: ...
 
@@ -154,7 +159,7 @@ class Mirror:
         while job.log_size < size:
             entries = await self._store.read_range(job.id, after, READ_COUNT)
             if not entries:
-                raise RuntimeError(
+                raise StreamShort(
                     f"job {job.id}: Redis holds {size} bytes but its stream ends at {job.log_size}"
                 )
             for entry in entries:
