@@ -68,7 +68,13 @@ def test_no_limits_is_a_valid_choice() -> None:
 
 @pytest.mark.parametrize(
     "url",
-    ["redis://localhost:6379/0", "redis://h", "rediss://user@host:6380/12", "unix:///run/r.sock"],
+    [
+        "redis://localhost:6379/0",
+        "redis://h",
+        "rediss://user@host:6380/12",
+        "unix:///run/r.sock?db=2",
+        "rediss://h:6380/0?ssl_ca_certs=/etc/ca.pem&ssl_certfile=c.pem&ssl_keyfile=k.pem",
+    ],
 )
 def test_redis_urls_naming_one_database_are_taken(url: str) -> None:
     check_redis_url(url)
@@ -83,6 +89,10 @@ def test_redis_urls_naming_one_database_are_taken(url: str) -> None:
         ("redis://localhost:99999", "Port out of range"),
         ("unix://", "give the socket's path"),
         ("redis://local\nhost", "not a Redis URL"),
+        # redis-py handed these to its connection, whose TypeError was tailhubd's traceback.
+        ("redis://h/0?foo=bar", "query sets 'foo', which is no setting"),
+        ("redis://h/0?PASSWORD=x", "query sets 'PASSWORD'"),
+        ("redis://h/0?ssl_ca_certs=/ca.pem", r"\(with rediss:// only\)"),
     ],
 )
 def test_a_redis_url_that_could_join_another_database_is_refused(url: str, message: str) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from tailhub.daemon.faults import Stall
 from tailhub.daemon.limits import shown
@@ -29,6 +29,7 @@ def check_redis_url(url: str) -> None:
         _ = parts.port  # (raises unless it is a number below 65536)
     except ValueError as error:
         raise ValueError(f"{what}: {error}") from None
+    _check_query(parts.query, tls=parts.scheme == "rediss")
     if parts.scheme == "unix":
         if not parts.path:
             raise ValueError(f"{what}: give the socket's path (unix:///PATH?db=N)")
@@ -40,6 +41,28 @@ def check_redis_url(url: str) -> None:
     database = parts.path.strip("/")
     if database and not (database.isdigit() and len(database) < 6):
         raise ValueError(f"{what}: the database {shown(database)} is not a number")
+
+
+# What a --redis URL's query may set. redis-py hands any other key to its connection as an
+# argument, which refuses it with a traceback when the daemon first connects.
+REDIS_QUERY_KEYS = frozenset({"db", "password", "client_name"})
+REDIS_TLS_QUERY_KEYS = frozenset(
+    {"ssl_ca_certs", "ssl_ca_path", "ssl_certfile", "ssl_keyfile", "ssl_password"}
+    | {"ssl_cert_reqs", "ssl_check_hostname", "ssl_ciphers"}
+)
+
+
+def _check_query(query: str, *, tls: bool) -> None:
+    """ValueError naming the first key a --redis URL's query may not hold (never its value:
+    it may be a secret)."""
+    allowed = REDIS_QUERY_KEYS | (REDIS_TLS_QUERY_KEYS if tls else frozenset())
+    for key, _ in parse_qsl(query, keep_blank_values=True):
+        if key not in allowed:
+            hint = " (with rediss:// only)" if key in REDIS_TLS_QUERY_KEYS else ""
+            raise ValueError(
+                f"--redis: the URL's query sets {shown(key)}, which is no setting tailhub "
+                f"passes to Redis{hint}; known: {', '.join(sorted(allowed))}"
+            )
 
 
 # The longest fetch lease a node takes: a lease key in Redis that lasts longer was planted.
