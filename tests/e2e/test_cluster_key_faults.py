@@ -173,6 +173,37 @@ def test_a_broken_stream_of_a_dead_holders_job_is_not_taken_over_and_stops_no_ro
     assert f"job {jobs['bad']}: this node fetches it now" not in log_text
 
 
+def test_an_entry_too_large_to_read_in_time_is_skipped_in_redis_and_nothing_stops(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    first, second, bad, good = start(cluster)
+    watching = followers(second, tmp_path / "followers", bad, good)
+    try:
+        for job_id in (bad, good):
+            wait_until(lambda: log_size(second, job_id) == 7, what="the mirror reads")  # noqa: B023
+        # 60 MiB in one entry of a mirrored job's stream (the hostile tester's plant). Read
+        # with XREAD, it made every read of every mirrored job time out: the node said Redis
+        # was unreachable ~10 times a minute, and told every follower so, until it was deleted.
+        size = 60 << 20
+        cluster.redis.client().xadd(
+            f"{PREFIX}log:{bad}", {"o": "7", "d": b"x" * size}, id=f"{7 + size}-0"
+        )
+        the_good_job_streams_while_the_nodes_stay_reachable(first, second, good)
+        wait_until(
+            lambda: (
+                f"skipped stream entry b'{7 + size}-0': it holds {size + 1} bytes"
+                in second.log_text()
+            ),
+            what="the entry said skipped",
+        )
+        the_good_job_streams_while_the_nodes_stay_reachable(first, second, good, rounds=2)
+    finally:
+        for follower in watching:
+            follower.stop()
+    for node in (first, second):
+        assert "unreachable" not in node.log_text(), node.log_text()
+
+
 def test_records_longer_than_their_streams_stop_no_take_over_round(
     cluster: Cluster, tmp_path: Path
 ) -> None:

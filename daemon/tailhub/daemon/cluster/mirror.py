@@ -14,6 +14,7 @@ import time
 from typing import TYPE_CHECKING, Protocol
 
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from tailhub.daemon.cluster.placed import placed
 from tailhub.daemon.cluster.redis_store import LogEntry, RedisStore
@@ -94,7 +95,7 @@ class Mirror:
                 await self._wake.wait()
                 continue
             try:
-                found = await self._store.read(after, block_ms=BLOCK_MS, count=READ_COUNT)
+                found = await self._store.read(after, count=READ_COUNT)
             except RedisError as error:
                 failures += 1
                 self._owner.redis_failed(error)
@@ -106,6 +107,9 @@ class Mirror:
             if failures:
                 failures = 0
                 self._owner.redis_ok()
+            if not found:
+                await self._wait_for_entries(after)
+                continue
             for job_id, entries in found.items():
                 job = self._jobs.get(job_id)
                 if job is None or not placed(job).mirrored:
@@ -120,6 +124,19 @@ class Mirror:
                 except Exception:  # one job's fault (a full disk) must not stop the others'
                     logger.exception("job %d: its log cannot be read from Redis here", job_id)
                     self.forget(job_id)
+
+    async def _wait_for_entries(self, after: dict[int, bytes]) -> None:
+        """Until a watched stream has a new entry (or BLOCK_MS). A timeout here is no fault
+        of Redis's by itself: the entry that woke the wait may be one too large to read in
+        time (planted), which the next `read` skips in Redis. If Redis is away, that read
+        fails too, and says so."""
+        try:
+            await self._store.wait_for_entries(after, block_ms=BLOCK_MS)
+        except RedisTimeoutError:
+            pass
+        except (RedisError, BrokenJobKeys):
+            # Said by the next read, which meets the same fault; a pause, never a hot loop.
+            await asyncio.sleep(BLOCK_MS / 1000)
 
     def refused(self, job_id: int) -> bool:
         """Whether Redis refused this job's stream here (it is neither read nor taken over)."""

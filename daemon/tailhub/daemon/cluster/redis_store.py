@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     import redis.asyncio
 
 from tailhub.daemon.cluster import lua
-from tailhub.daemon.cluster.key_faults import JobScript, job_size, on_job, read_streams
+from tailhub.daemon.cluster.key_faults import JobScript, job_size, read_streams
 from tailhub.daemon.cluster.own_keys import (
     JOBS,
     is_wrong_type,
@@ -41,14 +41,14 @@ from tailhub.daemon.cluster.own_keys import (
 )
 from tailhub.daemon.cluster.records import parse_record
 from tailhub.daemon.config import MAX_LEASE_MS
-from tailhub.daemon.errors import BadRecord, ClusterRefused, ClusterUnavailable
+from tailhub.daemon.errors import BadRecord, BrokenJobKeys, ClusterRefused, ClusterUnavailable
 
 logger = logging.getLogger(__name__)
 
 PREFIX = "tailhub:"
 # Bounds on what a stream entry may hold (a holder writes at most 256 KiB of bytes and a
-# short event); anything larger was not written by a daemon and is skipped.
-MAX_ENTRY_BYTES = 4 * 1024 * 1024
+# short event); anything larger was not written by a daemon and is skipped, in Redis.
+MAX_ENTRY_BYTES = 1024 * 1024
 MAX_EVENT_BYTES = 4096
 CHANGES = PREFIX + "changes"
 _NODES = PREFIX + "nodes"
@@ -118,6 +118,7 @@ class RedisStore:
         self._next_id = script(lua.NEXT_ID)
         self._replace_foreign = script(lua.REPLACE_FOREIGN)
         self._holders = script(lua.HOLDERS)
+        self._read_bounded = script(lua.READ_BOUNDED)
 
     # -- the cluster and its nodes -----------------------------------------------------------
     async def cluster_id(self) -> str | None:
@@ -367,24 +368,49 @@ class RedisStore:
         )
 
     # -- reading logs ----------------------------------------------------------------------------
-    async def read(
-        self, after: dict[int, bytes], *, block_ms: int | None, count: int
-    ) -> dict[int, list[LogEntry]]:
-        """Entries after the given ids, of several jobs in one call (one reader per daemon)."""
-        if not after:
+    async def read(self, after: dict[int, bytes], *, count: int) -> dict[int, list[LogEntry]]:
+        """Up to `count` entries after the given ids, of several jobs in one call; an entry
+        over MAX_ENTRY_BYTES is skipped without its bytes leaving Redis (lua.READ_BOUNDED).
+        BrokenJobKeys for jobs whose stream is a key of another type."""
+        job_ids = list(after)
+        if not job_ids:
             return {}
-        streams = {log_key(job_id): entry_id for job_id, entry_id in after.items()}
-        answer: Any = await read_streams(self.client, streams, count=count, block=block_ms)
-        found: dict[int, list[LogEntry]] = {}
-        for key, entries in answer or []:
-            job_id = int(key.decode().rsplit(":", 1)[1])
-            found[job_id] = [_entry(entry_id, fields) for entry_id, fields in entries]
-        return found
+        answer: Any = await self._read_bounded(
+            keys=[log_key(job_id) for job_id in job_ids],
+            args=[count, MAX_ENTRY_BYTES, *(after[job_id] for job_id in job_ids)],
+        )
+        broken = [
+            job_id
+            for job_id, entries in zip(job_ids, answer, strict=True)
+            if entries and isinstance(entries[0], bytes)
+        ]
+        if broken:
+            keys = ", ".join(log_key(job_id) for job_id in broken)
+            raise BrokenJobKeys(
+                f"its stream in Redis ({keys}) is a key of another type (someone replaced it): "
+                "its log cannot be read from there",
+                tuple(broken),
+            )
+        return {
+            job_id: [_entry(entry_id, _pairs(fields)) for entry_id, fields in entries]
+            for job_id, entries in zip(job_ids, answer, strict=True)
+            if entries
+        }
+
+    async def wait_for_entries(self, after: dict[int, bytes], *, block_ms: int) -> None:
+        """Returns once one of these streams has an entry after its id, or after `block_ms`.
+        What it sees is read again by `read`: XREAD cannot leave an entry's bytes in Redis."""
+        if after:
+            streams = {log_key(job_id): entry_id for job_id, entry_id in after.items()}
+            await read_streams(self.client, streams, count=1, block=block_ms)
 
     async def read_range(self, job_id: int, after: bytes, count: int) -> list[LogEntry]:
-        ranged = self.client.xrange(log_key(job_id), min=b"(" + after, count=count)
-        entries: Any = await on_job([job_id], ranged)
-        return [_entry(entry_id, fields) for entry_id, fields in entries]
+        return (await self.read({job_id: after}, count=count)).get(job_id, [])
+
+
+def _pairs(fields: list[bytes]) -> dict[bytes, bytes]:
+    """A stream entry's fields, as Redis lists them (name, value, name, value...)."""
+    return dict(zip(fields[::2], fields[1::2], strict=False))
 
 
 def _entry(entry_id: bytes, fields: dict[bytes, bytes]) -> LogEntry:
@@ -394,6 +420,8 @@ def _entry(entry_id: bytes, fields: dict[bytes, bytes]) -> LogEntry:
     try:
         offset_text, sequence = entry_id.split(b"-", 1)
         offset = _count(offset_text)
+        if b"x" in fields:  # (too large to be read: lua.READ_BOUNDED)
+            raise ValueError(f"it holds {_count(fields[b'x'])} bytes, over {MAX_ENTRY_BYTES}")
         if b"d" in fields:
             data, start = fields[b"d"], _count(fields.get(b"o"))
             if start + len(data) != offset or sequence != b"0" or len(data) > MAX_ENTRY_BYTES:
