@@ -378,7 +378,8 @@ def _rapid_reset(scenarios: Scenarios) -> list[Verdict]:
     verdicts = []
     for run in result["runs"]:
         n = run["connections"]
-        peak, p50 = run["daemon_peak_rss_bytes"], run["latency_p50_s"]
+        # Judged on the paced calls (rapid_reset._Paced): back-to-back calls flatter it.
+        peak, p50 = run["daemon_peak_rss_bytes"], run.get("paced_p50_s", run["latency_p50_s"])
         verdicts += [
             Verdict(
                 f"rapid reset, {n} connections: daemon peak RSS <= 200 MB",
@@ -387,7 +388,7 @@ def _rapid_reset(scenarios: Scenarios) -> list[Verdict]:
             ),
             Verdict(
                 f"rapid reset, {n} connections: a read-token call's p50 <= 50 ms",
-                f"{p50 * 1000:,.1f} ms ({run['calls_during']:,} calls)",
+                f"{p50 * 1000:,.1f} ms ({run.get('paced_calls', run['calls_during']):,} calls)",
                 p50 <= 0.05,
             ),
         ]
