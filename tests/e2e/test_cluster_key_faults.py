@@ -200,8 +200,12 @@ def test_an_entry_too_large_to_read_in_time_is_skipped_in_redis_and_nothing_stop
     finally:
         for follower in watching:
             follower.stop()
+    # Handing 60 MiB to the script that reads the stream may itself outlast a read's timeout
+    # on a loaded machine (0.75 s at a 3 s lease): one such read, once, on the node reading
+    # it (seen once, in a CI run). Before, every read timed out and the node said so ~10 times
+    # a minute until the key was deleted.
     for node in (first, second):
-        assert "unreachable" not in node.log_text(), node.log_text()
+        assert node.log_text().count("is unreachable") <= 1, node.log_text()
 
 
 def test_records_longer_than_their_streams_stop_no_take_over_round(
@@ -212,6 +216,7 @@ def test_records_longer_than_their_streams_stop_no_take_over_round(
     log, state = upstream(tmp_path / "good", data)
     with first.client() as client:
         good = client.attach_command([sys.executable, REPLAY, str(log), str(state)]).id
+    wait_until(lambda: good in job_ids(second), what="the job synced to the second node")
     watching = followers(second, tmp_path / "followers", good)
     try:
         wait_until(lambda: log_size(second, good) == len(data), what="the mirror reads")

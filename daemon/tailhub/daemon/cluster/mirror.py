@@ -19,7 +19,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from tailhub.daemon.cluster.placed import placed
 from tailhub.daemon.cluster.redis_store import LogEntry, RedisStore
 from tailhub.daemon.domain import JobState
-from tailhub.daemon.errors import BrokenJobKeys
+from tailhub.daemon.errors import BadRecord, BrokenJobKeys
 from tailhub.daemon.limits import MAX_REASON_BYTES
 
 if TYPE_CHECKING:
@@ -34,11 +34,6 @@ BLOCK_MS = 250
 READ_COUNT = 16
 # A mirrored job nobody here follows is still read this long (a follower reconnecting).
 LINGER_SECONDS = 30.0
-
-
-class StreamShort(Exception):
-    """A job's stream in Redis ends before the size its record says (a record planted so, or
-    Redis restored from an older copy): this node cannot catch up on it from Redis."""
 
 
 class MirrorOwner(Protocol):
@@ -176,7 +171,9 @@ class Mirror:
         while job.log_size < size:
             entries = await self._store.read_range(job.id, after, READ_COUNT)
             if not entries:
-                raise StreamShort(
+                # (Its record says more than its stream holds: planted so, or Redis restored
+                # from an older copy. This node cannot catch up on it from Redis.)
+                raise BadRecord(
                     f"job {job.id}: Redis holds {size} bytes but its stream ends at {job.log_size}"
                 )
             for entry in entries:

@@ -17,13 +17,13 @@ from typing import TYPE_CHECKING, Protocol
 
 from redis.exceptions import RedisError
 
-from tailhub.daemon.cluster.mirror import Mirror, StreamShort
+from tailhub.daemon.cluster.mirror import Mirror
 from tailhub.daemon.cluster.placed import placed
 from tailhub.daemon.cluster.redis_store import JobMeta, RedisStore
 from tailhub.daemon.cluster.sync import RecordSync
 from tailhub.daemon.cluster.writer import HeldLease, LogWriter
 from tailhub.daemon.domain import SourceKind
-from tailhub.daemon.errors import BrokenJobKeys
+from tailhub.daemon.errors import BadRecord, BrokenJobKeys
 from tailhub.daemon.runner import RUN_HANDLE_KEYS
 
 if TYPE_CHECKING:
@@ -71,7 +71,7 @@ class Takeover:
         self._mirror = mirror
         self._records = records
         self._owner = owner
-        # Jobs whose stream was found short here, said once each (StreamShort).
+        # Jobs whose stream was found short of their record here, said once each.
         self._short: set[int] = set()
 
     async def run(self) -> None:
@@ -114,29 +114,33 @@ class Takeover:
             view.holder = holder.rsplit(" ", 1)[0]
             if holder or job.id in held:
                 continue
-            if view.mirrored:
-                # Most of the way before the lease: its clock runs from `sent`.
-                try:
-                    await self._mirror.catch_up(job, view.size)
-                except BrokenJobKeys as error:
-                    # Its stream in Redis is not a log (a key planted there): said once, and
-                    # never taken over here (it failed the whole round, every round).
-                    self._mirror.refuse(error)
-                    continue
-                except StreamShort as error:
-                    # Not taken over from here this round, and the round goes on: it used to
-                    # end it, and 40 such records planted in Redis made a take-over after a
-                    # kill take 7-14 s instead of 3 (the candidates come in random order).
-                    # Tried again next round: the node holding the longest copy may repair
-                    # the stream meanwhile.
-                    if job.id not in self._short:
-                        self._short.add(job.id)
-                        logger.warning("%s; it is not taken over from this node", error)
-                    continue
+            # Most of the way before the lease: its clock runs from `sent`.
+            if view.mirrored and not await self._caught_up(job, view.size):
+                continue
             sent = time.monotonic()
             token = await self._redis.acquire(job.id, self._owner.name, self._owner.lease_ms)
             if token is not None:
                 await self._take(job, token, sent)
+
+    async def _caught_up(self, job: Job, size: int) -> bool:
+        """Reads a mirrored job's stream up to `size` before its lease; False when it cannot
+        be taken over from here (said once), and the round goes on with the next job."""
+        try:
+            await self._mirror.catch_up(job, size)
+        except BrokenJobKeys as error:
+            # Its stream in Redis is not a log (a key planted there): said once, and never
+            # taken over here (it failed the whole round, every round).
+            self._mirror.refuse(error)
+            return False
+        except BadRecord as error:  # (its record says more than its stream holds)
+            # It used to end the round, and 40 such records planted in Redis made a take-over
+            # after a kill take 7-14 s instead of 3 (the candidates come in random order).
+            # Tried again next round: the node holding the longest copy may repair it.
+            if job.id not in self._short:
+                self._short.add(job.id)
+                logger.warning("%s; it is not taken over from this node", error)
+            return False
+        return True
 
     async def _take(self, job: Job, token: str, sent: float) -> None:
         meta = (await self._redis.metas([job.id])).get(job.id)
