@@ -200,10 +200,10 @@ def test_an_entry_too_large_to_read_in_time_is_skipped_in_redis_and_nothing_stop
     finally:
         for follower in watching:
             follower.stop()
-    # Handing 60 MiB to the script that reads the stream may itself outlast a read's timeout
-    # on a loaded machine (0.75 s at a 3 s lease): one such read, once, on the node reading
-    # it (seen once, in a CI run). Before, every read timed out and the node said so ~10 times
-    # a minute until the key was deleted.
+    # The stream's readers wait up to 10 s (connection.py), but Redis, one thread, is busy
+    # while the script copies the 60 MiB entry to measure it; on a loaded machine that once
+    # outlasted another call's 0.75 s (seen in a CI run). Before, every read timed out and the
+    # node said Redis was unreachable ~10 times a minute until the key was deleted.
     for node in (first, second):
         assert node.log_text().count("is unreachable") <= 1, node.log_text()
 

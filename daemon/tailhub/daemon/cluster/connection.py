@@ -1,4 +1,4 @@
-"""How a node reaches the cluster's Redis: one bounded pool, and a name for it in messages."""
+"""How a node reaches the cluster's Redis: two bounded pools, and a name for it in messages."""
 
 from __future__ import annotations
 
@@ -13,8 +13,14 @@ from tailhub.daemon.cluster.redis_store import RedisStore
 if TYPE_CHECKING:
     from tailhub.daemon.config import ClusterSettings
 
-# Connections to Redis at most (one is the mirror's blocking read, one the announcements').
+# Connections to Redis at most (one is the announcements').
 _REDIS_CONNECTIONS = 32
+# The logs' readers (the mirror's loop, a take-over's catch-up): their own connections, whose
+# reads may take longer than the lease's quarter. No lease waits on them, and the script that
+# reads a stream copies each entry before it skips one too large (a 60 MiB one planted in
+# Redis outlasted 0.75 s on a loaded machine, and the node said Redis was unreachable).
+_READER_CONNECTIONS = 4
+_READER_TIMEOUT_S = 10.0
 
 
 def describe_url(url: str) -> str:
@@ -39,4 +45,15 @@ def connect(settings: ClusterSettings) -> RedisStore:
         # Retries are ours: a lease holder must know within its deadline.
         retry=Retry(NoBackoff(), 0),
     )
-    return RedisStore(redis.asyncio.Redis(connection_pool=pool))
+    readers = redis.asyncio.BlockingConnectionPool.from_url(
+        settings.redis_url,
+        max_connections=_READER_CONNECTIONS,
+        timeout=_READER_TIMEOUT_S,
+        socket_timeout=_READER_TIMEOUT_S,
+        socket_connect_timeout=timeout,
+        retry=Retry(NoBackoff(), 0),
+    )
+    return RedisStore(
+        redis.asyncio.Redis(connection_pool=pool),
+        reader=redis.asyncio.Redis(connection_pool=readers),
+    )

@@ -230,7 +230,7 @@ class ClusterNode:
             await self._redis.release_node(self.name, self._token)
         except RedisError:
             pass  # they expire on their own
-        await self._redis.client.aclose(close_connection_pool=True)
+        await self._redis.aclose()
 
     def report_health(self, report: Callable[[bool], None]) -> bool | None:
         self.on_health = report

@@ -97,14 +97,18 @@ _CLUSTER = PREFIX + "cluster"
 
 
 class RedisStore:
-    """The cluster's keys, read and written through one redis.asyncio client."""
+    """The cluster's keys, through one redis.asyncio client; the logs' streams are read
+    through `reader` (connections of their own, with a longer timeout: connection.py)."""
 
-    def __init__(self, client: redis.asyncio.Redis) -> None:
-        def script(text: str) -> Any:
+    def __init__(
+        self, client: redis.asyncio.Redis, reader: redis.asyncio.Redis | None = None
+    ) -> None:
+        def script(text: str, on: redis.asyncio.Redis = client) -> Any:
             text = text.replace("@MAX_JOB_ID@", str(lua.MAX_JOB_ID))
-            return client.register_script(text.replace("@CHANGES@", CHANGES))
+            return on.register_script(text.replace("@CHANGES@", CHANGES))
 
         self.client = client
+        self._reader = client if reader is None else reader
         self._acquire = script(lua.ACQUIRE)
         self._renew_all = script(lua.RENEW_ALL)
         self._release = script(lua.RELEASE)
@@ -118,7 +122,13 @@ class RedisStore:
         self._next_id = script(lua.NEXT_ID)
         self._replace_foreign = script(lua.REPLACE_FOREIGN)
         self._holders = script(lua.HOLDERS)
-        self._read_bounded = script(lua.READ_BOUNDED)
+        self._read_bounded = script(lua.READ_BOUNDED, self._reader)
+
+    async def aclose(self) -> None:
+        """Closes the connections, the readers' too."""
+        await self.client.aclose(close_connection_pool=True)
+        if self._reader is not self.client:
+            await self._reader.aclose(close_connection_pool=True)
 
     # -- the cluster and its nodes -----------------------------------------------------------
     async def cluster_id(self) -> str | None:
@@ -402,7 +412,7 @@ class RedisStore:
         What it sees is read again by `read`: XREAD cannot leave an entry's bytes in Redis."""
         if after:
             streams = {log_key(job_id): entry_id for job_id, entry_id in after.items()}
-            await read_streams(self.client, streams, count=1, block=block_ms)
+            await read_streams(self._reader, streams, count=1, block=block_ms)
 
     async def read_range(self, job_id: int, after: bytes, count: int) -> list[LogEntry]:
         return (await self.read({job_id: after}, count=count)).get(job_id, [])
