@@ -93,6 +93,9 @@ def test_redis_urls_naming_one_database_are_taken(url: str) -> None:
         ("redis://h/0?foo=bar", "query sets 'foo', which is no setting"),
         ("redis://h/0?PASSWORD=x", "query sets 'PASSWORD'"),
         ("redis://h/0?ssl_ca_certs=/ca.pem", r"\(with rediss:// only\)"),
+        ("unix:///run/r.sock?db=abc", "the database 'abc' is not a number"),
+        ("redis://h?db=0&db=1", "sets 'db' twice"),
+        ("redis://h/0?client_name=a%20b", "query sets 'client_name'"),
     ],
 )
 def test_a_redis_url_that_could_join_another_database_is_refused(url: str, message: str) -> None:

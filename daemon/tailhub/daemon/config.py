@@ -45,7 +45,7 @@ def check_redis_url(url: str) -> None:
 
 # What a --redis URL's query may set. redis-py hands any other key to its connection as an
 # argument, which refuses it with a traceback when the daemon first connects.
-REDIS_QUERY_KEYS = frozenset({"db", "password", "client_name"})
+REDIS_QUERY_KEYS = frozenset({"db", "password"})
 REDIS_TLS_QUERY_KEYS = frozenset(
     {"ssl_ca_certs", "ssl_ca_path", "ssl_certfile", "ssl_keyfile", "ssl_password"}
     | {"ssl_cert_reqs", "ssl_check_hostname", "ssl_ciphers"}
@@ -56,7 +56,13 @@ def _check_query(query: str, *, tls: bool) -> None:
     """ValueError naming the first key a --redis URL's query may not hold (never its value:
     it may be a secret)."""
     allowed = REDIS_QUERY_KEYS | (REDIS_TLS_QUERY_KEYS if tls else frozenset())
-    for key, _ in parse_qsl(query, keep_blank_values=True):
+    seen: set[str] = set()
+    for key, value in parse_qsl(query, keep_blank_values=True):
+        if key in seen:  # (redis-py takes the last: `?db=0&db=1` joined database 1)
+            raise ValueError(f"--redis: the URL's query sets {shown(key)} twice")
+        seen.add(key)
+        if key == "db" and not (value.isdigit() and len(value) < 6):
+            raise ValueError(f"--redis: the database {shown(value)} is not a number")
         if key not in allowed:
             hint = " (with rediss:// only)" if key in REDIS_TLS_QUERY_KEYS else ""
             raise ValueError(

@@ -261,9 +261,10 @@ return found
 
 # KEYS: streams; ARGV: count, the most bytes an entry may hold, then one id per stream (read
 # after it). Entries of each stream, as XRANGE gives them, but an entry holding more than
-# the bound comes back as {id, {'x', its size}}: its bytes never cross the network (60 MiB
-# planted in one entry made every node's read time out, and the node say Redis was
-# unreachable). A key of another type comes back as {'wrongtype'}.
+# the bound (field names and values together: a 60 MiB name passed a check of the values)
+# comes back as {id, {'x', its size}}: its bytes never cross the network (60 MiB planted in
+# one entry made every node's read time out, and the node say Redis was unreachable). A key
+# of another type comes back as {'wrongtype'}.
 READ_BOUNDED = """
 local count, most = tonumber(ARGV[1]), tonumber(ARGV[2])
 local found = {}
@@ -274,7 +275,7 @@ for i, key in ipairs(KEYS) do
   else
     for _, entry in ipairs(entries) do
       local size = 0
-      for j = 2, #entry[2], 2 do size = size + #entry[2][j] end
+      for j = 1, #entry[2] do size = size + #entry[2][j] end
       if size > most then entry[2] = {'x', tostring(size)} end
     end
     found[i] = entries
