@@ -78,6 +78,33 @@ def test_a_redis_password_on_the_command_line_is_refused(home: Path, url: str) -
     assert not home.exists()  # refused before anything was made or started
 
 
+@pytest.mark.parametrize(
+    ("query", "said"),
+    [
+        (f"?foo={PASSWORD}", "sets 'foo'"),
+        (f"?PASSWORD={PASSWORD}", "sets 'PASSWORD'"),
+        ("?db=abc", "the database 'abc' is not a number"),
+    ],
+)
+def test_a_redis_url_tailhub_cannot_use_is_refused_before_the_home_is_made(
+    home: Path, query: str, said: str
+) -> None:
+    # From the environment too. Before, tailhubd made the home, then exited 1 with a
+    # traceback from redis-py (or, for ?db=abc, made the whole state directory first).
+    done = subprocess.run(
+        [sys.executable, "-m", "tailhub.daemon", "--home", str(home), "--node-name", "a"],
+        env={**os.environ, "TAILHUB_REDIS": f"redis://127.0.0.1:1/0{query}"},
+        capture_output=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    text = done.stderr.decode()
+    assert text.count("\n") == 1, text
+    assert said in text, text
+    assert PASSWORD not in text
+    assert not home.exists()
+
+
 def _start_node(home: Path, env: dict[str, str], *args: str) -> int:
     done = subprocess.run(
         [sys.executable, "-m", "tailhub.client", "daemon", "start", *args],

@@ -27,6 +27,7 @@ from tailhub.daemon.cli_options import tailhubd_options
 from tailhub.daemon.config import (
     ClusterSettings,
     DaemonConfig,
+    check_redis_url,
     format_host_port,
     minimal_environment,
 )
@@ -191,6 +192,14 @@ def _refuse_redis_secret_on_argv(ctx: click.Context, url: str | None) -> None:
     source = ctx.get_parameter_source("redis_url")
     if url and source is ParameterSource.COMMANDLINE and redis_url_has_secret(url):
         click.echo(f"tailhubd: {ARGV_REFUSAL}", err=True)
+        ctx.exit(2)
+    # A URL from argv or the environment is checked before the home is made (one from the
+    # home's --config file, once it is read: _cluster_settings).
+    try:
+        if url:
+            check_redis_url(url)
+    except ValueError as error:
+        click.echo(f"tailhubd: {error}", err=True)
         ctx.exit(2)
 
 
