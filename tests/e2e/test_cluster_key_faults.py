@@ -58,6 +58,19 @@ def followers(second: DaemonProcess, directory: Path, *job_ids: int) -> list[Bac
     ]
 
 
+def mirrored(second: DaemonProcess, tmp_path: Path, *job_ids: int) -> list[BackgroundCli]:
+    """Followers of the jobs on the second node, once its mirror has their first line."""
+    watching = followers(second, tmp_path / "followers", *job_ids)
+    try:
+        for job_id in job_ids:
+            wait_until(lambda: log_size(second, job_id) == 7, what="the mirror reads")  # noqa: B023
+    except BaseException:
+        for follower in watching:
+            follower.stop()
+        raise
+    return watching
+
+
 def start(cluster: Cluster) -> tuple[DaemonProcess, DaemonProcess, int, int]:
     first, second = cluster.start(2)
     with first.client() as client:
@@ -81,10 +94,8 @@ def test_a_stream_replaced_by_a_string_fails_its_job_and_nothing_else(
     cluster: Cluster, tmp_path: Path
 ) -> None:
     first, second, bad, good = start(cluster)
-    watching = followers(second, tmp_path / "followers", bad, good)
+    watching = mirrored(second, tmp_path, bad, good)
     try:
-        for job_id in (bad, good):
-            wait_until(lambda: log_size(second, job_id) == 7, what="the mirror reads")  # noqa: B023
         redis = cluster.redis.client()
         redis.delete(f"{PREFIX}log:{bad}")
         redis.set(f"{PREFIX}log:{bad}", "notastream")
@@ -177,10 +188,8 @@ def test_an_entry_too_large_to_read_in_time_is_skipped_in_redis_and_nothing_stop
     cluster: Cluster, tmp_path: Path
 ) -> None:
     first, second, bad, good = start(cluster)
-    watching = followers(second, tmp_path / "followers", bad, good)
+    watching = mirrored(second, tmp_path, bad, good)
     try:
-        for job_id in (bad, good):
-            wait_until(lambda: log_size(second, job_id) == 7, what="the mirror reads")  # noqa: B023
         # 60 MiB in one entry of a mirrored job's stream (the hostile tester's plant). Read
         # with XREAD, it made every read of every mirrored job time out: the node said Redis
         # was unreachable ~10 times a minute, and told every follower so, until it was deleted.

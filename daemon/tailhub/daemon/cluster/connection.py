@@ -31,29 +31,28 @@ def describe_url(url: str) -> str:
     return f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}/{kwargs.get('db', 0)}"
 
 
+def _pool(
+    url: str, connections: int, timeout: float, connect_timeout: float
+) -> redis.asyncio.Redis:
+    """A client on a bounded pool: a call waits for a free connection rather than failing
+    (many jobs' writers at once must not look like Redis being away), and is never retried
+    by redis-py (retries are ours: a lease holder must know within its deadline)."""
+    pool = redis.asyncio.BlockingConnectionPool.from_url(
+        url,
+        max_connections=connections,
+        timeout=timeout,
+        socket_timeout=timeout,
+        socket_connect_timeout=connect_timeout,
+        retry=Retry(NoBackoff(), 0),
+    )
+    return redis.asyncio.Redis(connection_pool=pool)
+
+
 def connect(settings: ClusterSettings) -> RedisStore:
     """The node's store in Redis (connections are made as they are needed)."""
     timeout = max(0.5, settings.lease_ms / 4000)
-    # Bounded, and a call waits for a free connection rather than failing (many jobs'
-    # writers at once must not look like Redis being away).
-    pool = redis.asyncio.BlockingConnectionPool.from_url(
-        settings.redis_url,
-        max_connections=_REDIS_CONNECTIONS,
-        timeout=timeout,
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-        # Retries are ours: a lease holder must know within its deadline.
-        retry=Retry(NoBackoff(), 0),
-    )
-    readers = redis.asyncio.BlockingConnectionPool.from_url(
-        settings.redis_url,
-        max_connections=_READER_CONNECTIONS,
-        timeout=_READER_TIMEOUT_S,
-        socket_timeout=_READER_TIMEOUT_S,
-        socket_connect_timeout=timeout,
-        retry=Retry(NoBackoff(), 0),
-    )
+    url = settings.redis_url
     return RedisStore(
-        redis.asyncio.Redis(connection_pool=pool),
-        reader=redis.asyncio.Redis(connection_pool=readers),
+        _pool(url, _REDIS_CONNECTIONS, timeout, timeout),
+        reader=_pool(url, _READER_CONNECTIONS, _READER_TIMEOUT_S, timeout),
     )
