@@ -12,6 +12,7 @@ two alone runs, one on either side), in the same run. Target (issue 19, item 2):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -35,6 +36,7 @@ from harness.waiting import wait_until
 from tailhub.v1 import tailhub_pb2 as pb
 
 MIB = 1 << 20
+STREAMS_PER_CHANNEL = 48
 
 
 @dataclass(frozen=True)
@@ -143,18 +145,25 @@ async def _hog(address: str, job_id: int, count: int, token: str) -> None:
     # Without bandwidth probing the windows stay at 64 KiB: the streams hold what they were
     # sent, as a client that stopped reading does (with it, grpc takes the log into the
     # client's buffers, and the streams keep the daemon busy instead).
-    options = [("grpc.http2.bdp_probe", 0)]
-    async with grpc.aio.insecure_channel(address, options=options) as channel:
-        subscribe = channel.unary_stream(
-            "/tailhub.v1.TailhubService/Subscribe",
-            request_serializer=pb.SubscribeRequest.SerializeToString,
-            response_deserializer=None,
-        )
-        metadata = (("authorization", f"Bearer {token}"),)
-        calls = [
-            subscribe(pb.SubscribeRequest(job_id=job_id, follow=True), metadata=metadata)
-            for _ in range(count)
-        ]
+    # A subchannel pool each: at most 48 streams a connection, as the CLI opens them (a
+    # --listen connection carries at most 64: daemon/listeners.py).
+    options = [("grpc.http2.bdp_probe", 0), ("grpc.use_local_subchannel_pool", 1)]
+    metadata = (("authorization", f"Bearer {token}"),)
+    async with contextlib.AsyncExitStack() as stack:
+        calls = []
+        for first in range(0, count, STREAMS_PER_CHANNEL):
+            channel = await stack.enter_async_context(
+                grpc.aio.insecure_channel(address, options=options)
+            )
+            subscribe = channel.unary_stream(
+                "/tailhub.v1.TailhubService/Subscribe",
+                request_serializer=pb.SubscribeRequest.SerializeToString,
+                response_deserializer=None,
+            )
+            calls += [
+                subscribe(pb.SubscribeRequest(job_id=job_id, follow=True), metadata=metadata)
+                for _ in range(min(STREAMS_PER_CHANNEL, count - first))
+            ]
         # Sent once each call has its response headers: the daemon has them all.
         await asyncio.gather(*(call.initial_metadata() for call in calls))
         print("ready", flush=True)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import itertools
 import json
@@ -37,6 +38,7 @@ from tailhub.v1 import tailhub_pb2 as pb
 
 SUBSCRIBE = "/tailhub.v1.TailhubService/Subscribe"
 CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+STREAMS_PER_TCP_CHANNEL = 48
 
 
 @dataclass(frozen=True)
@@ -191,23 +193,36 @@ async def follow_all(
 ) -> tuple[list[StreamResult], Samples]:
     results = [StreamResult(job) for job in jobs]
     samples = Samples()
-    if options.ca_file is None:
-        opened = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
-    else:
-        credentials = grpc.ssl_channel_credentials(options.ca_file.read_bytes())
-        opened = grpc.aio.secure_channel(address, credentials, options=CHANNEL_OPTIONS)
     chains = {job: Chains(bytes) for job in jobs}
     starts = [(chains[job], chains[job].start()) if options.exact else None for job in jobs]
-    async with opened as channel:
+    # Over TCP, a connection carries at most 64 streams (the daemon's cap against rapid reset):
+    # more channels, each a connection of its own, as the CLI opens (client/_servers.py).
+    per_channel = len(jobs) if options.ca_file is None else STREAMS_PER_TCP_CHANNEL
+    async with contextlib.AsyncExitStack() as stack:
+        channels = [
+            await stack.enter_async_context(_channel(address, options))
+            for index in range(max(1, -(-len(jobs) // per_channel)))
+        ]
         tasks = [
-            asyncio.create_task(follow(channel, result, options, samples, start))
-            for result, start in zip(results, starts, strict=True)
+            asyncio.create_task(
+                follow(channels[index // per_channel], result, options, samples, start)
+            )
+            for index, (result, start) in enumerate(zip(results, starts, strict=True))
         ]
         _, pending = await asyncio.wait(tasks, timeout=timeout)
         for task in pending:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
     return results, samples
+
+
+def _channel(address: str, options: Options) -> grpc.aio.Channel:
+    if options.ca_file is None:
+        return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+    credentials = grpc.ssl_channel_credentials(options.ca_file.read_bytes())
+    # A subchannel pool of its own: channels with the same options would share a connection.
+    every = [*CHANNEL_OPTIONS, ("grpc.use_local_subchannel_pool", 1)]
+    return grpc.aio.secure_channel(address, credentials, options=every)
 
 
 def parse_streams(specs: list[str]) -> list[int]:

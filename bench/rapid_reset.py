@@ -13,9 +13,7 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -87,57 +85,15 @@ class _Caller:
         self._channel.close()
 
 
-class _Paced:
-    """A read-token holder's calls at a fixed pace (one every PACE_S, each on a thread of its
-    own) whatever the earlier ones do. Their latencies sample the whole attack evenly, where
-    back-to-back calls (_Caller) mostly sample the moments the daemon answers fast: with 4
-    attacking connections, back-to-back calls had a p50 of 1 ms and paced ones 65-175 ms. A
-    call that fails counts as CALL_TIMEOUT_S."""
-
-    PACE_S = 0.1
-    CALL_TIMEOUT_S = 10.0
-
-    def __init__(self, address: str, token: str) -> None:
-        self._channel = grpc.insecure_channel(address)
-        self._stub = rpc.TailhubServiceStub(self._channel)
-        self._metadata = (("authorization", f"Bearer {token}"),)
-        self.latencies: list[float] = []
-        self.failed: dict[str, int] = {}
-        self._lock = threading.Lock()
-
-    def _call(self) -> None:
-        started = time.perf_counter()
-        try:
-            self._stub.ListJobs(
-                pb.ListJobsRequest(), metadata=self._metadata, timeout=self.CALL_TIMEOUT_S
-            )
-            latency = time.perf_counter() - started
-        except grpc.RpcError as error:
-            latency = self.CALL_TIMEOUT_S
-            with self._lock:
-                self.failed[error.code().name] = self.failed.get(error.code().name, 0) + 1
-        with self._lock:
-            self.latencies.append(latency)
-
-    def run(self, seconds: float) -> None:
-        until = time.monotonic() + seconds
-        with ThreadPoolExecutor(max_workers=int(self.CALL_TIMEOUT_S / self.PACE_S) + 10) as pool:
-            next_call = time.monotonic()
-            while next_call < until:
-                pool.submit(self._call)
-                next_call += self.PACE_S
-                time.sleep(max(0.0, next_call - time.monotonic()))
-
-    def close(self) -> None:
-        self._channel.close()
-
-
 def run_one(settings: Settings, connections: int, directory: Path) -> dict[str, Any]:
     from tailhub.daemon.tokens import Role, create_token
 
     home = directory / "h"
     home.mkdir(parents=True, mode=0o700)
     token, _ = create_token(home, Role.READ, "bench")
+    token_file = directory / "token"
+    token_file.touch(mode=0o600)
+    token_file.write_text(token)
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -145,7 +101,6 @@ def run_one(settings: Settings, connections: int, directory: Path) -> dict[str, 
     daemon = DaemonProcess(home, ["--listen", address, "--insecure"])
     with daemon, ProcessSet() as processes:
         caller = _Caller(address, token)
-        paced = _Paced(address, token)
         try:
             wait_until(caller.ready, 30, "the listener to answer a read token")
             rss_before = rss_bytes(daemon.pid)
@@ -161,18 +116,22 @@ def run_one(settings: Settings, connections: int, directory: Path) -> dict[str, 
                 stdout=subprocess.PIPE,
             )
             load = Path("/proc/loadavg").read_text().split()[0]
-            pacing = threading.Thread(target=paced.run, args=(settings.seconds,))
-            pacing.start()
+            pacing = processes.spawn(
+                python_module(
+                    "bench.paced_caller", address, str(token_file), str(settings.seconds)
+                ),
+                stdout=subprocess.PIPE,
+            )
             during, failed = caller.calls(settings.seconds)
-            pacing.join()
+            paced_out, _ = pacing.communicate(timeout=settings.seconds + 60)
             out, _ = attacker.communicate(timeout=settings.seconds + 60)
             peak = daemon.peak_rss()
             after, _ = caller.calls(settings.baseline_seconds)
             rss_after = rss_bytes(daemon.pid)
         finally:
             caller.close()
-            paced.close()
     attack = json.loads(out)
+    paced = json.loads(paced_out)
     return {
         "connections": connections,
         "attack": attack,
@@ -187,10 +146,10 @@ def run_one(settings: Settings, connections: int, directory: Path) -> dict[str, 
         "latency_p50_s": percentile(during, 0.5),
         "latency_p99_s": percentile(during, 0.99),
         "latency_after_p50_s": percentile(after, 0.5),
-        "paced_calls": len(paced.latencies),
-        "paced_failed": paced.failed,
-        "paced_p50_s": percentile(sorted(paced.latencies), 0.5),
-        "paced_p90_s": percentile(sorted(paced.latencies), 0.9),
+        "paced_calls": len(paced["latencies_s"]),
+        "paced_failed": paced["failed"],
+        "paced_p50_s": percentile(paced["latencies_s"], 0.5),
+        "paced_p90_s": percentile(paced["latencies_s"], 0.9),
     }
 
 
@@ -238,8 +197,9 @@ def tables(result: dict[str, Any]) -> list[Table]:
         "a client with no token sends HEADERS then RST_STREAM per stream on N connections to"
         f" a --listen port for {result['settings']['seconds']:.0f} s; a read-token holder calls"
         " ListJobs back to back on its own connection meanwhile",
-        "paced: one more ListJobs every 0.1 s on a channel of its own, whatever the earlier"
-        " ones do (a failed call counts as 10 s): the even sample of the attack's span",
+        "paced: one more ListJobs every 0.1 s from a process of its own (bench/paced_caller.py),"
+        " whatever the earlier ones do (a failed call counts as 10 s): the even sample of the"
+        " attack's span",
         "targets: peak RSS <= 200 MB and the token holder's p50 <= 50 ms during the attack,"
         " judged on the paced calls",
     )

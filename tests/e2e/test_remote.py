@@ -23,6 +23,7 @@ from remote_helpers import (
     write_token,
 )
 
+from tailhub.daemon.listeners import MAX_STREAMS_PER_CONNECTION
 from tailhub.v1 import tailhub_pb2 as pb
 from tailhub.v1 import tailhub_pb2_grpc as rpc
 
@@ -225,6 +226,53 @@ def test_follower_over_tls_survives_a_daemon_restart_byte_exact(
     assert run_cli(home, "jobs", "finish", job_id).returncode == 0
     assert follower.wait() == 0, follower.stderr
     assert follower.stdout == first + second
+
+
+def test_a_follow_of_more_jobs_than_a_connection_carries_streams_every_job_at_once(
+    home: Path,
+    remote: Remote,
+    token_files: dict[str, Path],
+    background_cli: Callable[..., BackgroundCli],
+) -> None:
+    # A --listen connection carries at most MAX_STREAMS_PER_CONNECTION streams (against rapid
+    # reset); past it the CLI opens another connection. On one connection, the jobs past the
+    # cap would show nothing until others ended.
+    count = MAX_STREAMS_PER_CONNECTION + 6
+    with remote.daemon.client() as client:
+        ids = [client.attach_push(name=f"job{n}").id for n in range(count)]
+        for job_id in ids:
+            client.publish(job_id, f"first line of {job_id}\n".encode())
+    follower = background_cli(
+        "--home",
+        str(remote.elsewhere),
+        "--server",
+        remote.address,
+        "--ca-file",
+        str(remote.tls.ca),
+        "--token-file",
+        str(token_files["read"]),
+        "jobs",
+        "logs",
+        "-f",
+        *map(str, ids),
+    )
+
+    def unseen() -> list[int]:
+        shown = follower.stdout
+        return [job_id for job_id in ids if f"first line of {job_id}\n".encode() not in shown]
+
+    try:
+        wait_until(lambda: not unseen(), 60, "the first line of every job")
+    except TimeoutError:
+        raise AssertionError(f"nothing yet of jobs {unseen()}: {follower.stderr}") from None
+    # Every connection resumes its streams after a restart.
+    remote.daemon.restart()
+    with remote.daemon.client() as client:
+        for job_id in ids:
+            client.publish(job_id, f"after the restart {job_id}\n".encode())
+            client.finish(job_id, 0)
+    assert follower.wait() == 0, follower.stderr
+    assert all(f"after the restart {job_id}\n".encode() in follower.stdout for job_id in ids)
 
 
 def test_untrusted_and_expired_certificates_and_tls_mismatch_each_get_one_line(

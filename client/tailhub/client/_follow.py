@@ -98,27 +98,28 @@ def _stream(
     reconnects: _Reconnects,
 ) -> Generator[LogItem, None, bool]:
     """One Subscribe stream's new items; True once the log's end came, False if it broke."""
-    call = servers.stub(index).Subscribe(request)
-    try:
-        for message in call:
-            reconnects.served(index, cursor.next_offset)
-            item = cursor.accept(_log_item(message))
-            if isinstance(item, LogEnd):
-                # Its status first, then the end: a caller may stop at the end, and a stream
-                # cancelled after its last message, before its status, costs the daemon ~100 B
-                # of native memory for good (grpc.aio 1.85; 9 follows a launch under churn were
-                # ~0.5 KB of RSS each launch, issue 16, item 20).
-                _read_status(call)
-                yield item
-                return True
-            if item is not None:
-                yield item
-    except grpc.RpcError as error:
-        if not is_transient(error):
-            raise from_rpc_error(error, servers.address(index)) from None
-    finally:
-        _end(call)
-        del call
+    with servers.streaming(index) as stub:
+        call = stub.Subscribe(request)
+        try:
+            for message in call:
+                reconnects.served(index, cursor.next_offset)
+                item = cursor.accept(_log_item(message))
+                if isinstance(item, LogEnd):
+                    # Its status first, then the end: a caller may stop at the end, and a
+                    # stream cancelled after its last message, before its status, costs the
+                    # daemon ~100 B of native memory for good (grpc.aio 1.85; 9 follows a
+                    # launch under churn were ~0.5 KB of RSS each launch, issue 16, item 20).
+                    _read_status(call)
+                    yield item
+                    return True
+                if item is not None:
+                    yield item
+        except grpc.RpcError as error:
+            if not is_transient(error):
+                raise from_rpc_error(error, servers.address(index)) from None
+        finally:
+            _end(call)
+            del call
     return False
 
 
@@ -170,14 +171,18 @@ def _wait_for_daemon(servers: Servers, index: int, timeout: float) -> None:
         # Not long on one of a list: the next may answer (the stream says which did).
         servers.reach(index, min(max(timeout, 0.05), CONNECT_TIMEOUT))
         return
-    ready = grpc.channel_ready_future(servers.channel(index))
-    try:
-        ready.result(timeout=max(timeout, 0.05))
-    except grpc.FutureTimeoutError:
-        pass
-    finally:
-        # Unsubscribed from the channel now, not whenever the collector gets to it.
-        ready.cancel()
+    # Each of the daemon's channels, asked to connect now: a stream's own channel left to its
+    # backoff would refuse the follow's next try at once, for up to its reconnect backoff.
+    deadline = time.monotonic() + timeout
+    for channel in servers.channels(index):
+        ready = grpc.channel_ready_future(channel)
+        try:
+            ready.result(timeout=max(deadline - time.monotonic(), 0.05))
+        except grpc.FutureTimeoutError:
+            pass
+        finally:
+            # Unsubscribed from the channel now, not whenever the collector gets to it.
+            ready.cancel()
 
 
 class Outages:

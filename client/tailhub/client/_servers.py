@@ -1,11 +1,13 @@
 """The daemons a client may call: this machine's socket, or the `--server A,B,...` list of a
-cluster, in order of preference. One channel each, opened when first needed; the server in
-use now, and the order a call tries the others in when it cannot reach that one."""
+cluster, in order of preference. One channel each, opened when first needed, and more for
+streams to a remote daemon (`streaming`); the server in use now, and the order a call tries the
+others in when it cannot reach that one."""
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -20,6 +22,21 @@ T = TypeVar("T")
 # A method of the stub, picked from whichever daemon's stub the call goes to.
 StubMethod = Callable[[rpc.TailhubServiceStub], Callable[..., T]]
 
+# Log streams one connection to a remote daemon carries before the next stream gets a
+# connection of its own: a daemon's --listen connection carries at most 64 streams (the rest
+# would wait in the client, unseen, until one ends: daemon/listeners.py), and the unary calls
+# beside them need room too. The Unix socket has no such cap.
+STREAMS_PER_CHANNEL = 48
+
+
+@dataclass
+class _Lane:
+    """One connection's streams to a remote daemon."""
+
+    channel: grpc.Channel
+    stub: rpc.TailhubServiceStub
+    streams: int = 0
+
 
 @dataclass
 class _Server:
@@ -32,6 +49,8 @@ class _Server:
     state: grpc.ChannelConnectivity | None = None
     # Held through the first connection attempt: several follows may reach it at once.
     first_reach: threading.Lock = field(default_factory=threading.Lock)
+    # Streams to a remote daemon: the first lane is `channel`, later ones connections of their own.
+    lanes: list[_Lane] = field(default_factory=list)
 
 
 class Servers:
@@ -76,11 +95,52 @@ class Servers:
         assert stub is not None
         return stub
 
+    @contextmanager
+    def streaming(self, index: int) -> Iterator[rpc.TailhubServiceStub]:
+        """The stub a stream to server `index` goes through, while it lasts: to a remote daemon,
+        at most STREAMS_PER_CHANNEL streams share a connection."""
+        self._open(index)
+        server = self._servers[index]
+        if server.target is None:
+            assert server.stub is not None
+            yield server.stub
+            return
+        lane = self._lane(server)
+        try:
+            yield lane.stub
+        finally:
+            with self._lock:
+                lane.streams -= 1
+
+    def _lane(self, server: _Server) -> _Lane:
+        assert server.target is not None
+        assert server.channel is not None
+        assert server.stub is not None
+        with self._lock:
+            if not server.lanes:
+                server.lanes.append(_Lane(server.channel, server.stub))
+            lane = next((lane for lane in server.lanes if lane.streams < STREAMS_PER_CHANNEL), None)
+            if lane is None:
+                # A subchannel pool of its own: channels with the same options would otherwise
+                # share one connection.
+                options = [*self._options, ("grpc.use_local_subchannel_pool", 1)]
+                channel = server.target.channel(options)
+                lane = _Lane(channel, rpc.TailhubServiceStub(with_token(channel, server.target)))
+                server.lanes.append(lane)
+            lane.streams += 1
+            return lane
+
     def channel(self, index: int) -> grpc.Channel:
         self._open(index)
         channel = self._servers[index].channel
         assert channel is not None
         return channel
+
+    def channels(self, index: int) -> list[grpc.Channel]:
+        """Every channel open to server `index`: its own and its streams' (`streaming`)."""
+        channel = self.channel(index)
+        with self._lock:
+            return [channel, *(lane.channel for lane in self._servers[index].lanes[1:])]
 
     def tries(self) -> list[int]:
         """Every server once: the current one, then the next ones in the list's order."""
@@ -185,6 +245,8 @@ class Servers:
             for server in self._servers:
                 if server.channel is not None:
                     server.channel.close()
+                for lane in server.lanes[1:]:
+                    lane.channel.close()
 
     def _open(self, index: int) -> None:
         with self._lock:

@@ -58,6 +58,14 @@ DEFAULT_MAX_STREAMS = 10_000
 # token holder (bench/rapid_reset.py: 10-160 calls/s, p99 up to 3.5 s); at 300, 4 to 128
 # connections stayed at 59-103 MiB with 300-490 calls/s (docs/remote.md).
 DEFAULT_MAX_STREAMS_PER_TOKEN = 200
+# What one connection may carry: gRPC's cap on a connection's streams counts streams reset but
+# not yet let go, which is what an attacker without a token fills, and every stream so held
+# waits for the server's one event loop, ahead of a token holder's calls. Measured with a paced
+# ListJobs every 0.1 s beside bench/rapid_reset_client.py (15 s, 2 cores): at 300 per
+# connection, 4 attacking connections put the caller's p50 at 74-125 ms (p99 0.4-1.1 s); at
+# 120, 7-30 ms; at 60, 4-9 ms, with 32 connections too. A client that needs more streams opens
+# more connections (the CLI does: client/_servers.py, STREAMS_PER_CHANNEL).
+MAX_STREAMS_PER_CONNECTION = 64
 # Requests the C core holds before the server's loop has taken them (gRPC's default is 1000):
 # enough that a few connections at their cap of streams do not crowd out the calls of others
 # (at 500, 438 of a token holder's 616 calls were cancelled under attack), few enough that
@@ -65,7 +73,7 @@ DEFAULT_MAX_STREAMS_PER_TOKEN = 200
 # attacking connections for 15 s peaked at 169-171 MiB at 2,500 and 201-224 at 5,000, with
 # the token holder's calls shed alike (1-4 of about 130: bench/rapid_reset.py).
 NETWORK_MAX_PENDING_REQUESTS = 2_500
-UNARY_HEADROOM = 100
+UNARY_HEADROOM = 16
 # TCP connections open at once on the --listen addresses, in all: each holds a descriptor and
 # up to a connection's streams, so their number bounds the memory and descriptors that peers
 # without a token can take. gRPC closes one past the cap at once. Kept within an eighth of the
@@ -103,10 +111,13 @@ def network_limits(settings: NetworkSettings, connections: int) -> list[tuple[st
     pending bound caps what many connections together can hold, and `connections` caps how
     many there are (connection_cap).
     """
-    # Above the daemon's own cap on a token's streams (auth.StreamCaps), which refuses the one
-    # too many with a message that names the cap (a connection at gRPC's cap would only queue
-    # it, on the client, forever); the headroom is for unary calls beside them.
-    per_connection = min(settings.max_streams, settings.max_streams_per_token) + UNARY_HEADROOM
+    # Above the daemon's own cap on a token's streams (auth.StreamCaps) when that is lower,
+    # which refuses the one too many with a message that names the cap (a connection at
+    # gRPC's cap would only queue it, on the client); the headroom is for unary calls beside.
+    per_connection = min(
+        MAX_STREAMS_PER_CONNECTION,
+        min(settings.max_streams, settings.max_streams_per_token) + UNARY_HEADROOM,
+    )
     pending = NETWORK_MAX_PENDING_REQUESTS
     return [
         ("grpc.max_concurrent_streams", per_connection),
