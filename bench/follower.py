@@ -38,7 +38,7 @@ from tailhub.v1 import tailhub_pb2 as pb
 
 SUBSCRIBE = "/tailhub.v1.TailhubService/Subscribe"
 CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
-STREAMS_PER_TCP_CHANNEL = 48
+STREAMS_PER_TCP_CHANNEL = 24
 
 
 @dataclass(frozen=True)
@@ -195,7 +195,7 @@ async def follow_all(
     samples = Samples()
     chains = {job: Chains(bytes) for job in jobs}
     starts = [(chains[job], chains[job].start()) if options.exact else None for job in jobs]
-    # Over TCP, a connection carries at most 64 streams (the daemon's cap against rapid reset):
+    # Over TCP, a connection carries at most 32 streams (the daemon's cap against rapid reset):
     # more channels, each a connection of its own, as the CLI opens (client/_servers.py).
     per_channel = len(jobs) if options.ca_file is None else STREAMS_PER_TCP_CHANNEL
     async with contextlib.AsyncExitStack() as stack:

@@ -60,12 +60,12 @@ DEFAULT_MAX_STREAMS = 10_000
 DEFAULT_MAX_STREAMS_PER_TOKEN = 200
 # What one connection may carry: gRPC's cap on a connection's streams counts streams reset but
 # not yet let go, which is what an attacker without a token fills, and every stream so held
-# waits for the server's one event loop, ahead of a token holder's calls. Measured with a paced
-# ListJobs every 0.1 s beside bench/rapid_reset_client.py (15 s, 2 cores): at 300 per
-# connection, 4 attacking connections put the caller's p50 at 74-125 ms (p99 0.4-1.1 s); at
-# 120, 7-30 ms; at 60, 4-9 ms, with 32 connections too. A client that needs more streams opens
-# more connections (the CLI does: client/_servers.py, STREAMS_PER_CHANNEL).
-MAX_STREAMS_PER_CONNECTION = 64
+# costs the daemon's loop and gRPC's threads ahead of a token holder's calls. A token holder's
+# ListJobs every 0.1 s beside 4 connections of bench/rapid_reset_client.py (15 s, 2 cores, the
+# daemon in a session of its own as `daemon start` runs it) had a p50 of 25-42 ms at 32 per
+# connection, 73-89 ms at 64 and 93 at 300 (docs/performance.md). A client that needs more
+# streams opens more connections (the CLI does: client/_servers.py, STREAMS_PER_CHANNEL).
+MAX_STREAMS_PER_CONNECTION = 32
 # Requests the C core holds before the server's loop has taken them (gRPC's default is 1000):
 # enough that a few connections at their cap of streams do not crowd out the calls of others
 # (at 500, 438 of a token holder's 616 calls were cancelled under attack), few enough that
