@@ -207,3 +207,52 @@ def test_a_forged_file_job_of_a_node_is_never_adopted_and_its_file_never_read(
     assert "a push job of node n1 that this node never launched" in log
     assert b"the-secret-bytes" not in _everything_in(redis)
     assert f"job {forged[0]}: this node fetches it now" not in log
+
+
+def test_a_node_that_joins_after_a_job_ended_serves_its_whole_log(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    # The node adopts the job from a record already sealed: it used to seal its own (empty)
+    # copy at once, and its followers got no byte, only the job's exit status.
+    (first,) = cluster.start(1)
+    with first.client() as client:
+        job_id = client.attach_push("ended").id
+        client.publish(job_id, b"one\ntwo\n")
+        client.finish(job_id, 3)
+    late = cluster.add("late")
+    wait_until(lambda: job_id in job_ids(late), what="the ended job on the late node")
+    follower = start_background_cli(late.home, tmp_path / "f", "jobs", "logs", "-f", str(job_id))
+    assert follower.wait() == 100, follower.stderr  # exit 3: failed
+    assert follower.stdout == b"one\ntwo\n"
+
+
+def test_a_sealed_job_whose_stream_ends_short_ends_with_what_it_has_and_says_so(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    first, second = cluster.start(2)
+    with first.client() as client:
+        template = client.attach_push("template").id
+    redis = cluster.redis.client()
+    stored = redis.hget(f"{PREFIX}job:{template}", "record")
+    assert isinstance(stored, bytes)
+    record = json.loads(stored)
+    # Planted: a job that ended, whose record says 30 bytes; its stream has 6, two entries of
+    # no kind, bytes at an offset that is not one, and an end that is not at the log's end.
+    job_id = plant(cluster, {**record, "name": "short", "state": "SUCCEEDED", "sealed": True})
+    redis.hset(f"{PREFIX}job:{job_id}", mapping={"size": "30", "sealed": "1"})
+    log = f"{PREFIX}log:{job_id}"
+    redis.xadd(log, {"o": "0", "d": "hello\n"}, id="6-0")
+    redis.xadd(log, {"e": json.dumps({"x": [[[]]]})}, id="6-1")
+    redis.xadd(log, {"e": "[" * 100_000}, id="6-2")
+    redis.xadd(log, {"o": "abc", "d": "zz"}, id="10-0")
+    redis.xadd(log, {"end": '{"state": 5, "exit_code": "x"}'}, id="30-0")
+    wait_until(lambda: job_id in job_ids(second), what="the planted job on the second node")
+
+    follower = start_background_cli(second.home, tmp_path / "f", "jobs", "logs", "-f", str(job_id))
+    follower.wait()  # it used to wait forever
+    assert follower.stdout == b"hello\n"
+    lines = follower.stderr.splitlines()
+    assert lines == [
+        f"tailhub: job {job_id}: the cluster's copy of this log ends at byte 6 of 30, without "
+        "the job's end: the rest is not in Redis"
+    ], follower.stderr

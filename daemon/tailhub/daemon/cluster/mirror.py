@@ -89,6 +89,9 @@ class Mirror:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
+            # Seen sealed in Redis before the read: their whole stream, end included, was
+            # there when it began (lua.END stores the end and the seal at once).
+            sealed = [job_id for job_id in after if placed(self._jobs[job_id]).sealed]
             try:
                 found = await self._store.read(after, count=READ_COUNT)
             except RedisError as error:
@@ -102,23 +105,29 @@ class Mirror:
             if failures:
                 failures = 0
                 self._owner.redis_ok()
+            for job_id in sealed:
+                if job_id not in found and job_id in self._jobs:
+                    self._short(self._jobs[job_id])
             if not found:
                 await self._wait_for_entries(after)
                 continue
             for job_id, entries in found.items():
-                job = self._jobs.get(job_id)
-                if job is None or not placed(job).mirrored:
-                    continue  # fetched here now: its own fetcher fills the log
-                try:
-                    for entry in entries:
-                        # (A catch-up may have applied it meanwhile, from the same place.)
-                        if _order(entry.entry_id) <= _order(self._after.get(job_id, b"0-0")):
-                            continue
-                        self.apply(job, entry)
-                        self._after[job_id] = entry.entry_id
-                except Exception:  # one job's fault (a full disk) must not stop the others'
-                    logger.exception("job %d: its log cannot be read from Redis here", job_id)
-                    self.forget(job_id)
+                self._apply_read(job_id, entries)
+
+    def _apply_read(self, job_id: int, entries: list[LogEntry]) -> None:
+        job = self._jobs.get(job_id)
+        if job is None or not placed(job).mirrored:
+            return  # fetched here now: its own fetcher fills the log
+        try:
+            for entry in entries:
+                # (A catch-up may have applied it meanwhile, from the same place.)
+                if _order(entry.entry_id) <= _order(self._after.get(job_id, b"0-0")):
+                    continue
+                self.apply(job, entry)
+                self._after[job_id] = entry.entry_id
+        except Exception:  # one job's fault (a full disk) must not stop the others'
+            logger.exception("job %d: its log cannot be read from Redis here", job_id)
+            self.forget(job_id)
 
     async def _wait_for_entries(self, after: dict[int, bytes]) -> None:
         """Until a watched stream has a new entry (or BLOCK_MS). A timeout here is no fault
@@ -132,6 +141,25 @@ class Mirror:
         except (RedisError, BrokenJobKeys):
             # Said by the next read, which meets the same fault; a pause, never a hot loop.
             await asyncio.sleep(BLOCK_MS / 1000)
+
+    def _short(self, job: Job) -> None:
+        """A job sealed in Redis whose stream ended before its end was read here (planted so,
+        or the stream lost): it ends here with what it has, saying what is missing, instead of
+        its followers waiting forever."""
+        size = placed(job).size
+        logger.warning(
+            "job %d: its stream in Redis ends at byte %d of %d, without its end; it ends here "
+            "with what it has",
+            job.id,
+            job.log_size,
+            size,
+        )
+        self._owner.local_log(job).event(
+            f"the cluster's copy of this log ends at byte {job.log_size} of {size}, without the "
+            "job's end: the rest is not in Redis"
+        )
+        self.forget(job.id)
+        self._owner.ended_remotely(job)
 
     def refused(self, job_id: int) -> bool:
         """Whether Redis refused this job's stream here (it is neither read nor taken over)."""

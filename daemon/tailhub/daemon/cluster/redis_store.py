@@ -442,7 +442,9 @@ def _entry(entry_id: bytes, fields: dict[bytes, bytes]) -> LogEntry:
             if not isinstance(end, dict):
                 raise ValueError("its end is not a JSON object")
             return LogEntry(entry_id, offset, end=end)
-        message = fields.get(b"v", b"")[:MAX_EVENT_BYTES].decode("utf-8", "replace")
+        if b"v" not in fields:
+            raise ValueError("it holds no bytes, event or end")
+        message = fields[b"v"][:MAX_EVENT_BYTES].decode("utf-8", "replace")
         return LogEntry(entry_id, offset, event=message)
     except (ValueError, UnicodeDecodeError) as error:
         logger.warning("cluster: skipped stream entry %r: %s", entry_id[:40], error)

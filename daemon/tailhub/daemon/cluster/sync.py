@@ -169,6 +169,10 @@ class RecordSync:
                     f"a {record.spec.kind.value} job of node {home} that this node never "
                     "launched or attached"
                 ) from None
+            # Sealed here once this node's copy holds the whole log (below, or the mirror):
+            # a job that ended before this node saw it has none of its bytes here yet, and
+            # sealed now its followers here got an empty log with its exit status.
+            record.sealed = False
             job = self._manager.adopt(record, ClusterJob(home=home, mirrored=True))
         if job.id in self._owner.held:
             if meta.cancel and not job.state.terminal and not job.record.cancel_requested:
