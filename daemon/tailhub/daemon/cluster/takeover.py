@@ -99,7 +99,9 @@ class Takeover:
         candidates = [
             job
             for job in self._manager.all_jobs()
+            # (Sealed in Redis, not yet here: ended, with nobody's fetch to take over.)
             if not job.sealed
+            and not placed(job).sealed
             and job.id not in held
             and self.may_take(job)
             and not self._mirror.refused(job.id)
