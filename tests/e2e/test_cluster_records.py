@@ -256,3 +256,25 @@ def test_a_sealed_job_whose_stream_ends_short_ends_with_what_it_has_and_says_so(
         f"tailhub: job {job_id}: the cluster's copy of this log ends at byte 6 of 30, without "
         "the job's end: the rest is not in Redis"
     ], follower.stderr
+
+
+def test_an_ended_job_whose_stream_is_a_key_of_another_type_ends_its_followers(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    first, second = cluster.start(2)
+    with first.client() as client:
+        template = client.attach_push("template").id
+    redis = cluster.redis.client()
+    stored = redis.hget(f"{PREFIX}job:{template}", "record")
+    assert isinstance(stored, bytes)
+    record = json.loads(stored)
+    job_id = plant(cluster, {**record, "name": "listed", "state": "SUCCEEDED", "sealed": True})
+    redis.hset(f"{PREFIX}job:{job_id}", mapping={"size": "6", "sealed": "1"})
+    redis.rpush(f"{PREFIX}log:{job_id}", "hello\n")
+    wait_until(lambda: job_id in job_ids(second), what="the planted job on the second node")
+
+    follower = start_background_cli(second.home, tmp_path / "f", "jobs", "logs", str(job_id))
+    follower.wait()  # it used to wait forever
+    assert follower.stdout == b""
+    assert "is a key of another type" in follower.stderr
+    assert "Traceback" not in follower.stderr

@@ -65,7 +65,10 @@ class Mirror:
         self.closing = False
 
     def want(self, job: Job) -> None:
-        if job.sealed or not placed(job).mirrored or job.id in self._refused:
+        if job.id in self._refused:
+            self._end_if_ended(job)  # (its end may have come after its stream was refused)
+            return
+        if job.sealed or not placed(job).mirrored:
             return
         if job.id not in self._jobs:
             self._jobs[job.id] = job
@@ -175,6 +178,13 @@ class Mirror:
             self._refused.add(job_id)
             logger.error("job %d: %s; it is no longer read here", job_id, error)
             self._owner.local_log(job).event(f"{error}; this daemon no longer reads it")
+            self._end_if_ended(job)
+
+    def _end_if_ended(self, job: Job) -> None:
+        """A job whose stream cannot be read here that ended where it ran ends here too, with
+        what this copy has: its followers here waited for bytes that could never come."""
+        if job.state.terminal and not job.sealed:
+            self._owner.ended_remotely(job)
 
     def _interest(self) -> dict[int, bytes]:
         now = time.monotonic()
