@@ -6,7 +6,6 @@ size the job's record says."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import sys
 from pathlib import Path
@@ -101,8 +100,9 @@ def test_a_stream_replaced_by_a_string_fails_its_job_and_nothing_else(
         redis.set(f"{PREFIX}log:{bad}", "notastream")
         # The mirror on n1 reads it with the good job's stream: it stops reading that one only.
         the_good_job_streams_while_the_nodes_stay_reachable(first, second, good)
-        # The holder writes to it: the job fails, for the key it names.
-        with contextlib.suppress(TailhubError):
+        # The holder writes to it: the job fails, for the key it names, and the publisher is
+        # told its bytes were not stored.
+        with pytest.raises(TailhubError):
             publish(first, bad, b"after\n")
         failed_with(first, bad, f"{PREFIX}log:{bad}")
         failed_with(second, bad, f"{PREFIX}log:{bad}")
@@ -126,7 +126,8 @@ def test_an_entry_past_its_records_size_fails_its_job_and_nothing_else(
     try:
         redis = cluster.redis.client()
         redis.xadd(f"{PREFIX}log:{bad}", {"v": "planted"}, id="31457280-1")
-        with contextlib.suppress(TailhubError):
+        # (It was answered as stored, and its bytes were on no node.)
+        with pytest.raises(TailhubError):
             publish(first, bad, b"after\n")
         failed_with(first, bad, "holds an entry past the size its record says")
         # Its end sealed its record all the same: every node sees it failed.

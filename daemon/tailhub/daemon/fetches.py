@@ -14,7 +14,13 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from tailhub.daemon.domain import SourceKind
-from tailhub.daemon.errors import FetchEnded, InvalidRequest, OffsetMismatch, StorageFull
+from tailhub.daemon.errors import (
+    FetchEnded,
+    InvalidRequest,
+    NotStored,
+    OffsetMismatch,
+    StorageFull,
+)
 from tailhub.daemon.sources import Outcome, UpstreamUnusable
 
 if TYPE_CHECKING:
@@ -129,6 +135,11 @@ class Fetches:
             self._event(job, f"disk full at offset {size}: a publish was refused ({error})")
             raise
         await fetcher.flushed()
+        if job.log_size < size + len(data):
+            # Flushed means sent or given up on: Redis refused the job's log (the job fails
+            # for it), and the producer must not take its bytes as stored.
+            why = job.record.reason or "its fetch ended"
+            raise NotStored(f"job {job.id}: these bytes were not stored: {why}")
         return job.log_size
 
     def cut_unacknowledged(self, job: Job) -> None:
