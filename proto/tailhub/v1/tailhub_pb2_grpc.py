@@ -171,7 +171,8 @@ class TailhubServiceServicer:
         RESOURCE_EXHAUSTED (DISK_FULL: nothing was appended; retry the same call, with
         expected_offset, once there is room); UNAVAILABLE in cluster mode (NOT_FETCHED_YET,
         REDIS_BEHIND: nothing was appended; retry the same call, with expected_offset, on the
-        same node).
+        same node; NOT_STORED: Redis refused the job's log and the job failed, so these bytes
+        were not stored).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

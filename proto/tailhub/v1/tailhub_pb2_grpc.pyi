@@ -203,7 +203,8 @@ class TailhubServiceStub:
     RESOURCE_EXHAUSTED (DISK_FULL: nothing was appended; retry the same call, with
     expected_offset, once there is room); UNAVAILABLE in cluster mode (NOT_FETCHED_YET,
     REDIS_BEHIND: nothing was appended; retry the same call, with expected_offset, on the
-    same node).
+    same node; NOT_STORED: Redis refused the job's log and the job failed, so these bytes
+    were not stored).
     """
     FinishJob: _grpc.UnaryUnaryMultiCallable[_tailhub_pb2.FinishJobRequest, _tailhub_pb2.FinishJobResponse]
     """Ends a file or push job: exit_code 0 makes it SUCCEEDED, any other (1-255) FAILED, and
@@ -330,7 +331,8 @@ class TailhubServiceAsyncStub(TailhubServiceStub):
     RESOURCE_EXHAUSTED (DISK_FULL: nothing was appended; retry the same call, with
     expected_offset, once there is room); UNAVAILABLE in cluster mode (NOT_FETCHED_YET,
     REDIS_BEHIND: nothing was appended; retry the same call, with expected_offset, on the
-    same node).
+    same node; NOT_STORED: Redis refused the job's log and the job failed, so these bytes
+    were not stored).
     """
     FinishJob: _aio.UnaryUnaryMultiCallable[_tailhub_pb2.FinishJobRequest, _tailhub_pb2.FinishJobResponse]  # type: ignore[assignment]
     """Ends a file or push job: exit_code 0 makes it SUCCEEDED, any other (1-255) FAILED, and
@@ -478,7 +480,8 @@ class TailhubServiceServicer(metaclass=_abc_1.ABCMeta):
         RESOURCE_EXHAUSTED (DISK_FULL: nothing was appended; retry the same call, with
         expected_offset, once there is room); UNAVAILABLE in cluster mode (NOT_FETCHED_YET,
         REDIS_BEHIND: nothing was appended; retry the same call, with expected_offset, on the
-        same node).
+        same node; NOT_STORED: Redis refused the job's log and the job failed, so these bytes
+        were not stored).
         """
 
     @_abc_1.abstractmethod
