@@ -7,10 +7,10 @@ sample the whole attack evenly, where back-to-back calls mostly sample the momen
 answers fast (with 4 attacking connections, back-to-back calls had a p50 of 1 ms and paced
 ones 65-175 ms). A call that fails counts as CALL_TIMEOUT_S.
 
-A process of its own, as an independent client is: beside the back-to-back caller in one
-Python process, the two took turns at that process's GIL on a saturated machine, and the
-paced calls' p50 under 32 attacking connections read 439 ms there against 4 ms here
-(docs/performance.md).
+A process of its own, as an independent client is, never sharing the back-to-back caller's
+GIL. (That changed no figure measurably: at 32 attacking connections the bench read 439 ms
+with it in the bench's process and 222-506 ms with it here. What moves the figures is how
+the kernel shares the 2 cores between sessions: docs/performance.md.)
 """
 
 from __future__ import annotations
