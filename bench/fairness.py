@@ -33,10 +33,10 @@ from bench.report import Table, number
 from harness.daemon_process import DaemonProcess
 from harness.processes import ProcessSet, python_module
 from harness.waiting import wait_until
+from tailhub.client._servers import STREAMS_PER_CHANNEL
 from tailhub.v1 import tailhub_pb2 as pb
 
 MIB = 1 << 20
-STREAMS_PER_CHANNEL = 24
 
 
 @dataclass(frozen=True)
@@ -145,8 +145,8 @@ async def _hog(address: str, job_id: int, count: int, token: str) -> None:
     # Without bandwidth probing the windows stay at 64 KiB: the streams hold what they were
     # sent, as a client that stopped reading does (with it, grpc takes the log into the
     # client's buffers, and the streams keep the daemon busy instead).
-    # A subchannel pool each: at most 24 streams a connection, as the CLI opens them (a
-    # --listen connection carries at most 32: daemon/listeners.py).
+    # A subchannel pool each, the CLI's streams per connection (a --listen connection
+    # carries at most 32: daemon/listeners.py).
     options = [("grpc.http2.bdp_probe", 0), ("grpc.use_local_subchannel_pool", 1)]
     metadata = (("authorization", f"Bearer {token}"),)
     async with contextlib.AsyncExitStack() as stack:

@@ -34,11 +34,11 @@ import grpc.aio
 from bench.chains import Chains, Node
 from bench.writer import LINE_BYTES, timestamp_at
 from harness.processes import ProcessSet, python_module
+from tailhub.client._servers import STREAMS_PER_CHANNEL
 from tailhub.v1 import tailhub_pb2 as pb
 
 SUBSCRIBE = "/tailhub.v1.TailhubService/Subscribe"
 CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
-STREAMS_PER_TCP_CHANNEL = 24
 
 
 @dataclass(frozen=True)
@@ -197,7 +197,7 @@ async def follow_all(
     starts = [(chains[job], chains[job].start()) if options.exact else None for job in jobs]
     # Over TCP, a connection carries at most 32 streams (the daemon's cap against rapid reset):
     # more channels, each a connection of its own, as the CLI opens (client/_servers.py).
-    per_channel = len(jobs) if options.ca_file is None else STREAMS_PER_TCP_CHANNEL
+    per_channel = len(jobs) if options.ca_file is None else STREAMS_PER_CHANNEL
     async with contextlib.AsyncExitStack() as stack:
         channels = [
             await stack.enter_async_context(_channel(address, options))

@@ -110,17 +110,12 @@ class Remote:
     # Where the CLI runs as if on another machine: a state directory with no daemon.
     elsewhere: Path
 
+    def flags(self, token_file: Path | None) -> list[str]:
+        """The CLI's flags for this daemon: its address, CA and (if given) token file."""
+        token = ["--token-file", str(token_file)] if token_file else []
+        return ["--server", self.address, "--ca-file", str(self.tls.ca), *token]
+
     def cli(
         self, token_file: Path | None, *args: str, input: bytes | None = None
     ) -> subprocess.CompletedProcess[bytes]:
-        token = ["--token-file", str(token_file)] if token_file else []
-        return run_cli(
-            self.elsewhere,
-            "--server",
-            self.address,
-            "--ca-file",
-            str(self.tls.ca),
-            *token,
-            *args,
-            input=input,
-        )
+        return run_cli(self.elsewhere, *self.flags(token_file), *args, input=input)

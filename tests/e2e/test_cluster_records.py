@@ -35,6 +35,24 @@ def plant(cluster: Cluster, record: bytes | dict[str, object]) -> int:
     return job_id
 
 
+def record_of_a_new_job(cluster: Cluster, node: DaemonProcess) -> dict[str, Any]:
+    """The record Redis holds of a new push job of `node`: what a planted record copies."""
+    with node.client() as client:
+        job_id = client.attach_push("template").id
+    stored = cluster.redis.client().hget(f"{PREFIX}job:{job_id}", "record")
+    assert isinstance(stored, bytes)
+    record: dict[str, Any] = json.loads(stored)
+    return record
+
+
+def plant_ended(cluster: Cluster, record: dict[str, Any], name: str, size: int) -> int:
+    """A job that ended, planted: its record and its hash say it is sealed with `size` bytes
+    (its stream is the test's to plant)."""
+    job_id = plant(cluster, {**record, "name": name, "state": "SUCCEEDED", "sealed": True})
+    cluster.redis.client().hset(f"{PREFIX}job:{job_id}", mapping={"size": size, "sealed": 1})
+    return job_id
+
+
 def test_hostile_records_are_left_out_and_the_sync_goes_on_across_a_restart(
     cluster: Cluster,
 ) -> None:
@@ -230,16 +248,10 @@ def test_a_sealed_job_whose_stream_ends_short_ends_with_what_it_has_and_says_so(
     cluster: Cluster, tmp_path: Path
 ) -> None:
     first, second = cluster.start(2)
-    with first.client() as client:
-        template = client.attach_push("template").id
-    redis = cluster.redis.client()
-    stored = redis.hget(f"{PREFIX}job:{template}", "record")
-    assert isinstance(stored, bytes)
-    record = json.loads(stored)
     # Planted: a job that ended, whose record says 30 bytes; its stream has 6, two entries of
     # no kind, bytes at an offset that is not one, and an end that is not at the log's end.
-    job_id = plant(cluster, {**record, "name": "short", "state": "SUCCEEDED", "sealed": True})
-    redis.hset(f"{PREFIX}job:{job_id}", mapping={"size": "30", "sealed": "1"})
+    job_id = plant_ended(cluster, record_of_a_new_job(cluster, first), "short", size=30)
+    redis = cluster.redis.client()
     log = f"{PREFIX}log:{job_id}"
     redis.xadd(log, {"o": "0", "d": "hello\n"}, id="6-0")
     redis.xadd(log, {"e": json.dumps({"x": [[[]]]})}, id="6-1")
@@ -262,15 +274,8 @@ def test_an_ended_job_whose_stream_is_a_key_of_another_type_ends_its_followers(
     cluster: Cluster, tmp_path: Path
 ) -> None:
     first, second = cluster.start(2)
-    with first.client() as client:
-        template = client.attach_push("template").id
-    redis = cluster.redis.client()
-    stored = redis.hget(f"{PREFIX}job:{template}", "record")
-    assert isinstance(stored, bytes)
-    record = json.loads(stored)
-    job_id = plant(cluster, {**record, "name": "listed", "state": "SUCCEEDED", "sealed": True})
-    redis.hset(f"{PREFIX}job:{job_id}", mapping={"size": "6", "sealed": "1"})
-    redis.rpush(f"{PREFIX}log:{job_id}", "hello\n")
+    job_id = plant_ended(cluster, record_of_a_new_job(cluster, first), "listed", size=6)
+    cluster.redis.client().rpush(f"{PREFIX}log:{job_id}", "hello\n")
     wait_until(lambda: job_id in job_ids(second), what="the planted job on the second node")
 
     follower = start_background_cli(second.home, tmp_path / "f", "jobs", "logs", str(job_id))

@@ -204,17 +204,7 @@ def test_follower_over_tls_survives_a_daemon_restart_byte_exact(
     attached = run_cli(home, "jobs", "attach", "--push")
     job_id = attached.stdout.decode().strip()
     follower = background_cli(
-        "--home",
-        str(remote.elsewhere),
-        "--server",
-        remote.address,
-        "--ca-file",
-        str(remote.tls.ca),
-        "--token-file",
-        str(token_files["read"]),
-        "jobs",
-        "logs",
-        job_id,
+        "--home", str(remote.elsewhere), *remote.flags(token_files["read"]), "jobs", "logs", job_id
     )
     first = bytes(range(256)) * 64
     assert run_cli(home, "jobs", "publish", job_id, input=first).returncode == 0
@@ -245,15 +235,8 @@ def test_a_follow_of_more_jobs_than_a_connection_carries_streams_every_job_at_on
     follower = background_cli(
         "--home",
         str(remote.elsewhere),
-        "--server",
-        remote.address,
-        "--ca-file",
-        str(remote.tls.ca),
-        "--token-file",
-        str(token_files["read"]),
-        "jobs",
-        "logs",
-        "-f",
+        *remote.flags(token_files["read"]),
+        *("jobs", "logs", "-f"),
         *map(str, ids),
     )
 

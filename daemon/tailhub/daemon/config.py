@@ -39,8 +39,13 @@ def check_redis_url(url: str) -> None:
     if not parts.hostname:
         raise ValueError(f"{what}: give the host (redis://HOST:PORT/DB)")
     database = parts.path.strip("/")
-    if database and not (database.isdigit() and len(database) < 6):
+    if database and not _is_database(database):
         raise ValueError(f"{what}: the database {shown(database)} is not a number")
+
+
+def _is_database(text: str) -> bool:
+    """A Redis database's number, as a URL's path or its `db` may give it."""
+    return text.isdigit() and len(text) < 6
 
 
 # What a --redis URL's query may set. redis-py hands any other key to its connection as an
@@ -61,7 +66,7 @@ def _check_query(query: str, *, tls: bool) -> None:
         if key in seen:  # (redis-py takes the last: `?db=0&db=1` joined database 1)
             raise ValueError(f"--redis: the URL's query sets {shown(key)} twice")
         seen.add(key)
-        if key == "db" and not (value.isdigit() and len(value) < 6):
+        if key == "db" and not _is_database(value):
             raise ValueError(f"--redis: the database {shown(value)} is not a number")
         if key not in allowed:
             hint = " (with rediss:// only)" if key in REDIS_TLS_QUERY_KEYS else ""
