@@ -280,3 +280,26 @@ def test_a_forged_local_job_never_runs_and_a_key_of_another_type_stops_nothing(
 def _job_ids(node: DaemonProcess) -> set[int]:
     with node.client() as client:
         return {job.id for job in client.list()}
+
+
+def test_a_node_killed_between_sealing_a_job_and_storing_its_end_ends_it_everywhere(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    # The job is sealed in the node's own database first, then its end goes to Redis: a
+    # kill -9 between the two left it sealed there and open in Redis, for ever.
+    first = cluster.add("n0", env={"TAILHUB_CRASH_AT": "before-cluster-end"})
+    second = cluster.add("n1")
+    with first.client() as client:
+        job_id = client.attach_push("crash").id
+        client.publish(job_id, b"one\n")
+    follower = start_background_cli(second.home, tmp_path / "f", "jobs", "logs", "-f", str(job_id))
+    follower.wait_for_stdout(b"one\n")
+    finishing = start_background_cli(first.home, tmp_path / "c", "jobs", "finish", str(job_id))
+    wait_until(lambda: not first.running, what="the node to kill itself before the end")
+    finishing.wait()
+    first.env = None
+    first.start()
+
+    assert follower.wait() == 0, follower.stderr
+    assert follower.stdout == b"one\n"
+    assert cluster.job(job_id, on=second).state is JobState.SUCCEEDED

@@ -56,7 +56,7 @@ class Job:
         self.times = TimeIndex(times_path)
         # A push job's: where the bytes its publishers were told are stored end.
         self.acked = AckedEnd(acked_path)
-        self._crash_points = crash_points
+        self.crash_points = crash_points
 
     @property
     def id(self) -> int:
@@ -90,7 +90,7 @@ class Job:
                 writable=writable,
                 size=self._closed_size,
                 job_id=self.id,
-                crash_points=self._crash_points,
+                crash_points=self.crash_points,
                 # Written only when a producer calls: no descriptor held in between.
                 idle_closed=self.record.spec.kind is SourceKind.PUSH and not mirrored,
             )

@@ -26,6 +26,9 @@ class ClusterJob:
     size: int = 0
     # Sealed where it was fetched (its bytes here may still be fewer).
     sealed: bool = False
+    # Sealed here, not in Redis: the node that sealed it was killed before its end reached
+    # Redis (or Redis lost it). This copy is whole, and its end is stored from here.
+    end_unstored: bool = False
     # Bytes before this offset are not here (Redis had trimmed them before this daemon
     # read them; the file holds a hole there, never served).
     first_offset: int = 0

@@ -196,6 +196,8 @@ class RecordSync:
             view.first_offset = int(self._store.meta(first_offset_key(job.id)) or 0)
         view.size = meta.size
         view.sealed = meta.sealed
+        # (A copy shorter than Redis's is not whole: never its end, or each round would try.)
+        view.end_unstored = job.sealed and not meta.sealed and job.log_size >= meta.size
         view.home = home
         view.holder = meta.holder
         if job.sealed:

@@ -99,12 +99,7 @@ class Takeover:
         candidates = [
             job
             for job in self._manager.all_jobs()
-            # (Sealed in Redis, not yet here: ended, with nobody's fetch to take over.)
-            if not job.sealed
-            and not placed(job).sealed
-            and job.id not in held
-            and self.may_take(job)
-            and not self._mirror.refused(job.id)
+            if job.id not in held and self._candidate(job) and not self._mirror.refused(job.id)
         ]
         if not candidates:
             return
@@ -117,12 +112,21 @@ class Takeover:
             if holder or job.id in held:
                 continue
             # Most of the way before the lease: its clock runs from `sent`.
-            if view.mirrored and not await self._caught_up(job, view.size):
+            if view.mirrored and not job.sealed and not await self._caught_up(job, view.size):
                 continue
             sent = time.monotonic()
             token = await self._redis.acquire(job.id, self._owner.name, self._owner.lease_ms)
             if token is not None:
                 await self._take(job, token, sent)
+
+    def _candidate(self, job: Job) -> bool:
+        """A job whose fetch this node may take, or whose end it may store."""
+        view = placed(job)
+        if view.sealed:  # (sealed in Redis, maybe not yet here: ended, nothing to take)
+            return False
+        if job.sealed:
+            return view.end_unstored
+        return self.may_take(job)
 
     async def _caught_up(self, job: Job, size: int) -> bool:
         """Reads a mirrored job's stream up to `size` before its lease; False when it cannot
@@ -148,6 +152,12 @@ class Takeover:
         meta = (await self._redis.metas([job.id])).get(job.id)
         if not isinstance(meta, JobMeta) or meta.sealed:
             await self._redis.release(job.id, token)
+            return
+        if job.sealed:
+            # Its whole log and its end are here: the end goes to Redis (after any bytes Redis
+            # lost, written back first), and nothing is fetched again.
+            logger.warning("job %d: it ended here, but its end is not in Redis: storing it", job.id)
+            self._owner.hold(job, token, sent).end()
             return
         try:
             if job.log.writable:

@@ -31,6 +31,7 @@ from tailhub.daemon.cluster.placed import placed
 from tailhub.daemon.cluster.records import record_to_json
 from tailhub.daemon.cluster.redis_store import RedisStore
 from tailhub.daemon.errors import BrokenJobKeys, FetchEnded, NotFetchedYet, NotStored, RedisBehind
+from tailhub.daemon.faults import BEFORE_CLUSTER_END, crash_at
 
 if TYPE_CHECKING:
     from tailhub.daemon.live_job import Job
@@ -247,6 +248,7 @@ class LogWriter:
         elif isinstance(op, _Record):
             status = await self._store.save(job_id, token, op.record)
         else:
+            crash_at(self._job.crash_points, BEFORE_CLUSTER_END)
             size = self._job.log_size if self._end_at is None else self._end_at
             status = await self._store.end(job_id, token, size, op.end, op.record)
         if status == MISMATCH and isinstance(op, _End) and not self._checked_after_mismatch:
