@@ -303,3 +303,23 @@ def test_a_node_killed_between_sealing_a_job_and_storing_its_end_ends_it_everywh
     assert follower.wait() == 0, follower.stderr
     assert follower.stdout == b"one\n"
     assert cluster.job(job_id, on=second).state is JobState.SUCCEEDED
+
+
+def test_a_launch_across_a_node_killed_before_its_job_reached_redis_runs_the_job_once(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    first = cluster.add("n0", env={"TAILHUB_CRASH_AT": "before-cluster-create"})
+    second = cluster.add("n1")
+    counter = tmp_path / "runs"
+    task = tmp_path / "task.yaml"
+    task.write_text(f"run: echo ran >> {counter}; echo hello\n")
+    launching = start_background_cli(first.home, tmp_path / "l", "jobs", "launch", str(task))
+    wait_until(lambda: not first.running, what="the node to kill itself before the create")
+    first.env = None
+    first.start()
+
+    assert launching.wait() == 0, launching.stderr
+    assert launching.stdout == b"hello\n"
+    assert counter.read_text() == "ran\n"
+    [job] = second.client().list()
+    assert job.state is JobState.SUCCEEDED

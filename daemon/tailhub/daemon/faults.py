@@ -34,10 +34,19 @@ AFTER_STDERR_APPEND = "after-stderr-append"
 # Half-way through the write of an append to a log the daemon writes (a Publish's chunk):
 # what a kill -9 during a large write(2) leaves, part of the chunk in the file.
 MID_LOG_APPEND = "mid-log-append"
+# Between recording a new job in a cluster node's database and creating it in Redis.
+BEFORE_CLUSTER_CREATE = "before-cluster-create"
 # Between sealing a job in the fetching node's database and storing its end in Redis.
 BEFORE_CLUSTER_END = "before-cluster-end"
 CRASH_POINTS = frozenset(
-    {BEFORE_SPAWN, AFTER_SPAWN, AFTER_STDERR_APPEND, MID_LOG_APPEND, BEFORE_CLUSTER_END}
+    {
+        BEFORE_SPAWN,
+        AFTER_SPAWN,
+        AFTER_STDERR_APPEND,
+        MID_LOG_APPEND,
+        BEFORE_CLUSTER_CREATE,
+        BEFORE_CLUSTER_END,
+    }
 )
 
 _SQLITE_FULL = 13  # sqlite3.SQLITE_FULL, absent from typeshed

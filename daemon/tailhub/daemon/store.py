@@ -235,6 +235,15 @@ class JobStore:
         with self._writing():
             self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
 
+    def delete_meta(self, key: str) -> None:
+        with self._writing():
+            self._db.execute("DELETE FROM meta WHERE key = ?", (key,))
+
+    def meta_keys(self, prefix: str) -> list[str]:
+        """The keys that start with `prefix` (which holds no LIKE wildcard)."""
+        rows = self._db.execute("SELECT key FROM meta WHERE key LIKE ? || '%'", (prefix,))
+        return [str(row[0]) for row in rows]
+
     def save(self, record: JobRecord) -> None:
         with self._writing():
             self._save(record)

@@ -28,10 +28,10 @@ from redis.exceptions import RedisError
 from tailhub.daemon import faults
 from tailhub.daemon.cluster.commands import FencedCommands
 from tailhub.daemon.cluster.connection import connect, describe_url
+from tailhub.daemon.cluster.creations import Creations
 from tailhub.daemon.cluster.leases import Leases
 from tailhub.daemon.cluster.mirror import Mirror
 from tailhub.daemon.cluster.placed import placed
-from tailhub.daemon.cluster.records import record_to_json
 from tailhub.daemon.cluster.sync import RecordSync, first_offset_key
 from tailhub.daemon.cluster.takeover import FETCHED_ANYWHERE, Takeover
 from tailhub.daemon.cluster.watchdog import kill_upstream
@@ -81,6 +81,7 @@ class ClusterNode:
         self._redis = connect(settings)
         self._port: JobsPort | None = None
         self._store: JobStore | None = None
+        self._creations: Creations | None = None
         self._mirror = Mirror(self._redis, self)
         self._records: RecordSync | None = None
         self._tasks = TaskSet()
@@ -149,7 +150,7 @@ class ClusterNode:
                 )
         except RedisError as error:
             raise ClusterRefused(f"cannot reach Redis at {self.redis_name}: {error}") from None
-        self._store = store
+        self._store, self._creations = store, Creations(store, self._redis)
         joined = store.meta("cluster")
         if joined is None:
             if store.job_count():
@@ -198,6 +199,8 @@ class ClusterNode:
         self._commands.fence.on_death = self._fence_died
         self._commands.fence.start()
         await self._sync.sync_all()
+        assert self._creations is not None
+        await self._creations.finish(manager, set(await self._redis.job_ids()), self.claim_new)
         if essentials is not None:
             self._essentials = essentials
         spawn = self._essentials.spawn
@@ -265,13 +268,9 @@ class ClusterNode:
         view = placed(job)
         view.home = "" if job.record.spec.kind in FETCHED_ANYWHERE else self.name
         sent = time.monotonic()
+        assert self._creations is not None
         try:
-            token = await self._redis.create(
-                job.id,
-                record_to_json(job.record, view.home),
-                self.name,
-                self.settings.lease_ms,
-            )
+            token = await self._creations.create(job, view.home, self.name, self.settings.lease_ms)
         except RedisError as error:
             self.redis_failed(error)
             raise ClusterUnavailable(self._unreachable(error)) from None
