@@ -13,10 +13,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from helpers import DaemonProcess, cli_env, run_cli
 from job_helpers import write_task
 
 from tailhub.client import JobState, LogChunk
+
+SOMEONE_ELSE = 65534  # nobody (the tests run as root)
 
 SECRET_TOKEN = "thk_not-for-the-job-0123456789"
 SECRET_PASSWORD = "redis-password-not-for-the-job"
@@ -123,3 +126,42 @@ def test_the_cli_refuses_a_token_file_others_can_read(daemon: DaemonProcess, wor
     assert refused.returncode == 105
     assert f"chmod 600 {target}".encode() in refused.stderr
     assert b"Traceback" not in refused.stderr
+
+
+@pytest.mark.root
+def test_the_cli_refuses_a_token_file_another_user_could_change(
+    daemon: DaemonProcess, workdir: Path
+) -> None:
+    theirs = workdir / "theirs.token"
+    theirs.write_text("thk_whatever\n")
+    theirs.chmod(0o600)
+    os.chown(theirs, SOMEONE_ELSE, SOMEONE_ELSE)
+    link = workdir / "link.token"
+    link.symlink_to(workdir / "mine.token")
+    (workdir / "mine.token").write_text("thk_whatever\n")
+    (workdir / "mine.token").chmod(0o600)
+    os.chown(link, SOMEONE_ELSE, SOMEONE_ELSE, follow_symlinks=False)
+    shared = workdir / "shared"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o777)  # (no sticky bit: anyone may rename or replace what is in it)
+    (shared / "t.token").write_text("thk_whatever\n")
+    (shared / "t.token").chmod(0o600)
+    cases = {
+        theirs: f"is owned by uid {SOMEONE_ELSE}, not by you",
+        link: f"is owned by uid {SOMEONE_ELSE}, not by you",
+        shared / "t.token": "is in a directory others may write to",
+    }
+    for target, says in cases.items():
+        refused = run_cli(
+            workdir / "elsewhere",
+            "--server",
+            "127.0.0.1:7443",
+            "--insecure",
+            "--token-file",
+            str(target),
+            "jobs",
+            "queue",
+        )
+        assert refused.returncode == 105, refused.stderr
+        assert says.encode() in refused.stderr, refused.stderr
+        assert refused.stderr.count(b"\n") == 1, refused.stderr

@@ -8,7 +8,6 @@ import dataclasses
 import os
 import re
 import socket
-import stat
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -18,6 +17,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import grpc
 
 from tailhub.client import exit_codes
+from tailhub.client._credential_files import read_credential as _read
 from tailhub.client._errors import AccessDenied, DaemonUnreachable, TailhubError
 
 SERVER_ENV = "TAILHUB_SERVER"
@@ -220,34 +220,6 @@ def _check_client_pair(cert_file: str, key_file: str) -> None:
         raise TailhubError(
             f"cannot read --client-cert/--client-key: {error.strerror or error}"
         ) from None
-
-
-# Certificates, keys and tokens are a few KiB: a larger file is a wrong path (or /dev/zero).
-MAX_CREDENTIAL_FILE_BYTES = 1024 * 1024
-
-
-def _read(path: str, what: str, *, private: bool = False) -> bytes:
-    """A credential file's bytes: a regular file (never a FIFO that would block), bounded.
-    A `private` one (a token) others can read or write is refused, as ssh refuses such a key:
-    whoever could read it has the token already."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        with os.fdopen(fd, "rb") as file:
-            facts = os.fstat(file.fileno())
-            if not stat.S_ISREG(facts.st_mode):
-                raise TailhubError(f"the {what} {path} is not a regular file")
-            if private and facts.st_mode & 0o077:
-                mode = stat.S_IMODE(facts.st_mode)
-                raise AccessDenied(
-                    f"the {what} {path} can be read or written by others (mode {mode:04o}): "
-                    f"chmod 600 {path}, and make a new token if others may have read it"
-                )
-            data = file.read(MAX_CREDENTIAL_FILE_BYTES + 1)
-    except OSError as error:
-        raise TailhubError(f"cannot read the {what} {path}: {error.strerror or error}") from None
-    if len(data) > MAX_CREDENTIAL_FILE_BYTES:
-        raise TailhubError(f"the {what} {path} is over 1 MiB: not a {what}")
-    return data
 
 
 class _Details(NamedTuple):
