@@ -407,3 +407,31 @@ def test_a_counter_past_exact_ids_and_records_at_the_next_ids_never_give_an_id_t
     assert counter == str(ids[-1]).encode(), counter
     with first.client() as client:
         assert not [job for job in client.list() if job.state is JobState.FAILED]
+
+
+def test_a_log_its_stream_can_never_fill_fails_its_job_once_on_every_node(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    # The hostile tester's plant: the record says 60 MiB more than the stream can give, in
+    # an entry no node reads. The job stayed RUNNING everywhere, its take-over refused every
+    # round and its followers waiting, for ever.
+    first, second = cluster.start(2)
+    with first.client() as client:
+        job_id = client.attach_push("planted").id
+        client.publish(job_id, b"aaa\n")
+    size = 60 << 20
+    redis = cluster.redis.client()
+    redis.xadd(f"{PREFIX}log:{job_id}", {"o": "4", "d": b"Q" * size}, id=f"{4 + size}-0")
+    redis.hset(f"{PREFIX}job:{job_id}", "size", str(4 + size))
+    with pytest.raises(TailhubError), first.client() as client:
+        client.publish(job_id, b"bbb\n")
+
+    for node in (first, second):
+        follower = start_background_cli(
+            node.home, tmp_path / node.home.name, "jobs", "logs", "-f", str(job_id)
+        )
+        assert follower.wait() == 100, follower.stderr  # failed
+        assert follower.stdout == b"aaa\n"
+        assert f"Redis holds {4 + size} bytes but its stream ends at 4" in follower.stderr
+    assert first.log_text().count("skipped stream entry") == 1
+    assert first.log_text().count("the job fails") == 1

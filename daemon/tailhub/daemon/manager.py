@@ -431,12 +431,11 @@ class JobManager:
         job.changed.notify()
 
     def fail_start(self, job: Job, error: Exception | str) -> None:
-        logger.warning("job %d cannot start: %s", job.id, error)
-        if not job.state.terminal:
-            if isinstance(error, str):  # the backend's own words (SkyPilot's message)
-                self._end(job, JobState.FAILED, None, error)
-            else:
-                self._end(job, JobState.FAILED, None, start_failure(error))
+        what = "cannot start" if job.state is JobState.PENDING else "fails"
+        logger.warning("job %d %s: %s", job.id, what, error)
+        if not job.state.terminal:  # (a str: the backend's own words, SkyPilot's message)
+            reason = error if isinstance(error, str) else start_failure(error)
+            self._end(job, JobState.FAILED, None, reason)
         self._seal(job)
 
     def start_fetcher(self, job: Job, *, finishing: bool) -> None:

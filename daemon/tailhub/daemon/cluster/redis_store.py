@@ -18,6 +18,7 @@ daemon that lost its lease (paused, partitioned, or just slow) can never write.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import logging
@@ -109,6 +110,7 @@ class RedisStore:
 
         self.client = client
         self._reader = client if reader is None else reader
+        self._reported = _Reported()
         self._acquire = script(lua.ACQUIRE)
         self._renew_all = script(lua.RENEW_ALL)
         self._release = script(lua.RELEASE)
@@ -402,7 +404,10 @@ class RedisStore:
                 tuple(broken),
             )
         return {
-            job_id: [_entry(entry_id, _pairs(fields)) for entry_id, fields in entries]
+            job_id: [
+                _entry(job_id, entry_id, _pairs(fields), self._reported)
+                for entry_id, fields in entries
+            ]
             for job_id, entries in zip(job_ids, answer, strict=True)
             if entries
         }
@@ -418,15 +423,35 @@ class RedisStore:
         return (await self.read({job_id: after}, count=count)).get(job_id, [])
 
 
+class _Reported:
+    """The bad entries already reported (job id, entry id): a node reading a stream again
+    (each take-over round tries to catch up) says each one once. Bounded, oldest forgotten."""
+
+    def __init__(self, most: int = 4096) -> None:
+        self._seen: collections.OrderedDict[tuple[int, bytes], None] = collections.OrderedDict()
+        self._most = most
+
+    def first_time(self, key: tuple[int, bytes]) -> bool:
+        if key in self._seen:
+            return False
+        self._seen[key] = None
+        if len(self._seen) > self._most:
+            self._seen.popitem(last=False)
+        return True
+
+
 def _pairs(fields: list[bytes]) -> dict[bytes, bytes]:
     """A stream entry's fields, as Redis lists them (name, value, name, value...)."""
     return dict(zip(fields[::2], fields[1::2], strict=False))
 
 
-def _entry(entry_id: bytes, fields: dict[bytes, bytes]) -> LogEntry:
+def _entry(
+    job_id: int, entry_id: bytes, fields: dict[bytes, bytes], reported: _Reported
+) -> LogEntry:
     """One stream entry, checked: an entry that is not what a holder writes (bytes that do
     not end at their id, an end that is not an object, anything over the size bounds) is
-    reported and becomes an empty entry, skipped (only its id is kept, to read on after it)."""
+    reported once and becomes an empty entry, skipped (only its id is kept, to read on after
+    it)."""
     try:
         offset_text, sequence = entry_id.split(b"-", 1)
         offset = _count(offset_text)
@@ -447,7 +472,10 @@ def _entry(entry_id: bytes, fields: dict[bytes, bytes]) -> LogEntry:
         message = fields[b"v"][:MAX_EVENT_BYTES].decode("utf-8", "replace")
         return LogEntry(entry_id, offset, event=message)
     except (ValueError, UnicodeDecodeError) as error:
-        logger.warning("cluster: skipped stream entry %r: %s", entry_id[:40], error)
+        if reported.first_time((job_id, entry_id)):
+            logger.warning(
+                "cluster: job %d: skipped stream entry %r: %s", job_id, entry_id[:40], error
+            )
         return LogEntry(entry_id, -1)
 
 

@@ -161,7 +161,15 @@ class Takeover:
             return
         try:
             if job.log.writable:
-                await self._mirror.catch_up(job, meta.size)
+                try:
+                    await self._mirror.catch_up(job, meta.size)
+                except BadRecord as error:
+                    # Its stream can never bring a copy to what its record says (an entry no
+                    # node reads, or a size it never had: planted). The job fails with that,
+                    # once, at Redis's end: a take-over refused every round fetched nothing.
+                    logger.error("%s; the job fails", error)
+                    self._owner.hold(job, token, sent).fail_at(meta.size, str(error))
+                    return
             elif job.log_size > meta.size:
                 job.observe_from(meta.size)
             elif job.log_size < meta.size:

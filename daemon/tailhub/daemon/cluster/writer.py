@@ -187,6 +187,13 @@ class LogWriter:
         self._check_end = True
         self._kick()
 
+    def fail_at(self, size: int, reason: str) -> None:
+        """The job fails with `reason`, its end at `size`, Redis's end, whatever this copy
+        holds (one Redis will not bring to that size)."""
+        self._check_end = False
+        self._end_at = size
+        self._owner.cannot_restore(self._job, reason)
+
     def _kick(self) -> None:
         if not self._ended:  # (once it has ended, nothing more is sent: nobody must wait)
             self.drained.clear()
