@@ -228,6 +228,24 @@ def test_a_planted_log_symlink_fails_an_attached_job(daemon: DaemonProcess, vict
     assert "Traceback" not in daemon.log_text()
 
 
+def test_a_log_swapped_for_a_symlink_after_its_job_ended_is_refused_as_the_jobs_fault(
+    daemon: DaemonProcess, workdir: Path, victim: Path
+) -> None:
+    ended = _launch(daemon.home, workdir, "echo hello")
+    assert ended.returncode == 0, ended.stderr
+    log = daemon.home / "logs" / "1.log"
+    log.unlink()
+    log.symlink_to(victim)
+
+    refused = run_cli(daemon.home, "jobs", "logs", "1")
+
+    # Exit 1 with the daemon's reason: 105 says a token or TLS was refused.
+    assert refused.returncode == 1, refused.stderr
+    assert "symbolic link" in one_line(refused.stderr, "tailhub: ")
+    assert refused.stdout == b""
+    assert victim.read_text() == VICTIM_TEXT
+
+
 def test_autostart_does_not_append_through_a_planted_daemon_log_symlink(
     stop_any_daemon: Path, victim: Path
 ) -> None:

@@ -132,9 +132,14 @@ _BY_REASON: dict[str, tuple[type[TailhubError], Told]] = {
             daemon.TooManyStreams.kind,
             daemon.LogDamaged.kind,
             daemon.ClusterDataLost.kind,
+            # A file of the job's the daemon will not trust (a planted link): the job's
+            # fault, never the caller's credentials (exit 105 is for those).
+            daemon.UntrustedState.kind,
         ),
         (TailhubError, _as_said),
     ),
+    # Refused for good (Redis refuses the job's keys, and the job failed): not worth a retry.
+    daemon.NotStored.kind: (TailhubError, _on),
     daemon.ClusterUnavailable.kind: (ClusterUnavailable, _on),
     daemon.NotFetchedYet.kind: (_NotFetchedYet, _on),
     **dict.fromkeys(
