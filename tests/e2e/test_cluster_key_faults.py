@@ -16,7 +16,7 @@ from cluster_helpers import REPLAY, SERVING, Cluster, cluster_health, payload, u
 from helpers import BackgroundCli, DaemonProcess, start_background_cli, wait_until
 
 from harness.daemon_process import DaemonExited
-from tailhub.client import DaemonUnreachable, JobState, TailhubError
+from tailhub.client import JobState, TailhubError
 
 PREFIX = "tailhub:"
 
@@ -130,7 +130,7 @@ def test_an_entry_past_its_records_size_fails_its_job_and_nothing_else(
         # said it: it used to read "no tailhub daemon answers", from a daemon that answered.
         with pytest.raises(TailhubError, match="not stored") as refused:
             publish(first, bad, b"after\n")
-        assert not isinstance(refused.value, DaemonUnreachable)
+        assert "no tailhub daemon answers" not in str(refused.value)
         failed_with(first, bad, "holds an entry past the size its record says")
         # Its end sealed its record all the same: every node sees it failed.
         failed_with(second, bad, "holds an entry past the size its record says")

@@ -89,6 +89,12 @@ class _NotFetchedYet(ClusterUnavailable):
     elsewhere = False
 
 
+class _NotStored(DaemonUnreachable):
+    """A Publish the daemon answered without storing its bytes (the job's fetch ended there:
+    its lease moved, or the job failed): sent again it may be stored, or told why not; raised
+    as DaemonUnreachable, said in the daemon's words."""
+
+
 # What the daemon's errors become: (class, message from the daemon's message and address).
 Told = Callable[[str, str], str]
 
@@ -138,8 +144,7 @@ _BY_REASON: dict[str, tuple[type[TailhubError], Told]] = {
         ),
         (TailhubError, _as_said),
     ),
-    # Refused for good (Redis refuses the job's keys, and the job failed): not worth a retry.
-    daemon.NotStored.kind: (TailhubError, _on),
+    daemon.NotStored.kind: (_NotStored, _on),
     daemon.ClusterUnavailable.kind: (ClusterUnavailable, _on),
     daemon.NotFetchedYet.kind: (_NotFetchedYet, _on),
     **dict.fromkeys(
