@@ -167,3 +167,22 @@ def test_the_password_in_a_private_config_file_works(
     finally:
         stopped = run_cli(home, "daemon", "stop")
         assert stopped.returncode == 0, stopped.stderr
+
+
+def test_daemon_start_with_the_url_of_the_redis_it_runs_on_says_it_runs(
+    start_redis: Callable[..., RedisServer], home: Path
+) -> None:
+    # The daemon got its password from TAILHUB_REDIS; the same URL on a command line has
+    # none. It used to say the daemon ran "without" it, and give a restart that would have
+    # dropped the password.
+    redis_server = start_redis(password=PASSWORD)
+    env = {**cli_env(home), "TAILHUB_REDIS": redis_server.url_with_password}
+    _start_node(home, env, "--node-name", "n0")
+    try:
+        again = run_cli(home, "daemon", "start", "--redis", redis_server.url, "--node-name", "n0")
+        assert again.returncode == 0, again.stderr
+        assert b"already running" in again.stderr
+        assert b"restart" not in again.stderr
+    finally:
+        stopped = run_cli(home, "daemon", "stop")
+        assert stopped.returncode == 0, stopped.stderr

@@ -8,6 +8,7 @@ import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from tailhub.daemon.started_with import (
     normal_address,
@@ -103,9 +104,23 @@ def lacking(asked: Requested, applied: Mapping[str, Any]) -> list[str]:
                 missing.append(f"--config {value}")
             elif applied.get("config-sha256") != _digest(value):
                 missing.append(f"--config {value} as it is now (edited since the daemon read it)")
+        elif name == "redis" and _without_password(applied.get(name)) == _without_password(value):
+            continue  # (the same Redis: a password is never on a command line, nor recorded)
         elif applied.get(name) != value:
             missing.append(f"--{name}" if value is True else f"--{name} {value}")
     return missing
+
+
+def _without_password(url: object) -> object:
+    """A Redis URL without its password (`redis://:***@host` as recorded, `redis://host` as
+    given on a command line): the same Redis either way."""
+    if not isinstance(url, str):
+        return url
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = f"{parts.username}@" if parts.username else ""
+    return urlunsplit(parts._replace(netloc=user + parts.netloc.rpartition("@")[2]))
 
 
 def _digest(path: str) -> str | None:
