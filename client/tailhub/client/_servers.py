@@ -23,10 +23,10 @@ T = TypeVar("T")
 StubMethod = Callable[[rpc.TailhubServiceStub], Callable[..., T]]
 
 # Log streams one connection to a remote daemon carries before the next stream gets a
-# connection of its own: a daemon's --listen connection carries at most 32 streams (the rest
+# connection of its own: a daemon's --listen connection carries at most 8 streams (the rest
 # would wait in the client, unseen, until one ends: daemon/listeners.py), and the unary calls
-# beside them need room too. The Unix socket has no such cap.
-STREAMS_PER_CHANNEL = 24
+# beside them on the first connection need room too. The Unix socket has no such cap.
+STREAMS_PER_CHANNEL = 6
 
 
 @dataclass

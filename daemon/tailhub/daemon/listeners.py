@@ -52,20 +52,16 @@ SERVER_KEEPALIVE_OPTIONS: list[tuple[str, int]] = [
 ]
 
 DEFAULT_MAX_STREAMS = 10_000
-# Also what one connection may carry (+ UNARY_HEADROOM): gRPC's cap on a connection's streams
-# counts streams reset but not yet let go, which is what an attacker without a token fills.
-# At 1,100 per connection, 4 such connections took the daemon to 160-290 MiB and starved a
-# token holder (bench/rapid_reset.py: 10-160 calls/s, p99 up to 3.5 s); at 300, 4 to 128
-# connections stayed at 59-103 MiB with 300-490 calls/s (docs/remote.md).
+# Log streams one token holds at once over the network (--max-streams-per-token).
 DEFAULT_MAX_STREAMS_PER_TOKEN = 200
 # What one connection may carry: gRPC's cap on a connection's streams counts streams reset but
 # not yet let go, which is what an attacker without a token fills, and every stream so held
 # costs the daemon's loop and gRPC's threads ahead of a token holder's calls. A token holder's
-# ListJobs every 0.1 s beside 4 connections of bench/rapid_reset_client.py (15 s, 2 cores, the
-# daemon in a session of its own as `daemon start` runs it) had a p50 of 25-42 ms at 32 per
-# connection, 73-89 ms at 64 and 93 at 300 (docs/performance.md). A client that needs more
+# ListJobs every 0.1 s beside 4 connections of bench/rapid_reset_client.py (15 s, 2 cores, side
+# by side in one run) had a p50 of 4-23 ms at 8 per connection (6 runs), 6-58 ms at 12 (3),
+# 9-75 ms at 16 (3) and 39-236 ms at 32 (6) (docs/performance.md). A client that needs more
 # streams opens more connections (the CLI does: client/_servers.py, STREAMS_PER_CHANNEL).
-MAX_STREAMS_PER_CONNECTION = 32
+MAX_STREAMS_PER_CONNECTION = 8
 # Requests the C core holds before the server's loop has taken them (gRPC's default is 1000):
 # enough that a few connections at their cap of streams do not crowd out the calls of others
 # (at 500, 438 of a token holder's 616 calls were cancelled under attack), few enough that
