@@ -63,6 +63,8 @@ def run(settings: Settings, scratch: Path, earlier: dict[str, Any]) -> dict[str,
     source = scratch / "big.log"
     write_log(source, settings.size)
     args = ["--listen", address, "--insecure", "--max-streams-per-token", str(settings.unread)]
+    # One client on one address, as many connections as a connection's streams make it need.
+    args += ["--max-connections-per-peer", str(settings.unread // STREAMS_PER_CHANNEL + 16)]
     with DaemonProcess(home, args) as daemon, daemon.client() as client, ProcessSet() as procs:
         job = client.attach_file(str(source), name="fairness")
         wait_until(lambda: client.get(job.id).log_size >= settings.size, 600, "the log stored")

@@ -27,6 +27,7 @@ from harness.ports import free_port
 from harness.processes import REPO, ProcessSet
 from harness.waiting import wait_until
 from tailhub.client import Client
+from tailhub.client._servers import STREAMS_PER_CHANNEL
 
 MB = 1_000_000
 VIA = {"unix": "Unix", "tls": "TCP+TLS", "sse": "SSE"}
@@ -189,6 +190,8 @@ class _Remote:
                 *("--listen", address),
                 *("--tls-cert", str(files.server_cert), "--tls-key", str(files.server_key)),
                 *("--max-streams-per-token", str(max(streams, 1000))),
+                # Every follower on one address, each connection carrying STREAMS_PER_CHANNEL.
+                *("--max-connections-per-peer", str(streams // STREAMS_PER_CHANNEL + 16)),
             ],
             [f"--ca-file={files.ca_cert}"],
             dict(os.environ, TAILHUB_TOKEN=token),
