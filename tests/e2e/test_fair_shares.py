@@ -4,6 +4,7 @@ follower catches up in full chunks beside it."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import time
@@ -73,11 +74,19 @@ def test_another_clients_unread_streams_do_not_cut_a_followers_catch_up_to_piece
         for start in range(0, LOG, MIB):
             client.publish(job.id, data[start : start + MIB])
         client.finish(job.id, 0)
-        with grpc.insecure_channel(address, options=FIXED_WINDOWS) as channel:
-            stub = rpc.TailhubServiceStub(channel)
+        # A --listen connection carries at most 8 streams: one connection per stream (a
+        # subchannel pool of its own each), as a client that needs many would open.
+        own = [*FIXED_WINDOWS, ("grpc.use_local_subchannel_pool", 1)]
+        channels = [grpc.insecure_channel(address, options=own) for _ in range(UNREAD)]
+        with contextlib.ExitStack() as closing:
+            for channel in channels:
+                closing.enter_context(channel)
             request = pb.SubscribeRequest(job_id=job.id, follow=True)
             # Called, never read: each holds what the daemon manages to send it.
-            unread = [stub.Subscribe(request, metadata=bearer(hog)) for _ in range(UNREAD)]
+            unread = [
+                rpc.TailhubServiceStub(channel).Subscribe(request, metadata=bearer(hog))
+                for channel in channels
+            ]
             try:
                 wait_until(lambda: client.get(job.id).subscribers == UNREAD, 30, "the streams")
                 _quiet(lambda: client.get(job.id).bytes_served)
