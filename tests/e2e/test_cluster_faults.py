@@ -323,3 +323,55 @@ def test_a_launch_across_a_node_killed_before_its_job_reached_redis_runs_the_job
     assert counter.read_text() == "ran\n"
     [job] = second.client().list()
     assert job.state is JobState.SUCCEEDED
+
+
+def test_a_finish_acknowledged_before_its_record_reached_redis_holds_across_a_kill(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    # The node saves the job's end in its database, answers, then sends the record to Redis:
+    # killed in between, it came back and took Redis's older record (RUNNING) over its own.
+    # The job ran again, and its followers elsewhere waited for ever.
+    first = cluster.add("n0", env={"TAILHUB_CRASH_AT": "before-cluster-save"})
+    second = cluster.add("n1")
+    with first.client() as client:
+        job_id = client.attach_push("finished").id
+        client.publish(job_id, b"one\n")
+    follower = start_background_cli(second.home, tmp_path / "f", "jobs", "logs", "-f", str(job_id))
+    follower.wait_for_stdout(b"one\n")
+    finishing = start_background_cli(
+        first.home, tmp_path / "c", "jobs", "finish", "--exit-code", "3", str(job_id)
+    )
+    wait_until(lambda: not first.running, what="the node to kill itself before the save")
+    first.env = None
+    first.start()
+
+    assert follower.wait() == 100, follower.stderr  # failed, with the finish's exit code
+    assert follower.stdout == b"one\n"
+    finishing.wait()
+    for node in (first, second):
+        job = cluster.job(job_id, on=node)
+        assert (job.state, job.exit_code) == (JobState.FAILED, 3)
+
+
+def test_a_finish_answered_before_a_restarted_node_took_its_job_back_holds(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    # The hostile tester's repro: the finish waits for the killed node, which answers it as
+    # soon as it is back, before its take-over; the take-over then applied Redis's older
+    # record (RUNNING) over the finish.
+    first, second = cluster.start(2)
+    with first.client() as client:
+        job_id = client.attach_push("finished").id
+        client.publish(job_id, b"one\n")
+    follower = start_background_cli(second.home, tmp_path / "f", "jobs", "logs", "-f", str(job_id))
+    follower.wait_for_stdout(b"one\n")
+    first.kill()
+    finishing = start_background_cli(first.home, tmp_path / "c", "jobs", "finish", str(job_id))
+    wait_until(lambda: "waiting for" in finishing.stderr, what="the finish to wait for n0")
+    first.start()
+
+    assert finishing.wait() == 0, finishing.stderr
+    assert follower.wait() == 0, follower.stderr
+    assert follower.stdout == b"one\n"
+    for node in (first, second):
+        assert cluster.job(job_id, on=node).state is JobState.SUCCEEDED

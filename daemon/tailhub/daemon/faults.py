@@ -36,6 +36,8 @@ AFTER_STDERR_APPEND = "after-stderr-append"
 MID_LOG_APPEND = "mid-log-append"
 # Between recording a new job in a cluster node's database and creating it in Redis.
 BEFORE_CLUSTER_CREATE = "before-cluster-create"
+# Between saving a job's new record in the fetching node's database and in Redis.
+BEFORE_CLUSTER_SAVE = "before-cluster-save"
 # Between sealing a job in the fetching node's database and storing its end in Redis.
 BEFORE_CLUSTER_END = "before-cluster-end"
 CRASH_POINTS = frozenset(
@@ -45,6 +47,7 @@ CRASH_POINTS = frozenset(
         AFTER_STDERR_APPEND,
         MID_LOG_APPEND,
         BEFORE_CLUSTER_CREATE,
+        BEFORE_CLUSTER_SAVE,
         BEFORE_CLUSTER_END,
     }
 )

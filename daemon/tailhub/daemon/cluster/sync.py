@@ -200,9 +200,11 @@ class RecordSync:
         view.end_unstored = job.sealed and not meta.sealed and job.log_size >= meta.size
         view.home = home
         view.holder = meta.holder
-        if job.sealed:
-            return
         mine = job.record
+        if job.sealed or (mine.state.terminal and not record.state.terminal):
+            # (Ended here, not yet in Redis: the node that ended it was killed before its
+            # record got there. An older record never brings a job back to life.)
+            return
         changed = mine.state != record.state
         mine.state = record.state
         mine.exit_code = record.exit_code

@@ -31,7 +31,7 @@ from tailhub.daemon.cluster.placed import placed
 from tailhub.daemon.cluster.records import record_to_json
 from tailhub.daemon.cluster.redis_store import RedisStore
 from tailhub.daemon.errors import BrokenJobKeys, FetchEnded, NotFetchedYet, NotStored, RedisBehind
-from tailhub.daemon.faults import BEFORE_CLUSTER_END, crash_at
+from tailhub.daemon.faults import BEFORE_CLUSTER_END, BEFORE_CLUSTER_SAVE, crash_at
 
 if TYPE_CHECKING:
     from tailhub.daemon.live_job import Job
@@ -253,6 +253,7 @@ class LogWriter:
         if isinstance(op, _Event):
             status = await self._store.event(job_id, token, op.message)
         elif isinstance(op, _Record):
+            crash_at(self._job.crash_points, BEFORE_CLUSTER_SAVE)
             status = await self._store.save(job_id, token, op.record)
         else:
             crash_at(self._job.crash_points, BEFORE_CLUSTER_END)
