@@ -9,8 +9,9 @@ import sys
 from pathlib import Path
 
 from cluster_helpers import REPLAY, Cluster, payload, upstream
-from helpers import BackgroundCli, run_cli, start_background_cli, wait_until
+from helpers import BackgroundCli, cli_env, run_cli, start_background_cli, wait_until
 
+from tailhub.client import Client, StatePaths
 from tailhub.client._daemon import is_listening
 
 KILLS = 10
@@ -112,3 +113,44 @@ def test_a_daemon_alone_refuses_a_nodes_home(cluster: Cluster) -> None:
     node.start()
     with node.client() as client:
         assert client.get(1).name == "the cluster's"
+
+
+def test_a_nodes_home_started_again_is_that_node_and_no_other(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    # `daemon start` without --node-name used to join as a new node named after the host:
+    # the jobs pinned to n0 then waited for n0 for ever.
+    (node,) = cluster.start(1)
+    with node.client() as client:
+        job_id = client.attach_push("pinned").id
+        client.publish(job_id, b"one\n")
+    node.kill()
+    env = {**cli_env(node.home), "TAILHUB_REDIS": cluster.redis.url}
+    started = subprocess.run(
+        [sys.executable, "-m", "tailhub.client", "daemon", "start", "--lease-ms", "3000"],
+        env=env,
+        capture_output=True,
+        timeout=120,
+    )
+    assert started.returncode == 0, started.stderr
+    try:
+        with Client.connect(StatePaths(node.home), autostart=False) as client:
+            cluster_info = client.status().cluster
+            assert cluster_info is not None
+            assert cluster_info.node_name == "n0"
+            wait_until(lambda: client.get(job_id).lease_holder == "n0", what="n0 to take it back")
+            client.finish(job_id, 0)
+    finally:
+        stopped = run_cli(node.home, "daemon", "stop")
+        assert stopped.returncode == 0, stopped.stderr
+
+    other = subprocess.run(
+        [sys.executable, "-m", "tailhub.client", "daemon", "start", "--node-name", "n9"],
+        env=env,
+        capture_output=True,
+        timeout=120,
+    )
+    assert other.returncode != 0
+    line = other.stderr.decode()
+    assert "is the state directory of node 'n0', not 'n9'" in line, line
+    assert not is_listening(node.paths)

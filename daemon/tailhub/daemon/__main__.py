@@ -45,6 +45,7 @@ from tailhub.daemon.errors import (
 )
 from tailhub.daemon.faults import crash_points_from, failing_loops_from, stall_from
 from tailhub.daemon.flags_file import flags_file_of
+from tailhub.daemon.home_kind import recorded_kind
 from tailhub.daemon.listeners import (
     NetworkSettings,
     network_settings,
@@ -175,6 +176,9 @@ def _cluster_settings(
 ) -> ClusterSettings | None:
     if not redis_url:
         return None
+    recorded = recorded_kind(paths)
+    if node_name is None and recorded is not None and recorded.node_name:
+        node_name = recorded.node_name  # (the node this home was: its jobs are pinned to it)
     if node_name is None:
         digest = hashlib.sha256(str(paths.home).encode()).hexdigest()[:6]
         node_name = f"{socket.gethostname()[:48]}-{digest}"

@@ -15,10 +15,17 @@ from __future__ import annotations
 
 import shlex
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from tailhub.daemon.errors import HomeOfAnotherKind
+from tailhub.daemon.errors import ClusterRefused, HomeOfAnotherKind
 from tailhub.daemon.paths import StatePaths
 from tailhub.daemon.started_with import read_options
+
+if TYPE_CHECKING:
+    from tailhub.daemon.store import JobStore
+
+# The node a state directory belongs to, recorded in its database when it first joins.
+NODE_NAME_META = "node_name"
 
 
 @dataclass(frozen=True)
@@ -74,3 +81,18 @@ def refuse_alone_on(paths: StatePaths, cluster_id: str | None) -> None:
         "a daemon without --redis would run them outside any lease; start it as that node "
         "(--redis, or TAILHUB_REDIS, with --node-name), or give this daemon its own --home"
     )
+
+
+def claim_node_name(store: JobStore, name: str) -> None:
+    """Records the node a state directory belongs to when it first joins; ClusterRefused when
+    a node of another name starts on it: the jobs pinned to the recorded one (local, file and
+    push jobs) would wait for that node for ever."""
+    recorded = store.meta(NODE_NAME_META)
+    if recorded is None:
+        store.set_meta(NODE_NAME_META, name)
+    elif recorded != name:
+        raise ClusterRefused(
+            f"{store.path} is the state directory of node {recorded!r}, not {name!r}: start it "
+            f"as that node (--node-name {shlex.quote(recorded)}), or give node {name!r} its "
+            "own --home"
+        )

@@ -42,6 +42,7 @@ from tailhub.daemon.errors import (
     ClusterUnavailable,
     NotFetchedYet,
 )
+from tailhub.daemon.home_kind import claim_node_name
 from tailhub.daemon.placement import ClusterView
 from tailhub.daemon.process import CommandWrap
 from tailhub.daemon.runner import RunHandle
@@ -91,8 +92,7 @@ class ClusterNode:
         self._loops: list[asyncio.Task[Any]] = []
         self._cluster_id = ""
         self._token = secrets.token_hex(8)  # this process's hold on the node name
-        self.connected = False
-        self.lost_data = False
+        self.connected = self.lost_data = False
         # Set when the daemon stops: every loop ends at its next turn. (redis-py may turn a
         # cancellation inside a call into a connection error, taken for Redis being away.)
         self.closing = False
@@ -165,6 +165,7 @@ class ClusterNode:
                 "(a different Redis, or one that lost its data): give this daemon a new "
                 "--home, or point it at its cluster's Redis"
             )
+        claim_node_name(store, self.name)
         self.connected = True
 
     async def _take_node_name(self) -> bool:
