@@ -146,10 +146,13 @@ def test_the_cli_refuses_a_token_file_another_user_could_change(
     shared.chmod(0o777)  # (no sticky bit: anyone may rename or replace what is in it)
     (shared / "t.token").write_text("thk_whatever\n")
     (shared / "t.token").chmod(0o600)
+    into_shared = workdir / "into-shared.token"
+    into_shared.symlink_to(shared / "t.token")  # (a link of mine, to a file others may replace)
     cases = {
         theirs: f"is owned by uid {SOMEONE_ELSE}, not by you",
         link: f"is owned by uid {SOMEONE_ELSE}, not by you",
         shared / "t.token": "is in a directory others may write to",
+        into_shared: "is in a directory others may write to",
     }
     for target, says in cases.items():
         refused = run_cli(

@@ -49,9 +49,11 @@ def _check_private(path: str, what: str, facts: os.stat_result) -> None:
                 f"the {what} {path} is owned by uid {owner}, not by you: that user could "
                 "change it; keep your token in a file of your own (chmod 600)"
             )
-    folder = os.stat(os.path.dirname(os.path.abspath(path)))
-    if folder.st_mode & 0o022 and not folder.st_mode & stat.S_ISVTX:
-        raise AccessDenied(
-            f"the {what} {path} is in a directory others may write to, where they could "
-            "replace it: keep it in a directory of your own"
-        )
+    # The link's directory, and the file's where a link leads.
+    for where in {os.path.abspath(path), os.path.realpath(path)}:
+        folder = os.stat(os.path.dirname(where))
+        if folder.st_mode & 0o022 and not folder.st_mode & stat.S_ISVTX:
+            raise AccessDenied(
+                f"the {what} {path} is in a directory others may write to, where they could "
+                "replace it: keep it in a directory of your own"
+            )
