@@ -9,7 +9,7 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from helpers import DaemonProcess, wait_until
+from helpers import BackgroundCli, DaemonProcess, start_background_cli, wait_until
 from redis_helpers import RedisServer
 
 from tailhub.client import JobInfo
@@ -118,3 +118,25 @@ class Cluster:
         for node in self.nodes.values():
             if node.running:
                 node.stop()
+
+
+def followed_push_job(
+    node: DaemonProcess, follower_node: DaemonProcess, directory: Path, name: str, line: bytes
+) -> tuple[int, BackgroundCli]:
+    """A push job of `node` holding `line`, and a `jobs logs -f` of it on `follower_node`
+    that has printed it."""
+    with node.client() as client:
+        job_id = client.attach_push(name).id
+        client.publish(job_id, line)
+    follower = start_background_cli(
+        follower_node.home, directory, "jobs", "logs", "-f", str(job_id)
+    )
+    follower.wait_for_stdout(line)
+    return job_id, follower
+
+
+def restart_once_crashed(node: DaemonProcess, point: str) -> None:
+    """Waits for `node` to kill itself at its crash point, then starts it without one."""
+    wait_until(lambda: not node.running, what=f"the node to kill itself {point}")
+    node.env = None
+    node.start()

@@ -11,7 +11,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from cluster_helpers import NOT_SERVING, REPLAY, SERVING, Cluster, cluster_health, payload, upstream
+from cluster_helpers import (
+    NOT_SERVING,
+    REPLAY,
+    SERVING,
+    Cluster,
+    cluster_health,
+    followed_push_job,
+    payload,
+    restart_once_crashed,
+    upstream,
+)
 from helpers import DaemonProcess, run_cli, start_background_cli, wait_until
 from redis_helpers import RedisServer
 
@@ -289,16 +299,10 @@ def test_a_node_killed_between_sealing_a_job_and_storing_its_end_ends_it_everywh
     # kill -9 between the two left it sealed there and open in Redis, for ever.
     first = cluster.add("n0", env={"TAILHUB_CRASH_AT": "before-cluster-end"})
     second = cluster.add("n1")
-    with first.client() as client:
-        job_id = client.attach_push("crash").id
-        client.publish(job_id, b"one\n")
-    follower = start_background_cli(second.home, tmp_path / "f", "jobs", "logs", "-f", str(job_id))
-    follower.wait_for_stdout(b"one\n")
+    job_id, follower = followed_push_job(first, second, tmp_path / "f", "crash", b"one\n")
     finishing = start_background_cli(first.home, tmp_path / "c", "jobs", "finish", str(job_id))
-    wait_until(lambda: not first.running, what="the node to kill itself before the end")
+    restart_once_crashed(first, "before-cluster-end")
     finishing.wait()
-    first.env = None
-    first.start()
 
     assert follower.wait() == 0, follower.stderr
     assert follower.stdout == b"one\n"
@@ -314,9 +318,7 @@ def test_a_launch_across_a_node_killed_before_its_job_reached_redis_runs_the_job
     task = tmp_path / "task.yaml"
     task.write_text(f"run: echo ran >> {counter}; echo hello\n")
     launching = start_background_cli(first.home, tmp_path / "l", "jobs", "launch", str(task))
-    wait_until(lambda: not first.running, what="the node to kill itself before the create")
-    first.env = None
-    first.start()
+    restart_once_crashed(first, "before-cluster-create")
 
     assert launching.wait() == 0, launching.stderr
     assert launching.stdout == b"hello\n"
@@ -333,17 +335,11 @@ def test_a_finish_acknowledged_before_its_record_reached_redis_holds_across_a_ki
     # The job ran again, and its followers elsewhere waited for ever.
     first = cluster.add("n0", env={"TAILHUB_CRASH_AT": "before-cluster-save"})
     second = cluster.add("n1")
-    with first.client() as client:
-        job_id = client.attach_push("finished").id
-        client.publish(job_id, b"one\n")
-    follower = start_background_cli(second.home, tmp_path / "f", "jobs", "logs", "-f", str(job_id))
-    follower.wait_for_stdout(b"one\n")
+    job_id, follower = followed_push_job(first, second, tmp_path / "f", "finished", b"one\n")
     finishing = start_background_cli(
         first.home, tmp_path / "c", "jobs", "finish", "--exit-code", "3", str(job_id)
     )
-    wait_until(lambda: not first.running, what="the node to kill itself before the save")
-    first.env = None
-    first.start()
+    restart_once_crashed(first, "before-cluster-save")
 
     assert follower.wait() == 100, follower.stderr  # failed, with the finish's exit code
     assert follower.stdout == b"one\n"
@@ -360,11 +356,7 @@ def test_a_finish_answered_before_a_restarted_node_took_its_job_back_holds(
     # soon as it is back, before its take-over; the take-over then applied Redis's older
     # record (RUNNING) over the finish.
     first, second = cluster.start(2)
-    with first.client() as client:
-        job_id = client.attach_push("finished").id
-        client.publish(job_id, b"one\n")
-    follower = start_background_cli(second.home, tmp_path / "f", "jobs", "logs", "-f", str(job_id))
-    follower.wait_for_stdout(b"one\n")
+    job_id, follower = followed_push_job(first, second, tmp_path / "f", "finished", b"one\n")
     first.kill()
     finishing = start_background_cli(first.home, tmp_path / "c", "jobs", "finish", str(job_id))
     wait_until(lambda: "waiting for" in finishing.stderr, what="the finish to wait for n0")

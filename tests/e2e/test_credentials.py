@@ -109,20 +109,20 @@ def test_token_create_into_a_file_others_can_read_warns(
     assert b"--output FILE" in created.stderr
 
 
+def _queue_with(workdir: Path, token_file: Path) -> subprocess.CompletedProcess[bytes]:
+    """`jobs queue` over --server with `token_file` (nothing listens: refused before that)."""
+    return run_cli(
+        workdir / "elsewhere",
+        *("--server", "127.0.0.1:7443", "--insecure", "--token-file", str(token_file)),
+        *("jobs", "queue"),
+    )
+
+
 def test_the_cli_refuses_a_token_file_others_can_read(daemon: DaemonProcess, workdir: Path) -> None:
     target = workdir / "open.token"
     target.write_text("thk_whatever\n")
     target.chmod(0o644)
-    refused = run_cli(
-        workdir / "elsewhere",
-        "--server",
-        "127.0.0.1:7443",
-        "--insecure",
-        "--token-file",
-        str(target),
-        "jobs",
-        "queue",
-    )
+    refused = _queue_with(workdir, target)
     assert refused.returncode == 105
     assert f"chmod 600 {target}".encode() in refused.stderr
     assert b"Traceback" not in refused.stderr
@@ -155,16 +155,7 @@ def test_the_cli_refuses_a_token_file_another_user_could_change(
         into_shared: "is in a directory others may write to",
     }
     for target, says in cases.items():
-        refused = run_cli(
-            workdir / "elsewhere",
-            "--server",
-            "127.0.0.1:7443",
-            "--insecure",
-            "--token-file",
-            str(target),
-            "jobs",
-            "queue",
-        )
+        refused = _queue_with(workdir, target)
         assert refused.returncode == 105, refused.stderr
         assert says.encode() in refused.stderr, refused.stderr
         assert refused.stderr.count(b"\n") == 1, refused.stderr

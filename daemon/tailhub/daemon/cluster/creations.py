@@ -58,11 +58,13 @@ class Creations:
         finally:
             self._store.delete_meta(_MARK + str(job_id))
 
-    async def finish(
-        self, jobs: JobsPort, in_redis: set[int], claim: Callable[[Job], Awaitable[None]]
-    ) -> None:
-        """Creates in Redis (with `claim`) each marked job not `in_redis`, and resumes it."""
-        for key in self._store.meta_keys(_MARK):
+    async def finish(self, jobs: JobsPort, claim: Callable[[Job], Awaitable[None]]) -> None:
+        """Creates in Redis (with `claim`) each marked job Redis lacks, and resumes it."""
+        marks = self._store.meta_keys(_MARK)
+        if not marks:  # (every start but one after a kill -9 in the window)
+            return
+        in_redis = set(await self._redis.job_ids())
+        for key in marks:
             self._store.delete_meta(key)
             try:
                 job = jobs.get(int(key.removeprefix(_MARK)))

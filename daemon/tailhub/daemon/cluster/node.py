@@ -201,7 +201,7 @@ class ClusterNode:
         self._commands.fence.start()
         await self._sync.sync_all()
         assert self._creations is not None
-        await self._creations.finish(manager, set(await self._redis.job_ids()), self.claim_new)
+        await self._creations.finish(manager, self.claim_new)
         if essentials is not None:
             self._essentials = essentials
         spawn = self._essentials.spawn
